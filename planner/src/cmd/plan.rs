@@ -1,0 +1,315 @@
+//! `agx plan validate|sign|verify|show`.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use agenix_proto::envelope::{MAX_ENVELOPE_BYTES, sign_plan};
+use agenix_proto::keys::{SigningKey, signing_key_from_pem};
+use agenix_proto::plan::{MAX_LIFETIME_SECS, MAX_PLAN_BYTES};
+use agenix_proto::{Envelope, Form, KeyId, Limits, Plan, PlanId, Run, Stdin, Trust, VerifiedPlan};
+use anyhow::{Context, Result, bail};
+use zeroize::Zeroizing;
+
+use super::trust::load_trust;
+use super::{now_unix, random16, show_time};
+use crate::files::{Existing, read_capped, write_atomic};
+use crate::output::Out;
+
+/// Plan commands.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum PlanCommand {
+    /// Check a plan being written against every rule.
+    Validate(Validate),
+    /// Sign a plan: set its id and validity, check it, write a signed envelope.
+    Sign(Sign),
+    /// Verify a signed plan against a trust file.
+    Verify(Verify),
+    /// Show what a signed plan does.
+    Show(Show),
+}
+
+impl PlanCommand {
+    pub(crate) fn execute(self, out: Out) -> Result<ExitCode> {
+        match self {
+            Self::Validate(c) => c.execute(out),
+            Self::Sign(c) => c.execute(out),
+            Self::Verify(c) => c.execute(out),
+            Self::Show(c) => c.execute(out),
+        }
+    }
+}
+
+/// Check PLAN (JSON) against the rules of plan v1; lists every violation with its path.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Validate {
+    /// The plan file.
+    plan: PathBuf,
+}
+
+/// Sign PLAN with a signer key and write the envelope to ENV.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Sign {
+    /// The plan file.
+    plan: PathBuf,
+    /// The private key from `agx keygen`.
+    #[arg(long, value_name = "FILE", env = "AGX_KEY")]
+    key: PathBuf,
+    /// How long the signature stays valid (`24h`, `7days`, `90m`).
+    #[arg(long, default_value = "24h", value_parser = parse_lifetime)]
+    expires: u64,
+    /// Where to write the signed envelope.
+    #[arg(long, value_name = "ENV")]
+    out: PathBuf,
+}
+
+/// Verify ENV: signature by a trusted, unrevoked signer, validity period, plan rules.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Verify {
+    /// The signed envelope.
+    envelope: PathBuf,
+    /// The trust file.
+    #[arg(long = "trust", value_name = "FILE", env = "AGX_TRUST")]
+    trust: PathBuf,
+}
+
+/// Show a signed plan's tasks, signer and validity; with --trust, verify it first.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Show {
+    /// The signed envelope.
+    envelope: PathBuf,
+    /// Verify against this trust file before showing (without it, nothing is verified).
+    #[arg(long = "trust", value_name = "FILE")]
+    trust: Option<PathBuf>,
+}
+
+fn parse_lifetime(s: &str) -> Result<u64, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try 24h, 7days, 90m)"))?;
+    let secs = d.as_secs();
+    if secs == 0 || secs > MAX_LIFETIME_SECS {
+        return Err(format!("must be between 1s and {} days", MAX_LIFETIME_SECS / 86_400));
+    }
+    Ok(secs)
+}
+
+/// Reads and parses a plan file; the result is not yet validated.
+pub(crate) fn load_plan(path: &Path) -> Result<Plan> {
+    let bytes = read_capped(path, MAX_PLAN_BYTES as u64)?;
+    Plan::from_json(&bytes).map_err(|inv| {
+        let hint = if inv.violations().iter().any(|v| v.path == "payloadType") {
+            " (this is a signed envelope: use `agx plan verify` or `agx plan show`)"
+        } else {
+            ""
+        };
+        anyhow::Error::new(inv).context(format!("{} is not a valid plan{hint}", path.display()))
+    })
+}
+
+/// Reads a private key, refusing files that others can read (as ssh does).
+pub(crate) fn load_key(path: &Path) -> Result<SigningKey> {
+    let meta = fs::metadata(path).with_context(|| format!("cannot read key {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "key {} is accessible by others (mode {mode:o}); run chmod 600 on it",
+            path.display()
+        );
+    }
+    let pem = Zeroizing::new(read_capped(path, 64 * 1024)?);
+    let pem = std::str::from_utf8(&pem)
+        .with_context(|| format!("{} is not a PEM file", path.display()))?;
+    signing_key_from_pem(pem).with_context(|| format!("cannot use key {}", path.display()))
+}
+
+fn task_summary(plan: &Plan) -> Vec<serde_json::Value> {
+    plan.tasks
+        .iter()
+        .map(|t| {
+            let (kind, what, digest) = match &t.run {
+                Run::Wasm(w) => ("wasm", w.name.to_string(), w.digest.map(|d| d.to_string())),
+                Run::Native(n) => ("native", n.tool.to_string(), None),
+            };
+            serde_json::json!({
+                "id": t.id, "kind": kind, "name": what, "digest": digest, "args": t.args,
+                "stdin": t.stdin, "mounts": t.mounts, "limits": t.limits,
+            })
+        })
+        .collect()
+}
+
+fn describe_tasks(plan: &Plan) -> String {
+    let mut s = String::new();
+    for t in &plan.tasks {
+        let run = match &t.run {
+            Run::Wasm(w) => match w.digest {
+                Some(d) => format!("wasm {}@{}", w.name, d.short()),
+                None => format!("wasm {} (unlocked)", w.name),
+            },
+            Run::Native(n) => format!("native {}", n.tool),
+        };
+        let stdin = match &t.stdin {
+            None => "(empty)".to_string(),
+            Some(Stdin::Input(_)) => "input".to_string(),
+            Some(Stdin::Task(id)) => id.to_string(),
+            Some(Stdin::Tasks(ids)) => {
+                ids.iter().map(ToString::to_string).collect::<Vec<_>>().join("+")
+            }
+        };
+        let marker = if t.id == plan.output { " -> output" } else { "" };
+        s.push_str(&format!("  {:<16} {:<32} < {}{}\n", t.id, run, stdin, marker));
+        if !t.args.is_empty() {
+            s.push_str(&format!("  {:<16} args {:?}\n", "", t.args));
+        }
+        for m in &t.mounts {
+            let access = match m.access {
+                agenix_proto::Access::ReadOnly => "ro",
+                agenix_proto::Access::ReadWrite => "rw",
+            };
+            s.push_str(&format!("  {:<16} mount {} at {} ({access})\n", "", m.name, m.path));
+        }
+    }
+    s
+}
+
+impl Validate {
+    fn execute(self, out: Out) -> Result<ExitCode> {
+        let plan = load_plan(&self.plan)?;
+        plan.validate(Form::Draft, &Limits::ABSOLUTE)
+            .with_context(|| format!("{} is not a valid plan", self.plan.display()))?;
+        let unlocked = plan.wasm_tasks().filter(|(_, w)| w.digest.is_none()).count();
+        out.emit(
+            "valid",
+            &serde_json::json!({ "plan": self.plan, "name": plan.name, "tasks": plan.tasks.len(), "unlocked": unlocked }),
+            || {
+                let lock = if unlocked > 0 { format!(", {unlocked} AU(s) to lock when signing") } else { String::new() };
+                format!("{}: valid plan \"{}\" ({} tasks{lock})", self.plan.display(), plan.name, plan.tasks.len())
+            },
+        )?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl Sign {
+    fn execute(self, out: Out) -> Result<ExitCode> {
+        let mut plan = load_plan(&self.plan)?;
+        plan.validate(Form::Draft, &Limits::ABSOLUTE)
+            .with_context(|| format!("{} is not a valid plan", self.plan.display()))?;
+        let key = load_key(&self.key)?;
+        let now = now_unix();
+        if plan.plan_id.is_none() {
+            plan.plan_id = Some(PlanId::from_random(random16()?));
+        }
+        plan.issued_at = Some(now);
+        plan.expires_at = Some(now + self.expires);
+        let envelope = sign_plan(&plan, &key)
+            .with_context(|| format!("cannot sign {}", self.plan.display()))?;
+        write_atomic(&self.out, &envelope.to_json(), 0o644, Existing::Replace)?;
+        let digest = agenix_proto::Digest::of(&plan.to_payload());
+        let keyid = KeyId::of(&key.verifying_key());
+        out.emit(
+            "signed",
+            &serde_json::json!({
+                "envelope": self.out, "plan_id": plan.plan_id, "digest": digest.to_string(),
+                "signer": keyid.to_string(), "issued_at": now, "expires_at": now + self.expires,
+            }),
+            || {
+                format!(
+                    "signed {} -> {}\nplan digest {digest}\nsigned by {keyid}, valid until {}",
+                    self.plan.display(),
+                    self.out.display(),
+                    show_time(now + self.expires)
+                )
+            },
+        )?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn verify_file(path: &Path, trust: &Trust) -> Result<VerifiedPlan> {
+    let bytes = read_capped(path, MAX_ENVELOPE_BYTES as u64)?;
+    agenix_proto::verify_plan(&bytes, trust, now_unix(), &Limits::ABSOLUTE)
+        .with_context(|| format!("{} failed verification", path.display()))
+}
+
+fn signer_name(trust: &Trust, keyid: &KeyId) -> String {
+    trust.signer(keyid).map(|s| s.name.clone()).unwrap_or_default()
+}
+
+impl Verify {
+    fn execute(self, out: Out) -> Result<ExitCode> {
+        let trust = load_trust(&self.trust)?;
+        let v = verify_file(&self.envelope, &trust)?;
+        let plan = v.plan();
+        let name = signer_name(&trust, &v.signer());
+        out.emit(
+            "verified",
+            &serde_json::json!({
+                "envelope": self.envelope, "name": plan.name, "plan_id": plan.plan_id,
+                "digest": v.digest().to_string(), "signer": v.signer().to_string(), "signer_name": name,
+                "expires_at": plan.expires_at,
+            }),
+            || format!(
+                "verified: plan \"{}\" ({}), digest {}\nsigned by \"{name}\" ({}), valid until {}",
+                plan.name,
+                plan.plan_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+                v.digest(),
+                v.signer(),
+                plan.expires_at.map(show_time).unwrap_or_default()
+            ),
+        )?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl Show {
+    fn execute(self, out: Out) -> Result<ExitCode> {
+        let (plan, digest, signer) = match &self.trust {
+            Some(trust_path) => {
+                let trust = load_trust(trust_path)?;
+                let v = verify_file(&self.envelope, &trust)?;
+                let who = format!("\"{}\" ({})", signer_name(&trust, &v.signer()), v.signer());
+                (v.plan().clone(), v.digest(), Some(who))
+            }
+            None => {
+                let bytes = read_capped(&self.envelope, MAX_ENVELOPE_BYTES as u64)?;
+                let env = Envelope::from_json(&bytes)
+                    .with_context(|| format!("cannot read {}", self.envelope.display()))?;
+                let payload = env.payload_unverified()?;
+                let plan = Plan::from_json(&payload)
+                    .with_context(|| format!("{} holds no valid plan", self.envelope.display()))?;
+                (plan, agenix_proto::Digest::of(&payload), None)
+            }
+        };
+        out.emit(
+            "plan",
+            &serde_json::json!({
+                "name": plan.name, "plan_id": plan.plan_id, "digest": digest.to_string(),
+                "verified": signer.is_some(), "signer": signer, "description": plan.description,
+                "issued_at": plan.issued_at, "expires_at": plan.expires_at, "output": plan.output,
+                "tasks": task_summary(&plan),
+            }),
+            || {
+                let sig =
+                    signer.clone().map_or("NOT verified (pass --trust FILE)".to_string(), |s| {
+                        format!("verified, signed by {s}")
+                    });
+                let mut s = format!(
+                    "plan \"{}\" {}\n",
+                    plan.name,
+                    plan.plan_id.as_ref().map(ToString::to_string).unwrap_or_default()
+                );
+                if !plan.description.is_empty() {
+                    s.push_str(&format!("  {}\n", plan.description));
+                }
+                s.push_str(&format!("digest    {digest}\nsignature {sig}\n"));
+                if let (Some(i), Some(e)) = (plan.issued_at, plan.expires_at) {
+                    s.push_str(&format!("valid     {} .. {}\n", show_time(i), show_time(e)));
+                }
+                s.push_str(&format!("tasks ({}):\n{}", plan.tasks.len(), describe_tasks(&plan)));
+                s
+            },
+        )?;
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,80 @@
+//! `agx`, the AGEniX planner CLI: signer keys, trust files, plan authoring and signing.
+//!
+//! Exit codes: 0 success, 1 failure (invalid input, verification failed, I/O error),
+//! 2 usage error. A closed stdout (`agx ... | head`) is not an error.
+
+mod cmd;
+mod files;
+mod output;
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::output::Out;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agx",
+    version,
+    about = "AGEniX planner: sign plans, manage trust, run and submit work"
+)]
+struct Cli {
+    /// Print JSON Lines (`{"type": ..., "data": ...}`) instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: cmd::Command,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let out = Out { json: cli.json };
+    match cli.command.execute(out) {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(out, &e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Prints an error: `agx: context: cause` on stderr, or an `error` record with `--json`.
+fn report(out: Out, e: &anyhow::Error) {
+    let violations: Vec<_> = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<agenix_proto::Invalid>())
+        .map(|inv| inv.violations().to_vec())
+        .or_else(|| {
+            e.chain().find_map(|c| match c.downcast_ref::<agenix_proto::VerifyError>() {
+                Some(agenix_proto::VerifyError::Invalid(inv)) => Some(inv.violations().to_vec()),
+                _ => None,
+            })
+        })
+        .unwrap_or_default();
+    if out.json {
+        let data = serde_json::json!({ "message": format!("{e:#}"), "violations": violations });
+        let record = output::Record { kind: "error", data: &data };
+        if let Ok(line) = serde_json::to_string(&record) {
+            let _ = writeln!(io::stdout().lock(), "{line}");
+        }
+    } else {
+        let _ = writeln!(io::stderr().lock(), "agx: {e:#}");
+    }
+}

@@ -1,0 +1,46 @@
+//! What agx prints: lines for people, or JSON Lines for scripts.
+//!
+//! With `--json`, every record on stdout is one line `{"type": KIND, "data": {...}}`; errors
+//! are `{"type": "error", "data": {"message": ..., "violations": [...]}}`, also on stdout, so
+//! a script reads one stream. Without `--json`, results go to stdout and errors to stderr.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+/// Where results go, and in which shape.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Out {
+    pub(crate) json: bool,
+}
+
+impl Out {
+    /// Prints one result: `human` for people, `data` as a `kind` record for scripts.
+    pub(crate) fn emit<T: Serialize>(
+        &self,
+        kind: &str,
+        data: &T,
+        human: impl FnOnce() -> String,
+    ) -> io::Result<()> {
+        let mut stdout = io::stdout().lock();
+        if self.json {
+            let line = serde_json::to_string(&Record { kind, data }).map_err(io::Error::other)?;
+            writeln!(stdout, "{line}")
+        } else {
+            let text = human();
+            if text.ends_with('\n') {
+                stdout.write_all(text.as_bytes())
+            } else {
+                writeln!(stdout, "{text}")
+            }
+        }
+    }
+}
+
+/// One JSON Lines record: `type` first, then `data`.
+#[derive(Serialize)]
+pub(crate) struct Record<'a, T: Serialize> {
+    #[serde(rename = "type")]
+    pub(crate) kind: &'a str,
+    pub(crate) data: &'a T,
+}

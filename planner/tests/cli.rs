@@ -1,0 +1,294 @@
+//! agx as a newcomer types it: keys, trust files, plan validate/sign/verify/show, exit codes.
+
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+struct TestDir {
+    dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.path(name);
+        fs::write(&p, contents).unwrap();
+        p
+    }
+
+    fn agx(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_agx"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("AGX_KEY")
+            .env_remove("AGX_TRUST")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs agx and asserts its exit code, returning stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.agx(args);
+        assert_eq!(out.status.code(), Some(0), "agx {args:?}\nstderr: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs agx expecting exit 1, returning stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.agx(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "agx {args:?}\nstdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        stderr(&out)
+    }
+
+    /// A key pair `name.key`/`name.key.pub`, trusted as `name` in trust.json.
+    fn signer(&self, name: &str) -> String {
+        let key = format!("{name}.key");
+        let out = self.ok(&["keygen", "--out", &key]);
+        self.ok(&["trust", "add", &format!("{key}.pub"), "--name", name, "--trust", "trust.json"]);
+        out.lines().next().unwrap().to_string()
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn locked_plan() -> String {
+    format!(
+        r#"{{
+  "schema": "agenix.plan/v1",
+  "name": "log-errors",
+  "tasks": [
+    {{ "id": "errors", "run": {{ "wasm": {{ "name": "grep", "digest": "{DIGEST}" }} }},
+       "args": ["-i", "error"], "stdin": {{ "input": true }} }},
+    {{ "id": "count", "run": {{ "native": {{ "tool": "sort" }} }}, "args": ["-u"],
+       "stdin": {{ "task": "errors" }} }}
+  ],
+  "output": "count"
+}}"#
+    )
+}
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+#[test]
+fn keygen_writes_a_private_key_0600_and_refuses_to_overwrite() {
+    let s = TestDir::new();
+    let out = s.ok(&["keygen", "--out", "k"]);
+    let keyid = out.lines().next().unwrap();
+    assert!(keyid.starts_with("sha256:") && keyid.len() == 71, "{out}");
+    assert_eq!(fs::metadata(s.path("k")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(fs::read_to_string(s.path("k")).unwrap().starts_with("-----BEGIN PRIVATE KEY-----"));
+    assert!(fs::read_to_string(s.path("k.pub")).unwrap().starts_with("-----BEGIN PUBLIC KEY-----"));
+
+    let before = fs::read(s.path("k")).unwrap();
+    let err = s.fails(&["keygen", "--out", "k"]);
+    assert!(err.contains("k already exists (pass --force to replace it)"), "{err}");
+    assert_eq!(fs::read(s.path("k")).unwrap(), before, "refused keygen must not touch the key");
+
+    // Only the .pub existing also refuses, and writes nothing.
+    fs::remove_file(s.path("k")).unwrap();
+    s.fails(&["keygen", "--out", "k"]);
+    assert!(!s.path("k").exists());
+
+    let out = s.ok(&["keygen", "--out", "k", "--force", "--json"]);
+    let rec = &json_lines(&out)[0];
+    assert_eq!(rec["type"], "key");
+    assert_ne!(rec["data"]["keyid"].as_str().unwrap(), keyid);
+}
+
+#[test]
+fn trust_add_list_revoke() {
+    let s = TestDir::new();
+    let alice = s.signer("alice");
+    let list = s.ok(&["trust", "list", "--trust", "trust.json"]);
+    assert!(list.contains("alice") && list.contains(&alice) && list.contains("trusted"), "{list}");
+
+    // The same key twice, or the same name for another key: refused, file unchanged.
+    let before = fs::read(s.path("trust.json")).unwrap();
+    let err =
+        s.fails(&["trust", "add", "alice.key.pub", "--name", "again", "--trust", "trust.json"]);
+    assert!(err.contains("is already trusted as \"alice\""), "{err}");
+    s.ok(&["keygen", "--out", "bob.key"]);
+    let err = s.fails(&["trust", "add", "bob.key.pub", "--name", "alice", "--trust", "trust.json"]);
+    assert!(err.contains("the name \"alice\" is already used"), "{err}");
+    assert_eq!(fs::read(s.path("trust.json")).unwrap(), before);
+
+    // A private key is not a public key.
+    let err = s.fails(&["trust", "add", "bob.key", "--name", "bob", "--trust", "trust.json"]);
+    assert!(err.contains("not an ed25519 public key"), "{err}");
+
+    s.ok(&["trust", "revoke", &alice, "--trust", "trust.json"]);
+    let rows = json_lines(&s.ok(&["--json", "trust", "list", "--trust", "trust.json"]));
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["data"]["revoked"], true);
+    let err = s.fails(&["trust", "revoke", "sha256:nothex", "--trust", "trust.json"]);
+    assert!(err.contains("invalid digest"), "{err}");
+}
+
+#[test]
+fn plan_sign_then_verify_as_the_readme_shows() {
+    let s = TestDir::new();
+    s.signer("alice");
+    s.write("plan.json", &locked_plan());
+    let out = s.ok(&[
+        "plan",
+        "sign",
+        "plan.json",
+        "--key",
+        "alice.key",
+        "--expires",
+        "2h",
+        "--out",
+        "plan.env",
+    ]);
+    assert!(out.contains("plan digest sha256:"), "{out}");
+    let out = s.ok(&["plan", "verify", "plan.env", "--trust", "trust.json"]);
+    assert!(out.starts_with("verified: plan \"log-errors\""), "{out}");
+    assert!(out.contains("signed by \"alice\""), "{out}");
+
+    let rec =
+        &json_lines(&s.ok(&["--json", "plan", "verify", "plan.env", "--trust", "trust.json"]))[0];
+    assert_eq!(rec["type"], "verified");
+    let expires = rec["data"]["expires_at"].as_u64().unwrap();
+    let issued = expires - 7200;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(issued.abs_diff(now) < 60, "issued_at {issued} is not now ({now})");
+
+    let shown = s.ok(&["plan", "show", "plan.env", "--trust", "trust.json"]);
+    assert!(shown.contains("verified, signed by \"alice\""), "{shown}");
+    assert!(shown.contains("wasm grep@0123456789ab"), "{shown}");
+    let unverified = s.ok(&["plan", "show", "plan.env"]);
+    assert!(unverified.contains("NOT verified"), "{unverified}");
+}
+
+#[test]
+fn tampered_envelope_is_rejected_with_the_reason() {
+    let s = TestDir::new();
+    s.signer("alice");
+    s.write("plan.json", &locked_plan());
+    s.ok(&["plan", "sign", "plan.json", "--key", "alice.key", "--out", "plan.env"]);
+    let mut env: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.path("plan.env")).unwrap()).unwrap();
+    let payload = String::from_utf8(B64.decode(env["payload"].as_str().unwrap()).unwrap()).unwrap();
+    env["payload"] = B64.encode(payload.replace("\"-u\"", "\"-r\"")).into();
+    s.write("tampered.env", &env.to_string());
+    let err = s.fails(&["plan", "verify", "tampered.env", "--trust", "trust.json"]);
+    assert!(err.contains("tampered.env failed verification"), "{err}");
+    assert!(err.contains("signature by \"alice\""), "{err}");
+    assert!(err.contains("does not verify: the envelope was altered after signing"), "{err}");
+    // show --trust refuses it too; show without trust displays it, marked unverified.
+    s.fails(&["plan", "show", "tampered.env", "--trust", "trust.json"]);
+    assert!(s.ok(&["plan", "show", "tampered.env"]).contains("NOT verified"));
+}
+
+#[test]
+fn revoked_and_unknown_signers_are_rejected() {
+    let s = TestDir::new();
+    let alice = s.signer("alice");
+    s.ok(&["keygen", "--out", "mallory.key"]);
+    s.write("plan.json", &locked_plan());
+    s.ok(&["plan", "sign", "plan.json", "--key", "mallory.key", "--out", "m.env"]);
+    let err = s.fails(&["plan", "verify", "m.env", "--trust", "trust.json"]);
+    assert!(err.contains("no signature is by a trusted key"), "{err}");
+
+    s.ok(&["plan", "sign", "plan.json", "--key", "alice.key", "--out", "a.env"]);
+    s.ok(&["trust", "revoke", &alice, "--trust", "trust.json"]);
+    let err = s.fails(&["plan", "verify", "a.env", "--trust", "trust.json"]);
+    assert!(err.contains("signer \"alice\"") && err.contains("is revoked"), "{err}");
+}
+
+#[test]
+fn validate_names_rule_and_path_and_json_lists_violations() {
+    let s = TestDir::new();
+    let bad = locked_plan().replace(r#""stdin": { "input": true }"#, r#""stdin": { "task": "x" }"#);
+    s.write("bad.json", &bad);
+    let err = s.fails(&["plan", "validate", "bad.json"]);
+    assert!(
+        err.contains(
+            "tasks[0].stdin: refers to task \"x\", which is not an earlier task [stdin-ref]"
+        ),
+        "{err}"
+    );
+
+    let out = s.agx(&["--json", "plan", "validate", "bad.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let rec = &json_lines(&String::from_utf8(out.stdout).unwrap())[0];
+    assert_eq!(rec["type"], "error");
+    assert_eq!(rec["data"]["violations"][0]["rule"], "stdin-ref");
+    assert_eq!(rec["data"]["violations"][0]["path"], "tasks[0].stdin");
+
+    s.write(
+        "dup.json",
+        &locked_plan().replace(r#""name": "log-errors","#, r#""name": "a", "name": "b","#),
+    );
+    let err = s.fails(&["plan", "validate", "dup.json"]);
+    assert!(err.contains("name: duplicate key \"name\" [json]"), "{err}");
+}
+
+#[test]
+fn signing_refuses_unlocked_aus_and_unreadable_keys() {
+    let s = TestDir::new();
+    s.signer("alice");
+    s.write("draft.json", &locked_plan().replace(&format!(r#", "digest": "{DIGEST}""#), ""));
+    s.ok(&["plan", "validate", "draft.json"]);
+    let err = s.fails(&["plan", "sign", "draft.json", "--key", "alice.key", "--out", "x.env"]);
+    assert!(err.contains("tasks[0].run.wasm.digest: missing"), "{err}");
+    assert!(!s.path("x.env").exists(), "nothing is written when signing fails");
+
+    s.write("plan.json", &locked_plan());
+    fs::set_permissions(s.path("alice.key"), fs::Permissions::from_mode(0o644)).unwrap();
+    let err = s.fails(&["plan", "sign", "plan.json", "--key", "alice.key", "--out", "x.env"]);
+    assert!(err.contains("is accessible by others (mode 644)"), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let s = TestDir::new();
+    for args in [
+        &["plan", "sign", "p.json"][..],
+        &["frobnicate"],
+        &["plan", "sign", "p.json", "--key", "k", "--out", "o", "--expires", "soon"],
+        &["plan", "sign", "p.json", "--key", "k", "--out", "o", "--expires", "0s"],
+    ] {
+        let out = s.agx(args);
+        assert_eq!(out.status.code(), Some(2), "agx {args:?}: {}", stderr(&out));
+    }
+    assert_eq!(s.agx(&["--help"]).status.code(), Some(0));
+}
+
+#[test]
+fn example_plans_validate() {
+    let s = TestDir::new();
+    for name in ["log-errors.json", "orders-report.json"] {
+        let p = examples_dir().join(name);
+        let out = s.ok(&["plan", "validate", p.to_str().unwrap()]);
+        assert!(out.contains("valid plan"), "{out}");
+    }
+}

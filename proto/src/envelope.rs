@@ -1,0 +1,425 @@
+//! DSSE envelopes: signing and the verification chain that turns bytes into a
+//! [`VerifiedPlan`] or [`VerifiedAction`], the only forms executors accept.
+//!
+//! The signature covers `PAE("DSSEv1", payloadType, payload)`, so a plan's signature can never
+//! be presented as an action's. Signatures are checked with ed25519 `verify_strict` (no weak
+//! keys, no malleable signatures), and exactly the verified bytes are then parsed.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, Signer as _};
+use serde::{Deserialize, Serialize};
+
+use crate::action::{Action, Fingerprint};
+use crate::digest::Digest;
+use crate::json::JsonError;
+use crate::keys::{KeyId, SigningKey, VerifyingKey};
+use crate::limits::Limits;
+use crate::plan::{Form, MAX_PLAN_BYTES, Plan};
+use crate::trust::{Role, Trust};
+use crate::validate::Invalid;
+
+/// The payload type of a signed plan.
+pub const PLAN_PAYLOAD_TYPE: &str = "application/vnd.agenix.plan.v1+json";
+/// The payload type of a signed action.
+pub const ACTION_PAYLOAD_TYPE: &str = "application/vnd.agenix.action.v1+json";
+/// Clock skew tolerated between signer, queue and worker, in seconds.
+pub const CLOCK_SKEW_SECS: u64 = 120;
+/// Largest envelope accepted, in bytes (a full plan, base64-encoded, and its signatures).
+pub const MAX_ENVELOPE_BYTES: usize = MAX_PLAN_BYTES * 4 / 3 + 64 * 1024;
+/// Most signatures one envelope may carry.
+pub const MAX_SIGNATURES: usize = 16;
+
+/// A DSSE envelope as it travels and is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// What the payload is.
+    #[serde(rename = "payloadType")]
+    pub payload_type: String,
+    /// The payload bytes, standard base64.
+    pub payload: String,
+    /// Signatures over the PAE of type and payload.
+    pub signatures: Vec<EnvelopeSignature>,
+}
+
+/// One signature in an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvelopeSignature {
+    /// The signer's key id.
+    pub keyid: KeyId,
+    /// The 64-byte ed25519 signature, standard base64.
+    pub sig: String,
+}
+
+/// DSSE's pre-authentication encoding: `"DSSEv1" SP len(type) SP type SP len(body) SP body`.
+pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + payload_type.len() + 32);
+    out.extend_from_slice(b"DSSEv1 ");
+    out.extend_from_slice(payload_type.len().to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(payload_type.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(payload.len().to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(payload);
+    out
+}
+
+impl Envelope {
+    /// Signs `payload` as `payload_type` with `key`.
+    pub fn sign(payload_type: &str, payload: &[u8], key: &SigningKey) -> Self {
+        let sig = key.sign(&pae(payload_type, payload));
+        Self {
+            payload_type: payload_type.to_owned(),
+            payload: B64.encode(payload),
+            signatures: vec![EnvelopeSignature {
+                keyid: KeyId::of(&key.verifying_key()),
+                sig: B64.encode(sig.to_bytes()),
+            }],
+        }
+    }
+
+    /// Parses envelope JSON strictly.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, VerifyError> {
+        crate::json::from_slice(bytes, MAX_ENVELOPE_BYTES).map_err(VerifyError::Malformed)
+    }
+
+    /// The envelope's bytes, pretty-printed with a trailing newline.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Plain data with string keys: serialization cannot fail.
+        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+
+    /// The payload bytes, decoded but NOT verified: for display only, never for execution.
+    pub fn payload_unverified(&self) -> Result<Vec<u8>, VerifyError> {
+        B64.decode(&self.payload).map_err(|_| VerifyError::Base64("payload"))
+    }
+
+    /// Checks the signatures against `trust` for `role` and returns the verified payload
+    /// bytes and the signer.
+    fn verify(
+        &self,
+        expected_type: &str,
+        trust: &Trust,
+        role: Role,
+    ) -> Result<(Vec<u8>, KeyId), VerifyError> {
+        if self.payload_type != expected_type {
+            return Err(VerifyError::PayloadType {
+                expected: expected_type.to_owned(),
+                found: self.payload_type.chars().take(100).collect(),
+            });
+        }
+        let payload = self.payload_unverified()?;
+        if self.signatures.is_empty() {
+            return Err(VerifyError::NoSignature);
+        }
+        if self.signatures.len() > MAX_SIGNATURES {
+            return Err(VerifyError::TooManySignatures(self.signatures.len()));
+        }
+        let message = pae(&self.payload_type, &payload);
+        let mut first_failure = None;
+        for s in &self.signatures {
+            let Some(signer) = trust.signer(&s.keyid) else { continue };
+            let failure = if trust.is_revoked(&s.keyid) {
+                VerifyError::Revoked { keyid: s.keyid, name: signer.name.clone() }
+            } else if !check_signature(&signer.key, &message, &s.sig) {
+                VerifyError::BadSignature { keyid: s.keyid, name: signer.name.clone() }
+            } else if !signer.roles.contains(&role) {
+                VerifyError::NotPermitted { name: signer.name.clone(), role: role.as_str() }
+            } else {
+                return Ok((payload, s.keyid));
+            };
+            first_failure.get_or_insert(failure);
+        }
+        Err(first_failure.unwrap_or_else(|| VerifyError::UnknownSigner {
+            keyids: self
+                .signatures
+                .iter()
+                .map(|s| s.keyid.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }))
+    }
+}
+
+/// `verify_strict` over `message`: refuses weak keys, non-canonical and malleable signatures.
+fn check_signature(key: &VerifyingKey, message: &[u8], sig_b64: &str) -> bool {
+    let Ok(raw) = B64.decode(sig_b64) else { return false };
+    let Ok(sig) = Signature::from_slice(&raw) else { return false };
+    key.verify_strict(message, &sig).is_ok()
+}
+
+/// Why an envelope was not accepted. Every variant means: nothing may run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The envelope is not well-formed JSON of the right shape.
+    #[error("malformed envelope: {0}")]
+    Malformed(JsonError),
+    /// The envelope holds another kind of document.
+    #[error(
+        "payload type is {found:?}, expected {expected:?}: the envelope holds another kind of document"
+    )]
+    PayloadType {
+        /// What the caller asked for.
+        expected: String,
+        /// What the envelope says.
+        found: String,
+    },
+    /// A field is not valid base64.
+    #[error("{0} is not valid base64")]
+    Base64(&'static str),
+    /// No signatures at all.
+    #[error("the envelope carries no signature")]
+    NoSignature,
+    /// More signatures than anyone needs.
+    #[error("the envelope carries {0} signatures, over the limit of {MAX_SIGNATURES}")]
+    TooManySignatures(usize),
+    /// No signature is by a key in the trust file.
+    #[error("no signature is by a trusted key (signed by {keyids})")]
+    UnknownSigner {
+        /// The key ids the envelope names.
+        keyids: String,
+    },
+    /// The signer's key is revoked.
+    #[error("signer \"{name}\" ({keyid}) is revoked")]
+    Revoked {
+        /// The revoked key.
+        keyid: KeyId,
+        /// Its name in the trust file.
+        name: String,
+    },
+    /// The signature does not verify: the payload or signature was altered.
+    #[error(
+        "signature by \"{name}\" ({keyid}) does not verify: the envelope was altered after signing"
+    )]
+    BadSignature {
+        /// The key the signature claims.
+        keyid: KeyId,
+        /// Its name in the trust file.
+        name: String,
+    },
+    /// The signer is trusted, but not for this kind of document.
+    #[error("signer \"{name}\" is not trusted to sign {role}s")]
+    NotPermitted {
+        /// The signer's name.
+        name: String,
+        /// The role it lacks.
+        role: &'static str,
+    },
+    /// The signed document breaks the schema's rules.
+    #[error("the signed document is invalid:\n{0}")]
+    Invalid(Invalid),
+    /// Issued in the future, beyond the skew.
+    #[error(
+        "not valid yet: issued at {issued_at}, now is {now} (skew allowed: {CLOCK_SKEW_SECS} s)"
+    )]
+    NotYetValid {
+        /// When it says it was issued.
+        issued_at: u64,
+        /// The verifier's clock.
+        now: u64,
+    },
+    /// Expired, beyond the skew.
+    #[error("expired: expires at {expires_at}, now is {now} (skew allowed: {CLOCK_SKEW_SECS} s)")]
+    Expired {
+        /// When it expires.
+        expires_at: u64,
+        /// The verifier's clock.
+        now: u64,
+    },
+    /// The action is for another queue.
+    #[error("the action is for queue {found}, not this one ({expected})")]
+    Audience {
+        /// This queue's fingerprint.
+        expected: Fingerprint,
+        /// The action's audience.
+        found: Fingerprint,
+    },
+    /// The action names a different plan than the one presented.
+    #[error("the action is for plan {expected}, but the plan presented is {found}")]
+    PlanMismatch {
+        /// The digest in the action.
+        expected: Digest,
+        /// The digest of the plan presented.
+        found: Digest,
+    },
+}
+
+fn check_time(issued_at: u64, expires_at: u64, now: u64) -> Result<(), VerifyError> {
+    if issued_at > now.saturating_add(CLOCK_SKEW_SECS) {
+        return Err(VerifyError::NotYetValid { issued_at, now });
+    }
+    if now > expires_at.saturating_add(CLOCK_SKEW_SECS) {
+        return Err(VerifyError::Expired { expires_at, now });
+    }
+    Ok(())
+}
+
+/// A plan whose signature, signer, validity period and rules have all been checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedPlan {
+    plan: Plan,
+    payload: Vec<u8>,
+    digest: Digest,
+    signer: KeyId,
+}
+
+impl VerifiedPlan {
+    /// The plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+    /// The exact payload bytes that were signed.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+    /// The digest of the payload: what actions name.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+    /// Who signed it.
+    pub fn signer(&self) -> KeyId {
+        self.signer
+    }
+}
+
+/// An action whose signature, signer, validity period, rules and audience have been checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedAction {
+    action: Action,
+    payload: Vec<u8>,
+    signer: KeyId,
+}
+
+impl VerifiedAction {
+    /// The action.
+    pub fn action(&self) -> &Action {
+        &self.action
+    }
+    /// The exact payload bytes that were signed.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+    /// Who signed it.
+    pub fn signer(&self) -> KeyId {
+        self.signer
+    }
+    /// Checks that this action is for `plan`.
+    pub fn check_plan(&self, plan: &VerifiedPlan) -> Result<(), VerifyError> {
+        if self.action.plan == plan.digest {
+            Ok(())
+        } else {
+            Err(VerifyError::PlanMismatch { expected: self.action.plan, found: plan.digest })
+        }
+    }
+}
+
+/// Verifies a plan envelope: payload type, a signature by a trusted, unrevoked plan signer,
+/// then the plan's rules (with limits under `ceilings`), then its validity period at `now`
+/// (Unix seconds).
+pub fn verify_plan(
+    envelope: &[u8],
+    trust: &Trust,
+    now: u64,
+    ceilings: &Limits,
+) -> Result<VerifiedPlan, VerifyError> {
+    let env = Envelope::from_json(envelope)?;
+    let (payload, signer) = env.verify(PLAN_PAYLOAD_TYPE, trust, Role::Plan)?;
+    let plan = Plan::from_json(&payload).map_err(VerifyError::Invalid)?;
+    plan.validate(Form::Signed, ceilings).map_err(VerifyError::Invalid)?;
+    // Signed form guarantees both are present.
+    if let (Some(issued), Some(expires)) = (plan.issued_at, plan.expires_at) {
+        check_time(issued, expires, now)?;
+    }
+    let digest = Digest::of(&payload);
+    Ok(VerifiedPlan { plan, payload, digest, signer })
+}
+
+/// Verifies an action envelope: payload type, a signature by a trusted, unrevoked action
+/// signer, the action's rules, its validity period at `now`, and that it is for `audience`.
+pub fn verify_action(
+    envelope: &[u8],
+    trust: &Trust,
+    now: u64,
+    audience: &Fingerprint,
+) -> Result<VerifiedAction, VerifyError> {
+    let env = Envelope::from_json(envelope)?;
+    let (payload, signer) = env.verify(ACTION_PAYLOAD_TYPE, trust, Role::Action)?;
+    let action = Action::from_json(&payload).map_err(VerifyError::Invalid)?;
+    action.validate().map_err(VerifyError::Invalid)?;
+    check_time(action.issued_at, action.expires_at, now)?;
+    if action.audience != *audience {
+        return Err(VerifyError::Audience { expected: *audience, found: action.audience });
+    }
+    Ok(VerifiedAction { action, payload, signer })
+}
+
+/// Signs a plan after checking it in signed form against the format's absolute limits.
+pub fn sign_plan(plan: &Plan, key: &SigningKey) -> Result<Envelope, Invalid> {
+    plan.validate(Form::Signed, &Limits::ABSOLUTE)?;
+    Ok(Envelope::sign(PLAN_PAYLOAD_TYPE, &plan.to_payload(), key))
+}
+
+/// Signs an action after checking its rules.
+pub fn sign_action(action: &Action, key: &SigningKey) -> Result<Envelope, Invalid> {
+    action.validate()?;
+    Ok(Envelope::sign(ACTION_PAYLOAD_TYPE, &action.to_payload(), key))
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::Verifier as _;
+
+    use super::*;
+    use crate::keys::signing_key_from_seed;
+
+    #[test]
+    fn pae_matches_the_dsse_spec_example() {
+        // From the DSSE protocol document.
+        assert_eq!(
+            pae("http://example.com/HelloWorld", b"hello world"),
+            b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec()
+        );
+    }
+
+    #[test]
+    fn weak_key_signature_is_refused_by_verify_strict() {
+        // With A = identity, R = identity and S = 0, cofactorless verification holds for any
+        // message; verify_strict must still refuse it.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = VerifyingKey::from_bytes(&identity).unwrap();
+        let mut sig = [0u8; 64];
+        sig[0] = 1;
+        let sig_b64 = B64.encode(sig);
+        let parsed = Signature::from_bytes(&sig);
+        assert!(weak.verify(b"anything", &parsed).is_ok(), "precondition: lax verify accepts");
+        assert!(!check_signature(&weak, b"anything", &sig_b64));
+    }
+
+    #[test]
+    fn signature_with_s_plus_l_is_refused() {
+        let sk = signing_key_from_seed(&[9; 32]);
+        let msg = b"message";
+        let mut sig = sk.sign(msg).to_bytes();
+        // Add the group order L to S (little-endian): same signature mathematically,
+        // non-canonical encoding.
+        const L: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let v = u16::from(sig[32 + i]) + u16::from(L[i]) + carry;
+            sig[32 + i] = v as u8;
+            carry = v >> 8;
+        }
+        assert!(!check_signature(&sk.verifying_key(), msg, &B64.encode(sig)));
+        assert!(check_signature(&sk.verifying_key(), msg, &B64.encode(sk.sign(msg).to_bytes())));
+    }
+}

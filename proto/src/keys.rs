@@ -1,0 +1,139 @@
+//! Signer keys: ed25519, stored as PKCS#8 / SPKI PEM, named by key id.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::digest::{Digest, DigestParseError};
+
+/// A key id: `sha256:<hex of the raw 32-byte public key>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(Digest);
+
+impl KeyId {
+    /// The id of `key`.
+    pub fn of(key: &VerifyingKey) -> Self {
+        Self(Digest::of(key.as_bytes()))
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({})", self.0)
+    }
+}
+
+impl FromStr for KeyId {
+    type Err = DigestParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(Self)
+    }
+}
+
+impl Serialize for KeyId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Digest::deserialize(d).map(Self)
+    }
+}
+
+/// Why a key could not be read or used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// Not a PKCS#8 ed25519 private key in PEM.
+    #[error("not an ed25519 private key in PKCS#8 PEM ({0})")]
+    Private(String),
+    /// Not an SPKI ed25519 public key in PEM.
+    #[error("not an ed25519 public key in PEM ({0})")]
+    Public(String),
+    /// Not 32 bytes, or not a point on the curve.
+    #[error("not an ed25519 public key: {0}")]
+    Raw(String),
+    /// A small-order key: signatures by it prove nothing.
+    #[error("weak ed25519 key (small order): refused")]
+    Weak,
+}
+
+/// A signing key from 32 random bytes.
+pub fn signing_key_from_seed(seed: &[u8; 32]) -> SigningKey {
+    SigningKey::from_bytes(seed)
+}
+
+/// Reads a private key from PKCS#8 PEM.
+pub fn signing_key_from_pem(pem: &str) -> Result<SigningKey, KeyError> {
+    SigningKey::from_pkcs8_pem(pem).map_err(|e| KeyError::Private(e.to_string()))
+}
+
+/// Writes a private key as PKCS#8 PEM; the string is wiped when dropped.
+pub fn signing_key_to_pem(key: &SigningKey) -> Result<zeroize::Zeroizing<String>, KeyError> {
+    key.to_pkcs8_pem(LineEnding::LF).map_err(|e| KeyError::Private(e.to_string()))
+}
+
+/// Reads a public key from SPKI PEM, refusing weak keys.
+pub fn verifying_key_from_pem(pem: &str) -> Result<VerifyingKey, KeyError> {
+    let key =
+        VerifyingKey::from_public_key_pem(pem).map_err(|e| KeyError::Public(e.to_string()))?;
+    if key.is_weak() {
+        return Err(KeyError::Weak);
+    }
+    Ok(key)
+}
+
+/// Writes a public key as SPKI PEM.
+pub fn verifying_key_to_pem(key: &VerifyingKey) -> Result<String, KeyError> {
+    key.to_public_key_pem(LineEnding::LF).map_err(|e| KeyError::Public(e.to_string()))
+}
+
+/// Reads a raw 32-byte public key, refusing weak keys.
+pub fn verifying_key_from_raw(bytes: &[u8]) -> Result<VerifyingKey, KeyError> {
+    let raw: &[u8; 32] =
+        bytes.try_into().map_err(|_| KeyError::Raw(format!("{} bytes, not 32", bytes.len())))?;
+    let key = VerifyingKey::from_bytes(raw).map_err(|e| KeyError::Raw(e.to_string()))?;
+    if key.is_weak() {
+        return Err(KeyError::Weak);
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_round_trips_and_key_id_is_sha256_of_raw_key() {
+        let sk = signing_key_from_seed(&[7; 32]);
+        let pem = signing_key_to_pem(&sk).unwrap();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        let back = signing_key_from_pem(&pem).unwrap();
+        assert_eq!(back.to_bytes(), sk.to_bytes());
+        let vk = sk.verifying_key();
+        let pub_pem = verifying_key_to_pem(&vk).unwrap();
+        assert_eq!(verifying_key_from_pem(&pub_pem).unwrap(), vk);
+        assert_eq!(KeyId::of(&vk).to_string(), Digest::of(vk.as_bytes()).to_string());
+    }
+
+    #[test]
+    fn small_order_raw_key_is_refused() {
+        // The identity point, encoded: a small-order point.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert_eq!(verifying_key_from_raw(&identity), Err(KeyError::Weak));
+        assert!(matches!(verifying_key_from_raw(&[1; 31]), Err(KeyError::Raw(_))));
+    }
+}

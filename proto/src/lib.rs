@@ -1,0 +1,37 @@
+//! The AGEniX contract: the plan and action schema v1 and its one validator, content
+//! digests, DSSE envelopes signed with ed25519, and the trust file.
+//!
+//! agx, agq and agw all parse, validate and verify through this crate, so they can never
+//! disagree about what a valid plan is. Parsing is strict (duplicate keys, unknown fields and
+//! non-UTF-8 are rejected) and every error names its rule and field path.
+//!
+//! What this crate does not do: it performs no file or network I/O and never reads a clock or
+//! a random source; time and randomness are arguments. Executors accept only
+//! [`VerifiedPlan`] and [`VerifiedAction`], which only [`verify_plan`] and
+//! [`verify_action`] construct.
+
+pub mod action;
+pub mod card;
+pub mod digest;
+pub mod envelope;
+pub mod ids;
+pub mod json;
+pub mod keys;
+pub mod limits;
+pub mod plan;
+pub mod report;
+pub mod trust;
+pub mod validate;
+
+pub use action::{Action, Fingerprint, InputRef};
+pub use digest::Digest;
+pub use envelope::{
+    Envelope, VerifiedAction, VerifiedPlan, VerifyError, verify_action, verify_plan,
+};
+pub use ids::{ActionId, AuName, MountName, PlanId, PlanName, TaskId, ToolName};
+pub use keys::KeyId;
+pub use limits::{Limits, TaskLimits};
+pub use plan::{Access, Form, Mount, Plan, Run, Stdin, Task};
+pub use report::{Outcome, TaskReport};
+pub use trust::{Role, Trust};
+pub use validate::{Invalid, Violation};

@@ -1,0 +1,132 @@
+//! Resource limits: what a plan asks for, what a worker allows, and what a task runs under.
+
+use serde::{Deserialize, Serialize};
+
+/// Limits a plan task asks for; anything omitted takes the worker's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskLimits {
+    /// Wasm instructions, roughly (wasm tasks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    /// Linear memory for wasm; address space or cgroup memory for native tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Wall-clock time from start to kill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Bytes of stdout (and, separately, of stderr) kept before the task is stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
+    /// Processes and threads (native tasks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    /// Largest file a task may write (native: RLIMIT_FSIZE; wasm: scratch space).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_bytes: Option<u64>,
+}
+
+impl TaskLimits {
+    /// True when the task asks for nothing in particular.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The concrete limits: what was asked, else `defaults`.
+    pub fn resolve(&self, defaults: &Limits) -> Limits {
+        Limits {
+            fuel: self.fuel.unwrap_or(defaults.fuel),
+            memory_bytes: self.memory_bytes.unwrap_or(defaults.memory_bytes),
+            timeout_ms: self.timeout_ms.unwrap_or(defaults.timeout_ms),
+            output_bytes: self.output_bytes.unwrap_or(defaults.output_bytes),
+            pids: self.pids.unwrap_or(defaults.pids),
+            file_bytes: self.file_bytes.unwrap_or(defaults.file_bytes),
+        }
+    }
+}
+
+/// The limits one task runs under, every field set. Also used for a worker's ceilings: the
+/// most any plan may ask for (a plan asking for more is refused, never clamped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Wasm fuel.
+    pub fuel: u64,
+    /// Memory in bytes.
+    pub memory_bytes: u64,
+    /// Wall-clock timeout in milliseconds.
+    pub timeout_ms: u64,
+    /// Output cap per stream in bytes.
+    pub output_bytes: u64,
+    /// Process cap (native).
+    pub pids: u64,
+    /// File size cap in bytes.
+    pub file_bytes: u64,
+}
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+impl Limits {
+    /// What a task gets when its plan names no limits.
+    pub const DEFAULT: Self = Self {
+        fuel: 100_000_000_000,
+        memory_bytes: 256 * MIB,
+        timeout_ms: 60_000,
+        output_bytes: 16 * MIB,
+        pids: 64,
+        file_bytes: 64 * MIB,
+    };
+
+    /// The hard maxima of the format: no worker may allow more.
+    pub const ABSOLUTE: Self = Self {
+        fuel: 1_000_000_000_000_000,
+        memory_bytes: 16 * GIB,
+        timeout_ms: 3_600_000,
+        output_bytes: GIB,
+        pids: 4096,
+        file_bytes: 64 * GIB,
+    };
+
+    /// The smallest values a plan may ask for.
+    pub const MINIMUM: Self =
+        Self { fuel: 1, memory_bytes: MIB, timeout_ms: 1, output_bytes: 1, pids: 1, file_bytes: 1 };
+
+    /// Each field with its name, in a fixed order.
+    pub fn fields(&self) -> [(&'static str, u64); 6] {
+        [
+            ("fuel", self.fuel),
+            ("memory_bytes", self.memory_bytes),
+            ("timeout_ms", self.timeout_ms),
+            ("output_bytes", self.output_bytes),
+            ("pids", self.pids),
+            ("file_bytes", self.file_bytes),
+        ]
+    }
+
+    /// The smaller of each field.
+    pub fn min(&self, other: &Self) -> Self {
+        Self {
+            fuel: self.fuel.min(other.fuel),
+            memory_bytes: self.memory_bytes.min(other.memory_bytes),
+            timeout_ms: self.timeout_ms.min(other.timeout_ms),
+            output_bytes: self.output_bytes.min(other.output_bytes),
+            pids: self.pids.min(other.pids),
+            file_bytes: self.file_bytes.min(other.file_bytes),
+        }
+    }
+}
+
+impl TaskLimits {
+    /// Each field asked for, with its name, in the order of [`Limits::fields`].
+    pub fn fields(&self) -> [(&'static str, Option<u64>); 6] {
+        [
+            ("fuel", self.fuel),
+            ("memory_bytes", self.memory_bytes),
+            ("timeout_ms", self.timeout_ms),
+            ("output_bytes", self.output_bytes),
+            ("pids", self.pids),
+            ("file_bytes", self.file_bytes),
+        ]
+    }
+}

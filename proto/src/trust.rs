@@ -1,0 +1,312 @@
+//! The trust file: which signers a worker or queue believes, in which roles, and which keys
+//! are revoked. Rotation is adding the new key and revoking the old.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{KeyError, KeyId, VerifyingKey, verifying_key_from_raw};
+use crate::validate::{Invalid, Report};
+
+/// The `schema` value of a v1 trust file.
+pub const TRUST_SCHEMA: &str = "agenix.trust/v1";
+/// Largest trust file accepted, in bytes.
+pub const MAX_TRUST_BYTES: usize = 1 << 20;
+
+/// What a signer may sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Plans.
+    Plan,
+    /// Actions (requests to run a plan).
+    Action,
+}
+
+impl Role {
+    /// Both roles, the default for a new signer.
+    pub const ALL: [Self; 2] = [Self::Plan, Self::Action];
+
+    /// The role's name as the trust file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plan => "plan",
+            Self::Action => "action",
+        }
+    }
+}
+
+/// The file as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrustDoc {
+    schema: String,
+    #[serde(default)]
+    signers: Vec<SignerDoc>,
+    #[serde(default)]
+    revoked: Vec<KeyId>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignerDoc {
+    name: String,
+    /// The raw 32-byte public key, base64.
+    key: String,
+    roles: Vec<Role>,
+}
+
+/// One trusted signer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signer {
+    /// A name for people (`alice`, `ci-planner`).
+    pub name: String,
+    /// The public key.
+    pub key: VerifyingKey,
+    /// What it may sign.
+    pub roles: Vec<Role>,
+}
+
+/// A parsed, checked trust file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trust {
+    signers: BTreeMap<KeyId, Signer>,
+    revoked: Vec<KeyId>,
+}
+
+/// Why a change to a trust file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustError {
+    /// The key is already trusted.
+    #[error("key {keyid} is already trusted as \"{name}\"")]
+    DuplicateKey {
+        /// The key's id.
+        keyid: KeyId,
+        /// Its existing name.
+        name: String,
+    },
+    /// The name is taken by another key.
+    #[error("the name \"{0}\" is already used by another signer")]
+    DuplicateName(String),
+    /// The key was revoked; revocation is permanent.
+    #[error("key {0} was revoked; generate a new key instead of trusting it again")]
+    Revoked(KeyId),
+    /// The name is not acceptable.
+    #[error("invalid signer name {0:?}: 1 to 64 printable characters, no control characters")]
+    Name(String),
+    /// No roles were given.
+    #[error("a signer needs at least one role")]
+    NoRoles,
+    /// The key is unusable.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.chars().count() <= 64
+        && name.trim() == name
+        && !name.chars().any(char::is_control)
+}
+
+impl Trust {
+    /// An empty trust file: nobody is trusted.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses and checks a trust file: schema, key encodings, weak keys, duplicate keys and
+    /// names, roles.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, Invalid> {
+        let doc: TrustDoc = crate::json::from_slice(bytes, MAX_TRUST_BYTES)?;
+        let mut r = Report::default();
+        if doc.schema != TRUST_SCHEMA {
+            r.push(
+                "schema",
+                "schema",
+                format!("must be \"{TRUST_SCHEMA}\", found {:?}", doc.schema),
+            );
+        }
+        let mut trust = Self::new();
+        for (i, s) in doc.signers.into_iter().enumerate() {
+            let at = format!("signers[{i}]");
+            let key = match B64.decode(&s.key) {
+                Ok(raw) => match verifying_key_from_raw(&raw) {
+                    Ok(key) => key,
+                    Err(e) => {
+                        r.push(format!("{at}.key"), "key", e.to_string());
+                        continue;
+                    }
+                },
+                Err(_) => {
+                    r.push(format!("{at}.key"), "key", "not base64");
+                    continue;
+                }
+            };
+            if let Err(e) = trust.insert(s.name, key, s.roles) {
+                r.push(at, "signer", e.to_string());
+            }
+        }
+        for (i, k) in doc.revoked.iter().enumerate() {
+            if trust.revoked.contains(k) {
+                r.push(format!("revoked[{i}]"), "revoked", format!("{k} is listed twice"));
+            }
+            trust.revoked.push(*k);
+        }
+        r.finish()?;
+        Ok(trust)
+    }
+
+    /// The file's bytes, pretty-printed with a trailing newline.
+    pub fn to_json(&self) -> Vec<u8> {
+        let doc = TrustDoc {
+            schema: TRUST_SCHEMA.into(),
+            signers: self
+                .signers
+                .values()
+                .map(|s| SignerDoc {
+                    name: s.name.clone(),
+                    key: B64.encode(s.key.as_bytes()),
+                    roles: s.roles.clone(),
+                })
+                .collect(),
+            revoked: self.revoked.clone(),
+        };
+        // Plain data with string keys: serialization cannot fail.
+        let mut out = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+
+    fn insert(
+        &mut self,
+        name: String,
+        key: VerifyingKey,
+        roles: Vec<Role>,
+    ) -> Result<KeyId, TrustError> {
+        if !valid_name(&name) {
+            return Err(TrustError::Name(name));
+        }
+        if key.is_weak() {
+            return Err(KeyError::Weak.into());
+        }
+        let mut roles = roles;
+        roles.sort();
+        roles.dedup();
+        if roles.is_empty() {
+            return Err(TrustError::NoRoles);
+        }
+        let keyid = KeyId::of(&key);
+        if let Some(existing) = self.signers.get(&keyid) {
+            return Err(TrustError::DuplicateKey { keyid, name: existing.name.clone() });
+        }
+        if self.signers.values().any(|s| s.name == name) {
+            return Err(TrustError::DuplicateName(name));
+        }
+        self.signers.insert(keyid, Signer { name, key, roles });
+        Ok(keyid)
+    }
+
+    /// Trusts `key` as `name` for `roles`.
+    pub fn add(
+        &mut self,
+        name: &str,
+        key: VerifyingKey,
+        roles: &[Role],
+    ) -> Result<KeyId, TrustError> {
+        let keyid = KeyId::of(&key);
+        if self.is_revoked(&keyid) {
+            return Err(TrustError::Revoked(keyid));
+        }
+        self.insert(name.to_owned(), key, roles.to_vec())
+    }
+
+    /// Revokes `keyid`. Returns false if it was already revoked. A key id that names no signer
+    /// here is still recorded, so the key stays refused if someone adds it later.
+    pub fn revoke(&mut self, keyid: KeyId) -> bool {
+        if self.is_revoked(&keyid) {
+            return false;
+        }
+        self.revoked.push(keyid);
+        true
+    }
+
+    /// Whether `keyid` is revoked.
+    pub fn is_revoked(&self, keyid: &KeyId) -> bool {
+        self.revoked.contains(keyid)
+    }
+
+    /// The signer with `keyid`, revoked or not.
+    pub fn signer(&self, keyid: &KeyId) -> Option<&Signer> {
+        self.signers.get(keyid)
+    }
+
+    /// Every signer, by key id.
+    pub fn signers(&self) -> impl Iterator<Item = (&KeyId, &Signer)> {
+        self.signers.iter()
+    }
+
+    /// Every revoked key id.
+    pub fn revoked(&self) -> &[KeyId] {
+        &self.revoked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::signing_key_from_seed;
+
+    fn key(n: u8) -> VerifyingKey {
+        signing_key_from_seed(&[n; 32]).verifying_key()
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let mut t = Trust::new();
+        let a = t.add("alice", key(1), &Role::ALL).unwrap();
+        t.add("bob", key(2), &[Role::Plan]).unwrap();
+        assert!(t.revoke(a));
+        let back = Trust::from_json(&t.to_json()).unwrap();
+        assert_eq!(back, t);
+        assert!(back.is_revoked(&a));
+        assert_eq!(back.signer(&a).unwrap().name, "alice");
+    }
+
+    #[test]
+    fn duplicates_and_revoked_keys_are_refused() {
+        let mut t = Trust::new();
+        let a = t.add("alice", key(1), &Role::ALL).unwrap();
+        assert!(matches!(
+            t.add("alice2", key(1), &Role::ALL),
+            Err(TrustError::DuplicateKey { .. })
+        ));
+        assert_eq!(
+            t.add("alice", key(2), &Role::ALL),
+            Err(TrustError::DuplicateName("alice".into()))
+        );
+        t.revoke(a);
+        assert!(!t.revoke(a));
+        let mut fresh = Trust::new();
+        fresh.revoke(a);
+        assert_eq!(fresh.add("alice", key(1), &Role::ALL), Err(TrustError::Revoked(a)));
+        assert_eq!(t.add("x", key(3), &[]), Err(TrustError::NoRoles));
+        assert!(matches!(t.add(" x", key(3), &Role::ALL), Err(TrustError::Name(_))));
+    }
+
+    #[test]
+    fn weak_key_in_file_is_rejected() {
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let doc = format!(
+            r#"{{"schema":"agenix.trust/v1","signers":[{{"name":"w","key":"{}","roles":["plan"]}}]}}"#,
+            B64.encode(identity)
+        );
+        let err = Trust::from_json(doc.as_bytes()).unwrap_err();
+        assert_eq!(err.violations()[0].path, "signers[0].key");
+        assert!(err.to_string().contains("weak"), "{err}");
+    }
+}

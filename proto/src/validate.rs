@@ -1,0 +1,98 @@
+//! Violations: what the one validator reports, each naming its rule and field path.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::json::JsonError;
+
+/// One broken rule at one place in a document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// The field path (`tasks[3].stdin`); empty for the document as a whole.
+    pub path: String,
+    /// The rule's short name (`stdin-ref`, `task-count`, ...), stable for scripts.
+    pub rule: &'static str,
+    /// What is wrong, for people.
+    pub message: String,
+}
+
+impl Violation {
+    /// A violation of `rule` at `path`.
+    pub fn new(path: impl Into<String>, rule: &'static str, message: impl Into<String>) -> Self {
+        Self { path: path.into(), rule, message: message.into() }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{} [{}]", self.message, self.rule)
+        } else {
+            write!(f, "{}: {} [{}]", self.path, self.message, self.rule)
+        }
+    }
+}
+
+impl From<JsonError> for Violation {
+    fn from(e: JsonError) -> Self {
+        Self { path: e.path, rule: "json", message: e.message }
+    }
+}
+
+/// A document that broke one or more rules. Never empty.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Invalid(Vec<Violation>);
+
+impl Invalid {
+    /// The violations, in document order.
+    pub fn violations(&self) -> &[Violation] {
+        &self.0
+    }
+
+    /// Whether any violation is of `rule`.
+    pub fn has_rule(&self, rule: &str) -> bool {
+        self.0.iter().any(|v| v.rule == rule)
+    }
+
+    pub(crate) fn one(v: Violation) -> Self {
+        Self(vec![v])
+    }
+}
+
+impl From<JsonError> for Invalid {
+    fn from(e: JsonError) -> Self {
+        Self::one(e.into())
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, v) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects violations while a validator walks a document.
+#[derive(Debug, Default)]
+pub(crate) struct Report(Vec<Violation>);
+
+impl Report {
+    pub(crate) fn push(
+        &mut self,
+        path: impl Into<String>,
+        rule: &'static str,
+        msg: impl Into<String>,
+    ) {
+        self.0.push(Violation::new(path, rule, msg));
+    }
+
+    pub(crate) fn finish(self) -> Result<(), Invalid> {
+        if self.0.is_empty() { Ok(()) } else { Err(Invalid(self.0)) }
+    }
+}
