@@ -1,0 +1,14 @@
+//! One task in one sandbox.
+//!
+//! `wasm` runs AUs (WASI components) on wasmtime under fuel, memory, wall-clock, output and
+//! scratch-space limits with only the directories a task was granted; `output` captures and
+//! sanitizes what tasks print; `report` turns a run into the [`agenix_proto::TaskReport`]
+//! that wasm and native tasks share.
+//!
+//! What this crate does not do: it never talks to the queue, never verifies signatures and
+//! never decides what may run — callers hand it verified, resolved work. A guest failing is
+//! an [`agenix_proto::Outcome`], not an error; `Err` means the host itself broke.
+
+pub mod output;
+pub mod report;
+pub mod wasm;

@@ -1,0 +1,665 @@
+//! AUs on wasmtime: one engine per process, each component compiled once per digest, each
+//! task in a fresh store with fuel, memory, wall-clock, output and scratch-space limits, and
+//! only the capabilities the task was granted.
+//!
+//! Denied by default: a task sees no environment variables but the ones it is given, no
+//! directories but its mounts and a private scratch `/tmp`, and no network at all — the
+//! socket and http interfaces are not even linked, and a component importing them is refused
+//! before it is instantiated.
+
+mod cache;
+pub mod imports;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use agenix_proto::{Access, Digest, Limits, Outcome};
+use bytes::Bytes;
+use tokio::sync::{OnceCell, Semaphore};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime_wasi::p2::bindings::{Command, CommandPre};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use self::cache::ArtifactCache;
+pub use self::imports::ConformanceError;
+use crate::output::CappedPipe;
+
+/// Fuel between yields to the async executor: about a millisecond of guest compute, so a
+/// timeout or cancellation takes effect promptly while yielding costs next to nothing.
+const YIELD_INTERVAL: u64 = 1_000_000;
+/// Most bytes a guest may pass to one host call (and ask of `get-random-bytes`).
+const HOSTCALL_BYTES: usize = 16 << 20;
+/// How often the scratch directory's size is checked while a task runs.
+const SCRATCH_POLL: Duration = Duration::from_millis(20);
+/// Most entries a scratch directory may hold.
+const SCRATCH_MAX_ENTRIES: u64 = 10_000;
+/// Core instances, memories and tables one component may create (a Rust AU uses ~3/2/2).
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const MEMORIES_PER_COMPONENT: u32 = 4;
+const TABLES_PER_COMPONENT: u32 = 8;
+/// Table elements one task may allocate.
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+/// How instance memory is allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocator {
+    /// The pooling allocator if the address space can be reserved, else on demand.
+    Auto,
+    /// The pooling allocator or fail.
+    Pooling,
+    /// Allocate per instance.
+    OnDemand,
+}
+
+/// How a [`WasmHost`] is set up.
+#[derive(Debug, Clone)]
+pub struct WasmConfig {
+    /// The most any task may ask for; the pool is sized for it.
+    pub ceilings: Limits,
+    /// Tasks running at once; more wait for a slot.
+    pub max_concurrent: u32,
+    /// Where precompiled artifacts are kept; `None` keeps them in memory only.
+    pub cache_dir: Option<PathBuf>,
+    /// Where each task's private scratch directory is created.
+    pub scratch_dir: PathBuf,
+    /// Instance allocation.
+    pub allocator: Allocator,
+}
+
+/// Why a component cannot be prepared. Each is a property of the component (or its
+/// delivery), reported as the task's refusal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrepareError {
+    /// The bytes are not the component the plan pinned.
+    #[error("component bytes have digest {found}, but the plan pins {expected}")]
+    DigestMismatch {
+        /// The pinned digest.
+        expected: Digest,
+        /// The digest of the bytes delivered.
+        found: Digest,
+    },
+    /// The bytes are not a valid WebAssembly component.
+    #[error("not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    /// The component does not fit the `agenix:au/unit` world.
+    #[error(transparent)]
+    Conformance(#[from] ConformanceError),
+    /// The bytes could not be had.
+    #[error("cannot load the component: {0}")]
+    Fetch(String),
+}
+
+/// The host itself failed (not the guest): the task's result is unknown.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// Setting up the engine failed.
+    #[error("cannot start the wasm engine: {0}")]
+    Engine(String),
+    /// A file-system operation of the host failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A wasmtime operation that should not fail did.
+    #[error("wasm runtime: {0}")]
+    Runtime(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HostError {
+    move |source| HostError::Io { what: what.into(), source }
+}
+
+/// A component ready to instantiate: compiled, conformance-checked, pre-linked.
+pub struct Prepared {
+    digest: Digest,
+    pre: CommandPre<TaskState>,
+    imports: Vec<String>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("digest", &self.digest)
+            .field("imports", &self.imports)
+            .finish()
+    }
+}
+
+impl Prepared {
+    /// The component's digest.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+    /// The interfaces it imports.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+}
+
+/// A directory granted to a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Where it is on the host (operator configuration, never a plan).
+    pub host: PathBuf,
+    /// Where the task sees it.
+    pub guest: String,
+    /// Read-only or read-write.
+    pub access: Access,
+}
+
+/// One run of an AU.
+#[derive(Debug, Clone)]
+pub struct WasmTask {
+    /// `argv[0]`, usually the AU's name.
+    pub program: String,
+    /// The arguments after it.
+    pub args: Vec<String>,
+    /// The whole environment.
+    pub env: Vec<(String, String)>,
+    /// Everything on stdin.
+    pub stdin: Bytes,
+    /// Directories granted.
+    pub grants: Vec<Grant>,
+    /// The limits it runs under.
+    pub limits: Limits,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct WasmRun {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Its stdout, up to the output limit.
+    pub stdout: Bytes,
+    /// Its stderr, up to the output limit.
+    pub stderr: Bytes,
+    /// Fuel consumed.
+    pub fuel_consumed: u64,
+    /// Wall-clock time, including instantiation.
+    pub wall: Duration,
+    /// The most linear memory it held at once.
+    pub peak_memory: u64,
+}
+
+/// The per-store state: the WASI context and the limiter.
+#[allow(missing_debug_implementations, reason = "WasiCtx has no Debug")]
+pub struct TaskState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+}
+
+impl WasiView for TaskState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl wasmtime_wasi_io::IoView for TaskState {
+    fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+}
+
+/// Caps linear memory across all of a task's memories, remembering the peak and whether it
+/// ever refused growth (the reliable sign of `MemoryExceeded`: a Rust guest that cannot grow
+/// aborts with an ordinary trap).
+#[derive(Debug)]
+struct Limiter {
+    limit: u64,
+    total: u64,
+    peak: u64,
+    denied: bool,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let grow = desired.saturating_sub(current) as u64;
+        if self.total.saturating_add(grow) > self.limit {
+            self.denied = true;
+            return Ok(false);
+        }
+        self.total += grow;
+        self.peak = self.peak.max(self.total);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        CORE_INSTANCES_PER_COMPONENT as usize
+    }
+    fn memories(&self) -> usize {
+        MEMORIES_PER_COMPONENT as usize
+    }
+    fn tables(&self) -> usize {
+        TABLES_PER_COMPONENT as usize
+    }
+}
+
+/// The wasm sandbox: one per process.
+pub struct WasmHost {
+    engine: Engine,
+    linker: Linker<TaskState>,
+    pooled: bool,
+    cache: Option<ArtifactCache>,
+    prepared: Mutex<HashMap<Digest, Arc<OnceCell<Arc<Prepared>>>>>,
+    slots: Semaphore,
+    scratch_dir: PathBuf,
+    ceilings: Limits,
+}
+
+impl std::fmt::Debug for WasmHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmHost")
+            .field("pooled", &self.pooled)
+            .field("ceilings", &self.ceilings)
+            .finish()
+    }
+}
+
+fn engine_config() -> Config {
+    let mut c = Config::new();
+    c.wasm_component_model(true);
+    c.consume_fuel(true);
+    c
+}
+
+fn pooling(config: &WasmConfig) -> PoolingAllocationConfig {
+    let n = config.max_concurrent.max(1);
+    // wasm32 memories stop at 4 GiB; the limiter enforces each task's own limit below this.
+    let max_memory = config.ceilings.memory_bytes.min(4 << 30) as usize;
+    let mut p = PoolingAllocationConfig::default();
+    p.total_component_instances(n)
+        .total_core_instances(n * CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(n * MEMORIES_PER_COMPONENT)
+        .total_tables(n * TABLES_PER_COMPONENT)
+        .total_stacks(n)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(TABLES_PER_COMPONENT)
+        .max_memory_size(max_memory)
+        .table_elements(MAX_TABLE_ELEMENTS);
+    p
+}
+
+/// Links exactly the `agenix:au/unit` world: wasi:io, cli, clocks, random, filesystem.
+fn link(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
+    use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
+    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random};
+    use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
+
+    let l = linker;
+    wasmtime_wasi_io::add_to_linker_async(l)?;
+    clocks::wall_clock::add_to_linker::<_, WasiClocks>(l, TaskState::clocks)?;
+    clocks::monotonic_clock::add_to_linker::<_, WasiClocks>(l, TaskState::clocks)?;
+    filesystem::types::add_to_linker::<_, WasiFilesystem>(l, TaskState::filesystem)?;
+    filesystem::preopens::add_to_linker::<_, WasiFilesystem>(l, TaskState::filesystem)?;
+    random::random::add_to_linker::<_, WasiRandom>(l, TaskState::random)?;
+    random::insecure::add_to_linker::<_, WasiRandom>(l, TaskState::random)?;
+    random::insecure_seed::add_to_linker::<_, WasiRandom>(l, TaskState::random)?;
+    cli::exit::add_to_linker::<_, WasiCli>(l, TaskState::cli)?;
+    cli::environment::add_to_linker::<_, WasiCli>(l, TaskState::cli)?;
+    cli::stdin::add_to_linker::<_, WasiCli>(l, TaskState::cli)?;
+    cli::stdout::add_to_linker::<_, WasiCli>(l, TaskState::cli)?;
+    cli::stderr::add_to_linker::<_, WasiCli>(l, TaskState::cli)?;
+    cli::terminal_input::add_to_linker::<_, WasiCli>(l, TaskState::cli)?;
+    cli::terminal_output::add_to_linker::<_, WasiCli>(l, TaskState::cli)?;
+    cli::terminal_stdin::add_to_linker::<_, WasiCli>(l, TaskState::cli)?;
+    cli::terminal_stdout::add_to_linker::<_, WasiCli>(l, TaskState::cli)?;
+    cli::terminal_stderr::add_to_linker::<_, WasiCli>(l, TaskState::cli)?;
+    Ok(())
+}
+
+/// How a run ended, before it is classified.
+enum Ended {
+    Returned(wasmtime::Result<Result<(), ()>>),
+    TimedOut,
+    ScratchFull,
+}
+
+impl WasmHost {
+    /// Starts the engine: the pooling allocator when it can reserve its address space (or
+    /// as configured), fuel metering, and the linker for the `unit` world.
+    pub fn new(config: WasmConfig) -> Result<Self, HostError> {
+        let (engine, pooled) = match config.allocator {
+            Allocator::OnDemand => (Self::on_demand()?, false),
+            Allocator::Pooling => (Self::pooled(&config)?, true),
+            Allocator::Auto => match Self::pooled(&config) {
+                Ok(e) => (e, true),
+                Err(e) => {
+                    tracing::warn!(error = %e, "pooling allocator unavailable; allocating on demand");
+                    (Self::on_demand()?, false)
+                }
+            },
+        };
+        let mut linker = Linker::new(&engine);
+        link(&mut linker).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(
+                ArtifactCache::open(dir, &engine)
+                    .map_err(io_err(format!("cannot open the artifact cache {}", dir.display())))?,
+            ),
+            None => None,
+        };
+        std::fs::create_dir_all(&config.scratch_dir).map_err(io_err(format!(
+            "cannot create scratch directory {}",
+            config.scratch_dir.display()
+        )))?;
+        Ok(Self {
+            engine,
+            linker,
+            pooled,
+            cache,
+            prepared: Mutex::new(HashMap::new()),
+            slots: Semaphore::new(config.max_concurrent.max(1) as usize),
+            scratch_dir: config.scratch_dir,
+            ceilings: config.ceilings,
+        })
+    }
+
+    fn pooled(config: &WasmConfig) -> Result<Engine, HostError> {
+        let mut c = engine_config();
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(config)));
+        Engine::new(&c).map_err(|e| HostError::Engine(format!("{e:#}")))
+    }
+
+    fn on_demand() -> Result<Engine, HostError> {
+        Engine::new(&engine_config()).map_err(|e| HostError::Engine(format!("{e:#}")))
+    }
+
+    /// Whether the pooling allocator is in use.
+    pub fn is_pooled(&self) -> bool {
+        self.pooled
+    }
+
+    /// The engine (for metrics).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Component instances currently allocated in the pool (0 when idle), or `None` when
+    /// allocating on demand.
+    pub fn live_instances(&self) -> Option<u64> {
+        self.engine.pooling_allocator_metrics().map(|m| m.component_instances())
+    }
+
+    /// The component with `digest`, compiled at most once per process: from memory, else
+    /// from the artifact cache, else from the bytes `fetch` delivers (verified against the
+    /// digest, checked against the `unit` world, compiled, and cached).
+    pub async fn prepare<F, Fut>(
+        &self,
+        digest: Digest,
+        fetch: F,
+    ) -> Result<Arc<Prepared>, PrepareError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<u8>, PrepareError>>,
+    {
+        let cell = {
+            let mut map = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
+            map.entry(digest).or_default().clone()
+        };
+        cell.get_or_try_init(|| async {
+            if let Some(component) = self.cache.as_ref().and_then(|c| c.load(&self.engine, &digest))
+            {
+                return self.pre(digest, component);
+            }
+            let bytes = fetch().await?;
+            self.compile(digest, bytes).await
+        })
+        .await
+        .cloned()
+    }
+
+    /// Compiles bytes that must have `digest`.
+    async fn compile(&self, digest: Digest, bytes: Vec<u8>) -> Result<Arc<Prepared>, PrepareError> {
+        let found = Digest::of(&bytes);
+        if found != digest {
+            return Err(PrepareError::DigestMismatch { expected: digest, found });
+        }
+        let component = self.compile_unchecked(bytes).await?;
+        imports::check(&self.engine, &component)?;
+        if let Some(cache) = &self.cache {
+            match component.serialize() {
+                Ok(artifact) => {
+                    if let Err(e) = cache.store(&digest, &artifact) {
+                        tracing::warn!(%digest, error = %e, "cannot cache the precompiled component");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%digest, error = %format!("{e:#}"), "cannot serialize the component")
+                }
+            }
+        }
+        self.pre(digest, component)
+    }
+
+    /// Compiles bytes into a component without any policy check (for `agx au check`).
+    pub async fn compile_unchecked(&self, bytes: Vec<u8>) -> Result<Component, PrepareError> {
+        describe_magic(&bytes)?;
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+            .await
+            .map_err(|e| PrepareError::Invalid(format!("compiler task failed: {e}")))?
+            .map_err(|e| PrepareError::Invalid(format!("{e:#}")))
+    }
+
+    /// Checks a component against the `unit` world; lists its imports either way.
+    pub fn conformance(
+        &self,
+        component: &Component,
+    ) -> (Vec<String>, Result<(), ConformanceError>) {
+        (imports::imports(&self.engine, component), imports::check(&self.engine, component))
+    }
+
+    fn pre(&self, digest: Digest, component: Component) -> Result<Arc<Prepared>, PrepareError> {
+        imports::check(&self.engine, &component)?;
+        let imports = imports::imports(&self.engine, &component);
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(CommandPre::new)
+            .map_err(|e| PrepareError::Invalid(format!("{e:#}")))?;
+        Ok(Arc::new(Prepared { digest, pre, imports }))
+    }
+
+    /// Runs one task. Waits for a free slot first. A guest failing in any way is an
+    /// [`Outcome`]; `Err` means the host itself failed.
+    pub async fn run(&self, prepared: &Prepared, task: WasmTask) -> Result<WasmRun, HostError> {
+        let _slot = self.slots.acquire().await.map_err(|e| HostError::Runtime(e.to_string()))?;
+        let limits = task.limits;
+        let started = Instant::now();
+        let scratch = tempfile::Builder::new()
+            .prefix("task-")
+            .tempdir_in(&self.scratch_dir)
+            .map_err(io_err("cannot create the task's scratch directory"))?;
+        let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
+        let (stdout, stderr) = (CappedPipe::new(cap), CappedPipe::new(cap));
+
+        let mut argv = Vec::with_capacity(task.args.len() + 1);
+        argv.push(task.program.clone());
+        argv.extend(task.args.iter().cloned());
+        let mut b = WasiCtxBuilder::new();
+        b.args(&argv)
+            .envs(&task.env)
+            .stdin(MemoryInputPipe::new(task.stdin.clone()))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .max_random_size(HOSTCALL_BYTES as u64);
+        b.preopened_dir(scratch.path(), "/tmp", FsPerms::ReadWrite)
+            .map_err(|e| HostError::Runtime(format!("cannot open the scratch directory: {e:#}")))?;
+        for g in &task.grants {
+            let perms = match g.access {
+                Access::ReadOnly => FsPerms::ReadOnly,
+                Access::ReadWrite => FsPerms::ReadWrite,
+            };
+            if let Err(e) = b.preopened_dir(&g.host, &g.guest, perms) {
+                return Ok(refused(format!("mount {} is not available: {e:#}", g.guest), started));
+            }
+        }
+        let state = TaskState {
+            wasi: b.build(),
+            table: ResourceTable::new(),
+            limiter: Limiter { limit: limits.memory_bytes, total: 0, peak: 0, denied: false },
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(HOSTCALL_BYTES);
+        store.set_fuel(limits.fuel).map_err(|e| HostError::Runtime(format!("{e:#}")))?;
+        store
+            .fuel_async_yield_interval(Some(YIELD_INTERVAL))
+            .map_err(|e| HostError::Runtime(format!("{e:#}")))?;
+
+        let ended = {
+            let pre = &prepared.pre;
+            let store = &mut store;
+            let run = async move {
+                let command: Command = pre.instantiate_async(&mut *store).await?;
+                command.wasi_cli_run().call_run(&mut *store).await
+            };
+            tokio::select! {
+                biased;
+                r = run => Ended::Returned(r),
+                () = tokio::time::sleep(Duration::from_millis(limits.timeout_ms)) => Ended::TimedOut,
+                () = watch_scratch(scratch.path(), limits.file_bytes) => Ended::ScratchFull,
+            }
+        };
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        let limiter = &store.data().limiter;
+        let outcome = classify(ended, limiter.denied, &stdout, &stderr);
+        Ok(WasmRun {
+            outcome,
+            stdout: stdout.contents(),
+            stderr: stderr.contents(),
+            fuel_consumed: limits.fuel.saturating_sub(fuel_left),
+            wall: started.elapsed(),
+            peak_memory: limiter.peak,
+        })
+    }
+
+    /// The limits the pool was sized for.
+    pub fn ceilings(&self) -> &Limits {
+        &self.ceilings
+    }
+}
+
+fn refused(reason: String, started: Instant) -> WasmRun {
+    WasmRun {
+        outcome: Outcome::Refused { reason },
+        stdout: Bytes::new(),
+        stderr: Bytes::new(),
+        fuel_consumed: 0,
+        wall: started.elapsed(),
+        peak_memory: 0,
+    }
+}
+
+fn classify(
+    ended: Ended,
+    memory_denied: bool,
+    stdout: &CappedPipe,
+    stderr: &CappedPipe,
+) -> Outcome {
+    let result = match ended {
+        Ended::TimedOut => return Outcome::TimedOut,
+        Ended::ScratchFull => return Outcome::OutputExceeded { stream: "scratch".into() },
+        Ended::Returned(r) => r,
+    };
+    if stdout.overflowed() {
+        return Outcome::OutputExceeded { stream: "stdout".into() };
+    }
+    if stderr.overflowed() {
+        return Outcome::OutputExceeded { stream: "stderr".into() };
+    }
+    match result {
+        Ok(Ok(())) => Outcome::Exited { code: 0 },
+        Ok(Err(())) => Outcome::Exited { code: 1 },
+        Err(e) => {
+            if let Some(exit) = e.downcast_ref::<I32Exit>() {
+                Outcome::Exited { code: exit.0 }
+            } else if memory_denied {
+                Outcome::MemoryExceeded
+            } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::OutOfFuel)) {
+                Outcome::OutOfFuel
+            } else {
+                Outcome::Trapped { message: format!("{e:#}") }
+            }
+        }
+    }
+}
+
+/// Names what the bytes are when they are not a component, so the error says what to do.
+fn describe_magic(bytes: &[u8]) -> Result<(), PrepareError> {
+    const WASM: &[u8] = b"\0asm";
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 0x0d, 0, 1, 0]) => Ok(()),
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(PrepareError::Invalid(
+            "a core wasm module, not a component (build with --target wasm32-wasip2)".into(),
+        )),
+        _ if bytes.starts_with(WASM) => Err(PrepareError::Invalid("unknown wasm version".into())),
+        _ => Err(PrepareError::Invalid(format!(
+            "does not start with the wasm magic bytes ({} bytes)",
+            bytes.len()
+        ))),
+    }
+}
+
+/// Resolves when the scratch directory holds more than `cap` bytes or too many entries.
+async fn watch_scratch(dir: &Path, cap: u64) {
+    let mut tick = tokio::time::interval(SCRATCH_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (bytes, entries) = usage(dir);
+        if bytes > cap || entries > SCRATCH_MAX_ENTRIES {
+            return;
+        }
+    }
+}
+
+/// Bytes (apparent sizes) and entries under `dir`, not following symlinks; stops counting
+/// once past the entry cap.
+fn usage(dir: &Path) -> (u64, u64) {
+    let (mut bytes, mut entries) = (0u64, 0u64);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            entries += 1;
+            if entries > SCRATCH_MAX_ENTRIES {
+                return (bytes, entries);
+            }
+            let Ok(meta) = e.path().symlink_metadata() else { continue };
+            bytes = bytes.saturating_add(meta.len());
+            if meta.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    (bytes, entries)
+}
