@@ -12,3 +12,19 @@
 pub mod output;
 pub mod report;
 pub mod wasm;
+
+use std::path::PathBuf;
+
+use agenix_proto::Access;
+
+/// A directory granted to a task: an operator-configured host directory, seen by the task
+/// at a path its plan names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Where it is on the host (operator configuration, never a plan).
+    pub host: PathBuf,
+    /// Where the task sees it.
+    pub guest: String,
+    /// Read-only or read-write.
+    pub access: Access,
+}

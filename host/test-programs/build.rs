@@ -7,8 +7,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const GUESTS: &[&str] =
-    &["spin", "grow", "sleep", "fs", "fill", "flood", "socket", "exit", "random", "echo"];
+const GUESTS: &[&str] = &[
+    "spin", "grow", "sleep", "fs", "fill", "flood", "socket", "exit", "random", "echo", "randloop",
+    "unlinked", "tryspin",
+];
 const AUS: &[&str] =
     &["grep", "wc", "sort", "uniq", "head", "tail", "cut", "jq", "csv2json", "sha256sum"];
 

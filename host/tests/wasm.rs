@@ -114,7 +114,42 @@ async fn w01_infinite_loop_times_out_on_the_wall_clock() {
         .await;
     assert_eq!(r.outcome, Outcome::TimedOut);
     assert!(r.wall >= Duration::from_millis(300), "{:?}", r.wall);
+    assert!(r.wall < Duration::from_secs(10), "stopped only after {:?}", r.wall);
     h.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn w01_guest_looping_on_cheap_host_calls_times_out_on_time() {
+    let h = Harness::new();
+    let r = h
+        .run_with(
+            programs::GUEST_RANDLOOP,
+            &[],
+            b"",
+            vec![],
+            Limits { timeout_ms: 500, ..limits() },
+        )
+        .await;
+    assert_eq!(r.outcome, Outcome::TimedOut);
+    // Stopped at the deadline plus at most a host call or two, not minutes later; the bound
+    // is loose on purpose (this is not a speed test).
+    assert!(r.wall < Duration::from_secs(10), "stopped only after {:?}", r.wall);
+    h.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn w01_out_of_fuel_after_a_refused_allocation_is_still_out_of_fuel() {
+    let h = Harness::new();
+    let r = h
+        .run_with(
+            programs::GUEST_TRYSPIN,
+            &[],
+            b"",
+            vec![],
+            Limits { fuel: 50_000_000, ..limits() },
+        )
+        .await;
+    assert_eq!(r.outcome, Outcome::OutOfFuel);
 }
 
 #[tokio::test]
@@ -362,6 +397,21 @@ async fn w06_scratch_disk_filler_is_stopped() {
 }
 
 #[tokio::test]
+async fn w06_scratch_space_held_by_a_deleted_file_still_counts() {
+    let h = Harness::new();
+    let r = h
+        .run_with(
+            programs::GUEST_UNLINKED,
+            &[],
+            b"",
+            vec![],
+            Limits { file_bytes: 16 * MIB, ..limits() },
+        )
+        .await;
+    assert_eq!(r.outcome, Outcome::OutputExceeded { stream: "scratch".into() }, "{}", stdout(&r));
+}
+
+#[tokio::test]
 async fn w07_exit_codes_survive_and_traps_are_distinct() {
     let h = Harness::new();
     for code in [0, 1, 2, 3, 42, 255] {
@@ -494,13 +544,29 @@ async fn precompiled_artifacts_are_reused_and_damaged_ones_recompiled() {
         .await
         .unwrap();
     assert_eq!(p.digest(), digest);
-    // Corrupt every artifact: the next host recompiles from the bytes instead.
+    // Flip one byte of every artifact (past its checksum): the next host notices, fetches the
+    // component again and recompiles it.
     for entry in walk(cache.path()) {
-        fs::write(&entry, b"corrupted").unwrap();
+        let mut art = fs::read(&entry).unwrap();
+        let last = art.len() - 1;
+        art[last] ^= 0xff;
+        fs::write(&entry, art).unwrap();
     }
     let h = Harness::with(2, Some(cache.path()));
+    let fetched = std::sync::atomic::AtomicUsize::new(0);
     let b = bytes.clone();
-    h.host.prepare(digest, || async { Ok(b) }).await.unwrap();
+    h.host
+        .prepare(digest, || async {
+            fetched.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(b)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        fetched.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the damaged artifact must not be used"
+    );
     let r = h.run_with(programs::GUEST_ECHO, &[], b"ok", vec![], limits()).await;
     assert_eq!(&r.stdout[..], b"ok");
 }

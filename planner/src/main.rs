@@ -5,6 +5,7 @@
 
 mod cmd;
 mod files;
+mod local;
 mod output;
 
 use std::io::{self, Write};

@@ -33,6 +33,8 @@ impl TestDir {
         Command::new(env!("CARGO_BIN_EXE_agx"))
             .args(args)
             .current_dir(self.dir.path())
+            .env("AGX_STORE", self.dir.path().join("store"))
+            .env("AGX_CACHE", self.dir.path().join("cache"))
             .env_remove("AGX_KEY")
             .env_remove("AGX_TRUST")
             .output()
@@ -259,7 +261,7 @@ fn signing_refuses_unlocked_aus_and_unreadable_keys() {
     s.write("draft.json", &locked_plan().replace(&format!(r#", "digest": "{DIGEST}""#), ""));
     s.ok(&["plan", "validate", "draft.json"]);
     let err = s.fails(&["plan", "sign", "draft.json", "--key", "alice.key", "--out", "x.env"]);
-    assert!(err.contains("tasks[0].run.wasm.digest: missing"), "{err}");
+    assert!(err.contains("tasks[0].run.wasm.name: AU \"grep\" is not in the store"), "{err}");
     assert!(!s.path("x.env").exists(), "nothing is written when signing fails");
 
     s.write("plan.json", &locked_plan());

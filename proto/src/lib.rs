@@ -1,5 +1,6 @@
 //! The AGEniX contract: the plan and action schema v1 and its one validator, content
-//! digests, DSSE envelopes signed with ed25519, and the trust file.
+//! digests, DSSE envelopes signed with ed25519, the trust file, the AU model card, and the
+//! task outcome and report that wasm and native tasks share.
 //!
 //! agx, agq and agw all parse, validate and verify through this crate, so they can never
 //! disagree about what a valid plan is. Parsing is strict (duplicate keys, unknown fields and

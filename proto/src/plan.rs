@@ -327,6 +327,13 @@ fn validate_task(
                 format!("must name 1 to {MAX_STDIN_TASKS} tasks"),
             );
         }
+        Some(Stdin::Tasks(ts)) => {
+            for (k, t) in ts.iter().enumerate() {
+                if ts[..k].contains(t) {
+                    r.push(format!("{at}.stdin"), "stdin-ref", format!("names task \"{t}\" twice"));
+                }
+            }
+        }
         _ => {}
     }
     for up in task.upstream() {

@@ -55,6 +55,11 @@ impl Invalid {
         self.0.iter().any(|v| v.rule == rule)
     }
 
+    /// `Ok` when `violations` is empty, else the violations as an error.
+    pub fn check(violations: Vec<Violation>) -> Result<(), Self> {
+        if violations.is_empty() { Ok(()) } else { Err(Self(violations)) }
+    }
+
     pub(crate) fn one(v: Violation) -> Self {
         Self(vec![v])
     }
@@ -93,6 +98,6 @@ impl Report {
     }
 
     pub(crate) fn finish(self) -> Result<(), Invalid> {
-        if self.0.is_empty() { Ok(()) } else { Err(Invalid(self.0)) }
+        Invalid::check(self.0)
     }
 }

@@ -72,10 +72,14 @@ fn valid_plan() -> impl Strategy<Value = Plan> {
                     Some(_) if i == 0 => Some(Stdin::Input(true)),
                     Some(n) if n % 3 == 0 => Some(Stdin::Input(true)),
                     Some(n) if n % 3 == 1 => Some(Stdin::Task(tasks[n as usize % i].id.clone())),
-                    Some(n) => Some(Stdin::Tasks(vec![
-                        tasks[n as usize % i].id.clone(),
-                        tasks[0].id.clone(),
-                    ])),
+                    Some(n) => {
+                        // Fan-in: one earlier task, then the first, each named once.
+                        let mut ids = vec![tasks[n as usize % i].id.clone()];
+                        if n as usize % i != 0 {
+                            ids.push(tasks[0].id.clone());
+                        }
+                        Some(Stdin::Tasks(ids))
+                    }
                 };
                 let mounts = if mount {
                     vec![Mount {

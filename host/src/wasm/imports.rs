@@ -89,4 +89,26 @@ mod tests {
         assert!(!allowed("wasi:http/outgoing-handler@0.2.0"));
         assert!(!allowed("evil:cli/stdout@0.2.0"));
     }
+
+    /// `wit/au.wit` and [`ALLOWED_IMPORTS`] describe the same world.
+    #[test]
+    fn allowlist_matches_the_unit_world() {
+        let mut resolve = wit_parser::Resolve::default();
+        let wit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        let (pkg, _) = resolve.push_dir(&wit).unwrap();
+        let world = resolve.select_world(&[pkg], Some("unit")).unwrap();
+        let name = |key: &wit_parser::WorldKey| {
+            let wit_parser::WorldKey::Interface(id) = key else { panic!("{key:?}") };
+            let iface = &resolve.interfaces[*id];
+            let package = &resolve.packages[iface.package.unwrap()].name;
+            format!("{}:{}/{}", package.namespace, package.name, iface.name.as_ref().unwrap())
+        };
+        let mut imports: Vec<String> = resolve.worlds[world].imports.keys().map(name).collect();
+        let mut allowed: Vec<String> = ALLOWED_IMPORTS.iter().map(|s| s.to_string()).collect();
+        imports.sort();
+        allowed.sort();
+        assert_eq!(imports, allowed);
+        let exports: Vec<String> = resolve.worlds[world].exports.keys().map(name).collect();
+        assert_eq!(exports, [RUN_EXPORT]);
+    }
 }

@@ -2,6 +2,11 @@
 //! task in a fresh store with fuel, memory, wall-clock, output and scratch-space limits, and
 //! only the capabilities the task was granted.
 //!
+//! Time: the engine uses epoch interruption with a 10 ms ticker; at every tick a running guest
+//! checks its deadline (and traps once past it) and yields to the async executor, so a
+//! wall-clock timeout stops a spinning guest, one making cheap host calls in a loop, and (by
+//! dropping the future) one blocked inside a host call.
+//!
 //! Denied by default: a task sees no environment variables but the ones it is given, no
 //! directories but its mounts and a private scratch `/tmp`, and no network at all — the
 //! socket and http interfaces are not even linked, and a component importing them is refused
@@ -27,13 +32,18 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 
 use self::cache::ArtifactCache;
 pub use self::imports::ConformanceError;
+pub use crate::Grant;
 use crate::output::CappedPipe;
 
-/// Fuel between yields to the async executor: about a millisecond of guest compute, so a
-/// timeout or cancellation takes effect promptly while yielding costs next to nothing.
-const YIELD_INTERVAL: u64 = 1_000_000;
-/// Most bytes a guest may pass to one host call (and ask of `get-random-bytes`).
+/// How often the engine's epoch advances: each running guest checks its deadline and yields
+/// to the executor this often.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Most bytes a guest may pass to one host call.
 const HOSTCALL_BYTES: usize = 16 << 20;
+/// Most bytes one `get-random-bytes` call may ask for.
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
+/// Longest trap message kept in a report.
+const MAX_TRAP_MESSAGE: usize = 1024;
 /// How often the scratch directory's size is checked while a task runs.
 const SCRATCH_POLL: Duration = Duration::from_millis(20);
 /// Most entries a scratch directory may hold.
@@ -90,9 +100,12 @@ pub enum PrepareError {
     /// The component does not fit the `agenix:au/unit` world.
     #[error(transparent)]
     Conformance(#[from] ConformanceError),
-    /// The bytes could not be had.
+    /// The bytes could not be had, for now (a transient failure of the source).
     #[error("cannot load the component: {0}")]
     Fetch(String),
+    /// The source does not have the bytes, or has damaged ones.
+    #[error("component unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The host itself failed (not the guest): the task's result is unknown.
@@ -146,17 +159,6 @@ impl Prepared {
     }
 }
 
-/// A directory granted to a task.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
-    /// Where it is on the host (operator configuration, never a plan).
-    pub host: PathBuf,
-    /// Where the task sees it.
-    pub guest: String,
-    /// Read-only or read-write.
-    pub access: Access,
-}
-
 /// One run of an AU.
 #[derive(Debug, Clone)]
 pub struct WasmTask {
@@ -191,13 +193,19 @@ pub struct WasmRun {
     pub peak_memory: u64,
 }
 
-/// The per-store state: the WASI context and the limiter.
+/// The per-store state: the WASI context, the limiter and the deadline.
 #[allow(missing_debug_implementations, reason = "WasiCtx has no Debug")]
 pub struct TaskState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: Limiter,
+    deadline: Instant,
 }
+
+/// The trap raised at an epoch tick past the task's deadline.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("wall-clock timeout")]
+struct DeadlineReached;
 
 impl WasiView for TaskState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -259,8 +267,41 @@ impl wasmtime::ResourceLimiter for Limiter {
     }
 }
 
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: &Engine) -> std::io::Result<Self> {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, weak) = (stop.clone(), engine.weak());
+        let thread = std::thread::Builder::new().name("agenix-epoch".into()).spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })?;
+        Ok(Self { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The wasm sandbox: one per process.
 pub struct WasmHost {
+    _ticker: EpochTicker,
     engine: Engine,
     linker: Linker<TaskState>,
     pooled: bool,
@@ -284,6 +325,7 @@ fn engine_config() -> Config {
     let mut c = Config::new();
     c.wasm_component_model(true);
     c.consume_fuel(true);
+    c.epoch_interruption(true);
     c
 }
 
@@ -342,6 +384,24 @@ enum Ended {
     ScratchFull,
 }
 
+/// A trap or error, for people: the trap's own description (not a backtrace), control
+/// characters removed, capped.
+fn trap_message(e: &wasmtime::Error) -> String {
+    let raw = match e.downcast_ref::<Trap>() {
+        Some(t) => t.to_string(),
+        None => e.root_cause().to_string(),
+    };
+    let mut msg: String = raw.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if msg.len() > MAX_TRAP_MESSAGE {
+        let mut cut = MAX_TRAP_MESSAGE;
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg.truncate(cut);
+    }
+    msg
+}
+
 impl WasmHost {
     /// Starts the engine: the pooling allocator when it can reserve its address space (or
     /// as configured), fuel metering, and the linker for the `unit` world.
@@ -357,6 +417,8 @@ impl WasmHost {
                 }
             },
         };
+        let ticker =
+            EpochTicker::start(&engine).map_err(io_err("cannot start the epoch ticker"))?;
         let mut linker = Linker::new(&engine);
         link(&mut linker).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         let cache = match &config.cache_dir {
@@ -371,6 +433,7 @@ impl WasmHost {
             config.scratch_dir.display()
         )))?;
         Ok(Self {
+            _ticker: ticker,
             engine,
             linker,
             pooled,
@@ -494,6 +557,14 @@ impl WasmHost {
         let _slot = self.slots.acquire().await.map_err(|e| HostError::Runtime(e.to_string()))?;
         let limits = task.limits;
         let started = Instant::now();
+        for ((name, asked), (_, max)) in limits.fields().into_iter().zip(self.ceilings.fields()) {
+            if asked > max {
+                return Ok(refused(
+                    format!("limits.{name} {asked} is above this host's ceiling of {max}"),
+                    started,
+                ));
+            }
+        }
         let scratch = tempfile::Builder::new()
             .prefix("task-")
             .tempdir_in(&self.scratch_dir)
@@ -510,7 +581,7 @@ impl WasmHost {
             .stdin(MemoryInputPipe::new(task.stdin.clone()))
             .stdout(stdout.clone())
             .stderr(stderr.clone())
-            .max_random_size(HOSTCALL_BYTES as u64);
+            .max_random_size(MAX_RANDOM_BYTES);
         b.preopened_dir(scratch.path(), "/tmp", FsPerms::ReadWrite)
             .map_err(|e| HostError::Runtime(format!("cannot open the scratch directory: {e:#}")))?;
         for g in &task.grants {
@@ -526,14 +597,22 @@ impl WasmHost {
             wasi: b.build(),
             table: ResourceTable::new(),
             limiter: Limiter { limit: limits.memory_bytes, total: 0, peak: 0, denied: false },
+            deadline: started + Duration::from_millis(limits.timeout_ms),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(HOSTCALL_BYTES);
         store.set_fuel(limits.fuel).map_err(|e| HostError::Runtime(format!("{e:#}")))?;
-        store
-            .fuel_async_yield_interval(Some(YIELD_INTERVAL))
-            .map_err(|e| HostError::Runtime(format!("{e:#}")))?;
+        // At each epoch tick: trap if past the deadline, else yield to the executor (which
+        // lets the timeout and cancellation below take effect) until the next tick.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Err(wasmtime::Error::new(DeadlineReached))
+            } else {
+                Ok(wasmtime::UpdateDeadline::Yield(1))
+            }
+        });
 
         let ended = {
             let pre = &prepared.pre;
@@ -546,7 +625,7 @@ impl WasmHost {
                 biased;
                 r = run => Ended::Returned(r),
                 () = tokio::time::sleep(Duration::from_millis(limits.timeout_ms)) => Ended::TimedOut,
-                () = watch_scratch(scratch.path(), limits.file_bytes) => Ended::ScratchFull,
+                () = watch_scratch(scratch.path().to_path_buf(), limits.file_bytes) => Ended::ScratchFull,
             }
         };
         let fuel_left = store.get_fuel().unwrap_or(0);
@@ -602,12 +681,16 @@ fn classify(
         Err(e) => {
             if let Some(exit) = e.downcast_ref::<I32Exit>() {
                 Outcome::Exited { code: exit.0 }
-            } else if memory_denied {
-                Outcome::MemoryExceeded
+            } else if e.downcast_ref::<DeadlineReached>().is_some() {
+                Outcome::TimedOut
             } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::OutOfFuel)) {
                 Outcome::OutOfFuel
+            } else if memory_denied {
+                // A Rust guest that cannot grow aborts with an ordinary trap; the limiter's
+                // refusal is what says why.
+                Outcome::MemoryExceeded
             } else {
-                Outcome::Trapped { message: format!("{e:#}") }
+                Outcome::Trapped { message: trap_message(&e) }
             }
         }
     }
@@ -629,23 +712,30 @@ fn describe_magic(bytes: &[u8]) -> Result<(), PrepareError> {
     }
 }
 
-/// Resolves when the scratch directory holds more than `cap` bytes or too many entries.
-async fn watch_scratch(dir: &Path, cap: u64) {
+/// Resolves when the scratch directory holds more than `cap` bytes or too many entries. The
+/// count runs off the async threads.
+async fn watch_scratch(dir: PathBuf, cap: u64) {
     let mut tick = tokio::time::interval(SCRATCH_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let (bytes, entries) = usage(dir);
+        let d = dir.clone();
+        let Ok((bytes, entries)) = tokio::task::spawn_blocking(move || usage(&d)).await else {
+            continue;
+        };
         if bytes > cap || entries > SCRATCH_MAX_ENTRIES {
             return;
         }
     }
 }
 
-/// Bytes (apparent sizes) and entries under `dir`, not following symlinks; stops counting
-/// once past the entry cap.
+/// Bytes (apparent sizes) and entries in the scratch directory: every file under it, not
+/// following symlinks, plus files under it that were deleted while still open (their space
+/// stays in use; this process holds their descriptors on the guest's behalf). Stops
+/// counting once past the entry cap.
 fn usage(dir: &Path) -> (u64, u64) {
     let (mut bytes, mut entries) = (0u64, 0u64);
+    let mut seen = std::collections::HashSet::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else { continue };
@@ -655,10 +745,25 @@ fn usage(dir: &Path) -> (u64, u64) {
                 return (bytes, entries);
             }
             let Ok(meta) = e.path().symlink_metadata() else { continue };
-            bytes = bytes.saturating_add(meta.len());
             if meta.is_dir() {
                 stack.push(e.path());
+            } else if seen.insert(std::os::unix::fs::MetadataExt::ino(&meta)) {
+                bytes = bytes.saturating_add(meta.len());
             }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return (bytes, entries) };
+    for fd in fds.flatten() {
+        let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+        let target = target.to_string_lossy();
+        let Some(path) = target.strip_suffix(" (deleted)") else { continue };
+        if !Path::new(path).starts_with(dir) {
+            continue;
+        }
+        if let Ok(meta) = std::fs::metadata(fd.path())
+            && seen.insert(std::os::unix::fs::MetadataExt::ino(&meta))
+        {
+            bytes = bytes.saturating_add(meta.len());
         }
     }
     (bytes, entries)

@@ -1,7 +1,9 @@
 //! One module per command family; each subcommand is a struct with `fn execute`.
 
+mod au;
 mod keygen;
 mod plan;
+mod run;
 mod trust;
 
 use std::process::ExitCode;
@@ -20,6 +22,11 @@ pub(crate) enum Command {
     /// Validate, sign, verify and inspect plans.
     #[command(subcommand)]
     Plan(plan::PlanCommand),
+    /// Build, check, describe, run and store AUs on this machine.
+    #[command(subcommand)]
+    Au(au::AuCommand),
+    /// Run a plan on this machine, in-process, without a queue.
+    Run(run::RunPlan),
 }
 
 impl Command {
@@ -28,6 +35,8 @@ impl Command {
             Self::Keygen(c) => c.execute(out),
             Self::Trust(c) => c.execute(out),
             Self::Plan(c) => c.execute(out),
+            Self::Au(c) => c.execute(out),
+            Self::Run(c) => c.execute(out),
         }
     }
 }

@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 use super::trust::load_trust;
 use super::{now_unix, random16, show_time};
 use crate::files::{Existing, read_capped, write_atomic};
+use crate::local::{StoreArg, lock};
 use crate::output::Out;
 
 /// Plan commands.
@@ -62,6 +63,9 @@ pub(crate) struct Sign {
     /// Where to write the signed envelope.
     #[arg(long, value_name = "ENV")]
     out: PathBuf,
+    /// Where AUs named without a digest are looked up (the lock step).
+    #[command(flatten)]
+    store: StoreArg,
 }
 
 /// Verify ENV: signature by a trusted, unrevoked signer, validity period, plan rules.
@@ -96,7 +100,12 @@ fn parse_lifetime(s: &str) -> Result<u64, String> {
 /// Reads and parses a plan file; the result is not yet validated.
 pub(crate) fn load_plan(path: &Path) -> Result<Plan> {
     let bytes = read_capped(path, MAX_PLAN_BYTES as u64)?;
-    Plan::from_json(&bytes).map_err(|inv| {
+    load_plan_bytes(path, &bytes)
+}
+
+/// Parses a plan read from `path`; the result is not yet validated.
+pub(crate) fn load_plan_bytes(path: &Path, bytes: &[u8]) -> Result<Plan> {
+    Plan::from_json(bytes).map_err(|inv| {
         let hint = if inv.violations().iter().any(|v| v.path == "payloadType") {
             " (this is a signed envelope: use `agx plan verify` or `agx plan show`)"
         } else {
@@ -196,6 +205,9 @@ impl Sign {
         plan.validate(Form::Draft, &Limits::ABSOLUTE)
             .with_context(|| format!("{} is not a valid plan", self.plan.display()))?;
         let key = load_key(&self.key)?;
+        if plan.wasm_tasks().any(|(_, w)| w.digest.is_none()) {
+            lock(&mut plan, &self.store.open()?)?;
+        }
         let now = now_unix();
         if plan.plan_id.is_none() {
             plan.plan_id = Some(PlanId::from_random(random16()?));

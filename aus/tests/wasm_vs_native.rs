@@ -1,0 +1,111 @@
+//! Every AU, built natively and as a component, on the same inputs: stdout and exit code
+//! must be identical. The component runs in the real sandbox (host::wasm).
+
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+
+mod common;
+
+use agenix_host::wasm::{Allocator, WasmConfig, WasmHost, WasmTask};
+use agenix_proto::{Digest, Limits, Outcome};
+use agenix_test_programs as programs;
+use bytes::Bytes;
+
+fn binary_input() -> Vec<u8> {
+    let mut v: Vec<u8> = (0..=255u8).collect();
+    v.extend_from_slice(b"\nline two\r\n\xff\xfe error\n\n");
+    v
+}
+
+const LOG: &str = "b ERROR x\na info\nc error y\nb ERROR x\n\nd warn\n";
+const CSV: &str = "id,name,amount\n1,\"a, b\",3.5\n2,c,\"10\"\n";
+const JSON: &str = "{\"a\":1,\"b\":[1,2]}\n{\"a\":2,\"b\":[]}\n";
+
+fn cases() -> Vec<(&'static str, &'static str, Vec<&'static str>, Vec<u8>)> {
+    let log = LOG.as_bytes().to_vec();
+    vec![
+        ("grep", programs::AU_GREP, vec!["-i", "error"], log.clone()),
+        ("grep", programs::AU_GREP, vec!["-c", "-v", "x"], log.clone()),
+        ("grep", programs::AU_GREP, vec!["-n", "-o", "[a-d] [A-Z]+"], log.clone()),
+        ("grep", programs::AU_GREP, vec!["absent"], log.clone()),
+        ("grep", programs::AU_GREP, vec!["("], log.clone()),
+        ("grep", programs::AU_GREP, vec!["error"], binary_input()),
+        ("wc", programs::AU_WC, vec![], log.clone()),
+        ("wc", programs::AU_WC, vec!["-c", "-l"], binary_input()),
+        ("sort", programs::AU_SORT, vec![], log.clone()),
+        ("sort", programs::AU_SORT, vec!["-r", "-u"], log.clone()),
+        ("sort", programs::AU_SORT, vec!["-n", "-k", "2"], b"x 10\ny 9\nz 100\n".to_vec()),
+        ("sort", programs::AU_SORT, vec![], binary_input()),
+        ("uniq", programs::AU_UNIQ, vec!["-c"], b"a\na\nb\na\n".to_vec()),
+        ("head", programs::AU_HEAD, vec!["-n", "2"], log.clone()),
+        ("head", programs::AU_HEAD, vec!["-c", "300"], binary_input()),
+        ("tail", programs::AU_TAIL, vec!["-n", "+3"], log.clone()),
+        ("tail", programs::AU_TAIL, vec!["-c", "7"], binary_input()),
+        ("cut", programs::AU_CUT, vec!["-d", " ", "-f", "2-"], log.clone()),
+        ("cut", programs::AU_CUT, vec!["-f", "0"], log.clone()),
+        ("jq", programs::AU_JQ, vec!["-c", ".b | length"], JSON.as_bytes().to_vec()),
+        ("jq", programs::AU_JQ, vec!["-s", "map(.a) | add"], JSON.as_bytes().to_vec()),
+        ("jq", programs::AU_JQ, vec!["error(\"boom\")"], b"1\n".to_vec()),
+        ("jq", programs::AU_JQ, vec!["."], b"{not json".to_vec()),
+        ("csv2json", programs::AU_CSV2JSON, vec![], CSV.as_bytes().to_vec()),
+        ("csv2json", programs::AU_CSV2JSON, vec![], b"a,b\n1,2,3\n".to_vec()),
+        ("sha256sum", programs::AU_SHA256SUM, vec![], binary_input()),
+        ("sha256sum", programs::AU_SHA256SUM, vec!["--bogus"], vec![]),
+    ]
+}
+
+fn native(name: &str) -> &'static str {
+    match name {
+        "grep" => env!("CARGO_BIN_EXE_grep"),
+        "wc" => env!("CARGO_BIN_EXE_wc"),
+        "sort" => env!("CARGO_BIN_EXE_sort"),
+        "uniq" => env!("CARGO_BIN_EXE_uniq"),
+        "head" => env!("CARGO_BIN_EXE_head"),
+        "tail" => env!("CARGO_BIN_EXE_tail"),
+        "cut" => env!("CARGO_BIN_EXE_cut"),
+        "jq" => env!("CARGO_BIN_EXE_jq"),
+        "csv2json" => env!("CARGO_BIN_EXE_csv2json"),
+        "sha256sum" => env!("CARGO_BIN_EXE_sha256sum"),
+        other => panic!("no native build of {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_and_native_builds_agree() {
+    let scratch = tempfile::tempdir().unwrap();
+    let host = WasmHost::new(WasmConfig {
+        ceilings: Limits::ABSOLUTE,
+        max_concurrent: 4,
+        cache_dir: None,
+        scratch_dir: scratch.path().to_path_buf(),
+        allocator: Allocator::Auto,
+    })
+    .unwrap();
+    let mut codes = std::collections::BTreeSet::new();
+    for (name, wasm, args, input) in cases() {
+        let bytes = std::fs::read(wasm).unwrap();
+        let prepared = host.prepare(Digest::of(&bytes), || async { Ok(bytes) }).await.unwrap();
+        let task = WasmTask {
+            program: name.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            stdin: Bytes::from(input.clone()),
+            grants: vec![],
+            limits: Limits { memory_bytes: 256 << 20, ..Limits::DEFAULT },
+        };
+        let w = host.run(&prepared, task).await.unwrap();
+        let n = common::run(native(name), &args, &input);
+        let Outcome::Exited { code } = w.outcome else {
+            panic!("{name} {args:?}: {:?}", w.outcome)
+        };
+        assert_eq!(
+            code,
+            n.code,
+            "{name} {args:?}: exit codes differ; wasm stderr {:?}",
+            String::from_utf8_lossy(&w.stderr)
+        );
+        assert_eq!(&w.stdout[..], &n.stdout[..], "{name} {args:?}: stdout differs");
+        codes.insert(code);
+    }
+    // The cases reach success, failure, bad input and an AU-specific code on wasm.
+    assert!(codes.is_superset(&[0, 1, 2, 5].into()), "{codes:?}");
+}

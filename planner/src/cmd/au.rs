@@ -1,0 +1,379 @@
+//! `agx au run|describe|check|push|list|new`: AUs on this machine.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use agenix_host::output::sanitize_stderr;
+use agenix_host::wasm::{Grant, PrepareError, WasmHost, WasmTask};
+use agenix_proto::card::Card;
+use agenix_proto::{Digest, Limits, Outcome};
+use agenix_runtime::exec::MountConfig;
+use agenix_runtime::store::NameEntry;
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+
+use crate::local::{
+    LocalHost, StoreArg, parse_bytes, parse_mount, read_component, runtime, show_bytes,
+};
+use crate::output::Out;
+
+mod scaffold;
+
+/// Most stdin `agx au run` reads.
+const MAX_STDIN: u64 = 1 << 30;
+
+/// AU commands.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum AuCommand {
+    /// Run an AU under the sandbox: stdin in, stdout out, the outcome on stderr.
+    Run(RunAu),
+    /// Print an AU's model card (`AU --describe`, run under small limits).
+    Describe(Describe),
+    /// Check an AU against the agenix:au/unit world; exit 1 naming offending imports.
+    Check(Check),
+    /// Add an AU to the local store under its card's name; prints its digest.
+    Push(Push),
+    /// List the AUs in the local store.
+    List(List),
+    /// Create a new AU crate that builds to a component and passes `agx au check`.
+    New(scaffold::New),
+}
+
+impl AuCommand {
+    pub(crate) fn execute(self, out: Out) -> Result<ExitCode> {
+        match self {
+            Self::Run(c) => c.execute(out),
+            Self::Describe(c) => c.execute(out),
+            Self::Check(c) => c.execute(out),
+            Self::Push(c) => c.execute(out),
+            Self::List(c) => c.execute(out),
+            Self::New(c) => c.execute(out),
+        }
+    }
+}
+
+/// Run FILE.wasm with stdin and ARGS. The exit code mirrors the AU's; 124 means it timed
+/// out, 125 that the sandbox stopped it (fuel, memory, output, trap) or refused it.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunAu {
+    /// The component.
+    file: PathBuf,
+    /// Fuel (roughly, wasm instructions).
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Memory limit, in bytes or with a unit (64M, 1G).
+    #[arg(long, value_parser = parse_bytes)]
+    memory: Option<u64>,
+    /// Wall-clock timeout in milliseconds.
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Output limit per stream, in bytes or with a unit.
+    #[arg(long, value_parser = parse_bytes)]
+    output: Option<u64>,
+    /// A directory the AU sees at /NAME: NAME=DIR[:ro|rw] (read-only by default).
+    #[arg(long = "mount", value_name = "NAME=DIR[:ro|rw]", value_parser = parse_mount)]
+    mounts: Vec<(agenix_proto::MountName, MountConfig)>,
+    /// An environment variable for the AU: KEY=VALUE.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Arguments for the AU (after `--`).
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or("expected KEY=VALUE")?;
+    if k.is_empty() || k.contains('\0') || v.contains('\0') {
+        return Err("invalid KEY=VALUE".into());
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// The process exit code for an AU's outcome.
+fn exit_code_for(outcome: &Outcome) -> ExitCode {
+    match outcome {
+        Outcome::Exited { code } => ExitCode::from(u8::try_from(*code).unwrap_or(1)),
+        Outcome::TimedOut => ExitCode::from(124),
+        _ => ExitCode::from(125),
+    }
+}
+
+/// Compiles component bytes read from `file` and prepares them (digest from the bytes),
+/// with the reason on failure.
+async fn prepare_bytes(
+    host: &WasmHost,
+    file: &Path,
+    bytes: Vec<u8>,
+) -> Result<std::sync::Arc<agenix_host::wasm::Prepared>> {
+    let digest = Digest::of(&bytes);
+    host.prepare(digest, || async { Ok(bytes) })
+        .await
+        .with_context(|| format!("cannot run {}", file.display()))
+}
+
+fn au_name(file: &Path) -> String {
+    file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "au".into())
+}
+
+impl RunAu {
+    fn execute(self, out: Out) -> Result<ExitCode> {
+        let limits = Limits {
+            fuel: self.fuel.unwrap_or(Limits::DEFAULT.fuel),
+            memory_bytes: self.memory.unwrap_or(Limits::DEFAULT.memory_bytes),
+            timeout_ms: self.timeout.unwrap_or(Limits::DEFAULT.timeout_ms),
+            output_bytes: self.output.unwrap_or(Limits::DEFAULT.output_bytes),
+            ..Limits::DEFAULT
+        };
+        for ((name, v), (_, max)) in limits.fields().into_iter().zip(Limits::ABSOLUTE.fields()) {
+            if v > max || v == 0 {
+                bail!("--{name}: {v} is outside 1..={max}");
+            }
+        }
+        let mut stdin = Vec::new();
+        std::io::stdin()
+            .lock()
+            .take(MAX_STDIN + 1)
+            .read_to_end(&mut stdin)
+            .context("cannot read stdin")?;
+        if stdin.len() as u64 > MAX_STDIN {
+            bail!("stdin is over the limit of {MAX_STDIN} bytes");
+        }
+        let grants = self
+            .mounts
+            .iter()
+            .map(|(name, cfg)| Grant {
+                host: cfg.host.clone(),
+                guest: format!("/{name}"),
+                access: cfg.access,
+            })
+            .collect();
+        let local = LocalHost::new(Limits::ABSOLUTE)?;
+        let run = runtime()?.block_on(async {
+            let prepared =
+                prepare_bytes(&local.wasm, &self.file, read_component(&self.file)?).await?;
+            let task = WasmTask {
+                program: au_name(&self.file),
+                args: self.args.clone(),
+                env: self.env.clone(),
+                stdin: Bytes::from(stdin),
+                grants,
+                limits,
+            };
+            local.wasm.run(&prepared, task).await.map_err(anyhow::Error::from)
+        })?;
+        std::io::stdout().lock().write_all(&run.stdout).context("cannot write stdout")?;
+        let stderr = sanitize_stderr(&run.stderr);
+        let line = format!(
+            "{} (fuel {}, {} ms, peak memory {})",
+            run.outcome.label(),
+            run.fuel_consumed,
+            run.wall.as_millis(),
+            show_bytes(run.peak_memory)
+        );
+        let mut err = std::io::stderr().lock();
+        if out.json {
+            let rec = serde_json::json!({
+                "type": "outcome",
+                "data": {
+                    "outcome": run.outcome, "fuel_consumed": run.fuel_consumed,
+                    "wall_ms": run.wall.as_millis() as u64, "peak_memory_bytes": run.peak_memory,
+                    "stderr": stderr,
+                }
+            });
+            writeln!(err, "{rec}")?;
+        } else {
+            err.write_all(stderr.as_bytes())?;
+            if !stderr.is_empty() && !stderr.ends_with('\n') {
+                writeln!(err)?;
+            }
+            writeln!(err, "agx: {}: {line}", au_name(&self.file))?;
+            if let Outcome::Trapped { message } | Outcome::Refused { reason: message } =
+                &run.outcome
+            {
+                writeln!(err, "agx: {message}")?;
+            }
+        }
+        Ok(exit_code_for(&run.outcome))
+    }
+}
+
+/// Print FILE's model card.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Describe {
+    /// The component.
+    file: PathBuf,
+}
+
+/// Runs `--describe` of the component `bytes` (read from `file`) under small limits and
+/// parses the card.
+pub(crate) async fn describe(host: &WasmHost, file: &Path, bytes: Vec<u8>) -> Result<Card> {
+    let prepared = prepare_bytes(host, file, bytes).await?;
+    let limits = Limits {
+        fuel: 2_000_000_000,
+        memory_bytes: 64 << 20,
+        timeout_ms: 10_000,
+        output_bytes: 256 << 10,
+        ..Limits::DEFAULT
+    };
+    let task = WasmTask {
+        program: au_name(file),
+        args: vec!["--describe".into()],
+        env: vec![],
+        stdin: Bytes::new(),
+        grants: vec![],
+        limits,
+    };
+    let run = host.run(&prepared, task).await?;
+    if !run.outcome.is_success() {
+        bail!(
+            "{} --describe ended with {}: {}",
+            file.display(),
+            run.outcome.label(),
+            sanitize_stderr(&run.stderr).trim()
+        );
+    }
+    Card::from_json(run.stdout.trim_ascii())
+        .with_context(|| format!("{} --describe printed no valid model card", file.display()))
+}
+
+impl Describe {
+    fn execute(self, out: Out) -> Result<ExitCode> {
+        let local = LocalHost::new(Limits::ABSOLUTE)?;
+        let bytes = read_component(&self.file)?;
+        let card = runtime()?.block_on(describe(&local.wasm, &self.file, bytes))?;
+        out.emit("card", &card, || {
+            let mut s = format!(
+                "{} {} — {}\nusage: {}\n",
+                card.name, card.version, card.description, card.usage
+            );
+            let w = card.args.iter().map(|a| a.flag.len()).max().unwrap_or(0);
+            for a in &card.args {
+                s.push_str(&format!("  {:w$}  {}\n", a.flag, a.description));
+            }
+            s.push_str(&format!(
+                "reads {} · writes {}\n",
+                card.inputs.join(", "),
+                card.outputs.join(", ")
+            ));
+            for (code, meaning) in &card.exit_codes {
+                s.push_str(&format!("exit {code}: {meaning}\n"));
+            }
+            s
+        })?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Check FILE against the agenix:au/unit world.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Check {
+    /// The component.
+    file: PathBuf,
+}
+
+impl Check {
+    fn execute(self, out: Out) -> Result<ExitCode> {
+        let bytes = read_component(&self.file)?;
+        let local = LocalHost::new(Limits::ABSOLUTE)?;
+        let component = runtime()?
+            .block_on(local.wasm.compile_unchecked(bytes.clone()))
+            .with_context(|| format!("{} is not an AU", self.file.display()))?;
+        let (imports, verdict) = local.wasm.conformance(&component);
+        let digest = Digest::of(&bytes);
+        let data = serde_json::json!({
+            "file": self.file, "digest": digest.to_string(), "imports": imports,
+            "conforms": verdict.is_ok(), "error": verdict.as_ref().err().map(ToString::to_string),
+        });
+        if let Err(e) = verdict {
+            if out.json {
+                out.emit("check", &data, String::new)?;
+            }
+            return Err(anyhow::Error::new(e)
+                .context(format!("{} does not conform to agenix:au/unit", self.file.display())));
+        }
+        out.emit("check", &data, || {
+            format!(
+                "{}: conforms to agenix:au/unit\ndigest  {digest}\nimports {}",
+                self.file.display(),
+                imports.join("\n        ")
+            )
+        })?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Add FILE to the local store; its name comes from its model card (or --name).
+#[derive(Debug, clap::Args)]
+pub(crate) struct Push {
+    /// The component.
+    file: PathBuf,
+    #[command(flatten)]
+    store: StoreArg,
+    /// The name to store it under, when it has no model card.
+    #[arg(long)]
+    name: Option<agenix_proto::AuName>,
+}
+
+impl Push {
+    fn execute(self, out: Out) -> Result<ExitCode> {
+        let store = self.store.open()?;
+        let bytes = read_component(&self.file)?;
+        let local = LocalHost::new(Limits::ABSOLUTE)?;
+        // Refuse what could never run here before storing it, then ask these very bytes for
+        // their card.
+        let card = runtime()?.block_on(async {
+            let digest = Digest::of(&bytes);
+            let b = bytes.clone();
+            local.wasm.prepare(digest, || async { Ok(b) }).await.map_err(|e: PrepareError| {
+                anyhow::Error::new(e).context(format!("cannot push {}", self.file.display()))
+            })?;
+            Ok::<_, anyhow::Error>(describe(&local.wasm, &self.file, bytes.clone()).await)
+        })?;
+        let (name, card) = match (self.name, card) {
+            (Some(name), card) => (name, card.ok()),
+            (None, Ok(card)) => (card.name.clone(), Some(card)),
+            (None, Err(e)) => {
+                return Err(e.context("pass --name NAME to push an AU without a model card"));
+            }
+        };
+        let digest = store.put(&bytes)?;
+        store.set_name(&name, &NameEntry { digest, card })?;
+        out.emit(
+            "pushed",
+            &serde_json::json!({ "name": name, "digest": digest.to_string(), "store": store.dir() }),
+            || format!("{digest}\npushed {} as \"{name}\" to {}", self.file.display(), store.dir().display()),
+        )?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// List the AUs in the local store.
+#[derive(Debug, clap::Args)]
+pub(crate) struct List {
+    #[command(flatten)]
+    store: StoreArg,
+}
+
+impl List {
+    fn execute(self, out: Out) -> Result<ExitCode> {
+        let store = self.store.open()?;
+        let names = store.names()?;
+        if out.json {
+            for (name, entry) in &names {
+                out.emit("au", &serde_json::json!({ "name": name, "digest": entry.digest.to_string(), "card": entry.card }), String::new)?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut s = String::new();
+        if names.is_empty() {
+            s = format!("no AUs in {}\n", store.dir().display());
+        }
+        for (name, entry) in &names {
+            let desc = entry.card.as_ref().map(|c| c.description.as_str()).unwrap_or("");
+            s.push_str(&format!("{:<12} {}  {desc}\n", name.as_str(), entry.digest));
+        }
+        out.emit("aus", &(), || s)?;
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,133 @@
+//! `agx run PLAN --input FILE`: run a plan locally, in-process, no queue.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use agenix_proto::envelope::MAX_ENVELOPE_BYTES;
+use agenix_proto::{Limits, MountName, Plan};
+use agenix_runtime::exec::{Executable, HostRunner, MountConfig, Resources, execute};
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::now_unix;
+use super::plan::load_plan_bytes;
+use super::trust::load_trust;
+use crate::files::read_capped;
+use crate::local::{LocalHost, StoreArg, lock, parse_mount, runtime, task_table};
+use crate::output::Out;
+
+/// Most input `agx run` reads.
+const MAX_INPUT: u64 = 1 << 30;
+
+/// Run PLAN on this machine: the output task's stdout on stdout, a per-task table on stderr.
+/// Exit 0 when every task succeeded, 1 otherwise.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunPlan {
+    /// A signed plan envelope (or, with --unsigned, a plan file).
+    plan: PathBuf,
+    /// The job's input (`-` for stdin); none means empty input.
+    #[arg(long, value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// Verify the signed plan against this trust file.
+    #[arg(long = "trust", value_name = "FILE", env = "AGX_TRUST", conflicts_with = "unsigned")]
+    trust: Option<PathBuf>,
+    /// Run a plan nobody signed (AU names are locked from the store first).
+    #[arg(long)]
+    unsigned: bool,
+    #[command(flatten)]
+    store: StoreArg,
+    /// A directory tasks may mount by NAME: NAME=DIR[:ro|rw] (read-only by default).
+    #[arg(long = "mount", value_name = "NAME=DIR[:ro|rw]", value_parser = parse_mount)]
+    mounts: Vec<(MountName, MountConfig)>,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    succeeded: bool,
+    output_bytes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_base64: Option<String>,
+}
+
+impl RunPlan {
+    pub(crate) fn execute(self, out: Out) -> Result<ExitCode> {
+        let bytes = read_capped(&self.plan, MAX_ENVELOPE_BYTES as u64)?;
+        let is_envelope = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .is_some_and(|v| v.get("payloadType").is_some());
+        let store = self.store.open()?;
+        let verified;
+        let unsigned: Plan;
+        let executable = match (is_envelope, &self.trust, self.unsigned) {
+            (true, Some(trust), _) => {
+                let trust = load_trust(trust)?;
+                verified = agenix_proto::verify_plan(&bytes, &trust, now_unix(), &Limits::ABSOLUTE)
+                    .with_context(|| format!("{} failed verification", self.plan.display()))?;
+                Executable::verified(&verified)
+            }
+            (true, None, _) => {
+                bail!("{} is signed: pass --trust FILE to verify it", self.plan.display())
+            }
+            (false, _, false) => bail!(
+                "{} is not signed: sign it with `agx plan sign`, or pass --unsigned to run it anyway",
+                self.plan.display()
+            ),
+            (false, _, true) => {
+                let mut plan = load_plan_bytes(&self.plan, &bytes)?;
+                lock(&mut plan, &store)?;
+                unsigned = plan;
+                Executable::danger_unsigned(&unsigned)
+                    .with_context(|| format!("{} is not a valid plan", self.plan.display()))?
+            }
+        };
+        let input = match &self.input {
+            None => Bytes::new(),
+            Some(p) if p.as_os_str() == "-" => {
+                let mut buf = Vec::new();
+                std::io::stdin()
+                    .lock()
+                    .take(MAX_INPUT + 1)
+                    .read_to_end(&mut buf)
+                    .context("cannot read stdin")?;
+                if buf.len() as u64 > MAX_INPUT {
+                    bail!("input is over the limit of {MAX_INPUT} bytes");
+                }
+                Bytes::from(buf)
+            }
+            Some(p) => Bytes::from(read_capped(p, MAX_INPUT)?),
+        };
+        let resources = Resources {
+            mounts: self.mounts.into_iter().collect::<BTreeMap<_, _>>(),
+            ..Resources::default()
+        };
+        let local = LocalHost::new(resources.ceilings)?;
+        let runner = std::sync::Arc::new(HostRunner::new(local.wasm.clone(), store, resources));
+        let result = runtime()?.block_on(execute(executable, input, runner))?;
+
+        if out.json {
+            for r in &result.reports {
+                out.emit("task", r, String::new)?;
+            }
+            let text = std::str::from_utf8(&result.output).ok().map(str::to_owned);
+            let summary = Summary {
+                succeeded: result.succeeded,
+                output_bytes: result.output.len(),
+                output_base64: text.is_none().then(|| {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::STANDARD.encode(&result.output)
+                }),
+                output: text,
+            };
+            out.emit("result", &summary, String::new)?;
+        } else {
+            std::io::stdout().lock().write_all(&result.output).context("cannot write stdout")?;
+            std::io::stderr().lock().write_all(task_table(&result.reports).as_bytes())?;
+        }
+        Ok(if result.succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    }
+}

@@ -1,0 +1,357 @@
+//! agx on one machine: `au run|describe|check|push|new`, `plan sign --store` and `run`,
+//! with the real standard AUs and test guests compiled for wasm32-wasip2.
+
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use agenix_test_programs as programs;
+
+struct TestDir {
+    dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn agx_in(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agx"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("AGX_STORE", self.path("store"))
+            .env("AGX_CACHE", self.path("cache"))
+            .env_remove("AGX_KEY")
+            .env_remove("AGX_TRUST")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn agx(&self, args: &[&str]) -> Output {
+        self.agx_in(args, b"")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.agx(args);
+        assert_eq!(out.status.code(), Some(0), "agx {args:?}\nstderr: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    /// Pushes the AUs the example plans use into the test's store.
+    fn push_standard_aus(&self) {
+        for (name, path) in programs::ALL_AUS {
+            let out = self.ok(&["au", "push", path]);
+            assert!(out.contains(&format!("as \"{name}\"")), "{out}");
+        }
+    }
+
+    fn signer(&self) {
+        self.ok(&["keygen", "--out", "k"]);
+        self.ok(&["trust", "add", "k.pub", "--name", "tester", "--trust", "trust.json"]);
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn au_check_accepts_an_au_and_names_offending_imports() {
+    let t = TestDir::new();
+    let out = t.ok(&["au", "check", programs::AU_GREP]);
+    assert!(out.contains("conforms to agenix:au/unit"), "{out}");
+    assert!(out.contains("wasi:cli/stdout@"), "{out}");
+
+    let out = t.agx(&["au", "check", programs::GUEST_SOCKET]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("does not conform to agenix:au/unit: imports outside the agenix:au/unit world: wasi:sockets/"), "{err}");
+
+    let out = t.agx(&["au", "check", "Cargo.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("does not exist"));
+}
+
+#[test]
+fn au_run_pipes_stdin_and_mirrors_the_exit_code() {
+    let t = TestDir::new();
+    let out = t.agx_in(
+        &["au", "run", programs::AU_GREP, "--", "-i", "error"],
+        b"ok\nAn Error\nfine\nerror 2\n",
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "An Error\nerror 2\n");
+    assert!(text(&out.stderr).contains("agx: grep: exit 0 (fuel "), "{}", text(&out.stderr));
+
+    // grep's "nothing matched" is exit 1, and agx says so with the same code.
+    let out = t.agx_in(&["au", "run", programs::AU_GREP, "--", "absent"], b"ok\n");
+    assert_eq!(out.status.code(), Some(1));
+    for code in [2, 3, 42] {
+        let out = t.agx(&["au", "run", programs::GUEST_EXIT, "--", &code.to_string()]);
+        assert_eq!(out.status.code(), Some(code), "exit {code}");
+    }
+    let out = t.agx(&["au", "run", programs::GUEST_SLEEP, "--timeout", "200"]);
+    assert_eq!(out.status.code(), Some(124));
+    assert!(text(&out.stderr).contains("timed-out"), "{}", text(&out.stderr));
+    let out = t.agx(&["au", "run", programs::GUEST_SPIN, "--fuel", "1000000"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("out-of-fuel"), "{}", text(&out.stderr));
+    let out = t.agx(&["au", "run", programs::GUEST_GROW, "--memory", "16M"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("memory-exceeded"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn au_run_mounts_a_directory_read_only_unless_asked() {
+    let t = TestDir::new();
+    fs::create_dir(t.path("logs")).unwrap();
+    fs::write(t.path("logs/a.log"), "line\n").unwrap();
+    let out = t.agx(&[
+        "au",
+        "run",
+        programs::GUEST_FS,
+        "--mount",
+        "logs=logs",
+        "--",
+        "read",
+        "/logs/a.log",
+    ]);
+    assert_eq!(text(&out.stdout), "ok 5 bytes: line\n\n");
+    let out = t.agx(&[
+        "au",
+        "run",
+        programs::GUEST_FS,
+        "--mount",
+        "logs=logs",
+        "--",
+        "write",
+        "/logs/b.log",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(!t.path("logs/b.log").exists(), "a read-only mount took a write");
+    let out = t.agx(&[
+        "au",
+        "run",
+        programs::GUEST_FS,
+        "--mount",
+        "logs=logs:rw",
+        "--",
+        "write",
+        "/logs/b.log",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(fs::read_to_string(t.path("logs/b.log")).unwrap(), "written by guest");
+    let out =
+        t.agx(&["au", "run", programs::GUEST_FS, "--mount", "logs=nowhere", "--", "list", "/logs"]);
+    assert_eq!(out.status.code(), Some(2), "a missing directory is a usage error");
+}
+
+#[test]
+fn au_describe_and_push_use_the_model_card() {
+    let t = TestDir::new();
+    let out = t.ok(&["au", "describe", programs::AU_SORT]);
+    assert!(out.starts_with("sort 0.1.0"), "{out}");
+    let rec: serde_json::Value =
+        serde_json::from_str(&t.ok(&["--json", "au", "describe", programs::AU_JQ])).unwrap();
+    assert_eq!(rec["data"]["name"], "jq");
+    assert_eq!(rec["data"]["schema"], "agenix.au.card/v1");
+
+    let digest = t.ok(&["au", "push", programs::AU_WC]).lines().next().unwrap().to_string();
+    let bytes = fs::read(programs::AU_WC).unwrap();
+    assert_eq!(digest, agenix_proto::Digest::of(&bytes).to_string());
+    assert!(t.ok(&["au", "list"]).contains(&format!("wc           {digest}")));
+    // A guest without a card needs a name; one that cannot run here is not stored at all.
+    let out = t.agx(&["au", "push", programs::GUEST_ECHO]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("pass --name NAME"), "{}", text(&out.stderr));
+    t.ok(&["au", "push", programs::GUEST_ECHO, "--name", "echo"]);
+    let out = t.agx(&["au", "push", programs::GUEST_SOCKET, "--name", "socket"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!t.ok(&["au", "list"]).contains("socket"));
+}
+
+const LOG_ERRORS_OUTPUT: &str = "      1 auth: token expired\n      3 db: connection refused\n      2 payments: card declined\n";
+
+#[test]
+fn example_plans_sign_with_the_lock_step_and_run() {
+    let t = TestDir::new();
+    t.push_standard_aus();
+    t.signer();
+    t.ok(&["plan", "sign", &example("log-errors.json"), "--key", "k", "--out", "log.env"]);
+    let shown = t.ok(&["plan", "show", "log.env", "--trust", "trust.json"]);
+    let grep = agenix_proto::Digest::of(&fs::read(programs::AU_GREP).unwrap());
+    assert!(shown.contains(&format!("wasm grep@{}", grep.short())), "{shown}");
+
+    let out =
+        t.agx(&["run", "log.env", "--trust", "trust.json", "--input", &example("data/app.log")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), LOG_ERRORS_OUTPUT);
+    let table = text(&out.stderr);
+    for task in ["errors", "messages", "sorted", "counted"] {
+        assert!(table.lines().any(|l| l.starts_with(task) && l.contains("exit 0")), "{table}");
+    }
+
+    t.ok(&["plan", "sign", &example("orders-report.json"), "--key", "k", "--out", "orders.env"]);
+    let out = t.ok(&[
+        "run",
+        "orders.env",
+        "--trust",
+        "trust.json",
+        "--input",
+        &example("data/orders.csv"),
+    ]);
+    assert_eq!(
+        out,
+        "{\"orders\":6,\"revenue\":835.84,\"largest\":{\"id\":\"1003\",\"customer\":\"initech\",\"amount\":\"310.25\"}}\n"
+    );
+}
+
+#[test]
+fn run_needs_a_signature_or_an_explicit_unsigned() {
+    let t = TestDir::new();
+    t.push_standard_aus();
+    let out = t.agx(&["run", &example("log-errors.json"), "--input", &example("data/app.log")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("is not signed"), "{}", text(&out.stderr));
+    let out = t.agx_in(
+        &["run", &example("log-errors.json"), "--unsigned", "--input", "-"],
+        &fs::read(example("data/app.log")).unwrap(),
+    );
+    assert_eq!(text(&out.stdout), LOG_ERRORS_OUTPUT);
+
+    t.signer();
+    t.ok(&["plan", "sign", &example("log-errors.json"), "--key", "k", "--out", "log.env"]);
+    let out = t.agx(&["run", "log.env"]);
+    assert!(text(&out.stderr).contains("is signed: pass --trust FILE"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn signing_names_aus_missing_from_the_store() {
+    let t = TestDir::new();
+    t.signer();
+    let out = t.agx(&["plan", "sign", &example("log-errors.json"), "--key", "k", "--out", "x.env"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("tasks[0].run.wasm.name: AU \"grep\" is not in the store"), "{err}");
+    assert!(err.contains("agx au push --store"), "{err}");
+    assert!(!t.path("x.env").exists());
+}
+
+#[test]
+fn q09_a_failed_task_skips_its_dependents() {
+    let t = TestDir::new();
+    t.push_standard_aus();
+    // grep finds nothing (exit 1): sort and uniq read from it and are skipped; the
+    // independent wc still runs.
+    let plan = r#"{"schema":"agenix.plan/v1","name":"q9","tasks":[
+        {"id":"find","run":{"wasm":{"name":"grep"}},"args":["no such line"],"stdin":{"input":true}},
+        {"id":"sorted","run":{"wasm":{"name":"sort"}},"stdin":{"task":"find"}},
+        {"id":"counted","run":{"wasm":{"name":"uniq"}},"args":["-c"],"stdin":{"task":"sorted"}},
+        {"id":"lines","run":{"wasm":{"name":"wc"}},"args":["-l"],"stdin":{"input":true}}],
+        "output":"counted"}"#;
+    fs::write(t.path("q9.json"), plan).unwrap();
+    let out =
+        t.agx(&["--json", "run", "q9.json", "--unsigned", "--input", &example("data/app.log")]);
+    assert_eq!(out.status.code(), Some(1));
+    let recs: Vec<serde_json::Value> =
+        text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let outcome = |task: &str| {
+        recs.iter().find(|r| r["type"] == "task" && r["data"]["task"] == task).unwrap()["data"]["outcome"].clone()
+    };
+    assert_eq!(outcome("find"), serde_json::json!({"kind": "exited", "code": 1}));
+    assert_eq!(outcome("sorted"), serde_json::json!({"kind": "skipped", "because": "find"}));
+    assert_eq!(outcome("counted"), serde_json::json!({"kind": "skipped", "because": "sorted"}));
+    assert_eq!(outcome("lines"), serde_json::json!({"kind": "exited", "code": 0}));
+    let result = recs.last().unwrap();
+    assert_eq!(result["type"], "result");
+    assert_eq!(result["data"]["succeeded"], false);
+    assert_eq!(result["data"]["output_bytes"], 0);
+}
+
+#[test]
+fn p06_a_swapped_component_in_the_store_is_refused() {
+    let t = TestDir::new();
+    t.push_standard_aus();
+    t.signer();
+    t.ok(&["plan", "sign", &example("log-errors.json"), "--key", "k", "--out", "log.env"]);
+    // Replace grep's bytes in the store with another AU's: the digest no longer matches.
+    let grep = agenix_proto::Digest::of(&fs::read(programs::AU_GREP).unwrap());
+    let blob = t.path("store/blobs/sha256").join(grep.hex());
+    fs::write(&blob, fs::read(programs::AU_WC).unwrap()).unwrap();
+    // With grep's own precompiled artifact still cached (keyed by its digest, compiled from
+    // verified bytes), the run uses it and never reads the swapped blob.
+    let out =
+        t.agx(&["run", "log.env", "--trust", "trust.json", "--input", &example("data/app.log")]);
+    assert_eq!(text(&out.stdout), LOG_ERRORS_OUTPUT);
+    // Without it, the swapped bytes are loaded, checked against the digest, and refused.
+    fs::remove_dir_all(t.path("cache")).unwrap();
+    let out = t.agx(&[
+        "--json",
+        "run",
+        "log.env",
+        "--trust",
+        "trust.json",
+        "--input",
+        &example("data/app.log"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let first: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(first["data"]["outcome"]["kind"], "refused");
+    let reason = first["data"]["outcome"]["reason"].as_str().unwrap();
+    assert!(reason.contains("is damaged"), "{reason}");
+}
+
+#[test]
+fn au_new_scaffolds_a_crate_that_builds_checks_and_runs() {
+    let t = TestDir::new();
+    t.ok(&["au", "new", "shout"]);
+    let out = t.agx(&["au", "new", "shout"]);
+    assert!(text(&out.stderr).contains("already exists"));
+    let out = t.agx(&["au", "new", "Bad Name"]);
+    assert!(text(&out.stderr).contains("invalid AU name"));
+
+    let krate = t.path("shout");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let build = Command::new(&cargo)
+        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .current_dir(&krate)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "{}", text(&build.stderr));
+    let wasm = krate.join("target/wasm32-wasip2/release/shout.wasm");
+    let wasm = wasm.to_str().unwrap();
+    assert!(t.ok(&["au", "check", wasm]).contains("conforms"));
+    let out = t.agx_in(&["au", "run", wasm], b"hello\n");
+    assert_eq!(text(&out.stdout), "HELLO\n");
+    let out = t.agx(&["au", "run", wasm, "--", "--bogus"]);
+    assert_eq!(out.status.code(), Some(2), "the exit code survives wasm");
+    assert!(t.ok(&["au", "describe", wasm]).starts_with("shout 0.1.0"));
+
+    let test = Command::new(&cargo).args(["test", "--quiet"]).current_dir(&krate).output().unwrap();
+    assert!(test.status.success(), "{}{}", text(&test.stdout), text(&test.stderr));
+}
