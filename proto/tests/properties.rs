@@ -75,7 +75,7 @@ fn valid_plan() -> impl Strategy<Value = Plan> {
                     Some(n) => {
                         // Fan-in: one earlier task, then the first, each named once.
                         let mut ids = vec![tasks[n as usize % i].id.clone()];
-                        if n as usize % i != 0 {
+                        if !(n as usize).is_multiple_of(i) {
                             ids.push(tasks[0].id.clone());
                         }
                         Some(Stdin::Tasks(ids))
