@@ -1,7 +1,8 @@
 //! One task in one sandbox.
 //!
 //! `wasm` runs AUs (WASI components) on wasmtime under fuel, memory, wall-clock, output and
-//! scratch-space limits with only the directories a task was granted; `output` captures and
+//! scratch-space limits with only the directories a task was granted; `native` runs
+//! allowlisted Unix tools in an unprivileged Linux-namespace jail; `output` captures and
 //! sanitizes what tasks print; `report` turns a run into the [`agenix_proto::TaskReport`]
 //! that wasm and native tasks share.
 //!
@@ -9,6 +10,7 @@
 //! never decides what may run — callers hand it verified, resolved work. A guest failing is
 //! an [`agenix_proto::Outcome`], not an error; `Err` means the host itself broke.
 
+pub mod native;
 pub mod output;
 pub mod report;
 pub mod wasm;

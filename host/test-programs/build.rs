@@ -1,6 +1,7 @@
-//! Builds the test guests (host/guests) and the standard AUs (aus/) for wasm32-wasip2 and
-//! exports each component's path as a constant. Both go to a fixed directory under the
-//! workspace's target dir, so every build of this crate shares one cached wasm build.
+//! Builds the test guests (host/guests) and the standard AUs (aus/) for wasm32-wasip2, and
+//! the native attack program (host/attack), and exports each one's path as a constant. All
+//! go to a fixed directory under the workspace's target dir, so every build of this crate
+//! shares one cached build.
 
 use std::env;
 use std::fmt::Write as _;
@@ -20,17 +21,33 @@ fn main() {
     let root = manifest.join("../..").canonicalize().expect("the workspace root exists");
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     // OUT_DIR is <target>/<profile>/build/<crate>-<hash>/out.
-    let target = out.ancestors().nth(4).expect("OUT_DIR is inside the target dir").join("wasm");
+    let target =
+        out.ancestors().nth(4).expect("OUT_DIR is inside the target dir").join("test-programs");
 
     println!("cargo:rerun-if-changed={}", root.join("host/guests/src").display());
     println!("cargo:rerun-if-changed={}", root.join("host/guests/Cargo.toml").display());
     println!("cargo:rerun-if-changed={}", root.join("aus/src").display());
     println!("cargo:rerun-if-changed={}", root.join("aus/Cargo.toml").display());
+    println!("cargo:rerun-if-changed={}", root.join("host/attack/src").display());
+    println!("cargo:rerun-if-changed={}", root.join("host/attack/Cargo.toml").display());
 
+    let wasm = ["--target", "wasm32-wasip2"];
     let guests = target.join("guests");
-    cargo(&root, &["build", "--release", "--manifest-path", "host/guests/Cargo.toml"], &guests);
+    cargo(
+        &root,
+        &["build", "--release", "--manifest-path", "host/guests/Cargo.toml"],
+        &wasm,
+        &guests,
+    );
     let aus = target.join("aus");
-    cargo(&root, &["build", "--profile", "au", "-p", "agenix-aus"], &aus);
+    cargo(&root, &["build", "--profile", "au", "-p", "agenix-aus"], &wasm, &aus);
+    let attack = target.join("attack");
+    cargo(
+        &root,
+        &["build", "--release", "--manifest-path", "host/attack/Cargo.toml"],
+        &[],
+        &attack,
+    );
 
     let mut code = String::new();
     for g in GUESTS {
@@ -41,6 +58,7 @@ fn main() {
         let p = aus.join("wasm32-wasip2/au").join(format!("{a}.wasm"));
         emit(&mut code, "AU", a, &p);
     }
+    emit(&mut code, "NATIVE", "attack", &attack.join("release/agenix-attack"));
     code.push_str(
         "/// Every standard AU: (name, path).\npub const ALL_AUS: &[(&str, &str)] = &[\n",
     );
@@ -62,12 +80,13 @@ fn emit(code: &mut String, kind: &str, name: &str, path: &Path) {
     );
 }
 
-fn cargo(root: &Path, args: &[&str], target_dir: &Path) {
+fn cargo(root: &Path, args: &[&str], target: &[&str], target_dir: &Path) {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(root)
         .args(args)
-        .args(["--target", "wasm32-wasip2", "--locked"])
+        .args(target)
+        .arg("--locked")
         .env("CARGO_TARGET_DIR", target_dir)
         // Don't let the outer build's wrappers and flags (clippy, coverage) leak in.
         .env_remove("RUSTC_WORKSPACE_WRAPPER")

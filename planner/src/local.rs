@@ -44,7 +44,7 @@ fn xdg(var: &str, fallback: &str) -> Result<PathBuf> {
 /// `$XDG_CACHE_HOME/agenix`), scratch directories in a temporary directory removed on exit.
 pub(crate) struct LocalHost {
     pub(crate) wasm: Arc<WasmHost>,
-    _scratch: tempfile::TempDir,
+    scratch: tempfile::TempDir,
 }
 
 impl LocalHost {
@@ -66,7 +66,14 @@ impl LocalHost {
             scratch_dir: scratch.path().to_path_buf(),
             allocator: Allocator::Auto,
         })?;
-        Ok(Self { wasm: Arc::new(wasm), _scratch: scratch })
+        Ok(Self { wasm: Arc::new(wasm), scratch })
+    }
+}
+
+impl LocalHost {
+    /// The scratch directory of this invocation (removed on exit).
+    pub(crate) fn scratch_dir(&self) -> &std::path::Path {
+        self.scratch.path()
     }
 }
 

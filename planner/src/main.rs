@@ -31,6 +31,8 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // First: agx is also the native jail helper for `agx run`.
+    agenix_host::native::jail::run_if_helper();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

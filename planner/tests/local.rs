@@ -355,3 +355,76 @@ fn au_new_scaffolds_a_crate_that_builds_checks_and_runs() {
     let test = Command::new(&cargo).args(["test", "--quiet"]).current_dir(&krate).output().unwrap();
     assert!(test.status.success(), "{}{}", text(&test.stdout), text(&test.stderr));
 }
+
+/// The same pipeline, unjailed: GNU tools chained by this test, with the jail's environment.
+fn unjailed_pipeline(input: &[u8]) -> Vec<u8> {
+    let mut data = input.to_vec();
+    for (tool, args) in [
+        ("/usr/bin/grep", &["-i", "error"][..]),
+        ("/usr/bin/cut", &["-d", " ", "-f", "3-"]),
+        ("/usr/bin/sort", &[]),
+        ("/usr/bin/uniq", &["-c"]),
+    ] {
+        let mut child = Command::new(tool)
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("LANG", "C.UTF-8")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&data).unwrap();
+        data = child.wait_with_output().unwrap().stdout;
+    }
+    data
+}
+
+#[test]
+fn native_pipeline_runs_in_the_jail_like_unjailed() {
+    let t = TestDir::new();
+    let input = fs::read(example("data/app.log")).unwrap();
+    let tools = t.path("tools.toml");
+    fs::write(&tools, "[tools]\ngrep = \"/usr/bin/grep\"\ncut = \"/usr/bin/cut\"\n").unwrap();
+    let out = t.agx(&[
+        "run",
+        &example("log-errors-native.json"),
+        "--unsigned",
+        "--input",
+        &example("data/app.log"),
+        "--tools",
+        tools.to_str().unwrap(),
+        "--allow-tool",
+        "sort",
+        "--allow-tool",
+        "uniq=/usr/bin/uniq",
+    ]);
+    let table = text(&out.stderr);
+    if table.contains("lacks what the native jail requires") {
+        println!("skipped: {table}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(0), "{table}");
+    assert_eq!(out.stdout, unjailed_pipeline(&input));
+    assert_eq!(text(&out.stdout), LOG_ERRORS_OUTPUT, "and the same as the AU pipeline");
+    for task in ["errors", "messages", "sorted", "counted"] {
+        let row = table.lines().find(|l| l.starts_with(task)).unwrap();
+        assert!(row.contains("exit 0") && row.contains(" - "), "native rows have no fuel: {row}");
+    }
+    // A tool the plan names but nobody allowed is refused, and what reads it is skipped.
+    let out = t.agx(&[
+        "--json",
+        "run",
+        &example("log-errors-native.json"),
+        "--unsigned",
+        "--input",
+        &example("data/app.log"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let first: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(
+        first["data"]["outcome"]["reason"],
+        "tool \"grep\" is not in this worker's allowlist"
+    );
+}

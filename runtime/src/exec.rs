@@ -10,6 +10,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use agenix_host::native::{NativeHost, NativeTask};
 use agenix_host::report::{Captured, report};
 use agenix_host::wasm::{Grant, PrepareError, WasmHost, WasmTask};
 use agenix_proto::{
@@ -300,14 +301,63 @@ impl ComponentSource for LocalStore {
 #[derive(Debug)]
 pub struct HostRunner<S> {
     wasm: Arc<WasmHost>,
+    native: Option<Arc<NativeHost>>,
     source: S,
     resources: Resources,
 }
 
 impl<S: ComponentSource> HostRunner<S> {
-    /// A runner over `wasm`, fetching from `source`, granting from `resources`.
+    /// A runner over `wasm`, fetching from `source`, granting from `resources`. Native tasks
+    /// are refused until a jail is added with [`HostRunner::with_native`].
     pub fn new(wasm: Arc<WasmHost>, source: S, resources: Resources) -> Self {
-        Self { wasm, source, resources }
+        Self { wasm, native: None, source, resources }
+    }
+
+    /// Runs native tasks in `native`.
+    pub fn with_native(mut self, native: Arc<NativeHost>) -> Self {
+        self.native = Some(native);
+        self
+    }
+
+    async fn run_native(
+        &self,
+        task: &Task,
+        tool: &agenix_proto::ToolName,
+        stdin: Bytes,
+    ) -> Result<TaskRun, RunnerError> {
+        let Some(native) = &self.native else {
+            return Ok(Self::refused(
+                task,
+                format!("native tool \"{tool}\": this runner has no native jail"),
+            ));
+        };
+        let (grants, limits) = match (self.resources.grants(task), self.resources.limits(task)) {
+            (Ok(g), Ok(l)) => (g, l),
+            (Err(why), _) | (_, Err(why)) => return Ok(Self::refused(task, why)),
+        };
+        let run = native
+            .run(NativeTask {
+                tool: tool.clone(),
+                args: task.args.clone(),
+                env: task.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                stdin,
+                grants,
+                limits,
+            })
+            .await
+            .map_err(|source| RunnerError::Host { task: task.id.clone(), source })?;
+        let report = report(
+            task.id.clone(),
+            Captured {
+                outcome: &run.outcome,
+                stdout: &run.stdout,
+                stderr: &run.stderr,
+                fuel_consumed: None,
+                wall: run.wall,
+                peak_memory: run.peak_memory,
+            },
+        );
+        Ok(TaskRun { report, stdout: run.stdout })
     }
 
     fn refused(task: &Task, reason: String) -> TaskRun {
@@ -322,12 +372,7 @@ impl<S: ComponentSource> Runner for HostRunner<S> {
     async fn run(&self, task: &Task, stdin: Bytes) -> Result<TaskRun, RunnerError> {
         let wasm_ref = match &task.run {
             Run::Wasm(w) => w,
-            Run::Native(n) => {
-                return Ok(Self::refused(
-                    task,
-                    format!("native tool \"{}\": this runner has no native jail", n.tool),
-                ));
-            }
+            Run::Native(n) => return self.run_native(task, &n.tool, stdin).await,
         };
         let Some(digest) = wasm_ref.digest else {
             return Ok(Self::refused(

@@ -11,3 +11,4 @@
 pub mod dag;
 pub mod exec;
 pub mod store;
+pub mod tools;

@@ -1,6 +1,6 @@
-//! Paths of wasm components built for tests: the purpose-built guests in `host/guests`
-//! (`GUEST_*`) and the standard AUs (`AU_*`). The build script compiles them for
-//! wasm32-wasip2; depend on this crate only from tests.
+//! Paths of programs built for tests: the purpose-built wasm guests in `host/guests`
+//! (`GUEST_*`) and the standard AUs (`AU_*`), compiled for wasm32-wasip2, and the native
+//! attack program in `host/attack` (`NATIVE_ATTACK`). Depend on this crate only from tests.
 
 #![allow(missing_docs, reason = "generated constants carry their own docs")]
 

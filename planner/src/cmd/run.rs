@@ -5,9 +5,11 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use agenix_host::native::{Allowlist, Helper, NativeConfig, NativeHost};
 use agenix_proto::envelope::MAX_ENVELOPE_BYTES;
 use agenix_proto::{Limits, MountName, Plan};
 use agenix_runtime::exec::{Executable, HostRunner, MountConfig, Resources, execute};
+use agenix_runtime::tools;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use serde::Serialize;
@@ -42,6 +44,15 @@ pub(crate) struct RunPlan {
     /// A directory tasks may mount by NAME: NAME=DIR[:ro|rw] (read-only by default).
     #[arg(long = "mount", value_name = "NAME=DIR[:ro|rw]", value_parser = parse_mount)]
     mounts: Vec<(MountName, MountConfig)>,
+    /// Allow a native tool: NAME, found in /usr/bin or /bin, or NAME=PATH.
+    #[arg(long = "allow-tool", value_name = "NAME[=PATH]")]
+    allow_tools: Vec<String>,
+    /// Allow the native tools listed in a TOML file (a [tools] table).
+    #[arg(long = "tools", value_name = "FILE")]
+    tools_file: Option<PathBuf>,
+    /// Run native tools even if this kernel lacks part of the jail (logged on every task).
+    #[arg(long)]
+    danger_degraded: bool,
 }
 
 #[derive(Serialize)]
@@ -106,8 +117,31 @@ impl RunPlan {
             ..Resources::default()
         };
         let local = LocalHost::new(resources.ceilings)?;
-        let runner = std::sync::Arc::new(HostRunner::new(local.wasm.clone(), store, resources));
-        let result = runtime()?.block_on(execute(executable, input, runner))?;
+        let mut runner = HostRunner::new(local.wasm.clone(), store, resources);
+        let rt = runtime()?;
+        let needs_native =
+            executable.plan().tasks.iter().any(|t| matches!(t.run, agenix_proto::Run::Native(_)));
+        if needs_native {
+            let mut allow = Allowlist::new();
+            if let Some(file) = &self.tools_file {
+                tools::load_file(file, &mut allow)?;
+            }
+            for arg in &self.allow_tools {
+                let (name, entry) = tools::parse_arg(arg)?;
+                allow.allow(name, entry)?;
+            }
+            let native = rt.block_on(NativeHost::new(NativeConfig {
+                helper: Helper::current_exe()
+                    .context("cannot find agx itself to start the jail")?,
+                allowlist: allow,
+                danger_degraded: self.danger_degraded,
+                scratch_dir: local.scratch_dir().join("native"),
+                disabled: vec![],
+            }))?;
+            runner = runner.with_native(std::sync::Arc::new(native));
+        }
+        let runner = std::sync::Arc::new(runner);
+        let result = rt.block_on(execute(executable, input, runner))?;
 
         if out.json {
             for r in &result.reports {

@@ -1,0 +1,227 @@
+//! Per-task cgroups for exact memory and process limits: cgroup v2 where a delegated
+//! subtree with the memory and pids controllers is writable, else the v1 memory and pids
+//! hierarchies where writable (as root on older hosts). Without either, the jail falls back
+//! to RLIMIT_AS and RLIMIT_NPROC.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agenix_proto::Limits;
+
+/// Where task cgroups are made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cgroups {
+    /// A v2 directory whose children get the memory and pids controllers.
+    V2(PathBuf),
+    /// v1 memory and pids directories.
+    V1 {
+        /// Under the memory hierarchy.
+        memory: PathBuf,
+        /// Under the pids hierarchy.
+        pids: PathBuf,
+    },
+}
+
+/// The cgroup(s) of one task. Removed by [`TaskCgroup::remove`]; if the run is cancelled
+/// first, dropping it schedules the removal instead.
+#[derive(Debug)]
+pub(crate) struct TaskCgroup {
+    v2: bool,
+    memory: PathBuf,
+    pids: PathBuf,
+    removed: bool,
+}
+
+fn own_cgroups() -> Vec<(String, String)> {
+    fs::read_to_string("/proc/self/cgroup")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let _id = parts.next()?;
+            let controllers = parts.next()?.to_string();
+            let path = parts.next()?.to_string();
+            Some((controllers, path))
+        })
+        .collect()
+}
+
+/// Mount points of cgroup file systems: (fstype, super options, mount point).
+fn cgroup_mounts() -> Vec<(String, String, PathBuf)> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            let mut r = right.split(' ');
+            let fstype = r.next()?.to_string();
+            let _source = r.next()?;
+            let options = r.next().unwrap_or("").to_string();
+            fstype.starts_with("cgroup").then(|| (fstype, options, PathBuf::from(point)))
+        })
+        .collect()
+}
+
+fn writable_dir(dir: &Path) -> bool {
+    let probe = dir.join(format!("agenix-probe-{}", std::process::id()));
+    let made = fs::create_dir(&probe).is_ok();
+    if made {
+        let _ = fs::remove_dir(&probe);
+    }
+    made
+}
+
+fn join(mount: &Path, cgroup_path: &str) -> PathBuf {
+    mount.join(cgroup_path.trim_start_matches('/'))
+}
+
+/// Finds where task cgroups can be made, with a description for `agw doctor`.
+pub(crate) fn detect() -> Result<(Cgroups, String), String> {
+    let own = own_cgroups();
+    let mounts = cgroup_mounts();
+    // v2: this process's cgroup or its parent, with memory and pids delegated to children.
+    if let (Some((_, _, mnt)), Some((_, path))) =
+        (mounts.iter().find(|(t, _, _)| t == "cgroup2"), own.iter().find(|(c, _)| c.is_empty()))
+    {
+        let mine = join(mnt, path);
+        for dir in [mine.clone(), mine.parent().map(Path::to_path_buf).unwrap_or(mine.clone())] {
+            let control =
+                fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+            let words: Vec<&str> = control.split_whitespace().collect();
+            if words.contains(&"memory") && words.contains(&"pids") && writable_dir(&dir) {
+                return Ok((Cgroups::V2(dir.clone()), format!("cgroup v2 at {}", dir.display())));
+            }
+        }
+    }
+    // v1: writable memory and pids hierarchies.
+    let v1 = |controller: &str| -> Option<PathBuf> {
+        let (_, _, mnt) = mounts
+            .iter()
+            .find(|(t, o, _)| t == "cgroup" && o.split(',').any(|x| x == controller))?;
+        let (_, path) = own.iter().find(|(c, _)| c.split(',').any(|x| x == controller))?;
+        let dir = join(mnt, path);
+        writable_dir(&dir).then_some(dir)
+    };
+    match (v1("memory"), v1("pids")) {
+        (Some(memory), Some(pids)) => {
+            let d = format!("cgroup v1 at {} and {}", memory.display(), pids.display());
+            Ok((Cgroups::V1 { memory, pids }, d))
+        }
+        _ => {
+            Err("no writable cgroup with memory and pids controllers (v2 delegation or v1 as root)"
+                .into())
+        }
+    }
+}
+
+impl Cgroups {
+    /// Makes the cgroup(s) for one task, with its memory and process limits.
+    pub(crate) fn create(&self, name: &str, limits: &Limits) -> std::io::Result<TaskCgroup> {
+        let write = |dir: &Path, file: &str, value: String| fs::write(dir.join(file), value);
+        match self {
+            Self::V2(base) => {
+                let dir = base.join(name);
+                fs::create_dir(&dir)?;
+                let cg =
+                    TaskCgroup { v2: true, memory: dir.clone(), pids: dir.clone(), removed: false };
+                write(&dir, "memory.max", limits.memory_bytes.to_string())?;
+                // No swap: the limit is the limit.
+                let _ = write(&dir, "memory.swap.max", "0".into());
+                write(&dir, "pids.max", limits.pids.to_string())?;
+                Ok(cg)
+            }
+            Self::V1 { memory, pids } => {
+                let (m, p) = (memory.join(name), pids.join(name));
+                fs::create_dir(&m)?;
+                let cg =
+                    TaskCgroup { v2: false, memory: m.clone(), pids: p.clone(), removed: false };
+                fs::create_dir(&p)?;
+                write(&m, "memory.limit_in_bytes", limits.memory_bytes.to_string())?;
+                let _ = write(&m, "memory.memsw.limit_in_bytes", limits.memory_bytes.to_string());
+                write(&p, "pids.max", limits.pids.to_string())?;
+                Ok(cg)
+            }
+        }
+    }
+}
+
+fn counter(file: &Path, key: &str) -> u64 {
+    fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+impl TaskCgroup {
+    /// The files the sandbox's init is written into.
+    pub(crate) fn procs(&self) -> Vec<PathBuf> {
+        if self.v2 {
+            vec![self.memory.join("cgroup.procs")]
+        } else {
+            vec![self.memory.join("cgroup.procs"), self.pids.join("cgroup.procs")]
+        }
+    }
+
+    /// Whether the kernel killed something in it for running out of memory.
+    pub(crate) fn oom_killed(&self) -> bool {
+        if self.v2 {
+            counter(&self.memory.join("memory.events"), "oom_kill ") > 0
+        } else {
+            counter(&self.memory.join("memory.oom_control"), "oom_kill ") > 0
+                || (counter(&self.memory.join("memory.failcnt"), "") > 0
+                    && counter(&self.memory.join("memory.oom_control"), "under_oom ") > 0)
+        }
+    }
+
+    /// The peak memory charged to it.
+    pub(crate) fn peak_memory(&self) -> Option<u64> {
+        let file = if self.v2 { "memory.peak" } else { "memory.max_usage_in_bytes" };
+        fs::read_to_string(self.memory.join(file)).ok()?.trim().parse().ok()
+    }
+
+    /// Removes it once its processes are gone (they die with the sandbox's init; allow them
+    /// a moment).
+    pub(crate) async fn remove(mut self) {
+        self.removed = true;
+        remove_dirs(self.dirs()).await;
+    }
+
+    fn dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![self.memory.clone()];
+        if !self.v2 {
+            dirs.push(self.pids.clone());
+        }
+        dirs
+    }
+}
+
+impl Drop for TaskCgroup {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        let dirs = self.dirs();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(remove_dirs(dirs));
+        }
+    }
+}
+
+/// Removes empty cgroup directories, waiting briefly for their last processes to exit.
+async fn remove_dirs(dirs: Vec<PathBuf>) {
+    for dir in dirs {
+        for attempt in 0..50u32 {
+            match fs::remove_dir(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if attempt == 49 => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a task cgroup");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}

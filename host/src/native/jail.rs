@@ -1,0 +1,627 @@
+//! The jail helper: our own binary re-executed with [`HELPER_ARG`], so that the fork and the
+//! namespace setup happen in a fresh, single-threaded process, never in the multi-threaded
+//! worker.
+//!
+//! Process tree (the worker W starts the helper P; P clones C, the sandbox's init; C forks
+//! T, the tool):
+//!
+//! ```text
+//! W ── P (helper: reads the spec on fd 3, writes C's uid/gid maps, moves C into its cgroup)
+//!      └── C (pid 1 in new user, mount, pid, net, ipc, uts namespaces; builds the root,
+//!           │  pivots, waits for T, reports; dies with P: PR_SET_PDEATHSIG)
+//!           └── T (pid 2: setsid, rlimits, fds closed, Landlock, caps dropped,
+//!                  no_new_privs, seccomp, then execveat of the allowlisted binary's fd)
+//! ```
+//!
+//! When C exits, the kernel kills everything left in its pid namespace: double-forked
+//! daemons included. Killing P (timeout, output cap, cancellation) kills C through its
+//! parent-death signal. P and C never write to stdout or stderr: those belong to the tool;
+//! P answers on fd 3 only.
+
+#![allow(
+    unsafe_code,
+    reason = "fork, clone and exec of the sandbox; each block says why it is sound"
+)]
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, symlink};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::fcntl::{AtFlags, OFlag};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, chdir, pipe2, pivot_root, sethostname, setsid};
+
+use super::spec::{Ended, JailReport, JailSpec, read_frame, write_frame};
+
+/// The hidden first argument that turns our binary into the jail helper.
+pub const HELPER_ARG: &str = "__agenix-jail";
+
+/// The uid and gid the tool has inside its user namespace.
+const INSIDE_ID: u32 = 1000;
+/// The unprivileged host uid/gid a root worker maps the sandbox to.
+const NOBODY: u32 = 65534;
+
+/// Runs the helper and exits if this process was started as one; returns otherwise. Call
+/// it first thing in `main`, before any thread or async runtime starts.
+#[allow(clippy::exit, reason = "the helper is a process entry point of its own")]
+pub fn run_if_helper() {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() != Some(std::ffi::OsStr::new(HELPER_ARG)) {
+        return;
+    }
+    let mode = args.next();
+    let code = match mode.as_ref().and_then(|m| m.to_str()) {
+        Some("probe") => probe_main(),
+        _ => helper_main(),
+    };
+    std::process::exit(code)
+}
+
+fn control() -> UnixStream {
+    // SAFETY: the worker starts the helper with one end of a connected Unix socket pair as fd
+    // 3 (see `NativeHost::run`); nothing else in this fresh process owns fd 3.
+    let ctl = unsafe { UnixStream::from_raw_fd(3) };
+    // Keep it from the tool: it is closed on exec.
+    let _ = nix::fcntl::fcntl(&ctl, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    ctl
+}
+
+fn helper_main() -> i32 {
+    let mut ctl = control();
+    let report = match read_frame::<JailSpec>(&mut ctl) {
+        Ok(spec) => run_jail(&spec),
+        Err(e) => JailReport::Failed { reason: format!("cannot read the jail spec: {e}") },
+    };
+    match write_frame(&mut ctl, &report) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+/// What C and T need, prepared by P before cloning (so C and T mostly use, not build).
+struct Prepared<'a> {
+    spec: &'a JailSpec,
+    tool: File,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+}
+
+fn cstring(s: &str, what: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{what} contains a NUL byte"))
+}
+
+fn prepare(spec: &JailSpec) -> Result<Prepared<'_>, String> {
+    let mut tool = File::options()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(&spec.tool)
+        .map_err(|e| format!("cannot open {}: {e}", spec.tool.display()))?;
+    if let Some(pin) = spec.tool_sha256 {
+        let mut h = agenix_proto::digest::Hasher::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = tool
+                .read(&mut buf)
+                .map_err(|e| format!("cannot read {}: {e}", spec.tool.display()))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        let found = h.finish();
+        if found.as_bytes() != &pin {
+            return Err(format!(
+                "{} has digest {found}, not the pinned {}",
+                spec.tool.display(),
+                agenix_proto::Digest::from_bytes(pin)
+            ));
+        }
+    }
+
+    let mut argv = vec![cstring(&spec.argv0, "argv[0]")?];
+    for a in &spec.args {
+        argv.push(cstring(a, "an argument")?);
+    }
+    let envp = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstring(&format!("{k}={v}"), "the environment"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Prepared { spec, tool, argv, envp })
+}
+
+fn run_jail(spec: &JailSpec) -> JailReport {
+    match run_jail_inner(spec) {
+        Ok(r) => r,
+        Err(reason) => JailReport::Failed { reason },
+    }
+}
+
+fn run_jail_inner(spec: &JailSpec) -> Result<JailReport, String> {
+    let p = prepare(spec)?;
+    if nix::unistd::geteuid().is_root() {
+        // A root worker's supplementary groups must not follow the tool into the sandbox
+        // (they would survive the id mapping as unmapped but still effective groups).
+        nix::unistd::setgroups(&[]).map_err(errno("setgroups"))?;
+    }
+    if !spec.features.namespaces {
+        return run_degraded(&p);
+    }
+    let (ready_r, ready_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS;
+    let mut stack = vec![0u8; 1 << 20];
+    let init = Box::new(|| init_main(&p, &ready_r, &status_w));
+    // SAFETY: this process is single-threaded (a fresh exec of our binary that has started
+    // no threads), so the child may run arbitrary code; clone without CLONE_VM gives it a
+    // copy of our memory, as fork does, and the stack outlives the call.
+    let child = unsafe { nix::sched::clone(init, &mut stack, flags, Some(libc::SIGCHLD)) }
+        .map_err(|e| format!("cannot create the sandbox's namespaces: {e}"))?;
+    drop(status_w);
+
+    let setup = map_ids(child).and_then(|()| {
+        for procs in &spec.cgroup_procs {
+            fs::write(procs, child.as_raw().to_string())
+                .map_err(|e| format!("cannot move the sandbox into {}: {e}", procs.display()))?;
+        }
+        Ok(())
+    });
+    if let Err(e) = setup {
+        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        return Err(e);
+    }
+    // Let C go on. The write end stays open until C is reaped: C sees it close (POLLHUP)
+    // if this process dies.
+    let _ = nix::unistd::write(&ready_w, b"1");
+
+    let mut status = Vec::new();
+    let _ = File::from(status_r).read_to_end(&mut status);
+    let _ = waitpid(child, None);
+    drop(ready_w);
+    read_frame::<JailReport>(&mut status.as_slice())
+        .map_err(|_| "the sandbox's init ended without a report".to_string())
+}
+
+/// Writes C's uid and gid maps: the tool's id inside maps to this user, or to `nobody`
+/// when the worker runs as root (so no rlimit or file check ever sees uid 0).
+fn map_ids(child: Pid) -> Result<(), String> {
+    let (uid, gid) = if nix::unistd::geteuid().is_root() {
+        (NOBODY, NOBODY)
+    } else {
+        (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw())
+    };
+    let proc = PathBuf::from(format!("/proc/{child}"));
+    let write = |file: &str, text: String| {
+        fs::write(proc.join(file), text)
+            .map_err(|e| format!("cannot write {file} of the sandbox: {e}"))
+    };
+    write("setgroups", "deny".into())?;
+    write("uid_map", format!("{INSIDE_ID} {uid} 1\n"))?;
+    write("gid_map", format!("{INSIDE_ID} {gid} 1\n"))
+}
+
+/// C: the sandbox's init. Builds the root, starts T, reaps everything until T ends, and
+/// reports on the status pipe.
+fn init_main(p: &Prepared<'_>, ready: &OwnedFd, status: &OwnedFd) -> isize {
+    let report = init_inner(p, ready).unwrap_or_else(|reason| JailReport::Failed { reason });
+    let Ok(fd) = status.try_clone() else { return 1 };
+    let _ = write_frame(&mut File::from(fd), &report);
+    0
+}
+
+fn init_inner(p: &Prepared<'_>, ready: &OwnedFd) -> Result<JailReport, String> {
+    // Die with P. If P is already gone, the read below sees end-of-file.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("prctl: {e}"))?;
+    let mut go = [0u8; 1];
+    match nix::unistd::read(ready, &mut go) {
+        Ok(1) => {}
+        _ => return Err("the helper went away before the sandbox was ready".into()),
+    }
+    // Become the mapped id (a root worker's clone starts as unmapped uid 0); capabilities in
+    // the new namespace are kept, as no mapped uid 0 is given up.
+    let id = nix::unistd::Uid::from_raw(INSIDE_ID);
+    let gid = nix::unistd::Gid::from_raw(INSIDE_ID);
+    nix::unistd::setresgid(gid, gid, gid).map_err(errno("setresgid"))?;
+    nix::unistd::setresuid(id, id, id).map_err(errno("setresuid"))?;
+    // Changing credentials cleared the parent-death signal: set it again, then make sure P
+    // did not die in between (its end of the ready pipe would have closed).
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("prctl: {e}"))?;
+    if parent_gone(ready) {
+        return Err("the helper went away before the sandbox was ready".into());
+    }
+    if p.spec.features.cgroup_ns {
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| format!("cgroup namespace: {e}"))?;
+    }
+    build_root(p)?;
+    // Our own /proc entries (environment, exe, memory) are not the tool's to read.
+    nix::sys::prctl::set_dumpable(false).map_err(|e| format!("prctl: {e}"))?;
+    run_tool(p, true)
+}
+
+/// Whether the other end of `ready` (held by P until C ends) has closed.
+fn parent_gone(ready: &OwnedFd) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(ready.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLHUP)),
+        Err(_) => true,
+    }
+}
+
+fn errno(what: &str) -> impl FnOnce(nix::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// Mount flags the kernel locks on a mount (a user namespace may not clear them).
+fn locked_flags(path: &Path) -> MsFlags {
+    use nix::sys::statvfs::{FsFlags, statvfs};
+    let Ok(st) = statvfs(path) else { return MsFlags::empty() };
+    let f = st.flags();
+    let mut m = MsFlags::empty();
+    for (fs, ms) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+    ] {
+        if f.contains(fs) {
+            m |= ms;
+        }
+    }
+    m
+}
+
+/// Binds `src` at `dst` and remounts it with `extra` flags (plus whatever the source has
+/// locked).
+fn bind(src: &Path, dst: &Path, extra: MsFlags) -> Result<(), String> {
+    let what = format!("bind {} at {}", src.display(), dst.display());
+    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(errno(&what))?;
+    let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | extra | locked_flags(dst);
+    mount(None::<&str>, dst, None::<&str>, flags, None::<&str>).map_err(errno(&what))
+}
+
+fn mkdir(path: &Path) -> Result<(), String> {
+    fs::create_dir_all(path).map_err(|e| format!("mkdir {}: {e}", path.display()))
+}
+
+fn touch(path: &Path) -> Result<(), String> {
+    File::create(path).map(drop).map_err(|e| format!("create {}: {e}", path.display()))
+}
+
+fn tmpfs(target: &Path, flags: MsFlags, options: &str) -> Result<(), String> {
+    mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(options))
+        .map_err(errno(&format!("tmpfs at {}", target.display())))
+}
+
+/// Builds the minimal root and pivots into it.
+fn build_root(p: &Prepared<'_>) -> Result<(), String> {
+    let spec = p.spec;
+    sethostname("agenix").map_err(errno("sethostname"))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(errno("make / private"))?;
+    let root = &spec.root;
+    tmpfs(root, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "size=16m,nr_inodes=4096,mode=0755")?;
+    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+
+    // The system: read-only binds of what tools are made of, symlinks kept as symlinks
+    // (merged-/usr systems link /bin to usr/bin).
+    for name in ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+        let host = Path::new("/").join(name);
+        let inside = root.join(name);
+        match fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = fs::read_link(&host)
+                    .map_err(|e| format!("readlink {}: {e}", host.display()))?;
+                symlink(&target, &inside)
+                    .map_err(|e| format!("symlink {}: {e}", inside.display()))?;
+            }
+            Ok(m) if m.is_dir() => {
+                mkdir(&inside)?;
+                bind(&host, &inside, ro)?;
+            }
+            _ => {}
+        }
+    }
+    // Loader configuration and an identity; nothing else of /etc.
+    let etc = root.join("etc");
+    mkdir(&etc)?;
+    for file in ["ld.so.cache", "ld.so.conf", "localtime"] {
+        let host = Path::new("/etc").join(file);
+        if host.is_file() {
+            touch(&etc.join(file))?;
+            bind(&host, &etc.join(file), ro)?;
+        }
+    }
+    if Path::new("/etc/ld.so.conf.d").is_dir() {
+        mkdir(&etc.join("ld.so.conf.d"))?;
+        bind(Path::new("/etc/ld.so.conf.d"), &etc.join("ld.so.conf.d"), ro)?;
+    }
+    let write = |name: &str, text: &str| {
+        fs::write(etc.join(name), text).map_err(|e| format!("write /etc/{name}: {e}"))
+    };
+    write("passwd", &format!("agenix:x:{INSIDE_ID}:{INSIDE_ID}:agenix:/tmp:/usr/sbin/nologin\n"))?;
+    write("group", &format!("agenix:x:{INSIDE_ID}:\n"))?;
+    write("hostname", "agenix\n")?;
+
+    // A minimal /dev: the harmless character devices, no tty, no pts.
+    let dev = root.join("dev");
+    mkdir(&dev)?;
+    tmpfs(&dev, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "size=64k,mode=0755")?;
+    for node in ["null", "zero", "full", "random", "urandom"] {
+        let inside = dev.join(node);
+        touch(&inside)?;
+        bind(&Path::new("/dev").join(node), &inside, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        symlink(target, dev.join(link)).map_err(|e| format!("symlink /dev/{link}: {e}"))?;
+    }
+
+    // A fresh /proc for the new pid namespace: only the sandbox's own processes.
+    let proc = root.join("proc");
+    mkdir(&proc)?;
+    mount(
+        Some("proc"),
+        &proc,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(errno("mount /proc"))?;
+
+    // A private, size-capped /tmp.
+    let tmp = root.join("tmp");
+    mkdir(&tmp)?;
+    tmpfs(
+        &tmp,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        &format!("size={},nr_inodes=65536,mode=1777", spec.tmp_bytes.max(4096)),
+    )?;
+
+    // The operator's directories. Each path is resolved exactly once, here, into a
+    // descriptor, and that very directory is bound through /proc/self/fd: nothing swapped
+    // in afterwards is followed. (This runs in the new mount namespace, before pivoting: a
+    // bind's source must belong to the namespace that mounts it.)
+    for m in &spec.mounts {
+        let fd = nix::fcntl::open(
+            &m.host,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| format!("mount {}: cannot open {}: {e}", m.guest, m.host.display()))?;
+        let inside = root.join(m.guest.trim_start_matches('/'));
+        mkdir(&inside)?;
+        let src = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let mut extra = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if !m.writable {
+            extra |= MsFlags::MS_RDONLY;
+        }
+        bind(&src, &inside, extra).map_err(|e| format!("mount {}: {e}", m.guest))?;
+    }
+
+    // Pivot into the new root and drop the old one entirely.
+    chdir(root).map_err(errno("chdir to the new root"))?;
+    pivot_root(".", ".").map_err(errno("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(errno("detach the old root"))?;
+    chdir("/").map_err(errno("chdir /"))?;
+    // The root itself is read-only: only /tmp and read-write mounts take writes.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | ro,
+        None::<&str>,
+    )
+    .map_err(errno("remount / read-only"))?;
+    Ok(())
+}
+
+/// Forks T, waits for it (reaping any orphans on the way), and reports how it ended.
+fn run_tool(p: &Prepared<'_>, jailed: bool) -> Result<JailReport, String> {
+    let sample_vm = p.spec.rlimit_as.is_some();
+    // SIGCHLD is blocked so it can be waited for with a timeout (to sample memory).
+    let mut chld = SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None).map_err(errno("sigprocmask"))?;
+    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(errno("pipe"))?;
+    // SAFETY: this process is single-threaded (the helper, or the init it cloned), so the
+    // child may allocate and run ordinary code before it executes the tool.
+    let tool = match unsafe { nix::unistd::fork() }.map_err(errno("fork"))? {
+        ForkResult::Child => {
+            drop(err_r);
+            let why = exec_tool(p, jailed);
+            let _ = nix::unistd::write(&err_w, why.as_bytes());
+            // SAFETY: _exit is async-signal-safe and skips destructors that belong to C.
+            unsafe { libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(err_w);
+    let mut why = String::new();
+    let _ = File::from(err_r).read_to_string(&mut why);
+    if !why.is_empty() {
+        let _ = waitpid(tool, None);
+        return Err(why);
+    }
+
+    let mut vm_peak = 0u64;
+    let status_path = format!("/proc/{tool}/status");
+    let ended = loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == tool => break Ended::Exited(code),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == tool => {
+                break Ended::Signaled(sig as i32);
+            }
+            Ok(WaitStatus::StillAlive) => {
+                if sample_vm {
+                    vm_peak = vm_peak.max(read_vm_peak(&status_path));
+                }
+                wait_for_child_signal(if sample_vm {
+                    Duration::from_millis(2)
+                } else {
+                    Duration::from_secs(1)
+                });
+            }
+            Ok(_) => {}
+            Err(nix::errno::Errno::ECHILD) => return Err("the tool vanished".into()),
+            Err(e) => return Err(format!("waitpid: {e}")),
+        }
+    };
+    let max_rss = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .map(|u| u64::try_from(u.max_rss()).unwrap_or(0) * 1024)
+        .unwrap_or(0);
+    Ok(JailReport::Ran { ended, max_rss, vm_peak })
+}
+
+fn wait_for_child_signal(timeout: Duration) {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `set` and `ts` are valid for the call; a null info pointer is allowed.
+    unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
+}
+
+fn read_vm_peak(status: &str) -> u64 {
+    let Ok(text) = fs::read_to_string(status) else { return 0 };
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmPeak:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// T: the last steps before the tool. Returns only on failure, with the reason.
+fn exec_tool(p: &Prepared<'_>, jailed: bool) -> String {
+    match exec_tool_inner(p, jailed) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn exec_tool_inner(p: &Prepared<'_>, jailed: bool) -> Result<std::convert::Infallible, String> {
+    let spec = p.spec;
+    setsid().map_err(errno("setsid"))?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(errno("prctl"))?;
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(errno("sigprocmask"))?;
+    if jailed {
+        chdir("/tmp").map_err(errno("chdir /tmp"))?;
+    } else {
+        chdir(&spec.root).map_err(errno("chdir"))?;
+    }
+    set_rlimits(spec)?;
+    // Every descriptor but stdin, stdout and stderr is closed when the tool starts.
+    // SAFETY: close_range only changes descriptor flags of this process.
+    let rc =
+        unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    if rc != 0 {
+        return Err(format!("close_range: {}", std::io::Error::last_os_error()));
+    }
+    if spec.features.landlock {
+        super::confine::landlock(spec, p.tool.as_fd())?;
+    }
+    super::confine::drop_capabilities()?;
+    nix::sys::prctl::set_no_new_privs().map_err(errno("no_new_privs"))?;
+    if spec.features.seccomp {
+        super::confine::seccomp()?;
+    }
+    let e = nix::unistd::execveat(p.tool.as_fd(), c"", &p.argv, &p.envp, AtFlags::AT_EMPTY_PATH)
+        .unwrap_err();
+    Err(format!("cannot execute {}: {e}", spec.tool.display()))
+}
+
+fn set_rlimits(spec: &JailSpec) -> Result<(), String> {
+    use nix::sys::resource::{Resource, setrlimit};
+    let mut limits = vec![
+        (Resource::RLIMIT_CORE, 0),
+        (Resource::RLIMIT_NOFILE, 256),
+        (Resource::RLIMIT_FSIZE, spec.rlimit_fsize),
+        (Resource::RLIMIT_CPU, spec.rlimit_cpu),
+    ];
+    if let Some(bytes) = spec.rlimit_as {
+        limits.push((Resource::RLIMIT_AS, bytes));
+    }
+    if let Some(n) = spec.rlimit_nproc {
+        limits.push((Resource::RLIMIT_NPROC, n));
+    }
+    for (res, v) in limits {
+        setrlimit(res, v, v).map_err(|e| format!("setrlimit {res:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Degraded mode without namespaces: the operator accepted a weaker sandbox. The tool gets
+/// rlimits, closed descriptors, and whatever of Landlock and seccomp the kernel has.
+fn run_degraded(p: &Prepared<'_>) -> Result<JailReport, String> {
+    run_tool(p, false)
+}
+
+/// The probe: tries each kernel feature the jail uses, in a fresh single-threaded process,
+/// and answers on fd 3.
+fn probe_main() -> i32 {
+    let mut ctl = control();
+    let report = super::probe::run_probes();
+    match write_frame(&mut ctl, &report) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+/// Tries to clone a child with `flags` that runs `check`; the child's exit code says
+/// whether `check` passed.
+pub(super) fn try_clone(
+    flags: CloneFlags,
+    check: fn() -> Result<(), String>,
+) -> Result<(), String> {
+    let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(errno("pipe"))?;
+    let mut stack = vec![0u8; 256 << 10];
+    let cb = Box::new(|| {
+        let msg = match check() {
+            Ok(()) => String::new(),
+            Err(e) => e,
+        };
+        let _ = nix::unistd::write(&w, msg.as_bytes());
+        if msg.is_empty() { 0 } else { 1 }
+    });
+    // SAFETY: the probe runs in the helper, a fresh single-threaded process; the child gets
+    // a copy of memory (no CLONE_VM) and its own stack.
+    let child = unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) }
+        .map_err(|e| e.to_string())?;
+    drop(w);
+    let mut msg = String::new();
+    let _ = File::from(r).read_to_string(&mut msg);
+    match waitpid(child, None) {
+        Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+        Ok(other) if msg.is_empty() => Err(format!("{other:?}")),
+        _ => Err(msg),
+    }
+}
+
+/// Runs `check` in a forked child (for features that change the calling process).
+pub(super) fn try_fork(check: fn() -> Result<(), String>) -> Result<(), String> {
+    try_clone(CloneFlags::empty(), check)
+}

@@ -1,0 +1,519 @@
+//! The native jail against TEST-MATRIX rows S1–S16: a hostile program built by the test
+//! suite (host/attack) and real tools, in real namespaces. A row that cannot run on this
+//! kernel is skipped with the reason printed.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout, reason = "tests")]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agenix_host::Grant;
+use agenix_host::native::{
+    Allowlist, AllowlistError, Helper, NativeConfig, NativeHost, NativeRun, NativeTask, ToolEntry,
+    jail, probe,
+};
+use agenix_proto::{Access, Limits, Outcome, ToolName};
+use agenix_test_programs as programs;
+use bytes::Bytes;
+
+const MIB: u64 = 1 << 20;
+
+struct Jail {
+    host: NativeHost,
+    dir: tempfile::TempDir,
+}
+
+fn helper() -> Helper {
+    Helper {
+        program: env!("CARGO_BIN_EXE_agenix-jail").into(),
+        args: vec![jail::HELPER_ARG.into()],
+    }
+}
+
+fn tool(name: &str) -> ToolName {
+    name.parse().unwrap()
+}
+
+fn limits() -> Limits {
+    Limits {
+        timeout_ms: 20_000,
+        memory_bytes: 256 * MIB,
+        output_bytes: MIB,
+        pids: 64,
+        file_bytes: 64 * MIB,
+        ..Limits::DEFAULT
+    }
+}
+
+async fn jail_with(disabled: &[&str], degraded: bool) -> Jail {
+    let dir = tempfile::tempdir().unwrap();
+    // The sandbox runs as an unprivileged user: let it into the test's directories.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut allow = Allowlist::new();
+    allow
+        .allow(tool("attack"), ToolEntry { path: programs::NATIVE_ATTACK.into(), sha256: None })
+        .unwrap();
+    for t in ["sort", "grep", "uniq", "cut", "cat", "true"] {
+        allow
+            .allow(tool(t), ToolEntry { path: format!("/usr/bin/{t}").into(), sha256: None })
+            .unwrap();
+    }
+    let host = NativeHost::new(NativeConfig {
+        helper: helper(),
+        allowlist: allow,
+        danger_degraded: degraded,
+        scratch_dir: dir.path().join("scratch"),
+        disabled: disabled.iter().map(|s| s.to_string()).collect(),
+    })
+    .await
+    .unwrap();
+    Jail { host, dir }
+}
+
+/// The full jail, or `None` (with the reason printed) where this kernel cannot provide it.
+async fn full_jail(row: &str) -> Option<Jail> {
+    let j = jail_with(&[], false).await;
+    if let Some(reason) = j.host.refusal() {
+        println!("{row}: skipped: {reason}");
+        return None;
+    }
+    Some(j)
+}
+
+impl Jail {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn run(
+        &self,
+        tool_name: &str,
+        args: &[&str],
+        stdin: &[u8],
+        grants: Vec<Grant>,
+        limits: Limits,
+    ) -> NativeRun {
+        let task = NativeTask {
+            tool: tool(tool_name),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            stdin: Bytes::copy_from_slice(stdin),
+            grants,
+            limits,
+        };
+        tokio::time::timeout(Duration::from_secs(120), self.host.run(task)).await.unwrap().unwrap()
+    }
+
+    async fn attack(&self, args: &[&str]) -> NativeRun {
+        self.attack_with(args, vec![], limits()).await
+    }
+
+    async fn attack_with(&self, args: &[&str], grants: Vec<Grant>, limits: Limits) -> NativeRun {
+        self.run("attack", args, b"", grants, limits).await
+    }
+
+    /// A directory on the host that the sandbox's user may write.
+    fn shared_dir(&self, name: &str) -> PathBuf {
+        let d = self.path(name);
+        fs::create_dir_all(&d).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
+        d
+    }
+}
+
+fn lines(r: &NativeRun) -> Vec<String> {
+    String::from_utf8_lossy(&r.stdout).lines().map(String::from).collect()
+}
+
+fn line<'a>(ls: &'a [String], prefix: &str) -> &'a str {
+    ls.iter()
+        .find(|l| l.contains(prefix))
+        .map(String::as_str)
+        .unwrap_or_else(|| panic!("no line with {prefix:?} in {ls:#?}"))
+}
+
+fn assert_denied(r: &NativeRun) {
+    let ls = lines(r);
+    assert!(
+        !ls.is_empty(),
+        "no output; {:?}, stderr {}",
+        r.outcome,
+        String::from_utf8_lossy(&r.stderr)
+    );
+    for l in &ls {
+        assert!(l.starts_with("denied "), "escape: {l}\nall: {ls:#?}");
+    }
+}
+
+/// No process of the attack program is left anywhere on the host.
+async fn assert_no_survivors() {
+    let attack = fs::canonicalize(programs::NATIVE_ATTACK).unwrap();
+    let mut survivors = vec![];
+    for _ in 0..50 {
+        survivors = fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| fs::read_link(e.path().join("exe")).is_ok_and(|p| p == attack))
+            .map(|e| e.file_name())
+            .collect();
+        if survivors.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("processes survived the sandbox: {survivors:?}");
+}
+
+#[tokio::test]
+async fn jail_runs_a_real_tool_like_an_unjailed_run() {
+    let Some(j) = full_jail("smoke").await else { return };
+    let r = j.run("sort", &[], b"b\nc\na\n", vec![], limits()).await;
+    assert_eq!(r.outcome, Outcome::Exited { code: 0 });
+    assert_eq!(&r.stdout[..], b"a\nb\nc\n");
+    let r = j.attack(&["whoami"]).await;
+    let ls = lines(&r);
+    assert_eq!(line(&ls, "hostname"), "hostname agenix");
+    assert_eq!(line(&ls, "uid "), "uid 1000");
+    assert_eq!(line(&ls, "pid "), "pid 2", "the tool is pid 2 under its own init");
+    assert_eq!(line(&ls, "root "), "root bin,dev,etc,lib,lib64,proc,sbin,tmp,usr");
+}
+
+#[tokio::test]
+async fn s01_writes_outside_the_workdir_are_denied() {
+    let Some(j) = full_jail("S1").await else { return };
+    let outside = j.path("outside.txt");
+    let r = j
+        .attack(&[
+            "write",
+            "/etc/passwd",
+            "/etc/new",
+            "/usr/new",
+            "/root/x",
+            "/tmp/../etc/x",
+            "/x",
+            outside.to_str().unwrap(),
+        ])
+        .await;
+    assert_denied(&r);
+    assert!(!outside.exists());
+    let ok = j.attack(&["write", "/tmp/fine"]).await;
+    assert_eq!(lines(&ok), ["ok write /tmp/fine: written"], "the private /tmp is writable");
+}
+
+#[tokio::test]
+async fn s02_secrets_are_not_visible() {
+    let Some(j) = full_jail("S2").await else { return };
+    let key = j.path("worker.key");
+    fs::write(&key, "PRIVATE KEY").unwrap();
+    let r = j
+        .attack(&[
+            "read",
+            "/etc/shadow",
+            "/root/.ssh/id_rsa",
+            key.to_str().unwrap(),
+            "/proc/1/root/etc/shadow",
+        ])
+        .await;
+    assert_denied(&r);
+    // /etc holds only the sandbox's own identity.
+    let r = j.run("cat", &["/etc/passwd"], b"", vec![], limits()).await;
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "agenix:x:1000:1000:agenix:/tmp:/usr/sbin/nologin\n"
+    );
+}
+
+#[tokio::test]
+async fn s03_links_and_renames_lead_nowhere_outside() {
+    let Some(j) = full_jail("S3").await else { return };
+    let work = j.shared_dir("work");
+    let grant =
+        vec![Grant { host: work.clone(), guest: "/work".into(), access: Access::ReadWrite }];
+    let host_passwd = fs::read_to_string("/etc/passwd").unwrap();
+    let r = j.attack_with(&["links", "/work", "/etc/passwd"], grant, limits()).await;
+    assert_eq!(r.outcome, Outcome::Exited { code: 0 }, "{}", String::from_utf8_lossy(&r.stderr));
+    let ls = lines(&r);
+    // A symlink may be made, but it resolves inside the sandbox's own root.
+    let through = line(&ls, "read through symlink");
+    assert!(!through.contains("root:x:0:0"), "{through}");
+    assert!(through.contains("agenix:x:1000"), "{through}");
+    for what in ["hardlink in", "rename out", "hardlink out"] {
+        assert!(line(&ls, what).starts_with("denied"), "{ls:#?}");
+    }
+    assert_eq!(fs::read_to_string("/etc/passwd").unwrap(), host_passwd);
+    assert!(!work.join("hard").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s04_network_is_unreachable() {
+    let Some(j) = full_jail("S4").await else { return };
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port().to_string();
+    let sock = j.path("worker.sock");
+    let _unix = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o777)).unwrap();
+    let _abstract = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr =
+            std::os::unix::net::SocketAddr::from_abstract_name(b"agenix-attack-abstract").unwrap();
+        std::os::unix::net::UnixListener::bind_addr(&addr).unwrap()
+    };
+    let r = j.attack(&["net", &port, sock.to_str().unwrap()]).await;
+    assert_denied(&r);
+    tcp.set_nonblocking(true).unwrap();
+    assert!(tcp.accept().is_err(), "nothing reached the listener");
+}
+
+#[tokio::test]
+async fn s05_fork_bomb_is_contained() {
+    let Some(j) = full_jail("S5").await else { return };
+    let r = j
+        .attack_with(&["forkbomb"], vec![], Limits { pids: 16, timeout_ms: 1500, ..limits() })
+        .await;
+    assert_eq!(r.outcome, Outcome::TimedOut);
+    assert!(String::from_utf8_lossy(&r.stdout).contains("fork refused"), "the pids limit held");
+    assert_no_survivors().await;
+    // The host still starts processes.
+    assert!(std::process::Command::new("/usr/bin/true").status().unwrap().success());
+}
+
+/// The same jail with cgroups turned off: memory and processes are limited by rlimits.
+async fn rlimit_jail(row: &str) -> Option<Jail> {
+    let j = jail_with(&[probe::names::MEMORY_CGROUP, probe::names::PIDS_CGROUP], false).await;
+    if let Some(reason) = j.host.refusal() {
+        println!("{row}: skipped: {reason}");
+        return None;
+    }
+    Some(j)
+}
+
+#[tokio::test]
+async fn s05_fork_bomb_is_contained_by_rlimit_nproc_without_cgroups() {
+    let Some(j) = rlimit_jail("S5 (rlimits)").await else { return };
+    let r = j
+        .attack_with(&["forkbomb"], vec![], Limits { pids: 16, timeout_ms: 1500, ..limits() })
+        .await;
+    assert_eq!(r.outcome, Outcome::TimedOut);
+    assert!(String::from_utf8_lossy(&r.stdout).contains("fork refused"), "RLIMIT_NPROC held");
+    assert_no_survivors().await;
+}
+
+#[tokio::test]
+async fn s06_memory_bomb_is_memory_exceeded_under_rlimit_as_without_cgroups() {
+    let Some(j) = rlimit_jail("S6 (rlimits)").await else { return };
+    let r =
+        j.attack_with(&["membomb"], vec![], Limits { memory_bytes: 64 * MIB, ..limits() }).await;
+    assert_eq!(r.outcome, Outcome::MemoryExceeded, "stdout {:?}", lines(&r));
+}
+
+#[tokio::test]
+async fn s06_memory_bomb_is_reported_as_memory_exceeded() {
+    let Some(j) = full_jail("S6").await else { return };
+    let r =
+        j.attack_with(&["membomb"], vec![], Limits { memory_bytes: 64 * MIB, ..limits() }).await;
+    assert_eq!(r.outcome, Outcome::MemoryExceeded, "stdout {:?}", lines(&r));
+}
+
+#[tokio::test]
+async fn s07_huge_file_and_output_flood_are_capped() {
+    let Some(j) = full_jail("S7").await else { return };
+    let r = j
+        .attack_with(&["bigfile", "/tmp"], vec![], Limits { file_bytes: 8 * MIB, ..limits() })
+        .await;
+    assert_eq!(r.outcome, Outcome::OutputExceeded { stream: "file".into() });
+    let r = j.attack(&["flood"]).await;
+    assert_eq!(r.outcome, Outcome::OutputExceeded { stream: "stdout".into() });
+    assert_eq!(r.stdout.len() as u64, MIB);
+    assert_no_survivors().await;
+}
+
+#[tokio::test]
+async fn s08_spinners_sleepers_and_daemons_die_at_the_deadline() {
+    let Some(j) = full_jail("S8").await else { return };
+    for attack in ["spin", "sleep", "daemon"] {
+        let r = j.attack_with(&[attack], vec![], Limits { timeout_ms: 700, ..limits() }).await;
+        assert_eq!(r.outcome, Outcome::TimedOut, "{attack}");
+        assert!(r.wall < Duration::from_secs(15), "{attack} stopped only after {:?}", r.wall);
+    }
+    assert_no_survivors().await;
+}
+
+#[tokio::test]
+async fn s09_ptrace_and_process_vm_are_refused() {
+    let Some(j) = full_jail("S9").await else { return };
+    let r = j.attack(&["ptrace"]).await;
+    assert_denied(&r);
+    for l in lines(&r) {
+        assert!(l.ends_with("EPERM"), "{l}");
+    }
+}
+
+#[tokio::test]
+async fn s10_signals_do_not_leave_the_sandbox() {
+    let Some(j) = full_jail("S10").await else { return };
+    let mut bystander = std::process::Command::new("/usr/bin/sleep").arg("60").spawn().unwrap();
+    let r = j.attack(&["kill", &bystander.id().to_string()]).await;
+    let ls = lines(&r);
+    assert!(line(&ls, "kill host pid").starts_with("denied"), "{ls:#?}");
+    assert!(bystander.try_wait().unwrap().is_none(), "a host process was killed");
+    bystander.kill().unwrap();
+    let _ = bystander.wait();
+}
+
+#[tokio::test]
+async fn s11_proc_self_exe_and_init_environ_are_protected() {
+    let Some(j) = full_jail("S11").await else { return };
+    let r = j.attack(&["proc"]).await;
+    let ls = lines(&r);
+    for what in ["open /proc/self/exe for writing", "read /proc/1/environ", "open /proc/1/exe"] {
+        assert!(line(&ls, what).starts_with("denied"), "{ls:#?}");
+    }
+    assert_eq!(line(&ls, "list /proc"), "ok list /proc: 1,2", "only the sandbox's own processes");
+}
+
+#[tokio::test]
+async fn s12_terminal_injection_is_refused() {
+    let Some(j) = full_jail("S12").await else { return };
+    let r = j.attack(&["tty"]).await;
+    assert_denied(&r);
+    let ls = lines(&r);
+    assert!(line(&ls, "TIOCSTI").ends_with("EPERM"), "{ls:#?}");
+    assert!(line(&ls, "TIOCLINUX").ends_with("EPERM"), "{ls:#?}");
+}
+
+#[tokio::test]
+async fn s13_no_privilege_is_gained() {
+    let Some(j) = full_jail("S13").await else { return };
+    let r = j.attack(&["privs"]).await;
+    let ls = lines(&r);
+    for what in [
+        "unshare user",
+        "unshare mount",
+        "mount",
+        "bpf",
+        "io_uring_setup",
+        "keyctl",
+        "perf_event_open",
+        "userfaultfd",
+        "setuid 0",
+    ] {
+        assert!(line(&ls, what).starts_with("denied"), "{what}: {ls:#?}");
+    }
+    assert_eq!(line(&ls, "no_new_privs"), "no_new_privs 1");
+    for cap in ["CapEff:", "CapPrm:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(line(&ls, cap), format!("{cap} 0000000000000000"));
+    }
+    assert_eq!(line(&ls, "usr nosuid"), "usr nosuid true");
+}
+
+#[tokio::test]
+async fn s14_no_inherited_descriptors_or_environment() {
+    let Some(j) = full_jail("S14").await else { return };
+    // A descriptor the worker holds open without close-on-exec.
+    let secret = j.path("token");
+    fs::write(&secret, "TOKEN").unwrap();
+    let path = std::ffi::CString::new(secret.to_str().unwrap()).unwrap();
+    #[allow(unsafe_code, reason = "an fd deliberately opened without O_CLOEXEC")]
+    // SAFETY: a valid NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+    assert!(fd >= 0);
+    let r = j.attack(&["fds"]).await;
+    #[allow(unsafe_code, reason = "closing the descriptor opened above")]
+    // SAFETY: fd is ours and open.
+    unsafe {
+        libc::close(fd)
+    };
+    let ls = lines(&r);
+    assert_eq!(line(&ls, "fds "), "fds 0,1,2,3", "stdio plus the directory being listed");
+    let mut env: Vec<&String> = ls.iter().filter(|l| l.starts_with("env ")).collect();
+    env.sort();
+    assert_eq!(env, ["env LANG=C.UTF-8", "env PATH=/usr/local/bin:/usr/bin:/bin"]);
+}
+
+#[tokio::test]
+async fn s15_missing_features_fail_closed_unless_degraded() {
+    let j = jail_with(&[probe::names::SECCOMP], false).await;
+    let r = j.run("true", &[], b"", vec![], limits()).await;
+    let Outcome::Refused { reason } = &r.outcome else { panic!("{:?}", r.outcome) };
+    assert!(reason.contains("seccomp filter (disabled by configuration)"), "{reason}");
+    // A helper that cannot even start: every required check is missing.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = NativeHost::new(NativeConfig {
+        helper: Helper { program: "/nonexistent/agenix".into(), args: vec![] },
+        allowlist: Allowlist::new(),
+        danger_degraded: false,
+        scratch_dir: dir.path().into(),
+        disabled: vec![],
+    })
+    .await
+    .unwrap();
+    assert!(broken.refusal().is_some());
+    // Degraded mode runs anyway (and logs it on every task).
+    let j = jail_with(&[probe::names::SECCOMP], true).await;
+    if j.host.probe().found(probe::names::USER_NS) {
+        let r = j.run("sort", &[], b"2\n1\n", vec![], limits()).await;
+        assert_eq!(r.outcome, Outcome::Exited { code: 0 });
+        assert_eq!(&r.stdout[..], b"1\n2\n");
+    }
+}
+
+#[tokio::test]
+async fn s16_only_allowlisted_tools_run_and_never_a_shell() {
+    let j = jail_with(&[], false).await;
+    let r = j.run("awk", &[], b"", vec![], limits()).await;
+    assert_eq!(
+        r.outcome,
+        Outcome::Refused { reason: "tool \"awk\" is not in this worker's allowlist".into() }
+    );
+    let mut allow = Allowlist::new();
+    for (name, path) in
+        [("sh", "/bin/sh"), ("bash", "/bin/bash"), ("env", "/usr/bin/env"), ("shell", "/bin/sh")]
+    {
+        if !Path::new(path).exists() {
+            continue;
+        }
+        let err =
+            allow.allow(tool(name), ToolEntry { path: path.into(), sha256: None }).unwrap_err();
+        assert!(matches!(err, AllowlistError::Shell { .. }), "{name}: {err}");
+    }
+    let err =
+        allow.allow(tool("grep"), ToolEntry { path: "bin/grep".into(), sha256: None }).unwrap_err();
+    assert!(matches!(err, AllowlistError::Relative { .. }));
+    assert!("/bin/sh".parse::<ToolName>().is_err(), "a path is never a tool name");
+    // A pinned binary that does not match its pin is refused before it runs.
+    let mut pinned = Allowlist::new();
+    pinned
+        .allow(
+            tool("sort"),
+            ToolEntry {
+                path: "/usr/bin/sort".into(),
+                sha256: Some(agenix_proto::Digest::of(b"another binary")),
+            },
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let host = NativeHost::new(NativeConfig {
+        helper: helper(),
+        allowlist: pinned,
+        danger_degraded: false,
+        scratch_dir: dir.path().into(),
+        disabled: vec![],
+    })
+    .await
+    .unwrap();
+    if host.refusal().is_none() {
+        let task = NativeTask {
+            tool: tool("sort"),
+            args: vec![],
+            env: vec![],
+            stdin: Bytes::new(),
+            grants: vec![],
+            limits: limits(),
+        };
+        let r = host.run(task).await.unwrap();
+        let Outcome::Refused { reason } = &r.outcome else { panic!("{:?}", r.outcome) };
+        assert!(reason.contains("not the pinned"), "{reason}");
+    }
+}
