@@ -6,8 +6,11 @@
 //! disagree about what a valid plan is. Parsing is strict (duplicate keys, unknown fields and
 //! non-UTF-8 are rejected) and every error names its rule and field path.
 //!
-//! What this crate does not do: it performs no file or network I/O and never reads a clock or
-//! a random source; time and randomness are arguments. Executors accept only
+//! It also holds the wire protocol (`wire`: messages and framing) and the QUIC link
+//! (`link`: TLS 1.3 with the queue's key pinned, and the client side agx and agw share).
+//!
+//! What this crate does not do: apart from the link helpers it performs no file or network
+//! I/O, and it never reads a clock or a random source; time and randomness are arguments. Executors accept only
 //! [`VerifiedPlan`] and [`VerifiedAction`], which only [`verify_plan`] and
 //! [`verify_action`] construct.
 
@@ -16,13 +19,16 @@ pub mod card;
 pub mod digest;
 pub mod envelope;
 pub mod ids;
+pub mod job;
 pub mod json;
 pub mod keys;
 pub mod limits;
+pub mod link;
 pub mod plan;
 pub mod report;
 pub mod trust;
 pub mod validate;
+pub mod wire;
 
 pub use action::{Action, Fingerprint, InputRef};
 pub use digest::Digest;

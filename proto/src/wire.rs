@@ -1,0 +1,490 @@
+//! The wire protocol between agx/agw and agq: one request per bidirectional QUIC stream,
+//! each message a frame of `u32` big-endian length + JSON (at most [`MAX_FRAME`] bytes).
+//! A blob follows its header frame as raw bytes (`put_blob` in the request, `blob` in the
+//! response) and is checked against its digest on arrival.
+//!
+//! The first request on a connection is [`Request::Hello`]; every later request is checked
+//! against the role it authenticated.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::action::Fingerprint;
+use crate::digest::Digest;
+use crate::envelope::Envelope;
+use crate::ids::ActionId;
+use crate::job::{
+    Capabilities, JobId, JobOutput, JobRecord, JobState, Lease, LeaseRef, WorkerRecord,
+};
+
+/// The ALPN protocol id.
+pub const ALPN: &[u8] = b"agenix/1";
+/// The protocol version in `Hello`.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame, in bytes.
+pub const MAX_FRAME: usize = 1 << 20;
+/// Most jobs one listing returns.
+pub const MAX_PAGE: u32 = 1000;
+
+/// Who a client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientRole {
+    /// Submits, watches, reads results, cancels.
+    Planner,
+    /// Registers, claims, heartbeats, completes, fails, reads blobs.
+    Worker,
+    /// Reads only.
+    Observer,
+}
+
+impl ClientRole {
+    /// Every role.
+    pub const ALL: [Self; 3] = [Self::Planner, Self::Worker, Self::Observer];
+
+    /// The role's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Planner => "planner",
+            Self::Worker => "worker",
+            Self::Observer => "observer",
+        }
+    }
+}
+
+impl std::str::FromStr for ClientRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role {s:?} (planner, worker or observer)"))
+    }
+}
+
+/// Filters for listing jobs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFilter {
+    /// Only jobs in this state (`queued`, `leased`, `succeeded`, `dead`, `cancelled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Only jobs of this action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<ActionId>,
+}
+
+/// A request. Variants without fields are empty structs so that unknown fields are refused
+/// for them too (serde ignores extra fields of an internally tagged unit variant).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Authenticate this connection (first request only).
+    Hello {
+        /// [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The role the token is for.
+        role: ClientRole,
+        /// The role's token.
+        token: String,
+    },
+    /// Store a blob; `size` raw bytes follow this frame.
+    PutBlob {
+        /// What the bytes must hash to.
+        digest: Digest,
+        /// How many bytes follow.
+        size: u64,
+    },
+    /// Fetch a blob; the response's raw bytes follow its frame.
+    GetBlob {
+        /// The blob.
+        digest: Digest,
+    },
+    /// Submit a signed plan and a signed action for it.
+    Submit {
+        /// The plan envelope.
+        plan: Envelope,
+        /// The action envelope.
+        action: Envelope,
+    },
+    /// Cancel a job.
+    Cancel {
+        /// The job.
+        job: JobId,
+    },
+    /// List jobs, oldest first, after `after`.
+    ListJobs {
+        /// Filters.
+        #[serde(default)]
+        filter: JobFilter,
+        /// Start after this job.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<JobId>,
+        /// At most this many (capped at [`MAX_PAGE`]).
+        limit: u32,
+    },
+    /// One job.
+    ShowJob {
+        /// The job.
+        job: JobId,
+    },
+    /// Registered workers.
+    ListWorkers {},
+    /// Counts by state and recent throughput.
+    Stats {},
+    /// Announce a worker and what it offers.
+    Register {
+        /// What it offers.
+        capabilities: Capabilities,
+    },
+    /// Ask for up to `max` jobs, waiting up to `wait_ms` for one.
+    Claim {
+        /// The id from registration.
+        worker: u64,
+        /// Most jobs wanted.
+        max: u32,
+        /// How long to wait when none is ready.
+        wait_ms: u32,
+    },
+    /// Keep leases alive; learn which were cancelled or lost.
+    Heartbeat {
+        /// The id from registration.
+        worker: u64,
+        /// The leases held.
+        leases: Vec<LeaseRef>,
+    },
+    /// Report a job's result (its output blob stored first).
+    Complete {
+        /// The id from registration.
+        worker: u64,
+        /// The lease.
+        lease: LeaseRef,
+        /// What it produced.
+        output: JobOutput,
+    },
+    /// Report that a job could not be run.
+    Fail {
+        /// The id from registration.
+        worker: u64,
+        /// The lease.
+        lease: LeaseRef,
+        /// Why.
+        reason: String,
+        /// Whether another attempt may succeed.
+        retryable: bool,
+    },
+}
+
+impl Request {
+    /// The request's name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "hello",
+            Self::PutBlob { .. } => "put_blob",
+            Self::GetBlob { .. } => "get_blob",
+            Self::Submit { .. } => "submit",
+            Self::Cancel { .. } => "cancel",
+            Self::ListJobs { .. } => "list_jobs",
+            Self::ShowJob { .. } => "show_job",
+            Self::ListWorkers {} => "list_workers",
+            Self::Stats {} => "stats",
+            Self::Register { .. } => "register",
+            Self::Claim { .. } => "claim",
+            Self::Heartbeat { .. } => "heartbeat",
+            Self::Complete { .. } => "complete",
+            Self::Fail { .. } => "fail",
+        }
+    }
+
+    /// Whether `role` may make this request.
+    pub fn allowed_for(&self, role: ClientRole) -> bool {
+        use ClientRole::*;
+        match self {
+            Self::Hello { .. } => true,
+            Self::ListJobs { .. }
+            | Self::ShowJob { .. }
+            | Self::ListWorkers {}
+            | Self::Stats {}
+            | Self::GetBlob { .. } => true,
+            Self::Submit { .. } | Self::Cancel { .. } => role == Planner,
+            Self::PutBlob { .. } => role == Planner || role == Worker,
+            Self::Register { .. }
+            | Self::Claim { .. }
+            | Self::Heartbeat { .. }
+            | Self::Complete { .. }
+            | Self::Fail { .. } => role == Worker,
+        }
+    }
+}
+
+/// Why a request failed; stable for scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// No valid Hello yet, or a wrong token.
+    Unauthenticated,
+    /// The role may not make this request.
+    Forbidden,
+    /// The request is malformed.
+    BadRequest,
+    /// A signature, schema or policy check failed.
+    Invalid,
+    /// No such job or blob.
+    NotFound,
+    /// The same action id with different bytes.
+    Conflict,
+    /// A lease that is no longer current (fencing).
+    StaleLease,
+    /// Over a size limit.
+    TooLarge,
+    /// Too many requests.
+    RateLimited,
+    /// The queue cannot serve this now; retry.
+    Unavailable,
+    /// The queue failed.
+    Internal,
+}
+
+/// Counts and throughput.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueStats {
+    /// Jobs by state name.
+    pub jobs: BTreeMap<String, u64>,
+    /// Jobs submitted in the last minute.
+    pub submitted_last_minute: u64,
+    /// Jobs finished in the last minute.
+    pub finished_last_minute: u64,
+    /// Workers seen in the last minute.
+    pub workers: u64,
+}
+
+/// A response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one message per stream, moved once, never stored in bulk"
+)]
+pub enum Response {
+    /// Authenticated.
+    HelloOk {
+        /// [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The queue's identity (the audience of its actions).
+        queue: Fingerprint,
+    },
+    /// The blob is stored.
+    BlobStored {
+        /// Its digest.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+        /// Whether it was already there.
+        existed: bool,
+    },
+    /// The blob's raw bytes follow.
+    Blob {
+        /// Its digest.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+    },
+    /// The action's jobs.
+    Submitted {
+        /// One per input.
+        jobs: Vec<JobId>,
+        /// True when this exact action had been submitted before.
+        duplicate: bool,
+    },
+    /// A job after a cancel request.
+    Cancel {
+        /// The job.
+        job: JobId,
+        /// Its state now (`leased` with cancel requested until its worker stops).
+        state: JobState,
+    },
+    /// A page of jobs.
+    Jobs {
+        /// The jobs.
+        jobs: Vec<JobRecord>,
+        /// Where the next page starts, if there is one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<JobId>,
+    },
+    /// One job.
+    Job {
+        /// The job.
+        job: JobRecord,
+    },
+    /// Workers.
+    Workers {
+        /// The workers.
+        workers: Vec<WorkerRecord>,
+    },
+    /// Stats.
+    Stats {
+        /// The stats.
+        stats: QueueStats,
+    },
+    /// A worker's id and timing.
+    Registered {
+        /// Its id.
+        worker: u64,
+        /// How long a lease lasts without a heartbeat, in ms.
+        lease_ms: u64,
+        /// How often to heartbeat, in ms.
+        heartbeat_ms: u64,
+    },
+    /// Jobs to run (possibly none).
+    Leases {
+        /// The leases.
+        leases: Vec<Lease>,
+    },
+    /// Heartbeat answer.
+    HeartbeatOk {
+        /// Leases extended.
+        extended: Vec<LeaseRef>,
+        /// Leases whose jobs were cancelled: stop them and report.
+        cancelled: Vec<LeaseRef>,
+        /// Leases no longer held (expired or superseded): stop them.
+        lost: Vec<LeaseRef>,
+    },
+    /// A result or failure was recorded.
+    Recorded {
+        /// The job.
+        job: JobId,
+        /// Its state now.
+        state: JobState,
+    },
+    /// The request failed.
+    Error {
+        /// Why, for scripts.
+        code: ErrorCode,
+        /// Why, for people.
+        message: String,
+    },
+}
+
+/// A frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The stream failed or ended early.
+    #[error("stream: {0}")]
+    Io(#[from] std::io::Error),
+    /// The frame is over the limit.
+    #[error("frame of {0} bytes is over the limit of {MAX_FRAME}")]
+    TooLarge(usize),
+    /// The frame is not a valid message.
+    #[error("invalid message: {0}")]
+    Invalid(String),
+}
+
+/// Writes one frame.
+pub async fn write_frame<T: Serialize>(
+    w: &mut (impl AsyncWrite + Unpin),
+    msg: &T,
+) -> Result<(), FrameError> {
+    let body = serde_json::to_vec(msg).map_err(|e| FrameError::Invalid(e.to_string()))?;
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge(body.len()))?;
+    w.write_all(&len.to_be_bytes()).await?;
+    w.write_all(&body).await?;
+    Ok(())
+}
+
+/// Reads one frame and parses it strictly (duplicate keys and unknown fields rejected).
+pub async fn read_frame<T: serde::de::DeserializeOwned>(
+    r: &mut (impl AsyncRead + Unpin),
+) -> Result<T, FrameError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    crate::json::from_slice(&body, MAX_FRAME).map_err(|e| FrameError::Invalid(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wire form of requests is pinned: agx, agw and agq must never drift apart.
+    #[test]
+    fn wire_form_is_pinned() {
+        let cases = [
+            (
+                Request::Hello { version: 1, role: ClientRole::Worker, token: "t".into() },
+                r#"{"type":"hello","version":1,"role":"worker","token":"t"}"#,
+            ),
+            (Request::ListWorkers {}, r#"{"type":"list_workers"}"#),
+            (
+                Request::Heartbeat {
+                    worker: 7,
+                    leases: vec![LeaseRef { job: JobId(3), epoch: crate::job::LeaseEpoch(2) }],
+                },
+                r#"{"type":"heartbeat","worker":7,"leases":[{"job":3,"epoch":2}]}"#,
+            ),
+        ];
+        for (req, json) in cases {
+            assert_eq!(serde_json::to_string(&req).unwrap(), json);
+            assert_eq!(
+                crate::json::from_slice::<Request>(json.as_bytes(), MAX_FRAME).unwrap(),
+                req
+            );
+        }
+        let err = Response::Error { code: ErrorCode::StaleLease, message: "m".into() };
+        assert_eq!(
+            serde_json::to_string(&err).unwrap(),
+            r#"{"type":"error","code":"stale_lease","message":"m"}"#
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_types_are_rejected() {
+        assert!(
+            crate::json::from_slice::<Request>(br#"{"type":"stats","x":1}"#, MAX_FRAME).is_err()
+        );
+        assert!(crate::json::from_slice::<Request>(br#"{"type":"shell"}"#, MAX_FRAME).is_err());
+    }
+
+    #[test]
+    fn roles_are_enforced_per_request() {
+        let submit = Request::Cancel { job: JobId(1) };
+        assert!(submit.allowed_for(ClientRole::Planner));
+        assert!(!submit.allowed_for(ClientRole::Worker));
+        assert!(!submit.allowed_for(ClientRole::Observer));
+        let claim = Request::Claim { worker: 1, max: 1, wait_ms: 0 };
+        assert!(claim.allowed_for(ClientRole::Worker));
+        assert!(!claim.allowed_for(ClientRole::Planner));
+        assert!(Request::Stats {}.allowed_for(ClientRole::Observer));
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_frames_are_refused() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &Request::Stats {}).await.unwrap();
+        let back: Request = read_frame(&mut buf.as_slice()).await.unwrap();
+        assert_eq!(back, Request::Stats {});
+        let mut huge = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
+        huge.extend_from_slice(b"{}");
+        assert!(matches!(
+            read_frame::<Request>(&mut huge.as_slice()).await,
+            Err(FrameError::TooLarge(_))
+        ));
+        let mut truncated = 100u32.to_be_bytes().to_vec();
+        truncated.extend_from_slice(b"{\"type\"");
+        assert!(matches!(
+            read_frame::<Request>(&mut truncated.as_slice()).await,
+            Err(FrameError::Io(_))
+        ));
+    }
+}

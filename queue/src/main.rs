@@ -1,0 +1,220 @@
+//! `agq`, the AGEniX queue.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage error.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agenix_proto::wire::ClientRole;
+use agenix_queue::server::{Queue, Settings};
+use agenix_queue::{blobs::Blobs, identity, store::RedbStore};
+use anyhow::{Context, Result};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agq",
+    version,
+    about = "AGEniX queue: stores jobs durably and leases them to workers over QUIC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Create a queue directory: TLS identity, one token per role, an empty trust file.
+    Init {
+        /// The directory (created, mode 0700).
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Serve on ADDR with the embedded store in the data directory.
+    Serve {
+        /// The queue directory from `agq init`.
+        #[arg(long)]
+        data: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7411")]
+        listen: SocketAddr,
+        /// Signers whose plans and actions are accepted [default: DATA/trust.json].
+        #[arg(long)]
+        trust: Option<PathBuf>,
+        /// Largest blob accepted, in bytes.
+        #[arg(long, default_value_t = 256 << 20)]
+        max_blob: u64,
+        /// Commit each request in its own transaction (for comparison; slower).
+        #[arg(long)]
+        no_group_commit: bool,
+        /// Connections one client IP may hold.
+        #[arg(long, default_value_t = 10)]
+        connections_per_ip: usize,
+        /// Requests one client IP may make per minute.
+        #[arg(long, default_value_t = 1000)]
+        requests_per_minute: u32,
+        /// How long a lease lasts without a heartbeat, in ms.
+        #[arg(long, default_value_t = 30_000)]
+        lease_ms: u64,
+        /// How often workers heartbeat, in ms.
+        #[arg(long, default_value_t = 10_000)]
+        heartbeat_ms: u64,
+        /// How long finished jobs are kept (`7days`, `12h`).
+        #[arg(long, default_value = "7days", value_parser = humantime::parse_duration)]
+        retention: Duration,
+        /// How long a client may take to send one request frame, in ms.
+        #[arg(long, default_value_t = 10_000)]
+        request_timeout_ms: u64,
+    },
+    /// Print the queue's fingerprint (what clients pin, and actions name as audience).
+    Fingerprint {
+        /// The queue directory.
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Manage role tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TokenCommand {
+    /// Replace a role's token; the old one stops working when the queue restarts.
+    Rotate {
+        /// planner, worker or observer.
+        role: ClientRole,
+        /// The queue directory.
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "agq: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Init { data } => {
+            let fp = identity::init(&data)?;
+            writeln!(out, "{fp}")?;
+            writeln!(out, "queue directory {} ready:", data.display())?;
+            writeln!(
+                out,
+                "  tokens: planner.token, worker.token, observer.token (hand each to its clients)"
+            )?;
+            writeln!(
+                out,
+                "  trust:  add signers with `agx trust add KEY.pub --name NAME --trust {}`",
+                data.join("trust.json").display()
+            )?;
+        }
+        Command::Fingerprint { data } => writeln!(out, "{}", identity::fingerprint(&data)?)?,
+        Command::Token(TokenCommand::Rotate { role, data }) => {
+            identity::rotate(&data, role)?;
+            writeln!(
+                out,
+                "rotated the {} token: {}",
+                role.as_str(),
+                data.join(format!("{}.token", role.as_str())).display()
+            )?;
+        }
+        Command::Serve {
+            data,
+            listen,
+            trust,
+            max_blob,
+            no_group_commit,
+            connections_per_ip,
+            requests_per_minute,
+            lease_ms,
+            heartbeat_ms,
+            retention,
+            request_timeout_ms,
+        } => {
+            drop(out);
+            init_logging();
+            let settings = Settings {
+                connections_per_ip,
+                requests_per_minute,
+                group_commit: !no_group_commit,
+                request_timeout: Duration::from_millis(request_timeout_ms),
+                scheduler: agenix_queue_core::Config {
+                    lease_ms,
+                    heartbeat_ms,
+                    retention_ms: u64::try_from(retention.as_millis()).unwrap_or(u64::MAX),
+                    ..agenix_queue_core::Config::default()
+                },
+                ..Settings::default()
+            };
+            let trust_path = trust.unwrap_or_else(|| data.join("trust.json"));
+            let trust_bytes = std::fs::read(&trust_path)
+                .with_context(|| format!("cannot read the trust file {}", trust_path.display()))?;
+            let trust = agenix_proto::Trust::from_json(&trust_bytes)
+                .with_context(|| format!("{} is not a valid trust file", trust_path.display()))?;
+            let tokens = identity::load_tokens(&data)?;
+            let (cert, key) = identity::load_identity(&data)?;
+            let fingerprint = agenix_proto::link::fingerprint_of(&cert)?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let store = Arc::new(RedbStore::open(&data.join("queue.redb"))?);
+                let blobs = Blobs::new(&data, max_blob)?;
+                let endpoint = agenix_queue::server::endpoint(listen, cert, key, &settings)?;
+                let queue = Queue::start(store, blobs, trust, fingerprint, tokens, settings)?;
+                tracing::info!(listen = %endpoint.local_addr()?, %fingerprint, "serving");
+                // Scripts wait for this line.
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "agq: serving on {} as {fingerprint}",
+                    endpoint.local_addr()?
+                );
+                tokio::select! {
+                    () = queue.serve(endpoint.clone()) => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                    () = terminate() => {}
+                }
+                endpoint.close(0u32.into(), b"shutting down");
+                anyhow::Ok(())
+            })?;
+        }
+    }
+    Ok(())
+}
+
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGQ_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+}

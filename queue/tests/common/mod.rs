@@ -1,0 +1,529 @@
+//! A real `agq` process on loopback, and what tests need around it: signed plans and
+//! actions, uploaded blobs, clients in each role.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::print_stderr,
+    reason = "shared by several test binaries; a failing test prints agq's log"
+)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use agenix_proto::action::ACTION_SCHEMA;
+use agenix_proto::envelope::{sign_action, sign_plan};
+use agenix_proto::job::{JobId, JobOutput, JobRecord, LeaseRef};
+use agenix_proto::keys::{SigningKey, signing_key_from_seed};
+use agenix_proto::link::Client;
+use agenix_proto::wire::{ClientRole, JobFilter, QueueStats, Request, Response};
+use agenix_proto::{Action, ActionId, Digest, Envelope, Fingerprint, InputRef, Plan, Role, Trust};
+
+/// A queue directory and, while running, its process.
+pub struct Agq {
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub fingerprint: Fingerprint,
+    pub signer: SigningKey,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+pub fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+impl Agq {
+    /// `agq init`, a trusted signer, then `agq serve` with `args` on a free loopback port.
+    pub fn start(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("q");
+        let out = Command::new(env!("CARGO_BIN_EXE_agq"))
+            .args(["init", "--data"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let fingerprint: Fingerprint =
+            String::from_utf8(out.stdout).unwrap().lines().next().unwrap().parse().unwrap();
+        let signer = signing_key_from_seed(&rand16x2());
+        let mut trust = Trust::new();
+        trust.add("tester", signer.verifying_key(), &Role::ALL).unwrap();
+        std::fs::write(data.join("trust.json"), trust.to_json()).unwrap();
+        let mut q = Self {
+            dir,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            fingerprint,
+            signer,
+            child: None,
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        q.spawn("127.0.0.1:0".parse().unwrap());
+        q
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("q")
+    }
+
+    fn spawn(&mut self, listen: SocketAddr) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agq"))
+            .args(["serve", "--data"])
+            .arg(self.data())
+            .args(["--listen", &listen.to_string()])
+            .args(&self.args)
+            .env("AGQ_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(self.log_file())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        // "agq: serving on ADDR as FP"
+        let addr = line.split_whitespace().nth(3).unwrap_or_else(|| panic!("agq said {line:?}"));
+        self.addr = addr.parse().unwrap();
+        self.child = Some(child);
+    }
+
+    /// agq's stderr, appended across restarts (printed when a test fails).
+    fn log_file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agq.log"))
+            .unwrap()
+    }
+
+    /// Everything agq wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agq.log")).unwrap_or_default()
+    }
+
+    /// Whether the agq process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Starts again on the same address with the same data.
+    pub fn restart(&mut self) {
+        self.kill();
+        let addr = self.addr;
+        self.spawn(addr);
+    }
+
+    pub fn token(&self, role: ClientRole) -> String {
+        std::fs::read_to_string(self.data().join(format!("{}.token", role.as_str())))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub async fn client(&self, role: ClientRole) -> Client {
+        Client::connect(self.addr, self.fingerprint, role, &self.token(role)).await.unwrap()
+    }
+
+    /// A signed plan with one AU task pinned to `component` (which the queue stores but
+    /// never runs).
+    pub fn plan(&self, component: &[u8], tools: &[&str]) -> (Envelope, Digest) {
+        let plan = plan_value(component, tools);
+        let env = sign_plan(&plan, &self.signer).unwrap();
+        (env, Digest::of(&plan.to_payload()))
+    }
+
+    /// A signed action for the plan with `digest`, one job per input.
+    pub fn action(
+        &self,
+        plan: Digest,
+        inputs: &[&[u8]],
+        max_attempts: u32,
+    ) -> (Envelope, ActionId) {
+        let action = self.unsigned_action(plan, inputs, max_attempts);
+        let id = action.action_id.clone();
+        (self.sign(&action), id)
+    }
+
+    /// Signs `action` with the trusted signer.
+    pub fn sign(&self, action: &Action) -> Envelope {
+        sign_action(action, &self.signer).unwrap()
+    }
+
+    /// An action for this queue, not yet signed (tests alter it, then [`Agq::sign`] it).
+    pub fn unsigned_action(&self, plan: Digest, inputs: &[&[u8]], max_attempts: u32) -> Action {
+        let id = ActionId::from_random(rand16());
+        Action {
+            schema: ACTION_SCHEMA.into(),
+            action_id: id.clone(),
+            plan,
+            inputs: inputs
+                .iter()
+                .map(|i| InputRef { digest: Digest::of(i), size: i.len() as u64 })
+                .collect(),
+            issued_at: now_s(),
+            expires_at: now_s() + 600,
+            max_attempts,
+            priority: 0,
+            audience: self.fingerprint,
+        }
+    }
+
+    /// Uploads the component and inputs, submits, and returns the job ids.
+    pub async fn submit(
+        &self,
+        planner: &Client,
+        inputs: &[&[u8]],
+        max_attempts: u32,
+    ) -> Vec<JobId> {
+        planner.put_blob(COMPONENT).await.unwrap();
+        for i in inputs {
+            planner.put_blob(i).await.unwrap();
+        }
+        let (plan, digest) = self.plan(COMPONENT, &[]);
+        let (action, _) = self.action(digest, inputs, max_attempts);
+        match planner.request(&Request::Submit { plan, action }).await.unwrap() {
+            Response::Submitted { jobs, .. } => jobs,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// The bytes [`Agq::submit`] uploads as the plan's component.
+pub const COMPONENT: &[u8] = b"not really a component";
+
+impl Drop for Agq {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- agq's log ---\n{}--- end of agq's log ---", self.log());
+        }
+    }
+}
+
+/// An unsigned plan with one AU task pinned to `component`, then one native task per tool.
+pub fn plan_value(component: &[u8], tools: &[&str]) -> Plan {
+    let mut tasks = vec![format!(
+        r#"{{"id":"t0","run":{{"wasm":{{"name":"au","digest":"{}"}}}},"stdin":{{"input":true}}}}"#,
+        Digest::of(component)
+    )];
+    for (i, t) in tools.iter().enumerate() {
+        tasks.push(format!(
+            r#"{{"id":"n{i}","run":{{"native":{{"tool":"{t}"}}}},"stdin":{{"task":"t0"}}}}"#
+        ));
+    }
+    let json = format!(
+        r#"{{"schema":"agenix.plan/v1","plan_id":"{}","name":"t","issued_at":{},"expires_at":{},"tasks":[{}],"output":"t0"}}"#,
+        hex(&rand16()),
+        now_s(),
+        now_s() + 3600,
+        tasks.join(",")
+    );
+    Plan::from_json(json.as_bytes()).unwrap()
+}
+
+pub fn rand16() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).unwrap();
+    b
+}
+
+fn rand16x2() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).unwrap();
+    b
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What a worker offers: no native tools, the format's maxima.
+pub fn caps(name: &str) -> agenix_proto::job::Capabilities {
+    agenix_proto::job::Capabilities {
+        name: name.into(),
+        wasm: true,
+        tools: Default::default(),
+        mounts: Default::default(),
+        ceilings: agenix_proto::Limits::ABSOLUTE,
+        concurrency: 4,
+        labels: Default::default(),
+    }
+}
+
+pub async fn register(worker: &Client, name: &str) -> u64 {
+    match worker.request(&Request::Register { capabilities: caps(name) }).await.unwrap() {
+        Response::Registered { worker, .. } => worker,
+        other => panic!("{other:?}"),
+    }
+}
+
+pub async fn claim(
+    worker: &Client,
+    id: u64,
+    max: u32,
+    wait_ms: u32,
+) -> Vec<agenix_proto::job::Lease> {
+    match worker.request(&Request::Claim { worker: id, max, wait_ms }).await.unwrap() {
+        Response::Leases { leases } => leases,
+        other => panic!("{other:?}"),
+    }
+}
+
+pub async fn job(c: &Client, id: JobId) -> JobRecord {
+    match c.request(&Request::ShowJob { job: id }).await.unwrap() {
+        Response::Job { job } => job,
+        other => panic!("{other:?}"),
+    }
+}
+
+pub fn path(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+pub async fn stats(c: &Client) -> QueueStats {
+    match c.request(&Request::Stats {}).await.unwrap() {
+        Response::Stats { stats } => stats,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// How many jobs are in `state` (`queued`, `leased`, ...).
+pub async fn count(c: &Client, state: &str) -> u64 {
+    stats(c).await.jobs.get(state).copied().unwrap_or(0)
+}
+
+/// Every job matching `filter`, following pages.
+pub async fn list(c: &Client, filter: JobFilter) -> Vec<JobRecord> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let req = Request::ListJobs { filter: filter.clone(), after, limit: 1000 };
+        match c.request(&req).await.unwrap() {
+            Response::Jobs { jobs, next } => {
+                all.extend(jobs);
+                match next {
+                    Some(n) => after = Some(n),
+                    None => return all,
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// The jobs of one action.
+pub async fn jobs_of(c: &Client, action: &ActionId) -> Vec<JobRecord> {
+    list(c, JobFilter { state: None, action: Some(action.clone()) }).await
+}
+
+/// A heartbeat's answer: (extended, cancelled, lost).
+pub async fn heartbeat(
+    worker: &Client,
+    id: u64,
+    leases: &[LeaseRef],
+) -> (Vec<LeaseRef>, Vec<LeaseRef>, Vec<LeaseRef>) {
+    let req = Request::Heartbeat { worker: id, leases: leases.to_vec() };
+    match worker.request(&req).await.unwrap() {
+        Response::HeartbeatOk { extended, cancelled, lost } => (extended, cancelled, lost),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A successful result without an output blob.
+pub fn no_output() -> JobOutput {
+    JobOutput { succeeded: true, reports: vec![], output: None }
+}
+
+pub fn now_ms() -> u64 {
+    u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap()
+}
+
+/// Speaking QUIC to agq without `Client`: own TLS configs, own source addresses, raw frames.
+pub mod raw {
+    use super::*;
+
+    use agenix_proto::wire::{ALPN, PROTOCOL_VERSION, read_frame, write_frame};
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    /// Accepts exactly one server key (the same rule as proto's link).
+    #[derive(Debug)]
+    pub struct Pinned {
+        pub fingerprint: Fingerprint,
+        pub provider: Arc<rustls::crypto::CryptoProvider>,
+    }
+
+    impl ServerCertVerifier for Pinned {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            let found = agenix_proto::link::fingerprint_of(end_entity)
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            if found == self.fingerprint {
+                Ok(ServerCertVerified::assertion())
+            } else {
+                Err(rustls::Error::General(format!(
+                    "the queue's identity is {found}, not the pinned {}",
+                    self.fingerprint
+                )))
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Err(rustls::Error::General("TLS 1.2 is not spoken here".into()))
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.provider.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    /// TLS 1.3, ALPN agenix/1, the queue pinned by `fingerprint`.
+    pub fn tls(fingerprint: Fingerprint) -> rustls::ClientConfig {
+        let provider = agenix_proto::link::provider();
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned { fingerprint, provider }))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls
+    }
+
+    pub fn quic(tls: rustls::ClientConfig) -> quinn::ClientConfig {
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+        cfg.transport_config(Arc::new(agenix_proto::link::transport()));
+        cfg
+    }
+
+    /// A QUIC connection with no Hello sent yet.
+    #[derive(Debug)]
+    pub struct Raw {
+        pub endpoint: quinn::Endpoint,
+        pub conn: quinn::Connection,
+    }
+
+    /// A client endpoint on `ip` (any port) using `config`.
+    pub fn endpoint(ip: IpAddr, config: quinn::ClientConfig) -> quinn::Endpoint {
+        let mut endpoint = quinn::Endpoint::client(SocketAddr::new(ip, 0)).unwrap();
+        endpoint.set_default_client_config(config);
+        endpoint
+    }
+
+    /// Connects from `ip` to agq (no Hello yet); the handshake's error if it is refused.
+    pub async fn connect_from(ip: IpAddr, q: &Agq) -> Result<Raw, quinn::ConnectionError> {
+        let endpoint = endpoint(ip, quic(tls(q.fingerprint)));
+        let connecting = endpoint.connect(q.addr, "agenix-queue").unwrap();
+        let conn = tokio::time::timeout(std::time::Duration::from_secs(10), connecting)
+            .await
+            .expect("the handshake neither completed nor failed within 10 s")?;
+        Ok(Raw { endpoint, conn })
+    }
+
+    /// Connects from `ip` and authenticates as `role`.
+    pub async fn client_from(ip: IpAddr, q: &Agq, role: ClientRole) -> Raw {
+        let raw = connect_from(ip, q).await.unwrap();
+        let hello = raw.hello(role, &q.token(role)).await;
+        assert!(matches!(hello, Response::HelloOk { .. }), "{hello:?}");
+        raw
+    }
+
+    impl Raw {
+        /// One request, one answer (an `Error` answer is returned, not raised).
+        pub async fn ask(&self, req: &Request) -> Response {
+            let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
+            write_frame(&mut send, req).await.unwrap();
+            send.finish().unwrap();
+            read_frame(&mut recv).await.unwrap()
+        }
+
+        pub async fn hello(&self, role: ClientRole, token: &str) -> Response {
+            self.ask(&Request::Hello { version: PROTOCOL_VERSION, role, token: token.into() }).await
+        }
+
+        /// Sends `bytes` as a whole stream and returns everything the queue answered.
+        pub async fn exchange(&self, bytes: &[u8]) -> Result<Vec<u8>, quinn::ReadToEndError> {
+            exchange(&self.conn, bytes).await
+        }
+    }
+
+    /// Sends `bytes` as a whole stream on `conn` and returns everything the queue answered.
+    pub async fn exchange(
+        conn: &quinn::Connection,
+        bytes: &[u8],
+    ) -> Result<Vec<u8>, quinn::ReadToEndError> {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(bytes).await.unwrap();
+        send.finish().unwrap();
+        recv.read_to_end(1 << 20).await
+    }
+
+    /// A frame: `u32` big-endian length, then `body`.
+    pub fn frame(body: &[u8]) -> Vec<u8> {
+        let mut out = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// The one response frame in `bytes` (and nothing after it).
+    pub fn response(bytes: &[u8]) -> Response {
+        assert!(bytes.len() >= 4, "no frame in {bytes:?}");
+        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+        assert_eq!(bytes.len(), 4 + len, "one frame expected: {}", String::from_utf8_lossy(bytes));
+        serde_json::from_slice(&bytes[4..]).unwrap()
+    }
+}
+
+/// The code and message of an `Error` answer (anything else fails the test).
+pub fn remote(e: agenix_proto::link::LinkError) -> (agenix_proto::wire::ErrorCode, String) {
+    match e {
+        agenix_proto::link::LinkError::Remote { code, message, .. } => (code, message),
+        other => panic!("expected an error answer, got {other}"),
+    }
+}
+
+/// Sends `req`, expecting an `Error` answer: its code and message.
+pub async fn refused(c: &Client, req: &Request) -> (agenix_proto::wire::ErrorCode, String) {
+    match c.request(req).await {
+        Ok(resp) => panic!("{} was accepted: {resp:?}", req.name()),
+        Err(e) => remote(e),
+    }
+}

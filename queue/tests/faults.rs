@@ -1,0 +1,657 @@
+//! Queue and worker faults (TEST-MATRIX rows Q1–Q11) against a real agq on loopback; test
+//! clients play the planners and the workers.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stderr,
+    reason = "a test fails loudly on any unexpected error; the crash tests report what they hit"
+)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agenix_proto::job::{JobId, JobOutput, JobState, LeaseEpoch, LeaseRef};
+use agenix_proto::wire::{ClientRole, ErrorCode, JobFilter, Request, Response};
+use agenix_proto::{Action, ActionId, Digest, Envelope, InputRef};
+use common::*;
+
+fn recorded(r: Response) -> JobState {
+    match r {
+        Response::Recorded { state, .. } => state,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q01_worker_killed_mid_job_lease_expires_and_job_reruns_elsewhere() {
+    let q = Agq::start(&["--lease-ms", "800", "--heartbeat-ms", "250"]);
+    let planner = q.client(ClientRole::Planner).await;
+    let jobs = q.submit(&planner, &[b"q01 input"], 3).await;
+
+    let a = q.client(ClientRole::Worker).await;
+    let wa = register(&a, "worker-a").await;
+    let first = claim(&a, wa, 1, 1000).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].lease, LeaseRef { job: jobs[0], epoch: LeaseEpoch(1) });
+    assert_eq!(first[0].attempt, 1);
+    // Worker A dies mid-job: no heartbeat, no result, its connection gone.
+    a.close();
+    drop(a);
+
+    let b = q.client(ClientRole::Worker).await;
+    let wb = register(&b, "worker-b").await;
+    // While A's lease is live nobody else gets the job.
+    let early = claim(&b, wb, 1, 0).await;
+    assert!(
+        early.is_empty() || now_ms() >= first[0].deadline,
+        "the job was leased again before its first lease expired"
+    );
+    let second = if early.is_empty() { claim(&b, wb, 1, 5000).await } else { early };
+    assert_eq!(second.len(), 1, "the reaper did not re-queue the expired lease");
+    assert!(now_ms() >= first[0].deadline, "re-leased before the deadline");
+    assert_eq!(second[0].lease, LeaseRef { job: jobs[0], epoch: LeaseEpoch(2) });
+    assert_eq!(second[0].attempt, 2);
+    let rec = job(&planner, jobs[0]).await;
+    assert_eq!(rec.attempts, 2);
+    assert!(
+        matches!(&rec.state, JobState::Leased { worker, epoch: LeaseEpoch(2), .. } if worker == "worker-b"),
+        "{:?}",
+        rec.state
+    );
+    assert_eq!(rec.last_error.as_deref(), Some("lease expired: the worker stopped heartbeating"));
+
+    let r = b
+        .request(&Request::Complete { worker: wb, lease: second[0].lease, output: no_output() })
+        .await
+        .unwrap();
+    assert_eq!(recorded(r), JobState::Succeeded);
+    let rec = job(&planner, jobs[0]).await;
+    assert_eq!((rec.state, rec.attempts), (JobState::Succeeded, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q02_late_complete_or_heartbeat_from_an_old_lease_holder_is_fenced() {
+    let q = Agq::start(&["--lease-ms", "800", "--heartbeat-ms", "250"]);
+    let planner = q.client(ClientRole::Planner).await;
+    let jobs = q.submit(&planner, &[b"q02 input"], 3).await;
+    let a = q.client(ClientRole::Worker).await;
+    let wa = register(&a, "worker-a").await;
+    let old = claim(&a, wa, 1, 1000).await[0].lease;
+    // A stalls (a long GC pause, a partition) and its lease expires; B gets the job.
+    let b = q.client(ClientRole::Worker).await;
+    let wb = register(&b, "worker-b").await;
+    let new = claim(&b, wb, 1, 5000).await;
+    assert_eq!(new.len(), 1);
+    let new = new[0].lease;
+    assert_eq!(new, LeaseRef { job: jobs[0], epoch: LeaseEpoch(2) });
+
+    // A wakes up: its heartbeat learns the lease is lost, its result and failure are fenced.
+    assert_eq!(heartbeat(&a, wa, &[old]).await, (vec![], vec![], vec![old]));
+    let stale = format!("lease LeaseEpoch(1) of job {} is not current", jobs[0]);
+    let late = JobOutput { succeeded: false, reports: vec![], output: None };
+    let req = Request::Complete { worker: wa, lease: old, output: late.clone() };
+    assert_eq!(refused(&a, &req).await, (ErrorCode::StaleLease, stale.clone()));
+    let req = Request::Fail { worker: wa, lease: old, reason: "late".into(), retryable: true };
+    assert_eq!(refused(&a, &req).await, (ErrorCode::StaleLease, stale));
+    let rec = job(&planner, jobs[0]).await;
+    assert!(
+        matches!(&rec.state, JobState::Leased { worker, epoch: LeaseEpoch(2), .. } if worker == "worker-b"),
+        "{:?}",
+        rec.state
+    );
+    assert_eq!(rec.output, None);
+    assert_eq!(rec.last_error.as_deref(), Some("lease expired: the worker stopped heartbeating"));
+
+    // The current holder is unaffected.
+    assert_eq!(heartbeat(&b, wb, &[new]).await, (vec![new], vec![], vec![]));
+    let r = b
+        .request(&Request::Complete { worker: wb, lease: new, output: no_output() })
+        .await
+        .unwrap();
+    assert_eq!(recorded(r), JobState::Succeeded);
+    // Once the job is finished, A (and a duplicate report from B) are refused too.
+    let finished = format!("job {} is already finished", jobs[0]);
+    let req = Request::Complete { worker: wa, lease: old, output: late };
+    assert_eq!(refused(&a, &req).await, (ErrorCode::StaleLease, finished.clone()));
+    let req = Request::Complete { worker: wb, lease: new, output: no_output() };
+    assert_eq!(refused(&b, &req).await, (ErrorCode::StaleLease, finished));
+    assert_eq!(heartbeat(&a, wa, &[old]).await, (vec![], vec![], vec![old]));
+    let rec = job(&planner, jobs[0]).await;
+    assert_eq!(rec.state, JobState::Succeeded);
+    assert_eq!(rec.output, Some(no_output()), "the late result overwrote the real one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn q03_job_longer_than_the_lease_is_kept_alive_by_heartbeats_and_runs_once() {
+    let lease_ms = 1200;
+    let q = Agq::start(&["--lease-ms", "1200", "--heartbeat-ms", "400"]);
+    let planner = q.client(ClientRole::Planner).await;
+    let jobs = q.submit(&planner, &[b"q03 input"], 3).await;
+    let a = q.client(ClientRole::Worker).await;
+    let wa = register(&a, "worker-a").await;
+    let leases = claim(&a, wa, 1, 1000).await;
+    let (lease, first_deadline) = (leases[0].lease, leases[0].deadline);
+
+    // Another worker waits for work the whole time; it must get none.
+    let b = q.client(ClientRole::Worker).await;
+    let wb = register(&b, "worker-b").await;
+    let run_ms = 4 * lease_ms;
+    let other =
+        tokio::spawn(async move { claim(&b, wb, 1, u32::try_from(run_ms).unwrap() + 300).await });
+    // The "task" runs for four lease periods, heartbeating every lease/3.
+    let start = Instant::now();
+    let mut beats = 0;
+    while start.elapsed() < Duration::from_millis(run_ms) {
+        tokio::time::sleep(Duration::from_millis(lease_ms / 3)).await;
+        assert_eq!(heartbeat(&a, wa, &[lease]).await, (vec![lease], vec![], vec![]));
+        beats += 1;
+    }
+    assert!(beats >= 10, "{beats} heartbeats");
+    let stolen = other.await.unwrap();
+    assert!(stolen.is_empty(), "a heartbeating job was leased to another worker: {stolen:?}");
+    let rec = job(&planner, jobs[0]).await;
+    let JobState::Leased { epoch, deadline, worker } = rec.state else { panic!("{:?}", rec.state) };
+    assert_eq!((epoch, worker.as_str()), (LeaseEpoch(1), "worker-a"));
+    assert!(deadline > first_deadline + 2 * lease_ms, "heartbeats did not extend the deadline");
+
+    let r = a.request(&Request::Complete { worker: wa, lease, output: no_output() }).await.unwrap();
+    assert_eq!(recorded(r), JobState::Succeeded);
+    let rec = job(&planner, jobs[0]).await;
+    assert_eq!((rec.state, rec.attempts, rec.epoch), (JobState::Succeeded, 1, LeaseEpoch(1)));
+    assert_eq!(rec.last_error, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q04_poison_job_backs_off_then_is_dead_after_max_attempts() {
+    let q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    let jobs = q.submit(&planner, &[b"poison"], 3).await;
+    let w = q.client(ClientRole::Worker).await;
+    let wid = register(&w, "w").await;
+    let mut leases = claim(&w, wid, 1, 1000).await;
+    for attempt in 1..=3u32 {
+        assert_eq!(leases.len(), 1, "attempt {attempt} was not leased");
+        let lease = leases[0].clone();
+        assert_eq!(lease.lease, LeaseRef { job: jobs[0], epoch: LeaseEpoch(attempt.into()) });
+        assert_eq!(lease.attempt, attempt);
+        let fail = Request::Fail {
+            worker: wid,
+            lease: lease.lease,
+            reason: "exit 1: poison".into(),
+            retryable: true,
+        };
+        let state = recorded(w.request(&fail).await.unwrap());
+        let rec = job(&planner, jobs[0]).await;
+        assert_eq!(rec.state, state);
+        assert_eq!(rec.attempts, attempt);
+        assert_eq!(rec.last_error.as_deref(), Some("exit 1: poison"));
+        if attempt == 3 {
+            let reason = "failed 3 of 3 attempts: exit 1: poison".to_string();
+            assert_eq!(state, JobState::Dead { reason });
+            break;
+        }
+        // Re-queued after a backoff drawn from 1..=base*2^(attempt-1) ms (base 1 s).
+        let JobState::Queued { not_before } = state else { panic!("{state:?}") };
+        let delay = not_before - rec.updated_at;
+        let bound = 1000u64 << (attempt - 1);
+        assert!((1..=bound).contains(&delay), "backoff {delay} ms outside 1..={bound}");
+        // During the backoff the job is not claimable.
+        let before = now_ms();
+        let early = claim(&w, wid, 1, 0).await;
+        let after = now_ms();
+        if early.is_empty() {
+            assert!(before < not_before, "a job past its backoff was not claimable");
+            leases = claim(&w, wid, 1, 5000).await;
+        } else {
+            assert!(after >= not_before, "leased during its backoff");
+            leases = early;
+        }
+        assert!(now_ms() >= not_before, "leased during its backoff");
+    }
+    // Dead is final.
+    assert!(claim(&w, wid, 1, 0).await.is_empty());
+    assert_eq!(count(&planner, "dead").await, 1);
+    assert_eq!(count(&planner, "queued").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q04_backoff_has_full_jitter_and_a_non_retryable_failure_is_dead_at_once() {
+    let q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    let inputs: Vec<Vec<u8>> = (0..8).map(|i| format!("jitter {i}").into_bytes()).collect();
+    let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+    let jobs = q.submit(&planner, &refs, 3).await;
+    let w = q.client(ClientRole::Worker).await;
+    let wid = register(&w, "w").await;
+    let leases = claim(&w, wid, 64, 1000).await;
+    assert_eq!(leases.len(), 8);
+    let mut delays = Vec::new();
+    for l in &leases[..7] {
+        let fail =
+            Request::Fail { worker: wid, lease: l.lease, reason: "flaky".into(), retryable: true };
+        let JobState::Queued { not_before } = recorded(w.request(&fail).await.unwrap()) else {
+            panic!("not re-queued")
+        };
+        let rec = job(&planner, l.lease.job).await;
+        delays.push(not_before - rec.updated_at);
+    }
+    assert!(delays.iter().all(|d| (1..=1000).contains(d)), "{delays:?}");
+    let distinct: HashSet<_> = delays.iter().collect();
+    assert!(distinct.len() > 1, "seven backoffs without jitter: {delays:?}");
+
+    // A failure retrying cannot fix (say, a bad signature) is dead on its first attempt.
+    let last = leases[7].lease;
+    let reason = "verification: no signature is by a trusted key".to_string();
+    let fail = Request::Fail { worker: wid, lease: last, reason: reason.clone(), retryable: false };
+    assert_eq!(recorded(w.request(&fail).await.unwrap()), JobState::Dead { reason });
+    let rec = job(&planner, last.job).await;
+    assert_eq!((rec.attempts, rec.max_attempts), (1, 3));
+    assert!(jobs.contains(&last.job));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q05_duplicate_submission_yields_one_set_of_jobs_and_a_changed_action_conflicts() {
+    let q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    let inputs: [&[u8]; 2] = [b"q05 one", b"q05 two"];
+    for b in [COMPONENT, inputs[0], inputs[1]] {
+        planner.put_blob(b).await.unwrap();
+    }
+    let (plan, digest) = q.plan(COMPONENT, &[]);
+    let action = q.unsigned_action(digest, &inputs, 3);
+    let submit = Request::Submit { plan: plan.clone(), action: q.sign(&action) };
+    let Response::Submitted { jobs, duplicate: false } = planner.request(&submit).await.unwrap()
+    else {
+        panic!("first submission")
+    };
+    assert_eq!(jobs.len(), 2);
+    // The same submission again (a retry after a lost answer): the same jobs.
+    for _ in 0..2 {
+        let again = planner.request(&submit).await.unwrap();
+        assert_eq!(again, Response::Submitted { jobs: jobs.clone(), duplicate: true });
+    }
+    // The same action id with other content is refused, whatever changed.
+    let (other_plan, other_digest) = q.plan(COMPONENT, &[]);
+    let changed = [
+        (plan.clone(), Action { priority: 7, ..action.clone() }),
+        (plan.clone(), Action { inputs: action.inputs[..1].to_vec(), ..action.clone() }),
+        (plan.clone(), Action { max_attempts: 5, ..action.clone() }),
+        (other_plan, Action { plan: other_digest, ..action.clone() }),
+    ];
+    let conflict =
+        format!("action {} was already submitted with different content", action.action_id);
+    for (plan, a) in changed {
+        let req = Request::Submit { plan, action: q.sign(&a) };
+        assert_eq!(refused(&planner, &req).await, (ErrorCode::Conflict, conflict.clone()));
+    }
+    // One set of jobs.
+    let stored: Vec<JobId> =
+        jobs_of(&planner, &action.action_id).await.iter().map(|j| j.id).collect();
+    assert_eq!(stored, jobs);
+    let s = stats(&planner).await;
+    assert_eq!(s.jobs, BTreeMap::from([("queued".to_string(), 2)]));
+    assert_eq!(s.submitted_last_minute, 2);
+}
+
+/// An action a burst submits, and what it should become.
+struct Planned {
+    id: ActionId,
+    action: Envelope,
+    inputs: Vec<InputRef>,
+}
+
+impl Planned {
+    fn jobs(&self) -> usize {
+        self.inputs.len().max(1)
+    }
+}
+
+/// What a burst left: every action it meant to submit, and those acknowledged.
+struct Burst {
+    plan: Envelope,
+    planned: Vec<Planned>,
+    acked: BTreeMap<ActionId, Vec<JobId>>,
+}
+
+/// `planners` concurrent clients submit `actions` actions (a third with no input, a third
+/// with one, a third with three); agq is SIGKILLed once `kill_after` are acknowledged, then
+/// started again on the same data.
+async fn burst_and_crash(q: &mut Agq, planners: usize, actions: usize, kill_after: usize) -> Burst {
+    let setup = q.client(ClientRole::Planner).await;
+    let pool: [&[u8]; 3] = [b"burst a", b"burst b", b"burst c"];
+    for b in [COMPONENT, pool[0], pool[1], pool[2]] {
+        setup.put_blob(b).await.unwrap();
+    }
+    let (plan, digest) = q.plan(COMPONENT, &[]);
+    let planned: Vec<Planned> = (0..actions)
+        .map(|i| {
+            let inputs: &[&[u8]] = match i % 3 {
+                0 => &[],
+                1 => &pool[..1],
+                _ => &pool,
+            };
+            let a = q.unsigned_action(digest, inputs, 3);
+            Planned { id: a.action_id.clone(), action: q.sign(&a), inputs: a.inputs }
+        })
+        .collect();
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let n_acked = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for p in 0..planners {
+        let client = q.client(ClientRole::Planner).await;
+        let mine: Vec<(ActionId, Envelope)> = planned
+            .iter()
+            .skip(p)
+            .step_by(planners)
+            .map(|a| (a.id.clone(), a.action.clone()))
+            .collect();
+        let (plan, acked, n_acked) = (plan.clone(), acked.clone(), n_acked.clone());
+        tasks.push(tokio::spawn(async move {
+            for (id, action) in mine {
+                match client.request(&Request::Submit { plan: plan.clone(), action }).await {
+                    Ok(Response::Submitted { jobs, duplicate: false }) => {
+                        acked.lock().unwrap().insert(id, jobs);
+                        n_acked.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(other) => panic!("{other:?}"),
+                    // The queue died under this request.
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while n_acked.load(Ordering::SeqCst) < kill_after {
+        assert!(Instant::now() < give_up, "the burst stalled");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    q.kill();
+    // Requests in flight died with the queue; their connections would only time out.
+    for t in tasks {
+        t.abort();
+        if let Err(e) = t.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert!(acked.len() < actions, "the burst ended before the kill: kill earlier");
+    q.restart();
+    Burst { plan, planned, acked }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn q06_sigkill_after_ack_loses_no_acknowledged_job() {
+    for mode in [&[][..], &["--no-group-commit"][..]] {
+        let mut args = vec!["--requests-per-minute", "1000000"];
+        args.extend_from_slice(mode);
+        sigkill_after_ack(Agq::start(&args)).await;
+    }
+}
+
+async fn sigkill_after_ack(mut q: Agq) {
+    let burst = burst_and_crash(&mut q, 6, 300, 100).await;
+    let obs = q.client(ClientRole::Observer).await;
+    let by_id: HashMap<&ActionId, &Planned> = burst.planned.iter().map(|p| (&p.id, p)).collect();
+    let mut seen = HashSet::new();
+    for (id, jobs) in &burst.acked {
+        let p = by_id[id];
+        assert_eq!(jobs.len(), p.jobs(), "action {id} was acknowledged with {jobs:?}");
+        for (k, j) in jobs.iter().enumerate() {
+            assert!(seen.insert(*j), "job {j} was acknowledged twice");
+            // ShowJob: every acknowledged job is there, as it was acknowledged.
+            let rec = job(&obs, *j).await;
+            assert_eq!(&rec.action, id);
+            assert_eq!(rec.input, p.inputs.get(k).cloned());
+            assert_eq!(rec.state, JobState::Queued { not_before: 0 });
+            assert_eq!(rec.attempts, 0);
+        }
+        let stored: Vec<JobId> = jobs_of(&obs, id).await.iter().map(|j| j.id).collect();
+        assert_eq!(&stored, jobs, "action {id}");
+    }
+    // No job id appears twice, and no id is handed out again after the restart.
+    let all = list(&obs, JobFilter::default()).await;
+    let ids: HashSet<JobId> = all.iter().map(|j| j.id).collect();
+    assert_eq!(ids.len(), all.len());
+    let planner = q.client(ClientRole::Planner).await;
+    let fresh = q.submit(&planner, &[b"after the crash"], 1).await;
+    assert!(fresh.iter().all(|f| all.iter().all(|j| j.id < *f)), "{fresh:?} reuses an id");
+    eprintln!(
+        "q06: {} of {} actions acknowledged before the kill, {} jobs stored",
+        burst.acked.len(),
+        burst.planned.len(),
+        all.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn q07_crash_during_group_commit_is_all_or_nothing() {
+    let mut q = Agq::start(&["--requests-per-minute", "1000000", "--connections-per-ip", "64"]);
+    // Each submission's jobs, action record and envelopes go to storage with the other
+    // requests of its group commit, in one transaction; kill during a heavy burst (twice).
+    let mut expected: HashMap<ActionId, usize> = HashMap::new();
+    for round in 0..2 {
+        let burst = burst_and_crash(&mut q, 24, 480, 60).await;
+        let planner = q.client(ClientRole::Planner).await;
+        let mut lost_acks = 0;
+        for p in &burst.planned {
+            let stored = jobs_of(&planner, &p.id).await;
+            if burst.acked.contains_key(&p.id) {
+                assert_eq!(stored.len(), p.jobs(), "acknowledged action {} lost jobs", p.id);
+            }
+            assert!(
+                stored.is_empty() || stored.len() == p.jobs(),
+                "action {} has {} of its {} jobs: a partial commit",
+                p.id,
+                stored.len(),
+                p.jobs()
+            );
+            for (k, j) in stored.iter().enumerate() {
+                assert_eq!(j.input, p.inputs.get(k).cloned());
+            }
+            // The action record went with its jobs: a replay finds exactly those jobs, and an
+            // action with no jobs stored was not remembered either.
+            let req = Request::Submit { plan: burst.plan.clone(), action: p.action.clone() };
+            let Response::Submitted { jobs, duplicate } = planner.request(&req).await.unwrap()
+            else {
+                panic!("resubmission")
+            };
+            assert_eq!(duplicate, !stored.is_empty(), "action {}", p.id);
+            assert_eq!(jobs.len(), p.jobs());
+            if duplicate {
+                assert_eq!(jobs, stored.iter().map(|j| j.id).collect::<Vec<_>>());
+                if !burst.acked.contains_key(&p.id) {
+                    lost_acks += 1;
+                }
+            }
+            expected.insert(p.id.clone(), p.jobs());
+        }
+        // Every job stored belongs to a whole action.
+        let all = list(&planner, JobFilter::default()).await;
+        let mut per_action: HashMap<ActionId, usize> = HashMap::new();
+        for j in &all {
+            *per_action.entry(j.action.clone()).or_default() += 1;
+        }
+        for (a, n) in &per_action {
+            assert_eq!(Some(n), expected.get(a), "action {a}");
+        }
+        assert_eq!(per_action.len(), expected.len());
+        eprintln!(
+            "q07 round {round}: {} acknowledged, {lost_acks} stored but unacknowledged, of {}",
+            burst.acked.len(),
+            burst.planned.len()
+        );
+        planner.close();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q08_cancel_queued_is_immediate_and_leased_waits_for_the_worker() {
+    let q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    let jobs = q.submit(&planner, &[b"q08 one", b"q08 two", b"q08 three"], 3).await;
+    // A queued job is cancelled at once and never leased.
+    let r = planner.request(&Request::Cancel { job: jobs[0] }).await.unwrap();
+    assert_eq!(r, Response::Cancel { job: jobs[0], state: JobState::Cancelled });
+    assert_eq!(job(&planner, jobs[0]).await.state, JobState::Cancelled);
+    let w = q.client(ClientRole::Worker).await;
+    let wid = register(&w, "w").await;
+    let leases = claim(&w, wid, 64, 1000).await;
+    let leased: Vec<JobId> = leases.iter().map(|l| l.lease.job).collect();
+    assert_eq!(leased, jobs[1..].to_vec());
+    let (two, three) = (leases[0].lease, leases[1].lease);
+
+    // A leased job stays leased until its worker stops it.
+    for lease in [two, three] {
+        let r = planner.request(&Request::Cancel { job: lease.job }).await.unwrap();
+        let Response::Cancel { job: id, state: JobState::Leased { epoch, .. } } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!((id, epoch), (lease.job, lease.epoch));
+        let rec = job(&planner, lease.job).await;
+        assert!(rec.cancel_requested);
+        assert!(matches!(rec.state, JobState::Leased { .. }), "{:?}", rec.state);
+    }
+    // The worker's heartbeat tells it to stop both (and does not extend them).
+    assert_eq!(heartbeat(&w, wid, &[two, three]).await, (vec![], vec![two, three], vec![]));
+    // It kills the sandbox and reports a failure: cancelled, not retried.
+    let fail =
+        Request::Fail { worker: wid, lease: two, reason: "cancelled".into(), retryable: true };
+    assert_eq!(recorded(w.request(&fail).await.unwrap()), JobState::Cancelled);
+    // A worker that finished anyway: still cancelled, its output kept.
+    let done = Request::Complete { worker: wid, lease: three, output: no_output() };
+    assert_eq!(recorded(w.request(&done).await.unwrap()), JobState::Cancelled);
+    for j in &jobs {
+        assert_eq!(job(&planner, *j).await.state, JobState::Cancelled);
+    }
+    assert!(claim(&w, wid, 64, 0).await.is_empty(), "a cancelled job was leased");
+    // Cancelling a finished job is refused.
+    let (code, message) = refused(&planner, &Request::Cancel { job: jobs[1] }).await;
+    assert_eq!(code, ErrorCode::StaleLease);
+    assert_eq!(message, format!("job {} is already finished", jobs[1]));
+    let (code, message) = refused(&planner, &Request::Cancel { job: JobId(9999) }).await;
+    assert_eq!((code, message.as_str()), (ErrorCode::NotFound, "no job 9999"));
+    assert_eq!(count(&planner, "cancelled").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q10_queue_restart_while_a_worker_holds_a_lease_loses_nothing() {
+    let mut q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    let jobs = q.submit(&planner, &[b"q10 one", b"q10 two"], 3).await;
+    let w = q.client(ClientRole::Worker).await;
+    let wid = register(&w, "w").await;
+    let leases = claim(&w, wid, 1, 1000).await;
+    let lease = leases[0].lease;
+    assert_eq!(lease.job, jobs[0]);
+    let output = b"q10 output".as_slice();
+    w.put_blob(output).await.unwrap();
+
+    q.restart();
+    // Old connections are gone; the worker reconnects. Registrations are not stored: the
+    // old worker id is unknown until it registers again.
+    drop((w, planner));
+    let w = q.client(ClientRole::Worker).await;
+    let (code, message) =
+        refused(&w, &Request::Heartbeat { worker: wid, leases: vec![lease] }).await;
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert_eq!(message, format!("no worker {wid}: register first"));
+    let wid = register(&w, "w").await;
+    let planner = q.client(ClientRole::Planner).await;
+    let JobState::Leased { deadline: before, .. } = job(&planner, lease.job).await.state else {
+        panic!("the lease did not survive the restart")
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(heartbeat(&w, wid, &[lease]).await, (vec![lease], vec![], vec![]));
+    let JobState::Leased { deadline: after, .. } = job(&planner, lease.job).await.state else {
+        panic!("not leased")
+    };
+    assert!(after > before, "the heartbeat did not extend the lease");
+    let out = JobOutput {
+        succeeded: true,
+        reports: vec![],
+        output: Some(InputRef { digest: Digest::of(output), size: output.len() as u64 }),
+    };
+    let r =
+        w.request(&Request::Complete { worker: wid, lease, output: out.clone() }).await.unwrap();
+    assert_eq!(recorded(r), JobState::Succeeded);
+    let rec = job(&planner, jobs[0]).await;
+    assert_eq!((rec.state, rec.attempts, rec.output), (JobState::Succeeded, 1, Some(out)));
+    assert_eq!(planner.get_blob(Digest::of(output), 1 << 20).await.unwrap(), output);
+    // The other job waited through the restart and is leased as a first attempt.
+    let next = claim(&w, wid, 4, 1000).await;
+    assert_eq!(next.len(), 1);
+    assert_eq!((next[0].lease.job, next[0].attempt), (jobs[1], 1));
+}
+
+/// Every request kind, in every role: refused with Forbidden exactly where DESIGN's role
+/// table says so (written out here, not derived from `Request::allowed_for`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q11_every_request_outside_a_roles_column_is_forbidden() {
+    use ClientRole::{Observer, Planner, Worker};
+    let q = Agq::start(&[]);
+    let lease = LeaseRef { job: JobId(1), epoch: LeaseEpoch(1) };
+    let (plan, d) = q.plan(COMPONENT, &[]);
+    let (action, _) = q.action(d, &[], 1);
+    let all: &[ClientRole] = &[Planner, Worker, Observer];
+    let cases: Vec<(Request, &[ClientRole])> = vec![
+        (Request::Submit { plan, action }, &[Planner]),
+        (Request::Cancel { job: JobId(1) }, &[Planner]),
+        (Request::PutBlob { digest: Digest::of(b""), size: 0 }, &[Planner, Worker]),
+        (Request::GetBlob { digest: Digest::of(b"none") }, all),
+        (Request::ListJobs { filter: JobFilter::default(), after: None, limit: 10 }, all),
+        (Request::ShowJob { job: JobId(1) }, all),
+        (Request::ListWorkers {}, all),
+        (Request::Stats {}, all),
+        (Request::Register { capabilities: caps("x") }, &[Worker]),
+        (Request::Claim { worker: 1, max: 1, wait_ms: 0 }, &[Worker]),
+        (Request::Heartbeat { worker: 1, leases: vec![lease] }, &[Worker]),
+        (Request::Complete { worker: 1, lease, output: no_output() }, &[Worker]),
+        (Request::Fail { worker: 1, lease, reason: "r".into(), retryable: true }, &[Worker]),
+    ];
+    for role in [Planner, Worker, Observer] {
+        let c = q.client(role).await;
+        let raw = c.connection();
+        for (req, allowed) in &cases {
+            // Raw frames, so put_blob and get_blob are asked the same way as the rest.
+            let (mut send, mut recv) = raw.open_bi().await.unwrap();
+            agenix_proto::wire::write_frame(&mut send, req).await.unwrap();
+            send.finish().unwrap();
+            let resp: Response = agenix_proto::wire::read_frame(&mut recv).await.unwrap();
+            let forbidden = Response::Error {
+                code: ErrorCode::Forbidden,
+                message: format!("the {} role may not {}", role.as_str(), req.name()),
+            };
+            if allowed.contains(&role) {
+                assert_ne!(resp, forbidden, "{} may {}", role.as_str(), req.name());
+            } else {
+                assert_eq!(resp, forbidden, "{} may not {}", role.as_str(), req.name());
+            }
+        }
+        // A second Hello cannot switch the connection to another role.
+        let escalate = Request::Hello {
+            version: agenix_proto::wire::PROTOCOL_VERSION,
+            role: Planner,
+            token: q.token(Planner),
+        };
+        let (code, message) = refused(&c, &escalate).await;
+        assert_eq!((code, message.as_str()), (ErrorCode::BadRequest, "already authenticated"));
+        if role != Planner {
+            let (code, _) = refused(&c, &Request::Cancel { job: JobId(1) }).await;
+            assert_eq!(code, ErrorCode::Forbidden);
+        }
+    }
+    // Nothing the refused requests asked for happened.
+    let obs = q.client(Observer).await;
+    let s = stats(&obs).await;
+    assert_eq!(s.jobs.get("queued"), None, "{s:?}");
+    let Response::Workers { workers } = obs.request(&Request::ListWorkers {}).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(workers.len(), 1, "only the worker role registered: {workers:?}");
+}

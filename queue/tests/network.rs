@@ -1,0 +1,478 @@
+//! Network attacks (TEST-MATRIX rows N1–N5) against a real agq on loopback: clients with
+//! the wrong pin or token, 0-RTT, floods of connections, streams and requests, oversized,
+//! slow and malformed frames.
+
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agenix_proto::link::{Client, LinkError};
+use agenix_proto::wire::{ClientRole, ErrorCode, MAX_FRAME, Request, Response};
+use agenix_proto::{Digest, Fingerprint};
+use common::raw::{self, Raw, frame};
+use common::*;
+
+const HERE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+const ELSEWHERE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn refused_by_limit(e: &quinn::ConnectionError) -> bool {
+    matches!(e, quinn::ConnectionError::ConnectionClosed(c)
+        if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED)
+}
+
+/// The application close agq sent, as (code, reason).
+async fn closed_by_queue(conn: &quinn::Connection) -> (u64, String) {
+    match tokio::time::timeout(TIMEOUT, conn.closed()).await.expect("the connection stayed open") {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            (c.error_code.into_inner(), String::from_utf8_lossy(&c.reason).into_owned())
+        }
+        other => panic!("closed by {other}"),
+    }
+}
+
+async fn workers(c: &Client) -> usize {
+    match c.request(&Request::ListWorkers {}).await.unwrap() {
+        Response::Workers { workers } => workers.len(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n01_wrong_pin_or_token_is_refused_without_state_change() {
+    let q = Agq::start(&[]);
+    let observer = q.client(ClientRole::Observer).await;
+    let planner = q.client(ClientRole::Planner).await;
+    q.submit(&planner, &[b"n01"], 1).await;
+    let before = (stats(&observer).await.jobs, workers(&observer).await);
+
+    // Pinning another identity: the TLS handshake fails on the client, naming both keys.
+    let other = Fingerprint(Digest::of(b"another queue's key"));
+    let err = Client::connect(q.addr, other, ClientRole::Worker, &q.token(ClientRole::Worker))
+        .await
+        .unwrap_err();
+    let LinkError::Connect { message, .. } = &err else { panic!("{err}") };
+    let pin = format!("the queue's identity is {}, not the pinned {other}", q.fingerprint);
+    assert!(message.contains(&pin), "{message}");
+
+    // A wrong token, another role's token, no token: unauthenticated.
+    let wrong = [
+        (ClientRole::Worker, "agq_0123456789".to_string()),
+        (ClientRole::Worker, q.token(ClientRole::Planner)),
+        (ClientRole::Planner, q.token(ClientRole::Observer)),
+        (ClientRole::Observer, String::new()),
+    ];
+    for (role, token) in wrong {
+        let err = Client::connect(q.addr, q.fingerprint, role, &token).await.unwrap_err();
+        let (code, message) = remote(err);
+        assert_eq!(
+            (code, message.as_str()),
+            (ErrorCode::Unauthenticated, "wrong token for that role")
+        );
+    }
+    // Skipping the Hello: a valid submission as the first request is not executed, and the
+    // connection is closed.
+    let (plan, d) = q.plan(COMPONENT, &[]);
+    let (action, _) = q.action(d, &[], 1);
+    let sneaky = raw::connect_from(ELSEWHERE, &q).await.unwrap();
+    let answer = sneaky.ask(&Request::Submit { plan, action }).await;
+    assert_eq!(
+        answer,
+        Response::Error {
+            code: ErrorCode::Unauthenticated,
+            message: "the first request must be hello, not submit".into()
+        }
+    );
+    assert_eq!(closed_by_queue(&sneaky.conn).await, (1, "unauthenticated".to_string()));
+
+    // No state changed.
+    assert_eq!((stats(&observer).await.jobs, workers(&observer).await), before);
+}
+
+/// Records the TLS 1.3 tickets the client is given and resumes with.
+#[derive(Debug)]
+struct Tickets {
+    inner: rustls::client::ClientSessionMemoryCache,
+    early_data_sizes: Mutex<Vec<u32>>,
+    resumed: Mutex<usize>,
+}
+
+impl rustls::client::ClientSessionStore for Tickets {
+    fn set_kx_hint(&self, name: rustls::pki_types::ServerName<'static>, g: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, g);
+    }
+    fn kx_hint(&self, name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value);
+    }
+    fn tls12_session(
+        &self,
+        name: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &rustls::pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(name);
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.early_data_sizes.lock().unwrap().push(value.max_early_data_size());
+        self.inner.insert_tls13_ticket(name, value);
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        let t = self.inner.take_tls13_ticket(name);
+        if t.is_some() {
+            *self.resumed.lock().unwrap() += 1;
+        }
+        t
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n02_zero_rtt_is_never_accepted() {
+    let q = Agq::start(&[]);
+    let tickets = Arc::new(Tickets {
+        inner: rustls::client::ClientSessionMemoryCache::new(8),
+        early_data_sizes: Mutex::new(vec![]),
+        resumed: Mutex::new(0),
+    });
+    // A client that would send 0-RTT data if the queue let it.
+    let mut tls = raw::tls(q.fingerprint);
+    tls.enable_early_data = true;
+    tls.resumption = rustls::client::Resumption::store(tickets.clone());
+    let endpoint = raw::endpoint(HERE, raw::quic(tls));
+
+    let conn = endpoint.connect(q.addr, "agenix-queue").unwrap().await.unwrap();
+    let first = Raw { endpoint: endpoint.clone(), conn };
+    let hello = first.hello(ClientRole::Observer, &q.token(ClientRole::Observer)).await;
+    assert!(matches!(hello, Response::HelloOk { .. }), "{hello:?}");
+    assert!(matches!(first.ask(&Request::Stats {}).await, Response::Stats { .. }));
+    // Tickets arrive after the handshake.
+    let give_up = Instant::now() + TIMEOUT;
+    while tickets.early_data_sizes.lock().unwrap().is_empty() {
+        assert!(Instant::now() < give_up, "the queue sent no session ticket");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sizes = tickets.early_data_sizes.lock().unwrap().clone();
+    assert!(sizes.iter().all(|s| *s == 0), "a ticket allows early data: {sizes:?}");
+    first.conn.close(0u32.into(), b"bye");
+
+    // Reconnecting with a ticket: the session resumes but there is no 0-RTT to replay.
+    let connecting = endpoint.connect(q.addr, "agenix-queue").unwrap();
+    let conn = match connecting.into_0rtt() {
+        Err(connecting) => connecting.await.unwrap(),
+        Ok((conn, accepted)) => {
+            // Had the client been able to try, the queue must still have rejected it.
+            let replay = conn.open_bi().await;
+            assert!(!accepted.await, "the queue accepted 0-RTT data");
+            drop(replay);
+            conn
+        }
+    };
+    assert_eq!(*tickets.resumed.lock().unwrap(), 1, "the second connection did not resume");
+    // The connection itself is fine once the handshake is complete.
+    let second = Raw { endpoint, conn };
+    let hello = second.hello(ClientRole::Observer, &q.token(ClientRole::Observer)).await;
+    assert!(matches!(hello, Response::HelloOk { .. }), "{hello:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n03_connection_flood_is_capped_per_ip_and_other_clients_are_served() {
+    let q = Agq::start(&[]);
+    // Ten connections (the default cap) from one address that never say Hello.
+    let mut flood = Vec::new();
+    for _ in 0..10 {
+        flood.push(raw::connect_from(HERE, &q).await.unwrap());
+    }
+    // The eleventh from that address is refused during the handshake, token or not.
+    let err = raw::connect_from(HERE, &q).await.unwrap_err();
+    assert!(refused_by_limit(&err), "{err}");
+    let err =
+        Client::connect(q.addr, q.fingerprint, ClientRole::Planner, &q.token(ClientRole::Planner))
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(&err, LinkError::Connect { message, .. }
+            if message == "aborted by peer: the server refused to accept a new connection"),
+        "{err}"
+    );
+    // A client from another address is served.
+    let legit = raw::client_from(ELSEWHERE, &q, ClientRole::Planner).await;
+    assert!(matches!(legit.ask(&Request::Stats {}).await, Response::Stats { .. }));
+    // The flood's connections end: the address is served again.
+    for f in &flood {
+        f.conn.close(0u32.into(), b"done");
+    }
+    let give_up = Instant::now() + TIMEOUT;
+    loop {
+        match raw::connect_from(HERE, &q).await {
+            Ok(r) => {
+                let hello = r.hello(ClientRole::Observer, &q.token(ClientRole::Observer)).await;
+                assert!(matches!(hello, Response::HelloOk { .. }), "{hello:?}");
+                break;
+            }
+            Err(e) => assert!(refused_by_limit(&e) && Instant::now() < give_up, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n03_silent_connections_are_closed_after_the_request_timeout() {
+    let q = Agq::start(&["--request-timeout-ms", "500"]);
+    let mut flood = Vec::new();
+    for _ in 0..10 {
+        flood.push(raw::connect_from(HERE, &q).await.unwrap());
+    }
+    assert!(refused_by_limit(&raw::connect_from(HERE, &q).await.unwrap_err()));
+    // Nobody said Hello in time: agq closes every one and frees their slots.
+    for f in &flood {
+        assert_eq!(closed_by_queue(&f.conn).await, (1, "unauthenticated".to_string()));
+    }
+    // Silence is not a failed login: the address is not banned, and is served again.
+    let c = raw::client_from(HERE, &q, ClientRole::Observer).await;
+    assert!(matches!(c.ask(&Request::Stats {}).await, Response::Stats { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n03_five_failed_logins_get_the_address_refused() {
+    let q = Agq::start(&[]);
+    let already = q.client(ClientRole::Observer).await;
+    for i in 0..5 {
+        let token = format!("agq_guess_{i}");
+        let err =
+            Client::connect(q.addr, q.fingerprint, ClientRole::Worker, &token).await.unwrap_err();
+        assert_eq!(remote(err).0, ErrorCode::Unauthenticated);
+    }
+    // The sixth connection from that address is refused, even with the right token.
+    let err = raw::connect_from(HERE, &q).await.unwrap_err();
+    assert!(refused_by_limit(&err), "{err}");
+    let err =
+        Client::connect(q.addr, q.fingerprint, ClientRole::Worker, &q.token(ClientRole::Worker))
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(&err, LinkError::Connect { message, .. }
+            if message == "aborted by peer: the server refused to accept a new connection"),
+        "{err}"
+    );
+    // Other addresses are served, and so is the connection that was already open.
+    let other = raw::client_from(ELSEWHERE, &q, ClientRole::Worker).await;
+    assert!(matches!(other.ask(&Request::Stats {}).await, Response::Stats { .. }));
+    assert!(matches!(already.request(&Request::Stats {}).await.unwrap(), Response::Stats { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n03_requests_over_the_per_ip_rate_are_refused() {
+    // Each connection may make 20 requests a minute; the address, 2 × 20 over all of its.
+    let q = Agq::start(&["--requests-per-minute", "20", "--connections-per-ip", "2"]);
+    let limited = (ErrorCode::RateLimited, "too many requests: slow down".to_string());
+    let c = q.client(ClientRole::Observer).await;
+    for i in 0..20 {
+        assert!(
+            matches!(c.request(&Request::Stats {}).await, Ok(Response::Stats { .. })),
+            "request {i} of 20"
+        );
+    }
+    assert_eq!(refused(&c, &Request::Stats {}).await, limited);
+    // A second connection from the address has a budget of its own ...
+    let c2 = q.client(ClientRole::Worker).await;
+    for i in 0..20 {
+        assert!(
+            matches!(c2.request(&Request::Stats {}).await, Ok(Response::Stats { .. })),
+            "second connection, request {i} of 20"
+        );
+    }
+    assert_eq!(refused(&c2, &Request::Stats {}).await, limited);
+    // ... but the address's is spent: reconnecting after every connection from it closed
+    // does not refill it, while another address is served.
+    c.close();
+    c2.close();
+    drop((c, c2));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c3 = q.client(ClientRole::Observer).await;
+    assert_eq!(refused(&c3, &Request::Stats {}).await, limited);
+    let other = raw::client_from(ELSEWHERE, &q, ClientRole::Observer).await;
+    assert!(matches!(other.ask(&Request::Stats {}).await, Response::Stats { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n04_oversized_frame_is_refused_and_closes_the_connection() {
+    let q = Agq::start(&[]);
+    let c = q.client(ClientRole::Planner).await;
+    let conn = c.connection().clone();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let announced = MAX_FRAME + 1;
+    send.write_all(&u32::try_from(announced).unwrap().to_be_bytes()).await.unwrap();
+    send.write_all(br#"{"type":"stats""#).await.unwrap();
+    // Not finished: agq must answer without waiting for the announced mebibyte.
+    let answer: Response = tokio::time::timeout(TIMEOUT, agenix_proto::wire::read_frame(&mut recv))
+        .await
+        .expect("no answer to an oversized frame")
+        .unwrap();
+    assert_eq!(
+        answer,
+        Response::Error {
+            code: ErrorCode::TooLarge,
+            message: format!("frame of {announced} bytes is over the limit")
+        }
+    );
+    assert_eq!(closed_by_queue(&conn).await, (3, "frame too large".to_string()));
+    assert!(c.is_closed());
+    // agq goes on serving.
+    let other = q.client(ClientRole::Observer).await;
+    assert!(matches!(other.request(&Request::Stats {}).await.unwrap(), Response::Stats { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n04_slow_sender_is_reset_after_the_request_timeout() {
+    let q = Agq::start(&["--request-timeout-ms", "500"]);
+    let c = q.client(ClientRole::Planner).await;
+    let conn = c.connection().clone();
+    // Half a frame, then nothing.
+    let start = Instant::now();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let whole = frame(br#"{"type":"stats"}"#);
+    send.write_all(&whole[..whole.len() / 2]).await.unwrap();
+    let r = tokio::time::timeout(TIMEOUT, recv.read_to_end(1 << 20))
+        .await
+        .expect("the stalled stream was never given up");
+    assert!(
+        matches!(&r, Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) if code.into_inner() == 2),
+        "{r:?}"
+    );
+    assert!(start.elapsed() >= Duration::from_millis(450), "reset before the timeout");
+    drop(send);
+    // A blob upload that stalls is answered as too slow.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let put = Request::PutBlob { digest: Digest::of(b"0123456789"), size: 10 };
+    agenix_proto::wire::write_frame(&mut send, &put).await.unwrap();
+    send.write_all(b"01234").await.unwrap();
+    let answer: Response = tokio::time::timeout(TIMEOUT, agenix_proto::wire::read_frame(&mut recv))
+        .await
+        .expect("no answer to a stalled upload")
+        .unwrap();
+    assert_eq!(
+        answer,
+        Response::Error { code: ErrorCode::BadRequest, message: "upload too slow".into() }
+    );
+    // The connection survives both.
+    assert!(matches!(c.request(&Request::Stats {}).await.unwrap(), Response::Stats { .. }));
+    let err = c.get_blob(Digest::of(b"0123456789"), 100).await.unwrap_err();
+    assert_eq!(remote(err).0, ErrorCode::NotFound);
+}
+
+/// The cap is 64 concurrent streams per connection. quinn returns stream credit in batches
+/// (once more than 1/8 of the window is free), so a client sees between 56 and 64 slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n04_streams_over_the_cap_wait_for_a_free_slot() {
+    let q = Agq::start(&["--request-timeout-ms", "3000"]);
+    let c = q.client(ClientRole::Planner).await;
+    let conn = c.connection().clone();
+    // Open streams, each stalled mid-frame, until one has to wait.
+    let mut stalled = Vec::new();
+    let mut waiting = loop {
+        let mut next = Box::pin(conn.open_bi());
+        match tokio::time::timeout(Duration::from_millis(500), &mut next).await {
+            Ok(opened) => {
+                let (mut send, recv) = opened.unwrap();
+                send.write_all(&[0, 0]).await.unwrap();
+                stalled.push((send, recv));
+                assert!(stalled.len() <= 64, "more than 64 concurrent streams");
+            }
+            Err(_) => break next,
+        }
+    };
+    assert!(stalled.len() >= 56, "only {} concurrent streams", stalled.len());
+    // agq gives up on every stalled stream after the request timeout (and asks the client to
+    // stop sending on it) ...
+    for (_, recv) in &mut stalled {
+        let r = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
+            .await
+            .expect("a stalled stream was never given up");
+        assert!(
+            matches!(&r, Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) if code.into_inner() == 2),
+            "{r:?}"
+        );
+    }
+    // ... and once the client lets go of them, the waiting stream gets a slot and is served.
+    drop(stalled);
+    let (mut send, mut recv) =
+        tokio::time::timeout(TIMEOUT, &mut waiting).await.expect("no slot came free").unwrap();
+    agenix_proto::wire::write_frame(&mut send, &Request::Stats {}).await.unwrap();
+    send.finish().unwrap();
+    let answer: Response = agenix_proto::wire::read_frame(&mut recv).await.unwrap();
+    assert!(matches!(answer, Response::Stats { .. }), "{answer:?}");
+    assert!(!c.is_closed());
+    assert!(matches!(c.request(&Request::Stats {}).await.unwrap(), Response::Stats { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n05_garbage_truncated_frames_and_invalid_json_get_clear_errors_and_the_connection_survives()
+ {
+    let mut q = Agq::start(&[]);
+    let c = q.client(ClientRole::Planner).await;
+    let conn = c.connection();
+    let mut noise = vec![0u8; 4096];
+    getrandom::fill(&mut noise).unwrap();
+    noise[0] = 0xff; // never valid UTF-8
+    let answered: Vec<(Vec<u8>, &str)> = vec![
+        (frame(b"\xff\xfe\x00garbage"), "not UTF-8 (invalid byte at offset 0)"),
+        (frame(&noise), "not UTF-8 (invalid byte at offset 0)"),
+        (frame(br#"{"type":"stats""#), "EOF while parsing an object at line 1 column 15"),
+        (frame(b""), "EOF while parsing a value at line 1 column 0"),
+        (frame(b"[1,2,3]"), "invalid type: integer `1`, expected variant identifier"),
+        (frame(br#"{"type":"shell","cmd":"rm -rf /"}"#), "type: unknown variant `shell`"),
+        (frame(br#"{"type":"show_job","job":1,"x":1}"#), "unknown field `x`"),
+        (frame(br#"{"type":"show_job","job":1,"job":2}"#), "job: duplicate key \"job\""),
+        (frame(br#"{"type":"show_job","job":123456789012345678901234567890}"#), "expected u64"),
+        (frame(br#"{"type":"stats"} trailing"#), "trailing characters at line 1 column 18"),
+        (frame(&vec![b' '; MAX_FRAME]), "EOF while parsing a value at line 1 column 1048576"),
+    ];
+    for (bytes, expected) in answered {
+        let out = raw::exchange(conn, &bytes).await.unwrap();
+        let Response::Error { code, message } = raw::response(&out) else { panic!("{out:?}") };
+        assert_eq!(code, ErrorCode::BadRequest, "{message}");
+        assert!(message.contains(expected), "{message:?} does not contain {expected:?}");
+        // The connection survives for the next valid request.
+        assert!(matches!(c.request(&Request::Stats {}).await.unwrap(), Response::Stats { .. }));
+    }
+    // Truncated frames end their stream without an answer; the connection survives.
+    let mut truncated = 100u32.to_be_bytes().to_vec();
+    truncated.extend_from_slice(br#"{"type""#);
+    for bytes in [truncated, vec![0, 0], vec![]] {
+        let out = raw::exchange(conn, &bytes).await;
+        assert!(matches!(&out, Ok(b) if b.is_empty()), "{bytes:?} got {out:?}");
+        assert!(matches!(c.request(&Request::Stats {}).await.unwrap(), Response::Stats { .. }));
+    }
+    // Garbage instead of a Hello: a clear error, then the connection is closed.
+    let fresh = raw::connect_from(ELSEWHERE, &q).await.unwrap();
+    let out = fresh.exchange(&frame(b"\x00\x01\x02")).await.unwrap();
+    let Response::Error { code, message } = raw::response(&out) else { panic!("{out:?}") };
+    assert_eq!(
+        (code, message.as_str()),
+        (ErrorCode::BadRequest, "invalid message: expected value at line 1 column 1")
+    );
+    assert_eq!(closed_by_queue(&fresh.conn).await, (1, "unauthenticated".to_string()));
+    // agq is alive, serves a new client, and never panicked.
+    assert!(q.is_running());
+    let other = q.client(ClientRole::Observer).await;
+    assert!(matches!(other.request(&Request::Stats {}).await.unwrap(), Response::Stats { .. }));
+    assert!(!q.log().contains("panicked"), "{}", q.log());
+}

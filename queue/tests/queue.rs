@@ -1,0 +1,113 @@
+//! A real agq on loopback, driven through every job state by test clients in each role.
+
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+
+mod common;
+
+use agenix_proto::job::{JobOutput, JobState, LeaseRef};
+use agenix_proto::wire::{ClientRole, ErrorCode, Request, Response};
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_goes_from_submission_to_success() {
+    let q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    let worker = q.client(ClientRole::Worker).await;
+    let jobs = q.submit(&planner, &[b"input one"], 3).await;
+    assert_eq!(jobs.len(), 1);
+    assert!(matches!(job(&planner, jobs[0]).await.state, JobState::Queued { .. }));
+    let w = register(&worker, "w1").await;
+    let leases = claim(&worker, w, 4, 1000).await;
+    assert_eq!(leases.len(), 1);
+    let lease = &leases[0];
+    assert_eq!(lease.lease.job, jobs[0]);
+    assert_eq!(lease.attempt, 1);
+    // The worker gets everything it must verify: both envelopes and the input.
+    let input = lease.input.clone().unwrap();
+    assert_eq!(worker.get_blob(input.digest, 1 << 20).await.unwrap(), b"input one");
+    let out = worker.put_blob(b"the output").await.unwrap();
+    assert!(matches!(out, Response::BlobStored { .. }));
+    let output = JobOutput {
+        succeeded: true,
+        reports: vec![],
+        output: Some(agenix_proto::InputRef {
+            digest: agenix_proto::Digest::of(b"the output"),
+            size: 10,
+        }),
+    };
+    let r =
+        worker.request(&Request::Complete { worker: w, lease: lease.lease, output }).await.unwrap();
+    assert!(matches!(r, Response::Recorded { state: JobState::Succeeded, .. }), "{r:?}");
+    let done = job(&planner, jobs[0]).await;
+    assert_eq!(done.state, JobState::Succeeded);
+    let out = done.output.unwrap().output.unwrap();
+    assert_eq!(planner.get_blob(out.digest, 1 << 20).await.unwrap(), b"the output");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q11_roles_are_enforced() {
+    let q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    let worker = q.client(ClientRole::Worker).await;
+    let observer = q.client(ClientRole::Observer).await;
+    // A worker token can never submit or cancel.
+    let (plan, d) = q.plan(b"c", &[]);
+    let (action, _) = q.action(d, &[], 1);
+    let err = worker.request(&Request::Submit { plan, action }).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    assert!(err.to_string().contains("the worker role may not submit"), "{err}");
+    // A planner token can never claim.
+    let err = planner.request(&Request::Claim { worker: 1, max: 1, wait_ms: 0 }).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    // An observer only reads.
+    let err =
+        observer.request(&Request::Cancel { job: agenix_proto::job::JobId(1) }).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    assert!(matches!(observer.request(&Request::Stats {}).await.unwrap(), Response::Stats { .. }));
+    let err = observer.put_blob(b"x").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    let _ = LeaseRef { job: agenix_proto::job::JobId(1), epoch: agenix_proto::job::LeaseEpoch(1) };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_and_their_plans_are_forgotten_after_retention() {
+    let mut q = Agq::start(&["--retention", "1s"]);
+    let planner = q.client(ClientRole::Planner).await;
+    let worker = q.client(ClientRole::Worker).await;
+    let jobs = q.submit(&planner, &[], 1).await;
+    let w = register(&worker, "w1").await;
+    let lease = claim(&worker, w, 1, 1000).await.remove(0).lease;
+    let r =
+        worker.request(&Request::Complete { worker: w, lease, output: no_output() }).await.unwrap();
+    assert!(matches!(r, Response::Recorded { state: JobState::Succeeded, .. }), "{r:?}");
+    let gone = (ErrorCode::NotFound, format!("no job {}", jobs[0]));
+    let mut waited = 0;
+    while refused_or_none(&planner, jobs[0]).await != Some(gone.clone()) {
+        assert!(waited < 100, "job {} still remembered after 10 s", jobs[0]);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    // On disk too: no job and no plan left, while the action stays (it dedups resubmission
+    // until it expires).
+    planner.close();
+    worker.close();
+    q.kill();
+    use agenix_queue::store::Store as _;
+    let loaded =
+        agenix_queue::store::RedbStore::open(&q.data().join("queue.redb")).unwrap().load().unwrap();
+    assert!(loaded.jobs.is_empty(), "{:?}", loaded.jobs);
+    assert!(loaded.plans.is_empty(), "{} plans kept", loaded.plans.len());
+    assert_eq!(loaded.actions.len(), 1);
+}
+
+/// The refusal `ShowJob` gets, or `None` when the job is still shown.
+async fn refused_or_none(
+    c: &agenix_proto::link::Client,
+    id: agenix_proto::job::JobId,
+) -> Option<(ErrorCode, String)> {
+    match c.request(&Request::ShowJob { job: id }).await {
+        Ok(Response::Job { .. }) => None,
+        Err(e) => Some(remote(e)),
+        Ok(other) => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,292 @@
+//! What agq checks at submission and upload (TEST-MATRIX rows P2, P4, P11 at the queue, and
+//! the blob store), against a real agq on loopback.
+
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+
+mod common;
+
+use agenix_proto::envelope::{sign_action, sign_plan};
+use agenix_proto::job::{JobOutput, JobState};
+use agenix_proto::keys::{KeyId, signing_key_from_seed};
+use agenix_proto::link::Client;
+use agenix_proto::wire::{ClientRole, ErrorCode, JobFilter, Request, Response};
+use agenix_proto::{Action, Digest, Fingerprint, InputRef};
+use common::*;
+
+/// Nothing was enqueued: no job in any state.
+async fn assert_empty(c: &Client) {
+    assert_eq!(stats(c).await.jobs, Default::default());
+    assert!(list(c, JobFilter::default()).await.is_empty());
+}
+
+async fn upload(c: &Client, blobs: &[&[u8]]) {
+    for b in blobs {
+        assert!(matches!(c.put_blob(b).await.unwrap(), Response::BlobStored { .. }));
+    }
+}
+
+/// Sends a `put_blob` header announcing `digest` and `size`, then `bytes`, on a raw stream
+/// (finished when `finish`), and returns the answer.
+async fn put_raw(c: &Client, digest: Digest, size: u64, bytes: &[u8], finish: bool) -> Response {
+    let (mut send, mut recv) = c.connection().open_bi().await.unwrap();
+    agenix_proto::wire::write_frame(&mut send, &Request::PutBlob { digest, size }).await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    if finish {
+        send.finish().unwrap();
+    }
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        agenix_proto::wire::read_frame(&mut recv),
+    )
+    .await
+    .expect("no answer")
+    .unwrap()
+}
+
+fn error(code: ErrorCode, message: String) -> Response {
+    Response::Error { code, message }
+}
+
+/// Files in the blob store, upload temporaries included.
+fn stored_files(q: &Agq) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(q.data().join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p04_replayed_action_is_recognised_after_a_queue_restart() {
+    let mut q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    let inputs: [&[u8]; 2] = [b"p04 one", b"p04 two"];
+    upload(&planner, &[COMPONENT, inputs[0], inputs[1]]).await;
+    let (plan, digest) = q.plan(COMPONENT, &[]);
+    let action = q.unsigned_action(digest, &inputs, 3);
+    let submit = Request::Submit { plan: plan.clone(), action: q.sign(&action) };
+    let Response::Submitted { jobs, duplicate: false } = planner.request(&submit).await.unwrap()
+    else {
+        panic!()
+    };
+    // One of its jobs runs to completion before the restart.
+    let w = q.client(ClientRole::Worker).await;
+    let wid = register(&w, "w").await;
+    let lease = claim(&w, wid, 1, 1000).await[0].lease;
+    let done = Request::Complete { worker: wid, lease, output: no_output() };
+    w.request(&done).await.unwrap();
+
+    q.restart();
+    drop((planner, w));
+    let planner = q.client(ClientRole::Planner).await;
+    // The identical action is recognised: its jobs, nothing new, nothing re-run.
+    let again = planner.request(&submit).await.unwrap();
+    assert_eq!(again, Response::Submitted { jobs: jobs.clone(), duplicate: true });
+    assert_eq!(job(&planner, lease.job).await.state, JobState::Succeeded);
+    // The same id with other bytes is refused.
+    let changed = Action { inputs: action.inputs[..1].to_vec(), ..action.clone() };
+    let (code, message) =
+        refused(&planner, &Request::Submit { plan, action: q.sign(&changed) }).await;
+    assert_eq!(code, ErrorCode::Conflict);
+    assert_eq!(
+        message,
+        format!("action {} was already submitted with different content", action.action_id)
+    );
+    let s = stats(&planner).await;
+    assert_eq!(s.jobs.get("succeeded"), Some(&1));
+    assert_eq!(s.jobs.get("queued"), Some(&1));
+    assert_eq!(s.jobs.values().sum::<u64>(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p11_action_for_another_queue_is_invalid_and_nothing_is_enqueued() {
+    let q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    upload(&planner, &[COMPONENT]).await;
+    let (plan, digest) = q.plan(COMPONENT, &[]);
+    let other = Fingerprint(Digest::of(b"another queue's key"));
+    let action = Action { audience: other, ..q.unsigned_action(digest, &[], 3) };
+    let req = Request::Submit { plan: plan.clone(), action: q.sign(&action) };
+    let (code, message) = refused(&planner, &req).await;
+    assert_eq!(code, ErrorCode::Invalid);
+    assert_eq!(
+        message,
+        format!("action: the action is for queue {other}, not this one ({})", q.fingerprint)
+    );
+    assert_empty(&planner).await;
+    // The refused action left no trace: the same id, addressed to this queue, is new.
+    let fixed = Action { audience: q.fingerprint, ..action };
+    let resp = planner.request(&Request::Submit { plan, action: q.sign(&fixed) }).await.unwrap();
+    assert!(matches!(resp, Response::Submitted { duplicate: false, .. }), "{resp:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p02_plan_or_action_signed_by_an_unknown_key_is_invalid_at_submit() {
+    let q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    upload(&planner, &[COMPONENT]).await;
+    let stranger = signing_key_from_seed(&[7; 32]);
+    let stranger_id = KeyId::of(&stranger.verifying_key());
+    let untrusted = format!("no signature is by a trusted key (signed by {stranger_id})");
+
+    // A plan signed by a key the queue does not trust.
+    let plan = plan_value(COMPONENT, &[]);
+    let digest = Digest::of(&plan.to_payload());
+    let (action, _) = q.action(digest, &[], 3);
+    let req = Request::Submit { plan: sign_plan(&plan, &stranger).unwrap(), action };
+    let (code, message) = refused(&planner, &req).await;
+    assert_eq!((code, message), (ErrorCode::Invalid, format!("plan: {untrusted}")));
+
+    // An action signed by it, for a trusted plan.
+    let (plan, digest) = q.plan(COMPONENT, &[]);
+    let action = sign_action(&q.unsigned_action(digest, &[], 3), &stranger).unwrap();
+    let (code, message) = refused(&planner, &Request::Submit { plan, action }).await;
+    assert_eq!((code, message), (ErrorCode::Invalid, format!("action: {untrusted}")));
+    assert_empty(&planner).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p11_submission_naming_a_blob_not_uploaded_is_invalid_naming_the_digest() {
+    let q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    let (stored, missing): (&[u8], &[u8]) = (b"uploaded", b"never uploaded");
+    upload(&planner, &[COMPONENT, stored]).await;
+    let (plan, digest) = q.plan(COMPONENT, &[]);
+
+    // An input that was never uploaded.
+    let (action, _) = q.action(digest, &[stored, missing], 3);
+    let req = Request::Submit { plan: plan.clone(), action };
+    let (code, message) = refused(&planner, &req).await;
+    assert_eq!(code, ErrorCode::Invalid);
+    assert_eq!(message, format!("blobs not stored (upload them first): {}", Digest::of(missing)));
+
+    // An input stored with another size than the action says.
+    let mut action = q.unsigned_action(digest, &[stored], 3);
+    action.inputs = vec![InputRef { digest: Digest::of(stored), size: 999 }];
+    let req = Request::Submit { plan, action: q.sign(&action) };
+    let (code, message) = refused(&planner, &req).await;
+    assert_eq!(code, ErrorCode::Invalid);
+    assert_eq!(
+        message,
+        format!(
+            "blobs not stored (upload them first): {} (stored with 8 bytes, the action says 999)",
+            Digest::of(stored)
+        )
+    );
+
+    // A plan whose component was never uploaded.
+    let component: &[u8] = b"a component nobody uploaded";
+    let (plan, digest) = q.plan(component, &[]);
+    let (action, _) = q.action(digest, &[], 3);
+    let (code, message) = refused(&planner, &Request::Submit { plan, action }).await;
+    assert_eq!(code, ErrorCode::Invalid);
+    assert_eq!(message, format!("blobs not stored (upload them first): {}", Digest::of(component)));
+    assert_empty(&planner).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_whose_bytes_do_not_match_the_announced_digest_is_invalid() {
+    let q = Agq::start(&[]);
+    let c = q.client(ClientRole::Planner).await;
+    let (announced, sent): (&[u8], &[u8]) = (b"what I announce", b"what I send 123");
+    assert_eq!(announced.len(), sent.len());
+    let answer = put_raw(&c, Digest::of(announced), 15, sent, true).await;
+    let message =
+        format!("blob announced as {} hashes to {}", Digest::of(announced), Digest::of(sent));
+    assert_eq!(answer, error(ErrorCode::Invalid, message));
+    // A stream that ends early.
+    let answer = put_raw(&c, Digest::of(announced), 15, &announced[..4], true).await;
+    assert_eq!(answer, error(ErrorCode::Invalid, "blob ended after 4 of 15 bytes".into()));
+    // Nothing is stored under either digest, and no upload temporary is left behind.
+    for d in [Digest::of(announced), Digest::of(sent)] {
+        let (code, message) = remote(c.get_blob(d, 1 << 20).await.unwrap_err());
+        assert_eq!((code, message), (ErrorCode::NotFound, format!("no blob {d}")));
+    }
+    assert_eq!(stored_files(&q), Vec::<String>::new());
+    // The connection is fine.
+    assert!(matches!(c.put_blob(announced).await.unwrap(), Response::BlobStored { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_over_max_blob_is_too_large() {
+    let q = Agq::start(&["--max-blob", "1024"]);
+    let c = q.client(ClientRole::Worker).await;
+    // Refused on the header, before any byte is read.
+    let big = vec![7u8; 1025];
+    let answer = put_raw(&c, Digest::of(&big), 1025, &[], false).await;
+    let message = "blob of 1025 bytes is over the limit of 1024".to_string();
+    assert_eq!(answer, error(ErrorCode::TooLarge, message));
+    // The connection is fine.
+    assert!(matches!(c.request(&Request::Stats {}).await.unwrap(), Response::Stats { .. }));
+    // At the limit is fine.
+    let fits = vec![7u8; 1024];
+    let stored = c.put_blob(&fits).await.unwrap();
+    assert_eq!(
+        stored,
+        Response::BlobStored { digest: Digest::of(&fits), size: 1024, existed: false }
+    );
+    assert_eq!(stored_files(&q), vec![Digest::of(&fits).hex()]);
+}
+
+/// agq refuses a blob far over the cap on its header and stops reading; the client still
+/// reports the queue's reason, not a bare "sending stopped by peer".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_far_over_max_blob_is_reported_as_too_large_by_the_client() {
+    let q = Agq::start(&["--max-blob", "1024"]);
+    let c = q.client(ClientRole::Worker).await;
+    let big = vec![7u8; 4 << 20];
+    let (code, message) = remote(c.put_blob(&big).await.unwrap_err());
+    assert_eq!(code, ErrorCode::TooLarge);
+    assert_eq!(message, "blob of 4194304 bytes is over the limit of 1024");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_uploaded_twice_is_stored_once() {
+    let q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    let worker = q.client(ClientRole::Worker).await;
+    let bytes: &[u8] = b"the same bytes twice";
+    let d = Digest::of(bytes);
+    let size = bytes.len() as u64;
+    let first = planner.put_blob(bytes).await.unwrap();
+    assert_eq!(first, Response::BlobStored { digest: d, size, existed: false });
+    for c in [&planner, &worker] {
+        let again = c.put_blob(bytes).await.unwrap();
+        assert_eq!(again, Response::BlobStored { digest: d, size, existed: true });
+    }
+    assert_eq!(stored_files(&q), vec![d.hex()]);
+    assert_eq!(worker.get_blob(d, 1 << 20).await.unwrap(), bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_naming_an_output_blob_not_uploaded_is_invalid() {
+    let q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    let jobs = q.submit(&planner, &[b"input"], 3).await;
+    let w = q.client(ClientRole::Worker).await;
+    let wid = register(&w, "w").await;
+    let lease = claim(&w, wid, 1, 1000).await[0].lease;
+    let out: &[u8] = b"an output never uploaded";
+    let output = JobOutput {
+        succeeded: true,
+        reports: vec![],
+        output: Some(InputRef { digest: Digest::of(out), size: out.len() as u64 }),
+    };
+    let req = Request::Complete { worker: wid, lease, output: output.clone() };
+    let (code, message) = refused(&w, &req).await;
+    assert_eq!(code, ErrorCode::Invalid);
+    assert_eq!(
+        message,
+        format!(
+            "output blob {} ({} bytes) is not stored: upload it first",
+            Digest::of(out),
+            out.len()
+        )
+    );
+    // The job is still the worker's; after the upload the same report is recorded.
+    assert!(matches!(job(&planner, jobs[0]).await.state, JobState::Leased { .. }));
+    w.put_blob(out).await.unwrap();
+    let r = w.request(&req).await.unwrap();
+    assert_eq!(r, Response::Recorded { job: jobs[0], state: JobState::Succeeded });
+}
