@@ -1,39 +1,56 @@
 #!/usr/bin/env bash
-# The quickstart: build agx and the standard AUs, push the AUs to a fresh local store, make
-# and trust a signer key, sign the example plans (pinning each AU by digest), verify them,
-# and run them on the bundled sample data, printing each result and its per-task table.
+# The quickstart: build everything, start a queue (agq, with its embedded store) and a worker
+# (agw) on loopback, push the standard AUs, sign and submit the example plans on the bundled
+# sample data, print each result and its per-task table, and stop what it started.
 # Everything it creates lives in a scratch directory (printed at the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
 scripts/setup.sh
-echo "== building agx and the standard AUs (the first build takes several minutes)"
-cargo build --release --locked -p agenix-planner
+echo "== building agq, agw, agx and the standard AUs (the first build takes several minutes)"
+cargo build --release --locked -p agenix-queue -p agenix-runtime -p agenix-planner
 cargo build --locked -p agenix-aus --profile au --target wasm32-wasip2
-agx=$root/target/release/agx
+bin=$root/target/release
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/agenix-quickstart.XXXXXX")
-export AGX_STORE=$work/store AGX_CACHE=$work/cache
+pids=()
+stop() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap stop EXIT
 cd "$work"
 
-echo "== the standard AUs, checked against agenix:au/unit and pushed to $AGX_STORE"
-for au in "$root"/target/wasm32-wasip2/au/*.wasm; do
-    "$agx" au push "$au" | tail -n 1
-done
+echo "== a queue on loopback, with a signer it trusts"
+fingerprint=$("$bin/agq" init --data queue | head -n 1)
+"$bin/agx" keygen --out signer.key >/dev/null
+"$bin/agx" trust add signer.key.pub --name quickstart --trust queue/trust.json
+"$bin/agq" serve --data queue --listen 127.0.0.1:0 >agq.out 2>agq.log &
+pids+=($!)
+for _ in $(seq 100); do grep -q serving agq.out 2>/dev/null && break; sleep 0.1; done
+addr=$(awk '{print $4}' agq.out)
+echo "agq serving on $addr as $fingerprint"
 
-echo "== a signer key, trusted for plans and actions"
-"$agx" keygen --out signer.key
-"$agx" trust add signer.key.pub --name quickstart --trust trust.json
+echo "== a worker, verifying everything with the same trust file"
+"$bin/agw" --queue "$addr" --fingerprint "$fingerprint" --token-file queue/worker.token \
+    --trust queue/trust.json --cache-dir worker-cache --name quickstart-worker 2>agw.log &
+pids+=($!)
+
+export AGX_QUEUE=$addr AGX_FINGERPRINT=$fingerprint AGX_TOKEN_FILE=$work/queue/planner.token
+export AGX_KEY=$work/signer.key AGX_STORE=$work/store AGX_CACHE=$work/cache
+
+echo "== the standard AUs, checked against agenix:au/unit and pushed to the store and the queue"
+for au in "$root"/target/wasm32-wasip2/au/*.wasm; do
+    "$bin/agx" au push "$au" | tail -n 1
+done
 
 for example in log-errors:app.log orders-report:orders.csv; do
     plan=${example%%:*} data=${example#*:}
     echo
-    echo "== $plan: sign (locking each AU to its digest), verify, run on examples/data/$data"
-    "$agx" plan sign "$root/examples/$plan.json" --key signer.key --out "$plan.env"
-    "$agx" plan verify "$plan.env" --trust trust.json
-    "$agx" run "$plan.env" --trust trust.json --input "$root/examples/data/$data"
+    echo "== $plan: sign (each AU pinned by digest), submit with examples/data/$data, watch"
+    "$bin/agx" plan sign "$root/examples/$plan.json" --out "$plan.env" | tail -n 1
+    "$bin/agx" submit "$plan.env" --input "$root/examples/data/$data" --watch
 done
 
 echo
-echo "== done; the store, keys and signed plans are in $work"
+"$bin/agx" queue stats
+echo
+echo "== done; logs, keys and signed plans are in $work"

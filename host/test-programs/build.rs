@@ -10,7 +10,7 @@ use std::process::Command;
 
 const GUESTS: &[&str] = &[
     "spin", "grow", "sleep", "fs", "fill", "flood", "socket", "exit", "random", "echo", "randloop",
-    "unlinked", "tryspin",
+    "unlinked", "tryspin", "nap",
 ];
 const AUS: &[&str] =
     &["grep", "wc", "sort", "uniq", "head", "tail", "cut", "jq", "csv2json", "sha256sum"];

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use agenix_host::wasm::{Allocator, WasmConfig, WasmHost};
-use agenix_proto::{Access, Invalid, Limits, MountName, Plan, Run, TaskReport, Violation};
+use agenix_proto::{Invalid, Limits, MountName, Plan, Run, TaskReport, Violation};
 use agenix_runtime::exec::MountConfig;
 use agenix_runtime::store::{LocalStore, StoreError};
 use anyhow::{Context, Result, bail};
@@ -116,21 +116,7 @@ pub(crate) fn lock(plan: &mut Plan, store: &LocalStore) -> Result<usize> {
 
 /// Parses `NAME=DIR[:ro|rw]` (read-only when the mode is left out).
 pub(crate) fn parse_mount(s: &str) -> Result<(MountName, MountConfig), String> {
-    let (name, rest) = s.split_once('=').ok_or("expected NAME=DIR[:ro|rw]")?;
-    let name: MountName = name.parse().map_err(|e| format!("{e}"))?;
-    let (dir, access) = match rest.rsplit_once(':') {
-        Some((dir, "ro")) => (dir, Access::ReadOnly),
-        Some((dir, "rw")) => (dir, Access::ReadWrite),
-        _ => (rest, Access::ReadOnly),
-    };
-    if dir.is_empty() {
-        return Err("the directory is empty".into());
-    }
-    let host = std::fs::canonicalize(dir).map_err(|e| format!("{dir}: {e}"))?;
-    if !host.is_dir() {
-        return Err(format!("{dir} is not a directory"));
-    }
-    Ok((name, MountConfig { host, access }))
+    MountConfig::parse(s)
 }
 
 /// Parses a byte count with an optional unit: `1048576`, `64K`, `256M`, `1G`, `512KiB`.

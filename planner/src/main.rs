@@ -7,6 +7,7 @@ mod cmd;
 mod files;
 mod local;
 mod output;
+mod remote;
 
 use std::io::{self, Write};
 use std::process::ExitCode;

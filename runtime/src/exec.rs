@@ -219,6 +219,27 @@ pub struct MountConfig {
     pub access: Access,
 }
 
+impl MountConfig {
+    /// Parses `NAME=DIR[:ro|rw]` (read-only when the mode is left out), resolving DIR.
+    pub fn parse(s: &str) -> Result<(MountName, Self), String> {
+        let (name, rest) = s.split_once('=').ok_or("expected NAME=DIR[:ro|rw]")?;
+        let name: MountName = name.parse().map_err(|e| format!("{e}"))?;
+        let (dir, access) = match rest.rsplit_once(':') {
+            Some((dir, "ro")) => (dir, Access::ReadOnly),
+            Some((dir, "rw")) => (dir, Access::ReadWrite),
+            _ => (rest, Access::ReadOnly),
+        };
+        if dir.is_empty() {
+            return Err("the directory is empty".into());
+        }
+        let host = std::fs::canonicalize(dir).map_err(|e| format!("{dir}: {e}"))?;
+        if !host.is_dir() {
+            return Err(format!("{dir} is not a directory"));
+        }
+        Ok((name, Self { host, access }))
+    }
+}
+
 /// What a runner may hand out: named directories, default limits and ceilings.
 #[derive(Debug, Clone)]
 pub struct Resources {

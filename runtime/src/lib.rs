@@ -1,5 +1,6 @@
 //! The worker runtime: the DAG executor shared by the worker and `agx run`, the runner that
-//! puts each task in its sandbox, and the local content-addressed component store.
+//! puts each task in its sandbox, the local content-addressed component store, and the
+//! worker itself (`worker`: claim loop, verification chain, heartbeats, reconnects).
 //!
 //! The executor ([`exec::execute`]) accepts only an [`exec::Executable`]: a verified plan,
 //! or one the user explicitly ran unsigned. Scheduling inside a job is the pure
@@ -12,3 +13,4 @@ pub mod dag;
 pub mod exec;
 pub mod store;
 pub mod tools;
+pub mod worker;

@@ -313,6 +313,9 @@ pub(crate) struct Push {
     /// The name to store it under, when it has no model card.
     #[arg(long)]
     name: Option<agenix_proto::AuName>,
+    /// Also upload it to this queue (when one is configured, it always is).
+    #[command(flatten)]
+    queue: crate::remote::QueueArgs,
 }
 
 impl Push {
@@ -339,10 +342,24 @@ impl Push {
         };
         let digest = store.put(&bytes)?;
         store.set_name(&name, &NameEntry { digest, card })?;
+        let uploaded = if self.queue.configured()? {
+            runtime()?.block_on(async {
+                let client = self.queue.connect(agenix_proto::wire::ClientRole::Planner).await?;
+                let put = client.put_blob(&bytes).await;
+                client.shutdown().await;
+                put.context("cannot upload to the queue")?;
+                anyhow::Ok(true)
+            })?
+        } else {
+            false
+        };
         out.emit(
             "pushed",
-            &serde_json::json!({ "name": name, "digest": digest.to_string(), "store": store.dir() }),
-            || format!("{digest}\npushed {} as \"{name}\" to {}", self.file.display(), store.dir().display()),
+            &serde_json::json!({ "name": name, "digest": digest.to_string(), "store": store.dir(), "queue": uploaded }),
+            || {
+                let queue = if uploaded { " and the queue" } else { "" };
+                format!("{digest}\npushed {} as \"{name}\" to {}{queue}", self.file.display(), store.dir().display())
+            },
         )?;
         Ok(ExitCode::SUCCESS)
     }

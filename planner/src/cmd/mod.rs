@@ -1,6 +1,7 @@
 //! One module per command family; each subcommand is a struct with `fn execute`.
 
 mod au;
+mod jobs;
 mod keygen;
 mod plan;
 mod run;
@@ -27,6 +28,31 @@ pub(crate) enum Command {
     Au(au::AuCommand),
     /// Run a plan on this machine, in-process, without a queue.
     Run(run::RunPlan),
+    /// Sign an action for a plan and submit it to a queue, with its inputs.
+    Submit(jobs::Submit),
+    /// Jobs on a queue.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+    /// Workers registered with a queue.
+    #[command(subcommand)]
+    Workers(WorkersCommand),
+    /// The queue itself.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+/// `agx workers ...`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum WorkersCommand {
+    /// List registered workers.
+    List(jobs::Workers),
+}
+
+/// `agx queue ...`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum QueueCommand {
+    /// Jobs by state and recent throughput.
+    Stats(jobs::Stats),
 }
 
 impl Command {
@@ -37,6 +63,10 @@ impl Command {
             Self::Plan(c) => c.execute(out),
             Self::Au(c) => c.execute(out),
             Self::Run(c) => c.execute(out),
+            Self::Submit(c) => c.execute(out),
+            Self::Jobs(c) => c.execute(out),
+            Self::Workers(WorkersCommand::List(c)) => c.execute(out),
+            Self::Queue(QueueCommand::Stats(c)) => c.execute(out),
         }
     }
 }

@@ -1,21 +1,79 @@
 //! `agw`, the AGEniX worker.
 //!
-//! Today it answers `agw doctor`: every kernel feature the native jail uses, found or
-//! missing, and what that means; exit 1 when native tasks would be refused. The claim loop
-//! comes with the queue.
+//! `agw --config agw.toml` (flags and `AGW_*` variables override the file) registers with the
+//! queue, claims up to its concurrency, verifies every lease end to end, runs it sandboxed,
+//! heartbeats, reconnects when the queue goes away, and drains on SIGTERM or Ctrl-C.
+//! `agw doctor` reports every kernel feature the native jail uses; exit 1 when native tasks
+//! would be refused.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage error.
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use agenix_host::native::{Allowlist, Helper, NativeConfig, NativeHost, jail};
-use anyhow::Context;
+use agenix_host::wasm::{Allocator, WasmConfig, WasmHost};
+use agenix_proto::{Fingerprint, Limits, MountName};
+use agenix_runtime::exec::{MountConfig, Resources};
+use agenix_runtime::store::LocalStore;
+use agenix_runtime::tools;
+use agenix_runtime::worker::config::FileConfig;
+use agenix_runtime::worker::{Settings, Worker};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "agw", version, about = "AGEniX worker")]
+#[command(
+    name = "agw",
+    version,
+    about = "AGEniX worker: verifies and runs leased jobs in sandboxes"
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The configuration file (see the docs of `agenix_runtime::worker::config`).
+    #[arg(long, env = "AGW_CONFIG")]
+    config: Option<PathBuf>,
+    /// The queue's address.
+    #[arg(long, env = "AGW_QUEUE")]
+    queue: Option<SocketAddr>,
+    /// The queue's fingerprint (`agq fingerprint`).
+    #[arg(long, env = "AGW_FINGERPRINT")]
+    fingerprint: Option<Fingerprint>,
+    /// A file holding the worker token.
+    #[arg(long, env = "AGW_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The trust file.
+    #[arg(long, env = "AGW_TRUST")]
+    trust: Option<PathBuf>,
+    /// A name for operators [default: the host name].
+    #[arg(long, env = "AGW_NAME")]
+    name: Option<String>,
+    /// Jobs at once [default: 4].
+    #[arg(long, env = "AGW_CONCURRENCY")]
+    concurrency: Option<u32>,
+    /// Where components and compiled artifacts are cached.
+    #[arg(long, env = "AGW_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// A directory tasks may mount: NAME=DIR[:ro|rw] (adds to the file's).
+    #[arg(long = "mount", value_name = "NAME=DIR[:ro|rw]")]
+    mounts: Vec<String>,
+    /// A native tool: NAME or NAME=PATH (adds to the file's).
+    #[arg(long = "allow-tool", value_name = "NAME[=PATH]")]
+    allow_tools: Vec<String>,
+    /// Run native tools even if the kernel lacks part of the jail (logged on every task).
+    #[arg(long)]
+    danger_degraded: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -26,8 +84,7 @@ enum Command {
         /// Print JSON Lines instead of text.
         #[arg(long)]
         json: bool,
-        /// Report as a worker in degraded mode would (native tasks run without what is
-        /// missing).
+        /// Report as a worker in degraded mode would.
         #[arg(long)]
         danger_degraded: bool,
     },
@@ -43,7 +100,11 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    match run(cli) {
+    let result = match cli.command {
+        Some(Command::Doctor { json, danger_degraded }) => doctor(json, danger_degraded),
+        None => run(cli.run).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "agw: {e:#}");
@@ -52,12 +113,158 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let Command::Doctor { json, danger_degraded } = cli.command;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the runtime")?;
+        .context("cannot start the async runtime")
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    init_logging();
+    let file = match &args.config {
+        Some(p) => FileConfig::parse(
+            &std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        )
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("{} is not a valid worker configuration", p.display()))?,
+        None => FileConfig::default(),
+    };
+    let need = |what: &str| {
+        anyhow::anyhow!("no {what}: set it in the config file, by flag or in the environment")
+    };
+    let queue = args.queue.or(file.queue).ok_or_else(|| need("queue address (--queue)"))?;
+    let fingerprint = args
+        .fingerprint
+        .or(file.fingerprint)
+        .ok_or_else(|| need("queue fingerprint (--fingerprint)"))?;
+    let token_file =
+        args.token_file.or(file.token_file).ok_or_else(|| need("token file (--token-file)"))?;
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("cannot read {}", token_file.display()))?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        bail!("{} is empty", token_file.display());
+    }
+    let trust = args.trust.or(file.trust).ok_or_else(|| need("trust file (--trust)"))?;
+    let name =
+        args.name.or(file.name).unwrap_or_else(|| nix_hostname().unwrap_or_else(|| "agw".into()));
+    let concurrency = args.concurrency.or(file.concurrency).unwrap_or(4).clamp(1, 256);
+    let cache_dir = match args.cache_dir.or(file.cache_dir) {
+        Some(d) => d,
+        None => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".cache/agw"))
+            .ok_or_else(|| need("cache directory (--cache-dir)"))?,
+    };
+    let ceilings = file.ceilings.resolve();
+    let mut mounts: BTreeMap<MountName, MountConfig> = BTreeMap::new();
+    for (n, spec) in &file.mounts {
+        let host = std::fs::canonicalize(&spec.path)
+            .with_context(|| format!("mount {n}: {}", spec.path.display()))?;
+        mounts.insert(n.clone(), MountConfig { host, access: spec.access });
+    }
+    for m in &args.mounts {
+        let (n, cfg) = MountConfig::parse(m).map_err(anyhow::Error::msg)?;
+        mounts.insert(n, cfg);
+    }
+    let resources = Resources { mounts, defaults: Limits::DEFAULT.min(&ceilings), ceilings };
+    let mut allow = Allowlist::new();
+    for (n, spec) in file.tools.clone() {
+        let (path, sha256) = match spec {
+            tools::ToolSpec::Path(p) => (p, None),
+            tools::ToolSpec::Pinned { path, sha256 } => (path, Some(sha256)),
+        };
+        allow.allow(n, agenix_host::native::ToolEntry { path, sha256 })?;
+    }
+    for arg in &args.allow_tools {
+        let (n, entry) = tools::parse_arg(arg)?;
+        allow.allow(n, entry)?;
+    }
+    let degraded = args.danger_degraded || file.danger_degraded;
+    std::fs::create_dir_all(&cache_dir)
+        .with_context(|| format!("cannot create {}", cache_dir.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("agw-")
+        .tempdir()
+        .context("cannot create a scratch directory")?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let wasm = Arc::new(WasmHost::new(WasmConfig {
+            ceilings,
+            max_concurrent: concurrency * 4,
+            cache_dir: Some(cache_dir.join("artifacts")),
+            scratch_dir: scratch.path().join("wasm"),
+            allocator: Allocator::Auto,
+        })?);
+        let native = if allow.names().next().is_some() {
+            let host = NativeHost::new(NativeConfig {
+                helper: Helper::current_exe().context("cannot find this program")?,
+                allowlist: allow,
+                danger_degraded: degraded,
+                scratch_dir: scratch.path().join("native"),
+                disabled: vec![],
+            })
+            .await?;
+            if let Some(why) = host.refusal() {
+                tracing::warn!(reason = %why, "native tools will be refused (see agw doctor)");
+            }
+            Some(Arc::new(host))
+        } else {
+            None
+        };
+        let settings = Settings {
+            queue,
+            fingerprint,
+            token,
+            trust,
+            name,
+            concurrency,
+            labels: file.labels.clone(),
+            resources,
+        };
+        let worker = Worker::new(settings, wasm, native, LocalStore::new(cache_dir.join("blobs")));
+        worker.run(shutdown()).await;
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down: draining running jobs");
+}
+
+fn nix_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn doctor(json: bool, danger_degraded: bool) -> Result<ExitCode> {
+    let rt = runtime()?;
     let scratch = tempfile::Builder::new()
         .prefix("agw-doctor-")
         .tempdir()

@@ -1,0 +1,97 @@
+//! How agx reaches a queue: address, pinned fingerprint and token file, from flags, the
+//! environment (`AGX_QUEUE`, `AGX_FINGERPRINT`, `AGX_TOKEN_FILE`) or a config file
+//! (`--config`, `$AGX_CONFIG`, else `~/.config/agenix/agx.toml`):
+//!
+//! ```toml
+//! queue = "127.0.0.1:7411"
+//! fingerprint = "sha256:…"      # agq fingerprint --data DIR
+//! token_file = "/path/planner.token"
+//! key = "/path/alice.key"       # signs plans and actions for `agx submit`
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use agenix_proto::Fingerprint;
+use agenix_proto::link::Client;
+use agenix_proto::wire::ClientRole;
+use anyhow::{Context, Result, anyhow};
+use serde::Deserialize;
+
+/// The config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AgxConfig {
+    pub(crate) queue: Option<SocketAddr>,
+    pub(crate) fingerprint: Option<Fingerprint>,
+    pub(crate) token_file: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
+}
+
+/// Connection flags, shared by every command that talks to a queue.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct QueueArgs {
+    /// The queue's address.
+    #[arg(long, env = "AGX_QUEUE", global = false)]
+    queue: Option<SocketAddr>,
+    /// The queue's fingerprint (`agq fingerprint --data DIR`).
+    #[arg(long, env = "AGX_FINGERPRINT")]
+    fingerprint: Option<Fingerprint>,
+    /// A file holding the planner token.
+    #[arg(long, env = "AGX_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The agx config file [default: ~/.config/agenix/agx.toml, if present].
+    #[arg(long = "config", env = "AGX_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl QueueArgs {
+    /// The config file's contents (empty when there is none).
+    pub(crate) fn file(&self) -> Result<AgxConfig> {
+        let path = match &self.config {
+            Some(p) => p.clone(),
+            None => match std::env::var_os("HOME") {
+                Some(h) => {
+                    let p = PathBuf::from(h).join(".config/agenix/agx.toml");
+                    if !p.exists() {
+                        return Ok(AgxConfig::default());
+                    }
+                    p
+                }
+                None => return Ok(AgxConfig::default()),
+            },
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid agx config", path.display()))
+    }
+
+    /// Whether a queue is configured at all.
+    pub(crate) fn configured(&self) -> Result<bool> {
+        Ok(self.queue.is_some() || self.file()?.queue.is_some())
+    }
+
+    /// Connects and authenticates as `role`.
+    pub(crate) async fn connect(&self, role: ClientRole) -> Result<Client> {
+        let file = self.file()?;
+        let need = |what: &str| {
+            anyhow!("no {what}: pass it, set it in the environment, or in the agx config file")
+        };
+        let queue = self.queue.or(file.queue).ok_or_else(|| need("queue address (--queue)"))?;
+        let fingerprint = self
+            .fingerprint
+            .or(file.fingerprint)
+            .ok_or_else(|| need("queue fingerprint (--fingerprint)"))?;
+        let token_file = self
+            .token_file
+            .clone()
+            .or(file.token_file)
+            .ok_or_else(|| need("token file (--token-file)"))?;
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("cannot read {}", token_file.display()))?;
+        Client::connect(queue, fingerprint, role, token.trim())
+            .await
+            .with_context(|| format!("cannot reach the queue at {queue}"))
+    }
+}

@@ -1,0 +1,148 @@
+//! `agw.toml`: how an operator configures a worker. Flags and environment variables
+//! override it (see `agw --help`).
+//!
+//! ```toml
+//! queue = "127.0.0.1:7411"
+//! fingerprint = "sha256:…"            # agq fingerprint --data DIR
+//! token_file = "/etc/agenix/worker.token"
+//! trust = "/etc/agenix/trust.json"
+//! name = "worker-1"                   # default: the host name
+//! concurrency = 4
+//! cache_dir = "/var/cache/agw"
+//! labels = ["ssd"]
+//!
+//! [ceilings]                          # the most any task may ask for
+//! memory_bytes = 1073741824
+//! timeout_ms = 600000
+//!
+//! [mounts]                            # directories tasks may mount, by name
+//! logs = { path = "/var/log/app", access = "ro" }
+//!
+//! [tools]                             # native tools, by name
+//! grep = "/usr/bin/grep"
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use agenix_proto::{Access, Fingerprint, Limits, MountName, ToolName};
+use serde::Deserialize;
+
+use crate::tools::ToolSpec;
+
+/// The file, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The queue's address.
+    pub queue: Option<SocketAddr>,
+    /// The queue's pinned fingerprint.
+    pub fingerprint: Option<Fingerprint>,
+    /// A file holding the worker token.
+    pub token_file: Option<PathBuf>,
+    /// The trust file.
+    pub trust: Option<PathBuf>,
+    /// A name for operators.
+    pub name: Option<String>,
+    /// Jobs at once.
+    pub concurrency: Option<u32>,
+    /// Component and artifact cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Labels shown to operators.
+    #[serde(default)]
+    pub labels: BTreeSet<String>,
+    /// The most a task may ask for.
+    #[serde(default)]
+    pub ceilings: CeilingsConfig,
+    /// Named directories.
+    #[serde(default)]
+    pub mounts: BTreeMap<MountName, MountSpec>,
+    /// Native tools.
+    #[serde(default)]
+    pub tools: BTreeMap<ToolName, ToolSpec>,
+    /// Run native tools without a complete jail (logged on every task).
+    #[serde(default)]
+    pub danger_degraded: bool,
+}
+
+/// Ceilings as written: every field optional.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CeilingsConfig {
+    /// Wasm fuel.
+    pub fuel: Option<u64>,
+    /// Memory in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Timeout in ms.
+    pub timeout_ms: Option<u64>,
+    /// Output bytes per stream.
+    pub output_bytes: Option<u64>,
+    /// Processes (native).
+    pub pids: Option<u64>,
+    /// File size in bytes.
+    pub file_bytes: Option<u64>,
+}
+
+impl CeilingsConfig {
+    /// The ceilings: what is written, the format's maxima for the rest.
+    pub fn resolve(&self) -> Limits {
+        let a = Limits::ABSOLUTE;
+        Limits {
+            fuel: self.fuel.unwrap_or(a.fuel).min(a.fuel),
+            memory_bytes: self.memory_bytes.unwrap_or(4 << 30).min(a.memory_bytes),
+            timeout_ms: self.timeout_ms.unwrap_or(a.timeout_ms).min(a.timeout_ms),
+            output_bytes: self.output_bytes.unwrap_or(a.output_bytes).min(a.output_bytes),
+            pids: self.pids.unwrap_or(a.pids).min(a.pids),
+            file_bytes: self.file_bytes.unwrap_or(a.file_bytes).min(a.file_bytes),
+        }
+    }
+}
+
+/// A mount as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountSpec {
+    /// The host directory.
+    pub path: PathBuf,
+    /// `ro` or `rw`.
+    pub access: Access,
+}
+
+impl FileConfig {
+    /// Parses `agw.toml`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_config_parses_and_unknown_keys_are_refused() {
+        let c = FileConfig::parse(
+            r#"
+queue = "127.0.0.1:7411"
+fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+token_file = "/t"
+trust = "/trust.json"
+concurrency = 2
+labels = ["ssd"]
+[ceilings]
+timeout_ms = 1000
+[mounts]
+logs = { path = "/var/log", access = "ro" }
+[tools]
+grep = "/usr/bin/grep"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.concurrency, Some(2));
+        assert_eq!(c.ceilings.resolve().timeout_ms, 1000);
+        assert_eq!(c.mounts.len(), 1);
+        let err = FileConfig::parse("queue = \"127.0.0.1:1\"\nqeueu = 1\n").unwrap_err();
+        assert!(err.contains("unknown field `qeueu`"), "{err}");
+    }
+}

@@ -1,0 +1,207 @@
+//! agx → agq → agw over QUIC with real processes: the examples, fan-out across workers,
+//! a worker killed mid-job, a queue restarted mid-run, cancellation, revocation.
+
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const LOG_ERRORS: &str = "      1 auth: token expired\n      3 db: connection refused\n      2 payments: card declined\n";
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn example_plans_run_through_the_queue_and_a_worker() {
+    let mut c = Cluster::start(&[]);
+    c.push_aus();
+    c.worker(
+        "w1",
+        &[
+            "--allow-tool",
+            "grep",
+            "--allow-tool",
+            "cut",
+            "--allow-tool",
+            "sort",
+            "--allow-tool",
+            "uniq",
+        ],
+    );
+    let out = c.agx(&[
+        "submit",
+        &example("log-errors.json"),
+        "--input",
+        &example("data/app.log"),
+        "--watch",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), LOG_ERRORS);
+    let table = text(&out.stderr);
+    for task in ["errors", "messages", "sorted", "counted"] {
+        assert!(table.lines().any(|l| l.starts_with(task) && l.contains("exit 0")), "{table}");
+    }
+    let out = c.agx(&[
+        "submit",
+        &example("orders-report.json"),
+        "--input",
+        &example("data/orders.csv"),
+        "--watch",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "{\"orders\":6,\"revenue\":835.84,\"largest\":{\"id\":\"1003\",\"customer\":\"initech\",\"amount\":\"310.25\"}}\n"
+    );
+    // The native variant, through the worker's jail (where this kernel has one).
+    let doctor = std::process::Command::new(bin("agw")).arg("doctor").output().unwrap();
+    if doctor.status.success() {
+        let out = c.agx(&[
+            "submit",
+            &example("log-errors-native.json"),
+            "--input",
+            &example("data/app.log"),
+            "--watch",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), LOG_ERRORS);
+    } else {
+        println!("native example skipped: {}", text(&doctor.stdout).lines().last().unwrap_or(""));
+    }
+    // agx result gives the same output again.
+    let out = c.agx(&["jobs", "result", "1"]);
+    assert_eq!(text(&out.stdout), LOG_ERRORS);
+}
+
+#[test]
+fn a_hundred_jobs_fan_out_across_three_workers() {
+    let mut c = Cluster::start(&[]);
+    c.push_aus();
+    let mut inputs = vec![];
+    for i in 0..100 {
+        let p = c.path(&format!("in{i}.log"));
+        std::fs::write(&p, format!("t1 ERROR x: {i}\nt2 info y\nt3 error x: {i}\n")).unwrap();
+        inputs.push(p.to_str().unwrap().to_string());
+    }
+    for w in ["a", "b", "c"] {
+        c.worker(w, &["--concurrency", "2"]);
+    }
+    let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let mut args = vec!["submit", &*Box::leak(example("log-errors.json").into_boxed_str())];
+    for r in &refs {
+        args.extend(["--input", r]);
+    }
+    args.push("--watch");
+    let out = c.agx(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for i in 0..100 {
+        assert!(stdout.contains(&format!("      2 x: {i}\n")), "job {i} missing from {stdout}");
+    }
+    let stats = c.ok(&["queue", "stats"]);
+    assert!(stats.starts_with("jobs: 100 succeeded"), "{stats}");
+    // Every worker took part.
+    for w in ["a", "b", "c"] {
+        let ran = c.log(w).matches("running").count();
+        assert!(ran > 0, "worker {w} ran nothing:\n{}", c.log(w));
+    }
+}
+
+/// A plan whose one task naps for `ms` then echoes its input.
+fn nap_plan(c: &Cluster, ms: u64) -> String {
+    let p = c.path(&format!("nap{ms}.json"));
+    std::fs::write(
+        &p,
+        format!(
+            r#"{{"schema":"agenix.plan/v1","name":"nap","tasks":[{{"id":"nap","run":{{"wasm":{{"name":"nap"}}}},"args":["{ms}"],"stdin":{{"input":true}}}}],"output":"nap"}}"#
+        ),
+    )
+    .unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn a_worker_killed_mid_job_lets_the_job_finish_elsewhere() {
+    let mut c = Cluster::start(&["--lease-ms", "1500", "--heartbeat-ms", "400"]);
+    c.push_aus();
+    c.worker("doomed", &[]);
+    let input = c.path("in.txt");
+    std::fs::write(&input, "still here\n").unwrap();
+    let jobs = c.submit(&nap_plan(&c, 3000), &[input.to_str().unwrap()]);
+    c.wait_job(&jobs[0], Duration::from_secs(30), |j| state(j) == "leased");
+    c.kill_worker("doomed");
+    c.worker("rescuer", &[]);
+    let j = c.wait_job(&jobs[0], Duration::from_secs(60), |j| state(j) == "succeeded");
+    assert_eq!(j["attempts"], 2, "{j}\n{}", c.log("rescuer"));
+    let out = c.agx(&["jobs", "result", &jobs[0]]);
+    assert_eq!(text(&out.stdout), "still here\n");
+}
+
+#[test]
+fn a_queue_restart_mid_run_loses_nothing() {
+    let mut c = Cluster::start(&["--heartbeat-ms", "300"]);
+    c.push_aus();
+    c.worker("steady", &[]);
+    let input = c.path("in.txt");
+    std::fs::write(&input, "survived\n").unwrap();
+    let jobs = c.submit(&nap_plan(&c, 2500), &[input.to_str().unwrap()]);
+    c.wait_job(&jobs[0], Duration::from_secs(30), |j| state(j) == "leased");
+    c.restart_agq();
+    let j = c.wait_job(&jobs[0], Duration::from_secs(60), |j| state(j) == "succeeded");
+    assert_eq!(
+        j["attempts"],
+        1,
+        "the worker kept its lease across the restart: {j}\n{}",
+        c.log("steady")
+    );
+    assert_eq!(text(&c.agx(&["jobs", "result", &jobs[0]]).stdout), "survived\n");
+}
+
+#[test]
+fn cancelling_a_running_job_stops_its_sandbox() {
+    let mut c = Cluster::start(&["--heartbeat-ms", "300"]);
+    c.push_aus();
+    c.worker("w", &[]);
+    let jobs = c.submit(&nap_plan(&c, 60_000), &[]);
+    c.wait_job(&jobs[0], Duration::from_secs(30), |j| state(j) == "leased");
+    let out = c.ok(&["jobs", "cancel", &jobs[0]]);
+    assert!(out.contains("cancel requested"), "{out}");
+    let j = c.wait_job(&jobs[0], Duration::from_secs(20), |j| state(j) == "cancelled");
+    assert_eq!(state(&j), "cancelled");
+    let log = c.log("w");
+    assert!(log.contains("cancelled: sandboxes stopped"), "{log}");
+}
+
+#[test]
+fn revoking_a_signer_in_the_workers_trust_file_stops_its_plans_at_the_next_claim() {
+    let mut c = Cluster::start(&[]);
+    c.push_aus();
+    c.worker("w", &[]);
+    let out = c.agx(&[
+        "submit",
+        &example("log-errors.json"),
+        "--input",
+        &example("data/app.log"),
+        "--watch",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The worker's own trust file revokes the signer; the queue's still trusts it.
+    let keyid = text(&c.agx(&["--json", "trust", "list", "--trust", "worker-trust.json"]).stdout);
+    let keyid: serde_json::Value = serde_json::from_str(keyid.lines().next().unwrap()).unwrap();
+    c.ok(&[
+        "trust",
+        "revoke",
+        keyid["data"]["keyid"].as_str().unwrap(),
+        "--trust",
+        "worker-trust.json",
+    ]);
+    let jobs = c.submit(&example("log-errors.json"), &[&example("data/app.log")]);
+    let j = c.wait_job(&jobs[0], Duration::from_secs(30), |j| state(j) == "dead");
+    let reason = j["state"]["reason"].as_str().unwrap();
+    assert!(reason.contains("signer \"e2e\"") && reason.contains("is revoked"), "{reason}");
+    assert_eq!(j["attempts"], 1, "not retried: {j}");
+}

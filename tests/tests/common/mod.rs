@@ -1,0 +1,229 @@
+//! A cluster of real processes: one agq, any number of agw, and agx as a newcomer runs it.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    reason = "shared by several test binaries"
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use agenix_test_programs as programs;
+
+/// A workspace binary, next to the test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo test --workspace` (or cargo build --workspace)",
+        p.display()
+    );
+    p
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+    pub fingerprint: String,
+    agq: Option<Child>,
+    agq_args: Vec<String>,
+    pub workers: Vec<(String, Child)>,
+}
+
+impl Cluster {
+    /// A queue on loopback that trusts the signer `signer.key`.
+    pub fn start(agq_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(bin("agq"))
+            .args(["init", "--data"])
+            .arg(dir.path().join("queue"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let fingerprint =
+            String::from_utf8(out.stdout).unwrap().lines().next().unwrap().to_string();
+        let mut c = Self {
+            dir,
+            addr: "127.0.0.1:0".into(),
+            fingerprint,
+            agq: None,
+            agq_args: agq_args.iter().map(|s| s.to_string()).collect(),
+            workers: vec![],
+        };
+        c.ok(&["keygen", "--out", "signer.key"]);
+        c.ok(&["trust", "add", "signer.key.pub", "--name", "e2e", "--trust", "queue/trust.json"]);
+        // The workers' own trust file starts as a copy of the queue's.
+        std::fs::copy(c.path("queue/trust.json"), c.path("worker-trust.json")).unwrap();
+        c.start_agq("127.0.0.1:0");
+        c
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn start_agq(&mut self, listen: &str) {
+        let mut child = Command::new(bin("agq"))
+            .args(["serve", "--data"])
+            .arg(self.path("queue"))
+            .args(["--listen", listen])
+            .args(&self.agq_args)
+            .env("AGQ_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        self.addr = line
+            .split_whitespace()
+            .nth(3)
+            .unwrap_or_else(|| panic!("agq said {line:?}"))
+            .to_string();
+        self.agq = Some(child);
+    }
+
+    pub fn kill_agq(&mut self) {
+        if let Some(mut c) = self.agq.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL the queue and start it again on the same address and data.
+    pub fn restart_agq(&mut self) {
+        self.kill_agq();
+        let addr = self.addr.clone();
+        self.start_agq(&addr);
+    }
+
+    /// Starts a worker named `name`; its log goes to `<name>.log`.
+    pub fn worker(&mut self, name: &str, extra: &[&str]) {
+        let log = std::fs::File::create(self.path(&format!("{name}.log"))).unwrap();
+        let child = Command::new(bin("agw"))
+            .args(["--queue", &self.addr, "--fingerprint", &self.fingerprint])
+            .arg("--token-file")
+            .arg(self.path("queue/worker.token"))
+            .arg("--trust")
+            .arg(self.path("worker-trust.json"))
+            .arg("--cache-dir")
+            .arg(self.path(&format!("{name}-cache")))
+            .args(["--name", name])
+            .args(extra)
+            .env("AGW_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.workers.push((name.to_string(), child));
+    }
+
+    pub fn kill_worker(&mut self, name: &str) {
+        if let Some(i) = self.workers.iter().position(|(n, _)| n == name) {
+            let (_, mut c) = self.workers.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Runs agx in the cluster's directory, configured for its queue.
+    pub fn agx(&self, args: &[&str]) -> Output {
+        Command::new(bin("agx"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("AGX_QUEUE", &self.addr)
+            .env("AGX_FINGERPRINT", &self.fingerprint)
+            .env("AGX_TOKEN_FILE", self.path("queue/planner.token"))
+            .env("AGX_KEY", self.path("signer.key"))
+            .env("AGX_STORE", self.path("store"))
+            .env("AGX_CACHE", self.path("cache"))
+            .env_remove("AGX_TRUST")
+            .env_remove("AGX_CONFIG")
+            .output()
+            .unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.agx(args);
+        assert!(out.status.success(), "agx {args:?}\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Pushes the standard AUs (and `nap`, a guest that sleeps then echoes) to the store and
+    /// the queue.
+    pub fn push_aus(&self) {
+        for (_, path) in programs::ALL_AUS {
+            self.ok(&["au", "push", path]);
+        }
+        self.ok(&["au", "push", programs::GUEST_NAP, "--name", "nap"]);
+    }
+
+    /// `agx --json jobs show ID` as JSON.
+    pub fn job(&self, id: &str) -> serde_json::Value {
+        let out = self.ok(&["--json", "jobs", "show", id]);
+        serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap()).unwrap()["data"]
+            .clone()
+    }
+
+    /// Waits until `check` holds for the job (or panics after `limit`).
+    pub fn wait_job(
+        &self,
+        id: &str,
+        limit: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let until = Instant::now() + limit;
+        loop {
+            let j = self.job(id);
+            if check(&j) {
+                return j;
+            }
+            assert!(Instant::now() < until, "job {id} never got there: {j}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Submits `plan` with `inputs` and returns the job ids.
+    pub fn submit(&self, plan: &str, inputs: &[&str]) -> Vec<String> {
+        let mut args = vec!["--json", "submit", plan];
+        for i in inputs {
+            args.extend(["--input", i]);
+        }
+        let out = self.ok(&args);
+        let rec: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        rec["data"]["jobs"].as_array().unwrap().iter().map(|j| j.to_string()).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.workers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.kill_agq();
+    }
+}
+
+pub fn example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+pub fn state(j: &serde_json::Value) -> &str {
+    j["state"]["state"].as_str().unwrap_or("")
+}
