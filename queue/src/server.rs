@@ -440,6 +440,11 @@ impl Queue {
             match req {
                 Request::GetBlob { digest } => return self.get_blob(digest, send).await,
                 Request::PutBlob { digest, size } => self.put_blob(digest, size, &mut recv).await,
+                // A claim waits for work; a worker that has gone meanwhile (stopped the
+                // stream, or lost the connection) must be leased nothing.
+                Request::Claim { worker, max, wait_ms } => {
+                    self.claim(worker, max, wait_ms, send.stopped()).await
+                }
                 other => self.handle(other).await,
             }
         };
@@ -508,7 +513,6 @@ impl Queue {
                     heartbeat_ms: cfg.heartbeat_ms,
                 }
             }
-            Request::Claim { worker, max, wait_ms } => self.claim(worker, max, wait_ms).await,
             Request::Heartbeat { worker, leases } => {
                 match self.apply(|s| s.heartbeat(now, worker, &leases), vec![]) {
                     Ok((beat, done)) => match Self::durable(done).await {
@@ -543,8 +547,9 @@ impl Queue {
                     self.apply(|s| s.fail(now, worker, lease, &reason, retryable, rand), vec![]);
                 self.record(r, lease).await
             }
-            Request::PutBlob { .. } | Request::GetBlob { .. } => {
-                error(ErrorCode::BadRequest, "blob requests stream")
+            // Answered in `stream`, which owns the stream they need.
+            Request::PutBlob { .. } | Request::GetBlob { .. } | Request::Claim { .. } => {
+                error(ErrorCode::Internal, "answered elsewhere")
             }
         }
     }
@@ -643,9 +648,18 @@ impl Queue {
         }
     }
 
-    async fn claim(&self, worker: u64, max: u32, wait_ms: u32) -> Response {
+    /// Leases up to `max` jobs to `worker`, waiting up to `wait_ms` for one; stops waiting,
+    /// leasing nothing, once `gone` resolves.
+    async fn claim(
+        &self,
+        worker: u64,
+        max: u32,
+        wait_ms: u32,
+        gone: impl Future<Output = impl Sized>,
+    ) -> Response {
         let max = max.clamp(1, 64);
         let until = Instant::now() + Duration::from_millis(u64::from(wait_ms.min(30_000)));
+        tokio::pin!(gone);
         loop {
             let woken = self.ready.notified();
             let now = now_ms();
@@ -678,7 +692,10 @@ impl Queue {
             if Self::durable(done).await.is_err() || Instant::now() >= until {
                 return Response::Leases { leases: vec![] };
             }
-            let _ = tokio::time::timeout_at(until.into(), woken).await;
+            tokio::select! {
+                _ = tokio::time::timeout_at(until.into(), woken) => {}
+                _ = &mut gone => return Response::Leases { leases: vec![] },
+            }
         }
     }
 

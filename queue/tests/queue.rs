@@ -111,3 +111,42 @@ async fn refused_or_none(
         Ok(other) => panic!("{other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_has_gone_is_leased_nothing() {
+    let q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    // One worker gives up on its waiting claim but stays connected; another closes its
+    // connection while its claim waits.
+    let quitter = std::sync::Arc::new(q.client(ClientRole::Worker).await);
+    let w1 = register(&quitter, "quitter").await;
+    let closer = std::sync::Arc::new(q.client(ClientRole::Worker).await);
+    let w2 = register(&closer, "closer").await;
+    let claim_of = |c: &std::sync::Arc<agenix_proto::link::Client>, w: u64| {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let _ = c.request(&Request::Claim { worker: w, max: 4, wait_ms: 20_000 }).await;
+        })
+    };
+    let given_up = claim_of(&quitter, w1);
+    let cut_off = claim_of(&closer, w2);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    given_up.abort();
+    closer.close();
+    let _ = cut_off.await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+
+    let jobs = q.submit(&planner, &[b"one", b"two"], 3).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(count(&planner, "leased").await, 0, "a job was leased to a worker that had gone");
+    assert_eq!(count(&planner, "queued").await, 2);
+    // A worker that is there gets them at once.
+    let present = q.client(ClientRole::Worker).await;
+    let w3 = register(&present, "present").await;
+    let mut leased: Vec<_> = claim(&present, w3, 4, 0).await.iter().map(|l| l.lease.job).collect();
+    leased.sort();
+    let mut expected = jobs.clone();
+    expected.sort();
+    assert_eq!(leased, expected);
+    drop(quitter);
+}

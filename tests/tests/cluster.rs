@@ -142,6 +142,33 @@ fn a_worker_killed_mid_job_lets_the_job_finish_elsewhere() {
 }
 
 #[test]
+fn a_worker_stopped_with_sigterm_finishes_its_job_and_takes_no_more() {
+    let mut c = Cluster::start(&[]);
+    c.push_aus();
+    c.worker("leaving", &["--concurrency", "2"]);
+    let input = c.path("in.txt");
+    std::fs::write(&input, "finished\n").unwrap();
+    let running = c.submit(&nap_plan(&c, 3000), &[input.to_str().unwrap()]);
+    c.wait_job(&running[0], Duration::from_secs(30), |j| state(j) == "leased");
+    // Its free slot has a claim waiting at the queue when the signal arrives.
+    std::thread::sleep(Duration::from_millis(300));
+    let leaving = c.terminate_worker("leaving");
+    // A job submitted while it drains is not leased to it.
+    let next = c.submit(&nap_plan(&c, 0), &[input.to_str().unwrap()]);
+    let status = c.wait_exit("leaving", leaving, Duration::from_secs(60));
+    assert!(status.success(), "{status}\n{}", c.log("leaving"));
+    let j = c.job(&running[0]);
+    assert_eq!(state(&j), "succeeded", "the worker did not finish its job: {j}");
+    assert_eq!(text(&c.agx(&["jobs", "result", &running[0]]).stdout), "finished\n");
+    let j = c.job(&next[0]);
+    assert_eq!(state(&j), "queued", "leased to a worker that was leaving: {j}");
+    // The next worker runs it on its first attempt.
+    c.worker("next", &[]);
+    let j = c.wait_job(&next[0], Duration::from_secs(60), |j| state(j) == "succeeded");
+    assert_eq!(j["attempts"], 1, "{j}");
+}
+
+#[test]
 fn a_queue_restart_mid_run_loses_nothing() {
     let mut c = Cluster::start(&["--heartbeat-ms", "300"]);
     c.push_aus();

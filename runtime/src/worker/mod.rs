@@ -312,11 +312,13 @@ impl Worker {
         let beat = tokio::spawn(self.clone().heartbeats());
         tokio::pin!(shutdown);
         loop {
+            // Made before the count is read, so a slot freed in between still wakes it.
+            let freed = self.slot_free.notified();
             let free = self.settings.concurrency.saturating_sub(lock(&self.running).len() as u32);
             if free == 0 {
                 tokio::select! {
                     () = &mut shutdown => break,
-                    () = self.slot_free.notified() => continue,
+                    () = freed => continue,
                 }
             }
             let claim = self.call(|w| Request::Claim { worker: w, max: free, wait_ms: 5_000 });
@@ -338,10 +340,19 @@ impl Worker {
             }
         }
         info!("draining: no more claims; waiting for running jobs");
-        while !lock(&self.running).is_empty() {
-            self.slot_free.notified().await;
+        loop {
+            let freed = self.slot_free.notified();
+            if lock(&self.running).is_empty() {
+                break;
+            }
+            freed.await;
         }
         beat.abort();
+        // Say goodbye, so the queue drops this worker's pending claim at once instead of
+        // leasing it jobs that would wait out their lease.
+        if let Some(s) = self.session.lock().await.take() {
+            s.client.shutdown().await;
+        }
     }
 
     fn start(self: &Arc<Self>, lease: Lease) {

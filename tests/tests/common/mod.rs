@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use agenix_test_programs as programs;
@@ -129,6 +129,30 @@ impl Cluster {
             let (_, mut c) = self.workers.remove(i);
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Sends a worker SIGTERM, as an operator stopping it would; [`Cluster::wait_exit`]
+    /// waits for it to finish its running jobs and exit.
+    pub fn terminate_worker(&mut self, name: &str) -> Child {
+        let i = self.workers.iter().position(|(n, _)| n == name).unwrap();
+        let (_, c) = self.workers.remove(i);
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        c
+    }
+
+    pub fn wait_exit(&self, name: &str, mut c: Child, within: Duration) -> ExitStatus {
+        let until = Instant::now() + within;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > until {
+                let _ = c.kill();
+                panic!("worker {name} did not exit within {within:?}:\n{}", self.log(name));
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
