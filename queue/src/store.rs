@@ -78,6 +78,9 @@ pub trait Store: Send + Sync + 'static {
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError>;
 }
 
+/// redb's page cache: enough for the B-tree's upper levels and a commit's worth of pages.
+const CACHE_BYTES: usize = 64 << 20;
+
 /// The redb store.
 #[derive(Debug)]
 pub struct RedbStore {
@@ -87,7 +90,9 @@ pub struct RedbStore {
 impl RedbStore {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(err)?;
+        // The scheduler holds the live state in memory and reads the store only at start,
+        // so redb's page cache (1 GiB by default) would mostly duplicate it.
+        let db = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(err)?;
         // Create every table, so reads never meet a missing one.
         let tx = db.begin_write().map_err(err)?;
         {
