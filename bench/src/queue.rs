@@ -1,0 +1,241 @@
+//! The queue on its own: durable submissions and claim → complete cycles per second; its
+//! memory and restart time with a million jobs stored; an idle worker's memory.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use agenix_proto::job::{Capabilities, JobOutput};
+use agenix_proto::link::Client;
+use agenix_proto::wire::{ClientRole, Request, Response};
+use agenix_proto::{Digest, Envelope, InputRef, Limits};
+use agenix_test_programs as programs;
+use anyhow::{Result, bail};
+use tokio::task::JoinSet;
+
+use crate::cluster::{Agq, count};
+use crate::report::{Figure, Section, Unit};
+use crate::util::rss_mib;
+
+/// No request rate limit: the figures are the queue's, not its abuse limits'.
+const UNLIMITED: &str = "100000000";
+
+/// Jobs per throughput run.
+const JOBS: usize = 1000;
+
+async fn clients(q: &Agq, role: ClientRole, n: usize) -> Result<Vec<Client>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(q.client(role).await?);
+    }
+    Ok(out)
+}
+
+/// Submits every action over `n` connections at once; returns the seconds it took.
+async fn submit_all(q: &Agq, plan: &Envelope, actions: Vec<Envelope>, n: usize) -> Result<f64> {
+    let planners = clients(q, ClientRole::Planner, n).await?;
+    let mut shares: Vec<Vec<Envelope>> = vec![Vec::new(); n];
+    for (i, a) in actions.into_iter().enumerate() {
+        shares[i % n].push(a);
+    }
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for (c, share) in planners.into_iter().zip(shares) {
+        let plan = plan.clone();
+        tasks.spawn(async move {
+            for action in share {
+                match c.request(&Request::Submit { plan: plan.clone(), action }).await? {
+                    Response::Submitted { .. } => {}
+                    other => bail!("submit: {other:?}"),
+                }
+            }
+            c.shutdown().await;
+            Ok(())
+        });
+    }
+    for r in tasks.join_all().await {
+        r?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn capabilities(name: String) -> Capabilities {
+    Capabilities {
+        name,
+        wasm: true,
+        tools: Default::default(),
+        mounts: Default::default(),
+        ceilings: Limits::ABSOLUTE,
+        concurrency: 1,
+        labels: Default::default(),
+    }
+}
+
+/// `n` workers claim one job at a time and complete it until none is left; returns the
+/// number of cycles and the seconds they took.
+async fn drain(q: &Agq, n: usize) -> Result<(usize, f64)> {
+    let workers = clients(q, ClientRole::Worker, n).await?;
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for (i, c) in workers.into_iter().enumerate() {
+        tasks.spawn(async move {
+            let id = match c
+                .request(&Request::Register { capabilities: capabilities(format!("bench-{i}")) })
+                .await?
+            {
+                Response::Registered { worker, .. } => worker,
+                other => bail!("register: {other:?}"),
+            };
+            let mut done = 0usize;
+            loop {
+                let claim = Request::Claim { worker: id, max: 1, wait_ms: 0 };
+                let Response::Leases { leases } = c.request(&claim).await? else {
+                    bail!("claim refused")
+                };
+                let Some(lease) = leases.first() else { break };
+                let output = JobOutput { succeeded: true, reports: vec![], output: None };
+                let complete = Request::Complete { worker: id, lease: lease.lease, output };
+                match c.request(&complete).await? {
+                    Response::Recorded { .. } => done += 1,
+                    other => bail!("complete: {other:?}"),
+                }
+            }
+            c.shutdown().await;
+            Ok(done)
+        });
+    }
+    let mut done = 0;
+    for r in tasks.join_all().await {
+        done += r?;
+    }
+    Ok((done, start.elapsed().as_secs_f64()))
+}
+
+/// Durable submissions and claim → complete cycles per second.
+pub(crate) async fn throughput(runs: usize, dir: &Path) -> Result<Section> {
+    let mut s = Section::new(
+        "Queue throughput",
+        &format!(
+            "A real `agq` on loopback (redb, one fsynced transaction per commit), {JOBS} \
+             one-job actions per run: durable submissions per second (each verified: two \
+             ed25519 signatures, the plan's rules, the blobs present) and claim → complete \
+             cycles per second, by 1 and 8 concurrent clients, with group commit (the \
+             default) and with `--no-group-commit`. Every figure counts acknowledged, hence \
+             durable, transitions only."
+        ),
+    );
+    let component = std::fs::read(programs::GUEST_EXIT)?;
+    for group in [true, false] {
+        let mode = if group { "group commit" } else { "no group commit" };
+        for n in [1usize, 8] {
+            let (mut submits, mut cycles) = (vec![], vec![]);
+            for i in 0..runs {
+                let mut args = vec!["--requests-per-minute", UNLIMITED];
+                if !group {
+                    args.push("--no-group-commit");
+                }
+                let run_dir = dir.join(format!("throughput-{group}-{n}-{i}"));
+                let q = Agq::start(&run_dir, &args)?;
+                let planner = q.client(ClientRole::Planner).await?;
+                planner.put_blob(&component).await?;
+                planner.shutdown().await;
+                let (plan, digest) = q.plan(&component, &["0"])?;
+                let actions =
+                    (0..JOBS).map(|_| q.action(digest, &[])).collect::<Result<Vec<_>>>()?;
+                submits.push(JOBS as f64 / submit_all(&q, &plan, actions, n).await?);
+                let (done, secs) = drain(&q, n).await?;
+                if done != JOBS {
+                    bail!("{done} of {JOBS} jobs were claimed and completed");
+                }
+                cycles.push(JOBS as f64 / secs);
+                if i == 0 {
+                    for c in q.commands() {
+                        s.command(c.clone());
+                    }
+                }
+                drop(q);
+                let _ = std::fs::remove_dir_all(&run_dir);
+            }
+            s.add(Figure::rate(format!("submit, {mode}, {n} client(s)"), submits, Unit::PerSec));
+            s.add(Figure::rate(
+                format!("claim → complete, {mode}, {n} client(s)"),
+                cycles,
+                Unit::PerSec,
+            ));
+        }
+    }
+    Ok(s)
+}
+
+/// Jobs stored for the memory and restart figures: `ACTIONS` actions of `INPUTS` inputs.
+const ACTIONS: usize = 1000;
+const INPUTS: usize = 1000;
+
+/// agq with a million jobs stored; an idle agw.
+pub(crate) async fn memory(runs: usize, dir: &Path) -> Result<Section> {
+    let total = ACTIONS * INPUTS;
+    let mut s = Section::new(
+        "Memory and recovery",
+        &format!(
+            "Resident memory (VmRSS) of an idle `agw` (registered, nothing to do) and of `agq` \
+             holding {total} queued jobs ({ACTIONS} actions of {INPUTS} inputs each, submitted \
+             over QUIC by 4 clients); then `agq` SIGKILLed and restarted on the same data, \
+             timed from the start of the process to the first answered request."
+        ),
+    );
+    let q_dir = dir.join("memory");
+    let mut q = Agq::start(&q_dir, &["--requests-per-minute", UNLIMITED])?;
+
+    let mut pids = vec![];
+    for i in 0..runs {
+        pids.push(q.worker(&format!("idle-{i}"), &q_dir.join(format!("cache-{i}")))?);
+    }
+    q.wait_workers(runs).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = pids.iter().map(|p| rss_mib(*p)).collect::<Result<Vec<_>>>()?;
+    s.add(Figure::rate("idle `agw`", rss, Unit::MiB));
+
+    let component = std::fs::read(programs::GUEST_EXIT)?;
+    let planner = q.client(ClientRole::Planner).await?;
+    planner.put_blob(&component).await?;
+    let mut inputs = Vec::with_capacity(INPUTS);
+    for i in 0..INPUTS {
+        let bytes = format!("input {i}\n").into_bytes();
+        planner.put_blob(&bytes).await?;
+        inputs.push(InputRef { digest: Digest::of(&bytes), size: bytes.len() as u64 });
+    }
+    planner.shutdown().await;
+    // Stop the workers: the jobs stay queued.
+    q.stop_workers();
+    let (plan, digest) = q.plan(&component, &["0"])?;
+    let actions = (0..ACTIONS).map(|_| q.action(digest, &inputs)).collect::<Result<Vec<_>>>()?;
+    let secs = submit_all(&q, &plan, actions, 4).await?;
+    let observer = q.client(ClientRole::Observer).await?;
+    let queued = count(&observer, "queued").await?;
+    observer.shutdown().await;
+    if queued != total as u64 {
+        bail!("{queued} jobs queued, expected {total}");
+    }
+    s.note(format!(
+        "Storing them took {secs:.1} s ({:.0} jobs/s); the redb file is {:.0} MiB.",
+        total as f64 / secs,
+        std::fs::metadata(q.data().join("queue.redb"))?.len() as f64 / f64::from(1 << 20)
+    ));
+    let pid = q.pid().ok_or_else(|| anyhow::anyhow!("agq is not running"))?;
+    for c in q.commands() {
+        s.command(c.clone());
+    }
+    let mut rss = vec![rss_mib(pid)?];
+    let mut restarts = vec![];
+    for _ in 0..runs {
+        restarts.push(q.restart().await?);
+        let pid = q.pid().ok_or_else(|| anyhow::anyhow!("agq is not running"))?;
+        rss.push(rss_mib(pid)?);
+    }
+    s.add(Figure::rate(
+        format!("`agq` with {total} jobs (after submission, then after each restart)"),
+        rss,
+        Unit::MiB,
+    ));
+    s.add(Figure::ms(format!("`agq` restart to serving, {total} jobs"), &restarts));
+    Ok(s)
+}

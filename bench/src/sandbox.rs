@@ -1,0 +1,272 @@
+//! The wasm sandbox: compiling and loading AUs, the per-task overhead of a warm AU against
+//! `wasmtime run` and a native spawn, and AU compute against native builds and GNU tools.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agenix_host::wasm::{Allocator, PrepareError, Prepared, WasmConfig, WasmHost, WasmTask};
+use agenix_proto::{Digest, Limits};
+use agenix_test_programs as programs;
+use anyhow::{Context as _, Result, bail};
+use bytes::Bytes;
+
+use crate::report::{Figure, Section, Unit};
+use crate::util::{json_lines, log_lines, per_call, run, show, sibling, tool};
+
+fn host(cache: Option<&Path>, scratch: &Path) -> Result<WasmHost> {
+    Ok(WasmHost::new(WasmConfig {
+        ceilings: Limits::ABSOLUTE,
+        max_concurrent: 4,
+        cache_dir: cache.map(Path::to_path_buf),
+        scratch_dir: scratch.to_path_buf(),
+        allocator: Allocator::Auto,
+    })?)
+}
+
+async fn prepare(h: &WasmHost, path: &str) -> Result<Arc<Prepared>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+    Ok(h.prepare(Digest::of(&bytes), || async { Ok(bytes) }).await?)
+}
+
+async fn run_wasm(
+    h: &WasmHost,
+    p: &Prepared,
+    name: &str,
+    args: &[&str],
+    stdin: Bytes,
+    limits: Limits,
+) -> Result<Bytes> {
+    let task = WasmTask {
+        program: name.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: vec![],
+        stdin,
+        grants: vec![],
+        limits,
+    };
+    let r = h.run(p, task).await?;
+    if !r.outcome.is_success() {
+        bail!("{name} in the sandbox: {:?}: {}", r.outcome, String::from_utf8_lossy(&r.stderr));
+    }
+    Ok(r.stdout)
+}
+
+/// Compile time per standard AU, and the load of its cached artifact by a fresh host.
+pub(crate) async fn compile(runs: usize, dir: &Path) -> Result<Section> {
+    let mut s = Section::new(
+        "Compiling AUs",
+        "Cranelift compile of each standard AU (wasm32-wasip2, `au` profile), then the load of \
+         its precompiled artifact from the on-disk cache by a fresh `WasmHost` (what a worker \
+         pays after a restart).",
+    );
+    s.command("# in process: WasmHost::compile_unchecked, then WasmHost::prepare by a fresh host");
+    let cache = dir.join("cache");
+    let compiler = host(Some(&cache), dir)?;
+    for (name, path) in programs::ALL_AUS {
+        let bytes = std::fs::read(path)?;
+        let mut compile = vec![];
+        for _ in 0..runs {
+            let b = bytes.clone();
+            let t = Instant::now();
+            compiler.compile_unchecked(b).await?;
+            compile.push(t.elapsed());
+        }
+        prepare(&compiler, path).await?;
+        let mut load = vec![];
+        for _ in 0..runs {
+            let fresh = host(Some(&cache), dir)?;
+            let t = Instant::now();
+            fresh
+                .prepare(Digest::of(&bytes), || async {
+                    Err(PrepareError::Fetch("not in the artifact cache".into()))
+                })
+                .await?;
+            load.push(t.elapsed());
+        }
+        s.add(Figure::ms(format!("`{name}` ({} KiB): compile", bytes.len() / 1024), &compile));
+        s.add(Figure::ms(format!("`{name}`: load the cached artifact"), &load));
+    }
+    Ok(s)
+}
+
+/// Per-task overhead of a warm AU against `wasmtime run` and a plain spawn of its native
+/// build.
+pub(crate) async fn overhead(runs: usize, dir: &Path) -> Result<Section> {
+    let mut s = Section::new(
+        "Per-task overhead of a warm AU",
+        "The `wc` AU on one line of stdin, time per task (mean of each run's tasks): in the \
+         sandbox, precompiled and warm (a fresh store, instance, WASI context, limits and \
+         captured stdio per task); under `wasmtime run` with its compilation cache enabled \
+         and warm (a process per task, as the CLI is used); and a plain spawn of the same AU \
+         built natively.",
+    );
+    let h = host(None, dir)?;
+    s.note(format!(
+        "The sandbox used the {} allocator.",
+        if h.is_pooled() { "pooling" } else { "on-demand" }
+    ));
+    let p = prepare(&h, programs::AU_WC).await?;
+    let line = Bytes::from_static(b"the quick brown fox\n");
+    let expected = run_wasm(&h, &p, "wc", &[], line.clone(), Limits::DEFAULT).await?;
+    let mut warm = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let n = 500;
+        let t = Instant::now();
+        for _ in 0..n {
+            run_wasm(&h, &p, "wc", &[], line.clone(), Limits::DEFAULT).await?;
+        }
+        warm.push(t.elapsed() / n);
+    }
+    s.add(Figure::ms("AGEniX sandbox, warm", &warm));
+    s.command("# in process: WasmHost::run of the prepared `wc` AU, one line on stdin");
+
+    match tool("wasmtime", Some("AGENIX_BENCH_WASMTIME")) {
+        None => {
+            s.skip("`wasmtime run`", "wasmtime-cli is not installed (scripts/bench.sh installs it)")
+        }
+        Some(wasmtime) => {
+            let version = run(Command::new(&wasmtime).arg("--version"), b"", &[])?;
+            let cache_dir = dir.join("wasmtime-cache");
+            let config = dir.join("wasmtime-cache.toml");
+            std::fs::write(
+                &config,
+                format!("[cache]\ndirectory = {:?}\n", cache_dir.display().to_string()),
+            )?;
+            let cmd = || {
+                let mut c = Command::new(&wasmtime);
+                c.arg("run")
+                    .arg("-C")
+                    .arg("cache=y")
+                    .arg("-C")
+                    .arg(format!("cache-config={}", config.display()))
+                    .arg(programs::AU_WC);
+                c
+            };
+            // The first run compiles and fills the cache.
+            let out = run(&mut cmd(), &line, &[])?;
+            if out != expected {
+                bail!("wasmtime run printed {out:?}, the sandbox {expected:?}");
+            }
+            let times = per_call(runs, 50, || run(&mut cmd(), &line, &[]).map(drop))?;
+            s.command(format!("{} < one-line.txt", show(&cmd())));
+            s.command(format!(
+                "# {}: [cache] directory = \"$SCRATCH/wasmtime-cache\"",
+                show(&Command::new(&config))
+            ));
+            s.add(Figure::ms(
+                format!(
+                    "`wasmtime run`, cache warm ({})",
+                    String::from_utf8_lossy(&version).trim()
+                ),
+                &times,
+            ));
+        }
+    }
+
+    let native = sibling("wc")?;
+    let out = run(&mut Command::new(&native), &line, &[])?;
+    if out != expected {
+        bail!("the native wc printed {out:?}, the sandbox {expected:?}");
+    }
+    let times = per_call(runs, 200, || run(&mut Command::new(&native), &line, &[]).map(drop))?;
+    s.command(format!("{} < one-line.txt", show(&Command::new(&native))));
+    s.add(Figure::ms("plain spawn of the native build", &times));
+    Ok(s)
+}
+
+/// One compute comparison: the AU in the sandbox, its native build, the usual tool.
+struct Job {
+    name: &'static str,
+    wasm: &'static str,
+    args: &'static [&'static str],
+    gnu: &'static str,
+    json: bool,
+}
+
+const JOBS: &[Job] = &[
+    Job { name: "grep", wasm: programs::AU_GREP, args: &["-i", "error"], gnu: "grep", json: false },
+    Job { name: "wc", wasm: programs::AU_WC, args: &[], gnu: "wc", json: false },
+    Job { name: "sort", wasm: programs::AU_SORT, args: &[], gnu: "sort", json: false },
+    Job {
+        name: "jq",
+        wasm: programs::AU_JQ,
+        args: &["-c", r#"select(.level == "ERROR") | .ms"#],
+        gnu: "jq",
+        json: true,
+    },
+];
+
+const MB: usize = 100;
+
+/// AU compute on 100 MB: the wasm AU, its native build and the GNU tool (or jq).
+pub(crate) async fn compute(runs: usize, dir: &Path) -> Result<Section> {
+    let mut s = Section::new(
+        "AU compute on 100 MB",
+        "Wall time for 100 MB of generated input (shuffled log lines; JSON Lines for the JSON \
+         filter), stdin to stdout, as throughput: the wasm AU in the sandbox (warm), the same \
+         source built natively (release), and the GNU tool (jq 1.6 for the JSON filter), all \
+         with `LC_ALL=C`. `grep -i error`; `wc`; `sort`; \
+         `jq -c 'select(.level == \"ERROR\") | .ms'`.",
+    );
+    let h = host(None, dir)?;
+    let logs = Bytes::from(log_lines(MB << 20));
+    let json = Bytes::from(json_lines(MB << 20));
+    let limits = Limits {
+        memory_bytes: 4 << 30,
+        output_bytes: 512 << 20,
+        timeout_ms: 600_000,
+        ..Limits::ABSOLUTE
+    };
+    let mbps = |runs: &[Duration]| runs.iter().map(|d| MB as f64 / d.as_secs_f64()).collect();
+    s.command("# in process: WasmHost::run of each prepared AU, the input on stdin");
+    for job in JOBS {
+        let input = if job.json { json.clone() } else { logs.clone() };
+        let file = if job.json { "100mb.jsonl" } else { "100mb.log" };
+        let p = prepare(&h, job.wasm).await?;
+        let native = sibling(job.name)?;
+        let gnu = tool(job.gnu, None);
+        let (mut w, mut n, mut g) = (vec![], vec![], vec![]);
+        let mut same_as_gnu = true;
+        for _ in 0..runs {
+            let t = Instant::now();
+            let wout = run_wasm(&h, &p, job.name, job.args, input.clone(), limits).await?;
+            w.push(t.elapsed());
+            let t = Instant::now();
+            let mut cmd = Command::new(&native);
+            cmd.args(job.args).env("LC_ALL", "C");
+            s.command(format!("{} < {file}", show(&cmd)));
+            let nout = run(&mut cmd, &input, &[])?;
+            n.push(t.elapsed());
+            if nout != wout {
+                bail!("{}: the native build and the sandbox printed different output", job.name);
+            }
+            if let Some(gnu) = &gnu {
+                let t = Instant::now();
+                let mut cmd = Command::new(gnu);
+                cmd.args(job.args).env("LC_ALL", "C");
+                s.command(format!("{} < {file}", show(&cmd)));
+                let gout = run(&mut cmd, &input, &[])?;
+                g.push(t.elapsed());
+                same_as_gnu &= gout == wout;
+            }
+        }
+        s.add(Figure::rate(format!("`{}`: wasm AU", job.name), mbps(&w), Unit::MbPerSec));
+        s.add(Figure::rate(format!("`{}`: native build", job.name), mbps(&n), Unit::MbPerSec));
+        match gnu {
+            Some(_) => {
+                s.add(Figure::rate(
+                    format!("`{}`: {}", job.name, job.gnu),
+                    mbps(&g),
+                    Unit::MbPerSec,
+                ));
+                if !same_as_gnu {
+                    s.note(format!("`{}`: its output differs from {}'s.", job.name, job.gnu));
+                }
+            }
+            None => s.skip(format!("`{}`: {}", job.name, job.gnu), "not installed"),
+        }
+    }
+    Ok(s)
+}
