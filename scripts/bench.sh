@@ -4,7 +4,7 @@
 # writes BENCHMARKS.md. With arguments, they go to agenix-bench instead (for example
 # `queue e2e --runs 7`), which then prints only those sections.
 # Not part of CI. The first run builds wasmtime-cli from crates.io (about half an hour on two
-# cores); a whole run then takes about twenty minutes.
+# cores); a whole run then takes about six minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD

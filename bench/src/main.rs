@@ -43,6 +43,10 @@ struct Cli {
     /// kept); without it, print it.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Write the generated 100 MB inputs (`100mb.log`, `100mb.jsonl`) into this directory
+    /// and exit: to rerun a command from the report, or profile one.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["sections", "out"])]
+    write_inputs: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -97,6 +101,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Some(dir) = &cli.write_inputs {
+        return sandbox::write_inputs(dir);
+    }
     let runs = usize::from(cli.runs);
     let which = if cli.sections.is_empty() { ALL.to_vec() } else { cli.sections };
     let scratch = tempfile::tempdir()?;

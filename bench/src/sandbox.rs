@@ -200,6 +200,18 @@ const JOBS: &[Job] = &[
 
 const MB: usize = 100;
 
+/// Writes the compute section's inputs, as the report's commands name them, into `dir`.
+pub(crate) fn write_inputs(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (name, bytes) in [("100mb.log", log_lines(MB << 20)), ("100mb.jsonl", json_lines(MB << 20))]
+    {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// AU compute on 100 MB: the wasm AU, its native build and the GNU tool (or jq).
 pub(crate) async fn compute(runs: usize, dir: &Path) -> Result<Section> {
     let mut s = Section::new(
