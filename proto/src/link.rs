@@ -162,7 +162,9 @@ pub fn transport() -> quinn::TransportConfig {
     t
 }
 
-fn client_config(fingerprint: Fingerprint) -> Result<quinn::ClientConfig, LinkError> {
+/// The client's TLS: 1.3 only, ALPN agenix/1, no early data, and exactly the queue whose
+/// key has `fingerprint` accepted.
+pub fn client_tls(fingerprint: Fingerprint) -> Result<rustls::ClientConfig, LinkError> {
     let provider = provider();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -172,6 +174,11 @@ fn client_config(fingerprint: Fingerprint) -> Result<quinn::ClientConfig, LinkEr
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.enable_early_data = false;
+    Ok(tls)
+}
+
+/// A QUIC client configuration over `tls`, with the transport settings both ends use.
+pub fn quic_client_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, LinkError> {
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| LinkError::Tls(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
@@ -201,7 +208,7 @@ impl Client {
         let bind: SocketAddr =
             if addr.is_ipv6() { ([0u16; 8], 0).into() } else { ([0u8; 4], 0).into() };
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| conn_err(e.to_string()))?;
-        endpoint.set_default_client_config(client_config(fingerprint)?);
+        endpoint.set_default_client_config(quic_client_config(client_tls(fingerprint)?)?);
         let connecting =
             endpoint.connect(addr, "agenix-queue").map_err(|e| conn_err(e.to_string()))?;
         let conn = tokio::time::timeout(Duration::from_secs(10), connecting)

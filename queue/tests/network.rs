@@ -192,6 +192,17 @@ async fn n02_zero_rtt_is_never_accepted() {
     assert!(matches!(hello, Response::HelloOk { .. }), "{hello:?}");
 }
 
+/// A client with the right token, from an address over its limit, is refused during the
+/// handshake and told so.
+async fn refused_with_its_token(q: &Agq, role: ClientRole) {
+    let err = Client::connect(q.addr, q.fingerprint, role, &q.token(role)).await.unwrap_err();
+    assert!(
+        matches!(&err, LinkError::Connect { message, .. }
+            if message == "aborted by peer: the server refused to accept a new connection"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n03_connection_flood_is_capped_per_ip_and_other_clients_are_served() {
     let q = Agq::start(&[]);
@@ -203,15 +214,7 @@ async fn n03_connection_flood_is_capped_per_ip_and_other_clients_are_served() {
     // The eleventh from that address is refused during the handshake, token or not.
     let err = raw::connect_from(HERE, &q).await.unwrap_err();
     assert!(refused_by_limit(&err), "{err}");
-    let err =
-        Client::connect(q.addr, q.fingerprint, ClientRole::Planner, &q.token(ClientRole::Planner))
-            .await
-            .unwrap_err();
-    assert!(
-        matches!(&err, LinkError::Connect { message, .. }
-            if message == "aborted by peer: the server refused to accept a new connection"),
-        "{err}"
-    );
+    refused_with_its_token(&q, ClientRole::Planner).await;
     // A client from another address is served.
     let legit = raw::client_from(ELSEWHERE, &q, ClientRole::Planner).await;
     assert!(matches!(legit.ask(&Request::Stats {}).await, Response::Stats { .. }));
@@ -263,15 +266,7 @@ async fn n03_five_failed_logins_get_the_address_refused() {
     // The sixth connection from that address is refused, even with the right token.
     let err = raw::connect_from(HERE, &q).await.unwrap_err();
     assert!(refused_by_limit(&err), "{err}");
-    let err =
-        Client::connect(q.addr, q.fingerprint, ClientRole::Worker, &q.token(ClientRole::Worker))
-            .await
-            .unwrap_err();
-    assert!(
-        matches!(&err, LinkError::Connect { message, .. }
-            if message == "aborted by peer: the server refused to accept a new connection"),
-        "{err}"
-    );
+    refused_with_its_token(&q, ClientRole::Worker).await;
     // Other addresses are served, and so is the connection that was already open.
     let other = raw::client_from(ELSEWHERE, &q, ClientRole::Worker).await;
     assert!(matches!(other.ask(&Request::Stats {}).await, Response::Stats { .. }));

@@ -13,7 +13,6 @@ use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use agenix_proto::action::ACTION_SCHEMA;
@@ -353,85 +352,15 @@ pub fn now_ms() -> u64 {
 pub mod raw {
     use super::*;
 
-    use agenix_proto::wire::{ALPN, PROTOCOL_VERSION, read_frame, write_frame};
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use agenix_proto::wire::{PROTOCOL_VERSION, read_frame, write_frame};
 
-    /// Accepts exactly one server key (the same rule as proto's link).
-    #[derive(Debug)]
-    pub struct Pinned {
-        pub fingerprint: Fingerprint,
-        pub provider: Arc<rustls::crypto::CryptoProvider>,
-    }
-
-    impl ServerCertVerifier for Pinned {
-        fn verify_server_cert(
-            &self,
-            end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp: &[u8],
-            _now: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            let found = agenix_proto::link::fingerprint_of(end_entity)
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
-            if found == self.fingerprint {
-                Ok(ServerCertVerified::assertion())
-            } else {
-                Err(rustls::Error::General(format!(
-                    "the queue's identity is {found}, not the pinned {}",
-                    self.fingerprint
-                )))
-            }
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            _message: &[u8],
-            _cert: &CertificateDer<'_>,
-            _dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            Err(rustls::Error::General("TLS 1.2 is not spoken here".into()))
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.provider.signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.provider.signature_verification_algorithms.supported_schemes()
-        }
-    }
-
-    /// TLS 1.3, ALPN agenix/1, the queue pinned by `fingerprint`.
+    /// TLS 1.3, ALPN agenix/1, the queue pinned by `fingerprint`: what `Client` uses.
     pub fn tls(fingerprint: Fingerprint) -> rustls::ClientConfig {
-        let provider = agenix_proto::link::provider();
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned { fingerprint, provider }))
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        tls
+        agenix_proto::link::client_tls(fingerprint).unwrap()
     }
 
     pub fn quic(tls: rustls::ClientConfig) -> quinn::ClientConfig {
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-        let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-        cfg.transport_config(Arc::new(agenix_proto::link::transport()));
-        cfg
+        agenix_proto::link::quic_client_config(tls).unwrap()
     }
 
     /// A QUIC connection with no Hello sent yet.
