@@ -2,76 +2,16 @@
 
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
 
+mod common;
+
+use common::*;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-
-struct TestDir {
-    dir: tempfile::TempDir,
-}
-
-impl TestDir {
-    fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap() }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let p = self.path(name);
-        fs::write(&p, contents).unwrap();
-        p
-    }
-
-    fn agx(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_agx"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("AGX_STORE", self.dir.path().join("store"))
-            .env("AGX_CACHE", self.dir.path().join("cache"))
-            .env_remove("AGX_KEY")
-            .env_remove("AGX_TRUST")
-            .output()
-            .unwrap()
-    }
-
-    /// Runs agx and asserts its exit code, returning stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.agx(args);
-        assert_eq!(out.status.code(), Some(0), "agx {args:?}\nstderr: {}", stderr(&out));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Runs agx expecting exit 1, returning stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.agx(args);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "agx {args:?}\nstdout: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        stderr(&out)
-    }
-
-    /// A key pair `name.key`/`name.key.pub`, trusted as `name` in trust.json.
-    fn signer(&self, name: &str) -> String {
-        let key = format!("{name}.key");
-        let out = self.ok(&["keygen", "--out", &key]);
-        self.ok(&["trust", "add", &format!("{key}.pub"), "--name", name, "--trust", "trust.json"]);
-        out.lines().next().unwrap().to_string()
-    }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn json_lines(s: &str) -> Vec<serde_json::Value> {
     s.lines().map(|l| serde_json::from_str(l).unwrap()).collect()

@@ -3,69 +3,23 @@
 
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
 
+mod common;
+
+use common::*;
+
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use agenix_test_programs as programs;
 
-struct TestDir {
-    dir: tempfile::TempDir,
-}
-
-impl TestDir {
-    fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap() }
+/// Pushes the AUs the example plans use into the test's store.
+fn push_standard_aus(t: &TestDir) {
+    for (name, path) in programs::ALL_AUS {
+        let out = t.ok(&["au", "push", path]);
+        assert!(out.contains(&format!("as \"{name}\"")), "{out}");
     }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn agx_in(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_agx"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("AGX_STORE", self.path("store"))
-            .env("AGX_CACHE", self.path("cache"))
-            .env_remove("AGX_KEY")
-            .env_remove("AGX_TRUST")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        child.wait_with_output().unwrap()
-    }
-
-    fn agx(&self, args: &[&str]) -> Output {
-        self.agx_in(args, b"")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.agx(args);
-        assert_eq!(out.status.code(), Some(0), "agx {args:?}\nstderr: {}", text(&out.stderr));
-        text(&out.stdout)
-    }
-
-    /// Pushes the AUs the example plans use into the test's store.
-    fn push_standard_aus(&self) {
-        for (name, path) in programs::ALL_AUS {
-            let out = self.ok(&["au", "push", path]);
-            assert!(out.contains(&format!("as \"{name}\"")), "{out}");
-        }
-    }
-
-    fn signer(&self) {
-        self.ok(&["keygen", "--out", "k"]);
-        self.ok(&["trust", "add", "k.pub", "--name", "tester", "--trust", "trust.json"]);
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn example(name: &str) -> String {
@@ -197,9 +151,9 @@ const LOG_ERRORS_OUTPUT: &str = "      1 auth: token expired\n      3 db: connec
 #[test]
 fn example_plans_sign_with_the_lock_step_and_run() {
     let t = TestDir::new();
-    t.push_standard_aus();
-    t.signer();
-    t.ok(&["plan", "sign", &example("log-errors.json"), "--key", "k", "--out", "log.env"]);
+    push_standard_aus(&t);
+    t.signer("k");
+    t.ok(&["plan", "sign", &example("log-errors.json"), "--key", "k.key", "--out", "log.env"]);
     let shown = t.ok(&["plan", "show", "log.env", "--trust", "trust.json"]);
     let grep = agenix_proto::Digest::of(&fs::read(programs::AU_GREP).unwrap());
     assert!(shown.contains(&format!("wasm grep@{}", grep.short())), "{shown}");
@@ -213,7 +167,15 @@ fn example_plans_sign_with_the_lock_step_and_run() {
         assert!(table.lines().any(|l| l.starts_with(task) && l.contains("exit 0")), "{table}");
     }
 
-    t.ok(&["plan", "sign", &example("orders-report.json"), "--key", "k", "--out", "orders.env"]);
+    t.ok(&[
+        "plan",
+        "sign",
+        &example("orders-report.json"),
+        "--key",
+        "k.key",
+        "--out",
+        "orders.env",
+    ]);
     let out = t.ok(&[
         "run",
         "orders.env",
@@ -231,7 +193,7 @@ fn example_plans_sign_with_the_lock_step_and_run() {
 #[test]
 fn run_needs_a_signature_or_an_explicit_unsigned() {
     let t = TestDir::new();
-    t.push_standard_aus();
+    push_standard_aus(&t);
     let out = t.agx(&["run", &example("log-errors.json"), "--input", &example("data/app.log")]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("is not signed"), "{}", text(&out.stderr));
@@ -241,8 +203,8 @@ fn run_needs_a_signature_or_an_explicit_unsigned() {
     );
     assert_eq!(text(&out.stdout), LOG_ERRORS_OUTPUT);
 
-    t.signer();
-    t.ok(&["plan", "sign", &example("log-errors.json"), "--key", "k", "--out", "log.env"]);
+    t.signer("k");
+    t.ok(&["plan", "sign", &example("log-errors.json"), "--key", "k.key", "--out", "log.env"]);
     let out = t.agx(&["run", "log.env"]);
     assert!(text(&out.stderr).contains("is signed: pass --trust FILE"), "{}", text(&out.stderr));
 }
@@ -250,8 +212,9 @@ fn run_needs_a_signature_or_an_explicit_unsigned() {
 #[test]
 fn signing_names_aus_missing_from_the_store() {
     let t = TestDir::new();
-    t.signer();
-    let out = t.agx(&["plan", "sign", &example("log-errors.json"), "--key", "k", "--out", "x.env"]);
+    t.signer("k");
+    let out =
+        t.agx(&["plan", "sign", &example("log-errors.json"), "--key", "k.key", "--out", "x.env"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("tasks[0].run.wasm.name: AU \"grep\" is not in the store"), "{err}");
@@ -262,7 +225,7 @@ fn signing_names_aus_missing_from_the_store() {
 #[test]
 fn q09_a_failed_task_skips_its_dependents() {
     let t = TestDir::new();
-    t.push_standard_aus();
+    push_standard_aus(&t);
     // grep finds nothing (exit 1): sort and uniq read from it and are skipped; the
     // independent wc still runs.
     let plan = r#"{"schema":"agenix.plan/v1","name":"q9","tasks":[
@@ -293,9 +256,9 @@ fn q09_a_failed_task_skips_its_dependents() {
 #[test]
 fn p06_a_swapped_component_in_the_store_is_refused() {
     let t = TestDir::new();
-    t.push_standard_aus();
-    t.signer();
-    t.ok(&["plan", "sign", &example("log-errors.json"), "--key", "k", "--out", "log.env"]);
+    push_standard_aus(&t);
+    t.signer("k");
+    t.ok(&["plan", "sign", &example("log-errors.json"), "--key", "k.key", "--out", "log.env"]);
     // Replace grep's bytes in the store with another AU's: the digest no longer matches.
     let grep = agenix_proto::Digest::of(&fs::read(programs::AU_GREP).unwrap());
     let blob = t.path("store/blobs/sha256").join(grep.hex());
