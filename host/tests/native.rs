@@ -55,7 +55,7 @@ async fn jail_with(disabled: &[&str], degraded: bool) -> Jail {
     allow
         .allow(tool("attack"), ToolEntry { path: programs::NATIVE_ATTACK.into(), sha256: None })
         .unwrap();
-    for t in ["sort", "grep", "uniq", "cut", "cat", "true"] {
+    for t in ["sort", "grep", "uniq", "cut", "cat", "true", "xargs"] {
         allow
             .allow(tool(t), ToolEntry { path: format!("/usr/bin/{t}").into(), sha256: None })
             .unwrap();
@@ -456,6 +456,26 @@ async fn s15_missing_features_fail_closed_unless_degraded() {
         let r = j.run("sort", &[], b"2\n1\n", vec![], limits()).await;
         assert_eq!(r.outcome, Outcome::Exited { code: 0 });
         assert_eq!(&r.stdout[..], b"1\n2\n");
+    }
+}
+
+#[tokio::test]
+async fn s16_an_allowlisted_tool_cannot_start_another_program() {
+    let Some(j) = full_jail("S16").await else { return };
+    // Tools that start programs (xargs, find -exec, sort --compress-program) start nothing:
+    // only the allowlisted binary and its dynamic loader may execute in the jail.
+    for (args, what) in [
+        (vec!["/usr/bin/id"], "a binary from /usr"),
+        (vec!["/bin/sh", "-c", "id"], "a shell"),
+        (vec!["/lib64/ld-linux-x86-64.so.2", "/usr/bin/id"], "the loader running a binary"),
+    ] {
+        let r = j.run("xargs", &args, b"x\n", vec![], limits()).await;
+        let (out, err) = (String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
+        assert!(!out.contains("uid="), "xargs ran {what}: {out}");
+        assert!(!err.contains("no such user"), "xargs ran {what}: {err}");
+        // xargs itself ran, and was refused the exec (126: found but could not be run).
+        assert_eq!(r.outcome, Outcome::Exited { code: 126 }, "{what}: {err}");
+        assert!(err.contains("Operation not permitted"), "{what}: {err}");
     }
 }
 

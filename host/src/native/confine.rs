@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
+use std::path::Path;
 
 use landlock::{
     ABI, Access, AccessFs, AccessNet, PathBeneath, PathFd, Ruleset, RulesetAttr,
@@ -24,11 +25,17 @@ const LANDLOCK_ABI: ABI = ABI::V6;
 
 /// Restricts the file system to the jail's own directories, denies TCP bind and connect,
 /// and scopes abstract Unix sockets and signals to the sandbox (as far as the kernel's
-/// Landlock ABI reaches).
-pub(super) fn landlock(spec: &JailSpec, tool: BorrowedFd<'_>) -> Result<(), String> {
+/// Landlock ABI reaches). Only the tool and its ELF `interpreter` may execute: nothing the
+/// tool could start (`sort --compress-program`, `find -exec`, a file it wrote) runs.
+pub(super) fn landlock(
+    spec: &JailSpec,
+    tool: BorrowedFd<'_>,
+    interpreter: Option<&Path>,
+) -> Result<(), String> {
     let abi = LANDLOCK_ABI;
-    let read = AccessFs::from_read(abi);
+    let read = AccessFs::from_read(abi) & !AccessFs::Execute;
     let all = AccessFs::from_all(abi);
+    let write = all & !AccessFs::Execute;
     let err = |e: landlock::RulesetError| format!("landlock: {e}");
     let mut ruleset = Ruleset::default().handle_access(all).map_err(err)?;
     ruleset = ruleset.handle_access(AccessNet::from_all(abi)).map_err(err)?;
@@ -44,19 +51,25 @@ pub(super) fn landlock(spec: &JailSpec, tool: BorrowedFd<'_>) -> Result<(), Stri
     for dev in ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"] {
         rules.push((dev.into(), AccessFs::from_file(abi)));
     }
-    rules.push(("/tmp".into(), all));
+    rules.push(("/tmp".into(), write));
     for m in &spec.mounts {
-        rules.push((m.guest.clone(), if m.writable { all } else { read }));
+        rules.push((m.guest.clone(), if m.writable { write } else { read }));
     }
     for (path, access) in rules {
         // Directories that do not exist on this system (lib32, ...) have no rule.
         let Ok(fd) = PathFd::new(&path) else { continue };
         created = created.add_rule(PathBeneath::new(fd, access)).map_err(err)?;
     }
-    // The tool itself is executed through its descriptor, from wherever it lives.
-    created = created
-        .add_rule(PathBeneath::new(tool, AccessFs::Execute | AccessFs::ReadFile))
-        .map_err(err)?;
+    // The tool itself is executed through its descriptor, from wherever it lives; the kernel
+    // opens its interpreter for execution too.
+    let exec = AccessFs::Execute | AccessFs::ReadFile;
+    created = created.add_rule(PathBeneath::new(tool, exec)).map_err(err)?;
+    if let Some(interpreter) = interpreter {
+        let fd = PathFd::new(interpreter).map_err(|e| {
+            format!("the tool's interpreter {} is not in the jail: {e}", interpreter.display())
+        })?;
+        created = created.add_rule(PathBeneath::new(fd, exec)).map_err(err)?;
+    }
     created.restrict_self().map_err(err)?;
     Ok(())
 }
@@ -138,9 +151,11 @@ fn target_arch() -> Result<TargetArch, String> {
     }
 }
 
-/// System calls the tool never gets: debugging other processes, mounting, new namespaces,
-/// kernel keyrings, BPF, io_uring, perf, userfaultfd, modules, reboot and friends.
+/// System calls the tool never gets: starting another program by path, debugging other
+/// processes, mounting, new namespaces, kernel keyrings, BPF, io_uring, perf, userfaultfd,
+/// modules, reboot and friends.
 const DENIED: &[libc::c_long] = &[
+    libc::SYS_execve,
     libc::SYS_ptrace,
     libc::SYS_process_vm_readv,
     libc::SYS_process_vm_writev,
@@ -206,8 +221,8 @@ fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, String> {
     SeccompRule::new(conditions).map_err(|e| e.to_string())
 }
 
-/// The two BPF programs: everything in [`DENIED`], non-Unix sockets, namespace-creating
-/// clones and terminal-injection ioctls fail with EPERM; `clone3` (whose flags a filter
+/// The two BPF programs: everything in [`DENIED`], `execveat` of a path, non-Unix sockets,
+/// namespace-creating clones and terminal-injection ioctls fail with EPERM; `clone3` (whose flags a filter
 /// cannot inspect) fails with ENOSYS so libc falls back to `clone`.
 pub(super) fn filters() -> Result<[BpfProgram; 2], String> {
     let arch = target_arch()?;
@@ -231,6 +246,14 @@ pub(super) fn filters() -> Result<[BpfProgram; 2], String> {
         clone.push(rule(vec![cond(0, SeccompCmpOp::MaskedEq(flag), flag)?])?);
     }
     rules.insert(libc::SYS_clone, clone);
+    // execveat(dirfd, path, argv, envp, flags): only of an open descriptor, as the jail starts
+    // the tool. With execve denied, launchers (xargs, find -exec, sort --compress-program,
+    // the dynamic loader run as a program) start nothing.
+    let empty_path = libc::AT_EMPTY_PATH as u64;
+    rules.insert(
+        libc::SYS_execveat,
+        vec![rule(vec![cond(4, SeccompCmpOp::MaskedEq(empty_path), 0)?])?],
+    );
     let deny = SeccompFilter::new(
         rules,
         SeccompAction::Allow,

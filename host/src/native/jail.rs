@@ -90,6 +90,8 @@ fn helper_main() -> i32 {
 struct Prepared<'a> {
     spec: &'a JailSpec,
     tool: File,
+    /// The tool's ELF interpreter (its dynamic loader), which the kernel executes with it.
+    interpreter: Option<PathBuf>,
     argv: Vec<CString>,
     envp: Vec<CString>,
 }
@@ -126,6 +128,8 @@ fn prepare(spec: &JailSpec) -> Result<Prepared<'_>, String> {
         }
     }
 
+    let interpreter =
+        elf_interpreter(&tool).map_err(|e| format!("cannot read {}: {e}", spec.tool.display()))?;
     let mut argv = vec![cstring(&spec.argv0, "argv[0]")?];
     for a in &spec.args {
         argv.push(cstring(a, "an argument")?);
@@ -135,7 +139,36 @@ fn prepare(spec: &JailSpec) -> Result<Prepared<'_>, String> {
         .iter()
         .map(|(k, v)| cstring(&format!("{k}={v}"), "the environment"))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Prepared { spec, tool, argv, envp })
+    Ok(Prepared { spec, tool, interpreter, argv, envp })
+}
+
+/// The interpreter (`PT_INTERP`) an ELF executable names, if it names one; `None` for
+/// anything else (a static binary; a script, which then cannot run: its interpreter may not
+/// execute in the jail).
+fn elf_interpreter(tool: &File) -> Result<Option<PathBuf>, String> {
+    use std::os::unix::ffi::OsStrExt as _;
+
+    use object::read::elf::{FileHeader, ProgramHeader};
+
+    fn find<H: FileHeader<Endian = object::Endianness>>(
+        data: &object::ReadCache<&File>,
+    ) -> object::read::Result<Option<PathBuf>> {
+        let header = H::parse(data)?;
+        let endian = header.endian()?;
+        for ph in header.program_headers(endian, data)? {
+            if let Some(path) = ph.interpreter(endian, data)? {
+                return Ok(Some(std::ffi::OsStr::from_bytes(path).into()));
+            }
+        }
+        Ok(None)
+    }
+    let data = object::ReadCache::new(tool);
+    let found = match object::FileKind::parse(&data) {
+        Ok(object::FileKind::Elf64) => find::<object::elf::FileHeader64<object::Endianness>>(&data),
+        Ok(object::FileKind::Elf32) => find::<object::elf::FileHeader32<object::Endianness>>(&data),
+        _ => Ok(None),
+    };
+    found.map_err(|e| format!("not a valid ELF file: {e}"))
 }
 
 fn run_jail(spec: &JailSpec) -> JailReport {
@@ -542,7 +575,7 @@ fn exec_tool_inner(p: &Prepared<'_>, jailed: bool) -> Result<std::convert::Infal
         return Err(format!("close_range: {}", std::io::Error::last_os_error()));
     }
     if spec.features.landlock {
-        super::confine::landlock(spec, p.tool.as_fd())?;
+        super::confine::landlock(spec, p.tool.as_fd(), p.interpreter.as_deref())?;
     }
     super::confine::drop_capabilities()?;
     nix::sys::prctl::set_no_new_privs().map_err(errno("no_new_privs"))?;
