@@ -143,14 +143,10 @@ async fn q03_job_longer_than_the_lease_is_kept_alive_by_heartbeats_and_runs_once
     let other =
         tokio::spawn(async move { claim(&b, wb, 1, u32::try_from(run_ms).unwrap() + 300).await });
     // The "task" runs for four lease periods, heartbeating every lease/3.
-    let start = Instant::now();
-    let mut beats = 0;
-    while start.elapsed() < Duration::from_millis(run_ms) {
+    for _ in 0..12 {
         tokio::time::sleep(Duration::from_millis(lease_ms / 3)).await;
         assert_eq!(heartbeat(&a, wa, &[lease]).await, (vec![lease], vec![], vec![]));
-        beats += 1;
     }
-    assert!(beats >= 10, "{beats} heartbeats");
     let stolen = other.await.unwrap();
     assert!(stolen.is_empty(), "a heartbeating job was leased to another worker: {stolen:?}");
     let rec = job(&planner, jobs[0]).await;
@@ -628,7 +624,12 @@ async fn q11_every_request_outside_a_roles_column_is_forbidden() {
                 message: format!("the {} role may not {}", role.as_str(), req.name()),
             };
             if allowed.contains(&role) {
-                assert_ne!(resp, forbidden, "{} may {}", role.as_str(), req.name());
+                assert!(
+                    !matches!(resp, Response::Error { code: ErrorCode::Forbidden, .. }),
+                    "{} may {}: {resp:?}",
+                    role.as_str(),
+                    req.name()
+                );
             } else {
                 assert_eq!(resp, forbidden, "{} may not {}", role.as_str(), req.name());
             }

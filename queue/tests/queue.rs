@@ -4,7 +4,7 @@
 
 mod common;
 
-use agenix_proto::job::{JobOutput, JobState, LeaseRef};
+use agenix_proto::job::{JobOutput, JobState};
 use agenix_proto::wire::{ClientRole, ErrorCode, Request, Response};
 use common::*;
 
@@ -45,7 +45,7 @@ async fn a_job_goes_from_submission_to_success() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn q11_roles_are_enforced() {
+async fn each_role_is_refused_what_it_may_not_do() {
     let q = Agq::start(&[]);
     let planner = q.client(ClientRole::Planner).await;
     let worker = q.client(ClientRole::Worker).await;
@@ -66,7 +66,6 @@ async fn q11_roles_are_enforced() {
     assert!(matches!(observer.request(&Request::Stats {}).await.unwrap(), Response::Stats { .. }));
     let err = observer.put_blob(b"x").await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Forbidden));
-    let _ = LeaseRef { job: agenix_proto::job::JobId(1), epoch: agenix_proto::job::LeaseEpoch(1) };
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,15 +124,18 @@ async fn a_worker_that_has_gone_is_leased_nothing() {
     let claim_of = |c: &std::sync::Arc<agenix_proto::link::Client>, w: u64| {
         let c = c.clone();
         tokio::spawn(async move {
-            let _ = c.request(&Request::Claim { worker: w, max: 4, wait_ms: 20_000 }).await;
+            c.request(&Request::Claim { worker: w, max: 4, wait_ms: 20_000 }).await
         })
     };
     let given_up = claim_of(&quitter, w1);
     let cut_off = claim_of(&closer, w2);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Both claims are waiting at the queue (nothing to lease yet).
+    assert!(!given_up.is_finished() && !cut_off.is_finished(), "a claim did not wait");
     given_up.abort();
     closer.close();
-    let _ = cut_off.await;
+    let ended = cut_off.await.unwrap();
+    assert!(ended.is_err(), "a claim on a closed connection answered: {ended:?}");
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
 
     let jobs = q.submit(&planner, &[b"one", b"two"], 3).await;

@@ -147,7 +147,7 @@ async fn p02_plan_or_action_signed_by_an_unknown_key_is_invalid_at_submit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn p11_submission_naming_a_blob_not_uploaded_is_invalid_naming_the_digest() {
+async fn submission_naming_a_blob_not_uploaded_is_invalid_naming_the_digest() {
     let q = Agq::start(&[]);
     let planner = q.client(ClientRole::Planner).await;
     let (stored, missing): (&[u8], &[u8]) = (b"uploaded", b"never uploaded");

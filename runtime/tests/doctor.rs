@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
 
+use std::io::Write as _;
 use std::process::Command;
 
 fn checks() -> (Vec<serde_json::Value>, serde_json::Value, i32) {
@@ -43,7 +44,10 @@ fn doctor_matches_the_kernel_and_its_exit_code_matches_its_verdict() {
             unshare(&["--user", "--map-root-user", "--net"])
         );
     } else {
-        println!("no unshare(1) here: the namespace checks are not cross-checked");
+        let _ = writeln!(
+            std::io::stderr(),
+            "no unshare(1) here: the namespace checks are not cross-checked"
+        );
     }
     // Landlock: the kernel lists it among its LSMs when it is enabled.
     match std::fs::read_to_string("/sys/kernel/security/lsm") {
@@ -51,7 +55,10 @@ fn doctor_matches_the_kernel_and_its_exit_code_matches_its_verdict() {
             assert_eq!(found(&checks, "landlock"), lsm.split(',').any(|m| m.trim() == "landlock"))
         }
         Err(_) => {
-            println!("no /sys/kernel/security/lsm here: the landlock check is not cross-checked")
+            let _ = writeln!(
+                std::io::stderr(),
+                "no /sys/kernel/security/lsm here: the landlock check is not cross-checked"
+            );
         }
     }
     let required_ok = checks.iter().filter(|c| c["required"] == true).all(|c| c["found"] == true);

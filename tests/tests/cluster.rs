@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use common::*;
@@ -70,7 +71,11 @@ fn example_plans_run_through_the_queue_and_a_worker() {
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert_eq!(text(&out.stdout), LOG_ERRORS);
     } else {
-        println!("native example skipped: {}", text(&doctor.stdout).lines().last().unwrap_or(""));
+        let _ = writeln!(
+            std::io::stderr(),
+            "native example skipped: {}",
+            text(&doctor.stdout).lines().last().unwrap_or("")
+        );
     }
     // agx result gives the same output again.
     let out = c.agx(&["jobs", "result", "1"]);
