@@ -13,6 +13,7 @@ use agenix_proto::job::{JobId, JobRecord, JobState};
 use agenix_proto::link::Client;
 use agenix_proto::wire::{ClientRole, JobFilter, Request, Response};
 use agenix_proto::{Action, ActionId, Digest, Envelope, InputRef, Limits, Plan, PlanId};
+use agenix_runtime::store::StoreError;
 use anyhow::{Context, Result, bail};
 
 use super::plan::{load_key, load_plan_bytes};
@@ -93,17 +94,24 @@ impl Submit {
         let rt = runtime()?;
         let jobs = rt.block_on(async {
             let client = self.queue.connect(ClientRole::Planner).await?;
-            // Components the local store has go up with the submission (the queue keeps one
-            // copy of each).
+            // Components the local store has go up with the submission, each once (the
+            // queue keeps one copy of each); one the store lacks may be at the queue already.
+            let mut components = BTreeMap::new();
             for (_, w) in plan.wasm_tasks() {
-                if let Some(d) = w.digest
-                    && let Ok(component) = store.get(&d)
-                {
-                    client
-                        .put_blob(&component)
-                        .await
-                        .with_context(|| format!("cannot upload AU {}", w.name))?;
+                if let Some(d) = w.digest {
+                    components.entry(d).or_insert(&w.name);
                 }
+            }
+            for (d, name) in components {
+                let component = match store.get(&d) {
+                    Ok(c) => c,
+                    Err(StoreError::Missing { .. }) => continue,
+                    Err(e) => return Err(e).with_context(|| format!("AU {name}")),
+                };
+                client
+                    .put_blob(&component)
+                    .await
+                    .with_context(|| format!("cannot upload AU {name}"))?;
             }
             let mut refs = Vec::new();
             for (input, path) in inputs.iter().zip(&self.inputs) {
@@ -195,7 +203,8 @@ async fn watch(client: &Client, ids: &[JobId], out: Out) -> Result<ExitCode> {
 /// The jobs `ids`, in that order: one listing per page when they are all of one action (as
 /// after `agx submit`), else one request per job.
 async fn fetch_jobs(client: &Client, ids: &[JobId]) -> Result<Vec<JobRecord>> {
-    let first = show(client, ids[0]).await?;
+    let Some(&first) = ids.first() else { return Ok(vec![]) };
+    let first = show(client, first).await?;
     let mut found: BTreeMap<JobId, JobRecord> = BTreeMap::new();
     let filter = JobFilter { state: None, action: Some(first.action.clone()) };
     let mut after = None;
