@@ -40,8 +40,8 @@ pub(crate) async fn spawn(runs: usize, dir: &Path) -> Result<Section> {
          it; under `bwrap --unshare-all` (Debian's bubblewrap, binding /usr read-only, no \
          cgroup); and as a plain spawn.",
     );
-    let input = log_lines(1 << 20);
-    let expected = run(Command::new(SORT).env("LC_ALL", "C"), &input, &[])?;
+    let input = Bytes::from(log_lines(1 << 20));
+    let expected = run(Command::new(SORT).env("LC_ALL", "C"), input.clone(), &[])?;
 
     let mut allow = Allowlist::new();
     for (name, path) in [("true", TRUE), ("sort", SORT)] {
@@ -74,7 +74,7 @@ pub(crate) async fn spawn(runs: usize, dir: &Path) -> Result<Section> {
     let bw = tool("bwrap", None);
     s.command("# in process: NativeHost::run (the jail agw uses), LC_ALL=C, stdin from memory");
     for (name, program, stdin, per_run) in
-        [("true", TRUE, &b""[..], 100), ("sort", SORT, &input[..], 50)]
+        [("true", TRUE, Bytes::new(), 100), ("sort", SORT, input.clone(), 50)]
     {
         let label = if name == "true" { "`/usr/bin/true`" } else { "`sort` on 1 MB" };
         for (which, host) in &hosts {
@@ -83,7 +83,6 @@ pub(crate) async fn spawn(runs: usize, dir: &Path) -> Result<Section> {
                 continue;
             }
             let mut times = Vec::with_capacity(runs);
-            let stdin = Bytes::copy_from_slice(stdin);
             for _ in 0..runs {
                 let t = Instant::now();
                 for _ in 0..per_run {
@@ -104,8 +103,9 @@ pub(crate) async fn spawn(runs: usize, dir: &Path) -> Result<Section> {
                 s.skip(format!("{label}: `bwrap --unshare-all`"), "bubblewrap is not installed")
             }
             Some(b) => {
-                let times =
-                    per_call(runs, per_run, || run(&mut bwrap(b, program), stdin, &[]).map(drop))?;
+                let times = per_call(runs, per_run, || {
+                    run(&mut bwrap(b, program), stdin.clone(), &[]).map(drop)
+                })?;
                 s.command(format!("{} < {name}.in", show(&bwrap(b, program))));
                 s.add(Figure::ms(format!("{label}: `bwrap --unshare-all`"), &times));
             }
@@ -115,7 +115,7 @@ pub(crate) async fn spawn(runs: usize, dir: &Path) -> Result<Section> {
             c.env("LC_ALL", "C");
             c
         };
-        let times = per_call(runs, per_run, || run(&mut plain(), stdin, &[]).map(drop))?;
+        let times = per_call(runs, per_run, || run(&mut plain(), stdin.clone(), &[]).map(drop))?;
         s.command(format!("{} < {name}.in", show(&plain())));
         s.add(Figure::ms(format!("{label}: plain spawn"), &times));
     }

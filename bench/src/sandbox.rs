@@ -74,12 +74,13 @@ pub(crate) async fn compile(runs: usize, dir: &Path) -> Result<Section> {
             compile.push(t.elapsed());
         }
         prepare(&compiler, path).await?;
+        let digest = Digest::of(&bytes);
         let mut load = vec![];
         for _ in 0..runs {
             let fresh = host(Some(&cache), dir)?;
             let t = Instant::now();
             fresh
-                .prepare(Digest::of(&bytes), || async {
+                .prepare(digest, || async {
                     Err(PrepareError::Fetch("not in the artifact cache".into()))
                 })
                 .await?;
@@ -127,7 +128,7 @@ pub(crate) async fn overhead(runs: usize, dir: &Path) -> Result<Section> {
             s.skip("`wasmtime run`", "wasmtime-cli is not installed (scripts/bench.sh installs it)")
         }
         Some(wasmtime) => {
-            let version = run(Command::new(&wasmtime).arg("--version"), b"", &[])?;
+            let version = run(Command::new(&wasmtime).arg("--version"), Bytes::new(), &[])?;
             let cache_dir = dir.join("wasmtime-cache");
             let config = dir.join("wasmtime-cache.toml");
             std::fs::write(
@@ -145,11 +146,11 @@ pub(crate) async fn overhead(runs: usize, dir: &Path) -> Result<Section> {
                 c
             };
             // The first run compiles and fills the cache.
-            let out = run(&mut cmd(), &line, &[])?;
+            let out = run(&mut cmd(), line.clone(), &[])?;
             if out != expected {
                 bail!("wasmtime run printed {out:?}, the sandbox {expected:?}");
             }
-            let times = per_call(runs, 50, || run(&mut cmd(), &line, &[]).map(drop))?;
+            let times = per_call(runs, 50, || run(&mut cmd(), line.clone(), &[]).map(drop))?;
             s.command(format!("{} < one-line.txt", show(&cmd())));
             s.command(format!(
                 "# {}: [cache] directory = \"$SCRATCH/wasmtime-cache\"",
@@ -166,11 +167,12 @@ pub(crate) async fn overhead(runs: usize, dir: &Path) -> Result<Section> {
     }
 
     let native = sibling("wc")?;
-    let out = run(&mut Command::new(&native), &line, &[])?;
+    let out = run(&mut Command::new(&native), line.clone(), &[])?;
     if out != expected {
         bail!("the native wc printed {out:?}, the sandbox {expected:?}");
     }
-    let times = per_call(runs, 200, || run(&mut Command::new(&native), &line, &[]).map(drop))?;
+    let times =
+        per_call(runs, 200, || run(&mut Command::new(&native), line.clone(), &[]).map(drop))?;
     s.command(format!("{} < one-line.txt", show(&Command::new(&native))));
     s.add(Figure::ms("plain spawn of the native build", &times));
     Ok(s)
@@ -249,7 +251,7 @@ pub(crate) async fn compute(runs: usize, dir: &Path) -> Result<Section> {
             let mut cmd = Command::new(&native);
             cmd.args(job.args).env("LC_ALL", "C");
             s.command(format!("{} < {file}", show(&cmd)));
-            let nout = run(&mut cmd, &input, &[])?;
+            let nout = run(&mut cmd, input.clone(), &[])?;
             n.push(t.elapsed());
             if nout != wout {
                 bail!("{}: the native build and the sandbox printed different output", job.name);
@@ -259,7 +261,7 @@ pub(crate) async fn compute(runs: usize, dir: &Path) -> Result<Section> {
                 let mut cmd = Command::new(gnu);
                 cmd.args(job.args).env("LC_ALL", "C");
                 s.command(format!("{} < {file}", show(&cmd)));
-                let gout = run(&mut cmd, &input, &[])?;
+                let gout = run(&mut cmd, input.clone(), &[])?;
                 g.push(t.elapsed());
                 same_as_gnu &= gout == wout;
             }

@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use bytes::Bytes;
 
 /// A binary built next to this one (`cargo build --release --workspace` puts it there).
 pub(crate) fn sibling(name: &str) -> Result<PathBuf> {
@@ -68,7 +69,7 @@ pub(crate) fn show(cmd: &Command) -> String {
 
 /// Runs `cmd` with `input` on stdin; returns its stdout, failing unless it exits 0 (or one
 /// of `ok`).
-pub(crate) fn run(cmd: &mut Command, input: &[u8], ok: &[i32]) -> Result<Vec<u8>> {
+pub(crate) fn run(cmd: &mut Command, input: Bytes, ok: &[i32]) -> Result<Vec<u8>> {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -76,7 +77,6 @@ pub(crate) fn run(cmd: &mut Command, input: &[u8], ok: &[i32]) -> Result<Vec<u8>
         .spawn()
         .with_context(|| format!("spawning {cmd:?}"))?;
     let mut stdin = child.stdin.take().context("no stdin")?;
-    let input = input.to_vec();
     let feeder = std::thread::spawn(move || {
         // A program that stops reading early closes the pipe: not an error here.
         let _ = stdin.write_all(&input);
