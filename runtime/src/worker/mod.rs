@@ -358,13 +358,15 @@ impl Worker {
     fn start(self: &Arc<Self>, lease: Lease) {
         let key = lease.lease;
         let me = self.clone();
+        // Held until the entry is in: a job that ends at once must find it to remove it.
+        let mut running = lock(&self.running);
         let handle = tokio::spawn(async move {
             let result = me.run_lease(&lease).await;
             me.deliver(key, result).await;
             lock(&me.running).remove(&key);
             me.slot_free.notify_waiters();
         });
-        lock(&self.running).insert(key, handle.abort_handle());
+        running.insert(key, handle.abort_handle());
     }
 
     /// Verifies and runs one lease.
@@ -464,10 +466,10 @@ impl Worker {
                         if let Some(h) = lock(&self.running).remove(&l) {
                             h.abort();
                             info!(job = %l.job, "cancelled: sandboxes stopped");
+                            self.slot_free.notify_waiters();
                             let me = self.clone();
                             tokio::spawn(async move {
                                 me.deliver(l, Err(Failure::permanent("cancelled"))).await;
-                                me.slot_free.notify_waiters();
                             });
                         }
                     }
