@@ -649,7 +649,9 @@ impl Queue {
     }
 
     /// Leases up to `max` jobs to `worker`, waiting up to `wait_ms` for one; stops waiting,
-    /// leasing nothing, once `gone` resolves.
+    /// leasing nothing, once `gone` resolves. A worker that lets a lease expire while this
+    /// claim waits is leased nothing by it either (it may be dead with its connection not
+    /// yet timed out; if alive, it claims again).
     async fn claim(
         &self,
         worker: u64,
@@ -659,11 +661,22 @@ impl Queue {
     ) -> Response {
         let max = max.clamp(1, 64);
         let until = Instant::now() + Duration::from_millis(u64::from(wait_ms.min(30_000)));
+        let since = now_ms();
         tokio::pin!(gone);
         loop {
             let woken = self.ready.notified();
             let now = now_ms();
-            let (jobs, done) = match self.apply(|s| s.claim(now, worker, max), vec![]) {
+            let claimed = self.apply(
+                |s| {
+                    if s.unresponsive_since(worker, since) {
+                        Ok((vec![], vec![]))
+                    } else {
+                        s.claim(now, worker, max)
+                    }
+                },
+                vec![],
+            );
+            let (jobs, done) = match claimed {
                 Ok(v) => v,
                 Err(r) => return refusal(r),
             };

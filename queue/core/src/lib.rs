@@ -142,6 +142,8 @@ pub struct Scheduler {
     actions: BTreeMap<ActionId, ActionRecord>,
     action_expiry: BTreeSet<(u64, ActionId)>,
     workers: BTreeMap<u64, WorkerRecord>,
+    /// When a worker (by name, as leases record it) last let a lease expire.
+    unresponsive: BTreeMap<String, u64>,
     counts: BTreeMap<&'static str, u64>,
     next_job: u64,
     next_worker: u64,
@@ -165,6 +167,7 @@ impl Scheduler {
             actions: BTreeMap::new(),
             action_expiry: BTreeSet::new(),
             workers: BTreeMap::new(),
+            unresponsive: BTreeMap::new(),
             counts: BTreeMap::new(),
             next_job: 1,
             next_worker: 1,
@@ -516,6 +519,7 @@ impl Scheduler {
                 if let Some(w) = self.workers.values_mut().find(|w| w.capabilities.name == worker) {
                     w.leases = w.leases.saturating_sub(1);
                 }
+                self.unresponsive.insert(worker, now);
             }
             changes.extend(self.transition(id, now, |j| {
                 j.last_error = Some("lease expired: the worker stopped heartbeating".into());
@@ -615,6 +619,16 @@ impl Scheduler {
             page.push(job.clone());
         }
         (page, next)
+    }
+
+    /// Whether `worker` let a lease expire at or after `since`: a claim it made before then
+    /// may be from a process that is gone (killed, its connection not yet timed out), and
+    /// must be leased nothing; a worker that is alive claims again.
+    pub fn unresponsive_since(&self, worker: u64, since: u64) -> bool {
+        self.workers
+            .get(&worker)
+            .and_then(|w| self.unresponsive.get(&w.capabilities.name))
+            .is_some_and(|&at| at >= since)
     }
 
     /// Registered workers.

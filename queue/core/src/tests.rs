@@ -166,6 +166,23 @@ fn q04_poison_job_backs_off_with_jitter_then_dies() {
 }
 
 #[test]
+fn a_worker_that_let_a_lease_expire_is_unresponsive_to_claims_made_before() {
+    let mut s = Scheduler::new(Config::default());
+    s.submit(T0, sub(1, 1, 0, &[])).unwrap();
+    let a = s.register(T0, caps("a", &[]));
+    let b = s.register(T0, caps("b", &[]));
+    s.claim(T0, a, 1).unwrap();
+    // a claims again (it has free slots) and is then killed: its lease expires.
+    let waiting_since = T0 + 10;
+    assert!(!s.unresponsive_since(a, waiting_since));
+    s.tick(T0 + 30_001);
+    assert!(s.unresponsive_since(a, waiting_since), "a claim from before the expiry");
+    assert!(!s.unresponsive_since(b, waiting_since), "only the worker that let it expire");
+    // A claim a makes afterwards is its own proof of life.
+    assert!(!s.unresponsive_since(a, T0 + 30_002));
+}
+
+#[test]
 fn non_retryable_failures_die_at_once() {
     let mut s = Scheduler::new(Config::default());
     s.submit(T0, sub(1, 1, 0, &[])).unwrap();
