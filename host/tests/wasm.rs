@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agenix_host::wasm::{
-    Allocator, ConformanceError, Grant, PrepareError, Prepared, WasmConfig, WasmHost, WasmRun,
-    WasmTask,
+    Allocator, CacheBudget, ConformanceError, Grant, PrepareError, Prepared, WasmConfig, WasmHost,
+    WasmRun, WasmTask,
 };
 use agenix_proto::{Access, Digest, Limits, Outcome};
 use agenix_test_programs as programs;
@@ -33,14 +33,21 @@ impl Harness {
     }
 
     fn with(max_concurrent: u32, cache: Option<&Path>) -> Self {
+        Self::with_budget(max_concurrent, cache, CacheBudget::default())
+    }
+
+    fn with_budget(max_concurrent: u32, cache: Option<&Path>, budget: CacheBudget) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let host = WasmHost::new(WasmConfig {
-            ceilings: Limits::ABSOLUTE,
-            max_concurrent,
-            cache_dir: cache.map(Path::to_path_buf),
-            scratch_dir: dir.path().join("scratch"),
-            allocator: Allocator::Auto,
-        })
+        let host = WasmHost::with_budget(
+            WasmConfig {
+                ceilings: Limits::ABSOLUTE,
+                max_concurrent,
+                cache_dir: cache.map(Path::to_path_buf),
+                scratch_dir: dir.path().join("scratch"),
+                allocator: Allocator::Auto,
+            },
+            budget,
+        )
         .unwrap();
         Self { host, dir }
     }
@@ -52,6 +59,37 @@ impl Harness {
     async fn prepare(&self, path: &str) -> Arc<Prepared> {
         let bytes = fs::read(path).unwrap();
         self.host.prepare(Digest::of(&bytes), || async { Ok(bytes) }).await.unwrap()
+    }
+
+    async fn prepare_bytes(&self, bytes: &[u8]) -> Arc<Prepared> {
+        let b = bytes.to_vec();
+        self.host.prepare(Digest::of(bytes), || async { Ok(b) }).await.unwrap()
+    }
+
+    /// Prepares only from what the host keeps, in memory or in its artifact cache: fetching
+    /// the component fails.
+    async fn prepare_kept(&self, digest: Digest) -> Result<Arc<Prepared>, PrepareError> {
+        self.host.prepare(digest, || async { Err(PrepareError::Fetch("not kept".into())) }).await
+    }
+
+    /// Runs an echo guest (or a variant) and checks that it copies stdin to stdout.
+    async fn assert_echoes(&self, p: &Prepared) {
+        let task = WasmTask {
+            program: "echo".into(),
+            args: vec![],
+            env: vec![],
+            stdin: Bytes::from_static(b"echoed"),
+            grants: vec![],
+            limits: limits(),
+        };
+        let r = self.host.run(p, task).await.unwrap();
+        assert_eq!(
+            r.outcome,
+            Outcome::Exited { code: 0 },
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert_eq!(&r.stdout[..], b"echoed");
     }
 
     async fn run_with(
@@ -578,4 +616,149 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
     }
     out
+}
+
+/// `component` with a custom section naming `n` appended: a distinct component (its digest
+/// differs) that compiles and behaves exactly like the original.
+fn variant(component: &[u8], n: u32) -> Vec<u8> {
+    fn leb128(mut v: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"agenix-test-variant";
+    let mut payload = Vec::new();
+    leb128(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(&n.to_le_bytes());
+    let mut out = component.to_vec();
+    out.push(0); // a custom section
+    leb128(payload.len(), &mut out);
+    out.extend(payload);
+    out
+}
+
+fn variants(path: &str, ns: std::ops::Range<u32>) -> (Vec<Vec<u8>>, Vec<Digest>) {
+    let base = fs::read(path).unwrap();
+    let v: Vec<Vec<u8>> = ns.map(|n| variant(&base, n)).collect();
+    let d = v.iter().map(|b| Digest::of(b)).collect();
+    (v, d)
+}
+
+#[tokio::test]
+async fn prepared_components_are_kept_within_the_memory_budget_least_recently_used_first() {
+    let (v, d) = variants(programs::GUEST_ECHO, 0..4);
+    // What one variant is counted as (they differ only in a custom section).
+    let cost = Harness::new().prepare_bytes(&v[0]).await.cost_bytes();
+    assert!(cost > 0);
+    // Room for three.
+    let budget = CacheBudget { prepared_bytes: 3 * cost + cost / 2 };
+    let h = Harness::with_budget(4, None, budget);
+    let first = h.prepare_bytes(&v[0]).await;
+    h.prepare_bytes(&v[1]).await;
+    h.prepare_bytes(&v[2]).await;
+    assert_eq!((h.host.prepared_count(), h.host.prepared_bytes()), (3, 3 * cost));
+
+    // Using the first makes the second the least recently used: the fourth evicts it.
+    assert!(Arc::ptr_eq(&h.prepare_kept(d[0]).await.unwrap(), &first), "kept, not recompiled");
+    h.prepare_bytes(&v[3]).await;
+    assert_eq!((h.host.prepared_count(), h.host.prepared_bytes()), (3, 3 * cost));
+    for i in [0, 2, 3] {
+        assert!(h.prepare_kept(d[i]).await.is_ok(), "variant {i} is kept");
+    }
+    let err = h.prepare_kept(d[1]).await.unwrap_err();
+    assert!(matches!(err, PrepareError::Fetch(_)), "variant 1 is evicted: {err:?}");
+
+    // The evicted one is prepared again when needed (evicting the least recently used,
+    // variant 0), and runs.
+    let again = h.prepare_bytes(&v[1]).await;
+    assert_eq!(again.digest(), d[1]);
+    h.assert_echoes(&again).await;
+    assert_eq!((h.host.prepared_count(), h.host.prepared_bytes()), (3, 3 * cost));
+    assert!(h.prepare_kept(d[0]).await.is_err());
+    // A component evicted while someone holds it still runs for them.
+    h.assert_echoes(&first).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_prepares_compile_once_and_eviction_never_breaks_a_run() {
+    let (v, d) = variants(programs::GUEST_NAP, 0..2);
+    let cost = Harness::new().prepare_bytes(&v[0]).await.cost_bytes();
+    // Room for one.
+    let budget = CacheBudget { prepared_bytes: cost };
+    let h = Arc::new(Harness::with_budget(4, None, budget));
+
+    let fetched = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (h, fetched, bytes, d0) = (h.clone(), fetched.clone(), v[0].clone(), d[0]);
+        set.spawn(async move {
+            h.host
+                .prepare(d0, || async move {
+                    fetched.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Ok(bytes)
+                })
+                .await
+                .unwrap()
+        });
+    }
+    let prepared: Vec<Arc<Prepared>> = set.join_all().await;
+    assert_eq!(fetched.load(std::sync::atomic::Ordering::SeqCst), 1, "compiled once");
+    assert!(prepared.iter().all(|p| Arc::ptr_eq(p, &prepared[0])));
+    let nap = prepared[0].clone();
+    drop(prepared);
+
+    // Start a run of it, evict it while the run is (most likely) in progress, and the run
+    // still ends well.
+    let run = {
+        let (h, nap) = (h.clone(), nap.clone());
+        tokio::spawn(async move {
+            let task = WasmTask {
+                program: "nap".into(),
+                args: vec!["500".into()],
+                env: vec![],
+                stdin: Bytes::from_static(b"survived"),
+                grants: vec![],
+                limits: limits(),
+            };
+            h.host.run(&nap, task).await.unwrap()
+        })
+    };
+    if h.host.live_instances().is_some() {
+        // Wait until it has been instantiated (bounded by the test's own timeout).
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while h.host.live_instances() == Some(0) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .unwrap();
+    }
+    h.prepare_bytes(&v[1]).await;
+    assert_eq!(h.host.prepared_count(), 1);
+    assert!(h.prepare_kept(d[0]).await.is_err(), "evicted");
+    let r = run.await.unwrap();
+    assert_eq!(r.outcome, Outcome::Exited { code: 0 });
+    assert_eq!(&r.stdout[..], b"survived");
+    assert_eq!(Arc::strong_count(&nap), 1, "nobody else holds it");
+}
+
+#[tokio::test]
+async fn a_component_larger_than_the_budget_still_runs_and_is_not_kept() {
+    let budget = CacheBudget { prepared_bytes: 4096 };
+    let h = Harness::with_budget(2, None, budget);
+    let bytes = fs::read(programs::GUEST_ECHO).unwrap();
+    for _ in 0..2 {
+        let p = h.prepare_bytes(&bytes).await;
+        assert!(p.cost_bytes() > 4096);
+        h.assert_echoes(&p).await;
+        assert_eq!((h.host.prepared_count(), h.host.prepared_bytes()), (0, 0));
+    }
+    assert!(h.prepare_kept(Digest::of(&bytes)).await.is_err(), "not kept");
 }
