@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -651,6 +652,53 @@ fn variants(path: &str, ns: std::ops::Range<u32>) -> (Vec<Vec<u8>>, Vec<Digest>)
     (v, d)
 }
 
+/// The artifacts in every engine directory under a cache root, by file name, sorted; the
+/// directories and files are not followed if they are symlinks.
+fn artifacts(root: &Path) -> Vec<String> {
+    let mut out = vec![];
+    for e in fs::read_dir(root).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        if !name.starts_with("wasmtime-") || !e.path().symlink_metadata().unwrap().is_dir() {
+            continue;
+        }
+        for f in fs::read_dir(e.path()).unwrap() {
+            let f = f.unwrap();
+            let name = f.file_name().into_string().unwrap();
+            if name.ends_with(".cwasm") && f.path().symlink_metadata().unwrap().is_file() {
+                out.push(name);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn artifact_names(digests: &[Digest]) -> Vec<String> {
+    let mut out: Vec<String> = digests.iter().map(|d| format!("{}.cwasm", d.hex())).collect();
+    out.sort();
+    out
+}
+
+/// Waits until a file written now gets a later mtime than files written before the call, so
+/// that uses of artifacts before and after it are ordered on disk whatever the granularity
+/// of the file system's timestamps. (Sequencing, not a speed assertion.)
+fn advance_file_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = dir.path().join("probe");
+    let stamp = |n: u32| {
+        fs::write(&probe, n.to_le_bytes()).unwrap();
+        fs::metadata(&probe).unwrap().modified().unwrap()
+    };
+    let before = stamp(0);
+    for n in 1.. {
+        std::thread::sleep(Duration::from_millis(1));
+        if stamp(n) > before {
+            return;
+        }
+    }
+}
+
 #[tokio::test]
 async fn prepared_components_are_kept_within_the_memory_budget_least_recently_used_first() {
     let (v, d) = variants(programs::GUEST_ECHO, 0..4);
@@ -658,7 +706,7 @@ async fn prepared_components_are_kept_within_the_memory_budget_least_recently_us
     let cost = Harness::new().prepare_bytes(&v[0]).await.cost_bytes();
     assert!(cost > 0);
     // Room for three.
-    let budget = CacheBudget { prepared_bytes: 3 * cost + cost / 2 };
+    let budget = CacheBudget { prepared_bytes: 3 * cost + cost / 2, ..CacheBudget::default() };
     let h = Harness::with_budget(4, None, budget);
     let first = h.prepare_bytes(&v[0]).await;
     h.prepare_bytes(&v[1]).await;
@@ -691,7 +739,7 @@ async fn concurrent_prepares_compile_once_and_eviction_never_breaks_a_run() {
     let (v, d) = variants(programs::GUEST_NAP, 0..2);
     let cost = Harness::new().prepare_bytes(&v[0]).await.cost_bytes();
     // Room for one.
-    let budget = CacheBudget { prepared_bytes: cost };
+    let budget = CacheBudget { prepared_bytes: cost, ..CacheBudget::default() };
     let h = Arc::new(Harness::with_budget(4, None, budget));
 
     let fetched = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -750,15 +798,126 @@ async fn concurrent_prepares_compile_once_and_eviction_never_breaks_a_run() {
 }
 
 #[tokio::test]
-async fn a_component_larger_than_the_budget_still_runs_and_is_not_kept() {
-    let budget = CacheBudget { prepared_bytes: 4096 };
-    let h = Harness::with_budget(2, None, budget);
+async fn a_component_larger_than_the_budgets_still_runs_and_is_not_kept() {
+    let cache = tempfile::tempdir().unwrap();
+    let budget = CacheBudget { prepared_bytes: 4096, artifact_bytes: 4096 };
+    let h = Harness::with_budget(2, Some(cache.path()), budget);
     let bytes = fs::read(programs::GUEST_ECHO).unwrap();
     for _ in 0..2 {
         let p = h.prepare_bytes(&bytes).await;
         assert!(p.cost_bytes() > 4096);
         h.assert_echoes(&p).await;
         assert_eq!((h.host.prepared_count(), h.host.prepared_bytes()), (0, 0));
+        assert_eq!(h.host.cached_artifact_bytes().unwrap().unwrap(), 0);
+        assert!(artifacts(cache.path()).is_empty());
     }
-    assert!(h.prepare_kept(Digest::of(&bytes)).await.is_err(), "not kept");
+    assert!(h.prepare_kept(Digest::of(&bytes)).await.is_err(), "not kept anywhere");
+}
+
+#[tokio::test]
+async fn the_artifact_cache_stays_within_its_budget_least_recently_used_first() {
+    let (v, d) = variants(programs::GUEST_ECHO, 10..13);
+    // The size of one artifact (they differ only in a custom section).
+    let size = {
+        let probe = tempfile::tempdir().unwrap();
+        let h = Harness::with(2, Some(probe.path()));
+        h.prepare_bytes(&v[0]).await;
+        h.host.cached_artifact_bytes().unwrap().unwrap()
+    };
+    assert!(size > 0);
+    assert!(Harness::new().host.cached_artifact_bytes().unwrap().is_none(), "no cache, no figure");
+
+    // Nothing is kept in memory, so every preparation goes to the disk; it has room for two.
+    let cache = tempfile::tempdir().unwrap();
+    let budget = CacheBudget { prepared_bytes: 0, artifact_bytes: 2 * size + size / 2 };
+    let h = Harness::with_budget(2, Some(cache.path()), budget);
+    h.prepare_bytes(&v[0]).await;
+    advance_file_clock();
+    h.prepare_bytes(&v[1]).await;
+    assert_eq!(artifacts(cache.path()), artifact_names(&d[..2]));
+    advance_file_clock();
+
+    // Loading the first from disk marks it as used: the third evicts the second.
+    h.prepare_kept(d[0]).await.unwrap();
+    advance_file_clock();
+    h.prepare_bytes(&v[2]).await;
+    assert_eq!(artifacts(cache.path()), artifact_names(&[d[0], d[2]]));
+    assert_eq!(h.host.cached_artifact_bytes().unwrap().unwrap(), 2 * size);
+    assert!(h.prepare_kept(d[1]).await.is_err(), "evicted");
+    advance_file_clock();
+
+    // The evicted one is compiled and cached again when needed, and runs; the least recently
+    // used (the first) makes room.
+    let p = h.prepare_bytes(&v[1]).await;
+    h.assert_echoes(&p).await;
+    assert_eq!(artifacts(cache.path()), artifact_names(&[d[1], d[2]]));
+    assert!(h.host.cached_artifact_bytes().unwrap().unwrap() <= budget.artifact_bytes);
+    // A new host (process) loads what is on disk without fetching.
+    let h = Harness::with_budget(2, Some(cache.path()), budget);
+    h.assert_echoes(&h.prepare_kept(d[2]).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn the_artifact_sweep_follows_no_symlink_and_spares_files_being_written() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let (cache, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (root, out) = (cache.path(), outside.path());
+    let hex = |n: u8| format!("{n:02x}").repeat(32);
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    let age = |p: &Path| {
+        fs::File::options().write(true).open(p).unwrap().set_modified(two_hours_ago).unwrap()
+    };
+    // A host opens the cache once, to name its engine directory.
+    drop(Harness::with(1, Some(root)));
+    let engine = fs::read_dir(root).unwrap().next().unwrap().unwrap().path();
+    let mib = vec![7u8; MIB as usize];
+
+    // Outside the cache: an old artifact-like file, reachable through a symlink named like an
+    // artifact and through a symlink named like an engine directory.
+    let target = out.join(format!("{}.cwasm", hex(1)));
+    fs::write(&target, &mib).unwrap();
+    age(&target);
+    symlink(&target, engine.join(format!("{}.cwasm", hex(2)))).unwrap();
+    symlink(out, root.join("wasmtime-00000000000000aa")).unwrap();
+    // The directory of an engine no longer in use, with an old artifact: the first to go.
+    let stale = root.join("wasmtime-00000000deadbeef");
+    fs::create_dir(&stale).unwrap();
+    fs::set_permissions(&stale, fs::Permissions::from_mode(0o700)).unwrap();
+    let stale_artifact = stale.join(format!("{}.cwasm", hex(3)));
+    fs::write(&stale_artifact, &mib).unwrap();
+    age(&stale_artifact);
+    // Temporary files: one being written, one an hour-long writer still holds (locked), and
+    // one a crashed writer left.
+    fs::write(engine.join(".cwasm-writing"), &mib).unwrap();
+    let slow = fs::File::create(engine.join(".cwasm-slow")).unwrap();
+    slow.lock().unwrap();
+    (&slow).write_all(&mib).unwrap();
+    slow.set_modified(two_hours_ago).unwrap();
+    fs::write(engine.join(".cwasm-crashed"), &mib).unwrap();
+    age(&engine.join(".cwasm-crashed"));
+    // Files that are none of the cache's business.
+    fs::write(root.join("notes.txt"), "keep").unwrap();
+    fs::write(engine.join("notes.txt"), "keep").unwrap();
+
+    // Room for the old artifact or a new one, not both.
+    let budget = CacheBudget { artifact_bytes: MIB + 1, ..CacheBudget::default() };
+    let h = Harness::with_budget(2, Some(root), budget);
+    assert_eq!(h.host.cached_artifact_bytes().unwrap().unwrap(), MIB, "symlinks are not counted");
+    let bytes = fs::read(programs::GUEST_ECHO).unwrap();
+    let p = h.prepare_bytes(&bytes).await;
+    h.assert_echoes(&p).await;
+
+    assert!(!stale_artifact.exists(), "the least recently used artifact is evicted");
+    assert!(stale.is_dir(), "its directory stays (another process may still use it)");
+    assert_eq!(artifacts(root), artifact_names(&[Digest::of(&bytes)]));
+    let kept = h.host.cached_artifact_bytes().unwrap().unwrap();
+    assert!(kept > 0 && kept <= budget.artifact_bytes, "{kept}");
+    assert_eq!(fs::read(&target).unwrap(), mib, "nothing outside is touched");
+    assert!(engine.join(format!("{}.cwasm", hex(2))).symlink_metadata().unwrap().is_symlink());
+    assert!(root.join("wasmtime-00000000000000aa").symlink_metadata().unwrap().is_symlink());
+    assert!(engine.join(".cwasm-writing").exists(), "a file being written is spared");
+    assert!(engine.join(".cwasm-slow").exists(), "a locked file is spared, however old");
+    assert!(!engine.join(".cwasm-crashed").exists(), "an abandoned one is removed");
+    assert!(root.join("notes.txt").exists() && engine.join("notes.txt").exists());
+    drop(slow);
 }

@@ -62,6 +62,8 @@ const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 /// resident memory plus shared memory per prepared-and-run component: 1.36× the image for a
 /// 300 KB image (a 75 KB guest), 1.17× for a 5.7 MB image (the 1.7 MB jq AU).
 const PREPARED_OVERHEAD_DIVISOR: u64 = 3;
+/// How often, at most, a component used from memory marks its artifact on disk as used.
+const ARTIFACT_TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How instance memory is allocated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,10 +95,13 @@ pub struct WasmConfig {
 /// size of the jq AU (1.7 MB, counted as 7.6 MB) or 1,300 small ones (75 KB, counted as
 /// 0.4 MB).
 pub const DEFAULT_PREPARED_BYTES: u64 = 512 << 20;
+/// Default of [`CacheBudget::artifact_bytes`]: 2 GiB.
+pub const DEFAULT_ARTIFACT_BYTES: u64 = 2 << 30;
 
 /// How much a [`WasmHost`] keeps of the components it compiled, so that a worker meeting
-/// thousands of distinct AUs keeps bounded memory. The least recently used go first, and a
-/// component larger than the whole budget still runs: it is just not kept.
+/// thousands of distinct AUs keeps bounded memory and disk. In both places the least
+/// recently used go first, and a component larger than the whole budget still runs: it is
+/// just not kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheBudget {
     /// Most bytes of prepared components kept in memory (default
@@ -104,11 +109,14 @@ pub struct CacheBudget {
     /// [`Prepared::cost_bytes`]). A component some task is running stays alive until that
     /// task ends, whether or not it is still kept.
     pub prepared_bytes: u64,
+    /// Most bytes of precompiled artifacts kept under [`WasmConfig::cache_dir`], the files of
+    /// every engine version there counted together (default [`DEFAULT_ARTIFACT_BYTES`]).
+    pub artifact_bytes: u64,
 }
 
 impl Default for CacheBudget {
     fn default() -> Self {
-        Self { prepared_bytes: DEFAULT_PREPARED_BYTES }
+        Self { prepared_bytes: DEFAULT_PREPARED_BYTES, artifact_bytes: DEFAULT_ARTIFACT_BYTES }
     }
 }
 
@@ -169,6 +177,8 @@ pub struct Prepared {
     pre: CommandPre<TaskState>,
     imports: Vec<String>,
     cost: u64,
+    /// When its artifact on disk was last marked as used by this process.
+    touched: Mutex<Instant>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -449,7 +459,9 @@ impl WasmHost {
         Self::with_budget(config, CacheBudget::default())
     }
 
-    /// As [`WasmHost::new`], keeping compiled components within `budget`.
+    /// As [`WasmHost::new`], keeping compiled components within `budget`. An artifact cache
+    /// that is over its budget (it was lowered, or other processes share the directory) is
+    /// trimmed here.
     pub fn with_budget(config: WasmConfig, budget: CacheBudget) -> Result<Self, HostError> {
         let (engine, pooled) = match config.allocator {
             Allocator::OnDemand => (Self::on_demand()?, false),
@@ -467,10 +479,14 @@ impl WasmHost {
         let mut linker = Linker::new(&engine);
         link(&mut linker).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         let cache = match &config.cache_dir {
-            Some(dir) => Some(
-                ArtifactCache::open(dir, &engine)
-                    .map_err(io_err(format!("cannot open the artifact cache {}", dir.display())))?,
-            ),
+            Some(dir) => {
+                let cache = ArtifactCache::open(dir, &engine, budget.artifact_bytes)
+                    .map_err(io_err(format!("cannot open the artifact cache {}", dir.display())))?;
+                if let Err(e) = cache.sweep() {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot sweep the artifact cache");
+                }
+                Some(cache)
+            }
             None => None,
         };
         std::fs::create_dir_all(&config.scratch_dir).map_err(io_err(format!(
@@ -527,6 +543,14 @@ impl WasmHost {
         self.prepared_map().len()
     }
 
+    /// Bytes of precompiled artifacts in the cache directory (every engine version's), as
+    /// counted against [`CacheBudget::artifact_bytes`]; `None` without a cache directory.
+    /// Reads the directory.
+    pub fn cached_artifact_bytes(&self) -> Result<Option<u64>, HostError> {
+        let Some(cache) = &self.cache else { return Ok(None) };
+        cache.bytes().map(Some).map_err(io_err("cannot read the artifact cache"))
+    }
+
     fn prepared_map(&self) -> std::sync::MutexGuard<'_, PreparedMap<Arc<Prepared>>> {
         self.prepared.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -561,6 +585,21 @@ impl WasmHost {
             .await?
             .clone();
         self.prepared_map().settle(digest, &claim.cell, prepared.cost);
+        // Used from memory, the artifact on disk is used too: mark it now and then, so that
+        // it does not age out of the disk cache while it is in demand.
+        if let Some(cache) = &self.cache {
+            let due = {
+                let mut touched = prepared.touched.lock().unwrap_or_else(PoisonError::into_inner);
+                let due = touched.elapsed() >= ARTIFACT_TOUCH_INTERVAL;
+                if due {
+                    *touched = Instant::now();
+                }
+                due
+            };
+            if due {
+                cache.touch(&digest);
+            }
+        }
         Ok(prepared)
     }
 
@@ -572,11 +611,31 @@ impl WasmHost {
         }
         let component = self.compile_unchecked(bytes).await?;
         imports::check(&self.engine, &component)?;
-        if let Some(cache) = &self.cache {
+        if let Some(cache) = self.cache.clone() {
             match component.serialize() {
                 Ok(artifact) => {
-                    if let Err(e) = cache.store(&digest, &artifact) {
-                        tracing::warn!(%digest, error = %e, "cannot cache the precompiled component");
+                    // Off the async threads: the write, its fsync and the sweep of the
+                    // directory.
+                    let done = tokio::task::spawn_blocking(move || {
+                        (cache.store(&digest, &artifact), cache.sweep())
+                    })
+                    .await;
+                    let (stored, swept) = match done {
+                        Ok(r) => r,
+                        Err(e) => (Err(std::io::Error::other(e.to_string())), Ok(0)),
+                    };
+                    match stored {
+                        Ok(true) => {}
+                        Ok(false) => tracing::info!(
+                            %digest,
+                            "precompiled component larger than the whole artifact cache; not cached"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(%digest, error = %e, "cannot cache the precompiled component")
+                        }
+                    }
+                    if let Err(e) = swept {
+                        tracing::warn!(error = %e, "cannot sweep the artifact cache");
                     }
                 }
                 Err(e) => {
@@ -620,7 +679,7 @@ impl WasmHost {
         let image = component.image_range();
         let image = image.end.addr().saturating_sub(image.start.addr()) as u64;
         let cost = image.saturating_add(image / PREPARED_OVERHEAD_DIVISOR);
-        Ok(Arc::new(Prepared { digest, pre, imports, cost }))
+        Ok(Arc::new(Prepared { digest, pre, imports, cost, touched: Mutex::new(Instant::now()) }))
     }
 
     /// Runs one task. Waits for a free slot first. A guest failing in any way is an
