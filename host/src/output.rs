@@ -161,8 +161,10 @@ fn secret_patterns() -> &'static Regex {
 }
 
 /// Makes a task's stderr safe to store and show: lossy UTF-8, ANSI escape sequences and
-/// other control characters removed (newlines and tabs kept), secret-looking tokens replaced
-/// by `[REDACTED]`, and at most [`REPORT_STDERR_BYTES`] bytes kept (marked when cut).
+/// other control characters removed (newlines and tabs kept), Unicode bidirectional
+/// controls removed (they make text read differently from what it holds), secret-looking
+/// tokens replaced by `[REDACTED]`, and at most [`REPORT_STDERR_BYTES`] bytes kept (marked
+/// when cut).
 pub fn sanitize_stderr(raw: &[u8]) -> String {
     // Look at a bounded prefix: a flood is cut anyway.
     let window = &raw[..raw.len().min(REPORT_STDERR_BYTES * 4)];
@@ -174,7 +176,7 @@ pub fn sanitize_stderr(raw: &[u8]) -> String {
             '\u{1b}' => skip_escape(&mut chars),
             '\u{9b}' => skip_csi(&mut chars),
             '\n' | '\t' => plain.push(c),
-            c if c.is_control() => {}
+            c if c.is_control() || is_bidi_control(c) => {}
             c => plain.push(c),
         }
     }
@@ -189,6 +191,12 @@ pub fn sanitize_stderr(raw: &[u8]) -> String {
         out.push_str("\n[stderr truncated]");
     }
     out
+}
+
+/// The Unicode bidirectional formatting characters: the marks U+200E, U+200F and U+061C,
+/// the embeddings and overrides U+202A..=U+202E and the isolates U+2066..=U+2069.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 fn skip_escape(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
@@ -245,6 +253,15 @@ mod tests {
     fn ansi_and_controls_are_stripped() {
         let raw = b"\x1b[31mred\x1b[0m \x1b]0;title\x07ok\x1b(B\r\x08\x00 done\n\tnext";
         assert_eq!(sanitize_stderr(raw), "red ok done\n\tnext");
+    }
+
+    #[test]
+    fn bidi_controls_and_overrides_are_stripped() {
+        let raw = "if \u{202e}\u{2066}admin\u{2069}\u{2066} ok \u{202a}\u{202b}\u{202c}\u{202d}\
+                   \u{2067}\u{2068}\u{200e}\u{200f}\u{061c}end";
+        assert_eq!(sanitize_stderr(raw.as_bytes()), "if admin ok end");
+        // Right-to-left text itself is kept.
+        assert_eq!(sanitize_stderr("שלום مرحبا".as_bytes()), "שלום مرحبا");
     }
 
     #[test]
