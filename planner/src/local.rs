@@ -10,6 +10,8 @@ use agenix_runtime::exec::MountConfig;
 use agenix_runtime::store::{LocalStore, StoreError};
 use anyhow::{Context, Result, bail};
 
+use crate::display::clean;
+
 /// The component store: `--store`, else `$AGX_STORE`, else `$XDG_DATA_HOME/agenix/store`
 /// (`~/.local/share/agenix/store`).
 #[derive(Debug, Clone, clap::Args)]
@@ -150,7 +152,9 @@ pub(crate) fn show_bytes(n: u64) -> String {
     format!("{v:.1} {}", UNITS[unit])
 }
 
-/// The per-task table: task, outcome, exit, fuel, ms, peak memory.
+/// The per-task table: task, outcome, exit, fuel, ms, peak memory; then, for each task that
+/// did not succeed, why and the first lines of its stderr. Reports can come from a queue and
+/// its workers, so everything they say is made safe for a terminal first.
 pub(crate) fn task_table(reports: &[TaskReport]) -> String {
     let width = reports.iter().map(|r| r.task.as_str().len()).max().unwrap_or(4).max(4);
     let mut s = format!(
@@ -160,11 +164,10 @@ pub(crate) fn task_table(reports: &[TaskReport]) -> String {
     for r in reports {
         let exit = r.outcome.exit_code().map(|c| c.to_string()).unwrap_or_else(|| "-".into());
         let fuel = r.fuel_consumed.map(|f| f.to_string()).unwrap_or_else(|| "-".into());
-        let mut label = r.outcome.label();
-        label.truncate(24);
+        let label: String = clean(&r.outcome.label()).chars().take(24).collect();
         s.push_str(&format!(
             "{:<width$}  {:<24} {:>4} {:>14} {:>8} {:>10}\n",
-            r.task.as_str(),
+            clean(r.task.as_str()),
             label,
             exit,
             fuel,
@@ -181,12 +184,13 @@ pub(crate) fn task_table(reports: &[TaskReport]) -> String {
             }
             _ => String::new(),
         };
-        if !why.is_empty() {
-            s.push_str(&format!("{}: {}\n", r.task, why.lines().next().unwrap_or_default()));
+        let task = clean(r.task.as_str());
+        if let Some(line) = why.lines().next() {
+            s.push_str(&format!("{task}: {}\n", clean(line)));
         }
-        if !r.outcome.is_success() && !r.stderr.is_empty() {
+        if !r.outcome.is_success() {
             for line in r.stderr.lines().take(5) {
-                s.push_str(&format!("{} stderr: {line}\n", r.task));
+                s.push_str(&format!("{task} stderr: {}\n", clean(line)));
             }
         }
     }
@@ -215,5 +219,46 @@ mod tests {
         assert!(parse_bytes("5T").is_err());
         assert!(parse_bytes("99999999999999999999G").is_err());
         assert_eq!(show_bytes(1536), "1.5 KiB");
+    }
+
+    fn report(task: &str, outcome: agenix_proto::Outcome, stderr: &str) -> TaskReport {
+        let mut r = TaskReport::not_run(task.parse().unwrap(), outcome);
+        r.stderr = stderr.into();
+        r
+    }
+
+    #[test]
+    fn the_task_table_shows_what_workers_say_without_terminal_controls() {
+        use agenix_proto::Outcome;
+        let table = task_table(&[
+            report(
+                "a",
+                Outcome::Refused { reason: "no\x1b]0;owned\x07 \u{202e}way\x1b[2K".into() },
+                "",
+            ),
+            report("b", Outcome::Trapped { message: "\u{9b}31mtrap\r".into() }, ""),
+            report(
+                "c",
+                Outcome::Exited { code: 1 },
+                "\x1b[1A\x1b[2Kfine\u{2066}\u{200f}\nsecond\u{85}\u{061c} line",
+            ),
+            // A stream name long enough to be cut in the middle of a character.
+            report("d", Outcome::OutputExceeded { stream: "ééééé\u{202d}é".into() }, ""),
+        ]);
+        assert!(table.contains("a: refused: no way\n"), "{table}");
+        assert!(table.contains("b: trapped: trap\n"), "{table}");
+        assert!(table.contains("c stderr: fine\nc stderr: second line\n"), "{table}");
+        assert!(table.contains("output-exceeded (éééééé)"), "{table}");
+        for c in table.chars() {
+            assert!(
+                c == '\n'
+                    || !(c.is_control()
+                        || ('\u{2066}'..='\u{2069}').contains(&c)
+                        || ('\u{202a}'..='\u{202e}').contains(&c)
+                        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}')),
+                "U+{:04X} in {table:?}",
+                u32::from(c)
+            );
+        }
     }
 }

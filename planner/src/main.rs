@@ -4,6 +4,7 @@
 //! 2 usage error. A closed stdout (`agx ... | head`) is not an error.
 
 mod cmd;
+mod display;
 mod files;
 mod local;
 mod output;
@@ -59,7 +60,8 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// Prints an error: `agx: context: cause` on stderr, or an `error` record with `--json`.
+/// Prints an error: `agx: context: cause` on stderr (made safe for a terminal: messages can
+/// carry what a queue, a worker or an AU said), or an `error` record with `--json`.
 fn report(out: Out, e: &anyhow::Error) {
     let violations: Vec<_> = e
         .chain()
@@ -79,6 +81,6 @@ fn report(out: Out, e: &anyhow::Error) {
             let _ = writeln!(io::stdout().lock(), "{line}");
         }
     } else {
-        let _ = writeln!(io::stderr().lock(), "agx: {e:#}");
+        let _ = writeln!(io::stderr().lock(), "agx: {}", display::clean(&format!("{e:#}")));
     }
 }

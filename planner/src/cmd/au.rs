@@ -13,6 +13,7 @@ use agenix_runtime::store::NameEntry;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 
+use crate::display::clean;
 use crate::local::{
     LocalHost, StoreArg, parse_bytes, parse_mount, read_component, runtime, show_bytes,
 };
@@ -183,6 +184,7 @@ impl RunAu {
             });
             writeln!(err, "{rec}")?;
         } else {
+            let stderr = clean(&stderr);
             err.write_all(stderr.as_bytes())?;
             if !stderr.is_empty() && !stderr.ends_with('\n') {
                 writeln!(err)?;
@@ -191,7 +193,7 @@ impl RunAu {
             if let Outcome::Trapped { message } | Outcome::Refused { reason: message } =
                 &run.outcome
             {
-                writeln!(err, "agx: {message}")?;
+                writeln!(err, "agx: {}", clean(message))?;
             }
         }
         Ok(exit_code_for(&run.outcome))
@@ -259,7 +261,8 @@ impl Describe {
             for (code, meaning) in &card.exit_codes {
                 s.push_str(&format!("exit {code}: {meaning}\n"));
             }
-            s
+            // The card is whatever the AU printed.
+            clean(&s).into_owned()
         })?;
         Ok(ExitCode::SUCCESS)
     }
@@ -293,10 +296,10 @@ impl Check {
                 .context(format!("{} does not conform to agenix:au/unit", self.file.display())));
         }
         out.emit("check", &data, || {
+            let imports = clean(&imports.join("\n        ")).into_owned();
             format!(
-                "{}: conforms to agenix:au/unit\ndigest  {digest}\nimports {}",
+                "{}: conforms to agenix:au/unit\ndigest  {digest}\nimports {imports}",
                 self.file.display(),
-                imports.join("\n        ")
             )
         })?;
         Ok(ExitCode::SUCCESS)
@@ -390,7 +393,8 @@ impl List {
             let desc = entry.card.as_ref().map(|c| c.description.as_str()).unwrap_or("");
             s.push_str(&format!("{:<12} {}  {desc}\n", name.as_str(), entry.digest));
         }
-        out.emit("aus", &(), || s)?;
+        // Descriptions come from the AUs' own model cards.
+        out.emit("aus", &(), || clean(&s).into_owned())?;
         Ok(ExitCode::SUCCESS)
     }
 }

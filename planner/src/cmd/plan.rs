@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 
 use super::trust::load_trust;
 use super::{now_unix, random16, show_time};
+use crate::display::clean;
 use crate::files::{Existing, read_capped, write_atomic};
 use crate::local::{StoreArg, lock};
 use crate::output::Out;
@@ -319,7 +320,9 @@ impl Show {
                     s.push_str(&format!("valid     {} .. {}\n", show_time(i), show_time(e)));
                 }
                 s.push_str(&format!("tasks ({}):\n{}", plan.tasks.len(), describe_tasks(&plan)));
-                s
+                // Showing a plan is how one looks at what others signed: its free text
+                // (description, arguments) is theirs.
+                clean(&s).into_owned()
             },
         )?;
         Ok(ExitCode::SUCCESS)
