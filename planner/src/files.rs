@@ -1,22 +1,78 @@
-//! File helpers: whole files are replaced atomically, never left half-written.
+//! File helpers: reads never hold more than their cap, whatever the file is (a regular file,
+//! a device, a pipe or a FIFO), and whole files are replaced atomically, never left
+//! half-written.
 
 use std::fs;
-use std::io::Write;
+use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-/// Reads a whole file, refusing anything larger than `max` bytes.
+/// Bytes asked of the source per read.
+const CHUNK: usize = 64 * 1024;
+
+/// Why [`read_to_end_capped`] stopped.
+#[derive(Debug)]
+enum CappedError {
+    /// The source holds more than the cap; nothing past the first byte over it was read.
+    OverLimit,
+    /// Reading failed.
+    Io(io::Error),
+}
+
+/// Reads `source` to its end, holding at most `max` bytes: reading stops at the first byte
+/// past `max` (at most `max + 1` bytes are ever read), so a source that never ends (a
+/// device, a pipe or FIFO that keeps being written) is refused after `max` bytes. `hint`
+/// is how many bytes are expected (a regular file's size), to allocate once.
+fn read_to_end_capped(source: &mut impl Read, max: u64, hint: u64) -> Result<Vec<u8>, CappedError> {
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    let hint = usize::try_from(hint).unwrap_or(usize::MAX);
+    let mut buf = Vec::with_capacity(hint.min(max));
+    let mut chunk = vec![0u8; CHUNK];
+    loop {
+        // Never ask for more than one byte past the cap.
+        let want = CHUNK.min((max - buf.len()).saturating_add(1));
+        let n = match source.read(&mut chunk[..want]) {
+            Ok(0) => return Ok(buf),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CappedError::Io(e)),
+        };
+        if n > max - buf.len() {
+            return Err(CappedError::OverLimit);
+        }
+        if buf.capacity() - buf.len() < n {
+            // Grow geometrically, but never past the cap.
+            let target = buf.capacity().saturating_mul(2).max(buf.len() + n).max(CHUNK).min(max);
+            buf.reserve_exact(target - buf.len());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads a whole file, refusing a directory and anything holding more than `max` bytes.
+/// The cap is enforced while reading, not from the file's reported size: a device or FIFO
+/// reports none.
 pub(crate) fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>> {
-    let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut file =
+        fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let meta = file.metadata().with_context(|| format!("cannot read {}", path.display()))?;
     if meta.is_dir() {
         bail!("{} is a directory", path.display());
     }
-    if meta.len() > max {
-        bail!("{} is {} bytes, over the limit of {max}", path.display(), meta.len());
+    let hint = if meta.is_file() { meta.len() } else { 0 };
+    if hint > max {
+        bail!("{}: over the limit of {max} bytes", path.display());
     }
-    fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    read_to_end_capped(&mut file, max, hint).map_err(|e| match e {
+        CappedError::OverLimit => {
+            anyhow::anyhow!("{}: over the limit of {max} bytes", path.display())
+        }
+        CappedError::Io(e) => {
+            anyhow::Error::new(e).context(format!("cannot read {}", path.display()))
+        }
+    })
 }
 
 /// How [`write_atomic`] treats an existing file.
@@ -47,7 +103,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32, existing: Exist
         .with_context(|| format!("cannot write {}", path.display()))?;
     match existing {
         Existing::Keep => tmp.persist_noclobber(path).map_err(|e| {
-            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+            if e.error.kind() == io::ErrorKind::AlreadyExists {
                 anyhow::anyhow!("{} already exists (pass --force to replace it)", path.display())
             } else {
                 anyhow::Error::new(e.error).context(format!("cannot write {}", path.display()))
@@ -62,4 +118,54 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32, existing: Exist
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An endless source that counts what was read from it.
+    struct Endless {
+        read: u64,
+    }
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            buf.fill(b'z');
+            self.read += buf.len() as u64;
+            Ok(buf.len())
+        }
+    }
+
+    #[test]
+    fn an_endless_source_is_refused_after_one_byte_past_the_cap() {
+        for max in [0, 1, 10, CHUNK as u64 - 1, CHUNK as u64, 3 * CHUNK as u64 + 7] {
+            let mut src = Endless { read: 0 };
+            assert!(matches!(read_to_end_capped(&mut src, max, 0), Err(CappedError::OverLimit)));
+            assert_eq!(src.read, max + 1, "max {max}");
+        }
+    }
+
+    #[test]
+    fn a_source_at_the_cap_is_read_whole_and_one_byte_more_is_refused() {
+        let data = vec![7u8; 2 * CHUNK + 3];
+        let max = data.len() as u64;
+        let read = read_to_end_capped(&mut &data[..], max, 0).unwrap();
+        assert_eq!(read, data);
+        assert!(read.capacity() as u64 <= max, "never more room than the cap");
+        let read = read_to_end_capped(&mut &data[..], max, max).unwrap();
+        assert_eq!(read, data);
+        assert!(matches!(
+            read_to_end_capped(&mut &data[..], max - 1, 0),
+            Err(CappedError::OverLimit)
+        ));
+        assert_eq!(read_to_end_capped(&mut &b""[..], 0, 0).unwrap(), b"");
+    }
+
+    #[test]
+    fn a_directory_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_capped(dir.path(), 10).unwrap_err().to_string();
+        assert_eq!(err, format!("{} is a directory", dir.path().display()));
+    }
 }

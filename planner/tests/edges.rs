@@ -10,9 +10,91 @@ mod common;
 
 use common::*;
 
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use agenix_proto::envelope::MAX_ENVELOPE_BYTES;
+use agenix_proto::plan::MAX_PLAN_BYTES;
+use agenix_proto::trust::MAX_TRUST_BYTES;
+use agenix_runtime::store::MAX_COMPONENT_BYTES;
 use agenix_test_programs as programs;
 
+/// How long a test waits for agx before calling it hung: far beyond any honest run.
+const HANG: Duration = Duration::from_secs(120);
+
+/// Most input `agx run` and stdin `agx au run` read.
+const MAX_INPUT: u64 = 1 << 30;
+
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// agx in `t`'s directory, with its own store and cache, stdout and stderr piped.
+fn agx_cmd(t: &TestDir, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agx"));
+    cmd.args(args)
+        .current_dir(t.path(""))
+        .env("AGX_STORE", t.path("store"))
+        .env("AGX_CACHE", t.path("cache"))
+        .env_remove("AGX_KEY")
+        .env_remove("AGX_TRUST")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Waits for `child`, collecting its stderr (and stdout, if still piped); kills it and fails
+/// the test if it has not ended within [`HANG`].
+fn finish(mut child: Child, what: &str) -> (ExitStatus, String, Vec<u8>) {
+    let mut stderr = child.stderr.take().unwrap();
+    let err = thread::spawn(move || {
+        let mut b = Vec::new();
+        stderr.read_to_end(&mut b).unwrap();
+        b
+    });
+    let out = child.stdout.take().map(|mut stdout| {
+        thread::spawn(move || {
+            let mut b = Vec::new();
+            stdout.read_to_end(&mut b).unwrap();
+            b
+        })
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > HANG {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("agx hung: {what}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = out.map(|h| h.join().unwrap()).unwrap_or_default();
+    (status, text(&err.join().unwrap()), stdout)
+}
+
+/// Runs agx with stdin from `stdin` and returns its exit code and stderr.
+fn agx_with_stdin(t: &TestDir, args: &[&str], stdin: Stdio) -> (Option<i32>, String) {
+    let child = agx_cmd(t, args).stdin(stdin).spawn().unwrap();
+    let (status, err, _) = finish(child, &format!("{args:?}"));
+    (status.code(), err)
+}
+
+/// Runs agx with empty stdin, expecting exit 1 and `message` in its error.
+fn refuses(t: &TestDir, args: &[&str], message: &str) {
+    let (code, err) = agx_with_stdin(t, args, Stdio::null());
+    assert_eq!(code, Some(1), "agx {args:?}\nstderr: {err}");
+    assert!(err.contains(message), "agx {args:?}: expected {message:?} in\n{err}");
+}
+
+/// The error for a file holding more than `max` bytes.
+fn over(path: &str, max: impl std::fmt::Display) -> String {
+    format!("{path}: over the limit of {max} bytes")
+}
 
 /// A plan (unsigned, every AU pinned by digest, so no store is needed) whose one task may
 /// run for `timeout_ms`.
@@ -22,6 +104,136 @@ fn pinned_plan(timeout_ms: u64) -> String {
         {{"id":"echo","run":{{"wasm":{{"name":"echo","digest":"{DIGEST}"}}}},
           "stdin":{{"input":true}},"limits":{{"timeout_ms":{timeout_ms}}}}}],"output":"echo"}}"#
     )
+}
+
+/// A FIFO in `t`'s directory.
+fn fifo(t: &TestDir, name: &str) -> PathBuf {
+    let path = t.path(name);
+    let made = Command::new("mkfifo").arg(&path).status().unwrap();
+    assert!(made.success(), "mkfifo {}", path.display());
+    path
+}
+
+/// Floods the FIFO at `path` from a thread until its reader goes away. Returns a handle
+/// that, when finished, unblocks a writer still waiting for a reader and joins it.
+fn flood(path: &Path) -> impl FnOnce() {
+    let p = path.to_path_buf();
+    let writer = thread::spawn(move || {
+        let mut w = OpenOptions::new().write(true).open(&p).unwrap();
+        let chunk = vec![b'{'; 1 << 16];
+        while w.write_all(&chunk).is_ok() {}
+    });
+    let p = path.to_path_buf();
+    move || {
+        // If agx never opened the FIFO, the writer still waits in open: be its reader for
+        // a moment (opening read-write never blocks on Linux).
+        if !writer.is_finished() {
+            drop(OpenOptions::new().read(true).write(true).open(&p).unwrap());
+        }
+        writer.join().unwrap();
+    }
+}
+
+/// A file of exactly `len` bytes: `head`, then `fill` to the end (sparse when `fill` is 0).
+fn file_of(t: &TestDir, name: &str, head: &[u8], fill: u8, len: u64) -> String {
+    let path = t.path(name);
+    let mut f = File::create(&path).unwrap();
+    f.write_all(head).unwrap();
+    if fill == 0 {
+        f.set_len(len).unwrap();
+    } else {
+        let rest = usize::try_from(len).unwrap() - head.len();
+        f.write_all(&vec![fill; rest]).unwrap();
+    }
+    assert_eq!(f.metadata().unwrap().len(), len);
+    name.to_string()
+}
+
+#[test]
+fn every_file_read_refuses_dev_zero_at_its_cap() {
+    let t = TestDir::new();
+    t.signer("k");
+    // The input may take up to the longest timeout there is: only its cap can stop it.
+    t.write("plan.json", &pinned_plan(3_600_000));
+    let z = "/dev/zero";
+    let component = over(z, MAX_COMPONENT_BYTES);
+    for args in [
+        &["au", "run", z][..],
+        &["au", "check", z],
+        &["au", "describe", z],
+        &["au", "push", z, "--name", "zero"],
+    ] {
+        refuses(&t, args, &component);
+    }
+    refuses(&t, &["plan", "validate", z], &over(z, MAX_PLAN_BYTES));
+    refuses(&t, &["plan", "sign", z, "--key", "k.key", "--out", "x.env"], &over(z, MAX_PLAN_BYTES));
+    refuses(&t, &["plan", "verify", z, "--trust", "trust.json"], &over(z, MAX_ENVELOPE_BYTES));
+    refuses(&t, &["plan", "show", z], &over(z, MAX_ENVELOPE_BYTES));
+    refuses(&t, &["run", z, "--unsigned"], &over(z, MAX_ENVELOPE_BYTES));
+    refuses(&t, &["trust", "list", "--trust", z], &over(z, MAX_TRUST_BYTES));
+    refuses(&t, &["run", "plan.json", "--unsigned", "--input", z], &over(z, MAX_INPUT));
+    let native = r#"{"schema":"agenix.plan/v1","name":"n","tasks":[
+        {"id":"s","run":{"native":{"tool":"sort"}},"stdin":{"input":true}}],"output":"s"}"#;
+    t.write("native.json", native);
+    refuses(&t, &["run", "native.json", "--unsigned", "--tools", z], &over(z, 1 << 20));
+    // A directory is still refused by name.
+    fs::create_dir(t.path("dir")).unwrap();
+    refuses(&t, &["plan", "validate", "dir"], "agx: dir is a directory");
+    refuses(&t, &["au", "check", "dir"], "agx: dir is a directory");
+}
+
+#[test]
+fn a_flooded_fifo_is_refused_past_the_cap() {
+    let t = TestDir::new();
+    for (name, args, max) in [
+        ("plan.fifo", &["plan", "validate", "plan.fifo"][..], MAX_PLAN_BYTES as u64),
+        ("au.fifo", &["au", "check", "au.fifo"], MAX_COMPONENT_BYTES),
+    ] {
+        let path = fifo(&t, name);
+        let done = flood(&path);
+        refuses(&t, args, &over(name, max));
+        done();
+    }
+    // The input, with as long as there is to arrive: only its cap can stop it.
+    t.write("plan.json", &pinned_plan(3_600_000));
+    let path = fifo(&t, "input.fifo");
+    let done = flood(&path);
+    refuses(
+        &t,
+        &["run", "plan.json", "--unsigned", "--input", "input.fifo"],
+        &over("input.fifo", MAX_INPUT),
+    );
+    done();
+}
+
+#[test]
+fn regular_files_at_the_cap_are_read_and_a_byte_more_is_refused() {
+    let t = TestDir::new();
+    // A plan padded with whitespace to exactly the plan cap is a valid plan.
+    let plan = pinned_plan(1000);
+    let max = MAX_PLAN_BYTES as u64;
+    let at = file_of(&t, "at.json", plan.as_bytes(), b' ', max);
+    let past = file_of(&t, "past.json", plan.as_bytes(), b' ', max + 1);
+    let shown = t.ok(&["plan", "validate", &at]);
+    assert!(shown.contains("valid plan \"edge\""), "{shown}");
+    refuses(&t, &["plan", "validate", &past], &over(&past, max));
+
+    // `agx run` reads a plan file up to the envelope cap: at it, the plan's own limit
+    // speaks; past it, the file's.
+    let max = MAX_ENVELOPE_BYTES as u64;
+    let at = file_of(&t, "at-env.json", plan.as_bytes(), b' ', max);
+    let past = file_of(&t, "past-env.json", plan.as_bytes(), b' ', max + 1);
+    let err = t.fails(&["run", &at, "--unsigned"]);
+    assert!(!err.contains(&over(&at, max)), "{err}");
+    assert!(err.contains(&format!("over the limit of {MAX_PLAN_BYTES}")), "{err}");
+    refuses(&t, &["run", &past, "--unsigned"], &over(&past, max));
+
+    // A component at the cap is read (and is no AU); a byte more is refused unread.
+    let at = file_of(&t, "at.wasm", b"\0asm", 0, MAX_COMPONENT_BYTES);
+    let past = file_of(&t, "past.wasm", b"\0asm", 0, MAX_COMPONENT_BYTES + 1);
+    let err = t.fails(&["au", "check", &at]);
+    assert!(err.contains("at.wasm is not an AU"), "{err}");
+    refuses(&t, &["au", "check", &past], &over(&past, MAX_COMPONENT_BYTES));
 }
 
 /// Whether `s` holds a terminal control or a bidirectional control.

@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use agenix_host::native::{Allowlist, Helper, NativeConfig, NativeHost};
 use agenix_proto::envelope::MAX_ENVELOPE_BYTES;
 use agenix_proto::{Limits, MountName, Plan};
 use agenix_runtime::exec::{Executable, HostRunner, MountConfig, Resources, execute};
-use agenix_runtime::tools;
+use agenix_runtime::tools::{self, ToolsError};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use serde::Serialize;
@@ -23,6 +23,9 @@ use crate::output::Out;
 
 /// Most input `agx run` reads.
 const MAX_INPUT: u64 = 1 << 30;
+
+/// Most bytes of a tool list (`--tools`).
+const MAX_TOOLS_BYTES: u64 = 1 << 20;
 
 /// Run PLAN on this machine: the output task's stdout on stdout, a per-task table on stderr.
 /// Exit 0 when every task succeeded, 1 otherwise.
@@ -124,7 +127,7 @@ impl RunPlan {
         if needs_native {
             let mut allow = Allowlist::new();
             if let Some(file) = &self.tools_file {
-                tools::load_file(file, &mut allow)?;
+                load_tools(file, &mut allow, local.scratch_dir())?;
             }
             for arg in &self.allow_tools {
                 let (name, entry) = tools::parse_arg(arg)?;
@@ -164,4 +167,20 @@ impl RunPlan {
         }
         Ok(if result.succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE })
     }
+}
+
+/// Adds the tools listed in `file` to `allow`. The runtime's reader takes a path and reads
+/// it whole, so the list is read here under [`MAX_TOOLS_BYTES`] (a device or FIFO is
+/// refused past it like a regular file) and the runtime reads a private copy of what was
+/// read.
+fn load_tools(file: &Path, allow: &mut Allowlist, scratch: &Path) -> Result<()> {
+    let bytes = read_capped(file, MAX_TOOLS_BYTES)?;
+    let copy = scratch.join("tools.toml");
+    std::fs::write(&copy, bytes).with_context(|| format!("cannot copy {}", file.display()))?;
+    tools::load_file(&copy, allow).map_err(|e| match e {
+        ToolsError::Parse { message, .. } => {
+            anyhow::anyhow!("{} is not a valid tool list: {message}", file.display())
+        }
+        e => e.into(),
+    })
 }
