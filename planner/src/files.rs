@@ -2,10 +2,13 @@
 //! a device, a pipe or a FIFO), and whole files are replaced atomically, never left
 //! half-written.
 
+use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
@@ -73,6 +76,66 @@ pub(crate) fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>> {
             anyhow::Error::new(e).context(format!("cannot read {}", path.display()))
         }
     })
+}
+
+/// Where an input comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    /// Standard input.
+    Stdin,
+    /// A file: regular, a device, a pipe or a FIFO.
+    File(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stdin => f.write_str("stdin"),
+            Self::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// What reading an input before a deadline gave.
+#[derive(Debug)]
+pub(crate) enum Within {
+    /// All of it, up to its end.
+    Read(Vec<u8>),
+    /// It was still open (or, for a FIFO, not yet opened by a writer) when the deadline
+    /// passed.
+    StillOpen,
+}
+
+/// Reads all of `source`, holding at most `max` bytes (refused as soon as it passes `max`,
+/// with the limit named), and gives up at `deadline` if it has not ended by then.
+///
+/// A blocking open or read cannot be interrupted, so a thread reads while this one waits.
+/// When the deadline passes, that thread stays blocked, holding what it read (at most `max`
+/// bytes); it ends with the process, which exits soon after: agx reads each input once.
+pub(crate) fn read_within(source: Source, max: u64, deadline: Instant) -> Result<Within> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("input".into())
+        .spawn(move || {
+            let read = match &source {
+                Source::Stdin => {
+                    read_to_end_capped(&mut io::stdin().lock(), max, 0).map_err(|e| match e {
+                        CappedError::OverLimit => {
+                            anyhow::anyhow!("stdin: over the limit of {max} bytes")
+                        }
+                        CappedError::Io(e) => anyhow::Error::new(e).context("cannot read stdin"),
+                    })
+                }
+                Source::File(path) => read_capped(path, max),
+            };
+            let _ = tx.send(read);
+        })
+        .context("cannot start a thread to read the input")?;
+    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(read) => read.map(Within::Read),
+        Err(mpsc::RecvTimeoutError::Timeout) => Ok(Within::StillOpen),
+        Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the thread reading the input stopped"),
+    }
 }
 
 /// How [`write_atomic`] treats an existing file.

@@ -1,7 +1,9 @@
 //! `agx`, the AGEniX planner CLI: signer keys, trust files, plan authoring and signing.
 //!
 //! Exit codes: 0 success, 1 failure (invalid input, verification failed, I/O error),
-//! 2 usage error. A closed stdout (`agx ... | head`) is not an error.
+//! 2 usage error. `agx au run` mirrors the AU's exit code and adds 124 (timed out) and 125
+//! (stopped or refused by the sandbox); `agx run` adds 124 (the input did not end in time).
+//! A closed stdout (`agx ... | head`) is not an error.
 
 mod cmd;
 mod display;
@@ -15,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::output::Out;
+use crate::output::{Coded, Out};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,7 +51,10 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             report(out, &e);
-            ExitCode::FAILURE
+            match e.chain().find_map(|c| c.downcast_ref::<Coded>()) {
+                Some(coded) => ExitCode::from(coded.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

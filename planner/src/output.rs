@@ -44,3 +44,20 @@ pub(crate) struct Record<'a, T: Serialize> {
     pub(crate) kind: &'a str,
     pub(crate) data: &'a T,
 }
+
+/// An error that ends agx with its own exit code instead of 1, reported like any other.
+#[derive(Debug)]
+pub(crate) struct Coded {
+    /// The exit code.
+    pub(crate) code: u8,
+    /// What went wrong, for people.
+    pub(crate) message: String,
+}
+
+impl std::fmt::Display for Coded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Coded {}

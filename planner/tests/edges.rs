@@ -236,6 +236,81 @@ fn regular_files_at_the_cap_are_read_and_a_byte_more_is_refused() {
     refuses(&t, &["au", "check", &past], &over(&past, MAX_COMPONENT_BYTES));
 }
 
+#[test]
+fn au_run_times_out_when_stdin_stays_open() {
+    let t = TestDir::new();
+    // A FIFO whose writer never writes or closes.
+    let path = fifo(&t, "silent.fifo");
+    let writer = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let stdin = File::open(&path).unwrap();
+    let (code, err) = agx_with_stdin(
+        &t,
+        &["au", "run", programs::GUEST_ECHO, "--timeout", "300"],
+        Stdio::from(stdin),
+    );
+    drop(writer);
+    assert_eq!(code, Some(124), "{err}");
+    assert!(err.contains("agx: echo: timed-out (fuel 0, "), "{err}");
+    assert!(err.contains("the timeout of 300 ms passed while reading stdin"), "{err}");
+    assert!(!err.contains("arg "), "the AU must not have run: {err}");
+
+    // With --json, the outcome record says so.
+    let path = fifo(&t, "silent2.fifo");
+    let writer = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let stdin = File::open(&path).unwrap();
+    let (code, err) = agx_with_stdin(
+        &t,
+        &["--json", "au", "run", programs::GUEST_ECHO, "--timeout", "300"],
+        Stdio::from(stdin),
+    );
+    drop(writer);
+    assert_eq!(code, Some(124), "{err}");
+    let rec: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
+    assert_eq!(rec["data"]["outcome"]["kind"], "timed_out");
+    assert_eq!(rec["data"]["stdin_timed_out"], true);
+}
+
+#[test]
+fn au_run_refuses_stdin_past_the_cap() {
+    let t = TestDir::new();
+    let (code, err) = agx_with_stdin(
+        &t,
+        &["au", "run", programs::GUEST_ECHO, "--timeout", "3600000"],
+        Stdio::from(File::open("/dev/zero").unwrap()),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("agx: stdin: over the limit of {MAX_INPUT} bytes")), "{err}");
+    assert!(!err.contains("arg "), "the AU must not have run: {err}");
+}
+
+#[test]
+fn run_gives_up_on_input_that_stays_open() {
+    let t = TestDir::new();
+    t.write("plan.json", &pinned_plan(300));
+    // stdin: a pipe this test holds open and never writes to.
+    let mut child = agx_cmd(&t, &["run", "plan.json", "--unsigned", "--input", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let held = child.stdin.take();
+    let (status, err, _) = finish(child, "run --input -");
+    drop(held);
+    assert_eq!(status.code(), Some(124), "{err}");
+    assert!(err.contains("agx: stdin: still open when 300 ms passed"), "{err}");
+
+    // A FIFO as --input, its writer silent.
+    let path = fifo(&t, "silent.fifo");
+    let writer = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let (code, err) = agx_with_stdin(
+        &t,
+        &["run", "plan.json", "--unsigned", "--input", "silent.fifo"],
+        Stdio::null(),
+    );
+    drop(writer);
+    assert_eq!(code, Some(124), "{err}");
+    assert!(err.contains("agx: silent.fifo: still open when 300 ms passed"), "{err}");
+}
+
 /// Whether `s` holds a terminal control or a bidirectional control.
 fn has_controls(s: &str) -> bool {
     s.chars().any(|c| {

@@ -1,8 +1,9 @@
 //! `agx au run|describe|check|push|list|new`: AUs on this machine.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use agenix_host::output::sanitize_stderr;
 use agenix_host::wasm::{Grant, PrepareError, WasmHost, WasmTask};
@@ -14,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 
 use crate::display::clean;
+use crate::files::{Source, Within, read_within};
 use crate::local::{
     LocalHost, StoreArg, parse_bytes, parse_mount, read_component, runtime, show_bytes,
 };
@@ -21,7 +23,7 @@ use crate::output::Out;
 
 mod scaffold;
 
-/// Most stdin `agx au run` reads.
+/// Most stdin `agx au run` reads (refused past it).
 const MAX_STDIN: u64 = 1 << 30;
 
 /// AU commands.
@@ -54,8 +56,12 @@ impl AuCommand {
     }
 }
 
-/// Run FILE.wasm with stdin and ARGS. The exit code mirrors the AU's; 124 means it timed
-/// out, 125 that the sandbox stopped it (fuel, memory, output, trap) or refused it.
+/// Run FILE.wasm with stdin and ARGS: its stdout on stdout; its stderr and the outcome on
+/// stderr.
+///
+/// The exit code mirrors the AU's; 124 means it timed out (or stdin was still open when the
+/// timeout passed), 125 that the sandbox stopped it (fuel, memory, output, trap) or refused
+/// it.
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunAu {
     /// The component.
@@ -66,7 +72,8 @@ pub(crate) struct RunAu {
     /// Memory limit, in bytes or with a unit (64M, 1G).
     #[arg(long, value_parser = parse_bytes)]
     memory: Option<u64>,
-    /// Wall-clock timeout in milliseconds.
+    /// Wall-clock timeout in milliseconds, from when agx starts reading stdin: reading it
+    /// counts, and the AU gets what is left.
     #[arg(long)]
     timeout: Option<u64>,
     /// Output limit per stream, in bytes or with a unit.
@@ -97,6 +104,68 @@ fn exit_code_for(outcome: &Outcome) -> ExitCode {
         Outcome::Exited { code } => ExitCode::from(u8::try_from(*code).unwrap_or(1)),
         Outcome::TimedOut => ExitCode::from(124),
         _ => ExitCode::from(125),
+    }
+}
+
+/// How an `agx au run` ended, as reported on stderr.
+struct Ending<'a> {
+    name: &'a str,
+    outcome: &'a Outcome,
+    fuel_consumed: u64,
+    /// From when agx started reading stdin.
+    wall: Duration,
+    peak_memory: u64,
+    /// The AU's stderr, sanitized.
+    stderr: &'a str,
+    /// The timeout passed while agx was reading stdin: the AU never ran.
+    stdin_timed_out: Option<u64>,
+}
+
+impl Ending<'_> {
+    /// Prints the AU's stderr and the outcome line on stderr (with `--json`, one `outcome`
+    /// record: `{"type": "outcome", "data": {"outcome", "fuel_consumed", "wall_ms",
+    /// "peak_memory_bytes", "stderr", "stdin_timed_out"}}`).
+    fn print(&self, out: Out) -> std::io::Result<()> {
+        let mut err = std::io::stderr().lock();
+        let wall_ms = u64::try_from(self.wall.as_millis()).unwrap_or(u64::MAX);
+        if out.json {
+            let rec = serde_json::json!({
+                "type": "outcome",
+                "data": {
+                    "outcome": self.outcome, "fuel_consumed": self.fuel_consumed,
+                    "wall_ms": wall_ms, "peak_memory_bytes": self.peak_memory,
+                    "stderr": self.stderr, "stdin_timed_out": self.stdin_timed_out.is_some(),
+                }
+            });
+            return writeln!(err, "{rec}");
+        }
+        let stderr = clean(self.stderr);
+        err.write_all(stderr.as_bytes())?;
+        if !stderr.is_empty() && !stderr.ends_with('\n') {
+            writeln!(err)?;
+        }
+        writeln!(
+            err,
+            "agx: {}: {} (fuel {}, {wall_ms} ms, peak memory {})",
+            self.name,
+            self.outcome.label(),
+            self.fuel_consumed,
+            show_bytes(self.peak_memory)
+        )?;
+        if let Outcome::Trapped { message } | Outcome::Refused { reason: message } = self.outcome {
+            writeln!(err, "agx: {}", clean(message))?;
+        }
+        if let Some(ms) = self.stdin_timed_out {
+            writeln!(
+                err,
+                "agx: the timeout of {ms} ms passed while reading stdin; the AU did not run"
+            )?;
+        }
+        Ok(())
+    }
+
+    fn exit_code(&self) -> ExitCode {
+        exit_code_for(self.outcome)
     }
 }
 
@@ -131,15 +200,6 @@ impl RunAu {
                 bail!("--{name}: {v} is outside 1..={max}");
             }
         }
-        let mut stdin = Vec::new();
-        std::io::stdin()
-            .lock()
-            .take(MAX_STDIN + 1)
-            .read_to_end(&mut stdin)
-            .context("cannot read stdin")?;
-        if stdin.len() as u64 > MAX_STDIN {
-            bail!("stdin is over the limit of {MAX_STDIN} bytes");
-        }
         let grants = self
             .mounts
             .iter()
@@ -149,54 +209,60 @@ impl RunAu {
                 access: cfg.access,
             })
             .collect();
+        let name = au_name(&self.file);
         let local = LocalHost::new(Limits::ABSOLUTE)?;
-        let run = runtime()?.block_on(async {
-            let prepared =
-                prepare_bytes(&local.wasm, &self.file, read_component(&self.file)?).await?;
-            let task = WasmTask {
-                program: au_name(&self.file),
-                args: self.args.clone(),
-                env: self.env.clone(),
-                stdin: Bytes::from(stdin),
-                grants,
-                limits,
-            };
-            local.wasm.run(&prepared, task).await.map_err(anyhow::Error::from)
+        let rt = runtime()?;
+        let prepared = rt.block_on(async {
+            prepare_bytes(&local.wasm, &self.file, read_component(&self.file)?).await
         })?;
+
+        // The timeout covers reading stdin; the AU gets what is left of it.
+        let timeout = Duration::from_millis(limits.timeout_ms);
+        let start = Instant::now();
+        // At most Limits::ABSOLUTE's hour (checked above): the sum cannot overflow.
+        let stdin = match read_within(Source::Stdin, MAX_STDIN, start + timeout)? {
+            Within::Read(bytes) => Some(bytes),
+            Within::StillOpen => None,
+        };
+        let left_ms =
+            u64::try_from(timeout.saturating_sub(start.elapsed()).as_millis()).unwrap_or(u64::MAX);
+        let (Some(stdin), 1..) = (stdin, left_ms) else {
+            let ending = Ending {
+                name: &name,
+                outcome: &Outcome::TimedOut,
+                fuel_consumed: 0,
+                wall: start.elapsed(),
+                peak_memory: 0,
+                stderr: "",
+                stdin_timed_out: Some(limits.timeout_ms),
+            };
+            ending.print(out)?;
+            return Ok(ending.exit_code());
+        };
+        let task = WasmTask {
+            program: name.clone(),
+            args: self.args.clone(),
+            env: self.env.clone(),
+            stdin: Bytes::from(stdin),
+            grants,
+            limits: Limits { timeout_ms: left_ms, ..limits },
+        };
+        let run = rt.block_on(local.wasm.run(&prepared, task))?;
+        let wall = start.elapsed();
+
         std::io::stdout().lock().write_all(&run.stdout).context("cannot write stdout")?;
         let stderr = sanitize_stderr(&run.stderr);
-        let line = format!(
-            "{} (fuel {}, {} ms, peak memory {})",
-            run.outcome.label(),
-            run.fuel_consumed,
-            run.wall.as_millis(),
-            show_bytes(run.peak_memory)
-        );
-        let mut err = std::io::stderr().lock();
-        if out.json {
-            let rec = serde_json::json!({
-                "type": "outcome",
-                "data": {
-                    "outcome": run.outcome, "fuel_consumed": run.fuel_consumed,
-                    "wall_ms": run.wall.as_millis() as u64, "peak_memory_bytes": run.peak_memory,
-                    "stderr": stderr,
-                }
-            });
-            writeln!(err, "{rec}")?;
-        } else {
-            let stderr = clean(&stderr);
-            err.write_all(stderr.as_bytes())?;
-            if !stderr.is_empty() && !stderr.ends_with('\n') {
-                writeln!(err)?;
-            }
-            writeln!(err, "agx: {}: {line}", au_name(&self.file))?;
-            if let Outcome::Trapped { message } | Outcome::Refused { reason: message } =
-                &run.outcome
-            {
-                writeln!(err, "agx: {}", clean(message))?;
-            }
-        }
-        Ok(exit_code_for(&run.outcome))
+        let ending = Ending {
+            name: &name,
+            outcome: &run.outcome,
+            fuel_consumed: run.fuel_consumed,
+            wall,
+            peak_memory: run.peak_memory,
+            stderr: &stderr,
+            stdin_timed_out: None,
+        };
+        ending.print(out)?;
+        Ok(ending.exit_code())
     }
 }
 

@@ -1,14 +1,15 @@
 //! `agx run PLAN --input FILE`: run a plan locally, in-process, no queue.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use agenix_host::native::{Allowlist, Helper, NativeConfig, NativeHost};
 use agenix_proto::envelope::MAX_ENVELOPE_BYTES;
 use agenix_proto::{Limits, MountName, Plan};
-use agenix_runtime::exec::{Executable, HostRunner, MountConfig, Resources, execute};
+use agenix_runtime::exec::{Executable, HostRunner, JobResult, MountConfig, Resources, execute};
 use agenix_runtime::tools::{self, ToolsError};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
@@ -17,23 +18,27 @@ use serde::Serialize;
 use super::now_unix;
 use super::plan::load_plan_bytes;
 use super::trust::load_trust;
-use crate::files::read_capped;
+use crate::files::{Source, Within, read_capped, read_within};
 use crate::local::{LocalHost, StoreArg, lock, parse_mount, runtime, task_table};
-use crate::output::Out;
+use crate::output::{Coded, Out};
 
-/// Most input `agx run` reads.
+/// Most input `agx run` reads (refused past it).
 const MAX_INPUT: u64 = 1 << 30;
 
 /// Most bytes of a tool list (`--tools`).
 const MAX_TOOLS_BYTES: u64 = 1 << 20;
 
 /// Run PLAN on this machine: the output task's stdout on stdout, a per-task table on stderr.
-/// Exit 0 when every task succeeded, 1 otherwise.
+///
+/// Exit 0 when every task succeeded, 1 otherwise; 124 when the input had not ended within
+/// the longest timeout a task of the plan has (nothing ran).
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunPlan {
     /// A signed plan envelope (or, with --unsigned, a plan file).
     plan: PathBuf,
-    /// The job's input (`-` for stdin); none means empty input.
+    /// The job's input (`-` for stdin); none means empty input. It must end within the
+    /// longest timeout a task of the plan has (60 s unless a task asks for more, at most
+    /// 1 h), counted from when agx starts reading it, and hold at most 1 GiB.
     #[arg(long, value_name = "FILE")]
     input: Option<PathBuf>,
     /// Verify the signed plan against this trust file.
@@ -99,25 +104,31 @@ impl RunPlan {
                     .with_context(|| format!("{} is not a valid plan", self.plan.display()))?
             }
         };
-        let input = match &self.input {
-            None => Bytes::new(),
-            Some(p) if p.as_os_str() == "-" => {
-                let mut buf = Vec::new();
-                std::io::stdin()
-                    .lock()
-                    .take(MAX_INPUT + 1)
-                    .read_to_end(&mut buf)
-                    .context("cannot read stdin")?;
-                if buf.len() as u64 > MAX_INPUT {
-                    bail!("input is over the limit of {MAX_INPUT} bytes");
-                }
-                Bytes::from(buf)
-            }
-            Some(p) => Bytes::from(read_capped(p, MAX_INPUT)?),
-        };
         let resources = Resources {
             mounts: self.mounts.into_iter().collect::<BTreeMap<_, _>>(),
             ..Resources::default()
+        };
+        let input = match &self.input {
+            None => Bytes::new(),
+            Some(p) => {
+                let source =
+                    if p.as_os_str() == "-" { Source::Stdin } else { Source::File(p.clone()) };
+                let wait_ms = input_wait_ms(executable.plan(), &resources);
+                let deadline = Instant::now() + Duration::from_millis(wait_ms);
+                match read_within(source.clone(), MAX_INPUT, deadline)? {
+                    Within::Read(bytes) => Bytes::from(bytes),
+                    Within::StillOpen => {
+                        return Err(Coded {
+                            code: INPUT_TIMED_OUT,
+                            message: format!(
+                                "{source}: still open when {wait_ms} ms passed, the longest \
+                                 timeout a task of this plan has; nothing ran"
+                            ),
+                        }
+                        .into());
+                    }
+                }
+            }
         };
         let local = LocalHost::new(resources.ceilings)?;
         let mut runner = HostRunner::new(local.wasm.clone(), store, resources);
@@ -147,26 +158,49 @@ impl RunPlan {
         let result = rt.block_on(execute(executable, input, runner))?;
 
         if out.json {
-            for r in &result.reports {
-                out.emit("task", r, String::new)?;
-            }
-            let text = std::str::from_utf8(&result.output).ok().map(str::to_owned);
-            let summary = Summary {
-                succeeded: result.succeeded,
-                output_bytes: result.output.len(),
-                output_base64: text.is_none().then(|| {
-                    use base64::Engine as _;
-                    base64::engine::general_purpose::STANDARD.encode(&result.output)
-                }),
-                output: text,
-            };
-            out.emit("result", &summary, String::new)?;
+            print_json(out, &result)?;
         } else {
             std::io::stdout().lock().write_all(&result.output).context("cannot write stdout")?;
             std::io::stderr().lock().write_all(task_table(&result.reports).as_bytes())?;
         }
         Ok(if result.succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE })
     }
+}
+
+/// Exit code when the input had not ended by its deadline, as `timeout(1)` reports.
+const INPUT_TIMED_OUT: u8 = 124;
+
+/// How long `agx run` waits for its input to end: the longest timeout any task of `plan`
+/// runs under (what it asks for, else the default), at most [`Limits::ABSOLUTE`]'s. Each
+/// task's own timeout still starts when the task does: waiting for input cannot shorten a
+/// timeout the plan was signed with, so the wait is bounded by the most the plan allows
+/// any task instead.
+fn input_wait_ms(plan: &Plan, resources: &Resources) -> u64 {
+    let limits = resources.defaults.min(&resources.ceilings);
+    plan.tasks
+        .iter()
+        .map(|t| t.limits.resolve(&limits).timeout_ms)
+        .max()
+        .unwrap_or(limits.timeout_ms)
+        .min(Limits::ABSOLUTE.timeout_ms)
+}
+
+/// With `--json`: a `task` record per task, then the `result` record.
+fn print_json(out: Out, result: &JobResult) -> std::io::Result<()> {
+    for r in &result.reports {
+        out.emit("task", r, String::new)?;
+    }
+    let text = std::str::from_utf8(&result.output).ok().map(str::to_owned);
+    let summary = Summary {
+        succeeded: result.succeeded,
+        output_bytes: result.output.len(),
+        output_base64: text.is_none().then(|| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(&result.output)
+        }),
+        output: text,
+    };
+    out.emit("result", &summary, String::new)
 }
 
 /// Adds the tools listed in `file` to `allow`. The runtime's reader takes a path and reads
