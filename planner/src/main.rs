@@ -1,9 +1,10 @@
 //! `agx`, the AGEniX planner CLI: signer keys, trust files, plan authoring and signing.
 //!
 //! Exit codes: 0 success, 1 failure (invalid input, verification failed, I/O error),
-//! 2 usage error. `agx au run` mirrors the AU's exit code and adds 124 (timed out) and 125
-//! (stopped or refused by the sandbox); `agx run` adds 124 (the input did not end in time).
-//! A closed stdout (`agx ... | head`) is not an error.
+//! 2 usage error, 141 stdout closed before everything was written (`agx ... | head`: what a
+//! shell reports for SIGPIPE; what was dropped was never shown, so it is not success).
+//! `agx au run` mirrors the AU's exit code and adds 124 (timed out) and 125 (stopped or
+//! refused by the sandbox); `agx run` adds 124 (the input did not end in time).
 
 mod cmd;
 mod display;
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::output::{Coded, Out};
+use crate::output::{Coded, Out, STDOUT_CLOSED};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,7 +49,9 @@ fn main() -> ExitCode {
     let out = Out { json: cli.json };
     match cli.command.execute(out) {
         Ok(code) => code,
-        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        // The reader went away: like a Unix tool killed by SIGPIPE, say nothing more on a
+        // stdout nobody reads, but never claim success for output that was dropped.
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(STDOUT_CLOSED),
         Err(e) => {
             report(out, &e);
             match e.chain().find_map(|c| c.downcast_ref::<Coded>()) {
@@ -60,9 +63,7 @@ fn main() -> ExitCode {
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
-    })
+    e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(output::is_broken_pipe))
 }
 
 /// Prints an error: `agx: context: cause` on stderr (made safe for a terminal: messages can

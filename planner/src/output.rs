@@ -3,10 +3,26 @@
 //! With `--json`, every record on stdout is one line `{"type": KIND, "data": {...}}`; errors
 //! are `{"type": "error", "data": {"message": ..., "violations": [...]}}`, also on stdout, so
 //! a script reads one stream. Without `--json`, results go to stdout and errors to stderr.
+//!
+//! A closed stdout (`agx ... | head`) ends a command with [`STDOUT_CLOSED`], never 0: what
+//! was dropped was never shown, so it must not look like success.
 
 use std::io::{self, Write};
 
 use serde::Serialize;
+
+/// The exit code when stdout was closed before everything was written to it: 141, what a
+/// shell reports for a process its reader cut off with SIGPIPE (128 + 13), so pipelines,
+/// `set -o pipefail` and scripts that already expect it treat agx like any Unix tool. agx
+/// exits with it rather than dying by the signal so that it can still say, on stderr, how
+/// the run went. No other agx exit code is 141 (an AU's own exit code, which `agx au run`
+/// mirrors, can be anything, as with 124 and 125).
+pub(crate) const STDOUT_CLOSED: u8 = 141;
+
+/// Whether `e` says the reader of the pipe went away.
+pub(crate) fn is_broken_pipe(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::BrokenPipe
+}
 
 /// Where results go, and in which shape.
 #[derive(Debug, Clone, Copy)]

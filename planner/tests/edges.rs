@@ -26,6 +26,9 @@ use agenix_test_programs as programs;
 /// How long a test waits for agx before calling it hung: far beyond any honest run.
 const HANG: Duration = Duration::from_secs(120);
 
+/// The exit code for a closed stdout.
+const STDOUT_CLOSED: i32 = 141;
+
 /// Most input `agx run` and stdin `agx au run` read.
 const MAX_INPUT: u64 = 1 << 30;
 
@@ -309,6 +312,90 @@ fn run_gives_up_on_input_that_stays_open() {
     drop(writer);
     assert_eq!(code, Some(124), "{err}");
     assert!(err.contains("agx: silent.fifo: still open when 300 ms passed"), "{err}");
+}
+
+/// Runs agx with `stdin` written from a thread, reads a few bytes of its stdout and closes
+/// it; returns the exit code and stderr.
+fn cut_off(t: &TestDir, args: &[&str], stdin: Vec<u8>) -> (Option<i32>, String) {
+    let mut child = agx_cmd(t, args).stdin(Stdio::piped()).spawn().unwrap();
+    let mut w = child.stdin.take().unwrap();
+    let feeder = thread::spawn(move || {
+        let _ = w.write_all(&stdin);
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 10];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let (status, err, _) = finish(child, &format!("{args:?}"));
+    feeder.join().unwrap();
+    (status.code(), err)
+}
+
+/// Lines enough to overflow any pipe buffer several times over.
+fn big_input() -> Vec<u8> {
+    b"a line of output that nobody will read\n".repeat(100_000)
+}
+
+#[test]
+fn au_run_reports_a_closed_stdout_with_its_outcome() {
+    let t = TestDir::new();
+    let input = big_input();
+    let (code, err) = cut_off(&t, &["au", "run", programs::GUEST_ECHO], input.clone());
+    assert_eq!(code, Some(STDOUT_CLOSED), "{err}");
+    assert!(err.contains(&format!("stdin {}\n", input.len())), "the AU's stderr is kept: {err}");
+    assert!(err.contains("agx: echo: exit 0 (fuel "), "{err}");
+    assert!(err.contains("agx: stdout was closed before all of the AU's output was written"));
+
+    let (code, err) = cut_off(&t, &["--json", "au", "run", programs::GUEST_ECHO], input);
+    assert_eq!(code, Some(STDOUT_CLOSED), "{err}");
+    let rec: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
+    assert_eq!(rec["data"]["outcome"], serde_json::json!({"kind": "exited", "code": 0}));
+    assert_eq!(rec["data"]["stdout_closed"], true);
+}
+
+#[test]
+fn run_reports_a_closed_stdout_with_its_table() {
+    let t = TestDir::new();
+    t.ok(&["au", "push", programs::GUEST_ECHO, "--name", "echo"]);
+    let plan = r#"{"schema":"agenix.plan/v1","name":"cat","tasks":[
+        {"id":"copy","run":{"wasm":{"name":"echo"}},"stdin":{"input":true}}],"output":"copy"}"#;
+    t.write("plan.json", plan);
+    for json in [false, true] {
+        let mut args = vec!["run", "plan.json", "--unsigned", "--input", "-"];
+        if json {
+            args.insert(0, "--json");
+        }
+        let (code, err) = cut_off(&t, &args, big_input());
+        assert_eq!(code, Some(STDOUT_CLOSED), "{args:?}: {err}");
+        assert!(err.lines().any(|l| l.starts_with("copy") && l.contains("exit 0")), "{err}");
+        assert!(err.contains("agx: stdout was closed before all of the output was written"));
+    }
+}
+
+#[test]
+fn listings_do_not_exit_0_after_dropping_output() {
+    let t = TestDir::new();
+    t.signer("k");
+    // 100 tasks with long arguments: plan show prints far more than a pipe holds.
+    let arg = "x".repeat(4000);
+    let tasks: Vec<String> = (0..100)
+        .map(|i| {
+            format!(
+                r#"{{"id":"t{i}","run":{{"wasm":{{"name":"echo","digest":"{DIGEST}"}}}},
+                   "args":["{arg}","{arg}"],"stdin":{{"input":true}}}}"#
+            )
+        })
+        .collect();
+    let plan = format!(
+        r#"{{"schema":"agenix.plan/v1","name":"wide","tasks":[{}],"output":"t0"}}"#,
+        tasks.join(",")
+    );
+    t.write("wide.json", &plan);
+    t.ok(&["plan", "sign", "wide.json", "--key", "k.key", "--out", "wide.env"]);
+    for args in [&["plan", "show", "wide.env"][..], &["--json", "plan", "show", "wide.env"]] {
+        let (code, err) = cut_off(&t, args, Vec::new());
+        assert_eq!(code, Some(STDOUT_CLOSED), "{args:?}: {err}");
+    }
 }
 
 /// Whether `s` holds a terminal control or a bidirectional control.

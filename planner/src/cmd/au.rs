@@ -19,7 +19,7 @@ use crate::files::{Source, Within, read_within};
 use crate::local::{
     LocalHost, StoreArg, parse_bytes, parse_mount, read_component, runtime, show_bytes,
 };
-use crate::output::Out;
+use crate::output::{Out, STDOUT_CLOSED, is_broken_pipe};
 
 mod scaffold;
 
@@ -61,7 +61,8 @@ impl AuCommand {
 ///
 /// The exit code mirrors the AU's; 124 means it timed out (or stdin was still open when the
 /// timeout passed), 125 that the sandbox stopped it (fuel, memory, output, trap) or refused
-/// it.
+/// it, 141 that stdout was closed before all of the AU's output was written (the outcome is
+/// still printed on stderr).
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunAu {
     /// The component.
@@ -119,12 +120,14 @@ struct Ending<'a> {
     stderr: &'a str,
     /// The timeout passed while agx was reading stdin: the AU never ran.
     stdin_timed_out: Option<u64>,
+    /// Stdout was closed before all of the AU's output was written.
+    stdout_closed: bool,
 }
 
 impl Ending<'_> {
     /// Prints the AU's stderr and the outcome line on stderr (with `--json`, one `outcome`
     /// record: `{"type": "outcome", "data": {"outcome", "fuel_consumed", "wall_ms",
-    /// "peak_memory_bytes", "stderr", "stdin_timed_out"}}`).
+    /// "peak_memory_bytes", "stderr", "stdin_timed_out", "stdout_closed"}}`).
     fn print(&self, out: Out) -> std::io::Result<()> {
         let mut err = std::io::stderr().lock();
         let wall_ms = u64::try_from(self.wall.as_millis()).unwrap_or(u64::MAX);
@@ -135,6 +138,7 @@ impl Ending<'_> {
                     "outcome": self.outcome, "fuel_consumed": self.fuel_consumed,
                     "wall_ms": wall_ms, "peak_memory_bytes": self.peak_memory,
                     "stderr": self.stderr, "stdin_timed_out": self.stdin_timed_out.is_some(),
+                    "stdout_closed": self.stdout_closed,
                 }
             });
             return writeln!(err, "{rec}");
@@ -161,11 +165,14 @@ impl Ending<'_> {
                 "agx: the timeout of {ms} ms passed while reading stdin; the AU did not run"
             )?;
         }
+        if self.stdout_closed {
+            writeln!(err, "agx: stdout was closed before all of the AU's output was written")?;
+        }
         Ok(())
     }
 
     fn exit_code(&self) -> ExitCode {
-        exit_code_for(self.outcome)
+        if self.stdout_closed { ExitCode::from(STDOUT_CLOSED) } else { exit_code_for(self.outcome) }
     }
 }
 
@@ -235,6 +242,7 @@ impl RunAu {
                 peak_memory: 0,
                 stderr: "",
                 stdin_timed_out: Some(limits.timeout_ms),
+                stdout_closed: false,
             };
             ending.print(out)?;
             return Ok(ending.exit_code());
@@ -250,7 +258,14 @@ impl RunAu {
         let run = rt.block_on(local.wasm.run(&prepared, task))?;
         let wall = start.elapsed();
 
-        std::io::stdout().lock().write_all(&run.stdout).context("cannot write stdout")?;
+        let mut stdout = std::io::stdout().lock();
+        let written = stdout.write_all(&run.stdout).and_then(|()| stdout.flush());
+        drop(stdout);
+        let (stdout_closed, write_error) = match written {
+            Ok(()) => (false, None),
+            Err(e) if is_broken_pipe(&e) => (true, None),
+            Err(e) => (false, Some(e)),
+        };
         let stderr = sanitize_stderr(&run.stderr);
         let ending = Ending {
             name: &name,
@@ -260,8 +275,12 @@ impl RunAu {
             peak_memory: run.peak_memory,
             stderr: &stderr,
             stdin_timed_out: None,
+            stdout_closed,
         };
         ending.print(out)?;
+        if let Some(e) = write_error {
+            return Err(anyhow::Error::new(e).context("cannot write stdout"));
+        }
         Ok(ending.exit_code())
     }
 }

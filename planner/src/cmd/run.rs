@@ -20,7 +20,7 @@ use super::plan::load_plan_bytes;
 use super::trust::load_trust;
 use crate::files::{Source, Within, read_capped, read_within};
 use crate::local::{LocalHost, StoreArg, lock, parse_mount, runtime, task_table};
-use crate::output::{Coded, Out};
+use crate::output::{Coded, Out, STDOUT_CLOSED, is_broken_pipe};
 
 /// Most input `agx run` reads (refused past it).
 const MAX_INPUT: u64 = 1 << 30;
@@ -31,7 +31,8 @@ const MAX_TOOLS_BYTES: u64 = 1 << 20;
 /// Run PLAN on this machine: the output task's stdout on stdout, a per-task table on stderr.
 ///
 /// Exit 0 when every task succeeded, 1 otherwise; 124 when the input had not ended within
-/// the longest timeout a task of the plan has (nothing ran).
+/// the longest timeout a task of the plan has (nothing ran); 141 when stdout was closed
+/// before all of the output was written (the table is still printed on stderr).
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunPlan {
     /// A signed plan envelope (or, with --unsigned, a plan file).
@@ -157,13 +158,36 @@ impl RunPlan {
         let runner = std::sync::Arc::new(runner);
         let result = rt.block_on(execute(executable, input, runner))?;
 
-        if out.json {
-            print_json(out, &result)?;
+        let written = if out.json {
+            print_json(out, &result)
         } else {
-            std::io::stdout().lock().write_all(&result.output).context("cannot write stdout")?;
-            std::io::stderr().lock().write_all(task_table(&result.reports).as_bytes())?;
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&result.output).and_then(|()| stdout.flush())
+        };
+        let (stdout_closed, write_error) = match written {
+            Ok(()) => (false, None),
+            Err(e) if is_broken_pipe(&e) => (true, None),
+            Err(e) => (false, Some(e)),
+        };
+        // Without --json the table is the report; with it, the records were, and when they
+        // could not all be written the table says what happened instead.
+        if !out.json || stdout_closed {
+            let mut err = std::io::stderr().lock();
+            err.write_all(task_table(&result.reports).as_bytes())?;
+            if stdout_closed {
+                writeln!(err, "agx: stdout was closed before all of the output was written")?;
+            }
         }
-        Ok(if result.succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        if let Some(e) = write_error {
+            return Err(anyhow::Error::new(e).context("cannot write stdout"));
+        }
+        Ok(if stdout_closed {
+            ExitCode::from(STDOUT_CLOSED)
+        } else if result.succeeded {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
     }
 }
 
@@ -200,7 +224,8 @@ fn print_json(out: Out, result: &JobResult) -> std::io::Result<()> {
         }),
         output: text,
     };
-    out.emit("result", &summary, String::new)
+    out.emit("result", &summary, String::new)?;
+    std::io::stdout().flush()
 }
 
 /// Adds the tools listed in `file` to `allow`. The runtime's reader takes a path and reads
