@@ -303,6 +303,9 @@ fn au_new_scaffolds_a_crate_that_builds_checks_and_runs() {
         .current_dir(&krate)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        // The crate's own target directory, where this test looks, even when the workspace
+        // builds into a shared one.
+        .env_remove("CARGO_TARGET_DIR")
         .output()
         .unwrap();
     assert!(build.status.success(), "{}", text(&build.stderr));
