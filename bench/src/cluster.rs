@@ -210,7 +210,8 @@ impl Agq {
         let c = self.client(ClientRole::Observer).await?;
         let until = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Response::Workers { workers } = c.request(&Request::ListWorkers {}).await?
+            if let Response::Workers { workers, .. } =
+                c.request(&Request::ListWorkers { after: None, limit: 1000 }).await?
                 && workers.len() >= n
             {
                 c.shutdown().await;

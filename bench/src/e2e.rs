@@ -82,6 +82,9 @@ async fn agenix(runs: usize, dir: &Path, n: usize) -> Result<(Figure, Vec<String
     let observer = q.client(ClientRole::Observer).await?;
     planner.put_blob(&component).await?;
     let (plan, digest) = q.plan(&component, &["0"])?;
+    let plan_json = plan.to_json();
+    planner.put_blob(&plan_json).await?;
+    let plan_blob = agenix_proto::Digest::of(&plan_json);
     let mut finished = 0u64;
     // A warm-up round (every worker compiles or loads the AU), then the timed runs.
     let mut rates = vec![];
@@ -89,8 +92,10 @@ async fn agenix(runs: usize, dir: &Path, n: usize) -> Result<(Figure, Vec<String
         let jobs = if round == 0 { 8 * n } else { JOBS };
         let t = Instant::now();
         for _ in 0..jobs {
-            let action = q.action(digest, &[])?;
-            match planner.request(&Request::Submit { plan: plan.clone(), action }).await? {
+            let action = q.action(digest, &[])?.to_json();
+            planner.put_blob(&action).await?;
+            let action = agenix_proto::Digest::of(&action);
+            match planner.request(&Request::Submit { plan: plan_blob, action }).await? {
                 Response::Submitted { .. } => {}
                 other => bail!("submit: {other:?}"),
             }

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agenix_proto::job::{Capabilities, JobOutput};
+use agenix_proto::job::{Capabilities, JobOutput, Reports};
 use agenix_proto::link::Client;
 use agenix_proto::wire::{ClientRole, Request, Response};
 use agenix_proto::{Digest, Envelope, InputRef, Limits};
@@ -42,8 +42,16 @@ async fn submit_all(q: &Agq, plan: &Envelope, actions: Vec<Envelope>, n: usize) 
     for (c, share) in planners.into_iter().zip(shares) {
         let plan = plan.clone();
         tasks.spawn(async move {
+            // The plan envelope goes up once per client (the queue keeps one copy); each
+            // action envelope travels as a blob before its submit, as agx sends it.
+            let plan_json = plan.to_json();
+            c.put_blob(&plan_json).await?;
+            let plan = Digest::of(&plan_json);
             for action in share {
-                match c.request(&Request::Submit { plan: plan.clone(), action }).await? {
+                let action_json = action.to_json();
+                c.put_blob(&action_json).await?;
+                let action = Digest::of(&action_json);
+                match c.request(&Request::Submit { plan, action }).await? {
                     Response::Submitted { .. } => {}
                     other => bail!("submit: {other:?}"),
                 }
@@ -78,22 +86,28 @@ async fn drain(q: &Agq, n: usize) -> Result<(usize, f64)> {
     let mut tasks = JoinSet::new();
     for (i, c) in workers.into_iter().enumerate() {
         tasks.spawn(async move {
-            let id = match c
-                .request(&Request::Register { capabilities: capabilities(format!("bench-{i}")) })
-                .await?
-            {
-                Response::Registered { worker, .. } => worker,
-                other => bail!("register: {other:?}"),
+            let register = Request::Register {
+                capabilities: capabilities(format!("bench-{i}")),
+                instance: format!("bench-instance-{i}"),
             };
+            match c.request(&register).await? {
+                Response::Registered { .. } => {}
+                other => bail!("register: {other:?}"),
+            }
             let mut done = 0usize;
             loop {
-                let claim = Request::Claim { worker: id, max: 1, wait_ms: 0 };
+                let claim = Request::Claim { max: 1, wait_ms: 0 };
                 let Response::Leases { leases } = c.request(&claim).await? else {
                     bail!("claim refused")
                 };
                 let Some(lease) = leases.first() else { break };
-                let output = JobOutput { succeeded: true, reports: vec![], output: None };
-                let complete = Request::Complete { worker: id, lease: lease.lease, output };
+                let output = JobOutput {
+                    succeeded: true,
+                    failure: None,
+                    reports: Reports::Inline(vec![]),
+                    output: None,
+                };
+                let complete = Request::Complete { lease: lease.lease, output };
                 match c.request(&complete).await? {
                     Response::Recorded { .. } => done += 1,
                     other => bail!("complete: {other:?}"),

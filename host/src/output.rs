@@ -169,17 +169,7 @@ pub fn sanitize_stderr(raw: &[u8]) -> String {
     // Look at a bounded prefix: a flood is cut anyway.
     let window = &raw[..raw.len().min(REPORT_STDERR_BYTES * 4)];
     let text = String::from_utf8_lossy(window);
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\u{1b}' => skip_escape(&mut chars),
-            '\u{9b}' => skip_csi(&mut chars),
-            '\n' | '\t' => plain.push(c),
-            c if c.is_control() || is_bidi_control(c) => {}
-            c => plain.push(c),
-        }
-    }
+    let plain = agenix_proto::text::clean(&text);
     let redacted = secret_patterns().replace_all(&plain, "[REDACTED]");
     let mut out = redacted.into_owned();
     if out.len() > REPORT_STDERR_BYTES || raw.len() > window.len() {
@@ -191,46 +181,6 @@ pub fn sanitize_stderr(raw: &[u8]) -> String {
         out.push_str("\n[stderr truncated]");
     }
     out
-}
-
-/// The Unicode bidirectional formatting characters: the marks U+200E, U+200F and U+061C,
-/// the embeddings and overrides U+202A..=U+202E and the isolates U+2066..=U+2069.
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
-fn skip_escape(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
-    match chars.next() {
-        Some('[') => skip_csi(chars),
-        // OSC, DCS, SOS, PM, APC: up to BEL or ESC \.
-        Some(']' | 'P' | 'X' | '^' | '_') => {
-            while let Some(c) = chars.next() {
-                if c == '\u{7}' {
-                    break;
-                }
-                if c == '\u{1b}' {
-                    if chars.peek() == Some(&'\\') {
-                        chars.next();
-                    }
-                    break;
-                }
-            }
-        }
-        // Two-character sequences (ESC c, ESC 7, ...), and charset selection (ESC ( B).
-        Some('(' | ')' | '*' | '+' | '#' | '%') => {
-            chars.next();
-        }
-        _ => {}
-    }
-}
-
-fn skip_csi(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
-    // Parameters and intermediates, then one final byte in 0x40..=0x7e.
-    for c in chars.by_ref() {
-        if ('\u{40}'..='\u{7e}').contains(&c) {
-            break;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use agenix_runtime::exec::MountConfig;
 use agenix_runtime::store::{LocalStore, StoreError};
 use anyhow::{Context, Result, bail};
 
-use crate::display::clean;
+use agenix_proto::text::clean;
 
 /// The component store: `--store`, else `$AGX_STORE`, else `$XDG_DATA_HOME/agenix/store`
 /// (`~/.local/share/agenix/store`).

@@ -7,7 +7,6 @@
 //! refused by the sandbox); `agx run` adds 124 (the input did not end in time).
 
 mod cmd;
-mod display;
 mod files;
 mod local;
 mod output;
@@ -87,6 +86,7 @@ fn report(out: Out, e: &anyhow::Error) {
             let _ = writeln!(io::stdout().lock(), "{line}");
         }
     } else {
-        let _ = writeln!(io::stderr().lock(), "agx: {}", display::clean(&format!("{e:#}")));
+        let _ =
+            writeln!(io::stderr().lock(), "agx: {}", agenix_proto::text::clean(&format!("{e:#}")));
     }
 }

@@ -250,6 +250,25 @@ pub enum VerifyError {
     },
 }
 
+impl VerifyError {
+    /// Whether the failure says something about the verifier rather than the envelope: a
+    /// signer its trust file does not know, has revoked or does not trust for this role,
+    /// or a validity period its clock puts elsewhere. Another verifier, configured or
+    /// clocked differently, may accept the same bytes. Every other failure is a proof that
+    /// the bytes are not what a trusted signer signed (or that a trusted signer signed
+    /// something no verifier accepts).
+    pub fn is_local(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownSigner { .. }
+                | Self::Revoked { .. }
+                | Self::NotPermitted { .. }
+                | Self::NotYetValid { .. }
+                | Self::Expired { .. }
+        )
+    }
+}
+
 fn check_time(issued_at: u64, expires_at: u64, now: u64) -> Result<(), VerifyError> {
     if issued_at > now.saturating_add(CLOCK_SKEW_SECS) {
         return Err(VerifyError::NotYetValid { issued_at, now });
@@ -286,6 +305,15 @@ impl VerifiedPlan {
     pub fn signer(&self) -> KeyId {
         self.signer
     }
+    /// Checks the validity period again at `now` (Unix seconds), for a plan verified
+    /// earlier and kept.
+    pub fn check_time(&self, now: u64) -> Result<(), VerifyError> {
+        match (self.plan.issued_at, self.plan.expires_at) {
+            (Some(issued), Some(expires)) => check_time(issued, expires, now),
+            // Signed form guarantees both are present.
+            _ => Ok(()),
+        }
+    }
 }
 
 /// An action whose signature, signer, validity period, rules and audience have been checked.
@@ -308,6 +336,11 @@ impl VerifiedAction {
     /// Who signed it.
     pub fn signer(&self) -> KeyId {
         self.signer
+    }
+    /// Checks the validity period again at `now` (Unix seconds), for an action verified
+    /// earlier and kept.
+    pub fn check_time(&self, now: u64) -> Result<(), VerifyError> {
+        check_time(self.action.issued_at, self.action.expires_at, now)
     }
     /// Checks that this action is for `plan`.
     pub fn check_plan(&self, plan: &VerifiedPlan) -> Result<(), VerifyError> {

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::action::InputRef;
 use crate::digest::Digest;
-use crate::envelope::Envelope;
 use crate::ids::{ActionId, MountName, ToolName};
 use crate::limits::Limits;
 use crate::report::TaskReport;
@@ -60,8 +59,11 @@ pub enum JobState {
     Leased {
         /// The current lease's epoch.
         epoch: LeaseEpoch,
-        /// The worker holding it.
+        /// The name of the worker holding it, for people.
         worker: String,
+        /// The id of the worker holding it: only that worker may extend, complete, fail or
+        /// release the lease.
+        worker_id: u64,
         /// When the lease expires.
         deadline: u64,
     },
@@ -186,18 +188,131 @@ pub struct Capabilities {
     pub labels: BTreeSet<String>,
 }
 
+/// Longest worker name, in bytes.
+pub const MAX_WORKER_NAME: usize = 64;
+/// Most labels one worker may carry.
+pub const MAX_LABELS: usize = 32;
+/// Longest label, in bytes.
+pub const MAX_LABEL: usize = 64;
+/// Most native tools or mounts one worker may offer.
+pub const MAX_OFFERED: usize = 256;
+/// Most jobs one worker may run at once.
+pub const MAX_CONCURRENCY: u32 = 1024;
+
+impl Capabilities {
+    /// Checks what a worker announces against the limits above: printable names and labels
+    /// of bounded size, bounded lists, a concurrency in `1..=MAX_CONCURRENCY`.
+    pub fn check(&self) -> Result<(), String> {
+        let printable = |what: &str, s: &str, max: usize| -> Result<(), String> {
+            if s.is_empty() || s.len() > max {
+                return Err(format!("{what} must be 1 to {max} bytes, not {}", s.len()));
+            }
+            if s.chars().any(|c| c.is_control() || crate::text::is_bidi_control(c)) {
+                return Err(format!("{what} {:?} holds control characters", crate::text::clean(s)));
+            }
+            Ok(())
+        };
+        printable("the worker name", &self.name, MAX_WORKER_NAME)?;
+        if self.labels.len() > MAX_LABELS {
+            return Err(format!("{} labels, over the limit of {MAX_LABELS}", self.labels.len()));
+        }
+        for l in &self.labels {
+            printable("a label", l, MAX_LABEL)?;
+        }
+        if self.tools.len() > MAX_OFFERED || self.mounts.len() > MAX_OFFERED {
+            return Err(format!("more than {MAX_OFFERED} tools or mounts offered"));
+        }
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            return Err(format!(
+                "concurrency {} is outside 1..={MAX_CONCURRENCY}",
+                self.concurrency
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Largest per-task report list carried inline in a result, in bytes of JSON; larger ones
+/// travel as a blob.
+pub const MAX_INLINE_REPORTS: usize = 64 << 10;
+/// Longest reason (a failure, a refusal, why a job is dead) the queue keeps, in bytes.
+pub const MAX_REASON: usize = 4096;
+
+/// A job's per-task reports: inline when small, else a blob of their JSON array.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Reports {
+    /// The reports themselves (at most [`MAX_INLINE_REPORTS`] bytes of JSON).
+    Inline(Vec<TaskReport>),
+    /// A blob holding the JSON array of reports.
+    Blob(InputRef),
+}
+
+impl Reports {
+    /// `reports` inline when their JSON fits [`MAX_INLINE_REPORTS`]; else their JSON, to be
+    /// stored as a blob, and the reference to it.
+    pub fn split(reports: Vec<TaskReport>) -> (Self, Option<Vec<u8>>) {
+        let json = serde_json::to_vec(&reports).unwrap_or_default();
+        if json.len() <= MAX_INLINE_REPORTS {
+            (Self::Inline(reports), None)
+        } else {
+            let r = InputRef { digest: Digest::of(&json), size: json.len() as u64 };
+            (Self::Blob(r), Some(json))
+        }
+    }
+
+    /// The inline reports (none when they are a blob).
+    pub fn inline(&self) -> &[TaskReport] {
+        match self {
+            Self::Inline(r) => r,
+            Self::Blob(_) => &[],
+        }
+    }
+}
+
 /// What a finished job produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobOutput {
     /// Whether every task exited 0.
     pub succeeded: bool,
+    /// Why not, when it did not: its first task that failed by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
     /// One report per task, in plan order.
-    pub reports: Vec<TaskReport>,
+    pub reports: Reports,
     /// The output task's stdout, as a blob (absent when it did not run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<InputRef>,
 }
+
+impl JobOutput {
+    /// The blobs this result refers to (its output and its reports, when a blob).
+    pub fn blobs(&self) -> impl Iterator<Item = &InputRef> {
+        let reports = match &self.reports {
+            Reports::Blob(r) => Some(r),
+            Reports::Inline(_) => None,
+        };
+        self.output.iter().chain(reports)
+    }
+}
+
+/// A worker that could not run a job here (a local cause) and gave it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Declined {
+    /// The worker's name.
+    pub worker: String,
+    /// The worker's id.
+    pub worker_id: u64,
+    /// Why.
+    pub reason: String,
+    /// When (Unix ms).
+    pub at: u64,
+}
+
+/// Most workers a job remembers declining it (the newest).
+pub const MAX_DECLINED: usize = 8;
 
 /// A job as the queue stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +327,9 @@ pub struct JobRecord {
     /// Its input (none: empty stdin).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<InputRef>,
+    /// Which of its action's inputs it runs (0 when the action names none).
+    #[serde(default)]
+    pub index: u32,
     /// Higher runs first.
     pub priority: i32,
     /// Attempts allowed.
@@ -234,12 +352,18 @@ pub struct JobRecord {
     /// The last failure, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Workers that could not run it and gave it back (newest last, at most
+    /// [`MAX_DECLINED`]); none of these cost an attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub declined: Vec<Declined>,
     /// Its result, once a worker reported one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<JobOutput>,
 }
 
-/// A job handed to a worker: everything it must verify and run.
+/// A job handed to a worker. It names everything by digest: the worker fetches the signed
+/// envelopes as blobs (once, then from its cache), verifies them itself, and takes the
+/// job's input from the verified action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Lease {
@@ -249,27 +373,33 @@ pub struct Lease {
     pub attempt: u32,
     /// When it expires unless extended (Unix ms).
     pub deadline: u64,
-    /// The signed plan.
-    pub plan: Envelope,
-    /// The signed action.
-    pub action: Envelope,
-    /// The job's input (none: empty stdin).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input: Option<InputRef>,
+    /// The blob holding the signed plan envelope.
+    pub plan: Digest,
+    /// The blob holding the signed action envelope.
+    pub action: Digest,
+    /// Which of the action's inputs the job runs (0 when the action names none).
+    pub input: u32,
 }
 
 /// A worker as the queue sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerRecord {
-    /// The id the queue gave it at registration.
+    /// Its id: derived from the secret instance it registered with, so a worker that
+    /// reconnects (also to a restarted queue) keeps its id and its leases.
     pub id: u64,
     /// What it offers.
     pub capabilities: Capabilities,
-    /// When it last claimed or heartbeat (Unix ms).
+    /// When it last registered, claimed or heartbeat (Unix ms).
     pub last_seen: u64,
     /// Jobs it holds now.
     pub leases: u32,
+    /// Jobs it gave back because it could not run them.
+    #[serde(default)]
+    pub declined: u64,
+    /// Why, the last time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_declined: Option<String>,
 }
 
 /// An action the queue has accepted: kept until it expires, so a replay is recognised
@@ -279,6 +409,13 @@ pub struct WorkerRecord {
 pub struct ActionRecord {
     /// The digest of the action's signed payload.
     pub payload: Digest,
+    /// The blob holding the signed action envelope.
+    pub envelope: Digest,
+    /// The blob holding the signed plan envelope.
+    pub plan_envelope: Digest,
+    /// The blobs its jobs need while they may run: components and inputs.
+    #[serde(default)]
+    pub blobs: Vec<Digest>,
     /// When the action expires (Unix ms).
     pub expires_at: u64,
     /// The jobs it made.

@@ -26,6 +26,7 @@ pub mod limits;
 pub mod link;
 pub mod plan;
 pub mod report;
+pub mod text;
 pub mod trust;
 pub mod validate;
 pub mod wire;

@@ -12,7 +12,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncReadExt;
 
-use crate::action::Fingerprint;
+use crate::action::{Fingerprint, InputRef};
 use crate::digest::{Digest, Hasher};
 use crate::wire::{
     ALPN, ClientRole, ErrorCode, FrameError, PROTOCOL_VERSION, Request, Response, read_frame,
@@ -246,8 +246,19 @@ impl Client {
     }
 
     /// Sends `req` on a new stream and returns the answer; an `Error` answer becomes
-    /// [`LinkError::Remote`].
+    /// [`LinkError::Remote`]. A request the queue throttled is sent again after a backoff
+    /// (it was not acted on), for up to [`THROTTLE_PATIENCE`].
     pub async fn request(&self, req: &Request) -> Result<Response, LinkError> {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.request_once(req).await {
+                Err(e) if e.code() == Some(ErrorCode::RateLimited) && backoff.wait().await => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn request_once(&self, req: &Request) -> Result<Response, LinkError> {
         let (mut send, mut recv) =
             self.conn.open_bi().await.map_err(|e| LinkError::Connection(e.to_string()))?;
         write_frame(&mut send, req).await?;
@@ -256,28 +267,62 @@ impl Client {
         check(req.name(), resp)
     }
 
-    /// Uploads `bytes` as a blob (the queue checks the digest).
-    pub async fn put_blob(&self, bytes: &[u8]) -> Result<Response, LinkError> {
-        let digest = Digest::of(bytes);
-        let req = Request::PutBlob { digest, size: bytes.len() as u64 };
-        let (mut send, mut recv) =
+    /// Uploads `bytes` as one blob (the queue checks the digest), retrying while throttled.
+    pub async fn put_blob(&self, bytes: &[u8]) -> Result<(), LinkError> {
+        self.put_many(&[bytes], false).await.map(drop)
+    }
+
+    /// Uploads several blobs in one request (the queue checks each digest), retrying while
+    /// throttled; returns how many the queue already had. `keep`: see [`Client::put_blobs`].
+    pub async fn put_many(&self, blobs: &[&[u8]], keep: bool) -> Result<u32, LinkError> {
+        let refs: Vec<InputRef> = blobs
+            .iter()
+            .map(|b| InputRef { digest: Digest::of(b), size: b.len() as u64 })
+            .collect();
+        let mut backoff = Backoff::new();
+        loop {
+            let mut up = self.put_blobs(&refs, keep).await?;
+            let mut failed = None;
+            for b in blobs {
+                if let Err(e) = up.write(b).await {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            let answer = match failed {
+                None => up.finish().await,
+                Some(e) => up.refused(e).await,
+            };
+            match answer {
+                Err(e) if e.code() == Some(ErrorCode::RateLimited) && backoff.wait().await => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Starts uploading `blobs` in one request: write their bytes, in order, to the
+    /// returned [`Upload`], then [`Upload::finish`] it. `keep`: the queue keeps them until
+    /// removed explicitly (planners only).
+    pub async fn put_blobs(&self, blobs: &[InputRef], keep: bool) -> Result<Upload, LinkError> {
+        let req = Request::PutBlobs { blobs: blobs.to_vec(), keep };
+        let (mut send, recv) =
             self.conn.open_bi().await.map_err(|e| LinkError::Connection(e.to_string()))?;
         write_frame(&mut send, &req).await?;
-        // The queue may refuse the blob on its header and stop reading: its answer still
-        // says why, so a stopped stream is not the end of the exchange.
-        let sent = match send.write_all(bytes).await {
-            Ok(()) => send.finish().map_err(|e| LinkError::Connection(e.to_string())),
-            Err(e @ quinn::WriteError::Stopped(_)) => Err(LinkError::Connection(e.to_string())),
-            Err(e) => return Err(LinkError::Connection(e.to_string())),
-        };
-        match read_frame::<Response>(&mut recv).await {
-            Ok(resp) => check("put_blob", resp),
-            Err(e) => Err(sent.err().unwrap_or_else(|| e.into())),
-        }
+        Ok(Upload { send, recv, left: blobs.iter().map(|b| b.size).sum() })
     }
 
     /// Downloads the blob with `digest` (at most `max` bytes), checking it.
     pub async fn get_blob(&self, digest: Digest, max: u64) -> Result<Vec<u8>, LinkError> {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.get_blob_once(digest, max).await {
+                Err(e) if e.code() == Some(ErrorCode::RateLimited) && backoff.wait().await => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn get_blob_once(&self, digest: Digest, max: u64) -> Result<Vec<u8>, LinkError> {
         let (mut send, mut recv) =
             self.conn.open_bi().await.map_err(|e| LinkError::Connection(e.to_string()))?;
         write_frame(&mut send, &Request::GetBlob { digest }).await?;
@@ -288,7 +333,7 @@ impl Client {
                 return Err(LinkError::Remote {
                     request: "get_blob",
                     code: ErrorCode::TooLarge,
-                    message: format!("blob is {size} bytes, over the limit of {max}"),
+                    message: format!("blob {digest} is {size} bytes, over the limit of {max}"),
                 });
             }
             other => {
@@ -331,6 +376,90 @@ impl Client {
     pub async fn shutdown(&self) {
         self.close();
         let _ = tokio::time::timeout(Duration::from_secs(1), self._endpoint.wait_idle()).await;
+    }
+}
+
+/// How long a client keeps sending a request the queue throttles before giving up.
+pub const THROTTLE_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits between attempts of a throttled request: 50 ms doubling to 2 s, until
+/// [`THROTTLE_PATIENCE`] has passed.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+    spent: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self { next: Duration::from_millis(50), spent: Duration::ZERO }
+    }
+
+    /// Sleeps before the next attempt; false once patience is spent.
+    async fn wait(&mut self) -> bool {
+        if self.spent >= THROTTLE_PATIENCE {
+            return false;
+        }
+        let d = self.next;
+        tokio::time::sleep(d).await;
+        self.spent += d;
+        self.next = (self.next * 2).min(Duration::from_secs(2));
+        true
+    }
+}
+
+/// An upload under way: the bytes of the blobs announced, in order, then [`Upload::finish`].
+#[derive(Debug)]
+pub struct Upload {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    left: u64,
+}
+
+impl Upload {
+    /// Sends the next bytes.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
+        if bytes.len() as u64 > self.left {
+            return Err(LinkError::Connection(format!(
+                "{} bytes more than the blobs announced",
+                bytes.len() as u64 - self.left
+            )));
+        }
+        self.send.write_all(bytes).await.map_err(|e| LinkError::Connection(e.to_string()))?;
+        self.left -= bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the upload and returns how many of the blobs the queue already had.
+    pub async fn finish(mut self) -> Result<u32, LinkError> {
+        if self.left > 0 {
+            return Err(LinkError::Connection(format!(
+                "upload ended {} bytes short of the blobs announced",
+                self.left
+            )));
+        }
+        let sent = self.send.finish().map_err(|e| LinkError::Connection(e.to_string()));
+        self.answer(sent.err()).await
+    }
+
+    /// After [`Upload::write`] failed with `e`: the queue may have refused the upload and
+    /// stopped reading, and its answer says why; else `e`.
+    pub async fn refused(mut self, e: LinkError) -> Result<u32, LinkError> {
+        self.answer(Some(e)).await
+    }
+
+    async fn answer(&mut self, failed: Option<LinkError>) -> Result<u32, LinkError> {
+        // The queue may refuse on the header and stop reading: its answer still says why.
+        match read_frame::<Response>(&mut self.recv).await {
+            Ok(resp) => match check("put_blobs", resp)? {
+                Response::BlobsStored { existed } => Ok(existed),
+                other => Err(LinkError::Unexpected {
+                    request: "put_blobs",
+                    answer: format!("{other:?}"),
+                }),
+            },
+            Err(e) => Err(failed.unwrap_or_else(|| e.into())),
+        }
     }
 }
 

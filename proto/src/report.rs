@@ -119,6 +119,27 @@ impl TaskReport {
     }
 }
 
+/// Why a job whose tasks ran did not succeed: its first task that failed by itself (not one
+/// skipped or cancelled because of another). `None` when every task succeeded.
+pub fn first_failure(reports: &[TaskReport]) -> Option<String> {
+    if reports.iter().all(|r| r.outcome.is_success()) {
+        return None;
+    }
+    let first = reports.iter().find(|r| {
+        !r.outcome.is_success()
+            && !matches!(r.outcome, Outcome::Skipped { .. } | Outcome::Cancelled)
+    });
+    Some(match first {
+        None => "a task did not succeed".to_string(),
+        Some(r) => match &r.outcome {
+            Outcome::Trapped { message } | Outcome::Refused { reason: message } => {
+                format!("task {}: {}: {message}", r.task, r.outcome.label())
+            }
+            other => format!("task {}: {}", r.task, other.label()),
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

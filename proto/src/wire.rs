@@ -1,19 +1,23 @@
 //! The wire protocol between agx/agw and agq: one request per bidirectional QUIC stream,
 //! each message a frame of `u32` big-endian length + JSON (at most [`MAX_FRAME`] bytes).
-//! A blob follows its header frame as raw bytes (`put_blob` in the request, `blob` in the
-//! response) and is checked against its digest on arrival.
+//! Blobs follow their header frame as raw bytes (`put_blobs` in the request, `blob` in the
+//! response) and are checked against their digests on arrival.
+//!
+//! Nothing that grows with user data travels inside a frame unbounded: signed envelopes,
+//! inputs, outputs and large per-task reports travel as blobs named by digest; answers that
+//! list things (leases, jobs, workers) stop at [`PAGE_BYTES`] and say where to go on.
 //!
 //! The first request on a connection is [`Request::Hello`]; every later request is checked
-//! against the role it authenticated.
+//! against the role it authenticated. A worker's requests act for the worker registered on
+//! the same connection.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::action::Fingerprint;
+use crate::action::{Fingerprint, InputRef};
 use crate::digest::Digest;
-use crate::envelope::Envelope;
 use crate::ids::ActionId;
 use crate::job::{
     Capabilities, JobId, JobOutput, JobRecord, JobState, Lease, LeaseRef, WorkerRecord,
@@ -25,8 +29,17 @@ pub const ALPN: &[u8] = b"agenix/1";
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest frame, in bytes.
 pub const MAX_FRAME: usize = 1 << 20;
-/// Most jobs one listing returns.
+/// Most items one listing returns.
 pub const MAX_PAGE: u32 = 1000;
+/// Most bytes of items (leases, jobs, workers) one answer carries: half a frame, so an
+/// answer is never over [`MAX_FRAME`] whatever its items hold.
+pub const PAGE_BYTES: usize = MAX_FRAME / 2;
+/// Most blobs one `put_blobs` request carries.
+pub const MAX_BATCH_BLOBS: usize = 1000;
+/// Most leases one heartbeat names.
+pub const MAX_HEARTBEAT_LEASES: usize = 4096;
+/// Longest worker instance secret, in bytes.
+pub const MAX_INSTANCE: usize = 128;
 
 /// Who a client is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -90,31 +103,35 @@ pub enum Request {
         /// The role's token.
         token: String,
     },
-    /// Store a blob; `size` raw bytes follow this frame.
-    PutBlob {
-        /// What the bytes must hash to.
-        digest: Digest,
-        /// How many bytes follow.
-        size: u64,
+    /// Store blobs: their bytes follow this frame, one after another, in this order. A
+    /// batch counts as one request, however many blobs it holds.
+    PutBlobs {
+        /// Each blob's digest and size.
+        blobs: Vec<InputRef>,
+        /// Keep them until removed explicitly (components pushed by `agx au push`), rather
+        /// than for as long as a job refers to them.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep: bool,
     },
     /// Fetch a blob; the response's raw bytes follow its frame.
     GetBlob {
         /// The blob.
         digest: Digest,
     },
-    /// Submit a signed plan and a signed action for it.
+    /// Submit a signed plan and a signed action for it, both uploaded as blobs first.
     Submit {
-        /// The plan envelope.
-        plan: Envelope,
-        /// The action envelope.
-        action: Envelope,
+        /// The blob holding the plan envelope.
+        plan: Digest,
+        /// The blob holding the action envelope.
+        action: Digest,
     },
     /// Cancel a job.
     Cancel {
         /// The job.
         job: JobId,
     },
-    /// List jobs, oldest first, after `after`.
+    /// List jobs, oldest first, after `after`: at most `limit` (capped at [`MAX_PAGE`]) and
+    /// at most [`PAGE_BYTES`] of them; the answer says where the next page starts.
     ListJobs {
         /// Filters.
         #[serde(default)]
@@ -122,7 +139,7 @@ pub enum Request {
         /// Start after this job.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<JobId>,
-        /// At most this many (capped at [`MAX_PAGE`]).
+        /// At most this many.
         limit: u32,
     },
     /// One job.
@@ -130,19 +147,29 @@ pub enum Request {
         /// The job.
         job: JobId,
     },
-    /// Registered workers.
-    ListWorkers {},
+    /// Registered workers, by id, after `after`, paged like jobs.
+    ListWorkers {
+        /// Start after this worker id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+        /// At most this many.
+        #[serde(default = "default_page")]
+        limit: u32,
+    },
     /// Counts by state and recent throughput.
     Stats {},
-    /// Announce a worker and what it offers.
+    /// Announce a worker and what it offers, binding it to this connection. A worker that
+    /// registers again with the same `instance` (after reconnecting, or after the queue
+    /// restarted) is the same worker: same id, same leases.
     Register {
         /// What it offers.
         capabilities: Capabilities,
+        /// A secret the worker process chose at random when it started (at most
+        /// [`MAX_INSTANCE`] bytes); its id is derived from it.
+        instance: String,
     },
     /// Ask for up to `max` jobs, waiting up to `wait_ms` for one.
     Claim {
-        /// The id from registration.
-        worker: u64,
         /// Most jobs wanted.
         max: u32,
         /// How long to wait when none is ready.
@@ -150,24 +177,19 @@ pub enum Request {
     },
     /// Keep leases alive; learn which were cancelled or lost.
     Heartbeat {
-        /// The id from registration.
-        worker: u64,
-        /// The leases held.
+        /// The leases held (at most [`MAX_HEARTBEAT_LEASES`]).
         leases: Vec<LeaseRef>,
     },
-    /// Report a job's result (its output blob stored first).
+    /// Report a job's result (its blobs stored first).
     Complete {
-        /// The id from registration.
-        worker: u64,
         /// The lease.
         lease: LeaseRef,
         /// What it produced.
         output: JobOutput,
     },
-    /// Report that a job could not be run.
+    /// Report that a job could not be run: it is retried (when `retryable` and attempts
+    /// remain) or dead.
     Fail {
-        /// The id from registration.
-        worker: u64,
         /// The lease.
         lease: LeaseRef,
         /// Why.
@@ -175,6 +197,19 @@ pub enum Request {
         /// Whether another attempt may succeed.
         retryable: bool,
     },
+    /// Give a job back without running it, for a cause local to this worker (its trust
+    /// file, its clock, a tool or mount it lacks, a job it already ran): the attempt is not
+    /// counted, and the job goes to other workers first.
+    Release {
+        /// The lease.
+        lease: LeaseRef,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn default_page() -> u32 {
+    MAX_PAGE
 }
 
 impl Request {
@@ -182,19 +217,20 @@ impl Request {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Hello { .. } => "hello",
-            Self::PutBlob { .. } => "put_blob",
+            Self::PutBlobs { .. } => "put_blobs",
             Self::GetBlob { .. } => "get_blob",
             Self::Submit { .. } => "submit",
             Self::Cancel { .. } => "cancel",
             Self::ListJobs { .. } => "list_jobs",
             Self::ShowJob { .. } => "show_job",
-            Self::ListWorkers {} => "list_workers",
+            Self::ListWorkers { .. } => "list_workers",
             Self::Stats {} => "stats",
             Self::Register { .. } => "register",
             Self::Claim { .. } => "claim",
             Self::Heartbeat { .. } => "heartbeat",
             Self::Complete { .. } => "complete",
             Self::Fail { .. } => "fail",
+            Self::Release { .. } => "release",
         }
     }
 
@@ -205,16 +241,17 @@ impl Request {
             Self::Hello { .. } => true,
             Self::ListJobs { .. }
             | Self::ShowJob { .. }
-            | Self::ListWorkers {}
+            | Self::ListWorkers { .. }
             | Self::Stats {}
             | Self::GetBlob { .. } => true,
             Self::Submit { .. } | Self::Cancel { .. } => role == Planner,
-            Self::PutBlob { .. } => role == Planner || role == Worker,
+            Self::PutBlobs { keep, .. } => role == Planner || (role == Worker && !keep),
             Self::Register { .. }
             | Self::Claim { .. }
             | Self::Heartbeat { .. }
             | Self::Complete { .. }
-            | Self::Fail { .. } => role == Worker,
+            | Self::Fail { .. }
+            | Self::Release { .. } => role == Worker,
         }
     }
 }
@@ -276,14 +313,10 @@ pub enum Response {
         /// The queue's identity (the audience of its actions).
         queue: Fingerprint,
     },
-    /// The blob is stored.
-    BlobStored {
-        /// Its digest.
-        digest: Digest,
-        /// Its size.
-        size: u64,
-        /// Whether it was already there.
-        existed: bool,
+    /// The blobs are stored.
+    BlobsStored {
+        /// How many of them were already there.
+        existed: u32,
     },
     /// The blob's raw bytes follow.
     Blob {
@@ -319,10 +352,13 @@ pub enum Response {
         /// The job.
         job: JobRecord,
     },
-    /// Workers.
+    /// A page of workers.
     Workers {
         /// The workers.
         workers: Vec<WorkerRecord>,
+        /// Where the next page starts, if there is one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<u64>,
     },
     /// Stats.
     Stats {
@@ -383,6 +419,11 @@ pub enum FrameError {
     Invalid(String),
 }
 
+/// How many bytes `msg` takes in a frame (its JSON).
+pub fn json_len<T: Serialize>(msg: &T) -> usize {
+    serde_json::to_vec(msg).map_or(usize::MAX, |v| v.len())
+}
+
 /// Writes one frame.
 pub async fn write_frame<T: Serialize>(
     w: &mut (impl AsyncWrite + Unpin),
@@ -408,8 +449,13 @@ pub async fn read_frame<T: serde::de::DeserializeOwned>(
     if len > MAX_FRAME {
         return Err(FrameError::TooLarge(len));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
+    // Grown as bytes arrive: a peer that announces a large frame and sends nothing holds
+    // no memory for it.
+    let mut body = Vec::with_capacity(len.min(64 << 10));
+    (&mut *r).take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     crate::json::from_slice(&body, MAX_FRAME).map_err(|e| FrameError::Invalid(e.to_string()))
 }
 
@@ -425,13 +471,22 @@ mod tests {
                 Request::Hello { version: 1, role: ClientRole::Worker, token: "t".into() },
                 r#"{"type":"hello","version":1,"role":"worker","token":"t"}"#,
             ),
-            (Request::ListWorkers {}, r#"{"type":"list_workers"}"#),
+            (
+                Request::ListWorkers { after: None, limit: 5 },
+                r#"{"type":"list_workers","limit":5}"#,
+            ),
             (
                 Request::Heartbeat {
-                    worker: 7,
                     leases: vec![LeaseRef { job: JobId(3), epoch: crate::job::LeaseEpoch(2) }],
                 },
-                r#"{"type":"heartbeat","worker":7,"leases":[{"job":3,"epoch":2}]}"#,
+                r#"{"type":"heartbeat","leases":[{"job":3,"epoch":2}]}"#,
+            ),
+            (
+                Request::Release {
+                    lease: LeaseRef { job: JobId(3), epoch: crate::job::LeaseEpoch(2) },
+                    reason: "r".into(),
+                },
+                r#"{"type":"release","lease":{"job":3,"epoch":2},"reason":"r"}"#,
             ),
         ];
         for (req, json) in cases {
@@ -462,10 +517,14 @@ mod tests {
         assert!(submit.allowed_for(ClientRole::Planner));
         assert!(!submit.allowed_for(ClientRole::Worker));
         assert!(!submit.allowed_for(ClientRole::Observer));
-        let claim = Request::Claim { worker: 1, max: 1, wait_ms: 0 };
+        let claim = Request::Claim { max: 1, wait_ms: 0 };
         assert!(claim.allowed_for(ClientRole::Worker));
         assert!(!claim.allowed_for(ClientRole::Planner));
         assert!(Request::Stats {}.allowed_for(ClientRole::Observer));
+        let keep = Request::PutBlobs { blobs: vec![], keep: true };
+        assert!(keep.allowed_for(ClientRole::Planner));
+        assert!(!keep.allowed_for(ClientRole::Worker), "only planners keep blobs");
+        assert!(Request::PutBlobs { blobs: vec![], keep: false }.allowed_for(ClientRole::Worker));
     }
 
     #[tokio::test]
@@ -486,5 +545,9 @@ mod tests {
             read_frame::<Request>(&mut truncated.as_slice()).await,
             Err(FrameError::Io(_))
         ));
+        let mut over = Vec::new();
+        let big = Response::Error { code: ErrorCode::Internal, message: "x".repeat(MAX_FRAME) };
+        assert!(matches!(write_frame(&mut over, &big).await, Err(FrameError::TooLarge(_))));
+        assert!(over.is_empty(), "nothing of an oversized frame is written");
     }
 }

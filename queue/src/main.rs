@@ -48,15 +48,25 @@ enum Command {
         /// Largest blob accepted, in bytes.
         #[arg(long, default_value_t = 256 << 20)]
         max_blob: u64,
+        /// Most bytes of blobs stored at once; uploads past it are refused with its name.
+        #[arg(long, default_value_t = 20 << 30)]
+        blob_quota: u64,
+        /// How long a blob nothing refers to is kept after it was last uploaded (`1h`).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        blob_grace: Duration,
         /// Commit each request in its own transaction (for comparison; slower).
         #[arg(long)]
         no_group_commit: bool,
-        /// Connections one client IP may hold.
+        /// Connections one address may hold before they authenticate as workers.
         #[arg(long, default_value_t = 10)]
         connections_per_ip: usize,
-        /// Requests one client IP may make per minute.
+        /// Requests one address may make per minute as a planner or observer (Hello
+        /// included).
         #[arg(long, default_value_t = 1000)]
         requests_per_minute: u32,
+        /// Requests a worker connection may make per minute, per slot of its concurrency.
+        #[arg(long, default_value_t = 60_000)]
+        worker_requests_per_minute: u32,
         /// How long a lease lasts without a heartbeat, in ms.
         #[arg(long, default_value_t = 30_000)]
         lease_ms: u64,
@@ -142,9 +152,12 @@ fn run(cli: Cli) -> Result<()> {
             listen,
             trust,
             max_blob,
+            blob_quota,
+            blob_grace,
             no_group_commit,
             connections_per_ip,
             requests_per_minute,
+            worker_requests_per_minute,
             lease_ms,
             heartbeat_ms,
             retention,
@@ -153,8 +166,13 @@ fn run(cli: Cli) -> Result<()> {
             drop(out);
             init_logging();
             let settings = Settings {
-                connections_per_ip,
-                requests_per_minute,
+                limits: agenix_queue::limits::Limits {
+                    connections_per_ip,
+                    requests_per_minute,
+                    worker_requests_per_minute,
+                    ..agenix_queue::limits::Limits::default()
+                },
+                blob_grace,
                 group_commit: !no_group_commit,
                 request_timeout: Duration::from_millis(request_timeout_ms),
                 scheduler: agenix_queue_core::Config {
@@ -176,7 +194,7 @@ fn run(cli: Cli) -> Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
                 let store = Arc::new(RedbStore::open(&data.join("queue.redb"))?);
-                let blobs = Blobs::new(&data, max_blob)?;
+                let blobs = Blobs::new(&data, max_blob, blob_quota)?;
                 let endpoint = agenix_queue::server::endpoint(listen, cert, key, &settings)?;
                 let queue = Queue::start(store, blobs, trust, fingerprint, tokens, settings)?;
                 tracing::info!(listen = %endpoint.local_addr()?, %fingerprint, "serving");

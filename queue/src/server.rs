@@ -1,48 +1,53 @@
 //! The QUIC server around the scheduler: authentication, per-role authorization, limits,
-//! the request handlers, group commit and the reaper.
+//! the committer, the reaper and the blob collector. The request handlers are in
+//! `handlers.rs`.
 //!
 //! Concurrency: the scheduler sits behind one mutex, never held across an await. Each
 //! request applies its event to the scheduler and hands the resulting writes to the
 //! committer while still holding the lock (so writes reach storage in the order the
 //! scheduler made them), then waits for the commit before answering: a transition is
 //! acknowledged only once it is durable. The committer batches whatever is pending into one
-//! transaction (group commit).
+//! transaction (group commit). When a commit fails, the committer reloads the scheduler from
+//! storage under its lock and fails every request still waiting: memory never keeps a
+//! transition that storage does not.
+//!
+//! Every answer that cannot be sent is logged; leases in an answer that could not be sent
+//! are taken back at once, without costing their jobs an attempt.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agenix_proto::envelope::Envelope;
-use agenix_proto::job::{JobState, Lease, LeaseRef, Requirements};
 use agenix_proto::wire::{
-    ClientRole, ErrorCode, FrameError, PROTOCOL_VERSION, Request, Response, read_frame, write_frame,
+    ClientRole, ErrorCode, FrameError, MAX_FRAME, PROTOCOL_VERSION, Request, Response, json_len,
+    read_frame, write_frame,
 };
-use agenix_proto::{ActionId, Digest, Fingerprint, Limits, Trust};
-use agenix_queue_core::{Change, Config, Refusal, Scheduler, Submission};
-use tokio::io::AsyncWriteExt;
+use agenix_proto::{Digest, Fingerprint, Trust};
+use agenix_queue_core::{Change, Config, Refusal, Scheduler};
 use tokio::sync::{Notify, mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::blobs::{BlobError, Blobs};
+use crate::blobs::Blobs;
 use crate::identity::Tokens;
+use crate::limits::{Bucket, Gate, Limits, lock};
 use crate::store::{Store, Write};
 
 /// Limits and timings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Connections one client IP may hold.
-    pub connections_per_ip: usize,
-    /// Requests one client IP may make per minute.
-    pub requests_per_minute: u32,
-    /// Failed Hellos one IP may make per minute before it is refused for a minute.
-    pub auth_failures_per_minute: usize,
+    /// Connection and request limits.
+    pub limits: Limits,
     /// Concurrent streams per connection.
     pub streams_per_connection: u32,
     /// How long a client may take to send a request frame.
     pub request_timeout: Duration,
     /// Batch concurrent commits into one transaction.
     pub group_commit: bool,
+    /// How long a blob nothing refers to is kept after it was last uploaded.
+    pub blob_grace: Duration,
+    /// How often unreferenced blobs are collected.
+    pub collect_every: Duration,
     /// The scheduler's settings.
     pub scheduler: Config,
 }
@@ -50,12 +55,12 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            connections_per_ip: 10,
-            requests_per_minute: 1000,
-            auth_failures_per_minute: 5,
+            limits: Limits::default(),
             streams_per_connection: 64,
             request_timeout: Duration::from_secs(10),
             group_commit: true,
+            blob_grace: Duration::from_secs(3600),
+            collect_every: Duration::from_secs(60),
             scheduler: Config::default(),
         }
     }
@@ -66,7 +71,7 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     // Without randomness the backoff loses its jitter but stays correct.
     let _ = getrandom::fill(&mut b);
@@ -75,56 +80,31 @@ fn random_u64() -> u64 {
 
 type Ack = oneshot::Sender<Result<(), String>>;
 /// Resolves once a change is durable; `None` when there was nothing to write.
-type Durable = Option<oneshot::Receiver<Result<(), String>>>;
+pub(crate) type Durable = Option<oneshot::Receiver<Result<(), String>>>;
 
-/// A token bucket: `cap` requests at once, refilled at `cap` per minute.
-#[derive(Debug, Default)]
-struct Bucket {
-    tokens: f64,
-    refilled: Option<Instant>,
-}
-
-impl Bucket {
-    fn level(&self, cap: f64, now: Instant) -> f64 {
-        let per_sec = cap / 60.0;
-        self.refilled
-            .map_or(cap, |t| (self.tokens + now.duration_since(t).as_secs_f64() * per_sec).min(cap))
-    }
-
-    fn take(&mut self, cap: f64, now: Instant) -> bool {
-        self.tokens = self.level(cap, now);
-        self.refilled = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct IpState {
-    connections: usize,
-    failures: VecDeque<Instant>,
-    banned_until: Option<Instant>,
-    /// All of the address's connections together.
-    budget: Bucket,
+/// One authenticated connection.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) ip: IpAddr,
+    pub(crate) role: ClientRole,
+    /// The worker registered on this connection, and its concurrency.
+    pub(crate) worker: Mutex<Option<(u64, u32)>>,
+    pub(crate) bucket: Mutex<Bucket>,
 }
 
 /// The queue.
 pub struct Queue {
-    sched: Mutex<Scheduler>,
-    commits: mpsc::UnboundedSender<(Vec<Write>, Ack)>,
-    blobs: Blobs,
-    trust: Trust,
-    fingerprint: Fingerprint,
+    pub(crate) sched: Mutex<Scheduler>,
+    pub(crate) commits: mpsc::UnboundedSender<(Vec<Write>, Ack)>,
+    store: Arc<dyn Store>,
+    pub(crate) blobs: Blobs,
+    pub(crate) kept: Mutex<BTreeSet<Digest>>,
+    pub(crate) trust: Trust,
+    pub(crate) fingerprint: Fingerprint,
     tokens: Tokens,
-    plans: Mutex<HashMap<Digest, Envelope>>,
-    actions: Mutex<HashMap<ActionId, Envelope>>,
-    ready: Notify,
-    settings: Settings,
-    ips: Mutex<HashMap<IpAddr, IpState>>,
+    pub(crate) ready: Notify,
+    pub(crate) settings: Settings,
+    gate: Gate,
 }
 
 impl std::fmt::Debug for Queue {
@@ -133,28 +113,24 @@ impl std::fmt::Debug for Queue {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a lock is a bug; the data is still consistent for reading.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(code: ErrorCode, message: impl Into<String>) -> Response {
     Response::Error { code, message: message.into() }
 }
 
-fn refusal(r: Refusal) -> Response {
+pub(crate) fn refusal(r: Refusal) -> Response {
     let code = match r {
         Refusal::Conflict(_) => ErrorCode::Conflict,
         Refusal::NoJob(_) => ErrorCode::NotFound,
-        Refusal::NoWorker(_) => ErrorCode::BadRequest,
         Refusal::Stale { .. } | Refusal::Finished(_) => ErrorCode::StaleLease,
+        Refusal::NotYours(_) => ErrorCode::Forbidden,
+        Refusal::TooManyWorkers(_) => ErrorCode::Unavailable,
         _ => ErrorCode::BadRequest,
     };
     error(code, r.to_string())
 }
 
 impl Queue {
-    /// Loads storage and starts the committer and the reaper.
+    /// Loads storage and starts the committer, the reaper and the blob collector.
     pub fn start(
         store: Arc<dyn Store>,
         blobs: Blobs,
@@ -164,37 +140,36 @@ impl Queue {
         settings: Settings,
     ) -> anyhow::Result<Arc<Self>> {
         let loaded = store.load()?;
-        let parse = |bytes: &[u8]| Envelope::from_json(bytes).ok();
-        let plans = loaded.plans.iter().filter_map(|(d, b)| Some((*d, parse(b)?))).collect();
-        let actions = loaded
-            .action_envelopes
-            .iter()
-            .filter_map(|(id, b)| Some((id.clone(), parse(b)?)))
-            .collect();
-        let sched =
-            Scheduler::load(settings.scheduler, loaded.jobs, loaded.actions, loaded.next_job);
+        let sched = Scheduler::load(
+            settings.scheduler,
+            now_ms(),
+            loaded.jobs,
+            loaded.actions,
+            loaded.next_job,
+        );
         let (tx, rx) = mpsc::unbounded_channel();
         let queue = Arc::new(Self {
             sched: Mutex::new(sched),
             commits: tx,
+            store: store.clone(),
             blobs,
+            kept: Mutex::new(loaded.kept.into_iter().collect()),
             trust,
             fingerprint,
             tokens,
-            plans: Mutex::new(plans),
-            actions: Mutex::new(actions),
             ready: Notify::new(),
+            gate: Gate::new(settings.limits.clone()),
             settings,
-            ips: Mutex::new(HashMap::new()),
         });
-        tokio::spawn(committer(store, rx, queue.settings.group_commit));
+        tokio::spawn(committer(store, rx, Arc::downgrade(&queue)));
         tokio::spawn(reaper(Arc::downgrade(&queue)));
+        tokio::spawn(collector(Arc::downgrade(&queue)));
         Ok(queue)
     }
 
     /// Applies an event to the scheduler; queues its writes (plus `extra`) for commit in
     /// order; returns the event's value and a receiver for the commit's outcome.
-    fn apply<T>(
+    pub(crate) fn apply<T>(
         &self,
         f: impl FnOnce(&mut Scheduler) -> Result<(T, Vec<Change>), Refusal>,
         extra: Vec<Write>,
@@ -202,27 +177,7 @@ impl Queue {
         let mut sched = lock(&self.sched);
         let (value, changes) = f(&mut sched)?;
         let mut writes = extra;
-        let mut forgot_jobs = false;
-        for c in changes {
-            match &c {
-                Change::DeleteJob(_) => forgot_jobs = true,
-                Change::DeleteAction(id) => {
-                    lock(&self.actions).remove(id);
-                }
-                _ => {}
-            }
-            writes.push(Write::Change(c));
-        }
-        if forgot_jobs {
-            let live = sched.plans_in_use();
-            lock(&self.plans).retain(|d, _| {
-                let keep = live.contains(d);
-                if !keep {
-                    writes.push(Write::DeletePlan(*d));
-                }
-                keep
-            });
-        }
+        writes.extend(changes.into_iter().map(Write::Change));
         if writes.is_empty() {
             return Ok((value, None));
         }
@@ -234,7 +189,7 @@ impl Queue {
     }
 
     /// Waits for a commit; an error means the transition is not durable.
-    async fn durable(done: Option<oneshot::Receiver<Result<(), String>>>) -> Result<(), Response> {
+    pub(crate) async fn durable(done: Durable) -> Result<(), Response> {
         match done {
             None => Ok(()),
             Some(rx) => match rx.await {
@@ -245,122 +200,98 @@ impl Queue {
         }
     }
 
+    /// After a failed commit: fails every request still waiting for one and reloads the
+    /// scheduler from storage, so memory holds exactly what is durable.
+    fn reload(&self, pending: &mut mpsc::UnboundedReceiver<(Vec<Write>, Ack)>, why: &str) {
+        let mut sched = lock(&self.sched);
+        while let Ok((_, ack)) = pending.try_recv() {
+            let _ = ack.send(Err(format!("an earlier commit failed ({why})")));
+        }
+        match self.store.load() {
+            Ok(loaded) => {
+                *sched = Scheduler::load(
+                    self.settings.scheduler,
+                    now_ms(),
+                    loaded.jobs,
+                    loaded.actions,
+                    loaded.next_job,
+                );
+                *lock(&self.kept) = loaded.kept.into_iter().collect();
+                warn!("a commit failed: state reloaded from storage");
+            }
+            Err(e) => error!(error = %e, "a commit failed and storage cannot be read back"),
+        }
+    }
+
     /// Runs the server on `endpoint` until it closes.
     pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint) {
         while let Some(incoming) = endpoint.accept().await {
             let ip = incoming.remote_address().ip();
-            if !self.admit(ip) {
-                debug!(%ip, "connection refused (per-IP limit or auth failures)");
+            if !self.gate.admit(ip) {
+                debug!(%ip, "connection refused (per-address limit or failed logins)");
                 incoming.refuse();
                 continue;
             }
             let q = self.clone();
             tokio::spawn(async move {
-                q.clone().connection(incoming).await;
-                q.release(ip);
+                let worker = q.clone().connection(incoming).await;
+                q.gate.release(ip, worker);
             });
         }
     }
 
-    fn admit(&self, ip: IpAddr) -> bool {
-        let mut ips = lock(&self.ips);
-        let s = ips.entry(ip).or_default();
-        let now = Instant::now();
-        if s.banned_until.is_some_and(|t| t > now)
-            || s.connections >= self.settings.connections_per_ip
-        {
-            return false;
-        }
-        s.connections += 1;
-        true
-    }
-
-    fn release(&self, ip: IpAddr) {
-        let mut ips = lock(&self.ips);
-        if let Some(s) = ips.get_mut(&ip) {
-            s.connections = s.connections.saturating_sub(1);
-            if self.forgettable(s, Instant::now()) {
-                ips.remove(&ip);
-            }
-        }
-    }
-
-    /// Whether forgetting an address loses nothing: no connection, no ban in force, no
-    /// failed login in the last minute, and a full request budget (forgetting a spent one
-    /// would let a client refill it by reconnecting).
-    fn forgettable(&self, s: &IpState, now: Instant) -> bool {
-        s.connections == 0
-            && s.banned_until.is_none_or(|t| t <= now)
-            && s.failures.back().is_none_or(|t| now.duration_since(*t) > Duration::from_secs(60))
-            && s.budget.level(self.address_rate(), now) >= self.address_rate()
-    }
-
-    /// Requests per minute one address may make over all its connections.
-    fn address_rate(&self) -> f64 {
-        f64::from(self.settings.requests_per_minute)
-            * self.settings.connections_per_ip.max(1) as f64
-    }
-
-    /// Forgets addresses [`Queue::release`] had to keep, once keeping them changes nothing.
-    fn forget_idle_addresses(&self) {
-        let now = Instant::now();
-        lock(&self.ips).retain(|_, s| !self.forgettable(s, now));
-    }
-
-    fn auth_failed(&self, ip: IpAddr) {
-        let mut ips = lock(&self.ips);
-        let s = ips.entry(ip).or_default();
-        let now = Instant::now();
-        s.failures.push_back(now);
-        while s.failures.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
-            s.failures.pop_front();
-        }
-        if s.failures.len() >= self.settings.auth_failures_per_minute {
-            s.banned_until = Some(now + Duration::from_secs(60));
-            warn!(%ip, "too many failed logins: refusing this address for a minute");
-        }
-    }
-
-    /// Whether a client (one connection, with `bucket`) may make another request: within its
-    /// own rate, and within its address's (so reconnecting does not refill it).
-    fn rate_ok(&self, ip: IpAddr, bucket: &Mutex<Bucket>) -> bool {
-        let now = Instant::now();
-        if !lock(bucket).take(f64::from(self.settings.requests_per_minute), now) {
-            return false;
-        }
-        let rate = self.address_rate();
-        lock(&self.ips).entry(ip).or_default().budget.take(rate, now)
-    }
-
-    async fn connection(self: Arc<Self>, incoming: quinn::Incoming) {
+    /// Serves one connection; returns whether it ended as a worker connection.
+    async fn connection(self: Arc<Self>, incoming: quinn::Incoming) -> bool {
         let ip = incoming.remote_address().ip();
-        let Ok(conn) = incoming.await else { return };
+        let Ok(conn) = incoming.await else { return false };
         let Some(role) = self.hello(&conn, ip).await else {
             conn.close(1u32.into(), b"unauthenticated");
-            return;
+            return false;
         };
+        let worker = role == ClientRole::Worker;
+        if worker && !self.gate.become_worker(ip) {
+            warn!(%ip, "worker connection refused: too many worker connections");
+            conn.close(4u32.into(), b"too many worker connections");
+            return false;
+        }
         info!(%ip, role = role.as_str(), "client connected");
-        let bucket = Arc::new(Mutex::new(Bucket::default()));
+        let client = Arc::new(Conn {
+            ip,
+            role,
+            worker: Mutex::new(None),
+            bucket: Mutex::new(Bucket::default()),
+        });
         while let Ok((send, recv)) = conn.accept_bi().await {
             let q = self.clone();
-            let c = conn.clone();
-            let b = bucket.clone();
-            tokio::spawn(async move { q.stream(c, ip, role, &b, send, recv).await });
+            let (c, client) = (conn.clone(), client.clone());
+            tokio::spawn(async move { q.stream(c, &client, send, recv).await });
         }
+        worker
     }
 
-    /// The first stream must be a valid Hello, within the request timeout.
+    /// The first stream must be a valid Hello, within the request timeout. It counts against
+    /// the address's request budget, unless it authenticates a worker (whose requests are
+    /// budgeted per connection).
     async fn hello(&self, conn: &quinn::Connection, ip: IpAddr) -> Option<ClientRole> {
         let t = self.settings.request_timeout;
         let (mut send, mut recv) = tokio::time::timeout(t, conn.accept_bi()).await.ok()?.ok()?;
         let req = tokio::time::timeout(t, read_frame::<Request>(&mut recv)).await.ok()?;
+        let valid = |role: ClientRole, version: u32, token: &str| {
+            version == PROTOCOL_VERSION && self.tokens.role_of(role, token)
+        };
+        let worker = matches!(&req, Ok(Request::Hello { version, role: ClientRole::Worker, token })
+            if valid(ClientRole::Worker, *version, token));
+        if !worker && !self.gate.address_ok(ip) {
+            let answer =
+                error(ErrorCode::RateLimited, "too many requests from this address: slow down");
+            send_answer("hello", &mut send, &answer).await;
+            let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+            return None;
+        }
         let answer = match req {
-            Ok(Request::Hello { version, role, token })
-                if version == PROTOCOL_VERSION && self.tokens.role_of(role, &token) =>
-            {
+            Ok(Request::Hello { version, role, token }) if valid(role, version, &token) => {
                 let ok = Response::HelloOk { version: PROTOCOL_VERSION, queue: self.fingerprint };
-                let _ = write_frame(&mut send, &ok).await;
-                let _ = send.finish();
+                send_answer("hello", &mut send, &ok).await;
                 return Some(role);
             }
             Ok(Request::Hello { version, .. }) if version != PROTOCOL_VERSION => error(
@@ -368,34 +299,42 @@ impl Queue {
                 format!("protocol version {version} is not {PROTOCOL_VERSION}"),
             ),
             Ok(Request::Hello { .. }) => {
-                self.auth_failed(ip);
+                self.gate.auth_failed(ip);
                 error(ErrorCode::Unauthenticated, "wrong token for that role")
             }
             Ok(other) => {
-                self.auth_failed(ip);
+                self.gate.auth_failed(ip);
                 error(
                     ErrorCode::Unauthenticated,
                     format!("the first request must be hello, not {}", other.name()),
                 )
             }
             Err(e) => {
-                self.auth_failed(ip);
+                self.gate.auth_failed(ip);
                 error(ErrorCode::BadRequest, e.to_string())
             }
         };
-        let _ = write_frame(&mut send, &answer).await;
-        let _ = send.finish();
+        send_answer("hello", &mut send, &answer).await;
         // Give the answer a moment to leave before the connection closes.
         let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
         None
     }
 
+    /// Whether `client` may make another request now.
+    fn rate_ok(&self, client: &Conn) -> bool {
+        match client.role {
+            ClientRole::Worker => {
+                let slots = lock(&client.worker).map_or(1, |(_, c)| c);
+                self.gate.worker_ok(&client.bucket, slots)
+            }
+            ClientRole::Planner | ClientRole::Observer => self.gate.address_ok(client.ip),
+        }
+    }
+
     async fn stream(
         self: Arc<Self>,
         conn: quinn::Connection,
-        ip: IpAddr,
-        role: ClientRole,
-        bucket: &Mutex<Bucket>,
+        client: &Conn,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
@@ -411,304 +350,53 @@ impl Queue {
                 return;
             }
             Ok(Err(FrameError::TooLarge(n))) => {
-                let _ = write_frame(
-                    &mut send,
-                    &error(ErrorCode::TooLarge, format!("frame of {n} bytes is over the limit")),
-                )
-                .await;
-                let _ = send.finish();
+                let message = format!("frame of {n} bytes is over the limit of {MAX_FRAME}");
+                send_answer("request", &mut send, &error(ErrorCode::TooLarge, message)).await;
                 let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
                 conn.close(3u32.into(), b"frame too large");
                 return;
             }
             Ok(Err(FrameError::Invalid(m))) => {
-                let _ = write_frame(&mut send, &error(ErrorCode::BadRequest, m)).await;
-                let _ = send.finish();
+                send_answer("request", &mut send, &error(ErrorCode::BadRequest, m)).await;
                 return;
             }
             Ok(Err(_)) => return,
             Ok(Ok(req)) => req,
         };
-        let resp = if !self.rate_ok(ip, bucket) {
+        let name = req.name();
+        let resp = if !self.rate_ok(client) {
             error(ErrorCode::RateLimited, "too many requests: slow down")
-        } else if !req.allowed_for(role) {
+        } else if !req.allowed_for(client.role) {
             error(
                 ErrorCode::Forbidden,
-                format!("the {} role may not {}", role.as_str(), req.name()),
+                format!("the {} role may not {}", client.role.as_str(), req.name()),
             )
         } else {
             match req {
                 Request::GetBlob { digest } => return self.get_blob(digest, send).await,
-                Request::PutBlob { digest, size } => self.put_blob(digest, size, &mut recv).await,
+                Request::PutBlobs { blobs, keep } => self.put_blobs(blobs, keep, &mut recv).await,
                 // A claim waits for work; a worker that has gone meanwhile (stopped the
                 // stream, or lost the connection) must be leased nothing.
-                Request::Claim { worker, max, wait_ms } => {
-                    self.claim(worker, max, wait_ms, send.stopped()).await
+                Request::Claim { max, wait_ms } => {
+                    self.claim(client, max, wait_ms, send.stopped()).await
                 }
-                other => self.handle(other).await,
+                other => self.handle(client, other).await,
             }
         };
-        let _ = write_frame(&mut send, &resp).await;
-        let _ = send.finish();
-    }
-
-    async fn get_blob(&self, digest: Digest, mut send: quinn::SendStream) {
-        let Ok((mut file, size)) = self.blobs.open(&digest) else {
-            let _ =
-                write_frame(&mut send, &error(ErrorCode::NotFound, format!("no blob {digest}")))
-                    .await;
-            let _ = send.finish();
-            return;
-        };
-        if write_frame(&mut send, &Response::Blob { digest, size }).await.is_ok() {
-            let _ = tokio::io::copy(&mut file, &mut send).await;
-            let _ = send.flush().await;
-        }
-        let _ = send.finish();
-    }
-
-    async fn put_blob(&self, digest: Digest, size: u64, recv: &mut quinn::RecvStream) -> Response {
-        // At least 1 MB/s, and never less than the request timeout.
-        let budget = self.settings.request_timeout + Duration::from_secs(size / (1 << 20));
-        match tokio::time::timeout(budget, self.blobs.put(digest, size, recv)).await {
-            Err(_) => error(ErrorCode::BadRequest, "upload too slow"),
-            Ok(Ok(existed)) => Response::BlobStored { digest, size, existed },
-            Ok(Err(e @ BlobError::TooLarge { .. })) => error(ErrorCode::TooLarge, e.to_string()),
-            Ok(Err(e @ (BlobError::Mismatch { .. } | BlobError::Short { .. }))) => {
-                error(ErrorCode::Invalid, e.to_string())
-            }
-            Ok(Err(e @ BlobError::Io(_))) => error(ErrorCode::Internal, e.to_string()),
-        }
-    }
-
-    async fn handle(&self, req: Request) -> Response {
-        let now = now_ms();
-        match req {
-            Request::Hello { .. } => error(ErrorCode::BadRequest, "already authenticated"),
-            Request::Submit { plan, action } => self.submit(plan, action).await,
-            Request::Cancel { job } => match self.apply(|s| s.cancel(now, job), vec![]) {
-                Ok((state, done)) => match Self::durable(done).await {
-                    Ok(()) => Response::Cancel { job, state },
-                    Err(e) => e,
-                },
-                Err(r) => refusal(r),
-            },
-            Request::ListJobs { filter, after, limit } => {
-                let (jobs, next) =
-                    lock(&self.sched).list(&filter, after, limit.min(agenix_proto::wire::MAX_PAGE));
-                Response::Jobs { jobs, next }
-            }
-            Request::ShowJob { job } => match lock(&self.sched).job(job) {
-                Some(j) => Response::Job { job: j.clone() },
-                None => error(ErrorCode::NotFound, format!("no job {job}")),
-            },
-            Request::ListWorkers {} => Response::Workers { workers: lock(&self.sched).workers() },
-            Request::Stats {} => Response::Stats { stats: lock(&self.sched).stats(now) },
-            Request::Register { capabilities } => {
-                let worker = lock(&self.sched).register(now, capabilities);
-                let cfg = *lock(&self.sched).config();
-                Response::Registered {
-                    worker,
-                    lease_ms: cfg.lease_ms,
-                    heartbeat_ms: cfg.heartbeat_ms,
-                }
-            }
-            Request::Heartbeat { worker, leases } => {
-                match self.apply(|s| s.heartbeat(now, worker, &leases), vec![]) {
-                    Ok((beat, done)) => match Self::durable(done).await {
-                        Ok(()) => Response::HeartbeatOk {
-                            extended: beat.extended,
-                            cancelled: beat.cancelled,
-                            lost: beat.lost,
-                        },
-                        Err(e) => e,
-                    },
-                    Err(r) => refusal(r),
-                }
-            }
-            Request::Complete { worker, lease, output } => {
-                if let Some(out) = &output.output
-                    && self.blobs.size(&out.digest) != Some(out.size)
-                {
-                    return error(
-                        ErrorCode::Invalid,
-                        format!(
-                            "output blob {} ({} bytes) is not stored: upload it first",
-                            out.digest, out.size
-                        ),
-                    );
-                }
-                self.record(self.apply(|s| s.complete(now, worker, lease, output), vec![]), lease)
-                    .await
-            }
-            Request::Fail { worker, lease, reason, retryable } => {
-                let rand = random_u64();
-                let r =
-                    self.apply(|s| s.fail(now, worker, lease, &reason, retryable, rand), vec![]);
-                self.record(r, lease).await
-            }
-            // Answered in `stream`, which owns the stream they need.
-            Request::PutBlob { .. } | Request::GetBlob { .. } | Request::Claim { .. } => {
-                error(ErrorCode::Internal, "answered elsewhere")
-            }
-        }
-    }
-
-    async fn record(&self, r: Result<(JobState, Durable), Refusal>, lease: LeaseRef) -> Response {
-        match r {
-            Ok((state, done)) => match Self::durable(done).await {
-                Ok(()) => Response::Recorded { job: lease.job, state },
-                Err(e) => e,
-            },
-            Err(r) => refusal(r),
-        }
-    }
-
-    async fn submit(&self, plan: Envelope, action: Envelope) -> Response {
-        let now = now_ms();
-        let now_s = now / 1000;
-        let plan_bytes = plan.to_json();
-        let action_bytes = action.to_json();
-        let vp = match agenix_proto::verify_plan(&plan_bytes, &self.trust, now_s, &Limits::ABSOLUTE)
+        let worker = lock(&client.worker).map(|(id, _)| id);
+        if !send_answer(name, &mut send, &resp).await
+            && let Response::Leases { leases } = &resp
+            && let Some(worker) = worker
         {
-            Ok(v) => v,
-            Err(e) => return error(ErrorCode::Invalid, format!("plan: {e}")),
-        };
-        let va =
-            match agenix_proto::verify_action(&action_bytes, &self.trust, now_s, &self.fingerprint)
-            {
-                Ok(v) => v,
-                Err(e) => return error(ErrorCode::Invalid, format!("action: {e}")),
-            };
-        if let Err(e) = va.check_plan(&vp) {
-            return error(ErrorCode::Invalid, e.to_string());
-        }
-        let a = va.action();
-        let mut missing: Vec<String> = vp
-            .plan()
-            .wasm_tasks()
-            .filter_map(|(_, w)| w.digest)
-            .filter(|d| !self.blobs.has(d))
-            .map(|d| d.to_string())
-            .collect();
-        for input in &a.inputs {
-            match self.blobs.size(&input.digest) {
-                Some(size) if size == input.size => {}
-                Some(size) => missing.push(format!(
-                    "{} (stored with {size} bytes, the action says {})",
-                    input.digest, input.size
-                )),
-                None => missing.push(input.digest.to_string()),
-            }
-        }
-        if !missing.is_empty() {
-            missing.sort();
-            missing.dedup();
-            return error(
-                ErrorCode::Invalid,
-                format!("blobs not stored (upload them first): {}", missing.join(", ")),
-            );
-        }
-        let sub = Submission {
-            action: a.action_id.clone(),
-            payload: Digest::of(va.payload()),
-            expires_at: a.expires_at.saturating_mul(1000),
-            plan: vp.digest(),
-            inputs: a.inputs.clone(),
-            priority: a.priority,
-            max_attempts: a.max_attempts,
-            requirements: Requirements::of(vp.plan()),
-        };
-        let extra = vec![
-            Write::Plan(vp.digest(), plan_bytes),
-            Write::ActionEnvelope(a.action_id.clone(), action_bytes),
-        ];
-        let result = self.apply(
-            |s| {
-                let (jobs, dup, changes) = s.submit(now, sub)?;
-                // Still under the scheduler's lock: no worker can claim a job before the
-                // envelopes it is sent with are in place.
-                if !dup {
-                    lock(&self.plans).insert(vp.digest(), plan);
-                    lock(&self.actions).insert(a.action_id.clone(), action);
-                }
-                Ok(((jobs, dup), changes))
-            },
-            extra,
-        );
-        match result {
-            Ok(((jobs, duplicate), done)) => {
-                if let Err(e) = Self::durable(done).await {
-                    return e;
-                }
-                self.ready.notify_waiters();
-                Response::Submitted { jobs, duplicate }
-            }
-            Err(r) => refusal(r),
-        }
-    }
-
-    /// Leases up to `max` jobs to `worker`, waiting up to `wait_ms` for one; stops waiting,
-    /// leasing nothing, once `gone` resolves. A worker that lets a lease expire while this
-    /// claim waits is leased nothing by it either (it may be dead with its connection not
-    /// yet timed out; if alive, it claims again).
-    async fn claim(
-        &self,
-        worker: u64,
-        max: u32,
-        wait_ms: u32,
-        gone: impl Future<Output = impl Sized>,
-    ) -> Response {
-        let max = max.clamp(1, 64);
-        let until = Instant::now() + Duration::from_millis(u64::from(wait_ms.min(30_000)));
-        let since = now_ms();
-        tokio::pin!(gone);
-        loop {
-            let woken = self.ready.notified();
+            // The leases never reached the worker: take them back, costing no attempt.
+            let refs: Vec<_> = leases.iter().map(|l| l.lease).collect();
             let now = now_ms();
-            let claimed = self.apply(
-                |s| {
-                    if s.unresponsive_since(worker, since) {
-                        Ok((vec![], vec![]))
-                    } else {
-                        s.claim(now, worker, max)
-                    }
-                },
-                vec![],
-            );
-            let (jobs, done) = match claimed {
-                Ok(v) => v,
-                Err(r) => return refusal(r),
-            };
-            if !jobs.is_empty() {
-                if let Err(e) = Self::durable(done).await {
-                    return e;
-                }
-                let plans = lock(&self.plans);
-                let actions = lock(&self.actions);
-                let leases = jobs
-                    .into_iter()
-                    .filter_map(|j| {
-                        let JobState::Leased { epoch, deadline, .. } = j.state else { return None };
-                        Some(Lease {
-                            lease: LeaseRef { job: j.id, epoch },
-                            attempt: j.attempts,
-                            deadline,
-                            plan: plans.get(&j.plan)?.clone(),
-                            action: actions.get(&j.action)?.clone(),
-                            input: j.input,
-                        })
-                    })
-                    .collect();
-                return Response::Leases { leases };
+            if let Ok(((), done)) = self.apply(|s| Ok(((), s.unclaim(now, worker, &refs))), vec![])
+            {
+                let _ = Self::durable(done).await;
             }
-            if Self::durable(done).await.is_err() || Instant::now() >= until {
-                return Response::Leases { leases: vec![] };
-            }
-            tokio::select! {
-                _ = tokio::time::timeout_at(until.into(), woken) => {}
-                _ = &mut gone => return Response::Leases { leases: vec![] },
-            }
+            warn!(worker, leases = refs.len(), "took back leases that could not be sent");
+            self.ready.notify_waiters();
         }
     }
 
@@ -718,14 +406,48 @@ impl Queue {
     }
 }
 
+/// Sends `resp` and finishes the stream; logs and returns false when it cannot. An answer
+/// too large for a frame (a bug: every answer is bounded) is replaced by an error saying so.
+pub(crate) async fn send_answer(
+    request: &'static str,
+    send: &mut quinn::SendStream,
+    resp: &Response,
+) -> bool {
+    let sent = match write_frame(send, resp).await {
+        Err(FrameError::TooLarge(n)) => {
+            error!(request, bytes = n, "an answer was over the frame limit");
+            let e = error(
+                ErrorCode::Internal,
+                format!("the answer to {request} was {n} bytes, over the frame limit"),
+            );
+            let _ = write_frame(send, &e).await;
+            Err(FrameError::TooLarge(n))
+        }
+        other => other,
+    };
+    let finished = send.finish();
+    match (sent, finished) {
+        (Ok(()), Ok(())) => true,
+        (Err(e), _) => {
+            warn!(request, error = %e, bytes = json_len(resp), "an answer could not be sent");
+            false
+        }
+        (Ok(()), Err(e)) => {
+            warn!(request, error = %e, "an answer could not be sent");
+            false
+        }
+    }
+}
+
 /// Applies batches of writes, one transaction per batch, and acknowledges each request once
-/// its batch is durable.
+/// its batch is durable. After a failed batch it has the queue reload from storage.
 async fn committer(
     store: Arc<dyn Store>,
     mut rx: mpsc::UnboundedReceiver<(Vec<Write>, Ack)>,
-    group: bool,
+    queue: Weak<Queue>,
 ) {
     while let Some(first) = rx.recv().await {
+        let group = queue.upgrade().is_some_and(|q| q.settings.group_commit);
         let mut batch = vec![first];
         if group {
             while batch.len() < 4096 {
@@ -752,11 +474,14 @@ async fn committer(
         for ack in acks {
             let _ = ack.send(result.clone());
         }
+        if let (Err(e), Some(q)) = (&result, queue.upgrade()) {
+            q.reload(&mut rx, e);
+        }
     }
 }
 
 /// Re-queues expired leases, promotes backoffs that are over, applies retention.
-async fn reaper(queue: std::sync::Weak<Queue>) {
+async fn reaper(queue: Weak<Queue>) {
     loop {
         let Some(q) = queue.upgrade() else { return };
         let now = now_ms();
@@ -764,12 +489,43 @@ async fn reaper(queue: std::sync::Weak<Queue>) {
         drop(q);
         tokio::time::sleep(Duration::from_millis(wake - now)).await;
         let Some(q) = queue.upgrade() else { return };
-        q.forget_idle_addresses();
+        q.gate.forget_idle();
         let now = now_ms();
         let Ok(((), done)) = q.apply(|s| Ok(((), s.tick(now))), vec![]) else { continue };
         let _ = Queue::durable(done).await;
         if lock(&q.sched).has_ready(now) {
             q.ready.notify_waiters();
+        }
+    }
+}
+
+/// Removes blobs nothing refers to any more, once they are past the grace period.
+async fn collector(queue: Weak<Queue>) {
+    loop {
+        let Some(every) = queue.upgrade().map(|q| q.settings.collect_every) else { return };
+        tokio::time::sleep(every).await;
+        let Some(q) = queue.upgrade() else { return };
+        q.collect().await;
+    }
+}
+
+impl Queue {
+    /// One collection of unreferenced blobs.
+    pub(crate) async fn collect(&self) {
+        let mut keep = lock(&self.sched).blobs_in_use();
+        keep.extend(lock(&self.kept).iter().copied());
+        let (blobs, grace) = (self.blobs.clone(), self.settings.blob_grace);
+        let started = Instant::now();
+        match tokio::task::spawn_blocking(move || blobs.collect(&keep, grace)).await {
+            Ok(Ok(done)) if done.removed > 0 => info!(
+                removed = done.removed,
+                bytes = done.bytes,
+                took_ms = started.elapsed().as_millis() as u64,
+                "collected blobs nothing refers to"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "blob collection failed"),
+            Err(e) => warn!(error = %e, "blob collection stopped"),
         }
     }
 }

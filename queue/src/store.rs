@@ -5,9 +5,8 @@
 //!
 //! ```text
 //! jobs:    u64 job id        -> JobRecord
-//! actions: action id         -> ActionRecord
-//! action_envelopes: action id -> the signed action envelope
-//! plans:   "sha256:<hex>"    -> the signed plan envelope
+//! actions: action id         -> ActionRecord (names its envelopes, which are blobs)
+//! kept:    "sha256:<hex>"    -> ()   blobs kept until removed explicitly
 //! meta:    "next_job"        -> u64
 //! ```
 //!
@@ -25,8 +24,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 const JOBS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("jobs");
 const ACTIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("actions");
-const ACTION_ENVELOPES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("action_envelopes");
-const PLANS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("plans");
+const KEPT: TableDefinition<'_, &str, ()> = TableDefinition::new("kept");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
 /// One durable write.
@@ -38,12 +36,8 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 pub enum Write {
     /// A scheduler change.
     Change(Change),
-    /// A signed plan, by the digest of its payload.
-    Plan(Digest, Vec<u8>),
-    /// A signed action envelope.
-    ActionEnvelope(ActionId, Vec<u8>),
-    /// Forget a plan no job refers to any more.
-    DeletePlan(Digest),
+    /// Keep this blob until removed explicitly.
+    Keep(Digest),
 }
 
 /// Everything storage kept.
@@ -53,10 +47,8 @@ pub struct Loaded {
     pub jobs: Vec<JobRecord>,
     /// Every action still remembered.
     pub actions: Vec<(ActionId, ActionRecord)>,
-    /// Signed action envelopes.
-    pub action_envelopes: Vec<(ActionId, Vec<u8>)>,
-    /// Signed plans.
-    pub plans: Vec<(Digest, Vec<u8>)>,
+    /// Blobs kept until removed explicitly.
+    pub kept: Vec<Digest>,
     /// The next job id.
     pub next_job: u64,
 }
@@ -98,8 +90,7 @@ impl RedbStore {
         {
             tx.open_table(JOBS).map_err(err)?;
             tx.open_table(ACTIONS).map_err(err)?;
-            tx.open_table(ACTION_ENVELOPES).map_err(err)?;
-            tx.open_table(PLANS).map_err(err)?;
+            tx.open_table(KEPT).map_err(err)?;
             tx.open_table(META).map_err(err)?;
         }
         tx.commit().map_err(err)?;
@@ -128,13 +119,9 @@ impl Store for RedbStore {
             let id: ActionId = k.value().parse().map_err(err)?;
             out.actions.push((id, parse("action", v.value())?));
         }
-        for row in tx.open_table(ACTION_ENVELOPES).map_err(err)?.iter().map_err(err)? {
-            let (k, v) = row.map_err(err)?;
-            out.action_envelopes.push((k.value().parse().map_err(err)?, v.value().to_vec()));
-        }
-        for row in tx.open_table(PLANS).map_err(err)?.iter().map_err(err)? {
-            let (k, v) = row.map_err(err)?;
-            out.plans.push((k.value().parse().map_err(err)?, v.value().to_vec()));
+        for row in tx.open_table(KEPT).map_err(err)?.iter().map_err(err)? {
+            let (k, _) = row.map_err(err)?;
+            out.kept.push(k.value().parse().map_err(err)?);
         }
         if let Some(n) = tx.open_table(META).map_err(err)?.get("next_job").map_err(err)? {
             out.next_job = n.value();
@@ -147,8 +134,7 @@ impl Store for RedbStore {
         {
             let mut jobs = tx.open_table(JOBS).map_err(err)?;
             let mut actions = tx.open_table(ACTIONS).map_err(err)?;
-            let mut envs = tx.open_table(ACTION_ENVELOPES).map_err(err)?;
-            let mut plans = tx.open_table(PLANS).map_err(err)?;
+            let mut kept = tx.open_table(KEPT).map_err(err)?;
             let mut meta = tx.open_table(META).map_err(err)?;
             for w in writes {
                 match w {
@@ -163,19 +149,12 @@ impl Store for RedbStore {
                     }
                     Write::Change(Change::DeleteAction(id)) => {
                         actions.remove(id.as_str()).map_err(err)?;
-                        envs.remove(id.as_str()).map_err(err)?;
                     }
                     Write::Change(Change::NextJob(n)) => {
                         meta.insert("next_job", n).map_err(err)?;
                     }
-                    Write::Plan(d, bytes) => {
-                        plans.insert(d.to_string().as_str(), bytes.as_slice()).map_err(err)?;
-                    }
-                    Write::ActionEnvelope(id, bytes) => {
-                        envs.insert(id.as_str(), bytes.as_slice()).map_err(err)?;
-                    }
-                    Write::DeletePlan(d) => {
-                        plans.remove(d.to_string().as_str()).map_err(err)?;
+                    Write::Keep(d) => {
+                        kept.insert(d.to_string().as_str(), ()).map_err(err)?;
                     }
                 }
             }
@@ -194,8 +173,7 @@ pub struct MemStore {
 struct MemInner {
     jobs: BTreeMap<JobId, JobRecord>,
     actions: BTreeMap<ActionId, ActionRecord>,
-    envelopes: BTreeMap<ActionId, Vec<u8>>,
-    plans: BTreeMap<Digest, Vec<u8>>,
+    kept: std::collections::BTreeSet<Digest>,
     next_job: u64,
 }
 
@@ -205,8 +183,7 @@ impl Store for MemStore {
         Ok(Loaded {
             jobs: m.jobs.values().cloned().collect(),
             actions: m.actions.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            action_envelopes: m.envelopes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            plans: m.plans.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            kept: m.kept.iter().copied().collect(),
             next_job: m.next_job.max(1),
         })
     }
@@ -226,21 +203,48 @@ impl Store for MemStore {
                 }
                 Write::Change(Change::DeleteAction(id)) => {
                     m.actions.remove(&id);
-                    m.envelopes.remove(&id);
                 }
                 Write::Change(Change::NextJob(n)) => m.next_job = n,
-                Write::Plan(d, b) => {
-                    m.plans.insert(d, b);
-                }
-                Write::ActionEnvelope(id, b) => {
-                    m.envelopes.insert(id, b);
-                }
-                Write::DeletePlan(d) => {
-                    m.plans.remove(&d);
+                Write::Keep(d) => {
+                    m.kept.insert(d);
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// A store that fails on request, around another (for tests of what a failed commit
+/// leaves behind).
+#[derive(Debug)]
+pub struct FaultyStore<S> {
+    inner: S,
+    fail: std::sync::atomic::AtomicU32,
+}
+
+impl<S: Store> FaultyStore<S> {
+    /// `inner`, failing nothing yet.
+    pub fn new(inner: S) -> Self {
+        Self { inner, fail: std::sync::atomic::AtomicU32::new(0) }
+    }
+
+    /// Makes the next `n` batches fail, writing nothing.
+    pub fn fail_next(&self, n: u32) {
+        self.fail.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl<S: Store> Store for FaultyStore<S> {
+    fn load(&self) -> Result<Loaded, StoreError> {
+        self.inner.load()
+    }
+
+    fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.fail.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(StoreError("injected fault: the disk is full".into()));
+        }
+        self.inner.apply(writes)
     }
 }
 
@@ -254,28 +258,30 @@ mod tests {
         let path = dir.path().join("q.redb");
         let store = RedbStore::open(&path).unwrap();
         let id = ActionId::from_random([1; 16]);
-        let rec = ActionRecord { payload: Digest::of(b"a"), expires_at: 5, jobs: vec![JobId(1)] };
+        let rec = ActionRecord {
+            payload: Digest::of(b"a"),
+            envelope: Digest::of(b"e"),
+            plan_envelope: Digest::of(b"p"),
+            blobs: vec![Digest::of(b"c")],
+            expires_at: 5,
+            jobs: vec![JobId(1)],
+        };
         store
             .apply(&[
                 Write::Change(Change::Action(id.clone(), rec.clone())),
                 Write::Change(Change::NextJob(9)),
-                Write::Plan(Digest::of(b"p"), b"plan".to_vec()),
-                Write::ActionEnvelope(id.clone(), b"env".to_vec()),
+                Write::Keep(Digest::of(b"k")),
             ])
             .unwrap();
         drop(store);
         let loaded = RedbStore::open(&path).unwrap().load().unwrap();
         assert_eq!(loaded.actions, vec![(id.clone(), rec)]);
         assert_eq!(loaded.next_job, 9);
-        assert_eq!(loaded.plans, vec![(Digest::of(b"p"), b"plan".to_vec())]);
-        assert_eq!(loaded.action_envelopes, vec![(id.clone(), b"env".to_vec())]);
+        assert_eq!(loaded.kept, vec![Digest::of(b"k")]);
         let store = RedbStore::open(&path).unwrap();
-        store
-            .apply(&[Write::DeletePlan(Digest::of(b"p")), Write::Change(Change::DeleteAction(id))])
-            .unwrap();
+        store.apply(&[Write::Change(Change::DeleteAction(id))]).unwrap();
         drop(store);
         let loaded = RedbStore::open(&path).unwrap().load().unwrap();
-        assert!(loaded.plans.is_empty() && loaded.actions.is_empty());
-        assert!(loaded.action_envelopes.is_empty());
+        assert!(loaded.actions.is_empty());
     }
 }

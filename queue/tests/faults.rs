@@ -33,8 +33,8 @@ async fn q01_worker_killed_mid_job_lease_expires_and_job_reruns_elsewhere() {
     let jobs = q.submit(&planner, &[b"q01 input"], 3).await;
 
     let a = q.client(ClientRole::Worker).await;
-    let wa = register(&a, "worker-a").await;
-    let first = claim(&a, wa, 1, 1000).await;
+    register(&a, "worker-a").await;
+    let first = claim(&a, 1, 1000).await;
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].lease, LeaseRef { job: jobs[0], epoch: LeaseEpoch(1) });
     assert_eq!(first[0].attempt, 1);
@@ -43,14 +43,14 @@ async fn q01_worker_killed_mid_job_lease_expires_and_job_reruns_elsewhere() {
     drop(a);
 
     let b = q.client(ClientRole::Worker).await;
-    let wb = register(&b, "worker-b").await;
+    register(&b, "worker-b").await;
     // While A's lease is live nobody else gets the job.
-    let early = claim(&b, wb, 1, 0).await;
+    let early = claim(&b, 1, 0).await;
     assert!(
         early.is_empty() || now_ms() >= first[0].deadline,
         "the job was leased again before its first lease expired"
     );
-    let second = if early.is_empty() { claim(&b, wb, 1, 5000).await } else { early };
+    let second = if early.is_empty() { claim(&b, 1, 5000).await } else { early };
     assert_eq!(second.len(), 1, "the reaper did not re-queue the expired lease");
     assert!(now_ms() >= first[0].deadline, "re-leased before the deadline");
     assert_eq!(second[0].lease, LeaseRef { job: jobs[0], epoch: LeaseEpoch(2) });
@@ -65,7 +65,7 @@ async fn q01_worker_killed_mid_job_lease_expires_and_job_reruns_elsewhere() {
     assert_eq!(rec.last_error.as_deref(), Some("lease expired: the worker stopped heartbeating"));
 
     let r = b
-        .request(&Request::Complete { worker: wb, lease: second[0].lease, output: no_output() })
+        .request(&Request::Complete { lease: second[0].lease, output: no_output() })
         .await
         .unwrap();
     assert_eq!(recorded(r), JobState::Succeeded);
@@ -79,23 +79,28 @@ async fn q02_late_complete_or_heartbeat_from_an_old_lease_holder_is_fenced() {
     let planner = q.client(ClientRole::Planner).await;
     let jobs = q.submit(&planner, &[b"q02 input"], 3).await;
     let a = q.client(ClientRole::Worker).await;
-    let wa = register(&a, "worker-a").await;
-    let old = claim(&a, wa, 1, 1000).await[0].lease;
+    register(&a, "worker-a").await;
+    let old = claim(&a, 1, 1000).await[0].lease;
     // A stalls (a long GC pause, a partition) and its lease expires; B gets the job.
     let b = q.client(ClientRole::Worker).await;
-    let wb = register(&b, "worker-b").await;
-    let new = claim(&b, wb, 1, 5000).await;
+    register(&b, "worker-b").await;
+    let new = claim(&b, 1, 5000).await;
     assert_eq!(new.len(), 1);
     let new = new[0].lease;
     assert_eq!(new, LeaseRef { job: jobs[0], epoch: LeaseEpoch(2) });
 
     // A wakes up: its heartbeat learns the lease is lost, its result and failure are fenced.
-    assert_eq!(heartbeat(&a, wa, &[old]).await, (vec![], vec![], vec![old]));
+    assert_eq!(heartbeat(&a, &[old]).await, (vec![], vec![], vec![old]));
     let stale = format!("lease LeaseEpoch(1) of job {} is not current", jobs[0]);
-    let late = JobOutput { succeeded: false, reports: vec![], output: None };
-    let req = Request::Complete { worker: wa, lease: old, output: late.clone() };
+    let late = JobOutput {
+        succeeded: false,
+        failure: None,
+        reports: agenix_proto::job::Reports::Inline(vec![]),
+        output: None,
+    };
+    let req = Request::Complete { lease: old, output: late.clone() };
     assert_eq!(refused(&a, &req).await, (ErrorCode::StaleLease, stale.clone()));
-    let req = Request::Fail { worker: wa, lease: old, reason: "late".into(), retryable: true };
+    let req = Request::Fail { lease: old, reason: "late".into(), retryable: true };
     assert_eq!(refused(&a, &req).await, (ErrorCode::StaleLease, stale));
     let rec = job(&planner, jobs[0]).await;
     assert!(
@@ -107,19 +112,16 @@ async fn q02_late_complete_or_heartbeat_from_an_old_lease_holder_is_fenced() {
     assert_eq!(rec.last_error.as_deref(), Some("lease expired: the worker stopped heartbeating"));
 
     // The current holder is unaffected.
-    assert_eq!(heartbeat(&b, wb, &[new]).await, (vec![new], vec![], vec![]));
-    let r = b
-        .request(&Request::Complete { worker: wb, lease: new, output: no_output() })
-        .await
-        .unwrap();
+    assert_eq!(heartbeat(&b, &[new]).await, (vec![new], vec![], vec![]));
+    let r = b.request(&Request::Complete { lease: new, output: no_output() }).await.unwrap();
     assert_eq!(recorded(r), JobState::Succeeded);
     // Once the job is finished, A (and a duplicate report from B) are refused too.
     let finished = format!("job {} is already finished", jobs[0]);
-    let req = Request::Complete { worker: wa, lease: old, output: late };
+    let req = Request::Complete { lease: old, output: late };
     assert_eq!(refused(&a, &req).await, (ErrorCode::StaleLease, finished.clone()));
-    let req = Request::Complete { worker: wb, lease: new, output: no_output() };
+    let req = Request::Complete { lease: new, output: no_output() };
     assert_eq!(refused(&b, &req).await, (ErrorCode::StaleLease, finished));
-    assert_eq!(heartbeat(&a, wa, &[old]).await, (vec![], vec![], vec![old]));
+    assert_eq!(heartbeat(&a, &[old]).await, (vec![], vec![], vec![old]));
     let rec = job(&planner, jobs[0]).await;
     assert_eq!(rec.state, JobState::Succeeded);
     assert_eq!(rec.output, Some(no_output()), "the late result overwrote the real one");
@@ -132,29 +134,31 @@ async fn q03_job_longer_than_the_lease_is_kept_alive_by_heartbeats_and_runs_once
     let planner = q.client(ClientRole::Planner).await;
     let jobs = q.submit(&planner, &[b"q03 input"], 3).await;
     let a = q.client(ClientRole::Worker).await;
-    let wa = register(&a, "worker-a").await;
-    let leases = claim(&a, wa, 1, 1000).await;
+    register(&a, "worker-a").await;
+    let leases = claim(&a, 1, 1000).await;
     let (lease, first_deadline) = (leases[0].lease, leases[0].deadline);
 
     // Another worker waits for work the whole time; it must get none.
     let b = q.client(ClientRole::Worker).await;
-    let wb = register(&b, "worker-b").await;
+    register(&b, "worker-b").await;
     let run_ms = 4 * lease_ms;
     let other =
-        tokio::spawn(async move { claim(&b, wb, 1, u32::try_from(run_ms).unwrap() + 300).await });
+        tokio::spawn(async move { claim(&b, 1, u32::try_from(run_ms).unwrap() + 300).await });
     // The "task" runs for four lease periods, heartbeating every lease/3.
     for _ in 0..12 {
         tokio::time::sleep(Duration::from_millis(lease_ms / 3)).await;
-        assert_eq!(heartbeat(&a, wa, &[lease]).await, (vec![lease], vec![], vec![]));
+        assert_eq!(heartbeat(&a, &[lease]).await, (vec![lease], vec![], vec![]));
     }
     let stolen = other.await.unwrap();
     assert!(stolen.is_empty(), "a heartbeating job was leased to another worker: {stolen:?}");
     let rec = job(&planner, jobs[0]).await;
-    let JobState::Leased { epoch, deadline, worker } = rec.state else { panic!("{:?}", rec.state) };
+    let JobState::Leased { epoch, deadline, worker, .. } = rec.state else {
+        panic!("{:?}", rec.state)
+    };
     assert_eq!((epoch, worker.as_str()), (LeaseEpoch(1), "worker-a"));
     assert!(deadline > first_deadline + 2 * lease_ms, "heartbeats did not extend the deadline");
 
-    let r = a.request(&Request::Complete { worker: wa, lease, output: no_output() }).await.unwrap();
+    let r = a.request(&Request::Complete { lease, output: no_output() }).await.unwrap();
     assert_eq!(recorded(r), JobState::Succeeded);
     let rec = job(&planner, jobs[0]).await;
     assert_eq!((rec.state, rec.attempts, rec.epoch), (JobState::Succeeded, 1, LeaseEpoch(1)));
@@ -167,19 +171,15 @@ async fn q04_poison_job_backs_off_then_is_dead_after_max_attempts() {
     let planner = q.client(ClientRole::Planner).await;
     let jobs = q.submit(&planner, &[b"poison"], 3).await;
     let w = q.client(ClientRole::Worker).await;
-    let wid = register(&w, "w").await;
-    let mut leases = claim(&w, wid, 1, 1000).await;
+    register(&w, "w").await;
+    let mut leases = claim(&w, 1, 1000).await;
     for attempt in 1..=3u32 {
         assert_eq!(leases.len(), 1, "attempt {attempt} was not leased");
         let lease = leases[0].clone();
         assert_eq!(lease.lease, LeaseRef { job: jobs[0], epoch: LeaseEpoch(attempt.into()) });
         assert_eq!(lease.attempt, attempt);
-        let fail = Request::Fail {
-            worker: wid,
-            lease: lease.lease,
-            reason: "exit 1: poison".into(),
-            retryable: true,
-        };
+        let fail =
+            Request::Fail { lease: lease.lease, reason: "exit 1: poison".into(), retryable: true };
         let state = recorded(w.request(&fail).await.unwrap());
         let rec = job(&planner, jobs[0]).await;
         assert_eq!(rec.state, state);
@@ -197,11 +197,11 @@ async fn q04_poison_job_backs_off_then_is_dead_after_max_attempts() {
         assert!((1..=bound).contains(&delay), "backoff {delay} ms outside 1..={bound}");
         // During the backoff the job is not claimable.
         let before = now_ms();
-        let early = claim(&w, wid, 1, 0).await;
+        let early = claim(&w, 1, 0).await;
         let after = now_ms();
         if early.is_empty() {
             assert!(before < not_before, "a job past its backoff was not claimable");
-            leases = claim(&w, wid, 1, 5000).await;
+            leases = claim(&w, 1, 5000).await;
         } else {
             assert!(after >= not_before, "leased during its backoff");
             leases = early;
@@ -209,7 +209,7 @@ async fn q04_poison_job_backs_off_then_is_dead_after_max_attempts() {
         assert!(now_ms() >= not_before, "leased during its backoff");
     }
     // Dead is final.
-    assert!(claim(&w, wid, 1, 0).await.is_empty());
+    assert!(claim(&w, 1, 0).await.is_empty());
     assert_eq!(count(&planner, "dead").await, 1);
     assert_eq!(count(&planner, "queued").await, 0);
 }
@@ -222,13 +222,12 @@ async fn q04_backoff_has_full_jitter_and_a_non_retryable_failure_is_dead_at_once
     let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
     let jobs = q.submit(&planner, &refs, 3).await;
     let w = q.client(ClientRole::Worker).await;
-    let wid = register(&w, "w").await;
-    let leases = claim(&w, wid, 64, 1000).await;
+    register(&w, "w").await;
+    let leases = claim(&w, 64, 1000).await;
     assert_eq!(leases.len(), 8);
     let mut delays = Vec::new();
     for l in &leases[..7] {
-        let fail =
-            Request::Fail { worker: wid, lease: l.lease, reason: "flaky".into(), retryable: true };
+        let fail = Request::Fail { lease: l.lease, reason: "flaky".into(), retryable: true };
         let JobState::Queued { not_before } = recorded(w.request(&fail).await.unwrap()) else {
             panic!("not re-queued")
         };
@@ -242,7 +241,7 @@ async fn q04_backoff_has_full_jitter_and_a_non_retryable_failure_is_dead_at_once
     // A failure retrying cannot fix (say, a bad signature) is dead on its first attempt.
     let last = leases[7].lease;
     let reason = "verification: no signature is by a trusted key".to_string();
-    let fail = Request::Fail { worker: wid, lease: last, reason: reason.clone(), retryable: false };
+    let fail = Request::Fail { lease: last, reason: reason.clone(), retryable: false };
     assert_eq!(recorded(w.request(&fail).await.unwrap()), JobState::Dead { reason });
     let rec = job(&planner, last.job).await;
     assert_eq!((rec.attempts, rec.max_attempts), (1, 3));
@@ -259,7 +258,7 @@ async fn q05_duplicate_submission_yields_one_set_of_jobs_and_a_changed_action_co
     }
     let (plan, digest) = q.plan(COMPONENT, &[]);
     let action = q.unsigned_action(digest, &inputs, 3);
-    let submit = Request::Submit { plan: plan.clone(), action: q.sign(&action) };
+    let submit = submit_of(&planner, &plan, &q.sign(&action)).await;
     let Response::Submitted { jobs, duplicate: false } = planner.request(&submit).await.unwrap()
     else {
         panic!("first submission")
@@ -281,7 +280,7 @@ async fn q05_duplicate_submission_yields_one_set_of_jobs_and_a_changed_action_co
     let conflict =
         format!("action {} was already submitted with different content", action.action_id);
     for (plan, a) in changed {
-        let req = Request::Submit { plan, action: q.sign(&a) };
+        let req = submit_of(&planner, &plan, &q.sign(&a)).await;
         assert_eq!(refused(&planner, &req).await, (ErrorCode::Conflict, conflict.clone()));
     }
     // One set of jobs.
@@ -323,6 +322,9 @@ async fn burst_and_crash(q: &mut Agq, planners: usize, actions: usize, kill_afte
         setup.put_blob(b).await.unwrap();
     }
     let (plan, digest) = q.plan(COMPONENT, &[]);
+    let plan_json = plan.to_json();
+    setup.put_blob(&plan_json).await.unwrap();
+    let plan_blob = Digest::of(&plan_json);
     let planned: Vec<Planned> = (0..actions)
         .map(|i| {
             let inputs: &[&[u8]] = match i % 3 {
@@ -345,10 +347,16 @@ async fn burst_and_crash(q: &mut Agq, planners: usize, actions: usize, kill_afte
             .step_by(planners)
             .map(|a| (a.id.clone(), a.action.clone()))
             .collect();
-        let (plan, acked, n_acked) = (plan.clone(), acked.clone(), n_acked.clone());
+        let (acked, n_acked) = (acked.clone(), n_acked.clone());
         tasks.push(tokio::spawn(async move {
             for (id, action) in mine {
-                match client.request(&Request::Submit { plan: plan.clone(), action }).await {
+                let action = action.to_json();
+                if client.put_blob(&action).await.is_err() {
+                    // The queue died under this request.
+                    return;
+                }
+                let req = Request::Submit { plan: plan_blob, action: Digest::of(&action) };
+                match client.request(&req).await {
                     Ok(Response::Submitted { jobs, duplicate: false }) => {
                         acked.lock().unwrap().insert(id, jobs);
                         n_acked.fetch_add(1, Ordering::SeqCst);
@@ -452,7 +460,7 @@ async fn q07_crash_during_group_commit_is_all_or_nothing() {
             }
             // The action record went with its jobs: a replay finds exactly those jobs, and an
             // action with no jobs stored was not remembered either.
-            let req = Request::Submit { plan: burst.plan.clone(), action: p.action.clone() };
+            let req = submit_of(&planner, &burst.plan, &p.action).await;
             let Response::Submitted { jobs, duplicate } = planner.request(&req).await.unwrap()
             else {
                 panic!("resubmission")
@@ -496,8 +504,8 @@ async fn q08_cancel_queued_is_immediate_and_leased_waits_for_the_worker() {
     assert_eq!(r, Response::Cancel { job: jobs[0], state: JobState::Cancelled });
     assert_eq!(job(&planner, jobs[0]).await.state, JobState::Cancelled);
     let w = q.client(ClientRole::Worker).await;
-    let wid = register(&w, "w").await;
-    let leases = claim(&w, wid, 64, 1000).await;
+    register(&w, "w").await;
+    let leases = claim(&w, 64, 1000).await;
     let leased: Vec<JobId> = leases.iter().map(|l| l.lease.job).collect();
     assert_eq!(leased, jobs[1..].to_vec());
     let (two, three) = (leases[0].lease, leases[1].lease);
@@ -514,18 +522,17 @@ async fn q08_cancel_queued_is_immediate_and_leased_waits_for_the_worker() {
         assert!(matches!(rec.state, JobState::Leased { .. }), "{:?}", rec.state);
     }
     // The worker's heartbeat tells it to stop both (and does not extend them).
-    assert_eq!(heartbeat(&w, wid, &[two, three]).await, (vec![], vec![two, three], vec![]));
+    assert_eq!(heartbeat(&w, &[two, three]).await, (vec![], vec![two, three], vec![]));
     // It kills the sandbox and reports a failure: cancelled, not retried.
-    let fail =
-        Request::Fail { worker: wid, lease: two, reason: "cancelled".into(), retryable: true };
+    let fail = Request::Fail { lease: two, reason: "cancelled".into(), retryable: true };
     assert_eq!(recorded(w.request(&fail).await.unwrap()), JobState::Cancelled);
     // A worker that finished anyway: still cancelled, its output kept.
-    let done = Request::Complete { worker: wid, lease: three, output: no_output() };
+    let done = Request::Complete { lease: three, output: no_output() };
     assert_eq!(recorded(w.request(&done).await.unwrap()), JobState::Cancelled);
     for j in &jobs {
         assert_eq!(job(&planner, *j).await.state, JobState::Cancelled);
     }
-    assert!(claim(&w, wid, 64, 0).await.is_empty(), "a cancelled job was leased");
+    assert!(claim(&w, 64, 0).await.is_empty(), "a cancelled job was leased");
     // Cancelling a finished job is refused.
     let (code, message) = refused(&planner, &Request::Cancel { job: jobs[1] }).await;
     assert_eq!(code, ErrorCode::StaleLease);
@@ -541,46 +548,50 @@ async fn q10_queue_restart_while_a_worker_holds_a_lease_loses_nothing() {
     let planner = q.client(ClientRole::Planner).await;
     let jobs = q.submit(&planner, &[b"q10 one", b"q10 two"], 3).await;
     let w = q.client(ClientRole::Worker).await;
-    let wid = register(&w, "w").await;
-    let leases = claim(&w, wid, 1, 1000).await;
+    let wid = register_as(&w, "w", "q10 instance").await;
+    let leases = claim(&w, 1, 1000).await;
     let lease = leases[0].lease;
     assert_eq!(lease.job, jobs[0]);
     let output = b"q10 output".as_slice();
     w.put_blob(output).await.unwrap();
 
     q.restart();
-    // Old connections are gone; the worker reconnects. Registrations are not stored: the
-    // old worker id is unknown until it registers again.
+    // Old connections are gone; the worker reconnects. A connection acts for no worker
+    // until one registers on it.
     drop((w, planner));
     let w = q.client(ClientRole::Worker).await;
-    let (code, message) =
-        refused(&w, &Request::Heartbeat { worker: wid, leases: vec![lease] }).await;
+    let (code, message) = refused(&w, &Request::Heartbeat { leases: vec![lease] }).await;
     assert_eq!(code, ErrorCode::BadRequest);
-    assert_eq!(message, format!("no worker {wid}: register first"));
-    let wid = register(&w, "w").await;
+    assert_eq!(message, "no worker is registered on this connection: register first");
+    // Another worker cannot take the lease over; the same instance is the same worker,
+    // with the same id and its lease.
+    let other = q.client(ClientRole::Worker).await;
+    register(&other, "w").await;
+    assert_eq!(heartbeat(&other, &[lease]).await, (vec![], vec![], vec![lease]));
+    assert_eq!(register_as(&w, "w", "q10 instance").await, wid);
     let planner = q.client(ClientRole::Planner).await;
     let JobState::Leased { deadline: before, .. } = job(&planner, lease.job).await.state else {
         panic!("the lease did not survive the restart")
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(heartbeat(&w, wid, &[lease]).await, (vec![lease], vec![], vec![]));
+    assert_eq!(heartbeat(&w, &[lease]).await, (vec![lease], vec![], vec![]));
     let JobState::Leased { deadline: after, .. } = job(&planner, lease.job).await.state else {
         panic!("not leased")
     };
     assert!(after > before, "the heartbeat did not extend the lease");
     let out = JobOutput {
         succeeded: true,
-        reports: vec![],
+        failure: None,
+        reports: agenix_proto::job::Reports::Inline(vec![]),
         output: Some(InputRef { digest: Digest::of(output), size: output.len() as u64 }),
     };
-    let r =
-        w.request(&Request::Complete { worker: wid, lease, output: out.clone() }).await.unwrap();
+    let r = w.request(&Request::Complete { lease, output: out.clone() }).await.unwrap();
     assert_eq!(recorded(r), JobState::Succeeded);
     let rec = job(&planner, jobs[0]).await;
     assert_eq!((rec.state, rec.attempts, rec.output), (JobState::Succeeded, 1, Some(out)));
     assert_eq!(planner.get_blob(Digest::of(output), 1 << 20).await.unwrap(), output);
     // The other job waited through the restart and is leased as a first attempt.
-    let next = claim(&w, wid, 4, 1000).await;
+    let next = claim(&w, 4, 1000).await;
     assert_eq!(next.len(), 1);
     assert_eq!((next[0].lease.job, next[0].attempt), (jobs[1], 1));
 }
@@ -592,23 +603,24 @@ async fn q11_every_request_outside_a_roles_column_is_forbidden() {
     use ClientRole::{Observer, Planner, Worker};
     let q = Agq::start(&[]);
     let lease = LeaseRef { job: JobId(1), epoch: LeaseEpoch(1) };
-    let (plan, d) = q.plan(COMPONENT, &[]);
-    let (action, _) = q.action(d, &[], 1);
     let all: &[ClientRole] = &[Planner, Worker, Observer];
+    let empty = || vec![InputRef { digest: Digest::of(b""), size: 0 }];
     let cases: Vec<(Request, &[ClientRole])> = vec![
-        (Request::Submit { plan, action }, &[Planner]),
+        (Request::Submit { plan: Digest::of(b"p"), action: Digest::of(b"a") }, &[Planner]),
         (Request::Cancel { job: JobId(1) }, &[Planner]),
-        (Request::PutBlob { digest: Digest::of(b""), size: 0 }, &[Planner, Worker]),
+        (Request::PutBlobs { blobs: empty(), keep: false }, &[Planner, Worker]),
+        (Request::PutBlobs { blobs: empty(), keep: true }, &[Planner]),
         (Request::GetBlob { digest: Digest::of(b"none") }, all),
         (Request::ListJobs { filter: JobFilter::default(), after: None, limit: 10 }, all),
         (Request::ShowJob { job: JobId(1) }, all),
-        (Request::ListWorkers {}, all),
+        (Request::ListWorkers { after: None, limit: 1000 }, all),
         (Request::Stats {}, all),
-        (Request::Register { capabilities: caps("x") }, &[Worker]),
-        (Request::Claim { worker: 1, max: 1, wait_ms: 0 }, &[Worker]),
-        (Request::Heartbeat { worker: 1, leases: vec![lease] }, &[Worker]),
-        (Request::Complete { worker: 1, lease, output: no_output() }, &[Worker]),
-        (Request::Fail { worker: 1, lease, reason: "r".into(), retryable: true }, &[Worker]),
+        (Request::Register { capabilities: caps("x"), instance: "i".into() }, &[Worker]),
+        (Request::Claim { max: 1, wait_ms: 0 }, &[Worker]),
+        (Request::Heartbeat { leases: vec![lease] }, &[Worker]),
+        (Request::Complete { lease, output: no_output() }, &[Worker]),
+        (Request::Fail { lease, reason: "r".into(), retryable: true }, &[Worker]),
+        (Request::Release { lease, reason: "r".into() }, &[Worker]),
     ];
     for role in [Planner, Worker, Observer] {
         let c = q.client(role).await;
@@ -651,7 +663,9 @@ async fn q11_every_request_outside_a_roles_column_is_forbidden() {
     let obs = q.client(Observer).await;
     let s = stats(&obs).await;
     assert_eq!(s.jobs.get("queued"), None, "{s:?}");
-    let Response::Workers { workers } = obs.request(&Request::ListWorkers {}).await.unwrap() else {
+    let Response::Workers { workers, .. } =
+        obs.request(&Request::ListWorkers { after: None, limit: 1000 }).await.unwrap()
+    else {
         panic!()
     };
     assert_eq!(workers.len(), 1, "only the worker role registered: {workers:?}");

@@ -16,27 +16,32 @@ async fn a_job_goes_from_submission_to_success() {
     let jobs = q.submit(&planner, &[b"input one"], 3).await;
     assert_eq!(jobs.len(), 1);
     assert!(matches!(job(&planner, jobs[0]).await.state, JobState::Queued { .. }));
-    let w = register(&worker, "w1").await;
-    let leases = claim(&worker, w, 4, 1000).await;
+    register(&worker, "w1").await;
+    let leases = claim(&worker, 4, 1000).await;
     assert_eq!(leases.len(), 1);
     let lease = &leases[0];
     assert_eq!(lease.lease.job, jobs[0]);
     assert_eq!(lease.attempt, 1);
-    // The worker gets everything it must verify: both envelopes and the input.
-    let input = lease.input.clone().unwrap();
+    // The worker can fetch everything it must verify: both envelopes, and the input the
+    // action names at the lease's index.
+    let action = worker.get_blob(lease.action, 1 << 20).await.unwrap();
+    let action = agenix_proto::Envelope::from_json(&action).unwrap();
+    let action = agenix_proto::Action::from_json(&action.payload_unverified().unwrap()).unwrap();
+    let input = &action.inputs[lease.input as usize];
     assert_eq!(worker.get_blob(input.digest, 1 << 20).await.unwrap(), b"input one");
-    let out = worker.put_blob(b"the output").await.unwrap();
-    assert!(matches!(out, Response::BlobStored { .. }));
+    let plan = worker.get_blob(lease.plan, 2 << 20).await.unwrap();
+    assert!(agenix_proto::Envelope::from_json(&plan).is_ok());
+    worker.put_blob(b"the output").await.unwrap();
     let output = JobOutput {
         succeeded: true,
-        reports: vec![],
+        failure: None,
+        reports: agenix_proto::job::Reports::Inline(vec![]),
         output: Some(agenix_proto::InputRef {
             digest: agenix_proto::Digest::of(b"the output"),
             size: 10,
         }),
     };
-    let r =
-        worker.request(&Request::Complete { worker: w, lease: lease.lease, output }).await.unwrap();
+    let r = worker.request(&Request::Complete { lease: lease.lease, output }).await.unwrap();
     assert!(matches!(r, Response::Recorded { state: JobState::Succeeded, .. }), "{r:?}");
     let done = job(&planner, jobs[0]).await;
     assert_eq!(done.state, JobState::Succeeded);
@@ -53,11 +58,11 @@ async fn each_role_is_refused_what_it_may_not_do() {
     // A worker token can never submit or cancel.
     let (plan, d) = q.plan(b"c", &[]);
     let (action, _) = q.action(d, &[], 1);
-    let err = worker.request(&Request::Submit { plan, action }).await.unwrap_err();
+    let err = worker.request(&submit_of(&planner, &plan, &action).await).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Forbidden));
     assert!(err.to_string().contains("the worker role may not submit"), "{err}");
     // A planner token can never claim.
-    let err = planner.request(&Request::Claim { worker: 1, max: 1, wait_ms: 0 }).await.unwrap_err();
+    let err = planner.request(&Request::Claim { max: 1, wait_ms: 0 }).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Forbidden));
     // An observer only reads.
     let err =
@@ -74,10 +79,9 @@ async fn finished_jobs_and_their_plans_are_forgotten_after_retention() {
     let planner = q.client(ClientRole::Planner).await;
     let worker = q.client(ClientRole::Worker).await;
     let jobs = q.submit(&planner, &[], 1).await;
-    let w = register(&worker, "w1").await;
-    let lease = claim(&worker, w, 1, 1000).await.remove(0).lease;
-    let r =
-        worker.request(&Request::Complete { worker: w, lease, output: no_output() }).await.unwrap();
+    register(&worker, "w1").await;
+    let lease = claim(&worker, 1, 1000).await.remove(0).lease;
+    let r = worker.request(&Request::Complete { lease, output: no_output() }).await.unwrap();
     assert!(matches!(r, Response::Recorded { state: JobState::Succeeded, .. }), "{r:?}");
     let gone = (ErrorCode::NotFound, format!("no job {}", jobs[0]));
     let mut waited = 0;
@@ -86,8 +90,8 @@ async fn finished_jobs_and_their_plans_are_forgotten_after_retention() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         waited += 1;
     }
-    // On disk too: no job and no plan left, while the action stays (it dedups resubmission
-    // until it expires).
+    // On disk too: no job left, while the action stays (it dedups resubmission until it
+    // expires).
     planner.close();
     worker.close();
     q.kill();
@@ -95,7 +99,6 @@ async fn finished_jobs_and_their_plans_are_forgotten_after_retention() {
     let loaded =
         agenix_queue::store::RedbStore::open(&q.data().join("queue.redb")).unwrap().load().unwrap();
     assert!(loaded.jobs.is_empty(), "{:?}", loaded.jobs);
-    assert!(loaded.plans.is_empty(), "{} plans kept", loaded.plans.len());
     assert_eq!(loaded.actions.len(), 1);
 }
 
@@ -118,17 +121,15 @@ async fn a_worker_that_has_gone_is_leased_nothing() {
     // One worker gives up on its waiting claim but stays connected; another closes its
     // connection while its claim waits.
     let quitter = std::sync::Arc::new(q.client(ClientRole::Worker).await);
-    let w1 = register(&quitter, "quitter").await;
+    register(&quitter, "quitter").await;
     let closer = std::sync::Arc::new(q.client(ClientRole::Worker).await);
-    let w2 = register(&closer, "closer").await;
-    let claim_of = |c: &std::sync::Arc<agenix_proto::link::Client>, w: u64| {
+    register(&closer, "closer").await;
+    let claim_of = |c: &std::sync::Arc<agenix_proto::link::Client>| {
         let c = c.clone();
-        tokio::spawn(async move {
-            c.request(&Request::Claim { worker: w, max: 4, wait_ms: 20_000 }).await
-        })
+        tokio::spawn(async move { c.request(&Request::Claim { max: 4, wait_ms: 20_000 }).await })
     };
-    let given_up = claim_of(&quitter, w1);
-    let cut_off = claim_of(&closer, w2);
+    let given_up = claim_of(&quitter);
+    let cut_off = claim_of(&closer);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     // Both claims are waiting at the queue (nothing to lease yet).
     assert!(!given_up.is_finished() && !cut_off.is_finished(), "a claim did not wait");
@@ -144,8 +145,8 @@ async fn a_worker_that_has_gone_is_leased_nothing() {
     assert_eq!(count(&planner, "queued").await, 2);
     // A worker that is there gets them at once.
     let present = q.client(ClientRole::Worker).await;
-    let w3 = register(&present, "present").await;
-    let mut leased: Vec<_> = claim(&present, w3, 4, 0).await.iter().map(|l| l.lease.job).collect();
+    register(&present, "present").await;
+    let mut leased: Vec<_> = claim(&present, 4, 0).await.iter().map(|l| l.lease.job).collect();
     leased.sort();
     let mut expected = jobs.clone();
     expected.sort();

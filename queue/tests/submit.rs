@@ -20,16 +20,15 @@ async fn assert_empty(c: &Client) {
 }
 
 async fn upload(c: &Client, blobs: &[&[u8]]) {
-    for b in blobs {
-        assert!(matches!(c.put_blob(b).await.unwrap(), Response::BlobStored { .. }));
-    }
+    c.put_many(blobs, false).await.unwrap();
 }
 
-/// Sends a `put_blob` header announcing `digest` and `size`, then `bytes`, on a raw stream
-/// (finished when `finish`), and returns the answer.
+/// Sends a `put_blobs` header announcing one blob of `digest` and `size`, then `bytes`, on a
+/// raw stream (finished when `finish`), and returns the answer.
 async fn put_raw(c: &Client, digest: Digest, size: u64, bytes: &[u8], finish: bool) -> Response {
     let (mut send, mut recv) = c.connection().open_bi().await.unwrap();
-    agenix_proto::wire::write_frame(&mut send, &Request::PutBlob { digest, size }).await.unwrap();
+    let req = Request::PutBlobs { blobs: vec![InputRef { digest, size }], keep: false };
+    agenix_proto::wire::write_frame(&mut send, &req).await.unwrap();
     send.write_all(bytes).await.unwrap();
     if finish {
         send.finish().unwrap();
@@ -65,16 +64,16 @@ async fn p04_replayed_action_is_recognised_after_a_queue_restart() {
     upload(&planner, &[COMPONENT, inputs[0], inputs[1]]).await;
     let (plan, digest) = q.plan(COMPONENT, &[]);
     let action = q.unsigned_action(digest, &inputs, 3);
-    let submit = Request::Submit { plan: plan.clone(), action: q.sign(&action) };
+    let submit = submit_of(&planner, &plan, &q.sign(&action)).await;
     let Response::Submitted { jobs, duplicate: false } = planner.request(&submit).await.unwrap()
     else {
         panic!()
     };
     // One of its jobs runs to completion before the restart.
     let w = q.client(ClientRole::Worker).await;
-    let wid = register(&w, "w").await;
-    let lease = claim(&w, wid, 1, 1000).await[0].lease;
-    let done = Request::Complete { worker: wid, lease, output: no_output() };
+    register(&w, "w").await;
+    let lease = claim(&w, 1, 1000).await[0].lease;
+    let done = Request::Complete { lease, output: no_output() };
     w.request(&done).await.unwrap();
 
     q.restart();
@@ -87,7 +86,7 @@ async fn p04_replayed_action_is_recognised_after_a_queue_restart() {
     // The same id with other bytes is refused.
     let changed = Action { inputs: action.inputs[..1].to_vec(), ..action.clone() };
     let (code, message) =
-        refused(&planner, &Request::Submit { plan, action: q.sign(&changed) }).await;
+        refused(&planner, &submit_of(&planner, &plan, &q.sign(&changed)).await).await;
     assert_eq!(code, ErrorCode::Conflict);
     assert_eq!(
         message,
@@ -107,7 +106,7 @@ async fn p11_action_for_another_queue_is_invalid_and_nothing_is_enqueued() {
     let (plan, digest) = q.plan(COMPONENT, &[]);
     let other = Fingerprint(Digest::of(b"another queue's key"));
     let action = Action { audience: other, ..q.unsigned_action(digest, &[], 3) };
-    let req = Request::Submit { plan: plan.clone(), action: q.sign(&action) };
+    let req = submit_of(&planner, &plan, &q.sign(&action)).await;
     let (code, message) = refused(&planner, &req).await;
     assert_eq!(code, ErrorCode::Invalid);
     assert_eq!(
@@ -117,7 +116,8 @@ async fn p11_action_for_another_queue_is_invalid_and_nothing_is_enqueued() {
     assert_empty(&planner).await;
     // The refused action left no trace: the same id, addressed to this queue, is new.
     let fixed = Action { audience: q.fingerprint, ..action };
-    let resp = planner.request(&Request::Submit { plan, action: q.sign(&fixed) }).await.unwrap();
+    let req = submit_of(&planner, &plan, &q.sign(&fixed)).await;
+    let resp = planner.request(&req).await.unwrap();
     assert!(matches!(resp, Response::Submitted { duplicate: false, .. }), "{resp:?}");
 }
 
@@ -134,14 +134,14 @@ async fn p02_plan_or_action_signed_by_an_unknown_key_is_invalid_at_submit() {
     let plan = plan_value(COMPONENT, &[]);
     let digest = Digest::of(&plan.to_payload());
     let (action, _) = q.action(digest, &[], 3);
-    let req = Request::Submit { plan: sign_plan(&plan, &stranger).unwrap(), action };
+    let req = submit_of(&planner, &sign_plan(&plan, &stranger).unwrap(), &action).await;
     let (code, message) = refused(&planner, &req).await;
     assert_eq!((code, message), (ErrorCode::Invalid, format!("plan: {untrusted}")));
 
     // An action signed by it, for a trusted plan.
     let (plan, digest) = q.plan(COMPONENT, &[]);
     let action = sign_action(&q.unsigned_action(digest, &[], 3), &stranger).unwrap();
-    let (code, message) = refused(&planner, &Request::Submit { plan, action }).await;
+    let (code, message) = refused(&planner, &submit_of(&planner, &plan, &action).await).await;
     assert_eq!((code, message), (ErrorCode::Invalid, format!("action: {untrusted}")));
     assert_empty(&planner).await;
 }
@@ -156,7 +156,7 @@ async fn submission_naming_a_blob_not_uploaded_is_invalid_naming_the_digest() {
 
     // An input that was never uploaded.
     let (action, _) = q.action(digest, &[stored, missing], 3);
-    let req = Request::Submit { plan: plan.clone(), action };
+    let req = submit_of(&planner, &plan, &action).await;
     let (code, message) = refused(&planner, &req).await;
     assert_eq!(code, ErrorCode::Invalid);
     assert_eq!(message, format!("blobs not stored (upload them first): {}", Digest::of(missing)));
@@ -164,7 +164,7 @@ async fn submission_naming_a_blob_not_uploaded_is_invalid_naming_the_digest() {
     // An input stored with another size than the action says.
     let mut action = q.unsigned_action(digest, &[stored], 3);
     action.inputs = vec![InputRef { digest: Digest::of(stored), size: 999 }];
-    let req = Request::Submit { plan, action: q.sign(&action) };
+    let req = submit_of(&planner, &plan, &q.sign(&action)).await;
     let (code, message) = refused(&planner, &req).await;
     assert_eq!(code, ErrorCode::Invalid);
     assert_eq!(
@@ -179,7 +179,7 @@ async fn submission_naming_a_blob_not_uploaded_is_invalid_naming_the_digest() {
     let component: &[u8] = b"a component nobody uploaded";
     let (plan, digest) = q.plan(component, &[]);
     let (action, _) = q.action(digest, &[], 3);
-    let (code, message) = refused(&planner, &Request::Submit { plan, action }).await;
+    let (code, message) = refused(&planner, &submit_of(&planner, &plan, &action).await).await;
     assert_eq!(code, ErrorCode::Invalid);
     assert_eq!(message, format!("blobs not stored (upload them first): {}", Digest::of(component)));
     assert_empty(&planner).await;
@@ -205,7 +205,7 @@ async fn blob_whose_bytes_do_not_match_the_announced_digest_is_invalid() {
     }
     assert_eq!(stored_files(&q), Vec::<String>::new());
     // The connection is fine.
-    assert!(matches!(c.put_blob(announced).await.unwrap(), Response::BlobStored { .. }));
+    c.put_blob(announced).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,11 +221,7 @@ async fn blob_over_max_blob_is_too_large() {
     assert!(matches!(c.request(&Request::Stats {}).await.unwrap(), Response::Stats { .. }));
     // At the limit is fine.
     let fits = vec![7u8; 1024];
-    let stored = c.put_blob(&fits).await.unwrap();
-    assert_eq!(
-        stored,
-        Response::BlobStored { digest: Digest::of(&fits), size: 1024, existed: false }
-    );
+    assert_eq!(c.put_many(&[&fits], false).await.unwrap(), 0, "stored, new");
     assert_eq!(stored_files(&q), vec![Digest::of(&fits).hex()]);
 }
 
@@ -248,13 +244,12 @@ async fn blob_uploaded_twice_is_stored_once() {
     let worker = q.client(ClientRole::Worker).await;
     let bytes: &[u8] = b"the same bytes twice";
     let d = Digest::of(bytes);
-    let size = bytes.len() as u64;
-    let first = planner.put_blob(bytes).await.unwrap();
-    assert_eq!(first, Response::BlobStored { digest: d, size, existed: false });
+    assert_eq!(planner.put_many(&[bytes], false).await.unwrap(), 0);
     for c in [&planner, &worker] {
-        let again = c.put_blob(bytes).await.unwrap();
-        assert_eq!(again, Response::BlobStored { digest: d, size, existed: true });
+        assert_eq!(c.put_many(&[bytes], false).await.unwrap(), 1, "already stored");
     }
+    // Twice in one batch, too.
+    assert_eq!(planner.put_many(&[bytes, bytes], false).await.unwrap(), 2);
     assert_eq!(stored_files(&q), vec![d.hex()]);
     assert_eq!(worker.get_blob(d, 1 << 20).await.unwrap(), bytes);
 }
@@ -265,24 +260,21 @@ async fn complete_naming_an_output_blob_not_uploaded_is_invalid() {
     let planner = q.client(ClientRole::Planner).await;
     let jobs = q.submit(&planner, &[b"input"], 3).await;
     let w = q.client(ClientRole::Worker).await;
-    let wid = register(&w, "w").await;
-    let lease = claim(&w, wid, 1, 1000).await[0].lease;
+    register(&w, "w").await;
+    let lease = claim(&w, 1, 1000).await[0].lease;
     let out: &[u8] = b"an output never uploaded";
     let output = JobOutput {
         succeeded: true,
-        reports: vec![],
+        failure: None,
+        reports: agenix_proto::job::Reports::Inline(vec![]),
         output: Some(InputRef { digest: Digest::of(out), size: out.len() as u64 }),
     };
-    let req = Request::Complete { worker: wid, lease, output: output.clone() };
+    let req = Request::Complete { lease, output: output.clone() };
     let (code, message) = refused(&w, &req).await;
     assert_eq!(code, ErrorCode::Invalid);
     assert_eq!(
         message,
-        format!(
-            "output blob {} ({} bytes) is not stored: upload it first",
-            Digest::of(out),
-            out.len()
-        )
+        format!("blob {} ({} bytes) is not stored: upload it first", Digest::of(out), out.len())
     );
     // The job is still the worker's; after the upload the same report is recorded.
     assert!(matches!(job(&planner, jobs[0]).await.state, JobState::Leased { .. }));

@@ -209,7 +209,7 @@ fn cancelling_a_running_job_stops_its_sandbox() {
 }
 
 #[test]
-fn revoking_a_signer_in_the_workers_trust_file_stops_its_plans_at_the_next_claim() {
+fn a_signer_revoked_in_one_workers_trust_file_is_declined_there_and_run_elsewhere() {
     let mut c = Cluster::start(&[]);
     c.push_aus();
     c.worker("w", &[]);
@@ -232,8 +232,55 @@ fn revoking_a_signer_in_the_workers_trust_file_stops_its_plans_at_the_next_claim
         "worker-trust.json",
     ]);
     let jobs = c.submit(&example("log-errors.json"), &[&example("data/app.log")]);
-    let j = c.wait_job(&jobs[0], Duration::from_secs(30), |j| state(j) == "dead");
-    let reason = j["state"]["reason"].as_str().unwrap();
+    // Declined at that worker: no attempt counted, the reason shown on the job and the
+    // worker, and nothing dead.
+    let j = c.wait_job(&jobs[0], Duration::from_secs(30), |j| {
+        j["declined"].as_array().is_some_and(|d| !d.is_empty())
+    });
+    assert_eq!(state(&j), "queued", "{j}");
+    assert_eq!(j["attempts"], 0, "declining costs no attempt: {j}");
+    let reason = j["declined"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("signer \"e2e\"") && reason.contains("is revoked"), "{reason}");
-    assert_eq!(j["attempts"], 1, "not retried: {j}");
+    let shown = c.ok(&["jobs", "show", &jobs[0]]);
+    assert!(shown.contains("declined by w") && shown.contains("is revoked"), "{shown}");
+    let workers = c.ok(&["workers", "list"]);
+    assert!(workers.contains("last declined:") && workers.contains("is revoked"), "{workers}");
+    // A worker whose trust file is right runs it, as its first attempt.
+    std::fs::copy(c.path("queue/trust.json"), c.path("good-trust.json")).unwrap();
+    c.worker_trusting("good", "good-trust.json", &[]);
+    let j = c.wait_job(&jobs[0], Duration::from_secs(60), |j| state(j) == "succeeded");
+    assert_eq!(j["attempts"], 1, "{j}");
+}
+
+/// Twenty jobs for a pool where one worker's trust file is stale: none is dead, every one
+/// runs on the worker that can verify it, each on its first attempt.
+#[test]
+fn a_worker_with_a_stale_trust_file_loses_no_job() {
+    let mut c = Cluster::start(&[]);
+    c.push_aus();
+    // The stale worker trusts nobody.
+    let empty = c.path("stale-trust.json");
+    std::fs::write(&empty, agenix_proto::Trust::new().to_json()).unwrap();
+    c.worker_trusting("stale", "stale-trust.json", &["--concurrency", "4"]);
+    let inputs: Vec<String> = (0..20)
+        .map(|i| {
+            let p = c.path(&format!("in-{i}.log"));
+            std::fs::write(&p, format!("ERROR job {i}\n")).unwrap();
+            p.to_str().unwrap().to_string()
+        })
+        .collect();
+    let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let jobs = c.submit(&example("log-errors.json"), &refs);
+    // The stale worker declines everything it is offered; nothing dies meanwhile.
+    c.wait_job(&jobs[0], Duration::from_secs(30), |j| {
+        j["declined"].as_array().is_some_and(|d| !d.is_empty())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let listing = c.ok(&["--json", "jobs", "list", "--state", "dead"]);
+    assert_eq!(listing.lines().count(), 0, "jobs died at a misconfigured worker:\n{listing}");
+    c.worker("good", &[]);
+    for id in &jobs {
+        let j = c.wait_job(id, Duration::from_secs(120), |j| state(j) == "succeeded");
+        assert_eq!(j["attempts"], 1, "{j}");
+    }
 }

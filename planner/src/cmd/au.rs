@@ -14,12 +14,12 @@ use agenix_runtime::store::NameEntry;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 
-use crate::display::clean;
 use crate::files::{Source, Within, read_within};
 use crate::local::{
     LocalHost, StoreArg, parse_bytes, parse_mount, read_component, runtime, show_bytes,
 };
 use crate::output::{Out, STDOUT_CLOSED, is_broken_pipe};
+use agenix_proto::text::clean;
 
 mod scaffold;
 

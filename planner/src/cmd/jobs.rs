@@ -9,10 +9,13 @@ use std::time::Duration;
 
 use agenix_proto::action::ACTION_SCHEMA;
 use agenix_proto::envelope::{MAX_ENVELOPE_BYTES, sign_action, sign_plan};
-use agenix_proto::job::{JobId, JobRecord, JobState};
+use agenix_proto::job::{JobId, JobRecord, JobState, Reports, WorkerRecord};
 use agenix_proto::link::Client;
-use agenix_proto::wire::{ClientRole, JobFilter, Request, Response};
-use agenix_proto::{Action, ActionId, Digest, Envelope, InputRef, Limits, Plan, PlanId};
+use agenix_proto::text::clean_line;
+use agenix_proto::wire::{ClientRole, JobFilter, MAX_BATCH_BLOBS, MAX_PAGE, Request, Response};
+use agenix_proto::{
+    Action, ActionId, Digest, Envelope, InputRef, Limits, Plan, PlanId, TaskReport,
+};
 use agenix_runtime::store::StoreError;
 use anyhow::{Context, Result, bail};
 
@@ -25,6 +28,51 @@ use crate::remote::QueueArgs;
 
 /// Most input one file may hold.
 const MAX_INPUT: u64 = 1 << 30;
+/// Most bytes of blobs agx holds and sends in one upload request.
+const BATCH_BYTES: usize = 64 << 20;
+/// Largest per-task report list agx reads back from a queue.
+const MAX_REPORTS: u64 = 64 << 20;
+
+/// Uploads blobs in requests of at most [`BATCH_BYTES`] (or [`MAX_BATCH_BLOBS`] blobs), so
+/// that many inputs cost few requests and agx holds one batch at a time.
+struct Batcher<'a> {
+    client: &'a Client,
+    pending: Vec<(Vec<u8>, String)>,
+    bytes: usize,
+}
+
+impl<'a> Batcher<'a> {
+    fn new(client: &'a Client) -> Self {
+        Self { client, pending: Vec::new(), bytes: 0 }
+    }
+
+    /// Adds a blob (`what` names it in errors); sends the batch once it is full.
+    async fn add(&mut self, bytes: Vec<u8>, what: String) -> Result<InputRef> {
+        let r = InputRef { digest: Digest::of(&bytes), size: bytes.len() as u64 };
+        if !self.pending.is_empty()
+            && (self.bytes + bytes.len() > BATCH_BYTES || self.pending.len() >= MAX_BATCH_BLOBS)
+        {
+            self.flush().await?;
+        }
+        self.bytes += bytes.len();
+        self.pending.push((bytes, what));
+        Ok(r)
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let blobs: Vec<&[u8]> = self.pending.iter().map(|(b, _)| b.as_slice()).collect();
+        let names: Vec<&str> = self.pending.iter().map(|(_, w)| w.as_str()).collect();
+        self.client.put_many(&blobs, false).await.with_context(|| {
+            format!("cannot upload {}", names.join(", ").chars().take(500).collect::<String>())
+        })?;
+        self.pending.clear();
+        self.bytes = 0;
+        Ok(())
+    }
+}
 
 /// Sign an action for PLAN, upload its components and inputs, submit; prints the job ids.
 #[derive(Debug, clap::Args)]
@@ -89,37 +137,31 @@ impl Submit {
             .with_context(|| format!("{} holds no valid plan", self.plan.display()))?;
         let digest = Digest::of(&payload);
         let store = self.store.open()?;
-        let inputs: Vec<Vec<u8>> =
-            self.inputs.iter().map(|p| read_capped(p, MAX_INPUT)).collect::<Result<_>>()?;
         let rt = runtime()?;
         let jobs = rt.block_on(async {
             let client = self.queue.connect(ClientRole::Planner).await?;
             // Components the local store has go up with the submission, each once (the
             // queue keeps one copy of each); one the store lacks may be at the queue already.
+            // Inputs follow, read one at a time and sent in batches.
             let mut components = BTreeMap::new();
             for (_, w) in plan.wasm_tasks() {
                 if let Some(d) = w.digest {
                     components.entry(d).or_insert(&w.name);
                 }
             }
+            let mut up = Batcher::new(&client);
             for (d, name) in components {
                 let component = match store.get(&d) {
                     Ok(c) => c,
                     Err(StoreError::Missing { .. }) => continue,
                     Err(e) => return Err(e).with_context(|| format!("AU {name}")),
                 };
-                client
-                    .put_blob(&component)
-                    .await
-                    .with_context(|| format!("cannot upload AU {name}"))?;
+                up.add(component, format!("AU {name}")).await?;
             }
-            let mut refs = Vec::new();
-            for (input, path) in inputs.iter().zip(&self.inputs) {
-                client
-                    .put_blob(input)
-                    .await
-                    .with_context(|| format!("cannot upload {}", path.display()))?;
-                refs.push(InputRef { digest: Digest::of(input), size: input.len() as u64 });
+            let mut refs = Vec::with_capacity(self.inputs.len());
+            for path in &self.inputs {
+                let input = read_capped(path, MAX_INPUT)?;
+                refs.push(up.add(input, path.display().to_string()).await?);
             }
             let action = Action {
                 schema: ACTION_SCHEMA.into(),
@@ -133,8 +175,14 @@ impl Submit {
                 audience: client.queue(),
             };
             let action_env = sign_action(&action, &key).context("cannot sign the action")?;
+            // The envelopes travel as blobs too: a plan at its size limit is larger than a
+            // frame once signed.
+            let plan_blob = up.add(plan_env.to_json(), "the signed plan".into()).await?.digest;
+            let action_blob =
+                up.add(action_env.to_json(), "the signed action".into()).await?.digest;
+            up.flush().await?;
             let jobs = match client
-                .request(&Request::Submit { plan: plan_env.clone(), action: action_env })
+                .request(&Request::Submit { plan: plan_blob, action: action_blob })
                 .await?
             {
                 Response::Submitted { jobs, .. } => jobs,
@@ -177,13 +225,7 @@ async fn watch(client: &Client, ids: &[JobId], out: Out) -> Result<ExitCode> {
         }
         if tty {
             let line: Vec<String> = by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
-            let tasks_done: usize =
-                jobs.iter().filter_map(|j| j.output.as_ref()).map(|o| o.reports.len()).sum();
-            let _ = write!(
-                std::io::stderr(),
-                "\r\x1b[2K{} · {tasks_done} tasks reported",
-                line.join(" · ")
-            );
+            let _ = write!(std::io::stderr(), "\r\x1b[2K{}", line.join(" · "));
         }
         if jobs.iter().all(|j| j.state.is_terminal()) {
             if tty {
@@ -210,7 +252,7 @@ async fn fetch_jobs(client: &Client, ids: &[JobId]) -> Result<Vec<JobRecord>> {
     let mut after = None;
     loop {
         let (page, next) = match client
-            .request(&Request::ListJobs { filter: filter.clone(), after, limit: 1000 })
+            .request(&Request::ListJobs { filter: filter.clone(), after, limit: MAX_PAGE })
             .await?
         {
             Response::Jobs { jobs, next } => (jobs, next),
@@ -257,6 +299,7 @@ async fn print_result(client: &Client, job: &JobRecord, out: Out) -> Result<bool
         )?;
         return Ok(succeeded);
     }
+    let reports = reports(client, job).await?;
     std::io::stdout().lock().write_all(&output)?;
     let mut err = std::io::stderr().lock();
     writeln!(
@@ -265,14 +308,75 @@ async fn print_result(client: &Client, job: &JobRecord, out: Out) -> Result<bool
         job.id,
         job.state.name(),
         match &job.state {
-            JobState::Dead { reason } => format!(" ({reason})"),
+            JobState::Dead { reason } => format!(" ({})", clean_line(reason)),
             _ => String::new(),
         }
     )?;
-    if let Some(o) = &job.output {
-        err.write_all(task_table(&o.reports).as_bytes())?;
+    if let Some(r) = reports {
+        err.write_all(task_table(&r).as_bytes())?;
     }
     Ok(succeeded)
+}
+
+/// A finished job's per-task reports, fetched when the worker stored them as a blob.
+async fn reports(client: &Client, job: &JobRecord) -> Result<Option<Vec<TaskReport>>> {
+    let Some(o) = &job.output else { return Ok(None) };
+    match &o.reports {
+        Reports::Inline(r) => Ok(Some(r.clone())),
+        Reports::Blob(blob) => {
+            let bytes = client
+                .get_blob(blob.digest, blob.size.min(MAX_REPORTS))
+                .await
+                .with_context(|| format!("cannot fetch the reports of job {}", job.id))?;
+            let r = serde_json::from_slice(&bytes)
+                .with_context(|| format!("the reports of job {} are not valid", job.id))?;
+            Ok(Some(r))
+        }
+    }
+}
+
+/// Up to `limit` jobs after `after` matching `filter`, page by page (a page ends where the
+/// queue's byte budget does), and where the next ones start.
+async fn list_jobs(
+    client: &Client,
+    filter: &JobFilter,
+    mut after: Option<JobId>,
+    limit: u32,
+) -> Result<(Vec<JobRecord>, Option<JobId>)> {
+    let mut jobs = Vec::new();
+    loop {
+        let want = limit.saturating_sub(jobs.len() as u32).min(MAX_PAGE);
+        let (page, next) = match client
+            .request(&Request::ListJobs { filter: filter.clone(), after, limit: want })
+            .await?
+        {
+            Response::Jobs { jobs, next } => (jobs, next),
+            other => bail!("unexpected answer: {other:?}"),
+        };
+        jobs.extend(page);
+        match next {
+            Some(n) if (jobs.len() as u32) < limit => after = Some(n),
+            next => return Ok((jobs, next)),
+        }
+    }
+}
+
+/// Every registered worker, page by page.
+async fn list_workers(client: &Client) -> Result<Vec<WorkerRecord>> {
+    let mut workers = Vec::new();
+    let mut after = None;
+    loop {
+        match client.request(&Request::ListWorkers { after, limit: MAX_PAGE }).await? {
+            Response::Workers { workers: page, next } => {
+                workers.extend(page);
+                match next {
+                    Some(n) => after = Some(n),
+                    None => return Ok(workers),
+                }
+            }
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
 }
 
 /// Job commands.
@@ -350,17 +454,8 @@ impl JobsCommand {
         {
             match self {
                 Self::List { state, action, after, limit, .. } => {
-                    let (jobs, next) = match c
-                        .request(&Request::ListJobs {
-                            filter: JobFilter { state, action },
-                            after,
-                            limit,
-                        })
-                        .await?
-                    {
-                        Response::Jobs { jobs, next } => (jobs, next),
-                        other => bail!("unexpected answer: {other:?}"),
-                    };
+                    let (jobs, next) =
+                        list_jobs(c, &JobFilter { state, action }, after, limit).await?;
                     if out.json {
                         for j in &jobs {
                             out.emit("job", j, String::new)?;
@@ -387,6 +482,7 @@ impl JobsCommand {
                 }
                 Self::Show { job, .. } => {
                     let j = show(c, job).await?;
+                    let reports = reports(c, &j).await?;
                     out.emit("job", &j, || {
                         let mut s = format!(
                             "job {}: {} (attempt {} of {})\naction {}\nplan   {}\n",
@@ -397,11 +493,22 @@ impl JobsCommand {
                             j.action,
                             j.plan
                         );
-                        if let Some(e) = &j.last_error {
-                            s.push_str(&format!("last error: {e}\n"));
+                        if let JobState::Dead { reason } = &j.state {
+                            s.push_str(&format!("dead: {}\n", clean_line(reason)));
                         }
-                        if let Some(o) = &j.output {
-                            s.push_str(&task_table(&o.reports));
+                        if let Some(e) = &j.last_error {
+                            s.push_str(&format!("last error: {}\n", clean_line(e)));
+                        }
+                        for d in &j.declined {
+                            s.push_str(&format!(
+                                "declined by {} ({}): {}\n",
+                                clean_line(&d.worker),
+                                d.worker_id,
+                                clean_line(&d.reason)
+                            ));
+                        }
+                        if let Some(r) = &reports {
+                            s.push_str(&task_table(r));
                         }
                         s
                     })?;
@@ -446,12 +553,9 @@ impl Workers {
     pub(crate) fn execute(self, out: Out) -> Result<ExitCode> {
         runtime()?.block_on(async {
             let c = self.queue.connect(ClientRole::Planner).await?;
-            let answer = c.request(&Request::ListWorkers {}).await;
+            let answer = list_workers(&c).await;
             c.shutdown().await;
-            let workers = match answer? {
-                Response::Workers { workers } => workers,
-                other => bail!("unexpected answer: {other:?}"),
-            };
+            let workers = answer?;
             if out.json {
                 for w in &workers {
                     out.emit("worker", w, String::new)?;
@@ -459,20 +563,24 @@ impl Workers {
                 return Ok(ExitCode::SUCCESS);
             }
             let mut s = format!(
-                "{:>4}  {:<20} {:>6} {:>6}  {}\n",
-                "id", "name", "leases", "slots", "native tools"
+                "{:>20}  {:<20} {:>6} {:>6} {:>8}  {}\n",
+                "id", "name", "leases", "slots", "declined", "native tools"
             );
             for w in &workers {
                 let tools: Vec<String> =
                     w.capabilities.tools.iter().map(ToString::to_string).collect();
                 s.push_str(&format!(
-                    "{:>4}  {:<20} {:>6} {:>6}  {}\n",
+                    "{:>20}  {:<20} {:>6} {:>6} {:>8}  {}\n",
                     w.id,
-                    w.capabilities.name,
+                    clean_line(&w.capabilities.name),
                     w.leases,
                     w.capabilities.concurrency,
+                    w.declined,
                     tools.join(",")
                 ));
+                if let Some(why) = &w.last_declined {
+                    s.push_str(&format!("{:>20}  last declined: {}\n", "", clean_line(why)));
+                }
             }
             out.emit("workers", &(), || s)?;
             Ok(ExitCode::SUCCESS)

@@ -14,10 +14,10 @@ use zeroize::Zeroizing;
 
 use super::trust::load_trust;
 use super::{now_unix, random16, show_time};
-use crate::display::clean;
 use crate::files::{Existing, read_capped, write_atomic};
 use crate::local::{StoreArg, lock};
 use crate::output::Out;
+use agenix_proto::text::clean;
 
 /// Plan commands.
 #[derive(Debug, clap::Subcommand)]

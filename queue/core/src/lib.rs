@@ -5,8 +5,11 @@
 //!
 //! Jobs go queued → leased → succeeded | (queued again after a backoff while attempts
 //! remain) | dead; cancelled from queued, or from leased once the worker stops. A lease has
-//! an epoch and a deadline; heartbeats extend it; [`Scheduler::tick`] re-queues expired
-//! leases; results carrying a stale epoch are refused (fencing).
+//! an epoch, a deadline and an owner: heartbeats from its owner extend it; only its owner
+//! completes, fails or releases it; [`Scheduler::tick`] re-queues expired leases; anything
+//! carrying a stale epoch is refused (fencing). A worker that cannot run a job for a cause
+//! of its own releases it: the attempt is not counted and the job goes to other workers
+//! first. Jobs whose action expired before they ran are dead.
 //!
 //! What this crate does not do: no I/O, no clock, no randomness of its own, no threads. The
 //! queue's storage and network are adapters around it (`queue/`), so every rule here is
@@ -17,11 +20,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use agenix_proto::action::InputRef;
 use agenix_proto::job::{
-    ActionRecord, Capabilities, JobId, JobOutput, JobRecord, JobState, LeaseEpoch, LeaseRef,
-    Requirements, WorkerRecord,
+    ActionRecord, Capabilities, Declined, JobId, JobOutput, JobRecord, JobState, Lease, LeaseEpoch,
+    LeaseRef, MAX_DECLINED, MAX_REASON, Requirements, WorkerRecord,
 };
-use agenix_proto::wire::{JobFilter, QueueStats};
-use agenix_proto::{ActionId, Digest, Outcome};
+use agenix_proto::wire::{JobFilter, QueueStats, json_len};
+use agenix_proto::{ActionId, Digest};
 
 /// Timing and retry settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +42,13 @@ pub struct Config {
     /// Most queued jobs one claim looks at (bounds the cost of skipping jobs this worker
     /// cannot run).
     pub claim_scan: usize,
+    /// How long a job a worker declined is offered to other workers before that worker
+    /// may be offered it again.
+    pub decline_cooldown_ms: u64,
+    /// How long a worker that holds no lease is remembered after it was last seen.
+    pub worker_ttl_ms: u64,
+    /// Most workers remembered at once.
+    pub max_workers: usize,
 }
 
 impl Default for Config {
@@ -50,6 +60,9 @@ impl Default for Config {
             backoff_cap_ms: 300_000,
             retention_ms: 7 * 24 * 3600 * 1000,
             claim_scan: 10_000,
+            decline_cooldown_ms: 60_000,
+            worker_ttl_ms: 10 * 60_000,
+            max_workers: 10_000,
         }
     }
 }
@@ -80,6 +93,12 @@ pub struct Submission {
     pub action: ActionId,
     /// The digest of its signed payload.
     pub payload: Digest,
+    /// The blob holding its signed envelope.
+    pub envelope: Digest,
+    /// The blob holding its plan's signed envelope.
+    pub plan_envelope: Digest,
+    /// The plan's components (blobs its jobs need while they may run).
+    pub components: Vec<Digest>,
     /// When it expires (Unix ms).
     pub expires_at: u64,
     /// Its plan's digest.
@@ -118,6 +137,15 @@ pub enum Refusal {
     /// The job is already finished.
     #[error("job {0} is already finished")]
     Finished(JobId),
+    /// The lease is held by another worker.
+    #[error("the lease of job {0} is held by another worker")]
+    NotYours(JobId),
+    /// The worker announced something out of bounds.
+    #[error("cannot register: {0}")]
+    BadWorker(String),
+    /// Too many workers are registered.
+    #[error("cannot register: {0} workers are registered, the most this queue keeps")]
+    TooManyWorkers(usize),
 }
 
 /// What a heartbeat learned.
@@ -142,11 +170,10 @@ pub struct Scheduler {
     actions: BTreeMap<ActionId, ActionRecord>,
     action_expiry: BTreeSet<(u64, ActionId)>,
     workers: BTreeMap<u64, WorkerRecord>,
-    /// When a worker (by name, as leases record it) last let a lease expire.
-    unresponsive: BTreeMap<String, u64>,
+    /// When a worker last let a lease expire.
+    unresponsive: BTreeMap<u64, u64>,
     counts: BTreeMap<&'static str, u64>,
     next_job: u64,
-    next_worker: u64,
     submitted: VecDeque<u64>,
     finished: VecDeque<u64>,
 }
@@ -154,6 +181,19 @@ pub struct Scheduler {
 const MINUTE_MS: u64 = 60_000;
 /// Clock skew tolerated around an action's expiry, in ms.
 const SKEW_MS: u64 = agenix_proto::envelope::CLOCK_SKEW_SECS * 1000;
+
+/// The first millisecond at which no verifier accepts an action expiring at `expires_at`
+/// (Unix ms): verification compares whole seconds, so the action is accepted through the
+/// last millisecond of the second `expires_at + skew`.
+pub fn action_gone_at(expires_at: u64) -> u64 {
+    (expires_at / 1000).saturating_add(SKEW_MS / 1000 + 1).saturating_mul(1000)
+}
+
+/// `reason` as the queue keeps it: terminal controls removed, at most [`MAX_REASON`] bytes.
+fn bounded(reason: &str) -> String {
+    let clean = agenix_proto::text::clean(reason);
+    agenix_proto::text::truncate(&clean, MAX_REASON).into_owned()
+}
 
 impl Scheduler {
     /// An empty scheduler.
@@ -170,22 +210,27 @@ impl Scheduler {
             unresponsive: BTreeMap::new(),
             counts: BTreeMap::new(),
             next_job: 1,
-            next_worker: 1,
             submitted: VecDeque::new(),
             finished: VecDeque::new(),
         }
     }
 
-    /// A scheduler holding what storage kept.
+    /// A scheduler holding what storage kept, at `now`. Every lease gets at least a full
+    /// lease from `now`: its worker may have been heartbeating while the queue was down.
     pub fn load(
         config: Config,
+        now: u64,
         jobs: impl IntoIterator<Item = JobRecord>,
         actions: impl IntoIterator<Item = (ActionId, ActionRecord)>,
         next_job: u64,
     ) -> Self {
         let mut s = Self::new(config);
-        for job in jobs {
+        let grace = now.saturating_add(config.lease_ms);
+        for mut job in jobs {
             s.next_job = s.next_job.max(job.id.0 + 1);
+            if let JobState::Leased { deadline, .. } = &mut job.state {
+                *deadline = (*deadline).max(grace);
+            }
             s.index(&job);
             s.jobs.insert(job.id, job);
         }
@@ -279,7 +324,7 @@ impl Scheduler {
         };
         let mut changes = Vec::with_capacity(inputs.len() + 2);
         let mut ids = Vec::with_capacity(inputs.len());
-        for input in inputs {
+        for (index, input) in (0u32..).zip(inputs) {
             let id = JobId(self.next_job);
             self.next_job += 1;
             let job = JobRecord {
@@ -287,6 +332,7 @@ impl Scheduler {
                 action: sub.action.clone(),
                 plan: sub.plan,
                 input,
+                index,
                 priority: sub.priority,
                 max_attempts: sub.max_attempts.max(1),
                 attempts: 0,
@@ -297,6 +343,7 @@ impl Scheduler {
                 submitted_at: now,
                 updated_at: now,
                 last_error: None,
+                declined: vec![],
                 output: None,
             };
             self.index(&job);
@@ -305,8 +352,18 @@ impl Scheduler {
             self.submitted.push_back(now);
             ids.push(id);
         }
-        let record =
-            ActionRecord { payload: sub.payload, expires_at: sub.expires_at, jobs: ids.clone() };
+        let mut blobs = sub.components;
+        blobs.extend(sub.inputs.iter().map(|i| i.digest));
+        blobs.sort();
+        blobs.dedup();
+        let record = ActionRecord {
+            payload: sub.payload,
+            envelope: sub.envelope,
+            plan_envelope: sub.plan_envelope,
+            blobs,
+            expires_at: sub.expires_at,
+            jobs: ids.clone(),
+        };
         self.action_expiry.insert((record.expires_at, sub.action.clone()));
         changes.push(Change::Action(sub.action.clone(), record.clone()));
         self.actions.insert(sub.action, record);
@@ -314,12 +371,67 @@ impl Scheduler {
         Ok((ids, false, changes))
     }
 
-    /// Registers a worker; returns its id.
-    pub fn register(&mut self, now: u64, capabilities: Capabilities) -> u64 {
-        let id = self.next_worker;
-        self.next_worker += 1;
-        self.workers.insert(id, WorkerRecord { id, capabilities, last_seen: now, leases: 0 });
-        id
+    /// Registers the worker `id` (the queue derives it from the worker's secret instance)
+    /// with what it offers; a worker registering again keeps its leases.
+    pub fn register(
+        &mut self,
+        now: u64,
+        id: u64,
+        capabilities: Capabilities,
+    ) -> Result<u64, Refusal> {
+        capabilities.check().map_err(Refusal::BadWorker)?;
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.capabilities = capabilities;
+            w.last_seen = now;
+            return Ok(id);
+        }
+        if self.workers.len() >= self.config.max_workers {
+            self.forget_idle_workers(now);
+        }
+        if self.workers.len() >= self.config.max_workers {
+            return Err(Refusal::TooManyWorkers(self.workers.len()));
+        }
+        let record = WorkerRecord {
+            id,
+            capabilities,
+            last_seen: now,
+            leases: 0,
+            declined: 0,
+            last_declined: None,
+        };
+        self.workers.insert(id, record);
+        Ok(id)
+    }
+
+    /// Forgets workers unseen for the worker TTL that hold no lease.
+    fn forget_idle_workers(&mut self, now: u64) {
+        let holding: BTreeSet<u64> = self.holders().collect();
+        let ttl = self.config.worker_ttl_ms;
+        self.workers.retain(|id, w| holding.contains(id) || w.last_seen.saturating_add(ttl) >= now);
+        let workers = &self.workers;
+        self.unresponsive.retain(|id, _| workers.contains_key(id));
+    }
+
+    /// The worker of every lease.
+    fn holders(&self) -> impl Iterator<Item = u64> + '_ {
+        self.leases.iter().filter_map(|(_, id)| match self.jobs.get(id)?.state {
+            JobState::Leased { worker_id, .. } => Some(worker_id),
+            _ => None,
+        })
+    }
+
+    /// Whether `job`'s action is still remembered, so its jobs may run.
+    fn runnable(&self, job: &JobRecord, now: u64) -> bool {
+        self.actions.get(&job.action).is_some_and(|a| now < action_gone_at(a.expires_at))
+    }
+
+    /// Buries a job that can no longer run because its action expired.
+    fn bury_expired(&mut self, id: JobId, now: u64) -> Option<Change> {
+        self.transition(id, now, |j| {
+            j.state = JobState::Dead {
+                reason: "its action expired before it could run (submit it again)".into(),
+            };
+        })
     }
 
     /// Moves delayed jobs whose backoff is over to the ready set.
@@ -334,45 +446,81 @@ impl Scheduler {
     }
 
     /// Leases up to `max` ready jobs that `worker` can run, highest priority first, oldest
-    /// first within a priority.
+    /// first within a priority, as long as their leases together take at most `budget`
+    /// bytes on the wire. Jobs the worker declined lately are left for others; jobs whose
+    /// action has expired are buried.
     pub fn claim(
         &mut self,
         now: u64,
         worker: u64,
         max: u32,
-    ) -> Result<(Vec<JobRecord>, Vec<Change>), Refusal> {
+        budget: usize,
+    ) -> Result<(Vec<Lease>, Vec<Change>), Refusal> {
         let Some(w) = self.workers.get_mut(&worker) else { return Err(Refusal::NoWorker(worker)) };
         w.last_seen = now;
         let caps = w.capabilities.clone();
         let mut changes = self.promote(now);
-        let picked: Vec<JobId> = self
-            .ready
-            .iter()
-            .take(self.config.claim_scan)
-            .filter_map(|(_, id)| self.jobs.get(id))
-            .filter(|j| j.requirements.met_by(&caps))
-            .take(max as usize)
-            .map(|j| j.id)
-            .collect();
-        let deadline = now + self.config.lease_ms;
-        let mut leased = Vec::with_capacity(picked.len());
-        for id in picked {
-            let name = caps.name.clone();
-            if let Some(c) = self.transition(id, now, |j| {
-                j.attempts += 1;
-                j.epoch = LeaseEpoch(j.epoch.0 + 1);
-                j.state = JobState::Leased { epoch: j.epoch, worker: name, deadline };
-            }) {
-                if let Change::Job(j) = &c {
-                    leased.push(j.clone());
-                }
-                changes.push(c);
+        let cooldown = self.config.decline_cooldown_ms;
+        let mut expired = Vec::new();
+        let mut picked = Vec::new();
+        for (_, id) in self.ready.iter().take(self.config.claim_scan) {
+            if picked.len() >= max as usize {
+                break;
+            }
+            let Some(j) = self.jobs.get(id) else { continue };
+            if !self.runnable(j, now) {
+                expired.push(*id);
+            } else if j.requirements.met_by(&caps)
+                && !j
+                    .declined
+                    .iter()
+                    .any(|d| d.worker_id == worker && d.at.saturating_add(cooldown) > now)
+            {
+                picked.push(*id);
             }
         }
-        if let Some(w) = self.workers.get_mut(&worker) {
-            w.leases += leased.len() as u32;
+        for id in expired {
+            changes.extend(self.bury_expired(id, now));
         }
-        Ok((leased, changes))
+        let deadline = now + self.config.lease_ms;
+        let mut leases = Vec::with_capacity(picked.len());
+        let mut used = 0;
+        for id in picked {
+            let Some(job) = self.jobs.get(&id) else { continue };
+            let Some(action) = self.actions.get(&job.action) else { continue };
+            let lease = Lease {
+                lease: LeaseRef { job: id, epoch: LeaseEpoch(job.epoch.0 + 1) },
+                attempt: job.attempts + 1,
+                deadline,
+                plan: action.plan_envelope,
+                action: action.envelope,
+                input: job.index,
+            };
+            // The separator between leases counts too.
+            let size = json_len(&lease).saturating_add(1);
+            if !leases.is_empty() && used + size > budget {
+                break;
+            }
+            used += size;
+            let name = caps.name.clone();
+            changes.extend(self.transition(id, now, |j| {
+                j.attempts += 1;
+                j.epoch = lease.lease.epoch;
+                j.state =
+                    JobState::Leased { epoch: j.epoch, worker: name, worker_id: worker, deadline };
+            }));
+            leases.push(lease);
+        }
+        Ok((leases, changes))
+    }
+
+    /// The job of `lease`, if the lease is current and held by `worker`.
+    fn owned(&self, worker: u64, lease: LeaseRef) -> Result<&JobRecord, Refusal> {
+        let job = self.current(lease)?;
+        match job.state {
+            JobState::Leased { worker_id, .. } if worker_id == worker => Ok(job),
+            _ => Err(Refusal::NotYours(lease.job)),
+        }
     }
 
     fn current(&self, lease: LeaseRef) -> Result<&JobRecord, Refusal> {
@@ -397,7 +545,7 @@ impl Scheduler {
         let mut changes = vec![];
         let deadline = now + self.config.lease_ms;
         for &lease in leases {
-            match self.current(lease).map(|j| j.cancel_requested) {
+            match self.owned(worker, lease).map(|j| j.cancel_requested) {
                 Ok(true) => beat.cancelled.push(lease),
                 Ok(false) => {
                     if let Some(c) = self.transition(lease.job, now, |j| {
@@ -415,12 +563,6 @@ impl Scheduler {
         Ok((beat, changes))
     }
 
-    fn release(&mut self, worker: u64) {
-        if let Some(w) = self.workers.get_mut(&worker) {
-            w.leases = w.leases.saturating_sub(1);
-        }
-    }
-
     /// Records a job's result, if `lease` is current.
     pub fn complete(
         &mut self,
@@ -429,8 +571,9 @@ impl Scheduler {
         lease: LeaseRef,
         output: JobOutput,
     ) -> Result<(JobState, Vec<Change>), Refusal> {
-        let cancelled = self.current(lease)?.cancel_requested;
-        self.release(worker);
+        let cancelled = self.owned(worker, lease)?.cancel_requested;
+        let mut output = output;
+        output.failure = output.failure.as_deref().map(bounded);
         let change = self.transition(lease.job, now, |j| {
             j.state = if cancelled {
                 JobState::Cancelled
@@ -439,7 +582,8 @@ impl Scheduler {
             } else {
                 // The job ran: the same signed inputs would fail the same way, so it is not
                 // retried. Its result says what happened to every task.
-                JobState::Dead { reason: task_failure(&output) }
+                let reason = output.failure.clone();
+                JobState::Dead { reason: reason.unwrap_or_else(|| "a task did not succeed".into()) }
             };
             j.output = Some(output);
         });
@@ -474,11 +618,10 @@ impl Scheduler {
         retryable: bool,
         rand: u64,
     ) -> Result<(JobState, Vec<Change>), Refusal> {
-        let job = self.current(lease)?;
+        let job = self.owned(worker, lease)?;
         let (cancelled, attempts, max) = (job.cancel_requested, job.attempts, job.max_attempts);
-        self.release(worker);
         let delay = self.backoff(attempts, rand);
-        let reason = reason.to_owned();
+        let reason = bounded(reason);
         let change = self.transition(lease.job, now, |j| {
             j.last_error = Some(reason.clone());
             j.state = if cancelled {
@@ -492,6 +635,67 @@ impl Scheduler {
             };
         });
         Ok(self.state_and(lease.job, change))
+    }
+
+    /// Takes back a job `worker` could not run for a cause of its own (its trust file, its
+    /// clock, a tool or mount it lacks, a job it already ran): the attempt is not counted,
+    /// the worker is remembered as having declined it, and other workers are offered it
+    /// first.
+    pub fn release(
+        &mut self,
+        now: u64,
+        worker: u64,
+        lease: LeaseRef,
+        reason: &str,
+    ) -> Result<(JobState, Vec<Change>), Refusal> {
+        self.owned(worker, lease)?;
+        let reason = bounded(reason);
+        let name = self.workers.get(&worker).map(|w| w.capabilities.name.clone());
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.declined += 1;
+            w.last_declined = Some(reason.clone());
+        }
+        let declined = Declined {
+            worker: name.unwrap_or_default(),
+            worker_id: worker,
+            reason: reason.clone(),
+            at: now,
+        };
+        let change = self.requeue(lease.job, now, Some(declined));
+        Ok(self.state_and(lease.job, change))
+    }
+
+    /// Takes back leases that never reached `worker` (the answer carrying them could not be
+    /// sent): the attempts are not counted.
+    pub fn unclaim(&mut self, now: u64, worker: u64, leases: &[LeaseRef]) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for &lease in leases {
+            if self.owned(worker, lease).is_ok() {
+                changes.extend(self.requeue(lease.job, now, None));
+            }
+        }
+        changes
+    }
+
+    /// Puts a leased job back in the queue as if this lease had not been granted (a
+    /// cancelled one ends cancelled).
+    fn requeue(&mut self, job: JobId, now: u64, declined: Option<Declined>) -> Option<Change> {
+        self.transition(job, now, |j| {
+            j.attempts = j.attempts.saturating_sub(1);
+            j.state = if j.cancel_requested {
+                JobState::Cancelled
+            } else {
+                JobState::Queued { not_before: 0 }
+            };
+            if let Some(d) = declined {
+                j.last_error = Some(format!("declined by worker {}: {}", d.worker, d.reason));
+                j.declined.retain(|old| old.worker_id != d.worker_id);
+                if j.declined.len() >= MAX_DECLINED {
+                    j.declined.remove(0);
+                }
+                j.declined.push(d);
+            }
+        })
     }
 
     /// Cancels a job: a queued one at once; a leased one once its worker stops (or its lease
@@ -514,12 +718,8 @@ impl Scheduler {
         for id in expired {
             let Some(job) = self.jobs.get(&id) else { continue };
             let (cancelled, attempts, max) = (job.cancel_requested, job.attempts, job.max_attempts);
-            if let JobState::Leased { worker, .. } = &job.state {
-                let worker = worker.clone();
-                if let Some(w) = self.workers.values_mut().find(|w| w.capabilities.name == worker) {
-                    w.leases = w.leases.saturating_sub(1);
-                }
-                self.unresponsive.insert(worker, now);
+            if let JobState::Leased { worker_id, .. } = job.state {
+                self.unresponsive.insert(worker_id, now);
             }
             changes.extend(self.transition(id, now, |j| {
                 j.last_error = Some("lease expired: the worker stopped heartbeating".into());
@@ -550,17 +750,29 @@ impl Scheduler {
             }
         }
         // Actions past expiry (and the skew) can no longer be replayed: verification refuses
-        // them anyway.
+        // them anyway. Their jobs that have not run never will.
         let gone: Vec<(u64, ActionId)> = self
             .action_expiry
-            .range(..(now.saturating_sub(SKEW_MS), ActionId::from_random([0; 16])))
+            .iter()
+            .take_while(|(expires_at, _)| action_gone_at(*expires_at) <= now)
             .cloned()
             .collect();
         for key in gone {
             self.action_expiry.remove(&key);
-            self.actions.remove(&key.1);
+            if let Some(action) = self.actions.remove(&key.1) {
+                for id in action.jobs {
+                    let waiting = self
+                        .jobs
+                        .get(&id)
+                        .is_some_and(|j| matches!(j.state, JobState::Queued { .. }));
+                    if waiting {
+                        changes.extend(self.bury_expired(id, now));
+                    }
+                }
+            }
             changes.push(Change::DeleteAction(key.1));
         }
+        self.forget_idle_workers(now);
         while self.submitted.front().is_some_and(|t| *t + MINUTE_MS < now) {
             self.submitted.pop_front();
         }
@@ -570,9 +782,20 @@ impl Scheduler {
         changes
     }
 
-    /// The plans some remembered job runs.
-    pub fn plans_in_use(&self) -> BTreeSet<Digest> {
-        self.jobs.values().map(|j| j.plan).collect()
+    /// Every blob something remembered refers to: the envelopes, components and inputs of
+    /// actions that may still run, and the results of remembered jobs.
+    pub fn blobs_in_use(&self) -> BTreeSet<Digest> {
+        let mut used = BTreeSet::new();
+        for a in self.actions.values() {
+            used.extend([a.envelope, a.plan_envelope]);
+            used.extend(a.blobs.iter().copied());
+        }
+        for j in self.jobs.values() {
+            if let Some(o) = &j.output {
+                used.extend(o.blobs().map(|b| b.digest));
+            }
+        }
+        used
     }
 
     /// When [`Scheduler::tick`] next has work: the earliest backoff end or lease deadline.
@@ -595,29 +818,23 @@ impl Scheduler {
         self.jobs.get(&id)
     }
 
-    /// A page of jobs after `after`, oldest first, matching `filter`; and where the next page
-    /// starts.
+    /// A page of jobs after `after`, oldest first, matching `filter`: at most `limit` of
+    /// them, together at most `budget` bytes on the wire (always at least one); and where
+    /// the next page starts.
     pub fn list(
         &self,
         filter: &JobFilter,
         after: Option<JobId>,
         limit: u32,
+        budget: usize,
     ) -> (Vec<JobRecord>, Option<JobId>) {
-        let start = after.map_or(0, |a| a.0 + 1);
-        let mut page = Vec::new();
-        let mut next = None;
-        for job in self.jobs.range(JobId(start)..).map(|(_, j)| j) {
-            if filter.state.as_deref().is_some_and(|s| s != job.state.name())
-                || filter.action.as_ref().is_some_and(|a| *a != job.action)
-            {
-                continue;
-            }
-            if page.len() as u32 >= limit {
-                next = page.last().map(|j: &JobRecord| j.id);
-                break;
-            }
-            page.push(job.clone());
-        }
+        let start = after.map_or(0, |a| a.0.saturating_add(1));
+        let jobs = self.jobs.range(JobId(start)..).map(|(_, j)| j).filter(|job| {
+            filter.state.as_deref().is_none_or(|s| s == job.state.name())
+                && filter.action.as_ref().is_none_or(|a| *a == job.action)
+        });
+        let (page, more) = page(jobs.cloned(), limit, budget);
+        let next = if more { page.last().map(|j| j.id) } else { None };
         (page, next)
     }
 
@@ -625,15 +842,28 @@ impl Scheduler {
     /// may be from a process that is gone (killed, its connection not yet timed out), and
     /// must be leased nothing; a worker that is alive claims again.
     pub fn unresponsive_since(&self, worker: u64, since: u64) -> bool {
-        self.workers
-            .get(&worker)
-            .and_then(|w| self.unresponsive.get(&w.capabilities.name))
-            .is_some_and(|&at| at >= since)
+        self.unresponsive.get(&worker).is_some_and(|&at| at >= since)
     }
 
-    /// Registered workers.
-    pub fn workers(&self) -> Vec<WorkerRecord> {
-        self.workers.values().cloned().collect()
+    /// A page of registered workers after `after`, by id, paged like [`Scheduler::list`].
+    pub fn workers(
+        &self,
+        after: Option<u64>,
+        limit: u32,
+        budget: usize,
+    ) -> (Vec<WorkerRecord>, Option<u64>) {
+        let mut held: BTreeMap<u64, u32> = BTreeMap::new();
+        for id in self.holders() {
+            *held.entry(id).or_default() += 1;
+        }
+        let start = after.map_or(0, |a| a.saturating_add(1));
+        let workers = self.workers.range(start..).map(|(id, w)| WorkerRecord {
+            leases: held.get(id).copied().unwrap_or(0),
+            ..w.clone()
+        });
+        let (page, more) = page(workers, limit, budget);
+        let next = if more { page.last().map(|w| w.id) } else { None };
+        (page, next)
     }
 
     /// Counts by state and the last minute's throughput.
@@ -693,25 +923,25 @@ impl Scheduler {
     }
 }
 
-/// Why a job that ran did not succeed: its first task that failed by itself (not one skipped
-/// or cancelled because of another).
-fn task_failure(output: &JobOutput) -> String {
-    output
-        .reports
-        .iter()
-        .find(|r| {
-            !r.outcome.is_success()
-                && !matches!(r.outcome, Outcome::Skipped { .. } | Outcome::Cancelled)
-        })
-        .map_or_else(
-            || "a task did not succeed".to_string(),
-            |r| match &r.outcome {
-                Outcome::Trapped { message } | Outcome::Refused { reason: message } => {
-                    format!("task {}: {}: {message}", r.task, r.outcome.label())
-                }
-                other => format!("task {}: {}", r.task, other.label()),
-            },
-        )
+/// Up to `limit` items that together take at most `budget` bytes of JSON (at least one,
+/// whatever its size), and whether more were left.
+fn page<T: serde::Serialize>(
+    items: impl Iterator<Item = T>,
+    limit: u32,
+    budget: usize,
+) -> (Vec<T>, bool) {
+    let mut page = Vec::new();
+    let mut used = 0usize;
+    for item in items {
+        // The separator between items counts too.
+        let size = json_len(&item).saturating_add(1);
+        if page.len() as u32 >= limit || (!page.is_empty() && used.saturating_add(size) > budget) {
+            return (page, true);
+        }
+        used = used.saturating_add(size);
+        page.push(item);
+    }
+    (page, false)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use agenix_proto::job::Reports;
 
 const T0: u64 = 1_764_060_000_000;
 
@@ -26,10 +27,19 @@ fn reqs(tools: &[&str]) -> Requirements {
     r
 }
 
+/// Registers a worker whose id is derived from its name.
+fn register(s: &mut Scheduler, now: u64, name: &str, tools: &[&str]) -> u64 {
+    let id = name.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    s.register(now, id, caps(name, tools)).unwrap()
+}
+
 fn sub(n: u8, inputs: usize, priority: i32, tools: &[&str]) -> Submission {
     Submission {
         action: ActionId::from_random([n; 16]),
         payload: Digest::of(&[n]),
+        envelope: Digest::of(&[n, b'a']),
+        plan_envelope: Digest::of(b"plan envelope"),
+        components: vec![Digest::of(b"component")],
         expires_at: T0 + 3_600_000,
         plan: Digest::of(b"plan"),
         inputs: (0..inputs)
@@ -41,12 +51,17 @@ fn sub(n: u8, inputs: usize, priority: i32, tools: &[&str]) -> Submission {
     }
 }
 
-fn lease_of(j: &JobRecord) -> LeaseRef {
-    LeaseRef { job: j.id, epoch: j.epoch }
+fn lease_of(l: &Lease) -> LeaseRef {
+    l.lease
 }
 
 fn output() -> JobOutput {
-    JobOutput { succeeded: true, reports: vec![], output: None }
+    JobOutput { succeeded: true, failure: None, reports: Reports::Inline(vec![]), output: None }
+}
+
+/// Claims with no byte budget to speak of.
+fn claim(s: &mut Scheduler, now: u64, worker: u64, max: u32) -> Vec<Lease> {
+    s.claim(now, worker, max, usize::MAX).unwrap().0
 }
 
 #[test]
@@ -73,14 +88,17 @@ fn claims_take_priority_then_age_and_route_by_capability() {
     let (low, _, _) = s.submit(T0, sub(1, 1, 0, &[])).unwrap();
     let (high, _, _) = s.submit(T0 + 1, sub(2, 1, 10, &[])).unwrap();
     let (native, _, _) = s.submit(T0 + 2, sub(3, 1, 20, &["sort"])).unwrap();
-    let plain = s.register(T0, caps("plain", &[]));
-    let (got, _) = s.claim(T0, plain, 10).unwrap();
-    let ids: Vec<JobId> = got.iter().map(|j| j.id).collect();
+    let plain = register(&mut s, T0, "plain", &[]);
+    let got = claim(&mut s, T0, plain, 10);
+    let ids: Vec<JobId> = got.iter().map(|l| l.lease.job).collect();
     assert_eq!(ids, [high[0], low[0]], "the native job needs a worker with sort");
-    let sorter = s.register(T0, caps("sorter", &["sort"]));
-    let (got, _) = s.claim(T0, sorter, 10).unwrap();
-    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), native);
-    assert!(matches!(got[0].state, JobState::Leased { ref worker, .. } if worker == "sorter"));
+    let sorter = register(&mut s, T0, "sorter", &["sort"]);
+    let got = claim(&mut s, T0, sorter, 10);
+    assert_eq!(got.iter().map(|l| l.lease.job).collect::<Vec<_>>(), native);
+    assert!(matches!(
+        s.job(native[0]).unwrap().state,
+        JobState::Leased { ref worker, worker_id, .. } if worker == "sorter" && worker_id == sorter
+    ));
     s.check_invariants().unwrap();
 }
 
@@ -88,19 +106,19 @@ fn claims_take_priority_then_age_and_route_by_capability() {
 fn q01_expired_lease_is_rerun_elsewhere_with_the_next_attempt() {
     let mut s = Scheduler::new(Config::default());
     s.submit(T0, sub(1, 1, 0, &[])).unwrap();
-    let a = s.register(T0, caps("a", &[]));
-    let b = s.register(T0, caps("b", &[]));
-    let (got, _) = s.claim(T0, a, 1).unwrap();
+    let a = register(&mut s, T0, "a", &[]);
+    let b = register(&mut s, T0, "b", &[]);
+    let got = claim(&mut s, T0, a, 1);
     let first = lease_of(&got[0]);
-    assert_eq!(got[0].attempts, 1);
+    assert_eq!(got[0].attempt, 1);
     // Worker a dies: no heartbeat. Just before the deadline nothing happens; after it the job
     // is queued again.
     assert!(s.tick(T0 + 29_999).is_empty());
     let changes = s.tick(T0 + 30_001);
     assert_eq!(changes.len(), 1);
-    let (got, _) = s.claim(T0 + 30_002, b, 1).unwrap();
-    assert_eq!(got[0].attempts, 2);
-    assert!(got[0].epoch > first.epoch);
+    let got = claim(&mut s, T0 + 30_002, b, 1);
+    assert_eq!(got[0].attempt, 2);
+    assert!(got[0].lease.epoch > first.epoch);
     // Q2: the old holder's late result is fenced off.
     assert_eq!(
         s.complete(T0 + 30_003, a, first, output()).unwrap_err(),
@@ -117,8 +135,8 @@ fn q01_expired_lease_is_rerun_elsewhere_with_the_next_attempt() {
 fn q03_heartbeats_keep_a_long_job_leased_and_it_runs_once() {
     let mut s = Scheduler::new(Config::default());
     s.submit(T0, sub(1, 1, 0, &[])).unwrap();
-    let w = s.register(T0, caps("w", &[]));
-    let (got, _) = s.claim(T0, w, 1).unwrap();
+    let w = register(&mut s, T0, "w", &[]);
+    let got = claim(&mut s, T0, w, 1);
     let lease = lease_of(&got[0]);
     for minute in 1..=10u64 {
         let now = T0 + minute * 10_000;
@@ -126,8 +144,8 @@ fn q03_heartbeats_keep_a_long_job_leased_and_it_runs_once() {
         assert_eq!(beat.extended, [lease]);
         assert!(s.tick(now).is_empty());
     }
-    let other = s.register(T0, caps("other", &[]));
-    assert!(s.claim(T0 + 100_000, other, 1).unwrap().0.is_empty(), "never handed out twice");
+    let other = register(&mut s, T0, "other", &[]);
+    assert!(claim(&mut s, T0 + 100_000, other, 1).is_empty(), "never handed out twice");
     s.complete(T0 + 100_001, w, lease, output()).unwrap();
     assert_eq!(s.job(lease.job).unwrap().attempts, 1);
 }
@@ -136,10 +154,10 @@ fn q03_heartbeats_keep_a_long_job_leased_and_it_runs_once() {
 fn q04_poison_job_backs_off_with_jitter_then_dies() {
     let mut s = Scheduler::new(Config::default());
     s.submit(T0, sub(1, 1, 0, &[])).unwrap();
-    let w = s.register(T0, caps("w", &[]));
+    let w = register(&mut s, T0, "w", &[]);
     let mut now = T0;
     for attempt in 1..=3u32 {
-        let (got, _) = s.claim(now, w, 1).unwrap();
+        let got = claim(&mut s, now, w, 1);
         assert_eq!(got.len(), 1, "attempt {attempt}");
         let (state, _) = s.fail(now, w, lease_of(&got[0]), "boom", true, u64::MAX / 3).unwrap();
         if attempt < 3 {
@@ -151,7 +169,7 @@ fn q04_poison_job_backs_off_with_jitter_then_dies() {
                 not_before - now
             );
             // Not claimable during the backoff; claimable after.
-            assert!(s.claim(not_before - 1, w, 1).unwrap().0.is_empty());
+            assert!(claim(&mut s, not_before - 1, w, 1).is_empty());
             now = not_before;
         } else {
             assert_eq!(state, JobState::Dead { reason: "failed 3 of 3 attempts: boom".into() });
@@ -169,9 +187,9 @@ fn q04_poison_job_backs_off_with_jitter_then_dies() {
 fn a_worker_that_let_a_lease_expire_is_unresponsive_to_claims_made_before() {
     let mut s = Scheduler::new(Config::default());
     s.submit(T0, sub(1, 1, 0, &[])).unwrap();
-    let a = s.register(T0, caps("a", &[]));
-    let b = s.register(T0, caps("b", &[]));
-    s.claim(T0, a, 1).unwrap();
+    let a = register(&mut s, T0, "a", &[]);
+    let b = register(&mut s, T0, "b", &[]);
+    claim(&mut s, T0, a, 1);
     // a claims again (it has free slots) and is then killed: its lease expires.
     let waiting_since = T0 + 10;
     assert!(!s.unresponsive_since(a, waiting_since));
@@ -186,8 +204,8 @@ fn a_worker_that_let_a_lease_expire_is_unresponsive_to_claims_made_before() {
 fn non_retryable_failures_die_at_once() {
     let mut s = Scheduler::new(Config::default());
     s.submit(T0, sub(1, 1, 0, &[])).unwrap();
-    let w = s.register(T0, caps("w", &[]));
-    let (got, _) = s.claim(T0, w, 1).unwrap();
+    let w = register(&mut s, T0, "w", &[]);
+    let got = claim(&mut s, T0, w, 1);
     let (state, _) =
         s.fail(T0, w, lease_of(&got[0]), "signature does not verify", false, 7).unwrap();
     assert_eq!(state, JobState::Dead { reason: "signature does not verify".into() });
@@ -198,23 +216,28 @@ fn a_job_whose_task_failed_is_dead_with_the_task_named_and_not_retried() {
     use agenix_proto::report::TaskReport;
     let mut s = Scheduler::new(Config::default());
     s.submit(T0, sub(1, 1, 0, &[])).unwrap();
-    let w = s.register(T0, caps("w", &[]));
-    let (got, _) = s.claim(T0, w, 1).unwrap();
+    let w = register(&mut s, T0, "w", &[]);
+    let got = claim(&mut s, T0, w, 1);
     let task = |n: &str| n.parse::<agenix_proto::TaskId>().unwrap();
+    let reports = vec![
+        TaskReport::not_run(task("fetch"), agenix_proto::Outcome::Exited { code: 0 }),
+        TaskReport::not_run(task("parse"), agenix_proto::Outcome::OutOfFuel),
+        TaskReport::not_run(
+            task("print"),
+            agenix_proto::Outcome::Skipped { because: task("parse") },
+        ),
+    ];
     let out = JobOutput {
         succeeded: false,
-        reports: vec![
-            TaskReport::not_run(task("fetch"), Outcome::Exited { code: 0 }),
-            TaskReport::not_run(task("parse"), Outcome::OutOfFuel),
-            TaskReport::not_run(task("print"), Outcome::Skipped { because: task("parse") }),
-        ],
+        failure: agenix_proto::report::first_failure(&reports),
+        reports: Reports::Inline(reports),
         output: None,
     };
     let (state, _) = s.complete(T0, w, lease_of(&got[0]), out.clone()).unwrap();
     assert_eq!(state, JobState::Dead { reason: "task parse: out-of-fuel".into() });
-    let rec = s.job(got[0].id).unwrap();
+    let rec = s.job(got[0].lease.job).unwrap();
     assert_eq!((rec.attempts, rec.output.as_ref()), (1, Some(&out)));
-    assert!(s.claim(T0 + 3_600_000, w, 1).unwrap().0.is_empty());
+    assert!(claim(&mut s, T0 + 3_600_000, w, 1).is_empty());
     s.check_invariants().unwrap();
 }
 
@@ -224,8 +247,8 @@ fn q08_cancel_queued_at_once_and_leased_through_the_worker() {
     let (ids, _, _) = s.submit(T0, sub(1, 2, 0, &[])).unwrap();
     let (state, _) = s.cancel(T0, ids[0]).unwrap();
     assert_eq!(state, JobState::Cancelled);
-    let w = s.register(T0, caps("w", &[]));
-    let (got, _) = s.claim(T0, w, 5).unwrap();
+    let w = register(&mut s, T0, "w", &[]);
+    let got = claim(&mut s, T0, w, 5);
     assert_eq!(got.len(), 1, "the cancelled job is never claimed");
     let lease = lease_of(&got[0]);
     let (state, _) = s.cancel(T0 + 1, ids[1]).unwrap();
@@ -242,8 +265,8 @@ fn q08_cancel_queued_at_once_and_leased_through_the_worker() {
 fn cancelled_lease_that_expires_is_cancelled_not_requeued() {
     let mut s = Scheduler::new(Config::default());
     let (ids, _, _) = s.submit(T0, sub(1, 1, 0, &[])).unwrap();
-    let w = s.register(T0, caps("w", &[]));
-    s.claim(T0, w, 1).unwrap();
+    let w = register(&mut s, T0, "w", &[]);
+    claim(&mut s, T0, w, 1);
     s.cancel(T0, ids[0]).unwrap();
     s.tick(T0 + 60_000);
     assert_eq!(s.job(ids[0]).unwrap().state, JobState::Cancelled);
@@ -258,7 +281,7 @@ fn retention_and_action_expiry_forget_old_things() {
     let changes = s.tick(T0 + 2000);
     assert!(changes.contains(&Change::DeleteJob(ids[0])));
     assert!(s.job(ids[0]).is_none());
-    let changes = s.tick(T0 + 3_600_000 + SKEW_MS + 1);
+    let changes = s.tick(action_gone_at(T0 + 3_600_000));
     assert!(changes.contains(&Change::DeleteAction(ActionId::from_random([1; 16]))));
     s.check_invariants().unwrap();
 }
@@ -267,13 +290,13 @@ fn retention_and_action_expiry_forget_old_things() {
 fn reload_rebuilds_the_same_scheduler() {
     let mut s = Scheduler::new(Config::default());
     s.submit(T0, sub(1, 4, 3, &[])).unwrap();
-    let w = s.register(T0, caps("w", &[]));
-    let (got, _) = s.claim(T0, w, 2).unwrap();
+    let w = register(&mut s, T0, "w", &[]);
+    let got = claim(&mut s, T0, w, 2);
     s.fail(T0, w, lease_of(&got[0]), "x", true, 99).unwrap();
     let jobs: Vec<JobRecord> = (1..=4).filter_map(|i| s.job(JobId(i)).cloned()).collect();
     let actions =
         vec![(ActionId::from_random([1; 16]), s.actions[&ActionId::from_random([1; 16])].clone())];
-    let r = Scheduler::load(Config::default(), jobs, actions, 5);
+    let r = Scheduler::load(Config::default(), T0, jobs, actions, 5);
     r.check_invariants().unwrap();
     assert_eq!(r.stats(T0).jobs, s.stats(T0).jobs);
     assert_eq!(r.next_job, 5);
@@ -284,16 +307,216 @@ fn listing_pages_and_filters() {
     let mut s = Scheduler::new(Config::default());
     s.submit(T0, sub(1, 5, 0, &[])).unwrap();
     s.submit(T0, sub(2, 2, 0, &[])).unwrap();
-    let (page, next) = s.list(&JobFilter::default(), None, 3);
+    let all = usize::MAX;
+    let (page, next) = s.list(&JobFilter::default(), None, 3, all);
     assert_eq!(page.iter().map(|j| j.id.0).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(next, Some(JobId(3)));
-    let (page, next) = s.list(&JobFilter::default(), next, 10);
+    let (page, next) = s.list(&JobFilter::default(), next, 10, all);
     assert_eq!(page.len(), 4);
     assert_eq!(next, None);
     let f = JobFilter { action: Some(ActionId::from_random([2; 16])), ..JobFilter::default() };
-    assert_eq!(s.list(&f, None, 10).0.len(), 2);
+    assert_eq!(s.list(&f, None, 10, all).0.len(), 2);
     let f = JobFilter { state: Some("leased".into()), ..JobFilter::default() };
-    assert!(s.list(&f, None, 10).0.is_empty());
+    assert!(s.list(&f, None, 10, all).0.is_empty());
+}
+
+#[test]
+fn leases_belong_to_the_worker_that_claimed_them() {
+    let mut s = Scheduler::new(Config::default());
+    s.submit(T0, sub(1, 1, 0, &[])).unwrap();
+    let owner = register(&mut s, T0, "owner", &[]);
+    let thief = register(&mut s, T0, "thief", &[]);
+    let lease = lease_of(&claim(&mut s, T0, owner, 1)[0]);
+    let mine = Refusal::NotYours(lease.job);
+    let (beat, changes) = s.heartbeat(T0 + 1, thief, &[lease]).unwrap();
+    assert_eq!((beat.lost, beat.extended, changes.len()), (vec![lease], vec![], 0));
+    assert_eq!(s.complete(T0 + 2, thief, lease, output()).unwrap_err(), mine);
+    assert_eq!(s.fail(T0 + 3, thief, lease, "x", false, 0).unwrap_err(), mine);
+    assert_eq!(s.release(T0 + 4, thief, lease, "x").unwrap_err(), mine);
+    assert!(s.unclaim(T0 + 5, thief, &[lease]).is_empty());
+    assert!(
+        matches!(s.job(lease.job).unwrap().state, JobState::Leased { worker_id, .. } if worker_id == owner)
+    );
+    let (state, _) = s.complete(T0 + 6, owner, lease, output()).unwrap();
+    assert_eq!(state, JobState::Succeeded);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_declined_job_costs_no_attempt_and_goes_to_other_workers_first() {
+    let mut s = Scheduler::new(Config::default());
+    let (ids, _, _) = s.submit(T0, sub(1, 1, 0, &[])).unwrap();
+    let stale = register(&mut s, T0, "stale", &[]);
+    let good = register(&mut s, T0, "good", &[]);
+    let lease = lease_of(&claim(&mut s, T0, stale, 1)[0]);
+    let (state, _) = s.release(T0 + 1, stale, lease, "unknown signer \u{1b}[31m").unwrap();
+    assert_eq!(state, JobState::Queued { not_before: 0 });
+    let job = s.job(ids[0]).unwrap();
+    assert_eq!(job.attempts, 0, "declining costs no attempt");
+    assert_eq!(job.declined.len(), 1);
+    assert_eq!(job.declined[0].reason, "unknown signer ", "reasons are kept clean");
+    let (workers, _) = s.workers(None, 10, usize::MAX);
+    let w = workers.iter().find(|w| w.id == stale).unwrap();
+    assert_eq!((w.declined, w.last_declined.as_deref()), (1, Some("unknown signer ")));
+    // The worker that declined it is not offered it again during the cooldown...
+    assert!(claim(&mut s, T0 + 2, stale, 1).is_empty());
+    // ... another worker is, and its lease is attempt 1 with a newer epoch.
+    let again = claim(&mut s, T0 + 3, good, 1);
+    assert_eq!(again[0].attempt, 1);
+    assert!(again[0].lease.epoch > lease.epoch);
+    s.release(T0 + 4, good, again[0].lease, "no tool").unwrap();
+    // After the cooldown the first worker may try again.
+    let cooldown = s.config().decline_cooldown_ms;
+    assert_eq!(claim(&mut s, T0 + 1 + cooldown, stale, 1).len(), 1);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn leases_that_never_reached_their_worker_are_taken_back_without_an_attempt() {
+    let mut s = Scheduler::new(Config::default());
+    s.submit(T0, sub(1, 3, 0, &[])).unwrap();
+    let w = register(&mut s, T0, "w", &[]);
+    let got = claim(&mut s, T0, w, 3);
+    let refs: Vec<LeaseRef> = got.iter().map(lease_of).collect();
+    assert_eq!(s.unclaim(T0 + 1, w, &refs).len(), 3);
+    for l in &refs {
+        let j = s.job(l.job).unwrap();
+        assert_eq!((j.attempts, &j.state), (0, &JobState::Queued { not_before: 0 }));
+        assert!(j.declined.is_empty());
+    }
+    assert_eq!(claim(&mut s, T0 + 2, w, 3).len(), 3, "the same worker may have them at once");
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_claim_answer_stops_at_its_byte_budget() {
+    let mut s = Scheduler::new(Config::default());
+    s.submit(T0, sub(1, 10, 0, &[])).unwrap();
+    let w = register(&mut s, T0, "w", &[]);
+    let one = json_len(&claim(&mut s, T0, w, 1)[0]) + 1;
+    let (got, _) = s.claim(T0, w, 64, one * 3 + one / 2).unwrap();
+    assert_eq!(got.len(), 3, "as many as fit");
+    assert!(got.iter().map(|l| json_len(l) + 1).sum::<usize>() <= one * 3 + one / 2);
+    let (got, _) = s.claim(T0, w, 64, 1).unwrap();
+    assert_eq!(got.len(), 1, "one lease always goes, whatever the budget");
+    let leased = s.jobs.values().filter(|j| matches!(j.state, JobState::Leased { .. })).count();
+    assert_eq!(leased, 5, "only what was answered is leased");
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn listings_page_by_bytes() {
+    let mut s = Scheduler::new(Config::default());
+    s.submit(T0, sub(1, 20, 0, &[])).unwrap();
+    let one = json_len(s.job(JobId(1)).unwrap()) + 1;
+    let (page, next) = s.list(&JobFilter::default(), None, 1000, one * 4);
+    assert_eq!(page.len(), 4);
+    assert_eq!(next, Some(JobId(4)));
+    let mut seen = page.len();
+    let mut after = next;
+    while let Some(a) = after {
+        let (page, next) = s.list(&JobFilter::default(), Some(a), 1000, one * 4);
+        assert!(!page.is_empty() && page.len() <= 4);
+        seen += page.len();
+        after = next;
+    }
+    assert_eq!(seen, 20, "every job once, across pages");
+    for i in 0..5 {
+        register(&mut s, T0, &format!("w{i}"), &[]);
+    }
+    let (page, next) = s.workers(None, 1000, 1);
+    assert_eq!(page.len(), 1);
+    let (rest, last) = s.workers(next, 1000, usize::MAX);
+    assert_eq!((rest.len(), last), (4, None));
+}
+
+#[test]
+fn jobs_whose_action_expired_are_dead_not_leased() {
+    let mut s = Scheduler::new(Config::default());
+    let (ids, _, _) = s.submit(T0, sub(1, 3, 0, &[])).unwrap();
+    let w = register(&mut s, T0, "w", &[]);
+    let running = claim(&mut s, T0, w, 1);
+    let gone = action_gone_at(T0 + 3_600_000);
+    // A claim at the moment the action is gone leases nothing and buries what was waiting.
+    assert!(claim(&mut s, gone, w, 5).is_empty());
+    for id in &ids[1..] {
+        assert!(
+            matches!(&s.job(*id).unwrap().state, JobState::Dead { reason } if reason.contains("action expired"))
+        );
+    }
+    // The one already running may still finish.
+    s.complete(gone + 1, w, running[0].lease, output()).unwrap();
+    s.check_invariants().unwrap();
+    // The reaper buries them too, without a claim.
+    let (ids, _, _) = s.submit(T0, sub(2, 2, 0, &[])).unwrap();
+    s.tick(gone);
+    assert!(ids.iter().all(|id| matches!(s.job(*id).unwrap().state, JobState::Dead { .. })));
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn an_action_is_remembered_through_the_last_second_a_verifier_accepts_it() {
+    let expires_s = (T0 + 3_600_000) / 1000;
+    let skew = agenix_proto::envelope::CLOCK_SKEW_SECS;
+    // A verifier at second expires_s + skew still accepts; the queue must still remember.
+    let last_accepted_ms = (expires_s + skew) * 1000 + 999;
+    assert!(action_gone_at(expires_s * 1000) > last_accepted_ms);
+    assert_eq!(action_gone_at(expires_s * 1000), last_accepted_ms + 1);
+    let mut s = Scheduler::new(Config::default());
+    s.submit(T0, sub(1, 1, 0, &[])).unwrap();
+    s.tick(last_accepted_ms);
+    let (again, dup, _) = s.submit(last_accepted_ms, sub(1, 1, 0, &[])).unwrap();
+    assert!(dup && again == vec![JobId(1)], "a replay in the last second is still recognised");
+}
+
+#[test]
+fn worker_records_expire_are_capped_and_bounded() {
+    let cfg = Config { max_workers: 3, worker_ttl_ms: 1000, ..Config::default() };
+    let mut s = Scheduler::new(cfg);
+    s.submit(T0, sub(1, 1, 0, &[])).unwrap();
+    let holder = register(&mut s, T0, "holder", &[]);
+    claim(&mut s, T0, holder, 1);
+    register(&mut s, T0, "a", &[]);
+    register(&mut s, T0, "b", &[]);
+    assert_eq!(s.register(T0, 99, caps("c", &[])), Err(Refusal::TooManyWorkers(3)));
+    // Past the TTL, idle workers are forgotten; one holding a lease is kept.
+    s.tick(T0 + 1001);
+    let (left, _) = s.workers(None, 10, usize::MAX);
+    assert_eq!(left.iter().map(|w| (w.id, w.leases)).collect::<Vec<_>>(), [(holder, 1)]);
+    assert_eq!(s.register(T0 + 1002, 99, caps("c", &[])), Ok(99));
+    let mut big = caps("d", &[]);
+    big.labels = (0..40).map(|i| format!("l{i}")).collect();
+    assert!(matches!(s.register(T0, 100, big), Err(Refusal::BadWorker(_))));
+    assert!(matches!(s.register(T0, 100, caps(&"n".repeat(65), &[])), Err(Refusal::BadWorker(_))));
+    assert!(matches!(s.register(T0, 100, caps("a\u{202e}b", &[])), Err(Refusal::BadWorker(_))));
+}
+
+#[test]
+fn a_worker_that_registers_again_keeps_its_id_and_leases() {
+    let mut s = Scheduler::new(Config::default());
+    s.submit(T0, sub(1, 1, 0, &[])).unwrap();
+    let w = register(&mut s, T0, "w", &[]);
+    let lease = lease_of(&claim(&mut s, T0, w, 1)[0]);
+    assert_eq!(register(&mut s, T0 + 5, "w", &[]), w);
+    s.complete(T0 + 6, w, lease, output()).unwrap();
+}
+
+#[test]
+fn a_restarted_queue_gives_every_lease_a_full_lease() {
+    let mut s = Scheduler::new(Config::default());
+    s.submit(T0, sub(1, 1, 0, &[])).unwrap();
+    let w = register(&mut s, T0, "w", &[]);
+    let lease = lease_of(&claim(&mut s, T0, w, 1)[0]);
+    let jobs: Vec<JobRecord> = s.jobs.values().cloned().collect();
+    let actions: Vec<_> = s.actions.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    // The queue was down for 40 s, longer than the lease.
+    let back = T0 + 40_000;
+    let mut r = Scheduler::load(Config::default(), back, jobs, actions, s.next_job);
+    assert!(r.tick(back + 29_000).is_empty(), "the worker has a lease's time to come back");
+    let w = r.register(back, w, caps("w", &[])).unwrap();
+    r.heartbeat(back + 1, w, &[lease]).unwrap();
+    r.complete(back + 2, w, lease, output()).unwrap();
+    r.check_invariants().unwrap();
 }
 
 #[derive(Debug, Clone)]
@@ -303,6 +526,9 @@ enum Op {
     Beat(u8),
     Complete(u8),
     Fail(u8, bool),
+    Release(u8),
+    Unclaim(u8),
+    Steal(u8, u8),
     Cancel(u8),
     Tick(u16),
 }
@@ -314,6 +540,9 @@ fn op() -> impl Strategy<Value = Op> {
         (0u8..3).prop_map(Op::Beat),
         any::<u8>().prop_map(Op::Complete),
         (any::<u8>(), any::<bool>()).prop_map(|(j, r)| Op::Fail(j, r)),
+        any::<u8>().prop_map(Op::Release),
+        any::<u8>().prop_map(Op::Unclaim),
+        (any::<u8>(), 0u8..3).prop_map(|(j, w)| Op::Steal(j, w)),
         any::<u8>().prop_map(Op::Cancel),
         any::<u16>().prop_map(Op::Tick),
     ]
@@ -327,7 +556,7 @@ proptest! {
     #[test]
     fn invariants_hold_under_any_sequence(ops in proptest::collection::vec(op(), 1..120)) {
         let mut s = Scheduler::new(Config { lease_ms: 500, backoff_base_ms: 10, backoff_cap_ms: 100, ..Config::default() });
-        let workers: Vec<u64> = (0..3).map(|i| s.register(T0, caps(&format!("w{i}"), &[]))).collect();
+        let workers: Vec<u64> = (0..3).map(|i| register(&mut s, T0, &format!("w{i}"), &[])).collect();
         let mut held: Vec<(u64, LeaseRef)> = vec![];
         let mut now = T0;
         let mut seen: BTreeMap<JobId, (JobState, LeaseEpoch)> = BTreeMap::new();
@@ -337,8 +566,8 @@ proptest! {
                 Op::Submit(a, n, p) => { let _ = s.submit(now, sub(a, n as usize, i32::from(p), &[])); }
                 Op::Claim(w, n) => {
                     let worker = workers[w as usize];
-                    if let Ok((got, _)) = s.claim(now, worker, u32::from(n)) {
-                        held.extend(got.iter().map(|j| (worker, lease_of(j))));
+                    if let Ok((got, _)) = s.claim(now, worker, u32::from(n), 600) {
+                        held.extend(got.iter().map(|l| (worker, lease_of(l))));
                     }
                 }
                 Op::Beat(w) => {
@@ -353,6 +582,31 @@ proptest! {
                 Op::Fail(k, r) if !held.is_empty() => {
                     let (w, l) = held.remove(k as usize % held.len());
                     let _ = s.fail(now, w, l, "x", r, u64::from(k) * 7919);
+                }
+                Op::Release(k) if !held.is_empty() => {
+                    let (w, l) = held.remove(k as usize % held.len());
+                    let before = s.job(l.job).map(|j| j.attempts);
+                    if s.release(now, w, l, "local").is_ok() {
+                        prop_assert_eq!(s.job(l.job).map(|j| j.attempts + 1), before, "release costs no attempt");
+                    }
+                }
+                Op::Unclaim(k) if !held.is_empty() => {
+                    let (w, l) = held.remove(k as usize % held.len());
+                    let _ = s.unclaim(now, w, &[l]);
+                }
+                Op::Steal(k, thief) if !held.is_empty() => {
+                    let (w, l) = held[k as usize % held.len()];
+                    let thief = workers[thief as usize];
+                    if thief != w {
+                        let before = s.job(l.job).cloned();
+                        let _ = s.complete(now, thief, l, output());
+                        let _ = s.fail(now, thief, l, "x", false, 0);
+                        let _ = s.release(now, thief, l, "x");
+                        let _ = s.unclaim(now, thief, &[l]);
+                        let (beat, _) = s.heartbeat(now, thief, &[l]).unwrap();
+                        prop_assert!(beat.extended.is_empty() && beat.cancelled.is_empty());
+                        prop_assert_eq!(s.job(l.job).cloned(), before, "another worker's lease is untouchable");
+                    }
                 }
                 Op::Cancel(k) => { let _ = s.cancel(now, JobId(u64::from(k) % 40 + 1)); }
                 Op::Tick(dt) => { now += u64::from(dt); let _ = s.tick(now); }

@@ -191,11 +191,18 @@ impl Agq {
         }
         let (plan, digest) = self.plan(COMPONENT, &[]);
         let (action, _) = self.action(digest, inputs, max_attempts);
-        match planner.request(&Request::Submit { plan, action }).await.unwrap() {
+        match planner.request(&submit_of(planner, &plan, &action).await).await.unwrap() {
             Response::Submitted { jobs, .. } => jobs,
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// Uploads both envelopes as blobs and returns the submit request naming them.
+pub async fn submit_of(planner: &Client, plan: &Envelope, action: &Envelope) -> Request {
+    let (plan, action) = (plan.to_json(), action.to_json());
+    planner.put_many(&[&plan, &action], false).await.unwrap();
+    Request::Submit { plan: Digest::of(&plan), action: Digest::of(&action) }
 }
 
 /// The bytes [`Agq::submit`] uploads as the plan's component.
@@ -260,20 +267,22 @@ pub fn caps(name: &str) -> agenix_proto::job::Capabilities {
     }
 }
 
+/// Registers a worker named `name` on this connection, with a fresh instance secret.
 pub async fn register(worker: &Client, name: &str) -> u64 {
-    match worker.request(&Request::Register { capabilities: caps(name) }).await.unwrap() {
+    register_as(worker, name, &hex(&rand16())).await
+}
+
+/// Registers the worker of `instance` on this connection.
+pub async fn register_as(worker: &Client, name: &str, instance: &str) -> u64 {
+    let req = Request::Register { capabilities: caps(name), instance: instance.into() };
+    match worker.request(&req).await.unwrap() {
         Response::Registered { worker, .. } => worker,
         other => panic!("{other:?}"),
     }
 }
 
-pub async fn claim(
-    worker: &Client,
-    id: u64,
-    max: u32,
-    wait_ms: u32,
-) -> Vec<agenix_proto::job::Lease> {
-    match worker.request(&Request::Claim { worker: id, max, wait_ms }).await.unwrap() {
+pub async fn claim(worker: &Client, max: u32, wait_ms: u32) -> Vec<agenix_proto::job::Lease> {
+    match worker.request(&Request::Claim { max, wait_ms }).await.unwrap() {
         Response::Leases { leases } => leases,
         other => panic!("{other:?}"),
     }
@@ -329,10 +338,9 @@ pub async fn jobs_of(c: &Client, action: &ActionId) -> Vec<JobRecord> {
 /// A heartbeat's answer: (extended, cancelled, lost).
 pub async fn heartbeat(
     worker: &Client,
-    id: u64,
     leases: &[LeaseRef],
 ) -> (Vec<LeaseRef>, Vec<LeaseRef>, Vec<LeaseRef>) {
-    let req = Request::Heartbeat { worker: id, leases: leases.to_vec() };
+    let req = Request::Heartbeat { leases: leases.to_vec() };
     match worker.request(&req).await.unwrap() {
         Response::HeartbeatOk { extended, cancelled, lost } => (extended, cancelled, lost),
         other => panic!("{other:?}"),
@@ -341,7 +349,12 @@ pub async fn heartbeat(
 
 /// A successful result without an output blob.
 pub fn no_output() -> JobOutput {
-    JobOutput { succeeded: true, reports: vec![], output: None }
+    JobOutput {
+        succeeded: true,
+        failure: None,
+        reports: agenix_proto::job::Reports::Inline(vec![]),
+        output: None,
+    }
 }
 
 pub fn now_ms() -> u64 {

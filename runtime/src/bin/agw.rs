@@ -22,7 +22,7 @@ use agenix_runtime::exec::{MountConfig, Resources};
 use agenix_runtime::store::LocalStore;
 use agenix_runtime::tools;
 use agenix_runtime::worker::config::FileConfig;
-use agenix_runtime::worker::{Settings, Worker};
+use agenix_runtime::worker::{MAX_CONCURRENCY, Settings, Worker};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
@@ -161,7 +161,10 @@ fn run(args: RunArgs) -> Result<()> {
     let trust = args.trust.or(file.trust).ok_or_else(|| need("trust file (--trust)"))?;
     let name =
         args.name.or(file.name).unwrap_or_else(|| nix_hostname().unwrap_or_else(|| "agw".into()));
-    let concurrency = args.concurrency.or(file.concurrency).unwrap_or(4).clamp(1, 256);
+    let concurrency = args.concurrency.or(file.concurrency).unwrap_or(4);
+    if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
+        bail!("concurrency {concurrency} is outside 1..={MAX_CONCURRENCY}");
+    }
     let cache_dir = match args.cache_dir.or(file.cache_dir) {
         Some(d) => d,
         None => std::env::var_os("HOME")
@@ -233,8 +236,12 @@ fn run(args: RunArgs) -> Result<()> {
             concurrency,
             labels: file.labels.clone(),
             resources,
+            state_dir: cache_dir.clone(),
         };
-        let worker = Worker::new(settings, wasm, native, LocalStore::new(cache_dir.join("blobs")));
+        let worker = Worker::new(settings, wasm, native, LocalStore::new(cache_dir.join("blobs")))
+            .with_context(|| {
+                format!("cannot keep the worker's state in {}", cache_dir.display())
+            })?;
         worker.run(shutdown()).await;
         anyhow::Ok(())
     })

@@ -2,11 +2,23 @@
 //! lease end to end, runs it through the one DAG executor, heartbeats its leases, delivers
 //! results (keeping them across queue restarts until delivered), reconnects with backoff,
 //! and drains on shutdown.
+//!
+//! It believes nothing the queue says. A lease names a plan envelope, an action envelope
+//! and an input index; the worker fetches the envelopes (once, then from its cache),
+//! verifies them itself, takes the input from the verified action and fetches it capped
+//! at its signed size. It refuses a lease it already holds and leases beyond its
+//! concurrency, and declines a job it has already run (`ledger.rs`, kept on disk until the
+//! action expires). What it cannot verify or run is classified (`lease.rs`): a cause of
+//! its own is declined (the queue offers the job to others; no attempt is counted), a proof
+//! of forgery fails the job for good, anything else is retried.
 
+mod cache;
 pub mod config;
+mod lease;
+pub mod ledger;
 pub mod verify;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,20 +29,27 @@ use agenix_host::native::NativeHost;
 use agenix_host::wasm::WasmHost;
 use agenix_proto::job::{Capabilities, JobOutput, Lease, LeaseRef};
 use agenix_proto::link::{Client, LinkError};
-use agenix_proto::wire::{ClientRole, ErrorCode, Request, Response};
-use agenix_proto::{Digest, Fingerprint, InputRef, Trust};
-use bytes::Bytes;
+use agenix_proto::wire::{
+    ClientRole, ErrorCode, FrameError, MAX_HEARTBEAT_LEASES, Request, Response,
+};
+use agenix_proto::{Digest, Fingerprint, Trust, VerifiedAction, VerifiedPlan};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
-use crate::exec::{ComponentSource, Executable, FetchError, HostRunner, Resources, execute};
+use crate::exec::{ComponentSource, FetchError, HostRunner, Resources};
 use crate::store::LocalStore;
+use cache::Bounded;
+use ledger::{JobKey, Ledger};
 
-/// Largest input or component a worker fetches.
-pub const MAX_BLOB: u64 = 1 << 30;
+/// Most jobs one worker runs at once.
+pub const MAX_CONCURRENCY: u32 = 256;
+/// Largest component a worker fetches.
+pub const MAX_COMPONENT: u64 = 1 << 30;
 /// How long a request may go unanswered before the connection is presumed dead.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of verified envelopes kept.
+const ENVELOPE_CACHE_BYTES: usize = 64 << 20;
 
 /// Everything a worker is told.
 #[derive(Debug, Clone)]
@@ -51,23 +70,33 @@ pub struct Settings {
     pub labels: std::collections::BTreeSet<String>,
     /// Mounts, defaults and ceilings.
     pub resources: Resources,
+    /// Where the worker keeps what must survive a restart (the jobs it ran).
+    pub state_dir: PathBuf,
 }
 
-/// A failure to report.
+/// How a lease ended at this worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    /// Why.
-    pub reason: String,
-    /// Whether another attempt may work.
-    pub retryable: bool,
+pub enum Verdict {
+    /// It ran: the result.
+    Done(Box<JobOutput>),
+    /// It could not run: retry it (`retryable`), or it never can (a proof of forgery, or
+    /// a plan no worker accepts).
+    Fail {
+        /// Why.
+        reason: String,
+        /// Whether another attempt may work.
+        retryable: bool,
+    },
+    /// This worker cannot run it, for a cause of its own: other workers may.
+    Decline(String),
 }
 
-impl Failure {
+impl Verdict {
     fn permanent(reason: impl Into<String>) -> Self {
-        Self { reason: reason.into(), retryable: false }
+        Self::Fail { reason: reason.into(), retryable: false }
     }
     fn transient(reason: impl Into<String>) -> Self {
-        Self { reason: reason.into(), retryable: true }
+        Self::Fail { reason: reason.into(), retryable: true }
     }
 }
 
@@ -79,30 +108,32 @@ struct Session {
     heartbeat: Duration,
 }
 
-/// The trust file, re-read whenever it changes.
+/// The trust file, re-read whenever it changes; each reading has a new generation.
 #[derive(Debug)]
 struct TrustFile {
     path: PathBuf,
     seen: Option<(SystemTime, u64)>,
+    generation: u64,
     trust: Result<Trust, String>,
 }
 
 impl TrustFile {
-    fn current(&mut self) -> Result<Trust, String> {
+    fn current(&mut self) -> (u64, Result<Trust, String>) {
         let stamp =
             std::fs::metadata(&self.path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
         if stamp.is_none() || stamp != self.seen {
             self.seen = stamp;
+            self.generation += 1;
             self.trust = std::fs::read(&self.path)
                 .map_err(|e| format!("cannot read the trust file {}: {e}", self.path.display()))
                 .and_then(|b| {
                     Trust::from_json(&b).map_err(|e| format!("the trust file is invalid: {e}"))
                 });
             if let Err(e) = &self.trust {
-                warn!(error = %e, "every lease will fail until the trust file is fixed");
+                warn!(error = %e, "every lease will be declined until the trust file is fixed");
             }
         }
-        self.trust.clone()
+        (self.generation, self.trust.clone())
     }
 }
 
@@ -122,7 +153,7 @@ impl ComponentSource for QueueSource {
             .worker
             .upgrade()
             .ok_or_else(|| FetchError::Transient("the worker is stopping".into()))?;
-        let bytes = worker.fetch(digest).await?;
+        let bytes = worker.fetch(digest, MAX_COMPONENT).await?;
         if let Err(e) = self.cache.put(&bytes) {
             warn!(error = %e, "cannot cache a component");
         }
@@ -130,14 +161,27 @@ impl ComponentSource for QueueSource {
     }
 }
 
+/// A running lease.
+#[derive(Debug)]
+struct Running {
+    abort: AbortHandle,
+}
+
 /// A worker.
 pub struct Worker {
     settings: Settings,
+    /// The secret this process registers with: its id at the queue derives from it.
+    instance: String,
     native: Option<Arc<NativeHost>>,
     runner: std::sync::OnceLock<Arc<HostRunner<QueueSource>>>,
     session: tokio::sync::Mutex<Option<Session>>,
     trust: Mutex<TrustFile>,
-    running: Mutex<HashMap<LeaseRef, AbortHandle>>,
+    running: Mutex<HashMap<LeaseRef, Running>>,
+    /// Jobs being run now, by what was signed.
+    active: Mutex<HashSet<JobKey>>,
+    ledger: Mutex<Ledger>,
+    plans: Mutex<Bounded<(Digest, u64), Arc<VerifiedPlan>>>,
+    actions: Mutex<Bounded<(Digest, u64), Arc<VerifiedAction>>>,
     slot_free: Notify,
 }
 
@@ -155,32 +199,48 @@ fn now_s() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Connection errors (worth reconnecting for), as opposed to the queue's answers.
+/// Connection errors (worth reconnecting for), as opposed to the queue's answers and to
+/// messages this side could never send.
 fn is_link_failure(e: &LinkError) -> bool {
-    !matches!(e, LinkError::Remote { .. } | LinkError::BlobMismatch { .. })
+    !matches!(
+        e,
+        LinkError::Remote { .. }
+            | LinkError::BlobMismatch { .. }
+            | LinkError::Frame(FrameError::TooLarge(_) | FrameError::Invalid(_))
+    )
 }
 
 impl Worker {
     /// A worker over `wasm` (and `native`, if this host runs native tools), caching
-    /// components in `cache`.
+    /// components in `cache`. Fails when its state directory cannot be used.
     pub fn new(
         settings: Settings,
         wasm: Arc<WasmHost>,
         native: Option<Arc<NativeHost>>,
         cache: LocalStore,
-    ) -> Arc<Self> {
+    ) -> std::io::Result<Arc<Self>> {
         let trust = TrustFile {
             path: settings.trust.clone(),
             seen: None,
+            generation: 0,
             trust: Err("not read yet".into()),
         };
+        std::fs::create_dir_all(&settings.state_dir)?;
+        let ledger = Ledger::open(&settings.state_dir.join("ran.jsonl"), now_s())?;
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| std::io::Error::other(e.to_string()))?;
         let worker = Arc::new(Self {
+            instance: hex::encode(secret),
             settings,
             native: native.clone(),
             runner: std::sync::OnceLock::new(),
             session: tokio::sync::Mutex::new(None),
             trust: Mutex::new(trust),
             running: Mutex::new(HashMap::new()),
+            active: Mutex::new(HashSet::new()),
+            ledger: Mutex::new(ledger),
+            plans: Mutex::new(Bounded::new(ENVELOPE_CACHE_BYTES)),
+            actions: Mutex::new(Bounded::new(ENVELOPE_CACHE_BYTES)),
             slot_free: Notify::new(),
         });
         let source = QueueSource { worker: Arc::downgrade(&worker), cache };
@@ -189,7 +249,7 @@ impl Worker {
             runner = runner.with_native(n);
         }
         let _ = worker.runner.set(Arc::new(runner));
-        worker
+        Ok(worker)
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -234,40 +294,49 @@ impl Worker {
     async fn connect(&self) -> Result<Session, LinkError> {
         let s = &self.settings;
         let client = Client::connect(s.queue, s.fingerprint, ClientRole::Worker, &s.token).await?;
-        match client.request(&Request::Register { capabilities: self.capabilities() }).await? {
-            Response::Registered { worker, heartbeat_ms, .. } => Ok(Session {
+        let register = Request::Register {
+            capabilities: self.capabilities(),
+            instance: self.instance.clone(),
+        };
+        match client.request(&register).await {
+            Ok(Response::Registered { worker, heartbeat_ms, .. }) => Ok(Session {
                 client,
                 worker,
                 heartbeat: Duration::from_millis(heartbeat_ms.max(100)),
             }),
-            other => {
+            Ok(other) => {
+                client.close();
                 Err(LinkError::Unexpected { request: "register", answer: format!("{other:?}") })
+            }
+            Err(e) => {
+                client.close();
+                Err(e)
             }
         }
     }
 
     async fn drop_session(&self, stale: &Session) {
         let mut guard = self.session.lock().await;
-        if guard.as_ref().is_some_and(|s| s.worker == stale.worker) {
+        if guard.as_ref().is_some_and(|s| s.client.is_closed() || s.worker == stale.worker) {
             stale.client.close();
             *guard = None;
         }
     }
 
-    /// Sends a request built for the current session, reconnecting on link failures until
-    /// the queue answers (its errors are returned).
-    async fn call(&self, build: impl Fn(u64) -> Request) -> Result<Response, LinkError> {
+    /// Sends `req`, reconnecting on link failures and waiting out throttling, until the
+    /// queue answers (its errors are returned).
+    async fn call(&self, req: &Request) -> Result<Response, LinkError> {
         loop {
             let s = self.session().await;
-            let req = build(s.worker);
-            // A long poll waits up to its own wait on the queue; anything else answers fast.
-            let limit = match &req {
+            // A long poll waits up to its own wait on the queue; anything else answers fast
+            // (the client itself waits out throttling for up to a minute).
+            let limit = match req {
                 Request::Claim { wait_ms, .. } => {
                     Duration::from_millis(u64::from(*wait_ms)) + REQUEST_TIMEOUT
                 }
-                _ => REQUEST_TIMEOUT,
+                _ => REQUEST_TIMEOUT + agenix_proto::link::THROTTLE_PATIENCE,
             };
-            let answer = tokio::time::timeout(limit, s.client.request(&req))
+            let answer = tokio::time::timeout(limit, s.client.request(req))
                 .await
                 .unwrap_or_else(|_| Err(LinkError::Connection("no answer in time".into())));
             match answer {
@@ -275,10 +344,14 @@ impl Worker {
                     warn!(error = %e, "lost the queue; reconnecting");
                     self.drop_session(&s).await;
                 }
+                Err(e) if e.code() == Some(ErrorCode::RateLimited) => {
+                    warn!("the queue keeps throttling this worker; waiting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 Err(LinkError::Remote { code: ErrorCode::BadRequest, message, .. })
                     if message.contains("register first") =>
                 {
-                    // The queue restarted and forgot this worker: register again.
+                    // The queue forgot this worker: register again.
                     self.drop_session(&s).await;
                 }
                 other => return other,
@@ -286,24 +359,51 @@ impl Worker {
         }
     }
 
-    async fn fetch(&self, digest: Digest) -> Result<Vec<u8>, FetchError> {
+    /// Fetches a blob, at most `max` bytes, across reconnects and throttling.
+    async fn fetch(&self, digest: Digest, max: u64) -> Result<Vec<u8>, FetchError> {
         for _ in 0..5 {
             let s = self.session().await;
-            match s.client.get_blob(digest, MAX_BLOB).await {
+            match s.client.get_blob(digest, max).await {
                 Ok(b) => return Ok(b),
                 Err(e @ LinkError::BlobMismatch { .. }) => {
                     return Err(FetchError::Unavailable(e.to_string()));
                 }
-                Err(LinkError::Remote { code: ErrorCode::NotFound, message, .. }) => {
+                Err(LinkError::Remote {
+                    code: code @ (ErrorCode::NotFound | ErrorCode::TooLarge),
+                    message,
+                    ..
+                }) => {
+                    let _ = code;
                     return Err(FetchError::Unavailable(message));
                 }
                 Err(e) if is_link_failure(&e) => self.drop_session(&s).await,
+                Err(e) if e.code() == Some(ErrorCode::RateLimited) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 Err(e) => return Err(FetchError::Transient(e.to_string())),
             }
         }
         Err(FetchError::Transient(format!(
-            "cannot fetch {digest}: the queue keeps dropping the connection"
+            "cannot fetch {digest}: the queue keeps dropping the connection or throttling"
         )))
+    }
+
+    /// Stores blobs at the queue in one request, across reconnects and throttling.
+    async fn upload(&self, blobs: &[&[u8]]) -> Result<(), String> {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let s = self.session().await;
+            match s.client.put_many(blobs, false).await {
+                Ok(_) => return Ok(()),
+                Err(e) if is_link_failure(&e) => {
+                    last = e.to_string();
+                    self.drop_session(&s).await;
+                }
+                Err(e) if e.code() == Some(ErrorCode::RateLimited) => last = e.to_string(),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err(last)
     }
 
     /// Runs until `shutdown` resolves, then stops claiming and waits for running jobs
@@ -314,24 +414,20 @@ impl Worker {
         loop {
             // Made before the count is read, so a slot freed in between still wakes it.
             let freed = self.slot_free.notified();
-            let free = self.settings.concurrency.saturating_sub(lock(&self.running).len() as u32);
+            let free = self.free_slots();
             if free == 0 {
                 tokio::select! {
                     () = &mut shutdown => break,
                     () = freed => continue,
                 }
             }
-            let claim = self.call(|w| Request::Claim { worker: w, max: free, wait_ms: 5_000 });
+            let claim = Request::Claim { max: free, wait_ms: 5_000 };
             let answer = tokio::select! {
                 () = &mut shutdown => break,
-                a = claim => a,
+                a = self.call(&claim) => a,
             };
             match answer {
-                Ok(Response::Leases { leases }) => {
-                    for lease in leases {
-                        self.start(lease);
-                    }
-                }
+                Ok(Response::Leases { leases }) => self.take(leases),
                 Ok(other) => warn!(answer = ?other, "unexpected answer to claim"),
                 Err(e) => {
                     warn!(error = %e, "claim refused");
@@ -355,94 +451,62 @@ impl Worker {
         }
     }
 
+    fn free_slots(&self) -> u32 {
+        self.settings.concurrency.saturating_sub(lock(&self.running).len() as u32)
+    }
+
+    /// Starts the leases of a claim's answer: a lease of a job already running here is
+    /// ignored, and leases beyond the concurrency are given back.
+    fn take(self: &Arc<Self>, leases: Vec<Lease>) {
+        for lease in leases {
+            let key = lease.lease;
+            let duplicate = lock(&self.running).keys().any(|l| l.job == key.job);
+            if duplicate {
+                warn!(job = %key.job, "the queue leased a job this worker is running: ignored");
+                continue;
+            }
+            if self.free_slots() == 0 {
+                warn!(job = %key.job, "the queue leased more than this worker's concurrency");
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let why =
+                        format!("over this worker's concurrency of {}", me.settings.concurrency);
+                    me.deliver(key, Verdict::Decline(why)).await;
+                });
+                continue;
+            }
+            self.start(lease);
+        }
+    }
+
     fn start(self: &Arc<Self>, lease: Lease) {
         let key = lease.lease;
         let me = self.clone();
         // Held until the entry is in: a job that ends at once must find it to remove it.
         let mut running = lock(&self.running);
         let handle = tokio::spawn(async move {
-            let result = me.run_lease(&lease).await;
-            me.deliver(key, result).await;
+            let verdict = me.run_lease(&lease).await;
+            me.deliver(key, verdict).await;
             lock(&me.running).remove(&key);
             me.slot_free.notify_waiters();
         });
-        running.insert(key, handle.abort_handle());
+        running.insert(key, Running { abort: handle.abort_handle() });
     }
 
-    /// Verifies and runs one lease.
-    async fn run_lease(&self, lease: &Lease) -> Result<JobOutput, Failure> {
-        let trust = lock(&self.trust).current().map_err(Failure::permanent)?;
-        let resources = &self.settings.resources;
-        let v =
-            verify::verify(lease, &trust, now_s(), &self.settings.fingerprint, &resources.ceilings)
-                .map_err(Failure::permanent)?;
-        let tools = |t: &agenix_proto::ToolName| -> Result<(), String> {
-            match &self.native {
-                None => Err(format!("native tool \"{t}\": this worker runs no native tools")),
-                Some(n) => match (n.allowlist().get(t), n.refusal()) {
-                    (None, _) => Err(format!("tool \"{t}\" is not in this worker's allowlist")),
-                    (Some(_), Some(why)) => Err(why),
-                    (Some(_), None) => Ok(()),
-                },
+    /// Delivers a verdict, across reconnects, until the queue takes or refuses it.
+    async fn deliver(&self, lease: LeaseRef, verdict: Verdict) {
+        let req = match verdict {
+            Verdict::Done(output) => Request::Complete { lease, output: *output },
+            Verdict::Fail { reason, retryable } => {
+                warn!(job = %lease.job, %reason, retryable, "job failed");
+                Request::Fail { lease, reason, retryable }
+            }
+            Verdict::Decline(reason) => {
+                warn!(job = %lease.job, %reason, "job declined: another worker may run it");
+                Request::Release { lease, reason }
             }
         };
-        verify::preflight(&v.plan, resources, &tools).map_err(Failure::permanent)?;
-        let input = match &lease.input {
-            None => Bytes::new(),
-            Some(i) => Bytes::from(self.fetch(i.digest).await.map_err(|e| match e {
-                FetchError::Unavailable(m) => Failure::permanent(format!("input: {m}")),
-                FetchError::Transient(m) => Failure::transient(format!("input: {m}")),
-            })?),
-        };
-        let runner = self
-            .runner
-            .get()
-            .cloned()
-            .ok_or_else(|| Failure::transient("the worker is starting"))?;
-        info!(job = %lease.lease.job, attempt = lease.attempt, "running");
-        let result = execute(Executable::verified(&v.plan), input, runner)
-            .await
-            .map_err(|e| Failure::transient(e.to_string()))?;
-        let output_ran =
-            result.reports.iter().any(|r| r.task == v.plan.plan().output && r.outcome.is_success());
-        let output = if output_ran {
-            let blob =
-                InputRef { digest: Digest::of(&result.output), size: result.output.len() as u64 };
-            loop {
-                let s = self.session().await;
-                match s.client.put_blob(&result.output).await {
-                    Ok(_) => break,
-                    Err(e) if is_link_failure(&e) => self.drop_session(&s).await,
-                    Err(e) => {
-                        return Err(Failure::transient(format!("cannot store the output: {e}")));
-                    }
-                }
-            }
-            Some(blob)
-        } else {
-            None
-        };
-        Ok(JobOutput { succeeded: result.succeeded, reports: result.reports, output })
-    }
-
-    /// Delivers a result, across reconnects, until the queue takes or refuses it.
-    async fn deliver(&self, lease: LeaseRef, result: Result<JobOutput, Failure>) {
-        let answer = match &result {
-            Ok(output) => {
-                self.call(|w| Request::Complete { worker: w, lease, output: output.clone() }).await
-            }
-            Err(f) => {
-                warn!(job = %lease.job, reason = %f.reason, retryable = f.retryable, "job failed");
-                self.call(|w| Request::Fail {
-                    worker: w,
-                    lease,
-                    reason: f.reason.clone(),
-                    retryable: f.retryable,
-                })
-                .await
-            }
-        };
-        match answer {
+        match self.call(&req).await {
             Ok(Response::Recorded { state, .. }) => {
                 info!(job = %lease.job, state = state.name(), "result recorded")
             }
@@ -457,38 +521,46 @@ impl Worker {
             let every = self.session().await.heartbeat;
             tokio::time::sleep(every).await;
             let leases: Vec<LeaseRef> = lock(&self.running).keys().copied().collect();
-            if leases.is_empty() {
-                continue;
+            for chunk in leases.chunks(MAX_HEARTBEAT_LEASES) {
+                self.heartbeat(chunk).await;
             }
-            match self.call(|w| Request::Heartbeat { worker: w, leases: leases.clone() }).await {
-                Ok(Response::HeartbeatOk { cancelled, lost, .. }) => {
-                    for l in cancelled {
-                        if let Some(h) = lock(&self.running).remove(&l) {
-                            h.abort();
-                            info!(job = %l.job, "cancelled: sandboxes stopped");
-                            self.slot_free.notify_waiters();
-                            let me = self.clone();
-                            tokio::spawn(async move {
-                                me.deliver(l, Err(Failure::permanent("cancelled"))).await;
-                            });
-                        }
-                    }
-                    for l in lost {
-                        if let Some(h) = lock(&self.running).remove(&l) {
-                            h.abort();
-                            warn!(job = %l.job, "lease lost: stopped");
-                            self.slot_free.notify_waiters();
-                        }
+        }
+    }
+
+    async fn heartbeat(self: &Arc<Self>, leases: &[LeaseRef]) {
+        match self.call(&Request::Heartbeat { leases: leases.to_vec() }).await {
+            Ok(Response::HeartbeatOk { cancelled, lost, .. }) => {
+                for l in cancelled {
+                    if let Some(r) = lock(&self.running).remove(&l) {
+                        r.abort.abort();
+                        info!(job = %l.job, "cancelled: sandboxes stopped");
+                        self.slot_free.notify_waiters();
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            me.deliver(l, Verdict::permanent("cancelled")).await;
+                        });
                     }
                 }
-                Ok(other) => warn!(answer = ?other, "unexpected answer to a heartbeat"),
-                Err(e) => warn!(error = %e, "heartbeat refused"),
+                for l in lost {
+                    if let Some(r) = lock(&self.running).remove(&l) {
+                        r.abort.abort();
+                        warn!(job = %l.job, "lease lost: stopped");
+                        self.slot_free.notify_waiters();
+                    }
+                }
             }
+            Ok(other) => warn!(answer = ?other, "unexpected answer to a heartbeat"),
+            Err(e) => warn!(error = %e, "heartbeat refused"),
         }
     }
 
     /// Jobs running now.
     pub fn running(&self) -> usize {
         lock(&self.running).len()
+    }
+
+    /// The worker's id at the queue is derived from this secret.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 }

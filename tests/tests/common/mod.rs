@@ -105,13 +105,19 @@ impl Cluster {
 
     /// Starts a worker named `name`; its log goes to `<name>.log`.
     pub fn worker(&mut self, name: &str, extra: &[&str]) {
+        self.worker_trusting(name, "worker-trust.json", extra);
+    }
+
+    /// Starts a worker named `name` with its own trust file `trust` (in the cluster's
+    /// directory).
+    pub fn worker_trusting(&mut self, name: &str, trust: &str, extra: &[&str]) {
         let log = std::fs::File::create(self.path(&format!("{name}.log"))).unwrap();
         let child = Command::new(bin("agw"))
             .args(["--queue", &self.addr, "--fingerprint", &self.fingerprint])
             .arg("--token-file")
             .arg(self.path("queue/worker.token"))
             .arg("--trust")
-            .arg(self.path("worker-trust.json"))
+            .arg(self.path(trust))
             .arg("--cache-dir")
             .arg(self.path(&format!("{name}-cache")))
             .args(["--name", name])

@@ -1,12 +1,11 @@
-//! Making text from elsewhere safe to print on a terminal.
+//! Text that crosses a trust boundary (a worker's name, a failure reason, a task's stderr, a
+//! model card) made safe to keep and to print.
 //!
-//! A queue, a worker or an AU can put anything in a string agx prints: a dead job's reason,
-//! an error message, a worker's name, a task's stderr, a model card. On a terminal, control
-//! characters and escape sequences in such a string can move the cursor, rewrite what was
-//! printed before, set the window title or hide text, and Unicode bidirectional controls
+//! On a terminal, control characters and escape sequences can move the cursor, rewrite what
+//! was printed before, set the window title or hide text, and Unicode bidirectional controls
 //! can make text read differently from the bytes it holds (CVE-2021-42574). [`clean`]
-//! removes all of these before text is shown to people. JSON output is left as it is:
-//! scripts get the data, and JSON escapes what it must.
+//! removes all of these; [`truncate`] bounds a length. JSON output needs neither: JSON
+//! escapes what it must, and scripts get the data.
 
 use std::borrow::Cow;
 
@@ -16,7 +15,7 @@ use std::borrow::Cow;
 /// Unicode bidirectional controls: the embeddings and overrides U+202A..=U+202E, the
 /// isolates U+2066..=U+2069 and the marks U+200E, U+200F and U+061C. Everything else is
 /// kept as it is; a string with nothing to remove is returned borrowed.
-pub(crate) fn clean(s: &str) -> Cow<'_, str> {
+pub fn clean(s: &str) -> Cow<'_, str> {
     let Some(first) = s.find(removed) else {
         return Cow::Borrowed(s);
     };
@@ -45,7 +44,7 @@ fn removed(c: char) -> bool {
 
 /// The Unicode bidirectional formatting characters: marks, embeddings, overrides and
 /// isolates.
-fn is_bidi_control(c: char) -> bool {
+pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
@@ -99,6 +98,24 @@ fn skip_string(chars: &mut Chars<'_>) {
     }
 }
 
+/// [`clean`], on one line: newlines and tabs become spaces too.
+pub fn clean_line(s: &str) -> String {
+    clean(s).chars().map(|c| if c == '\n' || c == '\t' { ' ' } else { c }).collect()
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, marked with `…` when cut.
+pub fn truncate(s: &str, max: usize) -> Cow<'_, str> {
+    if s.len() <= max {
+        return Cow::Borrowed(s);
+    }
+    let mark = "…";
+    let mut cut = max.saturating_sub(mark.len());
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Cow::Owned(format!("{}{mark}", &s[..cut]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +159,16 @@ mod tests {
         }
         // Right-to-left text itself is text.
         assert_eq!(clean("שלום"), "שלום");
+    }
+
+    #[test]
+    fn one_line_and_truncation_keep_characters_whole() {
+        assert_eq!(clean_line("a\nb\tc\u{200F}"), "a b c");
+        assert_eq!(truncate("short", 10), "short");
+        let long = "é".repeat(10);
+        let cut = truncate(&long, 7);
+        assert!(cut.len() <= 7 && cut.ends_with('…'), "{cut}");
+        assert_eq!(truncate("abcdef", 4).chars().count(), 2);
     }
 
     #[test]

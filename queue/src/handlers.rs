@@ -1,0 +1,419 @@
+//! One handler per request.
+
+use std::time::{Duration, Instant};
+
+use agenix_proto::envelope::MAX_ENVELOPE_BYTES;
+use agenix_proto::job::Capabilities;
+use agenix_proto::job::{JobOutput, JobState, LeaseRef, MAX_INLINE_REPORTS, Reports, Requirements};
+use agenix_proto::wire::{
+    ErrorCode, MAX_BATCH_BLOBS, MAX_HEARTBEAT_LEASES, MAX_INSTANCE, MAX_PAGE, PAGE_BYTES, Request,
+    Response, json_len, write_frame,
+};
+use agenix_proto::{Digest, InputRef, Limits};
+use agenix_queue_core::{Refusal, Submission};
+use tokio::io::AsyncWriteExt;
+
+use crate::blobs::BlobError;
+use crate::limits::lock;
+use crate::server::{Conn, Durable, Queue, error, now_ms, random_u64, refusal, send_answer};
+use crate::store::Write;
+
+/// A worker's id: derived from the secret instance it registers with, so that the same
+/// process gets the same id on every connection (and from a restarted queue), and no other
+/// process can take it without the secret.
+pub fn worker_id(instance: &str) -> u64 {
+    let d = Digest::of(format!("agenix worker {instance}").as_bytes());
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&d.as_bytes()[..8]);
+    u64::from_be_bytes(id)
+}
+
+impl Queue {
+    pub(crate) async fn handle(&self, client: &Conn, req: Request) -> Response {
+        let now = now_ms();
+        match req {
+            Request::Hello { .. } => error(ErrorCode::BadRequest, "already authenticated"),
+            Request::Submit { plan, action } => self.submit(plan, action).await,
+            Request::Cancel { job } => match self.apply(|s| s.cancel(now, job), vec![]) {
+                Ok((state, done)) => match Self::durable(done).await {
+                    Ok(()) => Response::Cancel { job, state },
+                    Err(e) => e,
+                },
+                Err(r) => refusal(r),
+            },
+            Request::ListJobs { filter, after, limit } => {
+                let (jobs, next) =
+                    lock(&self.sched).list(&filter, after, limit.min(MAX_PAGE), PAGE_BYTES);
+                Response::Jobs { jobs, next }
+            }
+            Request::ShowJob { job } => match lock(&self.sched).job(job) {
+                Some(j) => Response::Job { job: j.clone() },
+                None => error(ErrorCode::NotFound, format!("no job {job}")),
+            },
+            Request::ListWorkers { after, limit } => {
+                let (workers, next) =
+                    lock(&self.sched).workers(after, limit.min(MAX_PAGE), PAGE_BYTES);
+                Response::Workers { workers, next }
+            }
+            Request::Stats {} => Response::Stats { stats: lock(&self.sched).stats(now) },
+            Request::Register { capabilities, instance } => {
+                self.register(client, capabilities, &instance)
+            }
+            Request::Heartbeat { leases } => {
+                let Some(worker) = registered(client) else { return unregistered() };
+                if leases.len() > MAX_HEARTBEAT_LEASES {
+                    return error(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "{} leases in one heartbeat, over the limit of {MAX_HEARTBEAT_LEASES}",
+                            leases.len()
+                        ),
+                    );
+                }
+                match self.apply(|s| s.heartbeat(now, worker, &leases), vec![]) {
+                    Ok((beat, done)) => match Self::durable(done).await {
+                        Ok(()) => Response::HeartbeatOk {
+                            extended: beat.extended,
+                            cancelled: beat.cancelled,
+                            lost: beat.lost,
+                        },
+                        Err(e) => e,
+                    },
+                    Err(r) => refusal(r),
+                }
+            }
+            Request::Complete { lease, output } => {
+                let Some(worker) = registered(client) else { return unregistered() };
+                if let Err((code, message)) = self.check_output(&output) {
+                    return error(code, message);
+                }
+                self.record(self.apply(|s| s.complete(now, worker, lease, output), vec![]), lease)
+                    .await
+            }
+            Request::Fail { lease, reason, retryable } => {
+                let Some(worker) = registered(client) else { return unregistered() };
+                let rand = random_u64();
+                let r =
+                    self.apply(|s| s.fail(now, worker, lease, &reason, retryable, rand), vec![]);
+                self.record(r, lease).await
+            }
+            Request::Release { lease, reason } => {
+                let Some(worker) = registered(client) else { return unregistered() };
+                let r = self.apply(|s| s.release(now, worker, lease, &reason), vec![]);
+                let answer = self.record(r, lease).await;
+                self.ready.notify_waiters();
+                answer
+            }
+            // Answered in `stream`, which owns the stream they need.
+            Request::PutBlobs { .. } | Request::GetBlob { .. } | Request::Claim { .. } => {
+                error(ErrorCode::Internal, "answered elsewhere")
+            }
+        }
+    }
+
+    fn register(&self, client: &Conn, capabilities: Capabilities, instance: &str) -> Response {
+        if instance.is_empty() || instance.len() > MAX_INSTANCE {
+            return error(
+                ErrorCode::BadRequest,
+                format!("the instance must be 1 to {MAX_INSTANCE} bytes"),
+            );
+        }
+        let id = worker_id(instance);
+        let concurrency = capabilities.concurrency;
+        let mut bound = lock(&client.worker);
+        if bound.is_some_and(|(w, _)| w != id) {
+            return error(
+                ErrorCode::BadRequest,
+                "another worker is already registered on this connection",
+            );
+        }
+        let now = now_ms();
+        let registered = lock(&self.sched).register(now, id, capabilities);
+        match registered {
+            Ok(worker) => {
+                if bound.is_none() {
+                    // The connection's budget is now sized by its concurrency: start it full.
+                    *lock(&client.bucket) = crate::limits::Bucket::default();
+                }
+                *bound = Some((worker, concurrency));
+                let cfg = *lock(&self.sched).config();
+                Response::Registered {
+                    worker,
+                    lease_ms: cfg.lease_ms,
+                    heartbeat_ms: cfg.heartbeat_ms,
+                }
+            }
+            Err(r) => refusal(r),
+        }
+    }
+
+    /// A result must name only blobs that are stored, and keep its inline reports small.
+    fn check_output(&self, output: &JobOutput) -> Result<(), (ErrorCode, String)> {
+        if let Reports::Inline(r) = &output.reports
+            && json_len(r) > MAX_INLINE_REPORTS
+        {
+            return Err((
+                ErrorCode::TooLarge,
+                format!("inline reports are over {MAX_INLINE_REPORTS} bytes: send them as a blob"),
+            ));
+        }
+        for blob in output.blobs() {
+            if self.blobs.size(&blob.digest) != Some(blob.size) {
+                return Err((
+                    ErrorCode::Invalid,
+                    format!(
+                        "blob {} ({} bytes) is not stored: upload it first",
+                        blob.digest, blob.size
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn record(&self, r: Result<(JobState, Durable), Refusal>, lease: LeaseRef) -> Response {
+        match r {
+            Ok((state, done)) => match Self::durable(done).await {
+                Ok(()) => Response::Recorded { job: lease.job, state },
+                Err(e) => e,
+            },
+            Err(r) => refusal(r),
+        }
+    }
+
+    pub(crate) async fn get_blob(&self, digest: Digest, mut send: quinn::SendStream) {
+        let Ok((mut file, size)) = self.blobs.open(&digest) else {
+            send_answer(
+                "get_blob",
+                &mut send,
+                &error(ErrorCode::NotFound, format!("no blob {digest}")),
+            )
+            .await;
+            return;
+        };
+        if write_frame(&mut send, &Response::Blob { digest, size }).await.is_err() {
+            tracing::warn!(%digest, "a blob could not be sent");
+            return;
+        }
+        match tokio::io::copy(&mut file, &mut send).await {
+            Ok(_) => {
+                let _ = send.flush().await;
+                let _ = send.finish();
+            }
+            Err(e) => tracing::debug!(%digest, error = %e, "a blob download stopped"),
+        }
+    }
+
+    /// Stores a batch of blobs read one after another from the stream. Each is checked on
+    /// its own; the first that fails stops the batch (those before it are stored).
+    pub(crate) async fn put_blobs(
+        &self,
+        blobs: Vec<InputRef>,
+        keep: bool,
+        recv: &mut quinn::RecvStream,
+    ) -> Response {
+        if blobs.len() > MAX_BATCH_BLOBS {
+            return stop_reading(
+                recv,
+                error(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "{} blobs in one batch, over the limit of {MAX_BATCH_BLOBS}",
+                        blobs.len()
+                    ),
+                ),
+            );
+        }
+        let total = blobs.iter().fold(0u64, |t, b| t.saturating_add(b.size));
+        // At least 1 MB/s, and never less than the request timeout.
+        let budget = self.settings.request_timeout + Duration::from_secs(total / (1 << 20));
+        let until = Instant::now() + budget;
+        let mut existed = 0u32;
+        for blob in &blobs {
+            let room = match self.blobs.reserve(blob.size) {
+                Ok(r) => r,
+                Err(e) => return stop_reading(recv, blob_error(e)),
+            };
+            let put = self.blobs.put(blob.digest, blob.size, room, recv);
+            match tokio::time::timeout_at(until.into(), put).await {
+                Err(_) => {
+                    return stop_reading(recv, error(ErrorCode::BadRequest, "upload too slow"));
+                }
+                Ok(Ok(true)) => existed += 1,
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => return stop_reading(recv, blob_error(e)),
+            }
+        }
+        if keep {
+            let digests: Vec<Digest> = blobs.iter().map(|b| b.digest).collect();
+            let writes = digests.iter().map(|d| Write::Keep(*d)).collect();
+            let done = match self.apply(|_| Ok(((), vec![])), writes) {
+                Ok(((), done)) => done,
+                Err(r) => return refusal(r),
+            };
+            if let Err(e) = Self::durable(done).await {
+                return e;
+            }
+            lock(&self.kept).extend(digests);
+        }
+        Response::BlobsStored { existed }
+    }
+
+    async fn submit(&self, plan_blob: Digest, action_blob: Digest) -> Response {
+        let now = now_ms();
+        let now_s = now / 1000;
+        let cap = MAX_ENVELOPE_BYTES as u64;
+        let (plan_bytes, action_bytes) = match (
+            self.blobs.read(&plan_blob, cap).await,
+            self.blobs.read(&action_blob, cap).await,
+        ) {
+            (Ok(p), Ok(a)) => (p, a),
+            (Err(e), _) => return error(ErrorCode::Invalid, format!("plan envelope: {e}")),
+            (_, Err(e)) => return error(ErrorCode::Invalid, format!("action envelope: {e}")),
+        };
+        let vp = match agenix_proto::verify_plan(&plan_bytes, &self.trust, now_s, &Limits::ABSOLUTE)
+        {
+            Ok(v) => v,
+            Err(e) => return error(ErrorCode::Invalid, format!("plan: {e}")),
+        };
+        let va =
+            match agenix_proto::verify_action(&action_bytes, &self.trust, now_s, &self.fingerprint)
+            {
+                Ok(v) => v,
+                Err(e) => return error(ErrorCode::Invalid, format!("action: {e}")),
+            };
+        if let Err(e) = va.check_plan(&vp) {
+            return error(ErrorCode::Invalid, e.to_string());
+        }
+        let a = va.action();
+        let components: Vec<Digest> =
+            vp.plan().wasm_tasks().filter_map(|(_, w)| w.digest).collect();
+        let mut missing: Vec<String> =
+            components.iter().filter(|d| !self.blobs.renew(d)).map(|d| d.to_string()).collect();
+        for input in &a.inputs {
+            match self.blobs.size(&input.digest) {
+                Some(size) if size == input.size => {
+                    self.blobs.renew(&input.digest);
+                }
+                Some(size) => missing.push(format!(
+                    "{} (stored with {size} bytes, the action says {})",
+                    input.digest, input.size
+                )),
+                None => missing.push(input.digest.to_string()),
+            }
+        }
+        if !missing.is_empty() {
+            missing.sort();
+            missing.dedup();
+            return error(
+                ErrorCode::Invalid,
+                format!("blobs not stored (upload them first): {}", missing.join(", ")),
+            );
+        }
+        let sub = Submission {
+            action: a.action_id.clone(),
+            payload: Digest::of(va.payload()),
+            envelope: action_blob,
+            plan_envelope: plan_blob,
+            components,
+            expires_at: a.expires_at.saturating_mul(1000),
+            plan: vp.digest(),
+            inputs: a.inputs.clone(),
+            priority: a.priority,
+            max_attempts: a.max_attempts,
+            requirements: Requirements::of(vp.plan()),
+        };
+        let result = self.apply(
+            |s| {
+                let (jobs, dup, changes) = s.submit(now, sub)?;
+                Ok(((jobs, dup), changes))
+            },
+            vec![],
+        );
+        match result {
+            Ok(((jobs, duplicate), done)) => {
+                if let Err(e) = Self::durable(done).await {
+                    return e;
+                }
+                self.ready.notify_waiters();
+                Response::Submitted { jobs, duplicate }
+            }
+            Err(r) => refusal(r),
+        }
+    }
+
+    /// Leases up to `max` jobs to the worker registered on `client`, waiting up to `wait_ms`
+    /// for one; stops waiting, leasing nothing, once `gone` resolves. A worker that lets a
+    /// lease expire while this claim waits is leased nothing by it either (it may be dead
+    /// with its connection not yet timed out; if alive, it claims again). The answer holds
+    /// at most [`PAGE_BYTES`] of leases.
+    pub(crate) async fn claim(
+        &self,
+        client: &Conn,
+        max: u32,
+        wait_ms: u32,
+        gone: impl Future<Output = impl Sized>,
+    ) -> Response {
+        let Some(worker) = registered(client) else { return unregistered() };
+        let max = max.clamp(1, 64);
+        let until = Instant::now() + Duration::from_millis(u64::from(wait_ms.min(30_000)));
+        let since = now_ms();
+        tokio::pin!(gone);
+        loop {
+            let woken = self.ready.notified();
+            let now = now_ms();
+            let claimed = self.apply(
+                |s| {
+                    if s.unresponsive_since(worker, since) {
+                        Ok((vec![], vec![]))
+                    } else {
+                        s.claim(now, worker, max, PAGE_BYTES)
+                    }
+                },
+                vec![],
+            );
+            let (leases, done) = match claimed {
+                Ok(v) => v,
+                Err(r) => return refusal(r),
+            };
+            if !leases.is_empty() {
+                if let Err(e) = Self::durable(done).await {
+                    return e;
+                }
+                return Response::Leases { leases };
+            }
+            if Self::durable(done).await.is_err() || Instant::now() >= until {
+                return Response::Leases { leases: vec![] };
+            }
+            tokio::select! {
+                _ = tokio::time::timeout_at(until.into(), woken) => {}
+                _ = &mut gone => return Response::Leases { leases: vec![] },
+            }
+        }
+    }
+}
+
+/// The worker registered on this connection.
+fn registered(client: &Conn) -> Option<u64> {
+    lock(&client.worker).map(|(id, _)| id)
+}
+
+/// The answer to a worker request on a connection where no worker registered.
+fn unregistered() -> Response {
+    error(ErrorCode::BadRequest, "no worker is registered on this connection: register first")
+}
+
+fn blob_error(e: BlobError) -> Response {
+    let code = match &e {
+        BlobError::TooLarge { .. } | BlobError::Quota { .. } => ErrorCode::TooLarge,
+        BlobError::Mismatch { .. } | BlobError::Short { .. } => ErrorCode::Invalid,
+        BlobError::Io(_) => ErrorCode::Internal,
+    };
+    error(code, e.to_string())
+}
+
+/// The answer to an upload refused part way: the rest of its bytes are not read.
+fn stop_reading(recv: &mut quinn::RecvStream, answer: Response) -> Response {
+    let _ = recv.stop(0u32.into());
+    answer
+}

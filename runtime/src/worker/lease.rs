@@ -1,0 +1,219 @@
+//! One lease, from the digests the queue names to a verdict: fetch and verify the envelopes,
+//! find the input the action signed, check this worker can run every task and has not run
+//! the job before, record that it runs it, fetch the input, run it, store its results.
+//!
+//! Every failure is classified. A cause of this worker's own (its trust file, its clock, a
+//! tool, mount or ceiling it lacks, a job it already ran) declines the job; a proof that
+//! the queue or a signer lied (bytes that do not match their digest, a bad signature by a
+//! trusted key, an input the action does not name, a plan no worker accepts) fails it for
+//! good; a failure of the link or of storage is retried.
+
+use std::sync::Arc;
+
+use agenix_proto::envelope::MAX_ENVELOPE_BYTES;
+use agenix_proto::job::{JobOutput, Lease, Reports};
+use agenix_proto::report::first_failure;
+use agenix_proto::{
+    Digest, InputRef, Limits, Trust, VerifiedAction, VerifiedPlan, VerifyError, verify_action,
+    verify_plan,
+};
+use bytes::Bytes;
+use tracing::info;
+
+use super::ledger::JobKey;
+use super::{Verdict, Worker, lock, now_s};
+use crate::exec::{Executable, FetchError, execute};
+
+/// Removes a job from the set of jobs running here when its run ends, however it ends.
+struct Active<'a> {
+    worker: &'a Worker,
+    key: JobKey,
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        lock(&self.worker.active).remove(&self.key);
+    }
+}
+
+/// What a verification failure means for the job.
+fn classify(what: &str, e: &VerifyError) -> Verdict {
+    if e.is_local() {
+        Verdict::Decline(format!("{what}: {e}"))
+    } else {
+        Verdict::permanent(format!("{what}: {e}"))
+    }
+}
+
+/// A failed fetch of something signed: bytes that are not what was signed, or that the
+/// queue does not have, are final; a failing link is not.
+fn fetch_failure(what: &str, e: FetchError) -> Verdict {
+    match e {
+        FetchError::Unavailable(m) => Verdict::permanent(format!("{what}: {m}")),
+        FetchError::Transient(m) => Verdict::transient(format!("{what}: {m}")),
+    }
+}
+
+impl Worker {
+    /// Verifies and runs one lease.
+    pub(super) async fn run_lease(&self, lease: &Lease) -> Verdict {
+        match self.try_lease(lease).await {
+            Ok(v) | Err(v) => v,
+        }
+    }
+
+    async fn try_lease(&self, lease: &Lease) -> Result<Verdict, Verdict> {
+        let (generation, trust) = lock(&self.trust).current();
+        let trust =
+            trust.map_err(|e| Verdict::Decline(format!("this worker's trust file: {e}")))?;
+        let now = now_s();
+        let plan = self.verified_plan(lease.plan, generation, &trust).await?;
+        plan.check_time(now).map_err(|e| classify("plan", &e))?;
+        let action = self.verified_action(lease.action, generation, &trust).await?;
+        action.check_time(now).map_err(|e| classify("action", &e))?;
+        action.check_plan(&plan).map_err(|e| Verdict::permanent(e.to_string()))?;
+        let input = input_of(&action, lease.input).map_err(Verdict::permanent)?;
+
+        let key = (Digest::of(action.payload()), lease.input);
+        let _active = self.mark_active(key)?;
+        let tools = |t: &agenix_proto::ToolName| -> Result<(), String> {
+            match &self.native {
+                None => Err(format!("native tool \"{t}\": this worker runs no native tools")),
+                Some(n) => match (n.allowlist().get(t), n.refusal()) {
+                    (None, _) => Err(format!("tool \"{t}\" is not in this worker's allowlist")),
+                    (Some(_), Some(why)) => Err(why),
+                    (Some(_), None) => Ok(()),
+                },
+            }
+        };
+        super::verify::preflight(&plan, &self.settings.resources, &tools)
+            .map_err(|e| Verdict::Decline(format!("this worker cannot run it: {e}")))?;
+
+        let stdin = match &input {
+            None => Bytes::new(),
+            // Capped at the size the action signed: the queue cannot make the worker hold
+            // more than the signer meant.
+            Some(i) => Bytes::from(
+                self.fetch(i.digest, i.size).await.map_err(|e| fetch_failure("input", e))?,
+            ),
+        };
+        let runner = self
+            .runner
+            .get()
+            .cloned()
+            .ok_or_else(|| Verdict::transient("the worker is starting"))?;
+        // Remembered (durably) before anything runs, until no verifier accepts the action.
+        let until =
+            action.action().expires_at.saturating_add(agenix_proto::envelope::CLOCK_SKEW_SECS);
+        lock(&self.ledger)
+            .record(key, until, now)
+            .map_err(|e| Verdict::transient(format!("cannot record the job as run: {e}")))?;
+        info!(job = %lease.lease.job, attempt = lease.attempt, "running");
+        let result = execute(Executable::verified(&plan), stdin, runner)
+            .await
+            .map_err(|e| Verdict::transient(e.to_string()))?;
+
+        let output_ran =
+            result.reports.iter().any(|r| r.task == plan.plan().output && r.outcome.is_success());
+        let failure = first_failure(&result.reports);
+        let (reports, reports_blob) = Reports::split(result.reports);
+        let mut blobs: Vec<&[u8]> = Vec::new();
+        let output = if output_ran {
+            blobs.push(&result.output);
+            Some(InputRef { digest: Digest::of(&result.output), size: result.output.len() as u64 })
+        } else {
+            None
+        };
+        if let Some(r) = &reports_blob {
+            blobs.push(r);
+        }
+        if !blobs.is_empty() {
+            self.upload(&blobs)
+                .await
+                .map_err(|e| Verdict::transient(format!("cannot store the results: {e}")))?;
+        }
+        Ok(Verdict::Done(Box::new(JobOutput {
+            succeeded: result.succeeded,
+            failure,
+            reports,
+            output,
+        })))
+    }
+
+    /// Marks the job as running here, unless it is already running or has run here.
+    fn mark_active(&self, key: JobKey) -> Result<Active<'_>, Verdict> {
+        let mut active = lock(&self.active);
+        if active.contains(&key) {
+            return Err(Verdict::Decline(format!(
+                "this worker is already running this job (action {}, input {})",
+                key.0, key.1
+            )));
+        }
+        if lock(&self.ledger).contains(&key) {
+            return Err(Verdict::Decline(format!(
+                "this worker already ran this job (action {}, input {}) and runs a job at most once",
+                key.0, key.1
+            )));
+        }
+        active.insert(key);
+        Ok(Active { worker: self, key })
+    }
+
+    /// The plan in the envelope blob `digest`, verified against the trust file of
+    /// `generation` (kept, so that many jobs of one plan fetch and verify it once).
+    async fn verified_plan(
+        &self,
+        digest: Digest,
+        generation: u64,
+        trust: &Trust,
+    ) -> Result<Arc<VerifiedPlan>, Verdict> {
+        if let Some(p) = lock(&self.plans).get(&(digest, generation)) {
+            return Ok(p);
+        }
+        let bytes = self
+            .fetch(digest, MAX_ENVELOPE_BYTES as u64)
+            .await
+            .map_err(|e| fetch_failure("plan envelope", e))?;
+        // Limits are checked against this worker's ceilings in the preflight (a cause of its
+        // own), and the validity period again for every lease.
+        let p = verify_plan(&bytes, trust, now_s(), &Limits::ABSOLUTE)
+            .map_err(|e| classify("plan", &e))?;
+        let p = Arc::new(p);
+        lock(&self.plans).insert((digest, generation), p.clone(), bytes.len());
+        Ok(p)
+    }
+
+    /// The action in the envelope blob `digest`, verified like [`Worker::verified_plan`],
+    /// and for this worker's queue.
+    async fn verified_action(
+        &self,
+        digest: Digest,
+        generation: u64,
+        trust: &Trust,
+    ) -> Result<Arc<VerifiedAction>, Verdict> {
+        if let Some(a) = lock(&self.actions).get(&(digest, generation)) {
+            return Ok(a);
+        }
+        let bytes = self
+            .fetch(digest, MAX_ENVELOPE_BYTES as u64)
+            .await
+            .map_err(|e| fetch_failure("action envelope", e))?;
+        let a = verify_action(&bytes, trust, now_s(), &self.settings.fingerprint)
+            .map_err(|e| classify("action", &e))?;
+        let a = Arc::new(a);
+        lock(&self.actions).insert((digest, generation), a.clone(), bytes.len());
+        Ok(a)
+    }
+}
+
+/// The input a lease's index names in the verified action: none for an action without
+/// inputs (index 0), else the one at that index.
+pub(super) fn input_of(action: &VerifiedAction, index: u32) -> Result<Option<InputRef>, String> {
+    let inputs = &action.action().inputs;
+    if inputs.is_empty() && index == 0 {
+        return Ok(None);
+    }
+    usize::try_from(index).ok().and_then(|i| inputs.get(i)).cloned().map(Some).ok_or_else(|| {
+        format!("the queue named input {index}, but the action has {} input(s)", inputs.len())
+    })
+}
