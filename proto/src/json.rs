@@ -60,21 +60,55 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8], max_len: usize) -> Result<T
 }
 
 /// Rejects a document in which any object repeats a key; also rejects malformed JSON.
+///
+/// The walk keeps no path while it goes (building one per value would cost the depth times
+/// the document's size); the path of a duplicate is put together on the way back up, one
+/// segment per level, each cut to [`MAX_SEGMENT`] bytes.
 pub fn check_duplicate_keys(bytes: &[u8]) -> Result<(), JsonError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let mut found = None;
-    let seed = DupSeed { path: String::new(), found: &mut found };
-    let result = seed.deserialize(&mut de).and_then(|()| de.end());
+    let result = DupSeed { found: &mut found }.deserialize(&mut de).and_then(|()| de.end());
     if let Some(dup) = found {
-        return Err(dup);
+        let mut segments = dup.segments;
+        segments.reverse();
+        let mut path = String::new();
+        for s in segments {
+            match s {
+                Segment::Index(i) => path.push_str(&format!("[{i}]")),
+                Segment::Key(k) => {
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(&k);
+                }
+            }
+        }
+        return Err(JsonError { path, message: dup.message });
     }
     result.map_err(|e| JsonError::whole(e.to_string()))
 }
 
-/// Walks any JSON value, recording the first duplicate key with its path.
+/// Longest key kept in a reported path, in bytes.
+pub const MAX_SEGMENT: usize = 64;
+
+enum Segment {
+    Index(usize),
+    Key(String),
+}
+
+/// A duplicate key: its path from the innermost level outwards, and the message.
+struct Duplicate {
+    segments: Vec<Segment>,
+    message: String,
+}
+
+fn segment(key: &str) -> Segment {
+    Segment::Key(crate::text::truncate(key, MAX_SEGMENT).into_owned())
+}
+
+/// Walks any JSON value, recording the first duplicate key.
 struct DupSeed<'a> {
-    path: String,
-    found: &'a mut Option<JsonError>,
+    found: &'a mut Option<Duplicate>,
 }
 
 impl<'de> DeserializeSeed<'de> for DupSeed<'_> {
@@ -112,12 +146,11 @@ impl<'de> Visitor<'de> for DupSeed<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut index = 0usize;
         loop {
-            let path = format!("{}[{index}]", self.path);
-            let seed = DupSeed { path, found: &mut *self.found };
-            if seq.next_element_seed(seed)?.is_none() {
+            if seq.next_element_seed(DupSeed { found: &mut *self.found })?.is_none() {
                 return Ok(());
             }
-            if self.found.is_some() {
+            if let Some(dup) = self.found.as_mut() {
+                dup.segments.push(Segment::Index(index));
                 // Drain the rest without looking: the first duplicate is the one reported.
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 return Ok(());
@@ -129,18 +162,26 @@ impl<'de> Visitor<'de> for DupSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut seen = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
-            let path =
-                if self.path.is_empty() { key.clone() } else { format!("{}.{key}", self.path) };
-            if self.found.is_none() && !seen.insert(key.clone()) {
-                *self.found = Some(JsonError {
-                    path: path.clone(),
-                    message: format!("duplicate key \"{key}\""),
-                });
-            }
             if self.found.is_some() {
                 map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            if seen.contains(&key) {
+                *self.found = Some(Duplicate {
+                    segments: vec![segment(&key)],
+                    message: format!(
+                        "duplicate key \"{}\"",
+                        crate::text::truncate(&key, MAX_SEGMENT)
+                    ),
+                });
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            map.next_value_seed(DupSeed { found: &mut *self.found })?;
+            if let Some(dup) = self.found.as_mut() {
+                dup.segments.push(segment(&key));
             } else {
-                map.next_value_seed(DupSeed { path, found: &mut *self.found })?;
+                seen.insert(key);
             }
         }
         Ok(())
@@ -174,6 +215,20 @@ mod tests {
                 .unwrap_err();
         assert_eq!(err.path, "items[1].name");
         assert_eq!(err.message, "duplicate key \"name\"");
+    }
+
+    #[test]
+    fn a_duplicate_deep_under_long_keys_costs_its_depth_not_the_depth_times_the_keys() {
+        // 60 levels, each under a 10 KB key: building a path per value would copy 18 MB.
+        let key = "k".repeat(10_000);
+        let mut doc = String::from(r#"{"a":1,"a":2}"#);
+        for _ in 0..60 {
+            doc = format!(r#"{{"{key}":[{doc}]}}"#);
+        }
+        let err = check_duplicate_keys(doc.as_bytes()).unwrap_err();
+        assert_eq!(err.message, "duplicate key \"a\"");
+        assert!(err.path.ends_with("[0].a"), "{}", err.path);
+        assert!(err.path.len() < 60 * (MAX_SEGMENT + 8), "{} bytes of path", err.path.len());
     }
 
     #[test]

@@ -83,9 +83,16 @@ impl fmt::Display for Invalid {
     }
 }
 
-/// Collects violations while a validator walks a document.
+/// Most violations one report lists; the rest are counted.
+pub const MAX_VIOLATIONS: usize = 100;
+
+/// Collects violations while a validator walks a document: the first [`MAX_VIOLATIONS`],
+/// and how many more there were (a hostile document can break a rule once per byte).
 #[derive(Debug, Default)]
-pub(crate) struct Report(Vec<Violation>);
+pub(crate) struct Report {
+    violations: Vec<Violation>,
+    more: usize,
+}
 
 impl Report {
     pub(crate) fn push(
@@ -94,10 +101,18 @@ impl Report {
         rule: &'static str,
         msg: impl Into<String>,
     ) {
-        self.0.push(Violation::new(path, rule, msg));
+        if self.violations.len() < MAX_VIOLATIONS {
+            self.violations.push(Violation::new(path, rule, msg));
+        } else {
+            self.more += 1;
+        }
     }
 
-    pub(crate) fn finish(self) -> Result<(), Invalid> {
-        Invalid::check(self.0)
+    pub(crate) fn finish(mut self) -> Result<(), Invalid> {
+        if self.more > 0 {
+            let more = format!("{} more violations not listed", self.more);
+            self.violations.push(Violation::new("", "too-many", more));
+        }
+        Invalid::check(self.violations)
     }
 }

@@ -482,3 +482,26 @@ fn action_must_name_the_plan_it_is_run_with() {
         verify_action(&sign_action(&a, &k).unwrap().to_json(), &trust, NOW, &audience()).unwrap();
     assert!(matches!(other.check_plan(&plan), Err(VerifyError::PlanMismatch { .. })));
 }
+
+/// P10, hostile sizes: a plan near the size limit that breaks a rule once per few bytes
+/// (stdin naming one task 200,000 times; thousands of mounts of one name) is refused with
+/// a bounded list of violations, and the count of the rest.
+#[test]
+fn p10_a_plan_breaking_a_rule_per_byte_gets_a_bounded_report() {
+    let refs = vec!["\"a\""; 200_000].join(",");
+    let stdin = format!(
+        r#"{{"schema":"agenix.plan/v1","name":"w","output":"a","tasks":[{{"id":"a","run":{{"native":{{"tool":"a"}}}},"stdin":{{"tasks":[{refs}]}}}}]}}"#
+    );
+    let mounts = vec![r#"{"name":"a","path":"/a","access":"ro"}"#; 20_000].join(",");
+    let mounts = format!(
+        r#"{{"schema":"agenix.plan/v1","name":"w","output":"a","tasks":[{{"id":"a","run":{{"native":{{"tool":"a"}}}},"mounts":[{mounts}]}}]}}"#
+    );
+    for doc in [stdin, mounts] {
+        assert!(doc.len() <= MAX_PLAN_BYTES, "{} bytes", doc.len());
+        let plan = Plan::from_json(doc.as_bytes()).unwrap();
+        let err = plan.validate(Form::Draft, &Limits::ABSOLUTE).unwrap_err();
+        let n = err.violations().len();
+        assert!(n <= agenix_proto::validate::MAX_VIOLATIONS + 1, "{n} violations listed");
+        assert!(err.to_string().len() < 64 << 10, "{} bytes of report", err.to_string().len());
+    }
+}
