@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use agenix_proto::job::{
-    Capabilities, JobId, JobOutput, JobRecord, JobState, Lease, LeaseEpoch, LeaseRef, Requirements,
+    Capabilities, Declined, JobId, JobOutput, JobRecord, JobState, Lease, LeaseEpoch, LeaseRef,
+    Reports, Requirements,
     WorkerRecord,
 };
 use agenix_proto::wire::{
@@ -106,13 +107,6 @@ fn frame_bytes<T: serde::Serialize>(msg: &T) -> Vec<u8> {
     out
 }
 
-fn envelope(bytes: &[u8]) -> Envelope {
-    match Envelope::from_json(bytes) {
-        Ok(env) => env,
-        Err(e) => panic!("a fixture envelope does not parse: {e}"),
-    }
-}
-
 fn lease_ref() -> LeaseRef {
     LeaseRef { job: JobId(3), epoch: LeaseEpoch(2) }
 }
@@ -140,9 +134,7 @@ fn output() -> JobOutput {
         Ok(id) => id,
         Err(e) => panic!("fixture task id: {e}"),
     };
-    JobOutput {
-        succeeded: false,
-        reports: vec![
+    let reports = vec![
             TaskReport {
                 task: task("errors"),
                 outcome: Outcome::Exited { code: 0 },
@@ -153,8 +145,12 @@ fn output() -> JobOutput {
                 wall_ms: 4,
                 peak_memory_bytes: 1 << 20,
             },
-            TaskReport::not_run(task("sorted"), Outcome::Trapped { message: "unreachable".into() }),
-        ],
+        TaskReport::not_run(task("sorted"), Outcome::Trapped { message: "unreachable".into() }),
+    ];
+    JobOutput {
+        succeeded: false,
+        failure: agenix_proto::report::first_failure(&reports),
+        reports: Reports::Inline(reports),
         output: Some(input()),
     }
 }
@@ -162,11 +158,11 @@ fn output() -> JobOutput {
 fn requests_of_every_kind() -> Vec<Request> {
     vec![
         Request::Hello { version: PROTOCOL_VERSION, role: ClientRole::Worker, token: "t0k".into() },
-        Request::PutBlob { digest: Digest::of(b"blob"), size: 4 },
+        Request::PutBlobs { blobs: vec![InputRef { digest: Digest::of(b"blob"), size: 4 }], keep: true },
         Request::GetBlob { digest: Digest::of(b"blob") },
         Request::Submit {
-            plan: envelope(&fixtures::signed_plan()),
-            action: envelope(&fixtures::signed_action()),
+            plan: Digest::of(&fixtures::signed_plan()),
+            action: Digest::of(&fixtures::signed_action()),
         },
         Request::Cancel { job: JobId(3) },
         Request::ListJobs {
@@ -178,18 +174,14 @@ fn requests_of_every_kind() -> Vec<Request> {
             limit: 50,
         },
         Request::ShowJob { job: JobId(3) },
-        Request::ListWorkers {},
+        Request::ListWorkers { after: Some(3), limit: 20 },
         Request::Stats {},
-        Request::Register { capabilities: capabilities() },
-        Request::Claim { worker: 7, max: 2, wait_ms: 1000 },
-        Request::Heartbeat { worker: 7, leases: vec![lease_ref()] },
-        Request::Complete { worker: 7, lease: lease_ref(), output: output() },
-        Request::Fail {
-            worker: 7,
-            lease: lease_ref(),
-            reason: "fetch failed".into(),
-            retryable: true,
-        },
+        Request::Register { capabilities: capabilities(), instance: "secret".into() },
+        Request::Claim { max: 2, wait_ms: 1000 },
+        Request::Heartbeat { leases: vec![lease_ref()] },
+        Request::Complete { lease: lease_ref(), output: output() },
+        Request::Fail { lease: lease_ref(), reason: "fetch failed".into(), retryable: true },
+        Request::Release { lease: lease_ref(), reason: "unknown signer".into() },
     ]
 }
 
@@ -199,21 +191,33 @@ fn responses_of_every_kind() -> Vec<Response> {
         action: fixtures::action().action_id,
         plan: Digest::of(&fixtures::plan().to_payload()),
         input: Some(input()),
+        index: 0,
         priority: 10,
         max_attempts: 3,
         attempts: 1,
         epoch: LeaseEpoch(2),
-        state: JobState::Leased { epoch: LeaseEpoch(2), worker: "7".into(), deadline: 99 },
+        state: JobState::Leased {
+            epoch: LeaseEpoch(2),
+            worker: "w".into(),
+            worker_id: 7,
+            deadline: 99,
+        },
         cancel_requested: false,
         requirements: Requirements::of(fixtures::plan()),
         submitted_at: 1,
         updated_at: 2,
         last_error: Some("lost".into()),
+        declined: vec![Declined {
+            worker: "w".into(),
+            worker_id: 7,
+            reason: "no tool".into(),
+            at: 1,
+        }],
         output: Some(output()),
     };
     vec![
         Response::HelloOk { version: PROTOCOL_VERSION, queue: fixtures::audience() },
-        Response::BlobStored { digest: Digest::of(b"blob"), size: 4, existed: false },
+        Response::BlobsStored { existed: 1 },
         Response::Blob { digest: Digest::of(b"blob"), size: 4 },
         Response::Submitted { jobs: vec![JobId(3), JobId(4)], duplicate: false },
         Response::Cancel { job: JobId(3), state: JobState::Cancelled },
@@ -225,7 +229,10 @@ fn responses_of_every_kind() -> Vec<Response> {
                 capabilities: capabilities(),
                 last_seen: 5,
                 leases: 1,
+                declined: 2,
+                last_declined: Some("no tool".into()),
             }],
+            next: Some(7),
         },
         Response::Stats {
             stats: QueueStats {
@@ -241,9 +248,9 @@ fn responses_of_every_kind() -> Vec<Response> {
                 lease: lease_ref(),
                 attempt: 1,
                 deadline: 99,
-                plan: envelope(&fixtures::signed_plan()),
-                action: envelope(&fixtures::signed_action()),
-                input: Some(input()),
+                plan: Digest::of(&fixtures::signed_plan()),
+                action: Digest::of(&fixtures::signed_action()),
+                input: 0,
             }],
         },
         Response::HeartbeatOk { extended: vec![lease_ref()], cancelled: vec![], lost: vec![] },

@@ -433,7 +433,8 @@ impl Push {
         let uploaded = if self.queue.configured()? {
             runtime()?.block_on(async {
                 let client = self.queue.connect(agenix_proto::wire::ClientRole::Planner).await?;
-                let put = client.put_blob(&bytes).await;
+                // Kept at the queue until removed explicitly, not only while a job needs it.
+                let put = client.put_many(&[&bytes], true).await;
                 client.shutdown().await;
                 put.context("cannot upload to the queue")?;
                 anyhow::Ok(true)
