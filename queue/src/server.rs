@@ -209,13 +209,7 @@ impl Queue {
         }
         match self.store.load() {
             Ok(loaded) => {
-                *sched = Scheduler::load(
-                    self.settings.scheduler,
-                    now_ms(),
-                    loaded.jobs,
-                    loaded.actions,
-                    loaded.next_job,
-                );
+                sched.reload(now_ms(), loaded.jobs, loaded.actions, loaded.next_job);
                 *lock(&self.kept) = loaded.kept.into_iter().collect();
                 warn!("a commit failed: state reloaded from storage");
             }

@@ -670,3 +670,83 @@ async fn q11_every_request_outside_a_roles_column_is_forbidden() {
     };
     assert_eq!(workers.len(), 1, "only the worker role registered: {workers:?}");
 }
+
+/// Q7, a commit that fails: the request is answered as unavailable and the queue's memory
+/// keeps nothing of it. (Before, the scheduler kept the failed claim's lease in memory: the
+/// job was leased to nobody until the lease expired.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q07_a_failed_commit_changes_nothing_in_memory() {
+    use agenix_queue::store::{FaultyStore, MemStore, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("q");
+    let fingerprint = agenix_queue::identity::init(&data).unwrap();
+    let signer = agenix_proto::keys::signing_key_from_seed(&[5; 32]);
+    let mut trust = agenix_proto::Trust::new();
+    trust.add("tester", signer.verifying_key(), &agenix_proto::Role::ALL).unwrap();
+    let store = Arc::new(FaultyStore::new(MemStore::default()));
+    let settings = agenix_queue::server::Settings::default();
+    let (cert, key) = agenix_queue::identity::load_identity(&data).unwrap();
+    let endpoint =
+        agenix_queue::server::endpoint("127.0.0.1:0".parse().unwrap(), cert, key, &settings)
+            .unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let queue = agenix_queue::server::Queue::start(
+        store.clone() as Arc<dyn Store>,
+        agenix_queue::blobs::Blobs::new(&data, 1 << 20, 1 << 30).unwrap(),
+        trust,
+        fingerprint,
+        agenix_queue::identity::load_tokens(&data).unwrap(),
+        settings,
+    )
+    .unwrap();
+    tokio::spawn(queue.serve(endpoint));
+    let token = |role: ClientRole| {
+        std::fs::read_to_string(data.join(format!("{}.token", role.as_str())))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let connect = |role| {
+        let t = token(role);
+        async move { agenix_proto::link::Client::connect(addr, fingerprint, role, &t).await.unwrap() }
+    };
+    let planner = connect(ClientRole::Planner).await;
+    planner.put_blob(COMPONENT).await.unwrap();
+    let plan = plan_value(COMPONENT, &[]);
+    let plan_env = agenix_proto::envelope::sign_plan(&plan, &signer).unwrap();
+    let action = Action {
+        schema: agenix_proto::action::ACTION_SCHEMA.into(),
+        action_id: ActionId::from_random(rand16()),
+        plan: Digest::of(&plan.to_payload()),
+        inputs: vec![],
+        issued_at: now_s(),
+        expires_at: now_s() + 600,
+        max_attempts: 3,
+        priority: 0,
+        audience: fingerprint,
+    };
+    let action_env = agenix_proto::envelope::sign_action(&action, &signer).unwrap();
+    let Response::Submitted { jobs, .. } =
+        planner.request(&submit_of(&planner, &plan_env, &action_env).await).await.unwrap()
+    else {
+        panic!("submit")
+    };
+    let w = connect(ClientRole::Worker).await;
+    register(&w, "w").await;
+    // The disk fails under the claim: refused, and nothing changed.
+    store.fail_next(1);
+    let (code, message) = refused(&w, &Request::Claim { max: 1, wait_ms: 0 }).await;
+    assert_eq!(code, ErrorCode::Unavailable);
+    assert!(message.contains("disk is full"), "{message}");
+    let rec = job(&planner, jobs[0]).await;
+    assert_eq!(
+        (rec.state, rec.attempts, rec.epoch),
+        (JobState::Queued { not_before: 0 }, 0, LeaseEpoch(0))
+    );
+    // The next claim leases it, as its first attempt, and it is stored.
+    let leases = claim(&w, 1, 1000).await;
+    assert_eq!(leases.len(), 1, "the job was stuck in a lease that was never stored");
+    assert_eq!((leases[0].attempt, leases[0].lease.epoch), (1, LeaseEpoch(1)));
+    let stored = store.load().unwrap();
+    assert!(matches!(stored.jobs[0].state, JobState::Leased { .. }), "{:?}", stored.jobs[0]);
+}

@@ -242,6 +242,23 @@ impl Scheduler {
         s
     }
 
+    /// Replaces jobs and actions with what storage holds, at `now` (after a commit failed,
+    /// so that memory keeps nothing storage does not); registered workers stay.
+    pub fn reload(
+        &mut self,
+        now: u64,
+        jobs: impl IntoIterator<Item = JobRecord>,
+        actions: impl IntoIterator<Item = (ActionId, ActionRecord)>,
+        next_job: u64,
+    ) {
+        let mut fresh = Self::load(self.config, now, jobs, actions, next_job);
+        fresh.workers = std::mem::take(&mut self.workers);
+        fresh.unresponsive = std::mem::take(&mut self.unresponsive);
+        fresh.submitted = std::mem::take(&mut self.submitted);
+        fresh.finished = std::mem::take(&mut self.finished);
+        *self = fresh;
+    }
+
     /// The settings.
     pub fn config(&self) -> &Config {
         &self.config

@@ -1,0 +1,175 @@
+//! Ordinary use at the documented limits, through real agq, agw and agx processes: an action
+//! of 1000 inputs at a worker concurrency of 16, a plan near 1 MiB at the default
+//! concurrency, a result far larger than a frame, listings of 1000 jobs, and a worker the
+//! queue throttles. Every job runs once and succeeds; none is lost.
+
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Writes `n` input files of one line each and returns their paths.
+fn inputs(c: &Cluster, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let p = c.path(&format!("in-{i}.txt"));
+            std::fs::write(&p, format!("2026-12-05 info fine\n2026-12-05 app ERROR job {i}\n"))
+                .unwrap();
+            p.to_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+/// Every job record `agx --json jobs list` gives, following its pages.
+fn all_jobs(c: &Cluster, limit: usize) -> Vec<serde_json::Value> {
+    let out = c.ok(&["--json", "jobs", "list", "--limit", &limit.to_string()]);
+    out.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["data"].clone())
+        .collect()
+}
+
+/// A one-task plan: `wc -l` of the input, with `env` padding to make it big.
+fn wc_plan(c: &Cluster, name: &str, tasks: usize, pad: usize) -> String {
+    let env: serde_json::Map<String, serde_json::Value> =
+        (0..pad).map(|i| (format!("PAD_{i}"), "x".repeat(4000).into())).collect();
+    let tasks: Vec<serde_json::Value> = (0..tasks)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("t{i}"),
+                "run": { "wasm": { "name": "wc" } },
+                "args": ["-l"],
+                "stdin": { "input": true },
+                "env": env,
+            })
+        })
+        .collect();
+    let plan = serde_json::json!({
+        "schema": "agenix.plan/v1", "name": "wc", "tasks": tasks, "output": "t0",
+    });
+    let path = c.path(name);
+    std::fs::write(&path, serde_json::to_vec(&plan).unwrap()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Before, the claim answer for 16 leases of this action passed the frame cap, could not be
+/// sent, and 992 of 1000 jobs died of expired leases.
+#[test]
+fn an_action_of_1000_inputs_at_a_concurrency_of_16_runs_every_job_once() {
+    let mut c = Cluster::start(&[]);
+    c.push_aus();
+    c.worker("w", &["--concurrency", "16"]);
+    let inputs = inputs(&c, 1000);
+    let mut args = vec!["--json", "submit", "--watch"];
+    let plan = example("log-errors.json");
+    args.push(&plan);
+    for i in &inputs {
+        args.extend(["--input", i.as_str()]);
+    }
+    let out = c.agx(&args);
+    assert!(out.status.success(), "agx submit --watch: {}", text(&out.stderr));
+    let results: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["type"] == "result")
+        .collect();
+    assert_eq!(results.len(), 1000, "one result per input");
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["data"]["succeeded"], true, "{r}");
+        let output = r["data"]["output"].as_str().unwrap();
+        assert!(output.trim_start().starts_with("1 ERROR job"), "job {i}: {output:?}");
+        assert!(output.ends_with(&format!("ERROR job {i}\n")), "job {i}: {output:?}");
+    }
+    // A listing of 1000 jobs comes back whole, over several pages.
+    let jobs = all_jobs(&c, 1000);
+    assert_eq!(jobs.len(), 1000);
+    for j in &jobs {
+        assert_eq!((state(j), j["attempts"].as_u64()), ("succeeded", Some(1)), "{j}");
+    }
+    let listing = c.ok(&["jobs", "list", "--limit", "1000"]);
+    assert_eq!(listing.lines().filter(|l| l.contains("succeeded")).count(), 1000);
+    let log = c.log("w");
+    assert!(!log.contains("could not be sent"), "{log}");
+}
+
+/// Before, four leases of a plan this big passed the frame cap at the default concurrency.
+#[test]
+fn a_plan_near_its_size_limit_runs_at_the_default_concurrency() {
+    let mut c = Cluster::start(&[]);
+    c.push_aus();
+    c.worker("w", &[]);
+    // 4 tasks of 64 variables of 4000 bytes: about 1 MB once signed.
+    let plan = wc_plan(&c, "big.json", 4, 64);
+    assert!(std::fs::metadata(&plan).unwrap().len() > 1_000_000);
+    let inputs = inputs(&c, 8);
+    let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let jobs = c.submit(&plan, &refs);
+    for id in &jobs {
+        let j = c.wait_job(id, Duration::from_secs(120), |j| {
+            state(j) != "queued" && state(j) != "leased"
+        });
+        assert_eq!((state(&j), j["attempts"].as_u64()), ("succeeded", Some(1)), "{j}");
+    }
+}
+
+/// Sixty native tasks each write 10,000 quotes to stderr: their reports are 1.2 MB of JSON,
+/// over a frame. Before, the worker could never deliver the result and retried forever.
+#[test]
+fn a_result_larger_than_a_frame_is_delivered() {
+    let mut c = Cluster::start(&[]);
+    c.push_aus();
+    c.worker("w", &["--allow-tool", "awk"]);
+    let tasks: Vec<serde_json::Value> = (0..60)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("t{i}"),
+                "run": { "native": { "tool": "awk" } },
+                "args": [r#"{ printf "%s", $0 > "/dev/stderr"; print "ok" }"#],
+                "stdin": { "input": true },
+            })
+        })
+        .collect();
+    let plan = serde_json::json!({
+        "schema": "agenix.plan/v1", "name": "quotes", "tasks": tasks, "output": "t0",
+    });
+    std::fs::write(c.path("quotes.json"), serde_json::to_vec(&plan).unwrap()).unwrap();
+    std::fs::write(c.path("quotes.txt"), "\"".repeat(10_000)).unwrap();
+    let path = |p: &str| c.path(p).to_str().unwrap().to_string();
+    let jobs = c.submit(&path("quotes.json"), &[&path("quotes.txt")]);
+    let j = c.wait_job(&jobs[0], Duration::from_secs(120), |j| {
+        state(j) != "queued" && state(j) != "leased"
+    });
+    assert_eq!(state(&j), "succeeded", "{j}\n{}", c.log("w"));
+    assert!(j["output"]["reports"]["blob"].is_object(), "the reports went as a blob: {j}");
+    // agx fetches them to show the table.
+    let shown = c.ok(&["jobs", "show", &jobs[0]]);
+    assert_eq!(shown.lines().filter(|l| l.contains("exit 0")).count(), 60, "{shown}");
+    let out = c.agx(&["jobs", "result", &jobs[0]]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "ok\n");
+}
+
+/// A worker the queue throttles waits and goes on: no job pays an attempt for it.
+#[test]
+fn a_worker_the_queue_throttles_loses_no_attempt() {
+    // 120 requests a minute per slot: a burst of 120, then two a second.
+    let mut c = Cluster::start(&["--worker-requests-per-minute", "120"]);
+    c.push_aus();
+    c.worker("w", &["--concurrency", "1"]);
+    let plan = wc_plan(&c, "wc.json", 1, 0);
+    let inputs = inputs(&c, 40);
+    let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let jobs = c.submit(&plan, &refs);
+    for id in &jobs {
+        let j = c.wait_job(id, Duration::from_secs(180), |j| {
+            state(j) != "queued" && state(j) != "leased"
+        });
+        assert_eq!((state(&j), j["attempts"].as_u64()), ("succeeded", Some(1)), "{j}");
+    }
+}
