@@ -173,6 +173,8 @@ fn run(cli: Cli) -> Result<()> {
                     ..agenix_queue::limits::Limits::default()
                 },
                 blob_grace,
+                // Collected at least as often as the grace period, so it is kept to.
+                collect_every: blob_grace.clamp(Duration::from_secs(1), Duration::from_secs(60)),
                 group_commit: !no_group_commit,
                 request_timeout: Duration::from_millis(request_timeout_ms),
                 scheduler: agenix_queue_core::Config {

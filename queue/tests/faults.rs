@@ -750,3 +750,65 @@ async fn q07_a_failed_commit_changes_nothing_in_memory() {
     let stored = store.load().unwrap();
     assert!(matches!(stored.jobs[0].state, JobState::Leased { .. }), "{:?}", stored.jobs[0]);
 }
+
+/// Any holder of the worker token could once heartbeat, complete, fail or give back a lease
+/// another worker held: requests named a worker id. Now they act for the worker registered
+/// on their connection, and only the lease's holder is heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_belongs_to_the_worker_that_claimed_it() {
+    let q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    let jobs = q.submit(&planner, &[b"owned"], 3).await;
+    let owner = q.client(ClientRole::Worker).await;
+    register(&owner, "owner").await;
+    let lease = claim(&owner, 1, 1000).await[0].lease;
+    let thief = q.client(ClientRole::Worker).await;
+    register(&thief, "thief").await;
+    let mine =
+        (ErrorCode::Forbidden, format!("the lease of job {} is held by another worker", jobs[0]));
+    assert_eq!(refused(&thief, &Request::Complete { lease, output: no_output() }).await, mine);
+    let fail = Request::Fail { lease, reason: "x".into(), retryable: false };
+    assert_eq!(refused(&thief, &fail).await, mine);
+    let release = Request::Release { lease, reason: "x".into() };
+    assert_eq!(refused(&thief, &release).await, mine);
+    assert_eq!(heartbeat(&thief, &[lease]).await, (vec![], vec![], vec![lease]));
+    // A connection with no worker registered is refused outright.
+    let anonymous = q.client(ClientRole::Worker).await;
+    let (code, _) = refused(&anonymous, &Request::Complete { lease, output: no_output() }).await;
+    assert_eq!(code, ErrorCode::BadRequest);
+    // The job is untouched and still its owner's.
+    let rec = job(&planner, jobs[0]).await;
+    assert!(matches!(&rec.state, JobState::Leased { worker, .. } if worker == "owner"), "{rec:?}");
+    assert_eq!(heartbeat(&owner, &[lease]).await, (vec![lease], vec![], vec![]));
+    let r = owner.request(&Request::Complete { lease, output: no_output() }).await.unwrap();
+    assert_eq!(recorded(r), JobState::Succeeded);
+}
+
+/// Registration is bounded: a worker announcing a megabyte of labels, a name of controls or
+/// an impossible concurrency is refused, and nothing is kept of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_announcing_too_much_is_refused() {
+    let q = Agq::start(&[]);
+    let w = q.client(ClientRole::Worker).await;
+    let mut labels = caps("w");
+    labels.labels = (0..20_000).map(|i| format!("label-{i:040}")).collect();
+    let mut name = caps("w");
+    name.name = "evil\u{1b}[2J\u{202e}".into();
+    let mut busy = caps("w");
+    busy.concurrency = 1_000_000;
+    for c in [labels, name, busy] {
+        let req = Request::Register { capabilities: c, instance: "i".into() };
+        let (code, message) = refused(&w, &req).await;
+        assert_eq!(code, ErrorCode::BadRequest, "{message}");
+        assert!(message.starts_with("cannot register: "), "{message}");
+    }
+    let long = Request::Register { capabilities: caps("w"), instance: "i".repeat(129) };
+    assert_eq!(refused(&w, &long).await.0, ErrorCode::BadRequest);
+    let obs = q.client(ClientRole::Observer).await;
+    let Response::Workers { workers, .. } =
+        obs.request(&Request::ListWorkers { after: None, limit: 1000 }).await.unwrap()
+    else {
+        panic!()
+    };
+    assert!(workers.is_empty(), "{workers:?}");
+}
