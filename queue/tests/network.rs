@@ -238,6 +238,28 @@ async fn n03_connection_flood_is_capped_per_ip_and_other_clients_are_served() {
     }
 }
 
+/// The per-address connection limit is meant for anonymous clients: workers that
+/// authenticated leave it, so many workers on one host are all served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n03_workers_on_one_host_are_not_held_to_the_per_address_connection_limit() {
+    let q = Agq::start(&["--connections-per-ip", "2"]);
+    let mut workers = Vec::new();
+    for i in 0..6 {
+        let w = raw::client_from(HERE, &q, ClientRole::Worker).await;
+        let register =
+            Request::Register { capabilities: caps("w"), instance: format!("host worker {i}") };
+        assert!(matches!(w.ask(&register).await, Response::Registered { .. }), "worker {i}");
+        workers.push(w);
+    }
+    // The address still has its own two connections for planners and observers.
+    let a = raw::client_from(HERE, &q, ClientRole::Observer).await;
+    let b = raw::connect_from(HERE, &q).await.unwrap();
+    let err = raw::connect_from(HERE, &q).await.unwrap_err();
+    assert!(refused_by_limit(&err), "{err}");
+    assert!(matches!(a.ask(&Request::Stats {}).await, Response::Stats { .. }));
+    drop((b, workers));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n03_silent_connections_are_closed_after_the_request_timeout() {
     let q = Agq::start(&["--request-timeout-ms", "500"]);
