@@ -160,6 +160,7 @@ fn requests_of_every_kind() -> Vec<Request> {
         Request::Hello { version: PROTOCOL_VERSION, role: ClientRole::Worker, token: "t0k".into() },
         Request::PutBlobs { blobs: vec![InputRef { digest: Digest::of(b"blob"), size: 4 }], keep: true },
         Request::GetBlob { digest: Digest::of(b"blob") },
+        Request::Unkeep { digest: Digest::of(b"blob") },
         Request::Submit {
             plan: Digest::of(&fixtures::signed_plan()),
             action: Digest::of(&fixtures::signed_action()),
@@ -219,6 +220,7 @@ fn responses_of_every_kind() -> Vec<Response> {
         Response::HelloOk { version: PROTOCOL_VERSION, queue: fixtures::audience() },
         Response::BlobsStored { existed: 1 },
         Response::Blob { digest: Digest::of(b"blob"), size: 4 },
+        Response::Unkept { was_kept: true },
         Response::Submitted { jobs: vec![JobId(3), JobId(4)], duplicate: false },
         Response::Cancel { job: JobId(3), state: JobState::Cancelled },
         Response::Jobs { jobs: vec![record.clone()], next: Some(JobId(4)) },

@@ -113,6 +113,12 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         keep: bool,
     },
+    /// Stop keeping a blob stored with `keep`: it is then collected once nothing refers to
+    /// it.
+    Unkeep {
+        /// The blob.
+        digest: Digest,
+    },
     /// Fetch a blob; the response's raw bytes follow its frame.
     GetBlob {
         /// The blob.
@@ -218,6 +224,7 @@ impl Request {
         match self {
             Self::Hello { .. } => "hello",
             Self::PutBlobs { .. } => "put_blobs",
+            Self::Unkeep { .. } => "unkeep",
             Self::GetBlob { .. } => "get_blob",
             Self::Submit { .. } => "submit",
             Self::Cancel { .. } => "cancel",
@@ -244,7 +251,7 @@ impl Request {
             | Self::ListWorkers { .. }
             | Self::Stats {}
             | Self::GetBlob { .. } => true,
-            Self::Submit { .. } | Self::Cancel { .. } => role == Planner,
+            Self::Submit { .. } | Self::Cancel { .. } | Self::Unkeep { .. } => role == Planner,
             Self::PutBlobs { keep, .. } => role == Planner || (role == Worker && !keep),
             Self::Register { .. }
             | Self::Claim { .. }
@@ -317,6 +324,11 @@ pub enum Response {
     BlobsStored {
         /// How many of them were already there.
         existed: u32,
+    },
+    /// A blob is no longer kept on purpose.
+    Unkept {
+        /// Whether it was kept before.
+        was_kept: bool,
     },
     /// The blob's raw bytes follow.
     Blob {

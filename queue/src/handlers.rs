@@ -34,6 +34,22 @@ impl Queue {
         match req {
             Request::Hello { .. } => error(ErrorCode::BadRequest, "already authenticated"),
             Request::Submit { plan, action } => self.submit(plan, action).await,
+            Request::Unkeep { digest } => {
+                let was_kept = lock(&self.kept).contains(&digest);
+                if !was_kept {
+                    return Response::Unkept { was_kept };
+                }
+                match self.apply(|_| Ok(((), vec![])), vec![Write::Unkeep(digest)]) {
+                    Ok(((), done)) => match Self::durable(done).await {
+                        Ok(()) => {
+                            lock(&self.kept).remove(&digest);
+                            Response::Unkept { was_kept }
+                        }
+                        Err(e) => e,
+                    },
+                    Err(r) => refusal(r),
+                }
+            }
             Request::Cancel { job } => match self.apply(|s| s.cancel(now, job), vec![]) {
                 Ok((state, done)) => match Self::durable(done).await {
                     Ok(()) => Response::Cancel { job, state },

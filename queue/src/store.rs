@@ -38,6 +38,8 @@ pub enum Write {
     Change(Change),
     /// Keep this blob until removed explicitly.
     Keep(Digest),
+    /// Stop keeping this blob.
+    Unkeep(Digest),
 }
 
 /// Everything storage kept.
@@ -156,6 +158,9 @@ impl Store for RedbStore {
                     Write::Keep(d) => {
                         kept.insert(d.to_string().as_str(), ()).map_err(err)?;
                     }
+                    Write::Unkeep(d) => {
+                        kept.remove(d.to_string().as_str()).map_err(err)?;
+                    }
                 }
             }
         }
@@ -207,6 +212,9 @@ impl Store for MemStore {
                 Write::Change(Change::NextJob(n)) => m.next_job = n,
                 Write::Keep(d) => {
                     m.kept.insert(d);
+                }
+                Write::Unkeep(d) => {
+                    m.kept.remove(&d);
                 }
             }
         }

@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use agenix_proto::job::JobOutput;
-use agenix_proto::wire::{ClientRole, ErrorCode, Request};
+use agenix_proto::wire::{ClientRole, ErrorCode, Request, Response};
 use agenix_proto::{Digest, InputRef};
 use common::*;
 
@@ -51,6 +51,14 @@ async fn blobs_nothing_refers_to_are_collected_and_the_quota_is_named() {
     // The action is still live (it dedups replays until it expires): its component and
     // input stay, as does the blob kept on purpose.
     assert!(stored(COMPONENT) && stored(input) && stored(kept));
+    // Kept until removed explicitly: then it goes too.
+    let unkeep = Request::Unkeep { digest: Digest::of(kept) };
+    assert_eq!(planner.request(&unkeep).await.unwrap(), Response::Unkept { was_kept: true });
+    assert_eq!(planner.request(&unkeep).await.unwrap(), Response::Unkept { was_kept: false });
+    while stored(kept) {
+        assert!(Instant::now() < until + Duration::from_secs(30), "the unkept blob stayed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The quota: what is stored plus what is asked may not pass it.
     let used: u64 = std::fs::read_dir(q.data().join("blobs/sha256"))

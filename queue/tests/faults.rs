@@ -608,6 +608,7 @@ async fn q11_every_request_outside_a_roles_column_is_forbidden() {
     let cases: Vec<(Request, &[ClientRole])> = vec![
         (Request::Submit { plan: Digest::of(b"p"), action: Digest::of(b"a") }, &[Planner]),
         (Request::Cancel { job: JobId(1) }, &[Planner]),
+        (Request::Unkeep { digest: Digest::of(b"k") }, &[Planner]),
         (Request::PutBlobs { blobs: empty(), keep: false }, &[Planner, Worker]),
         (Request::PutBlobs { blobs: empty(), keep: true }, &[Planner]),
         (Request::GetBlob { digest: Digest::of(b"none") }, all),

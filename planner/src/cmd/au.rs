@@ -39,6 +39,8 @@ pub(crate) enum AuCommand {
     Push(Push),
     /// List the AUs in the local store.
     List(List),
+    /// Stop keeping an AU at the queue: it is removed there once no job needs it.
+    Unkeep(Unkeep),
     /// Create a new AU crate that builds to a component and passes `agx au check`.
     New(scaffold::New),
 }
@@ -51,6 +53,7 @@ impl AuCommand {
             Self::Check(c) => c.execute(out),
             Self::Push(c) => c.execute(out),
             Self::List(c) => c.execute(out),
+            Self::Unkeep(c) => c.execute(out),
             Self::New(c) => c.execute(out),
         }
     }
@@ -481,6 +484,53 @@ impl List {
         }
         // Descriptions come from the AUs' own model cards.
         out.emit("aus", &(), || clean(&s).into_owned())?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Stop keeping an AU at the queue (`agx au push` keeps it there until this is run): the
+/// queue then removes it once no job that may still run needs it. The local store keeps it.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Unkeep {
+    /// The AU: a name in the local store, or its digest (`sha256:…`).
+    au: String,
+    #[command(flatten)]
+    store: StoreArg,
+    #[command(flatten)]
+    queue: crate::remote::QueueArgs,
+}
+
+impl Unkeep {
+    fn execute(self, out: Out) -> Result<ExitCode> {
+        let digest = match self.au.parse::<Digest>() {
+            Ok(d) => d,
+            Err(_) => {
+                let name: agenix_proto::AuName = self.au.parse().map_err(|e| {
+                    anyhow::anyhow!("{:?} is neither a digest nor an AU name: {e}", self.au)
+                })?;
+                self.store.open()?.name(&name)?.digest
+            }
+        };
+        let was_kept = runtime()?.block_on(async {
+            let client = self.queue.connect(agenix_proto::wire::ClientRole::Planner).await?;
+            let answer = client.request(&agenix_proto::wire::Request::Unkeep { digest }).await;
+            client.shutdown().await;
+            match answer? {
+                agenix_proto::wire::Response::Unkept { was_kept } => anyhow::Ok(was_kept),
+                other => bail!("unexpected answer: {other:?}"),
+            }
+        })?;
+        out.emit(
+            "unkept",
+            &serde_json::json!({ "digest": digest.to_string(), "was_kept": was_kept }),
+            || {
+                if was_kept {
+                    format!("{digest}: no longer kept at the queue; removed once no job needs it")
+                } else {
+                    format!("{digest}: was not kept at the queue")
+                }
+            },
+        )?;
         Ok(ExitCode::SUCCESS)
     }
 }
