@@ -315,10 +315,14 @@ impl Worker {
         }
     }
 
+    /// Drops `stale`, unless another task has already replaced it with a new connection.
     async fn drop_session(&self, stale: &Session) {
+        stale.client.close();
         let mut guard = self.session.lock().await;
-        if guard.as_ref().is_some_and(|s| s.client.is_closed() || s.worker == stale.worker) {
-            stale.client.close();
+        let same = |s: &Session| {
+            s.client.connection().stable_id() == stale.client.connection().stable_id()
+        };
+        if guard.as_ref().is_some_and(same) {
             *guard = None;
         }
     }
@@ -368,14 +372,12 @@ impl Worker {
                 Err(e @ LinkError::BlobMismatch { .. }) => {
                     return Err(FetchError::Unavailable(e.to_string()));
                 }
+                // Not there, or larger than the signed size: no other attempt can do better.
                 Err(LinkError::Remote {
-                    code: code @ (ErrorCode::NotFound | ErrorCode::TooLarge),
+                    code: ErrorCode::NotFound | ErrorCode::TooLarge,
                     message,
                     ..
-                }) => {
-                    let _ = code;
-                    return Err(FetchError::Unavailable(message));
-                }
+                }) => return Err(FetchError::Unavailable(message)),
                 Err(e) if is_link_failure(&e) => self.drop_session(&s).await,
                 Err(e) if e.code() == Some(ErrorCode::RateLimited) => {
                     tokio::time::sleep(Duration::from_secs(1)).await;
