@@ -91,7 +91,7 @@ for t in "${targets[@]}"; do
         grep -E "panicked|ERROR|over the limit|Test unit written" "$logs/$t.log" | head -5 || true
     fi
     # Executions and coverage from the last status line (fork mode prints "#N: cov: ...").
-    last=$(grep -E '^#[0-9]+:? .*cov: ' "$logs/$t.log" | tail -1)
+    last=$(grep -E '^#[0-9]+:?[[:space:]].*cov: ' "$logs/$t.log" | tail -1 || true)
     runs=$(sed -E 's/^#([0-9]+).*/\1/' <<<"$last")
     cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' <<<"$last")
     crashes=$(grep -oE 'oom/timeout/crash: [0-9/]+' <<<"$last" || true)

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Signer as _};
 use serde::{Deserialize, Serialize};
 
-use crate::action::{Action, Fingerprint};
+use crate::action::{Action, Fingerprint, MAX_ACTION_BYTES};
 use crate::digest::Digest;
 use crate::json::JsonError;
 use crate::keys::{KeyId, SigningKey, VerifyingKey};
@@ -392,16 +392,34 @@ pub fn verify_action(
     Ok(VerifiedAction { action, payload, signer })
 }
 
-/// Signs a plan after checking it in signed form against the format's absolute limits.
+/// Signs a plan after checking it in signed form against the format's absolute limits,
+/// its size included: what signing adds (digests, an id, two times) can take a draft under
+/// the limit past it, and nobody would accept that envelope.
 pub fn sign_plan(plan: &Plan, key: &SigningKey) -> Result<Envelope, Invalid> {
     plan.validate(Form::Signed, &Limits::ABSOLUTE)?;
-    Ok(Envelope::sign(PLAN_PAYLOAD_TYPE, &plan.to_payload(), key))
+    let payload = plan.to_payload();
+    within("plan", payload.len(), MAX_PLAN_BYTES)?;
+    Ok(Envelope::sign(PLAN_PAYLOAD_TYPE, &payload, key))
 }
 
-/// Signs an action after checking its rules.
+/// Signs an action after checking its rules and its size.
 pub fn sign_action(action: &Action, key: &SigningKey) -> Result<Envelope, Invalid> {
     action.validate()?;
-    Ok(Envelope::sign(ACTION_PAYLOAD_TYPE, &action.to_payload(), key))
+    let payload = action.to_payload();
+    within("action", payload.len(), MAX_ACTION_BYTES)?;
+    Ok(Envelope::sign(ACTION_PAYLOAD_TYPE, &payload, key))
+}
+
+/// Refuses a payload of `len` bytes over `max`, as parsing it would.
+fn within(what: &str, len: usize, max: usize) -> Result<(), Invalid> {
+    if len > max {
+        return Err(Invalid::one(crate::Violation::new(
+            "",
+            "size",
+            format!("signed {what} is {len} bytes, over the limit of {max}"),
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -505,3 +505,48 @@ fn p10_a_plan_breaking_a_rule_per_byte_gets_a_bounded_report() {
         assert!(err.to_string().len() < 64 << 10, "{} bytes of report", err.to_string().len());
     }
 }
+
+/// What signing adds can take a plan past the size limit: signing refuses that, so nobody
+/// holds an envelope every queue and worker would refuse; at exactly the limit it signs.
+#[test]
+fn a_plan_is_signed_at_exactly_the_size_limit_and_refused_a_byte_past_it() {
+    let k = key(1);
+    let mut p = plan();
+    // Copies of the first task, padded with environment variables, to within reach of the
+    // limit; the description makes up the rest.
+    let mut padded = p.tasks[0].clone();
+    padded.env = (0..64).map(|i| (format!("PAD_{i:02}"), "x".repeat(4000))).collect();
+    for i in 0..4 {
+        let mut t = padded.clone();
+        t.id = format!("pad{i}").parse().unwrap();
+        p.tasks.push(t);
+    }
+    p.description = "d".into();
+    let vars = (MAX_PLAN_BYTES - p.to_payload().len() - 300) / 4010;
+    let mut t = padded.clone();
+    t.id = "pad4".parse().unwrap();
+    t.env = (0..vars).map(|i| (format!("PAD_{i:02}"), "x".repeat(4000))).collect();
+    p.tasks.push(t);
+    // One more variable for all but about 2000 bytes.
+    let left = MAX_PLAN_BYTES - p.to_payload().len();
+    if let Some(t) = p.tasks.last_mut() {
+        t.env.insert("PAD_LAST".into(), "x".repeat(left.saturating_sub(2000)));
+    }
+    let short = MAX_PLAN_BYTES - p.to_payload().len();
+    assert!(short < 4096, "the description can make up {short} bytes");
+    p.description = "d".repeat(1 + short);
+    assert_eq!(p.to_payload().len(), MAX_PLAN_BYTES);
+    let env = sign_plan(&p, &k).unwrap().to_json();
+    let v = verify(&env, &trust_with(&[("alice", &k)])).unwrap();
+    assert_eq!(v.payload().len(), MAX_PLAN_BYTES);
+
+    p.description.push('d');
+    let err = sign_plan(&p, &k).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "signed plan is {} bytes, over the limit of {MAX_PLAN_BYTES}",
+            MAX_PLAN_BYTES + 1
+        )),
+        "{err}"
+    );
+}

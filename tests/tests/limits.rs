@@ -9,6 +9,8 @@ mod common;
 
 use std::time::Duration;
 
+use base64::Engine as _;
+
 use common::*;
 
 fn text(b: &[u8]) -> String {
@@ -110,6 +112,87 @@ fn a_plan_near_its_size_limit_runs_at_the_default_concurrency() {
     let inputs = inputs(&c, 8);
     let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     let jobs = c.submit(&plan, &refs);
+    for id in &jobs {
+        let j = c.wait_job(id, Duration::from_secs(120), |j| {
+            state(j) != "queued" && state(j) != "leased"
+        });
+        assert_eq!((state(&j), j["attempts"].as_u64()), ("succeeded", Some(1)), "{j}");
+    }
+}
+
+/// A plan of `full` environment variables of 4000 bytes and one of `last` bytes, 64 to a
+/// task (each task `wc -l` of the input), signed: the signed plan's size in bytes.
+fn sign_padded(c: &Cluster, name: &str, full: usize, last: usize) -> Result<usize, String> {
+    let mut lengths = vec![4000; full];
+    lengths.push(last);
+    let tasks: Vec<serde_json::Value> = lengths
+        .chunks(agenix_proto::plan::MAX_ENV)
+        .enumerate()
+        .map(|(t, vars)| {
+            let env: serde_json::Map<String, serde_json::Value> = vars
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("PAD_{i}"), "x".repeat(*n).into()))
+                .collect();
+            serde_json::json!({
+                "id": format!("t{t}"),
+                "run": { "wasm": { "name": "wc" } },
+                "args": ["-l"],
+                "stdin": { "input": true },
+                "env": env,
+            })
+        })
+        .collect();
+    let plan = serde_json::json!({
+        "schema": "agenix.plan/v1", "name": "edge", "tasks": tasks, "output": "t0",
+    });
+    let (draft, signed) = (format!("{name}.json"), format!("{name}.env"));
+    std::fs::write(c.path(&draft), serde_json::to_vec(&plan).unwrap()).unwrap();
+    let out = c.agx(&["plan", "sign", &draft, "--out", &signed]);
+    if !out.status.success() {
+        return Err(text(&out.stderr));
+    }
+    let envelope: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.path(&signed)).unwrap()).unwrap();
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(envelope["payload"].as_str().unwrap())
+        .unwrap();
+    Ok(payload.len())
+}
+
+/// A signed plan of exactly the size limit is submitted (its envelope is a third larger)
+/// and runs; one byte more is refused at signing, the limit named.
+#[test]
+fn a_signed_plan_of_exactly_the_size_limit_runs_and_a_byte_more_is_refused() {
+    use agenix_proto::plan::MAX_PLAN_BYTES;
+    let mut c = Cluster::start(&[]);
+    c.push_aus();
+    c.worker("w", &[]);
+    // Full variables until the last one can make up the difference (at most 4096 bytes);
+    // each full one costs a little over 4000 bytes, so the plan never passes the limit.
+    let (mut full, mut last) = (200, 0);
+    loop {
+        let size = sign_padded(&c, "edge", full, last).unwrap();
+        let gap = MAX_PLAN_BYTES - size;
+        if gap == 0 {
+            break;
+        }
+        assert_eq!(last, 0, "the last variable should have made it exact ({size} bytes)");
+        if gap <= 4096 {
+            last = gap;
+        } else {
+            full += ((gap - 3000) / 4020).max(1);
+        }
+    }
+    let err = sign_padded(&c, "past", full, last + 1).unwrap_err();
+    assert!(
+        err.contains(&format!("{} bytes, over the limit of {MAX_PLAN_BYTES}", MAX_PLAN_BYTES + 1)),
+        "{err}"
+    );
+    let inputs = inputs(&c, 4);
+    let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let signed = c.path("edge.env").to_str().unwrap().to_string();
+    let jobs = c.submit(&signed, &refs);
     for id in &jobs {
         let j = c.wait_job(id, Duration::from_secs(120), |j| {
             state(j) != "queued" && state(j) != "leased"

@@ -1,0 +1,518 @@
+//! The processes: one `agq`, the `agw` workers, and `agx` as a user runs it. Every child is
+//! recorded while it may be alive, so that whatever ends the soak (an error, a panic, a
+//! signal) kills them all.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Children that may be alive, by pid; once closed, nothing new may start.
+#[derive(Debug, Default)]
+struct Registry {
+    closed: bool,
+    live: BTreeMap<u32, String>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry { closed: false, live: BTreeMap::new() });
+
+fn registry() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Starts `cmd` and records it (refused once [`kill_all`] ran).
+fn spawn(cmd: &mut Command, what: &str) -> Result<Child> {
+    let mut reg = registry();
+    if reg.closed {
+        bail!("stopping: {what} not started");
+    }
+    let child = cmd.spawn().with_context(|| format!("cannot start {what}"))?;
+    reg.live.insert(child.id(), what.to_string());
+    Ok(child)
+}
+
+/// Whether `child` has exited; once reaped it is forgotten (its pid may then be reused, so
+/// it is forgotten under the same lock [`kill_all`] takes).
+fn reap(child: &mut Child) -> Result<Option<ExitStatus>> {
+    let mut reg = registry();
+    let status = child.try_wait()?;
+    if status.is_some() {
+        reg.live.remove(&child.id());
+    }
+    Ok(status)
+}
+
+/// SIGKILLs `child` and reaps it.
+fn sigkill(child: &mut Child) {
+    {
+        let mut reg = registry();
+        reg.live.remove(&child.id());
+        // Not reaped yet, so the pid is still this child's.
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+/// SIGKILLs every child still alive and lets no new one start.
+pub(crate) fn kill_all() {
+    let mut reg = registry();
+    reg.closed = true;
+    for pid in std::mem::take(&mut reg.live).into_keys() {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The workspace's binaries.
+#[derive(Debug, Clone)]
+pub(crate) struct Bins {
+    pub(crate) agq: PathBuf,
+    pub(crate) agw: PathBuf,
+    pub(crate) agx: PathBuf,
+}
+
+impl Bins {
+    /// The binaries in `dir`.
+    pub(crate) fn in_dir(dir: &Path) -> Result<Self> {
+        // Absolute: the processes run in the soak's directory.
+        let dir = &dir.canonicalize().with_context(|| format!("no directory {}", dir.display()))?;
+        let find = |name: &str| {
+            let p = dir.join(name);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                bail!("{} is not built (cargo build --release --bins)", p.display())
+            }
+        };
+        Ok(Self { agq: find("agq")?, agw: find("agw")?, agx: find("agx")? })
+    }
+}
+
+/// What one `agx` run gave.
+#[derive(Debug)]
+pub(crate) struct Ran {
+    pub(crate) status: Option<ExitStatus>,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: String,
+    pub(crate) took: Duration,
+}
+
+impl Ran {
+    pub(crate) fn ok(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// The JSON Lines of `--json` output.
+    pub(crate) fn records(&self) -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(&self.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Why it failed, in one line.
+    pub(crate) fn why(&self) -> String {
+        let status = match self.status {
+            Some(s) => s.to_string(),
+            None => format!("killed after {:?}", self.took),
+        };
+        // With --json, agx reports its error on stdout.
+        let errors: Vec<String> = self
+            .records()
+            .into_iter()
+            .filter(|r| r["type"] == "error")
+            .map(|r| r["data"].to_string())
+            .collect();
+        let err = format!("{} {}", errors.join(" | "), self.stderr.trim().replace('\n', " | "));
+        format!("{status}: {}", err.chars().take(600).collect::<String>())
+    }
+}
+
+/// `agx`, configured for the queue through its environment as a user would.
+#[derive(Debug, Clone)]
+pub(crate) struct Agx {
+    bin: PathBuf,
+    dir: PathBuf,
+    addr: String,
+    fingerprint: String,
+    seq: Arc<AtomicU64>,
+}
+
+impl Agx {
+    /// Runs `agx ARGS` with `store` as its component store; killed after `limit`.
+    pub(crate) fn run<S: AsRef<OsStr>>(
+        &self,
+        args: &[S],
+        store: &str,
+        limit: Duration,
+    ) -> Result<Ran> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let out_dir = self.dir.join("agx-out");
+        std::fs::create_dir_all(&out_dir)?;
+        let (out_path, err_path) =
+            (out_dir.join(format!("{n}.out")), out_dir.join(format!("{n}.err")));
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .current_dir(&self.dir)
+            .env("AGX_QUEUE", &self.addr)
+            .env("AGX_FINGERPRINT", &self.fingerprint)
+            .env("AGX_TOKEN_FILE", self.dir.join("queue/planner.token"))
+            .env("AGX_KEY", self.dir.join("signer.key"))
+            .env("AGX_STORE", self.dir.join(store))
+            .env("AGX_CACHE", self.dir.join("agx-cache"))
+            .env("HOME", &self.dir)
+            .env_remove("AGX_TRUST")
+            .env_remove("AGX_CONFIG")
+            .env_remove("AGX_LOG")
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("XDG_CACHE_HOME")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path)?)
+            .stderr(std::fs::File::create(&err_path)?);
+        let start = Instant::now();
+        let mut child = spawn(&mut cmd, "agx")?;
+        let status = loop {
+            if let Some(s) = reap(&mut child)? {
+                break Some(s);
+            }
+            if start.elapsed() > limit {
+                sigkill(&mut child);
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let ran = Ran {
+            status,
+            stdout: std::fs::read(&out_path).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+            took: start.elapsed(),
+        };
+        let _ = std::fs::remove_file(&out_path);
+        let _ = std::fs::remove_file(&err_path);
+        Ok(ran)
+    }
+
+    /// Runs `agx ARGS` and fails unless it succeeds.
+    pub(crate) fn ok<S: AsRef<OsStr>>(&self, args: &[S], limit: Duration) -> Result<Ran> {
+        let ran = self.run(args, "store", limit)?;
+        if !ran.ok() {
+            let shown: Vec<String> =
+                args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
+            bail!("agx {} failed: {}", shown.join(" "), ran.why());
+        }
+        Ok(ran)
+    }
+}
+
+/// A worker slot: its name, cache directory and, while it runs, its process.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub(crate) name: String,
+    child: Option<Child>,
+    /// How many times it was started.
+    pub(crate) runs: u32,
+    /// When to start it again after a kill.
+    pub(crate) restart_at: Option<Instant>,
+}
+
+impl Worker {
+    pub(crate) fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// One queue and its workers on loopback.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    pub(crate) dir: PathBuf,
+    bins: Bins,
+    pub(crate) addr: String,
+    pub(crate) fingerprint: String,
+    /// Arguments `agq serve` gets besides its data and address.
+    agq_args: Vec<String>,
+    /// `agw --concurrency`.
+    concurrency: u32,
+    agq: Option<Child>,
+    /// How many times agq was started.
+    pub(crate) agq_runs: u32,
+    /// When the running agq said it was serving.
+    pub(crate) agq_since: Instant,
+    /// The longest an agq start took until it served.
+    pub(crate) slowest_start: Duration,
+    pub(crate) workers: Vec<Worker>,
+    /// Processes that exited without being killed, with how.
+    pub(crate) unexpected_exits: Vec<String>,
+    agx_seq: Arc<AtomicU64>,
+}
+
+/// How long agq may take to say it serves (it loads every stored job first).
+const AGQ_START: Duration = Duration::from_secs(120);
+
+impl Cluster {
+    /// `agq init`, a signer the queue trusts (`agx keygen`, `agx trust add`), then `agq
+    /// serve AGQ_ARGS` on a free loopback port. Workers added later run `concurrency` jobs
+    /// each.
+    pub(crate) fn start(
+        dir: &Path,
+        bins: Bins,
+        agq_args: Vec<String>,
+        concurrency: u32,
+    ) -> Result<Self> {
+        let out = Command::new(&bins.agq)
+            .args(["init", "--data"])
+            .arg(dir.join("queue"))
+            .output()
+            .context("cannot run agq init")?;
+        if !out.status.success() {
+            bail!("agq init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let fingerprint = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .context("agq init printed no fingerprint")?
+            .to_string();
+        let mut c = Self {
+            dir: dir.to_path_buf(),
+            bins,
+            addr: "127.0.0.1:0".into(),
+            fingerprint,
+            agq_args,
+            concurrency,
+            agq: None,
+            agq_runs: 0,
+            agq_since: Instant::now(),
+            slowest_start: Duration::ZERO,
+            workers: vec![],
+            unexpected_exits: vec![],
+            agx_seq: Arc::new(AtomicU64::new(0)),
+        };
+        let agx = c.agx();
+        let limit = Duration::from_secs(60);
+        agx.ok(&["keygen", "--out", "signer.key"], limit)?;
+        agx.ok(
+            &["trust", "add", "signer.key.pub", "--name", "soak", "--trust", "queue/trust.json"],
+            limit,
+        )?;
+        c.serve()?;
+        Ok(c)
+    }
+
+    /// `agx` for this queue (its address never changes once it first served).
+    pub(crate) fn agx(&self) -> Agx {
+        Agx {
+            bin: self.bins.agx.clone(),
+            dir: self.dir.clone(),
+            addr: self.addr.clone(),
+            fingerprint: self.fingerprint.clone(),
+            seq: self.agx_seq.clone(),
+        }
+    }
+
+    pub(crate) fn path(&self, p: &str) -> PathBuf {
+        self.dir.join(p)
+    }
+
+    /// Starts `agq serve` on the cluster's address (a free port the first time) and waits
+    /// until it says it serves. The port may be taken for a moment by some other socket
+    /// after a kill: then it tries again, for up to [`AGQ_START`].
+    fn serve(&mut self) -> Result<()> {
+        let until = Instant::now() + AGQ_START;
+        let mut failures = Vec::new();
+        loop {
+            match self.serve_once() {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < until && self.addr != "127.0.0.1:0" => {
+                    failures.push(format!("{e:#}"));
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => {
+                    failures.push(format!("{e:#}"));
+                    bail!("agq did not start on {}: {}", self.addr, failures.join("; "));
+                }
+            }
+        }
+    }
+
+    fn serve_once(&mut self) -> Result<()> {
+        self.agq_runs += 1;
+        let log = self.path(&format!("logs/agq-{}.log", self.agq_runs));
+        let mut cmd = Command::new(&self.bins.agq);
+        cmd.args(["serve", "--data"])
+            .arg(self.path("queue"))
+            .args(["--listen", &self.addr])
+            .args(&self.agq_args)
+            .env("AGQ_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?);
+        let start = Instant::now();
+        let mut child = spawn(&mut cmd, "agq")?;
+        let stdout = child.stdout.take().context("agq has no stdout")?;
+        // The first line says where it serves; the rest (nothing, today) is drained so agq
+        // never blocks on a full pipe.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(AGQ_START) {
+            Ok(Some(Ok(line))) => line,
+            other => {
+                sigkill(&mut child);
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                let said: String = said.lines().last().unwrap_or("").chars().take(300).collect();
+                bail!(
+                    "agq did not say it serves within {AGQ_START:?} ({}): {said}",
+                    if other.is_err() { "timed out" } else { "exited" }
+                );
+            }
+        };
+        // "agq: serving on ADDR as FP"
+        let addr = line.split_whitespace().nth(3).context("agq said something else")?;
+        if self.addr == "127.0.0.1:0" {
+            self.addr = addr.to_string();
+        } else if addr != self.addr {
+            sigkill(&mut child);
+            bail!("agq serves on {addr}, not on {}", self.addr);
+        }
+        self.slowest_start = self.slowest_start.max(start.elapsed());
+        self.agq_since = Instant::now();
+        self.agq = Some(child);
+        Ok(())
+    }
+
+    pub(crate) fn agq_is_up(&self) -> bool {
+        self.agq.is_some()
+    }
+
+    /// SIGKILLs agq.
+    pub(crate) fn kill_agq(&mut self) {
+        if let Some(mut c) = self.agq.take() {
+            sigkill(&mut c);
+        }
+    }
+
+    /// Starts agq again on the same address and data.
+    pub(crate) fn restart_agq(&mut self) -> Result<()> {
+        self.kill_agq();
+        self.serve()
+    }
+
+    /// Adds a worker named `name` (its cache directory is `name-cache`) and starts it.
+    pub(crate) fn add_worker(&mut self, name: &str) -> Result<()> {
+        self.workers.push(Worker { name: name.into(), child: None, runs: 0, restart_at: None });
+        self.start_worker(self.workers.len() - 1)
+    }
+
+    /// Starts worker `i` with its cache directory and name; each run logs to its own file.
+    pub(crate) fn start_worker(&mut self, i: usize) -> Result<()> {
+        let (addr, fp) = (self.addr.clone(), self.fingerprint.clone());
+        let dir = self.dir.clone();
+        let w = &mut self.workers[i];
+        w.runs += 1;
+        let log = dir.join(format!("logs/{}-{}.log", w.name, w.runs));
+        let mut cmd = Command::new(&self.bins.agw);
+        cmd.args(["--queue", &addr, "--fingerprint", &fp])
+            .arg("--token-file")
+            .arg(dir.join("queue/worker.token"))
+            .arg("--trust")
+            .arg(dir.join("worker-trust.json"))
+            .arg("--cache-dir")
+            .arg(dir.join(format!("{}-cache", w.name)))
+            .args(["--name", &w.name])
+            .args(["--concurrency", &self.concurrency.to_string()])
+            .env("AGW_LOG", "info")
+            .env_remove("AGW_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?);
+        w.child = Some(spawn(&mut cmd, &format!("agw {}", w.name))?);
+        w.restart_at = None;
+        Ok(())
+    }
+
+    /// SIGKILLs worker `i`; it is started again at `restart_at`.
+    pub(crate) fn kill_worker(&mut self, i: usize, restart_at: Instant) {
+        let w = &mut self.workers[i];
+        if let Some(mut c) = w.child.take() {
+            sigkill(&mut c);
+        }
+        w.restart_at = Some(restart_at);
+    }
+
+    /// Starts the workers whose time has come; notes (and restarts) any process that
+    /// exited by itself.
+    pub(crate) fn tend(&mut self) -> Result<()> {
+        if let Some(c) = self.agq.as_mut()
+            && let Some(status) = reap(c)?
+        {
+            self.agq = None;
+            self.unexpected_exits.push(format!(
+                "agq (run {}) exited by itself: {status}; see logs/agq-{}.log",
+                self.agq_runs, self.agq_runs
+            ));
+            self.serve()?;
+        }
+        for i in 0..self.workers.len() {
+            let w = &mut self.workers[i];
+            if let Some(c) = w.child.as_mut()
+                && let Some(status) = reap(c)?
+            {
+                w.child = None;
+                self.unexpected_exits.push(format!(
+                    "worker {} (run {}) exited by itself: {status}; see logs/{}-{}.log",
+                    w.name, w.runs, w.name, w.runs
+                ));
+                w.restart_at = Some(Instant::now());
+            }
+            if self.workers[i].restart_at.is_some_and(|t| t <= Instant::now()) {
+                self.start_worker(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every log file the processes wrote.
+    pub(crate) fn logs(&self, prefix: &str) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.path("logs"))
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.file_name().and_then(OsStr::to_str).is_some_and(|n| n.starts_with(prefix))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Stops every process.
+    pub(crate) fn stop(&mut self) {
+        for w in &mut self.workers {
+            if let Some(mut c) = w.child.take() {
+                sigkill(&mut c);
+            }
+            w.restart_at = None;
+        }
+        self.kill_agq();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
