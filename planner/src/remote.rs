@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use agenix_proto::Fingerprint;
 use agenix_proto::link::Client;
 use agenix_proto::wire::ClientRole;
+use agenix_runtime::files::{MAX_CONFIG_BYTES, MAX_TOKEN_BYTES, read_small};
 use anyhow::{Context, Result, anyhow};
 use serde::Deserialize;
 
@@ -61,7 +62,7 @@ impl QueueArgs {
                 None => return Ok(AgxConfig::default()),
             },
         };
-        let text = std::fs::read_to_string(&path)
+        let text = read_small(&path, MAX_CONFIG_BYTES)
             .with_context(|| format!("cannot read {}", path.display()))?;
         toml::from_str(&text)
             .with_context(|| format!("{} is not a valid agx config", path.display()))
@@ -88,7 +89,7 @@ impl QueueArgs {
             .clone()
             .or(file.token_file)
             .ok_or_else(|| need("token file (--token-file)"))?;
-        let token = std::fs::read_to_string(&token_file)
+        let token = read_small(&token_file, MAX_TOKEN_BYTES)
             .with_context(|| format!("cannot read {}", token_file.display()))?;
         Client::connect(queue, fingerprint, role, token.trim())
             .await

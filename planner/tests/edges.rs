@@ -179,6 +179,10 @@ fn every_file_read_refuses_dev_zero_at_its_cap() {
         {"id":"s","run":{"native":{"tool":"sort"}},"stdin":{"input":true}}],"output":"s"}"#;
     t.write("native.json", native);
     refuses(&t, &["run", "native.json", "--unsigned", "--tools", z], &over(z, 1 << 20));
+    // What connects to a queue: the token file and the config file.
+    let queue = ["--queue", "127.0.0.1:9", "--fingerprint", DIGEST];
+    refuses(&t, &[&["jobs", "list"][..], &queue, &["--token-file", z]].concat(), &over(z, 4096));
+    refuses(&t, &["jobs", "list", "--config", z], &over(z, 1 << 20));
     // A directory is still refused by name.
     fs::create_dir(t.path("dir")).unwrap();
     refuses(&t, &["plan", "validate", "dir"], "agx: dir is a directory");

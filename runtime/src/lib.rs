@@ -11,6 +11,7 @@
 
 pub mod dag;
 pub mod exec;
+pub mod files;
 pub mod store;
 pub mod tools;
 pub mod worker;

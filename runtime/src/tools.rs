@@ -75,7 +75,7 @@ impl ToolSpec {
 
 /// Adds every tool in the TOML file at `path` to `allow`.
 pub fn load_file(path: &Path, allow: &mut Allowlist) -> Result<(), ToolsError> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::files::read_small(path, crate::files::MAX_CONFIG_BYTES)
         .map_err(|source| ToolsError::Read { path: path.into(), source })?;
     let file: ToolsFile = toml::from_str(&text)
         .map_err(|e| ToolsError::Parse { path: path.into(), message: e.to_string() })?;

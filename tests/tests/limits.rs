@@ -7,7 +7,8 @@
 
 mod common;
 
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
@@ -255,4 +256,56 @@ fn a_worker_the_queue_throttles_loses_no_attempt() {
         });
         assert_eq!((state(&j), j["attempts"].as_u64()), ("succeeded", Some(1)), "{j}");
     }
+}
+
+/// agw runs 1 to 256 jobs at once: at both bounds it starts and registers with that
+/// concurrency; past them, or given a device as its token or configuration file, it refuses
+/// to start and says why.
+#[test]
+fn a_worker_starts_at_its_concurrency_bounds_and_refuses_past_them() {
+    let mut c = Cluster::start(&[]);
+    c.worker("one", &["--concurrency", "1"]);
+    c.worker("most", &["--concurrency", "256"]);
+    let until = Instant::now() + Duration::from_secs(60);
+    let registered = loop {
+        let out = c.ok(&["--json", "workers", "list"]);
+        let mut seen: Vec<(String, u64)> = out
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["type"] == "worker")
+            .map(|r| {
+                let caps = &r["data"]["capabilities"];
+                (caps["name"].as_str().unwrap().to_string(), caps["concurrency"].as_u64().unwrap())
+            })
+            .collect();
+        seen.sort();
+        if seen.len() == 2 || Instant::now() > until {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(registered, [("most".to_string(), 256), ("one".to_string(), 1)]);
+
+    let agw = |args: &[&str]| {
+        let out = Command::new(bin("agw"))
+            .args(["--queue", "127.0.0.1:9", "--fingerprint", &c.fingerprint])
+            .args(["--trust", "worker-trust.json", "--cache-dir", "cache-past"])
+            .args(args)
+            .current_dir(c.path(""))
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out.stderr))
+    };
+    let token = c.path("queue/worker.token").to_str().unwrap().to_string();
+    for n in ["0", "257"] {
+        let (code, err) = agw(&["--token-file", &token, "--concurrency", n]);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains(&format!("concurrency {n} is outside 1..=256")), "{err}");
+    }
+    let (code, err) = agw(&["--token-file", "/dev/zero"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot read /dev/zero: over the limit of 4096 bytes"), "{err}");
+    let (code, err) = agw(&["--token-file", &token, "--config", "/dev/zero"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot read /dev/zero: over the limit of 1048576 bytes"), "{err}");
 }

@@ -19,6 +19,7 @@ use agenix_host::native::{Allowlist, Helper, NativeConfig, NativeHost, jail};
 use agenix_host::wasm::{Allocator, WasmConfig, WasmHost};
 use agenix_proto::{Fingerprint, Limits, MountName};
 use agenix_runtime::exec::{MountConfig, Resources};
+use agenix_runtime::files::{MAX_CONFIG_BYTES, MAX_TOKEN_BYTES, read_small};
 use agenix_runtime::store::LocalStore;
 use agenix_runtime::tools;
 use agenix_runtime::worker::config::FileConfig;
@@ -135,7 +136,8 @@ fn run(args: RunArgs) -> Result<()> {
     init_logging();
     let file = match &args.config {
         Some(p) => FileConfig::parse(
-            &std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+            &read_small(p, MAX_CONFIG_BYTES)
+                .with_context(|| format!("cannot read {}", p.display()))?,
         )
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("{} is not a valid worker configuration", p.display()))?,
@@ -151,7 +153,7 @@ fn run(args: RunArgs) -> Result<()> {
         .ok_or_else(|| need("queue fingerprint (--fingerprint)"))?;
     let token_file =
         args.token_file.or(file.token_file).ok_or_else(|| need("token file (--token-file)"))?;
-    let token = std::fs::read_to_string(&token_file)
+    let token = read_small(&token_file, MAX_TOKEN_BYTES)
         .with_context(|| format!("cannot read {}", token_file.display()))?
         .trim()
         .to_string();

@@ -29,6 +29,7 @@ use agenix_host::native::NativeHost;
 use agenix_host::wasm::WasmHost;
 use agenix_proto::job::{Capabilities, JobOutput, Lease, LeaseRef};
 use agenix_proto::link::{Client, LinkError};
+use agenix_proto::trust::MAX_TRUST_BYTES;
 use agenix_proto::wire::{
     ClientRole, ErrorCode, FrameError, MAX_HEARTBEAT_LEASES, Request, Response,
 };
@@ -124,10 +125,11 @@ impl TrustFile {
         if stamp.is_none() || stamp != self.seen {
             self.seen = stamp;
             self.generation += 1;
-            self.trust = std::fs::read(&self.path)
+            self.trust = crate::files::read_small(&self.path, MAX_TRUST_BYTES as u64)
                 .map_err(|e| format!("cannot read the trust file {}: {e}", self.path.display()))
                 .and_then(|b| {
-                    Trust::from_json(&b).map_err(|e| format!("the trust file is invalid: {e}"))
+                    Trust::from_json(b.as_bytes())
+                        .map_err(|e| format!("the trust file is invalid: {e}"))
                 });
             if let Err(e) = &self.trust {
                 warn!(error = %e, "every lease will be declined until the trust file is fixed");
