@@ -305,7 +305,8 @@ fn plan_actions(s: &Settings, rng: &mut Rng) -> Vec<ActionPlan> {
     let mut actions = Vec::new();
     let mut left = s.jobs;
     let mut huge_left = if s.jobs >= 100 { (s.jobs / 2000).max(1) } else { 0 };
-    let mut full_left = s.jobs / 5000;
+    // Actions of the most inputs an action may have: one per 5000 jobs, and at least one.
+    let mut full_left = if s.jobs >= MAX_INPUTS { (s.jobs / 5000).max(1) } else { 0 };
     while left > 0 {
         let seq = actions.len();
         let roll = rng.range(0, 99);
