@@ -562,8 +562,10 @@ fn classify(d: &Driven, limits: &Limits, oom_killed: bool) -> (Outcome, u64) {
             let peak = (*max_rss).max(*vm_peak);
             let failed = *ended != Ended::Exited(0);
             // Without a memory cgroup, a tool near its address-space limit that then failed
-            // ran out of memory.
-            let near_limit = *vm_peak > 0 && *vm_peak >= limits.memory_bytes / 10 * 9;
+            // ran out of memory. The address space is sampled while the tool runs and can
+            // miss a short-lived peak on a busy machine; the resident peak (which never
+            // exceeds the address space) is exact, so either one near the limit counts.
+            let near_limit = peak > 0 && peak >= limits.memory_bytes / 10 * 9;
             let outcome = if d.stdout.overflowed() || d.stderr.overflowed() {
                 output()
             } else if failed && (oom_killed || near_limit) {
@@ -647,4 +649,33 @@ async fn probe_in_helper(helper: &Helper) -> std::io::Result<Probe> {
     let _ = child.wait().await;
     read.map_err(|_| std::io::Error::other("the probe timed out"))??;
     read_frame(&mut buf.as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ran(code: i32, max_rss: u64, vm_peak: u64) -> Driven {
+        Driven {
+            report: Some(JailReport::Ran { ended: Ended::Exited(code), max_rss, vm_peak }),
+            stopped: None,
+            stdout: CappedPipe::new(16),
+            stderr: CappedPipe::new(16),
+        }
+    }
+
+    #[test]
+    fn a_failed_tool_near_its_memory_limit_ran_out_of_memory_even_if_the_sample_missed_it() {
+        let limits = Limits { memory_bytes: 64 << 20, ..Limits::DEFAULT };
+        // The address space sampled early (10 MiB), the resident peak at 60 MiB.
+        let (outcome, peak) = classify(&ran(3, 60 << 20, 10 << 20), &limits, false);
+        assert_eq!((outcome, peak), (Outcome::MemoryExceeded, 60 << 20));
+        let (outcome, _) = classify(&ran(3, 1 << 20, 60 << 20), &limits, false);
+        assert_eq!(outcome, Outcome::MemoryExceeded);
+        // Far from the limit, or successful: the exit as it was.
+        let (outcome, _) = classify(&ran(3, 10 << 20, 10 << 20), &limits, false);
+        assert_eq!(outcome, Outcome::Exited { code: 3 });
+        let (outcome, _) = classify(&ran(0, 60 << 20, 60 << 20), &limits, false);
+        assert_eq!(outcome, Outcome::Exited { code: 0 });
+    }
 }
