@@ -284,3 +284,36 @@ fn a_worker_with_a_stale_trust_file_loses_no_job() {
         assert_eq!(j["attempts"], 1, "{j}");
     }
 }
+
+/// Two workers sharing one cache directory would rewrite each other's record of the jobs
+/// they ran: the second refuses to start, naming the directory, and the first runs on.
+#[test]
+fn a_second_worker_on_the_same_cache_directory_refuses_to_start() {
+    let mut c = Cluster::start(&[]);
+    c.push_aus();
+    c.worker("first", &[]);
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !c.log("first").contains("registered") {
+        assert!(std::time::Instant::now() < until, "{}", c.log("first"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cache = c.path("first-cache");
+    let out = std::process::Command::new(bin("agw"))
+        .args(["--queue", &c.addr, "--fingerprint", &c.fingerprint])
+        .arg("--token-file")
+        .arg(c.path("queue/worker.token"))
+        .arg("--trust")
+        .arg(c.path("worker-trust.json"))
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(["--name", "second"])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("another worker is using {}", cache.display())), "{err}");
+    // The first still works.
+    let jobs = c.submit(&example("log-errors.json"), &[&example("data/app.log")]);
+    let j = c.wait_job(&jobs[0], Duration::from_secs(120), |j| state(j) == "succeeded");
+    assert_eq!(j["attempts"], 1);
+}

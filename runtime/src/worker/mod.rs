@@ -21,7 +21,7 @@ pub mod verify;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -182,6 +182,9 @@ pub struct Worker {
     /// Jobs being run now, by what was signed.
     active: Mutex<HashSet<JobKey>>,
     ledger: Mutex<Ledger>,
+    /// Held while the worker lives: one worker per state directory (two would rewrite
+    /// each other's ledger and could each run a job the other ran).
+    _state_lock: nix::fcntl::Flock<std::fs::File>,
     plans: Mutex<Bounded<(Digest, u64), Arc<VerifiedPlan>>>,
     actions: Mutex<Bounded<(Digest, u64), Arc<VerifiedAction>>>,
     slot_free: Notify,
@@ -199,6 +202,32 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn now_s() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Takes `dir` for this process alone (an exclusive lock on `dir/agw.lock`, released when
+/// the process ends however it ends), or says that another worker has it.
+fn lock_state_dir(dir: &Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("agw.lock"))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| {
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                std::io::Error::new(
+                    std::io::ErrorKind::ResourceBusy,
+                    format!(
+                        "another worker is using {}: each worker needs a cache directory of \
+                         its own",
+                        dir.display()
+                    ),
+                )
+            } else {
+                std::io::Error::from(errno)
+            }
+        },
+    )
 }
 
 /// Connection errors (worth reconnecting for), as opposed to the queue's answers and to
@@ -228,6 +257,7 @@ impl Worker {
             trust: Err("not read yet".into()),
         };
         std::fs::create_dir_all(&settings.state_dir)?;
+        let state_lock = lock_state_dir(&settings.state_dir)?;
         let ledger = Ledger::open(&settings.state_dir.join("ran.jsonl"), now_s())?;
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -241,6 +271,7 @@ impl Worker {
             running: Mutex::new(HashMap::new()),
             active: Mutex::new(HashSet::new()),
             ledger: Mutex::new(ledger),
+            _state_lock: state_lock,
             plans: Mutex::new(Bounded::new(ENVELOPE_CACHE_BYTES)),
             actions: Mutex::new(Bounded::new(ENVELOPE_CACHE_BYTES)),
             slot_free: Notify::new(),
