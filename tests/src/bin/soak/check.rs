@@ -229,6 +229,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_job_recorded_as_succeeded_twice_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |job: u64, state: &str| {
+            format!(
+                "2026-12-05T10:00:00Z  INFO agenix_runtime::worker: result recorded job={job} state=\"{state}\"\n"
+            )
+        };
+        let a = dir.path().join("w0-1.log");
+        let b = dir.path().join("w1-1.log");
+        std::fs::write(&a, line(5, "succeeded") + &line(6, "succeeded") + &line(7, "dead"))
+            .unwrap();
+        std::fs::write(&b, line(5, "succeeded") + &line(7, "succeeded")).unwrap();
+        let mut f = Findings::default();
+        worker_logs(&mut f, &[a, b], &[JobId(5), JobId(6), JobId(7), JobId(8)]);
+        assert_eq!(f.doubled.len(), 1, "{:?}", f.doubled);
+        assert!(f.doubled[0].starts_with("job 5: succeeded 2 times"), "{:?}", f.doubled);
+        assert_eq!(f.succeeded_unlogged, 1);
+    }
+
+    #[test]
+    fn an_acknowledged_job_the_queue_does_not_hold_is_lost() {
+        let input = InputInfo {
+            digest: Digest::of(b"in"),
+            expected: crate::workload::Expected {
+                digest: Digest::of(b"out"),
+                size: 3,
+                bytes: None,
+            },
+        };
+        let sub = Submission {
+            seq: 0,
+            kind: Kind::Sha,
+            plan: Digest::of(b"plan"),
+            jobs: vec![JobId(9)],
+            inputs: vec![input],
+        };
+        let f = jobs(&[], &[sub], &[]);
+        assert_eq!(f.lost, [JobId(9)]);
+    }
+
+    #[test]
     fn fields_are_found_with_and_without_quotes() {
         let line = r#"2026-12-05T10:00:00.1Z  INFO agenix_runtime::worker: result recorded job=17 state="succeeded""#;
         assert_eq!(field(line, "job"), Some("17"));
