@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use agenix_link::Client;
 use agenix_proto::action::ACTION_SCHEMA;
 use agenix_proto::envelope::{sign_action, sign_plan};
 use agenix_proto::keys::{SigningKey, signing_key_from_seed};
-use agenix_proto::link::Client;
-use agenix_proto::wire::{ClientRole, Request, Response};
+use agenix_proto::wire::ClientRole;
 use agenix_proto::{Action, ActionId, Digest, Envelope, Fingerprint, InputRef, Plan, Role, Trust};
 use anyhow::{Context as _, Result, bail};
 use nix::sys::signal::{Signal, kill};
@@ -116,7 +116,7 @@ impl Agq {
         let t = Instant::now();
         self.serve(&addr)?;
         let c = self.client(ClientRole::Observer).await?;
-        c.request(&Request::Stats {}).await?;
+        c.stats().await?;
         let took = t.elapsed();
         c.shutdown().await;
         Ok(took)
@@ -210,10 +210,7 @@ impl Agq {
         let c = self.client(ClientRole::Observer).await?;
         let until = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Response::Workers { workers, .. } =
-                c.request(&Request::ListWorkers { after: None, limit: 1000 }).await?
-                && workers.len() >= n
-            {
+            if c.list_workers(None, 1000).await?.items.len() >= n {
                 c.shutdown().await;
                 return Ok(());
             }
@@ -242,8 +239,5 @@ pub(crate) fn hex(b: &[u8]) -> String {
 
 /// How many jobs the queue holds in `state`.
 pub(crate) async fn count(c: &Client, state: &str) -> Result<u64> {
-    match c.request(&Request::Stats {}).await? {
-        Response::Stats { stats } => Ok(stats.jobs.get(state).copied().unwrap_or(0)),
-        other => bail!("stats: {other:?}"),
-    }
+    Ok(c.stats().await?.jobs.get(state).copied().unwrap_or(0))
 }

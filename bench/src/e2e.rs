@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agenix_proto::wire::{ClientRole, Request, Response};
+use agenix_proto::wire::ClientRole;
 use agenix_test_programs as programs;
 use anyhow::{Context as _, Result, bail};
 
@@ -95,10 +95,7 @@ async fn agenix(runs: usize, dir: &Path, n: usize) -> Result<(Figure, Vec<String
             let action = q.action(digest, &[])?.to_json();
             planner.put_blob(&action).await?;
             let action = agenix_proto::Digest::of(&action);
-            match planner.request(&Request::Submit { plan: plan_blob, action }).await? {
-                Response::Submitted { .. } => {}
-                other => bail!("submit: {other:?}"),
-            }
+            planner.submit(plan_blob, action).await?;
         }
         finished += jobs as u64;
         let until = Instant::now() + Duration::from_secs(600);

@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use agenix_link::Client;
 use agenix_proto::job::{Capabilities, JobOutput, Reports};
-use agenix_proto::link::Client;
-use agenix_proto::wire::{ClientRole, Request, Response};
+use agenix_proto::wire::ClientRole;
 use agenix_proto::{Digest, Envelope, InputRef, Limits};
 use agenix_test_programs as programs;
 use anyhow::{Result, bail};
@@ -51,13 +51,10 @@ async fn submit_all(q: &Agq, plan: &Envelope, actions: Vec<Envelope>, n: usize) 
                 let action_json = action.to_json();
                 c.put_blob(&action_json).await?;
                 let action = Digest::of(&action_json);
-                match c.request(&Request::Submit { plan, action }).await? {
-                    Response::Submitted { .. } => {}
-                    other => bail!("submit: {other:?}"),
-                }
+                c.submit(plan, action).await?;
             }
             c.shutdown().await;
-            Ok(())
+            anyhow::Ok(())
         });
     }
     for r in tasks.join_all().await {
@@ -86,20 +83,10 @@ async fn drain(q: &Agq, n: usize) -> Result<(usize, f64)> {
     let mut tasks = JoinSet::new();
     for (i, c) in workers.into_iter().enumerate() {
         tasks.spawn(async move {
-            let register = Request::Register {
-                capabilities: capabilities(format!("bench-{i}")),
-                instance: format!("bench-instance-{i}"),
-            };
-            match c.request(&register).await? {
-                Response::Registered { .. } => {}
-                other => bail!("register: {other:?}"),
-            }
+            c.register(capabilities(format!("bench-{i}")), format!("bench-instance-{i}")).await?;
             let mut done = 0usize;
             loop {
-                let claim = Request::Claim { max: 1, wait_ms: 0 };
-                let Response::Leases { leases } = c.request(&claim).await? else {
-                    bail!("claim refused")
-                };
+                let leases = c.claim(1, 0).await?;
                 let Some(lease) = leases.first() else { break };
                 let output = JobOutput {
                     succeeded: true,
@@ -107,14 +94,11 @@ async fn drain(q: &Agq, n: usize) -> Result<(usize, f64)> {
                     reports: Reports::Inline(vec![]),
                     output: None,
                 };
-                let complete = Request::Complete { lease: lease.lease, output };
-                match c.request(&complete).await? {
-                    Response::Recorded { .. } => done += 1,
-                    other => bail!("complete: {other:?}"),
-                }
+                c.complete(lease.lease, output).await?;
+                done += 1;
             }
             c.shutdown().await;
-            Ok(done)
+            anyhow::Ok(done)
         });
     }
     let mut done = 0;

@@ -99,7 +99,8 @@ fn prefix(len: usize) -> Vec<u8> {
     len.to_be_bytes().to_vec()
 }
 
-/// What `write_frame` writes for `msg`: the big-endian `u32` length, then the JSON.
+/// What `encode_frame` makes of `msg` (the big-endian `u32` length, then the JSON), but
+/// without its cap, so seeds can be over it.
 fn frame_bytes<T: serde::Serialize>(msg: &T) -> Vec<u8> {
     let body = serde_json::to_vec(msg).unwrap_or_default();
     let mut out = prefix(body.len());

@@ -1,13 +1,11 @@
 //! One harness per fuzz target. Each takes the fuzzer's bytes, drives proto, and panics when
 //! proto panics or a property of the contract does not hold.
 
-use std::sync::OnceLock;
-
 use agenix_proto::envelope::{
     ACTION_PAYLOAD_TYPE, CLOCK_SKEW_SECS, Envelope, EnvelopeSignature, MAX_ENVELOPE_BYTES,
     MAX_SIGNATURES, PLAN_PAYLOAD_TYPE,
 };
-use agenix_proto::wire::{ClientRole, Request, Response, read_frame, write_frame};
+use agenix_proto::wire::{ClientRole, Request, Response, decode_frame, encode_frame};
 use agenix_proto::{Action, Digest, Form, Limits, Plan, VerifyError, verify_action, verify_plan};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -60,49 +58,43 @@ pub fn plan(data: &[u8]) {
     }
 }
 
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| match tokio::runtime::Builder::new_current_thread().build() {
-        Ok(rt) => rt,
-        Err(e) => panic!("no tokio runtime: {e}"),
-    })
-}
-
-/// `frame`: the input as a stream of frames, read with [`read_frame`] as requests until the
-/// first error, then from the start again as responses.
+/// `frame`: the input as a stream of frames, read with [`decode_frame`] as requests until
+/// the first error, then from the start again as responses.
 ///
-/// Property: every message read survives [`write_frame`] and a second [`read_frame`].
+/// Property: every message read survives [`encode_frame`] and a second [`decode_frame`].
 pub fn frame(data: &[u8]) {
-    runtime().block_on(async {
-        let mut stream = data;
-        while let Ok(req) = read_frame::<Request>(&mut stream).await {
-            let _ = req.name();
-            for role in ClientRole::ALL {
-                let _ = req.allowed_for(role);
-            }
-            round_trip(&req).await;
+    let mut stream = data;
+    while let Ok((req, rest)) = decode_frame::<Request>(stream) {
+        stream = rest;
+        let _ = req.name();
+        for role in ClientRole::ALL {
+            let _ = req.allowed_for(role);
         }
-        let mut stream = data;
-        while let Ok(resp) = read_frame::<Response>(&mut stream).await {
-            round_trip(&resp).await;
-        }
-    });
+        round_trip(&req);
+    }
+    let mut stream = data;
+    while let Ok((resp, rest)) = decode_frame::<Response>(stream) {
+        stream = rest;
+        let _ = resp.name();
+        round_trip(&resp);
+    }
 }
 
-async fn round_trip<T>(msg: &T)
+fn round_trip<T>(msg: &T)
 where
     T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
 {
-    let mut out = Vec::new();
-    if let Err(e) = write_frame(&mut out, msg).await {
-        panic!("a message read from a frame cannot be written: {e}");
-    }
-    let mut stream = out.as_slice();
-    match read_frame::<T>(&mut stream).await {
-        Ok(back) => assert_eq!(&back, msg, "a message changed through write_frame"),
+    let out = match encode_frame(msg) {
+        Ok(out) => out,
+        Err(e) => panic!("a message read from a frame cannot be written: {e}"),
+    };
+    match decode_frame::<T>(&out) {
+        Ok((back, rest)) => {
+            assert_eq!(&back, msg, "a message changed through encode_frame");
+            assert!(rest.is_empty(), "encode_frame wrote more than one frame");
+        }
         Err(e) => panic!("a frame written from a message read back does not read: {e}"),
     }
-    assert!(stream.is_empty(), "write_frame wrote more than one frame");
 }
 
 /// `envelope`: the input as a plan envelope ([`verify_plan`]) and as an action envelope
@@ -350,10 +342,9 @@ pub const LIMIT_ENVELOPE: Limit =
 /// `envelope_signed`: as `envelope`.
 pub const LIMIT_ENVELOPE_SIGNED: Limit = LIMIT_ENVELOPE;
 
-/// Builds what the harnesses build once (the runtime, keys, trust, signed fixtures), so that
+/// Builds what the harnesses build once (keys, trust, signed fixtures), so that
 /// it is not counted against the first input.
 pub fn warm_up() {
-    let _ = runtime();
     let _ = fixtures::trust();
     let _ = fixtures::trust_revoked();
     let _ = fixtures::plan();

@@ -1,6 +1,6 @@
-//! The native jail against TEST-MATRIX rows S1–S16: a hostile program built by the test
-//! suite (host/attack) and real tools, in real namespaces. A row that cannot run on this
-//! kernel is skipped with the reason printed.
+//! The native jail against docs/test-matrix.md rows S1–S16: a hostile program built by the test
+//! suite (host/attack) and real tools, in real namespaces. A row that cannot run on this kernel
+//! is skipped with the reason printed.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, reason = "tests")]
 

@@ -1,5 +1,5 @@
-//! The wasm sandbox against TEST-MATRIX rows W1–W10, with real wasmtime and purpose-built
-//! guests (host/guests) compiled for wasm32-wasip2.
+//! The wasm sandbox against docs/test-matrix.md rows W1–W10, with real wasmtime and purpose-
+//! built guests (host/guests) compiled for wasm32-wasip2.
 
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
 

@@ -1,18 +1,23 @@
 //! `agx`, the AGEniX planner CLI: signer keys, trust files, plan authoring and signing.
 //!
+//! Logging: warnings from the libraries it runs go to stderr; `AGX_LOG` sets the level
+//! (`info`, `debug`, or per module as `agenix_host=debug`).
+//!
 //! Exit codes: 0 success, 1 failure (invalid input, verification failed, I/O error),
 //! 2 usage error, 141 stdout closed before everything was written (`agx ... | head`: what a
 //! shell reports for SIGPIPE; what was dropped was never shown, so it is not success).
 //! `agx au run` mirrors the AU's exit code and adds 124 (timed out) and 125 (stopped or
 //! refused by the sandbox); `agx run` adds 124 (the input did not end in time).
 
+mod args;
 mod cmd;
 mod files;
 mod local;
 mod output;
 mod remote;
+mod signing;
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    init_logging();
     let out = Out { json: cli.json };
     match cli.command.execute(out) {
         Ok(code) => code,
@@ -59,6 +65,20 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Warnings and errors from the libraries agx runs (the sandbox's DEGRADED warning among
+/// them) go to stderr; `AGX_LOG` chooses more or less (`info`, `debug`, `agenix_host=debug`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(io::stderr().is_terminal())
+        .without_time()
+        .with_target(false)
+        .with_writer(io::stderr)
+        .init();
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -12,8 +12,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use agenix_link::Client;
 use agenix_proto::Fingerprint;
-use agenix_proto::link::Client;
 use agenix_proto::wire::ClientRole;
 use agenix_runtime::files::{MAX_CONFIG_BYTES, MAX_TOKEN_BYTES, read_small};
 use anyhow::{Context, Result, anyhow};

@@ -225,6 +225,34 @@ fn usage_errors_exit_2() {
     assert_eq!(s.agx(&["--help"]).status.code(), Some(0));
 }
 
+/// Durations take a unit and stay within their range; states are a closed set. Each bad
+/// value is a usage error (exit 2) naming what is wrong and, for a bare number, the form
+/// to use; nothing is clamped.
+#[test]
+fn durations_need_a_unit_and_a_range_and_states_are_named() {
+    let s = TestDir::new();
+    let cases: [(&[&str], &str); 7] = [
+        (&["au", "run", "x.wasm", "--timeout", "500"], "\"500\" has no unit: write it as 500ms"),
+        (&["au", "run", "x.wasm", "--timeout", "61m"], "61m is outside 1ms..=1h"),
+        (&["au", "run", "x.wasm", "--timeout", "0ms"], "is outside 1ms..=1h"),
+        (&["submit", "p.json", "--expires", "367days"], "is outside 1s..=366days"),
+        (&["submit", "p.json", "--expires", "86400"], "\"86400\" has no unit"),
+        (
+            &["plan", "sign", "p.json", "--key", "k", "--out", "o", "--expires", "367days"],
+            "outside",
+        ),
+        (
+            &["jobs", "list", "--state", "finished"],
+            "unknown state \"finished\" (one of queued, leased, succeeded, dead, cancelled)",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = s.agx(args);
+        assert_eq!(out.status.code(), Some(2), "agx {args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "agx {args:?}: {}", stderr(&out));
+    }
+}
+
 #[test]
 fn example_plans_validate() {
     let s = TestDir::new();

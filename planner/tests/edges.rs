@@ -252,7 +252,7 @@ fn au_run_times_out_when_stdin_stays_open() {
     let stdin = File::open(&path).unwrap();
     let (code, err) = agx_with_stdin(
         &t,
-        &["au", "run", programs::GUEST_ECHO, "--timeout", "300"],
+        &["au", "run", programs::GUEST_ECHO, "--timeout", "300ms"],
         Stdio::from(stdin),
     );
     drop(writer);
@@ -267,7 +267,7 @@ fn au_run_times_out_when_stdin_stays_open() {
     let stdin = File::open(&path).unwrap();
     let (code, err) = agx_with_stdin(
         &t,
-        &["--json", "au", "run", programs::GUEST_ECHO, "--timeout", "300"],
+        &["--json", "au", "run", programs::GUEST_ECHO, "--timeout", "300ms"],
         Stdio::from(stdin),
     );
     drop(writer);
@@ -282,7 +282,7 @@ fn au_run_refuses_stdin_past_the_cap() {
     let t = TestDir::new();
     let (code, err) = agx_with_stdin(
         &t,
-        &["au", "run", programs::GUEST_ECHO, "--timeout", "3600000"],
+        &["au", "run", programs::GUEST_ECHO, "--timeout", "1h"],
         Stdio::from(File::open("/dev/zero").unwrap()),
     );
     assert_eq!(code, Some(1), "{err}");

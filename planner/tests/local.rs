@@ -66,7 +66,7 @@ fn au_run_pipes_stdin_and_mirrors_the_exit_code() {
         let out = t.agx(&["au", "run", programs::GUEST_EXIT, "--", &code.to_string()]);
         assert_eq!(out.status.code(), Some(code), "exit {code}");
     }
-    let out = t.agx(&["au", "run", programs::GUEST_SLEEP, "--timeout", "200"]);
+    let out = t.agx(&["au", "run", programs::GUEST_SLEEP, "--timeout", "200ms"]);
     assert_eq!(out.status.code(), Some(124));
     assert!(text(&out.stderr).contains("timed-out"), "{}", text(&out.stderr));
     let out = t.agx(&["au", "run", programs::GUEST_SPIN, "--fuel", "1000000"]);
@@ -393,4 +393,46 @@ fn native_pipeline_runs_in_the_jail_like_unjailed() {
         first["data"]["outcome"]["reason"],
         "tool \"grep\" is not in this worker's allowlist"
     );
+}
+
+/// With part of the jail missing, native tasks are refused; with `--danger-degraded` they
+/// run, and every one of them says DEGRADED on stderr (the warning reaches the user, not
+/// only a log nobody reads).
+#[test]
+fn a_degraded_jail_is_refused_unless_chosen_and_then_said_on_every_task() {
+    let t = TestDir::new();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "log-errors-native.json",
+            "--unsigned",
+            "--input",
+            "app.log",
+            "--allow-tool",
+            "grep",
+            "--allow-tool",
+            "cut",
+            "--allow-tool",
+            "sort",
+            "--allow-tool",
+            "uniq",
+            "--disable-jail-feature",
+            "seccomp filter",
+        ];
+        args.extend_from_slice(extra);
+        t.agx(&args)
+    };
+    fs::copy(example("log-errors-native.json"), t.path("log-errors-native.json")).unwrap();
+    fs::copy(example("data/app.log"), t.path("app.log")).unwrap();
+    let refused = run(&[]);
+    let err = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(err.contains("seccomp filter"), "the refusal names what is missing: {err}");
+    assert!(refused.stdout.is_empty(), "nothing ran: {:?}", text(&refused.stdout));
+
+    let degraded = run(&["--danger-degraded"]);
+    let err = text(&degraded.stderr);
+    assert_eq!(degraded.status.code(), Some(0), "{err}");
+    assert_eq!(text(&degraded.stdout), LOG_ERRORS_OUTPUT);
+    assert_eq!(err.matches("DEGRADED native sandbox").count(), 4, "one per task: {err}");
 }

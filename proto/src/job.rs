@@ -86,13 +86,61 @@ impl JobState {
 
     /// The state's name: `queued`, `leased`, `succeeded`, `dead`, `cancelled`.
     pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// Which state this is, without its details.
+    pub fn kind(&self) -> StateKind {
         match self {
-            Self::Queued { .. } => "queued",
-            Self::Leased { .. } => "leased",
+            Self::Queued { .. } => StateKind::Queued,
+            Self::Leased { .. } => StateKind::Leased,
+            Self::Succeeded => StateKind::Succeeded,
+            Self::Dead { .. } => StateKind::Dead,
+            Self::Cancelled => StateKind::Cancelled,
+        }
+    }
+}
+
+/// A job state without its details: what listings filter by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateKind {
+    /// Waiting to be claimed.
+    Queued,
+    /// Held by a worker.
+    Leased,
+    /// Done.
+    Succeeded,
+    /// Given up.
+    Dead,
+    /// Cancelled.
+    Cancelled,
+}
+
+impl StateKind {
+    /// Every state.
+    pub const ALL: [Self; 5] =
+        [Self::Queued, Self::Leased, Self::Succeeded, Self::Dead, Self::Cancelled];
+
+    /// The state's name, as on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Leased => "leased",
             Self::Succeeded => "succeeded",
-            Self::Dead { .. } => "dead",
+            Self::Dead => "dead",
             Self::Cancelled => "cancelled",
         }
+    }
+}
+
+impl FromStr for StateKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown state {s:?} (one of {})", names.join(", "))
+        })
     }
 }
 

@@ -6,11 +6,12 @@
 //! disagree about what a valid plan is. Parsing is strict (duplicate keys, unknown fields and
 //! non-UTF-8 are rejected) and every error names its rule and field path.
 //!
-//! It also holds the wire protocol (`wire`: messages and framing) and the QUIC link
-//! (`link`: TLS 1.3 with the queue's key pinned, and the client side agx and agw share).
+//! It also holds the wire protocol (`wire`: every message, the role matrix, and a
+//! synchronous frame codec); the QUIC link that carries it is the `agenix-link` crate.
 //!
-//! What this crate does not do: apart from the link helpers it performs no file or network
-//! I/O, and it never reads a clock or a random source; time and randomness are arguments. Executors accept only
+//! What this crate does not do: it performs no file or network I/O (its dependencies hold
+//! no async runtime, network or TLS stack: `scripts/test.sh` checks), and it never reads a
+//! clock or a random source; time and randomness are arguments. Executors accept only
 //! [`VerifiedPlan`] and [`VerifiedAction`], which only [`verify_plan`] and
 //! [`verify_action`] construct.
 
@@ -23,7 +24,6 @@ pub mod job;
 pub mod json;
 pub mod keys;
 pub mod limits;
-pub mod link;
 pub mod plan;
 pub mod report;
 pub mod text;

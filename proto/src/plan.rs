@@ -200,7 +200,7 @@ impl Plan {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Checks every rule of DESIGN.md "Plan v1" and limits against `ceilings`, collecting all
+    /// Checks every rule of plan v1 (docs/design.md) and limits against `ceilings`, collecting all
     /// violations.
     pub fn validate(&self, form: Form, ceilings: &Limits) -> Result<(), Invalid> {
         let mut r = Report::default();

@@ -14,13 +14,12 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::action::{Fingerprint, InputRef};
 use crate::digest::Digest;
 use crate::ids::ActionId;
 use crate::job::{
-    Capabilities, JobId, JobOutput, JobRecord, JobState, Lease, LeaseRef, WorkerRecord,
+    Capabilities, JobId, JobOutput, JobRecord, JobState, Lease, LeaseRef, StateKind, WorkerRecord,
 };
 
 /// The ALPN protocol id.
@@ -81,9 +80,9 @@ impl std::str::FromStr for ClientRole {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobFilter {
-    /// Only jobs in this state (`queued`, `leased`, `succeeded`, `dead`, `cancelled`).
+    /// Only jobs in this state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
+    pub state: Option<StateKind>,
     /// Only jobs of this action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<ActionId>,
@@ -289,6 +288,9 @@ pub enum ErrorCode {
     Unavailable,
     /// The queue failed.
     Internal,
+    /// A worker request on a connection where no worker registered (or the queue forgot
+    /// it, having restarted): register, then ask again.
+    NotRegistered,
 }
 
 /// Counts and throughput.
@@ -416,6 +418,29 @@ pub enum Response {
     },
 }
 
+impl Response {
+    /// The answer's name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::HelloOk { .. } => "hello_ok",
+            Self::BlobsStored { .. } => "blobs_stored",
+            Self::Unkept { .. } => "unkept",
+            Self::Blob { .. } => "blob",
+            Self::Submitted { .. } => "submitted",
+            Self::Cancel { .. } => "cancel",
+            Self::Jobs { .. } => "jobs",
+            Self::Job { .. } => "job",
+            Self::Workers { .. } => "workers",
+            Self::Stats { .. } => "stats",
+            Self::Registered { .. } => "registered",
+            Self::Leases { .. } => "leases",
+            Self::HeartbeatOk { .. } => "heartbeat_ok",
+            Self::Recorded { .. } => "recorded",
+            Self::Error { .. } => "error",
+        }
+    }
+}
+
 /// A frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -436,39 +461,45 @@ pub fn json_len<T: Serialize>(msg: &T) -> usize {
     serde_json::to_vec(msg).map_or(usize::MAX, |v| v.len())
 }
 
-/// Writes one frame.
-pub async fn write_frame<T: Serialize>(
-    w: &mut (impl AsyncWrite + Unpin),
-    msg: &T,
-) -> Result<(), FrameError> {
+/// Encodes one frame: the body's length as a big-endian `u32`, then the body (the
+/// message's JSON). Refused, with nothing produced, when the body is over [`MAX_FRAME`].
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let body = serde_json::to_vec(msg).map_err(|e| FrameError::Invalid(e.to_string()))?;
     if body.len() > MAX_FRAME {
         return Err(FrameError::TooLarge(body.len()));
     }
     let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge(body.len()))?;
-    w.write_all(&len.to_be_bytes()).await?;
-    w.write_all(&body).await?;
-    Ok(())
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
 }
 
-/// Reads one frame and parses it strictly (duplicate keys and unknown fields rejected).
-pub async fn read_frame<T: serde::de::DeserializeOwned>(
-    r: &mut (impl AsyncRead + Unpin),
-) -> Result<T, FrameError> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
+/// The body length a frame header announces, refused when over [`MAX_FRAME`] (before any
+/// of the body is read).
+pub fn frame_len(header: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(header) as usize;
     if len > MAX_FRAME {
         return Err(FrameError::TooLarge(len));
     }
-    // Grown as bytes arrive: a peer that announces a large frame and sends nothing holds
-    // no memory for it.
-    let mut body = Vec::with_capacity(len.min(64 << 10));
-    (&mut *r).take(len as u64).read_to_end(&mut body).await?;
-    if body.len() < len {
-        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-    }
-    crate::json::from_slice(&body, MAX_FRAME).map_err(|e| FrameError::Invalid(e.to_string()))
+    Ok(len)
+}
+
+/// Parses a frame's body strictly (duplicate keys and unknown fields rejected).
+pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    crate::json::from_slice(body, MAX_FRAME).map_err(|e| FrameError::Invalid(e.to_string()))
+}
+
+/// Splits the first frame off `bytes` and parses it: the message and the bytes after it.
+/// Bytes that end inside the frame are [`FrameError::Io`] (`UnexpectedEof`).
+pub fn decode_frame<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, &[u8]), FrameError> {
+    let eof = || FrameError::Io(std::io::ErrorKind::UnexpectedEof.into());
+    let (header, rest) = bytes.split_first_chunk::<4>().ok_or_else(eof)?;
+    let len = frame_len(*header)?;
+    let (body, rest) = rest.split_at_checked(len).ok_or_else(eof)?;
+    Ok((decode_body(body)?, rest))
 }
 
 #[cfg(test)]
@@ -539,27 +570,22 @@ mod tests {
         assert!(Request::PutBlobs { blobs: vec![], keep: false }.allowed_for(ClientRole::Worker));
     }
 
-    #[tokio::test]
-    async fn frames_round_trip_and_oversized_frames_are_refused() {
-        let mut buf = Vec::new();
-        write_frame(&mut buf, &Request::Stats {}).await.unwrap();
-        let back: Request = read_frame(&mut buf.as_slice()).await.unwrap();
+    #[test]
+    fn frames_round_trip_and_oversized_frames_are_refused() {
+        let mut buf = encode_frame(&Request::Stats {}).unwrap();
+        buf.extend_from_slice(b"after");
+        let (back, rest): (Request, _) = decode_frame(&buf).unwrap();
         assert_eq!(back, Request::Stats {});
+        assert_eq!(rest, b"after");
         let mut huge = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
         huge.extend_from_slice(b"{}");
-        assert!(matches!(
-            read_frame::<Request>(&mut huge.as_slice()).await,
-            Err(FrameError::TooLarge(_))
-        ));
+        assert!(matches!(decode_frame::<Request>(&huge), Err(FrameError::TooLarge(_))));
+        assert_eq!(frame_len((MAX_FRAME as u32).to_be_bytes()).unwrap(), MAX_FRAME);
         let mut truncated = 100u32.to_be_bytes().to_vec();
         truncated.extend_from_slice(b"{\"type\"");
-        assert!(matches!(
-            read_frame::<Request>(&mut truncated.as_slice()).await,
-            Err(FrameError::Io(_))
-        ));
-        let mut over = Vec::new();
+        assert!(matches!(decode_frame::<Request>(&truncated), Err(FrameError::Io(_))));
+        assert!(matches!(decode_frame::<Request>(&[0, 0]), Err(FrameError::Io(_))));
         let big = Response::Error { code: ErrorCode::Internal, message: "x".repeat(MAX_FRAME) };
-        assert!(matches!(write_frame(&mut over, &big).await, Err(FrameError::TooLarge(_))));
-        assert!(over.is_empty(), "nothing of an oversized frame is written");
+        assert!(matches!(encode_frame(&big), Err(FrameError::TooLarge(_))));
     }
 }

@@ -1,4 +1,4 @@
-//! TEST-MATRIX rows P1–P11 that the contract itself decides: each asserts the precise
+//! docs/test-matrix.md rows P1–P11 that the contract itself decides: each asserts the precise
 //! rejection and its message.
 
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]

@@ -2,12 +2,13 @@
 
 use std::time::{Duration, Instant};
 
+use agenix_link::write_frame;
 use agenix_proto::envelope::MAX_ENVELOPE_BYTES;
 use agenix_proto::job::Capabilities;
 use agenix_proto::job::{JobOutput, JobState, LeaseRef, MAX_INLINE_REPORTS, Reports, Requirements};
 use agenix_proto::wire::{
     ErrorCode, MAX_BATCH_BLOBS, MAX_HEARTBEAT_LEASES, MAX_INSTANCE, MAX_PAGE, PAGE_BYTES, Request,
-    Response, json_len, write_frame,
+    Response, json_len,
 };
 use agenix_proto::{Digest, InputRef, Limits};
 use agenix_queue_core::{Refusal, Submission};
@@ -416,7 +417,7 @@ fn registered(client: &Conn) -> Option<u64> {
 
 /// The answer to a worker request on a connection where no worker registered.
 fn unregistered() -> Response {
-    error(ErrorCode::BadRequest, "no worker is registered on this connection: register first")
+    error(ErrorCode::NotRegistered, "no worker is registered on this connection: register first")
 }
 
 fn blob_error(e: BlobError) -> Response {

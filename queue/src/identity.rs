@@ -138,5 +138,5 @@ pub fn load_identity(dir: &Path) -> Result<(CertificateDer<'static>, PrivateKeyD
 /// The queue's fingerprint: the sha256 of its public key.
 pub fn fingerprint(dir: &Path) -> Result<Fingerprint> {
     let (cert, _) = load_identity(dir)?;
-    Ok(agenix_proto::link::fingerprint_of(&cert)?)
+    Ok(agenix_link::fingerprint_of(&cert)?)
 }

@@ -192,7 +192,7 @@ fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("{} is not a valid trust file", trust_path.display()))?;
             let tokens = identity::load_tokens(&data)?;
             let (cert, key) = identity::load_identity(&data)?;
-            let fingerprint = agenix_proto::link::fingerprint_of(&cert)?;
+            let fingerprint = agenix_link::fingerprint_of(&cert)?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
                 let store = Arc::new(RedbStore::open(&data.join("queue.redb"))?);

@@ -19,9 +19,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use agenix_link::{read_frame, write_frame};
 use agenix_proto::wire::{
     ClientRole, ErrorCode, FrameError, MAX_FRAME, PROTOCOL_VERSION, Request, Response, json_len,
-    read_frame, write_frame,
 };
 use agenix_proto::{Digest, Fingerprint, Trust};
 use agenix_queue_core::{Change, Config, Refusal, Scheduler};
@@ -531,7 +531,7 @@ pub fn endpoint(
     key: rustls::pki_types::PrivateKeyDer<'static>,
     settings: &Settings,
 ) -> anyhow::Result<quinn::Endpoint> {
-    let mut tls = rustls::ServerConfig::builder_with_provider(agenix_proto::link::provider())
+    let mut tls = rustls::ServerConfig::builder_with_provider(agenix_link::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(vec![cert], key)?;
@@ -540,7 +540,7 @@ pub fn endpoint(
     tls.max_early_data_size = 0;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    let mut transport = agenix_proto::link::transport();
+    let mut transport = agenix_link::transport();
     transport.max_concurrent_bidi_streams(settings.streams_per_connection.into());
     transport.max_concurrent_uni_streams(0u32.into());
     config.transport_config(Arc::new(transport));

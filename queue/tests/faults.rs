@@ -1,5 +1,5 @@
-//! Queue and worker faults (TEST-MATRIX rows Q1–Q11) against a real agq on loopback; test
-//! clients play the planners and the workers.
+//! Queue and worker faults (docs/test-matrix.md rows Q1–Q11) against a real agq on loopback;
+//! test clients play the planners and the workers.
 
 #![allow(
     clippy::unwrap_used,
@@ -561,7 +561,7 @@ async fn q10_queue_restart_while_a_worker_holds_a_lease_loses_nothing() {
     drop((w, planner));
     let w = q.client(ClientRole::Worker).await;
     let (code, message) = refused(&w, &Request::Heartbeat { leases: vec![lease] }).await;
-    assert_eq!(code, ErrorCode::BadRequest);
+    assert_eq!(code, ErrorCode::NotRegistered);
     assert_eq!(message, "no worker is registered on this connection: register first");
     // Another worker cannot take the lease over; the same instance is the same worker,
     // with the same id and its lease.
@@ -596,7 +596,7 @@ async fn q10_queue_restart_while_a_worker_holds_a_lease_loses_nothing() {
     assert_eq!((next[0].lease.job, next[0].attempt), (jobs[1], 1));
 }
 
-/// Every request kind, in every role: refused with Forbidden exactly where DESIGN's role
+/// Every request kind, in every role: refused with Forbidden exactly where the design's role
 /// table says so (written out here, not derived from `Request::allowed_for`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn q11_every_request_outside_a_roles_column_is_forbidden() {
@@ -629,9 +629,9 @@ async fn q11_every_request_outside_a_roles_column_is_forbidden() {
         for (req, allowed) in &cases {
             // Raw frames, so put_blob and get_blob are asked the same way as the rest.
             let (mut send, mut recv) = raw.open_bi().await.unwrap();
-            agenix_proto::wire::write_frame(&mut send, req).await.unwrap();
+            agenix_link::write_frame(&mut send, req).await.unwrap();
             send.finish().unwrap();
-            let resp: Response = agenix_proto::wire::read_frame(&mut recv).await.unwrap();
+            let resp: Response = agenix_link::read_frame(&mut recv).await.unwrap();
             let forbidden = Response::Error {
                 code: ErrorCode::Forbidden,
                 message: format!("the {} role may not {}", role.as_str(), req.name()),
@@ -709,7 +709,7 @@ async fn q07_a_failed_commit_changes_nothing_in_memory() {
     };
     let connect = |role| {
         let t = token(role);
-        async move { agenix_proto::link::Client::connect(addr, fingerprint, role, &t).await.unwrap() }
+        async move { agenix_link::Client::connect(addr, fingerprint, role, &t).await.unwrap() }
     };
     let planner = connect(ClientRole::Planner).await;
     planner.put_blob(COMPONENT).await.unwrap();
@@ -776,7 +776,7 @@ async fn a_lease_belongs_to_the_worker_that_claimed_it() {
     // A connection with no worker registered is refused outright.
     let anonymous = q.client(ClientRole::Worker).await;
     let (code, _) = refused(&anonymous, &Request::Complete { lease, output: no_output() }).await;
-    assert_eq!(code, ErrorCode::BadRequest);
+    assert_eq!(code, ErrorCode::NotRegistered);
     // The job is untouched and still its owner's.
     let rec = job(&planner, jobs[0]).await;
     assert!(matches!(&rec.state, JobState::Leased { worker, .. } if worker == "owner"), "{rec:?}");

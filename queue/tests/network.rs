@@ -1,5 +1,5 @@
-//! Network attacks (TEST-MATRIX rows N1–N5) against a real agq on loopback: clients with
-//! the wrong pin or token, 0-RTT, floods of connections, streams and requests, oversized,
+//! Network attacks (docs/test-matrix.md rows N1–N5) against a real agq on loopback: clients
+//! with the wrong pin or token, 0-RTT, floods of connections, streams and requests, oversized,
 //! slow and malformed frames.
 
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agenix_proto::link::{Client, LinkError};
+use agenix_link::{Client, LinkError};
 use agenix_proto::wire::{ClientRole, ErrorCode, MAX_FRAME, Request, Response};
 use agenix_proto::{Digest, Fingerprint};
 use common::raw::{self, Raw, frame};
@@ -370,7 +370,7 @@ async fn n04_oversized_frame_is_refused_and_closes_the_connection() {
     send.write_all(&u32::try_from(announced).unwrap().to_be_bytes()).await.unwrap();
     send.write_all(br#"{"type":"stats""#).await.unwrap();
     // Not finished: agq must answer without waiting for the announced mebibyte.
-    let answer: Response = tokio::time::timeout(TIMEOUT, agenix_proto::wire::read_frame(&mut recv))
+    let answer: Response = tokio::time::timeout(TIMEOUT, agenix_link::read_frame(&mut recv))
         .await
         .expect("no answer to an oversized frame")
         .unwrap();
@@ -411,9 +411,9 @@ async fn n04_slow_sender_is_reset_after_the_request_timeout() {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let blobs = vec![agenix_proto::InputRef { digest: Digest::of(b"0123456789"), size: 10 }];
     let put = Request::PutBlobs { blobs, keep: false };
-    agenix_proto::wire::write_frame(&mut send, &put).await.unwrap();
+    agenix_link::write_frame(&mut send, &put).await.unwrap();
     send.write_all(b"01234").await.unwrap();
-    let answer: Response = tokio::time::timeout(TIMEOUT, agenix_proto::wire::read_frame(&mut recv))
+    let answer: Response = tokio::time::timeout(TIMEOUT, agenix_link::read_frame(&mut recv))
         .await
         .expect("no answer to a stalled upload")
         .unwrap();
@@ -464,9 +464,9 @@ async fn n04_streams_over_the_cap_wait_for_a_free_slot() {
     drop(stalled);
     let (mut send, mut recv) =
         tokio::time::timeout(TIMEOUT, &mut waiting).await.expect("no slot came free").unwrap();
-    agenix_proto::wire::write_frame(&mut send, &Request::Stats {}).await.unwrap();
+    agenix_link::write_frame(&mut send, &Request::Stats {}).await.unwrap();
     send.finish().unwrap();
-    let answer: Response = agenix_proto::wire::read_frame(&mut recv).await.unwrap();
+    let answer: Response = agenix_link::read_frame(&mut recv).await.unwrap();
     assert!(matches!(answer, Response::Stats { .. }), "{answer:?}");
     assert!(!c.is_closed());
     assert!(matches!(c.request(&Request::Stats {}).await.unwrap(), Response::Stats { .. }));

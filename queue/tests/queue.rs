@@ -104,7 +104,7 @@ async fn finished_jobs_and_their_plans_are_forgotten_after_retention() {
 
 /// The refusal `ShowJob` gets, or `None` when the job is still shown.
 async fn refused_or_none(
-    c: &agenix_proto::link::Client,
+    c: &agenix_link::Client,
     id: agenix_proto::job::JobId,
 ) -> Option<(ErrorCode, String)> {
     match c.request(&Request::ShowJob { job: id }).await {
@@ -124,7 +124,7 @@ async fn a_worker_that_has_gone_is_leased_nothing() {
     register(&quitter, "quitter").await;
     let closer = std::sync::Arc::new(q.client(ClientRole::Worker).await);
     register(&closer, "closer").await;
-    let claim_of = |c: &std::sync::Arc<agenix_proto::link::Client>| {
+    let claim_of = |c: &std::sync::Arc<agenix_link::Client>| {
         let c = c.clone();
         tokio::spawn(async move { c.request(&Request::Claim { max: 4, wait_ms: 20_000 }).await })
     };

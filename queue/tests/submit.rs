@@ -1,14 +1,14 @@
-//! What agq checks at submission and upload (TEST-MATRIX rows P2, P4, P11 at the queue, and
-//! the blob store), against a real agq on loopback.
+//! What agq checks at submission and upload (docs/test-matrix.md rows P2, P4, P11 at the queue,
+//! and the blob store), against a real agq on loopback.
 
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
 
 mod common;
 
+use agenix_link::Client;
 use agenix_proto::envelope::{sign_action, sign_plan};
 use agenix_proto::job::{JobOutput, JobState};
 use agenix_proto::keys::{KeyId, signing_key_from_seed};
-use agenix_proto::link::Client;
 use agenix_proto::wire::{ClientRole, ErrorCode, JobFilter, Request, Response};
 use agenix_proto::{Action, Digest, Fingerprint, InputRef};
 use common::*;
@@ -28,18 +28,15 @@ async fn upload(c: &Client, blobs: &[&[u8]]) {
 async fn put_raw(c: &Client, digest: Digest, size: u64, bytes: &[u8], finish: bool) -> Response {
     let (mut send, mut recv) = c.connection().open_bi().await.unwrap();
     let req = Request::PutBlobs { blobs: vec![InputRef { digest, size }], keep: false };
-    agenix_proto::wire::write_frame(&mut send, &req).await.unwrap();
+    agenix_link::write_frame(&mut send, &req).await.unwrap();
     send.write_all(bytes).await.unwrap();
     if finish {
         send.finish().unwrap();
     }
-    tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        agenix_proto::wire::read_frame(&mut recv),
-    )
-    .await
-    .expect("no answer")
-    .unwrap()
+    tokio::time::timeout(std::time::Duration::from_secs(5), agenix_link::read_frame(&mut recv))
+        .await
+        .expect("no answer")
+        .unwrap()
 }
 
 fn error(code: ErrorCode, message: String) -> Response {

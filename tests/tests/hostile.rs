@@ -15,11 +15,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use agenix_link::{read_frame, write_frame};
 use agenix_proto::action::ACTION_SCHEMA;
 use agenix_proto::envelope::{sign_action, sign_plan};
 use agenix_proto::job::{JobId, JobOutput, JobState, Lease, LeaseEpoch, LeaseRef};
 use agenix_proto::keys::{SigningKey, signing_key_from_seed};
-use agenix_proto::wire::{ErrorCode, Request, Response, read_frame, write_frame};
+use agenix_proto::wire::{ErrorCode, Request, Response};
 use agenix_proto::{Action, ActionId, Digest, Envelope, Fingerprint, InputRef, Plan, Role, Trust};
 use agenix_test_programs as programs;
 use base64::Engine as _;

@@ -14,6 +14,7 @@ use agenix_runtime::store::NameEntry;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 
+use crate::args::parse_timeout;
 use crate::files::{Source, Within, read_within};
 use crate::local::{
     LocalHost, StoreArg, parse_bytes, parse_mount, read_component, runtime, show_bytes,
@@ -76,10 +77,10 @@ pub(crate) struct RunAu {
     /// Memory limit, in bytes or with a unit (64M, 1G).
     #[arg(long, value_parser = parse_bytes)]
     memory: Option<u64>,
-    /// Wall-clock timeout in milliseconds, from when agx starts reading stdin: reading it
-    /// counts, and the AU gets what is left.
-    #[arg(long)]
-    timeout: Option<u64>,
+    /// Wall-clock timeout with a unit (`500ms`, `30s`, `2m`; 1ms to 1h), from when agx
+    /// starts reading stdin: reading it counts, and the AU gets what is left.
+    #[arg(long, value_parser = parse_timeout)]
+    timeout: Option<Duration>,
     /// Output limit per stream, in bytes or with a unit.
     #[arg(long, value_parser = parse_bytes)]
     output: Option<u64>,
@@ -201,7 +202,9 @@ impl RunAu {
         let limits = Limits {
             fuel: self.fuel.unwrap_or(Limits::DEFAULT.fuel),
             memory_bytes: self.memory.unwrap_or(Limits::DEFAULT.memory_bytes),
-            timeout_ms: self.timeout.unwrap_or(Limits::DEFAULT.timeout_ms),
+            timeout_ms: self.timeout.map_or(Limits::DEFAULT.timeout_ms, |t| {
+                t.as_millis().try_into().unwrap_or(u64::MAX)
+            }),
             output_bytes: self.output.unwrap_or(Limits::DEFAULT.output_bytes),
             ..Limits::DEFAULT
         };
@@ -513,12 +516,9 @@ impl Unkeep {
         };
         let was_kept = runtime()?.block_on(async {
             let client = self.queue.connect(agenix_proto::wire::ClientRole::Planner).await?;
-            let answer = client.request(&agenix_proto::wire::Request::Unkeep { digest }).await;
+            let answer = client.unkeep(digest).await;
             client.shutdown().await;
-            match answer? {
-                agenix_proto::wire::Response::Unkept { was_kept } => anyhow::Ok(was_kept),
-                other => bail!("unexpected answer: {other:?}"),
-            }
+            anyhow::Ok(answer?)
         })?;
         out.emit(
             "unkept",

@@ -4,8 +4,11 @@ mod au;
 mod jobs;
 mod keygen;
 mod plan;
+mod queue;
 mod run;
+mod submit;
 mod trust;
+mod workers;
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -29,30 +32,16 @@ pub(crate) enum Command {
     /// Run a plan on this machine, in-process, without a queue.
     Run(run::RunPlan),
     /// Sign an action for a plan and submit it to a queue, with its inputs.
-    Submit(jobs::Submit),
+    Submit(submit::Submit),
     /// Jobs on a queue.
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
     /// Workers registered with a queue.
     #[command(subcommand)]
-    Workers(WorkersCommand),
+    Workers(workers::WorkersCommand),
     /// The queue itself.
     #[command(subcommand)]
-    Queue(QueueCommand),
-}
-
-/// `agx workers ...`.
-#[derive(Debug, clap::Subcommand)]
-pub(crate) enum WorkersCommand {
-    /// List registered workers.
-    List(jobs::Workers),
-}
-
-/// `agx queue ...`.
-#[derive(Debug, clap::Subcommand)]
-pub(crate) enum QueueCommand {
-    /// Jobs by state and recent throughput.
-    Stats(jobs::Stats),
+    Queue(queue::QueueCommand),
 }
 
 impl Command {
@@ -65,14 +54,14 @@ impl Command {
             Self::Run(c) => c.execute(out),
             Self::Submit(c) => c.execute(out),
             Self::Jobs(c) => c.execute(out),
-            Self::Workers(WorkersCommand::List(c)) => c.execute(out),
-            Self::Queue(QueueCommand::Stats(c)) => c.execute(out),
+            Self::Workers(c) => c.execute(out),
+            Self::Queue(c) => c.execute(out),
         }
     }
 }
 
 /// Seconds since the Unix epoch on this machine's clock.
-fn now_unix() -> u64 {
+pub(crate) fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -82,7 +71,7 @@ fn show_time(secs: u64) -> String {
 }
 
 /// 16 bytes from the operating system's random source.
-fn random16() -> anyhow::Result<[u8; 16]> {
+pub(crate) fn random16() -> anyhow::Result<[u8; 16]> {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
     Ok(b)

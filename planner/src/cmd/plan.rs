@@ -1,22 +1,20 @@
 //! `agx plan validate|sign|verify|show`.
 
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use agenix_proto::envelope::{MAX_ENVELOPE_BYTES, sign_plan};
-use agenix_proto::keys::{SigningKey, signing_key_from_pem};
-use agenix_proto::plan::{MAX_LIFETIME_SECS, MAX_PLAN_BYTES};
-use agenix_proto::{Envelope, Form, KeyId, Limits, Plan, PlanId, Run, Stdin, Trust, VerifiedPlan};
-use anyhow::{Context, Result, bail};
-use zeroize::Zeroizing;
+use agenix_proto::envelope::MAX_ENVELOPE_BYTES;
+use agenix_proto::{Envelope, Form, KeyId, Limits, Plan, Run, Stdin, Trust, VerifiedPlan};
+use anyhow::{Context, Result};
 
 use super::trust::load_trust;
-use super::{now_unix, random16, show_time};
+use super::{now_unix, show_time};
+use crate::args::parse_lifetime;
 use crate::files::{Existing, read_capped, write_atomic};
-use crate::local::{StoreArg, lock};
+use crate::local::StoreArg;
 use crate::output::Out;
+use crate::signing::{load_key, load_plan, sign_draft};
 use agenix_proto::text::clean;
 
 /// Plan commands.
@@ -58,9 +56,9 @@ pub(crate) struct Sign {
     /// The private key from `agx keygen`.
     #[arg(long, value_name = "FILE", env = "AGX_KEY")]
     key: PathBuf,
-    /// How long the signature stays valid (`24h`, `7days`, `90m`).
+    /// How long the signature stays valid (`90m`, `24h`, `7days`; at most 366 days).
     #[arg(long, default_value = "24h", value_parser = parse_lifetime)]
-    expires: u64,
+    expires: Duration,
     /// Where to write the signed envelope.
     #[arg(long, value_name = "ENV")]
     out: PathBuf,
@@ -87,49 +85,6 @@ pub(crate) struct Show {
     /// Verify against this trust file before showing (without it, nothing is verified).
     #[arg(long = "trust", value_name = "FILE")]
     trust: Option<PathBuf>,
-}
-
-fn parse_lifetime(s: &str) -> Result<u64, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try 24h, 7days, 90m)"))?;
-    let secs = d.as_secs();
-    if secs == 0 || secs > MAX_LIFETIME_SECS {
-        return Err(format!("must be between 1s and {} days", MAX_LIFETIME_SECS / 86_400));
-    }
-    Ok(secs)
-}
-
-/// Reads and parses a plan file; the result is not yet validated.
-pub(crate) fn load_plan(path: &Path) -> Result<Plan> {
-    let bytes = read_capped(path, MAX_PLAN_BYTES as u64)?;
-    load_plan_bytes(path, &bytes)
-}
-
-/// Parses a plan read from `path`; the result is not yet validated.
-pub(crate) fn load_plan_bytes(path: &Path, bytes: &[u8]) -> Result<Plan> {
-    Plan::from_json(bytes).map_err(|inv| {
-        let hint = if inv.violations().iter().any(|v| v.path == "payloadType") {
-            " (this is a signed envelope: use `agx plan verify` or `agx plan show`)"
-        } else {
-            ""
-        };
-        anyhow::Error::new(inv).context(format!("{} is not a valid plan{hint}", path.display()))
-    })
-}
-
-/// Reads a private key, refusing files that others can read (as ssh does).
-pub(crate) fn load_key(path: &Path) -> Result<SigningKey> {
-    let meta = fs::metadata(path).with_context(|| format!("cannot read key {}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "key {} is accessible by others (mode {mode:o}); run chmod 600 on it",
-            path.display()
-        );
-    }
-    let pem = Zeroizing::new(read_capped(path, 64 * 1024)?);
-    let pem = std::str::from_utf8(&pem)
-        .with_context(|| format!("{} is not a PEM file", path.display()))?;
-    signing_key_from_pem(pem).with_context(|| format!("cannot use key {}", path.display()))
 }
 
 fn task_summary(plan: &Plan) -> Vec<serde_json::Value> {
@@ -202,36 +157,25 @@ impl Validate {
 
 impl Sign {
     fn execute(self, out: Out) -> Result<ExitCode> {
-        let mut plan = load_plan(&self.plan)?;
-        plan.validate(Form::Draft, &Limits::ABSOLUTE)
-            .with_context(|| format!("{} is not a valid plan", self.plan.display()))?;
+        let plan = load_plan(&self.plan)?;
         let key = load_key(&self.key)?;
-        if plan.wasm_tasks().any(|(_, w)| w.digest.is_none()) {
-            lock(&mut plan, &self.store.open()?)?;
-        }
-        let now = now_unix();
-        if plan.plan_id.is_none() {
-            plan.plan_id = Some(PlanId::from_random(random16()?));
-        }
-        plan.issued_at = Some(now);
-        plan.expires_at = Some(now + self.expires);
-        let envelope = sign_plan(&plan, &key)
-            .with_context(|| format!("cannot sign {}", self.plan.display()))?;
-        write_atomic(&self.out, &envelope.to_json(), 0o644, Existing::Replace)?;
-        let digest = agenix_proto::Digest::of(&plan.to_payload());
+        let signed = sign_draft(&self.plan, plan, &key, &self.store, self.expires)?;
+        write_atomic(&self.out, &signed.envelope.to_json(), 0o644, Existing::Replace)?;
+        let (digest, now) = (signed.digest, signed.issued_at);
+        let expires_at = signed.plan.expires_at.unwrap_or(now);
         let keyid = KeyId::of(&key.verifying_key());
         out.emit(
             "signed",
             &serde_json::json!({
-                "envelope": self.out, "plan_id": plan.plan_id, "digest": digest.to_string(),
-                "signer": keyid.to_string(), "issued_at": now, "expires_at": now + self.expires,
+                "envelope": self.out, "plan_id": signed.plan.plan_id, "digest": digest.to_string(),
+                "signer": keyid.to_string(), "issued_at": now, "expires_at": expires_at,
             }),
             || {
                 format!(
                     "signed {} -> {}\nplan digest {digest}\nsigned by {keyid}, valid until {}",
                     self.plan.display(),
                     self.out.display(),
-                    show_time(now + self.expires)
+                    show_time(expires_at)
                 )
             },
         )?;

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use agenix_host::native::{Allowlist, Helper, NativeConfig, NativeHost};
-use agenix_proto::envelope::MAX_ENVELOPE_BYTES;
 use agenix_proto::{Limits, MountName, Plan};
 use agenix_runtime::exec::{Executable, HostRunner, JobResult, MountConfig, Resources, execute};
 use agenix_runtime::tools::{self, ToolsError};
@@ -16,11 +15,11 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::now_unix;
-use super::plan::load_plan_bytes;
 use super::trust::load_trust;
 use crate::files::{Source, Within, read_capped, read_within};
 use crate::local::{LocalHost, StoreArg, lock, parse_mount, runtime, task_table};
 use crate::output::{Coded, Out, STDOUT_CLOSED, is_broken_pipe};
+use crate::signing::PlanFile;
 
 /// Most input `agx run` reads (refused past it).
 const MAX_INPUT: u64 = 1 << 30;
@@ -59,9 +58,15 @@ pub(crate) struct RunPlan {
     /// Allow the native tools listed in a TOML file (a [tools] table).
     #[arg(long = "tools", value_name = "FILE")]
     tools_file: Option<PathBuf>,
-    /// Run native tools even if this kernel lacks part of the jail (logged on every task).
+    /// Run native tools even if this kernel lacks part of the jail (a DEGRADED warning on
+    /// stderr for every task).
     #[arg(long)]
     danger_degraded: bool,
+    /// Treat a part of the jail as missing (as `agw doctor` names it, e.g. "seccomp
+    /// filter"): to avoid a feature that misbehaves on this kernel, or to rehearse failing
+    /// closed.
+    #[arg(long = "disable-jail-feature", value_name = "NAME")]
+    disabled: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -76,29 +81,24 @@ struct Summary {
 
 impl RunPlan {
     pub(crate) fn execute(self, out: Out) -> Result<ExitCode> {
-        let bytes = read_capped(&self.plan, MAX_ENVELOPE_BYTES as u64)?;
-        let is_envelope = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .is_some_and(|v| v.get("payloadType").is_some());
         let store = self.store.open()?;
         let verified;
         let unsigned: Plan;
-        let executable = match (is_envelope, &self.trust, self.unsigned) {
-            (true, Some(trust), _) => {
+        let executable = match (PlanFile::read(&self.plan)?, &self.trust, self.unsigned) {
+            (PlanFile::Signed(bytes), Some(trust), _) => {
                 let trust = load_trust(trust)?;
                 verified = agenix_proto::verify_plan(&bytes, &trust, now_unix(), &Limits::ABSOLUTE)
                     .with_context(|| format!("{} failed verification", self.plan.display()))?;
                 Executable::verified(&verified)
             }
-            (true, None, _) => {
+            (PlanFile::Signed(_), None, _) => {
                 bail!("{} is signed: pass --trust FILE to verify it", self.plan.display())
             }
-            (false, _, false) => bail!(
+            (PlanFile::Draft(_), _, false) => bail!(
                 "{} is not signed: sign it with `agx plan sign`, or pass --unsigned to run it anyway",
                 self.plan.display()
             ),
-            (false, _, true) => {
-                let mut plan = load_plan_bytes(&self.plan, &bytes)?;
+            (PlanFile::Draft(mut plan), _, true) => {
                 lock(&mut plan, &store)?;
                 unsigned = plan;
                 Executable::danger_unsigned(&unsigned)
@@ -151,7 +151,7 @@ impl RunPlan {
                 allowlist: allow,
                 danger_degraded: self.danger_degraded,
                 scratch_dir: local.scratch_dir().join("native"),
-                disabled: vec![],
+                disabled: self.disabled.clone(),
             }))?;
             runner = runner.with_native(std::sync::Arc::new(native));
         }

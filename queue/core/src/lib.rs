@@ -847,7 +847,7 @@ impl Scheduler {
     ) -> (Vec<JobRecord>, Option<JobId>) {
         let start = after.map_or(0, |a| a.0.saturating_add(1));
         let jobs = self.jobs.range(JobId(start)..).map(|(_, j)| j).filter(|job| {
-            filter.state.as_deref().is_none_or(|s| s == job.state.name())
+            filter.state.is_none_or(|s| s == job.state.kind())
                 && filter.action.as_ref().is_none_or(|a| *a == job.action)
         });
         let (page, more) = page(jobs.cloned(), limit, budget);

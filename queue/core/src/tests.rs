@@ -316,7 +316,7 @@ fn listing_pages_and_filters() {
     assert_eq!(next, None);
     let f = JobFilter { action: Some(ActionId::from_random([2; 16])), ..JobFilter::default() };
     assert_eq!(s.list(&f, None, 10, all).0.len(), 2);
-    let f = JobFilter { state: Some("leased".into()), ..JobFilter::default() };
+    let f = JobFilter { state: Some(agenix_proto::job::StateKind::Leased), ..JobFilter::default() };
     assert!(s.list(&f, None, 10, all).0.is_empty());
 }
 

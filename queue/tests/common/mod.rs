@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use agenix_link::Client;
 use agenix_proto::action::ACTION_SCHEMA;
 use agenix_proto::envelope::{sign_action, sign_plan};
 use agenix_proto::job::{JobId, JobOutput, JobRecord, LeaseRef};
 use agenix_proto::keys::{SigningKey, signing_key_from_seed};
-use agenix_proto::link::Client;
 use agenix_proto::wire::{ClientRole, JobFilter, QueueStats, Request, Response};
 use agenix_proto::{Action, ActionId, Digest, Envelope, Fingerprint, InputRef, Plan, Role, Trust};
 
@@ -365,15 +365,16 @@ pub fn now_ms() -> u64 {
 pub mod raw {
     use super::*;
 
-    use agenix_proto::wire::{PROTOCOL_VERSION, read_frame, write_frame};
+    use agenix_link::{read_frame, write_frame};
+    use agenix_proto::wire::PROTOCOL_VERSION;
 
     /// TLS 1.3, ALPN agenix/1, the queue pinned by `fingerprint`: what `Client` uses.
     pub fn tls(fingerprint: Fingerprint) -> rustls::ClientConfig {
-        agenix_proto::link::client_tls(fingerprint).unwrap()
+        agenix_link::client_tls(fingerprint).unwrap()
     }
 
     pub fn quic(tls: rustls::ClientConfig) -> quinn::ClientConfig {
-        agenix_proto::link::quic_client_config(tls).unwrap()
+        agenix_link::quic_client_config(tls).unwrap()
     }
 
     /// A QUIC connection with no Hello sent yet.
@@ -455,9 +456,9 @@ pub mod raw {
 }
 
 /// The code and message of an `Error` answer (anything else fails the test).
-pub fn remote(e: agenix_proto::link::LinkError) -> (agenix_proto::wire::ErrorCode, String) {
+pub fn remote(e: agenix_link::LinkError) -> (agenix_proto::wire::ErrorCode, String) {
     match e {
-        agenix_proto::link::LinkError::Remote { code, message, .. } => (code, message),
+        agenix_link::LinkError::Remote { code, message, .. } => (code, message),
         other => panic!("expected an error answer, got {other}"),
     }
 }

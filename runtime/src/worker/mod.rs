@@ -27,12 +27,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agenix_host::native::NativeHost;
 use agenix_host::wasm::WasmHost;
+use agenix_link::{Client, LinkError, THROTTLE_PATIENCE};
 use agenix_proto::job::{Capabilities, JobOutput, Lease, LeaseRef};
-use agenix_proto::link::{Client, LinkError};
 use agenix_proto::trust::MAX_TRUST_BYTES;
-use agenix_proto::wire::{
-    ClientRole, ErrorCode, FrameError, MAX_HEARTBEAT_LEASES, Request, Response,
-};
+use agenix_proto::wire::{ClientRole, ErrorCode, MAX_HEARTBEAT_LEASES};
 use agenix_proto::{Digest, Fingerprint, Trust, VerifiedAction, VerifiedPlan};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
@@ -49,6 +47,10 @@ pub const MAX_CONCURRENCY: u32 = 256;
 pub const MAX_COMPONENT: u64 = 1 << 30;
 /// How long a request may go unanswered before the connection is presumed dead.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one call may take, the client's own waiting out of throttling included.
+const ANSWER_LIMIT: Duration = REQUEST_TIMEOUT.saturating_add(THROTTLE_PATIENCE);
+/// How long a claim waits at the queue for a job.
+const CLAIM_WAIT: Duration = Duration::from_secs(5);
 /// Bytes of verified envelopes kept.
 const ENVELOPE_CACHE_BYTES: usize = 64 << 20;
 
@@ -230,17 +232,6 @@ fn lock_state_dir(dir: &Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File
     )
 }
 
-/// Connection errors (worth reconnecting for), as opposed to the queue's answers and to
-/// messages this side could never send.
-fn is_link_failure(e: &LinkError) -> bool {
-    !matches!(
-        e,
-        LinkError::Remote { .. }
-            | LinkError::BlobMismatch { .. }
-            | LinkError::Frame(FrameError::TooLarge(_) | FrameError::Invalid(_))
-    )
-}
-
 impl Worker {
     /// A worker over `wasm` (and `native`, if this host runs native tools), caching
     /// components in `cache`. Fails when its state directory cannot be used.
@@ -327,20 +318,12 @@ impl Worker {
     async fn connect(&self) -> Result<Session, LinkError> {
         let s = &self.settings;
         let client = Client::connect(s.queue, s.fingerprint, ClientRole::Worker, &s.token).await?;
-        let register = Request::Register {
-            capabilities: self.capabilities(),
-            instance: self.instance.clone(),
-        };
-        match client.request(&register).await {
-            Ok(Response::Registered { worker, heartbeat_ms, .. }) => Ok(Session {
+        match client.register(self.capabilities(), self.instance.clone()).await {
+            Ok(r) => Ok(Session {
                 client,
-                worker,
-                heartbeat: Duration::from_millis(heartbeat_ms.max(100)),
+                worker: r.worker,
+                heartbeat: r.heartbeat.max(Duration::from_millis(100)),
             }),
-            Ok(other) => {
-                client.close();
-                Err(LinkError::Unexpected { request: "register", answer: format!("{other:?}") })
-            }
             Err(e) => {
                 client.close();
                 Err(e)
@@ -360,24 +343,20 @@ impl Worker {
         }
     }
 
-    /// Sends `req`, reconnecting on link failures and waiting out throttling, until the
-    /// queue answers (its errors are returned).
-    async fn call(&self, req: &Request) -> Result<Response, LinkError> {
+    /// Makes `call` on the current session until the queue answers (its errors are
+    /// returned): reconnecting when the link fails or an attempt takes longer than `limit`,
+    /// waiting while the queue throttles, and registering again when it forgot this worker.
+    async fn call<T, F>(&self, limit: Duration, call: impl Fn(Client) -> F) -> Result<T, LinkError>
+    where
+        F: Future<Output = Result<T, LinkError>>,
+    {
         loop {
             let s = self.session().await;
-            // A long poll waits up to its own wait on the queue; anything else answers fast
-            // (the client itself waits out throttling for up to a minute).
-            let limit = match req {
-                Request::Claim { wait_ms, .. } => {
-                    Duration::from_millis(u64::from(*wait_ms)) + REQUEST_TIMEOUT
-                }
-                _ => REQUEST_TIMEOUT + agenix_proto::link::THROTTLE_PATIENCE,
-            };
-            let answer = tokio::time::timeout(limit, s.client.request(req))
+            let answer = tokio::time::timeout(limit, call(s.client.clone()))
                 .await
                 .unwrap_or_else(|_| Err(LinkError::Connection("no answer in time".into())));
             match answer {
-                Err(e) if is_link_failure(&e) => {
+                Err(e) if e.is_link_failure() => {
                     warn!(error = %e, "lost the queue; reconnecting");
                     self.drop_session(&s).await;
                 }
@@ -385,10 +364,8 @@ impl Worker {
                     warn!("the queue keeps throttling this worker; waiting");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                Err(LinkError::Remote { code: ErrorCode::BadRequest, message, .. })
-                    if message.contains("register first") =>
-                {
-                    // The queue forgot this worker: register again.
+                Err(e) if e.code() == Some(ErrorCode::NotRegistered) => {
+                    // The queue forgot this worker (it restarted): register again.
                     self.drop_session(&s).await;
                 }
                 other => return other,
@@ -411,7 +388,7 @@ impl Worker {
                     message,
                     ..
                 }) => return Err(FetchError::Unavailable(message)),
-                Err(e) if is_link_failure(&e) => self.drop_session(&s).await,
+                Err(e) if e.is_link_failure() => self.drop_session(&s).await,
                 Err(e) if e.code() == Some(ErrorCode::RateLimited) => {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
@@ -430,7 +407,7 @@ impl Worker {
             let s = self.session().await;
             match s.client.put_many(blobs, false).await {
                 Ok(_) => return Ok(()),
-                Err(e) if is_link_failure(&e) => {
+                Err(e) if e.is_link_failure() => {
                     last = e.to_string();
                     self.drop_session(&s).await;
                 }
@@ -456,14 +433,19 @@ impl Worker {
                     () = freed => continue,
                 }
             }
-            let claim = Request::Claim { max: free, wait_ms: 5_000 };
+            // A long poll: the queue answers within its wait.
+            let wait_ms = CLAIM_WAIT.as_millis() as u32;
+            let claim =
+                self.call(
+                    CLAIM_WAIT + REQUEST_TIMEOUT,
+                    |c| async move { c.claim(free, wait_ms).await },
+                );
             let answer = tokio::select! {
                 () = &mut shutdown => break,
-                a = self.call(&claim) => a,
+                a = claim => a,
             };
             match answer {
-                Ok(Response::Leases { leases }) => self.take(leases),
-                Ok(other) => warn!(answer = ?other, "unexpected answer to claim"),
+                Ok(leases) => self.take(leases),
                 Err(e) => {
                     warn!(error = %e, "claim refused");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -530,22 +512,34 @@ impl Worker {
 
     /// Delivers a verdict, across reconnects, until the queue takes or refuses it.
     async fn deliver(&self, lease: LeaseRef, verdict: Verdict) {
-        let req = match verdict {
-            Verdict::Done(output) => Request::Complete { lease, output: *output },
+        let answer = match verdict {
+            Verdict::Done(output) => {
+                let output = &*output;
+                self.call(ANSWER_LIMIT, |c| {
+                    let output = output.clone();
+                    async move { c.complete(lease, output).await }
+                })
+                .await
+            }
             Verdict::Fail { reason, retryable } => {
                 warn!(job = %lease.job, %reason, retryable, "job failed");
-                Request::Fail { lease, reason, retryable }
+                self.call(ANSWER_LIMIT, |c| {
+                    let reason = reason.clone();
+                    async move { c.fail(lease, reason, retryable).await }
+                })
+                .await
             }
             Verdict::Decline(reason) => {
                 warn!(job = %lease.job, %reason, "job declined: another worker may run it");
-                Request::Release { lease, reason }
+                self.call(ANSWER_LIMIT, |c| {
+                    let reason = reason.clone();
+                    async move { c.release(lease, reason).await }
+                })
+                .await
             }
         };
-        match self.call(&req).await {
-            Ok(Response::Recorded { state, .. }) => {
-                info!(job = %lease.job, state = state.name(), "result recorded")
-            }
-            Ok(other) => warn!(answer = ?other, "unexpected answer to a result"),
+        match answer {
+            Ok(state) => info!(job = %lease.job, state = state.name(), "result recorded"),
             Err(e) => warn!(job = %lease.job, error = %e, "result refused"),
         }
     }
@@ -563,8 +557,12 @@ impl Worker {
     }
 
     async fn heartbeat(self: &Arc<Self>, leases: &[LeaseRef]) {
-        match self.call(&Request::Heartbeat { leases: leases.to_vec() }).await {
-            Ok(Response::HeartbeatOk { cancelled, lost, .. }) => {
+        let call = |c: Client| {
+            let leases = leases.to_vec();
+            async move { c.heartbeat(leases).await }
+        };
+        match self.call(ANSWER_LIMIT, call).await {
+            Ok(agenix_link::Heartbeat { cancelled, lost, .. }) => {
                 for l in cancelled {
                     if let Some(r) = lock(&self.running).remove(&l) {
                         r.abort.abort();
@@ -584,7 +582,6 @@ impl Worker {
                     }
                 }
             }
-            Ok(other) => warn!(answer = ?other, "unexpected answer to a heartbeat"),
             Err(e) => warn!(error = %e, "heartbeat refused"),
         }
     }

@@ -1,189 +1,62 @@
-//! The QUIC link: TLS 1.3 over quinn with ALPN `agenix/1`, no 0-RTT, and the queue's
-//! identity pinned by the SHA-256 of its public key; plus the client side of the protocol,
-//! shared by agx and agw.
+//! The client side of the protocol, shared by agx and agw: one typed call per request, each
+//! returning what that request's answer carries; an error answer becomes
+//! [`LinkError::Remote`] with its code, any other answer [`LinkError::Unexpected`].
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use subtle::ConstantTimeEq;
+use agenix_proto::action::{Fingerprint, InputRef};
+use agenix_proto::digest::{Digest, Hasher};
+use agenix_proto::job::{
+    Capabilities, JobId, JobOutput, JobRecord, JobState, Lease, LeaseRef, WorkerRecord,
+};
+use agenix_proto::wire::{
+    ClientRole, ErrorCode, JobFilter, PROTOCOL_VERSION, QueueStats, Request, Response,
+};
 use tokio::io::AsyncReadExt;
 
-use crate::action::{Fingerprint, InputRef};
-use crate::digest::{Digest, Hasher};
-use crate::wire::{
-    ALPN, ClientRole, ErrorCode, FrameError, PROTOCOL_VERSION, Request, Response, read_frame,
-    write_frame,
-};
+use crate::LinkError;
+use crate::frame::{read_frame, write_frame};
+use crate::tls::{client_tls, quic_client_config};
 
-/// How long a connection may go without hearing from the other end: a vanished queue or
-/// client is noticed this fast.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often an idle connection pings, well inside the idle timeout.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
-
-/// The identity of a certificate: `sha256:` of its SubjectPublicKeyInfo.
-pub fn fingerprint_of(cert: &CertificateDer<'_>) -> Result<Fingerprint, LinkError> {
-    let ee = webpki::EndEntityCert::try_from(cert)
-        .map_err(|e| LinkError::Tls(format!("bad certificate: {e:?}")))?;
-    Ok(Fingerprint(Digest::of(ee.subject_public_key_info().as_ref())))
+/// What a worker learns when it registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registration {
+    /// Its id at the queue.
+    pub worker: u64,
+    /// How long a lease lasts without a heartbeat.
+    pub lease: Duration,
+    /// How often to heartbeat.
+    pub heartbeat: Duration,
 }
 
-/// The ring crypto provider, the only one this build uses.
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Leases extended.
+    pub extended: Vec<LeaseRef>,
+    /// Leases whose jobs were cancelled: stop them and report.
+    pub cancelled: Vec<LeaseRef>,
+    /// Leases no longer held (expired or superseded): stop them.
+    pub lost: Vec<LeaseRef>,
 }
 
-/// Why the link failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum LinkError {
-    /// TLS or QUIC setup failed.
-    #[error("tls: {0}")]
-    Tls(String),
-    /// Could not connect (unreachable, refused, pin mismatch, timeout).
-    #[error("cannot connect to {addr}: {message}")]
-    Connect {
-        /// The queue's address.
-        addr: SocketAddr,
-        /// Why.
-        message: String,
-    },
-    /// The connection or a stream failed.
-    #[error("connection: {0}")]
-    Connection(String),
-    /// A frame was bad.
-    #[error(transparent)]
-    Frame(#[from] FrameError),
-    /// The queue answered with an error.
-    #[error("{request}: {code:?}: {message}")]
-    Remote {
-        /// The request.
-        request: &'static str,
-        /// The error code.
-        code: ErrorCode,
-        /// The queue's message.
-        message: String,
-    },
-    /// The queue answered something unexpected.
-    #[error("{request}: unexpected answer {answer}")]
-    Unexpected {
-        /// The request.
-        request: &'static str,
-        /// What came back.
-        answer: String,
-    },
-    /// A blob did not match its digest.
-    #[error("blob {expected} arrived with digest {found}")]
-    BlobMismatch {
-        /// The digest asked for.
-        expected: Digest,
-        /// What the bytes hash to.
-        found: Digest,
-    },
+/// The answer to a submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    /// One job per input, in the action's order.
+    pub jobs: Vec<JobId>,
+    /// True when this exact action had been submitted before.
+    pub duplicate: bool,
 }
 
-impl LinkError {
-    /// The queue's error code, when it answered with one.
-    pub fn code(&self) -> Option<ErrorCode> {
-        match self {
-            Self::Remote { code, .. } => Some(*code),
-            _ => None,
-        }
-    }
-}
-
-/// Accepts exactly one server key: the pinned one. The handshake signature is still
-/// verified, so only the holder of that key can complete it.
-#[derive(Debug)]
-struct Pinned {
-    fingerprint: Fingerprint,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let found =
-            fingerprint_of(end_entity).map_err(|e| rustls::Error::General(e.to_string()))?;
-        if bool::from(found.0.as_bytes().ct_eq(self.fingerprint.0.as_bytes())) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "the queue's identity is {found}, not the pinned {}",
-                self.fingerprint
-            )))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not spoken here".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// Transport settings both ends use.
-pub fn transport() -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    // The idle timeout is well under u32::MAX ms, so the conversion cannot fail.
-    t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
-    t.keep_alive_interval(Some(KEEP_ALIVE));
-    t
-}
-
-/// The client's TLS: 1.3 only, ALPN agenix/1, no early data, and exactly the queue whose
-/// key has `fingerprint` accepted.
-pub fn client_tls(fingerprint: Fingerprint) -> Result<rustls::ClientConfig, LinkError> {
-    let provider = provider();
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| LinkError::Tls(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned { fingerprint, provider }))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    tls.enable_early_data = false;
-    Ok(tls)
-}
-
-/// A QUIC client configuration over `tls`, with the transport settings both ends use.
-pub fn quic_client_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, LinkError> {
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| LinkError::Tls(e.to_string()))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport()));
-    Ok(cfg)
+/// One page of a listing, and where the next one starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T, C> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Where the next page starts, if there is one.
+    pub next: Option<C>,
 }
 
 /// An authenticated connection to a queue.
@@ -216,13 +89,166 @@ impl Client {
             .map_err(|_| conn_err("timed out".into()))?
             .map_err(|e| conn_err(e.to_string()))?;
         let client = Self { conn, _endpoint: endpoint, queue: fingerprint, role };
-        match client
-            .request(&Request::Hello { version: PROTOCOL_VERSION, role, token: token.to_owned() })
-            .await?
-        {
-            Response::HelloOk { .. } => Ok(client),
-            other => Err(LinkError::Unexpected { request: "hello", answer: format!("{other:?}") }),
-        }
+        let hello = Request::Hello { version: PROTOCOL_VERSION, role, token: token.to_owned() };
+        client
+            .ask(hello, |r| match r {
+                Response::HelloOk { .. } => Ok(()),
+                other => Err(other.name()),
+            })
+            .await?;
+        Ok(client)
+    }
+
+    /// Sends `req` and takes from the answer what `pick` finds there; an answer `pick`
+    /// does not expect (it returns that answer's name) is [`LinkError::Unexpected`].
+    async fn ask<T>(
+        &self,
+        req: Request,
+        pick: impl FnOnce(Response) -> Result<T, &'static str>,
+    ) -> Result<T, LinkError> {
+        let answer = self.request(&req).await?;
+        pick(answer).map_err(|answer| LinkError::Unexpected { request: req.name(), answer })
+    }
+
+    /// Announces this worker and what it offers, binding it to this connection.
+    pub async fn register(
+        &self,
+        capabilities: Capabilities,
+        instance: String,
+    ) -> Result<Registration, LinkError> {
+        self.ask(Request::Register { capabilities, instance }, |r| match r {
+            Response::Registered { worker, lease_ms, heartbeat_ms } => Ok(Registration {
+                worker,
+                lease: Duration::from_millis(lease_ms),
+                heartbeat: Duration::from_millis(heartbeat_ms),
+            }),
+            other => Err(other.name()),
+        })
+        .await
+    }
+
+    /// Asks for up to `max` jobs, waiting up to `wait_ms` for one.
+    pub async fn claim(&self, max: u32, wait_ms: u32) -> Result<Vec<Lease>, LinkError> {
+        self.ask(Request::Claim { max, wait_ms }, |r| match r {
+            Response::Leases { leases } => Ok(leases),
+            other => Err(other.name()),
+        })
+        .await
+    }
+
+    /// Keeps `leases` alive; learns which were cancelled or lost.
+    pub async fn heartbeat(&self, leases: Vec<LeaseRef>) -> Result<Heartbeat, LinkError> {
+        self.ask(Request::Heartbeat { leases }, |r| match r {
+            Response::HeartbeatOk { extended, cancelled, lost } => {
+                Ok(Heartbeat { extended, cancelled, lost })
+            }
+            other => Err(other.name()),
+        })
+        .await
+    }
+
+    /// Reports a job's result (its blobs stored first); the job's state after.
+    pub async fn complete(
+        &self,
+        lease: LeaseRef,
+        output: JobOutput,
+    ) -> Result<JobState, LinkError> {
+        self.recorded(Request::Complete { lease, output }).await
+    }
+
+    /// Reports that a job could not be run; the job's state after.
+    pub async fn fail(
+        &self,
+        lease: LeaseRef,
+        reason: String,
+        retryable: bool,
+    ) -> Result<JobState, LinkError> {
+        self.recorded(Request::Fail { lease, reason, retryable }).await
+    }
+
+    /// Gives a job back unrun, for a cause local to this worker; the job's state after.
+    pub async fn release(&self, lease: LeaseRef, reason: String) -> Result<JobState, LinkError> {
+        self.recorded(Request::Release { lease, reason }).await
+    }
+
+    async fn recorded(&self, req: Request) -> Result<JobState, LinkError> {
+        self.ask(req, |r| match r {
+            Response::Recorded { state, .. } => Ok(state),
+            other => Err(other.name()),
+        })
+        .await
+    }
+
+    /// Submits a plan and an action for it, both already uploaded as blobs.
+    pub async fn submit(&self, plan: Digest, action: Digest) -> Result<Submitted, LinkError> {
+        self.ask(Request::Submit { plan, action }, |r| match r {
+            Response::Submitted { jobs, duplicate } => Ok(Submitted { jobs, duplicate }),
+            other => Err(other.name()),
+        })
+        .await
+    }
+
+    /// Cancels a job; its state after.
+    pub async fn cancel(&self, job: JobId) -> Result<JobState, LinkError> {
+        self.ask(Request::Cancel { job }, |r| match r {
+            Response::Cancel { state, .. } => Ok(state),
+            other => Err(other.name()),
+        })
+        .await
+    }
+
+    /// One page of jobs after `after`, at most `limit`.
+    pub async fn list_jobs(
+        &self,
+        filter: JobFilter,
+        after: Option<JobId>,
+        limit: u32,
+    ) -> Result<Page<JobRecord, JobId>, LinkError> {
+        self.ask(Request::ListJobs { filter, after, limit }, |r| match r {
+            Response::Jobs { jobs, next } => Ok(Page { items: jobs, next }),
+            other => Err(other.name()),
+        })
+        .await
+    }
+
+    /// One job.
+    pub async fn show_job(&self, job: JobId) -> Result<JobRecord, LinkError> {
+        self.ask(Request::ShowJob { job }, |r| match r {
+            Response::Job { job } => Ok(job),
+            other => Err(other.name()),
+        })
+        .await
+    }
+
+    /// One page of registered workers after the id `after`, at most `limit`.
+    pub async fn list_workers(
+        &self,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Page<WorkerRecord, u64>, LinkError> {
+        self.ask(Request::ListWorkers { after, limit }, |r| match r {
+            Response::Workers { workers, next } => Ok(Page { items: workers, next }),
+            other => Err(other.name()),
+        })
+        .await
+    }
+
+    /// Counts by state and recent throughput.
+    pub async fn stats(&self) -> Result<QueueStats, LinkError> {
+        self.ask(Request::Stats {}, |r| match r {
+            Response::Stats { stats } => Ok(stats),
+            other => Err(other.name()),
+        })
+        .await
+    }
+
+    /// Stops keeping a blob stored with `keep`; whether it was kept.
+    pub async fn unkeep(&self, digest: Digest) -> Result<bool, LinkError> {
+        self.ask(Request::Unkeep { digest }, |r| match r {
+            Response::Unkept { was_kept } => Ok(was_kept),
+            other => Err(other.name()),
+        })
+        .await
     }
 
     /// The queue's identity.
@@ -245,8 +271,9 @@ impl Client {
         self.conn.close_reason().is_some()
     }
 
-    /// Sends `req` on a new stream and returns the answer; an `Error` answer becomes
-    /// [`LinkError::Remote`]. A request the queue throttled is sent again after a backoff
+    /// Sends `req` on a new stream and returns the answer, whatever it is (for tests that
+    /// speak the protocol directly; everything else uses the typed calls); an `Error`
+    /// answer becomes [`LinkError::Remote`]. A request the queue throttled is sent again after a backoff
     /// (it was not acted on), for up to [`THROTTLE_PATIENCE`].
     pub async fn request(&self, req: &Request) -> Result<Response, LinkError> {
         let mut backoff = Backoff::new();
@@ -337,10 +364,7 @@ impl Client {
                 });
             }
             other => {
-                return Err(LinkError::Unexpected {
-                    request: "get_blob",
-                    answer: format!("{other:?}"),
-                });
+                return Err(LinkError::Unexpected { request: "get_blob", answer: other.name() });
             }
         };
         let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 26));
@@ -453,10 +477,7 @@ impl Upload {
         match read_frame::<Response>(&mut self.recv).await {
             Ok(resp) => match check("put_blobs", resp)? {
                 Response::BlobsStored { existed } => Ok(existed),
-                other => Err(LinkError::Unexpected {
-                    request: "put_blobs",
-                    answer: format!("{other:?}"),
-                }),
+                other => Err(LinkError::Unexpected { request: "put_blobs", answer: other.name() }),
             },
             Err(e) => Err(failed.unwrap_or_else(|| e.into())),
         }

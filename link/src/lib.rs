@@ -1,0 +1,24 @@
+//! The QUIC link between the AGEniX processes: TLS 1.3 over quinn with ALPN `agenix/1`, no
+//! 0-RTT, and the queue's identity pinned by the sha256 of its public key (`tls`); frames
+//! read and written on QUIC streams (`frame`, over `agenix_proto::wire`'s codec); and the
+//! client agx and agw share, with one typed call per request (`client`).
+//!
+//! `agenix-proto` is the contract and does no I/O; everything that touches the network, an
+//! async runtime or TLS lives here, and the queue's scheduler (`agenix-queue-core`) never
+//! depends on it.
+//!
+//! What this crate does not do: it never decides what a message means beyond its shape and
+//! its error code, and it never trusts an answer: blobs are checked against their digests
+//! and sizes against the caps the caller gives.
+
+mod client;
+mod error;
+mod frame;
+mod tls;
+
+pub use client::{Client, Heartbeat, Page, Registration, Submitted, THROTTLE_PATIENCE, Upload};
+pub use error::LinkError;
+pub use frame::{read_frame, write_frame};
+pub use tls::{
+    IDLE_TIMEOUT, KEEP_ALIVE, client_tls, fingerprint_of, provider, quic_client_config, transport,
+};

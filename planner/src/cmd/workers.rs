@@ -1,0 +1,88 @@
+//! `agx workers list`: the workers registered with a queue.
+
+use std::process::ExitCode;
+
+use agenix_link::Client;
+use agenix_proto::job::WorkerRecord;
+use agenix_proto::text::clean_line;
+use agenix_proto::wire::{ClientRole, MAX_PAGE};
+use anyhow::Result;
+
+use crate::local::runtime;
+use crate::output::Out;
+use crate::remote::QueueArgs;
+
+/// `agx workers ...`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum WorkersCommand {
+    /// List registered workers.
+    List(Workers),
+}
+
+impl WorkersCommand {
+    pub(crate) fn execute(self, out: Out) -> Result<ExitCode> {
+        match self {
+            Self::List(c) => c.execute(out),
+        }
+    }
+}
+
+/// Every registered worker, page by page.
+async fn list_workers(client: &Client) -> Result<Vec<WorkerRecord>> {
+    let mut workers = Vec::new();
+    let mut after = None;
+    loop {
+        let page = client.list_workers(after, MAX_PAGE).await?;
+        workers.extend(page.items);
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return Ok(workers),
+        }
+    }
+}
+
+/// Registered workers.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Workers {
+    #[command(flatten)]
+    queue: QueueArgs,
+}
+
+impl Workers {
+    pub(crate) fn execute(self, out: Out) -> Result<ExitCode> {
+        runtime()?.block_on(async {
+            let c = self.queue.connect(ClientRole::Planner).await?;
+            let answer = list_workers(&c).await;
+            c.shutdown().await;
+            let workers = answer?;
+            if out.json {
+                for w in &workers {
+                    out.emit("worker", w, String::new)?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut s = format!(
+                "{:>20}  {:<20} {:>6} {:>6} {:>8}  {}\n",
+                "id", "name", "leases", "slots", "declined", "native tools"
+            );
+            for w in &workers {
+                let tools: Vec<String> =
+                    w.capabilities.tools.iter().map(ToString::to_string).collect();
+                s.push_str(&format!(
+                    "{:>20}  {:<20} {:>6} {:>6} {:>8}  {}\n",
+                    w.id,
+                    clean_line(&w.capabilities.name),
+                    w.leases,
+                    w.capabilities.concurrency,
+                    w.declined,
+                    tools.join(",")
+                ));
+                if let Some(why) = &w.last_declined {
+                    s.push_str(&format!("{:>20}  last declined: {}\n", "", clean_line(why)));
+                }
+            }
+            out.emit("workers", &(), || s)?;
+            Ok(ExitCode::SUCCESS)
+        })
+    }
+}
