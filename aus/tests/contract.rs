@@ -8,16 +8,16 @@ use std::process::{Command, Stdio};
 use common::{check_usage_error, run};
 
 const AUS: &[(&str, &str)] = &[
-    ("grep", env!("CARGO_BIN_EXE_grep")),
-    ("wc", env!("CARGO_BIN_EXE_wc")),
-    ("sort", env!("CARGO_BIN_EXE_sort")),
-    ("uniq", env!("CARGO_BIN_EXE_uniq")),
-    ("head", env!("CARGO_BIN_EXE_head")),
-    ("tail", env!("CARGO_BIN_EXE_tail")),
-    ("cut", env!("CARGO_BIN_EXE_cut")),
-    ("jq", env!("CARGO_BIN_EXE_jq")),
-    ("csv2json", env!("CARGO_BIN_EXE_csv2json")),
-    ("sha256sum", env!("CARGO_BIN_EXE_sha256sum")),
+    ("grep", env!("CARGO_BIN_EXE_au-grep")),
+    ("wc", env!("CARGO_BIN_EXE_au-wc")),
+    ("sort", env!("CARGO_BIN_EXE_au-sort")),
+    ("uniq", env!("CARGO_BIN_EXE_au-uniq")),
+    ("head", env!("CARGO_BIN_EXE_au-head")),
+    ("tail", env!("CARGO_BIN_EXE_au-tail")),
+    ("cut", env!("CARGO_BIN_EXE_au-cut")),
+    ("jq", env!("CARGO_BIN_EXE_au-jq")),
+    ("csv2json", env!("CARGO_BIN_EXE_au-csv2json")),
+    ("sha256sum", env!("CARGO_BIN_EXE_au-sha256sum")),
 ];
 
 #[test]
@@ -77,7 +77,7 @@ fn describe_prints_the_model_card() {
 
 #[test]
 fn describe_is_honoured_among_other_flags() {
-    let r = run(env!("CARGO_BIN_EXE_wc"), &["-l", "--describe"], b"");
+    let r = run(env!("CARGO_BIN_EXE_au-wc"), &["-l", "--describe"], b"");
     assert_eq!(r.code, 0);
     let card: serde_json::Value = serde_json::from_slice(&r.stdout).expect("card is JSON");
     assert_eq!(card["name"], "wc");
@@ -117,12 +117,12 @@ fn file_operands_are_refused() {
 fn closed_stdout_is_a_normal_end() {
     let input: Vec<u8> = (0..200_000).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
     let cases: &[(&str, &str, &[&str], i32)] = &[
-        ("grep", env!("CARGO_BIN_EXE_grep"), &["line"], 0),
-        ("sort", env!("CARGO_BIN_EXE_sort"), &[], 0),
-        ("uniq", env!("CARGO_BIN_EXE_uniq"), &[], 0),
-        ("cut", env!("CARGO_BIN_EXE_cut"), &["-c", "1-3"], 0),
-        ("tail", env!("CARGO_BIN_EXE_tail"), &["-n", "+1"], 0),
-        ("head", env!("CARGO_BIN_EXE_head"), &["-n", "100000"], 0),
+        ("grep", env!("CARGO_BIN_EXE_au-grep"), &["line"], 0),
+        ("sort", env!("CARGO_BIN_EXE_au-sort"), &[], 0),
+        ("uniq", env!("CARGO_BIN_EXE_au-uniq"), &[], 0),
+        ("cut", env!("CARGO_BIN_EXE_au-cut"), &["-c", "1-3"], 0),
+        ("tail", env!("CARGO_BIN_EXE_au-tail"), &["-n", "+1"], 0),
+        ("head", env!("CARGO_BIN_EXE_au-head"), &["-n", "100000"], 0),
     ];
     for &(name, bin, args, code) in cases {
         let mut child = Command::new(bin)

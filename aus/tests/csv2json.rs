@@ -4,7 +4,7 @@ mod common;
 
 use common::{check, check_usage_error, run};
 
-const CSV2JSON: &str = env!("CARGO_BIN_EXE_csv2json");
+const CSV2JSON: &str = env!("CARGO_BIN_EXE_au-csv2json");
 
 #[test]
 fn one_object_per_record_in_header_order() {

@@ -4,7 +4,7 @@ mod common;
 
 use common::{check, check_usage_error, run};
 
-const CUT: &str = env!("CARGO_BIN_EXE_cut");
+const CUT: &str = env!("CARGO_BIN_EXE_au-cut");
 
 #[test]
 fn fields() {

@@ -4,7 +4,7 @@ mod common;
 
 use common::{check, check_usage_error, run};
 
-const GREP: &str = env!("CARGO_BIN_EXE_grep");
+const GREP: &str = env!("CARGO_BIN_EXE_au-grep");
 const TEXT: &str = "foo bar\nbaz\nFoo foo\nqux foobar\n";
 
 #[test]

@@ -4,7 +4,7 @@ mod common;
 
 use common::{check, check_usage_error, run};
 
-const HEAD: &str = env!("CARGO_BIN_EXE_head");
+const HEAD: &str = env!("CARGO_BIN_EXE_au-head");
 
 fn numbers(n: u32) -> String {
     (1..=n).map(|i| format!("{i}\n")).collect()

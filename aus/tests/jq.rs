@@ -4,7 +4,7 @@ mod common;
 
 use common::{check, check_usage_error, run};
 
-const JQ: &str = env!("CARGO_BIN_EXE_jq");
+const JQ: &str = env!("CARGO_BIN_EXE_au-jq");
 
 #[test]
 fn pretty_prints_by_default() {

@@ -4,7 +4,7 @@ mod common;
 
 use common::{check, check_usage_error, run};
 
-const SHA: &str = env!("CARGO_BIN_EXE_sha256sum");
+const SHA: &str = env!("CARGO_BIN_EXE_au-sha256sum");
 
 #[test]
 fn digests_like_gnu() {

@@ -4,7 +4,7 @@ mod common;
 
 use common::{check, check_usage_error, run};
 
-const SORT: &str = env!("CARGO_BIN_EXE_sort");
+const SORT: &str = env!("CARGO_BIN_EXE_au-sort");
 
 #[test]
 fn byte_order_by_default() {

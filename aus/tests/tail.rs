@@ -4,7 +4,7 @@ mod common;
 
 use common::{check, check_usage_error, run};
 
-const TAIL: &str = env!("CARGO_BIN_EXE_tail");
+const TAIL: &str = env!("CARGO_BIN_EXE_au-tail");
 
 fn numbers(n: u32) -> String {
     (1..=n).map(|i| format!("{i}\n")).collect()

@@ -4,7 +4,7 @@ mod common;
 
 use common::{check, check_usage_error, run};
 
-const UNIQ: &str = env!("CARGO_BIN_EXE_uniq");
+const UNIQ: &str = env!("CARGO_BIN_EXE_au-uniq");
 const RUNS: &str = "a\na\nb\nc\nc\nc\n";
 
 #[test]

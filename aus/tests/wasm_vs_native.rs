@@ -5,7 +5,8 @@
 
 mod common;
 
-use agenix_host::wasm::{Allocator, WasmConfig, WasmHost, WasmTask};
+use agenix_host::WasmTask;
+use agenix_host::wasm::{Allocator, WasmConfig, WasmHost};
 use agenix_proto::{Digest, Limits, Outcome};
 use agenix_test_programs as programs;
 use bytes::Bytes;
@@ -55,16 +56,16 @@ fn cases() -> Vec<(&'static str, &'static str, Vec<&'static str>, Vec<u8>)> {
 
 fn native(name: &str) -> &'static str {
     match name {
-        "grep" => env!("CARGO_BIN_EXE_grep"),
-        "wc" => env!("CARGO_BIN_EXE_wc"),
-        "sort" => env!("CARGO_BIN_EXE_sort"),
-        "uniq" => env!("CARGO_BIN_EXE_uniq"),
-        "head" => env!("CARGO_BIN_EXE_head"),
-        "tail" => env!("CARGO_BIN_EXE_tail"),
-        "cut" => env!("CARGO_BIN_EXE_cut"),
-        "jq" => env!("CARGO_BIN_EXE_jq"),
-        "csv2json" => env!("CARGO_BIN_EXE_csv2json"),
-        "sha256sum" => env!("CARGO_BIN_EXE_sha256sum"),
+        "grep" => env!("CARGO_BIN_EXE_au-grep"),
+        "wc" => env!("CARGO_BIN_EXE_au-wc"),
+        "sort" => env!("CARGO_BIN_EXE_au-sort"),
+        "uniq" => env!("CARGO_BIN_EXE_au-uniq"),
+        "head" => env!("CARGO_BIN_EXE_au-head"),
+        "tail" => env!("CARGO_BIN_EXE_au-tail"),
+        "cut" => env!("CARGO_BIN_EXE_au-cut"),
+        "jq" => env!("CARGO_BIN_EXE_au-jq"),
+        "csv2json" => env!("CARGO_BIN_EXE_au-csv2json"),
+        "sha256sum" => env!("CARGO_BIN_EXE_au-sha256sum"),
         other => panic!("no native build of {other}"),
     }
 }

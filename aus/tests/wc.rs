@@ -4,7 +4,7 @@ mod common;
 
 use common::{check, check_usage_error, run};
 
-const WC: &str = env!("CARGO_BIN_EXE_wc");
+const WC: &str = env!("CARGO_BIN_EXE_au-wc");
 
 #[test]
 fn default_is_lines_words_bytes_in_7_columns() {

@@ -1,6 +1,5 @@
 //! Real `agq` and `agw` processes on loopback, and a signer and clients to drive them.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,7 +10,7 @@ use agenix_proto::envelope::{sign_action, sign_plan};
 use agenix_proto::keys::{SigningKey, signing_key_from_seed};
 use agenix_proto::wire::ClientRole;
 use agenix_proto::{Action, ActionId, Digest, Envelope, Fingerprint, InputRef, Plan, Role, Trust};
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -34,8 +33,7 @@ pub(crate) struct Agq {
     pub(crate) addr: String,
     pub(crate) fingerprint: Fingerprint,
     signer: SigningKey,
-    child: Option<Child>,
-    args: Vec<String>,
+    process: agenix_harness::Agq,
     workers: Vec<Child>,
     shown: Vec<String>,
 }
@@ -44,35 +42,31 @@ impl Agq {
     /// `agq init` in `dir`, a signer it trusts, then `agq serve` with `args` on loopback.
     pub(crate) fn start(dir: &Path, args: &[&str]) -> Result<Self> {
         let data = dir.join("queue");
-        let mut init = Command::new(sibling("agq")?);
+        let agq = sibling("agq")?;
+        let fingerprint: Fingerprint = agenix_harness::init(&agq, &data)?.parse()?;
+        let mut init = Command::new(&agq);
         init.args(["init", "--data"]).arg(&data);
-        let out = init.output()?;
-        if !out.status.success() {
-            bail!("agq init: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let fingerprint: Fingerprint = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .context("agq init printed no fingerprint")?
-            .parse()?;
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         let signer = signing_key_from_seed(&seed);
         let mut trust = Trust::new();
         trust.add("bench", signer.verifying_key(), &Role::ALL)?;
         std::fs::write(data.join("trust.json"), trust.to_json())?;
-        let mut q = Self {
+        // As it is run (the harness adds where to listen and a ready file to wait for).
+        let mut serve_cmd = Command::new(&agq);
+        serve_cmd.args(["serve", "--data"]).arg(&data).args(args);
+        let mut serve = agenix_harness::Serve::new(agq, data, dir.join("agq.log"));
+        serve.args = args.iter().map(|s| s.to_string()).collect();
+        let process = agenix_harness::Agq::start(serve)?;
+        Ok(Self {
             dir: dir.to_path_buf(),
-            addr: "127.0.0.1:0".into(),
+            addr: process.addr.to_string(),
             fingerprint,
             signer,
-            child: None,
-            args: args.iter().map(|s| s.to_string()).collect(),
+            process,
             workers: vec![],
-            shown: vec![show(&init)],
-        };
-        q.serve("127.0.0.1:0")?;
-        Ok(q)
+            shown: vec![show(&init), show(&serve_cmd)],
+        })
     }
 
     /// The commands it ran, as [`show`] prints them.
@@ -85,36 +79,17 @@ impl Agq {
         self.dir.join("queue")
     }
 
-    /// Starts `agq serve`; returns once it listens.
-    fn serve(&mut self, listen: &str) -> Result<()> {
-        let mut cmd = Command::new(sibling("agq")?);
-        cmd.args(["serve", "--data"])
-            .arg(self.data())
-            .args(["--listen", listen])
-            .args(&self.args)
-            .env("AGQ_LOG", "warn");
-        self.shown.push(show(&cmd));
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
-        // "agq: serving on ADDR as FP"
-        self.addr = line.split_whitespace().nth(3).context("agq did not start")?.to_string();
-        self.child = Some(child);
-        Ok(())
-    }
-
     /// The agq process id.
-    pub(crate) fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+    pub(crate) fn pid(&mut self) -> Option<u32> {
+        self.process.child().map(|c| c.id())
     }
 
     /// SIGKILLs agq, starts it again on the same address and data, and returns how long it
     /// took from the start until a client's first request was answered.
     pub(crate) async fn restart(&mut self) -> Result<Duration> {
-        self.kill();
-        let addr = self.addr.clone();
+        self.process.kill();
         let t = Instant::now();
-        self.serve(&addr)?;
+        self.process.start_again()?;
         let c = self.client(ClientRole::Observer).await?;
         c.stats().await?;
         let took = t.elapsed();
@@ -123,10 +98,7 @@ impl Agq {
     }
 
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill();
     }
 
     /// A client in `role`.

@@ -5,10 +5,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use agenix_host::NativeTask;
 use agenix_host::native::probe::names;
-use agenix_host::native::{
-    Allowlist, Helper, NativeConfig, NativeHost, NativeTask, ToolEntry, jail,
-};
+use agenix_host::native::{Allowlist, Helper, NativeConfig, NativeHost, ToolEntry, jail};
 use agenix_proto::{Limits, ToolName};
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
@@ -64,7 +63,7 @@ pub(crate) async fn spawn(runs: usize, dir: &Path) -> Result<Section> {
         hosts.push(("AGEniX jail without the per-task cgroup", without));
     }
     let jailed = |tool: ToolName, stdin: Bytes| NativeTask {
-        tool,
+        program: tool,
         args: vec![],
         env: vec![("LC_ALL".into(), "C".into())],
         stdin,

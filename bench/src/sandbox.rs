@@ -6,7 +6,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agenix_host::wasm::{Allocator, PrepareError, Prepared, WasmConfig, WasmHost, WasmTask};
+use agenix_host::WasmTask;
+use agenix_host::wasm::{Allocator, PrepareError, Prepared, WasmConfig, WasmHost};
 use agenix_proto::{Digest, Limits};
 use agenix_test_programs as programs;
 use anyhow::{Context as _, Result, bail};

@@ -1,6 +1,7 @@
 //! One task in one sandbox.
 //!
-//! `wasm` runs AUs (WASI components) on wasmtime under fuel, memory, wall-clock, output and
+//! `task` is the contract both sandboxes share: one task spec with one check of its
+//! arguments, one result, one error. `wasm` runs AUs (WASI components) on wasmtime under fuel, memory, wall-clock, output and
 //! scratch-space limits with only the directories a task was granted; `native` runs
 //! allowlisted Unix tools in an unprivileged Linux-namespace jail; `output` captures and
 //! sanitizes what tasks print; `report` turns a run into the [`agenix_proto::TaskReport`]
@@ -13,7 +14,10 @@
 pub mod native;
 pub mod output;
 pub mod report;
+pub mod task;
 pub mod wasm;
+
+pub use task::{Finished, HostError, NativeTask, Task, WasmTask};
 
 use std::path::PathBuf;
 

@@ -55,7 +55,7 @@ fn main() {
         emit(&mut code, "GUEST", g, &p);
     }
     for a in AUS {
-        let p = aus.join("wasm32-wasip2/au").join(format!("{a}.wasm"));
+        let p = aus.join("wasm32-wasip2/au").join(format!("au-{a}.wasm"));
         emit(&mut code, "AU", a, &p);
     }
     emit(&mut code, "NATIVE", "attack", &attack.join("release/agenix-attack"));

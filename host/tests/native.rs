@@ -5,16 +5,15 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout, reason = "tests")]
 
 use std::fs;
-use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agenix_host::Grant;
 use agenix_host::native::{
-    Allowlist, AllowlistError, Helper, NativeConfig, NativeHost, NativeRun, NativeTask, ToolEntry,
-    jail, probe,
+    Allowlist, AllowlistError, Helper, NativeConfig, NativeHost, ToolEntry, jail, probe,
 };
+use agenix_host::{Finished, NativeTask};
 use agenix_proto::{Access, Limits, Outcome, ToolName};
 use agenix_test_programs as programs;
 use bytes::Bytes;
@@ -77,7 +76,7 @@ async fn jail_with(disabled: &[&str], degraded: bool) -> Jail {
 async fn full_jail(row: &str) -> Option<Jail> {
     let j = jail_with(&[], false).await;
     if let Some(reason) = j.host.refusal() {
-        let _ = writeln!(std::io::stderr(), "{row}: skipped: {reason}");
+        programs::skip_without_jail(row, &reason);
         return None;
     }
     Some(j)
@@ -95,9 +94,9 @@ impl Jail {
         stdin: &[u8],
         grants: Vec<Grant>,
         limits: Limits,
-    ) -> NativeRun {
+    ) -> Finished {
         let task = NativeTask {
-            tool: tool(tool_name),
+            program: tool(tool_name),
             args: args.iter().map(|s| s.to_string()).collect(),
             env: vec![],
             stdin: Bytes::copy_from_slice(stdin),
@@ -107,11 +106,11 @@ impl Jail {
         tokio::time::timeout(Duration::from_secs(120), self.host.run(task)).await.unwrap().unwrap()
     }
 
-    async fn attack(&self, args: &[&str]) -> NativeRun {
+    async fn attack(&self, args: &[&str]) -> Finished {
         self.attack_with(args, vec![], limits()).await
     }
 
-    async fn attack_with(&self, args: &[&str], grants: Vec<Grant>, limits: Limits) -> NativeRun {
+    async fn attack_with(&self, args: &[&str], grants: Vec<Grant>, limits: Limits) -> Finished {
         self.run("attack", args, b"", grants, limits).await
     }
 
@@ -124,7 +123,7 @@ impl Jail {
     }
 }
 
-fn lines(r: &NativeRun) -> Vec<String> {
+fn lines(r: &Finished) -> Vec<String> {
     String::from_utf8_lossy(&r.stdout).lines().map(String::from).collect()
 }
 
@@ -135,7 +134,7 @@ fn line<'a>(ls: &'a [String], prefix: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no line with {prefix:?} in {ls:#?}"))
 }
 
-fn assert_denied(r: &NativeRun) {
+fn assert_denied(r: &Finished) {
     let ls = lines(r);
     assert!(
         !ls.is_empty(),
@@ -284,7 +283,7 @@ async fn s05_fork_bomb_is_contained() {
 async fn rlimit_jail(row: &str) -> Option<Jail> {
     let j = jail_with(&[probe::names::MEMORY_CGROUP, probe::names::PIDS_CGROUP], false).await;
     if let Some(reason) = j.host.refusal() {
-        let _ = writeln!(std::io::stderr(), "{row}: skipped: {reason}");
+        programs::skip_without_jail(row, &reason);
         return None;
     }
     Some(j)
@@ -525,7 +524,7 @@ async fn s16_only_allowlisted_tools_run_and_never_a_shell() {
     .unwrap();
     if host.refusal().is_none() {
         let task = NativeTask {
-            tool: tool("sort"),
+            program: tool("sort"),
             args: vec![],
             env: vec![],
             stdin: Bytes::new(),

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agenix_host::wasm::{
-    Allocator, CacheBudget, ConformanceError, Grant, PrepareError, Prepared, WasmConfig, WasmHost,
-    WasmRun, WasmTask,
+    Allocator, CacheBudget, ConformanceError, PrepareError, Prepared, WasmConfig, WasmHost,
 };
+use agenix_host::{Finished, Grant, WasmTask};
 use agenix_proto::{Access, Digest, Limits, Outcome};
 use agenix_test_programs as programs;
 use bytes::Bytes;
@@ -100,7 +100,7 @@ impl Harness {
         stdin: &[u8],
         grants: Vec<Grant>,
         limits: Limits,
-    ) -> WasmRun {
+    ) -> Finished {
         let p = self.prepare(path).await;
         let task = WasmTask {
             program: "guest".into(),
@@ -118,7 +118,7 @@ impl Harness {
             .unwrap()
     }
 
-    async fn run(&self, path: &str, args: &[&str]) -> WasmRun {
+    async fn run(&self, path: &str, args: &[&str]) -> Finished {
         self.run_with(path, args, b"", vec![], limits()).await
     }
 
@@ -130,7 +130,7 @@ impl Harness {
     }
 }
 
-fn stdout(r: &WasmRun) -> String {
+fn stdout(r: &Finished) -> String {
     String::from_utf8_lossy(&r.stdout).into_owned()
 }
 
@@ -141,7 +141,7 @@ async fn w01_infinite_loop_runs_out_of_fuel() {
         .run_with(programs::GUEST_SPIN, &[], b"", vec![], Limits { fuel: 50_000_000, ..limits() })
         .await;
     assert_eq!(r.outcome, Outcome::OutOfFuel);
-    assert_eq!(r.fuel_consumed, 50_000_000);
+    assert_eq!(r.fuel_consumed, Some(50_000_000));
     h.assert_healthy().await;
 }
 
@@ -523,7 +523,7 @@ async fn w10_many_tasks_wait_for_a_slot_and_leave_nothing_behind() {
     for i in 0..total {
         // Keep 64 in flight against a pool of 4: the rest wait for a slot.
         if set.len() >= 64 {
-            let r: WasmRun = set.join_next().await.unwrap().unwrap();
+            let r: Finished = set.join_next().await.unwrap().unwrap();
             assert_eq!(r.outcome, Outcome::Exited { code: 7 });
             done += 1;
         }

@@ -46,9 +46,10 @@ pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
     )
 }
 
-/// How long a signature stays valid: 1 s up to the longest a plan or action may be valid.
+/// How long a signature stays valid: a minute (less means nothing: verifiers allow clocks
+/// two minutes apart) up to the longest a plan or action may be valid.
 pub(crate) fn parse_lifetime(s: &str) -> Result<Duration, String> {
-    parse_duration_between(s, Duration::from_secs(1), Duration::from_secs(MAX_LIFETIME_SECS))
+    parse_duration_between(s, Duration::from_secs(60), Duration::from_secs(MAX_LIFETIME_SECS))
 }
 
 #[cfg(test)]
@@ -80,8 +81,10 @@ mod tests {
         let max = Duration::from_secs(MAX_LIFETIME_SECS);
         assert_eq!(parse_lifetime(&format!("{MAX_LIFETIME_SECS}s")).unwrap(), max);
         let past = parse_lifetime(&format!("{}s", MAX_LIFETIME_SECS + 1)).unwrap_err();
-        assert!(past.contains("outside 1s..="), "{past}");
+        assert!(past.contains("outside 1m..=366days"), "{past}");
         assert!(parse_lifetime("0s").is_err());
+        assert_eq!(parse_lifetime("59s").unwrap_err(), "59s is outside 1m..=366days");
+        assert_eq!(parse_lifetime("1m").unwrap(), Duration::from_secs(60));
         assert!(parse_lifetime("500ms").is_err(), "a lifetime under a second is refused");
     }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 
+use agenix_runtime::files::{FIFO_WAIT, open_readable};
 use anyhow::{Context, Result, bail};
 
 /// Bytes asked of the source per read.
@@ -54,16 +55,18 @@ fn read_to_end_capped(source: &mut impl Read, max: u64, hint: u64) -> Result<Vec
     }
 }
 
-/// Reads a whole file, refusing a directory and anything holding more than `max` bytes.
-/// The cap is enforced while reading, not from the file's reported size: a device or FIFO
-/// reports none.
+/// Reads a whole file, refusing a directory, a FIFO nobody writes to (after
+/// [`FIFO_WAIT`]) and anything holding more than `max` bytes. The cap is enforced while
+/// reading, not from the file's reported size: a device or FIFO reports none.
 pub(crate) fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>> {
-    let mut file =
-        fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut file = match open_readable(path, FIFO_WAIT) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::IsADirectory => {
+            bail!("{} is a directory", path.display())
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
     let meta = file.metadata().with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.is_dir() {
-        bail!("{} is a directory", path.display());
-    }
     let hint = if meta.is_file() { meta.len() } else { 0 };
     if hint > max {
         bail!("{}: over the limit of {max} bytes", path.display());

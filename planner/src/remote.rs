@@ -14,9 +14,9 @@ use std::path::PathBuf;
 
 use agenix_link::Client;
 use agenix_proto::Fingerprint;
-use agenix_proto::wire::ClientRole;
+use agenix_proto::wire::{ClientRole, ErrorCode};
 use agenix_runtime::files::{MAX_CONFIG_BYTES, MAX_TOKEN_BYTES, read_small};
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 
 /// The config file.
@@ -38,9 +38,13 @@ pub(crate) struct QueueArgs {
     /// The queue's fingerprint (`agq fingerprint --data DIR`).
     #[arg(long, env = "AGX_FINGERPRINT")]
     fingerprint: Option<Fingerprint>,
-    /// A file holding the planner token.
+    /// A file holding the token of the role agx connects as.
     #[arg(long, env = "AGX_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// The role to connect as: planner, or observer (with an observer token) for commands
+    /// that only read [default: planner].
+    #[arg(long, env = "AGX_ROLE", value_name = "ROLE")]
+    role: Option<ClientRole>,
     /// The agx config file [default: ~/.config/agenix/agx.toml, if present].
     #[arg(long = "config", env = "AGX_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -91,8 +95,20 @@ impl QueueArgs {
             .ok_or_else(|| need("token file (--token-file)"))?;
         let token = read_small(&token_file, MAX_TOKEN_BYTES)
             .with_context(|| format!("cannot read {}", token_file.display()))?;
-        Client::connect(queue, fingerprint, role, token.trim())
-            .await
-            .with_context(|| format!("cannot reach the queue at {queue}"))
+        if token.trim().is_empty() {
+            bail!("the token file {} is empty", token_file.display());
+        }
+        let role = self.role.unwrap_or(role);
+        Client::connect(queue, fingerprint, role, token.trim()).await.map_err(|e| {
+            let why = match e.code() {
+                Some(ErrorCode::Unauthenticated) => format!(
+                    "the queue at {queue} refused the token in {} for the {} role",
+                    token_file.display(),
+                    role.as_str()
+                ),
+                _ => format!("cannot reach the queue at {queue}"),
+            };
+            anyhow::Error::new(e).context(why)
+        })
     }
 }

@@ -64,6 +64,12 @@ fn load_plan_bytes(path: &Path, bytes: &[u8]) -> Result<Plan> {
 /// Reads a private key, refusing files that others can read (as ssh does).
 pub(crate) fn load_key(path: &Path) -> Result<SigningKey> {
     let meta = fs::metadata(path).with_context(|| format!("cannot read key {}", path.display()))?;
+    if !meta.is_file() {
+        bail!(
+            "key {} is not a file (a signer key is a PEM file from `agx keygen`)",
+            path.display()
+        );
+    }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         bail!(
@@ -72,6 +78,9 @@ pub(crate) fn load_key(path: &Path) -> Result<SigningKey> {
         );
     }
     let pem = Zeroizing::new(read_capped(path, 64 * 1024)?);
+    if pem.iter().all(u8::is_ascii_whitespace) {
+        bail!("key {} is empty", path.display());
+    }
     let pem = std::str::from_utf8(&pem)
         .with_context(|| format!("{} is not a PEM file", path.display()))?;
     signing_key_from_pem(pem).with_context(|| format!("cannot use key {}", path.display()))

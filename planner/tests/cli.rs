@@ -231,11 +231,12 @@ fn usage_errors_exit_2() {
 #[test]
 fn durations_need_a_unit_and_a_range_and_states_are_named() {
     let s = TestDir::new();
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
+        (&["submit", "p.json", "--expires", "0s"], "0ms is outside 1m..=366days"),
         (&["au", "run", "x.wasm", "--timeout", "500"], "\"500\" has no unit: write it as 500ms"),
         (&["au", "run", "x.wasm", "--timeout", "61m"], "61m is outside 1ms..=1h"),
         (&["au", "run", "x.wasm", "--timeout", "0ms"], "is outside 1ms..=1h"),
-        (&["submit", "p.json", "--expires", "367days"], "is outside 1s..=366days"),
+        (&["submit", "p.json", "--expires", "367days"], "is outside 1m..=366days"),
         (&["submit", "p.json", "--expires", "86400"], "\"86400\" has no unit"),
         (
             &["plan", "sign", "p.json", "--key", "k", "--out", "o", "--expires", "367days"],

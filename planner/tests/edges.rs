@@ -435,3 +435,65 @@ fn plan_show_strips_terminal_controls_from_what_others_wrote() {
     assert!(shown.contains("  safe text\n"), "{shown}");
     assert!(!has_controls(&shown), "{shown:?}");
 }
+
+/// A FIFO nobody writes to, named where agx expects a file (a plan, a key, a token), is given
+/// up on after 30 s with the reason, instead of blocking agx forever in `open`; a pipe that
+/// does carry the file (as `<(command)` gives) is read.
+#[test]
+fn a_fifo_nobody_writes_to_is_given_up_on_and_a_written_one_is_read() {
+    let t = TestDir::new();
+    let silent = fifo(&t, "silent.fifo");
+    let started = Instant::now();
+    refuses(
+        &t,
+        &["plan", "validate", silent.to_str().unwrap()],
+        "silent.fifo: a pipe nobody wrote to or closed within 30 s",
+    );
+    assert!(started.elapsed() >= Duration::from_secs(29), "it waited: {:?}", started.elapsed());
+
+    let written = fifo(&t, "written.fifo");
+    let plan = pinned_plan(1000);
+    let p = written.clone();
+    let writer = thread::spawn(move || {
+        let mut w = OpenOptions::new().write(true).open(&p).unwrap();
+        w.write_all(plan.as_bytes()).unwrap();
+    });
+    let (code, err) =
+        agx_with_stdin(&t, &["plan", "validate", written.to_str().unwrap()], Stdio::null());
+    writer.join().unwrap();
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// Odd files where a key or a token belongs get a message that names what is wrong with
+/// them, not a parser's complaint or advice that cannot help.
+#[test]
+fn empty_and_odd_key_and_token_files_are_named_for_what_they_are() {
+    let t = TestDir::new();
+    t.write("plan.json", &pinned_plan(1000));
+    let empty = t.write("empty.key", "");
+    fs::set_permissions(&empty, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    fs::create_dir(t.path("keydir")).unwrap();
+    for (key, says) in [
+        ("empty.key", "key empty.key is empty"),
+        ("keydir", "key keydir is not a file"),
+        ("/dev/zero", "key /dev/zero is not a file"),
+    ] {
+        refuses(&t, &["plan", "sign", "plan.json", "--key", key, "--out", "o.env"], says);
+    }
+
+    t.write("empty.token", "\n");
+    refuses(
+        &t,
+        &[
+            "jobs",
+            "list",
+            "--queue",
+            "127.0.0.1:9",
+            "--fingerprint",
+            DIGEST,
+            "--token-file",
+            "empty.token",
+        ],
+        "the token file empty.token is empty",
+    );
+}

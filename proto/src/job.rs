@@ -199,6 +199,29 @@ impl Requirements {
         r
     }
 
+    /// What a worker offering `caps` lacks to run the job, for people (empty: it can run
+    /// it). Agrees with [`Requirements::met_by`], which the scheduler uses without
+    /// building messages.
+    pub fn unmet_by(&self, caps: &Capabilities) -> Vec<String> {
+        let mut lacks = Vec::new();
+        if self.wasm && !caps.wasm {
+            lacks.push("it runs no AUs".to_string());
+        }
+        for t in self.tools.difference(&caps.tools) {
+            lacks.push(format!("no native tool {t}"));
+        }
+        for m in self.mounts.difference(&caps.mounts) {
+            lacks.push(format!("no mount {m}"));
+        }
+        for ((name, need), (_, max)) in self.limits.fields().into_iter().zip(caps.ceilings.fields())
+        {
+            if need > max {
+                lacks.push(format!("limits.{name} {need} is over its ceiling of {max}"));
+            }
+        }
+        lacks
+    }
+
     /// Whether a worker offering `caps` can run the job.
     pub fn met_by(&self, caps: &Capabilities) -> bool {
         (!self.wasm || caps.wasm)

@@ -246,3 +246,60 @@ proptest! {
         }
     }
 }
+
+fn names(
+    pool: &'static [&'static str],
+) -> impl Strategy<Value = std::collections::BTreeSet<String>> {
+    proptest::sample::subsequence(pool, 0..=pool.len())
+        .prop_map(|v| v.into_iter().map(str::to_owned).collect())
+}
+
+fn some_limits() -> impl Strategy<Value = Limits> {
+    (0u64..4, 0u64..4, 0u64..4, 0u64..4, 0u64..4, 0u64..4).prop_map(|(a, b, c, d, e, f)| Limits {
+        fuel: a,
+        memory_bytes: b,
+        timeout_ms: c,
+        output_bytes: d,
+        pids: e,
+        file_bytes: f,
+    })
+}
+
+proptest! {
+    /// What a worker lacks, as people are told it (`unmet_by`), is empty exactly when the
+    /// scheduler would give it the job (`met_by`), and names each thing it lacks.
+    #[test]
+    fn unmet_by_agrees_with_met_by(
+        need_wasm in any::<bool>(),
+        has_wasm in any::<bool>(),
+        need_tools in names(&["grep", "sort", "jq"]),
+        has_tools in names(&["grep", "sort", "jq"]),
+        need_mounts in names(&["data", "out"]),
+        has_mounts in names(&["data", "out"]),
+        need in some_limits(),
+        ceilings in some_limits(),
+    ) {
+        use agenix_proto::job::{Capabilities, Requirements};
+        let reqs = Requirements {
+            wasm: need_wasm,
+            tools: need_tools.iter().map(|t| t.parse().unwrap()).collect(),
+            mounts: need_mounts.iter().map(|m| m.parse().unwrap()).collect(),
+            limits: need,
+        };
+        let caps = Capabilities {
+            name: "w".into(),
+            wasm: has_wasm,
+            tools: has_tools.iter().map(|t| t.parse().unwrap()).collect(),
+            mounts: has_mounts.iter().map(|m| m.parse().unwrap()).collect(),
+            ceilings,
+            concurrency: 1,
+            labels: Default::default(),
+        };
+        let lacks = reqs.unmet_by(&caps);
+        prop_assert_eq!(lacks.is_empty(), reqs.met_by(&caps), "{:?}", lacks);
+        for t in need_tools.difference(&has_tools) {
+            let expected = format!("no native tool {t}");
+            prop_assert!(lacks.contains(&expected), "{:?}", lacks);
+        }
+    }
+}

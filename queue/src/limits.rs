@@ -100,10 +100,7 @@ impl Gate {
     pub(crate) fn admit(&self, ip: IpAddr) -> bool {
         let mut ips = lock(&self.ips);
         let s = ips.entry(ip).or_default();
-        let now = Instant::now();
-        if s.banned_until.is_some_and(|t| t > now)
-            || s.connections >= self.limits.connections_per_ip
-        {
+        if s.connections >= self.limits.connections_per_ip {
             return false;
         }
         s.connections += 1;
@@ -157,6 +154,17 @@ impl Gate {
         lock(&self.ips).retain(|_, s| !self.forgettable(s, now));
     }
 
+    /// How much longer `ip`'s wrong tokens are refused unread, after too many failed
+    /// logins. A valid token is still accepted: tokens are 256 random bits, so the ban is
+    /// not what stops guessing; it keeps one misconfigured client on a shared address
+    /// (NAT, loopback) from costing the queue, without locking out that address's
+    /// correctly configured clients.
+    pub(crate) fn banned_for(&self, ip: IpAddr) -> Option<Duration> {
+        let now = Instant::now();
+        let until = lock(&self.ips).get(&ip)?.banned_until?;
+        (until > now).then(|| until - now)
+    }
+
     pub(crate) fn auth_failed(&self, ip: IpAddr) {
         let mut ips = lock(&self.ips);
         let s = ips.entry(ip).or_default();
@@ -167,7 +175,7 @@ impl Gate {
         }
         if s.failures.len() >= self.limits.auth_failures_per_minute {
             s.banned_until = Some(now + Duration::from_secs(60));
-            warn!(%ip, "too many failed logins: refusing this address for a minute");
+            warn!(%ip, "too many failed logins: refusing this address's wrong tokens for a minute");
         }
     }
 

@@ -79,6 +79,10 @@ enum Command {
         /// How long a client may take to send one request frame, in ms.
         #[arg(long, default_value_t = 10_000)]
         request_timeout_ms: u64,
+        /// Once serving, write `{"address": ..., "fingerprint": ...}` to FILE (replaced
+        /// atomically; removed on a clean shutdown): what scripts and tests wait for.
+        #[arg(long, value_name = "FILE")]
+        ready_file: Option<PathBuf>,
     },
     /// Print the queue's fingerprint (what clients pin, and actions name as audience).
     Fingerprint {
@@ -162,6 +166,7 @@ fn run(cli: Cli) -> Result<()> {
             heartbeat_ms,
             retention,
             request_timeout_ms,
+            ready_file,
         } => {
             drop(out);
             init_logging();
@@ -186,7 +191,7 @@ fn run(cli: Cli) -> Result<()> {
                 ..Settings::default()
             };
             let trust_path = trust.unwrap_or_else(|| data.join("trust.json"));
-            let trust_bytes = std::fs::read(&trust_path)
+            let trust_bytes = read_capped(&trust_path, agenix_proto::trust::MAX_TRUST_BYTES as u64)
                 .with_context(|| format!("cannot read the trust file {}", trust_path.display()))?;
             let trust = agenix_proto::Trust::from_json(&trust_bytes)
                 .with_context(|| format!("{} is not a valid trust file", trust_path.display()))?;
@@ -200,22 +205,57 @@ fn run(cli: Cli) -> Result<()> {
                 let endpoint = agenix_queue::server::endpoint(listen, cert, key, &settings)?;
                 let queue = Queue::start(store, blobs, trust, fingerprint, tokens, settings)?;
                 tracing::info!(listen = %endpoint.local_addr()?, %fingerprint, "serving");
-                // Scripts wait for this line.
-                let _ = writeln!(
-                    std::io::stdout(),
-                    "agq: serving on {} as {fingerprint}",
-                    endpoint.local_addr()?
-                );
+                let address = endpoint.local_addr()?;
+                if let Some(file) = &ready_file {
+                    write_ready_file(file, address, fingerprint)?;
+                }
+                // Scripts read this line (--ready-file is the machine interface beside it).
+                let _ = writeln!(std::io::stdout(), "agq: serving on {address} as {fingerprint}");
                 tokio::select! {
                     () = queue.serve(endpoint.clone()) => {}
                     _ = tokio::signal::ctrl_c() => {}
                     () = terminate() => {}
                 }
                 endpoint.close(0u32.into(), b"shutting down");
+                if let Some(file) = &ready_file {
+                    let _ = std::fs::remove_file(file);
+                }
                 anyhow::Ok(())
             })?;
         }
     }
+    Ok(())
+}
+
+/// Reads a whole file, refused past `max` bytes (counted while reading: a device or FIFO
+/// reports no size).
+fn read_capped(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("over the limit of {max} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Writes the ready file: a temporary file beside it, then renamed over it, so a reader
+/// never sees half of it.
+fn write_ready_file(
+    file: &std::path::Path,
+    address: SocketAddr,
+    fingerprint: agenix_proto::Fingerprint,
+) -> Result<()> {
+    let body = serde_json::json!({ "address": address, "fingerprint": fingerprint });
+    let dir =
+        file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write the ready file {}", file.display()))?;
+    writeln!(tmp, "{body}")?;
+    tmp.persist(file).with_context(|| format!("cannot write the ready file {}", file.display()))?;
     Ok(())
 }
 

@@ -222,7 +222,7 @@ impl Queue {
         while let Some(incoming) = endpoint.accept().await {
             let ip = incoming.remote_address().ip();
             if !self.gate.admit(ip) {
-                debug!(%ip, "connection refused (per-address limit or failed logins)");
+                debug!(%ip, "connection refused: too many connections from this address");
                 incoming.refuse();
                 continue;
             }
@@ -292,10 +292,25 @@ impl Queue {
                 ErrorCode::BadRequest,
                 format!("protocol version {version} is not {PROTOCOL_VERSION}"),
             ),
-            Ok(Request::Hello { .. }) => {
-                self.gate.auth_failed(ip);
-                error(ErrorCode::Unauthenticated, "wrong token for that role")
-            }
+            Ok(Request::Hello { role, .. }) => match self.gate.banned_for(ip) {
+                // Unauthenticated, not rate_limited: trying again cannot help.
+                Some(left) => error(
+                    ErrorCode::Unauthenticated,
+                    format!(
+                        "too many failed logins from this address: wrong tokens are refused \
+                         for another {} s (the token for the {} role is wrong)",
+                        left.as_secs().max(1),
+                        role.as_str()
+                    ),
+                ),
+                None => {
+                    self.gate.auth_failed(ip);
+                    error(
+                        ErrorCode::Unauthenticated,
+                        format!("wrong token for the {} role", role.as_str()),
+                    )
+                }
+            },
             Ok(other) => {
                 self.gate.auth_failed(ip);
                 error(

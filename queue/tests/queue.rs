@@ -153,3 +153,39 @@ async fn a_worker_that_has_gone_is_leased_nothing() {
     assert_eq!(leased, expected);
     drop(quitter);
 }
+
+/// `agq serve --ready-file F` writes where it serves and as whom, once it serves (what
+/// scripts and harnesses wait for instead of reading its output), before it prints its
+/// start-up line; a clean shutdown removes F, so a stale file never names a stopped queue.
+#[test]
+fn the_ready_file_says_where_agq_serves_and_goes_when_it_stops() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_agq"));
+    let data = dir.path().join("q");
+    let fingerprint = agenix_harness::init(&bin, &data).unwrap();
+    let ready = dir.path().join("ready.json");
+    let mut child = Command::new(&bin)
+        .args(["serve", "--data"])
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0", "--ready-file"])
+        .arg(&ready)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let said: serde_json::Value = serde_json::from_slice(&std::fs::read(&ready).unwrap()).unwrap();
+    let address = said["address"].as_str().unwrap();
+    assert_eq!(said["fingerprint"], fingerprint.as_str());
+    assert_eq!(line.trim_end(), format!("agq: serving on {address} as {fingerprint}"));
+    assert!(address.starts_with("127.0.0.1:") && !address.ends_with(":0"), "{address}");
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(!ready.exists(), "the ready file outlived the queue");
+}

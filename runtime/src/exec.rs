@@ -10,9 +10,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use agenix_host::native::{NativeHost, NativeTask};
-use agenix_host::report::{Captured, report};
-use agenix_host::wasm::{Grant, PrepareError, WasmHost, WasmTask};
+use agenix_host::Grant;
+use agenix_host::native::NativeHost;
+use agenix_host::wasm::{PrepareError, WasmHost};
 use agenix_proto::{
     Access, Digest, Form, Invalid, Limits, MountName, Outcome, Plan, Run, Stdin, Task, TaskReport,
     VerifiedPlan, Violation,
@@ -88,7 +88,7 @@ pub enum RunnerError {
         /// The task.
         task: agenix_proto::TaskId,
         /// What failed.
-        source: agenix_host::wasm::HostError,
+        source: agenix_host::HostError,
     },
     /// A task's future panicked or was aborted.
     #[error("a task did not finish: {0}")]
@@ -352,33 +352,36 @@ impl<S: ComponentSource> HostRunner<S> {
                 format!("native tool \"{tool}\": this runner has no native jail"),
             ));
         };
-        let (grants, limits) = match (self.resources.grants(task), self.resources.limits(task)) {
-            (Ok(g), Ok(l)) => (g, l),
-            (Err(why), _) | (_, Err(why)) => return Ok(Self::refused(task, why)),
+        let spec = match self.spec(task, tool.clone(), stdin) {
+            Ok(spec) => spec,
+            Err(why) => return Ok(Self::refused(task, why)),
         };
         let run = native
-            .run(NativeTask {
-                tool: tool.clone(),
-                args: task.args.clone(),
-                env: task.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                stdin,
-                grants,
-                limits,
-            })
+            .run(spec)
             .await
             .map_err(|source| RunnerError::Host { task: task.id.clone(), source })?;
-        let report = report(
-            task.id.clone(),
-            Captured {
-                outcome: &run.outcome,
-                stdout: &run.stdout,
-                stderr: &run.stderr,
-                fuel_consumed: None,
-                wall: run.wall,
-                peak_memory: run.peak_memory,
-            },
-        );
-        Ok(TaskRun { report, stdout: run.stdout })
+        Ok(TaskRun { report: run.report(task.id.clone()), stdout: run.stdout })
+    }
+
+    /// The sandbox's view of `task`, running `program`: the one place its mounts become
+    /// operator directories and its limits are resolved against defaults and ceilings
+    /// (refused, never clamped); `Err` says why a task cannot have them.
+    fn spec<P>(
+        &self,
+        task: &Task,
+        program: P,
+        stdin: Bytes,
+    ) -> Result<agenix_host::Task<P>, String> {
+        let grants = self.resources.grants(task)?;
+        let limits = self.resources.limits(task)?;
+        Ok(agenix_host::Task {
+            program,
+            args: task.args.clone(),
+            env: task.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            stdin,
+            grants,
+            limits,
+        })
     }
 
     fn refused(task: &Task, reason: String) -> TaskRun {
@@ -401,9 +404,9 @@ impl<S: ComponentSource> Runner for HostRunner<S> {
                 format!("AU \"{}\" is not pinned by digest", wasm_ref.name),
             ));
         };
-        let (grants, limits) = match (self.resources.grants(task), self.resources.limits(task)) {
-            (Ok(g), Ok(l)) => (g, l),
-            (Err(why), _) | (_, Err(why)) => return Ok(Self::refused(task, why)),
+        let spec = match self.spec(task, wasm_ref.name.to_string(), stdin) {
+            Ok(spec) => spec,
+            Err(why) => return Ok(Self::refused(task, why)),
         };
         let prepared = match self
             .wasm
@@ -426,31 +429,10 @@ impl<S: ComponentSource> Runner for HostRunner<S> {
         };
         let run = self
             .wasm
-            .run(
-                &prepared,
-                WasmTask {
-                    program: wasm_ref.name.to_string(),
-                    args: task.args.clone(),
-                    env: task.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                    stdin,
-                    grants,
-                    limits,
-                },
-            )
+            .run(&prepared, spec)
             .await
             .map_err(|source| RunnerError::Host { task: task.id.clone(), source })?;
-        let report = report(
-            task.id.clone(),
-            Captured {
-                outcome: &run.outcome,
-                stdout: &run.stdout,
-                stderr: &run.stderr,
-                fuel_consumed: Some(run.fuel_consumed),
-                wall: run.wall,
-                peak_memory: run.peak_memory,
-            },
-        );
-        Ok(TaskRun { report, stdout: run.stdout })
+        Ok(TaskRun { report: run.report(task.id.clone()), stdout: run.stdout })
     }
 }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::Write as _;
+use agenix_test_programs as programs;
 use std::time::Duration;
 
 use common::*;
@@ -71,11 +71,8 @@ fn example_plans_run_through_the_queue_and_a_worker() {
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert_eq!(text(&out.stdout), LOG_ERRORS);
     } else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "native example skipped: {}",
-            text(&doctor.stdout).lines().last().unwrap_or("")
-        );
+        let why = text(&doctor.stdout).lines().last().unwrap_or("").to_owned();
+        programs::skip_without_jail("the native example", &why);
     }
     // agx result gives the same output again.
     let out = c.agx(&["jobs", "result", "1"]);
@@ -314,6 +311,129 @@ fn a_second_worker_on_the_same_cache_directory_refuses_to_start() {
     assert!(err.contains(&format!("another worker is using {}", cache.display())), "{err}");
     // The first still works.
     let jobs = c.submit(&example("log-errors.json"), &[&example("data/app.log")]);
+    let j = c.wait_job(&jobs[0], Duration::from_secs(120), |j| state(j) == "succeeded");
+    assert_eq!(j["attempts"], 1);
+}
+
+/// A worker the queue refuses (another role's token, a name past its bound) stops at once
+/// with the reason, rather than retrying forever as if the queue were down; and its wrong
+/// tokens never lock the correctly configured clients on the same address out.
+#[test]
+fn a_worker_the_queue_refuses_stops_with_the_reason_and_locks_nobody_out() {
+    let c = Cluster::start(&[]);
+    let agw = |token: &str, name: &str| {
+        std::process::Command::new(bin("agw"))
+            .args(["--queue", &c.addr, "--fingerprint", &c.fingerprint])
+            .arg("--token-file")
+            .arg(c.path(token))
+            .arg("--trust")
+            .arg(c.path("worker-trust.json"))
+            .arg("--cache-dir")
+            .arg(c.path(&format!("cache-{}", name.len())))
+            .args(["--name", name])
+            .output()
+            .unwrap()
+    };
+    // Six times, past the five failed logins a minute an address is allowed.
+    for attempt in 0..6 {
+        let out = agw("queue/planner.token", "liar");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "attempt {attempt}: {err}");
+        assert!(err.contains("the queue refuses this worker"), "attempt {attempt}: {err}");
+        assert!(
+            err.contains("wrong token for the worker role")
+                || err.contains("too many failed logins from this address"),
+            "attempt {attempt}: {err}"
+        );
+    }
+    // The right tokens from the same address are still served.
+    let out = c.agx(&["queue", "stats"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let long = "n".repeat(agenix_proto::job::MAX_WORKER_NAME + 1);
+    let out = agw("queue/worker.token", &long);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot register: the worker name must be 1 to 64 bytes, not 65"),
+        "{err}"
+    );
+    let at = "n".repeat(agenix_proto::job::MAX_WORKER_NAME);
+    let mut ok = std::process::Command::new(bin("agw"))
+        .args(["--queue", &c.addr, "--fingerprint", &c.fingerprint])
+        .arg("--token-file")
+        .arg(c.path("queue/worker.token"))
+        .arg("--trust")
+        .arg(c.path("worker-trust.json"))
+        .arg("--cache-dir")
+        .arg(c.path("cache-at"))
+        .args(["--name", &at])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = c.ok(&["--json", "workers", "list"]);
+        if listed.contains(&at) {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "a 64-byte name registers: {listed}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = ok.kill();
+    let _ = ok.wait();
+}
+
+/// A job that no registered worker can run (it asks a longer timeout than any allows) is
+/// not waited for in silence: `agx jobs show` and `agx jobs watch` say which worker lacks
+/// what; it runs as soon as a worker that can run it registers.
+#[test]
+fn a_job_no_worker_can_run_says_why_it_waits() {
+    let mut c = Cluster::start(&[]);
+    c.push_aus();
+    std::fs::write(c.path("small.toml"), "[ceilings]\ntimeout_ms = 1000\n").unwrap();
+    let small = c.path("small.toml");
+    c.worker("small", &["--config", small.to_str().unwrap()]);
+    let plan = std::fs::read_to_string(example("log-errors.json"))
+        .unwrap()
+        .replace(r#""args": ["-c"],"#, r#""args": ["-c"], "limits": {"timeout_ms": 2000},"#);
+    assert!(plan.contains("2000"));
+    std::fs::write(c.path("slow.json"), plan).unwrap();
+    let jobs = c.submit(c.path("slow.json").to_str().unwrap(), &[&example("data/app.log")]);
+    let says = "no registered worker can run it (small: limits.timeout_ms 2000 is over its \
+                ceiling of 1000)";
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = c.agx(&["jobs", "show", &jobs[0]]);
+        let shown = text(&out.stdout);
+        if shown.contains(&format!("waits: {says}")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "{shown}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // `jobs watch` says it too, on stderr, while it waits.
+    let mut watch = std::process::Command::new(bin("agx"))
+        .args(["jobs", "watch", &jobs[0]])
+        .current_dir(c.path(""))
+        .env("AGX_QUEUE", &c.addr)
+        .env("AGX_FINGERPRINT", &c.fingerprint)
+        .env("AGX_TOKEN_FILE", c.path("queue/planner.token"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(watch.stderr.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(line.trim_end(), format!("agx: job {} waits: {says}", jobs[0]));
+    // A worker that allows it runs it.
+    c.worker("big", &[]);
     let j = c.wait_job(&jobs[0], Duration::from_secs(120), |j| state(j) == "succeeded");
     assert_eq!(j["attempts"], 1);
 }

@@ -32,9 +32,8 @@ use tokio::sync::Notify;
 use self::cgroup::Cgroups;
 use self::probe::{Probe, names};
 use self::spec::{Ended, Features, JailReport, JailSpec, SpecMount, read_frame, write_frame};
-use crate::Grant;
 use crate::output::CappedPipe;
-use crate::wasm::HostError;
+use crate::task::{Finished, HostError, NativeTask};
 
 /// The environment every tool gets, before what its plan names.
 pub const FIXED_ENV: &[(&str, &str)] =
@@ -183,38 +182,6 @@ pub struct NativeConfig {
     pub disabled: Vec<String>,
 }
 
-/// One run of a native tool.
-#[derive(Debug, Clone)]
-pub struct NativeTask {
-    /// The allowlisted tool.
-    pub tool: ToolName,
-    /// Its arguments.
-    pub args: Vec<String>,
-    /// Environment variables the plan names (PATH and LANG are fixed).
-    pub env: Vec<(String, String)>,
-    /// Everything on stdin.
-    pub stdin: Bytes,
-    /// Directories granted.
-    pub grants: Vec<Grant>,
-    /// The limits it runs under.
-    pub limits: Limits,
-}
-
-/// What a native run produced.
-#[derive(Debug, Clone)]
-pub struct NativeRun {
-    /// How it ended.
-    pub outcome: Outcome,
-    /// Its stdout, up to the output limit.
-    pub stdout: Bytes,
-    /// Its stderr, up to the output limit.
-    pub stderr: Bytes,
-    /// Wall-clock time.
-    pub wall: Duration,
-    /// Its peak memory, in bytes.
-    pub peak_memory: u64,
-}
-
 /// The native sandbox: one per process.
 #[derive(Debug)]
 pub struct NativeHost {
@@ -296,7 +263,7 @@ impl NativeHost {
         let Some(path) = truth else { return Err("no /usr/bin/true to run".into()) };
         let entry = ToolEntry { path, sha256: None };
         let task = NativeTask {
-            tool: "true".parse().map_err(|e| format!("{e}"))?,
+            program: "true".parse().map_err(|e| format!("{e}"))?,
             args: vec![],
             env: vec![],
             stdin: Bytes::new(),
@@ -361,29 +328,21 @@ impl NativeHost {
 
     /// Runs one task in the jail. A tool failing, or being refused, is an [`Outcome`]; `Err`
     /// means the host itself failed.
-    pub async fn run(&self, task: NativeTask) -> Result<NativeRun, HostError> {
+    pub async fn run(&self, task: NativeTask) -> Result<Finished, HostError> {
         let started = Instant::now();
-        let refuse = |reason: String| Ok(NativeRun::refused(reason, started));
-        let Some(entry) = self.config.allowlist.get(&task.tool).cloned() else {
-            return refuse(format!("tool \"{}\" is not in this worker's allowlist", task.tool));
+        let refuse = |reason: String| Ok(Finished::refused(reason, started.elapsed()));
+        let Some(entry) = self.config.allowlist.get(&task.program).cloned() else {
+            return refuse(format!("tool \"{}\" is not in this worker's allowlist", task.program));
         };
         if let Some(reason) = self.refusal() {
             return refuse(reason);
         }
         if !self.probe.ready() {
             let missing: Vec<&str> = self.probe.missing().iter().map(|c| c.name.as_str()).collect();
-            tracing::warn!(tool = %task.tool, missing = ?missing, "DEGRADED native sandbox: running without required isolation");
+            tracing::warn!(tool = %task.program, missing = ?missing, "DEGRADED native sandbox: running without required isolation");
         }
-        for a in task.args.iter().chain(task.env.iter().flat_map(|(k, v)| [k, v])) {
-            if a.contains('\0') {
-                return refuse("an argument or environment value contains a NUL byte".into());
-            }
-            if a.len() > agenix_proto::plan::MAX_ARG_BYTES {
-                return refuse(format!(
-                    "an argument is over {} bytes",
-                    agenix_proto::plan::MAX_ARG_BYTES
-                ));
-            }
+        if let Err(reason) = task.check() {
+            return refuse(reason);
         }
         self.run_entry(&entry, task, self.features()).await
     }
@@ -393,7 +352,7 @@ impl NativeHost {
         entry: &ToolEntry,
         task: NativeTask,
         features: Features,
-    ) -> Result<NativeRun, HostError> {
+    ) -> Result<Finished, HostError> {
         let started = Instant::now();
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let name = format!("agenix-{}-{n}", std::process::id());
@@ -424,7 +383,7 @@ impl NativeHost {
         let spec = JailSpec {
             tool: entry.path.clone(),
             tool_sha256: entry.sha256.map(|d| *d.as_bytes()),
-            argv0: task.tool.to_string(),
+            argv0: task.program.to_string(),
             args: task.args.clone(),
             env,
             mounts: task
@@ -456,10 +415,11 @@ impl NativeHost {
         drop(dir);
         let driven = result?;
         let (outcome, peak) = classify(&driven, &limits, oom);
-        Ok(NativeRun {
+        Ok(Finished {
             outcome,
             stdout: driven.stdout.contents(),
             stderr: driven.stderr.contents(),
+            fuel_consumed: None,
             wall: started.elapsed(),
             peak_memory: peak_cg.unwrap_or(peak),
         })
@@ -529,18 +489,6 @@ struct Driven {
     stopped: Option<Stopped>,
     stdout: CappedPipe,
     stderr: CappedPipe,
-}
-
-impl NativeRun {
-    fn refused(reason: String, started: Instant) -> Self {
-        Self {
-            outcome: Outcome::Refused { reason },
-            stdout: Bytes::new(),
-            stderr: Bytes::new(),
-            wall: started.elapsed(),
-            peak_memory: 0,
-        }
-    }
 }
 
 /// Maps what happened onto the shared outcome, with the peak memory seen.

@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use agenix_proto::{Access, Digest, Limits, Outcome};
-use bytes::Bytes;
 use tokio::sync::{OnceCell, Semaphore};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
@@ -33,8 +32,8 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 use self::cache::ArtifactCache;
 pub use self::imports::ConformanceError;
 use self::prepared::PreparedMap;
-pub use crate::Grant;
 use crate::output::CappedPipe;
+use crate::task::{Finished, HostError, WasmTask};
 
 /// How often the engine's epoch advances: each running guest checks its deadline and yields
 /// to the executor this often.
@@ -147,26 +146,6 @@ pub enum PrepareError {
     Unavailable(String),
 }
 
-/// The host itself failed (not the guest): the task's result is unknown.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum HostError {
-    /// Setting up the engine failed.
-    #[error("cannot start the wasm engine: {0}")]
-    Engine(String),
-    /// A file-system operation of the host failed.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// A wasmtime operation that should not fail did.
-    #[error("wasm runtime: {0}")]
-    Runtime(String),
-}
-
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HostError {
     move |source| HostError::Io { what: what.into(), source }
 }
@@ -206,40 +185,6 @@ impl Prepared {
     pub fn cost_bytes(&self) -> u64 {
         self.cost
     }
-}
-
-/// One run of an AU.
-#[derive(Debug, Clone)]
-pub struct WasmTask {
-    /// `argv[0]`, usually the AU's name.
-    pub program: String,
-    /// The arguments after it.
-    pub args: Vec<String>,
-    /// The whole environment.
-    pub env: Vec<(String, String)>,
-    /// Everything on stdin.
-    pub stdin: Bytes,
-    /// Directories granted.
-    pub grants: Vec<Grant>,
-    /// The limits it runs under.
-    pub limits: Limits,
-}
-
-/// What a run produced.
-#[derive(Debug, Clone)]
-pub struct WasmRun {
-    /// How it ended.
-    pub outcome: Outcome,
-    /// Its stdout, up to the output limit.
-    pub stdout: Bytes,
-    /// Its stderr, up to the output limit.
-    pub stderr: Bytes,
-    /// Fuel consumed.
-    pub fuel_consumed: u64,
-    /// Wall-clock time, including instantiation.
-    pub wall: Duration,
-    /// The most linear memory it held at once.
-    pub peak_memory: u64,
 }
 
 /// The per-store state: the WASI context, the limiter and the deadline.
@@ -684,10 +629,13 @@ impl WasmHost {
 
     /// Runs one task. Waits for a free slot first. A guest failing in any way is an
     /// [`Outcome`]; `Err` means the host itself failed.
-    pub async fn run(&self, prepared: &Prepared, task: WasmTask) -> Result<WasmRun, HostError> {
+    pub async fn run(&self, prepared: &Prepared, task: WasmTask) -> Result<Finished, HostError> {
         let _slot = self.slots.acquire().await.map_err(|e| HostError::Runtime(e.to_string()))?;
         let limits = task.limits;
         let started = Instant::now();
+        if let Err(reason) = task.check() {
+            return Ok(refused(reason, started));
+        }
         for ((name, asked), (_, max)) in limits.fields().into_iter().zip(self.ceilings.fields()) {
             if asked > max {
                 return Ok(refused(
@@ -762,11 +710,11 @@ impl WasmHost {
         let fuel_left = store.get_fuel().unwrap_or(0);
         let limiter = &store.data().limiter;
         let outcome = classify(ended, limiter.denied, &stdout, &stderr);
-        Ok(WasmRun {
+        Ok(Finished {
             outcome,
             stdout: stdout.contents(),
             stderr: stderr.contents(),
-            fuel_consumed: limits.fuel.saturating_sub(fuel_left),
+            fuel_consumed: Some(limits.fuel.saturating_sub(fuel_left)),
             wall: started.elapsed(),
             peak_memory: limiter.peak,
         })
@@ -796,15 +744,9 @@ impl Drop for Claim<'_> {
     }
 }
 
-fn refused(reason: String, started: Instant) -> WasmRun {
-    WasmRun {
-        outcome: Outcome::Refused { reason },
-        stdout: Bytes::new(),
-        stderr: Bytes::new(),
-        fuel_consumed: 0,
-        wall: started.elapsed(),
-        peak_memory: 0,
-    }
+/// A task refused before it ran (it consumed no fuel).
+fn refused(reason: String, started: Instant) -> Finished {
+    Finished { fuel_consumed: Some(0), ..Finished::refused(reason, started.elapsed()) }
 }
 
 fn classify(

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use agenix_host::output::sanitize_stderr;
-use agenix_host::wasm::{Grant, PrepareError, WasmHost, WasmTask};
+use agenix_host::wasm::{PrepareError, WasmHost};
+use agenix_host::{Grant, WasmTask};
 use agenix_proto::card::Card;
 use agenix_proto::{Digest, Limits, Outcome};
 use agenix_runtime::exec::MountConfig;
@@ -276,7 +277,7 @@ impl RunAu {
         let ending = Ending {
             name: &name,
             outcome: &run.outcome,
-            fuel_consumed: run.fuel_consumed,
+            fuel_consumed: run.fuel_consumed.unwrap_or(0),
             wall,
             peak_memory: run.peak_memory,
             stderr: &stderr,

@@ -13,6 +13,7 @@ use agenix_proto::wire::{ClientRole, JobFilter, MAX_PAGE};
 use agenix_proto::{ActionId, TaskReport};
 use anyhow::{Context, Result, bail};
 
+use super::workers::list_workers;
 use crate::local::{runtime, task_table};
 use crate::output::Out;
 use crate::remote::QueueArgs;
@@ -26,8 +27,25 @@ const MAX_OUTPUT: u64 = 1 << 30;
 /// result. Exit 0 only when every job succeeded.
 pub(super) async fn watch(client: &Client, ids: &[JobId], out: Out) -> Result<ExitCode> {
     let tty = std::io::stderr().is_terminal() && !out.json;
+    let mut said = String::new();
+    let mut polls = 0u32;
     let jobs = loop {
         let jobs = fetch_jobs(client, ids).await?;
+        // Now and then: a job no registered worker can run would be waited for in silence.
+        if polls.is_multiple_of(20)
+            && let Some(j) = jobs.iter().find(|j| matches!(j.state, JobState::Queued { .. }))
+            && let Some(why) = unrunnable(client, j).await?
+            && why != said
+        {
+            let _ = writeln!(
+                std::io::stderr(),
+                "{}agx: job {} waits: {why}",
+                if tty { "\r\x1b[2K" } else { "" },
+                j.id
+            );
+            said = why;
+        }
+        polls = polls.wrapping_add(1);
         let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
         for j in &jobs {
             *by_state.entry(j.state.name()).or_default() += 1;
@@ -49,6 +67,34 @@ pub(super) async fn watch(client: &Client, ids: &[JobId], out: Out) -> Result<Ex
         ok &= print_result(client, job, out).await?;
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Why no registered worker can run the queued `job` (`None`: one can, or it is not
+/// queued): each worker and what it lacks, as the scheduler matches them.
+async fn unrunnable(client: &Client, job: &JobRecord) -> Result<Option<String>> {
+    if !matches!(job.state, JobState::Queued { .. }) {
+        return Ok(None);
+    }
+    let workers = list_workers(client).await?;
+    if workers.iter().any(|w| job.requirements.met_by(&w.capabilities)) {
+        return Ok(None);
+    }
+    if workers.is_empty() {
+        return Ok(Some("no worker is registered".into()));
+    }
+    const SHOWN: usize = 5;
+    let mut each: Vec<String> = workers
+        .iter()
+        .take(SHOWN)
+        .map(|w| {
+            let lacks = job.requirements.unmet_by(&w.capabilities).join(", ");
+            format!("{}: {}", clean_line(&w.capabilities.name), clean_line(&lacks))
+        })
+        .collect();
+    if workers.len() > SHOWN {
+        each.push(format!("and {} more", workers.len() - SHOWN));
+    }
+    Ok(Some(format!("no registered worker can run it ({})", each.join("; "))))
 }
 
 /// The jobs `ids`, in that order: one listing per page when they are all of one action (as
@@ -259,6 +305,7 @@ impl JobsCommand {
                 Self::Show { job, .. } => {
                     let j = show(c, job).await?;
                     let reports = reports(c, &j).await?;
+                    let waits = unrunnable(c, &j).await?;
                     out.emit("job", &j, || {
                         let mut s = format!(
                             "job {}: {} (attempt {} of {})\naction {}\nplan   {}\n",
@@ -274,6 +321,9 @@ impl JobsCommand {
                         }
                         if let Some(e) = &j.last_error {
                             s.push_str(&format!("last error: {}\n", clean_line(e)));
+                        }
+                        if let Some(why) = &waits {
+                            s.push_str(&format!("waits: {why}\n"));
                         }
                         for d in &j.declined {
                             s.push_str(&format!(

@@ -56,7 +56,7 @@ pub(crate) struct Sign {
     /// The private key from `agx keygen`.
     #[arg(long, value_name = "FILE", env = "AGX_KEY")]
     key: PathBuf,
-    /// How long the signature stays valid (`90m`, `24h`, `7days`; at most 366 days).
+    /// How long the signature stays valid (`90m`, `24h`, `7days`; 1m to 366 days).
     #[arg(long, default_value = "24h", value_parser = parse_lifetime)]
     expires: Duration,
     /// Where to write the signed envelope.

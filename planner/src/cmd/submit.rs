@@ -90,8 +90,8 @@ pub(crate) struct Submit {
     /// Priority (higher runs first), -1000..=1000.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     priority: i32,
-    /// How long the action (and a plan signed here) stays valid (`90m`, `24h`, `7days`; at
-    /// most 366 days).
+    /// How long the action (and a plan signed here) stays valid (`90m`, `24h`, `7days`; 1m
+    /// to 366 days).
     #[arg(long, default_value = "24h", value_parser = parse_lifetime)]
     expires: Duration,
     #[command(flatten)]

@@ -28,7 +28,7 @@ impl WorkersCommand {
 }
 
 /// Every registered worker, page by page.
-async fn list_workers(client: &Client) -> Result<Vec<WorkerRecord>> {
+pub(super) async fn list_workers(client: &Client) -> Result<Vec<WorkerRecord>> {
     let mut workers = Vec::new();
     let mut after = None;
     loop {

@@ -9,10 +9,8 @@
     reason = "shared by several test binaries; a failing test prints agq's log"
 )]
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use agenix_link::Client;
@@ -29,8 +27,7 @@ pub struct Agq {
     pub addr: SocketAddr,
     pub fingerprint: Fingerprint,
     pub signer: SigningKey,
-    child: Option<Child>,
-    args: Vec<String>,
+    process: agenix_harness::Agq,
 }
 
 pub fn now_s() -> u64 {
@@ -42,85 +39,42 @@ impl Agq {
     pub fn start(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("q");
-        let out = Command::new(env!("CARGO_BIN_EXE_agq"))
-            .args(["init", "--data"])
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let fingerprint: Fingerprint =
-            String::from_utf8(out.stdout).unwrap().lines().next().unwrap().parse().unwrap();
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_agq"));
+        let fingerprint: Fingerprint = agenix_harness::init(&bin, &data).unwrap().parse().unwrap();
         let signer = signing_key_from_seed(&rand16x2());
         let mut trust = Trust::new();
         trust.add("tester", signer.verifying_key(), &Role::ALL).unwrap();
         std::fs::write(data.join("trust.json"), trust.to_json()).unwrap();
-        let mut q = Self {
-            dir,
-            addr: "127.0.0.1:0".parse().unwrap(),
-            fingerprint,
-            signer,
-            child: None,
-            args: args.iter().map(|s| s.to_string()).collect(),
-        };
-        q.spawn("127.0.0.1:0".parse().unwrap());
-        q
+        let mut serve = agenix_harness::Serve::new(bin, data, dir.path().join("agq.log"));
+        serve.args = args.iter().map(|s| s.to_string()).collect();
+        let process = agenix_harness::Agq::start(serve).unwrap();
+        assert_eq!(process.fingerprint, fingerprint.to_string(), "the ready file's fingerprint");
+        Self { addr: process.addr, dir, fingerprint, signer, process }
     }
 
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("q")
     }
 
-    fn spawn(&mut self, listen: SocketAddr) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_agq"))
-            .args(["serve", "--data"])
-            .arg(self.data())
-            .args(["--listen", &listen.to_string()])
-            .args(&self.args)
-            .env("AGQ_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(self.log_file())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        // "agq: serving on ADDR as FP"
-        let addr = line.split_whitespace().nth(3).unwrap_or_else(|| panic!("agq said {line:?}"));
-        self.addr = addr.parse().unwrap();
-        self.child = Some(child);
-    }
-
-    /// agq's stderr, appended across restarts (printed when a test fails).
-    fn log_file(&self) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("agq.log"))
-            .unwrap()
-    }
-
-    /// Everything agq wrote to stderr so far.
+    /// Everything agq wrote to stderr so far (appended across restarts).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agq.log")).unwrap_or_default()
     }
 
     /// Whether the agq process is still alive.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+        self.process.is_running()
     }
 
     /// SIGKILL, no goodbye.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
+        self.process.kill();
     }
 
     /// Starts again on the same address with the same data.
     pub fn restart(&mut self) {
-        self.kill();
-        let addr = self.addr;
-        self.spawn(addr);
+        self.process.restart().unwrap();
+        assert_eq!(self.process.addr, self.addr);
     }
 
     pub fn token(&self, role: ClientRole) -> String {

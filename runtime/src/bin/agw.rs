@@ -244,6 +244,8 @@ fn run(args: RunArgs) -> Result<()> {
             .with_context(|| {
                 format!("cannot keep the worker's state in {}", cache_dir.display())
             })?;
+        worker.check_capabilities().map_err(|e| anyhow::anyhow!("cannot register: {e}"))?;
+        worker.first_contact().await.context("the queue refuses this worker")?;
         worker.run(shutdown()).await;
         anyhow::Ok(())
     })

@@ -34,7 +34,7 @@ use agenix_proto::wire::{ClientRole, ErrorCode, MAX_HEARTBEAT_LEASES};
 use agenix_proto::{Digest, Fingerprint, Trust, VerifiedAction, VerifiedPlan};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::exec::{ComponentSource, FetchError, HostRunner, Resources};
 use crate::store::LocalStore;
@@ -232,6 +232,15 @@ fn lock_state_dir(dir: &Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File
     )
 }
 
+/// Whether the queue refused this worker itself (its token, its registration): retrying
+/// soon cannot help.
+fn refuses_this_worker(e: &LinkError) -> bool {
+    matches!(
+        e.code(),
+        Some(ErrorCode::Unauthenticated | ErrorCode::Forbidden | ErrorCode::BadRequest)
+    )
+}
+
 impl Worker {
     /// A worker over `wasm` (and `native`, if this host runs native tools), caching
     /// components in `cache`. Fails when its state directory cannot be used.
@@ -292,6 +301,30 @@ impl Worker {
         }
     }
 
+    /// What this worker announces, checked against the bounds the queue enforces: a
+    /// worker the queue would refuse to register refuses to start.
+    pub fn check_capabilities(&self) -> Result<(), String> {
+        self.capabilities().check()
+    }
+
+    /// Connects and registers once, before running: the queue refusing this worker (a
+    /// wrong token, capabilities it will not take) is an error to stop for, where an
+    /// unreachable queue is only waited for (`run` keeps trying).
+    pub async fn first_contact(&self) -> Result<(), LinkError> {
+        match self.connect().await {
+            Ok(s) => {
+                info!(worker = s.worker, queue = %self.settings.queue, "registered");
+                *self.session.lock().await = Some(s);
+                Ok(())
+            }
+            Err(e) if refuses_this_worker(&e) => Err(e),
+            Err(e) => {
+                warn!(error = %e, "cannot reach the queue yet; will keep trying");
+                Ok(())
+            }
+        }
+    }
+
     /// The current session: connects and registers (with backoff) when there is none.
     async fn session(&self) -> Session {
         let mut guard = self.session.lock().await;
@@ -305,6 +338,12 @@ impl Worker {
                     info!(worker = s.worker, queue = %self.settings.queue, "registered");
                     *guard = Some(s.clone());
                     return s;
+                }
+                Err(e) if refuses_this_worker(&e) => {
+                    // Its configuration changed under it (a rotated token): nothing to do
+                    // but say so, slowly, until an operator fixes it.
+                    error!(error = %e, retry_in = "60s", "the queue refuses this worker");
+                    tokio::time::sleep(Duration::from_secs(60)).await;
                 }
                 Err(e) => {
                     warn!(error = %e, retry_in = ?delay, "cannot reach the queue");

@@ -7,7 +7,6 @@
     reason = "shared by several test binaries"
 )]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -16,23 +15,14 @@ use agenix_test_programs as programs;
 
 /// A workspace binary, next to the test executable.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is not built: run `cargo test --workspace` (or cargo build --workspace)",
-        p.display()
-    );
-    p
+    agenix_harness::workspace_bin(name).unwrap()
 }
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub addr: String,
     pub fingerprint: String,
-    agq: Option<Child>,
-    agq_args: Vec<String>,
+    agq: agenix_harness::Agq,
     pub workers: Vec<(String, Child)>,
 }
 
@@ -40,67 +30,33 @@ impl Cluster {
     /// A queue on loopback that trusts the signer `signer.key`.
     pub fn start(agq_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(bin("agq"))
-            .args(["init", "--data"])
-            .arg(dir.path().join("queue"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let fingerprint =
-            String::from_utf8(out.stdout).unwrap().lines().next().unwrap().to_string();
-        let mut c = Self {
-            dir,
-            addr: "127.0.0.1:0".into(),
-            fingerprint,
-            agq: None,
-            agq_args: agq_args.iter().map(|s| s.to_string()).collect(),
-            workers: vec![],
+        let data = dir.path().join("queue");
+        let fingerprint = agenix_harness::init(&bin("agq"), &data).unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new(bin("agx")).args(args).current_dir(dir.path()).output().unwrap();
+            assert!(out.status.success(), "agx {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         };
-        c.ok(&["keygen", "--out", "signer.key"]);
-        c.ok(&["trust", "add", "signer.key.pub", "--name", "e2e", "--trust", "queue/trust.json"]);
+        run(&["keygen", "--out", "signer.key"]);
+        run(&["trust", "add", "signer.key.pub", "--name", "e2e", "--trust", "queue/trust.json"]);
         // The workers' own trust file starts as a copy of the queue's.
-        std::fs::copy(c.path("queue/trust.json"), c.path("worker-trust.json")).unwrap();
-        c.start_agq("127.0.0.1:0");
-        c
+        std::fs::copy(data.join("trust.json"), dir.path().join("worker-trust.json")).unwrap();
+        let mut serve = agenix_harness::Serve::new(bin("agq"), data, dir.path().join("agq.log"));
+        serve.args = agq_args.iter().map(|s| s.to_string()).collect();
+        let agq = agenix_harness::Agq::start(serve).unwrap();
+        Self { addr: agq.addr.to_string(), dir, fingerprint, agq, workers: vec![] }
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
 
-    fn start_agq(&mut self, listen: &str) {
-        let mut child = Command::new(bin("agq"))
-            .args(["serve", "--data"])
-            .arg(self.path("queue"))
-            .args(["--listen", listen])
-            .args(&self.agq_args)
-            .env("AGQ_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        self.addr = line
-            .split_whitespace()
-            .nth(3)
-            .unwrap_or_else(|| panic!("agq said {line:?}"))
-            .to_string();
-        self.agq = Some(child);
-    }
-
     pub fn kill_agq(&mut self) {
-        if let Some(mut c) = self.agq.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.agq.kill();
     }
 
     /// SIGKILL the queue and start it again on the same address and data.
     pub fn restart_agq(&mut self) {
-        self.kill_agq();
-        let addr = self.addr.clone();
-        self.start_agq(&addr);
+        self.agq.restart().unwrap();
     }
 
     /// Starts a worker named `name`; its log goes to `<name>.log`.

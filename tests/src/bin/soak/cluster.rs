@@ -4,11 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -239,17 +237,13 @@ pub(crate) struct Cluster {
     bins: Bins,
     pub(crate) addr: String,
     pub(crate) fingerprint: String,
-    /// Arguments `agq serve` gets besides its data and address.
-    agq_args: Vec<String>,
     /// `agw --concurrency`.
     concurrency: u32,
-    agq: Option<Child>,
+    agq: agenix_harness::Agq,
     /// How many times agq was started.
     pub(crate) agq_runs: u32,
     /// When the running agq said it was serving.
     pub(crate) agq_since: Instant,
-    /// The longest an agq start took until it served.
-    pub(crate) slowest_start: Duration,
     pub(crate) workers: Vec<Worker>,
     /// Processes that exited without being killed, with how.
     pub(crate) unexpected_exits: Vec<String>,
@@ -269,43 +263,42 @@ impl Cluster {
         agq_args: Vec<String>,
         concurrency: u32,
     ) -> Result<Self> {
-        let out = Command::new(&bins.agq)
-            .args(["init", "--data"])
-            .arg(dir.join("queue"))
-            .output()
-            .context("cannot run agq init")?;
-        if !out.status.success() {
-            bail!("agq init failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let fingerprint = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .context("agq init printed no fingerprint")?
-            .to_string();
-        let mut c = Self {
+        let fingerprint = agenix_harness::init(&bins.agq, &dir.join("queue"))?;
+        let agx = Agx {
+            bin: bins.agx.clone(),
             dir: dir.to_path_buf(),
-            bins,
-            addr: "127.0.0.1:0".into(),
-            fingerprint,
-            agq_args,
-            concurrency,
-            agq: None,
-            agq_runs: 0,
-            agq_since: Instant::now(),
-            slowest_start: Duration::ZERO,
-            workers: vec![],
-            unexpected_exits: vec![],
-            agx_seq: Arc::new(AtomicU64::new(0)),
+            addr: String::new(),
+            fingerprint: fingerprint.clone(),
+            seq: Arc::new(AtomicU64::new(0)),
         };
-        let agx = c.agx();
         let limit = Duration::from_secs(60);
         agx.ok(&["keygen", "--out", "signer.key"], limit)?;
         agx.ok(
             &["trust", "add", "signer.key.pub", "--name", "soak", "--trust", "queue/trust.json"],
             limit,
         )?;
-        c.serve()?;
-        Ok(c)
+        let mut serve = agenix_harness::Serve::new(
+            bins.agq.clone(),
+            dir.join("queue"),
+            dir.join("logs/agq.log"),
+        );
+        serve.args = agq_args;
+        serve.log_level = "info".into();
+        serve.patience = AGQ_START;
+        let agq = agenix_harness::Agq::start(serve)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            bins,
+            addr: agq.addr.to_string(),
+            fingerprint,
+            concurrency,
+            agq,
+            agq_runs: 1,
+            agq_since: Instant::now(),
+            workers: vec![],
+            unexpected_exits: vec![],
+            agx_seq: agx.seq,
+        })
     }
 
     /// `agx` for this queue (its address never changes once it first served).
@@ -323,91 +316,26 @@ impl Cluster {
         self.dir.join(p)
     }
 
-    /// Starts `agq serve` on the cluster's address (a free port the first time) and waits
-    /// until it says it serves. The port may be taken for a moment by some other socket
-    /// after a kill: then it tries again, for up to [`AGQ_START`].
-    fn serve(&mut self) -> Result<()> {
-        let until = Instant::now() + AGQ_START;
-        let mut failures = Vec::new();
-        loop {
-            match self.serve_once() {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() < until && self.addr != "127.0.0.1:0" => {
-                    failures.push(format!("{e:#}"));
-                    std::thread::sleep(Duration::from_millis(250));
-                }
-                Err(e) => {
-                    failures.push(format!("{e:#}"));
-                    bail!("agq did not start on {}: {}", self.addr, failures.join("; "));
-                }
-            }
-        }
-    }
-
-    fn serve_once(&mut self) -> Result<()> {
-        self.agq_runs += 1;
-        let log = self.path(&format!("logs/agq-{}.log", self.agq_runs));
-        let mut cmd = Command::new(&self.bins.agq);
-        cmd.args(["serve", "--data"])
-            .arg(self.path("queue"))
-            .args(["--listen", &self.addr])
-            .args(&self.agq_args)
-            .env("AGQ_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?);
-        let start = Instant::now();
-        let mut child = spawn(&mut cmd, "agq")?;
-        let stdout = child.stdout.take().context("agq has no stdout")?;
-        // The first line says where it serves; the rest (nothing, today) is drained so agq
-        // never blocks on a full pipe.
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(AGQ_START) {
-            Ok(Some(Ok(line))) => line,
-            other => {
-                sigkill(&mut child);
-                let said = std::fs::read_to_string(&log).unwrap_or_default();
-                let said: String = said.lines().last().unwrap_or("").chars().take(300).collect();
-                bail!(
-                    "agq did not say it serves within {AGQ_START:?} ({}): {said}",
-                    if other.is_err() { "timed out" } else { "exited" }
-                );
-            }
-        };
-        // "agq: serving on ADDR as FP"
-        let addr = line.split_whitespace().nth(3).context("agq said something else")?;
-        if self.addr == "127.0.0.1:0" {
-            self.addr = addr.to_string();
-        } else if addr != self.addr {
-            sigkill(&mut child);
-            bail!("agq serves on {addr}, not on {}", self.addr);
-        }
-        self.slowest_start = self.slowest_start.max(start.elapsed());
-        self.agq_since = Instant::now();
-        self.agq = Some(child);
-        Ok(())
+    /// How long the slowest start of agq took, from spawning to serving.
+    pub(crate) fn slowest_start(&self) -> Duration {
+        self.agq.slowest_start
     }
 
     pub(crate) fn agq_is_up(&self) -> bool {
-        self.agq.is_some()
+        self.agq.pid().is_some()
     }
 
     /// SIGKILLs agq.
     pub(crate) fn kill_agq(&mut self) {
-        if let Some(mut c) = self.agq.take() {
-            sigkill(&mut c);
-        }
+        self.agq.kill();
     }
 
     /// Starts agq again on the same address and data.
     pub(crate) fn restart_agq(&mut self) -> Result<()> {
-        self.kill_agq();
-        self.serve()
+        self.agq.restart()?;
+        self.agq_runs += 1;
+        self.agq_since = Instant::now();
+        Ok(())
     }
 
     /// Adds a worker named `name` (its cache directory is `name-cache`) and starts it.
@@ -455,15 +383,14 @@ impl Cluster {
     /// Starts the workers whose time has come; notes (and restarts) any process that
     /// exited by itself.
     pub(crate) fn tend(&mut self) -> Result<()> {
-        if let Some(c) = self.agq.as_mut()
+        if let Some(c) = self.agq.child()
             && let Some(status) = reap(c)?
         {
-            self.agq = None;
             self.unexpected_exits.push(format!(
-                "agq (run {}) exited by itself: {status}; see logs/agq-{}.log",
-                self.agq_runs, self.agq_runs
+                "agq (run {}) exited by itself: {status}; see logs/agq.log",
+                self.agq_runs
             ));
-            self.serve()?;
+            self.restart_agq()?;
         }
         for i in 0..self.workers.len() {
             let w = &mut self.workers[i];

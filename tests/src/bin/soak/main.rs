@@ -521,7 +521,7 @@ fn report(
         faults.queue_kills,
         faults.worker_kills,
         cluster.workers.iter().map(|w| w.runs).sum::<u32>(),
-        cluster.slowest_start.as_secs_f64()
+        cluster.slowest_start().as_secs_f64()
     );
     println!("  jobs the queue holds: {}", jobs.len());
     println!("  acknowledged jobs by state: {:?}", f.by_state);

@@ -1,0 +1,256 @@
+//! The one way tests, the soak and the benchmarks start a real queue: `agq init`, then
+//! `agq serve --ready-file F`, waiting for F (the address and fingerprint, written once agq
+//! serves) rather than reading its log or its output. Restarts reuse the address; a port
+//! another socket holds for a moment after a kill is tried again.
+//!
+//! What this crate does not do: it never speaks the protocol and links no AGEniX crate, so
+//! every harness above it uses the real client, and a change to agq's start-up is made here
+//! once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A workspace binary (`agq`, `agw`, `agx`) built beside the running executable: a test in
+/// `target/<profile>/deps/` or a binary in `target/<profile>/`.
+pub fn workspace_bin(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the running executable")?;
+    let mut dir = exe.parent().context("the executable has no directory")?;
+    if dir.ends_with("deps") {
+        dir = dir.parent().context("deps/ has no parent")?;
+    }
+    let p = dir.join(name);
+    if !p.exists() {
+        bail!("{} is not built: run `cargo build --workspace` first", p.display());
+    }
+    Ok(p)
+}
+
+/// `agq init --data DATA`: creates the queue directory; returns the queue's fingerprint.
+pub fn init(agq: &Path, data: &Path) -> Result<String> {
+    let out = Command::new(agq)
+        .args(["init", "--data"])
+        .arg(data)
+        .output()
+        .with_context(|| format!("cannot run {}", agq.display()))?;
+    if !out.status.success() {
+        bail!("agq init failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(str::to_owned)
+        .context("agq init printed no fingerprint")
+}
+
+/// How to run `agq serve`.
+#[derive(Debug, Clone)]
+pub struct Serve {
+    /// The agq binary.
+    pub bin: PathBuf,
+    /// The queue directory from [`init`].
+    pub data: PathBuf,
+    /// Further arguments to `agq serve`.
+    pub args: Vec<String>,
+    /// `AGQ_LOG`.
+    pub log_level: String,
+    /// Where agq's stderr is appended (across restarts).
+    pub log: PathBuf,
+    /// How long agq may take to serve (it loads every stored job first).
+    pub patience: Duration,
+}
+
+impl Serve {
+    /// `agq serve` for the queue directory `data`, logging at `warn` to `log`.
+    pub fn new(bin: PathBuf, data: PathBuf, log: PathBuf) -> Self {
+        Self {
+            bin,
+            data,
+            args: vec![],
+            log_level: "warn".into(),
+            log,
+            patience: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A running `agq serve`.
+#[derive(Debug)]
+pub struct Agq {
+    serve: Serve,
+    child: Option<Child>,
+    /// Where it serves (the same across restarts).
+    pub addr: SocketAddr,
+    /// Its fingerprint, as its ready file says.
+    pub fingerprint: String,
+    /// How long the slowest start took, from spawning to the ready file.
+    pub slowest_start: Duration,
+}
+
+impl Agq {
+    /// Starts `agq serve` on a free loopback port and waits until it serves.
+    pub fn start(serve: Serve) -> Result<Self> {
+        let mut q = Self {
+            serve,
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            fingerprint: String::new(),
+            slowest_start: Duration::ZERO,
+        };
+        q.spawn()?;
+        Ok(q)
+    }
+
+    /// The ready file (in the queue directory's parent, so a test sees it beside its data).
+    fn ready_file(&self) -> PathBuf {
+        self.serve.data.with_extension("ready")
+    }
+
+    /// Starts agq on [`Agq::addr`]; tries again while a port just freed by a kill is still
+    /// held by another socket, for up to the patience.
+    fn spawn(&mut self) -> Result<()> {
+        let until = Instant::now() + self.serve.patience;
+        let mut failures = Vec::new();
+        loop {
+            match self.spawn_once(until) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < until && self.addr.port() != 0 => {
+                    failures.push(format!("{e:#}"));
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => {
+                    failures.push(format!("{e:#}"));
+                    bail!("agq did not start on {}: {}", self.addr, failures.join("; "));
+                }
+            }
+        }
+    }
+
+    fn spawn_once(&mut self, until: Instant) -> Result<()> {
+        let ready = self.ready_file();
+        match std::fs::remove_file(&ready) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove {}", ready.display()));
+            }
+            _ => {}
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.serve.log)
+            .with_context(|| format!("cannot open {}", self.serve.log.display()))?;
+        let start = Instant::now();
+        let mut child = Command::new(&self.serve.bin)
+            .args(["serve", "--data"])
+            .arg(&self.serve.data)
+            .args(["--listen", &self.addr.to_string()])
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(&self.serve.args)
+            .env("AGQ_LOG", &self.serve.log_level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot run {}", self.serve.bin.display()))?;
+        let (addr, fingerprint) = loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                break parse_ready(&text)?;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("agq exited ({status}) before serving: {}", self.last_log_line());
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("agq did not serve in time: {}", self.last_log_line());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if self.addr.port() != 0 && addr != self.addr {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("agq serves on {addr}, not on {}", self.addr);
+        }
+        self.addr = addr;
+        self.fingerprint = fingerprint;
+        self.slowest_start = self.slowest_start.max(start.elapsed());
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn last_log_line(&self) -> String {
+        let log = std::fs::read_to_string(&self.serve.log).unwrap_or_default();
+        log.lines().last().unwrap_or("").chars().take(300).collect()
+    }
+
+    /// The process, while it runs.
+    pub fn child(&mut self) -> Option<&mut Child> {
+        self.child.as_mut()
+    }
+
+    /// The process id, while agq runs (or until its exit is noticed).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether agq is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILLs agq and starts it again on the same address and data.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// Starts agq again after [`Agq::kill`], on the same address and data.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.spawn()
+    }
+}
+
+impl Drop for Agq {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The address and fingerprint in a ready file.
+fn parse_ready(text: &str) -> Result<(SocketAddr, String)> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("a bad ready file: {text:?}"))?;
+    let addr = v["address"].as_str().context("the ready file names no address")?.parse()?;
+    let fingerprint =
+        v["fingerprint"].as_str().context("the ready file names no fingerprint")?.to_owned();
+    Ok((addr, fingerprint))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+
+    use super::*;
+
+    #[test]
+    fn ready_files_are_read_strictly() {
+        let (addr, fp) =
+            parse_ready(r#"{"address":"127.0.0.1:7411","fingerprint":"sha256:ab"}"#).unwrap();
+        assert_eq!(addr, SocketAddr::from(([127, 0, 0, 1], 7411)));
+        assert_eq!(fp, "sha256:ab");
+        assert!(parse_ready(r#"{"address":"127.0.0.1:7411""#).is_err());
+        assert!(parse_ready(r#"{"fingerprint":"sha256:ab"}"#).is_err());
+    }
+}
