@@ -169,7 +169,7 @@ fn requests_of_every_kind() -> Vec<Request> {
         Request::Cancel { job: JobId(3) },
         Request::ListJobs {
             filter: JobFilter {
-                state: Some("queued".into()),
+                state: Some(agenix_proto::job::StateKind::Queued),
                 action: Some(fixtures::action().action_id),
             },
             after: Some(JobId(1)),
@@ -218,7 +218,11 @@ fn responses_of_every_kind() -> Vec<Response> {
         output: Some(output()),
     };
     vec![
-        Response::HelloOk { version: PROTOCOL_VERSION, queue: fixtures::audience() },
+        Response::HelloOk {
+            version: PROTOCOL_VERSION,
+            queue: fixtures::audience(),
+            max_blob: 256 << 20,
+        },
         Response::BlobsStored { existed: 1 },
         Response::Blob { digest: Digest::of(b"blob"), size: 4 },
         Response::Unkept { was_kept: true },

@@ -66,6 +66,7 @@ pub struct Client {
     _endpoint: quinn::Endpoint,
     queue: Fingerprint,
     role: ClientRole,
+    max_blob: u64,
 }
 
 impl Client {
@@ -88,15 +89,15 @@ impl Client {
             .await
             .map_err(|_| conn_err("timed out".into()))?
             .map_err(|e| conn_err(e.to_string()))?;
-        let client = Self { conn, _endpoint: endpoint, queue: fingerprint, role };
+        let client = Self { conn, _endpoint: endpoint, queue: fingerprint, role, max_blob: 0 };
         let hello = Request::Hello { version: PROTOCOL_VERSION, role, token: token.to_owned() };
-        client
+        let max_blob = client
             .ask(hello, |r| match r {
-                Response::HelloOk { .. } => Ok(()),
+                Response::HelloOk { max_blob, .. } => Ok(max_blob),
                 other => Err(other.name()),
             })
             .await?;
-        Ok(client)
+        Ok(Self { max_blob, ..client })
     }
 
     /// Sends `req` and takes from the answer what `pick` finds there; an answer `pick`
@@ -254,6 +255,11 @@ impl Client {
     /// The queue's identity.
     pub fn queue(&self) -> Fingerprint {
         self.queue
+    }
+
+    /// The largest blob the queue accepts, as it said when this connection authenticated.
+    pub fn max_blob(&self) -> u64 {
+        self.max_blob
     }
 
     /// The role this connection authenticated as.

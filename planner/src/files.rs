@@ -59,6 +59,12 @@ fn read_to_end_capped(source: &mut impl Read, max: u64, hint: u64) -> Result<Vec
 /// [`FIFO_WAIT`]) and anything holding more than `max` bytes. The cap is enforced while
 /// reading, not from the file's reported size: a device or FIFO reports none.
 pub(crate) fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>> {
+    read_capped_by(path, max, "")
+}
+
+/// [`read_capped`], with the limit's origin named when it is exceeded (`why`, such as
+/// " (the queue's --max-blob)").
+pub(crate) fn read_capped_by(path: &Path, max: u64, why: &str) -> Result<Vec<u8>> {
     let mut file = match open_readable(path, FIFO_WAIT) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::IsADirectory => {
@@ -69,11 +75,11 @@ pub(crate) fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>> {
     let meta = file.metadata().with_context(|| format!("cannot read {}", path.display()))?;
     let hint = if meta.is_file() { meta.len() } else { 0 };
     if hint > max {
-        bail!("{}: over the limit of {max} bytes", path.display());
+        bail!("{}: over the limit of {max} bytes{why}", path.display());
     }
     read_to_end_capped(&mut file, max, hint).map_err(|e| match e {
         CappedError::OverLimit => {
-            anyhow::anyhow!("{}: over the limit of {max} bytes", path.display())
+            anyhow::anyhow!("{}: over the limit of {max} bytes{why}", path.display())
         }
         CappedError::Io(e) => {
             anyhow::Error::new(e).context(format!("cannot read {}", path.display()))

@@ -321,6 +321,9 @@ pub enum Response {
         version: u32,
         /// The queue's identity (the audience of its actions).
         queue: Fingerprint,
+        /// The largest blob it accepts, in bytes (`agq serve --max-blob`): a client reads
+        /// no more of an input than the queue would take.
+        max_blob: u64,
     },
     /// The blobs are stored.
     BlobsStored {

@@ -284,7 +284,11 @@ impl Queue {
         }
         let answer = match req {
             Ok(Request::Hello { version, role, token }) if valid(role, version, &token) => {
-                let ok = Response::HelloOk { version: PROTOCOL_VERSION, queue: self.fingerprint };
+                let ok = Response::HelloOk {
+                    version: PROTOCOL_VERSION,
+                    queue: self.fingerprint,
+                    max_blob: self.blobs.max(),
+                };
                 send_answer("hello", &mut send, &ok).await;
                 return Some(role);
             }

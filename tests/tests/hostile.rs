@@ -69,7 +69,9 @@ impl Hostile {
 async fn serve_stream(h: Arc<Hostile>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
     let Ok(req) = read_frame::<Request>(&mut recv).await else { return };
     let resp = match req {
-        Request::Hello { .. } => Response::HelloOk { version: 1, queue: h.fingerprint.unwrap() },
+        Request::Hello { .. } => {
+            Response::HelloOk { version: 1, queue: h.fingerprint.unwrap(), max_blob: 1 << 30 }
+        }
         Request::Register { .. } => {
             Response::Registered { worker: 1, lease_ms: 60_000, heartbeat_ms: 1_000 }
         }

@@ -309,3 +309,33 @@ fn a_worker_starts_at_its_concurrency_bounds_and_refuses_past_them() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot read /dev/zero: over the limit of 1048576 bytes"), "{err}");
 }
+
+/// An input exactly the queue's largest blob is submitted and runs; one byte more, or a
+/// device that never ends, is refused by agx before it reads past the queue's limit (it
+/// learns the limit when it connects), naming where the limit comes from. Nothing is
+/// submitted for a refused batch.
+#[test]
+fn inputs_at_the_queues_blob_limit_run_and_past_it_are_refused_by_agx() {
+    const MAX: usize = 4 << 20;
+    let mut c = Cluster::start(&["--max-blob", &MAX.to_string()]);
+    c.push_aus();
+    c.worker("w", &[]);
+    // Lines grep finds (8 bytes each), so the job succeeds.
+    let at = b"x error\n".repeat(MAX / 8);
+    assert_eq!(at.len(), MAX);
+    std::fs::write(c.path("at.txt"), &at).unwrap();
+    std::fs::write(c.path("past.txt"), [at.as_slice(), b"x"].concat()).unwrap();
+    let plan = example("log-errors.json");
+    let jobs = c.submit(&plan, &[c.path("at.txt").to_str().unwrap()]);
+    c.wait_job(&jobs[0], Duration::from_secs(120), |j| state(j) == "succeeded");
+    let said =
+        format!("over the limit of {MAX} bytes (the queue's largest blob: agq serve --max-blob)");
+    for input in [c.path("past.txt").to_str().unwrap().to_owned(), "/dev/zero".to_owned()] {
+        let out = c.agx(&["submit", &plan, "--input", &input]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(&format!("{input}: {said}")), "{err}");
+    }
+    let listed = c.ok(&["--json", "jobs", "list"]);
+    assert_eq!(listed.lines().count(), 1, "only the first job was submitted: {listed}");
+}

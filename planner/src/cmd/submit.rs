@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use super::jobs::watch;
 use super::{now_unix, random16};
 use crate::args::parse_lifetime;
-use crate::files::read_capped;
+use crate::files::read_capped_by;
 use crate::local::{StoreArg, runtime};
 use crate::output::Out;
 use crate::remote::QueueArgs;
@@ -145,8 +145,14 @@ impl Submit {
                 up.add(component, format!("AU {name}")).await?;
             }
             let mut refs = Vec::with_capacity(self.inputs.len());
+            // No more of an input is read than the queue would take.
+            let (max, why) = if client.max_blob() < MAX_INPUT {
+                (client.max_blob(), " (the queue's largest blob: agq serve --max-blob)")
+            } else {
+                (MAX_INPUT, "")
+            };
             for path in &self.inputs {
-                let input = read_capped(path, MAX_INPUT)?;
+                let input = read_capped_by(path, max, why)?;
                 refs.push(up.add(input, path.display().to_string()).await?);
             }
             let action = Action {

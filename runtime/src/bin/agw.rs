@@ -173,7 +173,7 @@ fn run(args: RunArgs) -> Result<()> {
             .map(|h| PathBuf::from(h).join(".cache/agw"))
             .ok_or_else(|| need("cache directory (--cache-dir)"))?,
     };
-    let ceilings = file.ceilings.resolve();
+    let ceilings = file.ceilings.resolve().map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut mounts: BTreeMap<MountName, MountConfig> = BTreeMap::new();
     for (n, spec) in &file.mounts {
         let host = std::fs::canonicalize(&spec.path)

@@ -85,17 +85,24 @@ pub struct CeilingsConfig {
 }
 
 impl CeilingsConfig {
-    /// The ceilings: what is written, the format's maxima for the rest.
-    pub fn resolve(&self) -> Limits {
+    /// The ceilings: what is written, the format's maxima for the rest (4 GiB of memory).
+    /// A value of 0 or past the format's maximum is refused, naming the field, never
+    /// clamped.
+    pub fn resolve(&self) -> Result<Limits, String> {
         let a = Limits::ABSOLUTE;
-        Limits {
-            fuel: self.fuel.unwrap_or(a.fuel).min(a.fuel),
-            memory_bytes: self.memory_bytes.unwrap_or(4 << 30).min(a.memory_bytes),
-            timeout_ms: self.timeout_ms.unwrap_or(a.timeout_ms).min(a.timeout_ms),
-            output_bytes: self.output_bytes.unwrap_or(a.output_bytes).min(a.output_bytes),
-            pids: self.pids.unwrap_or(a.pids).min(a.pids),
-            file_bytes: self.file_bytes.unwrap_or(a.file_bytes).min(a.file_bytes),
-        }
+        let pick = |name: &str, asked: Option<u64>, default: u64, max: u64| match asked {
+            None => Ok(default),
+            Some(v) if (1..=max).contains(&v) => Ok(v),
+            Some(v) => Err(format!("ceilings.{name} {v} is outside 1..={max}")),
+        };
+        Ok(Limits {
+            fuel: pick("fuel", self.fuel, a.fuel, a.fuel)?,
+            memory_bytes: pick("memory_bytes", self.memory_bytes, 4 << 30, a.memory_bytes)?,
+            timeout_ms: pick("timeout_ms", self.timeout_ms, a.timeout_ms, a.timeout_ms)?,
+            output_bytes: pick("output_bytes", self.output_bytes, a.output_bytes, a.output_bytes)?,
+            pids: pick("pids", self.pids, a.pids, a.pids)?,
+            file_bytes: pick("file_bytes", self.file_bytes, a.file_bytes, a.file_bytes)?,
+        })
     }
 }
 
@@ -140,7 +147,19 @@ grep = "/usr/bin/grep"
         )
         .unwrap();
         assert_eq!(c.concurrency, Some(2));
-        assert_eq!(c.ceilings.resolve().timeout_ms, 1000);
+        assert_eq!(c.ceilings.resolve().unwrap().timeout_ms, 1000);
+        let over =
+            CeilingsConfig { pids: Some(Limits::ABSOLUTE.pids + 1), ..CeilingsConfig::default() };
+        assert_eq!(
+            over.resolve().unwrap_err(),
+            format!(
+                "ceilings.pids {} is outside 1..={}",
+                Limits::ABSOLUTE.pids + 1,
+                Limits::ABSOLUTE.pids
+            )
+        );
+        let zero = CeilingsConfig { timeout_ms: Some(0), ..CeilingsConfig::default() };
+        assert!(zero.resolve().is_err());
         assert_eq!(c.mounts.len(), 1);
         let err = FileConfig::parse("queue = \"127.0.0.1:1\"\nqeueu = 1\n").unwrap_err();
         assert!(err.contains("unknown field `qeueu`"), "{err}");
