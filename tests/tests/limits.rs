@@ -190,6 +190,19 @@ fn a_signed_plan_of_exactly_the_size_limit_runs_and_a_byte_more_is_refused() {
         err.contains(&format!("{} bytes, over the limit of {MAX_PLAN_BYTES}", MAX_PLAN_BYTES + 1)),
         "{err}"
     );
+    // `plan validate` tells the same before anyone signs: it counts what signing adds.
+    let ok = c.agx(&["plan", "validate", "edge.json"]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    let past = c.agx(&["plan", "validate", "past.json"]);
+    let err = text(&past.stderr);
+    assert_eq!(past.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "it would be {} bytes, over the limit of {MAX_PLAN_BYTES}",
+            MAX_PLAN_BYTES + 1
+        )),
+        "{err}"
+    );
     let inputs = inputs(&c, 4);
     let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     let signed = c.path("edge.env").to_str().unwrap().to_string();

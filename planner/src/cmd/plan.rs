@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use agenix_proto::envelope::MAX_ENVELOPE_BYTES;
-use agenix_proto::{Envelope, Form, KeyId, Limits, Plan, Run, Stdin, Trust, VerifiedPlan};
-use anyhow::{Context, Result};
+use agenix_proto::plan::{MAX_LIFETIME_SECS, MAX_PLAN_BYTES};
+use agenix_proto::{Envelope, Form, KeyId, Limits, Plan, PlanId, Run, Stdin, Trust, VerifiedPlan};
+use anyhow::{Context, Result, bail};
 
 use super::trust::load_trust;
 use super::{now_unix, show_time};
@@ -137,11 +138,36 @@ fn describe_tasks(plan: &Plan) -> String {
     s
 }
 
+/// How many bytes `plan` would have once signed: its AU names locked to digests, an id
+/// and a validity period set (each of a fixed width, so any stand-in gives the size).
+fn signed_size(plan: &Plan) -> usize {
+    let mut signed = plan.clone();
+    for t in &mut signed.tasks {
+        if let Run::Wasm(w) = &mut t.run {
+            w.digest.get_or_insert(agenix_proto::Digest::of(b""));
+        }
+    }
+    signed.plan_id.get_or_insert(PlanId::from_random([0; 16]));
+    let now = now_unix();
+    signed.issued_at = Some(now);
+    signed.expires_at = Some(now + MAX_LIFETIME_SECS);
+    signed.to_payload().len()
+}
+
 impl Validate {
     fn execute(self, out: Out) -> Result<ExitCode> {
         let plan = load_plan(&self.plan)?;
         plan.validate(Form::Draft, &Limits::ABSOLUTE)
             .with_context(|| format!("{} is not a valid plan", self.plan.display()))?;
+        let size = signed_size(&plan);
+        if size > MAX_PLAN_BYTES {
+            bail!(
+                "{} follows every rule as written, but signed (its AUs locked to digests, an id \
+                 and a validity period added) it would be {size} bytes, over the limit of \
+                 {MAX_PLAN_BYTES}",
+                self.plan.display()
+            );
+        }
         let unlocked = plan.wasm_tasks().filter(|(_, w)| w.digest.is_none()).count();
         out.emit(
             "valid",
