@@ -2,7 +2,8 @@
 # Checks the dependency invariants ARCHITECTURE.md states, with `cargo tree` (run by
 # scripts/test.sh): the contract (agenix-proto) and the queue's scheduler (agenix-queue-core)
 # pull in no async runtime, network, TLS, storage or wasm engine, so they cannot do I/O; the
-# sandbox host (agenix-host) never links the QUIC client, so it cannot talk to the queue.
+# sandbox host (agenix-host) never links the QUIC client, so it cannot talk to the queue; the
+# standard AUs (agenix-aus) share no code with the host crates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +28,8 @@ io=(tokio quinn rustls mio socket2 redb wasmtime agenix-link agenix-host agenix-
 forbid agenix-proto "${io[@]}"
 forbid agenix-queue-core "${io[@]}"
 forbid agenix-host quinn rustls agenix-link agenix-queue agenix-queue-core redb
+forbid agenix-aus agenix-proto agenix-host agenix-runtime agenix-link wasmtime tokio
 if [ "$status" = 0 ]; then
-    echo "check-deps: agenix-proto and agenix-queue-core do no I/O; agenix-host never reaches the queue"
+    echo "check-deps: proto and queue/core do no I/O; host never reaches the queue; AUs share no host code"
 fi
 exit "$status"

@@ -4,23 +4,48 @@
 //! goes to other workers. Signatures, signers, validity periods and digests are checked in
 //! `lease.rs`, through proto.
 
-use agenix_proto::{Run, VerifiedPlan};
+use agenix_proto::{Run, TaskId, ToolName, VerifiedPlan};
 
 use crate::exec::Resources;
 
+/// What this worker lacks for a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lack {
+    /// A native tool: not allowlisted, or the jail is not ready.
+    Tool,
+    /// A mount the task names is not configured.
+    Mount,
+    /// A limit the task asks is over this worker's ceiling.
+    Limit,
+}
+
+/// Why this worker cannot run a plan: the first task it cannot give what it asks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("task {task}: {detail}")]
+pub struct Unfit {
+    /// The task.
+    pub task: TaskId,
+    /// What is missing.
+    pub lack: Lack,
+    /// Said for people.
+    pub detail: String,
+}
+
 /// Whether this worker can give every task what it asks: tools in its allowlist (with a
-/// ready jail), mounts configured, limits within its ceilings.
+/// ready jail, as `tools` says), mounts configured, limits within its ceilings.
 pub fn preflight(
     plan: &VerifiedPlan,
     resources: &Resources,
-    tools: &dyn Fn(&agenix_proto::ToolName) -> Result<(), String>,
-) -> Result<(), String> {
+    tools: &dyn Fn(&ToolName) -> Result<(), String>,
+) -> Result<(), Unfit> {
     for task in &plan.plan().tasks {
+        let unfit =
+            |lack: Lack| move |detail: String| Unfit { task: task.id.clone(), lack, detail };
         if let Run::Native(n) = &task.run {
-            tools(&n.tool).map_err(|e| format!("task {}: {e}", task.id))?;
+            tools(&n.tool).map_err(unfit(Lack::Tool))?;
         }
-        resources.grants(task).map_err(|e| format!("task {}: {e}", task.id))?;
-        resources.limits(task).map_err(|e| format!("task {}: {e}", task.id))?;
+        resources.grants(task).map_err(unfit(Lack::Mount))?;
+        resources.limits(task).map_err(unfit(Lack::Limit))?;
     }
     Ok(())
 }
