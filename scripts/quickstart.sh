@@ -20,13 +20,14 @@ trap stop EXIT
 cd "$work"
 
 echo "== a queue on loopback, with a signer it trusts"
-fingerprint=$("$bin/agq" init --data queue | head -n 1)
+fingerprint=$("$bin/agq" init --data queue)
 "$bin/agx" keygen --out signer.key >/dev/null
 "$bin/agx" trust add signer.key.pub --name quickstart --trust queue/trust.json
-"$bin/agq" serve --data queue --listen 127.0.0.1:0 >agq.out 2>agq.log &
+"$bin/agq" serve --data queue --listen 127.0.0.1:0 --ready-file agq.ready >agq.out 2>agq.log &
 pids+=($!)
-for _ in $(seq 100); do grep -q serving agq.out 2>/dev/null && break; sleep 0.1; done
-addr=$(awk '{print $4}' agq.out)
+for _ in $(seq 300); do [ -s agq.ready ] && break; sleep 0.1; done
+[ -s agq.ready ] || { echo "agq did not start: see $work/agq.log" >&2; exit 1; }
+addr=$(sed -e 's/.*"address":"\([^"]*\)".*/\1/' agq.ready)
 echo "agq serving on $addr as $fingerprint"
 
 echo "== a worker, verifying everything with the same trust file"

@@ -14,6 +14,7 @@ use agenix_queue::server::{Queue, Settings};
 use agenix_queue::{blobs::Blobs, identity, store::RedbStore};
 use anyhow::{Context, Result};
 use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -129,14 +130,16 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init { data } => {
             let fp = identity::init(&data)?;
+            // The fingerprint alone on stdout (what scripts take); the guidance on stderr.
             writeln!(out, "{fp}")?;
-            writeln!(out, "queue directory {} ready:", data.display())?;
+            let mut err = std::io::stderr().lock();
+            writeln!(err, "queue directory {} ready:", data.display())?;
             writeln!(
-                out,
+                err,
                 "  tokens: planner.token, worker.token, observer.token (hand each to its clients)"
             )?;
             writeln!(
-                out,
+                err,
                 "  trust:  add signers with `agx trust add KEY.pub --name NAME --trust {}`",
                 data.join("trust.json").display()
             )?;
@@ -170,6 +173,9 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             drop(out);
             init_logging();
+            if let Some(file) = &ready_file {
+                check_ready_file(file, &data)?;
+            }
             let settings = Settings {
                 limits: agenix_queue::limits::Limits {
                     connections_per_ip,
@@ -204,21 +210,26 @@ fn run(cli: Cli) -> Result<()> {
                 let blobs = Blobs::new(&data, max_blob, blob_quota)?;
                 let endpoint = agenix_queue::server::endpoint(listen, cert, key, &settings)?;
                 let queue = Queue::start(store, blobs, trust, fingerprint, tokens, settings)?;
+                // Listening for SIGTERM and SIGINT before saying it serves: a signal sent the
+                // moment it does shuts it down cleanly.
+                let mut term = signal(SignalKind::terminate())?;
+                let mut interrupt = signal(SignalKind::interrupt())?;
                 tracing::info!(listen = %endpoint.local_addr()?, %fingerprint, "serving");
                 let address = endpoint.local_addr()?;
-                if let Some(file) = &ready_file {
-                    write_ready_file(file, address, fingerprint)?;
-                }
+                let wrote = match &ready_file {
+                    Some(file) => Some((file, write_ready_file(file, address, fingerprint)?)),
+                    None => None,
+                };
                 // Scripts read this line (--ready-file is the machine interface beside it).
                 let _ = writeln!(std::io::stdout(), "agq: serving on {address} as {fingerprint}");
                 tokio::select! {
                     () = queue.serve(endpoint.clone()) => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                    () = terminate() => {}
+                    _ = term.recv() => {}
+                    _ = interrupt.recv() => {}
                 }
                 endpoint.close(0u32.into(), b"shutting down");
-                if let Some(file) = &ready_file {
-                    let _ = std::fs::remove_file(file);
+                if let Some((file, wrote)) = &wrote {
+                    remove_ready_file(file, wrote);
                 }
                 anyhow::Ok(())
             })?;
@@ -242,29 +253,63 @@ fn read_capped(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Checks, before anything serves, that `file` may be the ready file: outside the queue
+/// directory `data` (whose files are the queue's identity, tokens and store), and, if it
+/// exists, a regular file holding a ready file of an earlier run (nothing else is ever
+/// replaced).
+fn check_ready_file(file: &std::path::Path, data: &std::path::Path) -> Result<()> {
+    let name = file.file_name().with_context(|| format!("{} names no file", file.display()))?;
+    let dir =
+        file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let dir = std::fs::canonicalize(dir)
+        .with_context(|| format!("the ready file's directory {} is not there", dir.display()))?;
+    let data = std::fs::canonicalize(data)
+        .with_context(|| format!("cannot read the queue directory {}", data.display()))?;
+    if dir.starts_with(&data) {
+        anyhow::bail!(
+            "the ready file {} is inside the queue directory {}: put it elsewhere",
+            file.display(),
+            data.display()
+        );
+    }
+    let not_ready =
+        || anyhow::anyhow!("{} exists and is not a ready file: not replacing it", file.display());
+    match std::fs::symlink_metadata(dir.join(name)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot check {}", file.display())),
+        Ok(m) if !m.is_file() => Err(not_ready()),
+        Ok(_) => {
+            let old = read_capped(file, 4096).unwrap_or_default();
+            let ready = serde_json::from_slice::<serde_json::Value>(&old)
+                .ok()
+                .is_some_and(|v| v.get("address").is_some() && v.get("fingerprint").is_some());
+            if ready { Ok(()) } else { Err(not_ready()) }
+        }
+    }
+}
+
 /// Writes the ready file: a temporary file beside it, then renamed over it, so a reader
-/// never sees half of it.
+/// never sees half of it. Returns what was written.
 fn write_ready_file(
     file: &std::path::Path,
     address: SocketAddr,
     fingerprint: agenix_proto::Fingerprint,
-) -> Result<()> {
-    let body = serde_json::json!({ "address": address, "fingerprint": fingerprint });
+) -> Result<Vec<u8>> {
+    let body =
+        format!("{}\n", serde_json::json!({ "address": address, "fingerprint": fingerprint }));
     let dir =
         file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot write the ready file {}", file.display()))?;
-    writeln!(tmp, "{body}")?;
+    tmp.write_all(body.as_bytes())?;
     tmp.persist(file).with_context(|| format!("cannot write the ready file {}", file.display()))?;
-    Ok(())
+    Ok(body.into_bytes())
 }
 
-async fn terminate() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
-        }
-        Err(_) => std::future::pending().await,
+/// Removes the ready file on shutdown, only if it still holds what this process wrote.
+fn remove_ready_file(file: &std::path::Path, wrote: &[u8]) {
+    if read_capped(file, 4096).is_ok_and(|now| now == wrote) {
+        let _ = std::fs::remove_file(file);
     }
 }
 

@@ -189,3 +189,43 @@ fn the_ready_file_says_where_agq_serves_and_goes_when_it_stops() {
     assert!(child.wait().unwrap().success());
     assert!(!ready.exists(), "the ready file outlived the queue");
 }
+
+/// The ready file never replaces a file agq keeps, nor anything that is not a ready file:
+/// one inside the queue directory, or an existing file of another kind, is refused before
+/// anything serves, and the file is left as it was.
+#[test]
+fn the_ready_file_never_replaces_a_file_that_is_not_one() {
+    use std::process::Command;
+
+    let dir = tempfile::tempdir().unwrap();
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_agq"));
+    let data = dir.path().join("q");
+    let out = Command::new(&bin).args(["init", "--data"]).arg(&data).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1, "only the fingerprint");
+    let other = dir.path().join("notes.txt");
+    std::fs::write(&other, "mine").unwrap();
+    let cases = [
+        (data.join("identity.key"), "is inside the queue directory"),
+        (data.join("queue.redb"), "is inside the queue directory"),
+        (data.join("new.ready"), "is inside the queue directory"),
+        (other.clone(), "exists and is not a ready file: not replacing it"),
+        (dir.path().to_path_buf(), "exists and is not a ready file: not replacing it"),
+    ];
+    for (file, says) in cases {
+        let before = std::fs::read(&file).ok();
+        let out = Command::new(&bin)
+            .args(["serve", "--data"])
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0", "--ready-file"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {err}", file.display());
+        assert!(err.contains(says), "{}: {err}", file.display());
+        assert!(out.stdout.is_empty(), "it never served: {}", String::from_utf8_lossy(&out.stdout));
+        assert_eq!(std::fs::read(&file).ok(), before, "{} changed", file.display());
+    }
+    assert!(!data.join("new.ready").exists());
+}

@@ -11,10 +11,17 @@
 //! directories but its mounts and a private scratch `/tmp`, and no network at all — the
 //! socket and http interfaces are not even linked, and a component importing them is refused
 //! before it is instantiated.
+//!
+//! Here: the engine, the linker and preparing components (compiled once per digest, kept in
+//! `prepared.rs` and on disk in `cache.rs`, checked against the import allowlist in
+//! `imports.rs`); `run.rs` is one run of a prepared component.
 
 mod cache;
 pub mod imports;
 mod prepared;
+mod run;
+
+pub use run::TaskState;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -187,80 +194,6 @@ impl Prepared {
     }
 }
 
-/// The per-store state: the WASI context, the limiter and the deadline.
-#[allow(missing_debug_implementations, reason = "WasiCtx has no Debug")]
-pub struct TaskState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limiter: Limiter,
-    deadline: Instant,
-}
-
-/// The trap raised at an epoch tick past the task's deadline.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("wall-clock timeout")]
-struct DeadlineReached;
-
-impl WasiView for TaskState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
-    }
-}
-
-impl wasmtime_wasi_io::IoView for TaskState {
-    fn table(&mut self) -> &mut ResourceTable {
-        &mut self.table
-    }
-}
-
-/// Caps linear memory across all of a task's memories, remembering the peak and whether it
-/// ever refused growth (the reliable sign of `MemoryExceeded`: a Rust guest that cannot grow
-/// aborts with an ordinary trap).
-#[derive(Debug)]
-struct Limiter {
-    limit: u64,
-    total: u64,
-    peak: u64,
-    denied: bool,
-}
-
-impl wasmtime::ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let grow = desired.saturating_sub(current) as u64;
-        if self.total.saturating_add(grow) > self.limit {
-            self.denied = true;
-            return Ok(false);
-        }
-        self.total += grow;
-        self.peak = self.peak.max(self.total);
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
-    }
-
-    fn instances(&self) -> usize {
-        CORE_INSTANCES_PER_COMPONENT as usize
-    }
-    fn memories(&self) -> usize {
-        MEMORIES_PER_COMPONENT as usize
-    }
-    fn tables(&self) -> usize {
-        TABLES_PER_COMPONENT as usize
-    }
-}
-
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
 struct EpochTicker {
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -369,31 +302,6 @@ fn link(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
     cli::terminal_stdout::add_to_linker::<_, WasiCli>(l, TaskState::cli)?;
     cli::terminal_stderr::add_to_linker::<_, WasiCli>(l, TaskState::cli)?;
     Ok(())
-}
-
-/// How a run ended, before it is classified.
-enum Ended {
-    Returned(wasmtime::Result<Result<(), ()>>),
-    TimedOut,
-    ScratchFull,
-}
-
-/// A trap or error, for people: the trap's own description (not a backtrace), control
-/// characters removed, capped.
-fn trap_message(e: &wasmtime::Error) -> String {
-    let raw = match e.downcast_ref::<Trap>() {
-        Some(t) => t.to_string(),
-        None => e.root_cause().to_string(),
-    };
-    let mut msg: String = raw.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    if msg.len() > MAX_TRAP_MESSAGE {
-        let mut cut = MAX_TRAP_MESSAGE;
-        while !msg.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        msg.truncate(cut);
-    }
-    msg
 }
 
 impl WasmHost {
@@ -627,99 +535,6 @@ impl WasmHost {
         Ok(Arc::new(Prepared { digest, pre, imports, cost, touched: Mutex::new(Instant::now()) }))
     }
 
-    /// Runs one task. Waits for a free slot first. A guest failing in any way is an
-    /// [`Outcome`]; `Err` means the host itself failed.
-    pub async fn run(&self, prepared: &Prepared, task: WasmTask) -> Result<Finished, HostError> {
-        let _slot = self.slots.acquire().await.map_err(|e| HostError::Runtime(e.to_string()))?;
-        let limits = task.limits;
-        let started = Instant::now();
-        if let Err(reason) = task.check() {
-            return Ok(refused(reason, started));
-        }
-        for ((name, asked), (_, max)) in limits.fields().into_iter().zip(self.ceilings.fields()) {
-            if asked > max {
-                return Ok(refused(
-                    format!("limits.{name} {asked} is above this host's ceiling of {max}"),
-                    started,
-                ));
-            }
-        }
-        let scratch = tempfile::Builder::new()
-            .prefix("task-")
-            .tempdir_in(&self.scratch_dir)
-            .map_err(io_err("cannot create the task's scratch directory"))?;
-        let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
-        let (stdout, stderr) = (CappedPipe::new(cap), CappedPipe::new(cap));
-
-        let mut argv = Vec::with_capacity(task.args.len() + 1);
-        argv.push(task.program.clone());
-        argv.extend(task.args.iter().cloned());
-        let mut b = WasiCtxBuilder::new();
-        b.args(&argv)
-            .envs(&task.env)
-            .stdin(MemoryInputPipe::new(task.stdin.clone()))
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .max_random_size(MAX_RANDOM_BYTES);
-        b.preopened_dir(scratch.path(), "/tmp", FsPerms::ReadWrite)
-            .map_err(|e| HostError::Runtime(format!("cannot open the scratch directory: {e:#}")))?;
-        for g in &task.grants {
-            let perms = match g.access {
-                Access::ReadOnly => FsPerms::ReadOnly,
-                Access::ReadWrite => FsPerms::ReadWrite,
-            };
-            if let Err(e) = b.preopened_dir(&g.host, &g.guest, perms) {
-                return Ok(refused(format!("mount {} is not available: {e:#}", g.guest), started));
-            }
-        }
-        let state = TaskState {
-            wasi: b.build(),
-            table: ResourceTable::new(),
-            limiter: Limiter { limit: limits.memory_bytes, total: 0, peak: 0, denied: false },
-            deadline: started + Duration::from_millis(limits.timeout_ms),
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store.set_hostcall_fuel(HOSTCALL_BYTES);
-        store.set_fuel(limits.fuel).map_err(|e| HostError::Runtime(format!("{e:#}")))?;
-        // At each epoch tick: trap if past the deadline, else yield to the executor (which
-        // lets the timeout and cancellation below take effect) until the next tick.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Err(wasmtime::Error::new(DeadlineReached))
-            } else {
-                Ok(wasmtime::UpdateDeadline::Yield(1))
-            }
-        });
-
-        let ended = {
-            let pre = &prepared.pre;
-            let store = &mut store;
-            let run = async move {
-                let command: Command = pre.instantiate_async(&mut *store).await?;
-                command.wasi_cli_run().call_run(&mut *store).await
-            };
-            tokio::select! {
-                biased;
-                r = run => Ended::Returned(r),
-                () = tokio::time::sleep(Duration::from_millis(limits.timeout_ms)) => Ended::TimedOut,
-                () = watch_scratch(scratch.path().to_path_buf(), limits.file_bytes) => Ended::ScratchFull,
-            }
-        };
-        let fuel_left = store.get_fuel().unwrap_or(0);
-        let limiter = &store.data().limiter;
-        let outcome = classify(ended, limiter.denied, &stdout, &stderr);
-        Ok(Finished {
-            outcome,
-            stdout: stdout.contents(),
-            stderr: stderr.contents(),
-            fuel_consumed: Some(limits.fuel.saturating_sub(fuel_left)),
-            wall: started.elapsed(),
-            peak_memory: limiter.peak,
-        })
-    }
-
     /// The limits the pool was sized for.
     pub fn ceilings(&self) -> &Limits {
         &self.ceilings
@@ -744,49 +559,6 @@ impl Drop for Claim<'_> {
     }
 }
 
-/// A task refused before it ran (it consumed no fuel).
-fn refused(reason: String, started: Instant) -> Finished {
-    Finished { fuel_consumed: Some(0), ..Finished::refused(reason, started.elapsed()) }
-}
-
-fn classify(
-    ended: Ended,
-    memory_denied: bool,
-    stdout: &CappedPipe,
-    stderr: &CappedPipe,
-) -> Outcome {
-    let result = match ended {
-        Ended::TimedOut => return Outcome::TimedOut,
-        Ended::ScratchFull => return Outcome::OutputExceeded { stream: "scratch".into() },
-        Ended::Returned(r) => r,
-    };
-    if stdout.overflowed() {
-        return Outcome::OutputExceeded { stream: "stdout".into() };
-    }
-    if stderr.overflowed() {
-        return Outcome::OutputExceeded { stream: "stderr".into() };
-    }
-    match result {
-        Ok(Ok(())) => Outcome::Exited { code: 0 },
-        Ok(Err(())) => Outcome::Exited { code: 1 },
-        Err(e) => {
-            if let Some(exit) = e.downcast_ref::<I32Exit>() {
-                Outcome::Exited { code: exit.0 }
-            } else if e.downcast_ref::<DeadlineReached>().is_some() {
-                Outcome::TimedOut
-            } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::OutOfFuel)) {
-                Outcome::OutOfFuel
-            } else if memory_denied {
-                // A Rust guest that cannot grow aborts with an ordinary trap; the limiter's
-                // refusal is what says why.
-                Outcome::MemoryExceeded
-            } else {
-                Outcome::Trapped { message: trap_message(&e) }
-            }
-        }
-    }
-}
-
 /// Names what the bytes are when they are not a component, so the error says what to do.
 fn describe_magic(bytes: &[u8]) -> Result<(), PrepareError> {
     const WASM: &[u8] = b"\0asm";
@@ -801,61 +573,4 @@ fn describe_magic(bytes: &[u8]) -> Result<(), PrepareError> {
             bytes.len()
         ))),
     }
-}
-
-/// Resolves when the scratch directory holds more than `cap` bytes or too many entries. The
-/// count runs off the async threads.
-async fn watch_scratch(dir: PathBuf, cap: u64) {
-    let mut tick = tokio::time::interval(SCRATCH_POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let d = dir.clone();
-        let Ok((bytes, entries)) = tokio::task::spawn_blocking(move || usage(&d)).await else {
-            continue;
-        };
-        if bytes > cap || entries > SCRATCH_MAX_ENTRIES {
-            return;
-        }
-    }
-}
-
-/// Bytes (apparent sizes) and entries in the scratch directory: every file under it, not
-/// following symlinks, plus files under it that were deleted while still open (their space
-/// stays in use; this process holds their descriptors on the guest's behalf). Stops
-/// counting once past the entry cap.
-fn usage(dir: &Path) -> (u64, u64) {
-    let (mut bytes, mut entries) = (0u64, 0u64);
-    let mut seen = std::collections::HashSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            entries += 1;
-            if entries > SCRATCH_MAX_ENTRIES {
-                return (bytes, entries);
-            }
-            let Ok(meta) = e.path().symlink_metadata() else { continue };
-            if meta.is_dir() {
-                stack.push(e.path());
-            } else if seen.insert(std::os::unix::fs::MetadataExt::ino(&meta)) {
-                bytes = bytes.saturating_add(meta.len());
-            }
-        }
-    }
-    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return (bytes, entries) };
-    for fd in fds.flatten() {
-        let Ok(target) = std::fs::read_link(fd.path()) else { continue };
-        let target = target.to_string_lossy();
-        let Some(path) = target.strip_suffix(" (deleted)") else { continue };
-        if !Path::new(path).starts_with(dir) {
-            continue;
-        }
-        if let Ok(meta) = std::fs::metadata(fd.path())
-            && seen.insert(std::os::unix::fs::MetadataExt::ino(&meta))
-        {
-            bytes = bytes.saturating_add(meta.len());
-        }
-    }
-    (bytes, entries)
 }

@@ -206,6 +206,9 @@ fn run(args: RunArgs) -> Result<()> {
         .context("cannot create a scratch directory")?;
     let rt = runtime()?;
     rt.block_on(async move {
+        // Listening for SIGTERM and SIGINT from the start: a signal sent the moment the
+        // worker registers drains it cleanly rather than killing it.
+        let shutdown = shutdown()?;
         let wasm = Arc::new(WasmHost::new(WasmConfig {
             ceilings,
             max_concurrent: concurrency * 4,
@@ -246,25 +249,23 @@ fn run(args: RunArgs) -> Result<()> {
             })?;
         worker.check_capabilities().map_err(|e| anyhow::anyhow!("cannot register: {e}"))?;
         worker.first_contact().await.context("the queue refuses this worker")?;
-        worker.run(shutdown()).await;
+        worker.run(shutdown).await;
         anyhow::Ok(())
     })
 }
 
-async fn shutdown() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// Resolves at the first SIGTERM or SIGINT; the handlers are in place once this returns.
+fn shutdown() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
-    tracing::info!("shutting down: draining running jobs");
+        tracing::info!("shutting down: draining running jobs");
+    })
 }
 
 fn nix_hostname() -> Option<String> {
