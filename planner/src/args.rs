@@ -15,13 +15,31 @@ pub(crate) fn parse_duration_between(
     max: Duration,
 ) -> Result<Duration, String> {
     let s = s.trim();
+    let range = format!("{}..={}", show(min), show(max));
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("{s:?} has no unit: write it as {s}ms, {s}s, {s}m or {s}h"));
+        // Suggest only the units that make it a value in range.
+        let fits: Vec<String> = [("ms", 1u64), ("s", 1000), ("m", 60_000), ("h", 3_600_000)]
+            .into_iter()
+            .filter(|(_, ms)| {
+                s.parse::<u64>().ok().and_then(|n| n.checked_mul(*ms)).is_some_and(|ms| {
+                    let d = Duration::from_millis(ms);
+                    min <= d && d <= max
+                })
+            })
+            .map(|(unit, _)| format!("{s}{unit}"))
+            .collect();
+        return Err(match fits.as_slice() {
+            [] => format!("{s:?} has no unit, and is outside {range} in any unit"),
+            _ => format!("{s:?} has no unit: write it as {}", fits.join(" or ")),
+        });
     }
     let d = humantime::parse_duration(s)
         .map_err(|e| format!("{s:?} is not a duration ({e}); write it as 500ms, 30s or 24h"))?;
     if d < min || d > max {
-        return Err(format!("{} is outside {}..={}", show(d), show(min), show(max)));
+        return Err(format!("{s} is outside {range}"));
+    }
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!("{s} is not a whole number of milliseconds"));
     }
     Ok(d)
 }
@@ -66,7 +84,12 @@ mod tests {
         assert_eq!(parse_lifetime("24h").unwrap(), Duration::from_secs(86_400));
         assert_eq!(parse_lifetime("7days").unwrap(), Duration::from_secs(7 * 86_400));
         let bare = parse_timeout("500").unwrap_err();
-        assert!(bare.contains("has no unit") && bare.contains("500ms"), "{bare}");
+        assert_eq!(bare, "\"500\" has no unit: write it as 500ms or 500s");
+        assert_eq!(
+            parse_timeout("0").unwrap_err(),
+            "\"0\" has no unit, and is outside 1ms..=1h in any unit"
+        );
+        assert_eq!(parse_lifetime("5").unwrap_err(), "\"5\" has no unit: write it as 5m or 5h");
         let junk = parse_timeout("soon").unwrap_err();
         assert!(junk.contains("not a duration") && junk.contains("30s"), "{junk}");
     }
@@ -76,7 +99,12 @@ mod tests {
         assert_eq!(parse_timeout("1ms").unwrap(), Duration::from_millis(1));
         assert_eq!(parse_timeout("1h").unwrap(), Duration::from_secs(3600));
         let over = parse_timeout("3600001ms").unwrap_err();
-        assert!(over.contains("outside 1ms..=1h"), "{over}");
+        assert_eq!(over, "3600001ms is outside 1ms..=1h");
+        assert_eq!(parse_timeout("500us").unwrap_err(), "500us is outside 1ms..=1h");
+        assert_eq!(
+            parse_timeout("1500us").unwrap_err(),
+            "1500us is not a whole number of milliseconds"
+        );
         assert!(parse_timeout("0ms").unwrap_err().contains("outside"));
         let max = Duration::from_secs(MAX_LIFETIME_SECS);
         assert_eq!(parse_lifetime(&format!("{MAX_LIFETIME_SECS}s")).unwrap(), max);
@@ -84,6 +112,7 @@ mod tests {
         assert!(past.contains("outside 1m..=366days"), "{past}");
         assert!(parse_lifetime("0s").is_err());
         assert_eq!(parse_lifetime("59s").unwrap_err(), "59s is outside 1m..=366days");
+        assert_eq!(parse_lifetime("366days1s").unwrap_err(), "366days1s is outside 1m..=366days");
         assert_eq!(parse_lifetime("1m").unwrap(), Duration::from_secs(60));
         assert!(parse_lifetime("500ms").is_err(), "a lifetime under a second is refused");
     }

@@ -43,14 +43,28 @@ pub(crate) struct QueueArgs {
     token_file: Option<PathBuf>,
     /// The role to connect as: planner, or observer (with an observer token) for commands
     /// that only read [default: planner].
-    #[arg(long, env = "AGX_ROLE", value_name = "ROLE")]
+    #[arg(long, env = "AGX_ROLE", value_name = "ROLE", value_parser = parse_role)]
     role: Option<ClientRole>,
     /// The agx config file [default: ~/.config/agenix/agx.toml, if present].
     #[arg(long = "config", env = "AGX_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 }
 
+/// The roles agx speaks as (workers are agw's).
+fn parse_role(s: &str) -> Result<ClientRole, String> {
+    match s {
+        "planner" => Ok(ClientRole::Planner),
+        "observer" => Ok(ClientRole::Observer),
+        _ => Err(format!("agx connects as planner or observer, not {s:?}")),
+    }
+}
+
 impl QueueArgs {
+    /// The role asked for with --role or AGX_ROLE, if any.
+    pub(crate) fn role(&self) -> Option<ClientRole> {
+        self.role
+    }
+
     /// The config file's contents (empty when there is none).
     pub(crate) fn file(&self) -> Result<AgxConfig> {
         let path = match &self.config {

@@ -231,8 +231,13 @@ fn usage_errors_exit_2() {
 #[test]
 fn durations_need_a_unit_and_a_range_and_states_are_named() {
     let s = TestDir::new();
-    let cases: [(&[&str], &str); 8] = [
-        (&["submit", "p.json", "--expires", "0s"], "0ms is outside 1m..=366days"),
+    let cases: [(&[&str], &str); 10] = [
+        (&["submit", "p.json", "--expires", "0s"], "0s is outside 1m..=366days"),
+        (&["jobs", "list", "--limit", "0"], "0 is not in 1.."),
+        (
+            &["jobs", "list", "--role", "worker"],
+            "agx connects as planner or observer, not \"worker\"",
+        ),
         (&["au", "run", "x.wasm", "--timeout", "500"], "\"500\" has no unit: write it as 500ms"),
         (&["au", "run", "x.wasm", "--timeout", "61m"], "61m is outside 1ms..=1h"),
         (&["au", "run", "x.wasm", "--timeout", "0ms"], "is outside 1ms..=1h"),
@@ -252,6 +257,10 @@ fn durations_need_a_unit_and_a_range_and_states_are_named() {
         assert_eq!(out.status.code(), Some(2), "agx {args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(says), "agx {args:?}: {}", stderr(&out));
     }
+    // An observer is told it may not submit before anything is signed or sent.
+    let out = s.agx(&["submit", "p.json", "--role", "observer"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the observer role may not submit"), "{}", stderr(&out));
 }
 
 #[test]

@@ -256,7 +256,7 @@ fn read_capped(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
 /// Checks, before anything serves, that `file` may be the ready file: outside the queue
 /// directory `data` (whose files are the queue's identity, tokens and store), and, if it
 /// exists, a regular file holding a ready file of an earlier run (nothing else is ever
-/// replaced).
+/// replaced), which is removed.
 fn check_ready_file(file: &std::path::Path, data: &std::path::Path) -> Result<()> {
     let name = file.file_name().with_context(|| format!("{} names no file", file.display()))?;
     let dir =
@@ -283,7 +283,12 @@ fn check_ready_file(file: &std::path::Path, data: &std::path::Path) -> Result<()
             let ready = serde_json::from_slice::<serde_json::Value>(&old)
                 .ok()
                 .is_some_and(|v| v.get("address").is_some() && v.get("fingerprint").is_some());
-            if ready { Ok(()) } else { Err(not_ready()) }
+            if !ready {
+                return Err(not_ready());
+            }
+            // An earlier run's: gone now, so that a start that fails leaves none behind.
+            std::fs::remove_file(file)
+                .with_context(|| format!("cannot remove the old ready file {}", file.display()))
         }
     }
 }

@@ -228,4 +228,18 @@ fn the_ready_file_never_replaces_a_file_that_is_not_one() {
         assert_eq!(std::fs::read(&file).ok(), before, "{} changed", file.display());
     }
     assert!(!data.join("new.ready").exists());
+
+    // An earlier run's ready file is removed first, so a start that then fails leaves no
+    // file naming a queue that is not there.
+    let stale = dir.path().join("stale.ready");
+    std::fs::write(&stale, r#"{"address":"127.0.0.1:9","fingerprint":"sha256:00"}"#).unwrap();
+    let out = Command::new(&bin)
+        .args(["serve", "--data"])
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0", "--trust", "/nonexistent/trust.json", "--ready-file"])
+        .arg(&stale)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stale.exists(), "the stale ready file is gone");
 }

@@ -215,8 +215,8 @@ pub(crate) enum JobsCommand {
         /// Start after this job id.
         #[arg(long)]
         after: Option<JobId>,
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
+        /// At most this many (at least 1).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
         #[command(flatten)]
         queue: QueueArgs,

@@ -13,7 +13,7 @@ use agenix_proto::envelope::sign_action;
 use agenix_proto::wire::{ClientRole, MAX_BATCH_BLOBS};
 use agenix_proto::{Action, ActionId, Digest, Envelope, InputRef, Plan};
 use agenix_runtime::store::StoreError;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use super::jobs::watch;
 use super::{now_unix, random16};
@@ -102,6 +102,12 @@ pub(crate) struct Submit {
 
 impl Submit {
     pub(crate) fn execute(self, out: Out) -> Result<ExitCode> {
+        if let Some(role) = self.queue.role().filter(|r| *r != ClientRole::Planner) {
+            bail!(
+                "the {} role may not submit: submit as planner, with the planner token",
+                role.as_str()
+            );
+        }
         let file = self.queue.file()?;
         let key_path = self
             .key
