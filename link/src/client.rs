@@ -17,7 +17,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::LinkError;
 use crate::frame::{read_frame, write_frame};
-use crate::tls::{client_tls, quic_client_config};
+use crate::tls::{pinned_tls, quic_client_config};
 
 /// What a worker learns when it registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,13 +82,20 @@ impl Client {
         let bind: SocketAddr =
             if addr.is_ipv6() { ([0u16; 8], 0).into() } else { ([0u8; 4], 0).into() };
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| conn_err(e.to_string()))?;
-        endpoint.set_default_client_config(quic_client_config(client_tls(fingerprint)?)?);
+        let (tls, refused) = pinned_tls(fingerprint)?;
+        endpoint.set_default_client_config(quic_client_config(tls)?);
         let connecting =
             endpoint.connect(addr, "agenix-queue").map_err(|e| conn_err(e.to_string()))?;
         let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
             .await
             .map_err(|_| conn_err("timed out".into()))?
-            .map_err(|e| conn_err(e.to_string()))?;
+            .map_err(|e| {
+                match refused.lock().ok().and_then(|mut slot| slot.take()) {
+                    // Not the queue it should be: a fact about the configuration, not the link.
+                    Some(found) => LinkError::WrongQueue { addr, expected: fingerprint, found },
+                    None => conn_err(e.to_string()),
+                }
+            })?;
         let client = Self { conn, _endpoint: endpoint, queue: fingerprint, role, max_blob: 0 };
         let hello = Request::Hello { version: PROTOCOL_VERSION, role, token: token.to_owned() };
         let max_blob = client

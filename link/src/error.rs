@@ -20,6 +20,16 @@ pub enum LinkError {
         /// Why.
         message: String,
     },
+    /// The server at the address is not the queue whose key was pinned.
+    #[error("the queue at {addr} is {found}, not the pinned {expected}: check the fingerprint")]
+    WrongQueue {
+        /// The address.
+        addr: SocketAddr,
+        /// The fingerprint pinned.
+        expected: agenix_proto::Fingerprint,
+        /// The fingerprint it presented.
+        found: agenix_proto::Fingerprint,
+    },
     /// The connection or a stream failed.
     #[error("connection: {0}")]
     Connection(String),
@@ -70,6 +80,7 @@ impl LinkError {
         !matches!(
             self,
             Self::Remote { .. }
+                | Self::WrongQueue { .. }
                 | Self::Unexpected { .. }
                 | Self::BlobMismatch { .. }
                 | Self::Frame(FrameError::TooLarge(_) | FrameError::Invalid(_))

@@ -38,6 +38,8 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 struct Pinned {
     fingerprint: Fingerprint,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    /// The identity a refused server presented, for the caller to name.
+    refused: Refused,
 }
 
 impl ServerCertVerifier for Pinned {
@@ -54,6 +56,9 @@ impl ServerCertVerifier for Pinned {
         if bool::from(found.0.as_bytes().ct_eq(self.fingerprint.0.as_bytes())) {
             Ok(ServerCertVerified::assertion())
         } else {
+            if let Ok(mut slot) = self.refused.lock() {
+                *slot = Some(found);
+            }
             Err(rustls::Error::General(format!(
                 "the queue's identity is {found}, not the pinned {}",
                 self.fingerprint
@@ -101,16 +106,28 @@ pub fn transport() -> quinn::TransportConfig {
 /// The client's TLS: 1.3 only, ALPN agenix/1, no early data, and exactly the queue whose
 /// key has `fingerprint` accepted.
 pub fn client_tls(fingerprint: Fingerprint) -> Result<rustls::ClientConfig, LinkError> {
+    pinned_tls(fingerprint).map(|(tls, _)| tls)
+}
+
+/// Where the pinning verifier leaves the identity of a server it refused.
+pub(crate) type Refused = Arc<std::sync::Mutex<Option<Fingerprint>>>;
+
+/// [`client_tls`], and where the identity of a server it refused is left.
+pub(crate) fn pinned_tls(
+    fingerprint: Fingerprint,
+) -> Result<(rustls::ClientConfig, Refused), LinkError> {
     let provider = provider();
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let refused = Arc::new(std::sync::Mutex::new(None));
+    let pinned = Pinned { fingerprint, provider: provider.clone(), refused: refused.clone() };
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| LinkError::Tls(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned { fingerprint, provider }))
+        .with_custom_certificate_verifier(Arc::new(pinned))
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.enable_early_data = false;
-    Ok(tls)
+    Ok((tls, refused))
 }
 
 /// A QUIC client configuration over `tls`, with the transport settings both ends use.

@@ -70,8 +70,14 @@ fn main() -> ExitCode {
 /// Warnings and errors from the libraries agx runs (the sandbox's DEGRADED warning among
 /// them) go to stderr; `AGX_LOG` chooses more or less (`info`, `debug`, `agenix_host=debug`).
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AGX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter = match std::env::var("AGX_LOG") {
+        Err(_) => tracing_subscriber::EnvFilter::new("warn"),
+        Ok(asked) => tracing_subscriber::EnvFilter::try_new(&asked).unwrap_or_else(|e| {
+            let _ =
+                writeln!(io::stderr(), "agx: AGX_LOG={asked:?} is not a filter ({e}); using warn");
+            tracing_subscriber::EnvFilter::new("warn")
+        }),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(io::stderr().is_terminal())

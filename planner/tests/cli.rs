@@ -231,9 +231,13 @@ fn usage_errors_exit_2() {
 #[test]
 fn durations_need_a_unit_and_a_range_and_states_are_named() {
     let s = TestDir::new();
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 11] = [
         (&["submit", "p.json", "--expires", "0s"], "0s is outside 1m..=366days"),
         (&["jobs", "list", "--limit", "0"], "0 is not in 1.."),
+        (
+            &["run", "p.json", "--disable-jail-feature", "seccomp"],
+            "\"seccomp\" is not a part of the jail; the parts are: user namespace,",
+        ),
         (
             &["jobs", "list", "--role", "worker"],
             "agx connects as planner or observer, not \"worker\"",

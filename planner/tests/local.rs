@@ -435,4 +435,33 @@ fn a_degraded_jail_is_refused_unless_chosen_and_then_said_on_every_task() {
     assert_eq!(degraded.status.code(), Some(0), "{err}");
     assert_eq!(text(&degraded.stdout), LOG_ERRORS_OUTPUT);
     assert_eq!(err.matches("DEGRADED native sandbox").count(), 4, "one per task: {err}");
+
+    // Whatever AGX_LOG says, a degraded jail is said.
+    for filter in ["error", "off", "not a filter["] {
+        let args = [
+            "run",
+            "log-errors-native.json",
+            "--unsigned",
+            "--input",
+            "app.log",
+            "--allow-tool",
+            "grep",
+            "--allow-tool",
+            "cut",
+            "--allow-tool",
+            "sort",
+            "--allow-tool",
+            "uniq",
+            "--disable-jail-feature",
+            "seccomp filter",
+            "--danger-degraded",
+        ];
+        let out = t.agx_with(&args, b"", &[("AGX_LOG", filter)]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "AGX_LOG={filter}: {err}");
+        assert!(
+            err.contains("agx: DEGRADED: native tools run without seccomp filter"),
+            "AGX_LOG={filter}: {err}"
+        );
+    }
 }

@@ -55,9 +55,15 @@ async fn n01_wrong_pin_or_token_is_refused_without_state_change() {
     let err = Client::connect(q.addr, other, ClientRole::Worker, &q.token(ClientRole::Worker))
         .await
         .unwrap_err();
-    let LinkError::Connect { message, .. } = &err else { panic!("{err}") };
-    let pin = format!("the queue's identity is {}, not the pinned {other}", q.fingerprint);
-    assert!(message.contains(&pin), "{message}");
+    let LinkError::WrongQueue { expected, found, .. } = &err else { panic!("{err}") };
+    assert_eq!((*expected, *found), (other, q.fingerprint));
+    assert!(
+        err.to_string().ends_with(&format!(
+            "is {}, not the pinned {other}: check the fingerprint",
+            q.fingerprint
+        )),
+        "{err}"
+    );
 
     // A wrong token, another role's token, no token: unauthenticated.
     let wrong = [

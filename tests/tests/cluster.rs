@@ -350,6 +350,23 @@ fn a_worker_the_queue_refuses_stops_with_the_reason_and_locks_nobody_out() {
     let out = c.agx(&["queue", "stats"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
+    // A worker pinning another queue's key stops too, naming both.
+    let other = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    let out = std::process::Command::new(bin("agw"))
+        .args(["--queue", &c.addr, "--fingerprint", other])
+        .arg("--token-file")
+        .arg(c.path("queue/worker.token"))
+        .arg("--trust")
+        .arg(c.path("worker-trust.json"))
+        .arg("--cache-dir")
+        .arg(c.path("cache-pin"))
+        .args(["--name", "pinned-elsewhere"])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("is {}, not the pinned {other}", c.fingerprint)), "{err}");
+
     let long = "n".repeat(agenix_proto::job::MAX_WORKER_NAME + 1);
     let out = agw("queue/worker.token", &long);
     let err = text(&out.stderr);
@@ -412,6 +429,11 @@ fn a_job_no_worker_can_run_says_why_it_waits() {
         assert!(std::time::Instant::now() < until, "{shown}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // With --json, a `waiting` record follows the job.
+    let json = c.ok(&["--json", "jobs", "show", &jobs[0]]);
+    let waiting: serde_json::Value = serde_json::from_str(json.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(waiting["type"], "waiting", "{json}");
+    assert_eq!(waiting["data"]["reason"], says, "{json}");
     // `jobs watch` says it too, on stderr, while it waits.
     let mut watch = std::process::Command::new(bin("agx"))
         .args(["jobs", "watch", &jobs[0]])
@@ -436,4 +458,25 @@ fn a_job_no_worker_can_run_says_why_it_waits() {
     c.worker("big", &[]);
     let j = c.wait_job(&jobs[0], Duration::from_secs(120), |j| state(j) == "succeeded");
     assert_eq!(j["attempts"], 1);
+}
+
+/// `agx submit --input -` submits standard input as a job's input, as `agx run` does.
+#[test]
+fn submit_takes_an_input_from_standard_input() {
+    let mut c = Cluster::start(&[]);
+    c.push_aus();
+    c.worker("w", &[]);
+    let out = c.agx_in(
+        &["--json", "submit", &example("log-errors.json"), "--input", "-"],
+        b"2026-12-05 app ERROR disk full\n2026-12-05 app info fine\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rec: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
+    let job = rec["data"]["jobs"][0].to_string();
+    c.wait_job(&job, Duration::from_secs(120), |j| state(j) == "succeeded");
+    let result = c.agx(&["jobs", "result", &job]);
+    assert_eq!(text(&result.stdout).trim(), "1 ERROR disk full");
+    let twice = c.agx(&["submit", &example("log-errors.json"), "--input", "-", "--input", "-"]);
+    assert!(text(&twice.stderr).contains("--input - (standard input) may be given once"));
 }

@@ -94,6 +94,22 @@ pub mod names {
     pub const PIDS_CGROUP: &str = "pids cgroup";
     /// A whole jail, end to end.
     pub const END_TO_END: &str = "jail end to end";
+
+    /// Every feature that can be turned off (all but the end-to-end run, which follows
+    /// from the others).
+    pub const FEATURES: [&str; 11] = [
+        USER_NS,
+        MOUNT_NS,
+        PID_NS,
+        NET_NS,
+        IPC_UTS_NS,
+        CGROUP_NS,
+        NO_NEW_PRIVS,
+        SECCOMP,
+        LANDLOCK,
+        MEMORY_CGROUP,
+        PIDS_CGROUP,
+    ];
 }
 
 fn ok(detail: &str) -> impl FnOnce(()) -> String + '_ {

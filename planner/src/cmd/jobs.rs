@@ -37,12 +37,20 @@ pub(super) async fn watch(client: &Client, ids: &[JobId], out: Out) -> Result<Ex
             && let Some(why) = unrunnable(client, j).await?
             && why != said
         {
-            let _ = writeln!(
-                std::io::stderr(),
-                "{}agx: job {} waits: {why}",
-                if tty { "\r\x1b[2K" } else { "" },
-                j.id
-            );
+            if out.json {
+                out.emit(
+                    "waiting",
+                    &serde_json::json!({ "job": j.id, "reason": why }),
+                    String::new,
+                )?;
+            } else {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{}agx: job {} waits: {why}",
+                    if tty { "\r\x1b[2K" } else { "" },
+                    j.id
+                );
+            }
             said = why;
         }
         polls = polls.wrapping_add(1);
@@ -338,6 +346,13 @@ impl JobsCommand {
                         }
                         s
                     })?;
+                    if let (true, Some(why)) = (out.json, &waits) {
+                        out.emit(
+                            "waiting",
+                            &serde_json::json!({ "job": j.id, "reason": why }),
+                            String::new,
+                        )?;
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Self::Watch { jobs, .. } => watch(c, &jobs, out).await,

@@ -65,8 +65,16 @@ pub(crate) struct RunPlan {
     /// Treat a part of the jail as missing (as `agw doctor` names it, e.g. "seccomp
     /// filter"): to avoid a feature that misbehaves on this kernel, or to rehearse failing
     /// closed.
-    #[arg(long = "disable-jail-feature", value_name = "NAME")]
+    #[arg(long = "disable-jail-feature", value_name = "NAME", value_parser = parse_feature)]
     disabled: Vec<String>,
+}
+
+/// A part of the jail by its name (as `agw doctor` prints it).
+fn parse_feature(s: &str) -> Result<String, String> {
+    use agenix_host::native::probe::names::FEATURES;
+    FEATURES.iter().find(|f| **f == s).map(|f| f.to_string()).ok_or_else(|| {
+        format!("{s:?} is not a part of the jail; the parts are: {}", FEATURES.join(", "))
+    })
 }
 
 #[derive(Serialize)]
@@ -153,6 +161,16 @@ impl RunPlan {
                 scratch_dir: local.scratch_dir().join("native"),
                 disabled: self.disabled.clone(),
             }))?;
+            // Said whatever AGX_LOG asks: a sandbox that is not whole is never quiet.
+            let missing: Vec<&str> =
+                native.probe().missing().iter().map(|c| c.name.as_str()).collect();
+            if self.danger_degraded && !missing.is_empty() {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "agx: DEGRADED: native tools run without {} (--danger-degraded)",
+                    missing.join(", ")
+                );
+            }
             runner = runner.with_native(std::sync::Arc::new(native));
         }
         let runner = std::sync::Arc::new(runner);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agenix_link::Client;
 use agenix_proto::action::ACTION_SCHEMA;
@@ -18,11 +18,14 @@ use anyhow::{Context, Result, bail};
 use super::jobs::watch;
 use super::{now_unix, random16};
 use crate::args::parse_lifetime;
-use crate::files::read_capped_by;
+use crate::files::{Source, Within, read_capped_by, read_within};
 use crate::local::{StoreArg, runtime};
 use crate::output::Out;
 use crate::remote::QueueArgs;
 use crate::signing::{PlanFile, load_key, sign_draft};
+
+/// How long standard input (`--input -`) may stay open.
+const STDIN_WAIT: Duration = Duration::from_secs(3600);
 
 /// Most input one file may hold.
 const MAX_INPUT: u64 = 1 << 30;
@@ -75,7 +78,8 @@ impl<'a> Batcher<'a> {
 pub(crate) struct Submit {
     /// A signed plan, or a plan file (signed here, AUs locked from the store).
     plan: PathBuf,
-    /// Input files: one job each (none: one job with empty input).
+    /// Input files: one job each (none: one job with empty input; `-`: standard input,
+    /// once).
     #[arg(long = "input", value_name = "FILE")]
     inputs: Vec<PathBuf>,
     /// Watch the jobs until they finish, then print their results.
@@ -102,6 +106,9 @@ pub(crate) struct Submit {
 
 impl Submit {
     pub(crate) fn execute(self, out: Out) -> Result<ExitCode> {
+        if self.inputs.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
+            bail!("--input - (standard input) may be given once");
+        }
         if let Some(role) = self.queue.role().filter(|r| *r != ClientRole::Planner) {
             bail!(
                 "the {} role may not submit: submit as planner, with the planner token",
@@ -158,7 +165,17 @@ impl Submit {
                 (MAX_INPUT, "")
             };
             for path in &self.inputs {
-                let input = read_capped_by(path, max, why)?;
+                let input = if path.as_os_str() == "-" {
+                    match read_within(Source::Stdin, max, Instant::now() + STDIN_WAIT)? {
+                        Within::Read(bytes) => bytes,
+                        Within::StillOpen => bail!(
+                            "stdin: still open after {} s; nothing was submitted",
+                            STDIN_WAIT.as_secs()
+                        ),
+                    }
+                } else {
+                    read_capped_by(path, max, why)?
+                };
                 refs.push(up.add(input, path.display().to_string()).await?);
             }
             let action = Action {

@@ -29,8 +29,14 @@ impl TestDir {
 
     /// Runs agx in the directory with `stdin` on its standard input.
     pub fn agx_in(&self, args: &[&str], stdin: &[u8]) -> Output {
+        self.agx_with(args, stdin, &[])
+    }
+
+    /// Runs agx in the directory with `stdin` on its standard input and `env` set.
+    pub fn agx_with(&self, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
         let mut child = Command::new(env!("CARGO_BIN_EXE_agx"))
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(self.dir.path())
             .env("AGX_STORE", self.path("store"))
             .env("AGX_CACHE", self.path("cache"))

@@ -232,13 +232,14 @@ fn lock_state_dir(dir: &Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File
     )
 }
 
-/// Whether the queue refused this worker itself (its token, its registration): retrying
-/// soon cannot help.
+/// Whether the queue refused this worker itself (its token, its registration), or is not
+/// the queue it was told to pin: retrying soon cannot help.
 fn refuses_this_worker(e: &LinkError) -> bool {
-    matches!(
-        e.code(),
-        Some(ErrorCode::Unauthenticated | ErrorCode::Forbidden | ErrorCode::BadRequest)
-    )
+    matches!(e, LinkError::WrongQueue { .. })
+        || matches!(
+            e.code(),
+            Some(ErrorCode::Unauthenticated | ErrorCode::Forbidden | ErrorCode::BadRequest)
+        )
 }
 
 impl Worker {

@@ -124,8 +124,27 @@ impl Cluster {
 
     /// Runs agx in the cluster's directory, configured for its queue.
     pub fn agx(&self, args: &[&str]) -> Output {
-        Command::new(bin("agx"))
-            .args(args)
+        self.agx_cmd(args).output().unwrap()
+    }
+
+    /// Runs agx with `stdin` on its standard input.
+    pub fn agx_in(&self, args: &[&str], stdin: &[u8]) -> Output {
+        use std::io::Write as _;
+        let mut child = self
+            .agx_cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// agx in the cluster's directory, configured for its queue.
+    pub fn agx_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("agx"));
+        cmd.args(args)
             .current_dir(self.dir.path())
             .env("AGX_QUEUE", &self.addr)
             .env("AGX_FINGERPRINT", &self.fingerprint)
@@ -134,9 +153,8 @@ impl Cluster {
             .env("AGX_STORE", self.path("store"))
             .env("AGX_CACHE", self.path("cache"))
             .env_remove("AGX_TRUST")
-            .env_remove("AGX_CONFIG")
-            .output()
-            .unwrap()
+            .env_remove("AGX_CONFIG");
+        cmd
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
