@@ -39,7 +39,7 @@ export AGX_QUEUE=$addr AGX_FINGERPRINT=$fingerprint AGX_TOKEN_FILE=$work/queue/p
 export AGX_KEY=$work/signer.key AGX_STORE=$work/store AGX_CACHE=$work/cache
 
 echo "== the standard AUs, checked against agenix:au/unit and pushed to the store and the queue"
-for au in "$root"/target/wasm32-wasip2/au/*.wasm; do
+for au in "$root"/target/wasm32-wasip2/au/au-*.wasm; do
     "$bin/agx" au push "$au" | tail -n 1
 done
 
