@@ -56,6 +56,8 @@ impl Queue {
                     Ok(()) => Response::Cancel { job, state },
                     Err(e) => e,
                 },
+                // Nothing to cancel: the job is done, which is no lease's fault.
+                Err(r @ Refusal::Finished(_)) => error(ErrorCode::Conflict, r.to_string()),
                 Err(r) => refusal(r),
             },
             Request::ListJobs { filter, after, limit } => {

@@ -535,7 +535,7 @@ async fn q08_cancel_queued_is_immediate_and_leased_waits_for_the_worker() {
     assert!(claim(&w, 64, 0).await.is_empty(), "a cancelled job was leased");
     // Cancelling a finished job is refused.
     let (code, message) = refused(&planner, &Request::Cancel { job: jobs[1] }).await;
-    assert_eq!(code, ErrorCode::StaleLease);
+    assert_eq!(code, ErrorCode::Conflict);
     assert_eq!(message, format!("job {} is already finished", jobs[1]));
     let (code, message) = refused(&planner, &Request::Cancel { job: JobId(9999) }).await;
     assert_eq!((code, message.as_str()), (ErrorCode::NotFound, "no job 9999"));

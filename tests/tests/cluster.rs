@@ -242,6 +242,9 @@ fn a_signer_revoked_in_one_workers_trust_file_is_declined_there_and_run_elsewher
     assert!(shown.contains("declined by w") && shown.contains("is revoked"), "{shown}");
     let workers = c.ok(&["workers", "list"]);
     assert!(workers.contains("last declined:") && workers.contains("is revoked"), "{workers}");
+    // Each row says how long ago its worker was last heard from (a dead one grows old).
+    assert!(workers.lines().next().unwrap().contains("seen"), "{workers}");
+    assert!(workers.lines().skip(1).any(|l| l.contains("s ago")), "{workers}");
     // A worker whose trust file is right runs it, as its first attempt.
     std::fs::copy(c.path("queue/trust.json"), c.path("good-trust.json")).unwrap();
     c.worker_trusting("good", "good-trust.json", &[]);

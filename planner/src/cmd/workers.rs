@@ -62,16 +62,18 @@ impl Workers {
                 return Ok(ExitCode::SUCCESS);
             }
             let mut s = format!(
-                "{:>20}  {:<20} {:>6} {:>6} {:>8}  {}\n",
-                "id", "name", "leases", "slots", "declined", "native tools"
+                "{:>20}  {:<20} {:>9} {:>6} {:>6} {:>8}  {}\n",
+                "id", "name", "seen", "leases", "slots", "declined", "native tools"
             );
+            let now_ms = super::now_unix().saturating_mul(1000);
             for w in &workers {
                 let tools: Vec<String> =
                     w.capabilities.tools.iter().map(ToString::to_string).collect();
                 s.push_str(&format!(
-                    "{:>20}  {:<20} {:>6} {:>6} {:>8}  {}\n",
+                    "{:>20}  {:<20} {:>9} {:>6} {:>6} {:>8}  {}\n",
                     w.id,
                     clean_line(&w.capabilities.name),
+                    format!("{}s ago", now_ms.saturating_sub(w.last_seen) / 1000),
                     w.leases,
                     w.capabilities.concurrency,
                     w.declined,
