@@ -276,7 +276,7 @@ pub enum ErrorCode {
     Invalid,
     /// No such job or blob.
     NotFound,
-    /// The same action id with different bytes.
+    /// The same action id with different bytes, or a cancel of a finished job.
     Conflict,
     /// A lease that is no longer current (fencing).
     StaleLease,
