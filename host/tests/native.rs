@@ -536,3 +536,30 @@ async fn s16_only_allowlisted_tools_run_and_never_a_shell() {
         assert!(reason.contains("not the pinned"), "{reason}");
     }
 }
+
+/// A tool cannot run bytes it wrote: not from an anonymous memory file (memfd_create is
+/// refused), and not from the scratch /tmp or a writable mount (both are noexec) — the
+/// latter shown with Landlock off, so the mount flags alone must stop it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s16_a_tool_cannot_execute_what_it_wrote() {
+    let Some(j) = full_jail("S16").await else { return };
+    let r = j.attack(&["exec", "memfd"]).await;
+    let ls = lines(&r);
+    assert!(!ls.iter().any(|l| l.contains("EXECUTED")), "a memfd copy ran: {ls:?}");
+    assert_eq!(line(&ls, "memfd_create"), "denied memfd_create: EPERM");
+
+    let j = jail_with(&[probe::names::LANDLOCK], false).await;
+    if let Some(reason) = j.host.refusal() {
+        programs::skip_without_jail("S16 (noexec)", &reason);
+        return;
+    }
+    let work = j.shared_dir("work");
+    let grants =
+        vec![Grant { host: work.clone(), guest: "/work".into(), access: Access::ReadWrite }];
+    for dir in ["/tmp", "/work"] {
+        let r = j.attack_with(&["exec", dir], grants.clone(), limits()).await;
+        let ls = lines(&r);
+        assert!(!ls.iter().any(|l| l.contains("EXECUTED")), "a copy in {dir} ran: {ls:?}");
+        assert_eq!(line(&ls, "execveat"), "denied execveat the copy: EACCES", "{dir}");
+    }
+}

@@ -213,6 +213,58 @@ fn main() {
             let _ = std::io::stdout().flush();
             std::thread::sleep(Duration::from_secs(3600));
         }
+        // Starting a program the jail did not allow, from bytes it wrote: `exec memfd` runs a
+        // copy of /usr/bin/echo from an anonymous memory file, `exec DIR` from a copy in DIR
+        // (the scratch /tmp, a writable mount). A started copy prints EXECUTED.
+        "exec" => {
+            let bytes = match std::fs::read("/usr/bin/echo") {
+                Ok(b) => b,
+                Err(e) => return report("read /usr/bin/echo", Err(e)),
+            };
+            let fd = if arg(1) == "memfd" {
+                // SAFETY: a constant, NUL-terminated name and no flags.
+                let fd = unsafe { libc::memfd_create(c"copy".as_ptr(), 0) };
+                if fd < 0 {
+                    return report("memfd_create", Err(last()));
+                }
+                // SAFETY: fd is the memfd just created; bytes is a valid buffer.
+                let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+                if n < 0 {
+                    return report("write the copy", Err(last()));
+                }
+                fd
+            } else {
+                let path = format!("{}/copy", arg(1));
+                use std::os::unix::fs::PermissionsExt;
+                if let Err(e) = std::fs::write(&path, &bytes)
+                    .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)))
+                {
+                    return report("write the copy", Err(e));
+                }
+                // SAFETY: a valid, NUL-terminated path.
+                let fd = unsafe { libc::open(cstr(&path).as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+                if fd < 0 {
+                    return report("open the copy", Err(last()));
+                }
+                fd
+            };
+            let argv = [cstr("echo"), cstr("EXECUTED")];
+            let argv: Vec<*const libc::c_char> =
+                argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+            let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+            // SAFETY: fd is open; argv and envp are NULL-terminated arrays of valid strings.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_execveat,
+                    fd,
+                    c"".as_ptr(),
+                    argv.as_ptr(),
+                    envp.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                )
+            };
+            report("execveat the copy", syscall_result(rc));
+        }
         // S9: debugging the parent or a sibling.
         "ptrace" => {
             // SAFETY: each call has constant, valid arguments; failures are reported.

@@ -151,8 +151,8 @@ fn target_arch() -> Result<TargetArch, String> {
     }
 }
 
-/// System calls the tool never gets: starting another program by path, debugging other
-/// processes, mounting, new namespaces, kernel keyrings, BPF, io_uring, perf, userfaultfd,
+/// System calls the tool never gets: starting another program by path or from memory,
+/// debugging other processes, mounting, new namespaces, kernel keyrings, BPF, io_uring, perf, userfaultfd,
 /// modules, reboot and friends.
 const DENIED: &[libc::c_long] = &[
     libc::SYS_execve,
@@ -175,6 +175,8 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_unshare,
     libc::SYS_setns,
     libc::SYS_bpf,
+    // Anonymous memory files: bytes the tool wrote, executable through their descriptor.
+    libc::SYS_memfd_create,
     libc::SYS_keyctl,
     libc::SYS_add_key,
     libc::SYS_request_key,

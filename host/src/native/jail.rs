@@ -424,12 +424,12 @@ fn build_root(p: &Prepared<'_>) -> Result<(), String> {
     )
     .map_err(errno("mount /proc"))?;
 
-    // A private, size-capped /tmp.
+    // A private, size-capped /tmp, where nothing written can be executed.
     let tmp = root.join("tmp");
     mkdir(&tmp)?;
     tmpfs(
         &tmp,
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         &format!("size={},nr_inodes=65536,mode=1777", spec.tmp_bytes.max(4096)),
     )?;
 
@@ -447,7 +447,8 @@ fn build_root(p: &Prepared<'_>) -> Result<(), String> {
         let inside = root.join(m.guest.trim_start_matches('/'));
         mkdir(&inside)?;
         let src = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-        let mut extra = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        // Data, never programs: nothing in a mount can be executed (nor loaded by ld.so).
+        let mut extra = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         if !m.writable {
             extra |= MsFlags::MS_RDONLY;
         }
