@@ -393,6 +393,13 @@ fn validate_task(
             r.push(p, "env", "name must match [A-Za-z_][A-Za-z0-9_]{0,127}");
         } else if name == "PATH" || name.starts_with("LD_") {
             r.push(p, "env", "PATH and LD_* are set by the sandbox, never by a plan");
+        } else if is_loader_variable(name) {
+            r.push(
+                p,
+                "env",
+                "loader and C library variables (GCONV_PATH, LOCPATH, GLIBC_TUNABLES, MALLOC_*, \
+                 ...) would let a plan change how any program loads or runs: never set by a plan",
+            );
         } else if value.contains('\0') {
             r.push(p, "env", "value contains a NUL byte");
         } else if value.len() > MAX_ARG_BYTES {
@@ -454,6 +461,26 @@ fn validate_task(
             r.push(p, "limit-ceiling", format!("{v} is above the ceiling of {}", ceil[i].1));
         }
     }
+}
+
+/// Variables the dynamic loader or the C library act on (glibc's list of variables unsafe
+/// for privileged programs, less TMPDIR, plus the allocator's): through them a plan could
+/// load code or change how any program runs, whatever the tool.
+fn is_loader_variable(name: &str) -> bool {
+    const NAMES: [&str; 11] = [
+        "GCONV_PATH",
+        "GETCONF_DIR",
+        "GLIBC_TUNABLES",
+        "HOSTALIASES",
+        "LOCALDOMAIN",
+        "LOCPATH",
+        "NIS_PATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "RES_OPTIONS",
+        "TZDIR",
+    ];
+    NAMES.contains(&name) || name.starts_with("MALLOC_")
 }
 
 fn is_env_name(s: &str) -> bool {

@@ -454,6 +454,18 @@ fn p10_mount_paths_and_args_are_checked() {
     p.tasks[0].args.push("a\0b".into());
     let err = p.validate(Form::Draft, &Limits::ABSOLUTE).unwrap_err();
     assert_eq!(err.to_string(), "tasks[0].args[2]: contains a NUL byte [args]");
+    p.tasks[0].args.pop();
+    // Loader and C library variables are refused by name, on any host.
+    for name in ["LD_PRELOAD", "PATH", "GCONV_PATH", "LOCPATH", "GLIBC_TUNABLES", "MALLOC_CHECK_"] {
+        p.tasks[0].env = [(name.to_string(), "/work/x".to_string())].into_iter().collect();
+        let err = p.validate(Form::Draft, &Limits::ABSOLUTE).unwrap_err();
+        assert_eq!(err.violations()[0].path, format!("tasks[0].env.{name}"), "{err}");
+        assert_eq!(err.violations()[0].rule, "env", "{err}");
+    }
+    for name in ["LANG", "LC_ALL", "TZ", "TMPDIR", "MY_SETTING"] {
+        p.tasks[0].env = [(name.to_string(), "x".to_string())].into_iter().collect();
+        assert!(p.validate(Form::Draft, &Limits::ABSOLUTE).is_ok(), "{name} is refused");
+    }
 }
 
 #[test]
