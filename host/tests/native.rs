@@ -563,3 +563,16 @@ async fn s16_a_tool_cannot_execute_what_it_wrote() {
         assert_eq!(line(&ls, "execveat"), "denied execveat the copy: EACCES", "{dir}");
     }
 }
+
+/// A denied system call made through the x32 ABI (number | 0x40000000) kills the tool with
+/// SIGSYS, whether or not the kernel offers x32: a filter keyed by x86_64 numbers alone
+/// would let it through on a kernel that does.
+#[cfg(target_arch = "x86_64")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s16_a_call_through_the_x32_abi_kills_the_tool() {
+    let Some(j) = full_jail("S16").await else { return };
+    let r = j.attack(&["x32"]).await;
+    let ls = lines(&r);
+    assert_eq!(ls, ["trying"], "nothing after the call: {ls:?}");
+    assert_eq!(r.outcome, Outcome::Killed { signal: libc::SIGSYS }, "{ls:?}");
+}

@@ -265,6 +265,15 @@ fn main() {
             };
             report("execveat the copy", syscall_result(rc));
         }
+        // A denied call made through the x32 ABI (its number with bit 30 set), which a filter
+        // keyed by x86_64 numbers would not recognise: unshare(CLONE_NEWUSER).
+        "x32" => {
+            println!("trying");
+            let _ = std::io::stdout().flush();
+            // SAFETY: a raw system call with a constant flag argument; failure is reported.
+            let rc = unsafe { libc::syscall(libc::SYS_unshare | 0x4000_0000, libc::CLONE_NEWUSER) };
+            report("x32 unshare", syscall_result(rc));
+        }
         // S9: debugging the parent or a sibling.
         "ptrace" => {
             // SAFETY: each call has constant, valid arguments; failures are reported.

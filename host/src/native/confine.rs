@@ -278,8 +278,48 @@ pub(super) fn filters() -> Result<[BpfProgram; 2], String> {
     Ok([deny, nosys])
 }
 
+/// The first filter: a system call made for another architecture than this build's (i386
+/// on x86_64), or through the x32 ABI (numbers with bit 30 set, under the x86_64 audit
+/// architecture), kills the process. The rule filters are keyed by this architecture's
+/// numbers, so a call made any other way would slip past them. (seccompiler checks the
+/// architecture but not the x32 bit, hence these seven instructions.)
+fn abi_guard() -> Result<BpfProgram, String> {
+    const ARCH_OFFSET: u32 = 4; // seccomp_data.arch
+    const NR_OFFSET: u32 = 0; // seccomp_data.nr
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    const RET_KILL_PROCESS: u32 = 0x8000_0000;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    let audit_arch: u32 = match std::env::consts::ARCH {
+        "x86_64" => 0xc000_003e,  // AUDIT_ARCH_X86_64
+        "aarch64" => 0xc000_00b7, // AUDIT_ARCH_AARCH64
+        other => return Err(format!("no seccomp filter for {other}")),
+    };
+    let op = |code: u32, k: u32, jt: u8, jf: u8| seccompiler::sock_filter {
+        code: u16::try_from(code).unwrap_or(0),
+        jt,
+        jf,
+        k,
+    };
+    let (ld, jeq, jge, ret) = (
+        libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+        libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+        libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K,
+        libc::BPF_RET | libc::BPF_K,
+    );
+    Ok(vec![
+        op(ld, ARCH_OFFSET, 0, 0),
+        op(jeq, audit_arch, 1, 0),
+        op(ret, RET_KILL_PROCESS, 0, 0),
+        op(ld, NR_OFFSET, 0, 0),
+        op(jge, X32_SYSCALL_BIT, 0, 1),
+        op(ret, RET_KILL_PROCESS, 0, 0),
+        op(ret, RET_ALLOW, 0, 0),
+    ])
+}
+
 /// Installs the filters on this process (no_new_privs must already be set).
 pub(super) fn seccomp() -> Result<(), String> {
+    seccompiler::apply_filter(&abi_guard()?).map_err(|e| format!("seccomp: {e}"))?;
     for program in filters()? {
         seccompiler::apply_filter(&program).map_err(|e| format!("seccomp: {e}"))?;
     }
