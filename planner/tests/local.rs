@@ -401,7 +401,7 @@ fn native_pipeline_runs_in_the_jail_like_unjailed() {
 #[test]
 fn a_degraded_jail_is_refused_unless_chosen_and_then_said_on_every_task() {
     let t = TestDir::new();
-    let run = |extra: &[&str]| {
+    let run_with = |extra: &[&str], env: &[(&str, &str)]| {
         let mut args = vec![
             "run",
             "log-errors-native.json",
@@ -420,8 +420,9 @@ fn a_degraded_jail_is_refused_unless_chosen_and_then_said_on_every_task() {
             "seccomp filter",
         ];
         args.extend_from_slice(extra);
-        t.agx(&args)
+        t.agx_with(&args, b"", env)
     };
+    let run = |extra: &[&str]| run_with(extra, &[]);
     fs::copy(example("log-errors-native.json"), t.path("log-errors-native.json")).unwrap();
     fs::copy(example("data/app.log"), t.path("app.log")).unwrap();
     let refused = run(&[]);
@@ -438,25 +439,7 @@ fn a_degraded_jail_is_refused_unless_chosen_and_then_said_on_every_task() {
 
     // Whatever AGX_LOG says, a degraded jail is said.
     for filter in ["error", "off", "not a filter["] {
-        let args = [
-            "run",
-            "log-errors-native.json",
-            "--unsigned",
-            "--input",
-            "app.log",
-            "--allow-tool",
-            "grep",
-            "--allow-tool",
-            "cut",
-            "--allow-tool",
-            "sort",
-            "--allow-tool",
-            "uniq",
-            "--disable-jail-feature",
-            "seccomp filter",
-            "--danger-degraded",
-        ];
-        let out = t.agx_with(&args, b"", &[("AGX_LOG", filter)]);
+        let out = run_with(&["--danger-degraded"], &[("AGX_LOG", filter)]);
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "AGX_LOG={filter}: {err}");
         assert!(

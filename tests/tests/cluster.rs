@@ -323,10 +323,11 @@ fn a_second_worker_on_the_same_cache_directory_refuses_to_start() {
 /// tokens never lock the correctly configured clients on the same address out.
 #[test]
 fn a_worker_the_queue_refuses_stops_with_the_reason_and_locks_nobody_out() {
-    let c = Cluster::start(&[]);
-    let agw = |token: &str, name: &str| {
+    let mut c = Cluster::start(&[]);
+    // agw pinning `fingerprint`, with the token in `token`, run to its end.
+    let agw = |c: &Cluster, fingerprint: &str, token: &str, name: &str| {
         std::process::Command::new(bin("agw"))
-            .args(["--queue", &c.addr, "--fingerprint", &c.fingerprint])
+            .args(["--queue", &c.addr, "--fingerprint", fingerprint])
             .arg("--token-file")
             .arg(c.path(token))
             .arg("--trust")
@@ -339,7 +340,7 @@ fn a_worker_the_queue_refuses_stops_with_the_reason_and_locks_nobody_out() {
     };
     // Six times, past the five failed logins a minute an address is allowed.
     for attempt in 0..6 {
-        let out = agw("queue/planner.token", "liar");
+        let out = agw(&c, &c.fingerprint, "queue/planner.token", "liar");
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "attempt {attempt}: {err}");
         assert!(err.contains("the queue refuses this worker"), "attempt {attempt}: {err}");
@@ -355,23 +356,13 @@ fn a_worker_the_queue_refuses_stops_with_the_reason_and_locks_nobody_out() {
 
     // A worker pinning another queue's key stops too, naming both.
     let other = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
-    let out = std::process::Command::new(bin("agw"))
-        .args(["--queue", &c.addr, "--fingerprint", other])
-        .arg("--token-file")
-        .arg(c.path("queue/worker.token"))
-        .arg("--trust")
-        .arg(c.path("worker-trust.json"))
-        .arg("--cache-dir")
-        .arg(c.path("cache-pin"))
-        .args(["--name", "pinned-elsewhere"])
-        .output()
-        .unwrap();
+    let out = agw(&c, other, "queue/worker.token", "pinned-elsewhere");
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("is {}, not the pinned {other}", c.fingerprint)), "{err}");
 
     let long = "n".repeat(agenix_proto::job::MAX_WORKER_NAME + 1);
-    let out = agw("queue/worker.token", &long);
+    let out = agw(&c, &c.fingerprint, "queue/worker.token", &long);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -379,18 +370,7 @@ fn a_worker_the_queue_refuses_stops_with_the_reason_and_locks_nobody_out() {
         "{err}"
     );
     let at = "n".repeat(agenix_proto::job::MAX_WORKER_NAME);
-    let mut ok = std::process::Command::new(bin("agw"))
-        .args(["--queue", &c.addr, "--fingerprint", &c.fingerprint])
-        .arg("--token-file")
-        .arg(c.path("queue/worker.token"))
-        .arg("--trust")
-        .arg(c.path("worker-trust.json"))
-        .arg("--cache-dir")
-        .arg(c.path("cache-at"))
-        .args(["--name", &at])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    c.worker(&at, &[]);
     let until = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let listed = c.ok(&["--json", "workers", "list"]);
@@ -400,8 +380,6 @@ fn a_worker_the_queue_refuses_stops_with_the_reason_and_locks_nobody_out() {
         assert!(std::time::Instant::now() < until, "a 64-byte name registers: {listed}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = ok.kill();
-    let _ = ok.wait();
 }
 
 /// A job that no registered worker can run (it asks a longer timeout than any allows) is
