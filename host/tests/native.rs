@@ -52,13 +52,9 @@ async fn jail_with(disabled: &[&str], degraded: bool) -> Jail {
     // The sandbox runs as an unprivileged user: let it into the test's directories.
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let mut allow = Allowlist::new();
-    allow
-        .allow(tool("attack"), ToolEntry { path: programs::NATIVE_ATTACK.into(), sha256: None })
-        .unwrap();
+    allow.allow(tool("attack"), ToolEntry::new(programs::NATIVE_ATTACK)).unwrap();
     for t in ["sort", "grep", "uniq", "cut", "cat", "true", "xargs"] {
-        allow
-            .allow(tool(t), ToolEntry { path: format!("/usr/bin/{t}").into(), sha256: None })
-            .unwrap();
+        allow.allow(tool(t), ToolEntry::new(format!("/usr/bin/{t}"))).unwrap();
     }
     let host = NativeHost::new(NativeConfig {
         helper: helper(),
@@ -70,6 +66,17 @@ async fn jail_with(disabled: &[&str], degraded: bool) -> Jail {
     .await
     .unwrap();
     Jail { host, dir }
+}
+
+/// Why this kernel gives the jail no namespaces, if it does not (for rows that turn other
+/// features off).
+fn without_namespaces(j: &Jail) -> Option<String> {
+    use probe::names::{IPC_UTS_NS, MOUNT_NS, NET_NS, PID_NS, USER_NS};
+    let missing: Vec<&str> = [USER_NS, MOUNT_NS, PID_NS, NET_NS, IPC_UTS_NS]
+        .into_iter()
+        .filter(|n| !j.host.probe().found(n))
+        .collect();
+    (!missing.is_empty()).then(|| format!("no namespaces here: {missing:?}"))
 }
 
 /// The full jail, or `None` (with the reason printed) where this kernel cannot provide it.
@@ -177,7 +184,17 @@ async fn jail_runs_a_real_tool_like_an_unjailed_run() {
     assert_eq!(line(&ls, "hostname"), "hostname agenix");
     assert_eq!(line(&ls, "uid "), "uid 1000");
     assert_eq!(line(&ls, "pid "), "pid 2", "the tool is pid 2 under its own init");
-    assert_eq!(line(&ls, "root "), "root bin,dev,etc,lib,lib64,proc,sbin,tmp,usr");
+    // The root holds the jail's own directories and the tool's files: nothing of /bin or
+    // /sbin, and of /usr only the library directories.
+    let attack = fs::canonicalize(programs::NATIVE_ATTACK).unwrap();
+    let top = attack.iter().nth(1).unwrap().to_str().unwrap();
+    let root = line(&ls, "root ").strip_prefix("root ").unwrap();
+    for dir in root.split(',') {
+        assert!(
+            ["dev", "etc", "proc", "tmp", "usr", "lib", "lib64", top].contains(&dir),
+            "/{dir} in the root: {root}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -303,8 +320,8 @@ async fn s05_fork_bomb_is_contained_by_rlimit_nproc_without_cgroups() {
 #[tokio::test]
 async fn s06_memory_bomb_is_memory_exceeded_under_rlimit_as_without_cgroups() {
     let Some(j) = rlimit_jail("S6 (rlimits)").await else { return };
-    let r =
-        j.attack_with(&["membomb"], vec![], Limits { memory_bytes: 64 * MIB, ..limits() }).await;
+    let small = Limits { memory_bytes: 64 * MIB, file_bytes: 16 * MIB, ..limits() };
+    let r = j.attack_with(&["membomb"], vec![], small).await;
     assert_eq!(r.outcome, Outcome::MemoryExceeded, "stdout {:?}", lines(&r));
 }
 
@@ -385,7 +402,7 @@ async fn s12_terminal_injection_is_refused() {
 #[tokio::test]
 async fn s13_no_privilege_is_gained() {
     let Some(j) = full_jail("S13").await else { return };
-    let r = j.attack(&["privs"]).await;
+    let r = j.attack(&["privs", LOADER]).await;
     let ls = lines(&r);
     for what in [
         "unshare user",
@@ -404,7 +421,7 @@ async fn s13_no_privilege_is_gained() {
     for cap in ["CapEff:", "CapPrm:", "CapBnd:", "CapAmb:"] {
         assert_eq!(line(&ls, cap), format!("{cap} 0000000000000000"));
     }
-    assert_eq!(line(&ls, "usr nosuid"), "usr nosuid true");
+    assert_eq!(line(&ls, "loader nosuid"), "loader nosuid true");
 }
 
 #[tokio::test]
@@ -493,12 +510,10 @@ async fn s16_only_allowlisted_tools_run_and_never_a_shell() {
         if !Path::new(path).exists() {
             continue;
         }
-        let err =
-            allow.allow(tool(name), ToolEntry { path: path.into(), sha256: None }).unwrap_err();
+        let err = allow.allow(tool(name), ToolEntry::new(path)).unwrap_err();
         assert!(matches!(err, AllowlistError::Shell { .. }), "{name}: {err}");
     }
-    let err =
-        allow.allow(tool("grep"), ToolEntry { path: "bin/grep".into(), sha256: None }).unwrap_err();
+    let err = allow.allow(tool("grep"), ToolEntry::new("bin/grep")).unwrap_err();
     assert!(matches!(err, AllowlistError::Relative { .. }));
     assert!("/bin/sh".parse::<ToolName>().is_err(), "a path is never a tool name");
     // A pinned binary that does not match its pin is refused before it runs.
@@ -507,8 +522,8 @@ async fn s16_only_allowlisted_tools_run_and_never_a_shell() {
         .allow(
             tool("sort"),
             ToolEntry {
-                path: "/usr/bin/sort".into(),
                 sha256: Some(agenix_proto::Digest::of(b"another binary")),
+                ..ToolEntry::new("/usr/bin/sort")
             },
         )
         .unwrap();
@@ -539,7 +554,7 @@ async fn s16_only_allowlisted_tools_run_and_never_a_shell() {
 
 /// A tool cannot run bytes it wrote: not from an anonymous memory file (memfd_create is
 /// refused), and not from the scratch /tmp or a writable mount (both are noexec) — the
-/// latter shown with Landlock off, so the mount flags alone must stop it.
+/// latter shown with Landlock and seccomp off, so the mount flags alone must stop it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s16_a_tool_cannot_execute_what_it_wrote() {
     let Some(j) = full_jail("S16").await else { return };
@@ -548,8 +563,8 @@ async fn s16_a_tool_cannot_execute_what_it_wrote() {
     assert!(!ls.iter().any(|l| l.contains("EXECUTED")), "a memfd copy ran: {ls:?}");
     assert_eq!(line(&ls, "memfd_create"), "denied memfd_create: EPERM");
 
-    let j = jail_with(&[probe::names::LANDLOCK], false).await;
-    if let Some(reason) = j.host.refusal() {
+    let j = jail_with(&[probe::names::LANDLOCK, probe::names::SECCOMP], true).await;
+    if let Some(reason) = without_namespaces(&j) {
         programs::skip_without_jail("S16 (noexec)", &reason);
         return;
     }
@@ -575,4 +590,252 @@ async fn s16_a_call_through_the_x32_abi_kills_the_tool() {
     let ls = lines(&r);
     assert_eq!(ls, ["trying"], "nothing after the call: {ls:?}");
     assert_eq!(r.outcome, Outcome::Killed { signal: libc::SIGSYS }, "{ls:?}");
+}
+
+/// The loader interpreting the attack program (it names it in PT_INTERP).
+#[cfg(target_arch = "x86_64")]
+const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
+#[cfg(target_arch = "aarch64")]
+const LOADER: &str = "/lib/ld-linux-aarch64.so.1";
+
+/// The root holds the tool, its loader and libraries, the data named for it, and the
+/// jail's own files: every file a walk of it finds is one of those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s16_the_root_holds_only_the_tool_its_libraries_and_data() {
+    let Some(j) = full_jail("S16").await else { return };
+    let r = j.attack(&["tree"]).await;
+    let ls = lines(&r);
+    let system = j.host.allowlist().system_files(&tool("attack")).unwrap();
+    let binds: Vec<(PathBuf, bool)> = system.binds().map(|(p, x)| (p.to_path_buf(), x)).collect();
+    let attack = fs::canonicalize(programs::NATIVE_ATTACK).unwrap();
+    assert!(binds.contains(&(attack.clone(), true)), "{binds:?}");
+    assert!(ls.contains(&format!("file {}", attack.display())), "{ls:#?}");
+    let own = ["/etc/passwd", "/etc/group", "/etc/hostname"];
+    for l in &ls {
+        let Some(file) = l.strip_prefix("file ") else {
+            assert!(l.starts_with("dir ") || l.starts_with("link "), "{l}");
+            continue;
+        };
+        let ok = own.contains(&file) || binds.iter().any(|(b, _)| Path::new(file).starts_with(b));
+        assert!(ok, "{file} is in the jail but is neither the tool's nor the jail's");
+    }
+    for absent in ["/usr/bin/id", "/bin/sh", "/usr/bin/sort", "/etc/shadow", "/etc/ld.so.conf"] {
+        assert!(!ls.iter().any(|l| l.ends_with(absent)), "{absent} is in the jail");
+    }
+}
+
+/// "Only the allowlisted tool runs" holds by construction: with Landlock off, and then with
+/// seccomp off too, no route starts a second program — a launcher's execve, execveat of a
+/// path through any descriptor, the dynamic loader run through any descriptor — because
+/// the root holds no other program.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s16_no_second_program_starts_by_any_route_even_without_landlock() {
+    use probe::names::{LANDLOCK, SECCOMP};
+    for disabled in [&[LANDLOCK][..], &[LANDLOCK, SECCOMP][..]] {
+        let j = jail_with(disabled, true).await;
+        if let Some(reason) = without_namespaces(&j) {
+            programs::skip_without_jail("S16 (by construction)", &reason);
+            return;
+        }
+        let r = j.run("xargs", &["/usr/bin/id"], b"x\n", vec![], limits()).await;
+        let out = String::from_utf8_lossy(&r.stdout);
+        assert!(!out.contains("uid="), "{disabled:?}: xargs ran id: {out}");
+        assert!(
+            matches!(r.outcome, Outcome::Exited { code: 126 | 127 }),
+            "{disabled:?}: {:?} {}",
+            r.outcome,
+            String::from_utf8_lossy(&r.stderr)
+        );
+        for attack in [
+            vec!["spawn", "/usr/bin/id"],
+            vec!["loader", LOADER, "/usr/bin/id"],
+            vec!["loader", LOADER, "/bin/sh", "-c", "id"],
+        ] {
+            let r = j.attack(&attack).await;
+            let (out, err) =
+                (String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
+            assert!(!out.contains("uid="), "{disabled:?} {attack:?} ran id: {out}");
+            // Each route that was tried either failed or reached a loader that found nothing.
+            for l in out.lines() {
+                assert!(l.starts_with("denied "), "{disabled:?} {attack:?}: {l}");
+            }
+            if out.is_empty() {
+                assert!(err.contains("No such file"), "{disabled:?} {attack:?}: {err}");
+            }
+        }
+    }
+}
+
+/// The filter's answers: a call it does not know gets ENOSYS (as from an older kernel, so
+/// libc falls back), a dangerous one EPERM, an ordinary one runs; without the filter the
+/// unknown call reaches the kernel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s16_the_filter_answers_enosys_to_the_unknown_and_eperm_to_the_dangerous() {
+    let Some(j) = full_jail("S16").await else { return };
+    let ls = lines(&j.attack(&["answers"]).await);
+    assert_eq!(line(&ls, "lsm_list_modules"), "denied lsm_list_modules: ENOSYS", "{ls:?}");
+    assert_eq!(line(&ls, "unshare nothing"), "denied unshare nothing: EPERM");
+    assert!(line(&ls, "getpid").starts_with("ok getpid"), "{ls:?}");
+    let j = jail_with(&[probe::names::SECCOMP], true).await;
+    let ls = lines(&j.attack(&["answers"]).await);
+    assert!(!line(&ls, "lsm_list_modules").ends_with("ENOSYS"), "{ls:?}");
+}
+
+/// The jail's pid 1 is a process of its own name, not the worker's binary, and the mount
+/// table shows nothing of the worker: not its binary, its scratch directory or the jail's
+/// root on the host. System files appear where they are on the host, and nowhere else.
+/// (A directory the operator grants appears with the host path of its bind source: the
+/// kernel reports that of every bind mount.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s11_pid_1_and_the_mount_table_show_nothing_of_the_worker() {
+    let Some(j) = full_jail("S11").await else { return };
+    let work = j.shared_dir("work");
+    let grants =
+        vec![Grant { host: work.clone(), guest: "/work".into(), access: Access::ReadOnly }];
+    let files = ["/proc/1/cmdline", "/proc/1/comm", "/proc/self/mountinfo"];
+    let r = j.run("cat", &files, b"", grants, limits()).await;
+    assert_eq!(r.outcome, Outcome::Exited { code: 0 }, "{}", String::from_utf8_lossy(&r.stderr));
+    let out = String::from_utf8_lossy(&r.stdout);
+    let cmdline: Vec<&str> = out.split('\0').filter(|s| !s.is_empty()).collect();
+    assert_eq!(cmdline[0], "agenix-init");
+    assert!(cmdline[1].starts_with("agenix-init\n"), "{cmdline:?}");
+    let helper = helper().program;
+    for secret in [helper.to_str().unwrap(), j.dir.path().to_str().unwrap(), "agenix-jail"] {
+        let shown = out.replace(work.to_str().unwrap(), "<granted>");
+        assert!(!shown.contains(secret), "{secret} is visible in the jail:\n{out}");
+    }
+    for l in out.lines().filter(|l| l.contains(" - ")) {
+        let f: Vec<&str> = l.split(' ').collect();
+        let (root, at) = (f[3], f[4]);
+        if at != "/work" {
+            assert!(root == "/" || root == at || at.starts_with("/dev/"), "{l}");
+        }
+    }
+}
+
+/// Degraded mode without namespaces never widens access: a plan's directory is refused
+/// (there is no guest path to put it at, and a guest path taken as a host path could name
+/// the worker's own files), and the tool reads only what its jail would have held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s15_degraded_without_namespaces_refuses_directories_and_reads_only_its_files() {
+    let j = jail_with(&[probe::names::USER_NS], true).await;
+    let cache = j.shared_dir("cache");
+    fs::write(cache.join("artifact.cwasm"), b"precompiled").unwrap();
+    let grants = vec![Grant {
+        host: cache.clone(),
+        guest: cache.to_str().unwrap().into(),
+        access: Access::ReadWrite,
+    }];
+    let r = j.attack_with(&["read", "/x"], grants, limits()).await;
+    let Outcome::Refused { reason } = &r.outcome else { panic!("{:?}", r.outcome) };
+    assert!(reason.contains("cannot give a task directories"), "{reason}");
+    if !j.host.probe().found(probe::names::LANDLOCK) {
+        programs::skip_without_jail("S15 (degraded reads)", "no Landlock here");
+        return;
+    }
+    let secret = cache.join("artifact.cwasm");
+    let r = j.attack(&["read", secret.to_str().unwrap(), "/etc/hostname"]).await;
+    assert_denied(&r);
+    let r = j.run("sort", &[], b"2\n1\n", vec![], limits()).await;
+    assert_eq!((&r.outcome, &r.stdout[..]), (&Outcome::Exited { code: 0 }, &b"1\n2\n"[..]));
+}
+
+/// A variable outside the tool's allowlist (LANG, LC_*, TZ and the entry's own) is refused
+/// before anything runs, naming it; one the entry adds reaches the tool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s14_only_allowed_variables_reach_the_tool() {
+    let Some(j) = full_jail("S14").await else { return };
+    let task = |env: &[(&str, &str)]| NativeTask {
+        program: tool("attack"),
+        args: vec!["fds".into()],
+        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        stdin: Bytes::new(),
+        grants: vec![],
+        limits: limits(),
+    };
+    let r = j.host.run(task(&[("LC_ALL", "C"), ("TZ", "UTC")])).await.unwrap();
+    let ls = lines(&r);
+    assert!(ls.contains(&"env LC_ALL=C".to_string()) && ls.contains(&"env TZ=UTC".into()));
+    let r = j.host.run(task(&[("TOKEN", "x")])).await.unwrap();
+    let Outcome::Refused { reason } = &r.outcome else { panic!("{:?}", r.outcome) };
+    assert!(reason.contains("env TOKEN") && reason.contains("LANG, LC_*, TZ"), "{reason}");
+
+    let mut allow = Allowlist::new();
+    let entry = ToolEntry { env: vec!["TOKEN".into()], ..ToolEntry::new(programs::NATIVE_ATTACK) };
+    allow.allow(tool("attack"), entry).unwrap();
+    let host = NativeHost::new(NativeConfig {
+        helper: helper(),
+        allowlist: allow,
+        danger_degraded: false,
+        scratch_dir: j.path("scratch2"),
+        disabled: vec![],
+    })
+    .await
+    .unwrap();
+    let r = host.run(task(&[("TOKEN", "x")])).await.unwrap();
+    assert!(lines(&r).contains(&"env TOKEN=x".to_string()), "{:?}", r.outcome);
+    // An entry may never add what a plan may never set.
+    for bad in ["LD_PRELOAD", "GCONV_PATH", "PATH", "MALLOC_*", "*"] {
+        let entry = ToolEntry { env: vec![bad.into()], ..ToolEntry::new("/usr/bin/sort") };
+        let err = Allowlist::new().allow(tool("sort"), entry).unwrap_err();
+        assert!(matches!(err, AllowlistError::Env { .. }), "{bad}: {err}");
+    }
+}
+
+/// Scratch space is memory: in a memory cgroup, what the tool writes to /tmp is charged to
+/// the task, so /tmp larger than the memory limit still cannot hold more than it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s06_scratch_space_counts_against_the_tasks_memory() {
+    let Some(j) = full_jail("S6 (scratch)").await else { return };
+    if !j.host.probe().found(probe::names::MEMORY_CGROUP) {
+        programs::skip_without_jail("S6 (scratch)", "no memory cgroup here");
+        return;
+    }
+    let small = Limits { memory_bytes: 48 * MIB, file_bytes: 256 * MIB, ..limits() };
+    let r = j.attack_with(&["diskfill"], vec![], small).await;
+    let ls = lines(&r);
+    let wrote = |l: &str| -> u64 {
+        l.split("wrote ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap()
+    };
+    match &r.outcome {
+        Outcome::MemoryExceeded => {}
+        Outcome::Exited { code: 0 } => {
+            assert!(wrote(line(&ls, "fill /tmp")) < 48, "/tmp held more than the memory: {ls:?}")
+        }
+        other => panic!("{other:?} {ls:?}"),
+    }
+}
+
+/// Without a memory cgroup, /tmp's RAM comes out of the task's memory: file_bytes up to
+/// half of memory_bytes runs (and /tmp holds exactly that), one byte more is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s06_without_a_memory_cgroup_scratch_past_half_the_memory_is_refused() {
+    let Some(j) = rlimit_jail("S6 (scratch, rlimits)").await else { return };
+    let at = Limits { memory_bytes: 128 * MIB, file_bytes: 64 * MIB, ..limits() };
+    let r = j.attack_with(&["diskfill"], vec![], at).await;
+    // It runs, and stops where the file or /tmp is full.
+    let full = [Outcome::OutputExceeded { stream: "file".into() }, Outcome::Exited { code: 0 }];
+    assert!(full.contains(&r.outcome), "{:?} {:?}", r.outcome, lines(&r));
+    let past = Limits { file_bytes: 64 * MIB + 1, ..at };
+    let r = j.attack_with(&["diskfill"], vec![], past).await;
+    let Outcome::Refused { reason } = &r.outcome else { panic!("{:?}", r.outcome) };
+    assert!(reason.contains("file_bytes 67108865 is over half of memory_bytes"), "{reason}");
+}
+
+/// Tasks are forked by one long-lived zygote; one that dies (killed, out of memory) is
+/// started again by the next task, which runs as if nothing happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_zygote_is_replaced_and_the_next_task_runs() {
+    let Some(j) = full_jail("zygote").await else { return };
+    let zygote = j.host.zygote_pid().unwrap();
+    let sort = || j.run("sort", &[], b"b\na\n", vec![], limits());
+    assert_eq!(&sort().await.stdout[..], b"a\nb\n");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(zygote).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = sort().await;
+    assert_ne!(j.host.zygote_pid(), Some(zygote), "a new zygote");
+    assert_eq!((&r.outcome, &r.stdout[..]), (&Outcome::Exited { code: 0 }, &b"a\nb\n"[..]));
+    let how = j.host.mechanisms().into_iter().find(|(n, _)| *n == "sandbox start").unwrap().1;
+    assert!(how.starts_with("a zygote"), "{how}");
 }

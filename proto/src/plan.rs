@@ -389,17 +389,8 @@ fn validate_task(
     }
     for (name, value) in task.env.iter().filter(|_| env_checked) {
         let p = format!("{at}.env.{name}");
-        if !is_env_name(name) {
-            r.push(p, "env", "name must match [A-Za-z_][A-Za-z0-9_]{0,127}");
-        } else if name == "PATH" || name.starts_with("LD_") {
-            r.push(p, "env", "PATH and LD_* are set by the sandbox, never by a plan");
-        } else if is_loader_variable(name) {
-            r.push(
-                p,
-                "env",
-                "loader and C library variables (GCONV_PATH, LOCPATH, GLIBC_TUNABLES, MALLOC_*, \
-                 ...) would let a plan change how any program loads or runs: never set by a plan",
-            );
+        if let Err(why) = check_env_name(name) {
+            r.push(p, "env", why);
         } else if value.contains('\0') {
             r.push(p, "env", "value contains a NUL byte");
         } else if value.len() > MAX_ARG_BYTES {
@@ -460,6 +451,22 @@ fn validate_task(
         } else if v > ceil[i].1 {
             r.push(p, "limit-ceiling", format!("{v} is above the ceiling of {}", ceil[i].1));
         }
+    }
+}
+
+/// Whether a plan may set the environment variable `name`, on any host: a well-formed name
+/// that is not `PATH`, `LD_*` or a variable the loader or the C library acts on. (Each worker
+/// narrows this further to its own allowlist.)
+pub fn check_env_name(name: &str) -> Result<(), &'static str> {
+    if !is_env_name(name) {
+        Err("name must match [A-Za-z_][A-Za-z0-9_]{0,127}")
+    } else if name == "PATH" || name.starts_with("LD_") {
+        Err("PATH and LD_* are set by the sandbox, never by a plan")
+    } else if is_loader_variable(name) {
+        Err("loader and C library variables (GCONV_PATH, LOCPATH, GLIBC_TUNABLES, MALLOC_*, \
+             ...) would let a plan change how any program loads or runs: never set by a plan")
+    } else {
+        Ok(())
     }
 }
 

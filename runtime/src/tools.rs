@@ -3,8 +3,11 @@
 //! ```toml
 //! [tools]
 //! grep = "/usr/bin/grep"
-//! sort = { path = "/usr/bin/sort", sha256 = "sha256:…" }
+//! sort = { path = "/usr/bin/sort", sha256 = "sha256:…", data = ["/usr/lib/locale"], env = ["LC_*"] }
 //! ```
+//!
+//! A tool's jail holds the binary, its ELF interpreter and shared libraries (found when the
+//! list is loaded: a missing one refuses the tool), the `data` named, and nothing else.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,19 +24,51 @@ struct ToolsFile {
     tools: BTreeMap<ToolName, ToolSpec>,
 }
 
-/// One tool: a path, or a path with a pinned digest.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+/// One tool: its path, or a table with the path and what else its jail holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToolSpec {
     /// Just the absolute path.
     Path(PathBuf),
-    /// The path and the binary's sha256.
-    Pinned {
-        /// The absolute path.
-        path: PathBuf,
-        /// `sha256:<hex>` of the binary.
-        sha256: Digest,
-    },
+    /// The path, a pin, data, variables.
+    Table(ToolTable),
+}
+
+/// `sort = { path = "/usr/bin/sort", sha256 = "sha256:…", data = ["/usr/lib/locale"], env = ["LC_*"] }`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolTable {
+    /// The absolute path.
+    pub path: PathBuf,
+    /// `sha256:<hex>` of the binary, checked on every run.
+    #[serde(default)]
+    pub sha256: Option<Digest>,
+    /// Data files and directories its jail holds (read-only, never executable).
+    #[serde(default)]
+    pub data: Vec<PathBuf>,
+    /// Environment variables a plan may set for it beyond LANG, LC_* and TZ (`NAME`, or a
+    /// prefix as `NAME_*`).
+    #[serde(default)]
+    pub env: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for ToolSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ToolSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a path, or a table with path, sha256, data and env")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ToolSpec, E> {
+                Ok(ToolSpec::Path(v.into()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ToolSpec, A::Error> {
+                ToolTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ToolSpec::Table)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// Why an allowlist could not be read.
@@ -65,10 +100,13 @@ pub enum ToolsError {
 }
 
 impl ToolSpec {
-    fn entry(self) -> ToolEntry {
+    /// The allowlist entry this describes.
+    pub fn entry(self) -> ToolEntry {
         match self {
-            Self::Path(path) => ToolEntry { path, sha256: None },
-            Self::Pinned { path, sha256 } => ToolEntry { path, sha256: Some(sha256) },
+            Self::Path(path) => ToolEntry::new(path),
+            Self::Table(t) => {
+                ToolEntry { path: t.path, sha256: t.sha256, data: t.data, env: t.env }
+            }
         }
     }
 }
@@ -104,7 +142,7 @@ pub fn parse_arg(arg: &str) -> Result<(ToolName, ToolEntry), ToolsError> {
                 ))
             })?,
     };
-    Ok((name, ToolEntry { path, sha256: None }))
+    Ok((name, ToolEntry::new(path)))
 }
 
 #[cfg(test)]
@@ -127,6 +165,41 @@ mod tests {
         ));
         std::fs::write(&f, "[tools]\n\"/bin/sort\" = \"/usr/bin/sort\"\n").unwrap();
         assert!(matches!(load_file(&f, &mut allow), Err(ToolsError::Parse { .. })));
+    }
+
+    #[test]
+    fn a_tool_table_names_data_and_variables_and_is_checked_when_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tools.toml");
+        std::fs::write(
+            &f,
+            "[tools]\nsort = { path = \"/usr/bin/sort\", data = [\"/usr/share\"], env = [\"SORT_*\"] }\n",
+        )
+        .unwrap();
+        let mut allow = Allowlist::new();
+        load_file(&f, &mut allow).unwrap();
+        let sort = "sort".parse().unwrap();
+        let entry = allow.get(&sort).unwrap();
+        assert!(entry.allows_env("SORT_BUFFER") && entry.allows_env("LC_ALL"));
+        assert!(!entry.allows_env("HOME"));
+        let data = allow
+            .system_files(&sort)
+            .unwrap()
+            .binds()
+            .any(|(p, x)| p == Path::new("/usr/share") && !x);
+        assert!(data, "the data directory is bound, never executable");
+        for (table, needle) in [
+            ("{ path = \"/usr/bin/sort\", dat = [] }", "unknown field `dat`"),
+            ("{ path = \"/usr/bin/sort\", data = [\"/etc\"] }", "the jail makes itself"),
+            ("{ path = \"/usr/bin/sort\", data = [\"/no/such/dir\"] }", "/no/such"),
+            ("{ path = \"/usr/bin/sort\", env = [\"LD_PRELOAD\"] }", "LD_PRELOAD"),
+            ("{ path = \"/etc/passwd\" }", "not an ELF"),
+            ("3", "a path, or a table"),
+        ] {
+            std::fs::write(&f, format!("[tools]\nsort = {table}\n")).unwrap();
+            let err = load_file(&f, &mut Allowlist::new()).unwrap_err().to_string();
+            assert!(err.contains(needle), "{table}: {err}");
+        }
     }
 
     #[test]

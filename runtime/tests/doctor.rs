@@ -6,6 +6,36 @@
 use std::io::Write as _;
 use std::process::Command;
 
+/// Doctor names each mechanism in force and the fallback taken: the system call allowlist,
+/// the root, memory (a cgroup or RLIMIT_AS), processes, the file-system rules.
+#[test]
+fn doctor_names_every_mechanism_in_force() {
+    let out = Command::new(env!("CARGO_BIN_EXE_agw")).args(["doctor", "--json"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mechanisms: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["type"] == "mechanism")
+        .map(|r| r["data"].clone())
+        .collect();
+    let how = |name: &str| {
+        mechanisms.iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("no {name}"))["how"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (checks, _, _) = checks();
+    if found(&checks, "seccomp filter") {
+        assert!(how("system calls").starts_with("allowlist of "), "{}", how("system calls"));
+    }
+    assert!(how("memory").contains("cgroup") || how("memory").contains("RLIMIT_AS"));
+    assert!(how("processes").contains("cgroup") || how("processes").contains("RLIMIT_NPROC"));
+    assert_eq!(how("file-system rules").starts_with("Landlock"), found(&checks, "landlock"));
+    for name in ["sandbox start", "root"] {
+        assert!(!how(name).is_empty());
+    }
+}
+
 fn checks() -> (Vec<serde_json::Value>, serde_json::Value, i32) {
     let out = Command::new(env!("CARGO_BIN_EXE_agw")).args(["doctor", "--json"]).output().unwrap();
     let recs: Vec<serde_json::Value> = String::from_utf8(out.stdout)

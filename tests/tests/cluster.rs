@@ -461,3 +461,46 @@ fn submit_takes_an_input_from_standard_input() {
     let twice = c.agx(&["submit", &example("log-errors.json"), "--input", "-", "--input", "-"]);
     assert!(text(&twice.stderr).contains("--input - (standard input) may be given once"));
 }
+
+/// A variable a worker does not pass to a tool is that worker's own lack: it declines the
+/// job (no attempt burned, the variable and the rule named) and a worker whose tool entry
+/// allows the variable runs it, with the variable set.
+#[test]
+fn a_variable_one_worker_does_not_pass_is_declined_there_and_run_where_allowed() {
+    let doctor = std::process::Command::new(bin("agw")).arg("doctor").output().unwrap();
+    if !doctor.status.success() {
+        let why = text(&doctor.stdout).lines().last().unwrap_or("").to_owned();
+        programs::skip_without_jail("native env", &why);
+        return;
+    }
+    let mut c = Cluster::start(&[]);
+    let plan = c.path("greet.json");
+    std::fs::write(
+        &plan,
+        r#"{"schema": "agenix.plan/v1", "name": "greet",
+            "tasks": [{"id": "greet", "run": {"native": {"tool": "printenv"}},
+                       "args": ["GREETING", "LANG"],
+                       "env": {"GREETING": "hello", "LANG": "C"}}],
+            "output": "greet"}"#,
+    )
+    .unwrap();
+    let config = |name: &str, entry: &str| {
+        let f = c.path(&format!("{name}.toml"));
+        std::fs::write(&f, format!("[tools]\nprintenv = {entry}\n")).unwrap();
+        f.to_str().unwrap().to_owned()
+    };
+    let strict = config("strict", "\"/usr/bin/printenv\"");
+    let open = config("open", "{ path = \"/usr/bin/printenv\", env = [\"GREETING\"] }");
+    c.worker("strict", &["--config", &strict]);
+    let jobs = c.submit(plan.to_str().unwrap(), &[]);
+    let j = c.wait_job(&jobs[0], Duration::from_secs(30), |j| {
+        j["declined"].as_array().is_some_and(|d| !d.is_empty())
+    });
+    assert_eq!((state(&j), &j["attempts"]), ("queued", &serde_json::json!(0)), "{j}");
+    let reason = j["declined"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("env GREETING") && reason.contains("LANG, LC_*, TZ"), "{reason}");
+    c.worker("open", &["--config", &open]);
+    let j = c.wait_job(&jobs[0], Duration::from_secs(60), |j| state(j) == "succeeded");
+    assert_eq!(j["attempts"], 1, "{j}");
+    assert_eq!(text(&c.agx(&["jobs", "result", &jobs[0]]).stdout), "hello\nC\n");
+}

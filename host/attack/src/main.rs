@@ -216,10 +216,12 @@ fn main() {
         // Starting a program the jail did not allow, from bytes it wrote: `exec memfd` runs a
         // copy of /usr/bin/echo from an anonymous memory file, `exec DIR` from a copy in DIR
         // (the scratch /tmp, a writable mount). A started copy prints EXECUTED.
+        // The copy is of this program: the jail holds no other.
         "exec" => {
-            let bytes = match std::fs::read("/usr/bin/echo") {
+            // Its own bytes: the only program the jail holds.
+            let bytes = match std::fs::read("/proc/self/exe") {
                 Ok(b) => b,
-                Err(e) => return report("read /usr/bin/echo", Err(e)),
+                Err(e) => return report("read /proc/self/exe", Err(e)),
             };
             let fd = if arg(1) == "memfd" {
                 // SAFETY: a constant, NUL-terminated name and no flags.
@@ -248,7 +250,7 @@ fn main() {
                 }
                 fd
             };
-            let argv = [cstr("echo"), cstr("EXECUTED")];
+            let argv = [cstr("attack"), cstr("say"), cstr("EXECUTED")];
             let argv: Vec<*const libc::c_char> =
                 argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
             let envp: [*const libc::c_char; 1] = [std::ptr::null()];
@@ -349,9 +351,10 @@ fn main() {
                 }
             }
             let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-            let usr = cstr("/usr/bin");
-            if unsafe { libc::statvfs(usr.as_ptr(), &mut st) } == 0 {
-                println!("usr nosuid {}", st.f_flag & libc::ST_NOSUID != 0);
+            // The mount the loader (argument 1) is on: the jail's own binds.
+            let loader = cstr(&arg(1));
+            if unsafe { libc::statvfs(loader.as_ptr(), &mut st) } == 0 {
+                println!("loader nosuid {}", st.f_flag & libc::ST_NOSUID != 0);
             }
         }
         // S14: inherited descriptors and environment.
@@ -378,6 +381,102 @@ fn main() {
                 .unwrap_or_default();
             root.sort();
             println!("root {}", root.join(","));
+        }
+        // How the filter answers: a call it does not know (lsm_list_modules, 461, which
+        // the kernel has since 6.8), one it denies (unshare of nothing), one it allows.
+        "answers" => {
+            // SAFETY: raw system calls with null or constant arguments; failures are reported.
+            report("lsm_list_modules", syscall_result(unsafe { libc::syscall(461, 0, 0, 0) }));
+            report("unshare nothing", syscall_result(unsafe { libc::syscall(libc::SYS_unshare, 0) }));
+            report("getpid", syscall_result(unsafe { libc::syscall(libc::SYS_getpid) }));
+        }
+        // What a started copy says.
+        "say" => println!("{}", args[1..].join(" ")),
+        // Starting another program by every route there is: `spawn PROGRAM ARGS...` tries
+        // execve of the path, execveat of the path (with AT_EMPTY_PATH, which a path
+        // ignores), and the ELF interpreter (`loader LOADER`) run through every descriptor
+        // number 3..=64, as the jail starts the tool. Each route that starts the program
+        // prints its output; each that fails says why.
+        "spawn" => {
+            let program = arg(1);
+            let argv_s: Vec<CString> = args[1..].iter().map(|a| cstr(a)).collect();
+            let argv: Vec<*const libc::c_char> =
+                argv_s.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+            let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+            let path = cstr(&program);
+            // SAFETY: argv and envp are NULL-terminated arrays of valid strings; on success
+            // the call does not return.
+            let rc = unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            report("execve", syscall_result(rc as libc::c_long));
+            // SAFETY: as above.
+            let rc = unsafe {
+                libc::syscall(libc::SYS_execveat, libc::AT_FDCWD, path.as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH)
+            };
+            report("execveat path", syscall_result(rc));
+            // The same through every descriptor number a filter might let through (a path
+            // that is absolute ignores the descriptor).
+            let mut errors = std::collections::BTreeSet::new();
+            for n in 3..=64 {
+                // SAFETY: as above.
+                let rc = unsafe {
+                    libc::syscall(libc::SYS_execveat, n, path.as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH)
+                };
+                if let Err(e) = syscall_result(rc) {
+                    errors.insert(e.raw_os_error().map(errno_name).unwrap_or_default());
+                }
+            }
+            println!("denied execveat path by any descriptor: {}", errors.into_iter().collect::<Vec<_>>().join(","));
+        }
+        // Everything in the root but /proc and /dev: `file PATH`, `link PATH`, `dir PATH`.
+        "tree" => {
+            fn walk(dir: &std::path::Path) {
+                let Ok(rd) = std::fs::read_dir(dir) else { return };
+                let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+                entries.sort();
+                for p in entries {
+                    if p == std::path::Path::new("/proc") || p == std::path::Path::new("/dev") {
+                        continue;
+                    }
+                    match std::fs::symlink_metadata(&p) {
+                        Ok(m) if m.file_type().is_symlink() => println!("link {}", p.display()),
+                        Ok(m) if m.is_dir() => {
+                            println!("dir {}", p.display());
+                            walk(&p);
+                        }
+                        Ok(_) => println!("file {}", p.display()),
+                        Err(e) => println!("error {}: {e}", p.display()),
+                    }
+                }
+            }
+            walk(std::path::Path::new("/"));
+        }
+        "loader" => {
+            // loader LOADER PROGRAM ARGS...: the loader asked to run PROGRAM.
+            let loader = cstr(&arg(1));
+            let argv_s: Vec<CString> = args[1..].iter().map(|a| cstr(a)).collect();
+            let argv: Vec<*const libc::c_char> =
+                argv_s.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+            let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+            // SAFETY: a valid, NUL-terminated path.
+            let fd = unsafe { libc::open(loader.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            if fd < 0 {
+                return report("open the loader", Err(last()));
+            }
+            let mut errors = std::collections::BTreeSet::new();
+            for n in 3..=64 {
+                // SAFETY: dup2 onto a descriptor number this program does not otherwise use.
+                if n != fd && unsafe { libc::dup2(fd, n) } < 0 {
+                    continue;
+                }
+                // SAFETY: as for execve above.
+                let rc = unsafe {
+                    libc::syscall(libc::SYS_execveat, n, c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH)
+                };
+                if let Err(e) = syscall_result(rc) {
+                    errors.insert(e.raw_os_error().map(errno_name).unwrap_or_default());
+                }
+            }
+            println!("denied loader: {}", errors.into_iter().collect::<Vec<_>>().join(","));
         }
         other => {
             eprintln!("agenix-attack: unknown attack {other:?}");

@@ -65,7 +65,10 @@ fn cgroup_mounts() -> Vec<(String, String, PathBuf)> {
 }
 
 fn writable_dir(dir: &Path) -> bool {
-    let probe = dir.join(format!("agenix-probe-{}", std::process::id()));
+    // Unique within the process too: several hosts may probe at once.
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = dir.join(format!("agenix-probe-{}-{n}", std::process::id()));
     let made = fs::create_dir(&probe).is_ok();
     if made {
         let _ = fs::remove_dir(&probe);
@@ -117,6 +120,14 @@ pub(crate) fn detect() -> Result<(Cgroups, String), String> {
 }
 
 impl Cgroups {
+    /// "cgroup v2" or "cgroup v1".
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::V2(_) => "cgroup v2",
+            Self::V1 { .. } => "cgroup v1",
+        }
+    }
+
     /// Makes the cgroup(s) for one task, with its memory and process limits.
     pub(crate) fn create(&self, name: &str, limits: &Limits) -> std::io::Result<TaskCgroup> {
         let write = |dir: &Path, file: &str, value: String| fs::write(dir.join(file), value);

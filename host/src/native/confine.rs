@@ -1,36 +1,41 @@
-//! The tool's last confinements before exec: Landlock, capabilities, seccomp.
+//! The tool's last confinements before exec: Landlock and capabilities (seccomp is in
+//! `seccomp.rs`).
 
 #![allow(
     unsafe_code,
     reason = "capset and prctl have no safe wrappers; each block says why it is sound"
 )]
 
-use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use landlock::{
     ABI, Access, AccessFs, AccessNet, PathBeneath, PathFd, Ruleset, RulesetAttr,
     RulesetCreatedAttr, Scope,
 };
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
 
+use super::root::RootEntry;
 use super::spec::JailSpec;
 
 /// The newest Landlock ABI this code knows; older kernels get what they support.
 const LANDLOCK_ABI: ABI = ABI::V6;
+/// [`LANDLOCK_ABI`] as a number.
+pub(crate) const LANDLOCK_ABI_USED: i64 = 6;
 
 /// Restricts the file system to the jail's own directories, denies TCP bind and connect,
 /// and scopes abstract Unix sockets and signals to the sandbox (as far as the kernel's
 /// Landlock ABI reaches). Only the tool and its ELF `interpreter` may execute: nothing the
 /// tool could start (`sort --compress-program`, `find -exec`, a file it wrote) runs.
+///
+/// In the jail (`jailed`), everything in the root is the tool's to read (it holds nothing
+/// else), and /tmp and read-write mounts to write. Without namespaces (degraded mode) the
+/// root is the host's: the tool reads only what its jail would have held, and writes only
+/// its scratch directory.
 pub(super) fn landlock(
     spec: &JailSpec,
     tool: BorrowedFd<'_>,
     interpreter: Option<&Path>,
+    jailed: bool,
 ) -> Result<(), String> {
     let abi = LANDLOCK_ABI;
     let read = AccessFs::from_read(abi) & !AccessFs::Execute;
@@ -41,22 +46,27 @@ pub(super) fn landlock(
     ruleset = ruleset.handle_access(AccessNet::from_all(abi)).map_err(err)?;
     ruleset = ruleset.scope(Scope::from_all(abi)).map_err(err)?;
     let mut created = ruleset.create().map_err(err)?;
-    let mut rules: Vec<(String, landlock::BitFlags<AccessFs>)> = Vec::new();
-    // Listing the sandbox's own root shows only the directories made for it.
-    rules.push(("/".into(), AccessFs::ReadDir.into()));
-    for dir in ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc"] {
-        rules.push((dir.into(), read));
+    let mut rules: Vec<(PathBuf, landlock::BitFlags<AccessFs>)> = Vec::new();
+    if jailed {
+        rules.push(("/".into(), read));
+        rules.push(("/tmp".into(), write));
+        for m in &spec.mounts {
+            rules.push((m.guest.clone().into(), if m.writable { write } else { read }));
+        }
+    } else {
+        for entry in &spec.system {
+            if let RootEntry::Bind { path, .. } = entry {
+                rules.push((path.clone(), read));
+            }
+        }
+        rules.push(("/proc".into(), read));
+        rules.push((spec.root.clone(), write));
     }
-    rules.push(("/dev".into(), read));
     for dev in ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"] {
         rules.push((dev.into(), AccessFs::from_file(abi)));
     }
-    rules.push(("/tmp".into(), write));
-    for m in &spec.mounts {
-        rules.push((m.guest.clone(), if m.writable { write } else { read }));
-    }
     for (path, access) in rules {
-        // Directories that do not exist on this system (lib32, ...) have no rule.
+        // A path that does not exist (an unused mount point) has nothing to grant.
         let Ok(fd) = PathFd::new(&path) else { continue };
         created = created.add_rule(PathBeneath::new(fd, access)).map_err(err)?;
     }
@@ -139,189 +149,6 @@ pub(super) fn drop_capabilities() -> Result<(), String> {
         unsafe { libc::syscall(libc::SYS_capget, &mut header as *mut CapHeader, now.as_mut_ptr()) };
     if rc != 0 || now.iter().any(|d| d.effective != 0 || d.permitted != 0 || d.inheritable != 0) {
         return Err("capabilities remain after dropping them".into());
-    }
-    Ok(())
-}
-
-fn target_arch() -> Result<TargetArch, String> {
-    match std::env::consts::ARCH {
-        "x86_64" => Ok(TargetArch::x86_64),
-        "aarch64" => Ok(TargetArch::aarch64),
-        other => Err(format!("no seccomp filter for {other}")),
-    }
-}
-
-/// System calls the tool never gets: starting another program by path or from memory,
-/// debugging other processes, mounting, new namespaces, kernel keyrings, BPF, io_uring, perf, userfaultfd,
-/// modules, reboot and friends.
-const DENIED: &[libc::c_long] = &[
-    libc::SYS_execve,
-    libc::SYS_ptrace,
-    libc::SYS_process_vm_readv,
-    libc::SYS_process_vm_writev,
-    libc::SYS_process_madvise,
-    libc::SYS_pidfd_getfd,
-    libc::SYS_mount,
-    libc::SYS_umount2,
-    libc::SYS_pivot_root,
-    libc::SYS_chroot,
-    libc::SYS_move_mount,
-    libc::SYS_open_tree,
-    libc::SYS_fsopen,
-    libc::SYS_fsconfig,
-    libc::SYS_fsmount,
-    libc::SYS_fspick,
-    libc::SYS_mount_setattr,
-    libc::SYS_unshare,
-    libc::SYS_setns,
-    libc::SYS_bpf,
-    // Anonymous memory files: bytes the tool wrote, executable through their descriptor.
-    libc::SYS_memfd_create,
-    libc::SYS_keyctl,
-    libc::SYS_add_key,
-    libc::SYS_request_key,
-    libc::SYS_io_uring_setup,
-    libc::SYS_io_uring_enter,
-    libc::SYS_io_uring_register,
-    libc::SYS_perf_event_open,
-    libc::SYS_userfaultfd,
-    libc::SYS_kexec_load,
-    libc::SYS_kexec_file_load,
-    libc::SYS_init_module,
-    libc::SYS_finit_module,
-    libc::SYS_delete_module,
-    libc::SYS_reboot,
-    libc::SYS_swapon,
-    libc::SYS_swapoff,
-    libc::SYS_acct,
-    libc::SYS_quotactl,
-    libc::SYS_name_to_handle_at,
-    libc::SYS_open_by_handle_at,
-    libc::SYS_syslog,
-    libc::SYS_settimeofday,
-    libc::SYS_clock_settime,
-    libc::SYS_adjtimex,
-    libc::SYS_vhangup,
-];
-
-const NAMESPACE_FLAGS: &[u64] = &[
-    libc::CLONE_NEWUSER as u64,
-    libc::CLONE_NEWNS as u64,
-    libc::CLONE_NEWPID as u64,
-    libc::CLONE_NEWNET as u64,
-    libc::CLONE_NEWIPC as u64,
-    libc::CLONE_NEWUTS as u64,
-    libc::CLONE_NEWCGROUP as u64,
-    0x80, // CLONE_NEWTIME
-];
-
-fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, String> {
-    SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value).map_err(|e| e.to_string())
-}
-
-fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, String> {
-    SeccompRule::new(conditions).map_err(|e| e.to_string())
-}
-
-/// The two BPF programs: everything in [`DENIED`], `execveat` of a path, non-Unix sockets,
-/// namespace-creating clones and terminal-injection ioctls fail with EPERM; `clone3` (whose flags a filter
-/// cannot inspect) fails with ENOSYS so libc falls back to `clone`.
-pub(super) fn filters() -> Result<[BpfProgram; 2], String> {
-    let arch = target_arch()?;
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for &nr in DENIED {
-        rules.insert(nr, vec![]);
-    }
-    // socket(domain, ...) and socketpair(domain, ...): only AF_UNIX.
-    for nr in [libc::SYS_socket, libc::SYS_socketpair] {
-        rules.insert(nr, vec![rule(vec![cond(0, SeccompCmpOp::Ne, libc::AF_UNIX as u64)?])?]);
-    }
-    // ioctl(fd, request, ...): no TIOCSTI or TIOCLINUX, whatever the upper bits say.
-    let mut ioctl = vec![];
-    for req in [libc::TIOCSTI, libc::TIOCLINUX] {
-        ioctl.push(rule(vec![cond(1, SeccompCmpOp::MaskedEq(0xffff_ffff), req)?])?);
-    }
-    rules.insert(libc::SYS_ioctl, ioctl);
-    // clone(flags, ...): no new namespaces.
-    let mut clone = vec![];
-    for &flag in NAMESPACE_FLAGS {
-        clone.push(rule(vec![cond(0, SeccompCmpOp::MaskedEq(flag), flag)?])?);
-    }
-    rules.insert(libc::SYS_clone, clone);
-    // execveat(dirfd, path, argv, envp, flags): only of an open descriptor, as the jail starts
-    // the tool. With execve denied, launchers (xargs, find -exec, sort --compress-program,
-    // the dynamic loader run as a program) start nothing.
-    let empty_path = libc::AT_EMPTY_PATH as u64;
-    rules.insert(
-        libc::SYS_execveat,
-        vec![rule(vec![cond(4, SeccompCmpOp::MaskedEq(empty_path), 0)?])?],
-    );
-    let deny = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        arch,
-    )
-    .map_err(|e| e.to_string())?;
-    let mut clone3 = BTreeMap::new();
-    clone3.insert(libc::SYS_clone3, vec![]);
-    let nosys = SeccompFilter::new(
-        clone3,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        arch,
-    )
-    .map_err(|e| e.to_string())?;
-    let deny: BpfProgram = deny.try_into().map_err(|e: seccompiler::BackendError| e.to_string())?;
-    let nosys: BpfProgram =
-        nosys.try_into().map_err(|e: seccompiler::BackendError| e.to_string())?;
-    Ok([deny, nosys])
-}
-
-/// The first filter: a system call made for another architecture than this build's (i386
-/// on x86_64), or through the x32 ABI (numbers with bit 30 set, under the x86_64 audit
-/// architecture), kills the process. The rule filters are keyed by this architecture's
-/// numbers, so a call made any other way would slip past them. (seccompiler checks the
-/// architecture but not the x32 bit, hence these seven instructions.)
-fn abi_guard() -> Result<BpfProgram, String> {
-    const ARCH_OFFSET: u32 = 4; // seccomp_data.arch
-    const NR_OFFSET: u32 = 0; // seccomp_data.nr
-    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-    const RET_KILL_PROCESS: u32 = 0x8000_0000;
-    const RET_ALLOW: u32 = 0x7fff_0000;
-    let audit_arch: u32 = match std::env::consts::ARCH {
-        "x86_64" => 0xc000_003e,  // AUDIT_ARCH_X86_64
-        "aarch64" => 0xc000_00b7, // AUDIT_ARCH_AARCH64
-        other => return Err(format!("no seccomp filter for {other}")),
-    };
-    let op = |code: u32, k: u32, jt: u8, jf: u8| seccompiler::sock_filter {
-        code: u16::try_from(code).unwrap_or(0),
-        jt,
-        jf,
-        k,
-    };
-    let (ld, jeq, jge, ret) = (
-        libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
-        libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
-        libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K,
-        libc::BPF_RET | libc::BPF_K,
-    );
-    Ok(vec![
-        op(ld, ARCH_OFFSET, 0, 0),
-        op(jeq, audit_arch, 1, 0),
-        op(ret, RET_KILL_PROCESS, 0, 0),
-        op(ld, NR_OFFSET, 0, 0),
-        op(jge, X32_SYSCALL_BIT, 0, 1),
-        op(ret, RET_KILL_PROCESS, 0, 0),
-        op(ret, RET_ALLOW, 0, 0),
-    ])
-}
-
-/// Installs the filters on this process (no_new_privs must already be set).
-pub(super) fn seccomp() -> Result<(), String> {
-    seccompiler::apply_filter(&abi_guard()?).map_err(|e| format!("seccomp: {e}"))?;
-    for program in filters()? {
-        seccompiler::apply_filter(&program).map_err(|e| format!("seccomp: {e}"))?;
     }
     Ok(())
 }

@@ -39,6 +39,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, chdir, pipe2, pivot_root, sethostname, setsid};
 
+use super::root::RootEntry;
 use super::spec::{Ended, JailReport, JailSpec, read_frame, write_frame};
 
 /// The hidden first argument that turns our binary into the jail helper.
@@ -60,6 +61,7 @@ pub fn run_if_helper() {
     let mode = args.next();
     let code = match mode.as_ref().and_then(|m| m.to_str()) {
         Some("probe") => probe_main(),
+        Some("zygote") => super::zygote::zygote_main(),
         _ => helper_main(),
     };
     std::process::exit(code)
@@ -74,10 +76,13 @@ fn control() -> UnixStream {
     ctl
 }
 
-fn helper_main() -> i32 {
+/// P: reads the spec on fd 3, runs the jail, answers on fd 3. The worker's end of fd 3
+/// closing (or shut for writing) at any time after the spec means stop: the sandbox is
+/// killed.
+pub(super) fn helper_main() -> i32 {
     let mut ctl = control();
     let report = match read_frame::<JailSpec>(&mut ctl) {
-        Ok(spec) => run_jail(&spec),
+        Ok(spec) => run_jail(&spec, &ctl),
         Err(e) => JailReport::Failed { reason: format!("cannot read the jail spec: {e}") },
     };
     match write_frame(&mut ctl, &report) {
@@ -94,6 +99,8 @@ struct Prepared<'a> {
     interpreter: Option<PathBuf>,
     argv: Vec<CString>,
     envp: Vec<CString>,
+    /// The system call filters, compiled once here (they name the tool's descriptor).
+    filters: Vec<seccompiler::BpfProgram>,
 }
 
 fn cstring(s: &str, what: &str) -> Result<CString, String> {
@@ -139,7 +146,12 @@ fn prepare(spec: &JailSpec) -> Result<Prepared<'_>, String> {
         .iter()
         .map(|(k, v)| cstring(&format!("{k}={v}"), "the environment"))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Prepared { spec, tool, interpreter, argv, envp })
+    let filters = if spec.features.seccomp {
+        super::seccomp::filters(Some(tool.as_raw_fd()))?
+    } else {
+        Vec::new()
+    };
+    Ok(Prepared { spec, tool, interpreter, argv, envp, filters })
 }
 
 /// The interpreter (`PT_INTERP`) an ELF executable names, if it names one; `None` for
@@ -171,14 +183,14 @@ fn elf_interpreter(tool: &File) -> Result<Option<PathBuf>, String> {
     found.map_err(|e| format!("not a valid ELF file: {e}"))
 }
 
-fn run_jail(spec: &JailSpec) -> JailReport {
-    match run_jail_inner(spec) {
+fn run_jail(spec: &JailSpec, ctl: &UnixStream) -> JailReport {
+    match run_jail_inner(spec, ctl) {
         Ok(r) => r,
         Err(reason) => JailReport::Failed { reason },
     }
 }
 
-fn run_jail_inner(spec: &JailSpec) -> Result<JailReport, String> {
+fn run_jail_inner(spec: &JailSpec, ctl: &UnixStream) -> Result<JailReport, String> {
     let p = prepare(spec)?;
     if nix::unistd::geteuid().is_root() {
         // A root worker's supplementary groups must not follow the tool into the sandbox
@@ -186,7 +198,7 @@ fn run_jail_inner(spec: &JailSpec) -> Result<JailReport, String> {
         nix::unistd::setgroups(&[]).map_err(errno("setgroups"))?;
     }
     if !spec.features.namespaces {
-        return run_degraded(&p);
+        return run_degraded(&p, ctl);
     }
     let (ready_r, ready_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
@@ -221,12 +233,54 @@ fn run_jail_inner(spec: &JailSpec) -> Result<JailReport, String> {
     // if this process dies.
     let _ = nix::unistd::write(&ready_w, b"1");
 
-    let mut status = Vec::new();
-    let _ = File::from(status_r).read_to_end(&mut status);
+    let status = read_until_stopped(File::from(status_r), ctl);
+    let Some(status) = status else {
+        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        return Err(STOPPED.into());
+    };
     let _ = waitpid(child, None);
     drop(ready_w);
     read_frame::<JailReport>(&mut status.as_slice())
         .map_err(|_| "the sandbox's init ended without a report".to_string())
+}
+
+/// Why P stopped the sandbox itself.
+const STOPPED: &str = "stopped by the worker";
+
+/// Whether the worker has said stop: anything readable on the control socket after the
+/// spec (the worker writes nothing more) is its end closing or shut.
+fn stop_requested(ctl: &UnixStream) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(ctl.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
+/// Reads `status` to its end, unless the worker says stop first (`None`).
+fn read_until_stopped(mut status: File, ctl: &UnixStream) -> Option<Vec<u8>> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut fds = [
+            PollFd::new(status.as_fd(), PollFlags::POLLIN),
+            PollFd::new(ctl.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None,
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            return None;
+        }
+        match status.read(&mut buf) {
+            Ok(0) => return Some(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Some(out),
+        }
+    }
 }
 
 /// Writes C's uid and gid maps: the tool's id inside maps to this user, or to `nobody`
@@ -281,9 +335,38 @@ fn init_inner(p: &Prepared<'_>, ready: &OwnedFd) -> Result<JailReport, String> {
             .map_err(|e| format!("cgroup namespace: {e}"))?;
     }
     build_root(p)?;
+    hide_command_line();
     // Our own /proc entries (environment, exe, memory) are not the tool's to read.
     nix::sys::prctl::set_dumpable(false).map_err(|e| format!("prctl: {e}"))?;
-    run_tool(p, true)
+    run_tool(p, true, None)
+}
+
+/// What the sandbox's init is called, in /proc/1/cmdline and /proc/1/comm: not the
+/// worker's binary, whose host path the tool has no business knowing.
+const INIT_NAME: &[u8] = b"agenix-init";
+
+/// Overwrites this process's command line (the strings its argv pointed to when the
+/// helper was started, which name the worker binary's host path) with [`INIT_NAME`], and
+/// renames it. Best effort: the command line is only information, not access.
+fn hide_command_line() {
+    let _ = nix::sys::prctl::set_name(c"agenix-init");
+    let Ok(stat) = fs::read_to_string("/proc/self/stat") else { return };
+    // Fields after the parenthesised name start at field 3; arg_start and arg_end are 48
+    // and 49 (proc_pid_stat(5)).
+    let Some((_, rest)) = stat.rsplit_once(')') else { return };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<usize>().ok());
+    let (Some(start), Some(end)) = (field(48), field(49)) else { return };
+    let Some(len) = end.checked_sub(start).filter(|l| *l > INIT_NAME.len()) else { return };
+    // SAFETY: [start, end) is this process's own argument area, on its initial stack,
+    // mapped writable for as long as the process lives (the kernel reports it from the
+    // memory map it made at exec). Only the kernel's /proc reader and std's saved argv
+    // pointers refer to it, and this process reads its arguments no more.
+    unsafe {
+        let area = start as *mut u8;
+        std::ptr::write_bytes(area, 0, len);
+        std::ptr::copy_nonoverlapping(INIT_NAME.as_ptr(), area, INIT_NAME.len());
+    }
 }
 
 /// Whether the other end of `ready` (held by P until C ends) has closed.
@@ -335,6 +418,38 @@ fn mkdir(path: &Path) -> Result<(), String> {
     fs::create_dir_all(path).map_err(|e| format!("mkdir {}: {e}", path.display()))
 }
 
+/// Where the host path `path` is inside `root`.
+fn inside(root: &Path, path: &Path) -> Result<PathBuf, String> {
+    let rel = path
+        .strip_prefix("/")
+        .map_err(|_| format!("{} is not an absolute path", path.display()))?;
+    Ok(root.join(rel))
+}
+
+/// Makes the directory `dir` (under `root`) and its parents, never following a symbolic
+/// link: links in the new root point at host paths until the pivot, and a directory made
+/// through one would be made on the host.
+fn mkdir_in(root: &Path, dir: &Path) -> Result<(), String> {
+    let rel = dir
+        .strip_prefix(root)
+        .map_err(|_| format!("{} is outside the jail's root", dir.display()))?;
+    let mut at = root.to_path_buf();
+    for c in rel.components() {
+        at.push(c);
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(format!(
+                    "/{} is a link or a file in the jail; nothing can be mounted beneath it",
+                    rel.display()
+                ));
+            }
+            Err(_) => fs::create_dir(&at).map_err(|e| format!("mkdir {}: {e}", at.display()))?,
+        }
+    }
+    Ok(())
+}
+
 fn touch(path: &Path) -> Result<(), String> {
     File::create(path).map(drop).map_err(|e| format!("create {}: {e}", path.display()))
 }
@@ -354,39 +469,38 @@ fn build_root(p: &Prepared<'_>) -> Result<(), String> {
     tmpfs(root, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "size=16m,nr_inodes=4096,mode=0755")?;
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
 
-    // The system: read-only binds of what tools are made of, symlinks kept as symlinks
-    // (merged-/usr systems link /bin to usr/bin).
-    for name in ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
-        let host = Path::new("/").join(name);
-        let inside = root.join(name);
-        match fs::symlink_metadata(&host) {
-            Ok(m) if m.file_type().is_symlink() => {
-                let target = fs::read_link(&host)
-                    .map_err(|e| format!("readlink {}: {e}", host.display()))?;
-                symlink(&target, &inside)
-                    .map_err(|e| format!("symlink {}: {e}", inside.display()))?;
+    // The system, file by file: the tool, its loader, its libraries, its data (see
+    // `root.rs`). Links as on the host; files and directories bound read-only, data
+    // never executable. Nothing else of /usr exists here.
+    for entry in &spec.system {
+        match entry {
+            RootEntry::Link { path, target } => {
+                let inside = inside(root, path)?;
+                if let Some(parent) = inside.parent() {
+                    mkdir_in(root, parent)?;
+                }
+                symlink(target, &inside).map_err(|e| format!("symlink {}: {e}", path.display()))?;
             }
-            Ok(m) if m.is_dir() => {
-                mkdir(&inside)?;
-                bind(&host, &inside, ro)?;
+            RootEntry::Bind { path, exec } => {
+                let inside = inside(root, path)?;
+                let is_dir =
+                    fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.is_dir();
+                if is_dir {
+                    mkdir_in(root, &inside)?;
+                } else if fs::symlink_metadata(&inside).is_err() {
+                    if let Some(parent) = inside.parent() {
+                        mkdir_in(root, parent)?;
+                    }
+                    touch(&inside)?;
+                }
+                let extra = if *exec { ro } else { ro | MsFlags::MS_NOEXEC };
+                bind(path, &inside, extra)?;
             }
-            _ => {}
         }
     }
-    // Loader configuration and an identity; nothing else of /etc.
+    // An identity, and nothing else of /etc but what the entries above bound.
     let etc = root.join("etc");
-    mkdir(&etc)?;
-    for file in ["ld.so.cache", "ld.so.conf", "localtime"] {
-        let host = Path::new("/etc").join(file);
-        if host.is_file() {
-            touch(&etc.join(file))?;
-            bind(&host, &etc.join(file), ro)?;
-        }
-    }
-    if Path::new("/etc/ld.so.conf.d").is_dir() {
-        mkdir(&etc.join("ld.so.conf.d"))?;
-        bind(Path::new("/etc/ld.so.conf.d"), &etc.join("ld.so.conf.d"), ro)?;
-    }
+    mkdir_in(root, &etc)?;
     let write = |name: &str, text: &str| {
         fs::write(etc.join(name), text).map_err(|e| format!("write /etc/{name}: {e}"))
     };
@@ -445,7 +559,7 @@ fn build_root(p: &Prepared<'_>) -> Result<(), String> {
         )
         .map_err(|e| format!("mount {}: cannot open {}: {e}", m.guest, m.host.display()))?;
         let inside = root.join(m.guest.trim_start_matches('/'));
-        mkdir(&inside)?;
+        mkdir_in(root, &inside)?;
         let src = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
         // Data, never programs: nothing in a mount can be executed (nor loaded by ld.so).
         let mut extra = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -473,7 +587,11 @@ fn build_root(p: &Prepared<'_>) -> Result<(), String> {
 }
 
 /// Forks T, waits for it (reaping any orphans on the way), and reports how it ended.
-fn run_tool(p: &Prepared<'_>, jailed: bool) -> Result<JailReport, String> {
+fn run_tool(
+    p: &Prepared<'_>,
+    jailed: bool,
+    stop: Option<&UnixStream>,
+) -> Result<JailReport, String> {
     let sample_vm = p.spec.rlimit_as.is_some();
     // SIGCHLD is blocked so it can be waited for with a timeout (to sample memory).
     let mut chld = SigSet::empty();
@@ -509,13 +627,20 @@ fn run_tool(p: &Prepared<'_>, jailed: bool) -> Result<JailReport, String> {
                 break Ended::Signaled(sig as i32);
             }
             Ok(WaitStatus::StillAlive) => {
+                if stop.is_some_and(stop_requested) {
+                    // The tool leads its own session: its process group goes with it.
+                    let _ = nix::sys::signal::killpg(tool, Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(tool, Signal::SIGKILL);
+                    let _ = waitpid(tool, None);
+                    return Err(STOPPED.into());
+                }
                 if sample_vm {
                     vm_peak = vm_peak.max(read_vm_peak(&status_path));
                 }
-                wait_for_child_signal(if sample_vm {
-                    Duration::from_millis(2)
-                } else {
-                    Duration::from_secs(1)
+                wait_for_child_signal(match (sample_vm, stop) {
+                    (true, _) => Duration::from_millis(2),
+                    (false, Some(_)) => Duration::from_millis(50),
+                    (false, None) => Duration::from_secs(1),
                 });
             }
             Ok(_) => {}
@@ -576,13 +701,11 @@ fn exec_tool_inner(p: &Prepared<'_>, jailed: bool) -> Result<std::convert::Infal
         return Err(format!("close_range: {}", std::io::Error::last_os_error()));
     }
     if spec.features.landlock {
-        super::confine::landlock(spec, p.tool.as_fd(), p.interpreter.as_deref())?;
+        super::confine::landlock(spec, p.tool.as_fd(), p.interpreter.as_deref(), jailed)?;
     }
     super::confine::drop_capabilities()?;
     nix::sys::prctl::set_no_new_privs().map_err(errno("no_new_privs"))?;
-    if spec.features.seccomp {
-        super::confine::seccomp()?;
-    }
+    super::seccomp::install(&p.filters)?;
     let e = nix::unistd::execveat(p.tool.as_fd(), c"", &p.argv, &p.envp, AtFlags::AT_EMPTY_PATH)
         .unwrap_err();
     Err(format!("cannot execute {}: {e}", spec.tool.display()))
@@ -610,8 +733,8 @@ fn set_rlimits(spec: &JailSpec) -> Result<(), String> {
 
 /// Degraded mode without namespaces: the operator accepted a weaker sandbox. The tool gets
 /// rlimits, closed descriptors, and whatever of Landlock and seccomp the kernel has.
-fn run_degraded(p: &Prepared<'_>) -> Result<JailReport, String> {
-    run_tool(p, false)
+fn run_degraded(p: &Prepared<'_>, ctl: &UnixStream) -> Result<JailReport, String> {
+    run_tool(p, false, Some(ctl))
 }
 
 /// The probe: tries each kernel feature the jail uses, in a fresh single-threaded process,

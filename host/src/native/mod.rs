@@ -14,7 +14,10 @@ mod cgroup;
 mod confine;
 pub mod jail;
 pub mod probe;
+mod root;
+mod seccomp;
 mod spec;
+mod zygote;
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
@@ -26,11 +29,12 @@ use std::time::{Duration, Instant};
 
 use agenix_proto::{Access, Digest, Limits, Outcome, ToolName};
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use self::cgroup::Cgroups;
 use self::probe::{Probe, names};
+pub use self::root::SystemFiles;
 use self::spec::{Ended, Features, JailReport, JailSpec, SpecMount, read_frame, write_frame};
 use crate::output::CappedPipe;
 use crate::task::{Finished, HostError, NativeTask};
@@ -45,19 +49,85 @@ pub const NEVER_ALLOWED: &[&str] = &[
     "env", "sudo", "su",
 ];
 
+/// Environment variables every tool may be given by a plan: the locale and the time zone.
+/// A tool entry adds names of its own ([`ToolEntry::env`]); any other is refused.
+pub const BASE_ENV: &[&str] = &["LANG", "LC_*", "TZ"];
+
 /// One allowlisted tool.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ToolEntry {
     /// Its absolute path.
     pub path: PathBuf,
     /// Its pinned sha256, checked on every run.
     pub sha256: Option<Digest>,
+    /// Files and directories of data it reads (a locale, a dictionary), bound read-only and
+    /// never executable into its jail beside its libraries.
+    pub data: Vec<PathBuf>,
+    /// Environment variables a plan may set for it, beyond [`BASE_ENV`].
+    pub env: Vec<String>,
+}
+
+impl ToolEntry {
+    /// The binary at `path`, unpinned, with no data and no variables of its own.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), ..Self::default() }
+    }
+
+    /// Whether a plan may set `name` for this tool: [`BASE_ENV`] or the entry's own names.
+    pub fn allows_env(&self, name: &str) -> bool {
+        let matches = |pattern: &str| match pattern.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == pattern,
+        };
+        agenix_proto::plan::check_env_name(name).is_ok()
+            && BASE_ENV.iter().copied().chain(self.env.iter().map(String::as_str)).any(matches)
+    }
+}
+
+/// What a native task asks that this host cannot give.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unfit {
+    /// The tool is not allowlisted, or the jail is not ready.
+    #[error("{0}")]
+    Tool(String),
+    /// A variable the tool's entry does not allow.
+    #[error("{0}")]
+    Env(String),
+    /// Directories, where the jail cannot place them.
+    #[error("{0}")]
+    Mounts(String),
+    /// Limits this host cannot bound.
+    #[error("{0}")]
+    Limits(String),
+}
+
+/// Without a memory cgroup, the RAM of the jail's /tmp (a tmpfs of `file_bytes`) comes out
+/// of the task's memory: RLIMIT_AS gets what is left. Half of the memory at most, so a tool
+/// keeps room to run; past that the bound cannot be kept and the task is refused. Returns
+/// the address-space limit.
+fn scratch_without_cgroup(limits: &Limits) -> Result<u64, String> {
+    if limits.file_bytes > limits.memory_bytes / 2 {
+        return Err(format!(
+            "without a memory cgroup this worker's /tmp comes out of the task's memory, and \
+             file_bytes {} is over half of memory_bytes {}",
+            limits.file_bytes, limits.memory_bytes
+        ));
+    }
+    Ok(limits.memory_bytes - limits.file_bytes)
+}
+
+/// An allowed tool and what its jail holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Allowed {
+    entry: ToolEntry,
+    system: Arc<SystemFiles>,
 }
 
 /// The tools this worker runs natively: name → binary.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Allowlist {
-    tools: BTreeMap<ToolName, ToolEntry>,
+    tools: BTreeMap<ToolName, Allowed>,
 }
 
 /// Why an allowlist entry was refused.
@@ -88,6 +158,24 @@ pub enum AllowlistError {
         /// Its path.
         path: PathBuf,
         /// What it is instead.
+        why: String,
+    },
+    /// Its libraries or data files could not be found.
+    #[error("tool \"{name}\": {why}")]
+    Files {
+        /// The tool.
+        name: ToolName,
+        /// Why.
+        why: String,
+    },
+    /// An environment variable name a plan may never set.
+    #[error("tool \"{name}\": env {var:?}: {why}")]
+    Env {
+        /// The tool.
+        name: ToolName,
+        /// The variable.
+        var: String,
+        /// Why.
         why: String,
     },
 }
@@ -135,13 +223,26 @@ impl Allowlist {
                 });
             }
         }
-        self.tools.insert(name, entry);
+        for var in &entry.env {
+            let pattern = var.strip_suffix('*').unwrap_or(var);
+            if let Err(why) = agenix_proto::plan::check_env_name(pattern) {
+                return Err(AllowlistError::Env { name, var: var.clone(), why: why.into() });
+            }
+        }
+        let system = SystemFiles::of_tool(&entry.path, &entry.data)
+            .map_err(|why| AllowlistError::Files { name: name.clone(), why })?;
+        self.tools.insert(name, Allowed { entry, system: Arc::new(system) });
         Ok(())
     }
 
     /// The entry for `name`.
     pub fn get(&self, name: &ToolName) -> Option<&ToolEntry> {
-        self.tools.get(name)
+        self.tools.get(name).map(|a| &a.entry)
+    }
+
+    /// What `name`'s jail holds of the host.
+    pub fn system_files(&self, name: &ToolName) -> Option<&SystemFiles> {
+        self.tools.get(name).map(|a| a.system.as_ref())
     }
 
     /// Every allowed tool name.
@@ -188,7 +289,9 @@ pub struct NativeHost {
     config: NativeConfig,
     probe: Probe,
     cgroups: Option<Cgroups>,
-    counter: AtomicU64,
+    /// The long-lived helper that forks one per task; `None` where it cannot start (each
+    /// task then executes the helper itself).
+    zygote: std::sync::Mutex<Option<zygote::Zygote>>,
 }
 
 impl NativeHost {
@@ -227,7 +330,7 @@ impl NativeHost {
             names::MEMORY_CGROUP,
             detail.clone(),
             false,
-            "an exact memory limit with out-of-memory kills reported as MemoryExceeded; without it RLIMIT_AS caps the address space",
+            "an exact memory limit, /tmp's pages included, with out-of-memory kills reported as MemoryExceeded; without it RLIMIT_AS caps the address space and /tmp's size comes out of the memory limit (file_bytes at most half of memory_bytes)",
         );
         probe.push(
             names::PIDS_CGROUP,
@@ -241,7 +344,16 @@ impl NativeHost {
                 check.detail = "disabled by configuration".into();
             }
         }
-        let mut host = Self { config, probe, cgroups, counter: AtomicU64::new(0) };
+        // One helper process for the worker's life, forking one per task; where it cannot
+        // start, each task executes the helper.
+        let zygote = if probe.ready() || config.danger_degraded {
+            zygote::Zygote::start(&config.helper)
+                .map_err(|e| tracing::warn!(error = %e, "cannot start the jail zygote"))
+                .ok()
+        } else {
+            None
+        };
+        let mut host = Self { config, probe, cgroups, zygote: std::sync::Mutex::new(zygote) };
         // The whole jail, once, with /bin/true: the truth behind the individual checks.
         let e2e = if host.probe.ready() {
             host.end_to_end().await
@@ -261,7 +373,8 @@ impl NativeHost {
         let truth =
             ["/usr/bin/true", "/bin/true"].into_iter().map(PathBuf::from).find(|p| p.is_file());
         let Some(path) = truth else { return Err("no /usr/bin/true to run".into()) };
-        let entry = ToolEntry { path, sha256: None };
+        let system = SystemFiles::of_tool(&path, &[])?;
+        let entry = ToolEntry::new(path);
         let task = NativeTask {
             program: "true".parse().map_err(|e| format!("{e}"))?,
             args: vec![],
@@ -270,7 +383,10 @@ impl NativeHost {
             grants: vec![],
             limits: Limits { timeout_ms: 10_000, ..Limits::DEFAULT },
         };
-        let run = self.run_entry(&entry, task, self.features()).await.map_err(|e| e.to_string())?;
+        let run = self
+            .run_entry(&entry, &system, task, self.features())
+            .await
+            .map_err(|e| e.to_string())?;
         match run.outcome {
             Outcome::Exited { code: 0 } => {
                 Ok(format!("/bin/true exited 0 in {} ms", run.wall.as_millis()))
@@ -282,6 +398,83 @@ impl NativeHost {
                 String::from_utf8_lossy(&run.stderr).trim()
             )),
         }
+    }
+
+    /// Each mechanism in force for native tasks on this host, and the fallback taken where
+    /// the preferred one is missing: (what, how), for `agw doctor` and the logs.
+    pub fn mechanisms(&self) -> Vec<(&'static str, String)> {
+        let f = self.features();
+        let mut m = vec![];
+        let zygote = self.zygote.lock().map(|z| z.is_some()).unwrap_or(false);
+        m.push((
+            "sandbox start",
+            if zygote {
+                "a zygote (this binary, started once) forks the jail helper for each task; it \
+                 clones the sandbox's namespaces and forks the tool"
+                    .to_string()
+            } else {
+                "the worker executes the jail helper (this binary) for each task (no zygote \
+                 here); it clones the sandbox's namespaces and forks the tool"
+                    .to_string()
+            },
+        ));
+        m.push((
+            "root",
+            if f.namespaces {
+                "built per task on a tmpfs: the tool's binary, ELF loader, libraries and data \
+                 bound read-only one by one (mount(2) bind and remount), the rest made there"
+                    .to_string()
+            } else {
+                "none (degraded): the host's, read only where the tool's files are (with \
+                 Landlock), directories refused"
+                    .to_string()
+            },
+        ));
+        m.push((
+            "system calls",
+            if f.seccomp {
+                format!(
+                    "allowlist of {} calls, anything else ENOSYS; {} dangerous ones EPERM; x32 and \
+                     foreign-architecture calls kill the tool",
+                    seccomp::allowed_count(),
+                    seccomp::denied_count()
+                )
+            } else {
+                "no filter (degraded)".to_string()
+            },
+        ));
+        m.push((
+            "file-system rules",
+            if f.landlock {
+                let kernel = confine::landlock_abi();
+                format!(
+                    "Landlock (kernel ABI {kernel}, rules up to ABI {})",
+                    kernel.min(confine::LANDLOCK_ABI_USED)
+                )
+            } else {
+                "none: the root alone holds what the tool may see".to_string()
+            },
+        ));
+        m.push((
+            "memory",
+            match &self.cgroups {
+                Some(c) => format!("{} memory limit, /tmp's pages charged to it", c.kind()),
+                None => "RLIMIT_AS, less /tmp, whose size comes out of the memory limit".into(),
+            },
+        ));
+        m.push((
+            "processes",
+            match &self.cgroups {
+                Some(c) => format!("{} pids limit", c.kind()),
+                None => "RLIMIT_NPROC inside the sandbox's user namespace".into(),
+            },
+        ));
+        m
+    }
+
+    /// The zygote's process id, while one runs (for operators and tests).
+    pub fn zygote_pid(&self) -> Option<u32> {
+        self.zygote.lock().ok()?.as_ref()?.pid()
     }
 
     /// What the probe found.
@@ -331,12 +524,13 @@ impl NativeHost {
     pub async fn run(&self, task: NativeTask) -> Result<Finished, HostError> {
         let started = Instant::now();
         let refuse = |reason: String| Ok(Finished::refused(reason, started.elapsed()));
-        let Some(entry) = self.config.allowlist.get(&task.program).cloned() else {
+        let env = task.env.iter().map(|(k, _)| k.as_str());
+        if let Err(unfit) = self.fits(&task.program, env, !task.grants.is_empty(), &task.limits) {
+            return refuse(unfit.to_string());
+        }
+        let Some(allowed) = self.config.allowlist.tools.get(&task.program).cloned() else {
             return refuse(format!("tool \"{}\" is not in this worker's allowlist", task.program));
         };
-        if let Some(reason) = self.refusal() {
-            return refuse(reason);
-        }
         if !self.probe.ready() {
             let missing: Vec<&str> = self.probe.missing().iter().map(|c| c.name.as_str()).collect();
             tracing::warn!(tool = %task.program, missing = ?missing, "DEGRADED native sandbox: running without required isolation");
@@ -344,17 +538,62 @@ impl NativeHost {
         if let Err(reason) = task.check() {
             return refuse(reason);
         }
-        self.run_entry(&entry, task, self.features()).await
+        self.run_entry(&allowed.entry, &allowed.system, task, self.features()).await
+    }
+
+    /// Whether this host can run `tool` with variables named `env` (and directories, if
+    /// `mounts`): the tool allowlisted, the jail ready, every variable allowed for the tool
+    /// ([`BASE_ENV`] and its entry's own), and directories only where the jail has a mount
+    /// namespace to put them in (degraded mode without one has no guest paths to map them
+    /// to, and never widens access instead). A worker asks this before taking a job: a
+    /// refusal is its own lack, not the plan's fault.
+    pub fn fits<'a>(
+        &self,
+        tool: &ToolName,
+        env: impl IntoIterator<Item = &'a str>,
+        mounts: bool,
+        limits: &Limits,
+    ) -> Result<(), Unfit> {
+        let Some(allowed) = self.config.allowlist.tools.get(tool) else {
+            return Err(Unfit::Tool(format!("tool \"{tool}\" is not in this worker's allowlist")));
+        };
+        if let Some(reason) = self.refusal() {
+            return Err(Unfit::Tool(reason));
+        }
+        let entry = &allowed.entry;
+        if let Some(name) = env.into_iter().find(|k| !entry.allows_env(k)) {
+            let mut names: Vec<&str> = BASE_ENV.to_vec();
+            names.extend(entry.env.iter().map(String::as_str));
+            return Err(Unfit::Env(format!(
+                "env {name}: this worker passes \"{tool}\" only {}",
+                names.join(", ")
+            )));
+        }
+        if self.cgroups.is_none() {
+            scratch_without_cgroup(limits).map_err(Unfit::Limits)?;
+        }
+        if mounts && !self.features().namespaces {
+            return Err(Unfit::Mounts(
+                "this worker runs tools without mount namespaces (degraded), so it cannot give \
+                 a task directories"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     async fn run_entry(
         &self,
         entry: &ToolEntry,
+        system: &SystemFiles,
         task: NativeTask,
         features: Features,
     ) -> Result<Finished, HostError> {
         let started = Instant::now();
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        // One sequence for the whole process: several hosts in one process (agx, tests)
+        // must never name two sandboxes' cgroups alike.
+        static TASKS: AtomicU64 = AtomicU64::new(0);
+        let n = TASKS.fetch_add(1, Ordering::Relaxed);
         let name = format!("agenix-{}-{n}", std::process::id());
         let dir =
             tempfile::Builder::new().prefix("jail-").tempdir_in(&self.config.scratch_dir).map_err(
@@ -367,19 +606,36 @@ impl NativeHost {
         })?;
 
         let limits = task.limits;
+        let mut cg_failed = None;
         let cg = match &self.cgroups {
             Some(c) => match c.create(&name, &limits) {
                 Ok(cg) => Some(cg),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot create a task cgroup; using rlimits");
+                    cg_failed = Some(e.to_string());
                     None
                 }
             },
             None => None,
         };
-        let mut env: Vec<(String, String)> =
-            FIXED_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        env.extend(task.env.iter().filter(|(k, _)| k != "PATH" && k != "LANG").cloned());
+        let rlimit_as = match (&cg, scratch_without_cgroup(&limits)) {
+            (Some(_), _) => None,
+            (None, Ok(address_space)) => Some(address_space),
+            (None, Err(reason)) => {
+                let reason = match cg_failed {
+                    Some(e) => format!("cannot create the task's cgroup ({e}), and {reason}"),
+                    None => reason,
+                };
+                return Ok(Finished::refused(reason, started.elapsed()));
+            }
+        };
+        // The fixed variables, unless the plan sets one (PATH it never may).
+        let mut env: Vec<(String, String)> = FIXED_ENV
+            .iter()
+            .filter(|(k, _)| !task.env.iter().any(|(n, _)| n == k))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.extend(task.env.iter().filter(|(k, _)| k != "PATH").cloned());
         let spec = JailSpec {
             tool: entry.path.clone(),
             tool_sha256: entry.sha256.map(|d| *d.as_bytes()),
@@ -395,9 +651,10 @@ impl NativeHost {
                     writable: g.access == Access::ReadWrite,
                 })
                 .collect(),
+            system: system.entries.clone(),
             root,
             tmp_bytes: limits.file_bytes,
-            rlimit_as: cg.is_none().then_some(limits.memory_bytes),
+            rlimit_as,
             rlimit_nproc: cg.is_none().then_some(limits.pids),
             rlimit_fsize: limits.file_bytes,
             rlimit_cpu: limits.timeout_ms.div_ceil(1000) + 1,
@@ -414,7 +671,8 @@ impl NativeHost {
         }
         drop(dir);
         let driven = result?;
-        let (outcome, peak) = classify(&driven, &limits, oom);
+        let memory = rlimit_as.unwrap_or(limits.memory_bytes);
+        let (outcome, peak) = classify(&driven, memory, oom);
         Ok(Finished {
             outcome,
             stdout: driven.stdout.contents(),
@@ -436,45 +694,142 @@ impl NativeHost {
             let what = what.to_string();
             move |source: std::io::Error| HostError::Io { what, source }
         };
-        let (mut child, ctl) =
-            spawn_helper(&self.config.helper, "run").map_err(io("cannot start the jail helper"))?;
-        let mut ctl = tokio::net::UnixStream::from_std(ctl).map_err(io("jail control socket"))?;
+        let mut l = self.launch().map_err(io("cannot start the jail helper"))?;
         let frame = frame_bytes(&spec).map_err(io("cannot encode the jail spec"))?;
-        ctl.write_all(&frame).await.map_err(io("cannot send the jail spec"))?;
+        l.ctl.write_all(&frame).await.map_err(io("cannot send the jail spec"))?;
 
         let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
         let (stdout, stderr) = (CappedPipe::new(cap), CappedPipe::new(cap));
         let overflow = Arc::new(Notify::new());
-        let stdin_pipe = child.stdin.take();
+        let mut stdin_pipe = l.stdin.take();
         let feed = async {
-            if let Some(mut w) = stdin_pipe {
+            if let Some(w) = &mut stdin_pipe {
                 // A tool that stops reading early is fine: ignore EPIPE.
                 let _ = w.write_all(&stdin).await;
             }
+            // End of input for the tool.
+            drop(stdin_pipe);
         };
-        let out_pipe = child.stdout.take();
-        let err_pipe = child.stderr.take();
-        let read_out = drain(out_pipe, &stdout, &overflow);
-        let read_err = drain(err_pipe, &stderr, &overflow);
+        let read_out = drain(l.stdout.take(), &stdout, &overflow);
+        let read_err = drain(l.stderr.take(), &stderr, &overflow);
+        let ctl = &mut l.ctl;
         let report = async {
             let mut buf = Vec::new();
             let _ = ctl.read_to_end(&mut buf).await;
             read_frame::<JailReport>(&mut buf.as_slice()).ok()
         };
-        let all = async { tokio::join!(feed, read_out, read_err, report, child.wait()) };
+        let child = &mut l.child;
+        let exited = async {
+            if let Some(c) = child {
+                let _ = c.wait().await;
+            }
+        };
+        let all = async { tokio::join!(feed, read_out, read_err, report, exited) };
         let deadline = tokio::time::sleep(Duration::from_millis(limits.timeout_ms));
         let stopped = tokio::select! {
             (_, _, _, report, _) = all => return Ok(Driven { report, stopped: None, stdout, stderr }),
             () = deadline => Stopped::TimedOut,
             () = overflow.notified() => Stopped::Output,
         };
-        // Killing the helper kills the sandbox's init (parent-death signal), and with it
-        // every process in the sandbox's pid namespace.
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        l.stop().await;
         Ok(Driven { report: None, stopped: Some(stopped), stdout, stderr })
     }
+
+    /// Starts a helper for one task: forked by the zygote, or (without one) executed.
+    fn launch(&self) -> std::io::Result<Launched> {
+        let mut zygote = self.zygote.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(z) = zygote.as_ref() {
+            match Launched::forked(z) {
+                Ok(l) => return Ok(l),
+                Err(e) => {
+                    // Gone (killed, or out of memory): start another, once.
+                    tracing::warn!(error = %e, "the jail zygote is gone; starting it again");
+                    *zygote = zygote::Zygote::start(&self.config.helper).ok();
+                    if let Some(z) = zygote.as_ref() {
+                        return Launched::forked(z);
+                    }
+                    tracing::warn!("the jail zygote cannot start; executing the helper per task");
+                }
+            }
+        }
+        drop(zygote);
+        let (mut child, ctl) = spawn_helper(&self.config.helper, "run")?;
+        let boxed_in = |p: Option<tokio::process::ChildStdin>| {
+            p.map(|p| Box::new(p) as Box<dyn AsyncWrite + Unpin + Send>)
+        };
+        let boxed_out = |p: Option<tokio::process::ChildStdout>| {
+            p.map(|p| Box::new(p) as Box<dyn AsyncRead + Unpin + Send>)
+        };
+        let boxed_err = |p: Option<tokio::process::ChildStderr>| {
+            p.map(|p| Box::new(p) as Box<dyn AsyncRead + Unpin + Send>)
+        };
+        Ok(Launched {
+            ctl: tokio::net::UnixStream::from_std(ctl)?,
+            stdin: boxed_in(child.stdin.take()),
+            stdout: boxed_out(child.stdout.take()),
+            stderr: boxed_err(child.stderr.take()),
+            child: Some(child),
+        })
+    }
 }
+
+/// A running helper, from the worker's side.
+struct Launched {
+    /// Its control socket: the spec out, the report back; shut for writing means stop.
+    ctl: tokio::net::UnixStream,
+    stdin: Option<Box<dyn AsyncWrite + Unpin + Send>>,
+    stdout: Option<Box<dyn AsyncRead + Unpin + Send>>,
+    stderr: Option<Box<dyn AsyncRead + Unpin + Send>>,
+    /// The helper's process, when the worker executed it (no zygote).
+    child: Option<tokio::process::Child>,
+}
+
+impl Launched {
+    /// Asks the zygote for a helper with fresh pipes and a fresh control socket.
+    fn forked(z: &zygote::Zygote) -> std::io::Result<Self> {
+        use tokio::net::unix::pipe;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let theirs = std::os::fd::OwnedFd::from(theirs);
+        let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+        let (in_r, in_w) = nix::unistd::pipe2(cloexec)?;
+        let (out_r, out_w) = nix::unistd::pipe2(cloexec)?;
+        let (err_r, err_w) = nix::unistd::pipe2(cloexec)?;
+        z.launch([&theirs, &in_r, &out_w, &err_w])?;
+        // Only the helper holds these now: their ends close when it (and its sandbox) ends.
+        drop((theirs, in_r, out_w, err_w));
+        ours.set_nonblocking(true)?;
+        Ok(Self {
+            ctl: tokio::net::UnixStream::from_std(ours)?,
+            stdin: Some(Box::new(pipe::Sender::from_owned_fd(in_w)?)),
+            stdout: Some(Box::new(pipe::Receiver::from_owned_fd(out_r)?)),
+            stderr: Some(Box::new(pipe::Receiver::from_owned_fd(err_r)?)),
+            child: None,
+        })
+    }
+
+    /// Stops the helper and its sandbox, and waits until they are gone. Shutting the
+    /// control socket for writing tells the helper to kill the sandbox's init, and with it
+    /// every process in the sandbox's pid namespace; a helper the worker executed is also
+    /// killed outright (its init dies with it: parent-death signal).
+    async fn stop(mut self) {
+        let _ = self.ctl.shutdown().await;
+        if let Some(c) = &mut self.child {
+            let _ = c.start_kill();
+        }
+        // The helper's end closes when it exits (its sandbox's processes hold no copy).
+        let mut rest = Vec::new();
+        let gone = self.ctl.read_to_end(&mut rest);
+        if tokio::time::timeout(HELPER_STOP_WAIT, gone).await.is_err() {
+            tracing::warn!("a jail helper did not stop within {HELPER_STOP_WAIT:?}");
+        }
+        if let Some(mut c) = self.child {
+            let _ = c.wait().await;
+        }
+    }
+}
+
+/// How long a stopped helper may take to kill its sandbox and exit.
+const HELPER_STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// Why the worker stopped a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -492,7 +847,7 @@ struct Driven {
 }
 
 /// Maps what happened onto the shared outcome, with the peak memory seen.
-fn classify(d: &Driven, limits: &Limits, oom_killed: bool) -> (Outcome, u64) {
+fn classify(d: &Driven, memory: u64, oom_killed: bool) -> (Outcome, u64) {
     let output = || {
         let stream = if d.stdout.overflowed() { "stdout" } else { "stderr" };
         Outcome::OutputExceeded { stream: stream.into() }
@@ -500,6 +855,10 @@ fn classify(d: &Driven, limits: &Limits, oom_killed: bool) -> (Outcome, u64) {
     match (d.stopped, &d.report) {
         (Some(Stopped::TimedOut), _) => (Outcome::TimedOut, 0),
         (Some(Stopped::Output), _) => (output(), 0),
+        // The out-of-memory killer may pick the sandbox's init as well as the tool.
+        (None, None | Some(JailReport::Failed { .. })) if oom_killed => {
+            (Outcome::MemoryExceeded, memory)
+        }
         (None, None) => {
             (Outcome::Refused { reason: "the jail helper ended without a report".into() }, 0)
         }
@@ -513,7 +872,7 @@ fn classify(d: &Driven, limits: &Limits, oom_killed: bool) -> (Outcome, u64) {
             // ran out of memory. The address space is sampled while the tool runs and can
             // miss a short-lived peak on a busy machine; the resident peak (which never
             // exceeds the address space) is exact, so either one near the limit counts.
-            let near_limit = peak > 0 && peak >= limits.memory_bytes / 10 * 9;
+            let near_limit = peak > 0 && peak >= memory / 10 * 9;
             let outcome = if d.stdout.overflowed() || d.stderr.overflowed() {
                 output()
             } else if failed && (oom_killed || near_limit) {
@@ -563,14 +922,27 @@ fn spawn_helper(
 ) -> std::io::Result<(tokio::process::Child, std::os::unix::net::UnixStream)> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     ours.set_nonblocking(true)?;
-    let fd = theirs.as_raw_fd();
+    let child = spawn_with_fd3(helper, mode, theirs.into(), true)?;
+    Ok((child, ours))
+}
+
+/// Starts the helper in `mode` with an empty environment, `fd3` as its fd 3, and stdio
+/// piped (or, for the zygote, /dev/null).
+fn spawn_with_fd3(
+    helper: &Helper,
+    mode: &str,
+    fd3: std::os::fd::OwnedFd,
+    piped: bool,
+) -> std::io::Result<tokio::process::Child> {
+    let fd = fd3.as_raw_fd();
+    let stdio = || if piped { Stdio::piped() } else { Stdio::null() };
     let mut cmd = tokio::process::Command::new(&helper.program);
     cmd.args(&helper.args)
         .arg(mode)
         .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdin(stdio())
+        .stdout(stdio())
+        .stderr(stdio())
         .kill_on_drop(true);
     // SAFETY: the closure runs between fork and exec in the child of a multi-threaded
     // process, so it may only make async-signal-safe calls: dup2 and fcntl are.
@@ -582,8 +954,8 @@ fn spawn_helper(
         });
     }
     let child = cmd.spawn()?;
-    drop(theirs);
-    Ok((child, ours))
+    drop(fd3);
+    Ok(child)
 }
 
 /// Runs the helper's probes.
@@ -613,17 +985,31 @@ mod tests {
     }
 
     #[test]
+    fn a_sandbox_killed_for_memory_is_memory_exceeded_not_a_setup_failure() {
+        for report in [None, Some(JailReport::Failed { reason: "no report".into() })] {
+            let d = Driven {
+                report,
+                stopped: None,
+                stdout: CappedPipe::new(16),
+                stderr: CappedPipe::new(16),
+            };
+            assert_eq!(classify(&d, 64 << 20, true).0, Outcome::MemoryExceeded);
+            assert!(matches!(classify(&d, 64 << 20, false).0, Outcome::Refused { .. }));
+        }
+    }
+
+    #[test]
     fn a_failed_tool_near_its_memory_limit_ran_out_of_memory_even_if_the_sample_missed_it() {
         let limits = Limits { memory_bytes: 64 << 20, ..Limits::DEFAULT };
         // The address space sampled early (10 MiB), the resident peak at 60 MiB.
-        let (outcome, peak) = classify(&ran(3, 60 << 20, 10 << 20), &limits, false);
+        let (outcome, peak) = classify(&ran(3, 60 << 20, 10 << 20), limits.memory_bytes, false);
         assert_eq!((outcome, peak), (Outcome::MemoryExceeded, 60 << 20));
-        let (outcome, _) = classify(&ran(3, 1 << 20, 60 << 20), &limits, false);
+        let (outcome, _) = classify(&ran(3, 1 << 20, 60 << 20), limits.memory_bytes, false);
         assert_eq!(outcome, Outcome::MemoryExceeded);
         // Far from the limit, or successful: the exit as it was.
-        let (outcome, _) = classify(&ran(3, 10 << 20, 10 << 20), &limits, false);
+        let (outcome, _) = classify(&ran(3, 10 << 20, 10 << 20), limits.memory_bytes, false);
         assert_eq!(outcome, Outcome::Exited { code: 3 });
-        let (outcome, _) = classify(&ran(0, 60 << 20, 60 << 20), &limits, false);
+        let (outcome, _) = classify(&ran(0, 60 << 20, 60 << 20), limits.memory_bytes, false);
         assert_eq!(outcome, Outcome::Exited { code: 0 });
     }
 }

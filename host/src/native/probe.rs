@@ -138,7 +138,7 @@ pub(crate) fn run_probes() -> Probe {
         })
         .map(ok("private mounts, tmpfs and bind mounts work")),
         true,
-        "the tool sees only a minimal root (/usr, /lib, its mounts, a private /tmp), never /etc/shadow, $HOME or the worker's keys",
+        "the tool's root holds its own binary, its ELF loader and libraries, the data its entry names, its mounts and a private /tmp (mounts and /tmp nosuid, nodev, noexec): no other program, never /etc/shadow, $HOME or the worker's keys",
     );
     p.push(
         PID_NS,
@@ -199,7 +199,7 @@ pub(crate) fn run_probes() -> Probe {
         SECCOMP,
         try_fork(|| {
             nix::sys::prctl::set_no_new_privs().map_err(|e| e.to_string())?;
-            super::confine::seccomp()?;
+            super::seccomp::install(&super::seccomp::filters(None)?)?;
             // SAFETY-free check: a TCP socket must now be refused.
             match std::net::TcpListener::bind("127.0.0.1:0") {
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(()),
@@ -208,7 +208,7 @@ pub(crate) fn run_probes() -> Probe {
         })
         .map(ok("the filter loads and refuses what it should")),
         true,
-        "ptrace, process_vm_*, mount, unshare/setns, bpf, keyctl, io_uring, perf_event_open, userfaultfd, TIOCSTI/TIOCLINUX and non-Unix sockets are refused",
+        "an allowlist of system calls (anything else ENOSYS); execve, ptrace, process_vm_*, mount, unshare/setns, bpf, keyctl, io_uring, memfd_create, perf_event_open, userfaultfd, TIOCSTI/TIOCLINUX and non-Unix sockets EPERM; execveat only of the tool's own descriptor; a call through x32 or another architecture kills the tool",
     );
     let abi = super::confine::landlock_abi();
     p.push(

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::root::RootEntry;
+
 /// Largest frame either side accepts.
 pub(crate) const MAX_FRAME: usize = 1 << 20;
 
@@ -28,6 +30,8 @@ pub(crate) struct JailSpec {
     pub env: Vec<(String, String)>,
     /// Directories to bind: host path, path inside, writable.
     pub mounts: Vec<SpecMount>,
+    /// What the root holds of the host: the tool, its loader and libraries, its data.
+    pub system: Vec<RootEntry>,
     /// An empty directory the helper may mount the new root on.
     pub root: PathBuf,
     /// Bytes the private /tmp may hold.

@@ -187,11 +187,7 @@ fn run(args: RunArgs) -> Result<()> {
     let resources = Resources { mounts, defaults: Limits::DEFAULT.min(&ceilings), ceilings };
     let mut allow = Allowlist::new();
     for (n, spec) in file.tools.clone() {
-        let (path, sha256) = match spec {
-            tools::ToolSpec::Path(p) => (p, None),
-            tools::ToolSpec::Pinned { path, sha256 } => (path, Some(sha256)),
-        };
-        allow.allow(n, agenix_host::native::ToolEntry { path, sha256 })?;
+        allow.allow(n, spec.entry())?;
     }
     for arg in &args.allow_tools {
         let (n, entry) = tools::parse_arg(arg)?;
@@ -295,6 +291,11 @@ fn doctor(json: bool, danger_degraded: bool) -> Result<ExitCode> {
         for c in &probe.checks {
             writeln!(out, "{}", serde_json::json!({ "type": "check", "data": c }))?;
         }
+        for (name, how) in host.mechanisms() {
+            let rec =
+                serde_json::json!({ "type": "mechanism", "data": { "name": name, "how": how } });
+            writeln!(out, "{rec}")?;
+        }
         let verdict = serde_json::json!({ "type": "verdict", "data": { "native_ready": refusal.is_none(), "reason": refusal, "degraded": danger_degraded && !probe.ready() } });
         writeln!(out, "{verdict}")?;
     } else {
@@ -307,6 +308,11 @@ fn doctor(json: bool, danger_degraded: bool) -> Result<ExitCode> {
             let kind = if c.required { "required" } else { "optional" };
             writeln!(out, "{status}  {:<24} {kind:<9} {}", c.name, c.detail)?;
             writeln!(out, "         {:<24} {:<9} {}", "", "", c.meaning)?;
+        }
+        writeln!(out)?;
+        writeln!(out, "in force:")?;
+        for (name, how) in host.mechanisms() {
+            writeln!(out, "  {name:<18} {how}")?;
         }
         writeln!(out)?;
         match &refusal {

@@ -20,6 +20,7 @@
 //!
 //! [tools]                             # native tools, by name
 //! grep = "/usr/bin/grep"
+//! sort = { path = "/usr/bin/sort", data = ["/usr/lib/locale"], env = ["SORT_*"] }
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};

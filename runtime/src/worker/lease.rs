@@ -21,8 +21,10 @@ use bytes::Bytes;
 use tracing::info;
 
 use super::ledger::JobKey;
+use super::verify::Lack;
 use super::{Verdict, Worker, lock, now_s};
 use crate::exec::{Executable, FetchError, execute};
+use agenix_host::native::Unfit;
 
 /// Removes a job from the set of jobs running here when its run ends, however it ends.
 struct Active<'a> {
@@ -76,17 +78,28 @@ impl Worker {
 
         let key = (Digest::of(action.payload()), lease.input);
         let _active = self.mark_active(key)?;
-        let tools = |t: &agenix_proto::ToolName| -> Result<(), String> {
-            match &self.native {
-                None => Err(format!("native tool \"{t}\": this worker runs no native tools")),
-                Some(n) => match (n.allowlist().get(t), n.refusal()) {
-                    (None, _) => Err(format!("tool \"{t}\" is not in this worker's allowlist")),
-                    (Some(_), Some(why)) => Err(why),
-                    (Some(_), None) => Ok(()),
-                },
-            }
+        let native = |task: &agenix_proto::Task| -> Result<(), (Lack, String)> {
+            let agenix_proto::Run::Native(n) = &task.run else { return Ok(()) };
+            let Some(host) = &self.native else {
+                return Err((
+                    Lack::Tool,
+                    format!("native tool \"{}\": this worker runs no native tools", n.tool),
+                ));
+            };
+            // Limits over this worker's ceilings are named by the preflight's own check.
+            let Ok(limits) = self.settings.resources.limits(task) else { return Ok(()) };
+            let env = task.env.keys().map(String::as_str);
+            host.fits(&n.tool, env, !task.mounts.is_empty(), &limits).map_err(|u| {
+                let lack = match u {
+                    Unfit::Env(_) => Lack::Env,
+                    Unfit::Mounts(_) => Lack::Mount,
+                    Unfit::Limits(_) => Lack::Limit,
+                    _ => Lack::Tool,
+                };
+                (lack, u.to_string())
+            })
         };
-        super::verify::preflight(&plan, &self.settings.resources, &tools)
+        super::verify::preflight(&plan, &self.settings.resources, &native)
             .map_err(|e| Verdict::Decline(format!("this worker cannot run it: {e}")))?;
 
         let stdin = match &input {

@@ -1,0 +1,128 @@
+//! The native jail's processes as the operating system sees them: the zygote and every
+//! sandbox die with the process that ran them, however it dies.
+
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agenix_test_programs as programs;
+use common::bin;
+
+/// The parent of `pid`, from /proc; `None` once it is gone (or a zombie, which runs
+/// nothing more and waits only to be reaped).
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    if fields.next()? == "Z" {
+        return None;
+    }
+    fields.next()?.parse().ok()
+}
+
+/// Every live process, with its parent.
+fn processes() -> Vec<(u32, u32)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, parent(pid)?)))
+        .collect()
+}
+
+/// `root` and every process below it.
+fn descendants(root: u32) -> Vec<u32> {
+    let all = processes();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(all.iter().filter(|(_, pp)| *pp == p).map(|(pid, _)| *pid));
+        i += 1;
+    }
+    found
+}
+
+fn running(program: &std::path::Path) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == program))
+        .collect()
+}
+
+/// agx runs a native task (a program that sleeps an hour) in the jail, started through its
+/// zygote; agx is SIGKILLed. Nothing it started survives it: not the zygote, not the
+/// helper, not the sandbox's init, not the tool.
+#[test]
+fn a_runner_killed_mid_task_leaves_no_zygote_helper_or_sandbox_behind() {
+    let doctor = Command::new(bin("agw")).arg("doctor").output().unwrap();
+    if !doctor.status.success() {
+        let why = String::from_utf8_lossy(&doctor.stdout).lines().last().unwrap_or("").to_owned();
+        programs::skip_without_jail("jail lifetimes", &why);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("sleep.json");
+    std::fs::write(
+        &plan,
+        r#"{"schema": "agenix.plan/v1", "name": "sleep",
+            "tasks": [{"id": "sleep", "run": {"native": {"tool": "attack"}}, "args": ["sleep"]}],
+            "output": "sleep"}"#,
+    )
+    .unwrap();
+    let attack = std::fs::canonicalize(programs::NATIVE_ATTACK).unwrap();
+    /// Kills agx however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let agx = Command::new(bin("agx"))
+        .arg("run")
+        .arg(&plan)
+        .arg("--unsigned")
+        .arg("--allow-tool")
+        .arg(format!("attack={}", attack.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Killed)
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    let tree = loop {
+        let tree = descendants(agx.0.id());
+        if running(&attack).iter().any(|p| tree.contains(p)) {
+            break tree;
+        }
+        assert!(Instant::now() < until, "the tool never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let zygote: Vec<u32> = tree
+        .iter()
+        .copied()
+        .filter(|p| {
+            parent(*p) == Some(agx.0.id())
+                && std::fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("zygote"))
+        })
+        .collect();
+    assert_eq!(zygote.len(), 1, "one zygote under agx: {tree:?}");
+    // agx, the zygote, the helper, the sandbox's init and the tool at least.
+    assert!(tree.len() >= 5, "{tree:?}");
+    drop(agx);
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let alive: Vec<u32> = tree.iter().copied().filter(|p| parent(*p).is_some()).collect();
+        if alive.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < until, "survived agx: {alive:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
