@@ -395,7 +395,7 @@ fn main() {
         // Starting another program by every route there is: `spawn PROGRAM ARGS...` tries
         // execve of the path, execveat of the path (with AT_EMPTY_PATH, which a path
         // ignores), and the ELF interpreter (`loader LOADER`) run through every descriptor
-        // number 3..=64, as the jail starts the tool. Each route that starts the program
+        // number 3..=128, as the jail starts the tool. Each route that starts the program
         // prints its output; each that fails says why.
         "spawn" => {
             let program = arg(1);
@@ -416,7 +416,7 @@ fn main() {
             // The same through every descriptor number a filter might let through (a path
             // that is absolute ignores the descriptor).
             let mut errors = std::collections::BTreeSet::new();
-            for n in 3..=64 {
+            for n in 3..=128 {
                 // SAFETY: as above.
                 let rc = unsafe {
                     libc::syscall(libc::SYS_execveat, n, path.as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH)
@@ -463,7 +463,7 @@ fn main() {
                 return report("open the loader", Err(last()));
             }
             let mut errors = std::collections::BTreeSet::new();
-            for n in 3..=64 {
+            for n in 3..=128 {
                 // SAFETY: dup2 onto a descriptor number this program does not otherwise use.
                 if n != fd && unsafe { libc::dup2(fd, n) } < 0 {
                     continue;

@@ -1,9 +1,9 @@
-//! The jail helper: our own binary re-executed with [`HELPER_ARG`], so that the fork and the
-//! namespace setup happen in a fresh, single-threaded process, never in the multi-threaded
-//! worker.
+//! The jail helper: forked by the zygote (`zygote.rs`) or our own binary executed with
+//! [`HELPER_ARG`], so that the fork and the namespace setup happen in a small,
+//! single-threaded process, never in the multi-threaded worker.
 //!
-//! Process tree (the worker W starts the helper P; P clones C, the sandbox's init; C forks
-//! T, the tool):
+//! Process tree (the worker W has the helper P started; P clones C, the sandbox's init; C
+//! forks T, the tool):
 //!
 //! ```text
 //! W ── P (helper: reads the spec on fd 3, writes C's uid/gid maps, moves C into its cgroup)
@@ -14,9 +14,10 @@
 //! ```
 //!
 //! When C exits, the kernel kills everything left in its pid namespace: double-forked
-//! daemons included. Killing P (timeout, output cap, cancellation) kills C through its
-//! parent-death signal. P and C never write to stdout or stderr: those belong to the tool;
-//! P answers on fd 3 only.
+//! daemons included. The worker closing or shutting fd 3 (timeout, output cap,
+//! cancellation, the worker gone) makes P kill C; P ending kills C through its parent-death
+//! signal. P and C never write to stdout or stderr: those belong to the tool; P answers on
+//! fd 3 only.
 
 #![allow(
     unsafe_code,
@@ -91,6 +92,22 @@ pub(super) fn helper_main() -> i32 {
     }
 }
 
+/// Where P keeps the tool's descriptor: the only one `execveat` may run. High enough that
+/// nothing else in P is ever numbered so.
+const TOOL_FD: std::os::fd::RawFd = 100;
+
+/// The tool's system call filters (for a task that may be one process only, or not),
+/// compiled once per helper process: the zygote compiles them before forking any helper, so
+/// each helper inherits them compiled.
+pub(super) fn filters(single_process: bool) -> Result<&'static [seccompiler::BpfProgram], String> {
+    type Compiled = std::sync::OnceLock<Result<Vec<seccompiler::BpfProgram>, String>>;
+    static FILTERS: [Compiled; 2] = [Compiled::new(), Compiled::new()];
+    FILTERS[usize::from(single_process)]
+        .get_or_init(|| super::seccomp::filters(Some(TOOL_FD), single_process))
+        .as_deref()
+        .map_err(Clone::clone)
+}
+
 /// What C and T need, prepared by P before cloning (so C and T mostly use, not build).
 struct Prepared<'a> {
     spec: &'a JailSpec,
@@ -99,8 +116,8 @@ struct Prepared<'a> {
     interpreter: Option<PathBuf>,
     argv: Vec<CString>,
     envp: Vec<CString>,
-    /// The system call filters, compiled once here (they name the tool's descriptor).
-    filters: Vec<seccompiler::BpfProgram>,
+    /// The system call filters (see [`filters`]), when seccomp is on.
+    filters: Option<&'static [seccompiler::BpfProgram]>,
 }
 
 fn cstring(s: &str, what: &str) -> Result<CString, String> {
@@ -108,11 +125,18 @@ fn cstring(s: &str, what: &str) -> Result<CString, String> {
 }
 
 fn prepare(spec: &JailSpec) -> Result<Prepared<'_>, String> {
-    let mut tool = File::options()
+    let opened = File::options()
         .read(true)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
         .open(&spec.tool)
         .map_err(|e| format!("cannot open {}: {e}", spec.tool.display()))?;
+    // At the one descriptor number the filters let execveat run.
+    // SAFETY: nothing in this process holds TOOL_FD (see there), so replacing it closes
+    // nothing another owner relies on.
+    let placed = unsafe { nix::unistd::dup3_raw(&opened, TOOL_FD, OFlag::O_CLOEXEC) };
+    let mut tool =
+        File::from(placed.map_err(|e| format!("cannot place the tool's descriptor: {e}"))?);
+    drop(opened);
     if let Some(pin) = spec.tool_sha256 {
         let mut h = agenix_proto::digest::Hasher::new();
         let mut buf = vec![0u8; 1 << 16];
@@ -146,11 +170,9 @@ fn prepare(spec: &JailSpec) -> Result<Prepared<'_>, String> {
         .iter()
         .map(|(k, v)| cstring(&format!("{k}={v}"), "the environment"))
         .collect::<Result<Vec<_>, _>>()?;
-    let filters = if spec.features.seccomp {
-        super::seccomp::filters(Some(tool.as_raw_fd()))?
-    } else {
-        Vec::new()
-    };
+    // Without a memory cgroup, RLIMIT_AS bounds the task only if it stays one process.
+    let single_process = spec.rlimit_as.is_some();
+    let filters = if spec.features.seccomp { Some(filters(single_process)?) } else { None };
     Ok(Prepared { spec, tool, interpreter, argv, envp, filters })
 }
 
@@ -459,6 +481,10 @@ fn tmpfs(target: &Path, flags: MsFlags, options: &str) -> Result<(), String> {
         .map_err(errno(&format!("tmpfs at {}", target.display())))
 }
 
+/// Files of /proc masked with /dev/null in the jail.
+const MASKED_PROC: &[&str] =
+    &["cmdline", "config.gz", "kallsyms", "modules", "keys", "timer_list", "sched_debug"];
+
 /// Builds the minimal root and pivots into it.
 fn build_root(p: &Prepared<'_>) -> Result<(), String> {
     let spec = p.spec;
@@ -476,6 +502,10 @@ fn build_root(p: &Prepared<'_>) -> Result<(), String> {
         match entry {
             RootEntry::Link { path, target } => {
                 let inside = inside(root, path)?;
+                // Already there when a data directory above it was bound: the host's own.
+                if fs::read_link(&inside).is_ok_and(|t| &t == target) {
+                    continue;
+                }
                 if let Some(parent) = inside.parent() {
                     mkdir_in(root, parent)?;
                 }
@@ -537,6 +567,16 @@ fn build_root(p: &Prepared<'_>) -> Result<(), String> {
         None::<&str>,
     )
     .map_err(errno("mount /proc"))?;
+    // What /proc tells of the host beyond the sandbox (its boot command line, kernel
+    // configuration, symbols and modules, keys, timers) reads as empty, as container
+    // runtimes mask it.
+    for file in MASKED_PROC {
+        let at = proc.join(file);
+        if at.exists() {
+            mount(Some("/dev/null"), &at, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(errno(&format!("mask /proc/{file}")))?;
+        }
+    }
 
     // A private, size-capped /tmp, where nothing written can be executed.
     let tmp = root.join("tmp");
@@ -592,18 +632,33 @@ fn run_tool(
     jailed: bool,
     stop: Option<&UnixStream>,
 ) -> Result<JailReport, String> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
     let sample_vm = p.spec.rlimit_as.is_some();
-    // SIGCHLD is blocked so it can be waited for with a timeout (to sample memory).
+    // SIGCHLD is blocked and read from a descriptor, so the loop below can wait for it, the
+    // exec gate and a timeout (to sample memory) at once.
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None).map_err(errno("sigprocmask"))?;
+    let children = nix::sys::signalfd::SignalFd::with_flags(
+        &chld,
+        nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+    )
+    .map_err(errno("signalfd"))?;
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(errno("pipe"))?;
+    // T hands its exec gate over this socket before it executes the tool.
+    let gate_pair = match p.filters {
+        Some(_) => Some(
+            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+                .map_err(errno("socketpair"))?,
+        ),
+        None => None,
+    };
     // SAFETY: this process is single-threaded (the helper, or the init it cloned), so the
     // child may allocate and run ordinary code before it executes the tool.
     let tool = match unsafe { nix::unistd::fork() }.map_err(errno("fork"))? {
         ForkResult::Child => {
             drop(err_r);
-            let why = exec_tool(p, jailed);
+            let why = exec_tool(p, jailed, gate_pair.map(|(_, tx)| tx));
             let _ = nix::unistd::write(&err_w, why.as_bytes());
             // SAFETY: _exit is async-signal-safe and skips destructors that belong to C.
             unsafe { libc::_exit(127) }
@@ -611,8 +666,15 @@ fn run_tool(
         ForkResult::Parent { child } => child,
     };
     drop(err_w);
-    let mut why = String::new();
-    let _ = File::from(err_r).read_to_string(&mut why);
+    let mut gate = match gate_pair {
+        Some((rx, tx)) => {
+            drop(tx);
+            // None: T failed before it had a gate; the pipe says why.
+            super::gate::receive(&rx).map(super::gate::Gate::new)
+        }
+        None => None,
+    };
+    let why = wait_for_exec(File::from(err_r), gate.as_mut());
     if !why.is_empty() {
         let _ = waitpid(tool, None);
         return Err(why);
@@ -637,11 +699,12 @@ fn run_tool(
                 if sample_vm {
                     vm_peak = vm_peak.max(read_vm_peak(&status_path));
                 }
-                wait_for_child_signal(match (sample_vm, stop) {
+                let timeout = match (sample_vm, stop) {
                     (true, _) => Duration::from_millis(2),
                     (false, Some(_)) => Duration::from_millis(50),
                     (false, None) => Duration::from_secs(1),
-                });
+                };
+                wait_for_children(&children, gate.as_mut(), timeout);
             }
             Ok(_) => {}
             Err(nix::errno::Errno::ECHILD) => return Err("the tool vanished".into()),
@@ -654,15 +717,61 @@ fn run_tool(
     Ok(JailReport::Ran { ended, max_rss, vm_peak })
 }
 
-fn wait_for_child_signal(timeout: Duration) {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGCHLD);
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+/// Waits until T has executed the tool (its error pipe closes empty) or failed (it says
+/// why), letting its one exec through the gate meanwhile. Returns the failure, if any.
+fn wait_for_exec(mut errors: File, mut gate: Option<&mut super::gate::Gate>) -> String {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut why = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        if let Some(g) = gate.as_deref_mut().filter(|g| !g.opened()) {
+            let mut fds = [
+                PollFd::new(errors.as_fd(), PollFlags::POLLIN),
+                PollFd::new(g.fd().as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return format!("poll: {e}"),
+            }
+            if fds[1].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+                g.answer();
+                continue;
+            }
+        }
+        match errors.read(&mut buf) {
+            Ok(0) => return String::from_utf8_lossy(&why).into_owned(),
+            Ok(n) => why.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return format!("reading the tool's start: {e}"),
+        }
+    }
+}
+
+/// Waits up to `timeout` for a child to change state, answering the exec gate meanwhile
+/// (every later exec is refused).
+fn wait_for_children(
+    children: &nix::sys::signalfd::SignalFd,
+    gate: Option<&mut super::gate::Gate>,
+    timeout: Duration,
+) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let gate_ready = {
+        let mut fds = vec![PollFd::new(children.as_fd(), PollFlags::POLLIN)];
+        if let Some(g) = &gate {
+            fds.push(PollFd::new(g.fd().as_fd(), PollFlags::POLLIN));
+        }
+        if poll(&mut fds, PollTimeout::from(ms)).is_err() {
+            return;
+        }
+        fds.get(1).and_then(PollFd::revents).is_some_and(|r| r.contains(PollFlags::POLLIN))
     };
-    // SAFETY: `set` and `ts` are valid for the call; a null info pointer is allowed.
-    unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
+    // Drain the pending SIGCHLDs; the caller reaps.
+    while let Ok(Some(_)) = children.read_signal() {}
+    if gate_ready && let Some(g) = gate {
+        g.answer();
+    }
 }
 
 fn read_vm_peak(status: &str) -> u64 {
@@ -674,14 +783,19 @@ fn read_vm_peak(status: &str) -> u64 {
 }
 
 /// T: the last steps before the tool. Returns only on failure, with the reason.
-fn exec_tool(p: &Prepared<'_>, jailed: bool) -> String {
-    match exec_tool_inner(p, jailed) {
+fn exec_tool(p: &Prepared<'_>, jailed: bool, gate: Option<OwnedFd>) -> String {
+    match exec_tool_inner(p, jailed, gate) {
         Ok(never) => match never {},
         Err(e) => e,
     }
 }
 
-fn exec_tool_inner(p: &Prepared<'_>, jailed: bool) -> Result<std::convert::Infallible, String> {
+/// `gate`: where to hand the exec gate (when seccomp is on).
+fn exec_tool_inner(
+    p: &Prepared<'_>,
+    jailed: bool,
+    gate: Option<OwnedFd>,
+) -> Result<std::convert::Infallible, String> {
     let spec = p.spec;
     setsid().map_err(errno("setsid"))?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(errno("prctl"))?;
@@ -705,7 +819,14 @@ fn exec_tool_inner(p: &Prepared<'_>, jailed: bool) -> Result<std::convert::Infal
     }
     super::confine::drop_capabilities()?;
     nix::sys::prctl::set_no_new_privs().map_err(errno("no_new_privs"))?;
-    super::seccomp::install(&p.filters)?;
+    if let Some(filters) = p.filters {
+        super::seccomp::install(filters)?;
+    }
+    // Last: the gate, which lets this process's next exec through and no other.
+    if let Some(to) = gate {
+        let listener = super::gate::install(&super::gate::program())?;
+        super::gate::send(&to, &listener)?;
+    }
     let e = nix::unistd::execveat(p.tool.as_fd(), c"", &p.argv, &p.envp, AtFlags::AT_EMPTY_PATH)
         .unwrap_err();
     Err(format!("cannot execute {}: {e}", spec.tool.display()))

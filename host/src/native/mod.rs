@@ -2,9 +2,11 @@
 //!
 //! The tool is assumed hostile. Only tools in the worker's [`Allowlist`] run (by name, never
 //! by path; shells never), with their arguments as a vector and an empty environment but a
-//! fixed PATH and LANG and what the plan names. Each run re-executes our own binary as the
-//! jail helper ([`jail::run_if_helper`]) so the fork and namespace setup happen in a fresh
-//! single-threaded process; see `jail.rs` for the process tree and the setup order.
+//! fixed PATH and LANG and what the plan names (each name allowed for that tool). A zygote,
+//! our own binary executed once ([`jail::run_if_helper`], `zygote.rs`), forks the jail
+//! helper for each run, so the fork and namespace setup happen in a small single-threaded
+//! process; see `jail.rs` for the process tree and the setup order, and `root.rs` for what
+//! the root holds.
 //!
 //! Fail closed: [`NativeHost::new`] probes the kernel; if a required feature is missing,
 //! native tasks are refused with the reason, unless the operator chose degraded mode, which
@@ -12,6 +14,7 @@
 
 mod cgroup;
 mod confine;
+mod gate;
 pub mod jail;
 pub mod probe;
 mod root;
@@ -43,11 +46,60 @@ use crate::task::{Finished, HostError, NativeTask};
 pub const FIXED_ENV: &[(&str, &str)] =
     &[("PATH", "/usr/local/bin:/usr/bin:/bin"), ("LANG", "C.UTF-8")];
 
-/// Names that are shells or exec-anything launchers: never allowlisted, whatever the path.
+/// Names that are shells, or launchers whose work is starting another program: never
+/// allowlisted, whatever the path.
 pub const NEVER_ALLOWED: &[&str] = &[
     "sh", "bash", "dash", "zsh", "ksh", "mksh", "csh", "tcsh", "fish", "ash", "busybox", "toybox",
-    "env", "sudo", "su",
+    "env", "sudo", "su", "doas", "pkexec", "runuser", "xargs", "nohup", "timeout", "nice",
+    "ionice", "stdbuf", "setsid", "chrt", "taskset", "chroot", "unshare", "nsenter", "flock",
+    "watch", "time", "strace", "ltrace", "gdb", "valgrind", "script", "expect", "parallel",
 ];
+
+/// Interpreters, whose program is whatever their arguments carry (a plan's code): never
+/// allowlisted; such code belongs in an AU. A name matches with a version after it
+/// (`python3.11`, `perl5.36`, `lua5.4`).
+pub const INTERPRETERS: &[&str] = &[
+    "python",
+    "perl",
+    "ruby",
+    "node",
+    "nodejs",
+    "deno",
+    "bun",
+    "php",
+    "lua",
+    "luajit",
+    "tclsh",
+    "wish",
+    "guile",
+    "Rscript",
+    "julia",
+    "java",
+    "jshell",
+    "pwsh",
+    "osascript",
+];
+
+/// Why a program's name (its allowlist name, or the base name of its path or of what that
+/// resolves to) keeps it off the allowlist, if it does.
+fn forbidden(name: &str) -> Option<&'static str> {
+    let versioned = |base: &str| {
+        name.strip_prefix(base)
+            .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+    };
+    if NEVER_ALLOWED.contains(&name) {
+        Some("a shell or launcher")
+    } else if INTERPRETERS.iter().any(|i| versioned(i)) {
+        Some("an interpreter, which runs whatever code a plan gives it (make that code an AU)")
+    } else if name.starts_with("ld-linux")
+        || name.starts_with("ld.so")
+        || name.starts_with("ld64.so")
+    {
+        Some("the dynamic loader, which runs other programs")
+    } else {
+        None
+    }
+}
 
 /// Environment variables every tool may be given by a plan: the locale and the time zone.
 /// A tool entry adds names of its own ([`ToolEntry::env`]); any other is refused.
@@ -142,13 +194,15 @@ pub enum AllowlistError {
         /// Its path.
         path: PathBuf,
     },
-    /// A shell or launcher.
-    #[error("tool \"{name}\" ({path}) is a shell or launcher; those are never allowlisted")]
+    /// A shell, launcher, interpreter, the loader or this very program.
+    #[error("tool \"{name}\" ({path}) is {what}; never allowlisted")]
     Shell {
         /// The tool.
         name: ToolName,
         /// Its path.
         path: PathBuf,
+        /// What it is.
+        what: &'static str,
     },
     /// Not a regular file.
     #[error("tool \"{name}\": {path} is not a regular file ({why})")]
@@ -200,11 +254,16 @@ impl Allowlist {
             })?;
         let base =
             |p: &Path| p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        if [name.to_string(), base(&entry.path), base(&resolved)]
-            .iter()
-            .any(|n| NEVER_ALLOWED.contains(&n.as_str()))
+        if let Some(what) =
+            [name.to_string(), base(&entry.path), base(&resolved)].iter().find_map(|n| forbidden(n))
         {
-            return Err(AllowlistError::Shell { name, path: entry.path });
+            return Err(AllowlistError::Shell { name, path: entry.path, what });
+        }
+        // This very program (agw, agx): it embeds the jail helper and the zygote.
+        let me = std::env::current_exe().and_then(std::fs::canonicalize).ok();
+        if me.as_deref() == Some(resolved.as_path()) {
+            let what = "this program itself";
+            return Err(AllowlistError::Shell { name, path: entry.path, what });
         }
         match std::fs::metadata(&resolved) {
             Ok(m) if m.is_file() => {}
@@ -459,7 +518,9 @@ impl NativeHost {
             "memory",
             match &self.cgroups {
                 Some(c) => format!("{} memory limit, /tmp's pages charged to it", c.kind()),
-                None => "RLIMIT_AS, less /tmp, whose size comes out of the memory limit".into(),
+                None => "RLIMIT_AS, less /tmp, whose size comes out of the memory limit; one \
+                         process per task (fork refused, threads share the bound)"
+                    .into(),
             },
         ));
         m.push((
@@ -525,9 +586,11 @@ impl NativeHost {
         let started = Instant::now();
         let refuse = |reason: String| Ok(Finished::refused(reason, started.elapsed()));
         let env = task.env.iter().map(|(k, _)| k.as_str());
-        if let Err(unfit) = self.fits(&task.program, env, !task.grants.is_empty(), &task.limits) {
+        let mounts: Vec<&str> = task.grants.iter().map(|g| g.guest.as_str()).collect();
+        if let Err(unfit) = self.fits(&task.program, env, &mounts, &task.limits) {
             return refuse(unfit.to_string());
         }
+        // `fits` found it.
         let Some(allowed) = self.config.allowlist.tools.get(&task.program).cloned() else {
             return refuse(format!("tool \"{}\" is not in this worker's allowlist", task.program));
         };
@@ -541,17 +604,18 @@ impl NativeHost {
         self.run_entry(&allowed.entry, &allowed.system, task, self.features()).await
     }
 
-    /// Whether this host can run `tool` with variables named `env` (and directories, if
-    /// `mounts`): the tool allowlisted, the jail ready, every variable allowed for the tool
-    /// ([`BASE_ENV`] and its entry's own), and directories only where the jail has a mount
+    /// Whether this host can run `tool` with variables named `env`, directories at the
+    /// guest paths `mounts` and `limits`: the tool allowlisted, the jail ready, every
+    /// variable allowed for the tool ([`BASE_ENV`] and its entry's own), no directory over
+    /// or inside the tool's own files, directories only where the jail has a mount
     /// namespace to put them in (degraded mode without one has no guest paths to map them
-    /// to, and never widens access instead). A worker asks this before taking a job: a
-    /// refusal is its own lack, not the plan's fault.
+    /// to, and never widens access instead), and a `/tmp` it can bound. A worker asks this
+    /// before taking a job: a refusal is its own lack, not the plan's fault.
     pub fn fits<'a>(
         &self,
         tool: &ToolName,
         env: impl IntoIterator<Item = &'a str>,
-        mounts: bool,
+        mounts: &[&str],
         limits: &Limits,
     ) -> Result<(), Unfit> {
         let Some(allowed) = self.config.allowlist.tools.get(tool) else {
@@ -572,7 +636,20 @@ impl NativeHost {
         if self.cgroups.is_none() {
             scratch_without_cgroup(limits).map_err(Unfit::Limits)?;
         }
-        if mounts && !self.features().namespaces {
+        // A directory mounted over the tool's own files would hide them (or its libraries),
+        // one mounted inside them would be made in a read-only bind.
+        for guest in mounts {
+            let g = Path::new(guest);
+            if let Some(path) =
+                allowed.system.paths().find(|p| p.starts_with(g) || g.starts_with(p))
+            {
+                return Err(Unfit::Mounts(format!(
+                    "mount {guest} would overlap {}, one of the files of \"{tool}\"",
+                    path.display()
+                )));
+            }
+        }
+        if !mounts.is_empty() && !self.features().namespaces {
             return Err(Unfit::Mounts(
                 "this worker runs tools without mount namespaces (degraded), so it cannot give \
                  a task directories"
@@ -875,7 +952,9 @@ fn classify(d: &Driven, memory: u64, oom_killed: bool) -> (Outcome, u64) {
             let near_limit = peak > 0 && peak >= memory / 10 * 9;
             let outcome = if d.stdout.overflowed() || d.stderr.overflowed() {
                 output()
-            } else if failed && (oom_killed || near_limit) {
+            } else if oom_killed || (failed && near_limit) {
+                // Any out-of-memory kill in the task's cgroup (a child's too): what the tool
+                // printed may be missing what that process would have added.
                 Outcome::MemoryExceeded
             } else {
                 match *ended {
@@ -996,6 +1075,8 @@ mod tests {
             assert_eq!(classify(&d, 64 << 20, true).0, Outcome::MemoryExceeded);
             assert!(matches!(classify(&d, 64 << 20, false).0, Outcome::Refused { .. }));
         }
+        // A tool that exited 0 after a process of its was killed for memory did not succeed.
+        assert_eq!(classify(&ran(0, 1 << 20, 1 << 20), 64 << 20, true).0, Outcome::MemoryExceeded);
     }
 
     #[test]

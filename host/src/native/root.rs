@@ -5,9 +5,10 @@
 //! seccomp do.
 //!
 //! The libraries are found as the dynamic loader finds them (`DT_NEEDED`, `RPATH`/`RUNPATH`
-//! with `$ORIGIN`, `/etc/ld.so.conf` and the trusted directories), by reading the files,
-//! never by running them (the `lddtree` crate). This happens once per tool, when the
-//! allowlist is loaded; a library that cannot be found refuses the tool then, by name.
+//! with `$ORIGIN`, `/etc/ld.so.conf` and the trusted directories), by reading the files
+//! (with `object`; read, never mapped, so a file rewritten meanwhile is an error, not a
+//! crash), never by running them. This happens once per tool, when the allowlist is
+//! loaded; a library that cannot be found refuses the tool then, by name.
 //!
 //! Every path is kept as the host spells it: each symbolic link on the way (merged-/usr
 //! systems link `/lib` to `usr/lib`; libraries link their soname to a versioned file) is made
@@ -81,6 +82,13 @@ impl SystemFiles {
         Ok(files.finish())
     }
 
+    /// Every path the root holds of the host (links and binds).
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.entries.iter().map(|e| match e {
+            RootEntry::Link { path, .. } | RootEntry::Bind { path, .. } => path.as_path(),
+        })
+    }
+
     /// The paths bound from the host (files and directories), with whether each may execute.
     pub fn binds(&self) -> impl Iterator<Item = (&Path, bool)> {
         self.entries.iter().filter_map(|e| match e {
@@ -92,33 +100,219 @@ impl SystemFiles {
 
 /// The interpreter and every shared library `tool` loads, as the loader would find them.
 fn libraries(tool: &Path) -> Result<Vec<PathBuf>, String> {
-    let analyze = || lddtree::DependencyAnalyzer::new("/".into()).analyze(tool);
-    // The crate panics on a few malformed inputs; a malformed tool is refused, not fatal.
-    let tree = std::panic::catch_unwind(analyze)
-        .map_err(|_| format!("{} is not an ELF file this worker can read", tool.display()))?
-        .map_err(|e| match e {
-            lddtree::Error::Goblin(_) | lddtree::Error::UnsupportedBinary => format!(
-                "{} is not an ELF executable: only compiled programs are allowlisted",
-                tool.display()
-            ),
-            other => format!("cannot read the libraries of {}: {other}", tool.display()),
-        })?;
-    // The interpreter by the path the tool names (the same file may also be found as a
-    // library, by another path, and be recorded only under that one).
-    let mut found: Vec<PathBuf> = tree.interpreter.iter().map(PathBuf::from).collect();
-    let mut libs: Vec<_> = tree.libraries.into_values().collect();
-    libs.sort_by(|a, b| a.name.cmp(&b.name));
-    for lib in libs {
-        if !lib.found() {
-            return Err(format!(
-                "{} needs {}, which is not installed here",
-                tool.display(),
-                lib.name
-            ));
+    let exe = Elf::read(tool).map_err(|e| format!("{}: {e}", tool.display()))?;
+    let Some(exe) = exe else {
+        return Err(format!(
+            "{} is not an ELF executable: only compiled programs are allowlisted",
+            tool.display()
+        ));
+    };
+    let dirs = system_dirs();
+    let mut found: Vec<PathBuf> = exe.interpreter.iter().cloned().collect();
+    let mut seen: BTreeMap<String, ()> = BTreeMap::new();
+    // (a name, and the directories searched for it before the system's)
+    let mut todo: Vec<(String, Vec<PathBuf>)> = Vec::new();
+    let first = exe.search_paths(tool, &[]);
+    for name in exe.needed.iter().rev() {
+        todo.push((name.clone(), first.clone()));
+    }
+    while let Some((name, first)) = todo.pop() {
+        if seen.insert(name.clone(), ()).is_some() {
+            continue;
         }
-        found.push(lib.path);
+        if seen.len() > MAX_LIBRARIES {
+            return Err(format!("{} needs more than {MAX_LIBRARIES} libraries", tool.display()));
+        }
+        let candidates: Vec<PathBuf> = if name.contains('/') {
+            vec![PathBuf::from(&name)]
+        } else {
+            first.iter().chain(&dirs).map(|d| d.join(&name)).collect()
+        };
+        let mut hit = None;
+        for path in candidates {
+            // Another architecture's library of the same name is skipped, as the loader
+            // does; an unreadable one too.
+            if let Ok(Some(lib)) = Elf::read(&path)
+                && lib.class_64 == exe.class_64
+                && lib.machine == exe.machine
+            {
+                hit = Some((path, lib));
+                break;
+            }
+        }
+        let Some((path, lib)) = hit else {
+            return Err(format!("{} needs {name}, which is not installed here", tool.display()));
+        };
+        // A library's own RPATH applies (with its loader's) unless it has a RUNPATH.
+        let lib_first = lib.search_paths(&path, &first);
+        for n in lib.needed.iter().rev() {
+            todo.push((n.clone(), lib_first.clone()));
+        }
+        found.push(path);
     }
     Ok(found)
+}
+
+/// Most shared libraries one tool may need.
+const MAX_LIBRARIES: usize = 512;
+
+/// Largest ELF file read to find libraries (read, never mapped: a file rewritten meanwhile
+/// gives a read error, not a crash).
+const MAX_ELF_BYTES: u64 = 1 << 30;
+
+/// What the loader reads of an ELF object.
+struct Elf {
+    class_64: bool,
+    machine: u16,
+    interpreter: Option<PathBuf>,
+    needed: Vec<String>,
+    rpath: Vec<String>,
+    runpath: Vec<String>,
+}
+
+impl Elf {
+    /// `None` if the file is not ELF.
+    fn read(path: &Path) -> Result<Option<Self>, String> {
+        use std::io::Read as _;
+        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        let meta = file.metadata().map_err(|e| e.to_string())?;
+        if !meta.is_file() {
+            return Err("not a regular file".into());
+        }
+        let mut data = Vec::new();
+        file.take(MAX_ELF_BYTES + 1).read_to_end(&mut data).map_err(|e| e.to_string())?;
+        if data.len() as u64 > MAX_ELF_BYTES {
+            return Err(format!("larger than {MAX_ELF_BYTES} bytes"));
+        }
+        let parsed = match object::FileKind::parse(&*data) {
+            Ok(object::FileKind::Elf64) => {
+                Self::parse::<object::elf::FileHeader64<object::Endianness>>(&data)
+            }
+            Ok(object::FileKind::Elf32) => {
+                Self::parse::<object::elf::FileHeader32<object::Endianness>>(&data)
+            }
+            _ => return Ok(None),
+        };
+        parsed.map(Some).map_err(|e| format!("not a valid ELF file: {e}"))
+    }
+
+    fn parse<H: object::read::elf::FileHeader<Endian = object::Endianness>>(
+        data: &[u8],
+    ) -> object::read::Result<Self> {
+        use object::read::elf::ProgramHeader as _;
+        let header = H::parse(data)?;
+        let endian = header.endian()?;
+        let mut interpreter = None;
+        for ph in header.program_headers(endian, data)? {
+            if let Some(p) = ph.interpreter(endian, data)? {
+                interpreter = Some(PathBuf::from(String::from_utf8_lossy(p).into_owned()));
+            }
+        }
+        let table = header.sections(endian, data)?.dynamic_table(endian, data)?;
+        let (mut needed, mut rpath, mut runpath) = (vec![], vec![], vec![]);
+        for d in &table {
+            let into = match d.tag {
+                object::elf::DT_NEEDED => &mut needed,
+                object::elf::DT_RPATH => &mut rpath,
+                object::elf::DT_RUNPATH => &mut runpath,
+                _ => continue,
+            };
+            into.push(String::from_utf8_lossy(table.string(d)?).into_owned());
+        }
+        Ok(Self {
+            class_64: header.is_class_64(),
+            machine: header.e_machine(endian),
+            interpreter,
+            needed,
+            rpath,
+            runpath,
+        })
+    }
+
+    /// Where the loader looks for this object's needs before the system's directories: its
+    /// RPATH and its loader's (`inherited`) when it has no RUNPATH, else its RUNPATH alone;
+    /// `$ORIGIN` is this object's directory. (LD_LIBRARY_PATH, which would come between, is
+    /// never set in the jail.)
+    fn search_paths(&self, path: &Path, inherited: &[PathBuf]) -> Vec<PathBuf> {
+        let origin = std::fs::canonicalize(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        let expand = |list: &[String]| -> Vec<PathBuf> {
+            list.iter()
+                .flat_map(|l| l.split(':'))
+                .filter(|d| !d.is_empty())
+                .filter_map(|d| {
+                    let d = d.replace("${ORIGIN}", "$ORIGIN");
+                    let d = d.replace("$ORIGIN", &origin.to_string_lossy());
+                    // $LIB and $PLATFORM name what this host is: left to the system's
+                    // directories.
+                    (!d.contains('$') && d.starts_with('/')).then(|| PathBuf::from(d))
+                })
+                .collect()
+        };
+        if self.runpath.is_empty() {
+            let mut first = expand(&self.rpath);
+            first.extend(inherited.iter().cloned());
+            first
+        } else {
+            expand(&self.runpath)
+        }
+    }
+}
+
+/// The directories the loader searches when a name is in no RPATH or RUNPATH: those of
+/// /etc/ld.so.conf (which its cache indexes), then the trusted ones.
+fn system_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    ld_so_conf(Path::new("/etc/ld.so.conf"), 0, &mut dirs);
+    let multiarch = match std::env::consts::ARCH {
+        "x86_64" => Some("x86_64-linux-gnu"),
+        "aarch64" => Some("aarch64-linux-gnu"),
+        _ => None,
+    };
+    for base in ["/lib", "/usr/lib"] {
+        if let Some(m) = multiarch {
+            dirs.push(Path::new(base).join(m));
+        }
+    }
+    for d in ["/lib64", "/usr/lib64", "/lib", "/usr/lib"] {
+        dirs.push(d.into());
+    }
+    let mut unique = Vec::new();
+    for d in dirs {
+        if !unique.contains(&d) {
+            unique.push(d);
+        }
+    }
+    unique
+}
+
+/// The directories an ld.so.conf names, following `include` (at most 8 deep).
+fn ld_so_conf(path: &Path, depth: usize, dirs: &mut Vec<PathBuf>) {
+    let Ok(text) = std::fs::read_to_string(path) else { return };
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if let Some(pattern) = line.strip_prefix("include").map(str::trim) {
+            if depth >= 8 || pattern.is_empty() {
+                continue;
+            }
+            let pattern = match path.parent() {
+                Some(parent) if !pattern.starts_with('/') => {
+                    parent.join(pattern).to_string_lossy().into_owned()
+                }
+                _ => pattern.to_string(),
+            };
+            let Ok(paths) = glob::glob(&pattern) else { continue };
+            let mut paths: Vec<PathBuf> = paths.flatten().collect();
+            paths.sort();
+            for p in paths {
+                ld_so_conf(&p, depth + 1, dirs);
+            }
+        } else if line.starts_with('/') {
+            dirs.push(PathBuf::from(line));
+        }
+    }
 }
 
 #[derive(Default)]
@@ -238,6 +432,85 @@ mod tests {
         assert!(c.add(Path::new("relative"), false).is_err());
         symlink("/", d.join("root")).unwrap();
         assert!(c.add(&d.join("root"), false).unwrap_err().contains("whole file system"));
+    }
+
+    /// The libraries found by reading the files are the ones the real loader maps
+    /// (`ldd`, which runs it, for trusted system binaries only here).
+    #[test]
+    fn the_libraries_found_are_the_ones_ldd_reports() {
+        let mut compared = 0;
+        for tool in
+            ["/usr/bin/sort", "/usr/bin/grep", "/usr/bin/ls", "/usr/bin/perl", "/usr/bin/python3"]
+        {
+            let Ok(out) = std::process::Command::new("ldd").arg(tool).output() else { return };
+            if !out.status.success() {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut expected: Vec<PathBuf> = text
+                .lines()
+                .filter_map(|l| {
+                    let path = match l.split_once("=>") {
+                        Some((_, rest)) => rest.split_whitespace().next()?,
+                        None => l.split_whitespace().next()?,
+                    };
+                    path.starts_with('/').then(|| std::fs::canonicalize(path).ok()).flatten()
+                })
+                .collect();
+            expected.sort();
+            expected.dedup();
+            let mut found: Vec<PathBuf> = libraries(Path::new(tool))
+                .unwrap()
+                .into_iter()
+                .map(|p| std::fs::canonicalize(p).unwrap())
+                .collect();
+            found.sort();
+            found.dedup();
+            assert_eq!(found, expected, "{tool}");
+            compared += 1;
+        }
+        assert!(compared > 0, "no tool to compare with ldd");
+    }
+
+    #[test]
+    fn rpath_and_runpath_are_searched_as_the_loader_does() {
+        let elf = |rpath: &[&str], runpath: &[&str]| Elf {
+            class_64: true,
+            machine: 62,
+            interpreter: None,
+            needed: vec![],
+            rpath: rpath.iter().map(|s| s.to_string()).collect(),
+            runpath: runpath.iter().map(|s| s.to_string()).collect(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().canonicalize().unwrap().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(bin.join("tool"), b"").unwrap();
+        let tool = bin.join("tool");
+        let inherited = vec![PathBuf::from("/opt/parent")];
+        let with_rpath = elf(&["$ORIGIN/../lib:/opt/x", "${ORIGIN}", "$LIB/y", "relative"], &[]);
+        assert_eq!(
+            with_rpath.search_paths(&tool, &inherited),
+            vec![bin.join("../lib"), "/opt/x".into(), bin.clone(), "/opt/parent".into()]
+        );
+        // RUNPATH replaces RPATH and inherits nothing.
+        let with_runpath = elf(&["/opt/ignored"], &["/opt/run"]);
+        assert_eq!(with_runpath.search_paths(&tool, &inherited), vec![PathBuf::from("/opt/run")]);
+    }
+
+    #[test]
+    fn a_file_that_is_not_elf_or_not_a_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("script");
+        std::fs::write(&script, b"#!/bin/sh\necho hi\n").unwrap();
+        assert!(libraries(&script).unwrap_err().contains("not an ELF executable"));
+        let truncated = dir.path().join("truncated");
+        let sort =
+            std::fs::read("/usr/bin/sort").unwrap_or_else(|_| b"\x7fELF\x02\x01\x01".to_vec());
+        std::fs::write(&truncated, &sort[..64.min(sort.len())]).unwrap();
+        assert!(libraries(&truncated).is_err());
+        assert!(libraries(dir.path()).unwrap_err().contains("not a regular file"));
+        assert!(libraries(Path::new("/dev/zero")).unwrap_err().contains("not a regular file"));
     }
 
     #[test]

@@ -232,7 +232,14 @@ fn program(
 /// disagree the kernel takes the strictest answer, and between two errors the one of the
 /// filter installed last, so a denied call is EPERM. `clone3` (whose flags a filter cannot
 /// read) is not allowed, so libc falls back to `clone`, whose flags it can.
-pub(super) fn filters(exec_fd: Option<std::os::fd::RawFd>) -> Result<Vec<BpfProgram>, String> {
+///
+/// With `single_process` (no memory cgroup: RLIMIT_AS bounds one address space, not a
+/// task's processes), `fork`, `vfork` and a `clone` that is not a thread are refused too:
+/// threads share the bounded address space, processes would multiply it.
+pub(super) fn filters(
+    exec_fd: Option<std::os::fd::RawFd>,
+    single_process: bool,
+) -> Result<Vec<BpfProgram>, String> {
     let mut allowed: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for &nr in ALLOWED.iter().chain(ALLOWED_ARCH) {
         allowed.insert(nr, vec![]);
@@ -255,6 +262,14 @@ pub(super) fn filters(exec_fd: Option<std::os::fd::RawFd>) -> Result<Vec<BpfProg
     let mut clone = vec![];
     for &flag in NAMESPACE_FLAGS {
         clone.push(rule(vec![cond(0, SeccompCmpOp::MaskedEq(flag), flag)?])?);
+    }
+    if single_process {
+        let thread = libc::CLONE_THREAD as u64;
+        clone.push(rule(vec![cond(0, SeccompCmpOp::MaskedEq(thread), 0)?])?);
+        #[cfg(target_arch = "x86_64")]
+        for nr in [libc::SYS_fork, libc::SYS_vfork] {
+            denied.insert(nr, vec![]);
+        }
     }
     denied.insert(libc::SYS_clone, clone);
     // personality(persona): only the harmless ones.

@@ -89,7 +89,8 @@ impl Worker {
             // Limits over this worker's ceilings are named by the preflight's own check.
             let Ok(limits) = self.settings.resources.limits(task) else { return Ok(()) };
             let env = task.env.keys().map(String::as_str);
-            host.fits(&n.tool, env, !task.mounts.is_empty(), &limits).map_err(|u| {
+            let mounts: Vec<&str> = task.mounts.iter().map(|m| m.path.as_str()).collect();
+            host.fits(&n.tool, env, &mounts, &limits).map_err(|u| {
                 let lack = match u {
                     Unfit::Env(_) => Lack::Env,
                     Unfit::Mounts(_) => Lack::Mount,
