@@ -964,3 +964,27 @@ async fn s16_the_tool_is_executed_once_and_nothing_after_it() {
         assert_eq!(r.outcome, Outcome::Exited { code: 0 });
     }
 }
+
+/// Another name for a forbidden program is still refused: a hard link to an interpreter (the
+/// same file), and a program that loads an interpreter's runtime library.
+#[test]
+fn a_hard_link_to_an_interpreter_is_refused_under_any_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("report");
+    match fs::hard_link("/usr/bin/perl", &link) {
+        Ok(()) => {
+            let err = Allowlist::new().allow(tool("report"), ToolEntry::new(&link)).unwrap_err();
+            assert!(err.to_string().contains("hard link"), "{err}");
+        }
+        Err(e) => println!("hard link: skipped, cannot link /usr/bin/perl here ({e})"),
+    }
+    for wrapper in fs::read_dir("/usr/bin").unwrap().flatten() {
+        let name = wrapper.file_name().to_string_lossy().into_owned();
+        if name.starts_with("perl5") && name.contains("linux") {
+            let err = Allowlist::new()
+                .allow(tool("wrapper"), ToolEntry::new(wrapper.path()))
+                .unwrap_err();
+            assert!(err.to_string().contains("is an interpreter"), "{name}: {err}");
+        }
+    }
+}

@@ -203,6 +203,25 @@ mod tests {
     }
 
     #[test]
+    fn data_reaching_a_directory_the_jail_makes_through_a_link_is_refused() {
+        // Not under /tmp, which is itself a directory the jail makes.
+        let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")).unwrap();
+        let link = dir.path().join("config");
+        std::os::unix::fs::symlink("/etc", &link).unwrap();
+        let f = dir.path().join("tools.toml");
+        std::fs::write(
+            &f,
+            format!(
+                "[tools]\nsort = {{ path = \"/usr/bin/sort\", data = [\"{}\"] }}\n",
+                link.display()
+            ),
+        )
+        .unwrap();
+        let err = load_file(&f, &mut Allowlist::new()).unwrap_err().to_string();
+        assert!(err.contains("/etc is a directory the jail makes itself"), "{err}");
+    }
+
+    #[test]
     fn allow_tool_args_resolve_in_usr_bin_then_bin() {
         let (name, entry) = parse_arg("sort").unwrap();
         assert_eq!(name.as_str(), "sort");

@@ -357,7 +357,7 @@ fn init_inner(p: &Prepared<'_>, ready: &OwnedFd) -> Result<JailReport, String> {
             .map_err(|e| format!("cgroup namespace: {e}"))?;
     }
     build_root(p)?;
-    hide_command_line();
+    set_command_line(INIT_NAME);
     // Our own /proc entries (environment, exe, memory) are not the tool's to read.
     nix::sys::prctl::set_dumpable(false).map_err(|e| format!("prctl: {e}"))?;
     run_tool(p, true, None)
@@ -365,13 +365,17 @@ fn init_inner(p: &Prepared<'_>, ready: &OwnedFd) -> Result<JailReport, String> {
 
 /// What the sandbox's init is called, in /proc/1/cmdline and /proc/1/comm: not the
 /// worker's binary, whose host path the tool has no business knowing.
-const INIT_NAME: &[u8] = b"agenix-init";
+const INIT_NAME: &std::ffi::CStr = c"agenix-init";
 
-/// Overwrites this process's command line (the strings its argv pointed to when the
-/// helper was started, which name the worker binary's host path) with [`INIT_NAME`], and
+/// What a helper forked by the zygote is called (it would show the zygote's command line).
+pub(super) const HELPER_NAME: &std::ffi::CStr = c"agenix-helper";
+
+/// Overwrites this process's command line (the strings its argv pointed to when it was
+/// started, which name the worker binary's host path) with `name` (at most 15 bytes), and
 /// renames it. Best effort: the command line is only information, not access.
-fn hide_command_line() {
-    let _ = nix::sys::prctl::set_name(c"agenix-init");
+pub(super) fn set_command_line(name: &std::ffi::CStr) {
+    let _ = nix::sys::prctl::set_name(name);
+    let name = name.to_bytes();
     let Ok(stat) = fs::read_to_string("/proc/self/stat") else { return };
     // Fields after the parenthesised name start at field 3; arg_start and arg_end are 48
     // and 49 (proc_pid_stat(5)).
@@ -379,7 +383,7 @@ fn hide_command_line() {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<usize>().ok());
     let (Some(start), Some(end)) = (field(48), field(49)) else { return };
-    let Some(len) = end.checked_sub(start).filter(|l| *l > INIT_NAME.len()) else { return };
+    let Some(len) = end.checked_sub(start).filter(|l| *l > name.len()) else { return };
     // SAFETY: [start, end) is this process's own argument area, on its initial stack,
     // mapped writable for as long as the process lives (the kernel reports it from the
     // memory map it made at exec). Only the kernel's /proc reader and std's saved argv
@@ -387,7 +391,7 @@ fn hide_command_line() {
     unsafe {
         let area = start as *mut u8;
         std::ptr::write_bytes(area, 0, len);
-        std::ptr::copy_nonoverlapping(INIT_NAME.as_ptr(), area, INIT_NAME.len());
+        std::ptr::copy_nonoverlapping(name.as_ptr(), area, name.len());
     }
 }
 

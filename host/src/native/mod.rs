@@ -78,6 +78,14 @@ pub const INTERPRETERS: &[&str] = &[
     "jshell",
     "pwsh",
     "osascript",
+    "vi",
+    "vim",
+    "view",
+    "ex",
+    "rvim",
+    "rview",
+    "nvim",
+    "emacs",
 ];
 
 /// Why a program's name (its allowlist name, or the base name of its path or of what that
@@ -104,6 +112,23 @@ fn forbidden(name: &str) -> Option<&'static str> {
 /// Environment variables every tool may be given by a plan: the locale and the time zone.
 /// A tool entry adds names of its own ([`ToolEntry::env`]); any other is refused.
 pub const BASE_ENV: &[&str] = &["LANG", "LC_*", "TZ"];
+
+/// Where a system's shells, launchers and interpreters are installed.
+const PROGRAM_DIRS: &[&str] = &["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"];
+
+/// Whether `file` is the very file (device and inode) of a program in [`PROGRAM_DIRS`] whose
+/// name is [`forbidden`]: a hard link under an innocent name.
+fn same_file_as_forbidden(file: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(file) else { return false };
+    if m.nlink() < 2 {
+        return false;
+    }
+    PROGRAM_DIRS.iter().filter_map(|d| std::fs::read_dir(d).ok()).flatten().flatten().any(|e| {
+        forbidden(&e.file_name().to_string_lossy()).is_some()
+            && std::fs::metadata(e.path()).is_ok_and(|o| o.dev() == m.dev() && o.ino() == m.ino())
+    })
+}
 
 /// One allowlisted tool.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -257,6 +282,10 @@ impl Allowlist {
         if let Some(what) =
             [name.to_string(), base(&entry.path), base(&resolved)].iter().find_map(|n| forbidden(n))
         {
+            return Err(AllowlistError::Shell { name, path: entry.path, what });
+        }
+        if same_file_as_forbidden(&resolved) {
+            let what = "another name (a hard link) of a shell, launcher or interpreter";
             return Err(AllowlistError::Shell { name, path: entry.path, what });
         }
         // This very program (agw, agx): it embeds the jail helper and the zygote.

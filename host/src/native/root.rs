@@ -24,6 +24,11 @@ use serde::{Deserialize, Serialize};
 /// the default directories are found), the time zone, and the locale `LANG` names.
 const BASE_DATA: &[&str] = &["/etc/ld.so.cache", "/etc/localtime", "/usr/lib/locale/C.utf8"];
 
+/// Directories the jail makes itself: no data may be bound there.
+fn reserved(p: &Path) -> bool {
+    p == Path::new("/etc") || ["/dev", "/proc", "/sys", "/tmp"].iter().any(|r| p.starts_with(r))
+}
+
 /// Most symbolic links followed for one path, as the kernel's own limit.
 const MAX_LINKS: usize = 40;
 
@@ -67,13 +72,17 @@ impl SystemFiles {
             if !d.is_absolute() {
                 return Err(format!("data {} is not an absolute path", d.display()));
             }
-            // The jail makes these itself.
-            if d == Path::new("/etc")
-                || ["/dev", "/proc", "/sys", "/tmp"].iter().any(|r| d.starts_with(r))
-            {
-                return Err(format!("data {} is a directory the jail makes itself", d.display()));
+            let resolved = files.add(d, false).map_err(|e| format!("data {e}"))?;
+            // The jail makes these itself (checked where a link leads, too).
+            for p in [d.as_path(), resolved.as_path()] {
+                if reserved(p) {
+                    return Err(format!(
+                        "data {}: {} is a directory the jail makes itself",
+                        d.display(),
+                        p.display()
+                    ));
+                }
             }
-            files.add(d, false).map_err(|e| format!("data {e}"))?;
         }
         for base in BASE_DATA {
             // Absent on some systems: a jail without them still runs.
@@ -107,6 +116,30 @@ fn libraries(tool: &Path) -> Result<Vec<PathBuf>, String> {
             tool.display()
         ));
     };
+    // What a file is, not what it is called: a copy of the loader or of an interpreter
+    // under another name is still one.
+    if let Some(soname) = &exe.soname {
+        return Err(format!(
+            "{} is a shared library ({soname}), such as the dynamic loader, not a program",
+            tool.display()
+        ));
+    }
+    let runtime =
+        exe.needed.iter().find(|n| INTERPRETER_LIBRARIES.iter().any(|l| n.starts_with(l)));
+    if let Some(library) = runtime {
+        return Err(format!(
+            "{} is an interpreter (it loads {library}), which runs whatever code a plan gives \
+             it: make that code an AU",
+            tool.display()
+        ));
+    }
+    if let Some(symbol) = exe.interpreter_api {
+        return Err(format!(
+            "{} is an interpreter (it exports {symbol}), which runs whatever code a plan gives \
+             it: make that code an AU",
+            tool.display()
+        ));
+    }
     let dirs = system_dirs();
     let mut found: Vec<PathBuf> = exe.interpreter.iter().cloned().collect();
     let mut seen: BTreeMap<String, ()> = BTreeMap::new();
@@ -168,7 +201,30 @@ struct Elf {
     needed: Vec<String>,
     rpath: Vec<String>,
     runpath: Vec<String>,
+    /// DT_SONAME: set in shared libraries (the loader and libc among them), not programs.
+    soname: Option<String>,
+    /// A symbol of an interpreter's embedding API this object defines, if any.
+    interpreter_api: Option<&'static str>,
 }
+
+/// Symbols only an interpreter's executable exports (for the extension modules it loads):
+/// Python, Perl, Ruby, Lua, Tcl, Node.
+const INTERPRETER_APIS: &[&str] = &[
+    "Py_BytesMain",
+    "Py_Main",
+    "perl_run",
+    "Perl_eval_pv",
+    "ruby_run_node",
+    "lua_pcallk",
+    "luaL_loadbuffer",
+    "Tcl_Eval",
+    "_ZN4node5StartEiPPc",
+];
+
+/// Libraries that are an interpreter's runtime: a program that needs one is that
+/// interpreter under another name.
+const INTERPRETER_LIBRARIES: &[&str] =
+    &["libperl.", "libpython", "libruby", "liblua", "libluajit", "libtcl", "libnode.", "libjvm."];
 
 impl Elf {
     /// `None` if the file is not ELF.
@@ -199,7 +255,7 @@ impl Elf {
     fn parse<H: object::read::elf::FileHeader<Endian = object::Endianness>>(
         data: &[u8],
     ) -> object::read::Result<Self> {
-        use object::read::elf::ProgramHeader as _;
+        use object::read::elf::{ProgramHeader as _, Sym as _};
         let header = H::parse(data)?;
         let endian = header.endian()?;
         let mut interpreter = None;
@@ -208,16 +264,30 @@ impl Elf {
                 interpreter = Some(PathBuf::from(String::from_utf8_lossy(p).into_owned()));
             }
         }
-        let table = header.sections(endian, data)?.dynamic_table(endian, data)?;
-        let (mut needed, mut rpath, mut runpath) = (vec![], vec![], vec![]);
+        let sections = header.sections(endian, data)?;
+        let table = sections.dynamic_table(endian, data)?;
+        let (mut needed, mut rpath, mut runpath, mut soname) = (vec![], vec![], vec![], vec![]);
         for d in &table {
             let into = match d.tag {
                 object::elf::DT_NEEDED => &mut needed,
                 object::elf::DT_RPATH => &mut rpath,
                 object::elf::DT_RUNPATH => &mut runpath,
+                object::elf::DT_SONAME => &mut soname,
                 _ => continue,
             };
             into.push(String::from_utf8_lossy(table.string(d)?).into_owned());
+        }
+        let mut interpreter_api = None;
+        let symbols = sections.symbols(endian, data, object::elf::SHT_DYNSYM)?;
+        for sym in symbols.iter() {
+            if sym.is_undefined(endian) {
+                continue;
+            }
+            let name = sym.name(endian, symbols.strings())?;
+            if let Some(api) = INTERPRETER_APIS.iter().find(|a| a.as_bytes() == name) {
+                interpreter_api = Some(*api);
+                break;
+            }
         }
         Ok(Self {
             class_64: header.is_class_64(),
@@ -226,6 +296,8 @@ impl Elf {
             needed,
             rpath,
             runpath,
+            soname: soname.pop(),
+            interpreter_api,
         })
     }
 
@@ -322,8 +394,9 @@ struct Closure {
 }
 
 impl Closure {
-    /// Adds `path` as the host resolves it: every link on the way, then the file it ends at.
-    fn add(&mut self, path: &Path, exec: bool) -> Result<(), String> {
+    /// Adds `path` as the host resolves it: every link on the way, then the file it ends at
+    /// (returned).
+    fn add(&mut self, path: &Path, exec: bool) -> Result<PathBuf, String> {
         if !path.is_absolute() {
             return Err(format!("{} is not an absolute path", path.display()));
         }
@@ -360,8 +433,8 @@ impl Closure {
         }
         let exec =
             exec || matches!(self.entries.get(&at), Some(RootEntry::Bind { exec: true, .. }));
-        self.entries.insert(at.clone(), RootEntry::Bind { path: at, exec });
-        Ok(())
+        self.entries.insert(at.clone(), RootEntry::Bind { path: at.clone(), exec });
+        Ok(at)
     }
 
     /// The entries, shallower paths first (a directory is bound before what is bound on
@@ -440,7 +513,7 @@ mod tests {
     fn the_libraries_found_are_the_ones_ldd_reports() {
         let mut compared = 0;
         for tool in
-            ["/usr/bin/sort", "/usr/bin/grep", "/usr/bin/ls", "/usr/bin/perl", "/usr/bin/python3"]
+            ["/usr/bin/sort", "/usr/bin/grep", "/usr/bin/ls", "/usr/bin/curl", "/usr/bin/ssh"]
         {
             let Ok(out) = std::process::Command::new("ldd").arg(tool).output() else { return };
             if !out.status.success() {
@@ -472,6 +545,28 @@ mod tests {
         assert!(compared > 0, "no tool to compare with ldd");
     }
 
+    /// A copy of the loader or of an interpreter under another name is still refused: by
+    /// what it is (a SONAME, an interpreter's exported API), not what it is called.
+    #[test]
+    fn copies_of_the_loader_and_of_interpreters_are_refused_by_what_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tried = 0;
+        for (original, needle) in [
+            ("/lib64/ld-linux-x86-64.so.2", "is a shared library"),
+            ("/lib/ld-linux-aarch64.so.1", "is a shared library"),
+            ("/usr/bin/perl", "is an interpreter"),
+            ("/usr/bin/python3", "is an interpreter"),
+        ] {
+            let Ok(bytes) = std::fs::read(original) else { continue };
+            let copy = dir.path().join("report");
+            std::fs::write(&copy, bytes).unwrap();
+            let err = libraries(&copy).unwrap_err();
+            assert!(err.contains(needle), "{original}: {err}");
+            tried += 1;
+        }
+        assert!(tried >= 2, "no loader or interpreter to copy here");
+    }
+
     #[test]
     fn rpath_and_runpath_are_searched_as_the_loader_does() {
         let elf = |rpath: &[&str], runpath: &[&str]| Elf {
@@ -481,6 +576,8 @@ mod tests {
             needed: vec![],
             rpath: rpath.iter().map(|s| s.to_string()).collect(),
             runpath: runpath.iter().map(|s| s.to_string()).collect(),
+            soname: None,
+            interpreter_api: None,
         };
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().canonicalize().unwrap().join("bin");

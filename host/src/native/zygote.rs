@@ -112,6 +112,7 @@ fn become_helper(fds: [OwnedFd; FDS]) -> i32 {
         }
     }
     drop(fds);
+    super::jail::set_command_line(super::jail::HELPER_NAME);
     super::jail::helper_main()
 }
 
