@@ -1,72 +1,20 @@
 //! Exec once: the tool is the one program started in its sandbox, and only once.
 //!
-//! The last filter T installs hands every `execve` and `execveat` that the other filters
-//! let through (only `execveat` of the tool's own descriptor) to a supervisor, over a
-//! seccomp user-notification descriptor that T passes to its parent before it executes the
-//! tool. The supervisor lets the first one continue — T's own, made before any code of the
+//! T's system call filter (`seccomp.rs`) hands the one exec it lets through (`execveat` of
+//! the tool's own descriptor) to a supervisor, over a seccomp user-notification descriptor
+//! that T passes to its parent before it executes the tool. The supervisor lets the first one continue — T's own, made before any code of the
 //! tool runs — and answers every later one EPERM, whoever makes it (the tool, a thread of
 //! it, a child of it). So neither the loader, nor a library, nor the tool itself a second
 //! time can be executed, whatever descriptor a call names. The decision depends on no
 //! argument the caller controls, so the usual caveat about letting a notified call continue
 //! (its memory may change meanwhile) does not apply.
 
-#![allow(unsafe_code, reason = "the seccomp(2) and ioctl(2) calls have no safe wrappers")]
+#![allow(unsafe_code, reason = "the seccomp ioctl(2) calls have no safe wrappers")]
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
-use seccompiler::{BpfProgram, sock_filter};
-
-/// The gate's program: `execve` and `execveat` go to the supervisor, all else is allowed
-/// (the filters installed before it have already answered everything else).
-pub(super) fn program() -> BpfProgram {
-    const NR_OFFSET: u32 = 0; // seccomp_data.nr
-    const RET_ALLOW: u32 = 0x7fff_0000;
-    let op = |code: u32, k: u32, jt: u8, jf: u8| sock_filter {
-        code: u16::try_from(code).unwrap_or(0),
-        jt,
-        jf,
-        k,
-    };
-    let (ld, jeq, ret) = (
-        libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
-        libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
-        libc::BPF_RET | libc::BPF_K,
-    );
-    let nr = |n: libc::c_long| u32::try_from(n).unwrap_or(u32::MAX);
-    vec![
-        op(ld, NR_OFFSET, 0, 0),
-        op(jeq, nr(libc::SYS_execve), 2, 0),
-        op(jeq, nr(libc::SYS_execveat), 1, 0),
-        op(ret, RET_ALLOW, 0, 0),
-        op(ret, libc::SECCOMP_RET_USER_NOTIF, 0, 0),
-    ]
-}
-
-/// Installs `program` on this process (no_new_privs must be set) and returns the
-/// notification descriptor.
-pub(super) fn install(program: &BpfProgram) -> Result<OwnedFd, String> {
-    let prog = libc::sock_fprog {
-        len: u16::try_from(program.len()).map_err(|_| "the gate is too long".to_string())?,
-        filter: program.as_ptr().cast_mut().cast(),
-    };
-    // SAFETY: `prog` points at `program`, which outlives the call; the kernel copies it.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-            &prog as *const libc::sock_fprog,
-        )
-    };
-    if fd < 0 {
-        return Err(format!("seccomp gate: {}", std::io::Error::last_os_error()));
-    }
-    let fd = RawFd::try_from(fd).map_err(|_| "seccomp gate: a bad descriptor".to_string())?;
-    // SAFETY: the kernel just created this descriptor for us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
 
 /// Sends the notification descriptor to the supervisor.
 pub(super) fn send(to: &OwnedFd, listener: &OwnedFd) -> Result<(), String> {

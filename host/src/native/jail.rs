@@ -96,14 +96,14 @@ pub(super) fn helper_main() -> i32 {
 /// nothing else in P is ever numbered so.
 const TOOL_FD: std::os::fd::RawFd = 100;
 
-/// The tool's system call filters (for a task that may be one process only, or not),
-/// compiled once per helper process: the zygote compiles them before forking any helper, so
-/// each helper inherits them compiled.
-pub(super) fn filters(single_process: bool) -> Result<&'static [seccompiler::BpfProgram], String> {
-    type Compiled = std::sync::OnceLock<Result<Vec<seccompiler::BpfProgram>, String>>;
-    static FILTERS: [Compiled; 2] = [Compiled::new(), Compiled::new()];
+/// The tool's system call filter (for a task that may be one process only, or not), built
+/// once per helper process: the zygote builds both before forking any helper, so each
+/// helper inherits them built.
+pub(super) fn filter(single_process: bool) -> Result<&'static [libc::sock_filter], String> {
+    type Built = std::sync::OnceLock<Result<super::seccomp::Program, String>>;
+    static FILTERS: [Built; 2] = [Built::new(), Built::new()];
     FILTERS[usize::from(single_process)]
-        .get_or_init(|| super::seccomp::filters(Some(TOOL_FD), single_process))
+        .get_or_init(|| super::seccomp::program(Some(TOOL_FD), single_process))
         .as_deref()
         .map_err(Clone::clone)
 }
@@ -116,8 +116,8 @@ struct Prepared<'a> {
     interpreter: Option<PathBuf>,
     argv: Vec<CString>,
     envp: Vec<CString>,
-    /// The system call filters (see [`filters`]), when seccomp is on.
-    filters: Option<&'static [seccompiler::BpfProgram]>,
+    /// The system call filter (see [`filter`]), when seccomp is on.
+    filter: Option<&'static [libc::sock_filter]>,
 }
 
 fn cstring(s: &str, what: &str) -> Result<CString, String> {
@@ -172,8 +172,8 @@ fn prepare(spec: &JailSpec) -> Result<Prepared<'_>, String> {
         .collect::<Result<Vec<_>, _>>()?;
     // Without a memory cgroup, RLIMIT_AS bounds the task only if it stays one process.
     let single_process = spec.rlimit_as.is_some();
-    let filters = if spec.features.seccomp { Some(filters(single_process)?) } else { None };
-    Ok(Prepared { spec, tool, interpreter, argv, envp, filters })
+    let filter = if spec.features.seccomp { Some(filter(single_process)?) } else { None };
+    Ok(Prepared { spec, tool, interpreter, argv, envp, filter })
 }
 
 /// The interpreter (`PT_INTERP`) an ELF executable names, if it names one; `None` for
@@ -650,7 +650,7 @@ fn run_tool(
     .map_err(errno("signalfd"))?;
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(errno("pipe"))?;
     // T hands its exec gate over this socket before it executes the tool.
-    let gate_pair = match p.filters {
+    let gate_pair = match p.filter {
         Some(_) => Some(
             socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
                 .map_err(errno("socketpair"))?,
@@ -823,13 +823,12 @@ fn exec_tool_inner(
     }
     super::confine::drop_capabilities()?;
     nix::sys::prctl::set_no_new_privs().map_err(errno("no_new_privs"))?;
-    if let Some(filters) = p.filters {
-        super::seccomp::install(filters)?;
-    }
-    // Last: the gate, which lets this process's next exec through and no other.
-    if let Some(to) = gate {
-        let listener = super::gate::install(&super::gate::program())?;
-        super::gate::send(&to, &listener)?;
+    // Last: the filter, whose exec gate lets this process's next exec through and no other.
+    if let Some(filter) = p.filter {
+        let listener = super::seccomp::install(filter, gate.is_some())?;
+        if let (Some(to), Some(listener)) = (gate, listener) {
+            super::gate::send(&to, &listener)?;
+        }
     }
     let e = nix::unistd::execveat(p.tool.as_fd(), c"", &p.argv, &p.envp, AtFlags::AT_EMPTY_PATH)
         .unwrap_err();

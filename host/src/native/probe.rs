@@ -199,7 +199,7 @@ pub(crate) fn run_probes() -> Probe {
         SECCOMP,
         try_fork(|| {
             nix::sys::prctl::set_no_new_privs().map_err(|e| e.to_string())?;
-            super::seccomp::install(&super::seccomp::filters(None, false)?)?;
+            super::seccomp::install(&super::seccomp::program(None, false)?, false)?;
             // SAFETY-free check: a TCP socket must now be refused.
             match std::net::TcpListener::bind("127.0.0.1:0") {
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(()),

@@ -1,21 +1,22 @@
-//! The tool's system call filters: an architecture guard, an allowlist (anything else
-//! ENOSYS) and a deny list (EPERM), compiled once per task in the helper and installed last,
-//! just before the tool is executed.
+//! The tool's system call filter: one classic-BPF program, built here from sorted ranges of
+//! call numbers (so the kernel translates and JITs a short program, once per task) and
+//! installed last, just before the tool is executed.
+//!
+//! It answers, in this order: a call for another architecture or through the x32 ABI kills
+//! the process; the calls with argument rules ([`SPECIAL`]) are decided by their arguments;
+//! calls in the allowlist run; calls in [`DENIED`] fail with EPERM; anything else fails with
+//! ENOSYS, as on a kernel without the call, so the C library's fallbacks keep working
+//! (`clone3` among them: libc falls back to `clone`, whose flags a filter can read). The
+//! tool's own `execveat` goes to the exec gate (`gate.rs`) through a user notification.
 
-use std::collections::BTreeMap;
+#![allow(unsafe_code, reason = "seccomp(2) has no safe wrapper; the block says why it is sound")]
 
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-fn target_arch() -> Result<TargetArch, String> {
-    match std::env::consts::ARCH {
-        "x86_64" => Ok(TargetArch::x86_64),
-        "aarch64" => Ok(TargetArch::aarch64),
-        other => Err(format!("no seccomp filter for {other}")),
-    }
-}
+use libc::sock_filter;
+
+/// A classic BPF program.
+pub(super) type Program = Vec<sock_filter>;
 
 /// The system calls a tool may make: Docker's default profile for unprivileged containers
 /// (the calls ordinary programs, their C library and their threads use), less what starts
@@ -84,7 +85,7 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_timerfd_settime, libc::SYS_times, libc::SYS_tkill, libc::SYS_truncate,
     libc::SYS_umask, libc::SYS_uname, libc::SYS_unlinkat, libc::SYS_utimensat, libc::SYS_vmsplice,
     libc::SYS_wait4, libc::SYS_waitid, libc::SYS_write, libc::SYS_writev,
-    // Argument rules in [`DENIED_IF`] narrow these.
+    // Decided by their arguments: see [`SPECIAL`].
     libc::SYS_clone, libc::SYS_execveat, libc::SYS_ioctl, libc::SYS_personality, libc::SYS_socket,
     libc::SYS_socketpair,
     // Numbers shared by every architecture since 5.x that the libc crate does not name:
@@ -191,146 +192,187 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_sysfs,
 ];
 
-const NAMESPACE_FLAGS: &[u64] = &[
-    libc::CLONE_NEWUSER as u64,
-    libc::CLONE_NEWNS as u64,
-    libc::CLONE_NEWPID as u64,
-    libc::CLONE_NEWNET as u64,
-    libc::CLONE_NEWIPC as u64,
-    libc::CLONE_NEWUTS as u64,
-    libc::CLONE_NEWCGROUP as u64,
-];
+/// Namespace-creating clone flags (all in the low 32 bits, which are all `clone` reads).
+const NAMESPACE_FLAGS: u32 = (libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWCGROUP) as u32;
 
 /// The execution domains `personality` may select (Docker's set): Linux, 32-bit Linux,
 /// a 2.6 kernel version, both, and the query. Never ADDR_NO_RANDOMIZE or
 /// READ_IMPLIES_EXEC.
-const PERSONALITIES: &[u64] = &[0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
+const PERSONALITIES: &[u32] = &[0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 
-fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, String> {
-    SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value).map_err(|e| e.to_string())
+/// Calls decided by their arguments (each compared in its low 32 bits, which is all the
+/// kernel reads of them: an `int` or `unsigned int`, or `clone`'s flags).
+const SPECIAL: &[libc::c_long] = &[
+    libc::SYS_socket,
+    libc::SYS_socketpair,
+    libc::SYS_ioctl,
+    libc::SYS_clone,
+    libc::SYS_personality,
+    libc::SYS_execveat,
+];
+
+const RET_KILL_PROCESS: u32 = 0x8000_0000;
+const RET_ALLOW: u32 = 0x7fff_0000;
+const RET_ERRNO: u32 = 0x0005_0000;
+const RET_USER_NOTIF: u32 = 0x7fc0_0000;
+const EPERM: u32 = RET_ERRNO | libc::EPERM as u32;
+const ENOSYS: u32 = RET_ERRNO | libc::ENOSYS as u32;
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xc000_003e; // AUDIT_ARCH_X86_64
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xc000_00b7; // AUDIT_ARCH_AARCH64
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const AUDIT_ARCH: u32 = 0; // no filter is built there: see `program`
+
+fn op(code: u32, k: u32, jt: u8, jf: u8) -> sock_filter {
+    sock_filter { code: u16::try_from(code).unwrap_or(0), jt, jf, k }
+}
+fn load(offset: u32) -> sock_filter {
+    op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, offset, 0, 0)
+}
+fn ret(action: u32) -> sock_filter {
+    op(libc::BPF_RET | libc::BPF_K, action, 0, 0)
+}
+fn jeq(k: u32, jt: u8, jf: u8) -> sock_filter {
+    op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, k, jt, jf)
+}
+fn jge(k: u32, jt: u8, jf: u8) -> sock_filter {
+    op(libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K, k, jt, jf)
+}
+fn jgt(k: u32, jt: u8, jf: u8) -> sock_filter {
+    op(libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K, k, jt, jf)
+}
+fn jset(k: u32, jt: u8, jf: u8) -> sock_filter {
+    op(libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K, k, jt, jf)
+}
+/// Loads the low 32 bits of argument `i` (seccomp_data.args, little-endian).
+fn arg(i: u32) -> sock_filter {
+    load(16 + 8 * i)
 }
 
-fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, String> {
-    SeccompRule::new(conditions).map_err(|e| e.to_string())
-}
-
-fn program(
-    rules: BTreeMap<i64, Vec<SeccompRule>>,
-    otherwise: SeccompAction,
-    matched: SeccompAction,
-) -> Result<BpfProgram, String> {
-    let filter =
-        SeccompFilter::new(rules, otherwise, matched, target_arch()?).map_err(|e| e.to_string())?;
-    filter.try_into().map_err(|e: seccompiler::BackendError| e.to_string())
-}
-
-/// The tool's system call filters, in the order they are installed: [`abi_guard`]; the
-/// allowlist ([`ALLOWED`], anything else ENOSYS); the deny list ([`DENIED`], and these
-/// arguments, EPERM): `execveat` of anything but the descriptor `exec_fd` (the tool, as
-/// the jail starts it; `None`: nothing), non-Unix sockets, namespace-creating clones,
-/// terminal-injection ioctls and personalities outside [`PERSONALITIES`]. When filters
-/// disagree the kernel takes the strictest answer, and between two errors the one of the
-/// filter installed last, so a denied call is EPERM. `clone3` (whose flags a filter cannot
-/// read) is not allowed, so libc falls back to `clone`, whose flags it can.
-///
-/// With `single_process` (no memory cgroup: RLIMIT_AS bounds one address space, not a
-/// task's processes), `fork`, `vfork` and a `clone` that is not a thread are refused too:
-/// threads share the bounded address space, processes would multiply it.
-pub(super) fn filters(
-    exec_fd: Option<std::os::fd::RawFd>,
-    single_process: bool,
-) -> Result<Vec<BpfProgram>, String> {
-    let mut allowed: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for &nr in ALLOWED.iter().chain(ALLOWED_ARCH) {
-        allowed.insert(nr, vec![]);
+/// The filter. `exec_fd`: the one descriptor `execveat` may execute, through the exec gate
+/// (a user notification; install with a listener); `None`: no exec at all. With
+/// `single_process` (no memory cgroup: RLIMIT_AS bounds one address space, not a task's
+/// processes), `fork`, `vfork` and a `clone` that is not a thread are refused too.
+pub(super) fn program(exec_fd: Option<RawFd>, single_process: bool) -> Result<Program, String> {
+    if AUDIT_ARCH == 0 {
+        return Err(format!("no seccomp filter for {}", std::env::consts::ARCH));
     }
-    let mut denied: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for &nr in DENIED {
-        denied.insert(nr, vec![]);
+    let nr = |n: libc::c_long| u32::try_from(n).map_err(|_| format!("call number {n}"));
+    let mut p = vec![
+        load(4), // seccomp_data.arch
+        jeq(AUDIT_ARCH, 1, 0),
+        ret(RET_KILL_PROCESS),
+        load(0), // seccomp_data.nr
+        jge(X32_SYSCALL_BIT, 0, 1),
+        ret(RET_KILL_PROCESS),
+    ];
+    for &call in SPECIAL {
+        let block = special(call, exec_fd, single_process);
+        let skip = u8::try_from(block.len()).map_err(|_| "a rule block is too long".to_string())?;
+        p.push(jeq(nr(call)?, 0, skip));
+        p.extend(block);
     }
-    // socket(domain, ...) and socketpair(domain, ...): only AF_UNIX.
-    for nr in [libc::SYS_socket, libc::SYS_socketpair] {
-        denied.insert(nr, vec![rule(vec![cond(0, SeccompCmpOp::Ne, libc::AF_UNIX as u64)?])?]);
-    }
-    // ioctl(fd, request, ...): no TIOCSTI or TIOCLINUX, whatever the upper bits say.
-    let mut ioctl = vec![];
-    for req in [libc::TIOCSTI, libc::TIOCLINUX] {
-        ioctl.push(rule(vec![cond(1, SeccompCmpOp::MaskedEq(0xffff_ffff), req)?])?);
-    }
-    denied.insert(libc::SYS_ioctl, ioctl);
-    // clone(flags, ...): no new namespaces.
-    let mut clone = vec![];
-    for &flag in NAMESPACE_FLAGS {
-        clone.push(rule(vec![cond(0, SeccompCmpOp::MaskedEq(flag), flag)?])?);
-    }
+    let mut denied: Vec<libc::c_long> = DENIED.to_vec();
     if single_process {
-        let thread = libc::CLONE_THREAD as u64;
-        clone.push(rule(vec![cond(0, SeccompCmpOp::MaskedEq(thread), 0)?])?);
         #[cfg(target_arch = "x86_64")]
-        for nr in [libc::SYS_fork, libc::SYS_vfork] {
-            denied.insert(nr, vec![]);
+        denied.extend([libc::SYS_fork, libc::SYS_vfork]);
+    }
+    let allowed: Vec<libc::c_long> = ALLOWED
+        .iter()
+        .chain(ALLOWED_ARCH)
+        .copied()
+        .filter(|n| !SPECIAL.contains(n) && !denied.contains(n))
+        .collect();
+    // Allowed first: the common calls (read, write, mmap, ...) are low numbers, and decided
+    // after a few comparisons.
+    for (set, action) in [(allowed, RET_ALLOW), (denied, EPERM)] {
+        for (lo, hi) in ranges(&set) {
+            // nr in lo..=hi: the action; else on to the next range.
+            p.extend([jge(nr(lo)?, 0, 2), jgt(nr(hi)?, 1, 0), ret(action)]);
         }
     }
-    denied.insert(libc::SYS_clone, clone);
-    // personality(persona): only the harmless ones.
-    let others =
-        PERSONALITIES.iter().map(|&p| cond(0, SeccompCmpOp::Ne, p)).collect::<Result<_, _>>()?;
-    denied.insert(libc::SYS_personality, vec![rule(others)?]);
-    // execveat(dirfd, path, argv, envp, flags): only of the tool's own descriptor, by that
-    // descriptor (AT_EMPTY_PATH). With execve denied, launchers (xargs, find -exec, sort
-    // --compress-program, the loader run as a program) start nothing; and the root holds
-    // no other program to start.
-    let empty_path = libc::AT_EMPTY_PATH as u64;
-    let mut execveat = vec![rule(vec![cond(4, SeccompCmpOp::MaskedEq(empty_path), 0)?])?];
-    match exec_fd.and_then(|fd| u64::try_from(fd).ok()) {
-        Some(fd) => execveat.push(rule(vec![cond(0, SeccompCmpOp::Ne, fd)?])?),
-        None => execveat = vec![],
+    p.push(ret(ENOSYS));
+    if p.len() > usize::from(u16::MAX) {
+        return Err("the filter is too long".into());
     }
-    denied.insert(libc::SYS_execveat, execveat);
-    Ok(vec![
-        abi_guard()?,
-        program(allowed, SeccompAction::Errno(libc::ENOSYS as u32), SeccompAction::Allow)?,
-        program(denied, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32))?,
-    ])
+    Ok(p)
 }
 
-/// The first filter: a system call made for another architecture than this build's (i386
-/// on x86_64), or through the x32 ABI (numbers with bit 30 set, under the x86_64 audit
-/// architecture), kills the process. The rule filters are keyed by this architecture's
-/// numbers, so a call made any other way would slip past them. (seccompiler checks the
-/// architecture but not the x32 bit, hence these seven instructions.)
-fn abi_guard() -> Result<BpfProgram, String> {
-    const ARCH_OFFSET: u32 = 4; // seccomp_data.arch
-    const NR_OFFSET: u32 = 0; // seccomp_data.nr
-    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-    const RET_KILL_PROCESS: u32 = 0x8000_0000;
-    const RET_ALLOW: u32 = 0x7fff_0000;
-    let audit_arch: u32 = match std::env::consts::ARCH {
-        "x86_64" => 0xc000_003e,  // AUDIT_ARCH_X86_64
-        "aarch64" => 0xc000_00b7, // AUDIT_ARCH_AARCH64
-        other => return Err(format!("no seccomp filter for {other}")),
-    };
-    let op = |code: u32, k: u32, jt: u8, jf: u8| seccompiler::sock_filter {
-        code: u16::try_from(code).unwrap_or(0),
-        jt,
-        jf,
-        k,
-    };
-    let (ld, jeq, jge, ret) = (
-        libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
-        libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
-        libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K,
-        libc::BPF_RET | libc::BPF_K,
-    );
-    Ok(vec![
-        op(ld, ARCH_OFFSET, 0, 0),
-        op(jeq, audit_arch, 1, 0),
-        op(ret, RET_KILL_PROCESS, 0, 0),
-        op(ld, NR_OFFSET, 0, 0),
-        op(jge, X32_SYSCALL_BIT, 0, 1),
-        op(ret, RET_KILL_PROCESS, 0, 0),
-        op(ret, RET_ALLOW, 0, 0),
-    ])
+/// The block deciding one call of [`SPECIAL`] by its arguments; it always returns.
+fn special(call: libc::c_long, exec_fd: Option<RawFd>, single_process: bool) -> Program {
+    let af_unix = libc::AF_UNIX as u32;
+    match call {
+        // socket(domain, ...), socketpair(domain, ...): only AF_UNIX.
+        libc::SYS_socket | libc::SYS_socketpair => {
+            vec![arg(0), jeq(af_unix, 0, 1), ret(RET_ALLOW), ret(EPERM)]
+        }
+        // ioctl(fd, request, ...): no terminal injection.
+        libc::SYS_ioctl => vec![
+            arg(1),
+            jeq(libc::TIOCSTI as u32, 2, 0),
+            jeq(libc::TIOCLINUX as u32, 1, 0),
+            ret(RET_ALLOW),
+            ret(EPERM),
+        ],
+        // clone(flags, ...): no new namespaces; one process only when asked.
+        libc::SYS_clone if single_process => vec![
+            arg(0),
+            jset(NAMESPACE_FLAGS, 2, 0),
+            jset(libc::CLONE_THREAD as u32, 0, 1),
+            ret(RET_ALLOW),
+            ret(EPERM),
+        ],
+        libc::SYS_clone => vec![arg(0), jset(NAMESPACE_FLAGS, 1, 0), ret(RET_ALLOW), ret(EPERM)],
+        // personality(persona): only the harmless ones.
+        libc::SYS_personality => {
+            let n = PERSONALITIES.len();
+            let mut b = vec![arg(0)];
+            for (i, &v) in PERSONALITIES.iter().enumerate() {
+                // To the final `ret ALLOW`, past the rest and the `ret EPERM`.
+                b.push(jeq(v, u8::try_from(n - i).unwrap_or(0), 0));
+            }
+            b.extend([ret(EPERM), ret(RET_ALLOW)]);
+            b
+        }
+        // execveat(dirfd, path, argv, envp, flags): only of the tool's descriptor, by that
+        // descriptor, and then only as the gate says.
+        libc::SYS_execveat => match exec_fd.and_then(|fd| u32::try_from(fd).ok()) {
+            Some(fd) => vec![
+                arg(0),
+                jeq(fd, 0, 3),
+                arg(4),
+                jset(libc::AT_EMPTY_PATH as u32, 0, 1),
+                ret(RET_USER_NOTIF),
+                ret(EPERM),
+            ],
+            None => vec![ret(EPERM)],
+        },
+        _ => vec![ret(EPERM)],
+    }
+}
+
+/// `set` as sorted, inclusive ranges of consecutive numbers.
+fn ranges(set: &[libc::c_long]) -> Vec<(libc::c_long, libc::c_long)> {
+    let mut sorted = set.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out: Vec<(libc::c_long, libc::c_long)> = Vec::new();
+    for n in sorted {
+        match out.last_mut() {
+            Some((_, hi)) if *hi + 1 == n => *hi = n,
+            _ => out.push((n, n)),
+        }
+    }
+    out
 }
 
 /// How many system calls the allowlist names on this architecture.
@@ -346,10 +388,136 @@ pub(super) fn denied_count() -> usize {
     DENIED.len()
 }
 
-/// Installs `filters` (from [`filters`]) on this process; no_new_privs must already be set.
-pub(super) fn install(filters: &[BpfProgram]) -> Result<(), String> {
-    for program in filters {
-        seccompiler::apply_filter(program).map_err(|e| format!("seccomp: {e}"))?;
+/// Installs `program` on this process (no_new_privs must already be set); with `listener`,
+/// returns the user-notification descriptor its exec gate answers on.
+pub(super) fn install(program: &[sock_filter], listener: bool) -> Result<Option<OwnedFd>, String> {
+    let prog = libc::sock_fprog {
+        len: u16::try_from(program.len()).map_err(|_| "the filter is too long".to_string())?,
+        filter: program.as_ptr().cast_mut(),
+    };
+    let flags = if listener { libc::SECCOMP_FILTER_FLAG_NEW_LISTENER } else { 0 };
+    // SAFETY: `prog` points at `program`, which outlives the call; the kernel copies it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if rc < 0 {
+        return Err(format!("seccomp: {}", std::io::Error::last_os_error()));
     }
-    Ok(())
+    if !listener {
+        return Ok(None);
+    }
+    let fd = RawFd::try_from(rc).map_err(|_| "seccomp: a bad descriptor".to_string())?;
+    // SAFETY: the kernel just created this descriptor for us.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    /// Runs `p` on a call as the kernel would (the subset of classic BPF built here).
+    fn run(p: &[sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
+        let word = |off: u32| -> u32 {
+            match off {
+                0 => nr,
+                4 => arch,
+                o if o >= 16 => {
+                    let a = args[((o - 16) / 8) as usize];
+                    if (o - 16) % 8 == 0 { a as u32 } else { (a >> 32) as u32 }
+                }
+                _ => panic!("load at {off}"),
+            }
+        };
+        let (mut pc, mut acc) = (0usize, 0u32);
+        loop {
+            let i = p[pc];
+            let code = u32::from(i.code);
+            let jump = |cond: bool| pc + 1 + usize::from(if cond { i.jt } else { i.jf });
+            pc = match code {
+                c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
+                    acc = word(i.k);
+                    pc + 1
+                }
+                c if c == libc::BPF_RET | libc::BPF_K => return i.k,
+                c if c == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K => jump(acc == i.k),
+                c if c == libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K => jump(acc >= i.k),
+                c if c == libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K => jump(acc > i.k),
+                c if c == libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K => jump(acc & i.k != 0),
+                other => panic!("op {other:#x}"),
+            };
+        }
+    }
+
+    fn call(p: &[sock_filter], nr: libc::c_long, args: [u64; 6]) -> u32 {
+        run(p, AUDIT_ARCH, nr as u32, args)
+    }
+
+    #[test]
+    fn every_call_gets_the_answer_its_list_gives() {
+        let p = program(Some(100), false).unwrap();
+        assert!(p.len() < 400, "{} instructions", p.len());
+        for &n in ALLOWED.iter().chain(ALLOWED_ARCH).filter(|n| !SPECIAL.contains(n)) {
+            assert_eq!(call(&p, n, [0; 6]), RET_ALLOW, "{n}");
+        }
+        for &n in DENIED {
+            assert_eq!(call(&p, n, [0; 6]), EPERM, "{n}");
+        }
+        // Not on either list: ENOSYS, as from an older kernel (clone3, lsm_list_modules).
+        for n in [libc::SYS_clone3, 461, 999] {
+            assert_eq!(call(&p, n, [0; 6]), ENOSYS, "{n}");
+        }
+        // Another architecture, or x32: killed.
+        assert_eq!(run(&p, 0x4000_0003, 0, [0; 6]), RET_KILL_PROCESS);
+        assert_eq!(call(&p, libc::SYS_unshare | 0x4000_0000, [0; 6]), RET_KILL_PROCESS);
+    }
+
+    #[test]
+    fn argument_rules_decide_sockets_ioctls_clones_personalities_and_exec() {
+        let p = program(Some(100), false).unwrap();
+        let unix = libc::AF_UNIX as u64;
+        assert_eq!(call(&p, libc::SYS_socket, [unix, 1, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(call(&p, libc::SYS_socket, [libc::AF_INET as u64, 1, 0, 0, 0, 0]), EPERM);
+        assert_eq!(call(&p, libc::SYS_socketpair, [libc::AF_NETLINK as u64, 0, 0, 0, 0, 0]), EPERM);
+        assert_eq!(call(&p, libc::SYS_ioctl, [0, libc::TIOCSTI, 0, 0, 0, 0]), EPERM);
+        // Upper bits of the request do not hide it.
+        let hidden = (1u64 << 40) | libc::TIOCLINUX;
+        assert_eq!(call(&p, libc::SYS_ioctl, [0, hidden, 0, 0, 0, 0]), EPERM);
+        assert_eq!(call(&p, libc::SYS_ioctl, [0, libc::FIONREAD, 0, 0, 0, 0]), RET_ALLOW);
+        let thread = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64;
+        assert_eq!(call(&p, libc::SYS_clone, [thread, 0, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(call(&p, libc::SYS_clone, [libc::SIGCHLD as u64, 0, 0, 0, 0, 0]), RET_ALLOW);
+        for ns in [libc::CLONE_NEWUSER, libc::CLONE_NEWNS, libc::CLONE_NEWNET] {
+            assert_eq!(call(&p, libc::SYS_clone, [thread | ns as u64, 0, 0, 0, 0, 0]), EPERM);
+        }
+        for &v in PERSONALITIES {
+            assert_eq!(call(&p, libc::SYS_personality, [u64::from(v), 0, 0, 0, 0, 0]), RET_ALLOW);
+        }
+        assert_eq!(call(&p, libc::SYS_personality, [0x0040000, 0, 0, 0, 0, 0]), EPERM);
+        let empty = libc::AT_EMPTY_PATH as u64;
+        assert_eq!(call(&p, libc::SYS_execveat, [100, 0, 0, 0, empty, 0]), RET_USER_NOTIF);
+        assert_eq!(call(&p, libc::SYS_execveat, [101, 0, 0, 0, empty, 0]), EPERM);
+        assert_eq!(call(&p, libc::SYS_execveat, [100, 0, 0, 0, 0, 0]), EPERM);
+        assert_eq!(call(&p, libc::SYS_execve, [0; 6]), EPERM);
+        let none = program(None, false).unwrap();
+        assert_eq!(call(&none, libc::SYS_execveat, [100, 0, 0, 0, empty, 0]), EPERM);
+    }
+
+    #[test]
+    fn one_process_only_refuses_forks_and_keeps_threads() {
+        let p = program(Some(100), true).unwrap();
+        let thread = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64;
+        assert_eq!(call(&p, libc::SYS_clone, [thread, 0, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(call(&p, libc::SYS_clone, [libc::SIGCHLD as u64, 0, 0, 0, 0, 0]), EPERM);
+        #[cfg(target_arch = "x86_64")]
+        for n in [libc::SYS_fork, libc::SYS_vfork] {
+            assert_eq!(call(&p, n, [0; 6]), EPERM);
+        }
+    }
 }

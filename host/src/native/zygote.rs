@@ -41,10 +41,10 @@ pub(super) fn zygote_main() -> i32 {
     // fresh process owns it.
     let ctl = unsafe { OwnedFd::from_raw_fd(3) };
     let _ = nix::fcntl::fcntl(&ctl, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
-    // Compiled once here, inherited compiled by every helper forked below. A failure is
-    // each helper's to report (it compiles again and says why).
-    let _ = super::jail::filters(false);
-    let _ = super::jail::filters(true);
+    // Built once here, inherited built by every helper forked below. A failure is each
+    // helper's to report (it builds again and says why).
+    let _ = super::jail::filter(false);
+    let _ = super::jail::filter(true);
     // Children are reaped by the kernel: the zygote never waits for one.
     // SAFETY: setting a signal to be ignored installs no handler code.
     if unsafe { signal(Signal::SIGCHLD, SigHandler::SigIgn) }.is_err() {
