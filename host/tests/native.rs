@@ -988,3 +988,53 @@ fn a_hard_link_to_an_interpreter_is_refused_under_any_name() {
         }
     }
 }
+
+/// The root is sealed read-only, nosuid and nodev by one mount_setattr(2) where the kernel
+/// has it, and by a remount of each bind where it does not: both give the same jail, shown
+/// here with Landlock off so the mount flags alone hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s01_the_root_is_read_only_whether_sealed_at_once_or_bind_by_bind() {
+    use probe::names::{LANDLOCK, MOUNT_SETATTR};
+    for disabled in [&[LANDLOCK][..], &[LANDLOCK, MOUNT_SETATTR][..]] {
+        let j = jail_with(disabled, false).await;
+        if let Some(reason) = j.host.refusal() {
+            programs::skip_without_jail("S1 (sealing)", &reason);
+            return;
+        }
+        let how = j.host.mechanisms().into_iter().find(|(n, _)| *n == "root").unwrap().1;
+        let one_call = !disabled.contains(&MOUNT_SETATTR) && j.host.probe().found(MOUNT_SETATTR);
+        assert_eq!(how.contains("one mount_setattr"), one_call, "{how}");
+        let ro = j.shared_dir("ro");
+        let rw = j.shared_dir("rw");
+        let grants = vec![
+            Grant { host: ro, guest: "/in".into(), access: Access::ReadOnly },
+            Grant { host: rw.clone(), guest: "/out".into(), access: Access::ReadWrite },
+        ];
+        let attack = fs::canonicalize(programs::NATIVE_ATTACK).unwrap();
+        let beside = attack.with_file_name("beside");
+        let args = [
+            "write",
+            "/x",
+            "/etc/passwd",
+            "/dev/new",
+            "/in/x",
+            beside.to_str().unwrap(),
+            "/tmp/ok",
+            "/out/ok",
+            "/dev/null",
+        ];
+        let ls = lines(&j.attack_with(&args, grants, limits()).await);
+        for denied in ["/x", "/etc/passwd", "/dev/new", "/in/x", beside.to_str().unwrap()] {
+            assert!(
+                line(&ls, &format!("write {denied}")).starts_with("denied"),
+                "{disabled:?}: {ls:?}"
+            );
+        }
+        for ok in ["/tmp/ok", "/out/ok", "/dev/null"] {
+            assert!(line(&ls, &format!("write {ok}")).starts_with("ok"), "{disabled:?}: {ls:?}");
+        }
+        assert!(rw.join("ok").exists());
+        let ls = lines(&j.attack(&["privs", LOADER]).await);
+        assert_eq!(line(&ls, "loader nosuid"), "loader nosuid true", "{disabled:?}");
+    }
+}

@@ -434,10 +434,75 @@ fn locked_flags(path: &Path) -> MsFlags {
 /// Binds `src` at `dst` and remounts it with `extra` flags (plus whatever the source has
 /// locked).
 fn bind(src: &Path, dst: &Path, extra: MsFlags) -> Result<(), String> {
+    bind_only(src, dst)?;
+    remount(dst, extra)
+}
+
+/// Binds `src` at `dst`, with the flags of the source's mount.
+fn bind_only(src: &Path, dst: &Path) -> Result<(), String> {
     let what = format!("bind {} at {}", src.display(), dst.display());
-    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(errno(&what))?;
+    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(errno(&what))
+}
+
+/// Remounts the bind at `dst` with `extra` flags (plus whatever it has locked).
+fn remount(dst: &Path, extra: MsFlags) -> Result<(), String> {
     let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | extra | locked_flags(dst);
-    mount(None::<&str>, dst, None::<&str>, flags, None::<&str>).map_err(errno(&what))
+    mount(None::<&str>, dst, None::<&str>, flags, None::<&str>)
+        .map_err(errno(&format!("remount {}", dst.display())))
+}
+
+/// Whether the kernel has mount_setattr(2).
+pub(super) fn has_mount_setattr() -> bool {
+    // SAFETY: with no path and no attributes the call changes nothing; only whether the
+    // kernel knows it (ENOSYS) matters.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            std::ptr::null::<libc::c_char>(),
+            0,
+            std::ptr::null::<u8>(),
+            0,
+        )
+    };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+}
+
+/// Makes the whole mount tree at `root` read-only, nosuid and nodev in one call
+/// (mount_setattr(2), Linux 5.12); false where the kernel lacks it, and each mount is then
+/// remounted instead.
+fn seal(root: &Path) -> bool {
+    /// struct mount_attr, first version.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let Ok(path) = CString::new(root.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: `path` and `attr` are valid for the call and correctly laid out; the call
+    // changes mount flags of this process's own mount namespace only.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            size_of::<MountAttr>(),
+        )
+    };
+    rc == 0
 }
 
 fn mkdir(path: &Path) -> Result<(), String> {
@@ -502,6 +567,7 @@ fn build_root(p: &Prepared<'_>) -> Result<(), String> {
     // The system, file by file: the tool, its loader, its libraries, its data (see
     // `root.rs`). Links as on the host; files and directories bound read-only, data
     // never executable. Nothing else of /usr exists here.
+    let mut exec_binds = Vec::new();
     for entry in &spec.system {
         match entry {
             RootEntry::Link { path, target } => {
@@ -527,8 +593,13 @@ fn build_root(p: &Prepared<'_>) -> Result<(), String> {
                     }
                     touch(&inside)?;
                 }
-                let extra = if *exec { ro } else { ro | MsFlags::MS_NOEXEC };
-                bind(path, &inside, extra)?;
+                if *exec {
+                    // Made read-only with the whole tree below.
+                    bind_only(path, &inside)?;
+                    exec_binds.push(inside);
+                } else {
+                    bind(path, &inside, ro | MsFlags::MS_NOEXEC)?;
+                }
             }
         }
     }
@@ -542,14 +613,34 @@ fn build_root(p: &Prepared<'_>) -> Result<(), String> {
     write("group", &format!("agenix:x:{INSIDE_ID}:\n"))?;
     write("hostname", "agenix\n")?;
 
-    // A minimal /dev: the harmless character devices, no tty, no pts.
-    let dev = root.join("dev");
-    mkdir(&dev)?;
+    // Every mount point, while the root can still be written.
+    let (dev, proc, tmp) = (root.join("dev"), root.join("proc"), root.join("tmp"));
+    for dir in [&dev, &proc, &tmp] {
+        mkdir(dir)?;
+    }
+    let mut mount_points = Vec::new();
+    for m in &spec.mounts {
+        let inside = root.join(m.guest.trim_start_matches('/'));
+        mkdir_in(root, &inside)?;
+        mount_points.push(inside);
+    }
+    // The root and all bound into it so far: read-only, nosuid, nodev.
+    let sealed = spec.features.mount_setattr && seal(root);
+    if !sealed {
+        for b in &exec_binds {
+            remount(b, ro)?;
+        }
+        remount(root, ro)?;
+    }
+
+    // A minimal /dev: the harmless character devices, no tty, no pts. (A device node
+    // cannot be executed, nor gain anything from setuid: the nodes keep their own mount's
+    // flags.)
     tmpfs(&dev, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "size=64k,mode=0755")?;
     for node in ["null", "zero", "full", "random", "urandom"] {
         let inside = dev.join(node);
         touch(&inside)?;
-        bind(&Path::new("/dev").join(node), &inside, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
+        bind_only(&Path::new("/dev").join(node), &inside)?;
     }
     for (link, target) in [
         ("fd", "/proc/self/fd"),
@@ -559,10 +650,9 @@ fn build_root(p: &Prepared<'_>) -> Result<(), String> {
     ] {
         symlink(target, dev.join(link)).map_err(|e| format!("symlink /dev/{link}: {e}"))?;
     }
+    remount(&dev, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
 
     // A fresh /proc for the new pid namespace: only the sandbox's own processes.
-    let proc = root.join("proc");
-    mkdir(&proc)?;
     mount(
         Some("proc"),
         &proc,
@@ -583,8 +673,6 @@ fn build_root(p: &Prepared<'_>) -> Result<(), String> {
     }
 
     // A private, size-capped /tmp, where nothing written can be executed.
-    let tmp = root.join("tmp");
-    mkdir(&tmp)?;
     tmpfs(
         &tmp,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
@@ -595,22 +683,20 @@ fn build_root(p: &Prepared<'_>) -> Result<(), String> {
     // descriptor, and that very directory is bound through /proc/self/fd: nothing swapped
     // in afterwards is followed. (This runs in the new mount namespace, before pivoting: a
     // bind's source must belong to the namespace that mounts it.)
-    for m in &spec.mounts {
+    for (m, inside) in spec.mounts.iter().zip(&mount_points) {
         let fd = nix::fcntl::open(
             &m.host,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
         .map_err(|e| format!("mount {}: cannot open {}: {e}", m.guest, m.host.display()))?;
-        let inside = root.join(m.guest.trim_start_matches('/'));
-        mkdir_in(root, &inside)?;
         let src = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
         // Data, never programs: nothing in a mount can be executed (nor loaded by ld.so).
         let mut extra = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         if !m.writable {
             extra |= MsFlags::MS_RDONLY;
         }
-        bind(&src, &inside, extra).map_err(|e| format!("mount {}: {e}", m.guest))?;
+        bind(&src, inside, extra).map_err(|e| format!("mount {}: {e}", m.guest))?;
     }
 
     // Pivot into the new root and drop the old one entirely.
@@ -618,15 +704,7 @@ fn build_root(p: &Prepared<'_>) -> Result<(), String> {
     pivot_root(".", ".").map_err(errno("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(errno("detach the old root"))?;
     chdir("/").map_err(errno("chdir /"))?;
-    // The root itself is read-only: only /tmp and read-write mounts take writes.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | ro,
-        None::<&str>,
-    )
-    .map_err(errno("remount / read-only"))?;
+    // The root was made read-only above: only /tmp and read-write mounts take writes.
     Ok(())
 }
 

@@ -509,9 +509,15 @@ impl NativeHost {
         m.push((
             "root",
             if f.namespaces {
-                "built per task on a tmpfs: the tool's binary, ELF loader, libraries and data \
-                 bound read-only one by one (mount(2) bind and remount), the rest made there"
-                    .to_string()
+                format!(
+                    "built per task on a tmpfs: the tool's binary, ELF loader, libraries and \
+                     data bound one by one, then sealed read-only {}",
+                    if f.mount_setattr {
+                        "with one mount_setattr(2)"
+                    } else {
+                        "by a remount of each bind (no mount_setattr here)"
+                    }
+                )
             } else {
                 "none (degraded): the host's, read only where the tool's files are (with \
                  Landlock), directories refused"
@@ -606,6 +612,7 @@ impl NativeHost {
             cgroup_ns: found(names::CGROUP_NS),
             seccomp: found(names::SECCOMP) && found(names::NO_NEW_PRIVS),
             landlock: found(names::LANDLOCK),
+            mount_setattr: found(names::MOUNT_SETATTR),
         }
     }
 

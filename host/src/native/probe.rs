@@ -92,12 +92,14 @@ pub mod names {
     pub const MEMORY_CGROUP: &str = "memory cgroup";
     /// A pids controller.
     pub const PIDS_CGROUP: &str = "pids cgroup";
+    /// mount_setattr(2).
+    pub const MOUNT_SETATTR: &str = "mount_setattr";
     /// A whole jail, end to end.
     pub const END_TO_END: &str = "jail end to end";
 
     /// Every feature that can be turned off (all but the end-to-end run, which follows
     /// from the others).
-    pub const FEATURES: [&str; 11] = [
+    pub const FEATURES: [&str; 12] = [
         USER_NS,
         MOUNT_NS,
         PID_NS,
@@ -109,6 +111,7 @@ pub mod names {
         LANDLOCK,
         MEMORY_CGROUP,
         PIDS_CGROUP,
+        MOUNT_SETATTR,
     ];
 }
 
@@ -216,6 +219,16 @@ pub(crate) fn run_probes() -> Probe {
         if abi > 0 { Ok(format!("ABI {abi}")) } else { Err("not available (kernel without Landlock, or disabled at boot)".into()) },
         false,
         "a second, independent file-system boundary (and, from ABI 4, TCP bind/connect denied; from ABI 6, signals and abstract sockets scoped)",
+    );
+    p.push(
+        MOUNT_SETATTR,
+        if super::jail::has_mount_setattr() {
+            Ok("the kernel has it".into())
+        } else {
+            Err("not available (Linux before 5.12)".into())
+        },
+        false,
+        "the jail's root sealed read-only, nosuid and nodev in one call; without it, each bind is remounted",
     );
     p
 }

@@ -74,6 +74,8 @@ pub(crate) struct Features {
     pub seccomp: bool,
     /// Landlock rules (best effort for the kernel's ABI).
     pub landlock: bool,
+    /// mount_setattr(2), to seal the root in one call.
+    pub mount_setattr: bool,
 }
 
 /// How the tool ended, as its init saw it.
