@@ -27,27 +27,25 @@
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{OpenOptionsExt, symlink};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use nix::fcntl::{AtFlags, OFlag};
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, chdir, pipe2, pivot_root, sethostname, setsid};
+use nix::unistd::{ForkResult, Pid, chdir, pipe2, setsid};
 
-use super::root::RootEntry;
 use super::spec::{Ended, JailReport, JailSpec, read_frame, write_frame};
 
 /// The hidden first argument that turns our binary into the jail helper.
 pub const HELPER_ARG: &str = "__agenix-jail";
 
 /// The uid and gid the tool has inside its user namespace.
-const INSIDE_ID: u32 = 1000;
+pub(super) const INSIDE_ID: u32 = 1000;
 /// The unprivileged host uid/gid a root worker maps the sandbox to.
 const NOBODY: u32 = 65534;
 
@@ -356,7 +354,7 @@ fn init_inner(p: &Prepared<'_>, ready: &OwnedFd) -> Result<JailReport, String> {
         nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
             .map_err(|e| format!("cgroup namespace: {e}"))?;
     }
-    build_root(p)?;
+    super::mounts::build_root(p.spec)?;
     set_command_line(INIT_NAME);
     // Our own /proc entries (environment, exe, memory) are not the tool's to read.
     nix::sys::prctl::set_dumpable(false).map_err(|e| format!("prctl: {e}"))?;
@@ -405,307 +403,8 @@ fn parent_gone(ready: &OwnedFd) -> bool {
     }
 }
 
-fn errno(what: &str) -> impl FnOnce(nix::Error) -> String + '_ {
+pub(super) fn errno(what: &str) -> impl FnOnce(nix::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
-}
-
-/// Mount flags the kernel locks on a mount (a user namespace may not clear them).
-fn locked_flags(path: &Path) -> MsFlags {
-    use nix::sys::statvfs::{FsFlags, statvfs};
-    let Ok(st) = statvfs(path) else { return MsFlags::empty() };
-    let f = st.flags();
-    let mut m = MsFlags::empty();
-    for (fs, ms) in [
-        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
-    ] {
-        if f.contains(fs) {
-            m |= ms;
-        }
-    }
-    m
-}
-
-/// Binds `src` at `dst` and remounts it with `extra` flags (plus whatever the source has
-/// locked).
-fn bind(src: &Path, dst: &Path, extra: MsFlags) -> Result<(), String> {
-    bind_only(src, dst)?;
-    remount(dst, extra)
-}
-
-/// Binds `src` at `dst`, with the flags of the source's mount.
-fn bind_only(src: &Path, dst: &Path) -> Result<(), String> {
-    let what = format!("bind {} at {}", src.display(), dst.display());
-    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(errno(&what))
-}
-
-/// Remounts the bind at `dst` with `extra` flags (plus whatever it has locked).
-fn remount(dst: &Path, extra: MsFlags) -> Result<(), String> {
-    let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | extra | locked_flags(dst);
-    mount(None::<&str>, dst, None::<&str>, flags, None::<&str>)
-        .map_err(errno(&format!("remount {}", dst.display())))
-}
-
-/// Whether the kernel has mount_setattr(2).
-pub(super) fn has_mount_setattr() -> bool {
-    // SAFETY: with no path and no attributes the call changes nothing; only whether the
-    // kernel knows it (ENOSYS) matters.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            -1,
-            std::ptr::null::<libc::c_char>(),
-            0,
-            std::ptr::null::<u8>(),
-            0,
-        )
-    };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
-}
-
-/// Makes the whole mount tree at `root` read-only, nosuid and nodev in one call
-/// (mount_setattr(2), Linux 5.12); false where the kernel lacks it, and each mount is then
-/// remounted instead.
-fn seal(root: &Path) -> bool {
-    /// struct mount_attr, first version.
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    const MOUNT_ATTR_RDONLY: u64 = 0x1;
-    const MOUNT_ATTR_NOSUID: u64 = 0x2;
-    const MOUNT_ATTR_NODEV: u64 = 0x4;
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    let Ok(path) = CString::new(root.as_os_str().as_encoded_bytes()) else { return false };
-    // SAFETY: `path` and `attr` are valid for the call and correctly laid out; the call
-    // changes mount flags of this process's own mount namespace only.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::AT_RECURSIVE,
-            &attr as *const MountAttr,
-            size_of::<MountAttr>(),
-        )
-    };
-    rc == 0
-}
-
-fn mkdir(path: &Path) -> Result<(), String> {
-    fs::create_dir_all(path).map_err(|e| format!("mkdir {}: {e}", path.display()))
-}
-
-/// Where the host path `path` is inside `root`.
-fn inside(root: &Path, path: &Path) -> Result<PathBuf, String> {
-    let rel = path
-        .strip_prefix("/")
-        .map_err(|_| format!("{} is not an absolute path", path.display()))?;
-    Ok(root.join(rel))
-}
-
-/// Makes the directory `dir` (under `root`) and its parents, never following a symbolic
-/// link: links in the new root point at host paths until the pivot, and a directory made
-/// through one would be made on the host.
-fn mkdir_in(root: &Path, dir: &Path) -> Result<(), String> {
-    let rel = dir
-        .strip_prefix(root)
-        .map_err(|_| format!("{} is outside the jail's root", dir.display()))?;
-    let mut at = root.to_path_buf();
-    for c in rel.components() {
-        at.push(c);
-        match fs::symlink_metadata(&at) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(format!(
-                    "/{} is a link or a file in the jail; nothing can be mounted beneath it",
-                    rel.display()
-                ));
-            }
-            Err(_) => fs::create_dir(&at).map_err(|e| format!("mkdir {}: {e}", at.display()))?,
-        }
-    }
-    Ok(())
-}
-
-fn touch(path: &Path) -> Result<(), String> {
-    File::create(path).map(drop).map_err(|e| format!("create {}: {e}", path.display()))
-}
-
-fn tmpfs(target: &Path, flags: MsFlags, options: &str) -> Result<(), String> {
-    mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(options))
-        .map_err(errno(&format!("tmpfs at {}", target.display())))
-}
-
-/// Files of /proc masked with /dev/null in the jail.
-const MASKED_PROC: &[&str] =
-    &["cmdline", "config.gz", "kallsyms", "modules", "keys", "timer_list", "sched_debug"];
-
-/// Builds the minimal root and pivots into it.
-fn build_root(p: &Prepared<'_>) -> Result<(), String> {
-    let spec = p.spec;
-    sethostname("agenix").map_err(errno("sethostname"))?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(errno("make / private"))?;
-    let root = &spec.root;
-    tmpfs(root, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "size=16m,nr_inodes=4096,mode=0755")?;
-    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-
-    // The system, file by file: the tool, its loader, its libraries, its data (see
-    // `root.rs`). Links as on the host; files and directories bound read-only, data
-    // never executable. Nothing else of /usr exists here.
-    let mut exec_binds = Vec::new();
-    for entry in &spec.system {
-        match entry {
-            RootEntry::Link { path, target } => {
-                let inside = inside(root, path)?;
-                // Already there when a data directory above it was bound: the host's own.
-                if fs::read_link(&inside).is_ok_and(|t| &t == target) {
-                    continue;
-                }
-                if let Some(parent) = inside.parent() {
-                    mkdir_in(root, parent)?;
-                }
-                symlink(target, &inside).map_err(|e| format!("symlink {}: {e}", path.display()))?;
-            }
-            RootEntry::Bind { path, exec } => {
-                let inside = inside(root, path)?;
-                let is_dir =
-                    fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.is_dir();
-                if is_dir {
-                    mkdir_in(root, &inside)?;
-                } else if fs::symlink_metadata(&inside).is_err() {
-                    if let Some(parent) = inside.parent() {
-                        mkdir_in(root, parent)?;
-                    }
-                    touch(&inside)?;
-                }
-                if *exec {
-                    // Made read-only with the whole tree below.
-                    bind_only(path, &inside)?;
-                    exec_binds.push(inside);
-                } else {
-                    bind(path, &inside, ro | MsFlags::MS_NOEXEC)?;
-                }
-            }
-        }
-    }
-    // An identity, and nothing else of /etc but what the entries above bound.
-    let etc = root.join("etc");
-    mkdir_in(root, &etc)?;
-    let write = |name: &str, text: &str| {
-        fs::write(etc.join(name), text).map_err(|e| format!("write /etc/{name}: {e}"))
-    };
-    write("passwd", &format!("agenix:x:{INSIDE_ID}:{INSIDE_ID}:agenix:/tmp:/usr/sbin/nologin\n"))?;
-    write("group", &format!("agenix:x:{INSIDE_ID}:\n"))?;
-    write("hostname", "agenix\n")?;
-
-    // Every mount point, while the root can still be written.
-    let (dev, proc, tmp) = (root.join("dev"), root.join("proc"), root.join("tmp"));
-    for dir in [&dev, &proc, &tmp] {
-        mkdir(dir)?;
-    }
-    let mut mount_points = Vec::new();
-    for m in &spec.mounts {
-        let inside = root.join(m.guest.trim_start_matches('/'));
-        mkdir_in(root, &inside)?;
-        mount_points.push(inside);
-    }
-    // The root and all bound into it so far: read-only, nosuid, nodev.
-    let sealed = spec.features.mount_setattr && seal(root);
-    if !sealed {
-        for b in &exec_binds {
-            remount(b, ro)?;
-        }
-        remount(root, ro)?;
-    }
-
-    // A minimal /dev: the harmless character devices, no tty, no pts. (A device node
-    // cannot be executed, nor gain anything from setuid: the nodes keep their own mount's
-    // flags.)
-    tmpfs(&dev, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "size=64k,mode=0755")?;
-    for node in ["null", "zero", "full", "random", "urandom"] {
-        let inside = dev.join(node);
-        touch(&inside)?;
-        bind_only(&Path::new("/dev").join(node), &inside)?;
-    }
-    for (link, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        symlink(target, dev.join(link)).map_err(|e| format!("symlink /dev/{link}: {e}"))?;
-    }
-    remount(&dev, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
-
-    // A fresh /proc for the new pid namespace: only the sandbox's own processes.
-    mount(
-        Some("proc"),
-        &proc,
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(errno("mount /proc"))?;
-    // What /proc tells of the host beyond the sandbox (its boot command line, kernel
-    // configuration, symbols and modules, keys, timers) reads as empty, as container
-    // runtimes mask it.
-    for file in MASKED_PROC {
-        let at = proc.join(file);
-        if at.exists() {
-            mount(Some("/dev/null"), &at, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(errno(&format!("mask /proc/{file}")))?;
-        }
-    }
-
-    // A private, size-capped /tmp, where nothing written can be executed.
-    tmpfs(
-        &tmp,
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        &format!("size={},nr_inodes=65536,mode=1777", spec.tmp_bytes.max(4096)),
-    )?;
-
-    // The operator's directories. Each path is resolved exactly once, here, into a
-    // descriptor, and that very directory is bound through /proc/self/fd: nothing swapped
-    // in afterwards is followed. (This runs in the new mount namespace, before pivoting: a
-    // bind's source must belong to the namespace that mounts it.)
-    for (m, inside) in spec.mounts.iter().zip(&mount_points) {
-        let fd = nix::fcntl::open(
-            &m.host,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .map_err(|e| format!("mount {}: cannot open {}: {e}", m.guest, m.host.display()))?;
-        let src = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-        // Data, never programs: nothing in a mount can be executed (nor loaded by ld.so).
-        let mut extra = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        if !m.writable {
-            extra |= MsFlags::MS_RDONLY;
-        }
-        bind(&src, inside, extra).map_err(|e| format!("mount {}: {e}", m.guest))?;
-    }
-
-    // Pivot into the new root and drop the old one entirely.
-    chdir(root).map_err(errno("chdir to the new root"))?;
-    pivot_root(".", ".").map_err(errno("pivot_root"))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(errno("detach the old root"))?;
-    chdir("/").map_err(errno("chdir /"))?;
-    // The root was made read-only above: only /tmp and read-write mounts take writes.
-    Ok(())
 }
 
 /// Forks T, waits for it (reaping any orphans on the way), and reports how it ended.

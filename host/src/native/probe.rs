@@ -222,7 +222,7 @@ pub(crate) fn run_probes() -> Probe {
     );
     p.push(
         MOUNT_SETATTR,
-        if super::jail::has_mount_setattr() {
+        if super::mounts::has_mount_setattr() {
             Ok("the kernel has it".into())
         } else {
             Err("not available (Linux before 5.12)".into())
