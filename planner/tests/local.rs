@@ -448,3 +448,28 @@ fn a_degraded_jail_is_refused_unless_chosen_and_then_said_on_every_task() {
         );
     }
 }
+
+/// A scratch directory left by an agx that was killed (it could not remove its own) is
+/// removed by the next one; one whose agx still runs is kept.
+#[test]
+fn scratch_left_by_a_killed_agx_is_removed_by_the_next() {
+    let t = TestDir::new();
+    let tmp = t.path("tmp");
+    fs::create_dir(&tmp).unwrap();
+    // No process has pid 4194305 (past the kernel's largest).
+    let stale = tmp.join("agx-scratch-4194305-abc");
+    let live = tmp.join(format!("agx-scratch-{}-abc", std::process::id()));
+    let other = tmp.join("agx-scratch-notapid");
+    for d in [&stale, &live, &other] {
+        fs::create_dir_all(d.join("native/jail-x/root")).unwrap();
+    }
+    let tmp_str = tmp.to_str().unwrap().to_owned();
+    let out =
+        t.agx_with(&["au", "run", programs::AU_GREP, "--", "x"], b"x\n", &[("TMPDIR", &tmp_str)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!stale.exists(), "the stale scratch directory stays");
+    assert!(live.exists() && other.exists());
+    // Its own is gone too, once it exits.
+    let left: Vec<_> = fs::read_dir(&tmp).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+}
