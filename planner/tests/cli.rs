@@ -276,3 +276,76 @@ fn example_plans_validate() {
         assert!(out.contains("valid plan"), "{out}");
     }
 }
+
+/// Keys are the plain PKCS#8 of RFC 8410: OpenSSL and Python's `cryptography` read what agx
+/// writes (private and public), and agx signs with a key OpenSSL made. A missing tool is
+/// skipped, saying so.
+#[test]
+fn keys_interoperate_with_openssl_and_python() {
+    let s = TestDir::new();
+    s.ok(&["keygen", "--out", "k"]);
+    let run = |program: &str, args: &[&str]| {
+        std::process::Command::new(program).args(args).current_dir(s.path("")).output()
+    };
+    match run("openssl", &["pkey", "-in", "k", "-noout", "-text"]) {
+        Err(e) => println!("openssl: skipped, it does not run here ({e})"),
+        Ok(out) => {
+            assert!(out.status.success(), "openssl cannot read agx's key: {}", text(&out.stderr));
+            assert!(text(&out.stdout).contains("ED25519 Private-Key"), "{}", text(&out.stdout));
+            let out = run("openssl", &["pkey", "-pubin", "-in", "k.pub", "-noout"]).unwrap();
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            // The other way: a key OpenSSL made signs a plan agx verifies.
+            let out =
+                run("openssl", &["genpkey", "-algorithm", "ed25519", "-out", "o.key"]).unwrap();
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            let out =
+                run("openssl", &["pkey", "-in", "o.key", "-pubout", "-out", "o.key.pub"]).unwrap();
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            s.ok(&["trust", "add", "o.key.pub", "--name", "ossl", "--trust", "trust.json"]);
+            s.write("plan.json", &locked_plan());
+            s.ok(&["plan", "sign", "plan.json", "--key", "o.key", "--out", "plan.env"]);
+            let shown = s.ok(&["plan", "show", "plan.env", "--trust", "trust.json"]);
+            assert!(shown.contains("verified, signed by \"ossl\""), "{shown}");
+            // An envelope made by another DSSE tool: OpenSSL signs the pre-authentication
+            // encoding, and the signature carries no key id. agx verifies it.
+            let env: serde_json::Value =
+                serde_json::from_slice(&fs::read(s.path("plan.env")).unwrap()).unwrap();
+            let ty = env["payloadType"].as_str().unwrap();
+            let payload = B64.decode(env["payload"].as_str().unwrap()).unwrap();
+            let mut pae = format!("DSSEv1 {} {ty} {} ", ty.len(), payload.len()).into_bytes();
+            pae.extend_from_slice(&payload);
+            fs::write(s.path("pae.bin"), &pae).unwrap();
+            let out = run(
+                "openssl",
+                &[
+                    "pkeyutl", "-sign", "-inkey", "o.key", "-rawin", "-in", "pae.bin", "-out",
+                    "sig.bin",
+                ],
+            )
+            .unwrap();
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            let sig = B64.encode(fs::read(s.path("sig.bin")).unwrap());
+            let foreign = serde_json::json!({
+                "payloadType": ty,
+                "payload": env["payload"],
+                "signatures": [{ "sig": sig }],
+            });
+            s.write("foreign.env", &foreign.to_string());
+            let out = s.ok(&["plan", "verify", "foreign.env", "--trust", "trust.json"]);
+            assert!(out.contains("ossl"), "{out}");
+            // Ed25519 is deterministic: OpenSSL's signature is agx's.
+            assert_eq!(sig, env["signatures"][0]["sig"].as_str().unwrap());
+        }
+    }
+    let py = "from cryptography.hazmat.primitives import serialization as s; \
+              s.load_pem_private_key(open('k','rb').read(), None); \
+              s.load_pem_public_key(open('k.pub','rb').read()); print('read')";
+    match run("python3", &["-c", py]) {
+        Ok(out) if out.status.success() => assert_eq!(text(&out.stdout), "read\n"),
+        Ok(out) if text(&out.stderr).contains("No module named") => {
+            println!("python cryptography: skipped, not installed")
+        }
+        Ok(out) => panic!("python cannot read agx's key: {}", text(&out.stderr)),
+        Err(e) => println!("python3: skipped, it does not run here ({e})"),
+    }
+}

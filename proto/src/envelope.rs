@@ -30,6 +30,10 @@ pub const MAX_ENVELOPE_BYTES: usize = MAX_PLAN_BYTES * 4 / 3 + 64 * 1024;
 /// Most signatures one envelope may carry.
 pub const MAX_SIGNATURES: usize = 16;
 
+/// Most signature checks one envelope may cost: signatures without a usable key id are
+/// tried against every trusted key.
+pub const MAX_TRIALS: usize = 1024;
+
 /// A DSSE envelope as it travels and is stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,8 +51,11 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvelopeSignature {
-    /// The signer's key id.
-    pub keyid: KeyId,
+    /// A hint at the signer's key: DSSE makes it optional and unauthenticated. Ours is the
+    /// signer's [`KeyId`]; an envelope from another tool may carry none, or a name of its
+    /// own, and is then checked against every trusted key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyid: Option<String>,
     /// The 64-byte ed25519 signature, standard base64.
     pub sig: String,
 }
@@ -75,7 +82,7 @@ impl Envelope {
             payload_type: payload_type.to_owned(),
             payload: B64.encode(payload),
             signatures: vec![EnvelopeSignature {
-                keyid: KeyId::of(&key.verifying_key()),
+                keyid: Some(KeyId::of(&key.verifying_key()).to_string()),
                 sig: B64.encode(sig.to_bytes()),
             }],
         }
@@ -122,24 +129,55 @@ impl Envelope {
         }
         let message = pae(&self.payload_type, &payload);
         let mut first_failure = None;
+        let mut trials = 0usize;
         for s in &self.signatures {
-            let Some(signer) = trust.signer(&s.keyid) else { continue };
-            let failure = if trust.is_revoked(&s.keyid) {
-                VerifyError::Revoked { keyid: s.keyid, name: signer.name.clone() }
-            } else if !check_signature(&signer.key, &message, &s.sig) {
-                VerifyError::BadSignature { keyid: s.keyid, name: signer.name.clone() }
-            } else if !signer.roles.contains(&role) {
-                VerifyError::NotPermitted { name: signer.name.clone(), role: role.as_str() }
-            } else {
-                return Ok((payload, s.keyid));
-            };
-            first_failure.get_or_insert(failure);
+            let hinted = s
+                .keyid
+                .as_deref()
+                .and_then(|k| k.parse::<KeyId>().ok())
+                .and_then(|k| trust.signer(&k).map(|signer| (k, signer)));
+            if let Some((keyid, signer)) = hinted {
+                trials += 1;
+                let failure = if trust.is_revoked(&keyid) {
+                    VerifyError::Revoked { keyid, name: signer.name.clone() }
+                } else if !check_signature(&signer.key, &message, &s.sig) {
+                    VerifyError::BadSignature { keyid, name: signer.name.clone() }
+                } else if !signer.roles.contains(&role) {
+                    VerifyError::NotPermitted { name: signer.name.clone(), role: role.as_str() }
+                } else {
+                    return Ok((payload, keyid));
+                };
+                first_failure.get_or_insert(failure);
+                continue;
+            }
+            // No key id, or one that names no trusted key (another tool's): the key is
+            // whichever trusted one the signature verifies with, if any.
+            for (keyid, signer) in trust.signers() {
+                trials += 1;
+                if trials > MAX_TRIALS {
+                    return Err(VerifyError::TooManyTrials(MAX_TRIALS));
+                }
+                if !check_signature(&signer.key, &message, &s.sig) {
+                    continue;
+                }
+                let failure = if trust.is_revoked(keyid) {
+                    VerifyError::Revoked { keyid: *keyid, name: signer.name.clone() }
+                } else if !signer.roles.contains(&role) {
+                    VerifyError::NotPermitted { name: signer.name.clone(), role: role.as_str() }
+                } else {
+                    return Ok((payload, *keyid));
+                };
+                first_failure.get_or_insert(failure);
+            }
         }
         Err(first_failure.unwrap_or_else(|| VerifyError::UnknownSigner {
             keyids: self
                 .signatures
                 .iter()
-                .map(|s| s.keyid.to_string())
+                .map(|s| match s.keyid.as_deref() {
+                    Some(k) => crate::text::truncate(&crate::text::clean_line(k), 80).into_owned(),
+                    None => "no key id".to_string(),
+                })
                 .collect::<Vec<_>>()
                 .join(", "),
         }))
@@ -179,6 +217,11 @@ pub enum VerifyError {
     /// More signatures than anyone needs.
     #[error("the envelope carries {0} signatures, over the limit of {MAX_SIGNATURES}")]
     TooManySignatures(usize),
+    /// Signatures without a usable key id cost more checks than allowed.
+    #[error(
+        "checking the envelope's signatures without a usable key id took over {0} tries against the trusted keys"
+    )]
+    TooManyTrials(usize),
     /// No signature is by a key in the trust file.
     #[error("no signature is by a trusted key (signed by {keyids})")]
     UnknownSigner {
@@ -265,6 +308,7 @@ impl VerifyError {
                 | Self::NotPermitted { .. }
                 | Self::NotYetValid { .. }
                 | Self::Expired { .. }
+                | Self::TooManyTrials(_)
         )
     }
 }
@@ -435,6 +479,61 @@ mod tests {
         assert_eq!(
             pae("http://example.com/HelloWorld", b"hello world"),
             b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec()
+        );
+    }
+
+    /// DSSE makes `keyid` an optional hint: an envelope whose signature carries none, an
+    /// empty one or another tool's name for the key verifies against the trusted key it was
+    /// made with, and nothing else changes: an untrusted, revoked or unpermitted key is
+    /// still refused, and the checks one envelope may cost are bounded.
+    #[test]
+    fn signatures_without_our_key_id_are_checked_against_every_trusted_key() {
+        let alice = signing_key_from_seed(&[1; 32]);
+        let bob = signing_key_from_seed(&[2; 32]);
+        let mut trust = Trust::new();
+        let alice_id = trust.add("alice", alice.verifying_key(), &[Role::Plan]).unwrap();
+        let bob_id = trust.add("bob", bob.verifying_key(), &[Role::Action]).unwrap();
+        let signed = |key: &SigningKey, hint: Option<&str>| {
+            let mut env = Envelope::sign("t", b"payload", key);
+            env.signatures[0].keyid = hint.map(str::to_owned);
+            // Through JSON, as another tool would hand it over.
+            Envelope::from_json(&env.to_json()).unwrap()
+        };
+        for hint in [None, Some(""), Some("alice-2026"), Some("sha256:zz")] {
+            let (payload, signer) = signed(&alice, hint).verify("t", &trust, Role::Plan).unwrap();
+            assert_eq!((payload.as_slice(), signer), (&b"payload"[..], alice_id), "{hint:?}");
+        }
+        // Without a key id the field is absent from the JSON, as DSSE allows.
+        let json = String::from_utf8(signed(&alice, None).to_json()).unwrap();
+        assert!(!json.contains("keyid"), "{json}");
+        // Signed by a key the trust file lacks: named as the envelope names it.
+        let mallory = signing_key_from_seed(&[3; 32]);
+        let err = signed(&mallory, None).verify("t", &trust, Role::Plan).unwrap_err();
+        assert_eq!(err.to_string(), "no signature is by a trusted key (signed by no key id)");
+        // A trusted key without the role, or revoked: refused as with our own key id.
+        let err = signed(&bob, Some("bob's laptop")).verify("t", &trust, Role::Plan).unwrap_err();
+        assert!(matches!(err, VerifyError::NotPermitted { .. }), "{err}");
+        trust.revoke(bob_id);
+        let err = signed(&bob, None).verify("t", &trust, Role::Action).unwrap_err();
+        assert!(matches!(err, VerifyError::Revoked { .. }), "{err}");
+        // An altered payload verifies with no key.
+        let mut altered = signed(&alice, None);
+        altered.payload = B64.encode(b"payloaD");
+        assert!(matches!(
+            altered.verify("t", &trust, Role::Plan).unwrap_err(),
+            VerifyError::UnknownSigner { .. }
+        ));
+        // Many trusted keys and many signatures without a key id: bounded.
+        let mut many = Trust::new();
+        for i in 0..100u8 {
+            let k = signing_key_from_seed(&[i.wrapping_add(10); 32]);
+            many.add(&format!("k{i}"), k.verifying_key(), &[Role::Plan]).unwrap();
+        }
+        let mut env = signed(&mallory, None);
+        env.signatures = vec![env.signatures[0].clone(); MAX_SIGNATURES];
+        assert_eq!(
+            env.verify("t", &many, Role::Plan).unwrap_err(),
+            VerifyError::TooManyTrials(MAX_TRIALS)
         );
     }
 

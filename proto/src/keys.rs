@@ -80,9 +80,12 @@ pub fn signing_key_from_pem(pem: &str) -> Result<SigningKey, KeyError> {
     SigningKey::from_pkcs8_pem(pem).map_err(|e| KeyError::Private(e.to_string()))
 }
 
-/// Writes a private key as PKCS#8 PEM; the string is wiped when dropped.
+/// Writes a private key as PKCS#8 PEM in the plain form of RFC 8410 (version 1, the seed
+/// alone, no public key attribute), which OpenSSL and Python's `cryptography` read; the
+/// string is wiped when dropped. (Both forms are read.)
 pub fn signing_key_to_pem(key: &SigningKey) -> Result<zeroize::Zeroizing<String>, KeyError> {
-    key.to_pkcs8_pem(LineEnding::LF).map_err(|e| KeyError::Private(e.to_string()))
+    let plain = ed25519_dalek::pkcs8::KeypairBytes { secret_key: key.to_bytes(), public_key: None };
+    plain.to_pkcs8_pem(LineEnding::LF).map_err(|e| KeyError::Private(e.to_string()))
 }
 
 /// Reads a public key from SPKI PEM, refusing weak keys.
@@ -126,6 +129,25 @@ mod tests {
         let pub_pem = verifying_key_to_pem(&vk).unwrap();
         assert_eq!(verifying_key_from_pem(&pub_pem).unwrap(), vk);
         assert_eq!(KeyId::of(&vk).to_string(), Digest::of(vk.as_bytes()).to_string());
+    }
+
+    /// The private key is the plain RFC 8410 form: version 1 (0), the Ed25519 OID, the seed
+    /// in an OCTET STRING of an OCTET STRING, and nothing after it; the form with a public
+    /// key attribute (version 2) that other tools write is read too.
+    #[test]
+    fn private_keys_are_written_in_the_plain_rfc_8410_form_and_both_forms_are_read() {
+        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+        let sk = signing_key_from_seed(&[9; 32]);
+        let pem = signing_key_to_pem(&sk).unwrap();
+        let der = ed25519_dalek::pkcs8::Document::from_pem(&pem).unwrap().1;
+        let mut expected = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        expected.extend_from_slice(&[9; 32]);
+        assert_eq!(der.as_bytes(), &expected[..]);
+        let v2 = sk.to_pkcs8_pem(LineEnding::LF).unwrap();
+        assert_eq!(signing_key_from_pem(&v2).unwrap().to_bytes(), sk.to_bytes());
     }
 
     #[test]
