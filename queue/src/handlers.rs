@@ -290,17 +290,19 @@ impl Queue {
             (Err(e), _) => return error(ErrorCode::Invalid, format!("plan envelope: {e}")),
             (_, Err(e)) => return error(ErrorCode::Invalid, format!("action envelope: {e}")),
         };
-        let vp = match agenix_proto::verify_plan(&plan_bytes, &self.trust, now_s, &Limits::ABSOLUTE)
-        {
+        let trust = match self.trust.current() {
+            Ok(t) => t,
+            Err(e) => return error(ErrorCode::Unavailable, e),
+        };
+        let vp = match agenix_proto::verify_plan(&plan_bytes, &trust, now_s, &Limits::ABSOLUTE) {
             Ok(v) => v,
             Err(e) => return error(ErrorCode::Invalid, format!("plan: {e}")),
         };
-        let va =
-            match agenix_proto::verify_action(&action_bytes, &self.trust, now_s, &self.fingerprint)
-            {
-                Ok(v) => v,
-                Err(e) => return error(ErrorCode::Invalid, format!("action: {e}")),
-            };
+        let va = match agenix_proto::verify_action(&action_bytes, &trust, now_s, &self.fingerprint)
+        {
+            Ok(v) => v,
+            Err(e) => return error(ErrorCode::Invalid, format!("action: {e}")),
+        };
         if let Err(e) = va.check_plan(&vp) {
             return error(ErrorCode::Invalid, e.to_string());
         }

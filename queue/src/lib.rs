@@ -5,8 +5,8 @@
 //! adapters around it: `store` (redb, behind a narrow trait), `blobs` (content-addressed
 //! files with a quota, collected when nothing refers to them), `identity` (TLS key, role
 //! tokens), `limits` (connections and request budgets by role), `server` (QUIC,
-//! authentication, group commit, the reaper, the collector) and `handlers` (one per
-//! request).
+//! authentication, group commit, the reaper, the collector), `handlers` (one per
+//! request) and `trust` (the trust file, read again when it changes).
 //!
 //! What it does not do: it never runs a task, and it is not trusted: workers verify every
 //! plan, action and blob again. It verifies submissions too (defence in depth).
@@ -17,3 +17,18 @@ pub mod identity;
 pub mod limits;
 pub mod server;
 pub mod store;
+pub mod trust;
+
+/// Reads the file at `path`, refusing one over `max` bytes (checked while reading).
+pub fn read_capped(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("over the limit of {max} bytes"),
+        ));
+    }
+    Ok(bytes)
+}

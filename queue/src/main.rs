@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use agenix_proto::wire::ClientRole;
 use agenix_queue::server::{Queue, Settings};
+use agenix_queue::trust::TrustSource;
 use agenix_queue::{blobs::Blobs, identity, store::RedbStore};
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -197,10 +198,7 @@ fn run(cli: Cli) -> Result<()> {
                 ..Settings::default()
             };
             let trust_path = trust.unwrap_or_else(|| data.join("trust.json"));
-            let trust_bytes = read_capped(&trust_path, agenix_proto::trust::MAX_TRUST_BYTES as u64)
-                .with_context(|| format!("cannot read the trust file {}", trust_path.display()))?;
-            let trust = agenix_proto::Trust::from_json(&trust_bytes)
-                .with_context(|| format!("{} is not a valid trust file", trust_path.display()))?;
+            let trust = TrustSource::file(trust_path).map_err(anyhow::Error::msg)?;
             let tokens = identity::load_tokens(&data)?;
             let (cert, key) = identity::load_identity(&data)?;
             let fingerprint = agenix_link::fingerprint_of(&cert)?;
@@ -240,19 +238,6 @@ fn run(cli: Cli) -> Result<()> {
 
 /// Reads a whole file, refused past `max` bytes (counted while reading: a device or FIFO
 /// reports no size).
-fn read_capped(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read as _;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::FileTooLarge,
-            format!("over the limit of {max} bytes"),
-        ));
-    }
-    Ok(bytes)
-}
-
 /// Checks, before anything serves, that `file` may be the ready file: outside the queue
 /// directory `data` (whose files are the queue's identity, tokens and store), and, if it
 /// exists, a regular file holding a ready file of an earlier run (nothing else is ever
@@ -279,7 +264,7 @@ fn check_ready_file(file: &std::path::Path, data: &std::path::Path) -> Result<()
         Err(e) => Err(e).with_context(|| format!("cannot check {}", file.display())),
         Ok(m) if !m.is_file() => Err(not_ready()),
         Ok(_) => {
-            let old = read_capped(file, 4096).unwrap_or_default();
+            let old = agenix_queue::read_capped(file, 4096).unwrap_or_default();
             let ready = serde_json::from_slice::<serde_json::Value>(&old)
                 .ok()
                 .is_some_and(|v| v.get("address").is_some() && v.get("fingerprint").is_some());
@@ -313,7 +298,7 @@ fn write_ready_file(
 
 /// Removes the ready file on shutdown, only if it still holds what this process wrote.
 fn remove_ready_file(file: &std::path::Path, wrote: &[u8]) {
-    if read_capped(file, 4096).is_ok_and(|now| now == wrote) {
+    if agenix_queue::read_capped(file, 4096).is_ok_and(|now| now == wrote) {
         let _ = std::fs::remove_file(file);
     }
 }

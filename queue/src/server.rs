@@ -23,7 +23,7 @@ use agenix_link::{read_frame, write_frame};
 use agenix_proto::wire::{
     ClientRole, ErrorCode, FrameError, MAX_FRAME, PROTOCOL_VERSION, Request, Response, json_len,
 };
-use agenix_proto::{Digest, Fingerprint, Trust};
+use agenix_proto::{Digest, Fingerprint};
 use agenix_queue_core::{Change, Config, Refusal, Scheduler};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
@@ -99,7 +99,7 @@ pub struct Queue {
     store: Arc<dyn Store>,
     pub(crate) blobs: Blobs,
     pub(crate) kept: Mutex<BTreeSet<Digest>>,
-    pub(crate) trust: Trust,
+    pub(crate) trust: crate::trust::TrustSource,
     pub(crate) fingerprint: Fingerprint,
     tokens: Tokens,
     pub(crate) ready: Notify,
@@ -134,7 +134,7 @@ impl Queue {
     pub fn start(
         store: Arc<dyn Store>,
         blobs: Blobs,
-        trust: Trust,
+        trust: crate::trust::TrustSource,
         fingerprint: Fingerprint,
         tokens: Tokens,
         settings: Settings,

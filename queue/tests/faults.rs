@@ -694,7 +694,7 @@ async fn q07_a_failed_commit_changes_nothing_in_memory() {
     let queue = agenix_queue::server::Queue::start(
         store.clone() as Arc<dyn Store>,
         agenix_queue::blobs::Blobs::new(&data, 1 << 20, 1 << 30).unwrap(),
-        trust,
+        agenix_queue::trust::TrustSource::fixed(trust),
         fingerprint,
         agenix_queue::identity::load_tokens(&data).unwrap(),
         settings,

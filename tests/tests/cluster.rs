@@ -504,3 +504,32 @@ fn a_variable_one_worker_does_not_pass_is_declined_there_and_run_where_allowed()
     assert_eq!(j["attempts"], 1, "{j}");
     assert_eq!(text(&c.agx(&["jobs", "result", &jobs[0]]).stdout), "hello\nC\n");
 }
+
+/// The queue reads its trust file again when it changes: a signer revoked there is refused
+/// at the next submission, one added is accepted, and a broken file refuses submissions
+/// naming it, all without a restart.
+#[test]
+fn the_queue_follows_its_trust_file_without_a_restart() {
+    let c = Cluster::start(&[]);
+    c.push_aus();
+    let plan = example("log-errors.json");
+    let input = example("data/app.log");
+    let submit = || c.agx(&["submit", &plan, "--input", &input]);
+    assert!(submit().status.success());
+    let trust = c.path("queue/trust.json");
+    let good = std::fs::read(&trust).unwrap();
+    let list = text(&c.agx(&["--json", "trust", "list", "--trust", "queue/trust.json"]).stdout);
+    let signer: serde_json::Value = serde_json::from_str(list.lines().next().unwrap()).unwrap();
+    let keyid = signer["data"]["keyid"].as_str().unwrap().to_owned();
+    c.ok(&["trust", "revoke", &keyid, "--trust", "queue/trust.json"]);
+    let out = submit();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("is revoked"), "{}", text(&out.stderr));
+    std::fs::write(&trust, b"{ not json").unwrap();
+    let out = submit();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("trust file") && err.contains("is invalid"), "{err}");
+    std::fs::write(&trust, &good).unwrap();
+    assert!(submit().status.success(), "{}", text(&submit().stderr));
+}
