@@ -70,6 +70,12 @@ pub(crate) fn parse_lifetime(s: &str) -> Result<Duration, String> {
     parse_duration_between(s, Duration::from_secs(60), Duration::from_secs(MAX_LIFETIME_SECS))
 }
 
+/// How long a rotated-out key stays trusted beside its successor: none (`0s`) up to the
+/// longest a plan or action may be valid, so whatever it signed before can finish.
+pub(crate) fn parse_overlap(s: &str) -> Result<Duration, String> {
+    parse_duration_between(s, Duration::ZERO, Duration::from_secs(MAX_LIFETIME_SECS))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]

@@ -349,3 +349,71 @@ fn keys_interoperate_with_openssl_and_python() {
         Err(e) => println!("python3: skipped, it does not run here ({e})"),
     }
 }
+
+/// `trust rotate` trusts the new key under the signer's name from now and keeps the old one
+/// until the overlap ends: both verify in between. A key whose period has ended (here, as a
+/// trust file says it) is refused, naming the period.
+#[test]
+fn rotation_overlaps_and_a_key_outside_its_period_is_refused() {
+    let s = TestDir::new();
+    let old = s.signer("alice");
+    s.write("plan.json", &locked_plan());
+    s.ok(&["plan", "sign", "plan.json", "--key", "alice.key", "--out", "old.env"]);
+    s.ok(&["keygen", "--out", "alice2.key"]);
+    let out = s.ok(&[
+        "--json",
+        "trust",
+        "rotate",
+        &old,
+        "--to",
+        "alice2.key.pub",
+        "--overlap",
+        "1h",
+        "--trust",
+        "trust.json",
+    ]);
+    let rec = &json_lines(&out)[0];
+    assert_eq!(
+        (rec["type"].as_str(), rec["data"]["name"].as_str()),
+        (Some("rotated"), Some("alice"))
+    );
+    s.ok(&["plan", "sign", "plan.json", "--key", "alice2.key", "--out", "new.env"]);
+    for env in ["old.env", "new.env"] {
+        s.ok(&["plan", "verify", env, "--trust", "trust.json"]);
+    }
+    let list = s.ok(&["trust", "list", "--trust", "trust.json"]);
+    assert!(list.contains("alice (retiring)") && list.contains(" until "), "{list}");
+    // Past its period (the file edited as an operator might): refused, and the new key
+    // still verifies.
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.path("trust.json")).unwrap()).unwrap();
+    for signer in doc["signers"].as_array_mut().unwrap() {
+        if signer["name"] == "alice (retiring)" {
+            signer["not_after"] = 1_000_000.into();
+        }
+    }
+    s.write("trust.json", &doc.to_string());
+    let err = s.fails(&["plan", "verify", "old.env", "--trust", "trust.json"]);
+    assert!(err.contains("is trusted from any time to 1000000 (unix seconds), not now"), "{err}");
+    s.ok(&["plan", "verify", "new.env", "--trust", "trust.json"]);
+    // A revoked key cannot be rotated (it is already out), and bad overlaps are refused.
+    s.ok(&["trust", "revoke", &old, "--trust", "trust.json"]);
+    s.ok(&["keygen", "--out", "alice3.key"]);
+    let err =
+        s.fails(&["trust", "rotate", &old, "--to", "alice3.key.pub", "--trust", "trust.json"]);
+    assert!(err.contains("is revoked"), "{err}");
+    let out = s.agx(&[
+        "trust",
+        "rotate",
+        &old,
+        "--to",
+        "alice3.key.pub",
+        "--overlap",
+        "400days",
+        "--trust",
+        "trust.json",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("outside 0ms..=366days"), "{err}");
+}

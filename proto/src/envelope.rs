@@ -113,6 +113,7 @@ impl Envelope {
         expected_type: &str,
         trust: &Trust,
         role: Role,
+        now: u64,
     ) -> Result<(Vec<u8>, KeyId), VerifyError> {
         if self.payload_type != expected_type {
             return Err(VerifyError::PayloadType {
@@ -144,6 +145,8 @@ impl Envelope {
                     VerifyError::BadSignature { keyid, name: signer.name.clone() }
                 } else if !signer.roles.contains(&role) {
                     VerifyError::NotPermitted { name: signer.name.clone(), role: role.as_str() }
+                } else if !signer.valid_at(now) {
+                    outside(keyid, signer)
                 } else {
                     return Ok((payload, keyid));
                 };
@@ -164,6 +167,8 @@ impl Envelope {
                     VerifyError::Revoked { keyid: *keyid, name: signer.name.clone() }
                 } else if !signer.roles.contains(&role) {
                     VerifyError::NotPermitted { name: signer.name.clone(), role: role.as_str() }
+                } else if !signer.valid_at(now) {
+                    outside(*keyid, signer)
                 } else {
                     return Ok((payload, *keyid));
                 };
@@ -181,6 +186,16 @@ impl Envelope {
                 .collect::<Vec<_>>()
                 .join(", "),
         }))
+    }
+}
+
+/// Why `signer`'s signature is not accepted now: outside its period.
+fn outside(keyid: KeyId, signer: &crate::trust::Signer) -> VerifyError {
+    VerifyError::OutsidePeriod {
+        keyid,
+        name: signer.name.clone(),
+        not_before: signer.not_before,
+        not_after: signer.not_after,
     }
 }
 
@@ -217,6 +232,18 @@ pub enum VerifyError {
     /// More signatures than anyone needs.
     #[error("the envelope carries {0} signatures, over the limit of {MAX_SIGNATURES}")]
     TooManySignatures(usize),
+    /// The signer's key is trusted, but not at this time (before or after its period).
+    #[error("signer \"{name}\" ({keyid}) is trusted from {} to {}, not now", period_end(*not_before), period_end(*not_after))]
+    OutsidePeriod {
+        /// The key.
+        keyid: KeyId,
+        /// Its name.
+        name: String,
+        /// The start of its period, unix seconds.
+        not_before: Option<u64>,
+        /// The end of its period, unix seconds.
+        not_after: Option<u64>,
+    },
     /// Signatures without a usable key id cost more checks than allowed.
     #[error(
         "checking the envelope's signatures without a usable key id took over {0} tries against the trusted keys"
@@ -309,8 +336,14 @@ impl VerifyError {
                 | Self::NotYetValid { .. }
                 | Self::Expired { .. }
                 | Self::TooManyTrials(_)
+                | Self::OutsidePeriod { .. }
         )
     }
+}
+
+/// One end of a period, for people: unix seconds, or unbounded.
+fn period_end(t: Option<u64>) -> String {
+    t.map_or_else(|| "any time".to_string(), |t| format!("{t} (unix seconds)"))
 }
 
 fn check_time(issued_at: u64, expires_at: u64, now: u64) -> Result<(), VerifyError> {
@@ -406,7 +439,7 @@ pub fn verify_plan(
     ceilings: &Limits,
 ) -> Result<VerifiedPlan, VerifyError> {
     let env = Envelope::from_json(envelope)?;
-    let (payload, signer) = env.verify(PLAN_PAYLOAD_TYPE, trust, Role::Plan)?;
+    let (payload, signer) = env.verify(PLAN_PAYLOAD_TYPE, trust, Role::Plan, now)?;
     let plan = Plan::from_json(&payload).map_err(VerifyError::Invalid)?;
     plan.validate(Form::Signed, ceilings).map_err(VerifyError::Invalid)?;
     // Signed form guarantees both are present.
@@ -426,7 +459,7 @@ pub fn verify_action(
     audience: &Fingerprint,
 ) -> Result<VerifiedAction, VerifyError> {
     let env = Envelope::from_json(envelope)?;
-    let (payload, signer) = env.verify(ACTION_PAYLOAD_TYPE, trust, Role::Action)?;
+    let (payload, signer) = env.verify(ACTION_PAYLOAD_TYPE, trust, Role::Action, now)?;
     let action = Action::from_json(&payload).map_err(VerifyError::Invalid)?;
     action.validate().map_err(VerifyError::Invalid)?;
     check_time(action.issued_at, action.expires_at, now)?;
@@ -500,7 +533,8 @@ mod tests {
             Envelope::from_json(&env.to_json()).unwrap()
         };
         for hint in [None, Some(""), Some("alice-2026"), Some("sha256:zz")] {
-            let (payload, signer) = signed(&alice, hint).verify("t", &trust, Role::Plan).unwrap();
+            let (payload, signer) =
+                signed(&alice, hint).verify("t", &trust, Role::Plan, 0).unwrap();
             assert_eq!((payload.as_slice(), signer), (&b"payload"[..], alice_id), "{hint:?}");
         }
         // Without a key id the field is absent from the JSON, as DSSE allows.
@@ -508,19 +542,20 @@ mod tests {
         assert!(!json.contains("keyid"), "{json}");
         // Signed by a key the trust file lacks: named as the envelope names it.
         let mallory = signing_key_from_seed(&[3; 32]);
-        let err = signed(&mallory, None).verify("t", &trust, Role::Plan).unwrap_err();
+        let err = signed(&mallory, None).verify("t", &trust, Role::Plan, 0).unwrap_err();
         assert_eq!(err.to_string(), "no signature is by a trusted key (signed by no key id)");
         // A trusted key without the role, or revoked: refused as with our own key id.
-        let err = signed(&bob, Some("bob's laptop")).verify("t", &trust, Role::Plan).unwrap_err();
+        let err =
+            signed(&bob, Some("bob's laptop")).verify("t", &trust, Role::Plan, 0).unwrap_err();
         assert!(matches!(err, VerifyError::NotPermitted { .. }), "{err}");
         trust.revoke(bob_id);
-        let err = signed(&bob, None).verify("t", &trust, Role::Action).unwrap_err();
+        let err = signed(&bob, None).verify("t", &trust, Role::Action, 0).unwrap_err();
         assert!(matches!(err, VerifyError::Revoked { .. }), "{err}");
         // An altered payload verifies with no key.
         let mut altered = signed(&alice, None);
         altered.payload = B64.encode(b"payloaD");
         assert!(matches!(
-            altered.verify("t", &trust, Role::Plan).unwrap_err(),
+            altered.verify("t", &trust, Role::Plan, 0).unwrap_err(),
             VerifyError::UnknownSigner { .. }
         ));
         // Many trusted keys and many signatures without a key id: bounded.
@@ -532,9 +567,46 @@ mod tests {
         let mut env = signed(&mallory, None);
         env.signatures = vec![env.signatures[0].clone(); MAX_SIGNATURES];
         assert_eq!(
-            env.verify("t", &many, Role::Plan).unwrap_err(),
+            env.verify("t", &many, Role::Plan, 0).unwrap_err(),
             VerifyError::TooManyTrials(MAX_TRIALS)
         );
+    }
+
+    /// A key is accepted only within its period (with the clock skew allowed); rotation
+    /// keeps the old key accepted until the overlap ends and the new one from its start.
+    #[test]
+    fn a_key_outside_its_period_is_refused_and_rotation_overlaps() {
+        let old = signing_key_from_seed(&[4; 32]);
+        let new = signing_key_from_seed(&[5; 32]);
+        let mut trust = Trust::new();
+        let old_id = trust.add("ci", old.verifying_key(), &Role::ALL).unwrap();
+        let (t0, until) = (1_000_000u64, 1_000_000 + 7 * 86_400);
+        let new_id = trust.rotate(&old_id, new.verifying_key(), t0, until).unwrap();
+        assert_eq!(trust.signer(&new_id).unwrap().name, "ci");
+        assert_eq!(trust.signer(&old_id).unwrap().name, "ci (retiring)");
+        // Through the file, as agq and agw read it.
+        let trust = Trust::from_json(&trust.to_json()).unwrap();
+        let sign = |k: &SigningKey| Envelope::sign("t", b"p", k);
+        let at = |k: &SigningKey, now: u64| sign(k).verify("t", &trust, Role::Plan, now);
+        assert_eq!(at(&old, t0).unwrap().1, old_id);
+        assert_eq!(at(&old, until + CLOCK_SKEW_SECS).unwrap().1, old_id, "at the end, skew");
+        let err = at(&old, until + CLOCK_SKEW_SECS + 1).unwrap_err();
+        assert!(matches!(err, VerifyError::OutsidePeriod { .. }) && err.is_local(), "{err}");
+        assert!(err.to_string().contains("\"ci (retiring)\""), "{err}");
+        assert_eq!(at(&new, t0).unwrap().1, new_id);
+        assert_eq!(at(&new, until + 1_000_000).unwrap().1, new_id);
+        let err = at(&new, t0 - CLOCK_SKEW_SECS - 1).unwrap_err();
+        assert!(matches!(err, VerifyError::OutsidePeriod { .. }), "{err}");
+        // A period that ends before it starts is refused, in the file too.
+        let mut bad = Trust::new();
+        let id = bad.add("x", old.verifying_key(), &Role::ALL).unwrap();
+        assert!(bad.set_period(&id, Some(10), Some(5)).is_err());
+        bad.set_period(&id, Some(10), Some(20)).unwrap();
+        let json = String::from_utf8(bad.to_json()).unwrap();
+        let broken = json.replacen("\"not_after\": 20", "\"not_after\": 5", 1);
+        assert_ne!(broken, json);
+        let err = Trust::from_json(broken.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("ends before it starts"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The trust file: which signers a worker or queue believes, in which roles, and which keys
-//! are revoked. Rotation is adding the new key and revoking the old.
+//! The trust file: which signers a worker or queue believes, in which roles, over which
+//! period, and which keys are revoked. Rotation ([`Trust::rotate`]) trusts the new key and
+//! ends the old one's period after an overlap; revocation is immediate and permanent.
 
 use std::collections::BTreeMap;
 
@@ -56,6 +57,12 @@ struct SignerDoc {
     /// The raw 32-byte public key, base64.
     key: String,
     roles: Vec<Role>,
+    /// Unix seconds from which its signatures are accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    not_before: Option<u64>,
+    /// Unix seconds after which they are not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    not_after: Option<u64>,
 }
 
 /// One trusted signer.
@@ -67,6 +74,20 @@ pub struct Signer {
     pub key: VerifyingKey,
     /// What it may sign.
     pub roles: Vec<Role>,
+    /// Unix seconds from which its signatures are accepted (at the verifier's clock).
+    pub not_before: Option<u64>,
+    /// Unix seconds after which they are not.
+    pub not_after: Option<u64>,
+}
+
+impl Signer {
+    /// Whether its signatures are accepted at `now`, allowing [`CLOCK_SKEW_SECS`] either
+    /// way.
+    pub fn valid_at(&self, now: u64) -> bool {
+        let skew = crate::envelope::CLOCK_SKEW_SECS;
+        self.not_before.is_none_or(|t| now.saturating_add(skew) >= t)
+            && self.not_after.is_none_or(|t| now <= t.saturating_add(skew))
+    }
 }
 
 /// A parsed, checked trust file.
@@ -100,6 +121,17 @@ pub enum TrustError {
     /// No roles were given.
     #[error("a signer needs at least one role")]
     NoRoles,
+    /// A validity period that ends before it starts.
+    #[error("the period from {not_before} to {not_after} ends before it starts")]
+    Period {
+        /// Its start.
+        not_before: u64,
+        /// Its end.
+        not_after: u64,
+    },
+    /// No signer has this key.
+    #[error("no signer has key {0}")]
+    UnknownKey(KeyId),
     /// The key is unusable.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -146,8 +178,13 @@ impl Trust {
                     continue;
                 }
             };
-            if let Err(e) = trust.insert(s.name, key, s.roles) {
-                r.push(at, "signer", e.to_string());
+            match trust.insert(s.name, key, s.roles) {
+                Ok(keyid) => {
+                    if let Err(e) = trust.set_period(&keyid, s.not_before, s.not_after) {
+                        r.push(at, "signer", e.to_string());
+                    }
+                }
+                Err(e) => r.push(at, "signer", e.to_string()),
             }
         }
         for (i, k) in doc.revoked.iter().enumerate() {
@@ -171,6 +208,8 @@ impl Trust {
                     name: s.name.clone(),
                     key: B64.encode(s.key.as_bytes()),
                     roles: s.roles.clone(),
+                    not_before: s.not_before,
+                    not_after: s.not_after,
                 })
                 .collect(),
             revoked: self.revoked.clone(),
@@ -206,8 +245,65 @@ impl Trust {
         if self.signers.values().any(|s| s.name == name) {
             return Err(TrustError::DuplicateName(name));
         }
-        self.signers.insert(keyid, Signer { name, key, roles });
+        self.signers.insert(keyid, Signer { name, key, roles, not_before: None, not_after: None });
         Ok(keyid)
+    }
+
+    /// Sets the period over which `keyid`'s signatures are accepted (`None`: unbounded).
+    pub fn set_period(
+        &mut self,
+        keyid: &KeyId,
+        not_before: Option<u64>,
+        not_after: Option<u64>,
+    ) -> Result<(), TrustError> {
+        if let (Some(b), Some(a)) = (not_before, not_after)
+            && a < b
+        {
+            return Err(TrustError::Period { not_before: b, not_after: a });
+        }
+        let signer = self.signers.get_mut(keyid).ok_or(TrustError::UnknownKey(*keyid))?;
+        signer.not_before = not_before;
+        signer.not_after = not_after;
+        Ok(())
+    }
+
+    /// Rotates `old` to `new`: trusts `new` for the same roles from `now` under `old`'s
+    /// name, renames `old` (`NAME (retiring)`) and ends its period at `until`, so both are
+    /// accepted in between (an overlap for what `old` already signed). Returns the new key
+    /// id.
+    pub fn rotate(
+        &mut self,
+        old: &KeyId,
+        new: VerifyingKey,
+        now: u64,
+        until: u64,
+    ) -> Result<KeyId, TrustError> {
+        let signer = self.signers.get(old).ok_or(TrustError::UnknownKey(*old))?.clone();
+        if self.is_revoked(&KeyId::of(&new)) {
+            return Err(TrustError::Revoked(KeyId::of(&new)));
+        }
+        let retiring: String = format!("{} (retiring)", signer.name).chars().take(64).collect();
+        if self.signers.values().any(|s| s.name == retiring) {
+            return Err(TrustError::DuplicateName(retiring));
+        }
+        let ends = signer.not_after.map_or(until, |t| t.min(until));
+        if let Some(b) = signer.not_before
+            && ends < b
+        {
+            return Err(TrustError::Period { not_before: b, not_after: ends });
+        }
+        // The new key first (under a temporary name), so nothing changes if it is refused.
+        let placeholder = format!("{} (next)", signer.name).chars().take(64).collect::<String>();
+        let new_id = self.insert(placeholder, new, signer.roles.clone())?;
+        if let Some(s) = self.signers.get_mut(old) {
+            s.name = retiring;
+            s.not_after = Some(ends);
+        }
+        if let Some(s) = self.signers.get_mut(&new_id) {
+            s.name = signer.name;
+            s.not_before = Some(now);
+        }
+        Ok(new_id)
     }
 
     /// Trusts `key` as `name` for `roles`.

@@ -1,4 +1,4 @@
-//! `agx trust add|revoke|list`: edit and read a trust file.
+//! `agx trust add|rotate|revoke|list`: edit and read a trust file.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,6 +17,8 @@ use crate::output::Out;
 pub(crate) enum TrustCommand {
     /// Trust a signer's public key (creates the trust file if needed).
     Add(Add),
+    /// Replace a signer's key: the new one is trusted now, the old one until the overlap ends.
+    Rotate(Rotate),
     /// Revoke a key id: nothing it signed is accepted any more.
     Revoke(Revoke),
     /// List signers and revoked keys.
@@ -27,6 +29,7 @@ impl TrustCommand {
     pub(crate) fn execute(self, out: Out) -> Result<ExitCode> {
         match self {
             Self::Add(c) => c.execute(out),
+            Self::Rotate(c) => c.execute(out),
             Self::Revoke(c) => c.execute(out),
             Self::List(c) => c.execute(out),
         }
@@ -53,6 +56,24 @@ pub(crate) struct Add {
 enum RoleArg {
     Plan,
     Action,
+}
+
+/// Rotate a signer to a new key. The new key takes the signer's name and roles and is trusted
+/// from now; the old one, renamed `NAME (retiring)`, until the overlap ends, so what it
+/// signed before can still run. (To stop trusting a key at once, revoke it.)
+#[derive(Debug, clap::Args)]
+pub(crate) struct Rotate {
+    /// The old key id, `sha256:<hex>`.
+    old: String,
+    /// The new public key file (PEM).
+    #[arg(long = "to", value_name = "NEW.pub")]
+    to: PathBuf,
+    /// How long the old key stays trusted (`0s` to `366days`).
+    #[arg(long, default_value = "7days", value_parser = crate::args::parse_overlap)]
+    overlap: std::time::Duration,
+    /// The trust file.
+    #[arg(long = "trust", value_name = "FILE", env = "AGX_TRUST")]
+    trust: PathBuf,
 }
 
 /// Revoke a key id (revocation is permanent).
@@ -86,11 +107,7 @@ fn save_trust(path: &Path, trust: &Trust) -> Result<()> {
 
 impl Add {
     fn execute(self, out: Out) -> Result<ExitCode> {
-        let pem = read_capped(&self.key, 64 * 1024)?;
-        let pem = String::from_utf8(pem)
-            .with_context(|| format!("{} is not a PEM file", self.key.display()))?;
-        let key = verifying_key_from_pem(&pem)
-            .with_context(|| format!("cannot use {}", self.key.display()))?;
+        let key = read_public_key(&self.key)?;
         let mut trust = if self.trust.exists() { load_trust(&self.trust)? } else { Trust::new() };
         let roles: Vec<Role> = if self.roles.is_empty() {
             Role::ALL.to_vec()
@@ -113,6 +130,36 @@ impl Add {
         )?;
         Ok(ExitCode::SUCCESS)
     }
+}
+
+impl Rotate {
+    fn execute(self, out: Out) -> Result<ExitCode> {
+        let old: KeyId = self.old.parse().context("not a key id")?;
+        let key = read_public_key(&self.to)?;
+        let mut trust = load_trust(&self.trust)?;
+        if trust.is_revoked(&old) {
+            anyhow::bail!("{old} is revoked: add the new key with `agx trust add` instead");
+        }
+        let now = super::now_unix();
+        let until = now.saturating_add(self.overlap.as_secs());
+        let new = trust.rotate(&old, key, now, until)?;
+        save_trust(&self.trust, &trust)?;
+        let name = trust.signer(&new).map(|s| s.name.clone()).unwrap_or_default();
+        out.emit(
+            "rotated",
+            &serde_json::json!({ "old": old.to_string(), "new": new.to_string(), "name": name, "old_until": until, "trust": self.trust }),
+            || format!("\"{name}\" is now {new}; {old} stays trusted until {until} (unix seconds)"),
+        )?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Reads a public key file (PEM).
+fn read_public_key(path: &Path) -> Result<agenix_proto::keys::VerifyingKey> {
+    let pem = read_capped(path, 64 * 1024)?;
+    let pem =
+        String::from_utf8(pem).with_context(|| format!("{} is not a PEM file", path.display()))?;
+    verifying_key_from_pem(&pem).with_context(|| format!("cannot use {}", path.display()))
 }
 
 impl Revoke {
@@ -145,6 +192,10 @@ struct SignerRow {
     name: String,
     roles: Vec<&'static str>,
     revoked: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_before: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_after: Option<u64>,
 }
 
 impl List {
@@ -157,6 +208,8 @@ impl List {
                 name: s.name.clone(),
                 roles: s.roles.iter().map(|r| r.as_str()).collect(),
                 revoked: trust.is_revoked(id),
+                not_before: s.not_before,
+                not_after: s.not_after,
             })
             .collect();
         rows.sort_by(|a, b| a.name.cmp(&b.name));
@@ -181,8 +234,16 @@ impl List {
         }
         for r in &rows {
             let status = if r.revoked { "REVOKED" } else { "trusted" };
+            let period = match (r.not_before, r.not_after) {
+                (None, None) => String::new(),
+                (b, a) => format!(
+                    " from {} until {}",
+                    b.map_or("any time".into(), |t| t.to_string()),
+                    a.map_or("any time".into(), |t| t.to_string())
+                ),
+            };
             text.push_str(&format!(
-                "{:<20} {} {:<7} {}\n",
+                "{:<20} {} {:<7} {}{period}\n",
                 r.name,
                 r.keyid,
                 status,
