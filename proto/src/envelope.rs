@@ -137,25 +137,32 @@ impl Envelope {
                 .as_deref()
                 .and_then(|k| k.parse::<KeyId>().ok())
                 .and_then(|k| trust.signer(&k).map(|signer| (k, signer)));
+            // The hinted key first; if the signature is not its, as if there were no hint.
+            let mut wrong_hint = None;
             if let Some((keyid, signer)) = hinted {
                 trials += 1;
-                let failure = if trust.is_revoked(&keyid) {
-                    VerifyError::Revoked { keyid, name: signer.name.clone() }
-                } else if !check_signature(&signer.key, &message, &s.sig) {
-                    VerifyError::BadSignature { keyid, name: signer.name.clone() }
-                } else if !signer.roles.contains(&role) {
-                    VerifyError::NotPermitted { name: signer.name.clone(), role: role.as_str() }
-                } else if !signer.valid_at(now) {
-                    outside(keyid, signer)
-                } else {
-                    return Ok((payload, keyid));
-                };
-                first_failure.get_or_insert(failure);
-                continue;
+                if check_signature(&signer.key, &message, &s.sig) {
+                    let failure = if trust.is_revoked(&keyid) {
+                        VerifyError::Revoked { keyid, name: signer.name.clone() }
+                    } else if !signer.roles.contains(&role) {
+                        VerifyError::NotPermitted { name: signer.name.clone(), role: role.as_str() }
+                    } else if !signer.valid_at(now) {
+                        outside(keyid, signer)
+                    } else {
+                        return Ok((payload, keyid));
+                    };
+                    first_failure.get_or_insert(failure);
+                    continue;
+                }
+                wrong_hint = Some(VerifyError::BadSignature { keyid, name: signer.name.clone() });
             }
-            // No key id, or one that names no trusted key (another tool's): the key is
-            // whichever trusted one the signature verifies with, if any.
+            // No key id, one that names no trusted key (another tool's), or a wrong one: the
+            // key is whichever trusted one the signature verifies with, if any.
+            let mut found = false;
             for (keyid, signer) in trust.signers() {
+                if hinted.is_some_and(|(h, _)| h == *keyid) {
+                    continue;
+                }
                 trials += 1;
                 if trials > MAX_TRIALS {
                     return Err(VerifyError::TooManyTrials(MAX_TRIALS));
@@ -163,6 +170,7 @@ impl Envelope {
                 if !check_signature(&signer.key, &message, &s.sig) {
                     continue;
                 }
+                found = true;
                 let failure = if trust.is_revoked(keyid) {
                     VerifyError::Revoked { keyid: *keyid, name: signer.name.clone() }
                 } else if !signer.roles.contains(&role) {
@@ -172,6 +180,10 @@ impl Envelope {
                 } else {
                     return Ok((payload, *keyid));
                 };
+                first_failure.get_or_insert(failure);
+            }
+            // Made by no trusted key, with a trusted key's id: altered, or forged.
+            if let (false, Some(failure)) = (found, wrong_hint) {
                 first_failure.get_or_insert(failure);
             }
         }
@@ -537,6 +549,10 @@ mod tests {
                 signed(&alice, hint).verify("t", &trust, Role::Plan, 0).unwrap();
             assert_eq!((payload.as_slice(), signer), (&b"payload"[..], alice_id), "{hint:?}");
         }
+        // A wrong hint (another trusted key's id) is only a wrong hint.
+        let (_, signer) =
+            signed(&alice, Some(&bob_id.to_string())).verify("t", &trust, Role::Plan, 0).unwrap();
+        assert_eq!(signer, alice_id);
         // Without a key id the field is absent from the JSON, as DSSE allows.
         let json = String::from_utf8(signed(&alice, None).to_json()).unwrap();
         assert!(!json.contains("keyid"), "{json}");
@@ -583,7 +599,7 @@ mod tests {
         let (t0, until) = (1_000_000u64, 1_000_000 + 7 * 86_400);
         let new_id = trust.rotate(&old_id, new.verifying_key(), t0, until).unwrap();
         assert_eq!(trust.signer(&new_id).unwrap().name, "ci");
-        assert_eq!(trust.signer(&old_id).unwrap().name, "ci (retiring)");
+        assert_eq!(trust.signer(&old_id).unwrap().name, format!("ci (until {until})"));
         // Through the file, as agq and agw read it.
         let trust = Trust::from_json(&trust.to_json()).unwrap();
         let sign = |k: &SigningKey| Envelope::sign("t", b"p", k);
@@ -592,11 +608,21 @@ mod tests {
         assert_eq!(at(&old, until + CLOCK_SKEW_SECS).unwrap().1, old_id, "at the end, skew");
         let err = at(&old, until + CLOCK_SKEW_SECS + 1).unwrap_err();
         assert!(matches!(err, VerifyError::OutsidePeriod { .. }) && err.is_local(), "{err}");
-        assert!(err.to_string().contains("\"ci (retiring)\""), "{err}");
+        assert!(err.to_string().contains(&format!("\"ci (until {until})\"")), "{err}");
         assert_eq!(at(&new, t0).unwrap().1, new_id);
         assert_eq!(at(&new, until + 1_000_000).unwrap().1, new_id);
         let err = at(&new, t0 - CLOCK_SKEW_SECS - 1).unwrap_err();
         assert!(matches!(err, VerifyError::OutsidePeriod { .. }), "{err}");
+        // A signer rotates again, and a long name still fits with its suffix.
+        let mut again = trust.clone();
+        let third = signing_key_from_seed(&[6; 32]);
+        again.rotate(&new_id, third.verifying_key(), t0 + 10, until + 10).unwrap();
+        let long = "n".repeat(64);
+        let mut t = Trust::new();
+        let id = t.add(&long, old.verifying_key(), &Role::ALL).unwrap();
+        t.rotate(&id, new.verifying_key(), t0, until).unwrap();
+        assert!(t.signer(&id).unwrap().name.ends_with(&format!("(until {until})")));
+        assert_eq!(t.signer(&id).unwrap().name.chars().count(), 64);
         // A period that ends before it starts is refused, in the file too.
         let mut bad = Trust::new();
         let id = bad.add("x", old.verifying_key(), &Role::ALL).unwrap();

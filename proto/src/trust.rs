@@ -137,6 +137,13 @@ pub enum TrustError {
     Key(#[from] KeyError),
 }
 
+/// `name` with `suffix`, the name shortened so the whole fits the 64 characters allowed.
+fn suffixed(name: &str, suffix: &str) -> String {
+    let keep = 64usize.saturating_sub(suffix.chars().count());
+    let base: String = name.chars().take(keep).collect();
+    format!("{}{suffix}", base.trim_end())
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.chars().count() <= 64
@@ -268,9 +275,9 @@ impl Trust {
     }
 
     /// Rotates `old` to `new`: trusts `new` for the same roles from `now` under `old`'s
-    /// name, renames `old` (`NAME (retiring)`) and ends its period at `until`, so both are
-    /// accepted in between (an overlap for what `old` already signed). Returns the new key
-    /// id.
+    /// name, renames `old` (`NAME (until T)`, the name shortened to fit) and ends its period
+    /// at `until`, so both are accepted in between (an overlap for what `old` already
+    /// signed). Returns the new key id.
     pub fn rotate(
         &mut self,
         old: &KeyId,
@@ -282,7 +289,7 @@ impl Trust {
         if self.is_revoked(&KeyId::of(&new)) {
             return Err(TrustError::Revoked(KeyId::of(&new)));
         }
-        let retiring: String = format!("{} (retiring)", signer.name).chars().take(64).collect();
+        let retiring = suffixed(&signer.name, &format!(" (until {until})"));
         if self.signers.values().any(|s| s.name == retiring) {
             return Err(TrustError::DuplicateName(retiring));
         }
@@ -293,7 +300,7 @@ impl Trust {
             return Err(TrustError::Period { not_before: b, not_after: ends });
         }
         // The new key first (under a temporary name), so nothing changes if it is refused.
-        let placeholder = format!("{} (next)", signer.name).chars().take(64).collect::<String>();
+        let placeholder = suffixed(&signer.name, " (next)");
         let new_id = self.insert(placeholder, new, signer.roles.clone())?;
         if let Some(s) = self.signers.get_mut(old) {
             s.name = retiring;

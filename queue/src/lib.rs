@@ -19,11 +19,21 @@ pub mod server;
 pub mod store;
 pub mod trust;
 
-/// Reads the file at `path`, refusing one over `max` bytes (checked while reading).
+/// Reads the regular file at `path`, refusing one over `max` bytes (checked while reading)
+/// and anything that is not a regular file: a FIFO, a device or a directory would block or
+/// never end (it is opened without blocking, and checked before it is read).
 pub fn read_capped(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::FileTooLarge,

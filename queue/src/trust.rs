@@ -5,10 +5,19 @@
 
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 use agenix_proto::Trust;
 use agenix_proto::trust::MAX_TRUST_BYTES;
+
+/// What identifies one version of a file: a file replaced (a new inode), rewritten (a new
+/// change time, which no one can set back) or resized is read again, even with its
+/// modification time kept.
+type Stamp = (u64, u64, i64, i64, i64, i64, u64);
+
+fn stamp(m: &std::fs::Metadata) -> Stamp {
+    use std::os::unix::fs::MetadataExt as _;
+    (m.dev(), m.ino(), m.ctime(), m.ctime_nsec(), m.mtime(), m.mtime_nsec(), m.len())
+}
 
 /// Where the queue's trust comes from.
 #[derive(Debug)]
@@ -19,8 +28,8 @@ pub struct TrustSource {
 
 #[derive(Debug)]
 struct State {
-    /// Modification time and size of the file as last read.
-    seen: Option<(SystemTime, u64)>,
+    /// The file as last read: device, inode, change and modification times, size.
+    seen: Option<Stamp>,
     trust: Result<Trust, String>,
 }
 
@@ -44,7 +53,7 @@ impl TrustSource {
     pub fn current(&self) -> Result<Trust, String> {
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(path) = &self.file else { return state.trust.clone() };
-        let stamp = std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+        let stamp = std::fs::metadata(path).ok().map(|m| stamp(&m));
         if stamp.is_none() || stamp != state.seen {
             state.seen = stamp;
             state.trust = crate::read_capped(path, MAX_TRUST_BYTES as u64)

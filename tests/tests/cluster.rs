@@ -532,4 +532,35 @@ fn the_queue_follows_its_trust_file_without_a_restart() {
     assert!(err.contains("trust file") && err.contains("is invalid"), "{err}");
     std::fs::write(&trust, &good).unwrap();
     assert!(submit().status.success(), "{}", text(&submit().stderr));
+    // Other contents with the same size and modification time (a signer's key swapped for
+    // another, the time set back): read again all the same.
+    let before = std::fs::metadata(&trust).unwrap().modified().unwrap();
+    c.ok(&["keygen", "--out", "other.key"]);
+    c.ok(&["trust", "add", "other.key.pub", "--name", "e2e", "--trust", "other-trust.json"]);
+    let key_of = |file: &str| {
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(c.path(file)).unwrap()).unwrap();
+        doc["signers"][0]["key"].as_str().unwrap().to_owned()
+    };
+    let swapped = String::from_utf8(good.clone())
+        .unwrap()
+        .replace(&key_of("queue/trust.json"), &key_of("other-trust.json"));
+    assert_eq!(swapped.len(), good.len());
+    std::fs::write(&trust, &swapped).unwrap();
+    std::fs::File::options().write(true).open(&trust).unwrap().set_modified(before).unwrap();
+    let out = submit();
+    assert!(
+        text(&out.stderr).contains("no signature is by a trusted key"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A FIFO in its place is refused at once, not waited on, and the queue goes on serving.
+    std::fs::remove_file(&trust).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&trust).status().unwrap();
+    assert!(made.success());
+    let out = submit();
+    assert!(text(&out.stderr).contains("not a regular file"), "{}", text(&out.stderr));
+    std::fs::remove_file(&trust).unwrap();
+    std::fs::write(&trust, &good).unwrap();
+    assert!(submit().status.success(), "{}", text(&submit().stderr));
 }

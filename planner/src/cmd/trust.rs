@@ -59,7 +59,7 @@ enum RoleArg {
 }
 
 /// Rotate a signer to a new key. The new key takes the signer's name and roles and is trusted
-/// from now; the old one, renamed `NAME (retiring)`, until the overlap ends, so what it
+/// from now; the old one, renamed `NAME (until T)`, until the overlap ends, so what it
 /// signed before can still run. (To stop trusting a key at once, revoke it.)
 #[derive(Debug, clap::Args)]
 pub(crate) struct Rotate {
@@ -105,9 +105,26 @@ fn save_trust(path: &Path, trust: &Trust) -> Result<()> {
     write_atomic(path, &trust.to_json(), 0o644, Existing::Replace)
 }
 
+/// Holds `FILE.lock` beside a trust file while it is read, changed and written, so that
+/// edits made at the same time (two `agx trust` runs) all land: each reads what the last
+/// one wrote. Released when dropped.
+fn lock_trust(path: &Path) -> Result<std::fs::File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock = std::fs::File::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&name)
+        .with_context(|| format!("cannot open the lock {}", Path::new(&name).display()))?;
+    lock.lock().with_context(|| format!("cannot lock {}", Path::new(&name).display()))?;
+    Ok(lock)
+}
+
 impl Add {
     fn execute(self, out: Out) -> Result<ExitCode> {
         let key = read_public_key(&self.key)?;
+        let _lock = lock_trust(&self.trust)?;
         let mut trust = if self.trust.exists() { load_trust(&self.trust)? } else { Trust::new() };
         let roles: Vec<Role> = if self.roles.is_empty() {
             Role::ALL.to_vec()
@@ -136,6 +153,7 @@ impl Rotate {
     fn execute(self, out: Out) -> Result<ExitCode> {
         let old: KeyId = self.old.parse().context("not a key id")?;
         let key = read_public_key(&self.to)?;
+        let _lock = lock_trust(&self.trust)?;
         let mut trust = load_trust(&self.trust)?;
         if trust.is_revoked(&old) {
             anyhow::bail!("{old} is revoked: add the new key with `agx trust add` instead");
@@ -165,6 +183,7 @@ fn read_public_key(path: &Path) -> Result<agenix_proto::keys::VerifyingKey> {
 impl Revoke {
     fn execute(self, out: Out) -> Result<ExitCode> {
         let keyid: KeyId = self.keyid.parse().context("not a key id")?;
+        let _lock = lock_trust(&self.trust)?;
         let mut trust = load_trust(&self.trust)?;
         let name = trust.signer(&keyid).map(|s| s.name.clone());
         let newly = trust.revoke(keyid);

@@ -115,15 +115,19 @@ struct Session {
 #[derive(Debug)]
 struct TrustFile {
     path: PathBuf,
-    seen: Option<(SystemTime, u64)>,
+    /// The file as last read: device, inode, change and modification times, size (a file
+    /// replaced, rewritten or resized is read again, even with its modification time kept).
+    seen: Option<(u64, u64, i64, i64, i64, i64, u64)>,
     generation: u64,
     trust: Result<Trust, String>,
 }
 
 impl TrustFile {
     fn current(&mut self) -> (u64, Result<Trust, String>) {
-        let stamp =
-            std::fs::metadata(&self.path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+        use std::os::unix::fs::MetadataExt as _;
+        let stamp = std::fs::metadata(&self.path).ok().map(|m| {
+            (m.dev(), m.ino(), m.ctime(), m.ctime_nsec(), m.mtime(), m.mtime_nsec(), m.len())
+        });
         if stamp.is_none() || stamp != self.seen {
             self.seen = stamp;
             self.generation += 1;
