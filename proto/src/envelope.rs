@@ -141,7 +141,12 @@ impl Envelope {
             let mut wrong_hint = None;
             if let Some((keyid, signer)) = hinted {
                 trials += 1;
-                if check_signature(&signer.key, &message, &s.sig) {
+                if trust.is_revoked(&keyid) {
+                    // Whatever the signature: the key it names is out. (It may still be
+                    // another key's: those are tried below.)
+                    first_failure
+                        .get_or_insert(VerifyError::Revoked { keyid, name: signer.name.clone() });
+                } else if check_signature(&signer.key, &message, &s.sig) {
                     let failure = if trust.is_revoked(&keyid) {
                         VerifyError::Revoked { keyid, name: signer.name.clone() }
                     } else if !signer.roles.contains(&role) {
@@ -153,8 +158,10 @@ impl Envelope {
                     };
                     first_failure.get_or_insert(failure);
                     continue;
+                } else {
+                    wrong_hint =
+                        Some(VerifyError::BadSignature { keyid, name: signer.name.clone() });
                 }
-                wrong_hint = Some(VerifyError::BadSignature { keyid, name: signer.name.clone() });
             }
             // No key id, one that names no trusted key (another tool's), or a wrong one: the
             // key is whichever trusted one the signature verifies with, if any.
