@@ -642,6 +642,37 @@ mod tests {
         assert!(err.contains("ends before it starts"), "{err}");
     }
 
+    /// The check budget at its limit and one past it: 15 junk signatures without a key id
+    /// cost one check per trusted key each, then a valid one is found by the last key
+    /// tried. With 64 keys that is exactly `MAX_TRIALS` checks and verifies; with 65 keys
+    /// the budget runs out first.
+    #[test]
+    fn the_check_budget_holds_at_its_limit_and_stops_one_past_it() {
+        assert_eq!(MAX_TRIALS, 15 * 64 + 64);
+        for (keys, verifies) in [(64u8, true), (65u8, false)] {
+            let mut trust = Trust::new();
+            let signers: Vec<SigningKey> =
+                (0..keys).map(|i| signing_key_from_seed(&[i.wrapping_add(100); 32])).collect();
+            for (i, k) in signers.iter().enumerate() {
+                trust.add(&format!("k{i}"), k.verifying_key(), &[Role::Plan]).unwrap();
+            }
+            // The key tried last: trust lists signers in key id order.
+            let last_id = *trust.signers().last().unwrap().0;
+            let last = signers.iter().find(|k| KeyId::of(&k.verifying_key()) == last_id).unwrap();
+            let mut env = Envelope::sign("t", b"p", last);
+            let good = EnvelopeSignature { keyid: None, sig: env.signatures[0].sig.clone() };
+            let junk = EnvelopeSignature { keyid: None, sig: B64.encode([7u8; 64]) };
+            env.signatures = vec![junk; 15];
+            env.signatures.push(good);
+            let got = env.verify("t", &trust, Role::Plan, 0);
+            if verifies {
+                assert_eq!(got.unwrap().1, last_id);
+            } else {
+                assert_eq!(got.unwrap_err(), VerifyError::TooManyTrials(MAX_TRIALS));
+            }
+        }
+    }
+
     #[test]
     fn weak_key_signature_is_refused_by_verify_strict() {
         // With A = identity, R = identity and S = 0, cofactorless verification holds for any

@@ -515,7 +515,13 @@ mod tests {
         for tool in
             ["/usr/bin/sort", "/usr/bin/grep", "/usr/bin/ls", "/usr/bin/curl", "/usr/bin/ssh"]
         {
-            let Ok(out) = std::process::Command::new("ldd").arg(tool).output() else { return };
+            let out = match std::process::Command::new("ldd").arg(tool).output() {
+                Ok(out) => out,
+                Err(e) => {
+                    println!("skipped: ldd does not run here ({e}), nothing to compare with");
+                    return;
+                }
+            };
             if !out.status.success() {
                 continue;
             }
@@ -612,9 +618,8 @@ mod tests {
 
     #[test]
     fn a_real_tool_gets_its_loader_and_libraries_and_nothing_else() {
-        let Ok(files) = SystemFiles::of_tool(Path::new("/usr/bin/sort"), &[]) else {
-            return;
-        };
+        // Every system these tests run on has coreutils' sort: failing to read it fails.
+        let files = SystemFiles::of_tool(Path::new("/usr/bin/sort"), &[]).unwrap();
         let binds: Vec<_> = files.binds().collect();
         let canonical = std::fs::canonicalize("/usr/bin/sort").unwrap();
         assert!(binds.contains(&(canonical.as_path(), true)), "{binds:?}");
