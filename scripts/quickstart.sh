@@ -30,8 +30,10 @@ for _ in $(seq 300); do [ -s agq.ready ] && break; sleep 0.1; done
 addr=$(sed -e 's/.*"address":"\([^"]*\)".*/\1/' agq.ready)
 echo "agq serving on $addr as $fingerprint"
 
-echo "== a worker, verifying everything with the same trust file"
-"$bin/agw" --queue "$addr" --fingerprint "$fingerprint" --token-file queue/worker.token \
+echo "== a worker with its own key, enrolled at the queue, verifying everything with the same trust file"
+"$bin/agw" init --data worker 2>/dev/null
+"$bin/agq" worker enroll worker/worker.pub --name quickstart-worker --data queue
+"$bin/agw" --queue "$addr" --fingerprint "$fingerprint" --data worker \
     --trust queue/trust.json --cache-dir worker-cache --name quickstart-worker 2>agw.log &
 pids+=($!)
 

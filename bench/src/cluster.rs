@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agenix_link::Client;
+use agenix_link::{Client, Credential};
 use agenix_proto::action::ACTION_SCHEMA;
 use agenix_proto::envelope::{sign_action, sign_plan};
 use agenix_proto::keys::{SigningKey, signing_key_from_seed};
@@ -50,7 +50,7 @@ impl Agq {
         getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         let signer = signing_key_from_seed(&seed);
         let mut trust = Trust::new();
-        trust.add("bench", signer.verifying_key(), &Role::ALL)?;
+        trust.add("bench", signer.verifying_key(), &Role::SIGNING)?;
         std::fs::write(data.join("trust.json"), trust.to_json())?;
         // As it is run (the harness adds where to listen and a ready file to wait for).
         let mut serve_cmd = Command::new(&agq);
@@ -101,11 +101,38 @@ impl Agq {
         self.process.kill();
     }
 
-    /// A client in `role`.
+    /// A client in `role`: a planner or observer with its token, a worker with a new key
+    /// enrolled for it.
     pub(crate) async fn client(&self, role: ClientRole) -> Result<Client> {
-        let token = std::fs::read_to_string(self.data().join(format!("{}.token", role.as_str())))?;
+        let credential = match role {
+            ClientRole::Worker => Credential::Key(self.enroll_key()?),
+            other => {
+                let file = self.data().join(format!("{}.token", other.as_str()));
+                Credential::Token(std::fs::read_to_string(file)?.trim().to_owned())
+            }
+        };
         let addr = self.addr.parse()?;
-        Ok(Client::connect(addr, self.fingerprint, role, token.trim()).await?)
+        Ok(Client::connect(addr, self.fingerprint, role, &credential).await?)
+    }
+
+    /// A new worker key, enrolled through `agq worker enroll`.
+    fn enroll_key(&self) -> Result<SigningKey> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let key = signing_key_from_seed(&seed);
+        let name = hex(&rand16()?);
+        let file = self.dir.join(format!("{name}.pub"));
+        std::fs::write(&file, agenix_proto::keys::verifying_key_to_pem(&key.verifying_key())?)?;
+        let out = Command::new(sibling("agq")?)
+            .args(["worker", "enroll"])
+            .arg(&file)
+            .args(["--name", &name, "--data"])
+            .arg(self.data())
+            .output()?;
+        if !out.status.success() {
+            bail!("agq worker enroll failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(key)
     }
 
     /// A signed plan running the component `component` with `args` on the job's input.
@@ -147,10 +174,12 @@ impl Agq {
     /// Starts a worker named `name` with its artifact cache in `cache`.
     pub(crate) fn worker(&mut self, name: &str, cache: &Path) -> Result<u32> {
         let data = self.data();
+        let dir = self.dir.join(format!("worker-{name}"));
+        agenix_harness::enroll(&sibling("agw")?, &sibling("agq")?, &data, &dir, name)?;
         let mut cmd = Command::new(sibling("agw")?);
         cmd.args(["--queue", &self.addr, "--fingerprint", &self.fingerprint.to_string()])
-            .arg("--token-file")
-            .arg(data.join("worker.token"))
+            .arg("--data")
+            .arg(&dir)
             .arg("--trust")
             .arg(data.join("trust.json"))
             .arg("--cache-dir")

@@ -6,13 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use agenix_proto::job::{
     Capabilities, Declined, JobId, JobOutput, JobRecord, JobState, Lease, LeaseEpoch, LeaseRef,
-    Reports, Requirements,
-    WorkerRecord,
+    Reports, Requirements, WorkerRecord,
 };
 use agenix_proto::wire::{
     ClientRole, ErrorCode, JobFilter, MAX_FRAME, PROTOCOL_VERSION, QueueStats, Request, Response,
 };
-use agenix_proto::{Digest, Envelope, InputRef, Limits, Outcome, TaskReport};
+use agenix_proto::{Digest, Envelope, InputRef, KeyId, Limits, Outcome, TaskReport};
 
 use crate::fixtures;
 use crate::targets::signed_input;
@@ -136,16 +135,16 @@ fn output() -> JobOutput {
         Err(e) => panic!("fixture task id: {e}"),
     };
     let reports = vec![
-            TaskReport {
-                task: task("errors"),
-                outcome: Outcome::Exited { code: 0 },
-                stdout_digest: Digest::of(b"out"),
-                stdout_bytes: 3,
-                stderr: String::new(),
-                fuel_consumed: Some(12345),
-                wall_ms: 4,
-                peak_memory_bytes: 1 << 20,
-            },
+        TaskReport {
+            task: task("errors"),
+            outcome: Outcome::Exited { code: 0 },
+            stdout_digest: Digest::of(b"out"),
+            stdout_bytes: 3,
+            stderr: String::new(),
+            fuel_consumed: Some(12345),
+            wall_ms: 4,
+            peak_memory_bytes: 1 << 20,
+        },
         TaskReport::not_run(task("sorted"), Outcome::Trapped { message: "unreachable".into() }),
     ];
     JobOutput {
@@ -158,8 +157,16 @@ fn output() -> JobOutput {
 
 fn requests_of_every_kind() -> Vec<Request> {
     vec![
-        Request::Hello { version: PROTOCOL_VERSION, role: ClientRole::Worker, token: "t0k".into() },
-        Request::PutBlobs { blobs: vec![InputRef { digest: Digest::of(b"blob"), size: 4 }], keep: true },
+        Request::Hello {
+            version: PROTOCOL_VERSION,
+            role: ClientRole::Planner,
+            token: Some("t0k".into()),
+        },
+        Request::Hello { version: PROTOCOL_VERSION, role: ClientRole::Worker, token: None },
+        Request::PutBlobs {
+            blobs: vec![InputRef { digest: Digest::of(b"blob"), size: 4 }],
+            keep: true,
+        },
         Request::GetBlob { digest: Digest::of(b"blob") },
         Request::Unkeep { digest: Digest::of(b"blob") },
         Request::Submit {
@@ -233,6 +240,9 @@ fn responses_of_every_kind() -> Vec<Response> {
         Response::Workers {
             workers: vec![WorkerRecord {
                 id: 7,
+                key: KeyId::of(
+                    &agenix_proto::keys::signing_key_from_seed(&[7; 32]).verifying_key(),
+                ),
                 capabilities: capabilities(),
                 last_seen: 5,
                 leases: 1,

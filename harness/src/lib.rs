@@ -46,6 +46,28 @@ pub fn init(agq: &Path, data: &Path) -> Result<String> {
         .context("agq init printed no fingerprint")
 }
 
+/// `agw init --data WORKER`, then `agq worker enroll WORKER/worker.pub --name NAME --data
+/// QUEUE`: a worker the queue accepts. Returns the worker key's id.
+pub fn enroll(agw: &Path, agq: &Path, queue: &Path, worker: &Path, name: &str) -> Result<String> {
+    let run = |cmd: &mut Command, what: &str| -> Result<String> {
+        let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
+        if !out.status.success() {
+            bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let id = run(Command::new(agw).args(["init", "--data"]).arg(worker), "agw init")?;
+    run(
+        Command::new(agq)
+            .args(["worker", "enroll"])
+            .arg(worker.join("worker.pub"))
+            .args(["--name", name, "--data"])
+            .arg(queue),
+        "agq worker enroll",
+    )?;
+    Ok(id)
+}
+
 /// How to run `agq serve`.
 #[derive(Debug, Clone)]
 pub struct Serve {

@@ -59,6 +59,25 @@ pub struct Page<T, C> {
     pub next: Option<C>,
 }
 
+/// How a client proves who it is.
+#[derive(Clone)]
+pub enum Credential {
+    /// A planner's or observer's role token.
+    Token(String),
+    /// A worker's own key, proved in the TLS handshake.
+    Key(agenix_proto::keys::SigningKey),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // Never the token itself.
+            Self::Token(_) => f.write_str("Token(…)"),
+            Self::Key(k) => write!(f, "Key({})", agenix_proto::KeyId::of(&k.verifying_key())),
+        }
+    }
+}
+
 /// An authenticated connection to a queue.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -71,18 +90,22 @@ pub struct Client {
 
 impl Client {
     /// Connects to the queue at `addr` whose identity is `fingerprint`, and authenticates
-    /// as `role` with `token`.
+    /// as `role` with `credential`.
     pub async fn connect(
         addr: SocketAddr,
         fingerprint: Fingerprint,
         role: ClientRole,
-        token: &str,
+        credential: &Credential,
     ) -> Result<Self, LinkError> {
         let conn_err = |message: String| LinkError::Connect { addr, message };
         let bind: SocketAddr =
             if addr.is_ipv6() { ([0u16; 8], 0).into() } else { ([0u8; 4], 0).into() };
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| conn_err(e.to_string()))?;
-        let (tls, refused) = pinned_tls(fingerprint)?;
+        let (key, token) = match credential {
+            Credential::Token(t) => (None, Some(t.clone())),
+            Credential::Key(k) => (Some(k), None),
+        };
+        let (tls, refused) = pinned_tls(fingerprint, key)?;
         endpoint.set_default_client_config(quic_client_config(tls)?);
         let connecting =
             endpoint.connect(addr, "agenix-queue").map_err(|e| conn_err(e.to_string()))?;
@@ -97,7 +120,7 @@ impl Client {
                 }
             })?;
         let client = Self { conn, _endpoint: endpoint, queue: fingerprint, role, max_blob: 0 };
-        let hello = Request::Hello { version: PROTOCOL_VERSION, role, token: token.to_owned() };
+        let hello = Request::Hello { version: PROTOCOL_VERSION, role, token };
         let max_blob = client
             .ask(hello, |r| match r {
                 Response::HelloOk { max_blob, .. } => Ok(max_blob),

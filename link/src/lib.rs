@@ -1,5 +1,6 @@
 //! The QUIC link between the AGEniX processes: TLS 1.3 over quinn with ALPN `agenix/1`, no
-//! 0-RTT, and the queue's identity pinned by the sha256 of its public key (`tls`); frames
+//! 0-RTT, the queue's identity pinned by the sha256 of its public key, and a worker's own
+//! key proved in the same handshake (`tls`); frames
 //! read and written on QUIC streams (`frame`, over `agenix_proto::wire`'s codec); and the
 //! client agx and agw share, with one typed call per request (`client`).
 //!
@@ -16,9 +17,12 @@ mod error;
 mod frame;
 mod tls;
 
-pub use client::{Client, Heartbeat, Page, Registration, Submitted, THROTTLE_PATIENCE, Upload};
+pub use client::{
+    Client, Credential, Heartbeat, Page, Registration, Submitted, THROTTLE_PATIENCE, Upload,
+};
 pub use error::LinkError;
 pub use frame::{read_frame, write_frame};
 pub use tls::{
-    IDLE_TIMEOUT, KEEP_ALIVE, client_tls, fingerprint_of, provider, quic_client_config, transport,
+    IDLE_TIMEOUT, KEEP_ALIVE, client_tls, fingerprint_of, key_of, peer_key, provider,
+    quic_client_config, transport, worker_verifier,
 };

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use agenix_link::Client;
+use agenix_link::{Client, Credential};
 use agenix_proto::Fingerprint;
 use agenix_proto::wire::{ClientRole, ErrorCode};
 use agenix_runtime::files::{MAX_CONFIG_BYTES, MAX_TOKEN_BYTES, read_small};
@@ -113,7 +113,8 @@ impl QueueArgs {
             bail!("the token file {} is empty", token_file.display());
         }
         let role = self.role.unwrap_or(role);
-        Client::connect(queue, fingerprint, role, token.trim()).await.map_err(|e| {
+        let credential = Credential::Token(token.trim().to_owned());
+        Client::connect(queue, fingerprint, role, &credential).await.map_err(|e| {
             let why = match e.code() {
                 Some(ErrorCode::Unauthenticated) => format!(
                     "the queue at {queue} refused the token in {} for the {} role",

@@ -602,7 +602,7 @@ mod tests {
         let old = signing_key_from_seed(&[4; 32]);
         let new = signing_key_from_seed(&[5; 32]);
         let mut trust = Trust::new();
-        let old_id = trust.add("ci", old.verifying_key(), &Role::ALL).unwrap();
+        let old_id = trust.add("ci", old.verifying_key(), &Role::SIGNING).unwrap();
         let (t0, until) = (1_000_000u64, 1_000_000 + 7 * 86_400);
         let new_id = trust.rotate(&old_id, new.verifying_key(), t0, until).unwrap();
         assert_eq!(trust.signer(&new_id).unwrap().name, "ci");
@@ -626,13 +626,13 @@ mod tests {
         again.rotate(&new_id, third.verifying_key(), t0 + 10, until + 10).unwrap();
         let long = "n".repeat(64);
         let mut t = Trust::new();
-        let id = t.add(&long, old.verifying_key(), &Role::ALL).unwrap();
+        let id = t.add(&long, old.verifying_key(), &Role::SIGNING).unwrap();
         t.rotate(&id, new.verifying_key(), t0, until).unwrap();
         assert!(t.signer(&id).unwrap().name.ends_with(&format!("(until {until})")));
         assert_eq!(t.signer(&id).unwrap().name.chars().count(), 64);
         // A period that ends before it starts is refused, in the file too.
         let mut bad = Trust::new();
-        let id = bad.add("x", old.verifying_key(), &Role::ALL).unwrap();
+        let id = bad.add("x", old.verifying_key(), &Role::SIGNING).unwrap();
         assert!(bad.set_period(&id, Some(10), Some(5)).is_err());
         bad.set_period(&id, Some(10), Some(20)).unwrap();
         let json = String::from_utf8(bad.to_json()).unwrap();

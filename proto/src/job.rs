@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::action::InputRef;
 use crate::digest::Digest;
 use crate::ids::{ActionId, MountName, ToolName};
+use crate::keys::KeyId;
 use crate::limits::Limits;
 use crate::report::TaskReport;
 
@@ -274,21 +275,12 @@ impl Capabilities {
     /// Checks what a worker announces against the limits above: printable names and labels
     /// of bounded size, bounded lists, a concurrency in `1..=MAX_CONCURRENCY`.
     pub fn check(&self) -> Result<(), String> {
-        let printable = |what: &str, s: &str, max: usize| -> Result<(), String> {
-            if s.is_empty() || s.len() > max {
-                return Err(format!("{what} must be 1 to {max} bytes, not {}", s.len()));
-            }
-            if s.chars().any(|c| c.is_control() || crate::text::is_bidi_control(c)) {
-                return Err(format!("{what} {:?} holds control characters", crate::text::clean(s)));
-            }
-            Ok(())
-        };
         printable("the worker name", &self.name, MAX_WORKER_NAME)?;
         if self.labels.len() > MAX_LABELS {
             return Err(format!("{} labels, over the limit of {MAX_LABELS}", self.labels.len()));
         }
         for l in &self.labels {
-            printable("a label", l, MAX_LABEL)?;
+            check_label(l)?;
         }
         if self.tools.len() > MAX_OFFERED || self.mounts.len() > MAX_OFFERED {
             return Err(format!("more than {MAX_OFFERED} tools or mounts offered"));
@@ -301,6 +293,21 @@ impl Capabilities {
         }
         Ok(())
     }
+}
+
+/// Checks one label: 1 to [`MAX_LABEL`] bytes, no control characters.
+pub fn check_label(label: &str) -> Result<(), String> {
+    printable("a label", label, MAX_LABEL)
+}
+
+fn printable(what: &str, s: &str, max: usize) -> Result<(), String> {
+    if s.is_empty() || s.len() > max {
+        return Err(format!("{what} must be 1 to {max} bytes, not {}", s.len()));
+    }
+    if s.chars().any(|c| c.is_control() || crate::text::is_bidi_control(c)) {
+        return Err(format!("{what} {:?} holds control characters", crate::text::clean(s)));
+    }
+    Ok(())
 }
 
 /// Largest per-task report list carried inline in a result, in bytes of JSON; larger ones
@@ -456,9 +463,12 @@ pub struct Lease {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerRecord {
-    /// Its id: derived from the secret instance it registered with, so a worker that
-    /// reconnects (also to a restarted queue) keeps its id and its leases.
+    /// Its id: derived from its key and the secret instance it registered with, so a
+    /// worker that reconnects (also to a restarted queue) keeps its id and its leases, and
+    /// no other key can act for it.
     pub id: u64,
+    /// The enrolled key it authenticated with.
+    pub key: KeyId,
     /// What it offers.
     pub capabilities: Capabilities,
     /// When it last registered, claimed or heartbeat (Unix ms).

@@ -88,10 +88,28 @@ pub fn signing_key_to_pem(key: &SigningKey) -> Result<zeroize::Zeroizing<String>
     plain.to_pkcs8_pem(LineEnding::LF).map_err(|e| KeyError::Private(e.to_string()))
 }
 
+/// A private key as PKCS#8 DER (the plain RFC 8410 form), wiped when dropped: what a TLS
+/// stack takes.
+pub fn signing_key_to_der(key: &SigningKey) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyError> {
+    let plain = ed25519_dalek::pkcs8::KeypairBytes { secret_key: key.to_bytes(), public_key: None };
+    let doc = plain.to_pkcs8_der().map_err(|e| KeyError::Private(e.to_string()))?;
+    Ok(zeroize::Zeroizing::new(doc.as_bytes().to_vec()))
+}
+
 /// Reads a public key from SPKI PEM, refusing weak keys.
 pub fn verifying_key_from_pem(pem: &str) -> Result<VerifyingKey, KeyError> {
     let key =
         VerifyingKey::from_public_key_pem(pem).map_err(|e| KeyError::Public(e.to_string()))?;
+    if key.is_weak() {
+        return Err(KeyError::Weak);
+    }
+    Ok(key)
+}
+
+/// Reads a public key from SPKI DER (what a certificate carries), refusing weak keys.
+pub fn verifying_key_from_spki_der(der: &[u8]) -> Result<VerifyingKey, KeyError> {
+    let key =
+        VerifyingKey::from_public_key_der(der).map_err(|e| KeyError::Public(e.to_string()))?;
     if key.is_weak() {
         return Err(KeyError::Weak);
     }
@@ -128,6 +146,9 @@ mod tests {
         let vk = sk.verifying_key();
         let pub_pem = verifying_key_to_pem(&vk).unwrap();
         assert_eq!(verifying_key_from_pem(&pub_pem).unwrap(), vk);
+        let der = vk.to_public_key_der().unwrap();
+        assert_eq!(verifying_key_from_spki_der(der.as_bytes()).unwrap(), vk);
+        assert!(verifying_key_from_spki_der(&der.as_bytes()[1..]).is_err());
         assert_eq!(KeyId::of(&vk).to_string(), Digest::of(vk.as_bytes()).to_string());
     }
 

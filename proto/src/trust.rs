@@ -1,13 +1,16 @@
 //! The trust file: which signers a worker or queue believes, in which roles, over which
-//! period, and which keys are revoked. Rotation ([`Trust::rotate`]) trusts the new key and
+//! period, and which keys are revoked. At a queue it also holds the enrolled workers (role
+//! `worker`: the keys that may authenticate as workers and sign results); at a planner, the
+//! worker keys whose signed results it believes. Rotation ([`Trust::rotate`]) trusts the new key and
 //! ends the old one's period after an overlap; revocation is immediate and permanent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 
+use crate::job::MAX_LABELS;
 use crate::keys::{KeyError, KeyId, VerifyingKey, verifying_key_from_raw};
 use crate::validate::{Invalid, Report};
 
@@ -24,17 +27,21 @@ pub enum Role {
     Plan,
     /// Actions (requests to run a plan).
     Action,
+    /// A worker: authenticates as one at a queue and signs the results it produces.
+    Worker,
 }
 
 impl Role {
-    /// Both roles, the default for a new signer.
-    pub const ALL: [Self; 2] = [Self::Plan, Self::Action];
+    /// The roles a new signer gets unless told otherwise: plan and action (a worker's key
+    /// is trusted for `worker` alone).
+    pub const SIGNING: [Self; 2] = [Self::Plan, Self::Action];
 
     /// The role's name as the trust file spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Plan => "plan",
             Self::Action => "action",
+            Self::Worker => "worker",
         }
     }
 }
@@ -63,6 +70,9 @@ struct SignerDoc {
     /// Unix seconds after which they are not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     not_after: Option<u64>,
+    /// Labels for operators (enrolled workers).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    labels: BTreeSet<String>,
 }
 
 /// One trusted signer.
@@ -78,6 +88,8 @@ pub struct Signer {
     pub not_before: Option<u64>,
     /// Unix seconds after which they are not.
     pub not_after: Option<u64>,
+    /// Labels for operators (an enrolled worker's, shown beside it).
+    pub labels: BTreeSet<String>,
 }
 
 impl Signer {
@@ -132,9 +144,52 @@ pub enum TrustError {
     /// No signer has this key.
     #[error("no signer has key {0}")]
     UnknownKey(KeyId),
+    /// The labels are not acceptable.
+    #[error("invalid labels: {0}")]
+    Labels(String),
     /// The key is unusable.
     #[error(transparent)]
     Key(#[from] KeyError),
+}
+
+/// Why a key may not act as a worker. Each names the key id, so the operator of a refused
+/// worker sees which key to enroll.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerRefusal {
+    /// Nobody enrolled it.
+    #[error(
+        "worker key {0} is not enrolled here (enroll it: agq worker enroll worker.pub --name NAME)"
+    )]
+    NotEnrolled(KeyId),
+    /// It was revoked.
+    #[error("worker key {keyid}{} is revoked", named(.name.as_deref()))]
+    Revoked {
+        /// The key.
+        keyid: KeyId,
+        /// Its name, when it is still listed.
+        name: Option<String>,
+    },
+    /// It is trusted, but not as a worker.
+    #[error("key {keyid} (\"{name}\") is trusted here, but not as a worker")]
+    NotAWorker {
+        /// The key.
+        keyid: KeyId,
+        /// Its name.
+        name: String,
+    },
+    /// Its period has not begun or is over.
+    #[error("worker key {keyid} (\"{name}\") is outside its validity period")]
+    OutsidePeriod {
+        /// The key.
+        keyid: KeyId,
+        /// Its name.
+        name: String,
+    },
+}
+
+fn named(name: Option<&str>) -> String {
+    name.map(|n| format!(" (\"{n}\")")).unwrap_or_default()
 }
 
 /// `name` with `suffix`, the name shortened so the whole fits the 64 characters allowed.
@@ -188,7 +243,10 @@ impl Trust {
             match trust.insert(s.name, key, s.roles) {
                 Ok(keyid) => {
                     if let Err(e) = trust.set_period(&keyid, s.not_before, s.not_after) {
-                        r.push(at, "signer", e.to_string());
+                        r.push(at.clone(), "signer", e.to_string());
+                    }
+                    if let Err(e) = trust.set_labels(&keyid, s.labels) {
+                        r.push(format!("{at}.labels"), "labels", e.to_string());
                     }
                 }
                 Err(e) => r.push(at, "signer", e.to_string()),
@@ -217,6 +275,7 @@ impl Trust {
                     roles: s.roles.clone(),
                     not_before: s.not_before,
                     not_after: s.not_after,
+                    labels: s.labels.clone(),
                 })
                 .collect(),
             revoked: self.revoked.clone(),
@@ -252,7 +311,10 @@ impl Trust {
         if self.signers.values().any(|s| s.name == name) {
             return Err(TrustError::DuplicateName(name));
         }
-        self.signers.insert(keyid, Signer { name, key, roles, not_before: None, not_after: None });
+        self.signers.insert(
+            keyid,
+            Signer { name, key, roles, not_before: None, not_after: None, labels: BTreeSet::new() },
+        );
         Ok(keyid)
     }
 
@@ -272,6 +334,49 @@ impl Trust {
         signer.not_before = not_before;
         signer.not_after = not_after;
         Ok(())
+    }
+
+    /// Sets the labels shown beside `keyid` (at most [`MAX_LABELS`] printable labels of 1 to
+    /// [`crate::job::MAX_LABEL`] bytes, the bounds a worker's own labels have).
+    pub fn set_labels(
+        &mut self,
+        keyid: &KeyId,
+        labels: BTreeSet<String>,
+    ) -> Result<(), TrustError> {
+        if labels.len() > MAX_LABELS {
+            return Err(TrustError::Labels(format!(
+                "{} labels, over the limit of {MAX_LABELS}",
+                labels.len()
+            )));
+        }
+        for l in &labels {
+            crate::job::check_label(l).map_err(TrustError::Labels)?;
+        }
+        let signer = self.signers.get_mut(keyid).ok_or(TrustError::UnknownKey(*keyid))?;
+        signer.labels = labels;
+        Ok(())
+    }
+
+    /// The enrolled worker with `keyid`, if that key may act as a worker at `now`: trusted
+    /// for the `worker` role, not revoked, inside its period.
+    pub fn worker(&self, keyid: &KeyId, now: u64) -> Result<&Signer, WorkerRefusal> {
+        let Some(signer) = self.signers.get(keyid) else {
+            return Err(if self.is_revoked(keyid) {
+                WorkerRefusal::Revoked { keyid: *keyid, name: None }
+            } else {
+                WorkerRefusal::NotEnrolled(*keyid)
+            });
+        };
+        if self.is_revoked(keyid) {
+            return Err(WorkerRefusal::Revoked { keyid: *keyid, name: Some(signer.name.clone()) });
+        }
+        if !signer.roles.contains(&Role::Worker) {
+            return Err(WorkerRefusal::NotAWorker { keyid: *keyid, name: signer.name.clone() });
+        }
+        if !signer.valid_at(now) {
+            return Err(WorkerRefusal::OutsidePeriod { keyid: *keyid, name: signer.name.clone() });
+        }
+        Ok(signer)
     }
 
     /// Rotates `old` to `new`: trusts `new` for the same roles from `now` under `old`'s
@@ -370,7 +475,7 @@ mod tests {
     #[test]
     fn round_trips_through_json() {
         let mut t = Trust::new();
-        let a = t.add("alice", key(1), &Role::ALL).unwrap();
+        let a = t.add("alice", key(1), &Role::SIGNING).unwrap();
         t.add("bob", key(2), &[Role::Plan]).unwrap();
         assert!(t.revoke(a));
         let back = Trust::from_json(&t.to_json()).unwrap();
@@ -382,22 +487,22 @@ mod tests {
     #[test]
     fn duplicates_and_revoked_keys_are_refused() {
         let mut t = Trust::new();
-        let a = t.add("alice", key(1), &Role::ALL).unwrap();
+        let a = t.add("alice", key(1), &Role::SIGNING).unwrap();
         assert!(matches!(
-            t.add("alice2", key(1), &Role::ALL),
+            t.add("alice2", key(1), &Role::SIGNING),
             Err(TrustError::DuplicateKey { .. })
         ));
         assert_eq!(
-            t.add("alice", key(2), &Role::ALL),
+            t.add("alice", key(2), &Role::SIGNING),
             Err(TrustError::DuplicateName("alice".into()))
         );
         t.revoke(a);
         assert!(!t.revoke(a));
         let mut fresh = Trust::new();
         fresh.revoke(a);
-        assert_eq!(fresh.add("alice", key(1), &Role::ALL), Err(TrustError::Revoked(a)));
+        assert_eq!(fresh.add("alice", key(1), &Role::SIGNING), Err(TrustError::Revoked(a)));
         assert_eq!(t.add("x", key(3), &[]), Err(TrustError::NoRoles));
-        assert!(matches!(t.add(" x", key(3), &Role::ALL), Err(TrustError::Name(_))));
+        assert!(matches!(t.add(" x", key(3), &Role::SIGNING), Err(TrustError::Name(_))));
     }
 
     #[test]

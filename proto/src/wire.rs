@@ -8,8 +8,9 @@
 //! list things (leases, jobs, workers) stop at [`PAGE_BYTES`] and say where to go on.
 //!
 //! The first request on a connection is [`Request::Hello`]; every later request is checked
-//! against the role it authenticated. A worker's requests act for the worker registered on
-//! the same connection.
+//! against the role it authenticated. Planners and observers authenticate with their role's
+//! token; a worker with its own key, in the TLS handshake. A worker's requests act for the
+//! worker registered on the same connection.
 
 use std::collections::BTreeMap;
 
@@ -93,14 +94,17 @@ pub struct JobFilter {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    /// Authenticate this connection (first request only).
+    /// Authenticate this connection (first request only). Planners and observers give
+    /// their role's token; a worker gives none: it is the key it proved in the TLS
+    /// handshake, which the queue must have enrolled.
     Hello {
         /// [`PROTOCOL_VERSION`].
         version: u32,
-        /// The role the token is for.
+        /// The role asked for.
         role: ClientRole,
-        /// The role's token.
-        token: String,
+        /// The role's token (planner and observer).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
     /// Store blobs: their bytes follow this frame, one after another, in this order. A
     /// batch counts as one request, however many blobs it holds.
@@ -266,7 +270,8 @@ impl Request {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
-    /// No valid Hello yet, or a wrong token.
+    /// No valid Hello yet, a wrong token, or a worker key that is not enrolled (or is
+    /// revoked).
     Unauthenticated,
     /// The role may not make this request.
     Forbidden,
@@ -514,8 +519,12 @@ mod tests {
     fn wire_form_is_pinned() {
         let cases = [
             (
-                Request::Hello { version: 1, role: ClientRole::Worker, token: "t".into() },
-                r#"{"type":"hello","version":1,"role":"worker","token":"t"}"#,
+                Request::Hello { version: 1, role: ClientRole::Planner, token: Some("t".into()) },
+                r#"{"type":"hello","version":1,"role":"planner","token":"t"}"#,
+            ),
+            (
+                Request::Hello { version: 1, role: ClientRole::Worker, token: None },
+                r#"{"type":"hello","version":1,"role":"worker"}"#,
             ),
             (
                 Request::ListWorkers { after: None, limit: 5 },

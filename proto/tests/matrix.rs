@@ -25,7 +25,7 @@ fn key(n: u8) -> SigningKey {
 fn trust_with(keys: &[(&str, &SigningKey)]) -> Trust {
     let mut t = Trust::new();
     for (name, k) in keys {
-        t.add(name, k.verifying_key(), &Role::ALL).unwrap();
+        t.add(name, k.verifying_key(), &Role::SIGNING).unwrap();
     }
     t
 }

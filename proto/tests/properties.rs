@@ -117,7 +117,7 @@ fn valid_plan() -> impl Strategy<Value = Plan> {
 fn trust() -> (agenix_proto::keys::SigningKey, Trust) {
     let k = signing_key_from_seed(&[3; 32]);
     let mut t = Trust::new();
-    t.add("prop", k.verifying_key(), &Role::ALL).unwrap();
+    t.add("prop", k.verifying_key(), &Role::SIGNING).unwrap();
     (k, t)
 }
 

@@ -5,12 +5,14 @@ use std::time::{Duration, Instant};
 use agenix_link::write_frame;
 use agenix_proto::envelope::MAX_ENVELOPE_BYTES;
 use agenix_proto::job::Capabilities;
-use agenix_proto::job::{JobOutput, JobState, LeaseRef, MAX_INLINE_REPORTS, Reports, Requirements};
+use agenix_proto::job::{
+    JobOutput, JobState, LeaseRef, MAX_INLINE_REPORTS, MAX_WORKER_NAME, Reports, Requirements,
+};
 use agenix_proto::wire::{
     ErrorCode, MAX_BATCH_BLOBS, MAX_HEARTBEAT_LEASES, MAX_INSTANCE, MAX_PAGE, PAGE_BYTES, Request,
     Response, json_len,
 };
-use agenix_proto::{Digest, InputRef, Limits};
+use agenix_proto::{Digest, InputRef, KeyId, Limits};
 use agenix_queue_core::{Refusal, Submission};
 use tokio::io::AsyncWriteExt;
 
@@ -19,11 +21,12 @@ use crate::limits::lock;
 use crate::server::{Conn, Durable, Queue, error, now_ms, random_u64, refusal, send_answer};
 use crate::store::Write;
 
-/// A worker's id: derived from the secret instance it registers with, so that the same
-/// process gets the same id on every connection (and from a restarted queue), and no other
-/// process can take it without the secret.
-pub fn worker_id(instance: &str) -> u64 {
-    let d = Digest::of(format!("agenix worker {instance}").as_bytes());
+/// A worker's id: derived from the key it authenticated with and the secret instance it
+/// registers with, so that the same process gets the same id on every connection (and from
+/// a restarted queue), and no other process can take it: not without the secret, and never
+/// with another key. A lease is bound to its worker's id, hence to its key.
+pub fn worker_id(key: &KeyId, instance: &str) -> u64 {
+    let d = Digest::of(format!("agenix worker {key} {instance}").as_bytes());
     let mut id = [0u8; 8];
     id.copy_from_slice(&d.as_bytes()[..8]);
     u64::from_be_bytes(id)
@@ -137,7 +140,25 @@ impl Queue {
                 format!("the instance must be 1 to {MAX_INSTANCE} bytes"),
             );
         }
-        let id = worker_id(instance);
+        let Some(key) = client.key else { return unregistered() };
+        // What the worker sent is checked as sent, though its name is then replaced.
+        if let Err(e) = capabilities.check() {
+            return error(ErrorCode::BadRequest, format!("cannot register: {e}"));
+        }
+        // Operators see the name and labels they enrolled the key with, not what the
+        // worker says of itself (its own labels stand when none were enrolled).
+        let mut capabilities = capabilities;
+        match self.trust.current().map(|t| t.worker(&key, now_ms() / 1000).cloned()) {
+            Ok(Ok(enrolled)) => {
+                capabilities.name = fit(&enrolled.name, MAX_WORKER_NAME);
+                if !enrolled.labels.is_empty() {
+                    capabilities.labels = enrolled.labels;
+                }
+            }
+            Ok(Err(refusal)) => return error(ErrorCode::Unauthenticated, refusal.to_string()),
+            Err(e) => return error(ErrorCode::Unavailable, e),
+        }
+        let id = worker_id(&key, instance);
         let concurrency = capabilities.concurrency;
         let mut bound = lock(&client.worker);
         if bound.is_some_and(|(w, _)| w != id) {
@@ -147,7 +168,7 @@ impl Queue {
             );
         }
         let now = now_ms();
-        let registered = lock(&self.sched).register(now, id, capabilities);
+        let registered = lock(&self.sched).register(now, id, key, capabilities);
         match registered {
             Ok(worker) => {
                 if bound.is_none() {
@@ -412,6 +433,15 @@ impl Queue {
             }
         }
     }
+}
+
+/// `name` cut to at most `max` bytes, at a character boundary.
+fn fit(name: &str, max: usize) -> String {
+    let mut end = name.len().min(max);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_owned()
 }
 
 /// The worker registered on this connection.

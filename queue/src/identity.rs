@@ -5,12 +5,15 @@
 //! ```text
 //! identity.key      the TLS private key (PKCS#8 PEM, 0600)
 //! identity.crt      its self-signed certificate (PEM)
-//! planner.token     one token per role, to hand to clients (0600)
-//! worker.token
+//! planner.token     the planner and observer roles' tokens, to hand to clients (0600)
 //! observer.token
 //! tokens.json       what the queue checks: the sha256 of each role's token
-//! trust.json        the signers whose plans and actions it accepts (empty at first)
+//! trust.json        the signers whose plans and actions it accepts, and the enrolled
+//!                   workers (empty at first)
 //! ```
+//!
+//! Workers have no token: each authenticates with its own key in the TLS handshake, and
+//! the queue accepts the keys enrolled in its trust file (`agq worker enroll`).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -31,9 +34,15 @@ pub struct Tokens {
     hashes: BTreeMap<ClientRole, Digest>,
 }
 
+/// The roles that authenticate with a token.
+pub const TOKEN_ROLES: [ClientRole; 2] = [ClientRole::Planner, ClientRole::Observer];
+
 impl Tokens {
-    /// Which role, if any, `token` is for (compared in constant time).
+    /// Whether `token` is `role`'s (compared in constant time). A worker has no token.
     pub fn role_of(&self, role: ClientRole, token: &str) -> bool {
+        if !TOKEN_ROLES.contains(&role) {
+            return false;
+        }
         let Some(expected) = self.hashes.get(&role) else { return false };
         bool::from(Digest::of(token.as_bytes()).as_bytes().ct_eq(expected.as_bytes()))
     }
@@ -88,7 +97,7 @@ pub fn init(dir: &Path) -> Result<Fingerprint> {
     write_private(&dir.join("identity.key"), key.serialize_pem().as_bytes())?;
     fs::write(dir.join("identity.crt"), cert.pem())?;
     let mut hashes = BTreeMap::new();
-    for role in ClientRole::ALL {
+    for role in TOKEN_ROLES {
         let token = new_token()?;
         write_private(
             &dir.join(format!("{}.token", role.as_str())),
@@ -106,6 +115,12 @@ pub fn init(dir: &Path) -> Result<Fingerprint> {
 
 /// Replaces `role`'s token: a new token file, a new hash; the old token stops working.
 pub fn rotate(dir: &Path, role: ClientRole) -> Result<()> {
+    if !TOKEN_ROLES.contains(&role) {
+        bail!(
+            "workers have no token: each authenticates with its own key (agq worker enroll, \
+             agq worker revoke)"
+        );
+    }
     let mut tokens = load_tokens(dir)?;
     let token = new_token()?;
     write_private(&dir.join(format!("{}.token", role.as_str())), format!("{token}\n").as_bytes())?;
@@ -121,7 +136,11 @@ pub fn load_tokens(dir: &Path) -> Result<Tokens> {
         serde_json::from_slice(&bytes).with_context(|| format!("{} is invalid", path.display()))?;
     let mut hashes = BTreeMap::new();
     for (role, d) in map {
-        hashes.insert(role.parse::<ClientRole>().map_err(anyhow::Error::msg)?, d);
+        let role = role.parse::<ClientRole>().map_err(anyhow::Error::msg)?;
+        // A worker token left by an older queue directory is never accepted.
+        if TOKEN_ROLES.contains(&role) {
+            hashes.insert(role, d);
+        }
     }
     Ok(Tokens { hashes })
 }

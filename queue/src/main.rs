@@ -92,16 +92,70 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
     },
-    /// Manage role tokens.
+    /// Manage role tokens (planner and observer).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Enroll, list and revoke worker keys (a running queue notices at once).
+    #[command(subcommand)]
+    Worker(WorkerCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum WorkerCommand {
+    /// Accept a worker's key (`worker.pub` from `agw init`) under a name.
+    Enroll {
+        /// The worker's public key file (PEM).
+        key: PathBuf,
+        /// A name for operators: what the queue shows for this worker.
+        #[arg(long)]
+        name: String,
+        /// Labels shown beside it, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+        #[command(flatten)]
+        at: TrustAt,
+    },
+    /// List enrolled workers, revoked ones included.
+    List {
+        /// Print JSON Lines.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: TrustAt,
+    },
+    /// Revoke a worker key: refused from its next request, its leases given to others.
+    /// Revocation is permanent.
+    Revoke {
+        /// The key id, `sha256:<hex>`, as `agw init` or `agq worker list` printed it.
+        keyid: String,
+        #[command(flatten)]
+        at: TrustAt,
+    },
+}
+
+/// Where the enrolled workers are: the queue's trust file.
+#[derive(Debug, clap::Args)]
+struct TrustAt {
+    /// The queue directory.
+    #[arg(long)]
+    data: PathBuf,
+    /// The queue's trust file, if `agq serve --trust` names another [default:
+    /// DATA/trust.json].
+    #[arg(long)]
+    trust: Option<PathBuf>,
+}
+
+impl TrustAt {
+    fn path(&self) -> PathBuf {
+        self.trust.clone().unwrap_or_else(|| self.data.join("trust.json"))
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
 enum TokenCommand {
     /// Replace a role's token; the old one stops working when the queue restarts.
     Rotate {
-        /// planner, worker or observer.
+        /// planner or observer (workers have keys, not tokens).
         role: ClientRole,
         /// The queue directory.
         #[arg(long)]
@@ -135,14 +189,17 @@ fn run(cli: Cli) -> Result<()> {
             writeln!(out, "{fp}")?;
             let mut err = std::io::stderr().lock();
             writeln!(err, "queue directory {} ready:", data.display())?;
+            writeln!(err, "  tokens:  planner.token, observer.token (hand each to its clients)")?;
             writeln!(
                 err,
-                "  tokens: planner.token, worker.token, observer.token (hand each to its clients)"
+                "  trust:   add signers with `agx trust add KEY.pub --name NAME --trust {}`",
+                data.join("trust.json").display()
             )?;
             writeln!(
                 err,
-                "  trust:  add signers with `agx trust add KEY.pub --name NAME --trust {}`",
-                data.join("trust.json").display()
+                "  workers: enroll each worker's key with `agq worker enroll worker.pub --name \
+                 NAME --data {}`",
+                data.display()
             )?;
         }
         Command::Fingerprint { data } => writeln!(out, "{}", identity::fingerprint(&data)?)?,
@@ -155,6 +212,7 @@ fn run(cli: Cli) -> Result<()> {
                 data.join(format!("{}.token", role.as_str())).display()
             )?;
         }
+        Command::Worker(c) => worker_command(c, &mut out)?,
         Command::Serve {
             data,
             listen,
@@ -236,8 +294,102 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// Reads a whole file, refused past `max` bytes (counted while reading: a device or FIFO
-/// reports no size).
+fn worker_command(c: WorkerCommand, out: &mut impl Write) -> Result<()> {
+    use agenix_proto::keys::verifying_key_from_pem;
+    use agenix_proto::{KeyId, Role};
+    use agenix_queue::trust;
+    match c {
+        WorkerCommand::Enroll { key, name, labels, at } => {
+            let pem = agenix_queue::read_capped(&key, 64 << 10)
+                .with_context(|| format!("cannot read {}", key.display()))?;
+            let pem = String::from_utf8(pem)
+                .with_context(|| format!("{} is not a PEM file", key.display()))?;
+            let key = verifying_key_from_pem(&pem)
+                .with_context(|| format!("cannot use {}", key.display()))?;
+            let labels: std::collections::BTreeSet<String> = labels.into_iter().collect();
+            let path = at.path();
+            let id = trust::edit(&path, |t| {
+                let id = t.add(&name, key, &[Role::Worker])?;
+                t.set_labels(&id, labels.clone())?;
+                Ok(id)
+            })?;
+            let labels: Vec<_> = labels.into_iter().collect();
+            let shown = if labels.is_empty() {
+                String::new()
+            } else {
+                format!(" with labels {}", labels.join(", "))
+            };
+            writeln!(out, "enrolled worker key {id} as \"{name}\"{shown} in {}", path.display())?;
+        }
+        WorkerCommand::List { json, at } => {
+            let t = trust::load(&at.path())?;
+            let mut rows: Vec<_> =
+                t.signers().filter(|(_, s)| s.roles.contains(&Role::Worker)).collect();
+            rows.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+            if !json && rows.is_empty() {
+                writeln!(out, "no workers enrolled")?;
+            }
+            for (id, s) in rows {
+                let revoked = t.is_revoked(id);
+                if json {
+                    let row = serde_json::json!({
+                        "keyid": id.to_string(),
+                        "name": s.name,
+                        "labels": s.labels,
+                        "revoked": revoked,
+                        "not_before": s.not_before,
+                        "not_after": s.not_after,
+                    });
+                    writeln!(out, "{row}")?;
+                } else {
+                    let status = if revoked { "REVOKED" } else { "enrolled" };
+                    let labels: Vec<&str> = s.labels.iter().map(String::as_str).collect();
+                    writeln!(
+                        out,
+                        "{id}  {status:<8}  {}{}",
+                        agenix_proto::text::clean(&s.name),
+                        if labels.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  [{}]", labels.join(", "))
+                        }
+                    )?;
+                }
+            }
+        }
+        WorkerCommand::Revoke { keyid, at } => {
+            let id: KeyId = keyid
+                .parse()
+                .with_context(|| format!("{keyid:?} is not a key id (sha256:<64 hex digits>)"))?;
+            let path = at.path();
+            let (name, newly) = trust::edit(&path, |t| {
+                let signer = t.signer(&id);
+                if let Some(s) = signer.filter(|s| !s.roles.contains(&Role::Worker)) {
+                    anyhow::bail!(
+                        "{id} (\"{}\") is a signer, not a worker: revoke it with agx trust revoke",
+                        s.name
+                    );
+                }
+                let name = signer.map(|s| s.name.clone());
+                Ok((name, t.revoke(id)))
+            })?;
+            match (name, newly) {
+                (_, false) => writeln!(out, "{id} was already revoked")?,
+                (Some(n), true) => writeln!(
+                    out,
+                    "revoked worker key {id} (\"{n}\"): refused from its next request"
+                )?,
+                (None, true) => writeln!(
+                    out,
+                    "revoked {id} (not enrolled in {}; it stays refused if enrolled later)",
+                    path.display()
+                )?,
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks, before anything serves, that `file` may be the ready file: outside the queue
 /// directory `data` (whose files are the queue's identity, tokens and store), and, if it
 /// exists, a regular file holding a ready file of an earlier run (nothing else is ever

@@ -23,7 +23,7 @@ use agenix_link::{read_frame, write_frame};
 use agenix_proto::wire::{
     ClientRole, ErrorCode, FrameError, MAX_FRAME, PROTOCOL_VERSION, Request, Response, json_len,
 };
-use agenix_proto::{Digest, Fingerprint};
+use agenix_proto::{Digest, Fingerprint, KeyId};
 use agenix_queue_core::{Change, Config, Refusal, Scheduler};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
@@ -87,6 +87,8 @@ pub(crate) type Durable = Option<oneshot::Receiver<Result<(), String>>>;
 pub(crate) struct Conn {
     pub(crate) ip: IpAddr,
     pub(crate) role: ClientRole,
+    /// The key a worker proved in the handshake (enrolled when it said hello).
+    pub(crate) key: Option<KeyId>,
     /// The worker registered on this connection, and its concurrency.
     pub(crate) worker: Mutex<Option<(u64, u32)>>,
     pub(crate) bucket: Mutex<Bucket>,
@@ -238,7 +240,8 @@ impl Queue {
     async fn connection(self: Arc<Self>, incoming: quinn::Incoming) -> bool {
         let ip = incoming.remote_address().ip();
         let Ok(conn) = incoming.await else { return false };
-        let Some(role) = self.hello(&conn, ip).await else {
+        let key = agenix_link::peer_key(&conn).map(|k| KeyId::of(&k));
+        let Some(role) = self.hello(&conn, ip, key).await else {
             conn.close(1u32.into(), b"unauthenticated");
             return false;
         };
@@ -248,10 +251,15 @@ impl Queue {
             conn.close(4u32.into(), b"too many worker connections");
             return false;
         }
-        info!(%ip, role = role.as_str(), "client connected");
+        let key = key.filter(|_| worker);
+        match key {
+            Some(key) => info!(%ip, role = role.as_str(), %key, "client connected"),
+            None => info!(%ip, role = role.as_str(), "client connected"),
+        }
         let client = Arc::new(Conn {
             ip,
             role,
+            key,
             worker: Mutex::new(None),
             bucket: Mutex::new(Bucket::default()),
         });
@@ -265,16 +273,53 @@ impl Queue {
 
     /// The first stream must be a valid Hello, within the request timeout. It counts against
     /// the address's request budget, unless it authenticates a worker (whose requests are
-    /// budgeted per connection).
-    async fn hello(&self, conn: &quinn::Connection, ip: IpAddr) -> Option<ClientRole> {
+    /// budgeted per connection). A planner or observer gives its role's token; a worker
+    /// gives none, and must have proved an enrolled key (`key`) in the handshake.
+    async fn hello(
+        &self,
+        conn: &quinn::Connection,
+        ip: IpAddr,
+        key: Option<KeyId>,
+    ) -> Option<ClientRole> {
         let t = self.settings.request_timeout;
         let (mut send, mut recv) = tokio::time::timeout(t, conn.accept_bi()).await.ok()?.ok()?;
         let req = tokio::time::timeout(t, read_frame::<Request>(&mut recv)).await.ok()?;
-        let valid = |role: ClientRole, version: u32, token: &str| {
-            version == PROTOCOL_VERSION && self.tokens.role_of(role, token)
+        // Why a hello would be refused, if it would; `None` for a valid one.
+        let check = |version: u32, role: ClientRole, token: &Option<String>| {
+            if version != PROTOCOL_VERSION {
+                return Some(error(
+                    ErrorCode::BadRequest,
+                    format!("protocol version {version} is not {PROTOCOL_VERSION}"),
+                ));
+            }
+            match (role, token) {
+                (ClientRole::Worker, Some(_)) => Some(error(
+                    ErrorCode::Unauthenticated,
+                    "workers have no token: a worker authenticates with its own key",
+                )),
+                (ClientRole::Worker, None) => self.worker_refusal(key),
+                (_, Some(token)) if self.tokens.role_of(role, token) => None,
+                (_, Some(_)) => Some(error(
+                    ErrorCode::Unauthenticated,
+                    format!("wrong token for the {} role", role.as_str()),
+                )),
+                (_, None) => Some(error(
+                    ErrorCode::Unauthenticated,
+                    format!("the {} role authenticates with its token: none given", role.as_str()),
+                )),
+            }
         };
-        let worker = matches!(&req, Ok(Request::Hello { version, role: ClientRole::Worker, token })
-            if valid(ClientRole::Worker, *version, token));
+        let verdict = match &req {
+            Ok(Request::Hello { version, role, token }) => {
+                Ok((*role, check(*version, *role, token)))
+            }
+            Ok(other) => Err(error(
+                ErrorCode::Unauthenticated,
+                format!("the first request must be hello, not {}", other.name()),
+            )),
+            Err(e) => Err(error(ErrorCode::BadRequest, e.to_string())),
+        };
+        let worker = matches!(verdict, Ok((ClientRole::Worker, None)));
         if !worker && !self.gate.address_ok(ip) {
             let answer =
                 error(ErrorCode::RateLimited, "too many requests from this address: slow down");
@@ -282,8 +327,8 @@ impl Queue {
             let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
             return None;
         }
-        let answer = match req {
-            Ok(Request::Hello { version, role, token }) if valid(role, version, &token) => {
+        let answer = match verdict {
+            Ok((role, None)) => {
                 let ok = Response::HelloOk {
                     version: PROTOCOL_VERSION,
                     queue: self.fingerprint,
@@ -292,45 +337,59 @@ impl Queue {
                 send_answer("hello", &mut send, &ok).await;
                 return Some(role);
             }
-            Ok(Request::Hello { version, .. }) if version != PROTOCOL_VERSION => error(
-                ErrorCode::BadRequest,
-                format!("protocol version {version} is not {PROTOCOL_VERSION}"),
-            ),
-            Ok(Request::Hello { role, .. }) => match self.gate.banned_for(ip) {
-                // Unauthenticated, not rate_limited: trying again cannot help.
-                Some(left) => error(
-                    ErrorCode::Unauthenticated,
-                    format!(
-                        "too many failed logins from this address: wrong tokens are refused \
-                         for another {} s (the token for the {} role is wrong)",
-                        left.as_secs().max(1),
-                        role.as_str()
-                    ),
-                ),
-                None => {
-                    self.gate.auth_failed(ip);
-                    error(
-                        ErrorCode::Unauthenticated,
-                        format!("wrong token for the {} role", role.as_str()),
-                    )
-                }
-            },
-            Ok(other) => {
-                self.gate.auth_failed(ip);
-                error(
-                    ErrorCode::Unauthenticated,
-                    format!("the first request must be hello, not {}", other.name()),
-                )
+            // The queue cannot tell now (its trust file is broken): no one's fault here.
+            Ok((_, Some(Response::Error { code: ErrorCode::Unavailable, message }))) => {
+                error(ErrorCode::Unavailable, message)
             }
-            Err(e) => {
+            Ok((role, Some(Response::Error { code: ErrorCode::Unauthenticated, message }))) => {
+                if let Some(key) = key.filter(|_| role == ClientRole::Worker) {
+                    warn!(%ip, %key, reason = %message, "worker refused");
+                }
+                match self.gate.banned_for(ip) {
+                    // Unauthenticated, not rate_limited: trying again cannot help.
+                    Some(left) => error(
+                        ErrorCode::Unauthenticated,
+                        format!(
+                            "too many failed logins from this address: they are refused for \
+                             another {} s ({message})",
+                            left.as_secs().max(1),
+                        ),
+                    ),
+                    None => {
+                        self.gate.auth_failed(ip);
+                        error(ErrorCode::Unauthenticated, message)
+                    }
+                }
+            }
+            Ok((_, Some(other))) => other,
+            Err(answer) => {
                 self.gate.auth_failed(ip);
-                error(ErrorCode::BadRequest, e.to_string())
+                answer
             }
         };
         send_answer("hello", &mut send, &answer).await;
         // Give the answer a moment to leave before the connection closes.
         let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
         None
+    }
+
+    /// Why a worker with `key` may not act now, as the answer to give; `None` when it may.
+    pub(crate) fn worker_refusal(&self, key: Option<KeyId>) -> Option<Response> {
+        let Some(key) = key else {
+            return Some(error(
+                ErrorCode::Unauthenticated,
+                "a worker authenticates with its own key in the TLS handshake, and this \
+                 connection presented none (make one with agw init)",
+            ));
+        };
+        let trust = match self.trust.current() {
+            Ok(t) => t,
+            Err(e) => return Some(error(ErrorCode::Unavailable, e)),
+        };
+        match trust.worker(&key, now_ms() / 1000) {
+            Ok(_) => None,
+            Err(refusal) => Some(error(ErrorCode::Unauthenticated, refusal.to_string())),
+        }
     }
 
     /// Whether `client` may make another request now.
@@ -377,6 +436,22 @@ impl Queue {
             Ok(Ok(req)) => req,
         };
         let name = req.name();
+        // A worker's key is checked again at every request: a revocation takes effect at
+        // its next one, and ends the connection.
+        if client.role == ClientRole::Worker
+            && let Some(refused) = self.worker_refusal(client.key)
+        {
+            let revoked = matches!(&refused, Response::Error { code, .. } if *code == ErrorCode::Unauthenticated);
+            if revoked {
+                warn!(ip = %client.ip, key = ?client.key, "a worker's key is no longer accepted: disconnected");
+            }
+            send_answer(name, &mut send, &refused).await;
+            if revoked {
+                let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+                conn.close(5u32.into(), b"worker key not accepted");
+            }
+            return;
+        }
         let resp = if !self.rate_ok(client) {
             error(ErrorCode::RateLimited, "too many requests: slow down")
         } else if !req.allowed_for(client.role) {
@@ -494,7 +569,10 @@ async fn committer(
 }
 
 /// Re-queues expired leases, promotes backoffs that are over, applies retention.
+/// Also takes back, within a second of a change to the trust file, the leases of workers
+/// whose keys it no longer accepts (revoked, or no longer enrolled).
 async fn reaper(queue: Weak<Queue>) {
+    let mut seen = None;
     loop {
         let Some(q) = queue.upgrade() else { return };
         let now = now_ms();
@@ -503,12 +581,41 @@ async fn reaper(queue: Weak<Queue>) {
         tokio::time::sleep(Duration::from_millis(wake - now)).await;
         let Some(q) = queue.upgrade() else { return };
         q.gate.forget_idle();
+        let (generation, trust) = q.trust.generation();
+        if seen != Some(generation) {
+            seen = Some(generation);
+            if let Ok(trust) = trust {
+                q.disown(&trust).await;
+            }
+        }
         let now = now_ms();
         let Ok(((), done)) = q.apply(|s| Ok(((), s.tick(now))), vec![]) else { continue };
         let _ = Queue::durable(done).await;
         if lock(&q.sched).has_ready(now) {
             q.ready.notify_waiters();
         }
+    }
+}
+
+impl Queue {
+    /// Forgets the workers whose keys `trust` does not accept and takes back their leases.
+    async fn disown(&self, trust: &agenix_proto::Trust) {
+        let now = now_ms();
+        let accepted = |key: &KeyId| trust.worker(key, now / 1000).is_ok();
+        let Ok((gone, done)) = self.apply(|s| Ok(s.disown(now, accepted)), vec![]) else {
+            return;
+        };
+        if gone.is_empty() {
+            return;
+        }
+        match Self::durable(done).await {
+            Ok(()) => warn!(
+                workers = gone.len(),
+                "workers whose keys are no longer accepted were forgotten; their jobs go to others"
+            ),
+            Err(e) => warn!(answer = ?e, "cannot take back the leases of refused workers"),
+        }
+        self.ready.notify_waiters();
     }
 }
 
@@ -552,7 +659,7 @@ pub fn endpoint(
 ) -> anyhow::Result<quinn::Endpoint> {
     let mut tls = rustls::ServerConfig::builder_with_provider(agenix_link::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
+        .with_client_cert_verifier(agenix_link::worker_verifier())
         .with_single_cert(vec![cert], key)?;
     tls.alpn_protocols = vec![agenix_proto::wire::ALPN.to_vec()];
     // No 0-RTT: early data could be replayed.

@@ -23,7 +23,7 @@ async fn blobs_nothing_refers_to_are_collected_and_the_quota_is_named() {
     planner.put_blob(stray).await.unwrap();
     let input: &[u8] = b"the job's input";
     let jobs = q.submit(&planner, &[input], 3).await;
-    let w = q.client(ClientRole::Worker).await;
+    let w = q.worker("w").await;
     register(&w, "w").await;
     let lease = claim(&w, 1, 1000).await[0].lease;
     let out: &[u8] = b"the job's output";

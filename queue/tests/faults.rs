@@ -32,7 +32,7 @@ async fn q01_worker_killed_mid_job_lease_expires_and_job_reruns_elsewhere() {
     let planner = q.client(ClientRole::Planner).await;
     let jobs = q.submit(&planner, &[b"q01 input"], 3).await;
 
-    let a = q.client(ClientRole::Worker).await;
+    let a = q.worker("worker-a").await;
     register(&a, "worker-a").await;
     let first = claim(&a, 1, 1000).await;
     assert_eq!(first.len(), 1);
@@ -42,7 +42,7 @@ async fn q01_worker_killed_mid_job_lease_expires_and_job_reruns_elsewhere() {
     a.close();
     drop(a);
 
-    let b = q.client(ClientRole::Worker).await;
+    let b = q.worker("worker-b").await;
     register(&b, "worker-b").await;
     // While A's lease is live nobody else gets the job.
     let early = claim(&b, 1, 0).await;
@@ -78,11 +78,11 @@ async fn q02_late_complete_or_heartbeat_from_an_old_lease_holder_is_fenced() {
     let q = Agq::start(&["--lease-ms", "800", "--heartbeat-ms", "250"]);
     let planner = q.client(ClientRole::Planner).await;
     let jobs = q.submit(&planner, &[b"q02 input"], 3).await;
-    let a = q.client(ClientRole::Worker).await;
+    let a = q.worker("worker-a").await;
     register(&a, "worker-a").await;
     let old = claim(&a, 1, 1000).await[0].lease;
     // A stalls (a long GC pause, a partition) and its lease expires; B gets the job.
-    let b = q.client(ClientRole::Worker).await;
+    let b = q.worker("worker-b").await;
     register(&b, "worker-b").await;
     let new = claim(&b, 1, 5000).await;
     assert_eq!(new.len(), 1);
@@ -133,13 +133,13 @@ async fn q03_job_longer_than_the_lease_is_kept_alive_by_heartbeats_and_runs_once
     let q = Agq::start(&["--lease-ms", "1200", "--heartbeat-ms", "400"]);
     let planner = q.client(ClientRole::Planner).await;
     let jobs = q.submit(&planner, &[b"q03 input"], 3).await;
-    let a = q.client(ClientRole::Worker).await;
+    let a = q.worker("worker-a").await;
     register(&a, "worker-a").await;
     let leases = claim(&a, 1, 1000).await;
     let (lease, first_deadline) = (leases[0].lease, leases[0].deadline);
 
     // Another worker waits for work the whole time; it must get none.
-    let b = q.client(ClientRole::Worker).await;
+    let b = q.worker("worker-b").await;
     register(&b, "worker-b").await;
     let run_ms = 4 * lease_ms;
     let other =
@@ -170,7 +170,7 @@ async fn q04_poison_job_backs_off_then_is_dead_after_max_attempts() {
     let q = Agq::start(&[]);
     let planner = q.client(ClientRole::Planner).await;
     let jobs = q.submit(&planner, &[b"poison"], 3).await;
-    let w = q.client(ClientRole::Worker).await;
+    let w = q.worker("w").await;
     register(&w, "w").await;
     let mut leases = claim(&w, 1, 1000).await;
     for attempt in 1..=3u32 {
@@ -221,7 +221,7 @@ async fn q04_backoff_has_full_jitter_and_a_non_retryable_failure_is_dead_at_once
     let inputs: Vec<Vec<u8>> = (0..8).map(|i| format!("jitter {i}").into_bytes()).collect();
     let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
     let jobs = q.submit(&planner, &refs, 3).await;
-    let w = q.client(ClientRole::Worker).await;
+    let w = q.worker("w").await;
     register(&w, "w").await;
     let leases = claim(&w, 64, 1000).await;
     assert_eq!(leases.len(), 8);
@@ -503,7 +503,7 @@ async fn q08_cancel_queued_is_immediate_and_leased_waits_for_the_worker() {
     let r = planner.request(&Request::Cancel { job: jobs[0] }).await.unwrap();
     assert_eq!(r, Response::Cancel { job: jobs[0], state: JobState::Cancelled });
     assert_eq!(job(&planner, jobs[0]).await.state, JobState::Cancelled);
-    let w = q.client(ClientRole::Worker).await;
+    let w = q.worker("w").await;
     register(&w, "w").await;
     let leases = claim(&w, 64, 1000).await;
     let leased: Vec<JobId> = leases.iter().map(|l| l.lease.job).collect();
@@ -547,7 +547,8 @@ async fn q10_queue_restart_while_a_worker_holds_a_lease_loses_nothing() {
     let mut q = Agq::start(&[]);
     let planner = q.client(ClientRole::Planner).await;
     let jobs = q.submit(&planner, &[b"q10 one", b"q10 two"], 3).await;
-    let w = q.client(ClientRole::Worker).await;
+    let key = q.enroll("w");
+    let w = q.connect_worker(&key).await;
     let wid = register_as(&w, "w", "q10 instance").await;
     let leases = claim(&w, 1, 1000).await;
     let lease = leases[0].lease;
@@ -559,15 +560,18 @@ async fn q10_queue_restart_while_a_worker_holds_a_lease_loses_nothing() {
     // Old connections are gone; the worker reconnects. A connection acts for no worker
     // until one registers on it.
     drop((w, planner));
-    let w = q.client(ClientRole::Worker).await;
+    let w = q.connect_worker(&key).await;
     let (code, message) = refused(&w, &Request::Heartbeat { leases: vec![lease] }).await;
     assert_eq!(code, ErrorCode::NotRegistered);
     assert_eq!(message, "no worker is registered on this connection: register first");
-    // Another worker cannot take the lease over; the same instance is the same worker,
-    // with the same id and its lease.
-    let other = q.client(ClientRole::Worker).await;
-    register(&other, "w").await;
+    // Another worker cannot take the lease over, not even knowing the secret instance:
+    // with another key it is another worker. The same key and instance are the same
+    // worker, with the same id and its lease.
+    let other = q.worker("other").await;
+    assert_ne!(register_as(&other, "other", "q10 instance").await, wid);
     assert_eq!(heartbeat(&other, &[lease]).await, (vec![], vec![], vec![lease]));
+    let (code, _) = refused(&other, &Request::Complete { lease, output: no_output() }).await;
+    assert_eq!(code, ErrorCode::Forbidden);
     assert_eq!(register_as(&w, "w", "q10 instance").await, wid);
     let planner = q.client(ClientRole::Planner).await;
     let JobState::Leased { deadline: before, .. } = job(&planner, lease.job).await.state else {
@@ -651,7 +655,7 @@ async fn q11_every_request_outside_a_roles_column_is_forbidden() {
         let escalate = Request::Hello {
             version: agenix_proto::wire::PROTOCOL_VERSION,
             role: Planner,
-            token: q.token(Planner),
+            token: Some(q.token(Planner)),
         };
         let (code, message) = refused(&c, &escalate).await;
         assert_eq!((code, message.as_str()), (ErrorCode::BadRequest, "already authenticated"));
@@ -682,8 +686,10 @@ async fn q07_a_failed_commit_changes_nothing_in_memory() {
     let data = dir.path().join("q");
     let fingerprint = agenix_queue::identity::init(&data).unwrap();
     let signer = agenix_proto::keys::signing_key_from_seed(&[5; 32]);
+    let worker_key = agenix_proto::keys::signing_key_from_seed(&[6; 32]);
     let mut trust = agenix_proto::Trust::new();
-    trust.add("tester", signer.verifying_key(), &agenix_proto::Role::ALL).unwrap();
+    trust.add("tester", signer.verifying_key(), &agenix_proto::Role::SIGNING).unwrap();
+    trust.add("w", worker_key.verifying_key(), &[agenix_proto::Role::Worker]).unwrap();
     let store = Arc::new(FaultyStore::new(MemStore::default()));
     let settings = agenix_queue::server::Settings::default();
     let (cert, key) = agenix_queue::identity::load_identity(&data).unwrap();
@@ -708,8 +714,11 @@ async fn q07_a_failed_commit_changes_nothing_in_memory() {
             .to_string()
     };
     let connect = |role| {
-        let t = token(role);
-        async move { agenix_link::Client::connect(addr, fingerprint, role, &t).await.unwrap() }
+        let credential = match role {
+            ClientRole::Worker => agenix_link::Credential::Key(worker_key.clone()),
+            other => agenix_link::Credential::Token(token(other)),
+        };
+        async move { agenix_link::Client::connect(addr, fingerprint, role, &credential).await.unwrap() }
     };
     let planner = connect(ClientRole::Planner).await;
     planner.put_blob(COMPONENT).await.unwrap();
@@ -760,10 +769,10 @@ async fn a_lease_belongs_to_the_worker_that_claimed_it() {
     let q = Agq::start(&[]);
     let planner = q.client(ClientRole::Planner).await;
     let jobs = q.submit(&planner, &[b"owned"], 3).await;
-    let owner = q.client(ClientRole::Worker).await;
+    let owner = q.worker("owner").await;
     register(&owner, "owner").await;
     let lease = claim(&owner, 1, 1000).await[0].lease;
-    let thief = q.client(ClientRole::Worker).await;
+    let thief = q.worker("thief").await;
     register(&thief, "thief").await;
     let mine =
         (ErrorCode::Forbidden, format!("the lease of job {} is held by another worker", jobs[0]));

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agenix_link::{Client, LinkError};
+use agenix_link::{Client, Credential, LinkError};
 use agenix_proto::wire::{ClientRole, ErrorCode, MAX_FRAME, Request, Response};
 use agenix_proto::{Digest, Fingerprint};
 use common::raw::{self, Raw, frame};
@@ -52,7 +52,7 @@ async fn n01_wrong_pin_or_token_is_refused_without_state_change() {
 
     // Pinning another identity: the TLS handshake fails on the client, naming both keys.
     let other = Fingerprint(Digest::of(b"another queue's key"));
-    let err = Client::connect(q.addr, other, ClientRole::Worker, &q.token(ClientRole::Worker))
+    let err = Client::connect(q.addr, other, ClientRole::Worker, &q.credential(ClientRole::Worker))
         .await
         .unwrap_err();
     let LinkError::WrongQueue { expected, found, .. } = &err else { panic!("{err}") };
@@ -65,14 +65,15 @@ async fn n01_wrong_pin_or_token_is_refused_without_state_change() {
         "{err}"
     );
 
-    // A wrong token, another role's token, no token: unauthenticated.
+    // A wrong token, another role's token, an empty token: unauthenticated.
     let wrong = [
-        (ClientRole::Worker, "agq_0123456789".to_string()),
-        (ClientRole::Worker, q.token(ClientRole::Planner)),
+        (ClientRole::Planner, "agq_0123456789".to_string()),
         (ClientRole::Planner, q.token(ClientRole::Observer)),
+        (ClientRole::Observer, q.token(ClientRole::Planner)),
         (ClientRole::Observer, String::new()),
     ];
     for (role, token) in wrong {
+        let token = Credential::Token(token);
         let err = Client::connect(q.addr, q.fingerprint, role, &token).await.unwrap_err();
         let (code, message) = remote(err);
         let said = format!("wrong token for the {} role", role.as_str());
@@ -166,7 +167,7 @@ async fn n02_zero_rtt_is_never_accepted() {
 
     let conn = endpoint.connect(q.addr, "agenix-queue").unwrap().await.unwrap();
     let first = Raw { endpoint: endpoint.clone(), conn };
-    let hello = first.hello(ClientRole::Observer, &q.token(ClientRole::Observer)).await;
+    let hello = first.hello(ClientRole::Observer, Some(&q.token(ClientRole::Observer))).await;
     assert!(matches!(hello, Response::HelloOk { .. }), "{hello:?}");
     assert!(matches!(first.ask(&Request::Stats {}).await, Response::Stats { .. }));
     // Tickets arrive after the handshake.
@@ -194,14 +195,14 @@ async fn n02_zero_rtt_is_never_accepted() {
     assert_eq!(*tickets.resumed.lock().unwrap(), 1, "the second connection did not resume");
     // The connection itself is fine once the handshake is complete.
     let second = Raw { endpoint, conn };
-    let hello = second.hello(ClientRole::Observer, &q.token(ClientRole::Observer)).await;
+    let hello = second.hello(ClientRole::Observer, Some(&q.token(ClientRole::Observer))).await;
     assert!(matches!(hello, Response::HelloOk { .. }), "{hello:?}");
 }
 
 /// A client with the right token, from an address over its limit, is refused during the
 /// handshake and told so.
 async fn refused_with_its_token(q: &Agq, role: ClientRole) {
-    let err = Client::connect(q.addr, q.fingerprint, role, &q.token(role)).await.unwrap_err();
+    let err = Client::connect(q.addr, q.fingerprint, role, &q.credential(role)).await.unwrap_err();
     assert!(
         matches!(&err, LinkError::Connect { message, .. }
             if message == "aborted by peer: the server refused to accept a new connection"),
@@ -232,7 +233,8 @@ async fn n03_connection_flood_is_capped_per_ip_and_other_clients_are_served() {
     loop {
         match raw::connect_from(HERE, &q).await {
             Ok(r) => {
-                let hello = r.hello(ClientRole::Observer, &q.token(ClientRole::Observer)).await;
+                let hello =
+                    r.hello(ClientRole::Observer, Some(&q.token(ClientRole::Observer))).await;
                 assert!(matches!(hello, Response::HelloOk { .. }), "{hello:?}");
                 break;
             }
@@ -289,20 +291,20 @@ async fn n03_five_failed_logins_get_the_address_wrong_tokens_refused_not_its_rig
     let q = Agq::start(&[]);
     let already = q.client(ClientRole::Observer).await;
     for i in 0..5 {
-        let token = format!("agq_guess_{i}");
+        let token = Credential::Token(format!("agq_guess_{i}"));
         let err =
-            Client::connect(q.addr, q.fingerprint, ClientRole::Worker, &token).await.unwrap_err();
+            Client::connect(q.addr, q.fingerprint, ClientRole::Planner, &token).await.unwrap_err();
         assert_eq!(remote(err).0, ErrorCode::Unauthenticated);
     }
     // The sixth wrong token is refused without being checked, saying why and for how long.
-    let err = Client::connect(q.addr, q.fingerprint, ClientRole::Worker, "agq_guess_6")
-        .await
-        .unwrap_err();
+    let guess = Credential::Token("agq_guess_6".into());
+    let err =
+        Client::connect(q.addr, q.fingerprint, ClientRole::Planner, &guess).await.unwrap_err();
     let (code, message) = remote(err);
     assert_eq!(code, ErrorCode::Unauthenticated, "{message}");
     assert!(
-        message.starts_with("too many failed logins from this address: wrong tokens are refused")
-            && message.ends_with("(the token for the worker role is wrong)"),
+        message.starts_with("too many failed logins from this address: they are refused")
+            && message.ends_with("(wrong token for the planner role)"),
         "{message}"
     );
     // The right token from the same address still works, in every role.
@@ -336,7 +338,7 @@ async fn n03_requests_over_the_per_address_rate_are_refused_and_workers_have_the
     // A second connection from the address is refused at its Hello: the budget is the
     // address's, and reconnecting does not refill it.
     let again = raw::connect_from(HERE, &q).await.unwrap();
-    let answer = again.hello(ClientRole::Planner, &q.token(ClientRole::Planner)).await;
+    let answer = again.hello(ClientRole::Planner, Some(&q.token(ClientRole::Planner))).await;
     let spent = "too many requests from this address: slow down";
     assert_eq!(answer, Response::Error { code: ErrorCode::RateLimited, message: spent.into() });
     // Another address is served.

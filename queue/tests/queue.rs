@@ -144,7 +144,7 @@ async fn a_worker_that_has_gone_is_leased_nothing() {
     assert_eq!(count(&planner, "leased").await, 0, "a job was leased to a worker that had gone");
     assert_eq!(count(&planner, "queued").await, 2);
     // A worker that is there gets them at once.
-    let present = q.client(ClientRole::Worker).await;
+    let present = q.worker("present").await;
     register(&present, "present").await;
     let mut leased: Vec<_> = claim(&present, 4, 0).await.iter().map(|l| l.lease.job).collect();
     leased.sort();

@@ -67,7 +67,7 @@ async fn p04_replayed_action_is_recognised_after_a_queue_restart() {
         panic!()
     };
     // One of its jobs runs to completion before the restart.
-    let w = q.client(ClientRole::Worker).await;
+    let w = q.worker("w").await;
     register(&w, "w").await;
     let lease = claim(&w, 1, 1000).await[0].lease;
     let done = Request::Complete { lease, output: no_output() };
@@ -256,7 +256,7 @@ async fn complete_naming_an_output_blob_not_uploaded_is_invalid() {
     let q = Agq::start(&[]);
     let planner = q.client(ClientRole::Planner).await;
     let jobs = q.submit(&planner, &[b"input"], 3).await;
-    let w = q.client(ClientRole::Worker).await;
+    let w = q.worker("w").await;
     register(&w, "w").await;
     let lease = claim(&w, 1, 1000).await[0].lease;
     let out: &[u8] = b"an output never uploaded";

@@ -6,6 +6,7 @@
 mod common;
 
 use agenix_test_programs as programs;
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -141,6 +142,51 @@ fn a_worker_killed_mid_job_lets_the_job_finish_elsewhere() {
     assert_eq!(j["attempts"], 2, "{j}\n{}", c.log("rescuer"));
     let out = c.agx(&["jobs", "result", &jobs[0]]);
     assert_eq!(text(&out.stdout), "still here\n");
+}
+
+/// A worker whose key is revoked while it runs a job is refused from its next request and
+/// disconnected, saying which key; the queue takes its lease back at once, and the job runs
+/// on another worker without costing an attempt.
+#[test]
+fn a_revoked_worker_is_refused_at_its_next_request_and_its_job_runs_elsewhere() {
+    let mut c = Cluster::start(&["--heartbeat-ms", "300"]);
+    c.push_aus();
+    c.worker("revoked", &[]);
+    let input = c.path("in.txt");
+    std::fs::write(&input, "rescued\n").unwrap();
+    let jobs = c.submit(&nap_plan(&c, 4000), &[input.to_str().unwrap()]);
+    c.wait_job(&jobs[0], Duration::from_secs(30), |j| state(j) == "leased");
+    let data = c.path("queue");
+    let agq = |args: &[&str]| {
+        let out = std::process::Command::new(bin("agq"))
+            .args(args)
+            .arg("--data")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "agq {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let listed = agq(&["worker", "list", "--json"]);
+    let row: serde_json::Value = serde_json::from_str(listed.lines().next().unwrap()).unwrap();
+    assert_eq!((row["name"].as_str(), row["revoked"].as_bool()), (Some("revoked"), Some(false)));
+    let keyid = row["keyid"].as_str().unwrap().to_owned();
+    assert!(agq(&["worker", "revoke", &keyid]).contains("refused from its next request"));
+    // Taken back within the reaper's second, not at the lease's expiry (30 s).
+    let j = c.wait_job(&jobs[0], Duration::from_secs(10), |j| state(j) == "queued");
+    assert_eq!(j["attempts"], 0, "the revoked worker's attempt is not counted: {j}");
+    c.worker("rescuer", &[]);
+    let j = c.wait_job(&jobs[0], Duration::from_secs(60), |j| state(j) == "succeeded");
+    assert_eq!(j["attempts"], 1, "{j}");
+    assert_eq!(text(&c.agx(&["jobs", "result", &jobs[0]]).stdout), "rescued\n");
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while !c.log("revoked").contains(&format!("worker key {keyid} (\"revoked\") is revoked")) {
+        assert!(std::time::Instant::now() < until, "{}", c.log("revoked"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(agq(&["worker", "list"]).contains(&format!("{keyid}  REVOKED   revoked")));
+    let listed = text(&c.agx(&["--json", "workers", "list"]).stdout);
+    assert!(!listed.contains(&keyid), "a revoked worker is no longer listed: {listed}");
 }
 
 #[test]
@@ -300,8 +346,8 @@ fn a_second_worker_on_the_same_cache_directory_refuses_to_start() {
     let cache = c.path("first-cache");
     let out = std::process::Command::new(bin("agw"))
         .args(["--queue", &c.addr, "--fingerprint", &c.fingerprint])
-        .arg("--token-file")
-        .arg(c.path("queue/worker.token"))
+        .arg("--data")
+        .arg(c.worker_dir("second"))
         .arg("--trust")
         .arg(c.path("worker-trust.json"))
         .arg("--cache-dir")
@@ -318,18 +364,19 @@ fn a_second_worker_on_the_same_cache_directory_refuses_to_start() {
     assert_eq!(j["attempts"], 1);
 }
 
-/// A worker the queue refuses (another role's token, a name past its bound) stops at once
-/// with the reason, rather than retrying forever as if the queue were down; and its wrong
-/// tokens never lock the correctly configured clients on the same address out.
+/// A worker the queue refuses (a key it never enrolled, a name past its bound) stops at once
+/// with the reason, naming its key id, rather than retrying forever as if the queue were
+/// down; and its refused attempts never lock the correctly configured clients on the same
+/// address out.
 #[test]
 fn a_worker_the_queue_refuses_stops_with_the_reason_and_locks_nobody_out() {
     let mut c = Cluster::start(&[]);
-    // agw pinning `fingerprint`, with the token in `token`, run to its end.
-    let agw = |c: &Cluster, fingerprint: &str, token: &str, name: &str| {
+    // agw pinning `fingerprint`, with its key in `dir`, run to its end.
+    let agw = |c: &Cluster, fingerprint: &str, dir: &Path, name: &str| {
         std::process::Command::new(bin("agw"))
             .args(["--queue", &c.addr, "--fingerprint", fingerprint])
-            .arg("--token-file")
-            .arg(c.path(token))
+            .arg("--data")
+            .arg(dir)
             .arg("--trust")
             .arg(c.path("worker-trust.json"))
             .arg("--cache-dir")
@@ -338,31 +385,42 @@ fn a_worker_the_queue_refuses_stops_with_the_reason_and_locks_nobody_out() {
             .output()
             .unwrap()
     };
+    let stranger = c.path("stranger-key");
+    let out = std::process::Command::new(bin("agw"))
+        .args(["init", "--data"])
+        .arg(&stranger)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let keyid = text(&out.stdout).trim().to_owned();
+    assert!(keyid.starts_with("sha256:") && keyid.len() == 71, "{keyid}");
     // Six times, past the five failed logins a minute an address is allowed.
     for attempt in 0..6 {
-        let out = agw(&c, &c.fingerprint, "queue/planner.token", "liar");
+        let out = agw(&c, &c.fingerprint, &stranger, "stranger");
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "attempt {attempt}: {err}");
         assert!(err.contains("the queue refuses this worker"), "attempt {attempt}: {err}");
         assert!(
-            err.contains("wrong token for the worker role")
+            err.contains(&format!("worker key {keyid} is not enrolled here"))
                 || err.contains("too many failed logins from this address"),
             "attempt {attempt}: {err}"
         );
     }
-    // The right tokens from the same address are still served.
+    assert!(c.log("agq").contains(&keyid), "the queue's log names the refused key");
+    // The right credentials from the same address are still served.
     let out = c.agx(&["queue", "stats"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     // A worker pinning another queue's key stops too, naming both.
     let other = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
-    let out = agw(&c, other, "queue/worker.token", "pinned-elsewhere");
+    let enrolled = c.worker_dir("enrolled");
+    let out = agw(&c, other, &enrolled, "pinned-elsewhere");
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("is {}, not the pinned {other}", c.fingerprint)), "{err}");
 
     let long = "n".repeat(agenix_proto::job::MAX_WORKER_NAME + 1);
-    let out = agw(&c, &c.fingerprint, "queue/worker.token", &long);
+    let out = agw(&c, &c.fingerprint, &enrolled, &long);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(

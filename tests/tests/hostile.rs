@@ -203,9 +203,12 @@ fn stage() -> Stage {
     .unwrap();
     let signer = signing_key_from_seed(&rand16x2());
     let mut trust = Trust::new();
-    trust.add("planner", signer.verifying_key(), &Role::ALL).unwrap();
+    trust.add("planner", signer.verifying_key(), &Role::SIGNING).unwrap();
     std::fs::write(dir.path().join("trust.json"), trust.to_json()).unwrap();
-    std::fs::write(dir.path().join("token"), "anything").unwrap();
+    // The hostile queue takes any key; the worker still needs one of its own.
+    let made =
+        Command::new(bin("agw")).args(["init", "--data"]).arg(dir.path().join("key")).output();
+    assert!(made.unwrap().status.success());
     Stage { dir, fingerprint, endpoint, signer }
 }
 
@@ -228,8 +231,8 @@ fn serve(endpoint: quinn::Endpoint, h: Arc<Hostile>) -> tokio::task::JoinHandle<
 fn agw(dir: &Path, addr: std::net::SocketAddr, fingerprint: Fingerprint) -> Child {
     Command::new(bin("agw"))
         .args(["--queue", &addr.to_string(), "--fingerprint", &fingerprint.to_string()])
-        .arg("--token-file")
-        .arg(dir.join("token"))
+        .arg("--data")
+        .arg(dir.join("key"))
         .arg("--trust")
         .arg(dir.join("trust.json"))
         .arg("--cache-dir")

@@ -272,7 +272,8 @@ fn a_worker_the_queue_throttles_loses_no_attempt() {
 }
 
 /// agw runs 1 to 256 jobs at once: at both bounds it starts and registers with that
-/// concurrency; past them, or given a device as its token or configuration file, it refuses
+/// concurrency; past them, or given a device or an oversized file as its key, or a device as
+/// its configuration file, it refuses
 /// to start and says why.
 #[test]
 fn a_worker_starts_at_its_concurrency_bounds_and_refuses_past_them() {
@@ -309,16 +310,29 @@ fn a_worker_starts_at_its_concurrency_bounds_and_refuses_past_them() {
             .unwrap();
         (out.status.code(), text(&out.stderr))
     };
-    let token = c.path("queue/worker.token").to_str().unwrap().to_string();
+    let key = c.worker_dir("past").to_str().unwrap().to_string();
     for n in ["0", "257"] {
-        let (code, err) = agw(&["--token-file", &token, "--concurrency", n]);
+        let (code, err) = agw(&["--data", &key, "--concurrency", n]);
         assert_eq!(code, Some(1), "{err}");
         assert!(err.contains(&format!("concurrency {n} is outside 1..=256")), "{err}");
     }
-    let (code, err) = agw(&["--token-file", "/dev/zero"]);
+    // A key file that is a device, or far too large, is refused with the reason.
+    use std::os::unix::fs::PermissionsExt as _;
+    let device = c.path("device-key");
+    std::fs::create_dir(&device).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", device.join("worker.key")).unwrap();
+    let (code, err) = agw(&["--data", device.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("cannot read /dev/zero: over the limit of 4096 bytes"), "{err}");
-    let (code, err) = agw(&["--token-file", &token, "--config", "/dev/zero"]);
+    assert!(err.contains("may be read by others (mode 666): chmod 600 it"), "{err}");
+    let huge = c.path("huge-key");
+    std::fs::create_dir(&huge).unwrap();
+    std::fs::write(huge.join("worker.key"), vec![b'A'; (16 << 10) + 1]).unwrap();
+    std::fs::set_permissions(huge.join("worker.key"), std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+    let (code, err) = agw(&["--data", huge.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("over the limit of 16384 bytes"), "{err}");
+    let (code, err) = agw(&["--data", &key, "--config", "/dev/zero"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot read /dev/zero: over the limit of 1048576 bytes"), "{err}");
 }

@@ -44,7 +44,8 @@ pub(crate) struct Add {
     /// The signer's name, for people.
     #[arg(long)]
     name: String,
-    /// What the signer may sign; repeat for both (default: plan and action).
+    /// What the signer may sign; repeat for several (default: plan and action). `worker`
+    /// trusts a worker's key (`worker.pub` from `agw init`) for the results it signs.
     #[arg(long = "role", value_enum)]
     roles: Vec<RoleArg>,
     /// The trust file.
@@ -56,6 +57,7 @@ pub(crate) struct Add {
 enum RoleArg {
     Plan,
     Action,
+    Worker,
 }
 
 /// Rotate a signer to a new key. The new key takes the signer's name and roles and is trusted
@@ -127,13 +129,14 @@ impl Add {
         let _lock = lock_trust(&self.trust)?;
         let mut trust = if self.trust.exists() { load_trust(&self.trust)? } else { Trust::new() };
         let roles: Vec<Role> = if self.roles.is_empty() {
-            Role::ALL.to_vec()
+            Role::SIGNING.to_vec()
         } else {
             self.roles
                 .iter()
                 .map(|r| match r {
                     RoleArg::Plan => Role::Plan,
                     RoleArg::Action => Role::Action,
+                    RoleArg::Worker => Role::Worker,
                 })
                 .collect()
         };

@@ -261,6 +261,38 @@ impl Scheduler {
         changes
     }
 
+    /// Forgets every worker whose key `allowed` refuses (a revoked key) and takes back its
+    /// leases: their jobs go to other workers, the attempts not counted (what such a worker
+    /// would report is refused anyway). Returns the workers forgotten and the changes.
+    pub fn disown(
+        &mut self,
+        now: u64,
+        allowed: impl Fn(&KeyId) -> bool,
+    ) -> (Vec<u64>, Vec<Change>) {
+        let gone: Vec<u64> =
+            self.workers.iter().filter(|(_, w)| !allowed(&w.key)).map(|(id, _)| *id).collect();
+        if gone.is_empty() {
+            return (gone, vec![]);
+        }
+        let held: Vec<JobId> = self
+            .leases
+            .iter()
+            .filter_map(|(_, id)| match self.jobs.get(id)?.state {
+                JobState::Leased { worker_id, .. } if gone.contains(&worker_id) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        let mut changes = Vec::new();
+        for job in held {
+            changes.extend(self.requeue(job, now, None));
+        }
+        for id in &gone {
+            self.workers.remove(id);
+            self.unresponsive.remove(id);
+        }
+        (gone, changes)
+    }
+
     /// Puts a leased job back in the queue as if this lease had not been granted (a
     /// cancelled one ends cancelled).
     fn requeue(&mut self, job: JobId, now: u64, declined: Option<Declined>) -> Option<Change> {

@@ -24,7 +24,7 @@ use agenix_proto::job::{
     LeaseRef, MAX_DECLINED, MAX_REASON, Requirements, WorkerRecord,
 };
 use agenix_proto::wire::{JobFilter, QueueStats, json_len};
-use agenix_proto::{ActionId, Digest};
+use agenix_proto::{ActionId, Digest, KeyId};
 
 /// Timing and retry settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -388,17 +388,20 @@ impl Scheduler {
         Ok((ids, false, changes))
     }
 
-    /// Registers the worker `id` (the queue derives it from the worker's secret instance)
-    /// with what it offers; a worker registering again keeps its leases.
+    /// Registers the worker `id` (the queue derives it from the worker's key and secret
+    /// instance), authenticated by `key`, with what it offers; a worker registering again
+    /// keeps its leases.
     pub fn register(
         &mut self,
         now: u64,
         id: u64,
+        key: KeyId,
         capabilities: Capabilities,
     ) -> Result<u64, Refusal> {
         capabilities.check().map_err(Refusal::BadWorker)?;
         if let Some(w) = self.workers.get_mut(&id) {
             w.capabilities = capabilities;
+            w.key = key;
             w.last_seen = now;
             return Ok(id);
         }
@@ -410,6 +413,7 @@ impl Scheduler {
         }
         let record = WorkerRecord {
             id,
+            key,
             capabilities,
             last_seen: now,
             leases: 0,

@@ -5,6 +5,11 @@ use proptest::prelude::*;
 use super::*;
 use agenix_proto::job::Reports;
 
+/// The key every test worker authenticated with.
+fn key() -> KeyId {
+    KeyId::of(&agenix_proto::keys::signing_key_from_seed(&[1; 32]).verifying_key())
+}
+
 const T0: u64 = 1_764_060_000_000;
 
 fn caps(name: &str, tools: &[&str]) -> Capabilities {
@@ -30,7 +35,7 @@ fn reqs(tools: &[&str]) -> Requirements {
 /// Registers a worker whose id is derived from its name.
 fn register(s: &mut Scheduler, now: u64, name: &str, tools: &[&str]) -> u64 {
     let id = name.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-    s.register(now, id, caps(name, tools)).unwrap()
+    s.register(now, id, key(), caps(name, tools)).unwrap()
 }
 
 fn sub(n: u8, inputs: usize, priority: i32, tools: &[&str]) -> Submission {
@@ -478,17 +483,23 @@ fn worker_records_expire_are_capped_and_bounded() {
     claim(&mut s, T0, holder, 1);
     register(&mut s, T0, "a", &[]);
     register(&mut s, T0, "b", &[]);
-    assert_eq!(s.register(T0, 99, caps("c", &[])), Err(Refusal::TooManyWorkers(3)));
+    assert_eq!(s.register(T0, 99, key(), caps("c", &[])), Err(Refusal::TooManyWorkers(3)));
     // Past the TTL, idle workers are forgotten; one holding a lease is kept.
     s.tick(T0 + 1001);
     let (left, _) = s.workers(None, 10, usize::MAX);
     assert_eq!(left.iter().map(|w| (w.id, w.leases)).collect::<Vec<_>>(), [(holder, 1)]);
-    assert_eq!(s.register(T0 + 1002, 99, caps("c", &[])), Ok(99));
+    assert_eq!(s.register(T0 + 1002, 99, key(), caps("c", &[])), Ok(99));
     let mut big = caps("d", &[]);
     big.labels = (0..40).map(|i| format!("l{i}")).collect();
-    assert!(matches!(s.register(T0, 100, big), Err(Refusal::BadWorker(_))));
-    assert!(matches!(s.register(T0, 100, caps(&"n".repeat(65), &[])), Err(Refusal::BadWorker(_))));
-    assert!(matches!(s.register(T0, 100, caps("a\u{202e}b", &[])), Err(Refusal::BadWorker(_))));
+    assert!(matches!(s.register(T0, 100, key(), big), Err(Refusal::BadWorker(_))));
+    assert!(matches!(
+        s.register(T0, 100, key(), caps(&"n".repeat(65), &[])),
+        Err(Refusal::BadWorker(_))
+    ));
+    assert!(matches!(
+        s.register(T0, 100, key(), caps("a\u{202e}b", &[])),
+        Err(Refusal::BadWorker(_))
+    ));
 }
 
 #[test]
@@ -513,7 +524,7 @@ fn a_restarted_queue_gives_every_lease_a_full_lease() {
     let back = T0 + 40_000;
     let mut r = Scheduler::load(Config::default(), back, jobs, actions, s.next_job);
     assert!(r.tick(back + 29_000).is_empty(), "the worker has a lease's time to come back");
-    let w = r.register(back, w, caps("w", &[])).unwrap();
+    let w = r.register(back, w, key(), caps("w", &[])).unwrap();
     r.heartbeat(back + 1, w, &[lease]).unwrap();
     r.complete(back + 2, w, lease, output()).unwrap();
     r.check_invariants().unwrap();

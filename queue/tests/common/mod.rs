@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use agenix_link::Client;
+use agenix_link::{Client, Credential};
 use agenix_proto::action::ACTION_SCHEMA;
 use agenix_proto::envelope::{sign_action, sign_plan};
 use agenix_proto::job::{JobId, JobOutput, JobRecord, LeaseRef};
@@ -43,7 +43,7 @@ impl Agq {
         let fingerprint: Fingerprint = agenix_harness::init(&bin, &data).unwrap().parse().unwrap();
         let signer = signing_key_from_seed(&rand16x2());
         let mut trust = Trust::new();
-        trust.add("tester", signer.verifying_key(), &Role::ALL).unwrap();
+        trust.add("tester", signer.verifying_key(), &Role::SIGNING).unwrap();
         std::fs::write(data.join("trust.json"), trust.to_json()).unwrap();
         let mut serve = agenix_harness::Serve::new(bin, data, dir.path().join("agq.log"));
         serve.args = args.iter().map(|s| s.to_string()).collect();
@@ -84,8 +84,66 @@ impl Agq {
             .to_string()
     }
 
+    /// A client in `role`: a planner or observer with its token, a worker with a new key
+    /// enrolled for it.
     pub async fn client(&self, role: ClientRole) -> Client {
-        Client::connect(self.addr, self.fingerprint, role, &self.token(role)).await.unwrap()
+        Client::connect(self.addr, self.fingerprint, role, &self.credential(role)).await.unwrap()
+    }
+
+    /// What a client in `role` authenticates with: the role's token, or for a worker a new
+    /// key, enrolled through `agq worker enroll`.
+    pub fn credential(&self, role: ClientRole) -> Credential {
+        match role {
+            ClientRole::Worker => {
+                Credential::Key(self.enroll(&format!("worker-{}", hex(&rand16()))))
+            }
+            other => Credential::Token(self.token(other)),
+        }
+    }
+
+    /// A worker client whose key is enrolled as `name` (what the queue shows for it).
+    pub async fn worker(&self, name: &str) -> Client {
+        self.connect_worker(&self.enroll(name)).await
+    }
+
+    /// A worker client proving `key`.
+    pub async fn connect_worker(&self, key: &SigningKey) -> Client {
+        let credential = Credential::Key(key.clone());
+        Client::connect(self.addr, self.fingerprint, ClientRole::Worker, &credential).await.unwrap()
+    }
+
+    /// A new worker key, enrolled as `name` through `agq worker enroll`.
+    pub fn enroll(&self, name: &str) -> SigningKey {
+        let key = signing_key_from_seed(&rand16x2());
+        self.enroll_key(&key, name);
+        key
+    }
+
+    /// Enrolls `key` as `name` through `agq worker enroll`.
+    pub fn enroll_key(&self, key: &SigningKey, name: &str) {
+        let public = agenix_proto::keys::verifying_key_to_pem(&key.verifying_key()).unwrap();
+        let file = self.dir.path().join(format!("{}.pub", hex(&rand16())));
+        std::fs::write(&file, public).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_agq"))
+            .args(["worker", "enroll"])
+            .arg(&file)
+            .args(["--name", name, "--data"])
+            .arg(self.data())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// `agq worker revoke` for `key`.
+    pub fn revoke(&self, key: &SigningKey) -> String {
+        let id = agenix_proto::KeyId::of(&key.verifying_key()).to_string();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_agq"))
+            .args(["worker", "revoke", &id, "--data"])
+            .arg(self.data())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// A signed plan with one AU task pinned to `component` (which the queue stores but
@@ -324,7 +382,7 @@ pub mod raw {
 
     /// TLS 1.3, ALPN agenix/1, the queue pinned by `fingerprint`: what `Client` uses.
     pub fn tls(fingerprint: Fingerprint) -> rustls::ClientConfig {
-        agenix_link::client_tls(fingerprint).unwrap()
+        agenix_link::client_tls(fingerprint, None).unwrap()
     }
 
     pub fn quic(tls: rustls::ClientConfig) -> quinn::ClientConfig {
@@ -347,7 +405,16 @@ pub mod raw {
 
     /// Connects from `ip` to agq (no Hello yet); the handshake's error if it is refused.
     pub async fn connect_from(ip: IpAddr, q: &Agq) -> Result<Raw, quinn::ConnectionError> {
-        let endpoint = endpoint(ip, quic(tls(q.fingerprint)));
+        connect_with(ip, q, None).await
+    }
+
+    /// [`connect_from`], proving `key` in the handshake as a worker does.
+    pub async fn connect_with(
+        ip: IpAddr,
+        q: &Agq,
+        key: Option<&SigningKey>,
+    ) -> Result<Raw, quinn::ConnectionError> {
+        let endpoint = endpoint(ip, quic(agenix_link::client_tls(q.fingerprint, key).unwrap()));
         let connecting = endpoint.connect(q.addr, "agenix-queue").unwrap();
         let conn = tokio::time::timeout(std::time::Duration::from_secs(10), connecting)
             .await
@@ -355,10 +422,13 @@ pub mod raw {
         Ok(Raw { endpoint, conn })
     }
 
-    /// Connects from `ip` and authenticates as `role`.
+    /// Connects from `ip` and authenticates as `role` (a worker with a new enrolled key).
     pub async fn client_from(ip: IpAddr, q: &Agq, role: ClientRole) -> Raw {
-        let raw = connect_from(ip, q).await.unwrap();
-        let hello = raw.hello(role, &q.token(role)).await;
+        let (raw, token) = match q.credential(role) {
+            Credential::Key(k) => (connect_with(ip, q, Some(&k)).await.unwrap(), None),
+            Credential::Token(t) => (connect_from(ip, q).await.unwrap(), Some(t)),
+        };
+        let hello = raw.hello(role, token.as_deref()).await;
         assert!(matches!(hello, Response::HelloOk { .. }), "{hello:?}");
         raw
     }
@@ -372,8 +442,9 @@ pub mod raw {
             read_frame(&mut recv).await.unwrap()
         }
 
-        pub async fn hello(&self, role: ClientRole, token: &str) -> Response {
-            self.ask(&Request::Hello { version: PROTOCOL_VERSION, role, token: token.into() }).await
+        pub async fn hello(&self, role: ClientRole, token: Option<&str>) -> Response {
+            let token = token.map(str::to_owned);
+            self.ask(&Request::Hello { version: PROTOCOL_VERSION, role, token }).await
         }
 
         /// Sends `bytes` as a whole stream and returns everything the queue answered.

@@ -1,7 +1,9 @@
 //! `agw`, the AGEniX worker.
 //!
-//! `agw --config agw.toml` (flags and `AGW_*` variables override the file) registers with the
-//! queue, claims up to its concurrency, verifies every lease end to end, runs it sandboxed,
+//! `agw init --data DIR` makes the worker's key (`DIR/worker.key`) and prints its key id, for
+//! the queue's operator to enroll (`agq worker enroll DIR/worker.pub`). `agw --data DIR
+//! --config agw.toml` (flags and `AGW_*` variables override the file) authenticates with that
+//! key, registers with the queue, claims up to its concurrency, verifies every lease end to end, runs it sandboxed,
 //! heartbeats, reconnects when the queue goes away, and drains on SIGTERM or Ctrl-C.
 //! `agw doctor` reports every kernel feature the native jail uses; exit 1 when native tasks
 //! would be refused.
@@ -17,13 +19,13 @@ use std::sync::Arc;
 
 use agenix_host::native::{Allowlist, Helper, NativeConfig, NativeHost, jail};
 use agenix_host::wasm::{Allocator, WasmConfig, WasmHost};
-use agenix_proto::{Fingerprint, Limits, MountName};
+use agenix_proto::{Fingerprint, KeyId, Limits, MountName};
 use agenix_runtime::exec::{MountConfig, Resources};
-use agenix_runtime::files::{MAX_CONFIG_BYTES, MAX_TOKEN_BYTES, read_small};
+use agenix_runtime::files::{MAX_CONFIG_BYTES, read_small};
 use agenix_runtime::store::LocalStore;
 use agenix_runtime::tools;
 use agenix_runtime::worker::config::FileConfig;
-use agenix_runtime::worker::{MAX_CONCURRENCY, Settings, Worker};
+use agenix_runtime::worker::{MAX_CONCURRENCY, Settings, Worker, key};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
@@ -51,9 +53,9 @@ struct RunArgs {
     /// The queue's fingerprint (`agq fingerprint`).
     #[arg(long, env = "AGW_FINGERPRINT")]
     fingerprint: Option<Fingerprint>,
-    /// A file holding the worker token.
-    #[arg(long, env = "AGW_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
+    /// The worker's directory, holding its key (`agw init`).
+    #[arg(long, env = "AGW_DATA")]
+    data: Option<PathBuf>,
     /// The trust file.
     #[arg(long, env = "AGW_TRUST")]
     trust: Option<PathBuf>,
@@ -79,6 +81,18 @@ struct RunArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
+    /// Make the worker's key in DIR (created, mode 0700) and print its key id.
+    Init {
+        /// The worker's directory.
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Print the key id of the worker key in DIR.
+    Id {
+        /// The worker's directory.
+        #[arg(long)]
+        data: PathBuf,
+    },
     /// Check every kernel feature the native jail needs; exit 1 if native tasks would be
     /// refused.
     Doctor {
@@ -102,6 +116,11 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Some(Command::Init { data }) => init(&data),
+        Some(Command::Id { data }) => key::load(&data).and_then(|k| {
+            writeln!(std::io::stdout(), "{}", KeyId::of(&k.verifying_key()))?;
+            Ok(ExitCode::SUCCESS)
+        }),
         Some(Command::Doctor { json, danger_degraded }) => doctor(json, danger_degraded),
         None => run(cli.run).map(|()| ExitCode::SUCCESS),
     };
@@ -112,6 +131,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn init(data: &std::path::Path) -> Result<ExitCode> {
+    let id = key::init(data)?;
+    // The key id alone on stdout (what scripts take); the guidance on stderr.
+    writeln!(std::io::stdout(), "{id}")?;
+    writeln!(
+        std::io::stderr(),
+        "worker key made: {}\nenroll it at the queue: agq worker enroll {} --name NAME --data \
+         QUEUE_DIR\nthen run: agw --data {} ...",
+        key::key_path(data).display(),
+        data.join(key::PUB_FILE).display(),
+        data.display()
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -151,15 +185,9 @@ fn run(args: RunArgs) -> Result<()> {
         .fingerprint
         .or(file.fingerprint)
         .ok_or_else(|| need("queue fingerprint (--fingerprint)"))?;
-    let token_file =
-        args.token_file.or(file.token_file).ok_or_else(|| need("token file (--token-file)"))?;
-    let token = read_small(&token_file, MAX_TOKEN_BYTES)
-        .with_context(|| format!("cannot read {}", token_file.display()))?
-        .trim()
-        .to_string();
-    if token.is_empty() {
-        bail!("{} is empty", token_file.display());
-    }
+    let data = args.data.or(file.data).ok_or_else(|| need("worker directory (--data)"))?;
+    let key = key::load(&data)?;
+    tracing::info!(key = %KeyId::of(&key.verifying_key()), "worker key");
     let trust = args.trust.or(file.trust).ok_or_else(|| need("trust file (--trust)"))?;
     let name =
         args.name.or(file.name).unwrap_or_else(|| nix_hostname().unwrap_or_else(|| "agw".into()));
@@ -231,7 +259,7 @@ fn run(args: RunArgs) -> Result<()> {
         let settings = Settings {
             queue,
             fingerprint,
-            token,
+            key,
             trust,
             name,
             concurrency,

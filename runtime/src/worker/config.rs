@@ -4,7 +4,7 @@
 //! ```toml
 //! queue = "127.0.0.1:7411"
 //! fingerprint = "sha256:…"            # agq fingerprint --data DIR
-//! token_file = "/etc/agenix/worker.token"
+//! data = "/var/lib/agw"               # holds worker.key (agw init)
 //! trust = "/etc/agenix/trust.json"
 //! name = "worker-1"                   # default: the host name
 //! concurrency = 4
@@ -40,8 +40,8 @@ pub struct FileConfig {
     pub queue: Option<SocketAddr>,
     /// The queue's pinned fingerprint.
     pub fingerprint: Option<Fingerprint>,
-    /// A file holding the worker token.
-    pub token_file: Option<PathBuf>,
+    /// The worker's directory, holding its key.
+    pub data: Option<PathBuf>,
     /// The trust file.
     pub trust: Option<PathBuf>,
     /// A name for operators.
@@ -134,7 +134,7 @@ mod tests {
             r#"
 queue = "127.0.0.1:7411"
 fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
-token_file = "/t"
+data = "/var/lib/agw"
 trust = "/trust.json"
 concurrency = 2
 labels = ["ssd"]

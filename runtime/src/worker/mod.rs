@@ -14,6 +14,7 @@
 
 mod cache;
 pub mod config;
+pub mod key;
 mod lease;
 pub mod ledger;
 pub mod verify;
@@ -27,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agenix_host::native::NativeHost;
 use agenix_host::wasm::WasmHost;
-use agenix_link::{Client, LinkError, THROTTLE_PATIENCE};
+use agenix_link::{Client, Credential, LinkError, THROTTLE_PATIENCE};
 use agenix_proto::job::{Capabilities, JobOutput, Lease, LeaseRef};
 use agenix_proto::trust::MAX_TRUST_BYTES;
 use agenix_proto::wire::{ClientRole, ErrorCode, MAX_HEARTBEAT_LEASES};
@@ -61,8 +62,8 @@ pub struct Settings {
     pub queue: SocketAddr,
     /// Its pinned identity.
     pub fingerprint: Fingerprint,
-    /// The worker role's token.
-    pub token: String,
+    /// The worker's own key: what it authenticates with.
+    pub key: agenix_proto::keys::SigningKey,
     /// The trust file (re-read when it changes).
     pub trust: PathBuf,
     /// A name for operators.
@@ -236,7 +237,7 @@ fn lock_state_dir(dir: &Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File
     )
 }
 
-/// Whether the queue refused this worker itself (its token, its registration), or is not
+/// Whether the queue refused this worker itself (its key, its registration), or is not
 /// the queue it was told to pin: retrying soon cannot help.
 fn refuses_this_worker(e: &LinkError) -> bool {
     matches!(e, LinkError::WrongQueue { .. })
@@ -313,7 +314,7 @@ impl Worker {
     }
 
     /// Connects and registers once, before running: the queue refusing this worker (a
-    /// wrong token, capabilities it will not take) is an error to stop for, where an
+    /// key it has not enrolled, capabilities it will not take) is an error to stop for, where an
     /// unreachable queue is only waited for (`run` keeps trying).
     pub async fn first_contact(&self) -> Result<(), LinkError> {
         match self.connect().await {
@@ -345,7 +346,7 @@ impl Worker {
                     return s;
                 }
                 Err(e) if refuses_this_worker(&e) => {
-                    // Its configuration changed under it (a rotated token): nothing to do
+                    // Its key was revoked, or the queue changed under it: nothing to do
                     // but say so, slowly, until an operator fixes it.
                     error!(error = %e, retry_in = "60s", "the queue refuses this worker");
                     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -361,7 +362,9 @@ impl Worker {
 
     async fn connect(&self) -> Result<Session, LinkError> {
         let s = &self.settings;
-        let client = Client::connect(s.queue, s.fingerprint, ClientRole::Worker, &s.token).await?;
+        let credential = Credential::Key(s.key.clone());
+        let client =
+            Client::connect(s.queue, s.fingerprint, ClientRole::Worker, &credential).await?;
         match client.register(self.capabilities(), self.instance.clone()).await {
             Ok(r) => Ok(Session {
                 client,

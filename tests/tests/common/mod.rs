@@ -64,14 +64,25 @@ impl Cluster {
         self.worker_trusting(name, "worker-trust.json", extra);
     }
 
+    /// The directory of the worker named `name` (its key), made and enrolled at the queue
+    /// the first time.
+    pub fn worker_dir(&self, name: &str) -> PathBuf {
+        let dir = self.path(&format!("{name}-key"));
+        if !dir.join("worker.key").exists() {
+            agenix_harness::enroll(&bin("agw"), &bin("agq"), &self.path("queue"), &dir, name)
+                .unwrap();
+        }
+        dir
+    }
+
     /// Starts a worker named `name` with its own trust file `trust` (in the cluster's
     /// directory).
     pub fn worker_trusting(&mut self, name: &str, trust: &str, extra: &[&str]) {
         let log = std::fs::File::create(self.path(&format!("{name}.log"))).unwrap();
         let child = Command::new(bin("agw"))
             .args(["--queue", &self.addr, "--fingerprint", &self.fingerprint])
-            .arg("--token-file")
-            .arg(self.path("queue/worker.token"))
+            .arg("--data")
+            .arg(self.worker_dir(name))
             .arg("--trust")
             .arg(self.path(trust))
             .arg("--cache-dir")

@@ -338,8 +338,16 @@ impl Cluster {
         Ok(())
     }
 
-    /// Adds a worker named `name` (its cache directory is `name-cache`) and starts it.
+    /// Adds a worker named `name` (its key in `name-key`, enrolled at the queue; its cache
+    /// directory is `name-cache`) and starts it.
     pub(crate) fn add_worker(&mut self, name: &str) -> Result<()> {
+        agenix_harness::enroll(
+            &self.bins.agw,
+            &self.bins.agq,
+            &self.dir.join("queue"),
+            &self.dir.join(format!("{name}-key")),
+            name,
+        )?;
         self.workers.push(Worker { name: name.into(), child: None, runs: 0, restart_at: None });
         self.start_worker(self.workers.len() - 1)
     }
@@ -353,8 +361,8 @@ impl Cluster {
         let log = dir.join(format!("logs/{}-{}.log", w.name, w.runs));
         let mut cmd = Command::new(&self.bins.agw);
         cmd.args(["--queue", &addr, "--fingerprint", &fp])
-            .arg("--token-file")
-            .arg(dir.join("queue/worker.token"))
+            .arg("--data")
+            .arg(dir.join(format!("{}-key", w.name)))
             .arg("--trust")
             .arg(dir.join("worker-trust.json"))
             .arg("--cache-dir")
