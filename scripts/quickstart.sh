@@ -54,6 +54,13 @@ for example in log-errors:app.log orders-report:orders.csv; do
 done
 
 echo
+echo "== each result, verified against the worker key this planner trusts (never one the queue hands it)"
+"$bin/agx" trust add worker/worker.pub --name quickstart-worker --role worker --trust planner-trust.json
+for job in 1 2; do
+    "$bin/agx" jobs result "$job" --verify --trust planner-trust.json >/dev/null
+done
+
+echo
 "$bin/agx" queue stats
 echo
 echo "== done; logs, keys and signed plans are in $work"

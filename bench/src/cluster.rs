@@ -101,6 +101,14 @@ impl Agq {
         self.process.kill();
     }
 
+    /// A worker client with a new key enrolled for it, and the key (which signs its results).
+    pub(crate) async fn worker_client(&self) -> Result<(Client, SigningKey)> {
+        let key = self.enroll_key()?;
+        let addr = self.addr.parse()?;
+        let credential = Credential::Key(key.clone());
+        Ok((Client::connect(addr, self.fingerprint, ClientRole::Worker, &credential).await?, key))
+    }
+
     /// A client in `role`: a planner or observer with its token, a worker with a new key
     /// enrolled for it.
     pub(crate) async fn client(&self, role: ClientRole) -> Result<Client> {

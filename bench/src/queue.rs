@@ -1,13 +1,16 @@
 //! The queue on its own: durable submissions and claim → complete cycles per second; its
 //! memory and restart time with a million jobs stored; an idle worker's memory.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agenix_link::Client;
 use agenix_proto::job::{Capabilities, JobOutput, Reports};
+use agenix_proto::result::{RESULT_SCHEMA, ResultStatement, sign_result};
 use agenix_proto::wire::ClientRole;
-use agenix_proto::{Digest, Envelope, InputRef, Limits};
+use agenix_proto::{Digest, Envelope, InputRef, KeyId, Limits};
 use agenix_test_programs as programs;
 use anyhow::{Result, bail};
 use tokio::task::JoinSet;
@@ -75,24 +78,62 @@ fn capabilities(name: String) -> Capabilities {
     }
 }
 
-/// `n` workers claim one job at a time and complete it until none is left; returns the
-/// number of cycles and the seconds they took.
-async fn drain(q: &Agq, n: usize) -> Result<(usize, f64)> {
-    let workers = clients(q, ClientRole::Worker, n).await?;
+/// What a worker signs about a lease of the bench's own actions: the digests of each
+/// action's payload (by its envelope's blob) and of the plan are known from submitting them.
+#[derive(Debug)]
+struct Known {
+    queue: agenix_proto::Fingerprint,
+    plan: Digest,
+    actions: HashMap<Digest, Digest>,
+}
+
+/// `n` workers claim one job at a time and complete it, with its signed result, until none
+/// is left; returns the number of cycles and the seconds they took.
+async fn drain(q: &Agq, n: usize, known: Arc<Known>) -> Result<(usize, f64)> {
+    let mut workers = Vec::with_capacity(n);
+    for _ in 0..n {
+        workers.push(q.worker_client().await?);
+    }
     let start = Instant::now();
     let mut tasks = JoinSet::new();
-    for (i, c) in workers.into_iter().enumerate() {
+    for (i, (c, key)) in workers.into_iter().enumerate() {
+        let known = known.clone();
         tasks.spawn(async move {
             c.register(capabilities(format!("bench-{i}")), format!("bench-instance-{i}")).await?;
+            let worker = KeyId::of(&key.verifying_key());
             let mut done = 0usize;
             loop {
                 let leases = c.claim(1, 0).await?;
                 let Some(lease) = leases.first() else { break };
+                let Some(action) = known.actions.get(&lease.action) else {
+                    bail!("leased an action the bench did not submit");
+                };
+                let statement = ResultStatement {
+                    schema: RESULT_SCHEMA.into(),
+                    queue: known.queue,
+                    job: lease.lease.job,
+                    epoch: lease.lease.epoch,
+                    action: *action,
+                    plan: known.plan,
+                    input: None,
+                    succeeded: true,
+                    failure: None,
+                    tasks: vec![],
+                    output: None,
+                    worker,
+                    at: 0,
+                };
+                let signed = sign_result(&statement, &key)?.to_json();
+                c.put_blob(&signed).await?;
                 let output = JobOutput {
                     succeeded: true,
                     failure: None,
                     reports: Reports::Inline(vec![]),
                     output: None,
+                    result: Some(InputRef {
+                        digest: Digest::of(&signed),
+                        size: signed.len() as u64,
+                    }),
                 };
                 c.complete(lease.lease, output).await?;
                 done += 1;
@@ -139,8 +180,19 @@ pub(crate) async fn throughput(runs: usize, dir: &Path) -> Result<Section> {
                 let (plan, digest) = q.plan(&component, &["0"])?;
                 let actions =
                     (0..JOBS).map(|_| q.action(digest, &[])).collect::<Result<Vec<_>>>()?;
+                let known = Known {
+                    queue: q.fingerprint,
+                    plan: digest,
+                    actions: actions
+                        .iter()
+                        .map(|a| {
+                            let payload = a.payload_unverified()?;
+                            Ok((Digest::of(&a.to_json()), Digest::of(&payload)))
+                        })
+                        .collect::<Result<_>>()?,
+                };
                 submits.push(JOBS as f64 / submit_all(&q, &plan, actions, n).await?);
-                let (done, secs) = drain(&q, n).await?;
+                let (done, secs) = drain(&q, n, Arc::new(known)).await?;
                 if done != JOBS {
                     bail!("{done} of {JOBS} jobs were claimed and completed");
                 }

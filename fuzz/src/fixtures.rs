@@ -36,7 +36,9 @@ pub fn trust() -> &'static Trust {
     TRUST.get_or_init(|| {
         let mut t = Trust::new();
         // A fixed, valid name and a key from a fixed seed: adding it cannot fail.
-        let _ = t.add("fuzz", trusted_key().verifying_key(), &Role::SIGNING);
+        // Trusted for plans, actions and results alike, so each verification can succeed.
+        let _ =
+            t.add("fuzz", trusted_key().verifying_key(), &[Role::Plan, Role::Action, Role::Worker]);
         t.revoke(KeyId::of(&revoked_key().verifying_key()));
         t
     })
@@ -120,5 +122,29 @@ pub fn signed_action() -> Vec<u8> {
     match sign_action(&action(), trusted_key()) {
         Ok(env) => env.to_json(),
         Err(e) => panic!("the fixture action does not sign: {e}"),
+    }
+}
+
+/// A worker's signed result about one job of the fixture action, by the trusted key.
+pub fn signed_result() -> Vec<u8> {
+    use agenix_proto::result::{RESULT_SCHEMA, ResultStatement, sign_result};
+    let statement = ResultStatement {
+        schema: RESULT_SCHEMA.into(),
+        queue: audience(),
+        job: agenix_proto::job::JobId(1),
+        epoch: agenix_proto::job::LeaseEpoch(1),
+        action: agenix_proto::Digest::of(&action().to_payload()),
+        plan: action().plan,
+        input: None,
+        succeeded: true,
+        failure: None,
+        tasks: vec![],
+        output: None,
+        worker: agenix_proto::KeyId::of(&trusted_key().verifying_key()),
+        at: 1,
+    };
+    match sign_result(&statement, trusted_key()) {
+        Ok(env) => env.to_json(),
+        Err(e) => panic!("the fixture result does not sign: {e}"),
     }
 }

@@ -81,6 +81,7 @@ pub fn all(examples: &[(String, Vec<u8>)]) -> Vec<Seed> {
     // envelope: the signed fixtures as they travel.
     out.push(seed("envelope", "plan.json", fixtures::signed_plan()));
     out.push(seed("envelope", "action.json", fixtures::signed_action()));
+    out.push(seed("envelope", "result.json", fixtures::signed_result()));
 
     // envelope_signed: clean headers over the fixture payloads.
     out.push(seed(
@@ -152,6 +153,7 @@ fn output() -> JobOutput {
         failure: agenix_proto::report::first_failure(&reports),
         reports: Reports::Inline(reports),
         output: Some(input()),
+        result: None,
     }
 }
 

@@ -97,8 +97,9 @@ where
     }
 }
 
-/// `envelope`: the input as a plan envelope ([`verify_plan`]) and as an action envelope
-/// ([`verify_action`]) against the fixed trust file, clock and queue of [`fixtures`].
+/// `envelope`: the input as a plan envelope ([`verify_plan`]), as an action envelope
+/// ([`verify_action`]) and as a signed result ([`agenix_proto::verify_result`]) against the
+/// fixed trust file, clock and queue of [`fixtures`].
 ///
 /// Properties: an envelope that parses survives `to_json` (when that is within the cap: it
 /// is pretty-printed); one that verifies still verifies, to the same document, after
@@ -138,6 +139,20 @@ pub fn envelope(data: &[u8]) {
             match verify_action(again, trust, NOW, &fixtures::audience()) {
                 Ok(w) => assert_eq!(w.action(), v.action()),
                 Err(e) => panic!("a verified action envelope fails after to_json: {e}"),
+            }
+        }
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+    match agenix_proto::verify_result(data, trust, NOW) {
+        Ok(v) => {
+            assert!(v.statement().validate().is_ok());
+            assert_eq!(v.statement().worker, v.signer(), "a result names another worker");
+            let again = again.as_deref().unwrap_or_default();
+            match agenix_proto::verify_result(again, trust, NOW) {
+                Ok(w) => assert_eq!(w.statement(), v.statement()),
+                Err(e) => panic!("a verified result envelope fails after to_json: {e}"),
             }
         }
         Err(e) => {

@@ -108,7 +108,7 @@ impl Envelope {
 
     /// Checks the signatures against `trust` for `role` and returns the verified payload
     /// bytes and the signer.
-    fn verify(
+    pub(crate) fn verify(
         &self,
         expected_type: &str,
         trust: &Trust,
@@ -150,7 +150,7 @@ impl Envelope {
                     let failure = if trust.is_revoked(&keyid) {
                         VerifyError::Revoked { keyid, name: signer.name.clone() }
                     } else if !signer.roles.contains(&role) {
-                        VerifyError::NotPermitted { name: signer.name.clone(), role: role.as_str() }
+                        VerifyError::NotPermitted { name: signer.name.clone(), role: role.signs() }
                     } else if !signer.valid_at(now) {
                         outside(keyid, signer)
                     } else {
@@ -181,7 +181,7 @@ impl Envelope {
                 let failure = if trust.is_revoked(keyid) {
                     VerifyError::Revoked { keyid: *keyid, name: signer.name.clone() }
                 } else if !signer.roles.contains(&role) {
-                    VerifyError::NotPermitted { name: signer.name.clone(), role: role.as_str() }
+                    VerifyError::NotPermitted { name: signer.name.clone(), role: role.signs() }
                 } else if !signer.valid_at(now) {
                     outside(*keyid, signer)
                 } else {
@@ -293,11 +293,11 @@ pub enum VerifyError {
         name: String,
     },
     /// The signer is trusted, but not for this kind of document.
-    #[error("signer \"{name}\" is not trusted to sign {role}s")]
+    #[error("signer \"{name}\" is not trusted to sign {role}")]
     NotPermitted {
         /// The signer's name.
         name: String,
-        /// The role it lacks.
+        /// What the role it lacks signs (`plans`, `actions`, `results`).
         role: &'static str,
     },
     /// The signed document breaks the schema's rules.

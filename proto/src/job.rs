@@ -362,16 +362,22 @@ pub struct JobOutput {
     /// The output task's stdout, as a blob (absent when it did not run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<InputRef>,
+    /// The worker's signed statement of this result (a DSSE envelope,
+    /// `crate::result::RESULT_PAYLOAD_TYPE`), as a blob. The queue takes no result without
+    /// one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<InputRef>,
 }
 
 impl JobOutput {
-    /// The blobs this result refers to (its output and its reports, when a blob).
+    /// The blobs this result refers to (its output, its reports when a blob, its signed
+    /// statement).
     pub fn blobs(&self) -> impl Iterator<Item = &InputRef> {
         let reports = match &self.reports {
             Reports::Blob(r) => Some(r),
             Reports::Inline(_) => None,
         };
-        self.output.iter().chain(reports)
+        self.output.iter().chain(reports).chain(self.result.iter())
     }
 }
 

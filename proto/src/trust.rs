@@ -36,6 +36,15 @@ impl Role {
     /// is trusted for `worker` alone).
     pub const SIGNING: [Self; 2] = [Self::Plan, Self::Action];
 
+    /// What a key in this role signs, for people: `plans`, `actions`, `results`.
+    pub fn signs(self) -> &'static str {
+        match self {
+            Self::Plan => "plans",
+            Self::Action => "actions",
+            Self::Worker => "results",
+        }
+    }
+
     /// The role's name as the trust file spells it.
     pub fn as_str(self) -> &'static str {
         match self {

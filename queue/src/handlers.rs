@@ -109,6 +109,9 @@ impl Queue {
                 if let Err((code, message)) = self.check_output(&output) {
                     return error(code, message);
                 }
+                if let Err(answer) = self.check_signed(client, worker, lease, &output).await {
+                    return answer;
+                }
                 self.record(self.apply(|s| s.complete(now, worker, lease, output), vec![]), lease)
                     .await
             }
@@ -209,6 +212,77 @@ impl Queue {
             }
         }
         Ok(())
+    }
+
+    /// A result must carry its worker's signed statement: signed by the key this
+    /// connection proved, about this queue, this job under this lease, its action, plan and
+    /// input, and saying what the result says (success, failure, output, and the per-task
+    /// reports when they travel inline; reports stored as a blob are checked by whoever
+    /// reads them, `agx jobs result --verify`).
+    async fn check_signed(
+        &self,
+        client: &Conn,
+        worker: u64,
+        lease: LeaseRef,
+        output: &JobOutput,
+    ) -> Result<(), Response> {
+        // A lease that is not this worker's, or no longer current, is refused as such first.
+        let (plan, input, action) = {
+            let sched = lock(&self.sched);
+            let job = sched.owned(worker, lease).map_err(refusal)?;
+            let action = sched.action(&job.action).map(|a| a.payload);
+            (job.plan, job.input.clone(), action)
+        };
+        let invalid = |m: String| error(ErrorCode::Invalid, m);
+        let Some(blob) = &output.result else {
+            return Err(invalid("the result carries no signed statement: it is refused".into()));
+        };
+        let bytes = self
+            .blobs
+            .read(&blob.digest, MAX_ENVELOPE_BYTES as u64)
+            .await
+            .map_err(|e| invalid(format!("signed result: {e}")))?;
+        let trust = self.trust.current().map_err(|e| error(ErrorCode::Unavailable, e))?;
+        let verified = agenix_proto::verify_result(&bytes, &trust, now_ms() / 1000)
+            .map_err(|e| invalid(format!("signed result: {e}")))?;
+        if Some(verified.signer()) != client.key {
+            return Err(error(
+                ErrorCode::Forbidden,
+                format!(
+                    "the result is signed by worker key {}, not by this connection's",
+                    verified.signer()
+                ),
+            ));
+        }
+        let s = verified.statement();
+        let bound = [
+            ("queue", self.fingerprint.to_string(), s.queue.to_string()),
+            ("job", lease.job.to_string(), s.job.to_string()),
+            ("lease epoch", lease.epoch.0.to_string(), s.epoch.0.to_string()),
+            ("plan", plan.to_string(), s.plan.to_string()),
+            ("input", format!("{input:?}"), format!("{:?}", s.input)),
+        ];
+        for (what, expected, found) in bound {
+            if expected != found {
+                return Err(invalid(format!(
+                    "the signed result's {what} is {found}, not {expected}"
+                )));
+            }
+        }
+        // (An action already forgotten has expired: its job cannot complete anyway.)
+        if let Some(action) = action
+            && action != s.action
+        {
+            return Err(invalid(format!(
+                "the signed result's action is {}, not {action}",
+                s.action
+            )));
+        }
+        let inline = match &output.reports {
+            Reports::Inline(r) => Some(r.as_slice()),
+            Reports::Blob(_) => None,
+        };
+        s.check(output, inline).map_err(|e| invalid(e.to_string()))
     }
 
     async fn record(&self, r: Result<(JobState, Durable), Refusal>, lease: LeaseRef) -> Response {

@@ -25,14 +25,14 @@ async fn blobs_nothing_refers_to_are_collected_and_the_quota_is_named() {
     let jobs = q.submit(&planner, &[input], 3).await;
     let w = q.worker("w").await;
     register(&w, "w").await;
-    let lease = claim(&w, 1, 1000).await[0].lease;
+    let lease = claim(&w, 1, 1000).await.remove(0);
     let out: &[u8] = b"the job's output";
     w.put_blob(out).await.unwrap();
     let output = JobOutput {
         output: Some(InputRef { digest: Digest::of(out), size: out.len() as u64 }),
         ..no_output()
     };
-    w.request(&Request::Complete { lease, output }).await.unwrap();
+    w.complete_signed(&lease, output).await;
 
     // The job is forgotten after its retention; its output goes with it, and the stray
     // blob after its grace period.

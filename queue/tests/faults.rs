@@ -19,13 +19,6 @@ use agenix_proto::wire::{ClientRole, ErrorCode, JobFilter, Request, Response};
 use agenix_proto::{Action, ActionId, Digest, Envelope, InputRef};
 use common::*;
 
-fn recorded(r: Response) -> JobState {
-    match r {
-        Response::Recorded { state, .. } => state,
-        other => panic!("{other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn q01_worker_killed_mid_job_lease_expires_and_job_reruns_elsewhere() {
     let q = Agq::start(&["--lease-ms", "800", "--heartbeat-ms", "250"]);
@@ -64,10 +57,7 @@ async fn q01_worker_killed_mid_job_lease_expires_and_job_reruns_elsewhere() {
     );
     assert_eq!(rec.last_error.as_deref(), Some("lease expired: the worker stopped heartbeating"));
 
-    let r = b
-        .request(&Request::Complete { lease: second[0].lease, output: no_output() })
-        .await
-        .unwrap();
+    let r = b.complete_signed(&second[0], no_output()).await;
     assert_eq!(recorded(r), JobState::Succeeded);
     let rec = job(&planner, jobs[0]).await;
     assert_eq!((rec.state, rec.attempts), (JobState::Succeeded, 2));
@@ -84,9 +74,10 @@ async fn q02_late_complete_or_heartbeat_from_an_old_lease_holder_is_fenced() {
     // A stalls (a long GC pause, a partition) and its lease expires; B gets the job.
     let b = q.worker("worker-b").await;
     register(&b, "worker-b").await;
-    let new = claim(&b, 1, 5000).await;
+    let mut new = claim(&b, 1, 5000).await;
     assert_eq!(new.len(), 1);
-    let new = new[0].lease;
+    let new_lease = new.remove(0);
+    let new = new_lease.lease;
     assert_eq!(new, LeaseRef { job: jobs[0], epoch: LeaseEpoch(2) });
 
     // A wakes up: its heartbeat learns the lease is lost, its result and failure are fenced.
@@ -97,6 +88,7 @@ async fn q02_late_complete_or_heartbeat_from_an_old_lease_holder_is_fenced() {
         failure: None,
         reports: agenix_proto::job::Reports::Inline(vec![]),
         output: None,
+        result: None,
     };
     let req = Request::Complete { lease: old, output: late.clone() };
     assert_eq!(refused(&a, &req).await, (ErrorCode::StaleLease, stale.clone()));
@@ -113,18 +105,19 @@ async fn q02_late_complete_or_heartbeat_from_an_old_lease_holder_is_fenced() {
 
     // The current holder is unaffected.
     assert_eq!(heartbeat(&b, &[new]).await, (vec![new], vec![], vec![]));
-    let r = b.request(&Request::Complete { lease: new, output: no_output() }).await.unwrap();
+    let real = b.signed(&new_lease, no_output()).await;
+    let r = b.request(&Request::Complete { lease: new, output: real.clone() }).await.unwrap();
     assert_eq!(recorded(r), JobState::Succeeded);
     // Once the job is finished, A (and a duplicate report from B) are refused too.
     let finished = format!("job {} is already finished", jobs[0]);
     let req = Request::Complete { lease: old, output: late };
     assert_eq!(refused(&a, &req).await, (ErrorCode::StaleLease, finished.clone()));
-    let req = Request::Complete { lease: new, output: no_output() };
+    let req = Request::Complete { lease: new, output: real.clone() };
     assert_eq!(refused(&b, &req).await, (ErrorCode::StaleLease, finished));
     assert_eq!(heartbeat(&a, &[old]).await, (vec![], vec![], vec![old]));
     let rec = job(&planner, jobs[0]).await;
     assert_eq!(rec.state, JobState::Succeeded);
-    assert_eq!(rec.output, Some(no_output()), "the late result overwrote the real one");
+    assert_eq!(rec.output, Some(real), "the late result overwrote the real one");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
@@ -137,6 +130,7 @@ async fn q03_job_longer_than_the_lease_is_kept_alive_by_heartbeats_and_runs_once
     register(&a, "worker-a").await;
     let leases = claim(&a, 1, 1000).await;
     let (lease, first_deadline) = (leases[0].lease, leases[0].deadline);
+    let held = leases[0].clone();
 
     // Another worker waits for work the whole time; it must get none.
     let b = q.worker("worker-b").await;
@@ -158,7 +152,7 @@ async fn q03_job_longer_than_the_lease_is_kept_alive_by_heartbeats_and_runs_once
     assert_eq!((epoch, worker.as_str()), (LeaseEpoch(1), "worker-a"));
     assert!(deadline > first_deadline + 2 * lease_ms, "heartbeats did not extend the deadline");
 
-    let r = a.request(&Request::Complete { lease, output: no_output() }).await.unwrap();
+    let r = a.complete_signed(&held, no_output()).await;
     assert_eq!(recorded(r), JobState::Succeeded);
     let rec = job(&planner, jobs[0]).await;
     assert_eq!((rec.state, rec.attempts, rec.epoch), (JobState::Succeeded, 1, LeaseEpoch(1)));
@@ -527,8 +521,7 @@ async fn q08_cancel_queued_is_immediate_and_leased_waits_for_the_worker() {
     let fail = Request::Fail { lease: two, reason: "cancelled".into(), retryable: true };
     assert_eq!(recorded(w.request(&fail).await.unwrap()), JobState::Cancelled);
     // A worker that finished anyway: still cancelled, its output kept.
-    let done = Request::Complete { lease: three, output: no_output() };
-    assert_eq!(recorded(w.request(&done).await.unwrap()), JobState::Cancelled);
+    assert_eq!(recorded(w.complete_signed(&leases[1], no_output()).await), JobState::Cancelled);
     for j in &jobs {
         assert_eq!(job(&planner, *j).await.state, JobState::Cancelled);
     }
@@ -552,6 +545,7 @@ async fn q10_queue_restart_while_a_worker_holds_a_lease_loses_nothing() {
     let wid = register_as(&w, "w", "q10 instance").await;
     let leases = claim(&w, 1, 1000).await;
     let lease = leases[0].lease;
+    let held = leases[0].clone();
     assert_eq!(lease.job, jobs[0]);
     let output = b"q10 output".as_slice();
     w.put_blob(output).await.unwrap();
@@ -588,7 +582,9 @@ async fn q10_queue_restart_while_a_worker_holds_a_lease_loses_nothing() {
         failure: None,
         reports: agenix_proto::job::Reports::Inline(vec![]),
         output: Some(InputRef { digest: Digest::of(output), size: output.len() as u64 }),
+        result: None,
     };
+    let out = w.signed(&held, out).await;
     let r = w.request(&Request::Complete { lease, output: out.clone() }).await.unwrap();
     assert_eq!(recorded(r), JobState::Succeeded);
     let rec = job(&planner, jobs[0]).await;
@@ -771,7 +767,8 @@ async fn a_lease_belongs_to_the_worker_that_claimed_it() {
     let jobs = q.submit(&planner, &[b"owned"], 3).await;
     let owner = q.worker("owner").await;
     register(&owner, "owner").await;
-    let lease = claim(&owner, 1, 1000).await[0].lease;
+    let held = claim(&owner, 1, 1000).await.remove(0);
+    let lease = held.lease;
     let thief = q.worker("thief").await;
     register(&thief, "thief").await;
     let mine =
@@ -790,7 +787,7 @@ async fn a_lease_belongs_to_the_worker_that_claimed_it() {
     let rec = job(&planner, jobs[0]).await;
     assert!(matches!(&rec.state, JobState::Leased { worker, .. } if worker == "owner"), "{rec:?}");
     assert_eq!(heartbeat(&owner, &[lease]).await, (vec![lease], vec![], vec![]));
-    let r = owner.request(&Request::Complete { lease, output: no_output() }).await.unwrap();
+    let r = owner.complete_signed(&held, no_output()).await;
     assert_eq!(recorded(r), JobState::Succeeded);
 }
 

@@ -294,7 +294,8 @@ async fn i6_worker_a_cannot_complete_worker_b_s_lease() {
     let jobs = q.submit(&planner, &[b"i6"], 3).await;
     let b = q.worker("b").await;
     let b_id = register_as(&b, "b", "shared secret").await;
-    let lease = claim(&b, 1, 1000).await[0].lease;
+    let held = claim(&b, 1, 1000).await.remove(0);
+    let lease = held.lease;
     let a = q.worker("a").await;
     assert_ne!(register_as(&a, "a", "shared secret").await, b_id);
     let mine =
@@ -307,6 +308,10 @@ async fn i6_worker_a_cannot_complete_worker_b_s_lease() {
     assert_eq!(heartbeat(&a, &[lease]).await, (vec![], vec![], vec![lease]));
     let rec = job(&planner, jobs[0]).await;
     assert!(matches!(&rec.state, JobState::Leased { worker, .. } if worker == "b"), "{rec:?}");
-    let r = b.request(&Request::Complete { lease, output: no_output() }).await.unwrap();
+    // A signed by A about B's lease is refused too, as not A's lease.
+    let forged = a.signed(&held, no_output()).await;
+    let req = Request::Complete { lease, output: forged };
+    assert_eq!(refused(&a, &req).await, mine);
+    let r = b.complete_signed(&held, no_output()).await;
     assert!(matches!(r, Response::Recorded { state: JobState::Succeeded, .. }), "{r:?}");
 }

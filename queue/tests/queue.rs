@@ -12,7 +12,7 @@ use common::*;
 async fn a_job_goes_from_submission_to_success() {
     let q = Agq::start(&[]);
     let planner = q.client(ClientRole::Planner).await;
-    let worker = q.client(ClientRole::Worker).await;
+    let worker = q.worker("w1").await;
     let jobs = q.submit(&planner, &[b"input one"], 3).await;
     assert_eq!(jobs.len(), 1);
     assert!(matches!(job(&planner, jobs[0]).await.state, JobState::Queued { .. }));
@@ -40,8 +40,14 @@ async fn a_job_goes_from_submission_to_success() {
             digest: agenix_proto::Digest::of(b"the output"),
             size: 10,
         }),
+        result: None,
     };
-    let r = worker.request(&Request::Complete { lease: lease.lease, output }).await.unwrap();
+    // Without the worker's signed statement, the result is refused.
+    let unsigned = Request::Complete { lease: lease.lease, output: output.clone() };
+    let (code, message) = refused(&worker, &unsigned).await;
+    assert_eq!(code, ErrorCode::Invalid);
+    assert_eq!(message, "the result carries no signed statement: it is refused");
+    let r = worker.complete_signed(lease, output).await;
     assert!(matches!(r, Response::Recorded { state: JobState::Succeeded, .. }), "{r:?}");
     let done = job(&planner, jobs[0]).await;
     assert_eq!(done.state, JobState::Succeeded);
@@ -77,11 +83,11 @@ async fn each_role_is_refused_what_it_may_not_do() {
 async fn finished_jobs_and_their_plans_are_forgotten_after_retention() {
     let mut q = Agq::start(&["--retention", "1s"]);
     let planner = q.client(ClientRole::Planner).await;
-    let worker = q.client(ClientRole::Worker).await;
+    let worker = q.worker("w1").await;
     let jobs = q.submit(&planner, &[], 1).await;
     register(&worker, "w1").await;
-    let lease = claim(&worker, 1, 1000).await.remove(0).lease;
-    let r = worker.request(&Request::Complete { lease, output: no_output() }).await.unwrap();
+    let lease = claim(&worker, 1, 1000).await.remove(0);
+    let r = worker.complete_signed(&lease, no_output()).await;
     assert!(matches!(r, Response::Recorded { state: JobState::Succeeded, .. }), "{r:?}");
     let gone = (ErrorCode::NotFound, format!("no job {}", jobs[0]));
     let mut waited = 0;

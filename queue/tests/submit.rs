@@ -69,9 +69,9 @@ async fn p04_replayed_action_is_recognised_after_a_queue_restart() {
     // One of its jobs runs to completion before the restart.
     let w = q.worker("w").await;
     register(&w, "w").await;
-    let lease = claim(&w, 1, 1000).await[0].lease;
-    let done = Request::Complete { lease, output: no_output() };
-    w.request(&done).await.unwrap();
+    let lease = claim(&w, 1, 1000).await.remove(0);
+    let r = w.complete_signed(&lease, no_output()).await;
+    assert!(matches!(r, Response::Recorded { .. }), "{r:?}");
 
     q.restart();
     drop((planner, w));
@@ -79,7 +79,7 @@ async fn p04_replayed_action_is_recognised_after_a_queue_restart() {
     // The identical action is recognised: its jobs, nothing new, nothing re-run.
     let again = planner.request(&submit).await.unwrap();
     assert_eq!(again, Response::Submitted { jobs: jobs.clone(), duplicate: true });
-    assert_eq!(job(&planner, lease.job).await.state, JobState::Succeeded);
+    assert_eq!(job(&planner, lease.lease.job).await.state, JobState::Succeeded);
     // The same id with other bytes is refused.
     let changed = Action { inputs: action.inputs[..1].to_vec(), ..action.clone() };
     let (code, message) =
@@ -258,14 +258,17 @@ async fn complete_naming_an_output_blob_not_uploaded_is_invalid() {
     let jobs = q.submit(&planner, &[b"input"], 3).await;
     let w = q.worker("w").await;
     register(&w, "w").await;
-    let lease = claim(&w, 1, 1000).await[0].lease;
+    let held = claim(&w, 1, 1000).await.remove(0);
+    let lease = held.lease;
     let out: &[u8] = b"an output never uploaded";
     let output = JobOutput {
         succeeded: true,
         failure: None,
         reports: agenix_proto::job::Reports::Inline(vec![]),
         output: Some(InputRef { digest: Digest::of(out), size: out.len() as u64 }),
+        result: None,
     };
+    let output = w.signed(&held, output).await;
     let req = Request::Complete { lease, output: output.clone() };
     let (code, message) = refused(&w, &req).await;
     assert_eq!(code, ErrorCode::Invalid);

@@ -47,7 +47,7 @@ fn output(stderrs: &[Vec<u8>]) -> JobOutput {
     let failure = agenix_proto::report::first_failure(&r);
     let (reports, _blob) = Reports::split(r);
     let out = InputRef { digest: Digest::of(b"o"), size: u64::MAX };
-    JobOutput { succeeded: failure.is_none(), failure, reports, output: Some(out) }
+    JobOutput { succeeded: failure.is_none(), failure, reports, output: Some(out), result: None }
 }
 
 /// The largest record the queue keeps for a job: every bounded field at its bound.

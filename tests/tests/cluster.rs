@@ -144,6 +144,98 @@ fn a_worker_killed_mid_job_lets_the_job_finish_elsewhere() {
     assert_eq!(text(&out.stdout), "still here\n");
 }
 
+/// A result is labelled unverified until `agx jobs result --verify` checks the worker's
+/// signed statement against the worker keys the planner itself trusts (never keys the
+/// queue hands it): verified with the worker's key trusted for the `worker` role, refused
+/// with nothing printed when the planner does not trust that worker, or trusts its key for
+/// plans only.
+#[test]
+fn a_result_is_verified_against_the_worker_keys_the_planner_trusts() {
+    let mut c = Cluster::start(&[]);
+    c.push_aus();
+    c.worker("w1", &[]);
+    let input = c.path("in.txt");
+    std::fs::write(&input, "signed\n").unwrap();
+    let jobs = c.submit(&nap_plan(&c, 0), &[input.to_str().unwrap()]);
+    c.wait_job(&jobs[0], Duration::from_secs(60), |j| state(j) == "succeeded");
+    let plain = c.agx(&["jobs", "result", &jobs[0]]);
+    assert!(plain.status.success(), "{}", text(&plain.stderr));
+    assert_eq!(text(&plain.stdout), "signed\n");
+    assert!(
+        text(&plain.stderr).contains("(unverified: --verify checks the worker's signature)"),
+        "{}",
+        text(&plain.stderr)
+    );
+    // --verify needs the planner's own trust file.
+    let out = c
+        .agx_cmd(&["jobs", "result", &jobs[0], "--verify"])
+        .env_remove("AGX_TRUST")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--verify needs the trust file"), "{}", text(&out.stderr));
+    // Not trusted: refused, nothing printed.
+    let key = c.worker_dir("w1").join("worker.pub");
+    let key = key.to_str().unwrap();
+    c.ok(&["trust", "add", "signer.key.pub", "--name", "me", "--trust", "planner-trust.json"]);
+    let out = c.agx(&["jobs", "result", &jobs[0], "--verify", "--trust", "planner-trust.json"]);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "an unverified output was printed");
+    assert!(
+        text(&out.stderr).contains("the signed result does not verify"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Trusted for plans only: no worker.
+    c.ok(&[
+        "trust",
+        "add",
+        key,
+        "--name",
+        "w1-plans",
+        "--role",
+        "plan",
+        "--trust",
+        "plans-only.json",
+    ]);
+    let out = c.agx(&["jobs", "result", &jobs[0], "--verify", "--trust", "plans-only.json"]);
+    assert!(!out.status.success());
+    let said = "signer \"w1-plans\" is not trusted to sign results";
+    assert!(text(&out.stderr).contains(said), "{}", text(&out.stderr));
+    // Trusted as a worker: verified, naming it.
+    c.ok(&[
+        "trust",
+        "add",
+        key,
+        "--name",
+        "w1",
+        "--role",
+        "worker",
+        "--trust",
+        "planner-trust.json",
+    ]);
+    let out = c.agx(&["jobs", "result", &jobs[0], "--verify", "--trust", "planner-trust.json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "signed\n");
+    let keyid = text(
+        &std::process::Command::new(bin("agw"))
+            .args(["id", "--data"])
+            .arg(c.worker_dir("w1"))
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    let said = format!("(verified: signed by worker \"w1\", {}, at ", keyid.trim());
+    assert!(text(&out.stderr).contains(&said), "{}", text(&out.stderr));
+    let json =
+        c.ok(&["--json", "jobs", "result", &jobs[0], "--verify", "--trust", "planner-trust.json"]);
+    let rec: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (rec["data"]["verified"].as_bool(), rec["data"]["worker"].as_str()),
+        (Some(true), Some(keyid.trim()))
+    );
+}
+
 /// A worker whose key is revoked while it runs a job is refused from its next request and
 /// disconnected, saying which key; the queue takes its lease back at once, and the job runs
 /// on another worker without costing an attempt.

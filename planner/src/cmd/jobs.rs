@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use agenix_link::Client;
+use agenix_proto::envelope::MAX_ENVELOPE_BYTES;
 use agenix_proto::job::{JobId, JobRecord, JobState, Reports, StateKind};
 use agenix_proto::text::clean_line;
 use agenix_proto::wire::{ClientRole, JobFilter, MAX_PAGE};
-use agenix_proto::{ActionId, TaskReport};
+use agenix_proto::{ActionId, TaskReport, Trust, VerifiedResult};
 use anyhow::{Context, Result, bail};
 
 use super::workers::list_workers;
@@ -72,7 +73,7 @@ pub(super) async fn watch(client: &Client, ids: &[JobId], out: Out) -> Result<Ex
     };
     let mut ok = true;
     for job in &jobs {
-        ok &= print_result(client, job, out).await?;
+        ok &= print_result(client, job, out, None).await?;
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -136,29 +137,60 @@ async fn show(client: &Client, id: JobId) -> Result<JobRecord> {
 }
 
 /// Prints a job's output on stdout and its per-task table on stderr; true when it
-/// succeeded.
-async fn print_result(client: &Client, job: &JobRecord, out: Out) -> Result<bool> {
+/// succeeded. With `trust`, the worker's signed statement of the result is checked first
+/// (nothing is printed when it does not hold); without, the result is labelled unverified.
+async fn print_result(
+    client: &Client,
+    job: &JobRecord,
+    out: Out,
+    trust: Option<&Trust>,
+) -> Result<bool> {
     let succeeded =
         job.state == JobState::Succeeded && job.output.as_ref().is_some_and(|o| o.succeeded);
     let output = match job.output.as_ref().and_then(|o| o.output.as_ref()) {
         Some(blob) => client.get_blob(blob.digest, MAX_OUTPUT).await?,
         None => Vec::new(),
     };
+    let reports = reports(client, job).await?;
+    let verified = match trust {
+        Some(trust) => Some(verify_result(client, job, reports.as_deref(), trust).await?),
+        None => None,
+    };
     if out.json {
         let text = String::from_utf8(output.clone()).ok();
+        let (worker, at) = match &verified {
+            Some(v) => (Some(v.signer().to_string()), Some(v.statement().at)),
+            None => (None, None),
+        };
         out.emit(
             "result",
-            &serde_json::json!({ "job": job, "succeeded": succeeded, "output": text }),
+            &serde_json::json!({
+                "job": job, "succeeded": succeeded, "output": text,
+                "verified": verified.is_some(), "worker": worker, "signed_at_ms": at,
+            }),
             String::new,
         )?;
         return Ok(succeeded);
     }
-    let reports = reports(client, job).await?;
     std::io::stdout().lock().write_all(&output)?;
     let mut err = std::io::stderr().lock();
+    let label = match (&verified, trust) {
+        (Some(v), Some(t)) => format!(
+            " (verified: signed by worker \"{}\", {}, at {})",
+            t.signer(&v.signer()).map_or("?", |s| s.name.as_str()),
+            v.signer(),
+            humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + Duration::from_millis(v.statement().at)
+            )
+        ),
+        _ if job.output.is_some() => {
+            " (unverified: --verify checks the worker's signature)".to_string()
+        }
+        _ => String::new(),
+    };
     writeln!(
         err,
-        "job {}: {}{}",
+        "job {}: {}{}{label}",
         job.id,
         job.state.name(),
         match &job.state {
@@ -170,6 +202,45 @@ async fn print_result(client: &Client, job: &JobRecord, out: Out) -> Result<bool
         err.write_all(task_table(&r).as_bytes())?;
     }
     Ok(succeeded)
+}
+
+/// Checks a finished job's result against the worker's signed statement: signed by a key
+/// `trust` holds for the `worker` role, about this queue, this job, its plan and input,
+/// and saying exactly what the queue says the result is (success, failure, output, every
+/// task's report). The output's bytes were already checked against their digest.
+async fn verify_result(
+    client: &Client,
+    job: &JobRecord,
+    reports: Option<&[TaskReport]>,
+    trust: &Trust,
+) -> Result<VerifiedResult> {
+    let Some(output) = &job.output else {
+        bail!("job {} has no result to verify", job.id);
+    };
+    let Some(signed) = &output.result else {
+        bail!("job {}'s result carries no signed statement: it cannot be verified", job.id);
+    };
+    let bytes = client
+        .get_blob(signed.digest, signed.size.min(MAX_ENVELOPE_BYTES as u64))
+        .await
+        .with_context(|| format!("cannot fetch the signed result of job {}", job.id))?;
+    let v = agenix_proto::verify_result(&bytes, trust, super::now_unix())
+        .with_context(|| format!("job {}: the signed result does not verify", job.id))?;
+    let s = v.statement();
+    let bound = [
+        ("queue", client.queue().to_string(), s.queue.to_string()),
+        ("job", job.id.to_string(), s.job.to_string()),
+        ("plan", job.plan.to_string(), s.plan.to_string()),
+        ("input", format!("{:?}", job.input), format!("{:?}", s.input)),
+    ];
+    for (what, expected, found) in bound {
+        if expected != found {
+            bail!("job {}: the signed result's {what} is {found}, not {expected}", job.id);
+        }
+    }
+    s.check(output, reports)
+        .with_context(|| format!("job {}: the result is not what its worker signed", job.id))?;
+    Ok(v)
 }
 
 /// A finished job's per-task reports, fetched when the worker stored them as a blob.
@@ -245,9 +316,19 @@ pub(crate) enum JobsCommand {
         queue: QueueArgs,
     },
     /// A job's output on stdout, its per-task table on stderr; exit 0 if it succeeded.
+    /// Unverified unless --verify: then the worker's signed statement of the result is
+    /// checked against the worker keys in the trust file, and nothing is printed unless it
+    /// holds.
     Result {
         /// The job id.
         job: JobId,
+        /// Check the worker's signature and that the result is what it signed.
+        #[arg(long)]
+        verify: bool,
+        /// The trust file holding the worker keys believed (`agx trust add worker.pub
+        /// --role worker`).
+        #[arg(long = "trust", value_name = "FILE", env = "AGX_TRUST")]
+        trust: Option<std::path::PathBuf>,
         #[command(flatten)]
         queue: QueueArgs,
     },
@@ -356,12 +437,20 @@ impl JobsCommand {
                     Ok(ExitCode::SUCCESS)
                 }
                 Self::Watch { jobs, .. } => watch(c, &jobs, out).await,
-                Self::Result { job, .. } => {
+                Self::Result { job, verify, trust, .. } => {
+                    let trust = match (verify, trust) {
+                        (false, _) => None,
+                        (true, Some(path)) => Some(super::trust::load_trust(&path)?),
+                        (true, None) => bail!(
+                            "--verify needs the trust file holding the worker keys you believe: \
+                             --trust FILE or AGX_TRUST (agx trust add worker.pub --role worker)"
+                        ),
+                    };
                     let j = show(c, job).await?;
                     if !j.state.is_terminal() {
                         bail!("job {job} is {} (try agx jobs watch {job})", j.state.name());
                     }
-                    Ok(if print_result(c, &j, out).await? {
+                    Ok(if print_result(c, &j, out, trust.as_ref()).await? {
                         ExitCode::SUCCESS
                     } else {
                         ExitCode::FAILURE

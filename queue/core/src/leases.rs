@@ -99,7 +99,7 @@ impl Scheduler {
     }
 
     /// The job of `lease`, if the lease is current and held by `worker`.
-    fn owned(&self, worker: u64, lease: LeaseRef) -> Result<&JobRecord, Refusal> {
+    pub fn owned(&self, worker: u64, lease: LeaseRef) -> Result<&JobRecord, Refusal> {
         let job = self.current(lease)?;
         match job.state {
             JobState::Leased { worker_id, .. } if worker_id == worker => Ok(job),

@@ -61,7 +61,13 @@ fn lease_of(l: &Lease) -> LeaseRef {
 }
 
 fn output() -> JobOutput {
-    JobOutput { succeeded: true, failure: None, reports: Reports::Inline(vec![]), output: None }
+    JobOutput {
+        succeeded: true,
+        failure: None,
+        reports: Reports::Inline(vec![]),
+        output: None,
+        result: None,
+    }
 }
 
 /// Claims with no byte budget to speak of.
@@ -237,6 +243,7 @@ fn a_job_whose_task_failed_is_dead_with_the_task_named_and_not_retried() {
         failure: agenix_proto::report::first_failure(&reports),
         reports: Reports::Inline(reports),
         output: None,
+        result: None,
     };
     let (state, _) = s.complete(T0, w, lease_of(&got[0]), out.clone()).unwrap();
     assert_eq!(state, JobState::Dead { reason: "task parse: out-of-fuel".into() });

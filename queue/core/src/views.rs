@@ -40,6 +40,11 @@ impl Scheduler {
         self.jobs.get(&id)
     }
 
+    /// One accepted action.
+    pub fn action(&self, id: &ActionId) -> Option<&ActionRecord> {
+        self.actions.get(id)
+    }
+
     /// A page of jobs after `after`, oldest first, matching `filter`: at most `limit` of
     /// them, together at most `budget` bytes on the wire (always at least one); and where
     /// the next page starts.

@@ -16,8 +16,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use agenix_link::{Client, Credential};
 use agenix_proto::action::ACTION_SCHEMA;
 use agenix_proto::envelope::{sign_action, sign_plan};
-use agenix_proto::job::{JobId, JobOutput, JobRecord, LeaseRef};
+use agenix_proto::job::{JobId, JobOutput, JobRecord, Lease, LeaseRef};
 use agenix_proto::keys::{SigningKey, signing_key_from_seed};
+use agenix_proto::result::{RESULT_SCHEMA, ResultStatement, TaskStatement, sign_result};
 use agenix_proto::wire::{ClientRole, JobFilter, QueueStats, Request, Response};
 use agenix_proto::{Action, ActionId, Digest, Envelope, Fingerprint, InputRef, Plan, Role, Trust};
 
@@ -102,14 +103,17 @@ impl Agq {
     }
 
     /// A worker client whose key is enrolled as `name` (what the queue shows for it).
-    pub async fn worker(&self, name: &str) -> Client {
+    pub async fn worker(&self, name: &str) -> TestWorker {
         self.connect_worker(&self.enroll(name)).await
     }
 
     /// A worker client proving `key`.
-    pub async fn connect_worker(&self, key: &SigningKey) -> Client {
+    pub async fn connect_worker(&self, key: &SigningKey) -> TestWorker {
         let credential = Credential::Key(key.clone());
-        Client::connect(self.addr, self.fingerprint, ClientRole::Worker, &credential).await.unwrap()
+        let client = Client::connect(self.addr, self.fingerprint, ClientRole::Worker, &credential)
+            .await
+            .unwrap();
+        TestWorker { client, key: key.clone(), queue: self.fingerprint }
     }
 
     /// A new worker key, enrolled as `name` through `agq worker enroll`.
@@ -293,7 +297,7 @@ pub async fn register_as(worker: &Client, name: &str, instance: &str) -> u64 {
     }
 }
 
-pub async fn claim(worker: &Client, max: u32, wait_ms: u32) -> Vec<agenix_proto::job::Lease> {
+pub async fn claim(worker: &Client, max: u32, wait_ms: u32) -> Vec<Lease> {
     match worker.request(&Request::Claim { max, wait_ms }).await.unwrap() {
         Response::Leases { leases } => leases,
         other => panic!("{other:?}"),
@@ -360,17 +364,93 @@ pub async fn heartbeat(
 }
 
 /// A successful result without an output blob.
+/// The state an answer recorded (anything else fails the test).
+pub fn recorded(r: Response) -> agenix_proto::job::JobState {
+    match r {
+        Response::Recorded { state, .. } => state,
+        other => panic!("{other:?}"),
+    }
+}
+
 pub fn no_output() -> JobOutput {
     JobOutput {
         succeeded: true,
         failure: None,
         reports: agenix_proto::job::Reports::Inline(vec![]),
         output: None,
+        result: None,
     }
 }
 
 pub fn now_ms() -> u64 {
     u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap()
+}
+
+/// A worker's client and the key it proved, which signs its results.
+pub struct TestWorker {
+    pub client: Client,
+    pub key: SigningKey,
+    pub queue: Fingerprint,
+}
+
+impl std::ops::Deref for TestWorker {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl TestWorker {
+    /// The statement a worker signs about `lease` and `output`, unsigned: the action and
+    /// plan digests read from the envelopes the lease names.
+    pub async fn statement(&self, lease: &Lease, output: &JobOutput) -> ResultStatement {
+        let payload =
+            |bytes: Vec<u8>| Envelope::from_json(&bytes).unwrap().payload_unverified().unwrap();
+        let action = payload(self.get_blob(lease.action, 1 << 20).await.unwrap());
+        let plan = payload(self.get_blob(lease.plan, 2 << 20).await.unwrap());
+        let input = Action::from_json(&action).unwrap().inputs.get(lease.input as usize).cloned();
+        let tasks = match &output.reports {
+            agenix_proto::job::Reports::Inline(r) => r.iter().map(TaskStatement::of).collect(),
+            agenix_proto::job::Reports::Blob(_) => vec![],
+        };
+        ResultStatement {
+            schema: RESULT_SCHEMA.into(),
+            queue: self.queue,
+            job: lease.lease.job,
+            epoch: lease.lease.epoch,
+            action: Digest::of(&action),
+            plan: Digest::of(&plan),
+            input,
+            succeeded: output.succeeded,
+            failure: output.failure.clone(),
+            tasks,
+            output: output.output.clone(),
+            worker: agenix_proto::KeyId::of(&self.key.verifying_key()),
+            at: now_ms(),
+        }
+    }
+
+    /// Signs `statement`, stores the envelope, and returns `output` carrying it.
+    pub async fn attach(&self, statement: &ResultStatement, output: JobOutput) -> JobOutput {
+        let env = sign_result(statement, &self.key).unwrap().to_json();
+        self.put_blob(&env).await.unwrap();
+        JobOutput {
+            result: Some(InputRef { digest: Digest::of(&env), size: env.len() as u64 }),
+            ..output
+        }
+    }
+
+    /// `output` with its signed statement about `lease`, stored.
+    pub async fn signed(&self, lease: &Lease, output: JobOutput) -> JobOutput {
+        let statement = self.statement(lease, &output).await;
+        self.attach(&statement, output).await
+    }
+
+    /// Completes `lease` with `output`, signed.
+    pub async fn complete_signed(&self, lease: &Lease, output: JobOutput) -> Response {
+        let output = self.signed(lease, output).await;
+        self.request(&Request::Complete { lease: lease.lease, output }).await.unwrap()
+    }
 }
 
 /// Speaking QUIC to agq without `Client`: own TLS configs, own source addresses, raw frames.

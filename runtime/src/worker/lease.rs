@@ -13,9 +13,10 @@ use std::sync::Arc;
 use agenix_proto::envelope::MAX_ENVELOPE_BYTES;
 use agenix_proto::job::{JobOutput, Lease, Reports};
 use agenix_proto::report::first_failure;
+use agenix_proto::result::{RESULT_SCHEMA, ResultStatement, TaskStatement, sign_result};
 use agenix_proto::{
-    Digest, InputRef, Limits, Trust, VerifiedAction, VerifiedPlan, VerifyError, verify_action,
-    verify_plan,
+    Digest, InputRef, KeyId, Limits, Trust, VerifiedAction, VerifiedPlan, VerifyError,
+    verify_action, verify_plan,
 };
 use bytes::Bytes;
 use tracing::info;
@@ -130,27 +131,47 @@ impl Worker {
         let output_ran =
             result.reports.iter().any(|r| r.task == plan.plan().output && r.outcome.is_success());
         let failure = first_failure(&result.reports);
+        let tasks = result.reports.iter().map(TaskStatement::of).collect();
         let (reports, reports_blob) = Reports::split(result.reports);
-        let mut blobs: Vec<&[u8]> = Vec::new();
-        let output = if output_ran {
-            blobs.push(&result.output);
-            Some(InputRef { digest: Digest::of(&result.output), size: result.output.len() as u64 })
-        } else {
-            None
+        let output = output_ran.then(|| InputRef {
+            digest: Digest::of(&result.output),
+            size: result.output.len() as u64,
+        });
+        // What this worker says it did, signed with its own key.
+        let statement = ResultStatement {
+            schema: RESULT_SCHEMA.into(),
+            queue: self.settings.fingerprint,
+            job: lease.lease.job,
+            epoch: lease.lease.epoch,
+            action: Digest::of(action.payload()),
+            plan: plan.digest(),
+            input,
+            succeeded: result.succeeded,
+            failure: failure.clone(),
+            tasks,
+            output: output.clone(),
+            worker: KeyId::of(&self.settings.key.verifying_key()),
+            at: super::now_ms(),
         };
+        let signed = sign_result(&statement, &self.settings.key)
+            .map_err(|e| Verdict::transient(format!("cannot sign the result: {e}")))?
+            .to_json();
+        let mut blobs: Vec<&[u8]> = vec![&signed];
+        if output_ran {
+            blobs.push(&result.output);
+        }
         if let Some(r) = &reports_blob {
             blobs.push(r);
         }
-        if !blobs.is_empty() {
-            self.upload(&blobs)
-                .await
-                .map_err(|e| Verdict::transient(format!("cannot store the results: {e}")))?;
-        }
+        self.upload(&blobs)
+            .await
+            .map_err(|e| Verdict::transient(format!("cannot store the results: {e}")))?;
         Ok(Verdict::Done(Box::new(JobOutput {
             succeeded: result.succeeded,
             failure,
             reports,
             output,
+            result: Some(InputRef { digest: Digest::of(&signed), size: signed.len() as u64 }),
         })))
     }
 

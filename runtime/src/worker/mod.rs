@@ -211,6 +211,10 @@ fn now_s() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Takes `dir` for this process alone (an exclusive lock on `dir/agw.lock`, released when
 /// the process ends however it ends), or says that another worker has it.
 fn lock_state_dir(dir: &Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {

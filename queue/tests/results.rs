@@ -1,0 +1,180 @@
+//! Signed results (docs/test-matrix.md rows R1–R4) against a real agq on loopback: the
+//! queue records a result only with its worker's signed statement, signed by the key the
+//! connection proved, bound to this queue, job, lease, action, plan and input, and saying
+//! what the result says.
+
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+
+mod common;
+
+use agenix_proto::job::{JobState, LeaseEpoch, Reports};
+use agenix_proto::wire::{ClientRole, ErrorCode, Request};
+use agenix_proto::{Digest, InputRef, KeyId, Outcome, TaskReport};
+use base64::Engine as _;
+use common::*;
+
+/// One leased job and its worker, enrolled as `name`.
+async fn leased(q: &Agq, name: &str) -> (TestWorker, agenix_proto::job::Lease) {
+    let planner = q.client(ClientRole::Planner).await;
+    q.submit(&planner, &[b"results"], 3).await;
+    let w = q.worker(name).await;
+    register(&w, name).await;
+    let lease = claim(&w, 1, 1000).await.remove(0);
+    (w, lease)
+}
+
+/// R1: a result whose signature no longer matches its statement (altered after signing) is
+/// refused, and the job stays leased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r1_a_result_altered_after_signing_is_refused() {
+    let q = Agq::start(&[]);
+    let (w, lease) = leased(&q, "w").await;
+    let statement = w.statement(&lease, &no_output()).await;
+    let mut env = agenix_proto::sign_result(&statement, &w.key).unwrap();
+    let mut changed = statement.clone();
+    changed.succeeded = false;
+    env.payload = base64::engine::general_purpose::STANDARD.encode(changed.to_payload());
+    let bytes = env.to_json();
+    w.put_blob(&bytes).await.unwrap();
+    let output = agenix_proto::job::JobOutput {
+        succeeded: false,
+        result: Some(InputRef { digest: Digest::of(&bytes), size: bytes.len() as u64 }),
+        ..no_output()
+    };
+    let (code, message) = refused(&w, &Request::Complete { lease: lease.lease, output }).await;
+    assert_eq!(code, ErrorCode::Invalid, "{message}");
+    assert!(message.starts_with("signed result: ") && message.contains("signature"), "{message}");
+    let obs = q.client(ClientRole::Observer).await;
+    assert!(matches!(job(&obs, lease.lease.job).await.state, JobState::Leased { .. }));
+}
+
+/// R2: a result signed by another worker's key is refused: sent on this worker's
+/// connection (forbidden, naming the key), or naming this worker while signed by another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r2_a_result_signed_by_another_worker_is_refused() {
+    let q = Agq::start(&[]);
+    let (w, lease) = leased(&q, "a").await;
+    let b = q.worker("b").await;
+    let theirs = b.statement(&lease, &no_output()).await;
+    let output = b.attach(&theirs, no_output()).await;
+    let (code, message) = refused(&w, &Request::Complete { lease: lease.lease, output }).await;
+    assert_eq!(code, ErrorCode::Forbidden, "{message}");
+    let b_id = KeyId::of(&b.key.verifying_key());
+    assert_eq!(
+        message,
+        format!("the result is signed by worker key {b_id}, not by this connection's")
+    );
+    // A's statement, signed by B.
+    let mine = w.statement(&lease, &no_output()).await;
+    let output = b.attach(&mine, no_output()).await;
+    let (code, message) = refused(&w, &Request::Complete { lease: lease.lease, output }).await;
+    assert_eq!(code, ErrorCode::Invalid, "{message}");
+    assert!(message.contains(&format!("is signed by {b_id}")), "{message}");
+    // An unenrolled key's signature is no worker's.
+    let stranger = TestWorker {
+        client: w.client.clone(),
+        key: agenix_proto::keys::signing_key_from_seed(&[9; 32]),
+        queue: q.fingerprint,
+    };
+    let output = stranger.signed(&lease, no_output()).await;
+    let (code, message) = refused(&w, &Request::Complete { lease: lease.lease, output }).await;
+    assert_eq!(code, ErrorCode::Invalid, "{message}");
+    assert!(message.contains("no signature is by a trusted key"), "{message}");
+    // The worker's own is recorded.
+    let r = w.complete_signed(&lease, no_output()).await;
+    assert_eq!(recorded(r), JobState::Succeeded);
+}
+
+/// R3: a statement bound to anything else (another queue, job, lease epoch, plan, input or
+/// action) is refused, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r3_a_statement_about_another_job_or_lease_is_refused() {
+    let q = Agq::start(&[]);
+    let (w, lease) = leased(&q, "w").await;
+    let good = w.statement(&lease, &no_output()).await;
+    let other = Digest::of(b"elsewhere");
+    let cases: Vec<(&str, agenix_proto::ResultStatement)> = vec![
+        (
+            "queue",
+            agenix_proto::ResultStatement {
+                queue: agenix_proto::Fingerprint(other),
+                ..good.clone()
+            },
+        ),
+        (
+            "job",
+            agenix_proto::ResultStatement {
+                job: agenix_proto::job::JobId(lease.lease.job.0 + 1),
+                ..good.clone()
+            },
+        ),
+        (
+            "lease epoch",
+            agenix_proto::ResultStatement {
+                epoch: LeaseEpoch(lease.lease.epoch.0 + 1),
+                ..good.clone()
+            },
+        ),
+        ("plan", agenix_proto::ResultStatement { plan: other, ..good.clone() }),
+        ("input", agenix_proto::ResultStatement { input: None, ..good.clone() }),
+        ("action", agenix_proto::ResultStatement { action: other, ..good.clone() }),
+    ];
+    for (what, statement) in cases {
+        let output = w.attach(&statement, no_output()).await;
+        let (code, message) = refused(&w, &Request::Complete { lease: lease.lease, output }).await;
+        assert_eq!(code, ErrorCode::Invalid, "{what}: {message}");
+        assert!(message.starts_with(&format!("the signed result's {what} is ")), "{message}");
+    }
+    let r = w.complete_signed(&lease, no_output()).await;
+    assert_eq!(recorded(r), JobState::Succeeded);
+}
+
+/// R4: a result that says other than its statement (success, output, a task's report,
+/// the stderr of one) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r4_a_result_other_than_its_statement_is_refused() {
+    let q = Agq::start(&[]);
+    let (w, lease) = leased(&q, "w").await;
+    let report = TaskReport {
+        task: "t".parse().unwrap(),
+        outcome: Outcome::Exited { code: 0 },
+        stdout_digest: Digest::of(b"out"),
+        stdout_bytes: 3,
+        stderr: "said\n".into(),
+        fuel_consumed: Some(1),
+        wall_ms: 1,
+        peak_memory_bytes: 1,
+    };
+    let out: &[u8] = b"out";
+    w.put_blob(out).await.unwrap();
+    let real = agenix_proto::job::JobOutput {
+        reports: Reports::Inline(vec![report.clone()]),
+        output: Some(InputRef { digest: Digest::of(out), size: 3 }),
+        ..no_output()
+    };
+    let signed = w.signed(&lease, real.clone()).await;
+    let mut stderr = report.clone();
+    stderr.stderr = "other\n".into();
+    let lies = [
+        ("success", agenix_proto::job::JobOutput { succeeded: false, ..signed.clone() }),
+        ("output", agenix_proto::job::JobOutput { output: None, ..signed.clone() }),
+        (
+            "report of a task",
+            agenix_proto::job::JobOutput {
+                reports: Reports::Inline(vec![stderr]),
+                ..signed.clone()
+            },
+        ),
+        (
+            "task count",
+            agenix_proto::job::JobOutput { reports: Reports::Inline(vec![]), ..signed.clone() },
+        ),
+    ];
+    for (what, output) in lies {
+        let (code, message) = refused(&w, &Request::Complete { lease: lease.lease, output }).await;
+        assert_eq!(code, ErrorCode::Invalid, "{what}: {message}");
+        assert!(message.starts_with(&format!("the signed result's {what} is ")), "{message}");
+    }
+    let r = w.request(&Request::Complete { lease: lease.lease, output: signed }).await.unwrap();
+    assert_eq!(recorded(r), JobState::Succeeded);
+}
