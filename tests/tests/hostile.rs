@@ -3,7 +3,9 @@
 //! jobs the worker has already run. A real agw (whose trust file trusts the signer) must run
 //! nothing it should not: forgeries fail non-retryably with the reason, causes of the
 //! worker's own are declined (released), and a job runs at most once per worker, also
-//! across a restart.
+//! across a restart. And a queue that alters what a worker signed it produced (its output,
+//! success, reports, the statement itself, or whose job it was) is caught by
+//! `agx jobs result --verify`.
 
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
 
@@ -18,10 +20,15 @@ use std::time::{Duration, Instant};
 use agenix_link::{read_frame, write_frame};
 use agenix_proto::action::ACTION_SCHEMA;
 use agenix_proto::envelope::{sign_action, sign_plan};
-use agenix_proto::job::{JobId, JobOutput, JobState, Lease, LeaseEpoch, LeaseRef};
-use agenix_proto::keys::{SigningKey, signing_key_from_seed};
+use agenix_proto::job::{
+    JobId, JobOutput, JobRecord, JobState, Lease, LeaseEpoch, LeaseRef, Reports, Requirements,
+};
+use agenix_proto::keys::{SigningKey, signing_key_from_seed, verifying_key_from_pem};
+use agenix_proto::result::{ResultStatement, TaskStatement, sign_result, verify_result};
 use agenix_proto::wire::{ErrorCode, Request, Response};
-use agenix_proto::{Action, ActionId, Digest, Envelope, Fingerprint, InputRef, Plan, Role, Trust};
+use agenix_proto::{
+    Action, ActionId, Digest, Envelope, Fingerprint, InputRef, KeyId, Outcome, Plan, Role, Trust,
+};
 use agenix_test_programs as programs;
 use base64::Engine as _;
 use common::bin;
@@ -42,11 +49,14 @@ enum Verdict {
 }
 
 /// The queue's script: claim answers to hand out in order, blobs to serve (by the digest
-/// asked for, whatever the bytes), blob sizes to claim instead of the real ones.
+/// asked for, whatever the bytes; blobs a worker uploads are added under the digest it
+/// announced, unless one is scripted there), blob sizes to claim instead of the real ones,
+/// job records to show.
 #[derive(Default)]
 struct Hostile {
     answers: Mutex<Vec<Vec<Lease>>>,
     blobs: Mutex<HashMap<Digest, Vec<u8>>>,
+    jobs: Mutex<HashMap<JobId, JobRecord>>,
     claimed_sizes: HashMap<Digest, u64>,
     verdicts: Mutex<Vec<(JobId, Verdict)>>,
     fingerprint: Option<Fingerprint>,
@@ -102,8 +112,22 @@ async fn serve_stream(h: Arc<Hostile>, mut send: quinn::SendStream, mut recv: qu
             let total: u64 = blobs.iter().map(|b| b.size).sum();
             let mut sink = Vec::new();
             let _ = (&mut recv).take(total).read_to_end(&mut sink).await;
+            // The blobs' bytes follow the frame one after another, in the order announced.
+            let mut rest = sink.as_slice();
+            let mut stored = h.blobs.lock().unwrap();
+            for b in &blobs {
+                let n = usize::try_from(b.size).unwrap().min(rest.len());
+                let (bytes, tail) = rest.split_at(n);
+                stored.entry(b.digest).or_insert_with(|| bytes.to_vec());
+                rest = tail;
+            }
+            drop(stored);
             Response::BlobsStored { existed: 0 }
         }
+        Request::ShowJob { job } => match h.jobs.lock().unwrap().get(&job).cloned() {
+            Some(job) => Response::Job { job },
+            None => Response::Error { code: ErrorCode::NotFound, message: format!("no job {job}") },
+        },
         Request::Complete { lease, output } => {
             h.verdicts.lock().unwrap().push((lease.job, Verdict::Completed(output)));
             Response::Recorded { job: lease.job, state: JobState::Succeeded }
@@ -408,19 +432,13 @@ async fn a_hostile_queue_gets_zero_tasks_run() {
             let reports = out.reports.inline();
             for r in reports {
                 assert!(
-                    matches!(
-                        r.outcome,
-                        agenix_proto::Outcome::Refused { .. }
-                            | agenix_proto::Outcome::Skipped { .. }
-                    ),
+                    matches!(r.outcome, Outcome::Refused { .. } | Outcome::Skipped { .. }),
                     "task {} ran: {:?}",
                     r.task,
                     r.outcome
                 );
             }
-            let agenix_proto::Outcome::Refused { reason } = &reports[0].outcome else {
-                unreachable!()
-            };
+            let Outcome::Refused { reason } = &reports[0].outcome else { unreachable!() };
             assert!(reason.contains("arrived with digest"), "{reason}");
         }
         other => panic!("job 7: {other:?}"),
@@ -493,4 +511,400 @@ async fn a_hostile_queue_cannot_make_a_job_run_twice_or_past_the_concurrency() {
         "{:?}",
         h.verdicts_of(2000)
     );
+}
+
+/// `agx jobs result JOB` against the queue at `addr` pinned to `fingerprint`, with any token
+/// (the hostile queue takes all); with `trust`, `--verify --trust TRUST`.
+async fn agx_result(
+    dir: &Path,
+    addr: std::net::SocketAddr,
+    fingerprint: Fingerprint,
+    job: u64,
+    trust: Option<&Path>,
+) -> std::process::Output {
+    let token = dir.join("planner.token");
+    if !token.exists() {
+        std::fs::write(&token, "any token will do\n").unwrap();
+    }
+    let mut cmd = Command::new(bin("agx"));
+    cmd.args(["jobs", "result", &job.to_string()]);
+    if let Some(t) = trust {
+        cmd.arg("--verify").arg("--trust").arg(t);
+    }
+    cmd.current_dir(dir)
+        .env("AGX_QUEUE", addr.to_string())
+        .env("AGX_FINGERPRINT", fingerprint.to_string())
+        .env("AGX_TOKEN_FILE", token)
+        .env("HOME", dir)
+        .env_remove("AGX_TRUST")
+        .env_remove("AGX_CONFIG")
+        .env_remove("AGX_ROLE")
+        .stdin(Stdio::null());
+    tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+}
+
+/// A trust file in `dir` named `name` holding `keys` (name, key, roles).
+fn trust_file(
+    dir: &Path,
+    name: &str,
+    keys: &[(&str, agenix_proto::keys::VerifyingKey, &[Role])],
+) -> std::path::PathBuf {
+    let mut trust = Trust::new();
+    for (n, k, roles) in keys {
+        trust.add(n, *k, roles).unwrap();
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, trust.to_json()).unwrap();
+    path
+}
+
+/// The document a signed envelope carries, unverified.
+fn payload(env: &Envelope) -> Vec<u8> {
+    env.payload_unverified().unwrap()
+}
+
+/// A real agw completes one honest lease and signs its result; the hostile queue keeps the
+/// result and every blob uploaded, then shows agx the job's record, honest and altered
+/// lie by lie. `agx jobs result --verify` accepts the honest record (the output on stdout,
+/// the worker named on stderr) and refuses every lie with nothing on stdout and an error
+/// naming it; without `--verify` the altered output is printed, labelled unverified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_alters_a_signed_result_is_caught_by_agx_verify() {
+    let s = stage();
+    let (fingerprint, signer) = (s.fingerprint, &s.signer);
+    let dir = s.dir.path();
+    let addr = s.endpoint.local_addr().unwrap();
+    let h = Hostile { fingerprint: Some(fingerprint), ..Hostile::default() };
+
+    // One honest lease: the echo guest copies its input to stdout.
+    let echo = std::fs::read(programs::GUEST_ECHO).unwrap();
+    h.blob(echo.clone());
+    let input_bytes = b"what the planner asked to be echoed".to_vec();
+    let input = InputRef { digest: h.blob(input_bytes.clone()), size: input_bytes.len() as u64 };
+    let (plan_env, plan_digest) = plan(signer, &echo, "-i");
+    let the_plan = Plan::from_json(&payload(&plan_env)).unwrap();
+    let action_env = action(
+        signer,
+        plan_digest,
+        std::slice::from_ref(&input),
+        fingerprint,
+        now() - NOW_SKEW,
+        now() + 600,
+    );
+    let the_action = Action::from_json(&payload(&action_env)).unwrap();
+    let plan_blob = h.blob(plan_env.to_json());
+    let action_blob = h.blob(action_env.to_json());
+    *h.answers.lock().unwrap() = vec![vec![lease(1, 1, plan_blob, action_blob, 0)]];
+    let h = Arc::new(h);
+    let server = serve(s.endpoint.clone(), h.clone());
+    let worker = agw(dir, addr, fingerprint);
+    wait_for(&h, 1, "the honest lease completed").await;
+    stop(worker);
+
+    // What the worker sent: its result, and the blobs it uploaded for it.
+    let output = match h.verdicts_of(1).as_slice() {
+        [Verdict::Completed(o)] => o.clone(),
+        other => panic!(
+            "job 1: {other:?}\n{}",
+            std::fs::read_to_string(dir.join("agw.log")).unwrap_or_default()
+        ),
+    };
+    assert!(output.succeeded && output.failure.is_none(), "{output:?}");
+    let uploaded = |r: &InputRef| {
+        let bytes = h.blobs.lock().unwrap().get(&r.digest).cloned();
+        let bytes = bytes.unwrap_or_else(|| panic!("blob {} was not uploaded", r.digest));
+        assert_eq!((Digest::of(&bytes), bytes.len() as u64), (r.digest, r.size));
+        bytes
+    };
+    let out_ref = output.output.clone().expect("the output task ran");
+    assert_eq!(uploaded(&out_ref), input_bytes, "echo copies its input");
+    let statement_ref = output.result.clone().expect("the worker signs its result");
+    let statement_blob = uploaded(&statement_ref);
+    let reports = match &output.reports {
+        Reports::Inline(r) => r.clone(),
+        Reports::Blob(r) => panic!("one small task's report travels inline, not as {r:?}"),
+    };
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].outcome, Outcome::Exited { code: 0 });
+
+    // The planner's trust file: the worker's own public key, for results.
+    let pem = std::fs::read_to_string(dir.join("key").join("worker.pub")).unwrap();
+    let worker_key = verifying_key_from_pem(&pem).unwrap();
+    let worker_id = KeyId::of(&worker_key);
+    let trust = trust_file(dir, "planner-trust.json", &[("w1", worker_key, &[Role::Worker])]);
+    // What the worker signed: this queue, job, plan, input, output and report.
+    let signed = verify_result(
+        &statement_blob,
+        &Trust::from_json(&std::fs::read(&trust).unwrap()).unwrap(),
+        now(),
+    )
+    .unwrap();
+    let statement: ResultStatement = signed.statement().clone();
+    assert_eq!(signed.signer(), worker_id);
+    assert_eq!(
+        (statement.queue, statement.job, statement.plan, &statement.input, &statement.output),
+        (fingerprint, JobId(1), plan_digest, &Some(input.clone()), &Some(out_ref.clone()))
+    );
+    assert_eq!(statement.tasks, vec![TaskStatement::of(&reports[0])]);
+
+    // The job as an honest queue shows it.
+    let honest = JobRecord {
+        id: JobId(1),
+        action: the_action.action_id.clone(),
+        plan: plan_digest,
+        input: Some(input.clone()),
+        index: 0,
+        priority: the_action.priority,
+        max_attempts: the_action.max_attempts,
+        attempts: 1,
+        epoch: LeaseEpoch(1),
+        state: JobState::Succeeded,
+        cancel_requested: false,
+        requirements: Requirements::of(&the_plan),
+        submitted_at: now() * 1000,
+        updated_at: now() * 1000,
+        last_error: None,
+        declined: vec![],
+        output: Some(output.clone()),
+    };
+    let show = |rec: JobRecord| {
+        let mut jobs = h.jobs.lock().unwrap();
+        jobs.clear();
+        jobs.insert(rec.id, rec);
+    };
+
+    show(honest.clone());
+    let out = agx_result(dir, addr, fingerprint, 1, Some(&trust)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the honest result: {stderr}");
+    assert_eq!(out.stdout, input_bytes, "the honest result: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "job 1: succeeded (verified: signed by worker \"w1\", {worker_id}, at "
+        )),
+        "{stderr}"
+    );
+
+    // Each lie: the record shown for `job`, checked against `trust`, and what agx must say.
+    let refused = |what: &str, out: &std::process::Output, says: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: accepted\n{stderr}");
+        assert!(
+            out.stdout.is_empty(),
+            "{what}: printed {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(stderr.contains(says), "{what}: {stderr:?} does not say {says:?}");
+    };
+    let with = |change: &dyn Fn(&mut JobOutput)| {
+        let mut rec = honest.clone();
+        change(rec.output.as_mut().unwrap());
+        rec
+    };
+    let not_signed = "job 1: the result is not what its worker signed: ";
+
+    // (a) The output swapped for other bytes, served under their own digest.
+    let forged_bytes = b"what the queue would rather the planner believed".to_vec();
+    let forged = InputRef { digest: h.blob(forged_bytes.clone()), size: forged_bytes.len() as u64 };
+    let swapped = with(&|o| o.output = Some(forged.clone()));
+    show(swapped.clone());
+    refused(
+        "output swapped",
+        &agx_result(dir, addr, fingerprint, 1, Some(&trust)).await,
+        &format!(
+            "{not_signed}the signed result's output is {:?}, not {:?}",
+            Some(&out_ref),
+            Some(&forged)
+        ),
+    );
+    // (f) Without --verify, the same lie is printed, labelled unverified.
+    let out = agx_result(dir, addr, fingerprint, 1, None).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(out.stdout, forged_bytes, "{stderr}");
+    assert!(
+        stderr.contains("job 1: succeeded (unverified: --verify checks the worker's signature)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("(verified"), "{stderr}");
+
+    // (b) Success flipped; a failure made up.
+    show(with(&|o| o.succeeded = false));
+    refused(
+        "success flipped",
+        &agx_result(dir, addr, fingerprint, 1, Some(&trust)).await,
+        &format!("{not_signed}the signed result's success is true, not false"),
+    );
+    show(with(&|o| {
+        o.succeeded = false;
+        o.failure = Some("task t exited 1".into());
+        o.output = None;
+    }));
+    refused(
+        "made a failure",
+        &agx_result(dir, addr, fingerprint, 1, Some(&trust)).await,
+        &format!("{not_signed}the signed result's success is true, not false"),
+    );
+    show(with(&|o| o.failure = Some("task t exited 1".into())));
+    refused(
+        "failure changed",
+        &agx_result(dir, addr, fingerprint, 1, Some(&trust)).await,
+        &format!("{not_signed}the signed result's failure is None, not Some(\"task t exited 1\")"),
+    );
+
+    // (c) A task's report altered: its stderr, its exit code; dropped; altered and moved
+    // into a blob.
+    let report_lie = |what: &str, change: &dyn Fn(&mut agenix_proto::TaskReport)| {
+        let mut altered = reports.clone();
+        change(&mut altered[0]);
+        let says = format!(
+            "{not_signed}the signed result's report of a task is {:?}, not {:?}",
+            statement.tasks[0],
+            TaskStatement::of(&altered[0])
+        );
+        (what.to_string(), altered, says)
+    };
+    let report_lies = [
+        report_lie("stderr altered", &|r| r.stderr = "nothing to see here\n".into()),
+        report_lie("exit code altered", &|r| r.outcome = Outcome::Exited { code: 3 }),
+        report_lie("stdout digest altered", &|r| r.stdout_digest = forged.digest),
+    ];
+    for (what, altered, says) in &report_lies {
+        show(with(&|o| o.reports = Reports::Inline(altered.clone())));
+        refused(what, &agx_result(dir, addr, fingerprint, 1, Some(&trust)).await, says);
+    }
+    let (_, altered, says) = &report_lies[0];
+    let json = serde_json::to_vec(altered).unwrap();
+    let blob = InputRef { digest: h.blob(json.clone()), size: json.len() as u64 };
+    show(with(&|o| o.reports = Reports::Blob(blob.clone())));
+    refused(
+        "altered reports as a blob",
+        &agx_result(dir, addr, fingerprint, 1, Some(&trust)).await,
+        says,
+    );
+    show(with(&|o| o.reports = Reports::Inline(vec![])));
+    refused(
+        "report dropped",
+        &agx_result(dir, addr, fingerprint, 1, Some(&trust)).await,
+        &format!("{not_signed}the signed result's task count is 1, not 0"),
+    );
+
+    // (d) The statement replaced. By one the queue signed itself, about its forged output:
+    // its key is not in the planner's trust file.
+    let stranger = signing_key_from_seed(&rand16x2());
+    let stranger_id = KeyId::of(&stranger.verifying_key());
+    let own =
+        ResultStatement { output: Some(forged.clone()), worker: stranger_id, ..statement.clone() };
+    let own = sign_result(&own, &stranger).unwrap().to_json();
+    let own = InputRef { digest: h.blob(own.clone()), size: own.len() as u64 };
+    show(with(&|o| {
+        o.output = Some(forged.clone());
+        o.result = Some(own.clone());
+    }));
+    refused(
+        "a statement by an untrusted key",
+        &agx_result(dir, addr, fingerprint, 1, Some(&trust)).await,
+        &format!(
+            "job 1: the signed result does not verify: no signature is by a trusted key \
+             (signed by {stranger_id})"
+        ),
+    );
+    // By another worker the planner trusts, naming this one.
+    let both = trust_file(
+        dir,
+        "two-workers.json",
+        &[("w1", worker_key, &[Role::Worker]), ("w2", stranger.verifying_key(), &[Role::Worker])],
+    );
+    let named = ResultStatement { output: Some(forged.clone()), ..statement.clone() };
+    let named = sign_result(&named, &stranger).unwrap().to_json();
+    let named = InputRef { digest: h.blob(named.clone()), size: named.len() as u64 };
+    show(with(&|o| {
+        o.output = Some(forged.clone());
+        o.result = Some(named.clone());
+    }));
+    refused(
+        "a statement naming another worker than its signer",
+        &agx_result(dir, addr, fingerprint, 1, Some(&both)).await,
+        &format!(
+            "job 1: the signed result does not verify: the result names worker {worker_id} but \
+             is signed by {stranger_id}"
+        ),
+    );
+    // The worker's own statement, its payload altered to name the forged output.
+    let mut altered = Envelope::from_json(&statement_blob).unwrap();
+    let changed = ResultStatement { output: Some(forged.clone()), ..statement.clone() };
+    altered.payload = base64::engine::general_purpose::STANDARD.encode(changed.to_payload());
+    let altered = altered.to_json();
+    let altered = InputRef { digest: h.blob(altered.clone()), size: altered.len() as u64 };
+    show(with(&|o| {
+        o.output = Some(forged.clone());
+        o.result = Some(altered.clone());
+    }));
+    refused(
+        "the statement altered after signing",
+        &agx_result(dir, addr, fingerprint, 1, Some(&trust)).await,
+        &format!(
+            "job 1: the signed result does not verify: signature by \"w1\" ({worker_id}) does \
+             not verify: the envelope was altered after signing"
+        ),
+    );
+    // No statement at all.
+    show(with(&|o| o.result = None));
+    refused(
+        "no statement",
+        &agx_result(dir, addr, fingerprint, 1, Some(&trust)).await,
+        "job 1's result carries no signed statement: it cannot be verified",
+    );
+    // The worker's key, trusted by the planner to sign plans, not results.
+    let plans_only = trust_file(dir, "plans-only.json", &[("w1", worker_key, &Role::SIGNING)]);
+    show(honest.clone());
+    refused(
+        "a key not trusted for results",
+        &agx_result(dir, addr, fingerprint, 1, Some(&plans_only)).await,
+        "job 1: the signed result does not verify: signer \"w1\" is not trusted to sign results",
+    );
+
+    // (e) The statement reused for what it is not about: another job, another plan, another
+    // input.
+    show(JobRecord { id: JobId(2), ..honest.clone() });
+    refused(
+        "another job",
+        &agx_result(dir, addr, fingerprint, 2, Some(&trust)).await,
+        "job 2: the signed result's job is 1, not 2",
+    );
+    let other_plan = Digest::of(b"another plan");
+    show(JobRecord { plan: other_plan, ..honest.clone() });
+    refused(
+        "another plan",
+        &agx_result(dir, addr, fingerprint, 1, Some(&trust)).await,
+        &format!("job 1: the signed result's plan is {plan_digest}, not {other_plan}"),
+    );
+    let other_input = InputRef { digest: h.blob(b"other input".to_vec()), size: 11 };
+    show(JobRecord { input: Some(other_input.clone()), ..honest.clone() });
+    refused(
+        "another input",
+        &agx_result(dir, addr, fingerprint, 1, Some(&trust)).await,
+        &format!(
+            "job 1: the signed result's input is {:?}, not {:?}",
+            Some(&input),
+            Some(&other_input)
+        ),
+    );
+    server.abort();
+
+    // And another queue (another identity, the one agx pins) replaying the honest record and
+    // its blobs.
+    let s2 = stage();
+    let h2 = Hostile { fingerprint: Some(s2.fingerprint), ..Hostile::default() };
+    h2.blobs.lock().unwrap().clone_from(&h.blobs.lock().unwrap());
+    h2.jobs.lock().unwrap().insert(JobId(1), honest.clone());
+    let h2 = Arc::new(h2);
+    let addr2 = s2.endpoint.local_addr().unwrap();
+    let server2 = serve(s2.endpoint.clone(), h2.clone());
+    refused(
+        "another queue",
+        &agx_result(dir, addr2, s2.fingerprint, 1, Some(&trust)).await,
+        &format!("job 1: the signed result's queue is {fingerprint}, not {}", s2.fingerprint),
+    );
+    server2.abort();
 }
