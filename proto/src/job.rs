@@ -316,6 +316,14 @@ pub const MAX_INLINE_REPORTS: usize = 64 << 10;
 /// Longest reason (a failure, a refusal, why a job is dead) the queue keeps, in bytes.
 pub const MAX_REASON: usize = 4096;
 
+/// `reason` as the queue keeps it: terminal controls removed, at most [`MAX_REASON`] bytes.
+/// A worker bounds a result's failure this way before signing it, so that what the queue
+/// keeps is what was signed.
+pub fn bounded_reason(reason: &str) -> String {
+    let clean = crate::text::clean(reason);
+    crate::text::truncate(&clean, MAX_REASON).into_owned()
+}
+
 /// A job's per-task reports: inline when small, else a blob of their JSON array.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]

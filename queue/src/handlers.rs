@@ -6,7 +6,8 @@ use agenix_link::write_frame;
 use agenix_proto::envelope::MAX_ENVELOPE_BYTES;
 use agenix_proto::job::Capabilities;
 use agenix_proto::job::{
-    JobOutput, JobState, LeaseRef, MAX_INLINE_REPORTS, MAX_WORKER_NAME, Reports, Requirements,
+    JobOutput, JobState, LeaseRef, MAX_INLINE_REPORTS, MAX_REASON, MAX_WORKER_NAME, Reports,
+    Requirements,
 };
 use agenix_proto::wire::{
     ErrorCode, MAX_BATCH_BLOBS, MAX_HEARTBEAT_LEASES, MAX_INSTANCE, MAX_PAGE, PAGE_BYTES, Request,
@@ -234,6 +235,14 @@ impl Queue {
             (job.plan, job.input.clone(), action)
         };
         let invalid = |m: String| error(ErrorCode::Invalid, m);
+        // Kept as sent, so that what is kept is what was signed.
+        if let Some(f) = &output.failure
+            && agenix_proto::job::bounded_reason(f) != *f
+        {
+            return Err(invalid(format!(
+                "the failure must be at most {MAX_REASON} bytes of text without terminal controls"
+            )));
+        }
         let Some(blob) = &output.result else {
             return Err(invalid("the result carries no signed statement: it is refused".into()));
         };

@@ -175,6 +175,15 @@ async fn r4_a_result_other_than_its_statement_is_refused() {
         assert_eq!(code, ErrorCode::Invalid, "{what}: {message}");
         assert!(message.starts_with(&format!("the signed result's {what} is ")), "{message}");
     }
+    // A failure the queue would keep otherwise than sent (terminal controls, too long) is
+    // refused: what it keeps must be what was signed.
+    for failure in ["\u{1b}[31mred".to_string(), "f".repeat(agenix_proto::job::MAX_REASON + 1)] {
+        let output = agenix_proto::job::JobOutput { failure: Some(failure), ..real.clone() };
+        let output = w.signed(&lease, output).await;
+        let (code, message) = refused(&w, &Request::Complete { lease: lease.lease, output }).await;
+        assert_eq!(code, ErrorCode::Invalid, "{message}");
+        assert!(message.starts_with("the failure must be at most 4096 bytes"), "{message}");
+    }
     let r = w.request(&Request::Complete { lease: lease.lease, output: signed }).await.unwrap();
     assert_eq!(recorded(r), JobState::Succeeded);
 }

@@ -230,6 +230,7 @@ async fn verify_result(
     let bound = [
         ("queue", client.queue().to_string(), s.queue.to_string()),
         ("job", job.id.to_string(), s.job.to_string()),
+        ("lease epoch", job.epoch.0.to_string(), s.epoch.0.to_string()),
         ("plan", job.plan.to_string(), s.plan.to_string()),
         ("input", format!("{:?}", job.input), format!("{:?}", s.input)),
     ];

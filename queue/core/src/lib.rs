@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use agenix_proto::action::InputRef;
 use agenix_proto::job::{
     ActionRecord, Capabilities, Declined, JobId, JobOutput, JobRecord, JobState, Lease, LeaseEpoch,
-    LeaseRef, MAX_DECLINED, MAX_REASON, Requirements, WorkerRecord,
+    LeaseRef, MAX_DECLINED, Requirements, WorkerRecord,
 };
 use agenix_proto::wire::{JobFilter, QueueStats, json_len};
 use agenix_proto::{ActionId, Digest, KeyId};
@@ -189,10 +189,9 @@ pub fn action_gone_at(expires_at: u64) -> u64 {
     (expires_at / 1000).saturating_add(SKEW_MS / 1000 + 1).saturating_mul(1000)
 }
 
-/// `reason` as the queue keeps it: terminal controls removed, at most [`MAX_REASON`] bytes.
+/// `reason` as the queue keeps it (`agenix_proto::job::bounded_reason`).
 fn bounded(reason: &str) -> String {
-    let clean = agenix_proto::text::clean(reason);
-    agenix_proto::text::truncate(&clean, MAX_REASON).into_owned()
+    agenix_proto::job::bounded_reason(reason)
 }
 
 impl Scheduler {

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use agenix_proto::envelope::MAX_ENVELOPE_BYTES;
-use agenix_proto::job::{JobOutput, Lease, Reports};
+use agenix_proto::job::{JobOutput, Lease, Reports, bounded_reason};
 use agenix_proto::report::first_failure;
 use agenix_proto::result::{RESULT_SCHEMA, ResultStatement, TaskStatement, sign_result};
 use agenix_proto::{
@@ -130,7 +130,8 @@ impl Worker {
 
         let output_ran =
             result.reports.iter().any(|r| r.task == plan.plan().output && r.outcome.is_success());
-        let failure = first_failure(&result.reports);
+        // As the queue keeps it, so that what it keeps is what is signed.
+        let failure = first_failure(&result.reports).map(|f| bounded_reason(&f));
         let tasks = result.reports.iter().map(TaskStatement::of).collect();
         let (reports, reports_blob) = Reports::split(result.reports);
         let output = output_ran.then(|| InputRef {
