@@ -152,7 +152,7 @@ impl Queue {
         // Operators see the name and labels they enrolled the key with, not what the
         // worker says of itself (its own labels stand when none were enrolled).
         let mut capabilities = capabilities;
-        match self.trust.current().map(|t| t.worker(&key, now_ms() / 1000).cloned()) {
+        match self.trust.for_workers().map(|t| t.worker(&key, now_ms() / 1000).cloned()) {
             Ok(Ok(enrolled)) => {
                 capabilities.name = fit(&enrolled.name, MAX_WORKER_NAME);
                 if !enrolled.labels.is_empty() {
@@ -251,7 +251,7 @@ impl Queue {
             .read(&blob.digest, MAX_ENVELOPE_BYTES as u64)
             .await
             .map_err(|e| invalid(format!("signed result: {e}")))?;
-        let trust = self.trust.current().map_err(|e| error(ErrorCode::Unavailable, e))?;
+        let trust = self.trust.for_workers().map_err(|e| error(ErrorCode::Unavailable, e))?;
         let verified = agenix_proto::verify_result(&bytes, &trust, now_ms() / 1000)
             .map_err(|e| invalid(format!("signed result: {e}")))?;
         if Some(verified.signer()) != client.key {
@@ -485,6 +485,10 @@ impl Queue {
         let since = now_ms();
         tokio::pin!(gone);
         loop {
+            // A key that stopped being accepted while this claim waited is leased nothing.
+            if let Some(refused) = self.worker_refusal(client.key) {
+                return refused;
+            }
             let woken = self.ready.notified();
             let now = now_ms();
             let claimed = self.apply(

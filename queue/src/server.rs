@@ -382,7 +382,7 @@ impl Queue {
                  connection presented none (make one with agw init)",
             ));
         };
-        let trust = match self.trust.current() {
+        let trust = match self.trust.for_workers() {
             Ok(t) => t,
             Err(e) => return Some(error(ErrorCode::Unavailable, e)),
         };
@@ -569,8 +569,8 @@ async fn committer(
 }
 
 /// Re-queues expired leases, promotes backoffs that are over, applies retention.
-/// Also takes back, within a second of a change to the trust file, the leases of workers
-/// whose keys it no longer accepts (revoked, or no longer enrolled).
+/// Also takes back, within a second, the leases of workers whose keys the trust file no
+/// longer accepts (revoked, no longer enrolled, or past their period).
 async fn reaper(queue: Weak<Queue>) {
     let mut seen = None;
     loop {
@@ -581,9 +581,12 @@ async fn reaper(queue: Weak<Queue>) {
         tokio::time::sleep(Duration::from_millis(wake - now)).await;
         let Some(q) = queue.upgrade() else { return };
         q.gate.forget_idle();
+        // Keys revoked or removed (a new reading), and keys whose period ended (checked
+        // once a second).
         let (generation, trust) = q.trust.generation();
-        if seen != Some(generation) {
-            seen = Some(generation);
+        let second = now_ms() / 1000;
+        if seen != Some((generation, second)) {
+            seen = Some((generation, second));
             if let Ok(trust) = trust {
                 q.disown(&trust).await;
             }

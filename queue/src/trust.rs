@@ -38,6 +38,8 @@ struct State {
     /// How many times the file was read: a new reading, a new generation.
     generation: u64,
     trust: Result<Arc<Trust>, String>,
+    /// The last reading that was valid.
+    last_good: Option<Arc<Trust>>,
 }
 
 impl TrustSource {
@@ -49,6 +51,7 @@ impl TrustSource {
                 seen: None,
                 generation: 0,
                 trust: Err("not read yet".into()),
+                last_good: None,
             }),
         };
         source.current()?;
@@ -57,13 +60,30 @@ impl TrustSource {
 
     /// A fixed trust, never re-read (for embedders and tests).
     pub fn fixed(trust: Trust) -> Self {
-        let state = State { seen: None, generation: 0, trust: Ok(Arc::new(trust)) };
+        let trust = Arc::new(trust);
+        let state =
+            State { seen: None, generation: 0, trust: Ok(trust.clone()), last_good: Some(trust) };
         Self { file: None, state: Mutex::new(state) }
     }
 
     /// The trust as the file says now.
     pub fn current(&self) -> Result<Arc<Trust>, String> {
         self.generation().1
+    }
+
+    /// What workers already enrolled are checked against: the file as it says now, or,
+    /// while it cannot be read or is invalid, its last valid reading. A broken file can
+    /// enroll or revoke nobody, and refusing every worker meanwhile would lose the results
+    /// of the jobs they are running; so only submissions wait for it to be fixed.
+    pub fn for_workers(&self) -> Result<Arc<Trust>, String> {
+        let current = self.current();
+        match current {
+            Ok(t) => Ok(t),
+            Err(e) => {
+                let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                state.last_good.clone().ok_or(e)
+            }
+        }
     }
 
     /// The trust as the file says now, and its generation (which changes whenever the file
@@ -82,11 +102,14 @@ impl TrustSource {
                         format!("the queue's trust file {} is invalid: {e}", path.display())
                     })
                 });
+            if let Ok(t) = &state.trust {
+                state.last_good = Some(t.clone());
+            }
             match &state.trust {
                 Ok(_) => tracing::info!(file = %path.display(), "trust file read"),
                 Err(e) => tracing::warn!(
                     error = %e,
-                    "submissions and workers are refused until the trust file is fixed"
+                    "submissions are refused until the trust file is fixed; workers are checked against its last valid reading"
                 ),
             }
         }

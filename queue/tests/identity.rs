@@ -315,3 +315,34 @@ async fn i6_worker_a_cannot_complete_worker_b_s_lease() {
     let r = b.complete_signed(&held, no_output()).await;
     assert!(matches!(r, Response::Recorded { state: JobState::Succeeded, .. }), "{r:?}");
 }
+
+/// I7: a trust file broken for a while (a hand edit half done) refuses submissions, but the
+/// enrolled workers are checked against its last valid reading: a running job's heartbeat
+/// and result still land, so nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i7_a_broken_trust_file_loses_no_running_job() {
+    let q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    let jobs = q.submit(&planner, &[b"i7"], 1).await;
+    let w = q.worker("w").await;
+    register(&w, "w").await;
+    let lease = claim(&w, 1, 1000).await.remove(0);
+    let file = q.data().join("trust.json");
+    let good = std::fs::read(&file).unwrap();
+    std::fs::write(&file, b"{ half an edit").unwrap();
+    let (code, message) = refused(
+        &planner,
+        &submit_of(
+            &planner,
+            &q.plan(COMPONENT, &[]).0,
+            &q.sign(&q.unsigned_action(agenix_proto::Digest::of(b"x"), &[], 1)),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(code, ErrorCode::Unavailable, "{message}");
+    assert_eq!(heartbeat(&w, &[lease.lease]).await, (vec![lease.lease], vec![], vec![]));
+    assert_eq!(recorded(w.complete_signed(&lease, no_output()).await), JobState::Succeeded);
+    assert_eq!(job(&planner, jobs[0]).await.attempts, 1);
+    std::fs::write(&file, good).unwrap();
+}

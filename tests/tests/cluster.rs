@@ -279,6 +279,10 @@ fn a_revoked_worker_is_refused_at_its_next_request_and_its_job_runs_elsewhere() 
     assert!(agq(&["worker", "list"]).contains(&format!("{keyid}  REVOKED   revoked")));
     let listed = text(&c.agx(&["--json", "workers", "list"]).stdout);
     assert!(!listed.contains(&keyid), "a revoked worker is no longer listed: {listed}");
+    // Its drain is not held up by the result the queue will not take.
+    let revoked = c.terminate_worker("revoked");
+    let status = c.wait_exit("revoked", revoked, Duration::from_secs(30));
+    assert!(status.code().is_some(), "{status}\n{}", c.log("revoked"));
 }
 
 #[test]

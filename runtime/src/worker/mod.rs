@@ -50,6 +50,8 @@ pub const MAX_COMPONENT: u64 = 1 << 30;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one call may take, the client's own waiting out of throttling included.
 const ANSWER_LIMIT: Duration = REQUEST_TIMEOUT.saturating_add(THROTTLE_PATIENCE);
+/// How long after the queue refused this worker itself it is asked again.
+const REFUSED_RETRY: Duration = Duration::from_secs(60);
 /// How long a claim waits at the queue for a job.
 const CLAIM_WAIT: Duration = Duration::from_secs(5);
 /// Bytes of verified envelopes kept.
@@ -184,6 +186,9 @@ pub struct Worker {
     native: Option<Arc<NativeHost>>,
     runner: std::sync::OnceLock<Arc<HostRunner<QueueSource>>>,
     session: tokio::sync::Mutex<Option<Session>>,
+    /// When and why the queue last refused this worker itself (a revoked key): until
+    /// [`REFUSED_RETRY`] has passed, calls fail with it at once instead of reconnecting.
+    refused: Mutex<Option<(std::time::Instant, String)>>,
     trust: Mutex<TrustFile>,
     running: Mutex<HashMap<LeaseRef, Running>>,
     /// Jobs being run now, by what was signed.
@@ -277,6 +282,7 @@ impl Worker {
             native: native.clone(),
             runner: std::sync::OnceLock::new(),
             session: tokio::sync::Mutex::new(None),
+            refused: Mutex::new(None),
             trust: Mutex::new(trust),
             running: Mutex::new(HashMap::new()),
             active: Mutex::new(HashSet::new()),
@@ -335,25 +341,40 @@ impl Worker {
         }
     }
 
-    /// The current session: connects and registers (with backoff) when there is none.
-    async fn session(&self) -> Session {
+    /// The current session: connects and registers (with backoff) when there is none. When
+    /// the queue refuses this worker itself (its key revoked), that refusal is returned,
+    /// and returned again at once for [`REFUSED_RETRY`]: results in flight are then given
+    /// up (the queue would not take them) and a drain is not held up.
+    async fn session(&self) -> Result<Session, LinkError> {
+        let refused = |message: String| LinkError::Remote {
+            request: "hello",
+            code: ErrorCode::Unauthenticated,
+            message,
+        };
+        if let Some((at, why)) = lock(&self.refused).clone()
+            && at.elapsed() < REFUSED_RETRY
+        {
+            return Err(refused(why));
+        }
         let mut guard = self.session.lock().await;
         if let Some(s) = guard.as_ref().filter(|s| !s.client.is_closed()) {
-            return s.clone();
+            return Ok(s.clone());
         }
         let mut delay = Duration::from_millis(100);
         loop {
             match self.connect().await {
                 Ok(s) => {
                     info!(worker = s.worker, queue = %self.settings.queue, "registered");
+                    *lock(&self.refused) = None;
                     *guard = Some(s.clone());
-                    return s;
+                    return Ok(s);
                 }
                 Err(e) if refuses_this_worker(&e) => {
                     // Its key was revoked, or the queue changed under it: nothing to do
                     // but say so, slowly, until an operator fixes it.
-                    error!(error = %e, retry_in = "60s", "the queue refuses this worker");
-                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    error!(error = %e, retry_in = ?REFUSED_RETRY, "the queue refuses this worker");
+                    *lock(&self.refused) = Some((std::time::Instant::now(), e.to_string()));
+                    return Err(refused(e.to_string()));
                 }
                 Err(e) => {
                     warn!(error = %e, retry_in = ?delay, "cannot reach the queue");
@@ -402,7 +423,7 @@ impl Worker {
         F: Future<Output = Result<T, LinkError>>,
     {
         loop {
-            let s = self.session().await;
+            let s = self.session().await?;
             let answer = tokio::time::timeout(limit, call(s.client.clone()))
                 .await
                 .unwrap_or_else(|_| Err(LinkError::Connection("no answer in time".into())));
@@ -413,6 +434,11 @@ impl Worker {
                 }
                 Err(e) if e.code() == Some(ErrorCode::RateLimited) => {
                     warn!("the queue keeps throttling this worker; waiting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                // The queue cannot serve this now (its storage failed): ask again.
+                Err(e) if e.code() == Some(ErrorCode::Unavailable) => {
+                    warn!(error = %e, "the queue is unavailable; asking again");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 Err(e) if e.code() == Some(ErrorCode::NotRegistered) => {
@@ -427,7 +453,7 @@ impl Worker {
     /// Fetches a blob, at most `max` bytes, across reconnects and throttling.
     async fn fetch(&self, digest: Digest, max: u64) -> Result<Vec<u8>, FetchError> {
         for _ in 0..5 {
-            let s = self.session().await;
+            let s = self.session().await.map_err(|e| FetchError::Transient(e.to_string()))?;
             match s.client.get_blob(digest, max).await {
                 Ok(b) => return Ok(b),
                 Err(e @ LinkError::BlobMismatch { .. }) => {
@@ -455,7 +481,7 @@ impl Worker {
     async fn upload(&self, blobs: &[&[u8]]) -> Result<(), String> {
         let mut last = String::new();
         for _ in 0..5 {
-            let s = self.session().await;
+            let s = self.session().await.map_err(|e| e.to_string())?;
             match s.client.put_many(blobs, false).await {
                 Ok(_) => return Ok(()),
                 Err(e) if e.is_link_failure() => {
@@ -463,6 +489,10 @@ impl Worker {
                     self.drop_session(&s).await;
                 }
                 Err(e) if e.code() == Some(ErrorCode::RateLimited) => last = e.to_string(),
+                Err(e) if e.code() == Some(ErrorCode::Unavailable) => {
+                    last = e.to_string();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 Err(e) => return Err(e.to_string()),
             }
         }
@@ -598,7 +628,10 @@ impl Worker {
     /// Heartbeats every lease held; stops cancelled and lost ones.
     async fn heartbeats(self: Arc<Self>) {
         loop {
-            let every = self.session().await.heartbeat;
+            let every = match self.session().await {
+                Ok(s) => s.heartbeat,
+                Err(_) => Duration::from_secs(1),
+            };
             tokio::time::sleep(every).await;
             let leases: Vec<LeaseRef> = lock(&self.running).keys().copied().collect();
             for chunk in leases.chunks(MAX_HEARTBEAT_LEASES) {
