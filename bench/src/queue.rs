@@ -157,7 +157,8 @@ pub(crate) async fn throughput(runs: usize, dir: &Path) -> Result<Section> {
             "A real `agq` on loopback (redb, one fsynced transaction per commit), {JOBS} \
              one-job actions per run: durable submissions per second (each verified: two \
              ed25519 signatures, the plan's rules, the blobs present) and claim → complete \
-             cycles per second, by 1 and 8 concurrent clients, with group commit (the \
+             cycles per second (each result signed by its worker, uploaded as a blob and \
+             verified by the queue before it is recorded), by 1 and 8 concurrent clients, with group commit (the \
              default) and with `--no-group-commit`. Every figure counts acknowledged, hence \
              durable, transitions only."
         ),

@@ -137,7 +137,9 @@ pub enum TrustError {
     #[error("key {0} was revoked; generate a new key instead of trusting it again")]
     Revoked(KeyId),
     /// The name is not acceptable.
-    #[error("invalid signer name {0:?}: 1 to 64 printable characters, no control characters")]
+    #[error(
+        "invalid signer name {0:?}: 1 to 64 printable characters, no control characters or bidirectional overrides"
+    )]
     Name(String),
     /// No roles were given.
     #[error("a signer needs at least one role")]
@@ -212,7 +214,7 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.chars().count() <= 64
         && name.trim() == name
-        && !name.chars().any(char::is_control)
+        && !name.chars().any(|c| c.is_control() || crate::text::is_bidi_control(c))
 }
 
 impl Trust {
@@ -512,6 +514,9 @@ mod tests {
         assert_eq!(fresh.add("alice", key(1), &Role::SIGNING), Err(TrustError::Revoked(a)));
         assert_eq!(t.add("x", key(3), &[]), Err(TrustError::NoRoles));
         assert!(matches!(t.add(" x", key(3), &Role::SIGNING), Err(TrustError::Name(_))));
+        // A name that would print reversed is refused too.
+        let bidi = t.add("a\u{202e}b", key(3), &Role::SIGNING);
+        assert!(matches!(bidi, Err(TrustError::Name(_))));
     }
 
     #[test]

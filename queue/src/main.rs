@@ -329,20 +329,29 @@ fn worker_command(c: WorkerCommand, out: &mut impl Write) -> Result<()> {
             if !json && rows.is_empty() {
                 writeln!(out, "no workers enrolled")?;
             }
+            let now = agenix_queue::server::now_ms() / 1000;
             for (id, s) in rows {
                 let revoked = t.is_revoked(id);
+                let valid = s.valid_at(now);
                 if json {
                     let row = serde_json::json!({
                         "keyid": id.to_string(),
                         "name": s.name,
                         "labels": s.labels,
                         "revoked": revoked,
+                        "valid_now": valid,
                         "not_before": s.not_before,
                         "not_after": s.not_after,
                     });
                     writeln!(out, "{row}")?;
                 } else {
-                    let status = if revoked { "REVOKED" } else { "enrolled" };
+                    // Past or before its period, a key is refused as surely as a revoked one.
+                    let status = match (revoked, valid, s.not_after) {
+                        (true, _, _) => "REVOKED",
+                        (false, true, _) => "enrolled",
+                        (false, false, Some(end)) if end < now => "EXPIRED",
+                        (false, false, _) => "PENDING",
+                    };
                     let labels: Vec<&str> = s.labels.iter().map(String::as_str).collect();
                     writeln!(
                         out,

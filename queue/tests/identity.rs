@@ -109,6 +109,10 @@ async fn i2_a_key_trusted_for_another_role_or_outside_its_period_is_refused() {
     let (code, message) = remote(err);
     assert_eq!(code, ErrorCode::Unauthenticated);
     assert!(message.ends_with("(\"expired\") is outside its validity period"), "{message}");
+    let (_, list, _) = agq(&q, &["worker", "list"]);
+    assert!(list.contains("  EXPIRED   expired"), "{list}");
+    let (_, json, _) = agq(&q, &["worker", "list", "--json"]);
+    assert!(json.contains("\"valid_now\":false"), "{json}");
 }
 
 /// I3: an enrolled key revoked while its worker holds a lease: the worker's next request is
