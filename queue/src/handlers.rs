@@ -154,7 +154,9 @@ impl Queue {
         let mut capabilities = capabilities;
         match self.trust.for_workers().map(|t| t.worker(&key, now_ms() / 1000).cloned()) {
             Ok(Ok(enrolled)) => {
-                capabilities.name = fit(&enrolled.name, MAX_WORKER_NAME);
+                // Cut where it must be, marked: names cut alike stay told apart by the mark.
+                capabilities.name =
+                    agenix_proto::text::truncate(&enrolled.name, MAX_WORKER_NAME).into_owned();
                 if !enrolled.labels.is_empty() {
                     capabilities.labels = enrolled.labels;
                 }
@@ -520,15 +522,6 @@ impl Queue {
             }
         }
     }
-}
-
-/// `name` cut to at most `max` bytes, at a character boundary.
-fn fit(name: &str, max: usize) -> String {
-    let mut end = name.len().min(max);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    name[..end].to_owned()
 }
 
 /// The worker registered on this connection.

@@ -350,3 +350,27 @@ async fn i7_a_broken_trust_file_loses_no_running_job() {
     assert_eq!(job(&planner, jobs[0]).await.attempts, 1);
     std::fs::write(&file, good).unwrap();
 }
+
+/// I8: an enrolled name of 64 characters but more bytes than a worker name may hold is
+/// shown cut to 64 bytes, marked as cut; one of 64 bytes is shown whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i8_an_enrolled_name_past_the_worker_name_bound_is_shown_cut_and_marked() {
+    let q = Agq::start(&[]);
+    let whole = "n".repeat(agenix_proto::job::MAX_WORKER_NAME);
+    let long = "é".repeat(64);
+    let obs = q.client(ClientRole::Observer).await;
+    for (name, shown) in
+        [(whole.clone(), whole.clone()), (long.clone(), format!("{}…", "é".repeat(30)))]
+    {
+        let w = q.worker(&name).await;
+        register(&w, "w").await;
+        let Response::Workers { workers, .. } =
+            obs.request(&Request::ListWorkers { after: None, limit: 10 }).await.unwrap()
+        else {
+            panic!()
+        };
+        let names: Vec<&str> = workers.iter().map(|w| w.capabilities.name.as_str()).collect();
+        assert!(names.contains(&shown.as_str()), "{names:?}");
+        assert!(shown.len() <= agenix_proto::job::MAX_WORKER_NAME);
+    }
+}
