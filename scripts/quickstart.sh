@@ -61,6 +61,11 @@ for job in 1 2; do
 done
 
 echo
+echo "== job 1 in the queue's audit log (entries after its latest signed checkpoint are marked *), and the whole log checked"
+"$bin/agx" jobs history 1
+"$bin/agq" audit verify --data "$work/queue"
+
+echo
 "$bin/agx" queue stats
 echo
 echo "== done; logs, keys and signed plans are in $work"

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use agenix_proto::action::{Fingerprint, InputRef};
+use agenix_proto::audit::History;
 use agenix_proto::digest::{Digest, Hasher};
 use agenix_proto::job::{
     Capabilities, JobId, JobOutput, JobRecord, JobState, Lease, LeaseRef, WorkerRecord,
@@ -246,6 +247,23 @@ impl Client {
     pub async fn show_job(&self, job: JobId) -> Result<JobRecord, LinkError> {
         self.ask(Request::ShowJob { job }, |r| match r {
             Response::Job { job } => Ok(job),
+            other => Err(other.name()),
+        })
+        .await
+    }
+
+    /// One page of `job`'s audit entries after entry `after`: the entries with their
+    /// proofs, the queue's latest signed checkpoint and its key (check them with
+    /// `agenix_proto::audit::check_history`).
+    pub async fn history(
+        &self,
+        job: JobId,
+        after: Option<u64>,
+    ) -> Result<(History, Option<u64>), LinkError> {
+        self.ask(Request::History { job, after }, |r| match r {
+            Response::History { entries, checkpoint, key, next } => {
+                Ok((History { entries, checkpoint, key }, next))
+            }
             other => Err(other.name()),
         })
         .await

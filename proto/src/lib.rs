@@ -16,6 +16,7 @@
 //! [`verify_action`] construct.
 
 pub mod action;
+pub mod audit;
 pub mod card;
 pub mod digest;
 pub mod envelope;

@@ -156,6 +156,15 @@ pub enum Request {
         /// The job.
         job: JobId,
     },
+    /// One job's entries in the audit log, after entry `after`, with their inclusion
+    /// proofs in the latest signed checkpoint.
+    History {
+        /// The job.
+        job: JobId,
+        /// Start after this entry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+    },
     /// Registered workers, by id, after `after`, paged like jobs.
     ListWorkers {
         /// Start after this worker id.
@@ -233,6 +242,7 @@ impl Request {
             Self::Cancel { .. } => "cancel",
             Self::ListJobs { .. } => "list_jobs",
             Self::ShowJob { .. } => "show_job",
+            Self::History { .. } => "history",
             Self::ListWorkers { .. } => "list_workers",
             Self::Stats {} => "stats",
             Self::Register { .. } => "register",
@@ -255,6 +265,7 @@ impl Request {
             | Self::Stats {}
             | Self::GetBlob { .. } => true,
             Self::Submit { .. } | Self::Cancel { .. } | Self::Unkeep { .. } => role == Planner,
+            Self::History { .. } => role != Worker,
             Self::PutBlobs { keep, .. } => role == Planner || (role == Worker && !keep),
             Self::Register { .. }
             | Self::Claim { .. }
@@ -374,6 +385,21 @@ pub enum Response {
         /// The job.
         job: JobRecord,
     },
+    /// A page of a job's audit entries.
+    History {
+        /// The entries, oldest first.
+        entries: Vec<crate::audit::Proven>,
+        /// The latest checkpoint the queue signed (C2SP signed note), which each entry's
+        /// proof leads to; none before the first.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checkpoint: Option<String>,
+        /// The queue's identity key that signs checkpoints (base64 of its 32 bytes): its
+        /// fingerprint is the one the client pinned.
+        key: String,
+        /// Where the next page starts, if there is one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<u64>,
+    },
     /// A page of workers.
     Workers {
         /// The workers.
@@ -438,6 +464,7 @@ impl Response {
             Self::Cancel { .. } => "cancel",
             Self::Jobs { .. } => "jobs",
             Self::Job { .. } => "job",
+            Self::History { .. } => "history",
             Self::Workers { .. } => "workers",
             Self::Stats { .. } => "stats",
             Self::Registered { .. } => "registered",
@@ -526,6 +553,7 @@ mod tests {
                 Request::Hello { version: 1, role: ClientRole::Worker, token: None },
                 r#"{"type":"hello","version":1,"role":"worker"}"#,
             ),
+            (Request::History { job: JobId(3), after: None }, r#"{"type":"history","job":3}"#),
             (
                 Request::ListWorkers { after: None, limit: 5 },
                 r#"{"type":"list_workers","limit":5}"#,

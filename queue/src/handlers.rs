@@ -73,6 +73,7 @@ impl Queue {
                 Some(j) => Response::Job { job: j.clone() },
                 None => error(ErrorCode::NotFound, format!("no job {job}")),
             },
+            Request::History { job, after } => self.history(job, after).await,
             Request::ListWorkers { after, limit } => {
                 let (workers, next) =
                     lock(&self.sched).workers(after, limit.min(MAX_PAGE), PAGE_BYTES);

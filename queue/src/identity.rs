@@ -154,6 +154,12 @@ pub fn load_identity(dir: &Path) -> Result<(CertificateDer<'static>, PrivateKeyD
     Ok((cert, key))
 }
 
+/// The identity key, for signing (the audit log's checkpoints).
+pub fn signing_key(dir: &Path) -> Result<agenix_proto::keys::SigningKey> {
+    let pem = fs::read_to_string(dir.join("identity.key")).context("cannot read identity.key")?;
+    agenix_proto::keys::signing_key_from_pem(&pem).context("identity.key")
+}
+
 /// The queue's fingerprint: the sha256 of its public key.
 pub fn fingerprint(dir: &Path) -> Result<Fingerprint> {
     let (cert, _) = load_identity(dir)?;

@@ -6,11 +6,14 @@
 //! files with a quota, collected when nothing refers to them), `identity` (TLS key, role
 //! tokens), `limits` (connections and request budgets by role), `server` (QUIC,
 //! authentication, group commit, the reaper, the collector), `handlers` (one per
-//! request) and `trust` (the trust file, read again when it changes).
+//! request), `trust` (the trust file, read again when it changes) and `audit` (the audit
+//! log: entries chained by hash in a Merkle tree, signed checkpoints, verification).
 //!
 //! What it does not do: it never runs a task, and it is not trusted: workers verify every
 //! plan, action and blob again. It verifies submissions too (defence in depth).
 
+pub mod audit;
+mod auditor;
 pub mod blobs;
 pub mod handlers;
 pub mod identity;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use agenix_proto::wire::ClientRole;
 use agenix_queue::server::{Queue, Settings};
 use agenix_queue::trust::TrustSource;
-use agenix_queue::{blobs::Blobs, identity, store::RedbStore};
+use agenix_queue::{audit, blobs::Blobs, identity, store::RedbStore};
 use anyhow::{Context, Result};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
@@ -78,6 +78,9 @@ enum Command {
         /// How long finished jobs are kept (`7days`, `12h`).
         #[arg(long, default_value = "7days", value_parser = humantime::parse_duration)]
         retention: Duration,
+        /// How often the audit log's checkpoint is signed, when the log grew (`10s`).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        checkpoint_every: Duration,
         /// How long a client may take to send one request frame, in ms.
         #[arg(long, default_value_t = 10_000)]
         request_timeout_ms: u64,
@@ -98,6 +101,40 @@ enum Command {
     /// Enroll, list and revoke worker keys (a running queue notices at once).
     #[command(subcommand)]
     Worker(WorkerCommand),
+    /// Check and read the audit log (beside a running queue, or a stopped one).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum AuditCommand {
+    /// Check every entry, link and checkpoint; name the first entry edited, missing,
+    /// reordered or removed. Exit 1 when the log is broken.
+    Verify {
+        /// The queue directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// A checkpoint kept elsewhere (from `agq audit checkpoint`): the log must still
+        /// hold its tree. Repeatable.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Vec<PathBuf>,
+    },
+    /// Write entries as JSON Lines, each exactly as stored and hashed.
+    Export {
+        /// The queue directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Only entries recorded since then: a time (`2026-12-06T10:00:00Z`) or an age
+        /// (`2h`, `7days`).
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+    },
+    /// Print the latest signed checkpoint (keep copies elsewhere: `verify --checkpoint`).
+    Checkpoint {
+        /// The queue directory.
+        #[arg(long)]
+        data: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -213,6 +250,50 @@ fn run(cli: Cli) -> Result<()> {
             )?;
         }
         Command::Worker(c) => worker_command(c, &mut out)?,
+        Command::Audit(AuditCommand::Verify { data, checkpoint }) => {
+            let saved = checkpoint
+                .iter()
+                .map(|f| {
+                    agenix_queue::read_capped(f, agenix_proto::audit::MAX_CHECKPOINT_BYTES as u64)
+                        .with_context(|| format!("cannot read the checkpoint {}", f.display()))
+                        .and_then(|b| {
+                            String::from_utf8(b)
+                                .with_context(|| format!("{} is not text", f.display()))
+                        })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let v = audit::verify_dir(&data, &saved)?;
+            let fp = identity::fingerprint(&data)?;
+            writeln!(
+                out,
+                "audit log intact: {} entries, {} checkpoints signed by {fp}",
+                v.entries, v.checkpoints
+            )?;
+            match v.entries - v.signed {
+                0 => writeln!(out, "every entry is covered by the latest checkpoint")?,
+                n => writeln!(
+                    out,
+                    "{n} entries after the latest checkpoint ({}) are not signed yet",
+                    v.signed
+                )?,
+            }
+        }
+        Command::Audit(AuditCommand::Export { data, since }) => {
+            let since = match since {
+                None => 0,
+                Some(t) => parse_since(&t)?,
+            };
+            let n = audit::export_dir(&data, since, &mut out)?;
+            let _ = writeln!(std::io::stderr(), "agq: exported {n} entries");
+        }
+        Command::Audit(AuditCommand::Checkpoint { data }) => {
+            match audit::latest_checkpoint_dir(&data)? {
+                Some(note) => write!(out, "{note}")?,
+                None => {
+                    anyhow::bail!("no checkpoint yet: the queue signs one once the log has entries")
+                }
+            }
+        }
         Command::Serve {
             data,
             listen,
@@ -228,6 +309,7 @@ fn run(cli: Cli) -> Result<()> {
             heartbeat_ms,
             retention,
             request_timeout_ms,
+            checkpoint_every,
             ready_file,
         } => {
             drop(out);
@@ -247,6 +329,7 @@ fn run(cli: Cli) -> Result<()> {
                 collect_every: blob_grace.clamp(Duration::from_secs(1), Duration::from_secs(60)),
                 group_commit: !no_group_commit,
                 request_timeout: Duration::from_millis(request_timeout_ms),
+                checkpoint_every: checkpoint_every.max(Duration::from_millis(100)),
                 scheduler: agenix_queue_core::Config {
                     lease_ms,
                     heartbeat_ms,
@@ -260,12 +343,13 @@ fn run(cli: Cli) -> Result<()> {
             let tokens = identity::load_tokens(&data)?;
             let (cert, key) = identity::load_identity(&data)?;
             let fingerprint = agenix_link::fingerprint_of(&cert)?;
+            let signing = identity::signing_key(&data)?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
                 let store = Arc::new(RedbStore::open(&data.join("queue.redb"))?);
                 let blobs = Blobs::new(&data, max_blob, blob_quota)?;
                 let endpoint = agenix_queue::server::endpoint(listen, cert, key, &settings)?;
-                let queue = Queue::start(store, blobs, trust, fingerprint, tokens, settings)?;
+                let queue = Queue::start(store, blobs, trust, signing, tokens, settings)?;
                 // Listening for SIGTERM and SIGINT before saying it serves: a signal sent the
                 // moment it does shuts it down cleanly.
                 let mut term = signal(SignalKind::terminate())?;
@@ -279,11 +363,13 @@ fn run(cli: Cli) -> Result<()> {
                 // Scripts read this line (--ready-file is the machine interface beside it).
                 let _ = writeln!(std::io::stdout(), "agq: serving on {address} as {fingerprint}");
                 tokio::select! {
-                    () = queue.serve(endpoint.clone()) => {}
+                    () = queue.clone().serve(endpoint.clone()) => {}
                     _ = term.recv() => {}
                     _ = interrupt.recv() => {}
                 }
                 endpoint.close(0u32.into(), b"shutting down");
+                // What was recorded since the last checkpoint is signed before leaving.
+                queue.checkpoint().await;
                 if let Some((file, wrote)) = &wrote {
                     remove_ready_file(file, wrote);
                 }
@@ -292,6 +378,21 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--since`: a time (RFC 3339) or an age, as Unix ms.
+fn parse_since(t: &str) -> Result<u64> {
+    let now = std::time::SystemTime::now();
+    let at = match humantime::parse_rfc3339_weak(t) {
+        Ok(at) => at,
+        Err(_) => {
+            let age = humantime::parse_duration(t).map_err(|_| {
+                anyhow::anyhow!("--since {t:?}: give a time (2026-12-06T10:00:00Z) or an age (2h)")
+            })?;
+            now.checked_sub(age).unwrap_or(std::time::UNIX_EPOCH)
+        }
+    };
+    Ok(at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
 }
 
 fn worker_command(c: WorkerCommand, out: &mut impl Write) -> Result<()> {

@@ -50,6 +50,8 @@ pub struct Settings {
     pub collect_every: Duration,
     /// The scheduler's settings.
     pub scheduler: Config,
+    /// How often the audit log's checkpoint is signed (when the log grew).
+    pub checkpoint_every: Duration,
 }
 
 impl Default for Settings {
@@ -62,6 +64,7 @@ impl Default for Settings {
             blob_grace: Duration::from_secs(3600),
             collect_every: Duration::from_secs(60),
             scheduler: Config::default(),
+            checkpoint_every: Duration::from_secs(10),
         }
     }
 }
@@ -98,7 +101,7 @@ pub(crate) struct Conn {
 pub struct Queue {
     pub(crate) sched: Mutex<Scheduler>,
     pub(crate) commits: mpsc::UnboundedSender<(Vec<Write>, Ack)>,
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     pub(crate) blobs: Blobs,
     pub(crate) kept: Mutex<BTreeSet<Digest>>,
     pub(crate) trust: crate::trust::TrustSource,
@@ -107,6 +110,7 @@ pub struct Queue {
     pub(crate) ready: Notify,
     pub(crate) settings: Settings,
     gate: Gate,
+    pub(crate) auditor: crate::auditor::Auditor,
 }
 
 impl std::fmt::Debug for Queue {
@@ -133,15 +137,21 @@ pub(crate) fn refusal(r: Refusal) -> Response {
 
 impl Queue {
     /// Loads storage and starts the committer, the reaper and the blob collector.
+    /// `identity` is the queue's key: its TLS identity, and the key that signs the audit
+    /// log's checkpoints.
     pub fn start(
         store: Arc<dyn Store>,
         blobs: Blobs,
         trust: crate::trust::TrustSource,
-        fingerprint: Fingerprint,
+        identity: agenix_proto::keys::SigningKey,
         tokens: Tokens,
         settings: Settings,
     ) -> anyhow::Result<Arc<Self>> {
+        let fingerprint = agenix_proto::audit::fingerprint_of(&identity.verifying_key())
+            .ok_or_else(|| anyhow::anyhow!("the identity key has no public key encoding"))?;
+        let origin = agenix_proto::audit::origin(&fingerprint);
         let loaded = store.load()?;
+        let auditor = crate::auditor::Auditor::new(identity, origin, loaded.trust_seen.clone());
         let sched = Scheduler::load(
             settings.scheduler,
             now_ms(),
@@ -162,6 +172,7 @@ impl Queue {
             ready: Notify::new(),
             gate: Gate::new(settings.limits.clone()),
             settings,
+            auditor,
         });
         tokio::spawn(committer(store, rx, Arc::downgrade(&queue)));
         tokio::spawn(reaper(Arc::downgrade(&queue)));
@@ -573,6 +584,8 @@ async fn committer(
 /// longer accepts (revoked, no longer enrolled, or past their period).
 async fn reaper(queue: Weak<Queue>) {
     let mut seen = None;
+    let mut audited = None;
+    let mut next_checkpoint = 0;
     loop {
         let Some(q) = queue.upgrade() else { return };
         let now = now_ms();
@@ -589,7 +602,15 @@ async fn reaper(queue: Weak<Queue>) {
             seen = Some((generation, second));
             if let Ok(trust) = trust {
                 q.disown(&trust).await;
+                if audited != Some(generation) {
+                    audited = Some(generation);
+                    q.audit_trust(&trust).await;
+                }
             }
+        }
+        if now_ms() >= next_checkpoint {
+            next_checkpoint = now_ms() + q.settings.checkpoint_every.as_millis() as u64;
+            q.checkpoint().await;
         }
         let now = now_ms();
         let Ok(((), done)) = q.apply(|s| Ok(((), s.tick(now))), vec![]) else { continue };

@@ -8,24 +8,33 @@
 //! actions: action id         -> ActionRecord (names its envelopes, which are blobs)
 //! kept:    "sha256:<hex>"    -> ()   blobs kept until removed explicitly
 //! meta:    "next_job"        -> u64
+//! state:   "trust"           -> the trust file as the audit log last recorded it
 //! ```
 //!
+//! and the audit log's tables (`crate::audit`).
+//!
 //! A batch is one write transaction with `Durability::Immediate`: it is on disk when
-//! `apply` returns, all of it or none of it.
+//! `apply` returns, all of it or none of it, audit entries included. The queue is the
+//! database's one writer; `agq audit` opens it read-only beside it (redb's
+//! `ConcurrencyMode::SingleWriter`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
+use agenix_proto::audit::{self, Entry, Hashes, TreeHead};
 use agenix_proto::job::{ActionRecord, JobId, JobRecord};
 use agenix_proto::{ActionId, Digest};
 use agenix_queue_core::Change;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::audit as log;
 
 const JOBS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("jobs");
 const ACTIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("actions");
 const KEPT: TableDefinition<'_, &str, ()> = TableDefinition::new("kept");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const STATE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("state");
 
 /// One durable write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +49,26 @@ pub enum Write {
     Keep(Digest),
     /// Stop keeping this blob.
     Unkeep(Digest),
+    /// The trust file as the audit log last recorded it (what the next reading is
+    /// compared with).
+    TrustSeen(Vec<u8>),
+    /// Keep this signed checkpoint of the audit log's first `size` entries.
+    Checkpoint {
+        /// The tree size it signs.
+        size: u64,
+        /// The signed note.
+        note: String,
+    },
+}
+
+/// A job's audit entries with their inclusion proofs.
+#[derive(Debug, Default)]
+pub struct History {
+    /// Each entry's number, its bytes, and its proof in the checkpoint's tree (empty for
+    /// entries the checkpoint does not cover).
+    pub entries: Vec<(u64, Vec<u8>, Vec<Digest>)>,
+    /// The latest signed checkpoint: its size and note.
+    pub checkpoint: Option<(u64, String)>,
 }
 
 /// Everything storage kept.
@@ -53,6 +82,8 @@ pub struct Loaded {
     pub kept: Vec<Digest>,
     /// The next job id.
     pub next_job: u64,
+    /// The trust file as the audit log last recorded it.
+    pub trust_seen: Option<Vec<u8>>,
 }
 
 /// Storage failed.
@@ -70,6 +101,11 @@ pub trait Store: Send + Sync + 'static {
     fn load(&self) -> Result<Loaded, StoreError>;
     /// Applies `writes` atomically and durably.
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError>;
+    /// The audit log's size and root.
+    fn audit_head(&self) -> Result<TreeHead, StoreError>;
+    /// `job`'s audit entries after entry `after`, oldest first, at most `max`, with their
+    /// proofs in the latest checkpoint, all read at one instant.
+    fn history(&self, job: JobId, after: Option<u64>, max: usize) -> Result<History, StoreError>;
 }
 
 /// redb's page cache: enough for the B-tree's upper levels and a commit's worth of pages.
@@ -86,7 +122,11 @@ impl RedbStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         // The scheduler holds the live state in memory and reads the store only at start,
         // so redb's page cache (1 GiB by default) would mostly duplicate it.
-        let db = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(err)?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+            .create(path)
+            .map_err(err)?;
         // Create every table, so reads never meet a missing one.
         let tx = db.begin_write().map_err(err)?;
         {
@@ -94,9 +134,23 @@ impl RedbStore {
             tx.open_table(ACTIONS).map_err(err)?;
             tx.open_table(KEPT).map_err(err)?;
             tx.open_table(META).map_err(err)?;
+            tx.open_table(STATE).map_err(err)?;
+            tx.open_table(log::AUDIT).map_err(err)?;
+            tx.open_table(log::HASHES).map_err(err)?;
+            tx.open_table(log::BY_JOB).map_err(err)?;
+            tx.open_table(log::CHECKPOINTS).map_err(err)?;
         }
         tx.commit().map_err(err)?;
         Ok(Self { db })
+    }
+
+    /// Opens the database at `path` read-only, beside the queue that writes it.
+    pub fn read_only(path: &Path) -> Result<redb::ReadOnlyDatabase, StoreError> {
+        Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+            .open_read_only(path)
+            .map_err(err)
     }
 }
 
@@ -128,6 +182,9 @@ impl Store for RedbStore {
         if let Some(n) = tx.open_table(META).map_err(err)?.get("next_job").map_err(err)? {
             out.next_job = n.value();
         }
+        if let Some(t) = tx.open_table(STATE).map_err(err)?.get("trust").map_err(err)? {
+            out.trust_seen = Some(t.value().to_vec());
+        }
         Ok(out)
     }
 
@@ -138,6 +195,9 @@ impl Store for RedbStore {
             let mut actions = tx.open_table(ACTIONS).map_err(err)?;
             let mut kept = tx.open_table(KEPT).map_err(err)?;
             let mut meta = tx.open_table(META).map_err(err)?;
+            let mut checkpoints = tx.open_table(log::CHECKPOINTS).map_err(err)?;
+            let mut state = tx.open_table(STATE).map_err(err)?;
+            let mut appender = log::Appender::open(&tx)?;
             for w in writes {
                 match w {
                     Write::Change(Change::Job(j)) => {
@@ -161,10 +221,33 @@ impl Store for RedbStore {
                     Write::Unkeep(d) => {
                         kept.remove(d.to_string().as_str()).map_err(err)?;
                     }
+                    Write::Change(Change::Audit { at, event }) => appender.push(*at, event)?,
+                    Write::Checkpoint { size, note } => {
+                        checkpoints.insert(size, note.as_str()).map_err(err)?;
+                    }
+                    Write::TrustSeen(bytes) => {
+                        state.insert("trust", bytes.as_slice()).map_err(err)?;
+                    }
                 }
             }
         }
         tx.commit().map_err(err)
+    }
+
+    fn audit_head(&self) -> Result<TreeHead, StoreError> {
+        log::head(&self.db.begin_read().map_err(err)?)
+    }
+
+    fn history(&self, job: JobId, after: Option<u64>, max: usize) -> Result<History, StoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let checkpoint = log::latest_checkpoint(&tx)?;
+        let size = checkpoint.as_ref().map_or(0, |(s, _)| *s);
+        let mut entries = Vec::new();
+        for (seq, bytes) in log::of_job(&tx, job, after, max)? {
+            let proof = if seq < size { log::proof(&tx, seq, size)? } else { vec![] };
+            entries.push((seq, bytes, proof));
+        }
+        Ok(History { entries, checkpoint })
     }
 }
 
@@ -180,6 +263,28 @@ struct MemInner {
     actions: BTreeMap<ActionId, ActionRecord>,
     kept: std::collections::BTreeSet<Digest>,
     next_job: u64,
+    audit: Vec<Vec<u8>>,
+    hashes: BTreeMap<u64, Digest>,
+    checkpoints: BTreeMap<u64, String>,
+    trust_seen: Option<Vec<u8>>,
+}
+
+impl Hashes for MemInner {
+    fn stored(&self, index: u64) -> Result<Option<Digest>, String> {
+        Ok(self.hashes.get(&index).copied())
+    }
+}
+
+impl MemInner {
+    fn append(&mut self, at: u64, event: audit::Event) -> Result<(), StoreError> {
+        let seq = self.audit.len() as u64;
+        let prev = self.audit.last().map_or_else(audit::genesis, |b| audit::leaf_hash(b));
+        let bytes = Entry { seq, at, prev, event }.to_bytes();
+        let new = audit::append(seq, &bytes, self).map_err(err)?;
+        self.hashes.extend(new);
+        self.audit.push(bytes);
+        Ok(())
+    }
 }
 
 impl Store for MemStore {
@@ -190,12 +295,27 @@ impl Store for MemStore {
             actions: m.actions.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             kept: m.kept.iter().copied().collect(),
             next_job: m.next_job.max(1),
+            trust_seen: m.trust_seen.clone(),
         })
     }
 
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
         let mut m = self.inner.lock().map_err(|_| StoreError("poisoned".into()))?;
+        // All or nothing, as a transaction.
+        let before = (m.audit.len(), m.hashes.clone());
+        let mut staged = Vec::new();
         for w in writes {
+            if let Write::Change(Change::Audit { at, event }) = w {
+                if let Err(e) = m.append(*at, event.clone()) {
+                    m.audit.truncate(before.0);
+                    m.hashes = before.1;
+                    return Err(e);
+                }
+            } else {
+                staged.push(w);
+            }
+        }
+        for w in staged {
             match w.clone() {
                 Write::Change(Change::Job(j)) => {
                     m.jobs.insert(j.id, j);
@@ -216,9 +336,41 @@ impl Store for MemStore {
                 Write::Unkeep(d) => {
                     m.kept.remove(&d);
                 }
+                Write::Checkpoint { size, note } => {
+                    m.checkpoints.insert(size, note);
+                }
+                Write::TrustSeen(bytes) => m.trust_seen = Some(bytes),
+                Write::Change(Change::Audit { .. }) => {}
             }
         }
         Ok(())
+    }
+
+    fn audit_head(&self) -> Result<TreeHead, StoreError> {
+        let m = self.inner.lock().map_err(|_| StoreError("poisoned".into()))?;
+        let size = m.audit.len() as u64;
+        Ok(TreeHead { size, root: audit::root(size, &*m).map_err(err)? })
+    }
+
+    fn history(&self, job: JobId, after: Option<u64>, max: usize) -> Result<History, StoreError> {
+        let m = self.inner.lock().map_err(|_| StoreError("poisoned".into()))?;
+        let checkpoint = m.checkpoints.last_key_value().map(|(s, n)| (*s, n.clone()));
+        let size = checkpoint.as_ref().map_or(0, |(s, _)| *s);
+        let mut entries = Vec::new();
+        for (seq, bytes) in (0u64..).zip(&m.audit) {
+            if after.is_some_and(|a| seq <= a) || entries.len() >= max {
+                continue;
+            }
+            if Entry::from_bytes(bytes).ok().and_then(|e| e.job()) == Some(job) {
+                let proof = if seq < size {
+                    audit::inclusion_proof(seq, size, &*m).map_err(err)?
+                } else {
+                    vec![]
+                };
+                entries.push((seq, bytes.clone(), proof));
+            }
+        }
+        Ok(History { entries, checkpoint })
     }
 }
 
@@ -245,6 +397,14 @@ impl<S: Store> FaultyStore<S> {
 impl<S: Store> Store for FaultyStore<S> {
     fn load(&self) -> Result<Loaded, StoreError> {
         self.inner.load()
+    }
+
+    fn audit_head(&self) -> Result<TreeHead, StoreError> {
+        self.inner.audit_head()
+    }
+
+    fn history(&self, job: JobId, after: Option<u64>, max: usize) -> Result<History, StoreError> {
+        self.inner.history(job, after, max)
     }
 
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {

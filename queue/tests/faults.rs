@@ -697,7 +697,7 @@ async fn q07_a_failed_commit_changes_nothing_in_memory() {
         store.clone() as Arc<dyn Store>,
         agenix_queue::blobs::Blobs::new(&data, 1 << 20, 1 << 30).unwrap(),
         agenix_queue::trust::TrustSource::fixed(trust),
-        fingerprint,
+        agenix_queue::identity::signing_key(&data).unwrap(),
         agenix_queue::identity::load_tokens(&data).unwrap(),
         settings,
     )

@@ -151,7 +151,7 @@ fn a_worker_killed_mid_job_lets_the_job_finish_elsewhere() {
 /// plans only.
 #[test]
 fn a_result_is_verified_against_the_worker_keys_the_planner_trusts() {
-    let mut c = Cluster::start(&[]);
+    let mut c = Cluster::start(&["--checkpoint-every", "200ms"]);
     c.push_aus();
     c.worker("w1", &[]);
     let input = c.path("in.txt");
@@ -234,6 +234,25 @@ fn a_result_is_verified_against_the_worker_keys_the_planner_trusts() {
         (rec["data"]["verified"].as_bool(), rec["data"]["worker"].as_str()),
         (Some(true), Some(keyid.trim()))
     );
+    // A1: the job's history, each entry proven in the queue's signed checkpoint.
+    let mut history = String::new();
+    for _ in 0..100 {
+        history = c.ok(&["jobs", "history", &jobs[0]]);
+        if history.contains("all proven in the queue's signed checkpoint") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(history.contains("all proven in the queue's signed checkpoint"), "{history}");
+    let steps: Vec<&str> =
+        history.lines().skip(3).filter_map(|l| l.split_whitespace().nth(2)).collect();
+    assert_eq!(steps, ["submitted", "leased", "completed"], "{history}");
+    assert!(history.contains(&format!("worker {}", keyid.trim())), "{history}");
+    let json = c.ok(&["--json", "jobs", "history", &jobs[0]]);
+    let recs: Vec<serde_json::Value> =
+        json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(recs.len(), 3, "{json}");
+    assert!(recs.iter().all(|r| r["type"] == "audit_entry" && r["data"]["proven_in"].is_u64()));
 }
 
 /// A worker whose key is revoked while it runs a job is refused from its next request and

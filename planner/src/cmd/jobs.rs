@@ -1,5 +1,5 @@
-//! `agx jobs list|show|watch|result|cancel`: jobs on a queue, and what `agx submit --watch`
-//! shows of them.
+//! `agx jobs list|show|watch|result|history|cancel`: jobs on a queue, and what `agx submit
+//! --watch` shows of them.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -333,6 +333,14 @@ pub(crate) enum JobsCommand {
         #[command(flatten)]
         queue: QueueArgs,
     },
+    /// A job's entries in the queue's audit log, each proven in a checkpoint the queue
+    /// signed (or marked as not yet covered by one).
+    History {
+        /// The job id.
+        job: JobId,
+        #[command(flatten)]
+        queue: QueueArgs,
+    },
     /// Cancel a job (a running one stops at its worker's next heartbeat).
     Cancel {
         /// The job id.
@@ -349,6 +357,7 @@ impl JobsCommand {
             | Self::Show { queue, .. }
             | Self::Watch { queue, .. }
             | Self::Result { queue, .. }
+            | Self::History { queue, .. }
             | Self::Cancel { queue, .. } => queue,
         }
     }
@@ -438,6 +447,7 @@ impl JobsCommand {
                     Ok(ExitCode::SUCCESS)
                 }
                 Self::Watch { jobs, .. } => watch(c, &jobs, out).await,
+                Self::History { job, .. } => super::history::history(c, job, out).await,
                 Self::Result { job, verify, trust, .. } => {
                     let trust = match (verify, trust) {
                         (false, _) => None,

@@ -1,6 +1,7 @@
 //! One module per command family; each subcommand is a struct with `fn execute`.
 
 mod au;
+mod history;
 mod jobs;
 mod keygen;
 mod plan;

@@ -10,8 +10,8 @@ impl Scheduler {
     }
 
     /// Buries a job that can no longer run because its action expired.
-    fn bury_expired(&mut self, id: JobId, now: u64) -> Option<Change> {
-        self.transition(id, now, |j| {
+    fn bury_expired(&mut self, id: JobId, now: u64) -> Vec<Change> {
+        self.transition(id, now, Some(Step::ActionExpired), |j| {
             j.state = JobState::Dead {
                 reason: "its action expired before it could run (submit it again)".into(),
             };
@@ -23,8 +23,8 @@ impl Scheduler {
         let due: Vec<JobId> =
             self.delayed.range(..=(now, JobId(u64::MAX))).map(|(_, id)| *id).collect();
         due.into_iter()
-            .filter_map(|id| {
-                self.transition(id, now, |j| j.state = JobState::Queued { not_before: 0 })
+            .flat_map(|id| {
+                self.transition(id, now, None, |j| j.state = JobState::Queued { not_before: 0 })
             })
             .collect()
     }
@@ -87,7 +87,7 @@ impl Scheduler {
             }
             used += size;
             let name = caps.name.clone();
-            changes.extend(self.transition(id, now, |j| {
+            changes.extend(self.transition(id, now, Some(Step::Leased), |j| {
                 j.attempts += 1;
                 j.epoch = lease.lease.epoch;
                 j.state =
@@ -132,13 +132,11 @@ impl Scheduler {
             match self.owned(worker, lease).map(|j| j.cancel_requested) {
                 Ok(true) => beat.cancelled.push(lease),
                 Ok(false) => {
-                    if let Some(c) = self.transition(lease.job, now, |j| {
+                    changes.extend(self.transition(lease.job, now, None, |j| {
                         if let JobState::Leased { deadline: d, .. } = &mut j.state {
                             *d = deadline;
                         }
-                    }) {
-                        changes.push(c);
-                    }
+                    }));
                     beat.extended.push(lease);
                 }
                 Err(_) => beat.lost.push(lease),
@@ -158,7 +156,7 @@ impl Scheduler {
         let cancelled = self.owned(worker, lease)?.cancel_requested;
         let mut output = output;
         output.failure = output.failure.as_deref().map(bounded);
-        let change = self.transition(lease.job, now, |j| {
+        let change = self.transition(lease.job, now, Some(Step::Completed), |j| {
             j.state = if cancelled {
                 JobState::Cancelled
             } else if output.succeeded {
@@ -174,9 +172,9 @@ impl Scheduler {
         Ok(self.state_and(lease.job, change))
     }
 
-    fn state_and(&self, job: JobId, change: Option<Change>) -> (JobState, Vec<Change>) {
+    fn state_and(&self, job: JobId, changes: Vec<Change>) -> (JobState, Vec<Change>) {
         let state = self.jobs.get(&job).map(|j| j.state.clone()).unwrap_or(JobState::Cancelled);
-        (state, change.into_iter().collect())
+        (state, changes)
     }
 
     /// Full-jitter exponential backoff for the `attempts`-th failure: uniform in
@@ -206,7 +204,7 @@ impl Scheduler {
         let (cancelled, attempts, max) = (job.cancel_requested, job.attempts, job.max_attempts);
         let delay = self.backoff(attempts, rand);
         let reason = bounded(reason);
-        let change = self.transition(lease.job, now, |j| {
+        let change = self.transition(lease.job, now, Some(Step::Failed), |j| {
             j.last_error = Some(reason.clone());
             j.state = if cancelled {
                 JobState::Cancelled
@@ -245,7 +243,7 @@ impl Scheduler {
             reason: reason.clone(),
             at: now,
         };
-        let change = self.requeue(lease.job, now, Some(declined));
+        let change = self.requeue(lease.job, now, Step::Released, Some(declined));
         Ok(self.state_and(lease.job, change))
     }
 
@@ -255,7 +253,7 @@ impl Scheduler {
         let mut changes = Vec::new();
         for &lease in leases {
             if self.owned(worker, lease).is_ok() {
-                changes.extend(self.requeue(lease.job, now, None));
+                changes.extend(self.requeue(lease.job, now, Step::Reclaimed, None));
             }
         }
         changes
@@ -284,7 +282,7 @@ impl Scheduler {
             .collect();
         let mut changes = Vec::new();
         for job in held {
-            changes.extend(self.requeue(job, now, None));
+            changes.extend(self.requeue(job, now, Step::Reclaimed, None));
         }
         for id in &gone {
             self.workers.remove(id);
@@ -295,8 +293,14 @@ impl Scheduler {
 
     /// Puts a leased job back in the queue as if this lease had not been granted (a
     /// cancelled one ends cancelled).
-    fn requeue(&mut self, job: JobId, now: u64, declined: Option<Declined>) -> Option<Change> {
-        self.transition(job, now, |j| {
+    fn requeue(
+        &mut self,
+        job: JobId,
+        now: u64,
+        step: Step,
+        declined: Option<Declined>,
+    ) -> Vec<Change> {
+        self.transition(job, now, Some(step), |j| {
             j.attempts = j.attempts.saturating_sub(1);
             j.state = if j.cancel_requested {
                 JobState::Cancelled
@@ -319,8 +323,14 @@ impl Scheduler {
     pub fn cancel(&mut self, now: u64, job: JobId) -> Result<(JobState, Vec<Change>), Refusal> {
         let state = self.jobs.get(&job).ok_or(Refusal::NoJob(job))?.state.clone();
         let change = match state {
-            JobState::Queued { .. } => self.transition(job, now, |j| j.state = JobState::Cancelled),
-            JobState::Leased { .. } => self.transition(job, now, |j| j.cancel_requested = true),
+            JobState::Queued { .. } => self.transition(job, now, Some(Step::Cancelled), |j| {
+                j.state = JobState::Cancelled;
+            }),
+            JobState::Leased { .. } => {
+                self.transition(job, now, Some(Step::CancelRequested), |j| {
+                    j.cancel_requested = true;
+                })
+            }
             _ => return Err(Refusal::Finished(job)),
         };
         Ok(self.state_and(job, change))
@@ -337,7 +347,7 @@ impl Scheduler {
             if let JobState::Leased { worker_id, .. } = job.state {
                 self.unresponsive.insert(worker_id, now);
             }
-            changes.extend(self.transition(id, now, |j| {
+            changes.extend(self.transition(id, now, Some(Step::Expired), |j| {
                 j.last_error = Some("lease expired: the worker stopped heartbeating".into());
                 j.state = if cancelled {
                     JobState::Cancelled
@@ -363,6 +373,8 @@ impl Scheduler {
             if let Some(job) = self.jobs.remove(&id) {
                 self.unindex(&job);
                 changes.push(Change::DeleteJob(id));
+                let event = Event::Job(JobEvent::new(id, Step::Forgotten, job.state.kind()));
+                changes.push(Change::Audit { at: now, event });
             }
         }
         // Actions past expiry (and the skew) can no longer be replayed: verification refuses

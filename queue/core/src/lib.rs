@@ -11,6 +11,10 @@
 //! of its own releases it: the attempt is not counted and the job goes to other workers
 //! first. Jobs whose action expired before they ran are dead.
 //!
+//! Every step of a job (submitted, leased, completed, failed, released, expired, taken
+//! back, cancelled, forgotten; not heartbeats) also yields a [`Change::Audit`]: the audit
+//! log records exactly the transitions storage does, in the same transaction.
+//!
 //! What this crate does not do: no I/O, no clock, no randomness of its own, no threads. The
 //! queue's storage and network are adapters around it (`queue/`), so every rule here is
 //! tested without sockets or disks.
@@ -19,6 +23,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use agenix_proto::action::InputRef;
+use agenix_proto::audit::{Event, JobEvent, Step};
 use agenix_proto::job::{
     ActionRecord, Capabilities, Declined, JobId, JobOutput, JobRecord, JobState, Lease, LeaseEpoch,
     LeaseRef, MAX_DECLINED, Requirements, WorkerRecord,
@@ -84,6 +89,14 @@ pub enum Change {
     DeleteAction(ActionId),
     /// The next job id to assign.
     NextJob(u64),
+    /// Append this to the audit log (the store numbers it and chains it to the entry
+    /// before, in the same transaction as the changes it records).
+    Audit {
+        /// When it happened (Unix ms).
+        at: u64,
+        /// What happened.
+        event: Event,
+    },
 }
 
 /// A verified action, ready to become jobs.
@@ -297,15 +310,22 @@ impl Scheduler {
         }
     }
 
-    /// Moves `id` to `state` (keeping every index true) and returns the change to store.
+    /// Moves `id` to `state` (keeping every index true) and returns the changes to store:
+    /// the job, and the audit entry of `step` (none for steps not audited: heartbeats,
+    /// backoffs ending).
     fn transition(
         &mut self,
         id: JobId,
         now: u64,
+        step: Option<Step>,
         edit: impl FnOnce(&mut JobRecord),
-    ) -> Option<Change> {
-        let mut job = self.jobs.remove(&id)?;
+    ) -> Vec<Change> {
+        let Some(mut job) = self.jobs.remove(&id) else { return vec![] };
         self.unindex(&job);
+        let held = match job.state {
+            JobState::Leased { epoch, worker_id, .. } => Some((epoch, worker_id)),
+            _ => None,
+        };
         let was_terminal = job.state.is_terminal();
         edit(&mut job);
         job.updated_at = now;
@@ -313,9 +333,39 @@ impl Scheduler {
             self.finished.push_back(now);
         }
         self.index(&job);
-        let change = Change::Job(job.clone());
+        let mut changes = vec![Change::Job(job.clone())];
+        if let Some(step) = step {
+            let event = Event::Job(self.job_event(step, held, &job));
+            changes.push(Change::Audit { at: now, event });
+        }
         self.jobs.insert(id, job);
-        Some(change)
+        changes
+    }
+
+    /// The audit entry of `step` of `job`: the lease it concerns (the one held before, or
+    /// the one granted) with its worker's key, and the digests the step produced.
+    fn job_event(&self, step: Step, held: Option<(LeaseEpoch, u64)>, job: &JobRecord) -> JobEvent {
+        let mut ev = JobEvent::new(job.id, step, job.state.kind());
+        let lease = match (step, &job.state) {
+            (Step::Leased, JobState::Leased { epoch, worker_id, .. }) => Some((*epoch, *worker_id)),
+            _ => held,
+        };
+        if let Some((epoch, worker)) = lease {
+            ev.epoch = Some(epoch);
+            ev.worker = self.workers.get(&worker).map(|w| w.key);
+        }
+        match step {
+            Step::Completed => {
+                let output = job.output.as_ref();
+                ev.output = output.and_then(|o| o.output.as_ref()).map(|i| i.digest);
+                ev.result = output.and_then(|o| o.result.as_ref()).map(|i| i.digest);
+            }
+            Step::Failed | Step::Released => {
+                ev.reason = job.last_error.as_deref().map(|r| Digest::of(r.as_bytes()));
+            }
+            _ => {}
+        }
+        ev
     }
 
     /// Turns a verified action into jobs (one per input; one for none). Submitting the same
@@ -338,7 +388,7 @@ impl Scheduler {
         } else {
             sub.inputs.iter().cloned().map(Some).collect()
         };
-        let mut changes = Vec::with_capacity(inputs.len() + 2);
+        let mut changes = Vec::with_capacity(2 * inputs.len() + 2);
         let mut ids = Vec::with_capacity(inputs.len());
         for (index, input) in (0u32..).zip(inputs) {
             let id = JobId(self.next_job);
@@ -364,6 +414,11 @@ impl Scheduler {
             };
             self.index(&job);
             changes.push(Change::Job(job.clone()));
+            let mut ev = JobEvent::new(id, Step::Submitted, job.state.kind());
+            ev.action = Some(sub.action.clone());
+            ev.plan = Some(sub.plan);
+            ev.input = job.input.as_ref().map(|i| i.digest);
+            changes.push(Change::Audit { at: now, event: Event::Job(ev) });
             self.jobs.insert(id, job);
             self.submitted.push_back(now);
             ids.push(id);

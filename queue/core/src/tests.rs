@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use agenix_proto::job::Reports;
+use agenix_proto::job::{Reports, StateKind};
 
 /// The key every test worker authenticated with.
 fn key() -> KeyId {
@@ -75,6 +75,81 @@ fn claim(s: &mut Scheduler, now: u64, worker: u64, max: u32) -> Vec<Lease> {
     s.claim(now, worker, max, usize::MAX).unwrap().0
 }
 
+/// The jobs a batch of changes stores.
+fn ids_of(changes: &[Change]) -> Vec<JobId> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Job(j) => Some(j.id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The audit entries a batch of changes appends: job, step, state after.
+fn audited(changes: &[Change]) -> Vec<(JobId, Step, StateKind)> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Audit { event: Event::Job(e), .. } => Some((e.job, e.step, e.state)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn job_events(changes: &[Change]) -> Vec<JobEvent> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Audit { event: Event::Job(e), .. } => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_step_of_a_job_is_audited_with_its_lease_and_worker_and_heartbeats_are_not() {
+    let mut s = Scheduler::new(Config::default());
+    let (ids, _, changes) = s.submit(T0, sub(1, 2, 0, &[])).unwrap();
+    let subs = job_events(&changes);
+    assert_eq!(subs.len(), 2);
+    assert_eq!(subs[0].step, Step::Submitted);
+    assert_eq!(subs[0].action, Some(ActionId::from_random([1; 16])));
+    assert_eq!(subs[0].plan, Some(Digest::of(b"plan")));
+    assert_eq!(subs[1].input, Some(Digest::of(&[1, 1])));
+    let w = register(&mut s, T0, "w", &[]);
+    let (leases, changes) = s.claim(T0 + 1, w, 2, usize::MAX).unwrap();
+    let leased = job_events(&changes);
+    assert_eq!(leased.len(), 2);
+    assert!(leased.iter().all(|e| e.step == Step::Leased && e.worker == Some(key())));
+    assert_eq!(leased[0].epoch, Some(leases[0].lease.epoch));
+    // Heartbeats change the job but are not audited.
+    let (_, changes) = s.heartbeat(T0 + 2, w, &[leases[0].lease, leases[1].lease]).unwrap();
+    assert_eq!((ids_of(&changes).len(), audited(&changes).len()), (2, 0));
+    let mut out = output();
+    out.output = Some(InputRef { digest: Digest::of(b"out"), size: 3 });
+    out.result = Some(InputRef { digest: Digest::of(b"signed"), size: 6 });
+    let (_, changes) = s.complete(T0 + 3, w, leases[0].lease, out).unwrap();
+    let done = job_events(&changes);
+    assert_eq!((done[0].step, done[0].state), (Step::Completed, StateKind::Succeeded));
+    assert_eq!(
+        (done[0].output, done[0].result),
+        (Some(Digest::of(b"out")), Some(Digest::of(b"signed")))
+    );
+    assert_eq!((done[0].epoch, done[0].worker), (Some(leases[0].lease.epoch), Some(key())));
+    let (_, changes) = s.fail(T0 + 4, w, leases[1].lease, "secret path /x", true, 0).unwrap();
+    let failed = job_events(&changes);
+    assert_eq!((failed[0].step, failed[0].state), (Step::Failed, StateKind::Queued));
+    assert_eq!(failed[0].reason, Some(Digest::of(b"secret path /x")), "the reason, as a digest");
+    assert!(!format!("{failed:?}").contains("secret"));
+    // Cancelled while queued; retention forgets the finished ones.
+    let (_, changes) = s.cancel(T0 + 5, ids[1]).unwrap();
+    assert_eq!(audited(&changes), vec![(ids[1], Step::Cancelled, StateKind::Cancelled)]);
+    let changes = s.tick(T0 + Config::default().retention_ms + 10);
+    let forgotten: Vec<Step> = audited(&changes).iter().map(|e| e.1).collect();
+    assert_eq!(forgotten, vec![Step::Forgotten, Step::Forgotten]);
+}
+
 #[test]
 fn one_job_per_input_and_duplicates_are_idempotent() {
     let mut s = Scheduler::new(Config::default());
@@ -126,7 +201,8 @@ fn q01_expired_lease_is_rerun_elsewhere_with_the_next_attempt() {
     // is queued again.
     assert!(s.tick(T0 + 29_999).is_empty());
     let changes = s.tick(T0 + 30_001);
-    assert_eq!(changes.len(), 1);
+    assert_eq!(audited(&changes), vec![(ids_of(&changes)[0], Step::Expired, StateKind::Queued)]);
+    assert_eq!(ids_of(&changes).len(), 1);
     let got = claim(&mut s, T0 + 30_002, b, 1);
     assert_eq!(got[0].attempt, 2);
     assert!(got[0].lease.epoch > first.epoch);
@@ -328,7 +404,7 @@ fn listing_pages_and_filters() {
     assert_eq!(next, None);
     let f = JobFilter { action: Some(ActionId::from_random([2; 16])), ..JobFilter::default() };
     assert_eq!(s.list(&f, None, 10, all).0.len(), 2);
-    let f = JobFilter { state: Some(agenix_proto::job::StateKind::Leased), ..JobFilter::default() };
+    let f = JobFilter { state: Some(StateKind::Leased), ..JobFilter::default() };
     assert!(s.list(&f, None, 10, all).0.is_empty());
 }
 
@@ -390,7 +466,9 @@ fn leases_that_never_reached_their_worker_are_taken_back_without_an_attempt() {
     let w = register(&mut s, T0, "w", &[]);
     let got = claim(&mut s, T0, w, 3);
     let refs: Vec<LeaseRef> = got.iter().map(lease_of).collect();
-    assert_eq!(s.unclaim(T0 + 1, w, &refs).len(), 3);
+    let changes = s.unclaim(T0 + 1, w, &refs);
+    assert_eq!(ids_of(&changes).len(), 3);
+    assert!(audited(&changes).iter().all(|(_, step, _)| *step == Step::Reclaimed));
     for l in &refs {
         let j = s.job(l.job).unwrap();
         assert_eq!((j.attempts, &j.state), (0, &JobState::Queued { not_before: 0 }));
