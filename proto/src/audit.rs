@@ -51,7 +51,8 @@ pub enum Event {
     Key(KeyEvent),
     /// The queue read a new version of its trust file.
     Trust {
-        /// The sha256 of the file's bytes.
+        /// The sha256 of the trust as the queue read it, in its canonical form
+        /// (`Trust::to_json`: a file edited by hand has other bytes).
         file: Digest,
     },
 }
@@ -104,6 +105,9 @@ pub struct JobEvent {
     /// Its input's digest (on submission, when it has one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<Digest>,
+    /// The key that signed its action (on submission).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<KeyId>,
     /// The lease this step concerns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<LeaseEpoch>,
@@ -131,6 +135,7 @@ impl JobEvent {
             action: None,
             plan: None,
             input: None,
+            signer: None,
             epoch: None,
             worker: None,
             output: None,
@@ -164,12 +169,15 @@ pub enum KeyChange {
     Changed,
     /// It was revoked.
     Revoked,
+    /// It was taken off the revoked list (by an edit of the file by hand: no command
+    /// does it).
+    Unrevoked,
     /// It was removed from the file.
     Removed,
 }
 
 /// What changed between two readings of a trust file, key by key: added, changed (roles,
-/// period, labels or name), revoked, removed.
+/// period, labels or name), revoked, taken off the revoked list, removed.
 pub fn trust_changes(old: &Trust, new: &Trust) -> Vec<KeyEvent> {
     let event = |key: &KeyId, change, s: Option<&Signer>| KeyEvent {
         key: *key,
@@ -188,6 +196,11 @@ pub fn trust_changes(old: &Trust, new: &Trust) -> Vec<KeyEvent> {
     for key in new.revoked() {
         if !old.is_revoked(key) {
             out.push(event(key, KeyChange::Revoked, new.signer(key)));
+        }
+    }
+    for key in old.revoked() {
+        if !new.is_revoked(key) {
+            out.push(event(key, KeyChange::Unrevoked, new.signer(key).or(old.signer(key))));
         }
     }
     for (key, s) in old.signers() {
@@ -278,6 +291,12 @@ pub fn check_history(
     for p in &page.entries {
         let entry = Entry::from_bytes(p.entry.as_bytes())
             .map_err(|e| AuditError::Tree(format!("entry {} is not an entry: {e}", p.seq)))?;
+        if out.last().is_some_and(|c: &Checked| c.entry.seq >= entry.seq) {
+            return Err(AuditError::Tree(format!(
+                "the queue answered entry {} out of order",
+                entry.seq
+            )));
+        }
         if entry.seq != p.seq || entry.job() != Some(job) {
             return Err(AuditError::Tree(format!(
                 "the queue answered with entry {} as entry {} of job {job}",
@@ -662,6 +681,12 @@ mod tests {
         let signers = json["signers"].as_array_mut().unwrap();
         signers.retain(|s| s["name"] != "c");
         let new = Trust::from_json(&serde_json::to_vec(&json).unwrap()).unwrap();
+        // A revocation undone by hand is recorded as such.
+        let mut undone: serde_json::Value = serde_json::from_slice(&new.to_json()).unwrap();
+        undone["revoked"] = serde_json::json!([]);
+        let undone = Trust::from_json(&serde_json::to_vec(&undone).unwrap()).unwrap();
+        let back: Vec<KeyChange> = trust_changes(&new, &undone).iter().map(|e| e.change).collect();
+        assert_eq!(back, vec![KeyChange::Unrevoked]);
         let got: Vec<(KeyId, KeyChange)> =
             trust_changes(&old, &new).iter().map(|e| (e.key, e.change)).collect();
         assert_eq!(
@@ -707,6 +732,44 @@ mod tests {
         let mut broken = mem;
         broken.0.remove(&tlog_tiles::stored_hash_index(1, 2));
         assert!(matches!(root(7, &broken), Err(AuditError::Tree(_))));
+    }
+
+    #[test]
+    fn a_history_checks_only_when_every_part_holds() {
+        let (entries, mem) = log(9);
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let fp = fingerprint_of(&key.verifying_key()).unwrap();
+        let head = TreeHead { size: 8, root: root(8, &mem).unwrap() };
+        let note = sign_checkpoint(&origin(&fp), head, &key).unwrap();
+        // Entries 2 and 8 (job 2 and job 8 in `log`): one proven, one after the checkpoint.
+        let proven = |seq: u64| Proven {
+            seq,
+            entry: String::from_utf8(entries[seq as usize].clone()).unwrap(),
+            proof: if seq < 8 { inclusion_proof(seq, 8, &mem).unwrap() } else { vec![] },
+        };
+        let page = History {
+            entries: vec![proven(2)],
+            checkpoint: Some(note.clone()),
+            key: key_to_base64(&key.verifying_key()),
+        };
+        let got = check_history(&fp, JobId(2), &page).unwrap();
+        assert_eq!(got[0].proven_in, Some(8));
+        let later = History { entries: vec![proven(8)], ..page.clone() };
+        assert_eq!(check_history(&fp, JobId(8), &later).unwrap()[0].proven_in, None);
+        // Another queue's key, an entry twice, a proof of another entry: refused.
+        let other = SigningKey::from_bytes(&[10; 32]);
+        let foreign = History { key: key_to_base64(&other.verifying_key()), ..page.clone() };
+        assert!(check_history(&fp, JobId(2), &foreign).is_err());
+        let twice = History { entries: vec![proven(2), proven(2)], ..page.clone() };
+        assert!(check_history(&fp, JobId(2), &twice).is_err());
+        let mut swapped = proven(2);
+        swapped.proof = inclusion_proof(3, 8, &mem).unwrap();
+        let wrong = History { entries: vec![swapped], ..page.clone() };
+        assert!(check_history(&fp, JobId(2), &wrong).is_err());
+        // An entry the checkpoint covers must come with its proof.
+        let mut bare = proven(2);
+        bare.proof.clear();
+        assert!(check_history(&fp, JobId(2), &History { entries: vec![bare], ..page }).is_err());
     }
 
     #[test]

@@ -48,6 +48,15 @@ pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
+/// Characters that print as nothing or as a line break where a name should show one line:
+/// zero-width spaces and joiners, the word joiner and invisible operators, the byte order
+/// mark, the soft hyphen, and every whitespace other than the plain space (the line and
+/// paragraph separators among them). Two names differing by them look the same.
+pub fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{00ad}' | '\u{200b}'..='\u{200d}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
+        || (c.is_whitespace() && c != ' ')
+}
+
 type Chars<'a> = std::iter::Peekable<std::str::Chars<'a>>;
 
 /// Skips what follows an ESC: a whole sequence, or nothing when what follows cannot be

@@ -138,7 +138,7 @@ pub enum TrustError {
     Revoked(KeyId),
     /// The name is not acceptable.
     #[error(
-        "invalid signer name {0:?}: 1 to 64 printable characters, no control characters or bidirectional overrides"
+        "invalid signer name {0:?}: 1 to 64 printable characters, no control, invisible or bidirectional characters"
     )]
     Name(String),
     /// No roles were given.
@@ -214,7 +214,9 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.chars().count() <= 64
         && name.trim() == name
-        && !name.chars().any(|c| c.is_control() || crate::text::is_bidi_control(c))
+        && !name.chars().any(|c| {
+            c.is_control() || crate::text::is_bidi_control(c) || crate::text::is_invisible(c)
+        })
 }
 
 impl Trust {
@@ -517,6 +519,10 @@ mod tests {
         // A name that would print reversed is refused too.
         let bidi = t.add("a\u{202e}b", key(3), &Role::SIGNING);
         assert!(matches!(bidi, Err(TrustError::Name(_))));
+        for unseen in ["a\u{200b}b", "\u{feff}ab", "a\u{2028}b", "a\u{00ad}b", "a\u{3000}b"] {
+            let r = t.add(unseen, key(3), &Role::SIGNING);
+            assert!(matches!(r, Err(TrustError::Name(_))), "{unseen:?}");
+        }
     }
 
     #[test]

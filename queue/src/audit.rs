@@ -93,6 +93,12 @@ pub(crate) fn head(tx: &redb::ReadTransaction) -> Result<TreeHead, StoreError> {
     Ok(TreeHead { size, root })
 }
 
+/// The root of the first `size` entries, from the stored tree.
+pub(crate) fn root(tx: &redb::ReadTransaction, size: u64) -> Result<Digest, StoreError> {
+    let hashes = tx.open_table(HASHES).map_err(err)?;
+    audit::root(size, &Stored(&hashes)).map_err(err)
+}
+
 /// `job`'s entries after `after`, oldest first, at most `max`.
 pub(crate) fn of_job(
     tx: &redb::ReadTransaction,
@@ -271,10 +277,19 @@ pub fn verify(
         }
         let entry = Entry::from_bytes(bytes)
             .map_err(|e| Broken::Edited { seq, why: format!("it is not an entry ({e})") })?;
-        if entry.seq != seq {
-            return Err(Broken::Reordered { seq, holds: entry.seq });
-        }
         let leaf = audit::leaf_hash(bytes);
+        if entry.seq != seq {
+            // Moved here if it is, byte for byte, the entry appended at the number it
+            // carries; edited if not.
+            let there = stored.stored(audit::leaf_index(entry.seq)).map_err(Broken::Store)?;
+            if there == Some(leaf) {
+                return Err(Broken::Reordered { seq, holds: entry.seq });
+            }
+            return Err(Broken::Edited {
+                seq,
+                why: format!("it carries the number {}", entry.seq),
+            });
+        }
         let kept = stored.stored(audit::leaf_index(seq)).map_err(Broken::Store)?;
         if kept.is_some_and(|k| k != leaf) {
             return Err(Broken::Edited {
@@ -335,8 +350,15 @@ fn open_dir(data: &std::path::Path) -> anyhow::Result<redb::ReadOnlyDatabase> {
             data.display()
         );
     }
-    crate::store::RedbStore::read_only(&path)
-        .with_context(|| format!("cannot open {} read-only", path.display()))
+    let (db, recovered) = crate::store::RedbStore::read_only(&path)
+        .with_context(|| format!("cannot open {} read-only", path.display()))?;
+    if recovered {
+        tracing::warn!(
+            store = %path.display(),
+            "the queue stopped without closing its store: recovered it first, as agq serve does"
+        );
+    }
+    Ok(db)
 }
 
 /// `agq audit verify`: checks the log in `data` against the queue's identity key.
@@ -349,6 +371,16 @@ pub fn verify_dir(data: &std::path::Path, saved: &[String]) -> anyhow::Result<Ve
     let tx = db.begin_read()?;
     verify(&tx, &audit::origin(&fp), &key, saved)
         .map_err(|e| anyhow::anyhow!("audit log broken: {e}"))
+}
+
+/// Checks that `note` is a checkpoint of the queue in `data`, signed by its key.
+pub fn check_saved(data: &std::path::Path, note: &str) -> anyhow::Result<()> {
+    let key = crate::identity::signing_key(data)?.verifying_key();
+    let fp = audit::fingerprint_of(&key)
+        .ok_or_else(|| anyhow::anyhow!("the identity key has no public key encoding"))?;
+    audit::open_checkpoint(note.as_bytes(), &audit::origin(&fp), &key)
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("is not a checkpoint of this queue: {e}"))
 }
 
 /// `agq audit export`: writes the entries recorded since `since` (Unix ms) to `out`, one

@@ -27,6 +27,8 @@ pub(crate) struct Auditor {
     identity: SigningKey,
     origin: String,
     state: Mutex<State>,
+    /// Held while a trust change is recorded, so concurrent requests record it once.
+    recording: tokio::sync::Mutex<()>,
 }
 
 struct State {
@@ -43,7 +45,12 @@ impl Auditor {
             let digest = Digest::of(&bytes);
             Trust::from_json(&bytes).ok().map(|t| (digest, Arc::new(t)))
         });
-        Self { identity, origin, state: Mutex::new(State { trust, signed: 0 }) }
+        Self {
+            identity,
+            origin,
+            state: Mutex::new(State { trust, signed: 0 }),
+            recording: tokio::sync::Mutex::new(()),
+        }
     }
 }
 
@@ -53,16 +60,73 @@ impl std::fmt::Debug for Auditor {
     }
 }
 
+/// What the queue checks of its audit log when it starts, in `O(log n)`: the latest
+/// checkpoint must be its own (else the store is another queue's, and it refuses to
+/// start), and the log must still hold that checkpoint's tree (else it says, loudly, that
+/// the log was changed; `agq audit verify` names the first fault).
+pub(crate) fn check_at_start(
+    store: &dyn crate::store::Store,
+    origin: &str,
+    key: &agenix_proto::keys::VerifyingKey,
+) -> anyhow::Result<()> {
+    let Some((size, note)) = store.latest_checkpoint()? else { return Ok(()) };
+    let head = audit::open_checkpoint(note.as_bytes(), origin, key).map_err(|e| {
+        anyhow::anyhow!(
+            "the store's audit log was not signed by this queue ({e}): is its queue.redb \
+             another queue's?"
+        )
+    })?;
+    let now = store.audit_head()?;
+    if now.size < size {
+        tracing::error!(
+            entries = now.size,
+            signed = size,
+            "the audit log ends before its latest checkpoint: entries were removed (agq audit verify names them)"
+        );
+    } else if head.size != size || store.audit_root(size)? != head.root {
+        tracing::error!(
+            signed = size,
+            "the audit log no longer gives the root its latest checkpoint signed: it was changed (agq audit verify names the first fault)"
+        );
+    }
+    Ok(())
+}
+
 impl Queue {
+    /// Makes sure `trust` is recorded in the audit log before anything is decided by it:
+    /// a trust file that changed takes effect only once its change is durable in the log.
+    pub(crate) async fn audited(&self, trust: &Arc<Trust>) -> Result<(), Response> {
+        let seen = |q: &Self| {
+            let state = lock(&q.auditor.state);
+            state.trust.as_ref().is_some_and(|(_, t)| Arc::ptr_eq(t, trust))
+        };
+        if seen(self) {
+            return Ok(());
+        }
+        let _one = self.auditor.recording.lock().await;
+        if seen(self) || self.audit_trust(trust).await {
+            return Ok(());
+        }
+        Err(error(
+            ErrorCode::Unavailable,
+            "the queue's trust file changed, and the change could not be recorded in its \
+             audit log yet: try again",
+        ))
+    }
+
     /// Records a new reading of the trust file, if it differs from the one last recorded:
-    /// one entry per key that changed, then the file's digest.
-    pub(crate) async fn audit_trust(&self, trust: &Arc<Trust>) {
+    /// one entry per key that changed, then the file's digest. False when it could not be
+    /// stored (the reaper tries again).
+    async fn audit_trust(&self, trust: &Arc<Trust>) -> bool {
         let bytes = trust.to_json();
         let digest = Digest::of(&bytes);
         let old = {
-            let state = lock(&self.auditor.state);
+            let mut state = lock(&self.auditor.state);
             match &state.trust {
-                Some((d, _)) if *d == digest => return,
+                Some((d, _)) if *d == digest => {
+                    state.trust = Some((digest, trust.clone()));
+                    return true;
+                }
                 Some((_, t)) => t.clone(),
                 None => Arc::new(Trust::new()),
             }
@@ -75,13 +139,17 @@ impl Queue {
         let changed = writes.len();
         writes.push(Write::Change(Change::Audit { at: now, event: Event::Trust { file: digest } }));
         writes.push(Write::TrustSeen(bytes));
-        let Ok(((), done)) = self.apply(|_| Ok(((), vec![])), writes) else { return };
+        let Ok(((), done)) = self.apply(|_| Ok(((), vec![])), writes) else { return false };
         match Self::durable(done).await {
             Ok(()) => {
                 info!(keys = changed, file = %digest, "trust file change recorded in the audit log");
                 lock(&self.auditor.state).trust = Some((digest, trust.clone()));
+                true
             }
-            Err(e) => warn!(answer = ?e, "cannot record a trust file change in the audit log"),
+            Err(e) => {
+                warn!(answer = ?e, "cannot record a trust file change in the audit log");
+                false
+            }
         }
     }
 

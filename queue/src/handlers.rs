@@ -81,7 +81,7 @@ impl Queue {
             }
             Request::Stats {} => Response::Stats { stats: lock(&self.sched).stats(now) },
             Request::Register { capabilities, instance } => {
-                self.register(client, capabilities, &instance)
+                self.register(client, capabilities, &instance).await
             }
             Request::Heartbeat { leases } => {
                 let Some(worker) = registered(client) else { return unregistered() };
@@ -138,7 +138,12 @@ impl Queue {
         }
     }
 
-    fn register(&self, client: &Conn, capabilities: Capabilities, instance: &str) -> Response {
+    async fn register(
+        &self,
+        client: &Conn,
+        capabilities: Capabilities,
+        instance: &str,
+    ) -> Response {
         if instance.is_empty() || instance.len() > MAX_INSTANCE {
             return error(
                 ErrorCode::BadRequest,
@@ -153,7 +158,7 @@ impl Queue {
         // Operators see the name and labels they enrolled the key with, not what the
         // worker says of itself (its own labels stand when none were enrolled).
         let mut capabilities = capabilities;
-        match self.trust.for_workers().map(|t| t.worker(&key, now_ms() / 1000).cloned()) {
+        match self.workers_trust().await.map(|t| t.worker(&key, now_ms() / 1000).cloned()) {
             Ok(Ok(enrolled)) => {
                 // Cut where it must be, marked: names cut alike stay told apart by the mark.
                 capabilities.name =
@@ -163,7 +168,7 @@ impl Queue {
                 }
             }
             Ok(Err(refusal)) => return error(ErrorCode::Unauthenticated, refusal.to_string()),
-            Err(e) => return error(ErrorCode::Unavailable, e),
+            Err(refused) => return refused,
         }
         let id = worker_id(&key, instance);
         let concurrency = capabilities.concurrency;
@@ -254,7 +259,7 @@ impl Queue {
             .read(&blob.digest, MAX_ENVELOPE_BYTES as u64)
             .await
             .map_err(|e| invalid(format!("signed result: {e}")))?;
-        let trust = self.trust.for_workers().map_err(|e| error(ErrorCode::Unavailable, e))?;
+        let trust = self.workers_trust().await?;
         let verified = agenix_proto::verify_result(&bytes, &trust, now_ms() / 1000)
             .map_err(|e| invalid(format!("signed result: {e}")))?;
         if Some(verified.signer()) != client.key {
@@ -397,9 +402,9 @@ impl Queue {
             (Err(e), _) => return error(ErrorCode::Invalid, format!("plan envelope: {e}")),
             (_, Err(e)) => return error(ErrorCode::Invalid, format!("action envelope: {e}")),
         };
-        let trust = match self.trust.current() {
+        let trust = match self.current_trust().await {
             Ok(t) => t,
-            Err(e) => return error(ErrorCode::Unavailable, e),
+            Err(refused) => return refused,
         };
         let vp = match agenix_proto::verify_plan(&plan_bytes, &trust, now_s, &Limits::ABSOLUTE) {
             Ok(v) => v,
@@ -450,6 +455,7 @@ impl Queue {
             priority: a.priority,
             max_attempts: a.max_attempts,
             requirements: Requirements::of(vp.plan()),
+            signer: Some(va.signer()),
         };
         let result = self.apply(
             |s| {
@@ -489,7 +495,7 @@ impl Queue {
         tokio::pin!(gone);
         loop {
             // A key that stopped being accepted while this claim waited is leased nothing.
-            if let Some(refused) = self.worker_refusal(client.key) {
+            if let Some(refused) = self.worker_refusal(client.key).await {
                 return refused;
             }
             let woken = self.ready.notified();

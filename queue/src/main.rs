@@ -78,8 +78,9 @@ enum Command {
         /// How long finished jobs are kept (`7days`, `12h`).
         #[arg(long, default_value = "7days", value_parser = humantime::parse_duration)]
         retention: Duration,
-        /// How often the audit log's checkpoint is signed, when the log grew (`10s`).
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        /// How often the audit log's checkpoint is signed, when the log grew (`10s`; at
+        /// least `100ms`).
+        #[arg(long, default_value = "10s", value_parser = checkpoint_interval)]
         checkpoint_every: Duration,
         /// How long a client may take to send one request frame, in ms.
         #[arg(long, default_value_t = 10_000)]
@@ -222,6 +223,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init { data } => {
             let fp = identity::init(&data)?;
+            RedbStore::create(&data.join("queue.redb"))?;
             // The fingerprint alone on stdout (what scripts take); the guidance on stderr.
             writeln!(out, "{fp}")?;
             let mut err = std::io::stderr().lock();
@@ -251,23 +253,31 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Worker(c) => worker_command(c, &mut out)?,
         Command::Audit(AuditCommand::Verify { data, checkpoint }) => {
+            init_logging();
             let saved = checkpoint
                 .iter()
                 .map(|f| {
-                    agenix_queue::read_capped(f, agenix_proto::audit::MAX_CHECKPOINT_BYTES as u64)
-                        .with_context(|| format!("cannot read the checkpoint {}", f.display()))
-                        .and_then(|b| {
-                            String::from_utf8(b)
-                                .with_context(|| format!("{} is not text", f.display()))
-                        })
+                    let bytes = agenix_queue::read_capped(
+                        f,
+                        agenix_proto::audit::MAX_CHECKPOINT_BYTES as u64,
+                    )
+                    .with_context(|| format!("cannot read the checkpoint {}", f.display()))?;
+                    let note = String::from_utf8(bytes)
+                        .with_context(|| format!("the checkpoint {} is not text", f.display()))?;
+                    audit::check_saved(&data, &note)
+                        .with_context(|| format!("the checkpoint {}", f.display()))?;
+                    Ok(note)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let v = audit::verify_dir(&data, &saved)?;
+            let v = no_panic(&data, || audit::verify_dir(&data, &saved))?;
             let fp = identity::fingerprint(&data)?;
             writeln!(
                 out,
-                "audit log intact: {} entries, {} checkpoints signed by {fp}",
-                v.entries, v.checkpoints
+                "audit log intact: {} {}, {} {} signed by {fp}",
+                v.entries,
+                if v.entries == 1 { "entry" } else { "entries" },
+                v.checkpoints,
+                if v.checkpoints == 1 { "checkpoint" } else { "checkpoints" },
             )?;
             match v.entries - v.signed {
                 0 => writeln!(out, "every entry is covered by the latest checkpoint")?,
@@ -279,15 +289,17 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Audit(AuditCommand::Export { data, since }) => {
+            init_logging();
             let since = match since {
                 None => 0,
                 Some(t) => parse_since(&t)?,
             };
-            let n = audit::export_dir(&data, since, &mut out)?;
+            let n = no_panic(&data, || audit::export_dir(&data, since, &mut out))?;
             let _ = writeln!(std::io::stderr(), "agq: exported {n} entries");
         }
         Command::Audit(AuditCommand::Checkpoint { data }) => {
-            match audit::latest_checkpoint_dir(&data)? {
+            init_logging();
+            match no_panic(&data, || audit::latest_checkpoint_dir(&data))? {
                 Some(note) => write!(out, "{note}")?,
                 None => {
                     anyhow::bail!("no checkpoint yet: the queue signs one once the log has entries")
@@ -329,7 +341,7 @@ fn run(cli: Cli) -> Result<()> {
                 collect_every: blob_grace.clamp(Duration::from_secs(1), Duration::from_secs(60)),
                 group_commit: !no_group_commit,
                 request_timeout: Duration::from_millis(request_timeout_ms),
-                checkpoint_every: checkpoint_every.max(Duration::from_millis(100)),
+                checkpoint_every,
                 scheduler: agenix_queue_core::Config {
                     lease_ms,
                     heartbeat_ms,
@@ -346,10 +358,13 @@ fn run(cli: Cli) -> Result<()> {
             let signing = identity::signing_key(&data)?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
-                let store = Arc::new(RedbStore::open(&data.join("queue.redb"))?);
+                let store =
+                    no_panic(&data, || Ok(Arc::new(RedbStore::open(&data.join("queue.redb"))?)))?;
                 let blobs = Blobs::new(&data, max_blob, blob_quota)?;
                 let endpoint = agenix_queue::server::endpoint(listen, cert, key, &settings)?;
-                let queue = Queue::start(store, blobs, trust, signing, tokens, settings)?;
+                let queue = no_panic(&data, || {
+                    Queue::start(store, blobs, trust, signing, tokens, settings)
+                })?;
                 // Listening for SIGTERM and SIGINT before saying it serves: a signal sent the
                 // moment it does shuts it down cleanly.
                 let mut term = signal(SignalKind::terminate())?;
@@ -380,14 +395,44 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// Runs `f`, which reads the store in `data`; a store so damaged that the storage library
+/// stops on it (a panic) is reported as damaged, not as a crash.
+fn no_panic<T>(data: &std::path::Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    drop(std::panic::take_hook());
+    result.unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        anyhow::bail!(
+            "the store {} is damaged: reading it failed ({why})",
+            data.join("queue.redb").display()
+        )
+    })
+}
+
+/// `--checkpoint-every`: a duration of at least 100 ms (refused below, never raised).
+fn checkpoint_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s} is below the least interval, 100ms"));
+    }
+    Ok(d)
+}
+
 /// `--since`: a time (RFC 3339) or an age, as Unix ms.
 fn parse_since(t: &str) -> Result<u64> {
     let now = std::time::SystemTime::now();
-    let at = match humantime::parse_rfc3339_weak(t) {
+    let at = match humantime::parse_rfc3339(t) {
         Ok(at) => at,
         Err(_) => {
             let age = humantime::parse_duration(t).map_err(|_| {
-                anyhow::anyhow!("--since {t:?}: give a time (2026-12-06T10:00:00Z) or an age (2h)")
+                anyhow::anyhow!(
+                    "--since {t:?}: give a time in UTC (2026-12-06T10:00:00Z) or an age (2h)"
+                )
             })?;
             now.checked_sub(age).unwrap_or(std::time::UNIX_EPOCH)
         }

@@ -151,6 +151,7 @@ impl Queue {
             .ok_or_else(|| anyhow::anyhow!("the identity key has no public key encoding"))?;
         let origin = agenix_proto::audit::origin(&fingerprint);
         let loaded = store.load()?;
+        crate::auditor::check_at_start(store.as_ref(), &origin, &identity.verifying_key())?;
         let auditor = crate::auditor::Auditor::new(identity, origin, loaded.trust_seen.clone());
         let sched = Scheduler::load(
             settings.scheduler,
@@ -295,6 +296,10 @@ impl Queue {
         let t = self.settings.request_timeout;
         let (mut send, mut recv) = tokio::time::timeout(t, conn.accept_bi()).await.ok()?.ok()?;
         let req = tokio::time::timeout(t, read_frame::<Request>(&mut recv)).await.ok()?;
+        let worker_refused = match &req {
+            Ok(Request::Hello { role: ClientRole::Worker, .. }) => self.worker_refusal(key).await,
+            _ => None,
+        };
         // Why a hello would be refused, if it would; `None` for a valid one.
         let check = |version: u32, role: ClientRole, token: &Option<String>| {
             if version != PROTOCOL_VERSION {
@@ -308,7 +313,7 @@ impl Queue {
                     ErrorCode::Unauthenticated,
                     "workers have no token: a worker authenticates with its own key",
                 )),
-                (ClientRole::Worker, None) => self.worker_refusal(key),
+                (ClientRole::Worker, None) => worker_refused.clone(),
                 (_, Some(token)) if self.tokens.role_of(role, token) => None,
                 (_, Some(_)) => Some(error(
                     ErrorCode::Unauthenticated,
@@ -384,8 +389,24 @@ impl Queue {
         None
     }
 
+    /// What enrolled workers are checked against (`TrustSource::for_workers`), once its
+    /// reading is recorded in the audit log.
+    pub(crate) async fn workers_trust(&self) -> Result<Arc<agenix_proto::Trust>, Response> {
+        let trust = self.trust.for_workers().map_err(|e| error(ErrorCode::Unavailable, e))?;
+        self.audited(&trust).await?;
+        Ok(trust)
+    }
+
+    /// The trust file as it says now (what submissions are verified against), once its
+    /// reading is recorded in the audit log.
+    pub(crate) async fn current_trust(&self) -> Result<Arc<agenix_proto::Trust>, Response> {
+        let trust = self.trust.current().map_err(|e| error(ErrorCode::Unavailable, e))?;
+        self.audited(&trust).await?;
+        Ok(trust)
+    }
+
     /// Why a worker with `key` may not act now, as the answer to give; `None` when it may.
-    pub(crate) fn worker_refusal(&self, key: Option<KeyId>) -> Option<Response> {
+    pub(crate) async fn worker_refusal(&self, key: Option<KeyId>) -> Option<Response> {
         let Some(key) = key else {
             return Some(error(
                 ErrorCode::Unauthenticated,
@@ -393,9 +414,9 @@ impl Queue {
                  connection presented none (make one with agw init)",
             ));
         };
-        let trust = match self.trust.for_workers() {
+        let trust = match self.workers_trust().await {
             Ok(t) => t,
-            Err(e) => return Some(error(ErrorCode::Unavailable, e)),
+            Err(refused) => return Some(refused),
         };
         match trust.worker(&key, now_ms() / 1000) {
             Ok(_) => None,
@@ -450,7 +471,7 @@ impl Queue {
         // A worker's key is checked again at every request: a revocation takes effect at
         // its next one, and ends the connection.
         if client.role == ClientRole::Worker
-            && let Some(refused) = self.worker_refusal(client.key)
+            && let Some(refused) = self.worker_refusal(client.key).await
         {
             let revoked = matches!(&refused, Response::Error { code, .. } if *code == ErrorCode::Unauthenticated);
             if revoked {
@@ -602,14 +623,14 @@ async fn reaper(queue: Weak<Queue>) {
             seen = Some((generation, second));
             if let Ok(trust) = trust {
                 q.disown(&trust).await;
-                if audited != Some(generation) {
+                if audited != Some(generation) && q.audited(&trust).await.is_ok() {
                     audited = Some(generation);
-                    q.audit_trust(&trust).await;
                 }
             }
         }
         if now_ms() >= next_checkpoint {
-            next_checkpoint = now_ms() + q.settings.checkpoint_every.as_millis() as u64;
+            let every = u64::try_from(q.settings.checkpoint_every.as_millis()).unwrap_or(u64::MAX);
+            next_checkpoint = now_ms().saturating_add(every);
             q.checkpoint().await;
         }
         let now = now_ms();

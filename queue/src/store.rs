@@ -103,6 +103,10 @@ pub trait Store: Send + Sync + 'static {
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError>;
     /// The audit log's size and root.
     fn audit_head(&self) -> Result<TreeHead, StoreError>;
+    /// The root of the audit log's first `size` entries, from its stored tree.
+    fn audit_root(&self, size: u64) -> Result<Digest, StoreError>;
+    /// The latest signed checkpoint: its size and note.
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError>;
     /// `job`'s audit entries after entry `after`, oldest first, at most `max`, with their
     /// proofs in the latest checkpoint, all read at one instant.
     fn history(&self, job: JobId, after: Option<u64>, max: usize) -> Result<History, StoreError>;
@@ -118,15 +122,33 @@ pub struct RedbStore {
 }
 
 impl RedbStore {
-    /// Opens (or creates) the database at `path`.
+    /// Creates the database at `path` (`agq init`); refuses a file already there.
+    pub fn create(path: &Path) -> Result<Self, StoreError> {
+        if path.exists() {
+            return Err(StoreError(format!("{} already exists", path.display())));
+        }
+        Self::open_at(path, true)
+    }
+
+    /// Opens the database at `path`. A missing or empty file is refused, never made anew:
+    /// the queue's jobs and its audit log would be gone without a word.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        match std::fs::metadata(path) {
+            Ok(m) if m.len() > 0 => Self::open_at(path, false),
+            Ok(_) | Err(_) => Err(StoreError(format!(
+                "the queue's store {} is missing or empty: its jobs and audit log are gone \
+                 (restore it from a backup, or make a new queue directory with agq init)",
+                path.display()
+            ))),
+        }
+    }
+
+    fn open_at(path: &Path, create: bool) -> Result<Self, StoreError> {
         // The scheduler holds the live state in memory and reads the store only at start,
         // so redb's page cache (1 GiB by default) would mostly duplicate it.
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .set_concurrency_mode(ConcurrencyMode::SingleWriter)
-            .create(path)
-            .map_err(err)?;
+        let mut builder = Database::builder();
+        builder.set_cache_size(CACHE_BYTES).set_concurrency_mode(ConcurrencyMode::SingleWriter);
+        let db = if create { builder.create(path) } else { builder.open(path) }.map_err(err)?;
         // Create every table, so reads never meet a missing one.
         let tx = db.begin_write().map_err(err)?;
         {
@@ -144,13 +166,30 @@ impl RedbStore {
         Ok(Self { db })
     }
 
-    /// Opens the database at `path` read-only, beside the queue that writes it.
-    pub fn read_only(path: &Path) -> Result<redb::ReadOnlyDatabase, StoreError> {
-        Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .set_concurrency_mode(ConcurrencyMode::SingleWriter)
-            .open_read_only(path)
-            .map_err(err)
+    /// Opens the database at `path` read-only, beside the queue that writes it. A database
+    /// left by a queue that was killed needs the recovery `agq serve` makes when it starts
+    /// (redb rebuilds its allocator state from the last commit; nothing committed
+    /// changes): with no queue running, it is made first, and the second value says so.
+    pub fn read_only(path: &Path) -> Result<(redb::ReadOnlyDatabase, bool), StoreError> {
+        let open = || {
+            Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+                .open_read_only(path)
+        };
+        match open() {
+            Ok(db) => Ok((db, false)),
+            Err(redb::DatabaseError::RepairAborted) => {
+                let writer = Database::builder()
+                    .set_cache_size(CACHE_BYTES)
+                    .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+                    .open(path)
+                    .map_err(|e| StoreError(format!("it needs recovery, which failed: {e}")))?;
+                drop(writer);
+                Ok((open().map_err(err)?, true))
+            }
+            Err(e) => Err(err(e)),
+        }
     }
 }
 
@@ -236,6 +275,14 @@ impl Store for RedbStore {
 
     fn audit_head(&self) -> Result<TreeHead, StoreError> {
         log::head(&self.db.begin_read().map_err(err)?)
+    }
+
+    fn audit_root(&self, size: u64) -> Result<Digest, StoreError> {
+        log::root(&self.db.begin_read().map_err(err)?, size)
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        log::latest_checkpoint(&self.db.begin_read().map_err(err)?)
     }
 
     fn history(&self, job: JobId, after: Option<u64>, max: usize) -> Result<History, StoreError> {
@@ -347,9 +394,18 @@ impl Store for MemStore {
     }
 
     fn audit_head(&self) -> Result<TreeHead, StoreError> {
+        let size = self.inner.lock().map_err(|_| StoreError("poisoned".into()))?.audit.len();
+        Ok(TreeHead { size: size as u64, root: self.audit_root(size as u64)? })
+    }
+
+    fn audit_root(&self, size: u64) -> Result<Digest, StoreError> {
         let m = self.inner.lock().map_err(|_| StoreError("poisoned".into()))?;
-        let size = m.audit.len() as u64;
-        Ok(TreeHead { size, root: audit::root(size, &*m).map_err(err)? })
+        audit::root(size, &*m).map_err(err)
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let m = self.inner.lock().map_err(|_| StoreError("poisoned".into()))?;
+        Ok(m.checkpoints.last_key_value().map(|(s, n)| (*s, n.clone())))
     }
 
     fn history(&self, job: JobId, after: Option<u64>, max: usize) -> Result<History, StoreError> {
@@ -403,6 +459,14 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.audit_head()
     }
 
+    fn audit_root(&self, size: u64) -> Result<Digest, StoreError> {
+        self.inner.audit_root(size)
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        self.inner.latest_checkpoint()
+    }
+
     fn history(&self, job: JobId, after: Option<u64>, max: usize) -> Result<History, StoreError> {
         self.inner.history(job, after, max)
     }
@@ -424,7 +488,11 @@ mod tests {
     fn redb_round_trips_a_batch() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.redb");
-        let store = RedbStore::open(&path).unwrap();
+        assert!(RedbStore::open(&path).unwrap_err().0.contains("is missing or empty"));
+        std::fs::write(&path, b"").unwrap();
+        assert!(RedbStore::open(&path).unwrap_err().0.contains("is missing or empty"));
+        std::fs::remove_file(&path).unwrap();
+        let store = RedbStore::create(&path).unwrap();
         let id = ActionId::from_random([1; 16]);
         let rec = ActionRecord {
             payload: Digest::of(b"a"),

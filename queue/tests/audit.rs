@@ -270,6 +270,13 @@ async fn a5_two_swapped_entries_are_named() {
     })
     .await;
     assert!(err.contains("entry 1 holds entry 2: entries were reordered"), "{err}");
+    // An entry whose number was changed is edited, not moved.
+    let err = tampered(|tx, _| {
+        let text = String::from_utf8(entry(tx, 1)).unwrap();
+        put(tx, 1, text.replacen(r#""seq":1"#, r#""seq":2"#, 1).as_bytes());
+    })
+    .await;
+    assert!(err.contains("entry 1 was edited: it carries the number 2"), "{err}");
 }
 
 /// A6: the log truncated before the last checkpoint is named, with what is gone.
@@ -302,7 +309,8 @@ async fn a7_a_saved_checkpoint_must_still_be_in_the_log() {
     let forged = q.dir.path().join("forged.checkpoint");
     std::fs::write(&forged, note.replacen('\n', "\n1", 1)).unwrap();
     let (ok, _, err) = audit_cmd(&q.data(), &["verify", "--checkpoint", forged.to_str().unwrap()]);
-    assert!(!ok && err.contains("the saved checkpoint"), "{err}");
+    assert!(!ok && err.contains("forged.checkpoint: is not a checkpoint of this queue"), "{err}");
+    assert!(!err.contains("audit log broken"), "a bad file is not a broken log: {err}");
     // The whole log and its checkpoints replaced (what a holder of the key could do).
     q.kill();
     let db = redb::Database::builder()
@@ -332,4 +340,117 @@ fn a8_audit_commands_refuse_what_is_not_a_queue() {
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let (ok, _, err) = audit_cmd(dir.path(), &["verify", "--checkpoint", fifo.to_str().unwrap()]);
     assert!(!ok && err.contains("not a regular file"), "{err}");
+    // The checkpoint interval: 100ms is the least (the other tests serve with it); below it,
+    // or without a unit, agq refuses to start rather than raise it.
+    for bad in ["99ms", "10"] {
+        let out = Command::new(agq())
+            .args(["serve", "--data"])
+            .arg(dir.path())
+            .args(["--checkpoint-every", bad])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("--checkpoint-every"), "{err}");
+    }
+}
+
+/// A9: the store of a queue killed mid-run needs recovery; `agq audit verify` makes it (as
+/// `agq serve` would), says so, and finds the log intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a9_the_log_of_a_killed_queue_is_recovered_and_verified() {
+    let mut q = Agq::start(&["--checkpoint-every", "100ms"]);
+    one_job(&q).await;
+    wait_signed(&q.data());
+    q.kill();
+    let (ok, out, err) = audit_cmd(&q.data(), &["verify"]);
+    assert!(ok && out.contains("audit log intact"), "{out}{err}");
+    assert!(err.contains("recovered it first"), "{err}");
+    let (ok, out, err) = audit_cmd(&q.data(), &["verify"]);
+    assert!(ok && !err.contains("recovered"), "{out}{err}");
+    q.restart();
+    let (ok, out, err) = audit_cmd(&q.data(), &["verify"]);
+    assert!(ok, "{out}{err}");
+}
+
+/// A10: a trust-file change takes effect only once it is in the log: a signer added and
+/// used at once has its `added` entry before the submission it signed, which names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a10_a_trust_change_is_recorded_before_it_takes_effect() {
+    use agenix_proto::envelope::{sign_action, sign_plan};
+    let q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    planner.put_blob(COMPONENT).await.unwrap();
+    planner.put_blob(b"fresh").await.unwrap();
+    let fresh = agenix_proto::keys::signing_key_from_seed(&rand16x2());
+    let path = q.data().join("trust.json");
+    let mut trust = agenix_proto::Trust::from_json(&std::fs::read(&path).unwrap()).unwrap();
+    trust.add("fresh", fresh.verifying_key(), &agenix_proto::Role::SIGNING).unwrap();
+    std::fs::write(&path, trust.to_json()).unwrap();
+    // At once: well before the reaper's next look at the file.
+    let plan = plan_value(COMPONENT, &[]);
+    let plan_env = sign_plan(&plan, &fresh).unwrap();
+    let action = q.unsigned_action(agenix_proto::Digest::of(&plan.to_payload()), &[b"fresh"], 3);
+    let action_env = sign_action(&action, &fresh).unwrap();
+    let job = match planner.request(&submit_of(&planner, &plan_env, &action_env).await).await {
+        Ok(Response::Submitted { jobs, .. }) => jobs[0],
+        other => panic!("{other:?}"),
+    };
+    let entries = exported(&q.data());
+    let key = KeyId::of(&fresh.verifying_key());
+    let added = entries.iter().position(|e| {
+        matches!(&e.event, Event::Key(k) if k.key == key && k.change == audit::KeyChange::Added)
+    });
+    let submitted = entries.iter().position(
+        |e| matches!(&e.event, Event::Job(j) if j.job == job && j.step == Step::Submitted),
+    );
+    let (Some(added), Some(submitted)) = (added, submitted) else { panic!("{entries:?}") };
+    assert!(added < submitted, "the key was recorded after it was used: {entries:?}");
+    let Event::Job(sub) = &entries[submitted].event else { unreachable!() };
+    assert_eq!(sub.signer, Some(key), "the submission names the key that signed it");
+}
+
+/// A11: a queue directory whose store is missing, empty or another queue's is refused at
+/// start, never served anew; an interval too large to add to the clock keeps the reaper
+/// alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a11_a_missing_empty_or_foreign_store_is_refused_at_start() {
+    let mut q = Agq::start(&["--checkpoint-every", "100ms"]);
+    one_job(&q).await;
+    wait_signed(&q.data());
+    q.kill();
+    let mut other = Agq::start(&["--checkpoint-every", "100ms"]);
+    one_job(&other).await;
+    wait_signed(&other.data());
+    other.kill();
+    let store = q.data().join("queue.redb");
+    let serve = |data: &Path| {
+        let out = Command::new(agq())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let kept = std::fs::read(&store).unwrap();
+    std::fs::write(&store, b"").unwrap();
+    let err = serve(&q.data());
+    assert!(err.contains("is missing or empty"), "{err}");
+    std::fs::remove_file(&store).unwrap();
+    let err = serve(&q.data());
+    assert!(err.contains("is missing or empty"), "{err}");
+    std::fs::copy(other.data().join("queue.redb"), &store).unwrap();
+    let err = serve(&q.data());
+    assert!(err.contains("was not signed by this queue"), "{err}");
+    std::fs::write(&store, &kept).unwrap();
+    q.restart();
+    let (ok, out, err) = audit_cmd(&q.data(), &["verify"]);
+    assert!(ok, "{out}{err}");
+    // The largest interval humantime reads: the reaper goes on (no overflow).
+    let mut huge = Agq::start(&["--checkpoint-every", "584542046090years"]);
+    one_job(&huge).await;
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(huge.is_running());
+    assert!(!huge.log().contains("panicked"), "{}", huge.log());
 }

@@ -100,6 +100,9 @@ fn details(e: &JobEvent) -> String {
     if let Some(i) = &e.input {
         d.push(format!("input {}", i.short()));
     }
+    if let Some(k) = &e.signer {
+        d.push(format!("signed by {k}"));
+    }
     if let Some(ep) = &e.epoch {
         d.push(format!("lease {}", ep.0));
     }

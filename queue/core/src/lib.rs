@@ -124,6 +124,8 @@ pub struct Submission {
     pub max_attempts: u32,
     /// What a worker needs to run it.
     pub requirements: Requirements,
+    /// The key that signed the action (for the audit log).
+    pub signer: Option<KeyId>,
 }
 
 /// Why an operation was refused.
@@ -417,6 +419,7 @@ impl Scheduler {
             let mut ev = JobEvent::new(id, Step::Submitted, job.state.kind());
             ev.action = Some(sub.action.clone());
             ev.plan = Some(sub.plan);
+            ev.signer = sub.signer;
             ev.input = job.input.as_ref().map(|i| i.digest);
             changes.push(Change::Audit { at: now, event: Event::Job(ev) });
             self.jobs.insert(id, job);

@@ -53,6 +53,7 @@ fn sub(n: u8, inputs: usize, priority: i32, tools: &[&str]) -> Submission {
         priority,
         max_attempts: 3,
         requirements: reqs(tools),
+        signer: Some(key()),
     }
 }
 

@@ -260,7 +260,7 @@ pub fn rand16() -> [u8; 16] {
     b
 }
 
-fn rand16x2() -> [u8; 32] {
+pub fn rand16x2() -> [u8; 32] {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b).unwrap();
     b

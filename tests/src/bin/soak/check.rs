@@ -49,6 +49,10 @@ pub(crate) struct Findings {
     pub(crate) log_counts: BTreeMap<&'static str, u64>,
     /// Lines where a process panicked.
     pub(crate) panics: Vec<String>,
+    /// What `agq audit verify` said of the log after every kill.
+    pub(crate) audit_summary: String,
+    /// The audit log broken, or missing a submission or a success.
+    pub(crate) audit: Vec<String>,
 }
 
 fn short_state(s: &JobState) -> String {
@@ -163,6 +167,54 @@ fn one(f: &mut Findings, job: &JobRecord, kind: Kind, input: &InputInfo, what: &
 
 /// Searches the workers' logs: "result recorded" lines (agw `deliver`, with `job=ID` and
 /// `state=NAME`), and lines worth counting.
+/// The audit log, after every kill: it must verify, and hold a `submitted` entry for every
+/// acknowledged job and a `completed` entry for every job that succeeded.
+pub(crate) fn audit(
+    f: &mut Findings,
+    cluster: &crate::cluster::Cluster,
+    acked: &[Submission],
+    succeeded: &[JobId],
+) {
+    use agenix_proto::audit::{Entry, Event, Step};
+    match cluster.agq_audit(&["verify"]) {
+        Ok((true, out, _)) => f.audit_summary = out.lines().collect::<Vec<_>>().join("; "),
+        Ok((false, _, err)) => f.audit.push(err.trim().to_string()),
+        Err(e) => f.audit.push(format!("{e:#}")),
+    }
+    let text = match cluster.agq_audit(&["export"]) {
+        Ok((true, out, _)) => out,
+        Ok((false, _, err)) => return f.audit.push(format!("export: {}", err.trim())),
+        Err(e) => return f.audit.push(format!("export: {e:#}")),
+    };
+    let mut submitted = std::collections::HashSet::new();
+    let mut completed = std::collections::HashSet::new();
+    for line in text.lines() {
+        match Entry::from_bytes(line.as_bytes()).map(|e| e.event) {
+            Ok(Event::Job(j)) if j.step == Step::Submitted => {
+                submitted.insert(j.job);
+            }
+            Ok(Event::Job(j)) if j.step == Step::Completed => {
+                completed.insert(j.job);
+            }
+            Ok(_) => {}
+            Err(e) => f.audit.push(format!("an exported entry does not parse: {e}")),
+        }
+    }
+    let missing: Vec<String> = acked
+        .iter()
+        .flat_map(|s| &s.jobs)
+        .filter(|id| !submitted.contains(id))
+        .map(|id| format!("job {id}: no submitted entry"))
+        .chain(
+            succeeded
+                .iter()
+                .filter(|id| !completed.contains(id))
+                .map(|id| format!("job {id}: succeeded with no completed entry")),
+        )
+        .collect();
+    f.audit.extend(missing);
+}
+
 pub(crate) fn worker_logs(f: &mut Findings, logs: &[PathBuf], succeeded: &[JobId]) {
     let mut recorded: HashMap<u64, Vec<String>> = HashMap::new();
     for path in logs {

@@ -248,6 +248,7 @@ fn run(args: &Args) -> Result<bool> {
     let mut f = check::jobs(&jobs, &acked, &unacked);
     let succeeded: Vec<JobId> =
         jobs.iter().filter(|j| matches!(j.state, JobState::Succeeded)).map(|j| j.id).collect();
+    check::audit(&mut f, &cluster, &acked, &succeeded);
     check::worker_logs(&mut f, &cluster.logs("w"), &succeeded);
     for path in cluster.logs("agq") {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -537,6 +538,7 @@ fn report(
         f.report_blobs,
         f.succeeded_unlogged
     );
+    println!("  audit log: {}", f.audit_summary);
     for (what, count) in &f.log_counts {
         println!("  log: {what}: {count}");
     }
@@ -549,6 +551,7 @@ fn report(
         ("wrong outputs".into(), f.wrong_output.clone()),
         ("reports that should have been a blob".into(), f.small_reports.clone()),
         ("panics".into(), f.panics.clone()),
+        ("audit log faults".into(), f.audit.clone()),
         ("processes that exited by themselves".into(), cluster.unexpected_exits.clone()),
         (
             "submissions that failed with the queue up".into(),
