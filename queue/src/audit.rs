@@ -369,8 +369,10 @@ pub fn verify_dir(data: &std::path::Path, saved: &[String]) -> anyhow::Result<Ve
     let fp = audit::fingerprint_of(&key)
         .ok_or_else(|| anyhow::anyhow!("the identity key has no public key encoding"))?;
     let tx = db.begin_read()?;
-    verify(&tx, &audit::origin(&fp), &key, saved)
-        .map_err(|e| anyhow::anyhow!("audit log broken: {e}"))
+    verify(&tx, &audit::origin(&fp), &key, saved).map_err(|e| match e {
+        Broken::Store(e) => anyhow::anyhow!("cannot read the audit log in {}: {e}", data.display()),
+        e => anyhow::anyhow!("audit log broken: {e}"),
+    })
 }
 
 /// Checks that `note` is a checkpoint of the queue in `data`, signed by its key.

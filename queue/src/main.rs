@@ -264,6 +264,12 @@ fn run(cli: Cli) -> Result<()> {
                     .with_context(|| format!("cannot read the checkpoint {}", f.display()))?;
                     let note = String::from_utf8(bytes)
                         .with_context(|| format!("the checkpoint {} is not text", f.display()))?;
+                    // Kept in a shell variable it lost its last newline; through another
+                    // system's tools it gained carriage returns. The signed text has neither.
+                    let mut note = note.replace("\r\n", "\n");
+                    if !note.ends_with('\n') {
+                        note.push('\n');
+                    }
                     audit::check_saved(&data, &note)
                         .with_context(|| format!("the checkpoint {}", f.display()))?;
                     Ok(note)

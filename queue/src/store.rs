@@ -148,7 +148,16 @@ impl RedbStore {
         // so redb's page cache (1 GiB by default) would mostly duplicate it.
         let mut builder = Database::builder();
         builder.set_cache_size(CACHE_BYTES).set_concurrency_mode(ConcurrencyMode::SingleWriter);
-        let db = if create { builder.create(path) } else { builder.open(path) }.map_err(err)?;
+        let db = match if create { builder.create(path) } else { builder.open(path) } {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError(format!(
+                    "{} is open in another process: is another agq serving this directory?",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(err(e)),
+        };
         // Create every table, so reads never meet a missing one.
         let tx = db.begin_write().map_err(err)?;
         {

@@ -305,6 +305,12 @@ async fn a7_a_saved_checkpoint_must_still_be_in_the_log() {
     let saved_arg = saved.to_str().unwrap();
     let (ok, out, err) = audit_cmd(&q.data(), &["verify", "--checkpoint", saved_arg]);
     assert!(ok, "{out}{err}");
+    // The same checkpoint without its last newline, or with carriage returns, still is.
+    let mangled = q.dir.path().join("mangled.checkpoint");
+    std::fs::write(&mangled, note.trim_end().replace('\n', "\r\n")).unwrap();
+    let (ok, out, err) =
+        audit_cmd(&q.data(), &["verify", "--checkpoint", mangled.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
     // Another log's checkpoint, or a forged one, is refused.
     let forged = q.dir.path().join("forged.checkpoint");
     std::fs::write(&forged, note.replacen('\n', "\n1", 1)).unwrap();
@@ -445,6 +451,8 @@ async fn a11_a_missing_empty_or_foreign_store_is_refused_at_start() {
     assert!(err.contains("was not signed by this queue"), "{err}");
     std::fs::write(&store, &kept).unwrap();
     q.restart();
+    let err = serve(&q.data());
+    assert!(err.contains("is another agq serving this directory?"), "{err}");
     let (ok, out, err) = audit_cmd(&q.data(), &["verify"]);
     assert!(ok, "{out}{err}");
     // The largest interval humantime reads: the reaper goes on (no overflow).
