@@ -287,6 +287,11 @@ fn run(cli: Cli) -> Result<()> {
             )?;
             match v.entries - v.signed {
                 0 => writeln!(out, "every entry is covered by the latest checkpoint")?,
+                1 => writeln!(
+                    out,
+                    "1 entry after the latest checkpoint ({}) is not signed yet",
+                    v.signed
+                )?,
                 n => writeln!(
                     out,
                     "{n} entries after the latest checkpoint ({}) are not signed yet",
