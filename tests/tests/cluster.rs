@@ -406,6 +406,8 @@ fn a_signer_revoked_in_one_workers_trust_file_is_declined_there_and_run_elsewher
     // Each row says how long ago its worker was last heard from (a dead one grows old).
     assert!(workers.lines().next().unwrap().contains("seen"), "{workers}");
     assert!(workers.lines().skip(1).any(|l| l.contains("s ago")), "{workers}");
+    // And which key it proved.
+    assert!(workers.lines().any(|l| l.trim_start().starts_with("key sha256:")), "{workers}");
     // A worker whose trust file is right runs it, as its first attempt.
     std::fs::copy(c.path("queue/trust.json"), c.path("good-trust.json")).unwrap();
     c.worker_trusting("good", "good-trust.json", &[]);

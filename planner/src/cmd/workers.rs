@@ -79,6 +79,15 @@ impl Workers {
                     w.declined,
                     tools.join(",")
                 ));
+                // The key it proved, and the labels it was enrolled with.
+                let labels: Vec<String> =
+                    w.capabilities.labels.iter().map(|l| clean_line(l)).collect();
+                let labels = if labels.is_empty() {
+                    String::new()
+                } else {
+                    format!(", labels {}", labels.join(","))
+                };
+                s.push_str(&format!("{:>20}  key {}{labels}\n", "", w.key));
                 if let Some(why) = &w.last_declined {
                     s.push_str(&format!("{:>20}  last declined: {}\n", "", clean_line(why)));
                 }
