@@ -19,9 +19,9 @@ use agenix_proto::{
     verify_action, verify_plan,
 };
 use bytes::Bytes;
-use tracing::info;
+use tracing::{info, warn};
 
-use super::ledger::JobKey;
+use super::ledger::{JobKey, Ran};
 use super::verify::Lack;
 use super::{Verdict, Worker, lock, now_s};
 use crate::exec::{Executable, FetchError, execute};
@@ -78,7 +78,13 @@ impl Worker {
         let input = input_of(&action, lease.input).map_err(Verdict::permanent)?;
 
         let key = (Digest::of(action.payload()), lease.input);
-        let _active = self.mark_active(key)?;
+        // A job without a read-write mount changes nothing outside its sandbox.
+        let pure = plan
+            .plan()
+            .tasks
+            .iter()
+            .all(|t| t.mounts.iter().all(|m| m.access == agenix_proto::plan::Access::ReadOnly));
+        let _active = self.mark_active(key, pure)?;
         let native = |task: &agenix_proto::Task| -> Result<(), (Lack, String)> {
             let agenix_proto::Run::Native(n) = &task.run else { return Ok(()) };
             let Some(host) = &self.native else {
@@ -124,9 +130,11 @@ impl Worker {
             .record(key, until, now)
             .map_err(|e| Verdict::transient(format!("cannot record the job as run: {e}")))?;
         info!(job = %lease.lease.job, attempt = lease.attempt, "running");
-        let result = execute(Executable::verified(&plan), stdin, runner)
-            .await
-            .map_err(|e| Verdict::transient(e.to_string()))?;
+        let result = execute(Executable::verified(&plan), stdin, runner).await;
+        if let Err(e) = lock(&self.ledger).finish(key) {
+            warn!(job = %lease.lease.job, error = %e, "cannot record the job as run to its end");
+        }
+        let result = result.map_err(|e| Verdict::transient(e.to_string()))?;
 
         let output_ran =
             result.reports.iter().any(|r| r.task == plan.plan().output && r.outcome.is_success());
@@ -176,8 +184,10 @@ impl Worker {
         })))
     }
 
-    /// Marks the job as running here, unless it is already running or has run here.
-    fn mark_active(&self, key: JobKey) -> Result<Active<'_>, Verdict> {
+    /// Marks the job as running here, unless it is already running or has run here. A job
+    /// an earlier process of this worker was running when it stopped runs again only when
+    /// it is `pure` (no read-write mount: it changes nothing outside its sandbox).
+    fn mark_active(&self, key: JobKey, pure: bool) -> Result<Active<'_>, Verdict> {
         let mut active = lock(&self.active);
         if active.contains(&key) {
             return Err(Verdict::Decline(format!(
@@ -185,11 +195,28 @@ impl Worker {
                 key.0, key.1
             )));
         }
-        if lock(&self.ledger).contains(&key) {
-            return Err(Verdict::Decline(format!(
-                "this worker already ran this job (action {}, input {}) and runs a job at most once",
-                key.0, key.1
-            )));
+        match lock(&self.ledger).ran(&key) {
+            Ran::No => {}
+            Ran::Interrupted if pure => info!(
+                action = %key.0,
+                input = key.1,
+                "running again a job this worker stopped in: it changes nothing outside its sandbox"
+            ),
+            Ran::Interrupted => {
+                return Err(Verdict::Decline(format!(
+                    "this worker stopped while running this job (action {}, input {}), which \
+                     can change files outside its sandbox (a read-write mount): it is not run \
+                     twice here",
+                    key.0, key.1
+                )));
+            }
+            Ran::Yes => {
+                return Err(Verdict::Decline(format!(
+                    "this worker already ran this job (action {}, input {}) and runs a job at \
+                     most once",
+                    key.0, key.1
+                )));
+            }
         }
         active.insert(key);
         Ok(Active { worker: self, key })
