@@ -58,7 +58,7 @@ impl<'tx> Appender<'tx> {
         let audit = tx.open_table(AUDIT).map_err(err)?;
         let hashes = tx.open_table(HASHES).map_err(err)?;
         let by_job = tx.open_table(BY_JOB).map_err(err)?;
-        let size = audit.last().map_err(err)?.map_or(0, |(k, _)| k.value() + 1);
+        let size = size_of(&audit)?;
         let prev = match size {
             0 => audit::genesis(),
             n => Stored(&hashes).stored(audit::leaf_index(n - 1)).map_err(StoreError)?.ok_or_else(
@@ -86,11 +86,13 @@ impl<'tx> Appender<'tx> {
 
 /// The log's size and root.
 pub(crate) fn head(tx: &redb::ReadTransaction) -> Result<TreeHead, StoreError> {
-    let size =
-        tx.open_table(AUDIT).map_err(err)?.last().map_err(err)?.map_or(0, |(k, _)| k.value() + 1);
-    let hashes = tx.open_table(HASHES).map_err(err)?;
-    let root = audit::root(size, &Stored(&hashes)).map_err(err)?;
-    Ok(TreeHead { size, root })
+    let size = size_of(&tx.open_table(AUDIT).map_err(err)?)?;
+    Ok(TreeHead { size, root: root(tx, size)? })
+}
+
+/// How many entries the log holds: one more than the last entry's number.
+fn size_of(entries: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, StoreError> {
+    Ok(entries.last().map_err(err)?.map_or(0, |(k, _)| k.value() + 1))
 }
 
 /// The root of the first `size` entries, from the stored tree.

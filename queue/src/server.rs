@@ -605,7 +605,6 @@ async fn committer(
 /// longer accepts (revoked, no longer enrolled, or past their period).
 async fn reaper(queue: Weak<Queue>) {
     let mut seen = None;
-    let mut audited = None;
     let mut next_checkpoint = 0;
     loop {
         let Some(q) = queue.upgrade() else { return };
@@ -623,9 +622,9 @@ async fn reaper(queue: Weak<Queue>) {
             seen = Some((generation, second));
             if let Ok(trust) = trust {
                 q.disown(&trust).await;
-                if audited != Some(generation) && q.audited(&trust).await.is_ok() {
-                    audited = Some(generation);
-                }
+                // Recorded once per reading (`audited` returns at once for one it recorded);
+                // what fails is tried again a second later.
+                let _ = q.audited(&trust).await;
             }
         }
         if now_ms() >= next_checkpoint {

@@ -115,6 +115,14 @@ pub trait Store: Send + Sync + 'static {
 /// redb's page cache: enough for the B-tree's upper levels and a commit's worth of pages.
 const CACHE_BYTES: usize = 64 << 20;
 
+/// How the queue's database is opened: its page cache, and one writer process with
+/// read-only processes beside it.
+fn builder() -> redb::Builder {
+    let mut b = Database::builder();
+    b.set_cache_size(CACHE_BYTES).set_concurrency_mode(ConcurrencyMode::SingleWriter);
+    b
+}
+
 /// The redb store.
 #[derive(Debug)]
 pub struct RedbStore {
@@ -146,8 +154,7 @@ impl RedbStore {
     fn open_at(path: &Path, create: bool) -> Result<Self, StoreError> {
         // The scheduler holds the live state in memory and reads the store only at start,
         // so redb's page cache (1 GiB by default) would mostly duplicate it.
-        let mut builder = Database::builder();
-        builder.set_cache_size(CACHE_BYTES).set_concurrency_mode(ConcurrencyMode::SingleWriter);
+        let builder = builder();
         let db = match if create { builder.create(path) } else { builder.open(path) } {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
@@ -180,18 +187,11 @@ impl RedbStore {
     /// (redb rebuilds its allocator state from the last commit; nothing committed
     /// changes): with no queue running, it is made first, and the second value says so.
     pub fn read_only(path: &Path) -> Result<(redb::ReadOnlyDatabase, bool), StoreError> {
-        let open = || {
-            Database::builder()
-                .set_cache_size(CACHE_BYTES)
-                .set_concurrency_mode(ConcurrencyMode::SingleWriter)
-                .open_read_only(path)
-        };
+        let open = || builder().open_read_only(path);
         match open() {
             Ok(db) => Ok((db, false)),
             Err(redb::DatabaseError::RepairAborted) => {
-                let writer = Database::builder()
-                    .set_cache_size(CACHE_BYTES)
-                    .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+                let writer = builder()
                     .open(path)
                     .map_err(|e| StoreError(format!("it needs recovery, which failed: {e}")))?;
                 drop(writer);

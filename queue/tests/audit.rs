@@ -180,17 +180,21 @@ async fn tampered(tamper: impl FnOnce(&redb::WriteTransaction, u64)) -> String {
     let size = wait_signed(&q.data());
     assert!(size >= 4, "{size}");
     q.kill();
-    let db = redb::Database::builder()
-        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
-        .create(q.data().join("queue.redb"))
-        .unwrap();
-    let tx = db.begin_write().unwrap();
-    tamper(&tx, size);
-    tx.commit().unwrap();
-    drop(db);
+    edit_store(&q.data(), |tx| tamper(tx, size));
     let (ok, out, err) = audit_cmd(&q.data(), &["verify"]);
     assert!(!ok, "a tampered log verified: {out}");
     err
+}
+
+/// Edits the stopped queue's redb file in one transaction, as an insider would.
+fn edit_store(data: &Path, edit: impl FnOnce(&redb::WriteTransaction)) {
+    let db = redb::Database::builder()
+        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+        .create(data.join("queue.redb"))
+        .unwrap();
+    let tx = db.begin_write().unwrap();
+    edit(&tx);
+    tx.commit().unwrap();
 }
 
 fn entry(tx: &redb::WriteTransaction, seq: u64) -> Vec<u8> {
@@ -319,17 +323,12 @@ async fn a7_a_saved_checkpoint_must_still_be_in_the_log() {
     assert!(!err.contains("audit log broken"), "a bad file is not a broken log: {err}");
     // The whole log and its checkpoints replaced (what a holder of the key could do).
     q.kill();
-    let db = redb::Database::builder()
-        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
-        .create(q.data().join("queue.redb"))
-        .unwrap();
-    let tx = db.begin_write().unwrap();
-    tx.open_table(AUDIT).unwrap().retain(|_, _| false).unwrap();
-    tx.open_table(HASHES).unwrap().retain(|_, _| false).unwrap();
-    let cps: TableDefinition<'_, u64, &str> = TableDefinition::new("checkpoints");
-    tx.open_table(cps).unwrap().retain(|_, _| false).unwrap();
-    tx.commit().unwrap();
-    drop(db);
+    edit_store(&q.data(), |tx| {
+        tx.open_table(AUDIT).unwrap().retain(|_, _| false).unwrap();
+        tx.open_table(HASHES).unwrap().retain(|_, _| false).unwrap();
+        let cps: TableDefinition<'_, u64, &str> = TableDefinition::new("checkpoints");
+        tx.open_table(cps).unwrap().retain(|_, _| false).unwrap();
+    });
     let (ok, _, err) = audit_cmd(&q.data(), &["verify"]);
     assert!(ok, "an empty log with no checkpoint is consistent by itself: {err}");
     let (ok, _, err) = audit_cmd(&q.data(), &["verify", "--checkpoint", saved_arg]);
@@ -346,6 +345,15 @@ fn a8_audit_commands_refuse_what_is_not_a_queue() {
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let (ok, _, err) = audit_cmd(dir.path(), &["verify", "--checkpoint", fifo.to_str().unwrap()]);
     assert!(!ok && err.contains("not a regular file"), "{err}");
+    // A checkpoint file is read up to MAX_CHECKPOINT_BYTES, and refused one byte past it.
+    let max = audit::MAX_CHECKPOINT_BYTES;
+    for (len, said) in [(max, "is not text"), (max + 1, "over the limit of 4096 bytes")] {
+        let big = dir.path().join(format!("big{len}"));
+        std::fs::write(&big, vec![0xff; len]).unwrap();
+        let (ok, _, err) =
+            audit_cmd(dir.path(), &["verify", "--checkpoint", big.to_str().unwrap()]);
+        assert!(!ok && err.contains(said), "{len} bytes: {err}");
+    }
     // The checkpoint interval: 100ms is the least (the other tests serve with it); below it,
     // or without a unit, agq refuses to start rather than raise it.
     for bad in ["99ms", "10"] {
