@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The quickstart: build everything, start a queue (agq, with its embedded store) and a worker
-# (agw) on loopback, push the standard AUs, sign and submit the example plans on the bundled
-# sample data, print each result and its per-task table, and stop what it started.
+# (agw) on loopback, push the standard AUs (in Rust, Python and JavaScript), sign and submit
+# the example plans on the bundled sample data, print each result and its per-task table,
+# and stop what it started.
 # Everything it creates lives in a scratch directory (printed at the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,8 @@ scripts/setup.sh
 echo "== building agq, agw, agx and the standard AUs (the first build takes several minutes)"
 cargo build --release --locked -p agenix-queue -p agenix-runtime -p agenix-planner
 cargo build --locked -p agenix-aus --profile au --target wasm32-wasip2
+echo "== the AUs written in Python and JavaScript (installs componentize-py and componentize-js once)"
+scripts/build-lang-aus.sh
 bin=$root/target/release
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/agenix-quickstart.XXXXXX")
@@ -40,12 +43,12 @@ pids+=($!)
 export AGX_QUEUE=$addr AGX_FINGERPRINT=$fingerprint AGX_TOKEN_FILE=$work/queue/planner.token
 export AGX_KEY=$work/signer.key AGX_STORE=$work/store AGX_CACHE=$work/cache
 
-echo "== the standard AUs, checked against agenix:au/unit and pushed to the store and the queue"
-for au in "$root"/target/wasm32-wasip2/au/au-*.wasm; do
+echo "== the standard AUs (Rust, Python, JavaScript), checked against agenix:au/unit and pushed to the store and the queue"
+for au in "$root"/target/wasm32-wasip2/au/au-*.wasm "$root"/target/lang-aus/au-*.wasm; do
     "$bin/agx" au push "$au" | tail -n 1
 done
 
-for example in log-errors:app.log orders-report:orders.csv; do
+for example in log-errors:app.log orders-report:orders.csv orders-columns:orders.csv; do
     plan=${example%%:*} data=${example#*:}
     echo
     echo "== $plan: sign (each AU pinned by digest), submit with examples/data/$data, watch"
@@ -56,7 +59,7 @@ done
 echo
 echo "== each result, verified against the worker key this planner trusts (never one the queue hands it)"
 "$bin/agx" trust add worker/worker.pub --name quickstart-worker --role worker --trust planner-trust.json
-for job in 1 2; do
+for job in 1 2 3; do
     "$bin/agx" jobs result "$job" --verify --trust planner-trust.json >/dev/null
 done
 

@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
 # Installs what building and testing AGEniX needs on a fresh Debian machine with rustup:
-# the wasm32-wasip2 target (AUs and test guests are WASI components). Safe to re-run.
+# the wasm32-wasip2 target (AUs and test guests are WASI components), and python3-venv and
+# npm where they are missing. Safe to re-run.
 set -euo pipefail
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
+fi
+
+# AUs in Python and JavaScript are built with componentize-py (in a Python virtual
+# environment) and componentize-js (npm): scripts/build-lang-aus.sh installs both, and needs
+# python3 with venv, and npm.
+missing=()
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v npm >/dev/null || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi

@@ -58,14 +58,16 @@ async fn run_wasm(
 pub(crate) async fn compile(runs: usize, dir: &Path) -> Result<Section> {
     let mut s = Section::new(
         "Compiling AUs",
-        "Cranelift compile of each standard AU (wasm32-wasip2, `au` profile), then the load of \
-         its precompiled artifact from the on-disk cache by a fresh `WasmHost` (what a worker \
-         pays after a restart).",
+        "Cranelift compile of each standard AU (wasm32-wasip2, `au` profile; `csvstat` is \
+         CPython through componentize-py, `reshape` SpiderMonkey through componentize-js), \
+         then the load of its precompiled artifact from the on-disk cache by a fresh \
+         `WasmHost` (what a worker pays after a restart).",
     );
     s.command("# in process: WasmHost::compile_unchecked, then WasmHost::prepare by a fresh host");
     let cache = dir.join("cache");
     let compiler = host(Some(&cache), dir)?;
-    for (name, path) in programs::ALL_AUS {
+    let lang = [("csvstat", programs::AU_CSVSTAT), ("reshape", programs::AU_RESHAPE)];
+    for &(name, path) in programs::ALL_AUS.iter().chain(&lang) {
         let bytes = std::fs::read(path)?;
         let mut compile = vec![];
         for _ in 0..runs {
@@ -123,6 +125,25 @@ pub(crate) async fn overhead(runs: usize, dir: &Path) -> Result<Section> {
     }
     s.add(Figure::ms("AGEniX sandbox, warm", &warm));
     s.command("# in process: WasmHost::run of the prepared `wc` AU, one line on stdin");
+    // The same for the AUs whose guests carry a language runtime.
+    let lang: [(&str, &str, &[&str], &[u8]); 2] = [
+        ("csvstat", programs::AU_CSVSTAT, &[], b"n\n1\n"),
+        ("reshape", programs::AU_RESHAPE, &["n"], b"{\"n\":1}\n"),
+    ];
+    for (name, path, args, input) in lang {
+        let p = prepare(&h, path).await?;
+        let input = Bytes::from_static(input);
+        let mut warm = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let n = 50;
+            let t = Instant::now();
+            for _ in 0..n {
+                run_wasm(&h, &p, name, args, input.clone(), Limits::DEFAULT).await?;
+            }
+            warm.push(t.elapsed() / n);
+        }
+        s.add(Figure::ms(format!("AGEniX sandbox, warm: `{name}` (one row)"), &warm));
+    }
 
     match tool("wasmtime", Some("AGENIX_BENCH_WASMTIME")) {
         None => {

@@ -1,5 +1,6 @@
-//! Builds the test guests (host/guests) and the standard AUs (aus/) for wasm32-wasip2, and
-//! the native attack program (host/attack), and exports each one's path as a constant. All
+//! Builds the test guests (host/guests) and the standard AUs (aus/) for wasm32-wasip2, the
+//! AUs and probes in Python and JavaScript (scripts/build-lang-aus.sh), and the native
+//! attack program (host/attack), and exports each one's path as a constant. All
 //! go to a fixed directory under the workspace's target dir, so every build of this crate
 //! shares one cached build.
 
@@ -10,7 +11,7 @@ use std::process::Command;
 
 const GUESTS: &[&str] = &[
     "spin", "grow", "sleep", "fs", "fill", "flood", "socket", "exit", "random", "echo", "randloop",
-    "unlinked", "tryspin", "nap",
+    "unlinked", "tryspin", "nap", "net",
 ];
 const AUS: &[&str] =
     &["grep", "wc", "sort", "uniq", "head", "tail", "cut", "jq", "csv2json", "sha256sum"];
@@ -49,6 +50,19 @@ fn main() {
         &attack,
     );
 
+    // The AUs in Python and JavaScript, and the probes in those languages.
+    let cargo_target = out.ancestors().nth(4).expect("OUT_DIR is inside the target dir");
+    for dir in ["aus/lang", "host/guests/lang", "wit", "scripts/build-lang-aus.sh"] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+    let status = Command::new(root.join("scripts/build-lang-aus.sh"))
+        .arg("--target")
+        .arg(cargo_target)
+        .status()
+        .expect("scripts/build-lang-aus.sh runs");
+    assert!(status.success(), "scripts/build-lang-aus.sh failed (it needs python3 and npm)");
+    let lang = cargo_target.join("lang-aus");
+
     let mut code = String::new();
     for g in GUESTS {
         let p = guests.join("wasm32-wasip2/release").join(format!("{g}.wasm"));
@@ -58,7 +72,17 @@ fn main() {
         let p = aus.join("wasm32-wasip2/au").join(format!("au-{a}.wasm"));
         emit(&mut code, "AU", a, &p);
     }
+    for (kind, name) in [("AU", "csvstat"), ("AU", "reshape"), ("PROBE", "py"), ("PROBE", "js")] {
+        let file = format!("{}-{name}.wasm", kind.to_lowercase());
+        emit(&mut code, kind, name, &lang.join(file));
+    }
     emit(&mut code, "NATIVE", "attack", &attack.join("release/agenix-attack"));
+    let _ = writeln!(
+        code,
+        "/// Where scripts/build-lang-aus.sh installed componentize-py (`python/`) and\n\
+         /// componentize-js (`js/`).\npub const TOOLCHAINS: &str = {:?};",
+        cargo_target.join("toolchains").display().to_string()
+    );
     code.push_str(
         "/// Every standard AU: (name, path).\npub const ALL_AUS: &[(&str, &str)] = &[\n",
     );
@@ -71,7 +95,7 @@ fn main() {
 
 fn emit(code: &mut String, kind: &str, name: &str, path: &Path) {
     assert!(path.exists(), "{} was not built", path.display());
-    let _ = writeln!(code, "/// `{name}` built for wasm32-wasip2.");
+    let _ = writeln!(code, "/// `{name}`, built.");
     let _ = writeln!(
         code,
         "pub const {kind}_{}: &str = {:?};",

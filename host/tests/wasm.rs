@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agenix_host::wasm::{
-    Allocator, CacheBudget, ConformanceError, PrepareError, Prepared, WasmConfig, WasmHost,
+    Allocator, CacheBudget, ConformanceError, ImportKind, PrepareError, Prepared, WasmConfig,
+    WasmHost,
 };
 use agenix_host::{Finished, Grant, WasmTask};
 use agenix_proto::{Access, Digest, Limits, Outcome};
@@ -222,7 +223,10 @@ async fn w02_memory_bomb_is_stopped_at_the_limit() {
 
 /// A host directory with `data/file.txt`, a `secret` beside it, and the harness.
 fn fs_fixture() -> (Harness, PathBuf, PathBuf) {
-    let h = Harness::new();
+    fs_fixture_with(Harness::new())
+}
+
+fn fs_fixture_with(h: Harness) -> (Harness, PathBuf, PathBuf) {
     let data = h.path("data");
     fs::create_dir_all(data.join("sub")).unwrap();
     fs::write(data.join("file.txt"), "mounted contents").unwrap();
@@ -367,37 +371,105 @@ async fn w04_read_only_mount_refuses_every_kind_of_write() {
     assert_eq!(stdout(&r), "ok\n");
 }
 
-#[tokio::test]
-async fn w05_socket_importer_is_refused_before_instantiation() {
-    let h = Harness::new();
-    let bytes = fs::read(programs::GUEST_SOCKET).unwrap();
-    let err = h.host.prepare(Digest::of(&bytes), || async { Ok(bytes) }).await.unwrap_err();
-    let PrepareError::Conformance(ConformanceError::Imports(bad)) = &err else { panic!("{err:?}") };
-    assert!(bad.iter().any(|i| i.starts_with("wasi:sockets/")), "{bad:?}");
-    assert!(
-        bad.iter().all(|i| i.starts_with("wasi:sockets/")),
-        "only sockets are foreign: {bad:?}"
-    );
-    assert!(
-        err.to_string().starts_with("imports outside the agenix:au/unit world: wasi:sockets/"),
-        "{err}"
-    );
+/// A loopback listener that counts what reaches it, to show that nothing a guest does
+/// leaves the host.
+struct Witness {
+    addr: String,
+    listener: std::net::TcpListener,
+    udp: std::net::UdpSocket,
+}
+
+impl Witness {
+    fn new() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The same port over UDP, for a guest that would send a datagram there.
+        let udp = std::net::UdpSocket::bind(addr).unwrap();
+        udp.set_nonblocking(true).unwrap();
+        Self { addr: addr.to_string(), listener, udp }
+    }
+
+    /// Nothing connected and nothing was sent.
+    fn saw_nothing(&self) {
+        match self.listener.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("a connection reached the host's listener: {other:?}"),
+        }
+        let mut buf = [0u8; 64];
+        match self.udp.recv_from(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("a datagram reached the host: {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
-async fn w05_http_and_unknown_imports_are_named() {
+async fn w05_every_way_to_the_network_is_denied() {
+    let h = Harness::new();
+    let witness = Witness::new();
+    let r = h.run(programs::GUEST_NET, &[&witness.addr]).await;
+    assert_eq!(r.outcome, Outcome::Exited { code: 0 }, "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        stdout(&r),
+        "tcp: access-denied\ntcp6: access-denied\nudp: access-denied\n\
+         lookup localhost: access-denied\nlookup 127.0.0.1: access-denied\nhttp: HttpRequestDenied\n"
+    );
+    witness.saw_nothing();
+    h.assert_healthy().await;
+}
+
+/// What a guest can make of `wasi:http` lives in host memory, outside its memory limit:
+/// headers are capped per value and the values a task holds are capped in number.
+#[tokio::test]
+async fn w05_http_values_a_guest_parks_in_the_host_are_bounded() {
+    let h = Harness::new();
+    let r = h.run(programs::GUEST_NET, &["hoard", "9000"]).await;
+    assert_eq!(stdout(&r), "held 9000\n");
+    let r = h.run(programs::GUEST_NET, &["hoard", "20000"]).await;
+    let Outcome::Trapped { message } = &r.outcome else { panic!("{:?}", r.outcome) };
+    assert!(message.contains("resource table has no free keys"), "{message}");
+    let r = h.run(programs::GUEST_NET, &["header", "4096"]).await;
+    assert_eq!(stdout(&r), "header: ok\n");
+    // Past the cap on one value's headers (8 KiB), wasmtime-wasi-http ends the task.
+    let r = h.run(programs::GUEST_NET, &["header", "65536"]).await;
+    let Outcome::Trapped { message } = &r.outcome else { panic!("{:?}", r.outcome) };
+    assert!(message.contains("total size of fields exceeds limit"), "{message}");
+    h.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn w05_a_standard_library_connection_fails_as_permission_denied() {
+    let h = Harness::new();
+    let witness = Witness::new();
+    let p = h.prepare(programs::GUEST_SOCKET).await;
+    let kinds: Vec<_> =
+        p.imports().iter().map(|i| (i.name.split('/').next().unwrap(), i.kind)).collect();
+    assert!(kinds.contains(&("wasi:sockets", ImportKind::Denied)), "{kinds:?}");
+    let r = h.run(programs::GUEST_SOCKET, &[&witness.addr]).await;
+    assert_eq!(r.outcome, Outcome::Exited { code: 0 });
+    let out = stdout(&r);
+    assert!(out.starts_with("refused: ") && out.contains("ermission denied"), "{out}");
+    witness.saw_nothing();
+}
+
+#[tokio::test]
+async fn w05_imports_outside_wasi_0_2_are_named_and_refused() {
     let h = Harness::new();
     let bytes = wat::parse_str(
         r#"(component
             (import "wasi:http/outgoing-handler@0.2.0" (instance))
             (import "wasi:cli/stdout@0.2.0" (instance))
+            (import "wasi:sockets/tcp@0.2.13" (instance))
+            (import "wasi:http/incoming-handler@0.2.0" (instance))
             (import "evil:backdoor/shell@1.0.0" (instance)))"#,
     )
     .unwrap();
     let err = h.host.prepare(Digest::of(&bytes), || async { Ok(bytes) }).await.unwrap_err();
     assert_eq!(
         err.to_string(),
-        "imports outside the agenix:au/unit world: wasi:http/outgoing-handler@0.2.0, evil:backdoor/shell@1.0.0"
+        "imports outside the agenix:au/unit world: wasi:sockets/tcp@0.2.13, \
+         wasi:http/incoming-handler@0.2.0, evil:backdoor/shell@1.0.0"
     );
     // A component with allowed imports but no command export is refused too.
     let bytes =
@@ -920,4 +992,169 @@ async fn the_artifact_sweep_follows_no_symlink_and_spares_files_being_written() 
     assert!(!engine.join(".cwasm-crashed").exists(), "an abandoned one is removed");
     assert!(root.join("notes.txt").exists() && engine.join("notes.txt").exists());
     drop(slow);
+}
+
+// Components built from other languages (CPython through componentize-py, JavaScript
+// through componentize-js): the same limits, exit codes, network denials and mounts as the
+// Rust guests above.
+
+/// A harness whose artifact cache all these tests share: the Python and JavaScript
+/// components (18 MB and 12 MB) are compiled once per test run, not once per test.
+fn lang_harness() -> Harness {
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lang-artifacts");
+    fs::create_dir_all(&cache).unwrap();
+    Harness::with(4, Some(&cache))
+}
+
+fn csv_orders() -> Vec<u8> {
+    fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/orders.csv")).unwrap()
+}
+
+#[tokio::test]
+async fn l1_python_au_runs_keeps_its_exit_codes_and_describes_itself() {
+    let h = lang_harness();
+    let r =
+        h.run_with(programs::AU_CSVSTAT, &["-c", "amount"], &csv_orders(), vec![], limits()).await;
+    assert_eq!(r.outcome, Outcome::Exited { code: 0 }, "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        stdout(&r),
+        "{\"column\":\"amount\",\"values\":6,\"empty\":0,\"distinct\":6,\"min\":42,\"max\":310.25,\
+         \"sum\":835.84,\"mean\":139.3066666667}\n"
+    );
+    let r = h.run_with(programs::AU_CSVSTAT, &[], b"a,b\n1,2\n3\n", vec![], limits()).await;
+    assert_eq!(r.outcome, Outcome::Exited { code: 2 });
+    assert_eq!(String::from_utf8_lossy(&r.stderr), "csvstat: line 3: 1 fields, the header has 2\n");
+    let r = h.run_with(programs::AU_CSVSTAT, &["-x"], b"", vec![], limits()).await;
+    assert_eq!(r.outcome, Outcome::Exited { code: 2 });
+    let r = h.run(programs::AU_CSVSTAT, &["--describe"]).await;
+    let card = agenix_proto::card::Card::from_json(&r.stdout).unwrap();
+    assert_eq!(card.name.as_str(), "csvstat");
+    for code in [0, 3, 42, 255] {
+        let r = h.run(programs::PROBE_PY, &["exit", &code.to_string()]).await;
+        assert_eq!(r.outcome, Outcome::Exited { code }, "exit {code}");
+    }
+    // An exception nothing catches ends the run as a trap, its traceback on stderr.
+    let r = h.run(programs::PROBE_PY, &["raise"]).await;
+    assert!(matches!(r.outcome, Outcome::Trapped { .. }), "{:?}", r.outcome);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("RuntimeError: the probe raised"));
+}
+
+#[tokio::test]
+async fn l1_javascript_au_runs_keeps_its_exit_codes_and_describes_itself() {
+    let h = lang_harness();
+    let rows = b"{\"id\":1,\"who\":{\"name\":\"ada\"},\"x\":true}\n\n{\"id\":2}\n";
+    let r =
+        h.run_with(programs::AU_RESHAPE, &["who.name=name", "id"], rows, vec![], limits()).await;
+    assert_eq!(r.outcome, Outcome::Exited { code: 0 }, "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(stdout(&r), "{\"name\":\"ada\",\"id\":1}\n{\"name\":null,\"id\":2}\n");
+    let r = h.run_with(programs::AU_RESHAPE, &["--drop", "x"], rows, vec![], limits()).await;
+    assert_eq!(stdout(&r), "{\"id\":1,\"who\":{\"name\":\"ada\"}}\n{\"id\":2}\n");
+    let r = h.run_with(programs::AU_RESHAPE, &["id"], b"{\"id\":1}\n[2]\n", vec![], limits()).await;
+    assert_eq!(r.outcome, Outcome::Exited { code: 2 });
+    assert_eq!(stdout(&r), "{\"id\":1}\n", "what came before the bad line is kept");
+    assert_eq!(String::from_utf8_lossy(&r.stderr), "reshape: line 2: not a JSON object\n");
+    let r = h.run(programs::AU_RESHAPE, &["--describe"]).await;
+    let card = agenix_proto::card::Card::from_json(&r.stdout).unwrap();
+    assert_eq!(card.name.as_str(), "reshape");
+    for code in [0, 3, 42, 255] {
+        let r = h.run(programs::PROBE_JS, &["exit", &code.to_string()]).await;
+        assert_eq!(r.outcome, Outcome::Exited { code }, "exit {code}");
+    }
+    let r = h.run(programs::PROBE_JS, &["throw"]).await;
+    assert_eq!(r.outcome, Outcome::Exited { code: 1 });
+}
+
+#[tokio::test]
+async fn l2_python_and_javascript_stop_at_fuel_memory_and_time() {
+    let h = lang_harness();
+    for probe in [programs::PROBE_PY, programs::PROBE_JS] {
+        let fuel = Limits { fuel: 300_000_000, ..limits() };
+        let r = h.run_with(probe, &["spin"], b"", vec![], fuel).await;
+        assert_eq!(r.outcome, Outcome::OutOfFuel, "{probe}");
+        assert_eq!(r.fuel_consumed, Some(300_000_000));
+        let memory = Limits { memory_bytes: 48 * MIB, ..limits() };
+        let r = h.run_with(probe, &["grow"], b"", vec![], memory).await;
+        assert_eq!(r.outcome, Outcome::MemoryExceeded, "{probe}");
+        assert!(r.peak_memory <= 48 * MIB, "{probe}: {}", r.peak_memory);
+        let time = Limits { timeout_ms: 700, fuel: Limits::ABSOLUTE.fuel, ..limits() };
+        let r = h.run_with(probe, &["spin"], b"", vec![], time).await;
+        assert_eq!(r.outcome, Outcome::TimedOut, "{probe}");
+    }
+    let time = Limits { timeout_ms: 700, ..limits() };
+    let r = h.run_with(programs::PROBE_PY, &["sleep"], b"", vec![], time).await;
+    assert_eq!(r.outcome, Outcome::TimedOut);
+    h.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn w05_python_gets_the_denial_as_an_exception_and_nothing_leaves() {
+    let h = lang_harness();
+    let witness = Witness::new();
+    let port = witness.addr.rsplit_once(':').unwrap().1;
+    for target in [witness.addr.clone(), format!("localhost:{port}")] {
+        let r = h.run(programs::PROBE_PY, &["net", &target]).await;
+        assert_eq!(
+            r.outcome,
+            Outcome::Exited { code: 0 },
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert_eq!(
+            stdout(&r),
+            "socket: PermissionError: [Errno 2] Permission denied\n\
+             urlopen: URLError: <urlopen error [Errno 2] Permission denied>\n",
+            "{target}"
+        );
+    }
+    witness.saw_nothing();
+}
+
+#[tokio::test]
+async fn w05_javascript_fetch_is_denied_and_nothing_leaves() {
+    let h = lang_harness();
+    let witness = Witness::new();
+    for url in [format!("http://{}/", witness.addr), "https://example.com/".into()] {
+        let r = h.run(programs::PROBE_JS, &["fetch", &url]).await;
+        assert_eq!(
+            r.outcome,
+            Outcome::Exited { code: 0 },
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let out = stdout(&r);
+        assert!(out.starts_with("fetch: Error: ") && !out.contains("OPEN"), "{url}: {out}");
+    }
+    witness.saw_nothing();
+}
+
+#[tokio::test]
+async fn w03_python_cannot_read_outside_its_mounts() {
+    let (h, data, secret) = fs_fixture_with(lang_harness());
+    let g = grant(&data, "/data", Access::ReadOnly);
+    let run = |args: Vec<String>| {
+        let g = g.clone();
+        let h = &h;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            h.run_with(programs::PROBE_PY, &args, b"", g, limits()).await
+        }
+    };
+    let r = run(vec!["read".into(), "/data/file.txt".into()]).await;
+    assert_eq!(stdout(&r), "mounted contents\nread: OPEN\n");
+    let secret_text = fs::read_to_string(&secret).unwrap();
+    let outside = [
+        "/data/../secret".to_string(),
+        "../secret".into(),
+        secret.to_str().unwrap().into(),
+        "/etc/passwd".into(),
+        "/proc/self/environ".into(),
+    ];
+    for path in outside {
+        let r = run(vec!["read".into(), path.clone()]).await;
+        let out = stdout(&r);
+        assert!(out.starts_with("read: ") && out.contains("Error"), "{path}: {out}");
+        assert!(!out.contains(secret_text.trim()), "{path}: {out}");
+    }
+    let r = run(vec!["list".into(), "/".into()]).await;
+    assert!(!stdout(&r).contains("secret"), "{}", stdout(&r));
 }

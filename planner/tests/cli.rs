@@ -270,7 +270,7 @@ fn durations_need_a_unit_and_a_range_and_states_are_named() {
 #[test]
 fn example_plans_validate() {
     let s = TestDir::new();
-    for name in ["log-errors.json", "orders-report.json"] {
+    for name in ["log-errors.json", "orders-report.json", "orders-columns.json"] {
         let p = examples_dir().join(name);
         let out = s.ok(&["plan", "validate", p.to_str().unwrap()]);
         assert!(out.contains("valid plan"), "{out}");

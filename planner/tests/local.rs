@@ -32,16 +32,59 @@ fn example(name: &str) -> String {
 }
 
 #[test]
-fn au_check_accepts_an_au_and_names_offending_imports() {
+fn au_check_sorts_imports_into_granted_denied_and_refused() {
     let t = TestDir::new();
     let out = t.ok(&["au", "check", programs::AU_GREP]);
     assert!(out.contains("conforms to agenix:au/unit"), "{out}");
-    assert!(out.contains("wasi:cli/stdout@"), "{out}");
+    assert!(out.contains("\ngranted\n  wasi:") && out.contains("  wasi:cli/stdout@0.2."), "{out}");
+    assert!(!out.contains("denied") && !out.contains("refused"), "{out}");
 
-    let out = t.agx(&["au", "check", programs::GUEST_SOCKET]);
+    // A guest whose standard library links the sockets conforms: they are linked denied.
+    let out = t.ok(&["au", "check", programs::GUEST_SOCKET]);
+    assert!(out.contains("conforms to agenix:au/unit"), "{out}");
+    assert!(
+        out.contains("\ndenied   (linked; every network call fails)\n  wasi:sockets/"),
+        "{out}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&t.ok(&["--json", "au", "check", programs::GUEST_SOCKET])).unwrap();
+    let imports = json["data"]["imports"].as_array().unwrap();
+    for i in imports {
+        let name = i["name"].as_str().unwrap();
+        let kind = if name.starts_with("wasi:sockets/") { "denied" } else { "granted" };
+        assert_eq!(i["kind"], kind, "{i}");
+    }
+    assert!(imports.iter().any(|i| i["kind"] == "denied"), "{json}");
+    assert_eq!(json["data"]["conforms"], true);
+
+    // Anything else is refused, each import named with why; the others are still listed.
+    let foreign = t.path("foreign.wasm");
+    let component = wat::parse_str(
+        r#"(component
+            (import "wasi:http/outgoing-handler@0.2.0" (instance))
+            (import "wasi:cli/stdout@0.2.13" (instance))
+            (import "evil:backdoor/shell@1.0.0" (instance)))"#,
+    )
+    .unwrap();
+    fs::write(&foreign, component).unwrap();
+    let out = t.agx(&["au", "check", foreign.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    let err = text(&out.stderr);
-    assert!(err.contains("does not conform to agenix:au/unit: imports outside the agenix:au/unit world: wasi:sockets/"), "{err}");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stdout.contains("does not conform"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "denied   (linked; every network call fails)\n  wasi:http/outgoing-handler@0.2.0\n"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("refused\n  wasi:cli/stdout@0.2.13: this engine serves WASI 0.2.0 to 0.2.12 only\n  evil:backdoor/shell@1.0.0: not an interface AUs may import"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("does not conform to agenix:au/unit: imports outside the agenix:au/unit world: wasi:cli/stdout@0.2.13, evil:backdoor/shell@1.0.0"),
+        "{stderr}"
+    );
 
     let out = t.agx(&["au", "check", "Cargo.toml"]);
     assert_eq!(out.status.code(), Some(1));
@@ -141,9 +184,12 @@ fn au_describe_and_push_use_the_model_card() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("pass --name NAME"), "{}", text(&out.stderr));
     t.ok(&["au", "push", programs::GUEST_ECHO, "--name", "echo"]);
-    let out = t.agx(&["au", "push", programs::GUEST_SOCKET, "--name", "socket"]);
+    let foreign = t.path("foreign.wasm");
+    let component = r#"(component (import "evil:backdoor/shell@1.0.0" (instance)))"#;
+    fs::write(&foreign, wat::parse_str(component).unwrap()).unwrap();
+    let out = t.agx(&["au", "push", foreign.to_str().unwrap(), "--name", "foreign"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(!t.ok(&["au", "list"]).contains("socket"));
+    assert!(!t.ok(&["au", "list"]).contains("foreign"));
 }
 
 const LOG_ERRORS_OUTPUT: &str = "      1 auth: token expired\n      3 db: connection refused\n      2 payments: card declined\n";
@@ -320,6 +366,64 @@ fn au_new_scaffolds_a_crate_that_builds_checks_and_runs() {
 
     let test = Command::new(&cargo).args(["test", "--quiet"]).current_dir(&krate).output().unwrap();
     assert!(test.status.success(), "{}{}", text(&test.stdout), text(&test.stderr));
+}
+
+#[test]
+fn au_new_scaffolds_python_and_javascript_projects_that_build_check_and_run() {
+    let t = TestDir::new();
+    let tools = Path::new(programs::TOOLCHAINS);
+    let langs = [
+        ("python", "COMPONENTIZE_PY", tools.join("python/bin/componentize-py")),
+        ("js", "COMPONENTIZE_JS", tools.join("js/node_modules/.bin/componentize-js")),
+    ];
+    for (lang, var, tool) in langs {
+        let name = format!("shout-{lang}");
+        let out = t.ok(&["au", "new", &name, "--lang", lang]);
+        assert!(out.contains("./build.sh"), "{out}");
+        let dir = t.path(&name);
+        // The world it builds against is the one the host enforces.
+        let wit = fs::read_to_string(dir.join("wit/au.wit")).unwrap();
+        assert_eq!(
+            wit,
+            fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/au.wit"))
+                .unwrap()
+        );
+        let build = Command::new(dir.join("build.sh")).env(var, &tool).output().unwrap();
+        assert!(build.status.success(), "{lang}: {}{}", text(&build.stdout), text(&build.stderr));
+        let wasm = dir.join(format!("{name}.wasm"));
+        let wasm = wasm.to_str().unwrap();
+        assert!(t.ok(&["au", "check", wasm]).contains("conforms"), "{lang}");
+        let out = t.agx_in(&["au", "run", wasm], b"hello\n");
+        assert_eq!(text(&out.stdout), "HELLO\n", "{lang}: {}", text(&out.stderr));
+        let out = t.agx_in(&["au", "run", wasm, "--", "--lower"], b"MiXeD");
+        assert_eq!(text(&out.stdout), "mixed", "{lang}");
+        let out = t.agx(&["au", "run", wasm, "--", "--bogus"]);
+        assert_eq!(out.status.code(), Some(2), "{lang}: the exit code survives wasm");
+        assert!(text(&out.stderr).contains(&format!("{name}: unknown argument")), "{lang}");
+        assert!(t.ok(&["au", "describe", wasm]).starts_with(&format!("{name} 0.1.0")), "{lang}");
+        // Into the store, into a signed plan, and run.
+        t.ok(&["au", "push", wasm]);
+        let plan = format!(
+            r#"{{"schema":"agenix.plan/v1","name":"p-{lang}","tasks":[{{"id":"up","run":{{"wasm":{{"name":"{name}"}}}},"stdin":{{"input":true}}}}],"output":"up"}}"#
+        );
+        t.write(&format!("{lang}.json"), &plan);
+        if !t.path("k.key").exists() {
+            t.signer("k");
+        }
+        t.ok(&[
+            "plan",
+            "sign",
+            &format!("{lang}.json"),
+            "--key",
+            "k.key",
+            "--out",
+            &format!("{lang}.env"),
+        ]);
+        t.write("in.txt", "from a plan\n");
+        let out =
+            t.ok(&["run", &format!("{lang}.env"), "--trust", "trust.json", "--input", "in.txt"]);
+        assert_eq!(out, "FROM A PLAN\n", "{lang}");
+    }
 }
 
 /// The same pipeline, unjailed: GNU tools chained by this test, with the jail's environment.

@@ -59,6 +59,22 @@ fn example_plans_run_through_the_queue_and_a_worker() {
         text(&out.stdout),
         "{\"orders\":6,\"revenue\":835.84,\"largest\":{\"id\":\"1003\",\"customer\":\"initech\",\"amount\":\"310.25\"}}\n"
     );
+    // AUs in Python and JavaScript beside one in Rust, signed and run by the worker.
+    c.ok(&["au", "push", programs::AU_CSVSTAT]);
+    c.ok(&["au", "push", programs::AU_RESHAPE]);
+    let out = c.agx(&[
+        "submit",
+        &example("orders-columns.json"),
+        "--input",
+        &example("data/orders.csv"),
+        "--watch",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "[{\"column\":\"id\",\"distinct\":6,\"min\":1001,\"max\":1006,\"mean\":1003.5},\
+         {\"column\":\"amount\",\"distinct\":6,\"min\":42,\"max\":310.25,\"mean\":139.3066666667}]\n"
+    );
     // The native variant, through the worker's jail (where this kernel has one).
     let doctor = std::process::Command::new(bin("agw")).arg("doctor").output().unwrap();
     if doctor.status.success() {

@@ -8,16 +8,18 @@
 //! dropping the future) one blocked inside a host call.
 //!
 //! Denied by default: a task sees no environment variables but the ones it is given, no
-//! directories but its mounts and a private scratch `/tmp`, and no network at all — the
-//! socket and http interfaces are not even linked, and a component importing them is refused
-//! before it is instantiated.
+//! directories but its mounts and a private scratch `/tmp`, and no network at all. The
+//! sockets and http interfaces that language runtimes import are linked with every way out
+//! denied (`network.rs`: no socket, name lookup or request is ever made); a component
+//! importing anything else outside the `unit` world is refused before it is instantiated.
 //!
 //! Here: the engine, the linker and preparing components (compiled once per digest, kept in
-//! `prepared.rs` and on disk in `cache.rs`, checked against the import allowlist in
-//! `imports.rs`); `run.rs` is one run of a prepared component.
+//! `prepared.rs` and on disk in `cache.rs`, its imports sorted into granted, denied and
+//! refused in `imports.rs`); `run.rs` is one run of a prepared component.
 
 mod cache;
 pub mod imports;
+mod network;
 mod prepared;
 mod run;
 
@@ -37,7 +39,7 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use self::cache::ArtifactCache;
-pub use self::imports::ConformanceError;
+pub use self::imports::{ConformanceError, Import, ImportKind};
 use self::prepared::PreparedMap;
 use crate::output::CappedPipe;
 use crate::task::{Finished, HostError, WasmTask};
@@ -59,6 +61,10 @@ const SCRATCH_MAX_ENTRIES: u64 = 10_000;
 const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 const MEMORIES_PER_COMPONENT: u32 = 4;
 const TABLES_PER_COMPONENT: u32 = 8;
+/// Host resources one task may hold at once (open files and directories, streams,
+/// pollables, `wasi:http` values): each lives in host memory, outside the task's memory
+/// limit. Creating one more traps. CPython and SpiderMonkey hold a few dozen.
+const MAX_RESOURCES: usize = 10_000;
 /// Table elements one task may allocate.
 const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 /// A prepared component is counted as its compiled image plus this fraction of it
@@ -161,7 +167,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HostError {
 pub struct Prepared {
     digest: Digest,
     pre: CommandPre<TaskState>,
-    imports: Vec<String>,
+    imports: Vec<Import>,
     cost: u64,
     /// When its artifact on disk was last marked as used by this process.
     touched: Mutex<Instant>,
@@ -182,8 +188,8 @@ impl Prepared {
     pub fn digest(&self) -> Digest {
         self.digest
     }
-    /// The interfaces it imports.
-    pub fn imports(&self) -> &[String] {
+    /// The interfaces it imports, each with what the host does with it.
+    pub fn imports(&self) -> &[Import] {
         &self.imports
     }
     /// The bytes it is counted as against [`CacheBudget::prepared_bytes`]: its compiled
@@ -274,7 +280,8 @@ fn pooling(config: &WasmConfig) -> PoolingAllocationConfig {
     p
 }
 
-/// Links exactly the `agenix:au/unit` world: wasi:io, cli, clocks, random, filesystem.
+/// Links the `agenix:au/unit` world (wasi:io, cli, clocks, random, filesystem) and, with
+/// every way out denied, wasi:sockets and wasi:http.
 fn link(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
     use wasmtime_wasi::cli::{WasiCli, WasiCliView};
     use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
@@ -301,7 +308,7 @@ fn link(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
     cli::terminal_stdin::add_to_linker::<_, WasiCli>(l, TaskState::cli)?;
     cli::terminal_stdout::add_to_linker::<_, WasiCli>(l, TaskState::cli)?;
     cli::terminal_stderr::add_to_linker::<_, WasiCli>(l, TaskState::cli)?;
-    Ok(())
+    network::link(l)
 }
 
 impl WasmHost {
@@ -509,11 +516,12 @@ impl WasmHost {
             .map_err(|e| PrepareError::Invalid(format!("{e:#}")))
     }
 
-    /// Checks a component against the `unit` world; lists its imports either way.
+    /// Checks a component against the `unit` world; lists its imports, each with what the
+    /// host does with it, either way.
     pub fn conformance(
         &self,
         component: &Component,
-    ) -> (Vec<String>, Result<(), ConformanceError>) {
+    ) -> (Vec<Import>, Result<(), ConformanceError>) {
         (imports::imports(&self.engine, component), imports::check(&self.engine, component))
     }
 

@@ -38,7 +38,13 @@ impl WasmHost {
             .stdin(MemoryInputPipe::new(task.stdin.clone()))
             .stdout(stdout.clone())
             .stderr(stderr.clone())
-            .max_random_size(MAX_RANDOM_BYTES);
+            .max_random_size(MAX_RANDOM_BYTES)
+            // The network's ways in are the host's own and deny (`network.rs`); should any
+            // of wasmtime-wasi's be reached, these deny too. They are its defaults, stated.
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }));
         b.preopened_dir(scratch.path(), "/tmp", FsPerms::ReadWrite)
             .map_err(|e| HostError::Runtime(format!("cannot open the scratch directory: {e:#}")))?;
         for g in &task.grants {
@@ -50,9 +56,12 @@ impl WasmHost {
                 return Ok(refused(format!("mount {} is not available: {e:#}", g.guest), started));
             }
         }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         let state = TaskState {
             wasi: b.build(),
-            table: ResourceTable::new(),
+            table,
+            network: network::NetworkState::new(),
             limiter: Limiter { limit: limits.memory_bytes, total: 0, peak: 0, denied: false },
             deadline: started + Duration::from_millis(limits.timeout_ms),
         };
@@ -87,6 +96,10 @@ impl WasmHost {
         };
         let fuel_left = store.get_fuel().unwrap_or(0);
         let limiter = &store.data().limiter;
+        let denials = store.data().network.denials;
+        if denials > 0 {
+            tracing::info!(program = %task.program, denials, "network calls denied");
+        }
         let outcome = classify(ended, limiter.denied, &stdout, &stderr);
         Ok(Finished {
             outcome,
@@ -103,7 +116,8 @@ impl WasmHost {
 #[allow(missing_debug_implementations, reason = "WasiCtx has no Debug")]
 pub struct TaskState {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) table: ResourceTable,
+    pub(super) network: network::NetworkState,
     limiter: Limiter,
     deadline: Instant,
 }
@@ -220,12 +234,18 @@ fn classify(
     if stderr.overflowed() {
         return Outcome::OutputExceeded { stream: "stderr".into() };
     }
+    // A guest that failed after the limiter refused it memory failed for want of it: a
+    // managed runtime (SpiderMonkey, CPython) turns the refusal into an exception and exits
+    // non-zero, where a Rust guest aborts with a trap.
+    let failed = |code: i32| {
+        if memory_denied { Outcome::MemoryExceeded } else { Outcome::Exited { code } }
+    };
     match result {
         Ok(Ok(())) => Outcome::Exited { code: 0 },
-        Ok(Err(())) => Outcome::Exited { code: 1 },
+        Ok(Err(())) => failed(1),
         Err(e) => {
             if let Some(exit) = e.downcast_ref::<I32Exit>() {
-                Outcome::Exited { code: exit.0 }
+                if exit.0 == 0 { Outcome::Exited { code: 0 } } else { failed(exit.0) }
             } else if e.downcast_ref::<DeadlineReached>().is_some() {
                 Outcome::TimedOut
             } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::OutOfFuel)) {

@@ -1,6 +1,9 @@
 //! Paths of programs built for tests: the purpose-built wasm guests in `host/guests`
-//! (`GUEST_*`) and the standard AUs (`AU_*`), compiled for wasm32-wasip2, and the native
-//! attack program in `host/attack` (`NATIVE_ATTACK`). Depend on this crate only from tests.
+//! (`GUEST_*`) and the standard AUs (`AU_*`), compiled for wasm32-wasip2; the AUs in Python
+//! and JavaScript (`AU_CSVSTAT`, `AU_RESHAPE`) and the probes in those languages
+//! (`PROBE_PY`, `PROBE_JS`, from `host/guests/lang`), built by scripts/build-lang-aus.sh;
+//! and the native attack program in `host/attack` (`NATIVE_ATTACK`). Depend on this crate
+//! only from tests.
 
 #![allow(missing_docs, reason = "generated constants carry their own docs")]
 

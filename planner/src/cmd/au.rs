@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use agenix_host::output::sanitize_stderr;
-use agenix_host::wasm::{PrepareError, WasmHost};
+use agenix_host::wasm::{ImportKind, PrepareError, WasmHost};
 use agenix_host::{Grant, WasmTask};
 use agenix_proto::card::Card;
 use agenix_proto::{Digest, Limits, Outcome};
@@ -35,7 +35,8 @@ pub(crate) enum AuCommand {
     Run(RunAu),
     /// Print an AU's model card (`AU --describe`, run under small limits).
     Describe(Describe),
-    /// Check an AU against the agenix:au/unit world; exit 1 naming offending imports.
+    /// Check an AU against the agenix:au/unit world: each import granted, denied or refused;
+    /// exit 1 naming refused imports.
     Check(Check),
     /// Add an AU to the local store under its card's name; prints its digest.
     Push(Push),
@@ -43,7 +44,8 @@ pub(crate) enum AuCommand {
     List(List),
     /// Stop keeping an AU at the queue: it is removed there once no job needs it.
     Unkeep(Unkeep),
-    /// Create a new AU crate that builds to a component and passes `agx au check`.
+    /// Create a new AU project (Rust, Python or JavaScript) that builds to a component and
+    /// passes `agx au check`.
     New(scaffold::New),
 }
 
@@ -360,7 +362,8 @@ impl Describe {
     }
 }
 
-/// Check FILE against the agenix:au/unit world.
+/// Check FILE against the agenix:au/unit world: lists every import as granted (usable),
+/// denied (linked, but every network call fails) or refused (exit 1, each named).
 #[derive(Debug, clap::Args)]
 pub(crate) struct Check {
     /// The component.
@@ -376,24 +379,53 @@ impl Check {
             .with_context(|| format!("{} is not an AU", self.file.display()))?;
         let (imports, verdict) = local.wasm.conformance(&component);
         let digest = Digest::of(&bytes);
+        let listed: Vec<serde_json::Value> = imports
+            .iter()
+            .map(|i| {
+                let reason = match i.kind {
+                    ImportKind::Refused(why) => Some(why.reason()),
+                    _ => None,
+                };
+                serde_json::json!({"name": i.name, "kind": i.kind.as_str(), "reason": reason})
+            })
+            .collect();
         let data = serde_json::json!({
-            "file": self.file, "digest": digest.to_string(), "imports": imports,
+            "file": self.file, "digest": digest.to_string(), "imports": listed,
             "conforms": verdict.is_ok(), "error": verdict.as_ref().err().map(ToString::to_string),
         });
-        if let Err(e) = verdict {
-            if out.json {
-                out.emit("check", &data, String::new)?;
+        out.emit("check", &data, || {
+            let head = match &verdict {
+                Ok(()) => "conforms to agenix:au/unit",
+                Err(_) => "does not conform to agenix:au/unit",
+            };
+            let mut text = format!("{}: {head}\ndigest   {digest}", self.file.display());
+            for kind in [ImportKind::Granted, ImportKind::Denied] {
+                let names: Vec<&str> =
+                    imports.iter().filter(|i| i.kind == kind).map(|i| i.name.as_str()).collect();
+                if !names.is_empty() {
+                    let what = match kind {
+                        ImportKind::Denied => "denied   (linked; every network call fails)",
+                        _ => "granted",
+                    };
+                    text += &format!("\n{what}\n  {}", clean(&names.join("\n  ")));
+                }
             }
+            let refused: Vec<String> = imports
+                .iter()
+                .filter_map(|i| match i.kind {
+                    ImportKind::Refused(why) => Some(format!("{}: {}", i.name, why.reason())),
+                    _ => None,
+                })
+                .collect();
+            if !refused.is_empty() {
+                text += &format!("\nrefused\n  {}", clean(&refused.join("\n  ")));
+            }
+            text
+        })?;
+        if let Err(e) = verdict {
             return Err(anyhow::Error::new(e)
                 .context(format!("{} does not conform to agenix:au/unit", self.file.display())));
         }
-        out.emit("check", &data, || {
-            let imports = clean(&imports.join("\n        ")).into_owned();
-            format!(
-                "{}: conforms to agenix:au/unit\ndigest  {digest}\nimports {imports}",
-                self.file.display(),
-            )
-        })?;
         Ok(ExitCode::SUCCESS)
     }
 }

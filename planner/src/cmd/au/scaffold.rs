@@ -1,4 +1,6 @@
-//! `agx au new NAME`: a new AU crate that builds to a component as generated.
+//! `agx au new NAME [--lang rust|python|js]`: a new AU project that builds to a component
+//! as generated. The templates for Python and JavaScript live in `templates/`, with the
+//! `agenix:au/unit` world (`wit/`) they build against.
 
 use std::fs;
 use std::path::PathBuf;
@@ -8,8 +10,11 @@ use anyhow::{Context, Result, bail};
 
 use crate::output::Out;
 
-/// Create the crate NAME (in ./NAME unless --dir says otherwise): a main that reads stdin
-/// and answers --describe, a size-tuned release profile, a test, and a README.
+/// Create the AU project NAME (in ./NAME unless --dir says otherwise): code that reads
+/// stdin and answers --describe, and a README. In Rust: a crate with a size-tuned release
+/// profile and a test. In Python or JavaScript: app.py or app.js, the agenix:au/unit world
+/// in wit/, and build.sh, which installs the pinned toolchain (componentize-py from PyPI in
+/// a virtual environment, componentize-js from npm) and builds NAME.wasm.
 #[derive(Debug, clap::Args)]
 pub(crate) struct New {
     /// The AU's name: lowercase letters, digits, `-` and `_`, starting with a letter.
@@ -17,6 +22,72 @@ pub(crate) struct New {
     /// Where to create it [default: ./NAME].
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// The language to write it in.
+    #[arg(long, value_enum, default_value_t = Lang::Rust)]
+    lang: Lang,
+}
+
+/// The languages `agx au new` writes AUs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Lang {
+    Rust,
+    Python,
+    Js,
+}
+
+/// The `agenix:au/unit` world, as the Python and JavaScript toolchains read it.
+const WIT: &[(&str, &str)] = &[
+    ("wit/au.wit", include_str!("../../../../wit/au.wit")),
+    ("wit/deps/cli.wit", include_str!("../../../../wit/deps/cli.wit")),
+    ("wit/deps/clocks.wit", include_str!("../../../../wit/deps/clocks.wit")),
+    ("wit/deps/filesystem.wit", include_str!("../../../../wit/deps/filesystem.wit")),
+    ("wit/deps/io.wit", include_str!("../../../../wit/deps/io.wit")),
+    ("wit/deps/random.wit", include_str!("../../../../wit/deps/random.wit")),
+    ("wit/deps/sockets.wit", include_str!("../../../../wit/deps/sockets.wit")),
+];
+
+impl Lang {
+    /// Each file: its path in the project, its template, and whether it is executable.
+    fn files(self) -> Vec<(&'static str, &'static str, bool)> {
+        let mut files = match self {
+            Self::Rust => vec![
+                ("Cargo.toml", CARGO_TOML, false),
+                ("src/main.rs", MAIN_RS, false),
+                ("tests/cli.rs", TEST_RS, false),
+                ("README.md", README_MD, false),
+                (".gitignore", "/target\n", false),
+            ],
+            Self::Python => vec![
+                ("app.py", include_str!("templates/python/app.py"), false),
+                ("build.sh", include_str!("templates/python/build.sh"), true),
+                ("README.md", PYTHON_README, false),
+                (".gitignore", "/.venv\n__pycache__/\n/*.wasm\n", false),
+            ],
+            Self::Js => vec![
+                ("app.js", include_str!("templates/js/app.js"), false),
+                ("package.json", include_str!("templates/js/package.json"), false),
+                ("build.sh", include_str!("templates/js/build.sh"), true),
+                ("README.md", JS_README, false),
+                (".gitignore", "/node_modules\n/*.wasm\n", false),
+            ],
+        };
+        if self != Self::Rust {
+            files.extend(WIT.iter().map(|&(path, text)| (path, text, false)));
+        }
+        files
+    }
+
+    /// What to type next, after `cd DIR`.
+    fn next_steps(self, name: &str) -> String {
+        let (build, wasm) = match self {
+            Self::Rust => (
+                "cargo build --release --target wasm32-wasip2".to_string(),
+                format!("target/wasm32-wasip2/release/{name}.wasm"),
+            ),
+            Self::Python | Self::Js => ("./build.sh".to_string(), format!("{name}.wasm")),
+        };
+        format!("  {build}\n  agx au check {wasm}\n  echo hello | agx au run {wasm}\n")
+    }
 }
 
 fn valid_name(name: &str) -> bool {
@@ -33,13 +104,7 @@ impl New {
         if dir.exists() {
             bail!("{} already exists", dir.display());
         }
-        let files = [
-            ("Cargo.toml", CARGO_TOML),
-            ("src/main.rs", MAIN_RS),
-            ("tests/cli.rs", TEST_RS),
-            ("README.md", README_MD),
-            (".gitignore", "/target\n"),
-        ];
+        let files = self.lang.files();
         // Build the crate beside its final place and rename it in, so a failure leaves
         // nothing half-made.
         let parent = match dir.parent() {
@@ -50,26 +115,31 @@ impl New {
             .prefix(".agx-new-")
             .tempdir_in(&parent)
             .with_context(|| format!("cannot create a directory in {}", parent.display()))?;
-        for (path, template) in files {
+        for (path, template, executable) in files {
             let p = staging.path().join(path);
             if let Some(d) = p.parent() {
                 fs::create_dir_all(d)?;
             }
             fs::write(&p, template.replace("{{name}}", &self.name))
                 .with_context(|| format!("cannot write {path}"))?;
+            if executable {
+                use std::os::unix::fs::PermissionsExt as _;
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
+                    .with_context(|| format!("cannot make {path} executable"))?;
+            }
         }
         let staged = staging.keep();
         if let Err(e) = fs::rename(&staged, &dir) {
             let _ = fs::remove_dir_all(&staged);
             return Err(anyhow::Error::new(e).context(format!("cannot create {}", dir.display())));
         }
-        out.emit("created", &serde_json::json!({ "name": self.name, "dir": dir }), || {
+        let lang = format!("{:?}", self.lang).to_lowercase();
+        let data = serde_json::json!({ "name": self.name, "dir": dir, "lang": lang });
+        out.emit("created", &data, || {
             format!(
-                "created {dir}\n\n  cd {dir}\n  cargo build --release --target wasm32-wasip2\n  \
-                 agx au check target/wasm32-wasip2/release/{name}.wasm\n  \
-                 echo hello | agx au run target/wasm32-wasip2/release/{name}.wasm\n",
-                dir = dir.display(),
-                name = self.name
+                "created {dir}\n\n  cd {dir}\n{}",
+                self.lang.next_steps(&self.name),
+                dir = dir.display()
             )
         })?;
         Ok(ExitCode::SUCCESS)
@@ -211,6 +281,40 @@ An AGEniX AU: a WASI component that reads stdin and writes stdout.
     agx au push target/wasm32-wasip2/release/{{name}}.wasm   # then name it in plans
 
 The contract: stdin in, stdout out, stderr for diagnostics; exit 0 ok, 1 failure, 2 bad
-input or usage, 3+ your own; `--describe` prints the model card. An AU may import only the
-`agenix:au/unit` world: no sockets, no http.
+input or usage, 3+ your own; `--describe` prints the model card. An AU imports the
+`agenix:au/unit` world (`agx au check` lists each import): no network. The sockets and http
+interfaces some libraries link are there, but every call to them is denied.
+"#;
+
+const PYTHON_README: &str = r#"# {{name}}
+
+An AGEniX AU in Python: app.py, built to a WASI component by componentize-py against the
+`agenix:au/unit` world in wit/.
+
+    ./build.sh                          # installs componentize-py 0.25.1 in .venv once
+    agx au check {{name}}.wasm
+    echo hello | agx au run {{name}}.wasm
+    agx au push {{name}}.wasm           # then name it in plans
+
+The contract: stdin in, stdout out, stderr for diagnostics; exit 0 ok, 1 failure, 2 bad
+input or usage, 3+ your own (through `exit.exit_with_code`: `sys.exit(n)` reports every
+failure as 1); `--describe` prints the model card. There is no network: `socket` and
+`urllib` are there, and every connection or lookup raises `PermissionError`. Files: only
+/tmp (private scratch) and the directories a plan mounts.
+"#;
+
+const JS_README: &str = r#"# {{name}}
+
+An AGEniX AU in JavaScript: app.js, built to a WASI component by componentize-js against the
+`agenix:au/unit` world in wit/.
+
+    ./build.sh                          # installs componentize-js with npm once
+    agx au check {{name}}.wasm
+    echo hello | agx au run {{name}}.wasm
+    agx au push {{name}}.wasm           # then name it in plans
+
+The contract: stdin in, stdout out, stderr for diagnostics; exit 0 ok, 1 failure, 2 bad
+input or usage, 3+ your own (through `exitWithCode`); `--describe` prints the model card.
+Standard input, arguments and the exit code come from the `wasi:cli` interfaces (imported by
+name, as app.js shows). There is no network: `fetch` is there and always fails.
 "#;
