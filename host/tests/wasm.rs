@@ -424,13 +424,19 @@ async fn w05_every_way_to_the_network_is_denied() {
 #[tokio::test]
 async fn w05_http_values_a_guest_parks_in_the_host_are_bounded() {
     let h = Harness::new();
-    let r = h.run(programs::GUEST_NET, &["hoard", "9000"]).await;
-    assert_eq!(stdout(&r), "held 9000\n");
-    let r = h.run(programs::GUEST_NET, &["hoard", "20000"]).await;
+    let r = h.run(programs::GUEST_NET, &["hoard", "4000"]).await;
+    assert_eq!(stdout(&r), "held 4000\n");
+    let r = h.run(programs::GUEST_NET, &["hoard", "5000"]).await;
     let Outcome::Trapped { message } = &r.outcome else { panic!("{:?}", r.outcome) };
     assert!(message.contains("resource table has no free keys"), "{message}");
     let r = h.run(programs::GUEST_NET, &["header", "4096"]).await;
     assert_eq!(stdout(&r), "header: ok\n");
+    // A request's text is capped at 2 KiB a field: refused past it, as a malformed one is.
+    let r = h.run(programs::GUEST_NET, &["text", "2000"]).await;
+    // (A scheme is refused past 64 bytes by the http crate's own rule.)
+    assert_eq!(stdout(&r), "authority ok, path ok, method ok, scheme refused\n");
+    let r = h.run(programs::GUEST_NET, &["text", "3000"]).await;
+    assert_eq!(stdout(&r), "authority refused, path refused, method refused, scheme refused\n");
     // Past the cap on one value's headers (8 KiB), wasmtime-wasi-http ends the task.
     let r = h.run(programs::GUEST_NET, &["header", "65536"]).await;
     let Outcome::Trapped { message } = &r.outcome else { panic!("{:?}", r.outcome) };
@@ -1026,6 +1032,21 @@ async fn l1_python_au_runs_keeps_its_exit_codes_and_describes_itself() {
     assert_eq!(String::from_utf8_lossy(&r.stderr), "csvstat: line 3: 1 fields, the header has 2\n");
     let r = h.run_with(programs::AU_CSVSTAT, &["-x"], b"", vec![], limits()).await;
     assert_eq!(r.outcome, Outcome::Exited { code: 2 });
+    for delim in ["\"", "\n", "\r", "ab"] {
+        let r = h.run_with(programs::AU_CSVSTAT, &["-d", delim], b"a\n", vec![], limits()).await;
+        assert_eq!(r.outcome, Outcome::Exited { code: 2 }, "-d {delim:?}");
+    }
+    // A byte-order mark is not part of the first name; only plain decimals are numbers; a
+    // sum past the range of a double has no JSON number.
+    let csv = "\u{feff}n,m\n1_000,1e308\n\u{0661},1e308\n".as_bytes();
+    // (U+0661 is an Arabic-Indic digit one: text here, as `1_000` is.)
+    let r = h.run_with(programs::AU_CSVSTAT, &[], csv, vec![], limits()).await;
+    assert_eq!(
+        stdout(&r),
+        "{\"column\":\"n\",\"values\":2,\"empty\":0,\"distinct\":2,\"top\":\"1_000\",\"top_count\":1}\n\
+         {\"column\":\"m\",\"values\":2,\"empty\":0,\"distinct\":1,\"min\":1e+308,\"max\":1e+308,\
+         \"sum\":null,\"mean\":null}\n"
+    );
     let r = h.run(programs::AU_CSVSTAT, &["--describe"]).await;
     let card = agenix_proto::card::Card::from_json(&r.stdout).unwrap();
     assert_eq!(card.name.as_str(), "csvstat");
@@ -1053,6 +1074,24 @@ async fn l1_javascript_au_runs_keeps_its_exit_codes_and_describes_itself() {
     assert_eq!(r.outcome, Outcome::Exited { code: 2 });
     assert_eq!(stdout(&r), "{\"id\":1}\n", "what came before the bad line is kept");
     assert_eq!(String::from_utf8_lossy(&r.stderr), "reshape: line 2: not a JSON object\n");
+    // `__proto__` is a field like any other.
+    let r = h
+        .run_with(
+            programs::AU_RESHAPE,
+            &["__proto__", "a=__proto__"],
+            b"{\"__proto__\":1,\"a\":2}\n",
+            vec![],
+            limits(),
+        )
+        .await;
+    assert_eq!(stdout(&r), "{\"__proto__\":2}\n");
+    // Nesting past what the engine can write back fails on its line, naming it.
+    let deep = format!("{{\"id\":1}}\n{}1{}\n", "{\"a\":".repeat(5_000), "}".repeat(5_000));
+    let r =
+        h.run_with(programs::AU_RESHAPE, &["--drop", "x"], deep.as_bytes(), vec![], limits()).await;
+    assert_eq!(r.outcome, Outcome::Exited { code: 2 }, "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(stdout(&r), "{\"id\":1}\n");
+    assert!(String::from_utf8_lossy(&r.stderr).starts_with("reshape: line 2: "));
     let r = h.run(programs::AU_RESHAPE, &["--describe"]).await;
     let card = agenix_proto::card::Card::from_json(&r.stdout).unwrap();
     assert_eq!(card.name.as_str(), "reshape");

@@ -86,6 +86,34 @@ fn au_check_sorts_imports_into_granted_denied_and_refused() {
         "{stderr}"
     );
 
+    // The sandbox refuses to run it: exit 125, like a task it stopped.
+    let out = t.agx(&["au", "run", foreign.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("the sandbox refuses"), "{}", text(&out.stderr));
+
+    // Right names, wrong types: refused by check too, not only when it runs.
+    let mistyped = t.path("mistyped.wasm");
+    let component = wat::parse_str(
+        r#"(component
+            (import "wasi:cli/environment@0.2.0" (instance (export "get-arguments" (func (result u32)))))
+            (core module $m (func (export "run") (result i32) i32.const 0))
+            (core instance $i (instantiate $m))
+            (func $run (result (result)) (canon lift (core func $i "run")))
+            (instance $r (export "run" (func $run)))
+            (export "wasi:cli/run@0.2.0" (instance $r)))"#,
+    )
+    .unwrap();
+    fs::write(&mistyped, component).unwrap();
+    let out = t.agx(&["au", "check", mistyped.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("does not link against this host's WASI"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = t.agx(&["au", "run", mistyped.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+
     let out = t.agx(&["au", "check", "Cargo.toml"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("does not exist"));

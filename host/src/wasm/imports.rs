@@ -64,6 +64,9 @@ pub enum ConformanceError {
     /// It is not a command: no `wasi:cli/run@0.2.x` export (x at most 12).
     #[error("exports no wasi:cli/run@0.2.x: not a command component")]
     NoRun,
+    /// Its imports have the right names but not the types this host provides.
+    #[error("does not link against this host's WASI: {0}")]
+    Link(String),
 }
 
 /// What the host does with one import.

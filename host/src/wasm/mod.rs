@@ -64,7 +64,7 @@ const TABLES_PER_COMPONENT: u32 = 8;
 /// Host resources one task may hold at once (open files and directories, streams,
 /// pollables, `wasi:http` values): each lives in host memory, outside the task's memory
 /// limit. Creating one more traps. CPython and SpiderMonkey hold a few dozen.
-const MAX_RESOURCES: usize = 10_000;
+const MAX_RESOURCES: usize = 4096;
 /// Table elements one task may allocate.
 const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 /// A prepared component is counted as its compiled image plus this fraction of it
@@ -522,17 +522,27 @@ impl WasmHost {
         &self,
         component: &Component,
     ) -> (Vec<Import>, Result<(), ConformanceError>) {
-        (imports::imports(&self.engine, component), imports::check(&self.engine, component))
+        let verdict = imports::check(&self.engine, component).and_then(|()| {
+            self.link(component).map(drop).map_err(|e| match e {
+                PrepareError::Conformance(c) => c,
+                other => ConformanceError::Link(other.to_string()),
+            })
+        });
+        (imports::imports(&self.engine, component), verdict)
+    }
+
+    /// Pre-links a component against this host's linker.
+    fn link(&self, component: &Component) -> Result<CommandPre<TaskState>, PrepareError> {
+        self.linker
+            .instantiate_pre(component)
+            .and_then(CommandPre::new)
+            .map_err(|e| ConformanceError::Link(format!("{e:#}")).into())
     }
 
     fn pre(&self, digest: Digest, component: Component) -> Result<Arc<Prepared>, PrepareError> {
         imports::check(&self.engine, &component)?;
         let imports = imports::imports(&self.engine, &component);
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .and_then(CommandPre::new)
-            .map_err(|e| PrepareError::Invalid(format!("{e:#}")))?;
+        let pre = self.link(&component)?;
         // The cost is the compiled image wasmtime keeps in memory for the component (code,
         // data segments and metadata: the bytes `serialize` writes, so the same whether it
         // was compiled here or loaded from the cache), plus a measured share of it for what

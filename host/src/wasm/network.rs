@@ -25,6 +25,8 @@ use super::TaskState;
 /// The outgoing handler, at the newest version this engine serves (an import of any earlier
 /// 0.2.x resolves to it).
 const OUTGOING_HANDLER: &str = "wasi:http/outgoing-handler@0.2.12";
+/// The types interface, likewise.
+const HTTP_TYPES: &str = "wasi:http/types@0.2.12";
 
 /// A task's view for the denied entry points: its table (to drop what a denied call was
 /// given) and its count of denials.
@@ -58,6 +60,9 @@ pub(super) struct NetworkState {
 /// 128 KiB). Requests are never sent, so this only bounds what a guest can park in host
 /// memory: at most [`super::MAX_RESOURCES`] of them.
 const FIELD_BYTES: usize = 8 << 10;
+/// Most bytes of a method, scheme, authority or path a guest may set on a request (the
+/// crate keeps them whole).
+const REQUEST_TEXT_BYTES: usize = 2 << 10;
 /// Most bytes one write to an outgoing request's body may carry, and so (one chunk is
 /// buffered) what a body can hold: nothing ever reads it.
 const BODY_CHUNK_BYTES: usize = 4 << 10;
@@ -97,6 +102,7 @@ pub(super) fn link(l: &mut Linker<TaskState>) -> wasmtime::Result<()> {
     sockets::udp_create_socket::add_to_linker::<_, Deny>(l, TaskState::denier)?;
     ip_name_lookup::add_to_linker::<_, Deny>(l, TaskState::denier)?;
     http::add_to_linker::<_, WasiHttp>(l, &Default::default(), TaskState::http)?;
+    cap_request_text(l)?;
     link_outgoing_handler(l)
 }
 
@@ -170,6 +176,67 @@ impl ip_name_lookup::HostResolveAddressStream for Denier<'_> {
         self.table.delete(stream)?;
         Ok(())
     }
+}
+
+/// The setters of `outgoing-request` that keep a guest's string, redefined to refuse one
+/// over [`REQUEST_TEXT_BYTES`] (as they refuse a malformed one) before the crate's own
+/// keeps it: otherwise a guest could park gigabytes in host memory, outside its limit.
+fn cap_request_text(l: &mut Linker<TaskState>) -> wasmtime::Result<()> {
+    use wasmtime::StoreContextMut as Ctx;
+    use wasmtime_wasi_http::p2::bindings::http::types::HostOutgoingRequest as Setters;
+    type Request = Resource<HostOutgoingRequest>;
+    type Set = wasmtime::Result<(Result<(), ()>,)>;
+    fn long(s: Option<&str>) -> bool {
+        s.is_some_and(|s| s.len() > REQUEST_TEXT_BYTES)
+    }
+    l.allow_shadowing(true);
+    let mut types = l.instance(HTTP_TYPES)?;
+    types.func_wrap(
+        "[method]outgoing-request.set-method",
+        |mut store: Ctx<'_, TaskState>, (r, m): (Request, http::Method)| -> Set {
+            let text = match &m {
+                http::Method::Other(s) => Some(s.as_str()),
+                _ => None,
+            };
+            if long(text) {
+                return Ok((Err(()),));
+            }
+            Ok((Setters::set_method(&mut store.data_mut().http(), r, m)?,))
+        },
+    )?;
+    types.func_wrap(
+        "[method]outgoing-request.set-scheme",
+        |mut store: Ctx<'_, TaskState>, (r, s): (Request, Option<http::Scheme>)| -> Set {
+            let text = match &s {
+                Some(http::Scheme::Other(s)) => Some(s.as_str()),
+                _ => None,
+            };
+            if long(text) {
+                return Ok((Err(()),));
+            }
+            Ok((Setters::set_scheme(&mut store.data_mut().http(), r, s)?,))
+        },
+    )?;
+    types.func_wrap(
+        "[method]outgoing-request.set-authority",
+        |mut store: Ctx<'_, TaskState>, (r, a): (Request, Option<String>)| -> Set {
+            if long(a.as_deref()) {
+                return Ok((Err(()),));
+            }
+            Ok((Setters::set_authority(&mut store.data_mut().http(), r, a)?,))
+        },
+    )?;
+    types.func_wrap(
+        "[method]outgoing-request.set-path-with-query",
+        |mut store: Ctx<'_, TaskState>, (r, p): (Request, Option<String>)| -> Set {
+            if long(p.as_deref()) {
+                return Ok((Err(()),));
+            }
+            Ok((Setters::set_path_with_query(&mut store.data_mut().http(), r, p)?,))
+        },
+    )?;
+    l.allow_shadowing(false);
+    Ok(())
 }
 
 /// `wasi:http/outgoing-handler.handle`, defined directly: the crate's own would make a

@@ -91,7 +91,7 @@ impl WasmHost {
                 biased;
                 r = run => Ended::Returned(r),
                 () = tokio::time::sleep(Duration::from_millis(limits.timeout_ms)) => Ended::TimedOut,
-                () = watch_scratch(scratch.path().to_path_buf(), limits.file_bytes) => Ended::ScratchFull,
+                e = watch_scratch(scratch.path().to_path_buf(), limits.file_bytes) => e,
             }
         };
         let fuel_left = store.get_fuel().unwrap_or(0);
@@ -192,6 +192,9 @@ enum Ended {
     Returned(wasmtime::Result<Result<(), ()>>),
     TimedOut,
     ScratchFull,
+    /// The scratch directory could not be measured (the process is out of descriptors,
+    /// say): the task is stopped rather than left unbounded.
+    ScratchUnmeasured(String),
 }
 
 /// A trap or error, for people: the trap's own description (not a backtrace), control
@@ -226,6 +229,12 @@ fn classify(
     let result = match ended {
         Ended::TimedOut => return Outcome::TimedOut,
         Ended::ScratchFull => return Outcome::OutputExceeded { stream: "scratch".into() },
+        Ended::ScratchUnmeasured(why) => {
+            tracing::warn!(error = %why, "cannot measure a task's scratch directory; stopping it");
+            return Outcome::Trapped {
+                message: format!("stopped: the scratch directory could not be measured: {why}"),
+            };
+        }
         Ended::Returned(r) => r,
     };
     if stdout.overflowed() {
@@ -263,17 +272,21 @@ fn classify(
 
 /// Resolves when the scratch directory holds more than `cap` bytes or too many entries. The
 /// count runs off the async threads.
-async fn watch_scratch(dir: PathBuf, cap: u64) {
+/// Fails closed: a scratch directory it cannot measure ends the task too.
+async fn watch_scratch(dir: PathBuf, cap: u64) -> Ended {
     let mut tick = tokio::time::interval(SCRATCH_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let d = dir.clone();
-        let Ok((bytes, entries)) = tokio::task::spawn_blocking(move || usage(&d)).await else {
-            continue;
-        };
-        if bytes > cap || entries > SCRATCH_MAX_ENTRIES {
-            return;
+        match tokio::task::spawn_blocking(move || usage(&d)).await {
+            Ok(Ok((bytes, entries))) => {
+                if bytes > cap || entries > SCRATCH_MAX_ENTRIES {
+                    return Ended::ScratchFull;
+                }
+            }
+            Ok(Err(e)) => return Ended::ScratchUnmeasured(e.to_string()),
+            Err(e) => return Ended::ScratchUnmeasured(e.to_string()),
         }
     }
 }
@@ -281,17 +294,28 @@ async fn watch_scratch(dir: PathBuf, cap: u64) {
 /// Bytes (apparent sizes) and entries in the scratch directory: every file under it, not
 /// following symlinks, plus files under it that were deleted while still open (their space
 /// stays in use; this process holds their descriptors on the guest's behalf). Stops
-/// counting once past the entry cap.
-fn usage(dir: &Path) -> (u64, u64) {
+/// counting once past the entry cap. A directory that vanished while it was being walked is
+/// skipped; any other failure (no descriptors left, say) is an error.
+fn usage(dir: &Path) -> std::io::Result<(u64, u64)> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     let (mut bytes, mut entries) = (0u64, 0u64);
     let mut seen = std::collections::HashSet::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
+        let rd = match std::fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        for e in rd {
+            let e = match e {
+                Ok(e) => e,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e),
+            };
             entries += 1;
             if entries > SCRATCH_MAX_ENTRIES {
-                return (bytes, entries);
+                return Ok((bytes, entries));
             }
             let Ok(meta) = e.path().symlink_metadata() else { continue };
             if meta.is_dir() {
@@ -301,8 +325,8 @@ fn usage(dir: &Path) -> (u64, u64) {
             }
         }
     }
-    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return (bytes, entries) };
-    for fd in fds.flatten() {
+    for fd in std::fs::read_dir("/proc/self/fd")? {
+        let fd = fd?;
         let Ok(target) = std::fs::read_link(fd.path()) else { continue };
         let target = target.to_string_lossy();
         let Some(path) = target.strip_suffix(" (deleted)") else { continue };
@@ -315,5 +339,5 @@ fn usage(dir: &Path) -> (u64, u64) {
             bytes = bytes.saturating_add(meta.len());
         }
     }
-    (bytes, entries)
+    Ok((bytes, entries))
 }

@@ -228,9 +228,14 @@ impl RunAu {
         let name = au_name(&self.file);
         let local = LocalHost::new(Limits::ABSOLUTE)?;
         let rt = runtime()?;
-        let prepared = rt.block_on(async {
-            prepare_bytes(&local.wasm, &self.file, read_component(&self.file)?).await
-        })?;
+        let bytes = read_component(&self.file)?;
+        // A component the sandbox refuses ends like one it stopped: exit 125.
+        let prepared = rt
+            .block_on(local.wasm.prepare(Digest::of(&bytes), || async { Ok(bytes) }))
+            .map_err(|e| crate::output::Coded {
+                code: 125,
+                message: format!("the sandbox refuses {}: {e}", self.file.display()),
+            })?;
 
         // The timeout covers reading stdin; the AU gets what is left of it.
         let timeout = Duration::from_millis(limits.timeout_ms);
@@ -266,6 +271,9 @@ impl RunAu {
         };
         let run = rt.block_on(local.wasm.run(&prepared, task))?;
         let wall = start.elapsed();
+        // An AU stopped inside a blocking host call (opening a FIFO in a mount that no one
+        // writes, say) leaves its thread blocked: don't wait for it to end.
+        rt.shutdown_background();
 
         let mut stdout = std::io::stdout().lock();
         let written = stdout.write_all(&run.stdout).and_then(|()| stdout.flush());

@@ -175,6 +175,9 @@ impl RunPlan {
         }
         let runner = std::sync::Arc::new(runner);
         let result = rt.block_on(execute(executable, input, runner))?;
+        // A task stopped inside a blocking host call (opening a FIFO in a mount that no one
+        // writes, say) leaves its thread blocked: don't wait for it to end.
+        rt.shutdown_background();
 
         let written = if out.json {
             print_json(out, &result)

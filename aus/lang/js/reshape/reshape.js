@@ -19,7 +19,8 @@ const CARD = {
   version: VERSION,
   description:
     'Reshape JSON Lines: keep the named fields (a.b reaches into nested objects), renaming ' +
-    'FIELD=NEW, in the order given; a missing field is null. With --drop, remove them instead.',
+    'FIELD=NEW, in the order given; a missing field is null. With --drop, remove them instead. ' +
+    'Numbers are IEEE doubles, as JavaScript reads them.',
   capabilities: ['stdin', 'stdout'],
   inputs: ['application/jsonl'],
   outputs: ['application/jsonl'],
@@ -110,6 +111,23 @@ function remove(obj, parts) {
   if (own(v, parts[parts.length - 1])) delete v[parts[parts.length - 1]];
 }
 
+class NotObject extends Error {}
+
+/** One line's value, reshaped, as JSON text. */
+function reshape(obj, spec) {
+  if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) {
+    throw new NotObject('not a JSON object');
+  }
+  if (spec.drop) {
+    for (const f of spec.fields) remove(obj, f.parts);
+    return JSON.stringify(obj);
+  }
+  // No prototype: a field named `__proto__` is a field like any other.
+  const shaped = Object.create(null);
+  for (const f of spec.fields) shaped[f.rename] = get(obj, f.parts);
+  return JSON.stringify(shaped);
+}
+
 function main(args) {
   const out = getStdout();
   const err = getStderr();
@@ -142,28 +160,17 @@ function main(args) {
   for (let i = 0; i < lines.length; i++) {
     const line = lines[i].trim();
     if (line === '') continue;
-    let obj;
+    // Any failure on a line (not JSON, nested past what the engine's stack allows) names
+    // it; what came before it is written.
+    let shaped;
     try {
-      obj = JSON.parse(line);
+      shaped = reshape(JSON.parse(line), spec);
     } catch (e) {
       write(out, result);
-      write(err, `${NAME}: line ${i + 1}: not JSON: ${e.message}\n`);
+      write(err, `${NAME}: line ${i + 1}: ${e instanceof SyntaxError ? 'not JSON: ' : ''}${e.message}\n`);
       return 2;
     }
-    if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) {
-      write(out, result);
-      write(err, `${NAME}: line ${i + 1}: not a JSON object\n`);
-      return 2;
-    }
-    let shaped;
-    if (spec.drop) {
-      for (const f of spec.fields) remove(obj, f.parts);
-      shaped = obj;
-    } else {
-      shaped = {};
-      for (const f of spec.fields) shaped[f.rename] = get(obj, f.parts);
-    }
-    result += JSON.stringify(shaped) + '\n';
+    result += shaped + '\n';
     if (result.length >= 65536) {
       write(out, result);
       result = '';

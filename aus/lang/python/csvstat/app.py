@@ -7,6 +7,8 @@ world (see aus/lang/README.md). One JSON object per column on stdout, in header 
 import csv
 import io
 import json
+import math
+import re
 import sys
 
 from wit_world import exports
@@ -20,8 +22,9 @@ CARD = {
     "name": NAME,
     "version": VERSION,
     "description": "Summarize each column of a CSV table (header row first): values, "
-    "empty cells, distinct values; min, max, sum and mean when every value is a number, "
-    "else the most common value.",
+    "empty cells, distinct values; min, max, sum and mean when every value is a plain "
+    "decimal number (sum and mean null past the range of a double), else the most common "
+    "value.",
     "capabilities": ["stdin", "stdout"],
     "inputs": ["text/csv"],
     "outputs": ["application/jsonl"],
@@ -32,7 +35,7 @@ CARD = {
     "usage": USAGE,
     "exit_codes": {
         "0": "ok",
-        "1": "reading stdin failed",
+        "1": "reading stdin failed, or an internal error",
         "2": "bad usage, malformed CSV (a row with the wrong number of fields, invalid UTF-8) or an unknown column",
     },
     "mounts": [],
@@ -65,8 +68,8 @@ def parse_args(args):
             if a == "-d":
                 if value == "\\t":
                     value = "\t"
-                if len(value) != 1:
-                    raise Usage(f"-d takes one character, got {value!r}")
+                if len(value) != 1 or value in "\"\r\n":
+                    raise Usage(f"-d takes one character other than a quote or a line end, got {value!r}")
                 delim = value
             else:
                 columns.append(value)
@@ -75,12 +78,16 @@ def parse_args(args):
     return delim, columns
 
 
+# A plain decimal number: ASCII digits, an optional sign, point and exponent (no `_`, no
+# other scripts' digits, no inf or nan).
+NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def number(s):
-    try:
-        n = float(s)
-    except ValueError:
+    if not NUMBER.fullmatch(s):
         return None
-    return n if n == n and n not in (float("inf"), float("-inf")) else None
+    n = float(s)
+    return n if math.isfinite(n) else None
 
 
 def tidy(n: float):
@@ -97,9 +104,16 @@ def summarize(name, values):
     }
     nums = [number(v) for v in present]
     if present and all(n is not None for n in nums):
-        total = sum(nums)
-        out.update(min=tidy(min(nums)), max=tidy(max(nums)), sum=tidy(round(total, 10)),
-                   mean=tidy(round(total / len(nums), 10)))
+        try:
+            total = math.fsum(nums)
+        except OverflowError:
+            total = math.inf
+        out.update(min=tidy(min(nums)), max=tidy(max(nums)))
+        # A sum past the largest double has no JSON number: null, as does its mean.
+        if math.isfinite(total):
+            out.update(sum=tidy(round(total, 10)), mean=tidy(round(total / len(nums), 10)))
+        else:
+            out.update(sum=None, mean=None)
     elif present:
         counts = {}
         for v in present:
@@ -130,7 +144,7 @@ def main(args):
         print(f"{NAME}: cannot read stdin: {e}", file=sys.stderr)
         return 1
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         print(f"{NAME}: line {line}: invalid UTF-8", file=sys.stderr)
@@ -170,4 +184,7 @@ class Run(exports.Run):
             code = main(environment.get_arguments()[1:])
         except BrokenPipeError:
             code = 0
+        except Exception as e:  # noqa: BLE001 (an AU says what failed and exits 1)
+            print(f"{NAME}: {type(e).__name__}: {e}", file=sys.stderr)
+            code = 1
         finish(code)

@@ -3,13 +3,15 @@
 //! one line each: `tcp: <error-code>` and so on, or `tcp: OPEN` should one succeed.
 //! Argument: the address (`IP:PORT`) to aim at. Or `hoard N`: makes N `wasi:http` header
 //! values of 4 KiB each and holds them all, then prints `held N`; or `header BYTES`: tries
-//! to set one header of that many bytes, and prints `header: ok` or the error (the host may
+//! to set one header of that many bytes; or `text BYTES`: sets a request's authority, path,
+//! method and scheme to strings of about that many bytes and prints which were refused; or
+//! `header BYTES`: tries to set one header of that many bytes, and prints `header: ok` or the error (the host may
 //! end the task instead).
 
 #[cfg(target_os = "wasi")]
 fn main() {
     use wasip2::http::outgoing_handler;
-    use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
+    use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
     use wasip2::sockets::network::IpAddressFamily;
     use wasip2::sockets::{instance_network, ip_name_lookup, tcp_create_socket, udp_create_socket};
 
@@ -24,6 +26,17 @@ fn main() {
             held.push(fields);
         }
         println!("held {}", held.len());
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("text") {
+        let n: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let request = OutgoingRequest::new(Fields::new());
+        let said = |r: Result<(), ()>| if r.is_ok() { "ok" } else { "refused" };
+        let authority = said(request.set_authority(Some(&"a".repeat(n))));
+        let path = said(request.set_path_with_query(Some(&format!("/{}", "p".repeat(n)))));
+        let method = said(request.set_method(&Method::Other("M".repeat(n))));
+        let scheme = said(request.set_scheme(Some(&Scheme::Other("s".repeat(n)))));
+        println!("authority {authority}, path {path}, method {method}, scheme {scheme}");
         return;
     }
     if args.get(1).map(String::as_str) == Some("header") {
