@@ -9,6 +9,8 @@ named by the first argument. Built by scripts/build-lang-aus.sh; never part of t
   grow            allocates 1 MiB at a time, forever
   sleep           sleeps a minute
   raise           raises an exception nothing catches
+  fds MIB         opens files in /tmp until it cannot, holding them, then writes MIB MiB to the
+                  first and prints what it wrote
 """
 
 import encodings.idna  # noqa: F401  (urllib needs it for host names; bundled only if named)
@@ -54,6 +56,18 @@ class Run(exports.Run):
                 hoard.append(bytearray(1 << 20))
         elif mode == "sleep":
             time.sleep(60)
+        elif mode == "fds":
+            held = []
+            try:
+                while True:
+                    held.append(open(f"/tmp/f{len(held)}", "wb"))
+            except OSError as e:
+                print(f"held {len(held)}: {e}")
+            block = b"x" * (1 << 20)
+            for _ in range(int(rest[0])):
+                held[0].write(block)
+            held[0].flush()
+            print(f"wrote {rest[0]} MiB")
         elif mode == "raise":
             raise RuntimeError("the probe raised")
         sys.stdout.flush()
