@@ -522,21 +522,17 @@ impl WasmHost {
         &self,
         component: &Component,
     ) -> (Vec<Import>, Result<(), ConformanceError>) {
-        let verdict = imports::check(&self.engine, component).and_then(|()| {
-            self.link(component).map(drop).map_err(|e| match e {
-                PrepareError::Conformance(c) => c,
-                other => ConformanceError::Link(other.to_string()),
-            })
-        });
+        let verdict =
+            imports::check(&self.engine, component).and_then(|()| self.link(component).map(drop));
         (imports::imports(&self.engine, component), verdict)
     }
 
     /// Pre-links a component against this host's linker.
-    fn link(&self, component: &Component) -> Result<CommandPre<TaskState>, PrepareError> {
+    fn link(&self, component: &Component) -> Result<CommandPre<TaskState>, ConformanceError> {
         self.linker
             .instantiate_pre(component)
             .and_then(CommandPre::new)
-            .map_err(|e| ConformanceError::Link(format!("{e:#}")).into())
+            .map_err(|e| ConformanceError::Link(format!("{e:#}")))
     }
 
     fn pre(&self, digest: Digest, component: Component) -> Result<Arc<Prepared>, PrepareError> {
