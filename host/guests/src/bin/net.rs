@@ -4,7 +4,7 @@
 //! Argument: the address (`IP:PORT`) to aim at. Or `hoard N`: makes N `wasi:http` header
 //! values of 4 KiB each and holds them all, then prints `held N`; or `header BYTES`: tries
 //! to set one header of that many bytes; or `text BYTES`: sets a request's authority, path,
-//! method and scheme to strings of about that many bytes and prints which were refused; or
+//! method and scheme to strings of exactly that many bytes and prints which were refused; or
 //! `header BYTES`: tries to set one header of that many bytes, and prints `header: ok` or the error (the host may
 //! end the task instead).
 
@@ -33,7 +33,8 @@ fn main() {
         let request = OutgoingRequest::new(Fields::new());
         let said = |r: Result<(), ()>| if r.is_ok() { "ok" } else { "refused" };
         let authority = said(request.set_authority(Some(&"a".repeat(n))));
-        let path = said(request.set_path_with_query(Some(&format!("/{}", "p".repeat(n)))));
+        let path = "/".to_string() + &"p".repeat(n.saturating_sub(1));
+        let path = said(request.set_path_with_query(Some(&path)));
         let method = said(request.set_method(&Method::Other("M".repeat(n))));
         let scheme = said(request.set_scheme(Some(&Scheme::Other("s".repeat(n)))));
         println!("authority {authority}, path {path}, method {method}, scheme {scheme}");
