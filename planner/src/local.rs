@@ -22,6 +22,11 @@ pub(crate) struct StoreArg {
 }
 
 impl StoreArg {
+    /// The directory given with --store (or $AGX_STORE), to pass on to another command.
+    pub(crate) fn path_arg(&self) -> Option<String> {
+        self.store.as_ref().map(|p| p.to_string_lossy().into_owned())
+    }
+
     pub(crate) fn open(&self) -> Result<LocalStore> {
         Ok(LocalStore::new(match &self.store {
             Some(dir) => dir.clone(),

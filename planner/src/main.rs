@@ -11,10 +11,12 @@
 
 mod args;
 mod cmd;
+mod draft;
 mod files;
 mod local;
 mod output;
 mod remote;
+mod show;
 mod signing;
 
 use std::io::{self, IsTerminal, Write};

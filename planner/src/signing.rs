@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use agenix_proto::envelope::{MAX_ENVELOPE_BYTES, sign_plan};
 use agenix_proto::keys::{SigningKey, signing_key_from_pem};
-use agenix_proto::plan::MAX_PLAN_BYTES;
-use agenix_proto::{Digest, Envelope, Form, Limits, Plan, PlanId};
+use agenix_proto::plan::{MAX_LIFETIME_SECS, MAX_PLAN_BYTES};
+use agenix_proto::{Digest, Envelope, Form, Limits, Plan, PlanId, Run};
 use anyhow::{Context, Result, bail};
 use zeroize::Zeroizing;
 
@@ -121,4 +121,20 @@ pub(crate) fn sign_draft(
         sign_plan(&plan, key).with_context(|| format!("cannot sign {}", path.display()))?;
     let digest = Digest::of(&plan.to_payload());
     Ok(Signed { envelope, plan, digest, issued_at: now })
+}
+
+/// How many bytes `plan` would have once signed: its AU names locked to digests, an id
+/// and a validity period set (each of a fixed width, so any stand-in gives the size).
+pub(crate) fn signed_size(plan: &Plan) -> usize {
+    let mut signed = plan.clone();
+    for t in &mut signed.tasks {
+        if let Run::Wasm(w) = &mut t.run {
+            w.digest.get_or_insert(Digest::of(b""));
+        }
+    }
+    signed.plan_id.get_or_insert(PlanId::from_random([0; 16]));
+    let now = now_unix();
+    signed.issued_at = Some(now);
+    signed.expires_at = Some(now + MAX_LIFETIME_SECS);
+    signed.to_payload().len()
 }

@@ -54,8 +54,9 @@ pub const INTERPRETERS: &[&str] = &[
 ];
 
 /// Why a program's name (its allowlist name, or the base name of its path or of what that
-/// resolves to) keeps it off the allowlist, if it does.
-fn forbidden(name: &str) -> Option<&'static str> {
+/// resolves to) keeps it off the allowlist, if it does. The planner asks it too, so that no
+/// draft names a program no worker would run.
+pub fn forbidden(name: &str) -> Option<&'static str> {
     let versioned = |base: &str| {
         name.strip_prefix(base)
             .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit() || b == b'.'))

@@ -37,7 +37,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 pub use self::allowlist::{
-    Allowlist, AllowlistError, BASE_ENV, INTERPRETERS, NEVER_ALLOWED, ToolEntry,
+    Allowlist, AllowlistError, BASE_ENV, INTERPRETERS, NEVER_ALLOWED, ToolEntry, forbidden,
 };
 use self::cgroup::Cgroups;
 use self::probe::{Probe, names};

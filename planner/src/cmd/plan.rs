@@ -1,12 +1,15 @@
-//! `agx plan validate|sign|verify|show`.
+//! `agx plan validate|sign|verify|show|draft|chat`.
+
+mod chat;
+mod draft;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use agenix_proto::envelope::MAX_ENVELOPE_BYTES;
-use agenix_proto::plan::{MAX_LIFETIME_SECS, MAX_PLAN_BYTES};
-use agenix_proto::{Envelope, Form, KeyId, Limits, Plan, PlanId, Run, Stdin, Trust, VerifiedPlan};
+use agenix_proto::plan::MAX_PLAN_BYTES;
+use agenix_proto::{Envelope, Form, KeyId, Limits, Plan, Run, Trust, VerifiedPlan};
 use anyhow::{Context, Result, bail};
 
 use super::trust::load_trust;
@@ -15,7 +18,8 @@ use crate::args::parse_lifetime;
 use crate::files::{Existing, read_capped, write_atomic};
 use crate::local::StoreArg;
 use crate::output::Out;
-use crate::signing::{load_key, load_plan, sign_draft};
+use crate::show::describe_tasks;
+use crate::signing::{load_key, load_plan, sign_draft, signed_size};
 use agenix_proto::text::clean;
 
 /// Plan commands.
@@ -29,6 +33,10 @@ pub(crate) enum PlanCommand {
     Verify(Verify),
     /// Show what a signed plan does.
     Show(Show),
+    /// Draft a plan from a sentence with a language model; write it once approved.
+    Draft(draft::Draft),
+    /// Refine a plan with a language model, a step at a time; run, sign and submit it.
+    Chat(chat::Chat),
 }
 
 impl PlanCommand {
@@ -38,6 +46,8 @@ impl PlanCommand {
             Self::Sign(c) => c.execute(out),
             Self::Verify(c) => c.execute(out),
             Self::Show(c) => c.execute(out),
+            Self::Draft(c) => c.execute(out),
+            Self::Chat(c) => c.execute(out),
         }
     }
 }
@@ -102,56 +112,6 @@ fn task_summary(plan: &Plan) -> Vec<serde_json::Value> {
             })
         })
         .collect()
-}
-
-fn describe_tasks(plan: &Plan) -> String {
-    let mut s = String::new();
-    for t in &plan.tasks {
-        let run = match &t.run {
-            Run::Wasm(w) => match w.digest {
-                Some(d) => format!("wasm {}@{}", w.name, d.short()),
-                None => format!("wasm {} (unlocked)", w.name),
-            },
-            Run::Native(n) => format!("native {}", n.tool),
-        };
-        let stdin = match &t.stdin {
-            None => "(empty)".to_string(),
-            Some(Stdin::Input(_)) => "input".to_string(),
-            Some(Stdin::Task(id)) => id.to_string(),
-            Some(Stdin::Tasks(ids)) => {
-                ids.iter().map(ToString::to_string).collect::<Vec<_>>().join("+")
-            }
-        };
-        let marker = if t.id == plan.output { " -> output" } else { "" };
-        s.push_str(&format!("  {:<16} {:<32} < {}{}\n", t.id, run, stdin, marker));
-        if !t.args.is_empty() {
-            s.push_str(&format!("  {:<16} args {:?}\n", "", t.args));
-        }
-        for m in &t.mounts {
-            let access = match m.access {
-                agenix_proto::Access::ReadOnly => "ro",
-                agenix_proto::Access::ReadWrite => "rw",
-            };
-            s.push_str(&format!("  {:<16} mount {} at {} ({access})\n", "", m.name, m.path));
-        }
-    }
-    s
-}
-
-/// How many bytes `plan` would have once signed: its AU names locked to digests, an id
-/// and a validity period set (each of a fixed width, so any stand-in gives the size).
-fn signed_size(plan: &Plan) -> usize {
-    let mut signed = plan.clone();
-    for t in &mut signed.tasks {
-        if let Run::Wasm(w) = &mut t.run {
-            w.digest.get_or_insert(agenix_proto::Digest::of(b""));
-        }
-    }
-    signed.plan_id.get_or_insert(PlanId::from_random([0; 16]));
-    let now = now_unix();
-    signed.issued_at = Some(now);
-    signed.expires_at = Some(now + MAX_LIFETIME_SECS);
-    signed.to_payload().len()
 }
 
 impl Validate {

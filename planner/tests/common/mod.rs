@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub, reason = "shared by several test binaries")]
 
+pub mod llm;
+
 use std::fs;
 use std::io::Write;
 use std::path::PathBuf;

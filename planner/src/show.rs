@@ -1,0 +1,72 @@
+//! Plans for people: the tasks as a DAG (what runs, with which arguments, fed by what), and
+//! what changed between two drafts. Everything shown is made safe for a terminal first:
+//! a plan's free text (its description, its arguments) is whoever wrote it.
+
+use agenix_proto::text::clean;
+use agenix_proto::{Plan, Run, Stdin};
+
+/// One line per task (its id, what runs, what feeds its stdin, and whether it is the
+/// output), then its arguments and mounts.
+pub(crate) fn describe_tasks(plan: &Plan) -> String {
+    let mut s = String::new();
+    for t in &plan.tasks {
+        let run = match &t.run {
+            Run::Wasm(w) => match w.digest {
+                Some(d) => format!("wasm {}@{}", w.name, d.short()),
+                None => format!("wasm {} (unlocked)", w.name),
+            },
+            Run::Native(n) => format!("native {}", n.tool),
+        };
+        let stdin = match &t.stdin {
+            None => "(empty)".to_string(),
+            Some(Stdin::Input(_)) => "input".to_string(),
+            Some(Stdin::Task(id)) => id.to_string(),
+            Some(Stdin::Tasks(ids)) => {
+                ids.iter().map(ToString::to_string).collect::<Vec<_>>().join("+")
+            }
+        };
+        let marker = if t.id == plan.output { " -> output" } else { "" };
+        s.push_str(&format!("  {:<16} {:<32} < {}{}\n", t.id.as_str(), run, stdin, marker));
+        if !t.args.is_empty() {
+            s.push_str(&format!("  {:<16} args {:?}\n", "", t.args));
+        }
+        for m in &t.mounts {
+            let access = match m.access {
+                agenix_proto::Access::ReadOnly => "ro",
+                agenix_proto::Access::ReadWrite => "rw",
+            };
+            s.push_str(&format!("  {:<16} mount {} at {} ({access})\n", "", m.name, m.path));
+        }
+    }
+    s
+}
+
+/// A plan as a person reviews it: its name and description, then its tasks.
+pub(crate) fn render(plan: &Plan) -> String {
+    let mut s = format!("plan \"{}\" ({} tasks)\n", plan.name, plan.tasks.len());
+    if !plan.description.is_empty() {
+        s.push_str(&format!("  {}\n", plan.description));
+    }
+    s.push_str(&describe_tasks(plan));
+    clean(&s).into_owned()
+}
+
+/// What changed from `old` to `new`, line by line as [`render`] shows them: `-` before what
+/// went, `+` before what came, two spaces before what stayed.
+pub(crate) fn diff(old: &Plan, new: &Plan) -> String {
+    let (old, new) = (render(old), render(new));
+    let mut s = String::new();
+    for change in similar::TextDiff::from_lines(&old, &new).iter_all_changes() {
+        let sign = match change.tag() {
+            similar::ChangeTag::Delete => "-",
+            similar::ChangeTag::Insert => "+",
+            similar::ChangeTag::Equal => " ",
+        };
+        s.push_str(sign);
+        s.push_str(change.value());
+        if !change.value().ends_with('\n') {
+            s.push('\n');
+        }
+    }
+    s
+}
