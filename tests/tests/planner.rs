@@ -52,3 +52,27 @@ fn one_sentence_is_drafted_reviewed_run_signed_and_submitted() {
     let jobs = c.ok(&["--json", "jobs", "list"]);
     assert!(jobs.contains(r#""state":{"state":"succeeded"}"#), "{jobs}");
 }
+
+#[test]
+fn the_tools_workers_advertise_can_be_offered_to_the_model() {
+    let mut c = Cluster::start(&[]);
+    c.push_aus();
+    c.worker("w1", &["--allow-tool", "sort", "--allow-tool", "uniq"]);
+    c.worker("w2", &["--allow-tool", "sort", "--allow-tool", "cut"]);
+    // Wait until both have registered with their tools.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while c.ok(&["workers", "list"]).matches("sort").count() < 2 {
+        assert!(std::time::Instant::now() < until, "{}", c.ok(&["workers", "list"]));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let llm = LlmServer::start(vec![Reply::recorded("good")]);
+    let out = c
+        .agx_cmd(&["plan", "draft", "count the errors", "--tools-from-queue", "--tool", "wc"])
+        .env("AGX_LLM_URL", llm.url())
+        .env("AGX_LLM_MODEL", "m")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let offered = &llm.received()[0].data()["tools"];
+    assert_eq!(offered, &serde_json::json!(["cut", "sort", "uniq", "wc"]));
+}

@@ -13,9 +13,11 @@ use serde_json::json;
 use crate::args::parse_duration_between;
 use crate::draft::{self, Ask, Catalog, Drafted, Llm, LlmConfig};
 use crate::files::{Existing, write_atomic};
-use crate::local::StoreArg;
+use crate::local::{StoreArg, runtime};
 use crate::output::Out;
+use crate::remote::QueueArgs;
 use crate::show::render;
+use agenix_proto::wire::ClientRole;
 
 /// Draft a plan from REQUEST with a language model, check it, show it, and write it to
 /// --out once approved.
@@ -53,6 +55,12 @@ pub(crate) struct Offer {
     /// each worker's allowlist still decides what runs.
     #[arg(long = "tool", value_name = "NAME", env = "AGX_PLAN_TOOLS", value_delimiter = ',')]
     tools: Vec<ToolName>,
+    /// Also offer every native tool the queue's registered workers advertise (`agx workers
+    /// list`); the queue is reached as for `agx submit`.
+    #[arg(long)]
+    tools_from_queue: bool,
+    #[command(flatten)]
+    queue: QueueArgs,
     /// A mount the model may use, NAME[:ro|rw] (read-only unless :rw). Workers map names
     /// to directories.
     #[arg(long = "mount", value_name = "NAME[:ro|rw]", value_parser = parse_offered_mount)]
@@ -70,8 +78,37 @@ impl Offer {
     /// The model and the catalog, from the environment and the store.
     pub(crate) fn open(&self, store: &StoreArg) -> Result<(Llm, Catalog)> {
         let cfg = LlmConfig::from_env(self.llm_timeout)?;
-        let catalog = Catalog::load(&store.open()?, &self.tools, &self.mounts)?;
+        let mut tools = self.tools.clone();
+        if self.tools_from_queue {
+            tools.extend(self.advertised_tools()?);
+        }
+        tools.sort();
+        tools.dedup();
+        let catalog = Catalog::load(&store.open()?, &tools, &self.mounts)?;
         Ok((Llm::new(cfg), catalog))
+    }
+
+    /// The tools the queue's workers advertise. What a queue says is a hint like any other
+    /// offer; a name no worker may run (a shell, an interpreter) is left out, and said.
+    fn advertised_tools(&self) -> Result<Vec<ToolName>> {
+        let workers = runtime()?.block_on(async {
+            let c = self.queue.connect(ClientRole::Planner).await?;
+            let listed = crate::cmd::workers::list_workers(&c).await;
+            c.shutdown().await;
+            listed
+        })?;
+        let mut tools = Vec::new();
+        for t in workers.into_iter().flat_map(|w| w.capabilities.tools) {
+            match agenix_host::native::forbidden(t.as_str()) {
+                Some(what) => {
+                    tracing::warn!(
+                        "the queue lists a worker tool \"{t}\", which is {what}: not offered"
+                    );
+                }
+                None => tools.push(t),
+            }
+        }
+        Ok(tools)
     }
 
     /// Rounds per plan.
