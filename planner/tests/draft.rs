@@ -114,12 +114,11 @@ fn a_good_draft_is_shown_written_once_approved_then_signs_and_runs() {
 fn a_draft_is_not_written_without_approval() {
     let t = with_catalog();
     let llm = LlmServer::start(vec![Reply::recorded("good")]);
-    // No terminal and no --yes: nothing is approved.
+    // No terminal and no --yes: nobody could approve, so the model is not even asked.
     let out = draft(&t, &llm, &["--out", "plan.json"]);
     let err = assert_refused(&t, &out, "not approved");
     assert!(err.contains("--yes"), "{err}");
-    // It was still shown.
-    assert!(text(&out.stdout).contains("plan \"log-errors\""));
+    assert!(llm.received().is_empty());
 
     // Without --out, the plan is shown with its JSON and nothing is written.
     let llm = LlmServer::start(vec![Reply::recorded("good")]);
@@ -496,71 +495,124 @@ fn a_chat_starts_from_a_plan_file_and_refuses_one_outside_the_catalog() {
     assert_refused(&t, &out, "over 65536 bytes");
 }
 
+/// agx on a pseudo-terminal, as a person at a terminal runs it.
+struct Terminal {
+    child: std::process::Child,
+    master: fs::File,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reading: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Terminal {
+    fn start(t: &TestDir, args: &[&str], env: &[(&str, &str)]) -> Self {
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let slave = || std::process::Stdio::from(pty.slave.as_fd().try_clone_to_owned().unwrap());
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_agx"))
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(t.path(""))
+            .env("AGX_STORE", t.path("store"))
+            .env("AGX_CACHE", t.path("cache"))
+            .env("TERM", "xterm")
+            .stdin(slave())
+            .stdout(slave())
+            .stderr(slave())
+            .spawn()
+            .unwrap();
+        drop(pty.slave);
+        let master = fs::File::from(pty.master);
+        let mut reader = master.try_clone().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let reading = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Ends with EIO once the child has closed the terminal.
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Self { child, master, seen, reading: Some(reading) }
+    }
+
+    fn seen(&self) -> String {
+        text(&self.seen.lock().unwrap())
+    }
+
+    fn wait_for(&self, what: &str) {
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while !self.seen().contains(what) {
+            assert!(std::time::Instant::now() < until, "never saw {what:?} in {:?}", self.seen());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn type_in(&mut self, keys: &[u8]) {
+        use std::io::Write;
+        self.master.write_all(keys).unwrap();
+    }
+
+    /// Waits for the exit; the exit code and everything shown.
+    fn finish(mut self) -> (Option<i32>, String) {
+        let status = self.child.wait().unwrap();
+        let reading = self.reading.take().unwrap();
+        drop(self.master);
+        let _ = reading.join();
+        (status.code(), text(&self.seen.lock().unwrap()))
+    }
+}
+
+#[test]
+fn a_draft_is_written_only_when_the_person_at_the_terminal_says_yes() {
+    let t = with_catalog();
+    let llm = LlmServer::start(vec![Reply::recorded("good"), Reply::recorded("good")]);
+    let url = llm.url();
+    let env = [("AGX_LLM_URL", url.as_str()), ("AGX_LLM_MODEL", "m")];
+    let args = ["plan", "draft", REQUEST, "--out", "plan.json"];
+    let mut term = Terminal::start(&t, &args, &env);
+    term.wait_for("write this plan to plan.json? [y/N] ");
+    term.type_in(b"n\r");
+    let (code, seen) = term.finish();
+    assert_eq!(code, Some(1), "{seen}");
+    assert!(seen.contains("not approved: nothing was written"), "{seen}");
+    assert!(!t.path("plan.json").exists());
+
+    let mut term = Terminal::start(&t, &args, &env);
+    term.wait_for("[y/N] ");
+    term.type_in(b"y\r");
+    let (code, seen) = term.finish();
+    assert_eq!(code, Some(0), "{seen}");
+    assert!(seen.contains("wrote plan.json"), "{seen}");
+    t.ok(&["plan", "validate", "plan.json"]);
+}
+
 /// On a terminal: lines are edited (the up arrow recalls the last one) and kept in a
 /// history file only its owner can read.
 #[test]
 fn a_chat_on_a_terminal_recalls_earlier_lines_and_keeps_them_private() {
-    use std::io::{Read, Write};
-    use std::os::fd::AsFd;
-
     let t = with_catalog();
     let llm = LlmServer::start(vec![Reply::recorded("good"), Reply::recorded("good")]);
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let slave = || std::process::Stdio::from(pty.slave.as_fd().try_clone_to_owned().unwrap());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_agx"))
-        .args(["plan", "chat"])
-        .current_dir(t.path(""))
-        .env("AGX_STORE", t.path("store"))
-        .env("AGX_LLM_URL", llm.url())
-        .env("AGX_LLM_MODEL", "m")
-        .env("XDG_STATE_HOME", t.path("state"))
-        .env("TERM", "xterm")
-        .stdin(slave())
-        .stdout(slave())
-        .stderr(slave())
-        .spawn()
-        .unwrap();
-    drop(pty.slave);
-    let mut master = fs::File::from(pty.master);
-    let mut reader = master.try_clone().unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    let reading = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        // Ends with EIO once the child has closed the terminal.
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    let wait_for = |what: &str| {
-        let until = std::time::Instant::now() + Duration::from_secs(30);
-        while !text(&seen.lock().unwrap()).contains(what) {
-            assert!(
-                std::time::Instant::now() < until,
-                "never saw {what:?} in {:?}",
-                text(&seen.lock().unwrap())
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    wait_for("plan> ");
-    master.write_all(format!("{REQUEST}\r").as_bytes()).unwrap();
-    wait_for("valid (1 round)");
+    let url = llm.url();
+    let state = t.path("state");
+    let env = [
+        ("AGX_LLM_URL", url.as_str()),
+        ("AGX_LLM_MODEL", "m"),
+        ("XDG_STATE_HOME", state.to_str().unwrap()),
+    ];
+    let mut term = Terminal::start(&t, &["plan", "chat"], &env);
+    term.wait_for("plan> ");
+    term.type_in(format!("{REQUEST}\r").as_bytes());
+    term.wait_for("valid (1 round)");
     // Up arrow, Enter: the same request again.
-    master.write_all(b"\x1b[A\r").unwrap();
-    let until = std::time::Instant::now() + Duration::from_secs(30);
-    while llm.received().len() < 2 {
-        assert!(std::time::Instant::now() < until, "{}", text(&seen.lock().unwrap()));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    wait_for("(no change)");
-    master.write_all(b"\x04").unwrap();
-    assert!(child.wait().unwrap().success(), "{}", text(&seen.lock().unwrap()));
-    drop(master);
-    let _ = reading.join();
+    term.type_in(b"\x1b[A\r");
+    term.wait_for("(no change)");
+    term.type_in(b"\x04");
+    let (code, seen) = term.finish();
+    assert_eq!(code, Some(0), "{seen}");
     assert_eq!(llm.received()[1].data()["request"], REQUEST);
     let history = t.path("state/agenix/chat-history");
     assert!(fs::read_to_string(&history).unwrap().contains(REQUEST));

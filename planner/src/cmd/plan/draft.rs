@@ -134,6 +134,10 @@ fn parse_offered_mount(s: &str) -> Result<(MountName, Access), String> {
 impl Draft {
     pub(crate) fn execute(self, out: Out) -> Result<ExitCode> {
         draft::prompt::check_request(&self.request)?;
+        if self.out.is_some() && !self.yes && !std::io::stdin().is_terminal() {
+            // Said before the model is asked: nobody could approve what it answers.
+            bail!(NO_APPROVER);
+        }
         let (mut llm, catalog) = self.offer.open(&self.store)?;
         let sample = self.input_sample.as_deref().map(draft::read_sample).transpose()?;
         let ask = Ask { request: self.request.clone(), sample, ..Ask::default() };
@@ -239,6 +243,9 @@ pub(crate) fn write_rejected(path: &Path, answer: &str, violations: &[Violation]
     write_atomic(path, text.as_bytes(), 0o644, Existing::Replace)
 }
 
+const NO_APPROVER: &str =
+    "not approved: no terminal to ask on (pass --yes to approve without a prompt)";
+
 /// Asks the person on the terminal, unless `yes`. Without a terminal and without `yes`,
 /// nothing is approved.
 pub(crate) fn approve(yes: bool, question: &str) -> Result<()> {
@@ -247,7 +254,7 @@ pub(crate) fn approve(yes: bool, question: &str) -> Result<()> {
     }
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
-        bail!("not approved: no terminal to ask on (pass --yes to approve without a prompt)");
+        bail!(NO_APPROVER);
     }
     let mut err = std::io::stderr().lock();
     write!(err, "{question} [y/N] ")?;
