@@ -156,9 +156,29 @@ pub(crate) enum Existing {
     Replace,
 }
 
-/// Writes `bytes` to `path` with `mode` via a temporary file in the same directory, synced
-/// and renamed into place, so readers see the old file or the new one, never a mix.
+/// Writes `bytes` to `path` via a temporary file in the same directory, synced and renamed
+/// into place, so readers see the old file or the new one, never a mix. A new file gets
+/// `mode`; a file replaced gets the bits both `mode` and its own mode grant, so replacing
+/// never widens who may read it. Only a regular file is ever replaced: a device, a
+/// FIFO, a socket, a directory or a symbolic link at `path` is refused, never swapped for
+/// a file (`--out /dev/null` would otherwise remove the device).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32, existing: Existing) -> Result<()> {
+    let mode = match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => meta.permissions().mode() & mode & 0o777,
+        Ok(meta) => {
+            let t = meta.file_type();
+            let what = if t.is_symlink() {
+                "a symbolic link"
+            } else if t.is_dir() {
+                "a directory"
+            } else {
+                "a device, FIFO or socket"
+            };
+            bail!("{} is {what}: agx writes only regular files (remove it first)", path.display())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => mode,
+        Err(e) => return Err(e).with_context(|| format!("cannot write {}", path.display())),
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -232,6 +252,34 @@ mod tests {
             Err(CappedError::OverLimit)
         ));
         assert_eq!(read_to_end_capped(&mut &b""[..], 0, 0).unwrap(), b"");
+    }
+
+    #[test]
+    fn only_regular_files_are_replaced_and_never_made_more_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+        for (path, what) in [(&fifo, "a device, FIFO or socket"), (&link, "a symbolic link")] {
+            let err = write_atomic(path, b"x", 0o644, Existing::Replace).unwrap_err().to_string();
+            assert!(err.contains(what), "{err}");
+        }
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+            &fs::symlink_metadata(&fifo).unwrap().file_type()
+        ));
+        let err = write_atomic(dir.path(), b"x", 0o644, Existing::Replace).unwrap_err();
+        assert!(err.to_string().contains("a directory"), "{err}");
+
+        let private = dir.path().join("private.json");
+        fs::write(&private, "old").unwrap();
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o600)).unwrap();
+        write_atomic(&private, b"new", 0o644, Existing::Replace).unwrap();
+        assert_eq!(fs::read(&private).unwrap(), b"new");
+        assert_eq!(fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o600);
+        let new = dir.path().join("new.json");
+        write_atomic(&new, b"x", 0o644, Existing::Replace).unwrap();
+        assert_eq!(fs::metadata(&new).unwrap().permissions().mode() & 0o777, 0o644);
     }
 
     #[test]

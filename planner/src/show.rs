@@ -6,7 +6,8 @@ use agenix_proto::text::clean;
 use agenix_proto::{Plan, Run, Stdin};
 
 /// One line per task (its id, what runs, what feeds its stdin, and whether it is the
-/// output), then its arguments and mounts.
+/// output), then everything else that changes what it does: its arguments, environment,
+/// limits and mounts.
 pub(crate) fn describe_tasks(plan: &Plan) -> String {
     let mut s = String::new();
     for t in &plan.tasks {
@@ -30,6 +31,23 @@ pub(crate) fn describe_tasks(plan: &Plan) -> String {
         if !t.args.is_empty() {
             s.push_str(&format!("  {:<16} args {:?}\n", "", t.args));
         }
+        for (name, value) in &t.env {
+            s.push_str(&format!("  {:<16} env {name}={value:?}\n", ""));
+        }
+        let limits: Vec<String> = [
+            ("fuel", t.limits.fuel),
+            ("memory_bytes", t.limits.memory_bytes),
+            ("timeout_ms", t.limits.timeout_ms),
+            ("output_bytes", t.limits.output_bytes),
+            ("pids", t.limits.pids),
+            ("file_bytes", t.limits.file_bytes),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| v.map(|v| format!("{name}={v}")))
+        .collect();
+        if !limits.is_empty() {
+            s.push_str(&format!("  {:<16} limits {}\n", "", limits.join(" ")));
+        }
         for m in &t.mounts {
             let access = match m.access {
                 agenix_proto::Access::ReadOnly => "ro",
@@ -45,7 +63,7 @@ pub(crate) fn describe_tasks(plan: &Plan) -> String {
 pub(crate) fn render(plan: &Plan) -> String {
     let mut s = format!("plan \"{}\" ({} tasks)\n", plan.name, plan.tasks.len());
     if !plan.description.is_empty() {
-        s.push_str(&format!("  {}\n", plan.description));
+        s.push_str(&format!("  {}\n", one_line(&plan.description)));
     }
     s.push_str(&describe_tasks(plan));
     clean(&s).into_owned()
@@ -69,4 +87,18 @@ pub(crate) fn diff(old: &Plan, new: &Plan) -> String {
         }
     }
     s
+}
+
+/// `s` made safe for a terminal and kept on one line: a newline or tab shows as `\n` or
+/// `\t`, so text from elsewhere cannot add lines that look like agx's own.
+pub(crate) fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in clean(s).chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out
 }

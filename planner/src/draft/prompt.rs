@@ -115,10 +115,14 @@ pub(crate) fn data(ask: &Ask, catalog: &Catalog) -> Result<Message> {
     }
     let text = serde_json::to_string_pretty(&doc)?;
     if text.len() > MAX_DATA_BYTES {
+        let size = |key: &str| doc.get(key).map_or(0, |v| v.to_string().len());
         bail!(
-            "what would be sent to the model is {} bytes, over the limit of {MAX_DATA_BYTES} \
-             (the catalog's cards are most of it: use a store with fewer AUs)",
-            text.len()
+            "what would be sent to the model is {} bytes, over the limit of {MAX_DATA_BYTES}: \
+             the catalog's cards are {} bytes, the current plan {}, the earlier requests {}",
+            text.len(),
+            size("catalog"),
+            size("current_plan"),
+            size("earlier_requests")
         );
     }
     Ok(Message { role: "user", content: format!("DATA (JSON):\n{text}") })
@@ -194,7 +198,8 @@ pub(crate) fn schema(catalog: &Catalog) -> Value {
     let mut task_props = json!({
         "id": slug,
         "run": { "anyOf": runs },
-        "args": { "type": "array", "items": { "type": "string", "maxLength": MAX_ARG_BYTES }, "maxItems": MAX_ARGS },
+        // JSON Schema counts characters, plans count bytes: a character is at most four.
+        "args": { "type": "array", "items": { "type": "string", "maxLength": MAX_ARG_BYTES / 4 }, "maxItems": MAX_ARGS },
         "env": { "type": "object", "additionalProperties": { "type": "string" }, "maxProperties": MAX_ENV },
         "stdin": stdin,
         "limits": {
@@ -219,7 +224,7 @@ pub(crate) fn schema(catalog: &Catalog) -> Value {
         "properties": {
             "schema": { "const": PLAN_SCHEMA },
             "name": slug,
-            "description": { "type": "string", "maxLength": MAX_DESCRIPTION },
+            "description": { "type": "string", "maxLength": MAX_DESCRIPTION / 4 },
             "tasks": {
                 "type": "array", "minItems": 1, "maxItems": MAX_TASKS,
                 "items": {

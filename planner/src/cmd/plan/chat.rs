@@ -124,6 +124,14 @@ fn run_session(chat: Chat, llm: Llm, catalog: Catalog, current: Option<Plan>) ->
     let history = if chat.no_history { None } else { history_file() };
     let mut lines = Lines::new(history)?;
     while let Some(line) = lines.next()? {
+        // A line that cannot be read is said, and the session goes on.
+        let line = match line {
+            Ok(line) => line,
+            Err(why) => {
+                crate::report(Out { json: false }, &anyhow::anyhow!(why));
+                continue;
+            }
+        };
         let line = line.trim();
         if line.is_empty() {
             continue;
@@ -195,7 +203,7 @@ impl Session {
     fn revise(&mut self, request: &str) -> Result<()> {
         let ask = Ask {
             request: request.to_string(),
-            earlier: self.requests.clone(),
+            earlier: recent(&self.requests),
             sample: self.sample.clone(),
             current: self.current.clone(),
         };
@@ -297,18 +305,28 @@ impl Lines {
             .build();
         let mut editor =
             rustyline::DefaultEditor::with_config(config).context("cannot set up line editing")?;
+        let history = history.filter(|path| match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.is_file() => {
+                tracing::warn!(
+                    "{} is not a regular file: no history is read or kept",
+                    path.display()
+                );
+                false
+            }
+            _ => true,
+        });
         if let Some(path) = &history {
             let _ = editor.load_history(path);
         }
         Ok(Self::Terminal { editor: Box::new(editor), history })
     }
 
-    /// The next line, or None at the end of input.
-    fn next(&mut self) -> Result<Option<String>> {
+    /// The next line (or why it cannot be read), or None at the end of input.
+    fn next(&mut self) -> Result<Option<Result<String, String>>> {
         match self {
             Self::Terminal { editor, .. } => loop {
                 match editor.readline("plan> ") {
-                    Ok(line) => return Ok(Some(line)),
+                    Ok(line) => return Ok(Some(Ok(line))),
                     // Ctrl-C drops the line being typed; Ctrl-D leaves.
                     Err(rustyline::error::ReadlineError::Interrupted) => continue,
                     Err(rustyline::error::ReadlineError::Eof) => return Ok(None),
@@ -324,9 +342,25 @@ impl Lines {
                     return Ok(None);
                 }
                 if line.len() > MAX_LINE_BYTES && !line.ends_with(b"\n") {
-                    bail!("a line of input is over {MAX_LINE_BYTES} bytes");
+                    // Skip the rest of it, a bounded piece at a time.
+                    let mut rest = Vec::new();
+                    loop {
+                        rest.clear();
+                        let n = Read::take(&mut *stdin, MAX_LINE_BYTES as u64)
+                            .read_until(b'\n', &mut rest)
+                            .context("cannot read a line")?;
+                        if n == 0 || rest.ends_with(b"\n") {
+                            break;
+                        }
+                    }
+                    return Ok(Some(Err(format!(
+                        "a line of input is over {MAX_LINE_BYTES} bytes: skipped"
+                    ))));
                 }
-                String::from_utf8(line).map(Some).context("a line of input is not UTF-8")
+                Ok(Some(
+                    String::from_utf8(line)
+                        .map_err(|_| "a line of input is not UTF-8: skipped".to_string()),
+                ))
             }
         }
     }
@@ -337,6 +371,11 @@ impl Lines {
         if let Self::Terminal { editor, history: Some(path) } = self {
             use std::os::unix::fs::PermissionsExt;
             let path = &*path;
+            // Never through a link planted since it was read, nor into anything but a file.
+            if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+                tracing::warn!("{} is not a regular file: the history is not kept", path.display());
+                return;
+            }
             let saved = path
                 .parent()
                 .map_or(Ok(()), std::fs::create_dir_all)
@@ -351,4 +390,23 @@ impl Lines {
             }
         }
     }
+}
+
+/// Most bytes of earlier requests sent with a revision: the newest that fit.
+const EARLIER_BYTES: usize = 16 * 1024;
+
+/// The newest of `requests` that fit in [`EARLIER_BYTES`], oldest first.
+fn recent(requests: &[String]) -> Vec<String> {
+    let mut total = 0;
+    let mut kept: Vec<String> = requests
+        .iter()
+        .rev()
+        .take_while(|r| {
+            total += r.len();
+            total <= EARLIER_BYTES
+        })
+        .cloned()
+        .collect();
+    kept.reverse();
+    kept
 }

@@ -32,6 +32,7 @@ use agenix_proto::wire::ClientRole;
 #[derive(Debug, clap::Args)]
 pub(crate) struct Draft {
     /// What the plan should do, in a sentence (at most 4096 bytes).
+    #[arg(value_parser = parse_request)]
     request: String,
     /// A file whose start (16 KiB at most) shows the model what the input looks like.
     #[arg(long, value_name = "FILE")]
@@ -53,7 +54,13 @@ pub(crate) struct Draft {
 pub(crate) struct Offer {
     /// A native tool the model may use (repeat, or a comma-separated list). Only a hint:
     /// each worker's allowlist still decides what runs.
-    #[arg(long = "tool", value_name = "NAME", env = "AGX_PLAN_TOOLS", value_delimiter = ',')]
+    #[arg(
+        long = "tool",
+        value_name = "NAME",
+        env = "AGX_PLAN_TOOLS",
+        value_delimiter = ',',
+        value_parser = parse_offered_tool
+    )]
     tools: Vec<ToolName>,
     /// Also offer every native tool the queue's registered workers advertise (`agx workers
     /// list`); the queue is reached as for `agx submit`.
@@ -121,6 +128,19 @@ fn parse_llm_timeout(s: &str) -> Result<Duration, String> {
     parse_duration_between(s, Duration::from_secs(1), Duration::from_secs(30 * 60))
 }
 
+fn parse_request(s: &str) -> Result<String, String> {
+    draft::prompt::check_request(s).map(|()| s.to_string()).map_err(|e| e.to_string())
+}
+
+/// A tool name, refused when it is one no plan may run.
+fn parse_offered_tool(s: &str) -> Result<ToolName, String> {
+    let name: ToolName = s.parse().map_err(|e| format!("{e}"))?;
+    match agenix_host::native::forbidden(name.as_str()) {
+        Some(what) => Err(format!("{name} is {what}; no plan may run it")),
+        None => Ok(name),
+    }
+}
+
 fn parse_offered_mount(s: &str) -> Result<(MountName, Access), String> {
     let (name, access) = match s.rsplit_once(':') {
         Some((name, "ro")) => (name, Access::ReadOnly),
@@ -133,7 +153,11 @@ fn parse_offered_mount(s: &str) -> Result<(MountName, Access), String> {
 
 impl Draft {
     pub(crate) fn execute(self, out: Out) -> Result<ExitCode> {
-        draft::prompt::check_request(&self.request)?;
+        if let (Some(out), Some(sample)) = (&self.out, &self.input_sample)
+            && same_file(out, sample)
+        {
+            bail!("--out {} is the input sample: the plan would replace it", out.display());
+        }
         if self.out.is_some() && !self.yes && !std::io::stdin().is_terminal() {
             // Said before the model is asked: nobody could approve what it answers.
             bail!(NO_APPROVER);
@@ -156,7 +180,8 @@ impl Draft {
                     },
                 )?;
                 if let Some(path) = &self.out {
-                    approve(self.yes, &format!("write this plan to {}?", path.display()))?;
+                    let question = format!("write this plan to {}?", path.display());
+                    approve(self.yes, &question, || render(&plan))?;
                     write_atomic(path, pretty(&plan).as_bytes(), 0o644, Existing::Replace)?;
                     // A refusal left by an earlier try no longer describes this file.
                     let _ = std::fs::remove_file(rejected_path(path));
@@ -199,7 +224,7 @@ impl Draft {
 /// answer, made safe for a terminal.
 pub(crate) fn show_refused(plan: Option<&Plan>, answer: &str) -> String {
     match plan {
-        Some(plan) => format!("refused draft (not written):\n{}", render(plan)),
+        Some(plan) => format!("refused draft:\n{}", render(plan)),
         None => {
             let start: Vec<&str> = answer.lines().take(12).collect();
             let more = if answer.lines().nth(12).is_some() { "\n  …" } else { "" };
@@ -248,7 +273,10 @@ const NO_APPROVER: &str =
 
 /// Asks the person on the terminal, unless `yes`. Without a terminal and without `yes`,
 /// nothing is approved.
-pub(crate) fn approve(yes: bool, question: &str) -> Result<()> {
+///
+/// What is approved must have been seen: when stdout is not the terminal (it was
+/// redirected), `shown` is printed on stderr before the question.
+pub(crate) fn approve(yes: bool, question: &str, shown: impl FnOnce() -> String) -> Result<()> {
     if yes {
         return Ok(());
     }
@@ -257,6 +285,9 @@ pub(crate) fn approve(yes: bool, question: &str) -> Result<()> {
         bail!(NO_APPROVER);
     }
     let mut err = std::io::stderr().lock();
+    if !std::io::stdout().is_terminal() {
+        err.write_all(shown().as_bytes())?;
+    }
     write!(err, "{question} [y/N] ")?;
     err.flush()?;
     let mut line = String::new();
@@ -265,5 +296,14 @@ pub(crate) fn approve(yes: bool, question: &str) -> Result<()> {
         Ok(())
     } else {
         bail!("not approved: nothing was written")
+    }
+}
+
+/// Whether `a` and `b` are the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
