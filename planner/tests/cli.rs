@@ -475,3 +475,27 @@ fn concurrent_trust_edits_all_land() {
     }
     assert!(!said_revoked.is_empty());
 }
+
+#[test]
+fn completion_scripts_complete_agx_s_own_commands() {
+    let t = TestDir::new();
+    let script = t.ok(&["completions", "bash"]);
+    t.write("agx.bash", &script);
+    // Loaded into bash, it offers the plan commands for `agx plan d`.
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(
+            "source agx.bash; COMP_WORDS=(agx plan d); COMP_CWORD=2; _agx agx d plan; \
+             printf '%s\\n' \"${COMPREPLY[@]}\"",
+        )
+        .current_dir(t.path(""))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(text(&out.stdout), "draft\n");
+    assert!(t.ok(&["completions", "zsh"]).starts_with("#compdef agx"));
+    assert!(t.ok(&["completions", "fish"]).contains("complete -c agx"));
+    let out = t.agx(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("bash"), "{}", stderr(&out));
+}

@@ -1,6 +1,7 @@
 //! One module per command family; each subcommand is a struct with `fn execute`.
 
 mod au;
+mod completions;
 mod history;
 mod jobs;
 mod keygen;
@@ -43,6 +44,8 @@ pub(crate) enum Command {
     /// The queue itself.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::Completions),
 }
 
 impl Command {
@@ -57,6 +60,7 @@ impl Command {
             Self::Jobs(c) => c.execute(out),
             Self::Workers(c) => c.execute(out),
             Self::Queue(c) => c.execute(out),
+            Self::Completions(c) => c.execute(),
         }
     }
 }
