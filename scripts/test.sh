@@ -11,6 +11,8 @@ scripts/setup.sh
 # machine that cannot have it, run with AGENIX_REQUIRE_JAIL=0 (the tests then say what they
 # skipped and why).
 export AGENIX_REQUIRE_JAIL="${AGENIX_REQUIRE_JAIL:-1}"
+# setup.sh installs promtool: the metrics test checks every page with it, never skips it.
+export AGENIX_REQUIRE_PROMTOOL="${AGENIX_REQUIRE_PROMTOOL:-1}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/check-deps.sh

@@ -309,6 +309,26 @@ pub enum ErrorCode {
     NotRegistered,
 }
 
+impl ErrorCode {
+    /// The code's name, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::BadRequest => "bad_request",
+            Self::Invalid => "invalid",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::StaleLease => "stale_lease",
+            Self::TooLarge => "too_large",
+            Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+            Self::NotRegistered => "not_registered",
+        }
+    }
+}
+
 /// Counts and throughput.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -592,6 +612,27 @@ mod tests {
             crate::json::from_slice::<Request>(br#"{"type":"stats","x":1}"#, MAX_FRAME).is_err()
         );
         assert!(crate::json::from_slice::<Request>(br#"{"type":"shell"}"#, MAX_FRAME).is_err());
+    }
+
+    #[test]
+    fn error_code_names_are_their_wire_names() {
+        use ErrorCode::*;
+        for code in [
+            Unauthenticated,
+            Forbidden,
+            BadRequest,
+            Invalid,
+            NotFound,
+            Conflict,
+            StaleLease,
+            TooLarge,
+            RateLimited,
+            Unavailable,
+            Internal,
+            NotRegistered,
+        ] {
+            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{}\"", code.as_str()));
+        }
     }
 
     #[test]

@@ -322,6 +322,7 @@ impl Queue {
             .await;
             return;
         };
+        crate::metrics::answered("get_blob", &Response::Blob { digest, size }, true);
         if write_frame(&mut send, &Response::Blob { digest, size }).await.is_err() {
             tracing::warn!(%digest, "a blob could not be sent");
             return;

@@ -18,6 +18,7 @@ pub mod blobs;
 pub mod handlers;
 pub mod identity;
 pub mod limits;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod trust;

@@ -85,10 +85,15 @@ enum Command {
         /// How long a client may take to send one request frame, in ms.
         #[arg(long, default_value_t = 10_000)]
         request_timeout_ms: u64,
-        /// Once serving, write `{"address": ..., "fingerprint": ...}` to FILE (replaced
-        /// atomically; removed on a clean shutdown): what scripts and tests wait for.
+        /// Once serving, write `{"address": ..., "fingerprint": ...}` to FILE (with
+        /// `"metrics"` too when --metrics is given; replaced atomically; removed on a clean
+        /// shutdown): what scripts and tests wait for.
         #[arg(long, value_name = "FILE")]
         ready_file: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, apart from QUIC;
+        /// e.g. 127.0.0.1:9464). They hold counts and durations only.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<SocketAddr>,
     },
     /// Print the queue's fingerprint (what clients pin, and actions name as audience).
     Fingerprint {
@@ -334,6 +339,7 @@ fn run(cli: Cli) -> Result<()> {
             request_timeout_ms,
             checkpoint_every,
             ready_file,
+            metrics,
         } => {
             drop(out);
             init_logging();
@@ -382,8 +388,22 @@ fn run(cli: Cli) -> Result<()> {
                 let mut interrupt = signal(SignalKind::interrupt())?;
                 tracing::info!(listen = %endpoint.local_addr()?, %fingerprint, "serving");
                 let address = endpoint.local_addr()?;
+                let metrics_at = match metrics {
+                    Some(addr) => {
+                        let listener = tokio::net::TcpListener::bind(addr)
+                            .await
+                            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+                        let at = listener.local_addr()?;
+                        tokio::spawn(agenix_queue::metrics::serve(listener, queue.clone()));
+                        tracing::info!(%at, "metrics at http://{at}/metrics");
+                        Some(at)
+                    }
+                    None => None,
+                };
                 let wrote = match &ready_file {
-                    Some(file) => Some((file, write_ready_file(file, address, fingerprint)?)),
+                    Some(file) => {
+                        Some((file, write_ready_file(file, address, fingerprint, metrics_at)?))
+                    }
                     None => None,
                 };
                 // Scripts read this line (--ready-file is the machine interface beside it).
@@ -602,9 +622,13 @@ fn write_ready_file(
     file: &std::path::Path,
     address: SocketAddr,
     fingerprint: agenix_proto::Fingerprint,
+    metrics: Option<SocketAddr>,
 ) -> Result<Vec<u8>> {
-    let body =
-        format!("{}\n", serde_json::json!({ "address": address, "fingerprint": fingerprint }));
+    let mut ready = serde_json::json!({ "address": address, "fingerprint": fingerprint });
+    if let (Some(at), Some(obj)) = (metrics, ready.as_object_mut()) {
+        obj.insert("metrics".into(), serde_json::json!(at));
+    }
+    let body = format!("{ready}\n");
     let dir =
         file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)

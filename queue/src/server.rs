@@ -237,6 +237,7 @@ impl Queue {
             let ip = incoming.remote_address().ip();
             if !self.gate.admit(ip) {
                 debug!(%ip, "connection refused: too many connections from this address");
+                crate::metrics::connection_refused();
                 incoming.refuse();
                 continue;
             }
@@ -520,6 +521,11 @@ impl Queue {
         }
     }
 
+    /// Jobs by state and the last minute's throughput, now.
+    pub fn stats_now(&self) -> agenix_proto::wire::QueueStats {
+        lock(&self.sched).stats(now_ms())
+    }
+
     /// The queue's identity.
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint
@@ -546,6 +552,7 @@ pub(crate) async fn send_answer(
         other => other,
     };
     let finished = send.finish();
+    crate::metrics::answered(request, resp, sent.is_ok() && finished.is_ok());
     match (sent, finished) {
         (Ok(()), Ok(())) => true,
         (Err(e), _) => {
@@ -584,10 +591,12 @@ async fn committer(
             acks.push(ack);
         }
         let s = store.clone();
+        let (count, started) = (writes.len(), Instant::now());
         let result = tokio::task::spawn_blocking(move || s.apply(&writes))
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
+        crate::metrics::committed(started.elapsed().as_secs_f64(), count, result.is_ok());
         if let Err(e) = &result {
             warn!(error = %e, "a commit failed: its requests are answered as unavailable");
         }

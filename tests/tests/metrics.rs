@@ -1,0 +1,112 @@
+//! What an operator scrapes: `agq serve --metrics` with a real worker running real jobs,
+//! read over HTTP and checked by Prometheus's own `promtool`.
+
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+
+/// `GET /metrics` from the address the ready file names.
+fn scrape(c: &Cluster) -> String {
+    let ready: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.path("queue.ready")).unwrap()).unwrap();
+    let at = ready["metrics"].as_str().expect("the ready file names the metrics address");
+    let mut s = std::net::TcpStream::connect(at).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: agq\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// The value of the sample `name` (labels included, as printed), if present.
+fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_count_what_the_queue_did_and_pass_promtool() {
+    let mut c = Cluster::start(&["--metrics", "127.0.0.1:0"]);
+    c.push_aus();
+    c.worker("w1", &[]);
+    let log = example("data/app.log");
+    let jobs = c.submit(&example("log-errors.json"), &[&log, &log, &log]);
+    for id in &jobs {
+        c.wait_job(id, Duration::from_secs(60), |j| state(j) == "succeeded");
+    }
+    // A planner with a wrong token is refused and counted.
+    let wrong = c
+        .agx_cmd(&["jobs", "list"])
+        .env("AGX_TOKEN_FILE", c.path("signer.key.pub"))
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+
+    let page = scrape(&c);
+    assert_eq!(sample(&page, r#"agenix_queue_jobs{state="succeeded"}"#), Some(3.0), "{page}");
+    assert_eq!(sample(&page, r#"agenix_queue_jobs{state="queued"}"#), Some(0.0), "{page}");
+    assert_eq!(sample(&page, "agenix_queue_workers"), Some(1.0), "{page}");
+    assert_eq!(
+        sample(&page, r#"agenix_queue_requests_total{outcome="ok",request="submit"}"#),
+        Some(1.0),
+        "{page}"
+    );
+    assert!(
+        sample(&page, r#"agenix_queue_requests_total{outcome="ok",request="complete"}"#)
+            >= Some(3.0),
+        "{page}"
+    );
+    assert!(
+        sample(&page, r#"agenix_queue_requests_total{outcome="unauthenticated",request="hello"}"#)
+            >= Some(1.0),
+        "{page}"
+    );
+    let commits = sample(&page, "agenix_queue_commit_duration_seconds_count").unwrap();
+    assert!(commits >= 4.0, "{page}");
+    assert_eq!(sample(&page, "agenix_queue_commit_writes_count"), Some(commits));
+    assert_eq!(sample(&page, "agenix_queue_commit_failures_total"), Some(0.0));
+    // Counts only: no digest, key or job identity is ever a label.
+    assert!(!page.contains("sha256:") && !page.contains(&c.fingerprint), "{page}");
+
+    match which("promtool") {
+        Some(promtool) => {
+            let mut child = std::process::Command::new(promtool)
+                .args(["check", "metrics"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        None if std::env::var("AGENIX_REQUIRE_PROMTOOL").as_deref() == Ok("1") => {
+            panic!("promtool is not installed (scripts/setup.sh installs it: Debian's prometheus)")
+        }
+        None => eprintln!("metrics: promtool check skipped: promtool is not installed"),
+    }
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
