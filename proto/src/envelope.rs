@@ -358,6 +358,28 @@ impl VerifyError {
                 | Self::OutsidePeriod { .. }
         )
     }
+
+    /// The variant's name, for counting failures by reason (`bad_signature`, `expired`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::PayloadType { .. } => "payload_type",
+            Self::Base64(_) => "base64",
+            Self::NoSignature => "no_signature",
+            Self::TooManySignatures(_) => "too_many_signatures",
+            Self::OutsidePeriod { .. } => "outside_period",
+            Self::TooManyTrials(_) => "too_many_trials",
+            Self::UnknownSigner { .. } => "unknown_signer",
+            Self::Revoked { .. } => "revoked",
+            Self::BadSignature { .. } => "bad_signature",
+            Self::NotPermitted { .. } => "not_permitted",
+            Self::Invalid(_) => "invalid",
+            Self::NotYetValid { .. } => "not_yet_valid",
+            Self::Expired { .. } => "expired",
+            Self::Audience { .. } => "audience",
+            Self::PlanMismatch { .. } => "plan_mismatch",
+        }
+    }
 }
 
 /// One end of a period, for people: unix seconds, or unbounded.

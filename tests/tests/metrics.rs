@@ -1,5 +1,5 @@
-//! What an operator scrapes: `agq serve --metrics` with a real worker running real jobs,
-//! read over HTTP and checked by Prometheus's own `promtool`.
+//! What an operator scrapes: `agq serve --metrics` and `agw --metrics` while a real worker
+//! runs real jobs, read over HTTP and checked by Prometheus's own `promtool`.
 
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
 
@@ -10,11 +10,15 @@ use std::time::Duration;
 
 use common::*;
 
-/// `GET /metrics` from the address the ready file names.
-fn scrape(c: &Cluster) -> String {
+/// The queue's metrics address, as its ready file names it.
+fn queue_metrics(c: &Cluster) -> String {
     let ready: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(c.path("queue.ready")).unwrap()).unwrap();
-    let at = ready["metrics"].as_str().expect("the ready file names the metrics address");
+    ready["metrics"].as_str().expect("the ready file names the metrics address").to_string()
+}
+
+/// `GET /metrics` from `at`.
+fn scrape(at: &str) -> String {
     let mut s = std::net::TcpStream::connect(at).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: agq\r\nConnection: close\r\n\r\n").unwrap();
@@ -38,7 +42,10 @@ fn sample(page: &str, name: &str) -> Option<f64> {
 fn metrics_count_what_the_queue_did_and_pass_promtool() {
     let mut c = Cluster::start(&["--metrics", "127.0.0.1:0"]);
     c.push_aus();
-    c.worker("w1", &[]);
+    // A free port for the worker's metrics (agw has no ready file; its log names it too).
+    let worker_at =
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    c.worker("w1", &["--metrics", &worker_at]);
     let log = example("data/app.log");
     let jobs = c.submit(&example("log-errors.json"), &[&log, &log, &log]);
     for id in &jobs {
@@ -52,7 +59,7 @@ fn metrics_count_what_the_queue_did_and_pass_promtool() {
         .unwrap();
     assert!(!wrong.status.success());
 
-    let page = scrape(&c);
+    let page = scrape(&queue_metrics(&c));
     assert_eq!(sample(&page, r#"agenix_queue_jobs{state="succeeded"}"#), Some(3.0), "{page}");
     assert_eq!(sample(&page, r#"agenix_queue_jobs{state="queued"}"#), Some(0.0), "{page}");
     assert_eq!(sample(&page, "agenix_queue_workers"), Some(1.0), "{page}");
@@ -78,6 +85,36 @@ fn metrics_count_what_the_queue_did_and_pass_promtool() {
     // Counts only: no digest, key or job identity is ever a label.
     assert!(!page.contains("sha256:") && !page.contains(&c.fingerprint), "{page}");
 
+    // The worker's: every task of the three jobs, each lease, nothing that names them.
+    let worker = scrape(&worker_at);
+    assert_eq!(
+        sample(&worker, r#"agenix_worker_tasks_total{kind="wasm",outcome="succeeded"}"#),
+        Some(12.0),
+        "{worker}"
+    );
+    assert_eq!(
+        sample(&worker, r#"agenix_worker_leases_total{verdict="completed"}"#),
+        Some(3.0),
+        "{worker}"
+    );
+    assert_eq!(
+        sample(&worker, r#"agenix_worker_task_duration_seconds_count{kind="wasm"}"#),
+        Some(12.0),
+        "{worker}"
+    );
+    assert_eq!(
+        sample(&worker, r#"agenix_worker_task_fuel_count{kind="wasm"}"#),
+        Some(12.0),
+        "{worker}"
+    );
+    assert!(!worker.contains("sha256:") && !worker.contains("grep"), "{worker}");
+    promtool_check(&page);
+    promtool_check(&worker);
+}
+
+/// `promtool check metrics` on `page`, when promtool is installed (required under
+/// scripts/test.sh).
+fn promtool_check(page: &str) {
     match which("promtool") {
         Some(promtool) => {
             let mut child = std::process::Command::new(promtool)
@@ -99,7 +136,12 @@ fn metrics_count_what_the_queue_did_and_pass_promtool() {
         None if std::env::var("AGENIX_REQUIRE_PROMTOOL").as_deref() == Ok("1") => {
             panic!("promtool is not installed (scripts/setup.sh installs it: Debian's prometheus)")
         }
-        None => eprintln!("metrics: promtool check skipped: promtool is not installed"),
+        None => {
+            #[allow(clippy::print_stdout, reason = "a skipped check says so, with the reason")]
+            {
+                println!("metrics: promtool check skipped: promtool is not installed");
+            }
+        }
     }
 }
 

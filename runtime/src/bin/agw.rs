@@ -77,6 +77,10 @@ struct RunArgs {
     /// Run native tools even if the kernel lacks part of the jail (logged on every task).
     #[arg(long)]
     danger_degraded: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP; e.g. 127.0.0.1:9465).
+    /// They hold counts and durations only.
+    #[arg(long, env = "AGW_METRICS", value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -233,6 +237,14 @@ fn run(args: RunArgs) -> Result<()> {
         // Listening for SIGTERM and SIGINT from the start: a signal sent the moment the
         // worker registers drains it cleanly rather than killing it.
         let shutdown = shutdown()?;
+        if let Some(addr) = args.metrics {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            let at = listener.local_addr()?;
+            tokio::spawn(agenix_runtime::worker::metrics::serve(listener));
+            tracing::info!(%at, "metrics at http://{at}/metrics");
+        }
         let wasm = Arc::new(WasmHost::new(WasmConfig {
             ceilings,
             max_concurrent: concurrency * 4,

@@ -40,7 +40,8 @@ impl Drop for Active<'_> {
 }
 
 /// What a verification failure means for the job.
-fn classify(what: &str, e: &VerifyError) -> Verdict {
+fn classify(what: &'static str, e: &VerifyError) -> Verdict {
+    super::metrics::verification_failed(what, e.kind());
     if e.is_local() {
         Verdict::Decline(format!("{what}: {e}"))
     } else {
@@ -135,6 +136,15 @@ impl Worker {
             warn!(job = %lease.lease.job, error = %e, "cannot record the job as run to its end");
         }
         let result = result.map_err(|e| Verdict::transient(e.to_string()))?;
+        for r in &result.reports {
+            let wasm = plan
+                .plan()
+                .tasks
+                .iter()
+                .find(|t| t.id == r.task)
+                .is_some_and(|t| matches!(t.run, agenix_proto::Run::Wasm(_)));
+            super::metrics::task(wasm, r);
+        }
 
         let output_ran =
             result.reports.iter().any(|r| r.task == plan.plan().output && r.outcome.is_success());

@@ -17,6 +17,7 @@ pub mod config;
 pub mod key;
 mod lease;
 pub mod ledger;
+pub mod metrics;
 pub mod verify;
 
 use std::collections::{HashMap, HashSet};
@@ -593,6 +594,7 @@ impl Worker {
 
     /// Delivers a verdict, across reconnects, until the queue takes or refuses it.
     async fn deliver(&self, lease: LeaseRef, verdict: Verdict) {
+        metrics::lease(&verdict);
         let answer = match verdict {
             Verdict::Done(output) => {
                 let output = &*output;
