@@ -147,6 +147,37 @@ pub(crate) fn read_within(source: Source, max: u64, deadline: Instant) -> Result
     }
 }
 
+/// Whether `a` and `b` name the same existing file (by device and inode: links, `..` and
+/// symbolic links included).
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Whether `path` could be written by [`write_atomic`]: its directory exists, and nothing
+/// but a regular file is there. Checked before work whose result would go there.
+pub(crate) fn check_writable(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!("cannot write {}: {} is not a directory", path.display(), dir.display());
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.is_file() => {
+            bail!(
+                "{} exists and is not a regular file: agx writes only regular files",
+                path.display()
+            )
+        }
+        _ => Ok(()),
+    }
+}
+
 /// How [`write_atomic`] treats an existing file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Existing {

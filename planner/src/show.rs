@@ -32,7 +32,7 @@ pub(crate) fn describe_tasks(plan: &Plan) -> String {
             s.push_str(&format!("  {:<16} args {:?}\n", "", t.args));
         }
         for (name, value) in &t.env {
-            s.push_str(&format!("  {:<16} env {name}={value:?}\n", ""));
+            s.push_str(&format!("  {:<16} env {name:?}={value:?}\n", ""));
         }
         let limits: Vec<String> = [
             ("fuel", t.limits.fuel),
@@ -97,6 +97,10 @@ pub(crate) fn one_line(s: &str) -> String {
         match c {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
+            // Line and paragraph separators, and characters that show as nothing.
+            '\u{2028}' | '\u{2029}' | '\u{200b}' | '\u{feff}' | '\u{ad}' => {
+                out.push_str(&c.escape_unicode().to_string());
+            }
             c => out.push(c),
         }
     }

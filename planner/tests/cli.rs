@@ -499,3 +499,18 @@ fn completion_scripts_complete_agx_s_own_commands() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("bash"), "{}", stderr(&out));
 }
+
+#[test]
+fn signing_never_writes_over_its_key_or_its_plan() {
+    let t = TestDir::new();
+    t.signer("alice");
+    let plan = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/log-errors.json");
+    fs::copy(&plan, t.path("plan.json")).unwrap();
+    let key = fs::read(t.path("alice.key")).unwrap();
+    for out in ["alice.key", "plan.json", "./alice.key"] {
+        let err = t.fails(&["plan", "sign", "plan.json", "--key", "alice.key", "--out", out]);
+        assert!(err.contains("signing would replace it"), "{err}");
+    }
+    assert_eq!(fs::read(t.path("alice.key")).unwrap(), key);
+    assert_eq!(fs::read(t.path("plan.json")).unwrap(), fs::read(&plan).unwrap());
+}

@@ -407,6 +407,17 @@ fn missing_settings_and_an_empty_catalog_are_named() {
         &[("AGX_LLM_URL", "http://10.9.8.7/v1"), ("AGX_LLM_MODEL", "m"), ("AGX_LLM_API_KEY", "k")],
     );
     assert_refused(&t, &out, "clear text");
+    let llm_url = llm.url();
+    for (model, key, why) in [
+        ("a\nb", "k", "AGX_LLM_MODEL must be a model's name"),
+        ("m", "clé secrète", "characters an HTTP header cannot carry"),
+    ] {
+        let env =
+            [("AGX_LLM_URL", llm_url.as_str()), ("AGX_LLM_MODEL", model), ("AGX_LLM_API_KEY", key)];
+        let out = t.agx_with(&["plan", "draft", REQUEST], b"", &env);
+        let err = assert_refused(&t, &out, why);
+        assert!(!err.contains("secrète"), "{err}");
+    }
     let out = draft(&t, &llm, &["--attempts", "11"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(llm.received().is_empty());
@@ -444,7 +455,8 @@ fn a_chat_refines_shows_each_change_runs_signs_and_refuses_without_losing_the_pl
         ],
     );
     let (shown, err) = (text(&out.stdout), stderr(&out));
-    assert_eq!(out.status.code(), Some(0), "{shown}\n{err}");
+    // A scripted session in which a step failed (the refusal, /frobnicate) ends with 1.
+    assert_eq!(out.status.code(), Some(1), "{shown}\n{err}");
     // The first draft in full, then the revision as a diff against it, then the undo.
     assert!(shown.contains("plan \"log-errors\" (4 tasks)"), "{shown}");
     assert!(shown.contains("-plan \"log-errors\" (4 tasks)\n-  Count the distinct error messages in a log\n+plan \"errors-by-hour\" (3 tasks)"), "{shown}");
@@ -510,7 +522,7 @@ fn a_chat_starts_from_a_plan_file_and_refuses_one_outside_the_catalog() {
     lines.extend_from_slice(b"\xff\xfe\n/save plan.json\n");
     let out = t.agx_with(&["plan", "chat"], &lines, &env);
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("a line of input is over 65536 bytes: skipped"), "{err}");
     assert!(err.contains("not UTF-8: skipped"), "{err}");
     assert_eq!(llm.received().len(), 1, "the line after the long one was read whole");
@@ -673,7 +685,7 @@ fn env_and_limits_are_shown_and_model_text_stays_on_its_line() {
     let out = draft(&t, &llm, &[]);
     let shown = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(shown.contains(r#"env GREP_COLOR="x\ny""#), "{shown}");
+    assert!(shown.contains(r#"env "GREP_COLOR"="x\ny""#), "{shown}");
     assert!(shown.contains("limits memory_bytes=16777216 timeout_ms=5000"), "{shown}");
     assert!(
         shown.contains(r"Count errors\nvalid: follows every rule (1 round)\nwrote x.json"),
@@ -697,20 +709,45 @@ fn only_regular_files_are_written_and_the_sample_is_never_the_output() {
     let llm = LlmServer::start(vec![Reply::recorded("good"), Reply::recorded("good")]);
     nix::unistd::mkfifo(&t.path("fifo.json"), nix::sys::stat::Mode::from_bits_truncate(0o600))
         .unwrap();
+    // Known before the model is asked.
     let out = draft(&t, &llm, &["--out", "fifo.json", "--yes"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("fifo.json is a device, FIFO or socket: agx writes only regular files"),
-        "{err}"
-    );
+    assert!(err.contains("fifo.json exists and is not a regular file"), "{err}");
+    let out = draft(&t, &llm, &["--out", "no/such/dir/plan.json", "--yes"]);
+    assert!(stderr(&out).contains("is not a directory"), "{}", stderr(&out));
+    // Where the refusal would be kept holds a FIFO: the write itself refuses it, and the
+    // FIFO stays.
+    nix::unistd::mkfifo(
+        &t.path("x.rejected.json"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let refusing = LlmServer::start(vec![Reply::recorded("names-sh")]);
+    let out = draft(&t, &refusing, &["--out", "x.json", "--yes", "--attempts", "1"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("x.rejected.json is a device, FIFO or socket"), "{err}");
+    assert!(fs::symlink_metadata(t.path("x.rejected.json")).unwrap().file_type().is_fifo());
     assert!(fs::symlink_metadata(t.path("fifo.json")).unwrap().file_type().is_fifo());
     // The sample as the output: refused before anything is asked.
     let out = draft(&t, &llm, &["--input-sample", "app.log", "--out", "app.log", "--yes"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("is the input sample"), "{}", stderr(&out));
     assert!(fs::read_to_string(t.path("app.log")).unwrap().contains("ERROR db"));
-    assert_eq!(llm.received().len(), 1);
+    // Nor its refusal file, nor /save in a chat.
+    fs::copy(t.path("app.log"), t.path("s.rejected.json")).unwrap();
+    let out = draft(&t, &llm, &["--input-sample", "s.rejected.json", "--out", "s.json", "--yes"]);
+    assert!(stderr(&out).contains("is the input sample"), "{}", stderr(&out));
+    let out = t.agx_with(
+        &["plan", "chat", "--input-sample", "app.log"],
+        b"count the errors\n/save app.log\n",
+        &[("AGX_LLM_URL", &llm.url()), ("AGX_LLM_MODEL", "m")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("app.log is the input sample"), "{}", stderr(&out));
+    assert!(fs::read_to_string(t.path("app.log")).unwrap().contains("ERROR db"));
+    assert_eq!(llm.received().len(), 1, "only the chat's request was sent");
 }
 
 #[test]
@@ -786,4 +823,43 @@ fn the_plan_is_shown_where_it_is_approved() {
     let (code, seen) = term.finish();
     assert_eq!(code, Some(0), "{seen}");
     assert!(fs::read_to_string(t.path("stdout.txt")).unwrap().contains("wrote plan.json"));
+}
+
+/// A hostile answer can hold thousands of violations: the terminal gets a bounded list and
+/// preview, the model is told how many it was not shown, the refusal file keeps them all.
+#[test]
+fn a_flood_of_violations_is_shown_bounded() {
+    let t = with_catalog();
+    let tasks: Vec<serde_json::Value> = (0..100)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("t{i}"), "run": { "wasm": { "name": "grep" } },
+                "args": vec!["|"; 20], "stdin": { "input": true },
+            })
+        })
+        .collect();
+    let plan = serde_json::json!({
+        "schema": "agenix.plan/v1", "name": "flood", "tasks": tasks, "output": "t0",
+    });
+    let answer = Reply::content(&plan.to_string());
+    let llm = LlmServer::start(vec![answer.clone(), answer]);
+    let out = draft(&t, &llm, &["--out", "plan.json", "--yes", "--attempts", "2"]);
+    let (shown, err) = (text(&out.stdout), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("and 1950 more violations"), "{err}");
+    assert!(err.lines().count() <= 60, "{} lines on stderr", err.lines().count());
+    assert!(shown.contains("… and ") && shown.lines().count() <= 45, "{shown}");
+    let sent_back = llm.received()[1].message("user", 1);
+    assert!(sent_back.contains("\"not_listed\": 1950"), "{sent_back}");
+    let kept: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(t.path("plan.rejected.json")).unwrap()).unwrap();
+    assert_eq!(kept["violations"].as_array().unwrap().len(), 2000);
+    // In a chat, a job's input cannot come from the conversation's own stdin.
+    let llm = LlmServer::start(vec![Reply::recorded("good")]);
+    let out = t.agx_with(
+        &["plan", "chat"],
+        b"count the errors\n/run --input -\n",
+        &[("AGX_LLM_URL", &llm.url()), ("AGX_LLM_MODEL", "m")],
+    );
+    assert!(stderr(&out).contains("standard input is this conversation"), "{}", stderr(&out));
 }

@@ -143,6 +143,11 @@ impl Validate {
 
 impl Sign {
     fn execute(self, out: Out) -> Result<ExitCode> {
+        for (what, path) in [("the signer key", &self.key), ("the plan", &self.plan)] {
+            if crate::files::same_file(&self.out, path) {
+                bail!("--out {} is {what}: signing would replace it", self.out.display());
+            }
+        }
         let plan = load_plan(&self.plan)?;
         let key = load_key(&self.key)?;
         let signed = sign_draft(&self.plan, plan, &key, &self.store, self.expires)?;

@@ -63,6 +63,9 @@ impl LlmConfig {
         let url = url.trim().trim_end_matches('/').to_string();
         let model = var("AGX_LLM_MODEL")
             .context("AGX_LLM_MODEL is not set: name the model the server should use")?;
+        if model.len() > 256 || model.chars().any(char::is_control) {
+            bail!("AGX_LLM_MODEL must be a model's name: one line, at most 256 bytes");
+        }
         let key = match (var("AGX_LLM_API_KEY"), std::env::var_os("AGX_LLM_API_KEY_FILE")) {
             (Some(_), Some(_)) => {
                 bail!("both AGX_LLM_API_KEY and AGX_LLM_API_KEY_FILE are set: keep one")
@@ -71,6 +74,9 @@ impl LlmConfig {
             (None, Some(path)) if !path.is_empty() => Some(read_key(&PathBuf::from(path))?),
             _ => None,
         };
+        if key.as_ref().is_some_and(|k| !k.bytes().all(|b| b.is_ascii_graphic())) {
+            bail!("the API key holds characters an HTTP header cannot carry (spaces, non-ASCII)");
+        }
         let cfg = Self { url, model, key, timeout };
         cfg.check_url()?;
         Ok(cfg)
@@ -87,6 +93,9 @@ impl LlmConfig {
                 "AGX_LLM_URL carries credentials: put the key in AGX_LLM_API_KEY_FILE (or \
                  AGX_LLM_API_KEY), never in the URL"
             );
+        }
+        if self.url.ends_with("/chat/completions") {
+            bail!("AGX_LLM_URL is the base URL (ending in /v1): agx adds /chat/completions itself");
         }
         if uri.query().is_some() || self.url.contains('#') {
             bail!("AGX_LLM_URL must be a base URL ending in /v1, without a query or a fragment");
@@ -391,7 +400,7 @@ fn parse_answer(bytes: &[u8]) -> Result<Answer> {
         .context("the language model server's response has no choices")?;
     let message = choice.get("message").context("the language model's choice has no message")?;
     if let Some(why) = message.get("refusal").and_then(Value::as_str).filter(|r| !r.is_empty()) {
-        bail!("the language model refused: {}", clean(why));
+        bail!("the language model refused: {}", crate::show::one_line(why));
     }
     let content = match message.get("content") {
         Some(Value::String(text)) => text.clone(),
@@ -424,7 +433,8 @@ fn server_message(bytes: &[u8]) -> String {
             e.get("message").and_then(Value::as_str).or_else(|| e.as_str()).map(str::to_string)
         })
         .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]).into_owned());
-    let text = clean(&text);
+    // One line: a server's text must not pose as agx's own lines.
+    let text = crate::show::one_line(&text);
     let mut short: String = text.chars().take(300).collect();
     if short.len() < text.len() {
         short.push('…');
@@ -482,6 +492,7 @@ mod tests {
         assert_eq!(server_message(br#"{"error":"busy"}"#), "busy");
         assert_eq!(server_message(&[b'a'; 1000]).chars().count(), 301);
         assert_eq!(server_message(b""), "(no message)");
+        assert_eq!(server_message(br#"{"error":"a\nwrote x\r\n"}"#), r"a\nwrote x\n");
     }
 
     #[test]
@@ -504,6 +515,8 @@ mod tests {
         assert!(e.to_string().contains("never in the URL"), "{e}");
         assert!(cfg("http://127.0.0.1/v1?x=1", false).check_url().is_err());
         assert!(cfg("http://127.0.0.1/v1#x", false).check_url().is_err());
+        let e = cfg("http://127.0.0.1/v1/chat/completions", false).check_url().unwrap_err();
+        assert!(e.to_string().contains("adds /chat/completions itself"), "{e}");
         assert!(!format!("{:?}", cfg("https://a/v1", true)).contains("secret"));
     }
 }

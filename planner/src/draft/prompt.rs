@@ -20,8 +20,9 @@ use super::policy::Catalog;
 pub(crate) const MAX_REQUEST_BYTES: usize = 4096;
 /// Most bytes of an input sample sent (a longer file is cut here, at a character boundary).
 pub(crate) const MAX_SAMPLE_BYTES: usize = 16 * 1024;
-/// Most bytes of the data message (the catalog's cards are most of it).
-const MAX_DATA_BYTES: usize = 512 * 1024;
+/// Most bytes of the data message: room for the catalog's cards and a plan of the largest
+/// size (a chat sends the current plan back).
+const MAX_DATA_BYTES: usize = 3 << 20;
 /// Most bytes of a refused answer sent back with its violations.
 const MAX_ECHO_BYTES: usize = 64 * 1024;
 /// Most violations sent back at once.
@@ -141,7 +142,9 @@ pub(crate) fn refused(answer: &str, violations: &[Violation]) -> [Message; 2] {
         .take(MAX_ECHO_VIOLATIONS)
         .map(|v| json!({ "path": v.path, "rule": v.rule, "message": v.message }))
         .collect();
-    let text = serde_json::to_string_pretty(&json!({ "violations": list })).unwrap_or_default();
+    let omitted = violations.len().saturating_sub(MAX_ECHO_VIOLATIONS);
+    let text = serde_json::to_string_pretty(&json!({ "violations": list, "not_listed": omitted }))
+        .unwrap_or_default();
     [
         Message { role: "assistant", content: echo },
         Message {

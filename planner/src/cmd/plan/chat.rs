@@ -10,7 +10,7 @@ use agenix_proto::Plan;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
-use super::draft::{Offer, pretty, rounds, show_refused};
+use super::draft::{Offer, pretty, rounds, show_refused, shown_violations};
 use crate::draft::{self, Ask, Catalog, Drafted, Llm};
 use crate::files::{Existing, write_atomic};
 use crate::local::StoreArg;
@@ -73,6 +73,8 @@ struct Session {
     catalog: Catalog,
     attempts: u32,
     sample: Option<(String, bool)>,
+    /// The input sample's file, which nothing here may replace.
+    sample_path: Option<PathBuf>,
     store: StoreArg,
     /// The plan as it stands.
     current: Option<Plan>,
@@ -80,8 +82,6 @@ struct Session {
     requests: Vec<String>,
     /// What `/undo` goes back to: earlier plans, with how many requests made each.
     undo: Vec<(Option<Plan>, usize)>,
-    /// Where the plan is written for the commands that take a file.
-    scratch: tempfile::TempDir,
 }
 
 impl Chat {
@@ -111,11 +111,11 @@ fn run_session(chat: Chat, llm: Llm, catalog: Catalog, current: Option<Plan>) ->
         catalog,
         attempts: chat.offer.attempts(),
         sample,
+        sample_path: chat.input_sample.clone(),
         store: chat.store.clone(),
         current,
         requests: Vec::new(),
         undo: Vec::new(),
-        scratch: tempfile::Builder::new().prefix("agx-chat-").tempdir()?,
     };
     match &s.current {
         Some(plan) => say(&render(plan))?,
@@ -123,12 +123,17 @@ fn run_session(chat: Chat, llm: Llm, catalog: Catalog, current: Option<Plan>) ->
     }
     let history = if chat.no_history { None } else { history_file() };
     let mut lines = Lines::new(history)?;
+    // From a pipe, a session that did not do everything it was asked ends with exit 1, so
+    // that a script can tell; a person at a terminal saw each failure as it came.
+    let scripted = matches!(lines, Lines::Pipe(_));
+    let mut failed = false;
     while let Some(line) = lines.next()? {
         // A line that cannot be read is said, and the session goes on.
         let line = match line {
             Ok(line) => line,
             Err(why) => {
                 crate::report(Out { json: false }, &anyhow::anyhow!(why));
+                failed = true;
                 continue;
             }
         };
@@ -146,11 +151,14 @@ fn run_session(chat: Chat, llm: Llm, catalog: Catalog, current: Option<Plan>) ->
             {
                 return Err(e);
             }
-            Err(e) => crate::report(Out { json: false }, &e),
+            Err(e) => {
+                crate::report(Out { json: false }, &e);
+                failed = true;
+            }
         }
     }
     lines.save();
-    Ok(ExitCode::SUCCESS)
+    Ok(if scripted && failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 impl Session {
@@ -181,6 +189,11 @@ impl Session {
                 None => bail!("nothing to undo"),
             },
             ("save", [file]) => {
+                if let Some(sample) = &self.sample_path
+                    && crate::files::same_file(Path::new(file), sample)
+                {
+                    bail!("{file} is the input sample: /save would replace it");
+                }
                 write_atomic(
                     Path::new(file),
                     pretty(self.plan()?).as_bytes(),
@@ -221,7 +234,7 @@ impl Session {
             }
             Drafted::Refused { answer, plan, violations, attempts } => {
                 say(&show_refused(plan.as_ref(), &answer))?;
-                let inv = agenix_proto::Invalid::check(violations).err();
+                let inv = agenix_proto::Invalid::check(shown_violations(violations)).err();
                 bail!(
                     "refused ({}); the plan is unchanged:\n{}",
                     rounds(attempts),
@@ -236,7 +249,13 @@ impl Session {
     /// on the command line.
     fn command(&self, name: &str, args: &[&str]) -> Result<()> {
         let plan = self.plan()?;
-        let file = self.scratch.path().join(format!("{}.json", plan.name));
+        // The conversation is stdin: a job's input cannot come from it too.
+        if args.windows(2).any(|w| w[0] == "--input" && matches!(w[1], "-" | "/dev/stdin")) {
+            bail!("/{name} --input -: standard input is this conversation; name a file");
+        }
+        // Removed when the command ends.
+        let scratch = tempfile::Builder::new().prefix("agx-chat-").tempdir()?;
+        let file = scratch.path().join(format!("{}.json", plan.name));
         write_atomic(&file, pretty(plan).as_bytes(), 0o600, Existing::Replace)?;
         let file = file.to_string_lossy().into_owned();
         let mut words = vec![name, file.as_str()];

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::args::parse_duration_between;
 use crate::draft::{self, Ask, Catalog, Drafted, Llm, LlmConfig};
-use crate::files::{Existing, write_atomic};
+use crate::files::{Existing, same_file, write_atomic};
 use crate::local::{StoreArg, runtime};
 use crate::output::Out;
 use crate::remote::QueueArgs;
@@ -153,10 +153,18 @@ fn parse_offered_mount(s: &str) -> Result<(MountName, Access), String> {
 
 impl Draft {
     pub(crate) fn execute(self, out: Out) -> Result<ExitCode> {
-        if let (Some(out), Some(sample)) = (&self.out, &self.input_sample)
-            && same_file(out, sample)
-        {
-            bail!("--out {} is the input sample: the plan would replace it", out.display());
+        if let Some(out) = &self.out {
+            // Said before the model is asked: what could not be written need not be drafted.
+            crate::files::check_writable(out)?;
+            if let Some(sample) = &self.input_sample
+                && (same_file(out, sample) || same_file(&rejected_path(out), sample))
+            {
+                bail!(
+                    "--out {} (or its {}) is the input sample: it would be replaced",
+                    out.display(),
+                    rejected_path(out).display()
+                );
+            }
         }
         if self.out.is_some() && !self.yes && !std::io::stdin().is_terminal() {
             // Said before the model is asked: nobody could approve what it answers.
@@ -207,7 +215,7 @@ impl Draft {
                     }
                     None => String::new(),
                 };
-                let why = match Invalid::check(violations) {
+                let why = match Invalid::check(shown_violations(violations)) {
                     Err(inv) => anyhow::Error::new(inv),
                     Ok(()) => anyhow::anyhow!("refused"),
                 };
@@ -220,18 +228,45 @@ impl Draft {
     }
 }
 
+/// Lines of a refused draft shown on the terminal; the whole of it is in the refusal file.
+const SHOWN_LINES: usize = 40;
+/// Characters of one such line shown.
+const SHOWN_LINE_CHARS: usize = 200;
+/// Violations listed on the terminal.
+const SHOWN_VIOLATIONS: usize = 50;
+
 /// A refused draft for people: as a plan when it parsed as one, else the start of the
-/// answer, made safe for a terminal.
+/// answer, made safe for a terminal, and bounded (a hostile answer can be megabytes).
 pub(crate) fn show_refused(plan: Option<&Plan>, answer: &str) -> String {
-    match plan {
-        Some(plan) => format!("refused draft:\n{}", render(plan)),
-        None => {
-            let start: Vec<&str> = answer.lines().take(12).collect();
-            let more = if answer.lines().nth(12).is_some() { "\n  …" } else { "" };
-            let text = agenix_proto::text::clean(&start.join("\n  ")).into_owned();
-            format!("refused answer (not a plan):\n  {text}{more}")
-        }
+    let (head, text) = match plan {
+        Some(plan) => ("refused draft:", render(plan)),
+        None => ("refused answer (not a plan):", agenix_proto::text::clean(answer).into_owned()),
+    };
+    let total = text.lines().count();
+    let mut s = format!("{head}\n");
+    for line in text.lines().take(SHOWN_LINES) {
+        let short: String = line.chars().take(SHOWN_LINE_CHARS).collect();
+        let cut = if short.len() < line.len() { " …" } else { "" };
+        s.push_str(&format!("  {}{cut}\n", short.trim_start_matches(' ')));
     }
+    if total > SHOWN_LINES {
+        s.push_str(&format!("  … and {} more lines\n", total - SHOWN_LINES));
+    }
+    s
+}
+
+/// The violations shown on the terminal: the first [`SHOWN_VIOLATIONS`], and how many more.
+pub(crate) fn shown_violations(mut v: Vec<Violation>) -> Vec<Violation> {
+    if v.len() > SHOWN_VIOLATIONS {
+        let more = v.len() - SHOWN_VIOLATIONS;
+        v.truncate(SHOWN_VIOLATIONS);
+        v.push(Violation::new(
+            "",
+            "more",
+            format!("and {more} more violations (--out keeps them all in FILE.rejected.json)"),
+        ));
+    }
+    v
 }
 
 pub(crate) fn rounds(n: u32) -> String {
@@ -284,6 +319,11 @@ pub(crate) fn approve(yes: bool, question: &str, shown: impl FnOnce() -> String)
     if !stdin.is_terminal() {
         bail!(NO_APPROVER);
     }
+    if !std::io::stdout().is_terminal() && !std::io::stderr().is_terminal() {
+        bail!(
+            "not approved: neither stdout nor stderr is a terminal, so the plan cannot be shown where it would be approved (pass --yes to approve without a prompt)"
+        );
+    }
     let mut err = std::io::stderr().lock();
     if !std::io::stdout().is_terminal() {
         err.write_all(shown().as_bytes())?;
@@ -296,14 +336,5 @@ pub(crate) fn approve(yes: bool, question: &str, shown: impl FnOnce() -> String)
         Ok(())
     } else {
         bail!("not approved: nothing was written")
-    }
-}
-
-/// Whether `a` and `b` are the same existing file.
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
     }
 }
