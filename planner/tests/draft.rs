@@ -598,6 +598,11 @@ impl Terminal {
         }
     }
 
+    fn interrupt(&self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    }
+
     fn type_in(&mut self, keys: &[u8]) {
         use std::io::Write;
         self.master.write_all(keys).unwrap();
@@ -862,4 +867,38 @@ fn a_flood_of_violations_is_shown_bounded() {
         &[("AGX_LLM_URL", &llm.url()), ("AGX_LLM_MODEL", "m")],
     );
     assert!(stderr(&out).contains("standard input is this conversation"), "{}", stderr(&out));
+}
+
+/// Ctrl-C while the model thinks abandons that request, not the session: the plan and
+/// what made it stay, and the next request is answered.
+#[test]
+fn ctrl_c_abandons_a_slow_request_and_keeps_the_chat() {
+    let t = with_catalog();
+    let llm = LlmServer::start(vec![
+        Reply::recorded("good"),
+        Reply::Slow(Duration::from_secs(20), Box::new(Reply::recorded("by-hour"))),
+        Reply::recorded("by-hour"),
+    ]);
+    let url = llm.url();
+    let env = [("AGX_LLM_URL", url.as_str()), ("AGX_LLM_MODEL", "m")];
+    let mut term = Terminal::start(&t, &["plan", "chat", "--no-history"], &env);
+    term.wait_for("plan> ");
+    term.type_in(format!("{REQUEST}\r").as_bytes());
+    term.wait_for("valid (1 round)");
+    term.type_in(b"also count by hour\r");
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while llm.received().len() < 2 {
+        assert!(std::time::Instant::now() < until, "{}", term.seen());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // What Ctrl-C sends (this terminal is not the child's controlling one).
+    term.interrupt();
+    term.wait_for("interrupted: the request to the model was abandoned; the plan is unchanged");
+    term.type_in(b"also count by hour\r");
+    term.wait_for("+plan \"errors-by-hour\"");
+    term.type_in(b"\x04");
+    let (code, seen) = term.finish();
+    assert_eq!(code, Some(0), "{seen}");
+    // The third request was made from the first plan: the abandoned one changed nothing.
+    assert_eq!(llm.received()[2].data()["current_plan"]["name"], "log-errors");
 }

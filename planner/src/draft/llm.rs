@@ -30,6 +30,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// Where the model is and how to reach it, from the environment.
+#[derive(Clone)]
 pub(crate) struct LlmConfig {
     /// The base URL, ending in `/v1` (no trailing slash).
     pub(crate) url: String,
@@ -223,6 +224,11 @@ impl Llm {
     /// Which model answers.
     pub(crate) fn model(&self) -> &str {
         &self.cfg.model
+    }
+
+    /// Where the model is: to make another client like this one.
+    pub(crate) fn config(&self) -> &LlmConfig {
+        &self.cfg
     }
 
     /// Asks for the next message of `messages`, shaped by `schema` where the server takes

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 use super::draft::{Offer, pretty, rounds, show_refused, shown_violations};
-use crate::draft::{self, Ask, Catalog, Drafted, Llm};
+use crate::draft::{self, Ask, Catalog, Drafted, Llm, LlmConfig};
 use crate::files::{Existing, write_atomic};
 use crate::local::StoreArg;
 use crate::output::Out;
@@ -69,7 +69,10 @@ enum Step {
 }
 
 struct Session {
-    llm: Llm,
+    /// The client; away while a request is in flight (on the thread that makes it).
+    llm: Option<Llm>,
+    /// To make a new client when a request in flight is abandoned.
+    llm_config: LlmConfig,
     catalog: Catalog,
     attempts: u32,
     sample: Option<(String, bool)>,
@@ -107,7 +110,8 @@ impl Chat {
 fn run_session(chat: Chat, llm: Llm, catalog: Catalog, current: Option<Plan>) -> Result<ExitCode> {
     let sample = chat.input_sample.as_deref().map(draft::read_sample).transpose()?;
     let mut s = Session {
-        llm,
+        llm_config: llm.config().clone(),
+        llm: Some(llm),
         catalog,
         attempts: chat.offer.attempts(),
         sample,
@@ -220,7 +224,7 @@ impl Session {
             sample: self.sample.clone(),
             current: self.current.clone(),
         };
-        match draft::draft(&mut self.llm, &self.catalog, &ask, self.attempts)? {
+        match self.ask_model(ask)? {
             Drafted::Valid { plan, attempts } => {
                 let shown = match &self.current {
                     Some(before) if *before == plan => "(no change)\n".to_string(),
@@ -243,6 +247,45 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Asks the model on a thread of its own, so that Ctrl-C (SIGINT) abandons the request
+    /// and keeps the session, its plan and its history. An abandoned request ends on its
+    /// own at its timeout; its answer, if any comes, is dropped.
+    fn ask_model(&mut self, ask: Ask) -> Result<Drafted> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::mpsc::RecvTimeoutError;
+        let interrupted = std::sync::Arc::new(AtomicBool::new(false));
+        let handler = signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone())
+            .context("cannot watch for Ctrl-C")?;
+        let mut llm = self.llm.take().unwrap_or_else(|| Llm::new(self.llm_config.clone()));
+        let (catalog, attempts) = (self.catalog.clone(), self.attempts);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let drafted = draft::draft(&mut llm, &catalog, &ask, attempts);
+            let _ = tx.send((llm, drafted));
+        });
+        let outcome = loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+                Ok((llm, drafted)) => {
+                    self.llm = Some(llm);
+                    break Some(drafted);
+                }
+                Err(RecvTimeoutError::Timeout) if interrupted.load(Ordering::Relaxed) => {
+                    break None;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    break Some(Err(anyhow::anyhow!(
+                        "the request to the model ended without an answer"
+                    )));
+                }
+            }
+        };
+        signal_hook::low_level::unregister(handler);
+        outcome.unwrap_or_else(|| {
+            bail!("interrupted: the request to the model was abandoned; the plan is unchanged")
+        })
     }
 
     /// `/run`, `/sign` or `/submit`: the plan written to a file, then the same command as
