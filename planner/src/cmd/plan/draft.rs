@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use agenix_proto::wire::ClientRole;
 use agenix_proto::{Access, Invalid, MountName, Plan, ToolName, Violation};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
@@ -17,7 +18,6 @@ use crate::local::{StoreArg, runtime};
 use crate::output::Out;
 use crate::remote::QueueArgs;
 use crate::show::render;
-use agenix_proto::wire::ClientRole;
 
 /// Draft a plan from REQUEST with a language model, check it, show it, and write it to
 /// --out once approved.
@@ -29,6 +29,9 @@ use agenix_proto::wire::ClientRole;
 /// it answers is checked against every rule of plan v1 and may use only those. A refused
 /// draft is never written to --out: its violations are shown, and written beside it as
 /// FILE.rejected.json. Nothing is signed or run.
+///
+/// Example: agx plan draft "count the distinct error messages in this log"
+/// --input-sample app.log --out plan.json
 #[derive(Debug, clap::Args)]
 pub(crate) struct Draft {
     /// What the plan should do, in a sentence (at most 4096 bytes).
