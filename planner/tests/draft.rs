@@ -262,9 +262,26 @@ fn prompt_injection_in_the_sample_stays_data_and_its_plan_is_refused() {
 
 #[test]
 fn an_answer_too_large_is_refused_unread_and_nothing_is_written() {
+    // A response body of exactly `size` bytes whose message is not a plan.
+    let body = |size: usize| {
+        let shell = |pad: &str| {
+            format!(
+                r#"{{"choices":[{{"index":0,"finish_reason":"stop","message":{{"content":"{pad}"}}}}]}}"#
+            )
+        };
+        let body = shell(&"x".repeat(size - shell("").len()));
+        assert_eq!(body.len(), size);
+        Reply::Http { status: 200, headers: vec![], body: body.into_bytes() }
+    };
     let t = with_catalog();
-    let huge = format!("{{\"pad\": \"{}\"}}", "x".repeat(3 << 20));
-    let llm = LlmServer::start(vec![Reply::content(&huge)]);
+    // At the cap it is read, and refused for what it says.
+    let llm = LlmServer::start(vec![body(3 << 20)]);
+    let out = draft(&t, &llm, &["--out", "plan.json", "--yes", "--attempts", "1"]);
+    let err = assert_refused(&t, &out, "the answer must be one JSON object");
+    assert!(!err.contains("refused unread"), "{err}");
+    fs::remove_file(t.path("plan.rejected.json")).unwrap();
+    // One byte past it, it is not read.
+    let llm = LlmServer::start(vec![body((3 << 20) + 1)]);
     let out = draft(&t, &llm, &["--out", "plan.json", "--yes"]);
     assert_refused(&t, &out, "answer is over 3145728 bytes: refused unread");
     assert!(!t.path("plan.rejected.json").exists());
@@ -407,6 +424,17 @@ fn missing_settings_and_an_empty_catalog_are_named() {
         &[("AGX_LLM_URL", "http://10.9.8.7/v1"), ("AGX_LLM_MODEL", "m"), ("AGX_LLM_API_KEY", "k")],
     );
     assert_refused(&t, &out, "clear text");
+    // A key file of 16 KiB + 1 is refused at its cap.
+    t.write("big.key", &"k".repeat(16 * 1024 + 1));
+    fs::set_permissions(t.path("big.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    let big = t.path("big.key");
+    let env = [
+        ("AGX_LLM_URL", "http://127.0.0.1:9/v1"),
+        ("AGX_LLM_MODEL", "m"),
+        ("AGX_LLM_API_KEY_FILE", big.to_str().unwrap()),
+    ];
+    let out = t.agx_with(&["plan", "draft", REQUEST], b"", &env);
+    assert_refused(&t, &out, "over the limit of 16384 bytes");
     let llm_url = llm.url();
     for (model, key, why) in [
         ("a\nb", "k", "AGX_LLM_MODEL must be a model's name"),
@@ -518,11 +546,16 @@ fn a_chat_starts_from_a_plan_file_and_refuses_one_outside_the_catalog() {
     let llm = LlmServer::start(vec![Reply::recorded("good")]);
     let url = llm.url();
     let env = [("AGX_LLM_URL", url.as_str()), ("AGX_LLM_MODEL", "m")];
-    let mut lines = format!("{}\ncount the errors\n", "x".repeat(64 * 1024 + 1)).into_bytes();
+    // A line of exactly 64 KiB is read whole (and then refused as a request); one byte more
+    // is skipped.
+    let mut lines =
+        format!("{}\n{}\ncount the errors\n", "y".repeat(64 * 1024), "x".repeat(64 * 1024 + 1))
+            .into_bytes();
     lines.extend_from_slice(b"\xff\xfe\n/save plan.json\n");
     let out = t.agx_with(&["plan", "chat"], &lines, &env);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the request is 65536 bytes, over the limit of 4096"), "{err}");
     assert!(err.contains("a line of input is over 65536 bytes: skipped"), "{err}");
     assert!(err.contains("not UTF-8: skipped"), "{err}");
     assert_eq!(llm.received().len(), 1, "the line after the long one was read whole");

@@ -310,6 +310,22 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code.
+    pub const ALL: [Self; 12] = [
+        Self::Unauthenticated,
+        Self::Forbidden,
+        Self::BadRequest,
+        Self::Invalid,
+        Self::NotFound,
+        Self::Conflict,
+        Self::StaleLease,
+        Self::TooLarge,
+        Self::RateLimited,
+        Self::Unavailable,
+        Self::Internal,
+        Self::NotRegistered,
+    ];
+
     /// The code's name, as on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -616,21 +632,7 @@ mod tests {
 
     #[test]
     fn error_code_names_are_their_wire_names() {
-        use ErrorCode::*;
-        for code in [
-            Unauthenticated,
-            Forbidden,
-            BadRequest,
-            Invalid,
-            NotFound,
-            Conflict,
-            StaleLease,
-            TooLarge,
-            RateLimited,
-            Unavailable,
-            Internal,
-            NotRegistered,
-        ] {
+        for code in ErrorCode::ALL {
             assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{}\"", code.as_str()));
         }
     }

@@ -21,18 +21,14 @@ pub(crate) struct Catalog {
 }
 
 impl Catalog {
-    /// The store's AUs with the offered tools and mounts. A shell, launcher or interpreter
-    /// is refused here, before anything is asked: no plan may run one.
+    /// The store's AUs with the offered tools and mounts. The tools come already sifted:
+    /// `--tool` refuses a shell, launcher or interpreter as it is parsed, and those a queue
+    /// advertises are left out.
     pub(crate) fn load(
         store: &LocalStore,
         tools: &[ToolName],
         mounts: &[(MountName, Access)],
     ) -> Result<Self> {
-        for t in tools {
-            if let Some(what) = agenix_host::native::forbidden(t.as_str()) {
-                bail!("--tool {t}: {t} is {what}; no plan may run it");
-            }
-        }
         let aus: BTreeMap<_, _> = store.names()?.into_iter().collect();
         if aus.is_empty() && tools.is_empty() {
             bail!(

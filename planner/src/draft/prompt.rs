@@ -239,3 +239,24 @@ pub(crate) fn schema(catalog: &Catalog) -> Value {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_answer_is_sent_back_up_to_its_cap() {
+        let at = "x".repeat(MAX_ECHO_BYTES);
+        assert_eq!(refused(&at, &[])[0].content, at);
+        let past = "x".repeat(MAX_ECHO_BYTES + 1);
+        assert_eq!(refused(&past, &[])[0].content, "(an answer of 65537 bytes, not repeated here)");
+        let many: Vec<Violation> = (0..MAX_ECHO_VIOLATIONS + 3)
+            .map(|i| Violation::new(format!("p{i}"), "r", "m"))
+            .collect();
+        let back = &refused("{}", &many)[1].content;
+        assert!(
+            back.contains("\"not_listed\": 3") && back.contains("p49") && !back.contains("p50"),
+            "{back}"
+        );
+    }
+}

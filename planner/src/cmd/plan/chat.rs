@@ -472,3 +472,19 @@ fn recent(requests: &[String]) -> Vec<String> {
     kept.reverse();
     kept
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn earlier_requests_are_the_newest_that_fit() {
+        let r = |n: usize, c: char| c.to_string().repeat(n);
+        let all = vec![r(10, 'a'), r(EARLIER_BYTES - 10, 'b'), r(10, 'c')];
+        // The newest two fill the budget exactly; the oldest is dropped.
+        assert_eq!(recent(&all), vec![r(EARLIER_BYTES - 10, 'b'), r(10, 'c')]);
+        let over = vec![r(1, 'a'), r(EARLIER_BYTES, 'b')];
+        assert_eq!(recent(&over), vec![r(EARLIER_BYTES, 'b')]);
+        assert!(recent(&[r(EARLIER_BYTES + 1, 'x')]).is_empty());
+    }
+}
