@@ -75,6 +75,8 @@ pub struct Finished {
     pub wall: Duration,
     /// Its peak memory, in bytes.
     pub peak_memory: u64,
+    /// How long building its jail took, up to the tool's start (native tasks that ran).
+    pub setup: Option<Duration>,
 }
 
 impl Finished {
@@ -87,6 +89,7 @@ impl Finished {
             fuel_consumed: None,
             wall,
             peak_memory: 0,
+            setup: None,
         }
     }
 

@@ -2,7 +2,8 @@
 //! 0-RTT, the queue's identity pinned by the sha256 of its public key, and a worker's own
 //! key proved in the same handshake (`tls`); frames
 //! read and written on QUIC streams (`frame`, over `agenix_proto::wire`'s codec); and the
-//! client agx and agw share, with one typed call per request (`client`).
+//! client agx and agw share, with one typed call per request (`client`); and how the
+//! daemons log (`logging`).
 //!
 //! `agenix-proto` is the contract and does no I/O; everything that touches the network, an
 //! async runtime or TLS lives here, and the queue's scheduler (`agenix-queue-core`) never
@@ -15,6 +16,7 @@
 mod client;
 mod error;
 mod frame;
+pub mod logging;
 mod tls;
 
 pub use client::{

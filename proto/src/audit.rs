@@ -86,6 +86,40 @@ pub enum Step {
     Forgotten,
 }
 
+impl Step {
+    /// Every step.
+    pub const ALL: [Self; 11] = [
+        Self::Submitted,
+        Self::Leased,
+        Self::Completed,
+        Self::Failed,
+        Self::Released,
+        Self::Expired,
+        Self::Reclaimed,
+        Self::CancelRequested,
+        Self::Cancelled,
+        Self::ActionExpired,
+        Self::Forgotten,
+    ];
+
+    /// The step's name, as in the audit log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Submitted => "submitted",
+            Self::Leased => "leased",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Released => "released",
+            Self::Expired => "expired",
+            Self::Reclaimed => "reclaimed",
+            Self::CancelRequested => "cancel_requested",
+            Self::Cancelled => "cancelled",
+            Self::ActionExpired => "action_expired",
+            Self::Forgotten => "forgotten",
+        }
+    }
+}
+
 /// One step of one job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -617,6 +651,14 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn step_names_are_their_audit_log_names() {
+        for step in Step::ALL {
+            let wire = serde_json::to_string(&step).unwrap();
+            assert_eq!(wire, format!("\"{}\"", step.name()));
+        }
+    }
 
     struct Mem(BTreeMap<u64, Digest>);
 

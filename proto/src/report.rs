@@ -63,6 +63,25 @@ impl Outcome {
         }
     }
 
+    /// Its class, one of a fixed few (`succeeded`, `exited_nonzero`, `out_of_fuel`,
+    /// `memory_exceeded`, `timed_out`, `output_exceeded`, `trapped`, `killed`, `refused`,
+    /// `skipped`, `cancelled`): what metrics count by and logs name.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Exited { code: 0 } => "succeeded",
+            Self::Exited { .. } => "exited_nonzero",
+            Self::OutOfFuel => "out_of_fuel",
+            Self::MemoryExceeded => "memory_exceeded",
+            Self::TimedOut => "timed_out",
+            Self::OutputExceeded { .. } => "output_exceeded",
+            Self::Trapped { .. } => "trapped",
+            Self::Killed { .. } => "killed",
+            Self::Refused { .. } => "refused",
+            Self::Skipped { .. } => "skipped",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
     /// A short label for tables: `exit 0`, `out-of-fuel`, `timed-out`, ...
     pub fn label(&self) -> String {
         match self {

@@ -471,6 +471,13 @@ impl Queue {
                     return e;
                 }
                 self.ready.notify_waiters();
+                tracing::info!(
+                    jobs = jobs.len(),
+                    duplicate,
+                    plan = %vp.digest(),
+                    signer = %va.signer(),
+                    "submitted"
+                );
                 Response::Submitted { jobs, duplicate }
             }
             Err(r) => refusal(r),

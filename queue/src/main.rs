@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agenix_link::logging::{self, LogFormat};
 use agenix_proto::wire::ClientRole;
 use agenix_queue::server::{Queue, Settings};
 use agenix_queue::trust::TrustSource;
@@ -26,6 +27,10 @@ use tokio::signal::unix::{SignalKind, signal};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to stderr: `text`, or `json` (one object per line, for log
+    /// collectors). `AGQ_LOG` filters them (`info` by default; `debug`, `warn`).
+    #[arg(long, global = true, value_enum, default_value_t, env = "AGQ_LOG_FORMAT")]
+    log_format: LogFormat,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -224,6 +229,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let log_format = cli.log_format;
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Init { data } => {
@@ -258,7 +264,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Worker(c) => worker_command(c, &mut out)?,
         Command::Audit(AuditCommand::Verify { data, checkpoint }) => {
-            init_logging();
+            logging::init("AGQ_LOG", log_format);
             let saved = checkpoint
                 .iter()
                 .map(|f| {
@@ -305,7 +311,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Audit(AuditCommand::Export { data, since }) => {
-            init_logging();
+            logging::init("AGQ_LOG", log_format);
             let since = match since {
                 None => 0,
                 Some(t) => parse_since(&t)?,
@@ -314,7 +320,7 @@ fn run(cli: Cli) -> Result<()> {
             let _ = writeln!(std::io::stderr(), "agq: exported {n} entries");
         }
         Command::Audit(AuditCommand::Checkpoint { data }) => {
-            init_logging();
+            logging::init("AGQ_LOG", log_format);
             match no_panic(&data, || audit::latest_checkpoint_dir(&data))? {
                 Some(note) => write!(out, "{note}")?,
                 None => {
@@ -342,7 +348,7 @@ fn run(cli: Cli) -> Result<()> {
             metrics,
         } => {
             drop(out);
-            init_logging();
+            logging::init("AGQ_LOG", log_format);
             if let Some(file) = &ready_file {
                 check_ready_file(file, &data)?;
             }
@@ -643,15 +649,4 @@ fn remove_ready_file(file: &std::path::Path, wrote: &[u8]) {
     if agenix_queue::read_capped(file, 4096).is_ok_and(|now| now == wrote) {
         let _ = std::fs::remove_file(file);
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AGQ_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
 }

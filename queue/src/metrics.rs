@@ -8,6 +8,7 @@
 
 use std::sync::{Arc, LazyLock};
 
+use agenix_proto::audit::Step;
 use agenix_proto::job::StateKind;
 use agenix_proto::wire::Response;
 use prometheus::{
@@ -27,6 +28,7 @@ pub(crate) struct Metrics {
     commit_writes: Histogram,
     commit_failures: IntCounter,
     jobs: IntGaugeVec,
+    steps: IntCounterVec,
     workers: IntGauge,
 }
 
@@ -62,6 +64,18 @@ impl Metrics {
         let commit_failures =
             IntCounter::new("agenix_queue_commit_failures_total", "Commits that failed.")?;
         let jobs = IntGaugeVec::new(Opts::new("agenix_queue_jobs", "Jobs by state."), &["state"])?;
+        let steps = IntCounterVec::new(
+            Opts::new(
+                "agenix_queue_job_steps_total",
+                "Steps of jobs made durable, by step (submitted, leased, completed, failed, \
+                 released, expired, reclaimed, cancel_requested, cancelled, action_expired, \
+                 forgotten).",
+            ),
+            &["step"],
+        )?;
+        for step in Step::ALL {
+            steps.with_label_values(&[step.name()]);
+        }
         let workers = IntGauge::new("agenix_queue_workers", "Workers seen in the last minute.")?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(unsent.clone()))?;
@@ -70,6 +84,7 @@ impl Metrics {
         registry.register(Box::new(commit_writes.clone()))?;
         registry.register(Box::new(commit_failures.clone()))?;
         registry.register(Box::new(jobs.clone()))?;
+        registry.register(Box::new(steps.clone()))?;
         registry.register(Box::new(workers.clone()))?;
         Ok(Self {
             registry,
@@ -80,6 +95,7 @@ impl Metrics {
             commit_writes,
             commit_failures,
             jobs,
+            steps,
             workers,
         })
     }
@@ -119,6 +135,14 @@ pub(crate) fn committed(seconds: f64, writes: usize, ok: bool) {
     m.commit_writes.observe(writes as f64);
     if !ok {
         m.commit_failures.inc();
+    }
+}
+
+/// Counts the steps of jobs a commit made durable.
+pub(crate) fn steps(steps: &[Step]) {
+    let Some(m) = METRICS.as_ref() else { return };
+    for step in steps {
+        m.steps.with_label_values(&[step.name()]).inc();
     }
 }
 

@@ -20,13 +20,15 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agenix_link::{read_frame, write_frame};
+use agenix_proto::audit::{Event, Step};
+use agenix_proto::job::{JobId, StateKind};
 use agenix_proto::wire::{
     ClientRole, ErrorCode, FrameError, MAX_FRAME, PROTOCOL_VERSION, Request, Response, json_len,
 };
 use agenix_proto::{Digest, Fingerprint, KeyId};
 use agenix_queue_core::{Change, Config, Refusal, Scheduler};
 use tokio::sync::{Notify, mpsc, oneshot};
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::blobs::Blobs;
 use crate::identity::Tokens;
@@ -276,10 +278,18 @@ impl Queue {
             worker: Mutex::new(None),
             bucket: Mutex::new(Bucket::default()),
         });
+        // Every line logged about this connection's requests names its address and role
+        // (and a worker's key).
+        let span = match key {
+            Some(key) => tracing::info_span!("client", %ip, role = role.as_str(), %key),
+            None => tracing::info_span!("client", %ip, role = role.as_str()),
+        };
         while let Ok((send, recv)) = conn.accept_bi().await {
             let q = self.clone();
             let (c, client) = (conn.clone(), client.clone());
-            tokio::spawn(async move { q.stream(c, &client, send, recv).await });
+            tokio::spawn(
+                async move { q.stream(c, &client, send, recv).await }.instrument(span.clone()),
+            );
         }
         worker
     }
@@ -566,6 +576,33 @@ pub(crate) async fn send_answer(
     }
 }
 
+/// The steps of jobs among `writes`: (job, step, state after).
+fn job_events(writes: &[Write]) -> Vec<(JobId, Step, StateKind)> {
+    writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Change(Change::Audit { event: Event::Job(e), .. }) => {
+                Some((e.job, e.step, e.state))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Counts and logs the steps of jobs a commit made durable: each at debug, a lease that
+/// expired and a job that died at warn (they need an operator's eye).
+fn log_steps(events: &[(JobId, Step, StateKind)]) {
+    for &(job, step, state) in events {
+        if step == Step::Expired || (state == StateKind::Dead && step != Step::Forgotten) {
+            warn!(%job, step = step.name(), state = state.name(), "job step");
+        } else {
+            tracing::debug!(%job, step = step.name(), state = state.name(), "job step");
+        }
+    }
+    let steps: Vec<Step> = events.iter().map(|e| e.1).collect();
+    crate::metrics::steps(&steps);
+}
+
 /// Applies batches of writes, one transaction per batch, and acknowledges each request once
 /// its batch is durable. After a failed batch it has the queue reload from storage.
 async fn committer(
@@ -590,6 +627,7 @@ async fn committer(
             writes.extend(w);
             acks.push(ack);
         }
+        let events = job_events(&writes);
         let s = store.clone();
         let (count, started) = (writes.len(), Instant::now());
         let result = tokio::task::spawn_blocking(move || s.apply(&writes))
@@ -597,8 +635,11 @@ async fn committer(
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
         crate::metrics::committed(started.elapsed().as_secs_f64(), count, result.is_ok());
-        if let Err(e) = &result {
-            warn!(error = %e, "a commit failed: its requests are answered as unavailable");
+        match &result {
+            Ok(()) => log_steps(&events),
+            Err(e) => {
+                warn!(error = %e, "a commit failed: its requests are answered as unavailable");
+            }
         }
         for ack in acks {
             let _ = ack.send(result.clone());

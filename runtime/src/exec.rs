@@ -18,6 +18,7 @@ use agenix_proto::{
     VerifiedPlan, Violation,
 };
 use bytes::{Bytes, BytesMut};
+use tracing::Instrument;
 
 use crate::dag::{Dag, State};
 use crate::store::LocalStore;
@@ -148,17 +149,33 @@ pub async fn execute<R: Runner>(
                 }
             }
             let runner = runner.clone();
-            running.spawn(async move {
-                if stdin.len() as u64 > MAX_STDIN_BYTES {
-                    let reason = format!(
-                        "stdin would be {} bytes, over the limit of {MAX_STDIN_BYTES}",
-                        stdin.len()
-                    );
-                    let report = TaskReport::not_run(task.id.clone(), Outcome::Refused { reason });
-                    return (i, Ok(TaskRun { report, stdout: Bytes::new() }));
+            let kind = match task.run {
+                Run::Wasm(_) => "wasm",
+                Run::Native(_) => "native",
+            };
+            // Inside the caller's span (a worker's `job`): every line a task's run logs
+            // names the job and the task.
+            let span = tracing::info_span!("task", task = %task.id, kind);
+            running.spawn(
+                async move {
+                    if stdin.len() as u64 > MAX_STDIN_BYTES {
+                        let reason = format!(
+                            "stdin would be {} bytes, over the limit of {MAX_STDIN_BYTES}",
+                            stdin.len()
+                        );
+                        let report =
+                            TaskReport::not_run(task.id.clone(), Outcome::Refused { reason });
+                        log_end(&report);
+                        return (i, Ok(TaskRun { report, stdout: Bytes::new() }));
+                    }
+                    let result = runner.run(&task, stdin).await;
+                    if let Ok(run) = &result {
+                        log_end(&run.report);
+                    }
+                    (i, result)
                 }
-                (i, runner.run(&task, stdin).await)
-            });
+                .instrument(span),
+            );
         }
         let Some(joined) = running.join_next().await else { break };
         let (i, result) = joined.map_err(|e| RunnerError::Join(e.to_string()))?;
@@ -185,6 +202,19 @@ pub async fn execute<R: Runner>(
         .collect();
     let succeeded = reports.iter().all(|r| r.outcome.is_success());
     Ok(JobResult { reports, output, succeeded })
+}
+
+/// One line for a task that ran (or was refused), in its span: how it ended and what it
+/// used. Never its stderr or output.
+fn log_end(r: &TaskReport) {
+    tracing::info!(
+        outcome = r.outcome.class(),
+        exit = r.outcome.exit_code(),
+        wall_ms = r.wall_ms,
+        fuel = r.fuel_consumed,
+        peak_memory_bytes = r.peak_memory_bytes,
+        "task ended"
+    );
 }
 
 fn stdin_for(plan: &Plan, task: &Task, input: &Bytes, outputs: &[Option<Bytes>]) -> Bytes {
@@ -360,6 +390,10 @@ impl<S: ComponentSource> HostRunner<S> {
             .run(spec)
             .await
             .map_err(|source| RunnerError::Host { task: task.id.clone(), source })?;
+        if let Some(setup) = run.setup {
+            crate::worker::metrics::jail_setup(setup);
+            tracing::debug!(setup_us = setup.as_micros() as u64, "jail built");
+        }
         Ok(TaskRun { report: run.report(task.id.clone()), stdout: run.stdout })
     }
 

@@ -45,9 +45,13 @@ fn metrics_count_what_the_queue_did_and_pass_promtool() {
     // A free port for the worker's metrics (agw has no ready file; its log names it too).
     let worker_at =
         std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    c.worker("w1", &["--metrics", &worker_at]);
+    let tools = ["grep", "cut", "sort", "uniq"].map(|t| ["--allow-tool", t]).concat();
+    let mut args = vec!["--metrics", worker_at.as_str()];
+    args.extend(tools);
+    c.worker("w1", &args);
     let log = example("data/app.log");
-    let jobs = c.submit(&example("log-errors.json"), &[&log, &log, &log]);
+    let mut jobs = c.submit(&example("log-errors.json"), &[&log, &log, &log]);
+    jobs.extend(c.submit(&example("log-errors-native.json"), &[&log]));
     for id in &jobs {
         c.wait_job(id, Duration::from_secs(60), |j| state(j) == "succeeded");
     }
@@ -60,17 +64,17 @@ fn metrics_count_what_the_queue_did_and_pass_promtool() {
     assert!(!wrong.status.success());
 
     let page = scrape(&queue_metrics(&c));
-    assert_eq!(sample(&page, r#"agenix_queue_jobs{state="succeeded"}"#), Some(3.0), "{page}");
+    assert_eq!(sample(&page, r#"agenix_queue_jobs{state="succeeded"}"#), Some(4.0), "{page}");
     assert_eq!(sample(&page, r#"agenix_queue_jobs{state="queued"}"#), Some(0.0), "{page}");
     assert_eq!(sample(&page, "agenix_queue_workers"), Some(1.0), "{page}");
     assert_eq!(
         sample(&page, r#"agenix_queue_requests_total{outcome="ok",request="submit"}"#),
-        Some(1.0),
+        Some(2.0),
         "{page}"
     );
     assert!(
         sample(&page, r#"agenix_queue_requests_total{outcome="ok",request="complete"}"#)
-            >= Some(3.0),
+            >= Some(4.0),
         "{page}"
     );
     assert!(
@@ -78,6 +82,11 @@ fn metrics_count_what_the_queue_did_and_pass_promtool() {
             >= Some(1.0),
         "{page}"
     );
+    // Each job's steps, once each: no lease expired, none failed.
+    for (step, n) in [("submitted", 4.0), ("leased", 4.0), ("completed", 4.0), ("expired", 0.0)] {
+        let name = format!("agenix_queue_job_steps_total{{step=\"{step}\"}}");
+        assert_eq!(sample(&page, &name), Some(n), "{name}: {page}");
+    }
     let commits = sample(&page, "agenix_queue_commit_duration_seconds_count").unwrap();
     assert!(commits >= 4.0, "{page}");
     assert_eq!(sample(&page, "agenix_queue_commit_writes_count"), Some(commits));
@@ -94,9 +103,17 @@ fn metrics_count_what_the_queue_did_and_pass_promtool() {
     );
     assert_eq!(
         sample(&worker, r#"agenix_worker_leases_total{verdict="completed"}"#),
-        Some(3.0),
+        Some(4.0),
         "{worker}"
     );
+    assert_eq!(
+        sample(&worker, r#"agenix_worker_tasks_total{kind="native",outcome="succeeded"}"#),
+        Some(4.0),
+        "{worker}"
+    );
+    // Each native task's jail, timed from asking for it to the tool's start.
+    assert_eq!(sample(&worker, "agenix_worker_jail_setup_seconds_count"), Some(4.0), "{worker}");
+    assert!(sample(&worker, "agenix_worker_jail_setup_seconds_sum") > Some(0.0), "{worker}");
     assert_eq!(
         sample(&worker, r#"agenix_worker_task_duration_seconds_count{kind="wasm"}"#),
         Some(12.0),

@@ -460,6 +460,7 @@ fn run_tool(
         let _ = waitpid(tool, None);
         return Err(why);
     }
+    let exec_at_ns = super::monotonic_ns();
 
     let mut vm_peak = 0u64;
     let status_path = format!("/proc/{tool}/status");
@@ -495,7 +496,7 @@ fn run_tool(
     let max_rss = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
         .map(|u| u64::try_from(u.max_rss()).unwrap_or(0) * 1024)
         .unwrap_or(0);
-    Ok(JailReport::Ran { ended, max_rss, vm_peak })
+    Ok(JailReport::Ran { ended, max_rss, vm_peak, exec_at_ns })
 }
 
 /// Waits until T has executed the tool (its error pipe closes empty) or failed (it says

@@ -447,6 +447,7 @@ impl NativeHost {
         features: Features,
     ) -> Result<Finished, HostError> {
         let started = Instant::now();
+        let asked_ns = monotonic_ns();
         // One sequence for the whole process: several hosts in one process (agx, tests)
         // must never name two sandboxes' cgroups alike.
         static TASKS: AtomicU64 = AtomicU64::new(0);
@@ -530,6 +531,12 @@ impl NativeHost {
         let driven = result?;
         let memory = rlimit_as.unwrap_or(limits.memory_bytes);
         let (outcome, peak) = classify(&driven, memory, oom);
+        let setup = match &driven.report {
+            Some(JailReport::Ran { exec_at_ns, .. }) if *exec_at_ns > asked_ns => {
+                Some(Duration::from_nanos(exec_at_ns - asked_ns))
+            }
+            _ => None,
+        };
         Ok(Finished {
             outcome,
             stdout: driven.stdout.contents(),
@@ -537,6 +544,7 @@ impl NativeHost {
             fuel_consumed: None,
             wall: started.elapsed(),
             peak_memory: peak_cg.unwrap_or(peak),
+            setup,
         })
     }
 
@@ -685,6 +693,13 @@ impl Launched {
     }
 }
 
+/// The system's monotonic clock, in ns: one clock for the worker and its jail helpers, so
+/// the time between the worker asking for a jail and the tool starting in it can be read.
+pub(crate) fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_or(0, |t| u64::try_from(Duration::from(t).as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// How long a stopped helper may take to kill its sandbox and exit.
 const HELPER_STOP_WAIT: Duration = Duration::from_secs(10);
 
@@ -722,7 +737,7 @@ fn classify(d: &Driven, memory: u64, oom_killed: bool) -> (Outcome, u64) {
         (None, Some(JailReport::Failed { reason })) => {
             (Outcome::Refused { reason: reason.clone() }, 0)
         }
-        (None, Some(JailReport::Ran { ended, max_rss, vm_peak })) => {
+        (None, Some(JailReport::Ran { ended, max_rss, vm_peak, .. })) => {
             let peak = (*max_rss).max(*vm_peak);
             let failed = *ended != Ended::Exited(0);
             // Without a memory cgroup, a tool near its address-space limit that then failed
@@ -836,7 +851,12 @@ mod tests {
 
     fn ran(code: i32, max_rss: u64, vm_peak: u64) -> Driven {
         Driven {
-            report: Some(JailReport::Ran { ended: Ended::Exited(code), max_rss, vm_peak }),
+            report: Some(JailReport::Ran {
+                ended: Ended::Exited(code),
+                max_rss,
+                vm_peak,
+                exec_at_ns: 0,
+            }),
             stopped: None,
             stdout: CappedPipe::new(16),
             stderr: CappedPipe::new(16),

@@ -100,6 +100,10 @@ pub(crate) enum JailReport {
         max_rss: u64,
         /// The largest virtual size seen while it ran, in bytes (0 when not sampled).
         vm_peak: u64,
+        /// When the tool was executed, on the system's monotonic clock (ns): with when the
+        /// worker asked, how long building the jail took.
+        #[serde(default)]
+        exec_at_ns: u64,
     },
     /// The jail could not be built or the tool not started: nothing ran.
     Failed {

@@ -108,6 +108,7 @@ impl WasmHost {
             fuel_consumed: Some(limits.fuel.saturating_sub(fuel_left)),
             wall: started.elapsed(),
             peak_memory: limiter.peak,
+            setup: None,
         })
     }
 }

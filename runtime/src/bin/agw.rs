@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use agenix_host::native::{Allowlist, Helper, NativeConfig, NativeHost, jail};
 use agenix_host::wasm::{Allocator, WasmConfig, WasmHost};
+use agenix_link::logging::{self, LogFormat};
 use agenix_proto::{Fingerprint, KeyId, Limits, MountName};
 use agenix_runtime::exec::{MountConfig, Resources};
 use agenix_runtime::files::{MAX_CONFIG_BYTES, read_small};
@@ -40,6 +41,10 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     run: RunArgs,
+    /// How log lines are written to stderr: `text`, or `json` (one object per line, for log
+    /// collectors). `AGW_LOG` filters them (`info` by default; `debug`, `warn`).
+    #[arg(long, global = true, value_enum, default_value_t, env = "AGW_LOG_FORMAT")]
+    log_format: LogFormat,
 }
 
 #[derive(Debug, clap::Args)]
@@ -126,7 +131,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }),
         Some(Command::Doctor { json, danger_degraded }) => doctor(json, danger_degraded),
-        None => run(cli.run).map(|()| ExitCode::SUCCESS),
+        None => run(cli.run, cli.log_format).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -159,19 +164,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AGW_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-fn run(args: RunArgs) -> Result<()> {
-    init_logging();
+fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
+    logging::init("AGW_LOG", log_format);
     let file = match &args.config {
         Some(p) => FileConfig::parse(
             &read_small(p, MAX_CONFIG_BYTES)

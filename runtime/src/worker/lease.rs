@@ -130,10 +130,10 @@ impl Worker {
         lock(&self.ledger)
             .record(key, until, now)
             .map_err(|e| Verdict::transient(format!("cannot record the job as run: {e}")))?;
-        info!(job = %lease.lease.job, attempt = lease.attempt, "running");
+        info!("running");
         let result = execute(Executable::verified(&plan), stdin, runner).await;
         if let Err(e) = lock(&self.ledger).finish(key) {
-            warn!(job = %lease.lease.job, error = %e, "cannot record the job as run to its end");
+            warn!(error = %e, "cannot record the job as run to its end");
         }
         let result = result.map_err(|e| Verdict::transient(e.to_string()))?;
         for r in &result.reports {

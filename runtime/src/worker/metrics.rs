@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 
 use agenix_proto::{Outcome, TaskReport};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
 use super::Verdict;
@@ -20,6 +20,7 @@ struct Metrics {
     seconds: HistogramVec,
     memory: HistogramVec,
     fuel: HistogramVec,
+    jail_setup: Histogram,
     leases: IntCounterVec,
     verification: IntCounterVec,
 }
@@ -46,6 +47,13 @@ impl Metrics {
                 .buckets(prometheus::exponential_buckets(1_000.0, 10.0, 10)?),
             &["kind"],
         )?;
+        let jail_setup = Histogram::with_opts(
+            HistogramOpts::new(
+                "agenix_worker_jail_setup_seconds",
+                "Time from asking for a native task's jail to the tool starting in it.",
+            )
+            .buckets(prometheus::exponential_buckets(0.000_25, 2.0, 14)?),
+        )?;
         let leases = IntCounterVec::new(
             Opts::new(
                 "agenix_worker_leases_total",
@@ -66,7 +74,8 @@ impl Metrics {
         for h in [&seconds, &memory, &fuel] {
             registry.register(Box::new(h.clone()))?;
         }
-        Ok(Self { registry, tasks, seconds, memory, fuel, leases, verification })
+        registry.register(Box::new(jail_setup.clone()))?;
+        Ok(Self { registry, tasks, seconds, memory, fuel, jail_setup, leases, verification })
     }
 }
 
@@ -76,28 +85,11 @@ static METRICS: LazyLock<Option<Metrics>> = LazyLock::new(|| {
     Metrics::new().map_err(|e| tracing::error!(error = %e, "metrics could not be set up")).ok()
 });
 
-/// An outcome as a label: one of a fixed set.
-fn outcome(o: &Outcome) -> &'static str {
-    match o {
-        Outcome::Exited { code: 0 } => "succeeded",
-        Outcome::Exited { .. } => "exited_nonzero",
-        Outcome::OutOfFuel => "out_of_fuel",
-        Outcome::MemoryExceeded => "memory_exceeded",
-        Outcome::TimedOut => "timed_out",
-        Outcome::OutputExceeded { .. } => "output_exceeded",
-        Outcome::Trapped { .. } => "trapped",
-        Outcome::Killed { .. } => "killed",
-        Outcome::Refused { .. } => "refused",
-        Outcome::Skipped { .. } => "skipped",
-        Outcome::Cancelled => "cancelled",
-    }
-}
-
 /// Counts one task's report.
 pub(super) fn task(wasm: bool, r: &TaskReport) {
     let Some(m) = METRICS.as_ref() else { return };
     let kind = if wasm { "wasm" } else { "native" };
-    m.tasks.with_label_values(&[kind, outcome(&r.outcome)]).inc();
+    m.tasks.with_label_values(&[kind, r.outcome.class()]).inc();
     if matches!(r.outcome, Outcome::Skipped { .. }) {
         return;
     }
@@ -105,6 +97,13 @@ pub(super) fn task(wasm: bool, r: &TaskReport) {
     m.memory.with_label_values(&[kind]).observe(r.peak_memory_bytes as f64);
     if let Some(fuel) = r.fuel_consumed {
         m.fuel.with_label_values(&[kind]).observe(fuel as f64);
+    }
+}
+
+/// Records how long a native task's jail took to build.
+pub(crate) fn jail_setup(d: std::time::Duration) {
+    if let Some(m) = METRICS.as_ref() {
+        m.jail_setup.observe(d.as_secs_f64());
     }
 }
 

@@ -36,7 +36,7 @@ use agenix_proto::wire::{ClientRole, ErrorCode, MAX_HEARTBEAT_LEASES};
 use agenix_proto::{Digest, Fingerprint, Trust, VerifiedAction, VerifiedPlan};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, warn};
 
 use crate::exec::{ComponentSource, FetchError, HostRunner, Resources};
 use crate::store::LocalStore;
@@ -567,11 +567,17 @@ impl Worker {
             if self.free_slots() == 0 {
                 warn!(job = %key.job, "the queue leased more than this worker's concurrency");
                 let me = self.clone();
-                tokio::spawn(async move {
-                    let why =
-                        format!("over this worker's concurrency of {}", me.settings.concurrency);
-                    me.deliver(key, Verdict::Decline(why)).await;
-                });
+                let span = tracing::info_span!("job", job = %key.job, attempt = lease.attempt);
+                tokio::spawn(
+                    async move {
+                        let why = format!(
+                            "over this worker's concurrency of {}",
+                            me.settings.concurrency
+                        );
+                        me.deliver(key, Verdict::Decline(why)).await;
+                    }
+                    .instrument(span),
+                );
                 continue;
             }
             self.start(lease);
@@ -583,16 +589,22 @@ impl Worker {
         let me = self.clone();
         // Held until the entry is in: a job that ends at once must find it to remove it.
         let mut running = lock(&self.running);
-        let handle = tokio::spawn(async move {
-            let verdict = me.run_lease(&lease).await;
-            me.deliver(key, verdict).await;
-            lock(&me.running).remove(&key);
-            me.slot_free.notify_waiters();
-        });
+        // Every line logged about this lease, its tasks' included, names the job.
+        let span = tracing::info_span!("job", job = %key.job, attempt = lease.attempt);
+        let handle = tokio::spawn(
+            async move {
+                let verdict = me.run_lease(&lease).await;
+                me.deliver(key, verdict).await;
+                lock(&me.running).remove(&key);
+                me.slot_free.notify_waiters();
+            }
+            .instrument(span),
+        );
         running.insert(key, Running { abort: handle.abort_handle() });
     }
 
-    /// Delivers a verdict, across reconnects, until the queue takes or refuses it.
+    /// Delivers a verdict, across reconnects, until the queue takes or refuses it. Called
+    /// in the lease's `job` span.
     async fn deliver(&self, lease: LeaseRef, verdict: Verdict) {
         metrics::lease(&verdict);
         let answer = match verdict {
@@ -605,7 +617,7 @@ impl Worker {
                 .await
             }
             Verdict::Fail { reason, retryable } => {
-                warn!(job = %lease.job, %reason, retryable, "job failed");
+                warn!(%reason, retryable, "job failed");
                 self.call(ANSWER_LIMIT, |c| {
                     let reason = reason.clone();
                     async move { c.fail(lease, reason, retryable).await }
@@ -613,7 +625,7 @@ impl Worker {
                 .await
             }
             Verdict::Decline(reason) => {
-                warn!(job = %lease.job, %reason, "job declined: another worker may run it");
+                warn!(%reason, "job declined: another worker may run it");
                 self.call(ANSWER_LIMIT, |c| {
                     let reason = reason.clone();
                     async move { c.release(lease, reason).await }
@@ -622,8 +634,8 @@ impl Worker {
             }
         };
         match answer {
-            Ok(state) => info!(job = %lease.job, state = state.name(), "result recorded"),
-            Err(e) => warn!(job = %lease.job, error = %e, "result refused"),
+            Ok(state) => info!(state = state.name(), "result recorded"),
+            Err(e) => warn!(error = %e, "result refused"),
         }
     }
 

@@ -24,11 +24,18 @@ pub struct Cluster {
     pub fingerprint: String,
     agq: agenix_harness::Agq,
     pub workers: Vec<(String, Child)>,
+    /// `AGW_LOG` for the workers started from now on (`info`).
+    pub agw_log: String,
 }
 
 impl Cluster {
     /// A queue on loopback that trusts the signer `signer.key`.
     pub fn start(agq_args: &[&str]) -> Self {
+        Self::start_logging(agq_args, "warn")
+    }
+
+    /// [`Cluster::start`], with the queue logging at `level` (`AGQ_LOG`) to `agq.log`.
+    pub fn start_logging(agq_args: &[&str], level: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("queue");
         let fingerprint = agenix_harness::init(&bin("agq"), &data).unwrap();
@@ -42,8 +49,16 @@ impl Cluster {
         std::fs::copy(data.join("trust.json"), dir.path().join("worker-trust.json")).unwrap();
         let mut serve = agenix_harness::Serve::new(bin("agq"), data, dir.path().join("agq.log"));
         serve.args = agq_args.iter().map(|s| s.to_string()).collect();
+        serve.log_level = level.into();
         let agq = agenix_harness::Agq::start(serve).unwrap();
-        Self { addr: agq.addr.to_string(), dir, fingerprint, agq, workers: vec![] }
+        Self {
+            addr: agq.addr.to_string(),
+            dir,
+            fingerprint,
+            agq,
+            workers: vec![],
+            agw_log: "info".into(),
+        }
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -89,7 +104,7 @@ impl Cluster {
             .arg(self.path(&format!("{name}-cache")))
             .args(["--name", name])
             .args(extra)
-            .env("AGW_LOG", "info")
+            .env("AGW_LOG", &self.agw_log)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
