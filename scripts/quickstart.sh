@@ -2,11 +2,19 @@
 # The quickstart: build everything, start a queue (agq, with its embedded store) and a worker
 # (agw) on loopback, push the standard AUs (in Rust, Python and JavaScript), sign and submit
 # the example plans on the bundled sample data, print each result and its per-task table,
-# and stop what it started.
+# and stop what it started. The queue serves its dashboard and Prometheus metrics on
+# loopback throughout; with --stay, the queue and the worker keep running after the examples
+# (until Ctrl-C), for a browser to look at the jobs they ran.
 # Everything it creates lives in a scratch directory (printed at the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+stay=0
+case "${1:-}" in
+--stay) stay=1 ;;
+"") ;;
+*) echo "usage: $0 [--stay]" >&2; exit 2 ;;
+esac
 
 scripts/setup.sh
 echo "== building agq, agw, agx and the standard AUs (the first build takes several minutes)"
@@ -22,16 +30,19 @@ stop() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/
 trap stop EXIT
 cd "$work"
 
-echo "== a queue on loopback, with a signer it trusts"
+echo "== a queue on loopback, with a signer it trusts, its dashboard and its metrics"
 fingerprint=$("$bin/agq" init --data queue)
 "$bin/agx" keygen --out signer.key >/dev/null
 "$bin/agx" trust add signer.key.pub --name quickstart --trust queue/trust.json
-"$bin/agq" serve --data queue --listen 127.0.0.1:0 --ready-file agq.ready --checkpoint-every 1s >agq.out 2>agq.log &
+"$bin/agq" serve --data queue --listen 127.0.0.1:0 --ready-file agq.ready --checkpoint-every 1s \
+    --web 127.0.0.1:0 --metrics 127.0.0.1:0 >agq.out 2>agq.log &
 pids+=($!)
 for _ in $(seq 300); do [ -s agq.ready ] && break; sleep 0.1; done
 [ -s agq.ready ] || { echo "agq did not start: see $work/agq.log" >&2; exit 1; }
-addr=$(sed -e 's/.*"address":"\([^"]*\)".*/\1/' agq.ready)
+ready() { sed -e "s/.*\"$1\":\"\([^\"]*\)\".*/\1/" agq.ready; }
+addr=$(ready address) web=$(ready web) metrics=$(ready metrics)
 echo "agq serving on $addr as $fingerprint"
+echo "dashboard: http://$web/    metrics: http://$metrics/metrics"
 
 echo "== a worker with its own key, enrolled at the queue, verifying everything with the same trust file"
 "$bin/agw" init --data worker 2>/dev/null
@@ -75,5 +86,21 @@ done
 
 echo
 "$bin/agx" queue stats
+
+echo
+echo "== the same, as Prometheus scrapes it (curl http://$metrics/metrics)"
+curl -s "http://$metrics/metrics" | grep -E '^agenix_queue_(jobs|job_steps_total)\{' | grep -v ' 0$' || true
+if command -v chromium >/dev/null; then
+    echo
+    echo "== the dashboard, as a browser renders it: $work/dashboard.png"
+    chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run \
+        --user-data-dir="$work/browser" --window-size=1280,1400 \
+        --screenshot="$work/dashboard.png" "http://$web/" >/dev/null 2>&1 ||
+        echo "(chromium could not take it)"
+fi
 echo
 echo "== done; logs, keys and signed plans are in $work"
+if [ "$stay" = 1 ]; then
+    echo "the queue and the worker keep running: open http://$web/ (Ctrl-C stops them)"
+    wait
+fi

@@ -16,6 +16,9 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v npm >/dev/null || missing+=(npm)
 # promtool (Debian's prometheus package) checks every /metrics page the tests scrape.
 command -v promtool >/dev/null || missing+=(prometheus)
+# The dashboard's browser test reads its pages in headless Chromium; its TLS test uses curl.
+command -v chromium >/dev/null || missing+=(chromium)
+command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
         --no-install-recommends "${missing[@]}"

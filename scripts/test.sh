@@ -13,6 +13,8 @@ scripts/setup.sh
 export AGENIX_REQUIRE_JAIL="${AGENIX_REQUIRE_JAIL:-1}"
 # setup.sh installs promtool: the metrics test checks every page with it, never skips it.
 export AGENIX_REQUIRE_PROMTOOL="${AGENIX_REQUIRE_PROMTOOL:-1}"
+# The dashboard's browser test needs headless Chromium (scripts/setup.sh installs it).
+export AGENIX_REQUIRE_CHROMIUM="${AGENIX_REQUIRE_CHROMIUM:-1}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/check-deps.sh

@@ -342,6 +342,20 @@ pub fn export(
     Ok(n)
 }
 
+/// The last `max` entries, newest first: (seq, entry JSON).
+pub(crate) fn tail(
+    tx: &redb::ReadTransaction,
+    max: usize,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let entries = tx.open_table(AUDIT).map_err(err)?;
+    let mut out = Vec::new();
+    for row in entries.iter().map_err(err)?.rev().take(max) {
+        let (seq, bytes) = row.map_err(err)?;
+        out.push((seq.value(), bytes.value().to_vec()));
+    }
+    Ok(out)
+}
+
 /// The log in the queue directory `data`, opened read-only (beside a running queue).
 fn open_dir(data: &std::path::Path) -> anyhow::Result<redb::ReadOnlyDatabase> {
     use anyhow::Context as _;

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod trust;
+pub mod web;
 
 /// Reads the regular file at `path`, refusing one over `max` bytes (checked while reading)
 /// and anything that is not a regular file: a FIFO, a device or a directory would block or

@@ -34,6 +34,7 @@ struct Cli {
 }
 
 #[derive(Debug, clap::Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once, at start")]
 enum Command {
     /// Create a queue directory: TLS identity, one token per role, an empty trust file.
     Init {
@@ -91,7 +92,7 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         request_timeout_ms: u64,
         /// Once serving, write `{"address": ..., "fingerprint": ...}` to FILE (with
-        /// `"metrics"` too when --metrics is given; replaced atomically; removed on a clean
+        /// `"metrics"` and `"web"` too when given; replaced atomically; removed on a clean
         /// shutdown): what scripts and tests wait for.
         #[arg(long, value_name = "FILE")]
         ready_file: Option<PathBuf>,
@@ -99,6 +100,17 @@ enum Command {
         /// e.g. 127.0.0.1:9464). They hold counts and durations only.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<SocketAddr>,
+        /// Serve the dashboard at ADDR (e.g. 127.0.0.1:8080): jobs, workers, the audit
+        /// log. On loopback it may be read without signing in; anywhere else it needs
+        /// --web-cert and --web-key, and every page a role token.
+        #[arg(long, value_name = "ADDR")]
+        web: Option<SocketAddr>,
+        /// The dashboard's TLS certificate chain (PEM).
+        #[arg(long, value_name = "FILE", requires = "web_key")]
+        web_cert: Option<PathBuf>,
+        /// The dashboard's TLS private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "web_cert")]
+        web_key: Option<PathBuf>,
     },
     /// Print the queue's fingerprint (what clients pin, and actions name as audience).
     Fingerprint {
@@ -346,6 +358,9 @@ fn run(cli: Cli) -> Result<()> {
             checkpoint_every,
             ready_file,
             metrics,
+            web,
+            web_cert,
+            web_key,
         } => {
             drop(out);
             logging::init("AGQ_LOG", log_format);
@@ -373,6 +388,24 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 ..Settings::default()
             };
+            let web_tls = match (&web_cert, &web_key) {
+                (Some(cert), Some(key)) => Some(agenix_queue::web::load_tls(cert, key)?),
+                _ => None,
+            };
+            if web_tls.is_some() && web.is_none() {
+                anyhow::bail!(
+                    "--web-cert and --web-key are for the dashboard: give --web ADDR too"
+                );
+            }
+            if let Some(addr) = web
+                && !addr.ip().is_loopback()
+                && web_tls.is_none()
+            {
+                anyhow::bail!(
+                    "the dashboard on {addr} (not loopback) needs TLS: give --web-cert and \
+                     --web-key (or serve it on 127.0.0.1)"
+                );
+            }
             let trust_path = trust.unwrap_or_else(|| data.join("trust.json"));
             let trust = TrustSource::file(trust_path).map_err(anyhow::Error::msg)?;
             let tokens = identity::load_tokens(&data)?;
@@ -406,9 +439,30 @@ fn run(cli: Cli) -> Result<()> {
                     }
                     None => None,
                 };
+                let web_at = match web {
+                    Some(addr) => {
+                        let listener =
+                            tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                                format!("cannot listen for the dashboard on {addr}")
+                            })?;
+                        let at = listener.local_addr()?;
+                        let settings = agenix_queue::web::WebSettings { tls: web_tls };
+                        let scheme = if settings.tls.is_some() { "https" } else { "http" };
+                        let q = queue.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = agenix_queue::web::serve(listener, settings, q).await {
+                                tracing::error!(error = %e, "the dashboard stopped");
+                            }
+                        });
+                        tracing::info!(%at, "dashboard at {scheme}://{at}/");
+                        Some(at)
+                    }
+                    None => None,
+                };
+                let extra = [("metrics", metrics_at), ("web", web_at)];
                 let wrote = match &ready_file {
                     Some(file) => {
-                        Some((file, write_ready_file(file, address, fingerprint, metrics_at)?))
+                        Some((file, write_ready_file(file, address, fingerprint, &extra)?))
                     }
                     None => None,
                 };
@@ -628,11 +682,15 @@ fn write_ready_file(
     file: &std::path::Path,
     address: SocketAddr,
     fingerprint: agenix_proto::Fingerprint,
-    metrics: Option<SocketAddr>,
+    extra: &[(&str, Option<SocketAddr>)],
 ) -> Result<Vec<u8>> {
     let mut ready = serde_json::json!({ "address": address, "fingerprint": fingerprint });
-    if let (Some(at), Some(obj)) = (metrics, ready.as_object_mut()) {
-        obj.insert("metrics".into(), serde_json::json!(at));
+    if let Some(obj) = ready.as_object_mut() {
+        for (name, at) in extra {
+            if let Some(at) = at {
+                obj.insert((*name).into(), serde_json::json!(at));
+            }
+        }
     }
     let body = format!("{ready}\n");
     let dir =

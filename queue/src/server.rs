@@ -540,6 +540,30 @@ impl Queue {
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint
     }
+
+    /// The role whose token `token` is, if any (compared in constant time).
+    pub(crate) fn role_of_token(&self, token: &str) -> Option<ClientRole> {
+        crate::identity::TOKEN_ROLES.into_iter().find(|r| self.tokens.role_of(*r, token))
+    }
+
+    /// Answers `req` as it would for a client in `role` at `ip` (the dashboard's requests):
+    /// the same checks of what the role may do, the same code after them.
+    pub(crate) async fn web_request(&self, ip: IpAddr, role: ClientRole, req: Request) -> Response {
+        if !req.allowed_for(role) {
+            return error(
+                ErrorCode::Forbidden,
+                format!("the {} role may not {}", role.as_str(), req.name()),
+            );
+        }
+        let conn = Conn {
+            ip,
+            role,
+            key: None,
+            worker: Mutex::new(None),
+            bucket: Mutex::new(Bucket::default()),
+        };
+        self.handle(&conn, req).await
+    }
 }
 
 /// Sends `resp` and finishes the stream; logs and returns false when it cannot. An answer

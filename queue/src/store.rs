@@ -110,6 +110,8 @@ pub trait Store: Send + Sync + 'static {
     /// `job`'s audit entries after entry `after`, oldest first, at most `max`, with their
     /// proofs in the latest checkpoint, all read at one instant.
     fn history(&self, job: JobId, after: Option<u64>, max: usize) -> Result<History, StoreError>;
+    /// The audit log's last `max` entries, newest first: (seq, entry JSON).
+    fn audit_tail(&self, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 }
 
 /// redb's page cache: enough for the B-tree's upper levels and a commit's worth of pages.
@@ -294,6 +296,11 @@ impl Store for RedbStore {
         log::latest_checkpoint(&self.db.begin_read().map_err(err)?)
     }
 
+    fn audit_tail(&self, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        log::tail(&tx, max)
+    }
+
     fn history(&self, job: JobId, after: Option<u64>, max: usize) -> Result<History, StoreError> {
         let tx = self.db.begin_read().map_err(err)?;
         let checkpoint = log::latest_checkpoint(&tx)?;
@@ -417,6 +424,11 @@ impl Store for MemStore {
         Ok(m.checkpoints.last_key_value().map(|(s, n)| (*s, n.clone())))
     }
 
+    fn audit_tail(&self, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let m = self.inner.lock().map_err(|_| StoreError("poisoned".into()))?;
+        Ok(m.audit.iter().enumerate().rev().take(max).map(|(i, e)| (i as u64, e.clone())).collect())
+    }
+
     fn history(&self, job: JobId, after: Option<u64>, max: usize) -> Result<History, StoreError> {
         let m = self.inner.lock().map_err(|_| StoreError("poisoned".into()))?;
         let checkpoint = m.checkpoints.last_key_value().map(|(s, n)| (*s, n.clone()));
@@ -478,6 +490,10 @@ impl<S: Store> Store for FaultyStore<S> {
 
     fn history(&self, job: JobId, after: Option<u64>, max: usize) -> Result<History, StoreError> {
         self.inner.history(job, after, max)
+    }
+
+    fn audit_tail(&self, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.inner.audit_tail(max)
     }
 
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {

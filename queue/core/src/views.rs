@@ -65,6 +65,27 @@ impl Scheduler {
         (page, next)
     }
 
+    /// The newest jobs before `before` (all when `None`), newest first, matching `filter`:
+    /// at most `limit` of them. What the dashboard shows.
+    pub fn newest(
+        &self,
+        filter: &JobFilter,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> Vec<&JobRecord> {
+        let end = before.map_or(u64::MAX, |b| b.0);
+        self.jobs
+            .range(..JobId(end))
+            .rev()
+            .map(|(_, j)| j)
+            .filter(|job| {
+                filter.state.is_none_or(|s| s == job.state.kind())
+                    && filter.action.as_ref().is_none_or(|a| *a == job.action)
+            })
+            .take(limit)
+            .collect()
+    }
+
     /// Whether `worker` let a lease expire at or after `since`: a claim it made before then
     /// may be from a process that is gone (killed, its connection not yet timed out), and
     /// must be leased nothing; a worker that is alive claims again.
