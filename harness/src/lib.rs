@@ -3,6 +3,9 @@
 //! serves) rather than reading its log or its output. Restarts reuse the address; a port
 //! another socket holds for a moment after a kill is tried again.
 //!
+//! `help` is the check every binary's `--help` passes: examples on every page, each one its
+//! parser accepts.
+//!
 //! What this crate does not do: it never speaks the protocol and links no AGEniX crate, so
 //! every harness above it uses the real client, and a change to agq's start-up is made here
 //! once.
@@ -13,6 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+pub mod help;
 
 /// A workspace binary (`agq`, `agw`, `agx`) built beside the running executable: a test in
 /// `target/<profile>/deps/` or a binary in `target/<profile>/`.

@@ -9,12 +9,21 @@
 //! `agx au run` mirrors the AU's exit code and adds 124 (timed out) and 125 (stopped or
 //! refused by the sandbox); `agx run` adds 124 (the input did not end in time).
 
+/// The `Examples:` section that ends the help of every command (its `after_help`): one
+/// line each, an invocation or a `# comment` on the ones after it.
+macro_rules! examples {
+    ($($line:literal),+ $(,)?) => {
+        concat!("Examples:", $("\n  ", $line),+)
+    };
+}
+
 mod args;
 mod cmd;
 mod draft;
 mod files;
 mod local;
 mod output;
+mod progress;
 mod remote;
 mod show;
 mod signing;
@@ -30,7 +39,18 @@ use crate::output::{Coded, Out, STDOUT_CLOSED};
 #[command(
     name = "agx",
     version,
-    about = "AGEniX planner: sign plans, manage trust, run and submit work"
+    about = "AGEniX planner: sign plans, manage trust, run and submit work",
+    after_help = examples!(
+        "# A key, a trust file, a plan signed with the key and run here",
+        "agx keygen --out alice.key",
+        "agx trust add alice.key.pub --name alice --trust trust.json",
+        "agx plan sign examples/log-errors.json --key alice.key --out plan.env",
+        "agx run plan.env --trust trust.json --input examples/data/app.log",
+        "# The same plan on a queue (AGX_QUEUE, AGX_FINGERPRINT, AGX_TOKEN_FILE set)",
+        "agx submit plan.env --key alice.key --input examples/data/app.log --watch",
+        "# Every command's help has examples",
+        "agx submit --help",
+    )
 )]
 struct Cli {
     /// Print JSON Lines (`{"type": ..., "data": ...}`) instead of text.

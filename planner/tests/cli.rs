@@ -514,3 +514,13 @@ fn signing_never_writes_over_its_key_or_its_plan() {
     assert_eq!(fs::read(t.path("alice.key")).unwrap(), key);
     assert_eq!(fs::read(t.path("plan.json")).unwrap(), fs::read(&plan).unwrap());
 }
+
+/// Every help page of agx ends with examples that agx's own parser accepts
+/// (`agenix_harness::help`: the pages are found by following each page's `Commands:`).
+#[test]
+fn every_help_page_ends_with_examples_that_parse() {
+    let agx = agenix_harness::workspace_bin("agx").unwrap();
+    let walked = agenix_harness::help::check_examples(&agx, "agx", false).unwrap();
+    // The walk went through groups to the commands in them.
+    assert!(walked.pages > 10 && walked.deepest >= 2, "{walked:?}");
+}

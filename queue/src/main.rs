@@ -18,11 +18,24 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
+/// A command's examples, for the end of its `--help`.
+macro_rules! examples {
+    ($($line:literal),+ $(,)?) => {
+        concat!("Examples:", $("\n  ", $line),+)
+    };
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "agq",
     version,
-    about = "AGEniX queue: stores jobs durably and leases them to workers over QUIC"
+    about = "AGEniX queue: stores jobs durably and leases them to workers over QUIC",
+    after_help = examples!(
+        "agq init --data /var/lib/agq",
+        "agq serve --data /var/lib/agq --listen 0.0.0.0:7411 --metrics 127.0.0.1:9464",
+        "agq worker enroll worker.pub --name build-1 --data /var/lib/agq",
+        "agq audit verify --data /var/lib/agq",
+    )
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,12 +50,20 @@ struct Cli {
 #[allow(clippy::large_enum_variant, reason = "parsed once, at start")]
 enum Command {
     /// Create a queue directory: TLS identity, one token per role, an empty trust file.
+    #[command(after_help = examples!("agq init --data /var/lib/agq"))]
     Init {
         /// The directory (created, mode 0700).
         #[arg(long)]
         data: PathBuf,
     },
     /// Serve on ADDR with the embedded store in the data directory.
+    #[command(after_help = examples!(
+        "agq serve --data /var/lib/agq",
+        "agq serve --data /var/lib/agq --listen 0.0.0.0:7411 --ready-file /run/agq/ready",
+        "agq serve --data q --metrics 127.0.0.1:9464 --web 127.0.0.1:8080",
+        "agq serve --data q --web 0.0.0.0:8443 --web-cert web.crt --web-key web.key",
+        "AGQ_LOG=debug agq serve --data q --log-format json",
+    ))]
     Serve {
         /// The queue directory from `agq init`.
         #[arg(long)]
@@ -113,19 +134,32 @@ enum Command {
         web_key: Option<PathBuf>,
     },
     /// Print the queue's fingerprint (what clients pin, and actions name as audience).
+    #[command(after_help = examples!("agq fingerprint --data /var/lib/agq"))]
     Fingerprint {
         /// The queue directory.
         #[arg(long)]
         data: PathBuf,
     },
     /// Manage role tokens (planner and observer).
-    #[command(subcommand)]
+    #[command(subcommand, after_help = examples!("agq token rotate planner --data /var/lib/agq"))]
     Token(TokenCommand),
     /// Enroll, list and revoke worker keys (a running queue notices at once).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = examples!(
+            "agq worker enroll worker.pub --name build-1 --labels gpu,eu --data /var/lib/agq",
+            "agq worker list --data /var/lib/agq",
+        )
+    )]
     Worker(WorkerCommand),
     /// Check and read the audit log (beside a running queue, or a stopped one).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = examples!(
+            "agq audit verify --data /var/lib/agq",
+            "agq audit export --data /var/lib/agq --since 2h",
+        )
+    )]
     Audit(AuditCommand),
 }
 
@@ -133,6 +167,10 @@ enum Command {
 enum AuditCommand {
     /// Check every entry, link and checkpoint; name the first entry edited, missing,
     /// reordered or removed. Exit 1 when the log is broken.
+    #[command(after_help = examples!(
+        "agq audit verify --data /var/lib/agq",
+        "agq audit verify --data /var/lib/agq --checkpoint saved/checkpoint-1.txt",
+    ))]
     Verify {
         /// The queue directory.
         #[arg(long)]
@@ -143,6 +181,10 @@ enum AuditCommand {
         checkpoint: Vec<PathBuf>,
     },
     /// Write entries as JSON Lines, each exactly as stored and hashed.
+    #[command(after_help = examples!(
+        "agq audit export --data /var/lib/agq > audit.jsonl",
+        "agq audit export --data /var/lib/agq --since 2026-12-06T10:00:00Z",
+    ))]
     Export {
         /// The queue directory.
         #[arg(long)]
@@ -153,6 +195,9 @@ enum AuditCommand {
         since: Option<String>,
     },
     /// Print the latest signed checkpoint (keep copies elsewhere: `verify --checkpoint`).
+    #[command(after_help = examples!(
+        "agq audit checkpoint --data /var/lib/agq > saved/checkpoint-$(date +%s).txt",
+    ))]
     Checkpoint {
         /// The queue directory.
         #[arg(long)]
@@ -163,6 +208,10 @@ enum AuditCommand {
 #[derive(Debug, clap::Subcommand)]
 enum WorkerCommand {
     /// Accept a worker's key (`worker.pub` from `agw init`) under a name.
+    #[command(after_help = examples!(
+        "agq worker enroll worker.pub --name build-1 --data /var/lib/agq",
+        "agq worker enroll worker.pub --name gpu-2 --labels gpu,eu --data /var/lib/agq",
+    ))]
     Enroll {
         /// The worker's public key file (PEM).
         key: PathBuf,
@@ -176,6 +225,10 @@ enum WorkerCommand {
         at: TrustAt,
     },
     /// List enrolled workers, revoked ones included.
+    #[command(after_help = examples!(
+        "agq worker list --data /var/lib/agq",
+        "agq worker list --data /var/lib/agq --json",
+    ))]
     List {
         /// Print JSON Lines.
         #[arg(long)]
@@ -185,6 +238,9 @@ enum WorkerCommand {
     },
     /// Revoke a worker key: refused from its next request, its leases given to others.
     /// Revocation is permanent.
+    #[command(after_help = examples!(
+        "agq worker revoke sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 --data /var/lib/agq",
+    ))]
     Revoke {
         /// The key id, `sha256:<hex>`, as `agw init` or `agq worker list` printed it.
         keyid: String,
@@ -214,6 +270,10 @@ impl TrustAt {
 #[derive(Debug, clap::Subcommand)]
 enum TokenCommand {
     /// Replace a role's token; the old one stops working when the queue restarts.
+    #[command(after_help = examples!(
+        "agq token rotate planner --data /var/lib/agq",
+        "agq token rotate observer --data /var/lib/agq",
+    ))]
     Rotate {
         /// planner or observer (workers have keys, not tokens).
         role: ClientRole,
@@ -273,6 +333,10 @@ fn run(cli: Cli) -> Result<()> {
                 role.as_str(),
                 data.join(format!("{}.token", role.as_str())).display()
             )?;
+            let _ = writeln!(
+                std::io::stderr(),
+                "a running queue takes it when it restarts; until then it accepts the old one"
+            );
         }
         Command::Worker(c) => worker_command(c, &mut out)?,
         Command::Audit(AuditCommand::Verify { data, checkpoint }) => {

@@ -115,15 +115,15 @@ fn watching_draws_a_bar_on_a_terminal_and_nothing_else_anywhere() {
     // No worker yet: the bar shows the three jobs queued, and the reason above it.
     let term = Terminal::start(&c, &args, &[], Some(&results));
     term.wait_for("0/3 finished");
-    term.wait_for("3 queued");
+    term.wait_for("· 3 queued");
     term.wait_for("agx: job 1 waits: no worker is registered\r\n");
     c.worker("w1", &[]);
     let (code, seen) = term.finish();
-    println!("DEBUG {seen:?}");
     assert_eq!(code, Some(0), "{seen:?}");
-    assert!(seen.contains("3/3 finished") && seen.contains("3 succeeded"), "{seen:?}");
-    assert!(seen.contains("\r\x1b[2K") || seen.contains("\x1b[2K\r"), "a bar redrawn: {seen:?}");
-    assert!(seen.contains("job 3: succeeded"), "{seen:?}");
+    assert!(seen.contains("\r\x1b[2K"), "the bar is redrawn in place: {seen:?}");
+    // In the end the bar is cleared, and a line says where the jobs ended.
+    let end = seen.find("3/3 finished in ").unwrap();
+    assert!(seen[end..].contains(" · 3 succeeded\r\njob 1: succeeded"), "{seen:?}");
     // The results, in the file stdout went to, exactly as without a terminal.
     let shown = std::fs::read_to_string(&results).unwrap();
     assert_eq!(shown, LOG_ERRORS.repeat(3));
@@ -134,7 +134,8 @@ fn watching_draws_a_bar_on_a_terminal_and_nothing_else_anywhere() {
         .split_whitespace()
         .map(str::to_string)
         .collect();
-    let watch: Vec<&str> = ["jobs", "watch"].into_iter().chain(ids.iter().map(String::as_str)).collect();
+    let watch: Vec<&str> =
+        ["jobs", "watch"].into_iter().chain(ids.iter().map(String::as_str)).collect();
 
     // Through pipes: the same results on stdout, the job lines on stderr, no bar on either.
     let out = c.agx(&watch);

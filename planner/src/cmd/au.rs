@@ -32,20 +32,56 @@ const MAX_STDIN: u64 = 1 << 30;
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum AuCommand {
     /// Run an AU under the sandbox: stdin in, stdout out, the outcome on stderr.
+    #[command(after_help = examples!(
+        "# The grep AU on a log, under limits; the AU's arguments after --",
+        "agx au run target/wasm32-wasip2/au/au-grep.wasm --memory 64M --timeout 5s -- -i error < examples/data/app.log",
+        "# A directory the AU sees at /logs (read-only) and an environment variable",
+        "agx au run app.wasm --mount logs=/var/log:ro --env LANG=C.UTF-8 < input.txt",
+    ))]
     Run(RunAu),
     /// Print an AU's model card (`AU --describe`, run under small limits).
+    #[command(after_help = examples!(
+        "agx au describe target/wasm32-wasip2/au/au-grep.wasm",
+        "agx au describe target/wasm32-wasip2/au/au-grep.wasm --json",
+    ))]
     Describe(Describe),
     /// Check an AU against the agenix:au/unit world: each import granted, denied or refused;
     /// exit 1 naming refused imports.
+    #[command(after_help = examples!(
+        "agx au check target/wasm32-wasip2/release/shout.wasm",
+        "agx au check shout.wasm --json",
+    ))]
     Check(Check),
     /// Add an AU to the local store under its card's name; prints its digest.
+    #[command(after_help = examples!(
+        "# Into the local store under its card's name, and to the queue when one is configured",
+        "agx au push target/wasm32-wasip2/au/au-grep.wasm",
+        "# An AU without a model card, under a name",
+        "agx au push nap.wasm --name nap",
+    ))]
     Push(Push),
     /// List the AUs in the local store.
+    #[command(after_help = examples!(
+        "agx au list",
+        "agx au list --json",
+    ))]
     List(List),
     /// Stop keeping an AU at the queue: it is removed there once no job needs it.
+    #[command(after_help = examples!(
+        "# The queue may remove grep once no job needs it; the local store keeps it",
+        "agx au unkeep grep",
+    ))]
     Unkeep(Unkeep),
     /// Create a new AU project (Rust, Python or JavaScript) that builds to a component and
     /// passes `agx au check`.
+    #[command(after_help = examples!(
+        "# Rust: a crate that builds as generated",
+        "agx au new shout && cd shout && cargo build --release --target wasm32-wasip2",
+        "# Python or JavaScript: build.sh installs the toolchain once and builds NAME.wasm",
+        "agx au new shout-py --lang python && cd shout-py && ./build.sh",
+        "# JavaScript, in ./my-au",
+        "agx au new shout-js --lang js --dir my-au",
+    ))]
     New(scaffold::New),
 }
 

@@ -8,10 +8,6 @@ use anyhow::Result;
 use clap::CommandFactory;
 
 /// Print a completion script for SHELL on stdout.
-///
-/// Examples: `agx completions bash > ~/.local/share/bash-completion/completions/agx`;
-/// `agx completions zsh > "${fpath[1]}/_agx"`;
-/// `agx completions fish > ~/.config/fish/completions/agx.fish`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Completions {
     /// The shell.

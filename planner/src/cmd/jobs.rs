@@ -2,7 +2,7 @@
 //! --watch` shows of them.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use anyhow::{Context, Result, bail};
 use super::workers::list_workers;
 use crate::local::{runtime, task_table};
 use crate::output::Out;
+use crate::progress::Progress;
 use crate::remote::QueueArgs;
 
 /// Largest per-task report list agx reads back from a queue.
@@ -24,10 +25,10 @@ const MAX_REPORTS: u64 = 64 << 20;
 /// Largest job output agx reads back from a queue.
 const MAX_OUTPUT: u64 = 1 << 30;
 
-/// Polls until every job is finished, showing progress on a terminal; then prints each
-/// result. Exit 0 only when every job succeeded.
+/// Polls until every job is finished, showing progress on a terminal (a bar on stderr, see
+/// [`Progress`]); then prints each result. Exit 0 only when every job succeeded.
 pub(super) async fn watch(client: &Client, ids: &[JobId], out: Out) -> Result<ExitCode> {
-    let tty = std::io::stderr().is_terminal() && !out.json;
+    let progress = Progress::new(ids.len(), out);
     let mut said = String::new();
     let mut polls = 0u32;
     let jobs = loop {
@@ -45,28 +46,14 @@ pub(super) async fn watch(client: &Client, ids: &[JobId], out: Out) -> Result<Ex
                     String::new,
                 )?;
             } else {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "{}agx: job {} waits: {why}",
-                    if tty { "\r\x1b[2K" } else { "" },
-                    j.id
-                );
+                progress.say(&format!("agx: job {} waits: {why}", j.id));
             }
             said = why;
         }
         polls = polls.wrapping_add(1);
-        let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
-        for j in &jobs {
-            *by_state.entry(j.state.name()).or_default() += 1;
-        }
-        if tty {
-            let line: Vec<String> = by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
-            let _ = write!(std::io::stderr(), "\r\x1b[2K{}", line.join(" · "));
-        }
+        progress.update(&jobs);
         if jobs.iter().all(|j| j.state.is_terminal()) {
-            if tty {
-                let _ = writeln!(std::io::stderr());
-            }
+            progress.finish();
             break jobs;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -285,6 +272,14 @@ async fn list_jobs(
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum JobsCommand {
     /// List jobs, oldest first.
+    #[command(after_help = examples!(
+        "agx jobs list",
+        "# Dead jobs, 20 at a time: the first 20, then the 20 after job 120",
+        "agx jobs list --state dead --limit 20",
+        "agx jobs list --state dead --limit 20 --after 120",
+        "# Read-only, with the observer token",
+        "agx jobs list --role observer --token-file q/observer.token",
+    ))]
     List {
         /// Only jobs in this state: queued, leased, succeeded, dead or cancelled.
         #[arg(long)]
@@ -302,6 +297,10 @@ pub(crate) enum JobsCommand {
         queue: QueueArgs,
     },
     /// One job: state, attempts, per-task table.
+    #[command(after_help = examples!(
+        "agx jobs show 7",
+        "agx jobs show 7 --json",
+    ))]
     Show {
         /// The job id.
         job: JobId,
@@ -309,6 +308,12 @@ pub(crate) enum JobsCommand {
         queue: QueueArgs,
     },
     /// Wait for jobs to finish, showing progress, then print their results.
+    #[command(after_help = examples!(
+        "# On a terminal, a bar on stderr counts them by state while they run",
+        "agx jobs watch 7 8 9",
+        "# Their outputs to a file; each job's state and task table stay on stderr",
+        "agx jobs watch 7 8 9 > results.txt",
+    ))]
     Watch {
         /// Job ids.
         #[arg(required = true)]
@@ -320,6 +325,11 @@ pub(crate) enum JobsCommand {
     /// Unverified unless --verify: then the worker's signed statement of the result is
     /// checked against the worker keys in the trust file, and nothing is printed unless it
     /// holds.
+    #[command(after_help = examples!(
+        "agx jobs result 7 > out.txt",
+        "# Only if a worker whose key the trust file holds signed it",
+        "agx jobs result 7 --verify --trust planner-trust.json",
+    ))]
     Result {
         /// The job id.
         job: JobId,
@@ -335,6 +345,10 @@ pub(crate) enum JobsCommand {
     },
     /// A job's entries in the queue's audit log, each proven in a checkpoint the queue
     /// signed (or marked as not yet covered by one).
+    #[command(after_help = examples!(
+        "agx jobs history 7",
+        "agx jobs history 7 --json",
+    ))]
     History {
         /// The job id.
         job: JobId,
@@ -342,6 +356,9 @@ pub(crate) enum JobsCommand {
         queue: QueueArgs,
     },
     /// Cancel a job (a running one stops at its worker's next heartbeat).
+    #[command(after_help = examples!(
+        "agx jobs cancel 7",
+    ))]
     Cancel {
         /// The job id.
         job: JobId,

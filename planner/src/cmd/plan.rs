@@ -26,16 +26,50 @@ use agenix_proto::text::clean;
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum PlanCommand {
     /// Check a plan being written against every rule.
+    #[command(after_help = examples!(
+        "# Every rule checked; each violation named with its path in the plan",
+        "agx plan validate examples/log-errors.json",
+        "agx plan validate plan.json --json",
+    ))]
     Validate(Validate),
     /// Sign a plan: set its id and validity, check it, write a signed envelope.
+    #[command(after_help = examples!(
+        "# Valid for a day; AUs named without a digest are locked from the local store",
+        "agx plan sign examples/log-errors.json --key alice.key --out plan.env",
+        "# Valid for a week",
+        "agx plan sign plan.json --key alice.key --expires 7days --out plan.env",
+    ))]
     Sign(Sign),
     /// Verify a signed plan against a trust file.
+    #[command(after_help = examples!(
+        "agx plan verify plan.env --trust trust.json",
+        "agx plan verify plan.env --trust trust.json --json",
+    ))]
     Verify(Verify),
     /// Show what a signed plan does.
+    #[command(after_help = examples!(
+        "# Verified first, then its tasks, signer and validity",
+        "agx plan show plan.env --trust trust.json",
+        "# Shown without verifying anything",
+        "agx plan show plan.env",
+    ))]
     Show(Show),
     /// Draft a plan from a sentence with a language model; write it once approved.
+    #[command(after_help = examples!(
+        "# With AGX_LLM_URL and AGX_LLM_MODEL set; the draft is shown before it is written",
+        "agx plan draft \"count the distinct error messages in this log\" --input-sample examples/data/app.log --out plan.json",
+        "# Offer two native tools and a read-only mount",
+        "agx plan draft \"the 10 most frequent lines in the logs\" --tool sort,uniq --mount logs:ro --out top.json",
+    ))]
     Draft(draft::Draft),
     /// Refine a plan with a language model, a step at a time; run, sign and submit it.
+    #[command(after_help = examples!(
+        "# From nothing, with a sample of the input (AGX_LLM_URL, AGX_LLM_MODEL set); then",
+        "# type what the plan should do, and /help",
+        "agx plan chat --input-sample examples/data/app.log",
+        "# Refine a plan file, offering the native tools the queue's workers advertise",
+        "agx plan chat plan.json --tools-from-queue",
+    ))]
     Chat(chat::Chat),
 }
 

@@ -13,6 +13,10 @@ use crate::remote::QueueArgs;
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum QueueCommand {
     /// Jobs by state and recent throughput.
+    #[command(after_help = examples!(
+        "agx queue stats",
+        "agx queue stats --json",
+    ))]
     Stats(Stats),
 }
 

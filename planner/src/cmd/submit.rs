@@ -82,7 +82,8 @@ pub(crate) struct Submit {
     /// once).
     #[arg(long = "input", value_name = "FILE")]
     inputs: Vec<PathBuf>,
-    /// Watch the jobs until they finish, then print their results.
+    /// Watch the jobs until they finish (on a terminal, a progress bar on stderr counts
+    /// them by state), then print their results.
     #[arg(long)]
     watch: bool,
     /// The signing key [default: from AGX_KEY or the config file].

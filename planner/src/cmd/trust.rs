@@ -16,12 +16,34 @@ use crate::output::Out;
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum TrustCommand {
     /// Trust a signer's public key (creates the trust file if needed).
+    #[command(after_help = examples!(
+        "# Trust alice to sign plans and actions",
+        "agx trust add alice.key.pub --name alice --trust trust.json",
+        "# Trust bob to sign plans only",
+        "agx trust add bob.key.pub --name bob --role plan --trust trust.json",
+        "# Believe the results worker w1 signs (its worker.pub, from `agw init`)",
+        "agx trust add w1/worker.pub --name w1 --role worker --trust planner-trust.json",
+    ))]
     Add(Add),
     /// Replace a signer's key: the new one is trusted now, the old one until the overlap ends.
+    #[command(after_help = examples!(
+        "# alice's new key is trusted now; her old one, by the id `agx trust list` shows,",
+        "# for 3 more days",
+        "agx keygen --out alice2.key",
+        "agx trust rotate sha256:2efe34e06f7a7232d2221b2ffbbe3b0092538f60fec8370488e00d07a3569db3 --to alice2.key.pub --overlap 3days --trust trust.json",
+    ))]
     Rotate(Rotate),
     /// Revoke a key id: nothing it signed is accepted any more.
+    #[command(after_help = examples!(
+        "# Nothing this key signed is accepted any more, whatever its validity",
+        "agx trust revoke sha256:2efe34e06f7a7232d2221b2ffbbe3b0092538f60fec8370488e00d07a3569db3 --trust trust.json",
+    ))]
     Revoke(Revoke),
     /// List signers and revoked keys.
+    #[command(after_help = examples!(
+        "agx trust list --trust trust.json",
+        "agx trust list --trust trust.json --json",
+    ))]
     List(List),
 }
 

@@ -16,6 +16,11 @@ use crate::remote::QueueArgs;
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum WorkersCommand {
     /// List registered workers.
+    #[command(after_help = examples!(
+        "agx workers list",
+        "# Read-only, with the observer token",
+        "agx workers list --role observer --token-file q/observer.token",
+    ))]
     List(Workers),
 }
 

@@ -30,11 +30,26 @@ use agenix_runtime::worker::{MAX_CONCURRENCY, Settings, Worker, key};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
+/// A command's examples, for the end of its `--help`.
+macro_rules! examples {
+    ($($line:literal),+ $(,)?) => {
+        concat!("Examples:", $("\n  ", $line),+)
+    };
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "agw",
     version,
-    about = "AGEniX worker: verifies and runs leased jobs in sandboxes"
+    about = "AGEniX worker: verifies and runs leased jobs in sandboxes",
+    after_help = examples!(
+        "agw init --data /var/lib/agw",
+        "agw --config /etc/agw/agw.toml",
+        "agw --queue 10.0.0.5:7411 --fingerprint sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 --data /var/lib/agw --trust trust.json",
+        "agw --config agw.toml --allow-tool grep --mount logs=/var/log:ro --metrics 127.0.0.1:9465",
+        "AGW_LOG=debug agw --config agw.toml --log-format json",
+        "agw doctor",
+    )
 )]
 struct Cli {
     #[command(subcommand)]
@@ -91,12 +106,14 @@ struct RunArgs {
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Make the worker's key in DIR (created, mode 0700) and print its key id.
+    #[command(after_help = examples!("agw init --data /var/lib/agw"))]
     Init {
         /// The worker's directory.
         #[arg(long)]
         data: PathBuf,
     },
     /// Print the key id of the worker key in DIR.
+    #[command(after_help = examples!("agw id --data /var/lib/agw"))]
     Id {
         /// The worker's directory.
         #[arg(long)]
@@ -104,6 +121,7 @@ enum Command {
     },
     /// Check every kernel feature the native jail needs; exit 1 if native tasks would be
     /// refused.
+    #[command(after_help = examples!("agw doctor", "agw doctor --json"))]
     Doctor {
         /// Print JSON Lines instead of text.
         #[arg(long)]

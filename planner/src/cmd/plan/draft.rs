@@ -29,9 +29,6 @@ use crate::show::render;
 /// it answers is checked against every rule of plan v1 and may use only those. A refused
 /// draft is never written to --out: its violations are shown, and written beside it as
 /// FILE.rejected.json. Nothing is signed or run.
-///
-/// Example: agx plan draft "count the distinct error messages in this log"
-/// --input-sample app.log --out plan.json
 #[derive(Debug, clap::Args)]
 pub(crate) struct Draft {
     /// What the plan should do, in a sentence (at most 4096 bytes).
