@@ -19,6 +19,8 @@ command -v promtool >/dev/null || missing+=(prometheus)
 # The dashboard's browser test reads its pages in headless Chromium; its TLS test uses curl.
 command -v chromium >/dev/null || missing+=(chromium)
 command -v curl >/dev/null || missing+=(curl)
+# The deployment test has systemd check the units (systemd-analyze, systemd-sysusers).
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
         --no-install-recommends "${missing[@]}"

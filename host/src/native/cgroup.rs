@@ -89,11 +89,26 @@ pub(crate) fn detect() -> Result<(Cgroups, String), String> {
         (mounts.iter().find(|(t, _, _)| t == "cgroup2"), own.iter().find(|(c, _)| c.is_empty()))
     {
         let mine = join(mnt, path);
-        for dir in [mine.clone(), mine.parent().map(Path::to_path_buf).unwrap_or(mine.clone())] {
+        let parent = mine.parent().map(Path::to_path_buf);
+        let delegated = |dir: &Path| {
             let control =
                 fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
             let words: Vec<&str> = control.split_whitespace().collect();
-            if words.contains(&"memory") && words.contains(&"pids") && writable_dir(&dir) {
+            words.contains(&"memory") && words.contains(&"pids") && writable_dir(dir)
+        };
+        for dir in [Some(mine.clone()), parent.clone()].into_iter().flatten() {
+            if delegated(&dir) {
+                return Ok((Cgroups::V2(dir.clone()), format!("cgroup v2 at {}", dir.display())));
+            }
+        }
+        // A parent handed to this process (systemd's `Delegate=yes` with `DelegateSubgroup=`
+        // puts the service in a leaf of its delegated cgroup): it holds no process, so it
+        // may give memory and pids to its children once asked. Only an unprivileged worker
+        // asks: root can write to cgroups that were never handed to it.
+        let unprivileged = !nix::unistd::geteuid().is_root();
+        if let Some(dir) = parent.filter(|d| unprivileged && writable_dir(d)) {
+            let _ = fs::write(dir.join("cgroup.subtree_control"), "+memory +pids");
+            if delegated(&dir) {
                 return Ok((Cgroups::V2(dir.clone()), format!("cgroup v2 at {}", dir.display())));
             }
         }
