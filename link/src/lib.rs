@@ -16,6 +16,8 @@
 mod client;
 mod error;
 mod frame;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod logging;
 mod tls;
 

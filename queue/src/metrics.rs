@@ -182,7 +182,7 @@ pub async fn serve(listener: tokio::net::TcpListener, queue: Arc<Queue>) {
             }
         }),
     );
-    if let Err(e) = axum::serve(listener, app).await {
+    if let Err(e) = axum::serve(agenix_link::http::Bounded::new(listener), app).await {
         tracing::error!(error = %e, "the metrics listener stopped");
     }
 }

@@ -214,6 +214,9 @@ fn the_dashboard_shows_every_state_renders_hostile_text_inert_and_lets_planners_
     assert_eq!(home.status, 200, "{}", home.body);
     let csp = home.header("content-security-policy").unwrap();
     assert!(csp.contains("default-src 'none'") && !csp.contains("script-src"), "{csp}");
+    // Browsers send `Origin: null` on a page's own forms under `no-referrer`, which the
+    // same-origin check refuses: the policy must leave them their origin.
+    assert_eq!(home.header("referrer-policy"), Some("same-origin"));
     let rebound = http(&at, "GET", "/", &[("Host", "attacker.example")], "");
     assert_eq!(rebound.status, 421);
     // An observer may read but not cancel; nobody cancels without the session's token.
@@ -263,6 +266,20 @@ fn the_dashboard_shows_every_state_renders_hostile_text_inert_and_lets_planners_
     }
     let a = http(&at, "POST", "/login", &[("Origin", &origin)], "token=agq_wrong");
     assert_eq!(a.status, 429);
+
+    // Connections that never send a request hold at most the listener's slots: agq keeps
+    // its file descriptors, and answers planners meanwhile.
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", c.agq_pid())).unwrap().count();
+    let before = fds();
+    let idle: Vec<_> = (0..300).map(|_| std::net::TcpStream::connect(&at).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let held = fds() - before;
+    assert!(
+        held <= agenix_link::http::MAX_CONNECTIONS + 4,
+        "{held} descriptors for 300 idle connections to the dashboard"
+    );
+    c.ok(&["queue", "stats"]);
+    drop(idle);
 
     // The pages, as served: escaped text, no element from a client's text.
     let job_page = http(&at, "GET", &format!("/jobs/{}", dead[0]), &[], "").body;

@@ -410,6 +410,28 @@ fn listing_pages_and_filters() {
 }
 
 #[test]
+fn the_newest_jobs_come_first_and_a_scan_stops_at_its_budget() {
+    let mut s = Scheduler::new(Config::default());
+    s.submit(T0, sub(1, 5, 0, &[])).unwrap();
+    s.submit(T0, sub(2, 2, 0, &[])).unwrap();
+    let ids = |jobs: &[&JobRecord]| jobs.iter().map(|j| j.id.0).collect::<Vec<_>>();
+    let all = JobFilter::default();
+    let (jobs, go_on) = s.newest(&all, None, 3, usize::MAX);
+    assert_eq!((ids(&jobs), go_on), (vec![7, 6, 5], None));
+    let (jobs, go_on) = s.newest(&all, Some(JobId(3)), 10, usize::MAX);
+    assert_eq!((ids(&jobs), go_on), (vec![2, 1], None));
+    // Jobs of the first action only, looking at three jobs at a time: none among the
+    // newest three, then two, then the rest.
+    let first = JobFilter { action: Some(ActionId::from_random([1; 16])), ..JobFilter::default() };
+    let (jobs, go_on) = s.newest(&first, None, 10, 3);
+    assert_eq!((ids(&jobs), go_on), (vec![5], Some(JobId(5))));
+    let (jobs, go_on) = s.newest(&first, go_on, 10, 3);
+    assert_eq!((ids(&jobs), go_on), (vec![4, 3, 2], Some(JobId(2))));
+    let (jobs, go_on) = s.newest(&first, go_on, 10, 3);
+    assert_eq!((ids(&jobs), go_on), (vec![1], None));
+}
+
+#[test]
 fn leases_belong_to_the_worker_that_claimed_them() {
     let mut s = Scheduler::new(Config::default());
     s.submit(T0, sub(1, 1, 0, &[])).unwrap();

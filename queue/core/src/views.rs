@@ -66,24 +66,34 @@ impl Scheduler {
     }
 
     /// The newest jobs before `before` (all when `None`), newest first, matching `filter`:
-    /// at most `limit` of them. What the dashboard shows.
+    /// at most `limit` of them, looking at no more than `scan` jobs (the caller holds the
+    /// scheduler meanwhile). What the dashboard shows. The second value is where to go on
+    /// from when the scan stopped short of `limit` with older jobs left.
     pub fn newest(
         &self,
         filter: &JobFilter,
         before: Option<JobId>,
         limit: usize,
-    ) -> Vec<&JobRecord> {
+        scan: usize,
+    ) -> (Vec<&JobRecord>, Option<JobId>) {
         let end = before.map_or(u64::MAX, |b| b.0);
-        self.jobs
-            .range(..JobId(end))
-            .rev()
-            .map(|(_, j)| j)
-            .filter(|job| {
-                filter.state.is_none_or(|s| s == job.state.kind())
-                    && filter.action.as_ref().is_none_or(|a| *a == job.action)
-            })
-            .take(limit)
-            .collect()
+        let mut found = Vec::new();
+        let mut last = None;
+        for (n, (id, job)) in self.jobs.range(..JobId(end)).rev().enumerate() {
+            if found.len() >= limit {
+                return (found, None);
+            }
+            if n >= scan {
+                return (found, last);
+            }
+            last = Some(*id);
+            if filter.state.is_none_or(|s| s == job.state.kind())
+                && filter.action.as_ref().is_none_or(|a| *a == job.action)
+            {
+                found.push(job);
+            }
+        }
+        (found, None)
     }
 
     /// Whether `worker` let a lease expire at or after `since`: a claim it made before then

@@ -32,6 +32,8 @@ use subtle::ConstantTimeEq;
 
 use self::pages::Page;
 pub use self::tls::load_tls;
+use agenix_link::http::Bounded;
+
 use crate::limits::lock;
 use crate::server::{Queue, now_ms};
 
@@ -39,7 +41,7 @@ use crate::server::{Queue, now_ms};
 const COOKIE: &str = "agq_session";
 /// How long a session lasts.
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// Most sessions held at once; the oldest goes first.
+/// Most sessions held at once, half for each role; the oldest of a role goes first.
 const MAX_SESSIONS: usize = 1024;
 /// Failed sign-ins an address may make per minute.
 const MAX_FAILED_SIGN_INS: u32 = 10;
@@ -74,6 +76,8 @@ struct Web {
     queue: Arc<Queue>,
     /// Pages may be read without signing in (a loopback address).
     open: bool,
+    /// Served over TLS.
+    tls: bool,
     /// By the sha256 of the cookie's value (the value itself is never kept).
     sessions: Mutex<BTreeMap<[u8; 32], Session>>,
     failed: Mutex<BTreeMap<IpAddr, (u32, Instant)>>,
@@ -99,6 +103,7 @@ pub async fn serve(
     let web = Arc::new(Web {
         queue,
         open,
+        tls: settings.tls.is_some(),
         sessions: Mutex::new(BTreeMap::new()),
         failed: Mutex::new(BTreeMap::new()),
         samples: Mutex::new(VecDeque::new()),
@@ -107,8 +112,10 @@ pub async fn serve(
     let app = router(web);
     let app = app.into_make_service_with_connect_info::<tls::Peer>();
     match settings.tls {
-        None => axum::serve(listener, app).await?,
-        Some(config) => axum::serve(tls::Listener::new(listener, config), app).await?,
+        None => axum::serve(Bounded::new(listener), app).await?,
+        Some(config) => {
+            axum::serve(Bounded::new(tls::Listener::new(listener, config)), app).await?
+        }
     }
     Ok(())
 }
@@ -141,7 +148,9 @@ async fn harden(mut r: axum::response::Response) -> axum::response::Response {
         ),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not `no-referrer`: with it, browsers send `Origin: null` on the dashboard's own
+        // forms, which the same-origin check must then refuse.
+        (header::REFERRER_POLICY, "same-origin"),
         (header::CACHE_CONTROL, "no-store"),
     ] {
         h.insert(name, HeaderValue::from_static(value));
@@ -199,7 +208,7 @@ impl Web {
     /// The viewer of a form post: same origin, signed in, with the session's CSRF token.
     fn poster(&self, headers: &HeaderMap, csrf: &str) -> Result<Viewer, Refused> {
         let viewer = self.reader(headers)?;
-        if !same_origin(headers) {
+        if !same_origin(headers, self.scheme()) {
             return Err(page_error(StatusCode::FORBIDDEN, "a form from another site"));
         }
         let good = viewer.role.is_some()
@@ -228,6 +237,10 @@ impl Web {
         entry.0 += 1;
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
     fn cookie_attributes(&self) -> &'static str {
         // `Secure` always: browsers keep such cookies for http://127.0.0.1 and
         // http://localhost too, and send them nowhere in clear text.
@@ -249,20 +262,26 @@ fn loopback_host(headers: &HeaderMap) -> bool {
         || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// A form post came from a page of this site: its `Origin` (sent by every current browser
-/// on a POST) names the `Host` it was sent to, and `Sec-Fetch-Site`, when sent, agrees.
-fn same_origin(headers: &HeaderMap) -> bool {
-    let get = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+/// A form post came from a page of this site: its one `Origin` (sent by every current
+/// browser on a POST) is `scheme://` and the `Host` it was sent to, and `Sec-Fetch-Site`,
+/// when sent, agrees.
+fn same_origin(headers: &HeaderMap, scheme: &str) -> bool {
+    let one = |h: header::HeaderName| {
+        let mut all = headers.get_all(h).iter();
+        match (all.next(), all.next()) {
+            (Some(v), None) => v.to_str().ok(),
+            _ => None,
+        }
+    };
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
         && site != "same-origin"
         && site != "none"
     {
         return false;
     }
-    match (get(header::ORIGIN), get(header::HOST)) {
+    match (one(header::ORIGIN), one(header::HOST)) {
         (Some(origin), Some(host)) => {
-            let bare = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
-            bare == Some(host)
+            origin.strip_prefix(scheme).and_then(|o| o.strip_prefix("://")) == Some(host)
         }
         _ => false,
     }
@@ -330,13 +349,10 @@ async fn overview(State(web): Shared, headers: HeaderMap) -> axum::response::Res
             state: Some(agenix_proto::job::StateKind::Dead),
             action: None,
         };
-        let dead: Vec<_> =
-            sched.newest(&dead_filter, None, 20).into_iter().map(pages::JobRow::of).collect();
-        let recent: Vec<_> = sched
-            .newest(&agenix_proto::wire::JobFilter::default(), None, 20)
-            .into_iter()
-            .map(pages::JobRow::of)
-            .collect();
+        let (dead, _) = sched.newest(&dead_filter, None, 20, SCAN);
+        let dead: Vec<_> = dead.into_iter().map(pages::JobRow::of).collect();
+        let (recent, _) = sched.newest(&agenix_proto::wire::JobFilter::default(), None, 20, SCAN);
+        let recent: Vec<_> = recent.into_iter().map(pages::JobRow::of).collect();
         (dead, recent)
     };
     pages::Overview::new(&viewer, &stats, &samples, dead, recent).html().into_response()
@@ -350,6 +366,9 @@ struct JobsQuery {
 
 /// Jobs per page.
 const PAGE: usize = 100;
+/// Most jobs one page looks through (with the scheduler held): a page of a rare state in a
+/// large queue ends early, with a link to go on.
+const SCAN: usize = 5000;
 
 async fn jobs(
     State(web): Shared,
@@ -368,12 +387,19 @@ async fn jobs(
         },
     };
     let filter = agenix_proto::wire::JobFilter { state, action: None };
-    let rows: Vec<pages::JobRow> = {
+    let (mut rows, go_on): (Vec<pages::JobRow>, _) = {
         let sched = lock(&web.queue.sched);
         let before = q.before.map(agenix_proto::job::JobId);
-        sched.newest(&filter, before, PAGE + 1).into_iter().map(pages::JobRow::of).collect()
+        let (jobs, go_on) = sched.newest(&filter, before, PAGE + 1, SCAN);
+        (jobs.into_iter().map(pages::JobRow::of).collect(), go_on)
     };
-    pages::Jobs::new(&viewer, state, rows, PAGE).html().into_response()
+    let older = if rows.len() > PAGE {
+        rows.truncate(PAGE);
+        rows.last().map(pages::JobRow::id)
+    } else {
+        go_on.map(|j| j.0)
+    };
+    pages::Jobs::new(&viewer, state, rows, older).html().into_response()
 }
 
 async fn job(
@@ -519,7 +545,7 @@ async fn login(
             "this dashboard answers only to a loopback host name",
         );
     }
-    if !same_origin(&headers) {
+    if !same_origin(&headers, web.scheme()) {
         return page_error(StatusCode::FORBIDDEN, "a form from another site");
     }
     let ip = peer.ip();
@@ -544,8 +570,14 @@ async fn login(
         let mut sessions = lock(&web.sessions);
         let now = Instant::now();
         sessions.retain(|_, s| s.expires > now);
-        while sessions.len() >= MAX_SESSIONS {
-            let oldest = sessions.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k);
+        // Each role has its half: signing in again and again as an observer never ends a
+        // planner's session.
+        while sessions.values().filter(|s| s.role == role).count() >= MAX_SESSIONS / 2 {
+            let oldest = sessions
+                .iter()
+                .filter(|(_, s)| s.role == role)
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| *k);
             match oldest {
                 Some(k) => sessions.remove(&k),
                 None => break,
@@ -608,17 +640,26 @@ mod tests {
     #[test]
     fn a_post_must_come_from_this_origin() {
         let ok = headers(&[("host", "127.0.0.1:80"), ("origin", "http://127.0.0.1:80")]);
-        assert!(same_origin(&ok));
+        assert!(same_origin(&ok, "http"));
+        assert!(!same_origin(&ok, "https"), "the scheme is the listener's");
         let other = headers(&[("host", "127.0.0.1:80"), ("origin", "http://evil.example")]);
-        assert!(!same_origin(&other));
+        assert!(!same_origin(&other, "http"));
         let no_origin = headers(&[("host", "127.0.0.1:80")]);
-        assert!(!same_origin(&no_origin));
+        assert!(!same_origin(&no_origin, "http"));
+        let null = headers(&[("host", "127.0.0.1:80"), ("origin", "null")]);
+        assert!(!same_origin(&null, "http"));
+        let two = headers(&[
+            ("host", "127.0.0.1:80"),
+            ("origin", "http://127.0.0.1:80"),
+            ("origin", "http://evil.example"),
+        ]);
+        assert!(!same_origin(&two, "http"), "one Origin, or none is believed");
         let cross = headers(&[
             ("host", "127.0.0.1:80"),
             ("origin", "http://127.0.0.1:80"),
             ("sec-fetch-site", "cross-site"),
         ]);
-        assert!(!same_origin(&cross));
+        assert!(!same_origin(&cross, "http"));
     }
 
     #[test]

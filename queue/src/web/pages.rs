@@ -77,6 +77,10 @@ pub(super) struct JobRow {
 }
 
 impl JobRow {
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
     pub(super) fn of(j: &JobRecord) -> Self {
         Self {
             id: j.id.0,
@@ -190,15 +194,13 @@ pub(super) struct Jobs {
 }
 
 impl Jobs {
-    /// `rows` holds one more than a page when there are older jobs.
+    /// `older`: where the next page starts, if there are older jobs to look at.
     pub(super) fn new(
         v: &Viewer,
         state: Option<StateKind>,
-        mut rows: Vec<JobRow>,
-        page: usize,
+        rows: Vec<JobRow>,
+        older: Option<u64>,
     ) -> Self {
-        let older = (rows.len() > page).then(|| rows.get(page - 1).map(|r| r.id)).flatten();
-        rows.truncate(page);
         Self {
             nav: Nav::of(v),
             state: state.map_or("", StateKind::name),

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agenix_link::http::Bounded;
 use anyhow::Context;
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
@@ -106,14 +107,14 @@ impl axum::serve::Listener for Listener {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Peer(pub(super) SocketAddr);
 
-impl Connected<IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+impl Connected<IncomingStream<'_, Bounded<TcpListener>>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, Bounded<TcpListener>>) -> Self {
         Self(*stream.remote_addr())
     }
 }
 
-impl Connected<IncomingStream<'_, Listener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, Listener>) -> Self {
+impl Connected<IncomingStream<'_, Bounded<Listener>>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, Bounded<Listener>>) -> Self {
         Self(*stream.remote_addr())
     }
 }

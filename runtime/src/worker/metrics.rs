@@ -148,7 +148,7 @@ pub async fn serve(listener: tokio::net::TcpListener) {
             )
         }),
     );
-    if let Err(e) = axum::serve(listener, app).await {
+    if let Err(e) = axum::serve(agenix_link::http::Bounded::new(listener), app).await {
         tracing::error!(error = %e, "the metrics listener stopped");
     }
 }

@@ -65,6 +65,11 @@ impl Cluster {
         self.dir.path().join(p)
     }
 
+    /// The running queue's process id.
+    pub fn agq_pid(&self) -> u32 {
+        self.agq.pid().unwrap()
+    }
+
     pub fn kill_agq(&mut self) {
         self.agq.kill();
     }
