@@ -174,14 +174,21 @@ impl Viewer {
 type Refused = axum::response::Response;
 
 impl Web {
-    /// The viewer of a page read with `headers`, or the answer that refuses it.
-    fn reader(&self, headers: &HeaderMap) -> Result<Viewer, Refused> {
+    /// Refuses, when pages are open (loopback), a request under a name that is not a
+    /// loopback host's: a page elsewhere that rebinds its own name to this address.
+    fn host_ok(&self, headers: &HeaderMap) -> Result<(), Refused> {
         if self.open && !loopback_host(headers) {
             return Err(page_error(
                 StatusCode::MISDIRECTED_REQUEST,
                 "this dashboard answers only to a loopback host name",
             ));
         }
+        Ok(())
+    }
+
+    /// The viewer of a page read with `headers`, or the answer that refuses it.
+    fn reader(&self, headers: &HeaderMap) -> Result<Viewer, Refused> {
+        self.host_ok(headers)?;
         let viewer = self.viewer(headers);
         if viewer.role.is_none() && !self.open {
             return Err(Redirect::to("/login").into_response());
@@ -517,11 +524,8 @@ async fn audit(State(web): Shared, headers: HeaderMap) -> axum::response::Respon
 }
 
 async fn login_page(State(web): Shared, headers: HeaderMap) -> axum::response::Response {
-    if web.open && !loopback_host(&headers) {
-        return page_error(
-            StatusCode::MISDIRECTED_REQUEST,
-            "this dashboard answers only to a loopback host name",
-        );
+    if let Err(r) = web.host_ok(&headers) {
+        return r;
     }
     let viewer = web.viewer(&headers);
     pages::Login { viewer_role: pages::role_name(&viewer), problem: "" }.html().into_response()
@@ -539,11 +543,8 @@ async fn login(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> axum::response::Response {
-    if web.open && !loopback_host(&headers) {
-        return page_error(
-            StatusCode::MISDIRECTED_REQUEST,
-            "this dashboard answers only to a loopback host name",
-        );
+    if let Err(r) = web.host_ok(&headers) {
+        return r;
     }
     if !same_origin(&headers, web.scheme()) {
         return page_error(StatusCode::FORBIDDEN, "a form from another site");
