@@ -24,7 +24,7 @@ forbid() {
     done
 }
 
-io=(tokio quinn rustls mio socket2 redb wasmtime agenix-link agenix-host agenix-runtime)
+io=(tokio quinn rustls mio socket2 redb postgres tokio-postgres wasmtime agenix-link agenix-host agenix-runtime)
 forbid agenix-proto "${io[@]}"
 forbid agenix-queue-core "${io[@]}"
 forbid agenix-host quinn rustls agenix-link agenix-queue agenix-queue-core redb

@@ -21,6 +21,8 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v curl >/dev/null || missing+=(curl)
 # The deployment test has systemd check the units (systemd-analyze, systemd-sysusers).
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+# agq's PostgreSQL store is tested against a real server (initdb in a temporary directory).
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
         --no-install-recommends "${missing[@]}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this): formatting, lints with
-# warnings as errors, the dependency invariants (scripts/check-deps.sh), every test in the workspace, then the short soak (2000 jobs through
+# warnings as errors, the dependency invariants (scripts/check-deps.sh), every test in the workspace, the
+# queue's and the cluster's tests again on PostgreSQL, then the short soak (2000 jobs through
 # agq and four agw while both are SIGKILLed; scripts/soak.sh) and the short fuzzing run
 # (every seed and regression replayed, then 45 s per target; scripts/fuzz.sh).
 set -euo pipefail
@@ -15,9 +16,18 @@ export AGENIX_REQUIRE_JAIL="${AGENIX_REQUIRE_JAIL:-1}"
 export AGENIX_REQUIRE_PROMTOOL="${AGENIX_REQUIRE_PROMTOOL:-1}"
 # The dashboard's browser test needs headless Chromium (scripts/setup.sh installs it).
 export AGENIX_REQUIRE_CHROMIUM="${AGENIX_REQUIRE_CHROMIUM:-1}"
+# agq's PostgreSQL store is tested against Debian's PostgreSQL (scripts/setup.sh installs it).
+export AGENIX_REQUIRE_POSTGRES="${AGENIX_REQUIRE_POSTGRES:-1}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/check-deps.sh
 cargo test --workspace --locked
+# The queue's tests (the Q and N rows) and the end-to-end cluster tests again, with every
+# agq keeping its jobs in a PostgreSQL server of its own.
+AGENIX_TEST_STORE=postgres cargo test --locked -p agenix-queue \
+    --test queue --test submit --test results --test faults --test network --test identity \
+    --test blobs
+AGENIX_TEST_STORE=postgres cargo test --locked -p agenix-e2e --test cluster
 scripts/soak.sh --short
+AGENIX_TEST_STORE=postgres scripts/soak.sh --short
 scripts/fuzz.sh --short

@@ -3,6 +3,9 @@
 //! serves) rather than reading its log or its output. Restarts reuse the address; a port
 //! another socket holds for a moment after a kill is tried again.
 //!
+//! `postgres` starts a real PostgreSQL for a queue that keeps its jobs there
+//! (`AGENIX_TEST_STORE=postgres` makes every queue started here do so).
+//!
 //! `help` is the check every binary's `--help` passes: examples on every page, each one its
 //! parser accepts.
 //!
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 pub mod help;
+pub mod postgres;
 
 /// A workspace binary (`agq`, `agw`, `agx`) built beside the running executable: a test in
 /// `target/<profile>/deps/` or a binary in `target/<profile>/`.
@@ -88,6 +92,9 @@ pub struct Serve {
     pub log: PathBuf,
     /// How long agq may take to serve (it loads every stored job first).
     pub patience: Duration,
+    /// Keep jobs in a PostgreSQL server of its own (started with it, migrated by `agq
+    /// migrate`) instead of the embedded store; `AGENIX_TEST_STORE=postgres` sets it.
+    pub postgres: bool,
 }
 
 impl Serve {
@@ -100,6 +107,7 @@ impl Serve {
             log_level: "warn".into(),
             log,
             patience: Duration::from_secs(120),
+            postgres: postgres::wanted(),
         }
     }
 }
@@ -115,6 +123,8 @@ pub struct Agq {
     pub fingerprint: String,
     /// How long the slowest start took, from spawning to the ready file.
     pub slowest_start: Duration,
+    /// Its PostgreSQL server, when it keeps jobs there.
+    pub postgres: Option<postgres::Postgres>,
 }
 
 impl Agq {
@@ -126,7 +136,13 @@ impl Agq {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             fingerprint: String::new(),
             slowest_start: Duration::ZERO,
+            postgres: None,
         };
+        if q.serve.postgres {
+            let pg = postgres::Postgres::start(false)?;
+            pg.migrate(&q.serve.bin)?;
+            q.postgres = Some(pg);
+        }
         q.spawn()?;
         Ok(q)
     }
@@ -170,13 +186,17 @@ impl Agq {
             .open(&self.serve.log)
             .with_context(|| format!("cannot open {}", self.serve.log.display()))?;
         let start = Instant::now();
-        let mut child = Command::new(&self.serve.bin)
-            .args(["serve", "--data"])
+        let mut cmd = Command::new(&self.serve.bin);
+        cmd.args(["serve", "--data"])
             .arg(&self.serve.data)
             .args(["--listen", &self.addr.to_string()])
             .arg("--ready-file")
             .arg(&ready)
-            .args(&self.serve.args)
+            .args(&self.serve.args);
+        if let Some(pg) = &self.postgres {
+            cmd.args(["--store", &pg.url()]).env("AGQ_STORE_PASSWORD_FILE", pg.password_file()?);
+        }
+        let mut child = cmd
             .env("AGQ_LOG", &self.serve.log_level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -212,6 +232,15 @@ impl Agq {
     fn last_log_line(&self) -> String {
         let log = std::fs::read_to_string(&self.serve.log).unwrap_or_default();
         log.lines().last().unwrap_or("").chars().take(300).collect()
+    }
+
+    /// Points `cmd` (an `agq audit` command) at this queue's store: with `--store URL` and
+    /// its password file when the queue keeps jobs in PostgreSQL; as it is otherwise.
+    pub fn store_args<'c>(&self, cmd: &'c mut Command) -> Result<&'c mut Command> {
+        if let Some(pg) = &self.postgres {
+            cmd.args(["--store", &pg.url()]).env("AGQ_STORE_PASSWORD_FILE", pg.password_file()?);
+        }
+        Ok(cmd)
     }
 
     /// The process, while it runs.

@@ -398,18 +398,32 @@ pub enum AuditError {
 pub trait Hashes {
     /// The stored hash at `index`, if there is one.
     fn stored(&self, index: u64) -> Result<Option<Digest>, String>;
+
+    /// The stored hashes at `indexes`, in their order (a store across a network reads them
+    /// in one round trip).
+    fn stored_many(&self, indexes: &[u64]) -> Result<Vec<Option<Digest>>, String> {
+        indexes.iter().map(|&i| self.stored(i)).collect()
+    }
 }
 
 struct Reader<'a, H: ?Sized>(&'a H);
 
 impl<H: Hashes + ?Sized> HashReader for Reader<'_, H> {
     fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+        let found = self.0.stored_many(indexes).map_err(tlog_tiles::Error::InvalidInput)?;
+        if found.len() != indexes.len() {
+            return Err(tlog_tiles::Error::InvalidInput(format!(
+                "asked for {} stored hashes, read {}",
+                indexes.len(),
+                found.len()
+            )));
+        }
         indexes
             .iter()
-            .map(|&i| match self.0.stored(i) {
-                Ok(Some(d)) => Ok(hash(&d)),
-                Ok(None) => Err(tlog_tiles::Error::InvalidInput(format!("no stored hash {i}"))),
-                Err(e) => Err(tlog_tiles::Error::InvalidInput(e)),
+            .zip(found)
+            .map(|(i, d)| match d {
+                Some(d) => Ok(hash(&d)),
+                None => Err(tlog_tiles::Error::InvalidInput(format!("no stored hash {i}"))),
             })
             .collect()
     }

@@ -32,6 +32,68 @@ fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
 }
 
+/// Entries read at once by `verify` and `export`.
+const CHUNK: usize = 1024;
+
+/// A whole log to read, in whichever store holds it (what `verify` and `export` read).
+pub trait Log: Hashes {
+    /// Every signed checkpoint (size, note), smallest first.
+    fn checkpoints(&self) -> Result<Vec<(u64, String)>, String>;
+    /// At most `max` entries numbered `from` or more (seq, bytes), in order.
+    fn entries(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, String>;
+}
+
+/// The log in a redb read transaction.
+pub struct RedbLog {
+    audit: redb::ReadOnlyTable<u64, &'static [u8]>,
+    hashes: redb::ReadOnlyTable<u64, [u8; 32]>,
+    checkpoints: redb::ReadOnlyTable<u64, &'static str>,
+}
+
+impl std::fmt::Debug for RedbLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbLog").finish_non_exhaustive()
+    }
+}
+
+impl RedbLog {
+    /// The log as `tx` sees it.
+    pub fn open(tx: &redb::ReadTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            audit: tx.open_table(AUDIT).map_err(err)?,
+            hashes: tx.open_table(HASHES).map_err(err)?,
+            checkpoints: tx.open_table(CHECKPOINTS).map_err(err)?,
+        })
+    }
+}
+
+impl Hashes for RedbLog {
+    fn stored(&self, index: u64) -> Result<Option<Digest>, String> {
+        Stored(&self.hashes).stored(index)
+    }
+}
+
+impl Log for RedbLog {
+    fn checkpoints(&self) -> Result<Vec<(u64, String)>, String> {
+        let rows = self.checkpoints.iter().map_err(|e| e.to_string())?;
+        rows.map(|r| {
+            let (k, v) = r.map_err(|e| e.to_string())?;
+            Ok((k.value(), v.value().to_string()))
+        })
+        .collect()
+    }
+
+    fn entries(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, String> {
+        let rows = self.audit.range(from..).map_err(|e| e.to_string())?;
+        rows.take(max)
+            .map(|r| {
+                let (k, v) = r.map_err(|e| e.to_string())?;
+                Ok((k.value(), v.value().to_vec()))
+            })
+            .collect()
+    }
+}
+
 /// The stored tree, read through any redb table handle.
 struct Stored<'a, T>(&'a T);
 
@@ -225,18 +287,14 @@ pub enum Broken {
 /// queue's identity) and root, and that no signed entry is gone. `saved` are checkpoints
 /// kept elsewhere (a copy of `agq audit checkpoint`): the log must still hold their trees.
 pub fn verify(
-    tx: &redb::ReadTransaction,
+    log: &(impl Log + ?Sized),
     origin: &str,
     key: &VerifyingKey,
     saved: &[String],
 ) -> Result<Verified, Broken> {
-    let store = |e: redb::Error| Broken::Store(e.to_string());
     let mut heads = BTreeMap::new();
-    let table = tx.open_table(CHECKPOINTS).map_err(|e| store(e.into()))?;
-    for row in table.iter().map_err(|e| store(e.into()))? {
-        let (size, note) = row.map_err(|e| store(e.into()))?;
-        let size = size.value();
-        let head = audit::open_checkpoint(note.value().as_bytes(), origin, key)
+    for (size, note) in log.checkpoints().map_err(Broken::Store)? {
+        let head = audit::open_checkpoint(note.as_bytes(), origin, key)
             .map_err(|e| Broken::BadCheckpoint { size, why: e.to_string() })?;
         if head.size != size {
             return Err(Broken::BadCheckpoint {
@@ -257,9 +315,6 @@ pub fn verify(
         heads.insert(head.size, head.root);
     }
     let signed = heads.last_key_value().map_or(0, |(s, _)| *s);
-    let entries = tx.open_table(AUDIT).map_err(|e| store(e.into()))?;
-    let hashes = tx.open_table(HASHES).map_err(|e| store(e.into()))?;
-    let stored = Stored(&hashes);
     let mut frontier = Frontier::new();
     let mut prev = audit::genesis();
     let check_head = |frontier: &Frontier| -> Result<(), Broken> {
@@ -270,44 +325,54 @@ pub fn verify(
         Ok(())
     };
     check_head(&frontier)?;
-    for row in entries.iter().map_err(|e| store(e.into()))? {
-        let (seq, bytes) = row.map_err(|e| store(e.into()))?;
-        let (seq, bytes) = (seq.value(), bytes.value());
-        let expected = frontier.size();
-        if seq != expected {
-            return Err(Broken::Missing { seq: expected, next: seq });
-        }
-        let entry = Entry::from_bytes(bytes)
-            .map_err(|e| Broken::Edited { seq, why: format!("it is not an entry ({e})") })?;
-        let leaf = audit::leaf_hash(bytes);
-        if entry.seq != seq {
-            // Moved here if it is, byte for byte, the entry appended at the number it
-            // carries; edited if not.
-            let there = stored.stored(audit::leaf_index(entry.seq)).map_err(Broken::Store)?;
-            if there == Some(leaf) {
-                return Err(Broken::Reordered { seq, holds: entry.seq });
+    let mut from = 0;
+    loop {
+        let chunk = log.entries(from, CHUNK).map_err(Broken::Store)?;
+        let Some(last) = chunk.last().map(|(seq, _)| *seq) else { break };
+        // Each entry's hash as stored when it was appended, read in one go.
+        let leaves: Vec<u64> = chunk.iter().map(|(seq, _)| audit::leaf_index(*seq)).collect();
+        let kept = log.stored_many(&leaves).map_err(Broken::Store)?;
+        for ((seq, bytes), kept) in chunk.iter().zip(kept) {
+            let (seq, bytes) = (*seq, bytes.as_slice());
+            let expected = frontier.size();
+            if seq != expected {
+                return Err(Broken::Missing { seq: expected, next: seq });
             }
-            return Err(Broken::Edited {
-                seq,
-                why: format!("it carries the number {}", entry.seq),
-            });
+            let entry = Entry::from_bytes(bytes)
+                .map_err(|e| Broken::Edited { seq, why: format!("it is not an entry ({e})") })?;
+            let leaf = audit::leaf_hash(bytes);
+            if entry.seq != seq {
+                // Moved here if it is, byte for byte, the entry appended at the number it
+                // carries; edited if not.
+                let there = log.stored(audit::leaf_index(entry.seq)).map_err(Broken::Store)?;
+                if there == Some(leaf) {
+                    return Err(Broken::Reordered { seq, holds: entry.seq });
+                }
+                return Err(Broken::Edited {
+                    seq,
+                    why: format!("it carries the number {}", entry.seq),
+                });
+            }
+            if kept.is_some_and(|k| k != leaf) {
+                return Err(Broken::Edited {
+                    seq,
+                    why: "its hash differs from the one stored when it was appended".into(),
+                });
+            }
+            if entry.prev != prev {
+                return Err(Broken::Edited {
+                    seq: seq.saturating_sub(1),
+                    why: format!("entry {seq} links to another version of it"),
+                });
+            }
+            frontier.push(leaf);
+            prev = leaf;
+            check_head(&frontier)?;
         }
-        let kept = stored.stored(audit::leaf_index(seq)).map_err(Broken::Store)?;
-        if kept.is_some_and(|k| k != leaf) {
-            return Err(Broken::Edited {
-                seq,
-                why: "its hash differs from the one stored when it was appended".into(),
-            });
+        match last.checked_add(1) {
+            Some(next) => from = next,
+            None => break,
         }
-        if entry.prev != prev {
-            return Err(Broken::Edited {
-                seq: seq.saturating_sub(1),
-                why: format!("entry {seq} links to another version of it"),
-            });
-        }
-        frontier.push(leaf);
-        prev = leaf;
-        check_head(&frontier)?;
     }
     let size = frontier.size();
     if signed > size {
@@ -315,7 +380,7 @@ pub fn verify(
     }
     // The stored tree, which inclusion proofs are made from, must give the same roots.
     let root = frontier.root();
-    if audit::root(size, &stored).ok() != Some(root) {
+    if audit::root(size, log).ok() != Some(root) {
         return Err(Broken::Tree { size });
     }
     Ok(Verified { entries: size, checkpoints, signed, root })
@@ -324,19 +389,25 @@ pub fn verify(
 /// Calls `each` with the bytes of every entry recorded at or after `since` (Unix ms), in
 /// log order.
 pub fn export(
-    tx: &redb::ReadTransaction,
+    log: &(impl Log + ?Sized),
     since: u64,
     mut each: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> anyhow::Result<u64> {
-    let entries = tx.open_table(AUDIT)?;
-    let mut n = 0;
-    for row in entries.iter()? {
-        let (seq, bytes) = row?;
-        let entry = Entry::from_bytes(bytes.value())
-            .map_err(|e| anyhow::anyhow!("entry {} is not an entry: {e}", seq.value()))?;
-        if entry.at >= since {
-            each(bytes.value())?;
-            n += 1;
+    let (mut n, mut from) = (0, 0);
+    loop {
+        let chunk = log.entries(from, CHUNK).map_err(anyhow::Error::msg)?;
+        let Some(last) = chunk.last().map(|(seq, _)| *seq) else { break };
+        for (seq, bytes) in &chunk {
+            let entry = Entry::from_bytes(bytes)
+                .map_err(|e| anyhow::anyhow!("entry {seq} is not an entry: {e}"))?;
+            if entry.at >= since {
+                each(bytes)?;
+                n += 1;
+            }
+        }
+        match last.checked_add(1) {
+            Some(next) => from = next,
+            None => break,
         }
     }
     Ok(n)
@@ -381,12 +452,21 @@ fn open_dir(data: &std::path::Path) -> anyhow::Result<redb::ReadOnlyDatabase> {
 pub fn verify_dir(data: &std::path::Path, saved: &[String]) -> anyhow::Result<Verified> {
     use redb::ReadableDatabase as _;
     let db = open_dir(data)?;
+    let tx = db.begin_read()?;
+    verify_log(&RedbLog::open(&tx)?, data, saved)
+}
+
+/// `agq audit verify` of `log` (in whichever store), against the identity key in `data`.
+pub fn verify_log(
+    log: &(impl Log + ?Sized),
+    data: &std::path::Path,
+    saved: &[String],
+) -> anyhow::Result<Verified> {
     let key = crate::identity::signing_key(data)?.verifying_key();
     let fp = audit::fingerprint_of(&key)
         .ok_or_else(|| anyhow::anyhow!("the identity key has no public key encoding"))?;
-    let tx = db.begin_read()?;
-    verify(&tx, &audit::origin(&fp), &key, saved).map_err(|e| match e {
-        Broken::Store(e) => anyhow::anyhow!("cannot read the audit log in {}: {e}", data.display()),
+    verify(log, &audit::origin(&fp), &key, saved).map_err(|e| match e {
+        Broken::Store(e) => anyhow::anyhow!("cannot read the audit log: {e}"),
         e => anyhow::anyhow!("audit log broken: {e}"),
     })
 }
@@ -411,7 +491,16 @@ pub fn export_dir(
     use redb::ReadableDatabase as _;
     let db = open_dir(data)?;
     let tx = db.begin_read()?;
-    let n = export(&tx, since, |bytes| {
+    export_log(&RedbLog::open(&tx)?, since, out)
+}
+
+/// `agq audit export` of `log` (in whichever store).
+pub fn export_log(
+    log: &(impl Log + ?Sized),
+    since: u64,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<u64> {
+    let n = export(log, since, |bytes| {
         out.write_all(bytes)?;
         out.write_all(b"\n")
     })?;

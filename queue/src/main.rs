@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use agenix_link::logging::{self, LogFormat};
 use agenix_proto::wire::ClientRole;
+use agenix_queue::pg::PgStore;
 use agenix_queue::server::{Queue, Settings};
 use agenix_queue::trust::TrustSource;
 use agenix_queue::{audit, blobs::Blobs, identity, store::RedbStore};
@@ -46,6 +47,57 @@ struct Cli {
     log_format: LogFormat,
 }
 
+/// Where the queue keeps its jobs, when not in the data directory.
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// Keep jobs in PostgreSQL: postgres://USER@HOST[:PORT]/DATABASE. Off loopback the
+    /// connection uses TLS with the server's name checked (`sslmode=verify-full`, roots from
+    /// `sslrootcert=FILE` or the platform's). No password in the URL: see
+    /// --store-password-file.
+    #[arg(long, value_name = "URL", env = "AGQ_STORE")]
+    store: Option<String>,
+    /// A file holding the database password (its first line). The password may also come
+    /// from AGQ_STORE_PASSWORD.
+    #[arg(long, value_name = "FILE", env = "AGQ_STORE_PASSWORD_FILE")]
+    store_password_file: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The PostgreSQL store named, if one is.
+    fn target(&self) -> Result<Option<agenix_queue::pg::Target>> {
+        let Some(url) = &self.store else {
+            anyhow::ensure!(
+                self.store_password_file.is_none(),
+                "--store-password-file is for a PostgreSQL store: give --store URL too"
+            );
+            return Ok(None);
+        };
+        let from_env = std::env::var("AGQ_STORE_PASSWORD").ok();
+        let password = match (&self.store_password_file, from_env) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "the store's password is given twice (--store-password-file and \
+                 AGQ_STORE_PASSWORD): give it once"
+            ),
+            (Some(file), None) => {
+                let bytes = agenix_queue::read_capped(file, 4096)
+                    .with_context(|| format!("the store's password file {}", file.display()))?;
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    anyhow::anyhow!("the store's password file {} is not UTF-8", file.display())
+                })?;
+                let line = text.lines().next().unwrap_or("").to_string();
+                anyhow::ensure!(
+                    !line.is_empty(),
+                    "the store's password file {} is empty",
+                    file.display()
+                );
+                Some(line)
+            }
+            (None, env) => env,
+        };
+        Ok(Some(agenix_queue::pg::Target::parse(url, password.as_deref())?))
+    }
+}
+
 #[derive(Debug, clap::Subcommand)]
 #[allow(clippy::large_enum_variant, reason = "parsed once, at start")]
 enum Command {
@@ -56,18 +108,22 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
     },
-    /// Serve on ADDR with the embedded store in the data directory.
+    /// Serve on ADDR, keeping jobs in the data directory's embedded store, or in PostgreSQL
+    /// with --store.
     #[command(after_help = examples!(
         "agq serve --data /var/lib/agq",
         "agq serve --data /var/lib/agq --listen 0.0.0.0:7411 --ready-file /run/agq/ready",
         "agq serve --data q --metrics 127.0.0.1:9464 --web 127.0.0.1:8080",
         "agq serve --data q --web 0.0.0.0:8443 --web-cert web.crt --web-key web.key",
         "AGQ_LOG=debug agq serve --data q --log-format json",
+        "AGQ_STORE_PASSWORD_FILE=/etc/agq/pg.pass agq serve --data q --store 'postgres://agq@db.example.net/agq?sslmode=verify-full'",
     ))]
     Serve {
         /// The queue directory from `agq init`.
         #[arg(long)]
         data: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7411")]
         listen: SocketAddr,
@@ -133,6 +189,16 @@ enum Command {
         #[arg(long, value_name = "FILE", requires = "web_cert")]
         web_key: Option<PathBuf>,
     },
+    /// Create or update the queue's tables in a PostgreSQL database (`agq serve --store`).
+    /// Safe to run again, and from several hosts at once.
+    #[command(after_help = examples!(
+        "agq migrate --store postgres://agq@localhost/agq",
+        "AGQ_STORE_PASSWORD_FILE=/etc/agq/pg.pass agq migrate --store 'postgres://agq@db.example.net/agq?sslmode=verify-full&sslrootcert=/etc/agq/db-ca.pem'",
+    ))]
+    Migrate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Print the queue's fingerprint (what clients pin, and actions name as audience).
     #[command(after_help = examples!("agq fingerprint --data /var/lib/agq"))]
     Fingerprint {
@@ -170,11 +236,14 @@ enum AuditCommand {
     #[command(after_help = examples!(
         "agq audit verify --data /var/lib/agq",
         "agq audit verify --data /var/lib/agq --checkpoint saved/checkpoint-1.txt",
+        "agq audit verify --data /var/lib/agq --store postgres://agq@localhost/agq",
     ))]
     Verify {
         /// The queue directory.
         #[arg(long)]
         data: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// A checkpoint kept elsewhere (from `agq audit checkpoint`): the log must still
         /// hold its tree. Repeatable.
         #[arg(long, value_name = "FILE")]
@@ -189,6 +258,8 @@ enum AuditCommand {
         /// The queue directory.
         #[arg(long)]
         data: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Only entries recorded since then: a time (`2026-12-06T10:00:00Z`) or an age
         /// (`2h`, `7days`).
         #[arg(long, value_name = "T")]
@@ -202,6 +273,8 @@ enum AuditCommand {
         /// The queue directory.
         #[arg(long)]
         data: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -339,7 +412,7 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Worker(c) => worker_command(c, &mut out)?,
-        Command::Audit(AuditCommand::Verify { data, checkpoint }) => {
+        Command::Audit(AuditCommand::Verify { data, store, checkpoint }) => {
             logging::init("AGQ_LOG", log_format);
             let saved = checkpoint
                 .iter()
@@ -362,7 +435,10 @@ fn run(cli: Cli) -> Result<()> {
                     Ok(note)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let v = no_panic(&data, || audit::verify_dir(&data, &saved))?;
+            let v = match store.target()? {
+                Some(target) => audit::verify_log(&PgStore::inspect(target)?, &data, &saved)?,
+                None => no_panic(&data, || audit::verify_dir(&data, &saved))?,
+            };
             let fp = identity::fingerprint(&data)?;
             writeln!(
                 out,
@@ -386,26 +462,55 @@ fn run(cli: Cli) -> Result<()> {
                 )?,
             }
         }
-        Command::Audit(AuditCommand::Export { data, since }) => {
+        Command::Audit(AuditCommand::Export { data, store, since }) => {
             logging::init("AGQ_LOG", log_format);
             let since = match since {
                 None => 0,
                 Some(t) => parse_since(&t)?,
             };
-            let n = no_panic(&data, || audit::export_dir(&data, since, &mut out))?;
+            let n = match store.target()? {
+                Some(target) => audit::export_log(&PgStore::inspect(target)?, since, &mut out)?,
+                None => no_panic(&data, || audit::export_dir(&data, since, &mut out))?,
+            };
             let _ = writeln!(std::io::stderr(), "agq: exported {n} entries");
         }
-        Command::Audit(AuditCommand::Checkpoint { data }) => {
+        Command::Audit(AuditCommand::Checkpoint { data, store }) => {
             logging::init("AGQ_LOG", log_format);
-            match no_panic(&data, || audit::latest_checkpoint_dir(&data))? {
+            let latest = match store.target()? {
+                Some(target) => {
+                    use agenix_queue::store::Store as _;
+                    PgStore::inspect(target)?.latest_checkpoint()?.map(|(_, note)| note)
+                }
+                None => no_panic(&data, || audit::latest_checkpoint_dir(&data))?,
+            };
+            match latest {
                 Some(note) => write!(out, "{note}")?,
                 None => {
                     anyhow::bail!("no checkpoint yet: the queue signs one once the log has entries")
                 }
             }
         }
+        Command::Migrate { store } => {
+            let target = store.target()?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "agq migrate needs --store URL (or AGQ_STORE): the database to migrate"
+                )
+            })?;
+            let applied = agenix_queue::pg::migrate(&target)?;
+            if applied.is_empty() {
+                writeln!(
+                    out,
+                    "{target}: the schema is at version {}, nothing to do",
+                    agenix_queue::pg::SCHEMA
+                )?;
+            }
+            for (version, name) in applied {
+                writeln!(out, "{target}: applied migration {version} ({name})")?;
+            }
+        }
         Command::Serve {
             data,
+            store,
             listen,
             trust,
             max_blob,
@@ -470,6 +575,7 @@ fn run(cli: Cli) -> Result<()> {
                      --web-key (or serve it on 127.0.0.1)"
                 );
             }
+            let pg = store.target()?;
             let trust_path = trust.unwrap_or_else(|| data.join("trust.json"));
             let trust = TrustSource::file(trust_path).map_err(anyhow::Error::msg)?;
             let tokens = identity::load_tokens(&data)?;
@@ -478,8 +584,12 @@ fn run(cli: Cli) -> Result<()> {
             let signing = identity::signing_key(&data)?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
-                let store =
-                    no_panic(&data, || Ok(Arc::new(RedbStore::open(&data.join("queue.redb"))?)))?;
+                let store: Arc<dyn agenix_queue::store::Store> = match pg {
+                    Some(target) => Arc::new(PgStore::open(target)?),
+                    None => no_panic(&data, || {
+                        Ok(Arc::new(RedbStore::open(&data.join("queue.redb"))?))
+                    })?,
+                };
                 let blobs = Blobs::new(&data, max_blob, blob_quota)?;
                 let endpoint = agenix_queue::server::endpoint(listen, cert, key, &settings)?;
                 let queue = no_panic(&data, || {

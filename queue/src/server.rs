@@ -7,9 +7,10 @@
 //! committer while still holding the lock (so writes reach storage in the order the
 //! scheduler made them), then waits for the commit before answering: a transition is
 //! acknowledged only once it is durable. The committer batches whatever is pending into one
-//! transaction (group commit). When a commit fails, the committer reloads the scheduler from
-//! storage under its lock and fails every request still waiting: memory never keeps a
-//! transition that storage does not.
+//! transaction (group commit). When a commit fails, the committer fails every request still
+//! waiting and reloads the scheduler from storage; until storage can be read back (a
+//! database restarting), nothing is applied and requests are answered as unavailable:
+//! memory never keeps, or acts on, a transition that storage does not.
 //!
 //! Every answer that cannot be sent is logged; leases in an answer that could not be sent
 //! are taken back at once, without costing their jobs an attempt.
@@ -113,6 +114,9 @@ pub struct Queue {
     pub(crate) settings: Settings,
     gate: Gate,
     pub(crate) auditor: crate::auditor::Auditor,
+    /// Set (under the scheduler's lock) while memory may hold a transition storage does
+    /// not: after a failed commit, until the state is read back. Nothing is applied then.
+    stale: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Queue {
@@ -131,7 +135,7 @@ pub(crate) fn refusal(r: Refusal) -> Response {
         Refusal::NoJob(_) => ErrorCode::NotFound,
         Refusal::Stale { .. } | Refusal::Finished(_) => ErrorCode::StaleLease,
         Refusal::NotYours(_) => ErrorCode::Forbidden,
-        Refusal::TooManyWorkers(_) => ErrorCode::Unavailable,
+        Refusal::TooManyWorkers(_) | Refusal::Unavailable(_) => ErrorCode::Unavailable,
         _ => ErrorCode::BadRequest,
     };
     error(code, r.to_string())
@@ -176,6 +180,7 @@ impl Queue {
             gate: Gate::new(settings.limits.clone()),
             settings,
             auditor,
+            stale: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(committer(store, rx, Arc::downgrade(&queue)));
         tokio::spawn(reaper(Arc::downgrade(&queue)));
@@ -191,6 +196,12 @@ impl Queue {
         extra: Vec<Write>,
     ) -> Result<(T, Durable), Refusal> {
         let mut sched = lock(&self.sched);
+        if self.stale.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Refusal::Unavailable(
+                "a commit failed; the queue reads its state back from storage before it goes on"
+                    .into(),
+            ));
+        }
         let (value, changes) = f(&mut sched)?;
         let mut writes = extra;
         writes.extend(changes.into_iter().map(Write::Change));
@@ -217,19 +228,42 @@ impl Queue {
     }
 
     /// After a failed commit: fails every request still waiting for one and reloads the
-    /// scheduler from storage, so memory holds exactly what is durable.
-    fn reload(&self, pending: &mut mpsc::UnboundedReceiver<(Vec<Write>, Ack)>, why: &str) {
-        let mut sched = lock(&self.sched);
-        while let Ok((_, ack)) = pending.try_recv() {
-            let _ = ack.send(Err(format!("an earlier commit failed ({why})")));
-        }
+    /// scheduler from storage, so memory holds exactly what is durable. Returns whether it
+    /// could; until it can, the queue applies nothing (`stale`).
+    fn reload(&self, pending: &mut mpsc::UnboundedReceiver<(Vec<Write>, Ack)>, why: &str) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let was_stale = {
+            let _sched = lock(&self.sched);
+            while let Ok((_, ack)) = pending.try_recv() {
+                let _ = ack.send(Err(format!("an earlier commit failed ({why})")));
+            }
+            self.stale.swap(true, SeqCst)
+        };
+        // Read without the scheduler's lock (storage may take its time to answer): nothing
+        // is applied meanwhile, so nothing can be missed.
         match self.store.load() {
             Ok(loaded) => {
+                let mut sched = lock(&self.sched);
                 sched.reload(now_ms(), loaded.jobs, loaded.actions, loaded.next_job);
                 *lock(&self.kept) = loaded.kept.into_iter().collect();
-                warn!("a commit failed: state reloaded from storage");
+                self.stale.store(false, SeqCst);
+                if was_stale {
+                    warn!("storage is back: state read back from it, the queue goes on");
+                } else {
+                    warn!("a commit failed: state reloaded from storage");
+                }
+                true
             }
-            Err(e) => error!(error = %e, "a commit failed and storage cannot be read back"),
+            Err(e) => {
+                if !was_stale {
+                    error!(
+                        error = %e,
+                        "a commit failed and storage cannot be read back: nothing is applied \
+                         until it can be (tried again every second)"
+                    );
+                }
+                false
+            }
         }
     }
 
@@ -669,7 +703,9 @@ async fn committer(
             let _ = ack.send(result.clone());
         }
         if let (Err(e), Some(q)) = (&result, queue.upgrade()) {
-            q.reload(&mut rx, e);
+            while !q.reload(&mut rx, e) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }

@@ -101,9 +101,7 @@ async fn finished_jobs_and_their_plans_are_forgotten_after_retention() {
     planner.close();
     worker.close();
     q.kill();
-    use agenix_queue::store::Store as _;
-    let loaded =
-        agenix_queue::store::RedbStore::open(&q.data().join("queue.redb")).unwrap().load().unwrap();
+    let loaded = q.stored().load().unwrap();
     assert!(loaded.jobs.is_empty(), "{:?}", loaded.jobs);
     assert_eq!(loaded.actions.len(), 1);
 }

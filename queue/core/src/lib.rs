@@ -161,6 +161,9 @@ pub enum Refusal {
     /// Too many workers are registered.
     #[error("cannot register: {0} workers are registered, the most this queue keeps")]
     TooManyWorkers(usize),
+    /// Storage cannot be reached: nothing is decided until the state is read back.
+    #[error("storage is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// What a heartbeat learned.

@@ -38,6 +38,11 @@ pub fn now_s() -> u64 {
 impl Agq {
     /// `agq init`, a trusted signer, then `agq serve` with `args` on a free loopback port.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_on(args, agenix_harness::postgres::wanted())
+    }
+
+    /// As [`Agq::start`], keeping jobs in a PostgreSQL server of its own when `postgres`.
+    pub fn start_on(args: &[&str], postgres: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("q");
         let bin = PathBuf::from(env!("CARGO_BIN_EXE_agq"));
@@ -48,6 +53,7 @@ impl Agq {
         std::fs::write(data.join("trust.json"), trust.to_json()).unwrap();
         let mut serve = agenix_harness::Serve::new(bin, data, dir.path().join("agq.log"));
         serve.args = args.iter().map(|s| s.to_string()).collect();
+        serve.postgres = postgres;
         let process = agenix_harness::Agq::start(serve).unwrap();
         assert_eq!(process.fingerprint, fingerprint.to_string(), "the ready file's fingerprint");
         Self { addr: process.addr, dir, fingerprint, signer, process }
@@ -57,9 +63,30 @@ impl Agq {
         self.dir.path().join("q")
     }
 
+    /// The queue's store, opened to read beside agq or after it: its PostgreSQL database
+    /// when it keeps jobs there, else the embedded store in its directory.
+    pub fn stored(&self) -> Box<dyn agenix_queue::store::Store> {
+        match &self.process.postgres {
+            Some(pg) => {
+                let password = std::fs::read_to_string(pg.password_file().unwrap()).unwrap();
+                let target =
+                    agenix_queue::pg::Target::parse(&pg.url(), Some(password.trim())).unwrap();
+                Box::new(agenix_queue::pg::PgStore::inspect(target).unwrap())
+            }
+            None => Box::new(
+                agenix_queue::store::RedbStore::open(&self.data().join("queue.redb")).unwrap(),
+            ),
+        }
+    }
+
     /// Everything agq wrote to stderr so far (appended across restarts).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agq.log")).unwrap_or_default()
+    }
+
+    /// Its PostgreSQL server, when it keeps jobs there.
+    pub fn postgres(&mut self) -> Option<&mut agenix_harness::postgres::Postgres> {
+        self.process.postgres.as_mut()
     }
 
     /// Whether the agq process is still alive.

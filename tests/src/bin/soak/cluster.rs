@@ -304,13 +304,9 @@ impl Cluster {
     /// `agx` for this queue (its address never changes once it first served).
     /// `agq audit ARGS --data QUEUE`: whether it succeeded, and its stdout and stderr.
     pub(crate) fn agq_audit(&self, args: &[&str]) -> Result<(bool, String, String)> {
-        let out = Command::new(&self.bins.agq)
-            .arg("audit")
-            .args(args)
-            .arg("--data")
-            .arg(self.dir.join("queue"))
-            .output()
-            .context("cannot run agq audit")?;
+        let mut cmd = Command::new(&self.bins.agq);
+        cmd.arg("audit").args(args).arg("--data").arg(self.dir.join("queue"));
+        let out = self.agq.store_args(&mut cmd)?.output().context("cannot run agq audit")?;
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         Ok((out.status.success(), text(&out.stdout), text(&out.stderr)))
     }

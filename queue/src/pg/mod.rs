@@ -1,0 +1,894 @@
+//! The PostgreSQL store: the same durable state as the embedded one, in a database the
+//! operator already runs and replicates (`agq serve --store postgres://…`).
+//!
+//! Tables (made by the versioned migrations below, run by `agq migrate`):
+//!
+//! ```text
+//! agq_meta:         key -> bigint       next_job, audit_size, generation
+//! agq_jobs:         id -> record        JobRecord JSON
+//! agq_actions:      id -> record        ActionRecord JSON
+//! agq_kept:         digest              blobs kept until removed explicitly
+//! agq_state:        key -> bytea        "trust": the trust file as last audited
+//! agq_audit:        seq -> job, entry   the audit log's entries (the bytes hashed)
+//! agq_audit_hashes: idx -> hash         every complete subtree's hash
+//! agq_checkpoints:  size -> note        signed checkpoints
+//! agq_migrations:   version -> name     the migrations applied
+//! ```
+//!
+//! A batch is one transaction, committed before `apply` returns (PostgreSQL's own
+//! durability: `synchronous_commit` as the server sets it). One agq serves a database at
+//! a time: it holds a session advisory lock while it runs, and each batch first checks the
+//! serving generation it took at start, so a queue that lost its lock (its connection cut)
+//! while another took over writes nothing.
+//!
+//! The sync client runs each connection on a small runtime of its own, which must never be
+//! entered from the queue's async tasks: every call here runs on a thread of its own when
+//! it is made from inside a runtime.
+//!
+//! Connections: a URL in libpq's form. On loopback or a Unix socket it may go in clear; any
+//! other host needs `sslmode=verify-full` (the default there): TLS, the server's name checked
+//! against its certificate, with the roots in `sslrootcert=FILE` or the platform's. A
+//! password never sits in the URL (it would show in the process list): it comes from a
+//! file or the environment.
+
+use std::collections::BTreeMap;
+use std::str::FromStr as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agenix_proto::audit::{self, Entry, Hashes, TreeHead};
+use agenix_proto::job::JobId;
+use agenix_proto::{ActionId, Digest};
+use agenix_queue_core::Change;
+use postgres::config::{Host, SslMode};
+use postgres::{Client, GenericClient};
+use r2d2_postgres::PostgresConnectionManager;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::store::{History, Loaded, Store, StoreError, Write};
+
+/// The migrations, in order: (version, name, SQL). Each runs in one transaction with its
+/// record in `agq_migrations`.
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "jobs, actions, kept blobs, the audit log", include_str!("0001_init.sql"))];
+
+/// The schema version this agq reads and writes.
+pub const SCHEMA: i32 = 1;
+
+/// Advisory lock keys (one namespace for agq: "AGQ" in ASCII).
+const LOCK_NS: i32 = 0x0041_4751;
+const LOCK_MIGRATE: i32 = 1;
+const LOCK_SERVE: i32 = 2;
+
+/// Most connections in the pool: the committer's one, and reads beside it.
+const POOL: u32 = 8;
+/// How long a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most stored hashes remembered between batches (32 bytes each; emptied when full).
+const CACHE_HASHES: usize = 1 << 16;
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+/// A PostgreSQL error with the server's own message and detail, when it sent them.
+fn pg(e: postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => StoreError(format!(
+            "PostgreSQL: {}{}",
+            db.message(),
+            db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
+        )),
+        None => StoreError(format!("PostgreSQL: {e}")),
+    }
+}
+
+/// Where the store is and how to reach it.
+#[derive(Clone)]
+pub struct Target {
+    config: postgres::Config,
+    tls: MakeRustlsConnect,
+    shown: String,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// Percent-decodes a URL query value; `None` for a broken escape.
+fn decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        out.push(match b {
+            b'%' => {
+                let hi = char::from(bytes.next()?).to_digit(16)?;
+                let lo = char::from(bytes.next()?).to_digit(16)?;
+                u8::try_from(hi * 16 + lo).ok()?
+            }
+            b => b,
+        });
+    }
+    String::from_utf8(out).ok()
+}
+
+impl Target {
+    /// Reads `url` (`postgres://user@host:port/db?…`), with the password from `password`.
+    pub fn parse(url: &str, password: Option<&str>) -> Result<Self, StoreError> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(StoreError("the store must be a postgres://user@host/database URL".into()));
+        }
+        // The TLS settings are ours to enforce; the rest is the client library's.
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let (mut mode, mut root_file) = (None, None);
+        let mut rest = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = decode(v)
+                .ok_or_else(|| StoreError(format!("the store URL's {k} is badly escaped")))?;
+            match k {
+                "sslmode" => mode = Some(value),
+                "sslrootcert" => root_file = Some(value),
+                "password" => return Err(password_in_url()),
+                _ => rest.push(pair),
+            }
+        }
+        let plain =
+            if rest.is_empty() { base.to_string() } else { format!("{base}?{}", rest.join("&")) };
+        let mut config = postgres::Config::from_str(&plain)
+            .map_err(|e| StoreError(format!("the store URL: {e}")))?;
+        if config.get_password().is_some() {
+            return Err(password_in_url());
+        }
+        if let Some(p) = password {
+            config.password(p);
+        }
+        if config.get_hosts().is_empty() {
+            return Err(StoreError(
+                "the store URL names no host (or Unix socket directory)".into(),
+            ));
+        }
+        let local = config.get_hosts().iter().all(|h| match h {
+            Host::Unix(_) => true,
+            Host::Tcp(name) => {
+                name == "localhost"
+                    || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }
+        }) && config.get_hostaddrs().iter().all(std::net::IpAddr::is_loopback);
+        let verify = match mode.as_deref() {
+            None => !local,
+            Some("verify-full") => true,
+            Some("disable") if local => false,
+            Some("disable") => {
+                return Err(StoreError(
+                    "sslmode=disable is for loopback and Unix sockets only: off this host the \
+                     store's connection must use sslmode=verify-full"
+                        .into(),
+                ));
+            }
+            Some(m @ ("allow" | "prefer" | "require" | "verify-ca")) => {
+                return Err(StoreError(format!(
+                    "sslmode={m} does not check the server's name against its certificate: use \
+                     sslmode=verify-full (or sslmode=disable on loopback)"
+                )));
+            }
+            Some(m) => return Err(StoreError(format!("sslmode={m} is not a TLS mode"))),
+        };
+        if !verify && root_file.is_some() {
+            return Err(StoreError("sslrootcert is given but TLS is off (sslmode)".into()));
+        }
+        config.ssl_mode(if verify { SslMode::Require } else { SslMode::Disable });
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.application_name("agq");
+        let tls = MakeRustlsConnect::new(tls_config(root_file.as_deref())?);
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                Host::Tcp(n) => n.clone(),
+                Host::Unix(p) => p.display().to_string(),
+            })
+            .collect();
+        let shown = format!(
+            "postgres://{}@{}/{}{}",
+            config.get_user().unwrap_or(""),
+            hosts.join(","),
+            config.get_dbname().unwrap_or(""),
+            if verify { " (TLS, verify-full)" } else { "" }
+        );
+        Ok(Self { config, tls, shown })
+    }
+
+    fn connect(&self) -> Result<Client, StoreError> {
+        off_runtime(|| self.config.connect(self.tls.clone()).map_err(|e| connect_err(self, &e)))
+    }
+}
+
+fn password_in_url() -> StoreError {
+    StoreError(
+        "the store URL holds a password, which would show in the process list: give it in a \
+         file (--store-password-file) or in AGQ_STORE_PASSWORD"
+            .into(),
+    )
+}
+
+fn connect_err(target: &Target, e: &postgres::Error) -> StoreError {
+    let why = match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => {
+            // The client's own errors name the cause in their source chain.
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                why = format!("{why}: {s}");
+                source = s.source();
+            }
+            why
+        }
+    };
+    StoreError(format!("cannot connect to {target}: {why}"))
+}
+
+/// The TLS client configuration: the roots in `file` (PEM), or the platform's.
+fn tls_config(file: Option<&str>) -> Result<rustls::ClientConfig, StoreError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(err)?;
+    Ok(match file {
+        Some("system") | None => {
+            let verifier = rustls_platform_verifier::Verifier::new(provider)
+                .map_err(|e| StoreError(format!("the platform's certificate roots: {e}")))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth()
+        }
+        Some(path) => {
+            use rustls_pki_types::pem::PemObject as _;
+            let bytes = crate::read_capped(std::path::Path::new(path), 1 << 20)
+                .map_err(|e| StoreError(format!("sslrootcert {path}: {e}")))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&bytes) {
+                let cert = cert.map_err(|e| StoreError(format!("sslrootcert {path}: {e}")))?;
+                roots.add(cert).map_err(|e| StoreError(format!("sslrootcert {path}: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(StoreError(format!("sslrootcert {path} holds no certificate")));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    })
+}
+
+/// Runs `f` where the sync client may block: on this thread when it is outside any async
+/// runtime, else on a thread of its own (the client's runtime cannot run inside another).
+fn off_runtime<T: Send>(f: impl FnOnce() -> Result<T, StoreError> + Send) -> Result<T, StoreError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| {
+        match std::thread::Builder::new().name("agq-pg".into()).spawn_scoped(s, f) {
+            Ok(h) => h.join().unwrap_or_else(|_| Err(StoreError("a store thread panicked".into()))),
+            Err(e) => Err(StoreError(format!("cannot start a store thread: {e}"))),
+        }
+    })
+}
+
+/// The schema version of the database `client` reaches (0: none yet).
+fn version(client: &mut impl GenericClient) -> Result<i32, StoreError> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('agq_migrations') IS NOT NULL", &[])
+        .map_err(pg)?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    let row = client.query_one("SELECT coalesce(max(version), 0) FROM agq_migrations", &[]);
+    Ok(row.map_err(pg)?.get(0))
+}
+
+/// `agq migrate`: brings the schema up to [`SCHEMA`]; returns the migrations applied.
+/// Several agq running it at once apply each migration once (an advisory lock orders them).
+pub fn migrate(target: &Target) -> Result<Vec<(i32, &'static str)>, StoreError> {
+    let mut client = target.connect()?;
+    off_runtime(move || {
+        let mut tx = client.transaction().map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_NS, &LOCK_MIGRATE])
+            .map_err(pg)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS agq_migrations (
+                version integer PRIMARY KEY,
+                name text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .map_err(pg)?;
+        let at = version(&mut tx)?;
+        if at > SCHEMA {
+            return Err(newer(at));
+        }
+        let mut applied = Vec::new();
+        for &(v, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > at) {
+            tx.batch_execute(sql)
+                .map_err(|e| StoreError(format!("migration {v} ({name}): {}", pg(e).0)))?;
+            tx.execute("INSERT INTO agq_migrations (version, name) VALUES ($1, $2)", &[&v, &name])
+                .map_err(pg)?;
+            applied.push((v, name));
+        }
+        tx.commit().map_err(pg)?;
+        Ok(applied)
+    })
+}
+
+fn newer(at: i32) -> StoreError {
+    StoreError(format!(
+        "the database's schema is at version {at}, newer than this agq knows ({SCHEMA}): run \
+         the agq that migrated it"
+    ))
+}
+
+type Pool = r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
+
+/// The PostgreSQL store.
+pub struct PgStore {
+    target: Target,
+    /// `None` only while being dropped.
+    pool: Option<Pool>,
+    /// The connection holding the serving lock (`None` only while being dropped).
+    lock: Mutex<Option<Client>>,
+    /// The serving generation this queue took at start.
+    generation: i64,
+    /// Stored hashes read or written before (a stored hash never changes).
+    cache: Mutex<BTreeMap<u64, Digest>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("target", &self.target).finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Each connection owns a runtime, which cannot be dropped inside another.
+        let (pool, lock) = (self.pool.take(), self.lock.get_mut().ok().and_then(Option::take));
+        let _ = off_runtime(move || {
+            drop((pool, lock));
+            Ok(())
+        });
+    }
+}
+
+impl PgStore {
+    /// Connects to `target` to serve it: refuses a schema other than [`SCHEMA`] and a
+    /// database another agq is serving.
+    pub fn open(target: Target) -> Result<Self, StoreError> {
+        Self::connect(target, true)
+    }
+
+    /// Connects to `target` to read it beside the queue (or after it): takes no serving
+    /// lock, and writes nothing (each batch would fail the generation check).
+    pub fn inspect(target: Target) -> Result<Self, StoreError> {
+        Self::connect(target, false)
+    }
+
+    fn connect(target: Target, serve: bool) -> Result<Self, StoreError> {
+        let mut lock = target.connect()?;
+        let (lock, generation) = off_runtime(move || {
+            match version(&mut lock)? {
+                SCHEMA => {}
+                0 => {
+                    return Err(StoreError(
+                        "the database has no queue schema yet: run agq migrate --store URL first"
+                            .into(),
+                    ));
+                }
+                at if at > SCHEMA => return Err(newer(at)),
+                at => {
+                    return Err(StoreError(format!(
+                        "the database's schema is at version {at}; this agq needs {SCHEMA}: run \
+                         agq migrate --store URL"
+                    )));
+                }
+            }
+            if !serve {
+                return Ok((lock, 0));
+            }
+            let held: bool = lock
+                .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_NS, &LOCK_SERVE])
+                .map_err(pg)?
+                .get(0);
+            if !held {
+                return Err(StoreError(
+                    "another agq is serving this database (it holds the serving lock)".into(),
+                ));
+            }
+            let generation: i64 = lock
+                .query_one(
+                    "UPDATE agq_meta SET value = value + 1 WHERE key = 'generation' RETURNING value",
+                    &[],
+                )
+                .map_err(pg)?
+                .get(0);
+            Ok((lock, generation))
+        })?;
+        let manager = PostgresConnectionManager::new(target.config.clone(), target.tls.clone());
+        let pool = off_runtime(|| {
+            r2d2::Pool::builder()
+                .max_size(POOL)
+                .min_idle(Some(1))
+                .connection_timeout(CONNECT_TIMEOUT)
+                .test_on_check_out(false)
+                .build(manager)
+                .map_err(|e| StoreError(format!("cannot connect to {target}: {e}")))
+        })?;
+        Ok(Self {
+            target,
+            pool: Some(pool),
+            lock: Mutex::new(Some(lock)),
+            generation,
+            cache: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Runs `f` on a pooled connection, off the async runtime.
+    fn with<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send,
+    ) -> Result<T, StoreError> {
+        let pool = self.pool.as_ref().ok_or_else(|| StoreError("the store is closed".into()))?;
+        off_runtime(|| {
+            let mut conn = pool
+                .get()
+                .map_err(|e| StoreError(format!("no connection to {}: {e}", self.target)))?;
+            f(&mut conn)
+        })
+    }
+
+    /// Runs `f` in a read-only transaction that sees one instant.
+    fn read<T: Send>(
+        &self,
+        f: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T, StoreError> + Send,
+    ) -> Result<T, StoreError> {
+        self.with(|c| {
+            let mut tx = c
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .map_err(pg)?;
+            let out = f(&mut tx)?;
+            tx.commit().map_err(pg)?;
+            Ok(out)
+        })
+    }
+
+    fn remember(&self, hashes: impl IntoIterator<Item = (u64, Digest)>) {
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() > CACHE_HASHES {
+                cache.clear();
+            }
+            cache.extend(hashes);
+        }
+    }
+}
+
+/// The stored tree as a transaction sees it, with hashes not yet written (`fresh`) and
+/// those known from before (`cache`) in front of it.
+struct Tree<'a, 'c> {
+    tx: std::cell::RefCell<&'a mut postgres::Transaction<'c>>,
+    fresh: &'a BTreeMap<u64, Digest>,
+    cache: &'a Mutex<BTreeMap<u64, Digest>>,
+    read: std::cell::RefCell<Vec<(u64, Digest)>>,
+}
+
+impl Hashes for Tree<'_, '_> {
+    fn stored(&self, index: u64) -> Result<Option<Digest>, String> {
+        Ok(self.stored_many(&[index])?.pop().flatten())
+    }
+
+    fn stored_many(&self, indexes: &[u64]) -> Result<Vec<Option<Digest>>, String> {
+        let mut out: Vec<Option<Digest>> = {
+            let cache = self.cache.lock().map_err(|_| "the hash cache is poisoned")?;
+            indexes.iter().map(|i| self.fresh.get(i).or_else(|| cache.get(i)).copied()).collect()
+        };
+        let missing: Vec<i64> = indexes
+            .iter()
+            .zip(&out)
+            .filter(|(_, d)| d.is_none())
+            .map(|(&i, _)| i64::try_from(i).map_err(|_| format!("hash index {i} is out of range")))
+            .collect::<Result<_, _>>()?;
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let rows = self
+            .tx
+            .borrow_mut()
+            .query("SELECT idx, hash FROM agq_audit_hashes WHERE idx = ANY($1)", &[&missing])
+            .map_err(|e| pg(e).0)?;
+        let mut found = BTreeMap::new();
+        for row in rows {
+            let (idx, hash): (i64, Vec<u8>) = (row.get(0), row.get(1));
+            let hash: [u8; 32] =
+                hash.try_into().map_err(|_| format!("stored hash {idx} is not 32 bytes"))?;
+            found.insert(idx as u64, Digest::from_bytes(hash));
+        }
+        for (i, d) in indexes.iter().zip(out.iter_mut()) {
+            if d.is_none() {
+                *d = found.get(i).copied();
+            }
+        }
+        self.read.borrow_mut().extend(found);
+        Ok(out)
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(err)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError(format!("{what}: {e}")))
+}
+
+fn int(n: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError(format!("{what} {n} is out of range")))
+}
+
+fn uint(n: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| StoreError(format!("stored {what} {n} is negative")))
+}
+
+fn meta(tx: &mut impl GenericClient, key: &str) -> Result<i64, StoreError> {
+    let row = tx.query_opt("SELECT value FROM agq_meta WHERE key = $1", &[&key]).map_err(pg)?;
+    row.map(|r| r.get(0)).ok_or_else(|| StoreError(format!("agq_meta has no {key}")))
+}
+
+/// What a batch does to one table, the last write to each key winning (a batch is applied
+/// in order; within one transaction only each key's final value is seen).
+#[derive(Default)]
+struct Rows<K: Ord, V> {
+    rows: BTreeMap<K, Option<V>>,
+}
+
+impl<K: Ord + Clone, V> Rows<K, V> {
+    fn put(&mut self, k: K, v: V) {
+        self.rows.insert(k, Some(v));
+    }
+
+    fn delete(&mut self, k: K) {
+        self.rows.insert(k, None);
+    }
+
+    fn split(self) -> (Vec<K>, Vec<V>, Vec<K>) {
+        let (mut keys, mut values, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, v) in self.rows {
+            match v {
+                Some(v) => {
+                    keys.push(k);
+                    values.push(v);
+                }
+                None => gone.push(k),
+            }
+        }
+        (keys, values, gone)
+    }
+}
+
+impl Store for PgStore {
+    fn load(&self) -> Result<Loaded, StoreError> {
+        self.read(|tx| {
+            let mut out = Loaded::default();
+            for row in tx.query("SELECT record FROM agq_jobs ORDER BY id", &[]).map_err(pg)? {
+                out.jobs.push(parse("job", row.get::<_, &[u8]>(0))?);
+            }
+            for row in tx.query("SELECT id, record FROM agq_actions", &[]).map_err(pg)? {
+                let id: ActionId = row.get::<_, &str>(0).parse().map_err(err)?;
+                out.actions.push((id, parse("action", row.get::<_, &[u8]>(1))?));
+            }
+            for row in tx.query("SELECT digest FROM agq_kept", &[]).map_err(pg)? {
+                out.kept.push(row.get::<_, &str>(0).parse().map_err(err)?);
+            }
+            out.next_job = uint(meta(tx, "next_job")?, "next_job")?.max(1);
+            out.trust_seen = tx
+                .query_opt("SELECT value FROM agq_state WHERE key = 'trust'", &[])
+                .map_err(pg)?
+                .map(|r| r.get(0));
+            Ok(out)
+        })
+    }
+
+    fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let mut jobs = Rows::<i64, Vec<u8>>::default();
+        let mut actions = Rows::<String, Vec<u8>>::default();
+        let mut kept = Rows::<String, ()>::default();
+        let (mut next_job, mut trust, mut checkpoints, mut events) =
+            (None, None, Vec::new(), Vec::new());
+        for w in writes {
+            match w {
+                Write::Change(Change::Job(j)) => jobs.put(int(j.id.0, "job")?, json(j)?),
+                Write::Change(Change::DeleteJob(id)) => jobs.delete(int(id.0, "job")?),
+                Write::Change(Change::Action(id, a)) => actions.put(id.to_string(), json(a)?),
+                Write::Change(Change::DeleteAction(id)) => actions.delete(id.to_string()),
+                Write::Change(Change::NextJob(n)) => next_job = Some(int(*n, "next job")?),
+                Write::Keep(d) => kept.put(d.to_string(), ()),
+                Write::Unkeep(d) => kept.delete(d.to_string()),
+                Write::Change(Change::Audit { at, event }) => events.push((*at, event)),
+                Write::Checkpoint { size, note } => {
+                    checkpoints.push((int(*size, "checkpoint size")?, note.clone()));
+                }
+                Write::TrustSeen(bytes) => trust = Some(bytes.clone()),
+            }
+        }
+        let generation = self.generation;
+        let written = self.with(|c| {
+            let mut tx = c.transaction().map_err(pg)?;
+            // Fencing: a queue another has taken over from writes nothing.
+            let now: i64 = tx
+                .query_one("SELECT value FROM agq_meta WHERE key = 'generation' FOR UPDATE", &[])
+                .map_err(pg)?
+                .get(0);
+            if now != generation {
+                return Err(StoreError(format!(
+                    "another agq took over this database (serving generation {now}, this one \
+                     {generation}): this queue must stop"
+                )));
+            }
+            let (ids, records, gone) = jobs.split();
+            if !ids.is_empty() {
+                tx.execute(
+                    "INSERT INTO agq_jobs (id, record) SELECT * FROM unnest($1::bigint[], $2::bytea[])
+                     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+                    &[&ids, &records],
+                )
+                .map_err(pg)?;
+            }
+            if !gone.is_empty() {
+                tx.execute("DELETE FROM agq_jobs WHERE id = ANY($1)", &[&gone]).map_err(pg)?;
+            }
+            let (ids, records, gone) = actions.split();
+            if !ids.is_empty() {
+                tx.execute(
+                    "INSERT INTO agq_actions (id, record) SELECT * FROM unnest($1::text[], $2::bytea[])
+                     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+                    &[&ids, &records],
+                )
+                .map_err(pg)?;
+            }
+            if !gone.is_empty() {
+                tx.execute("DELETE FROM agq_actions WHERE id = ANY($1)", &[&gone]).map_err(pg)?;
+            }
+            let (keep, _, unkeep) = kept.split();
+            if !keep.is_empty() {
+                tx.execute(
+                    "INSERT INTO agq_kept (digest) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+                    &[&keep],
+                )
+                .map_err(pg)?;
+            }
+            if !unkeep.is_empty() {
+                tx.execute("DELETE FROM agq_kept WHERE digest = ANY($1)", &[&unkeep]).map_err(pg)?;
+            }
+            if let Some(n) = next_job {
+                tx.execute("UPDATE agq_meta SET value = $1 WHERE key = 'next_job'", &[&n])
+                    .map_err(pg)?;
+            }
+            if let Some(bytes) = &trust {
+                tx.execute(
+                    "INSERT INTO agq_state (key, value) VALUES ('trust', $1)
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    &[bytes],
+                )
+                .map_err(pg)?;
+            }
+            for (size, note) in &checkpoints {
+                tx.execute(
+                    "INSERT INTO agq_checkpoints (size, note) VALUES ($1, $2)
+                     ON CONFLICT (size) DO UPDATE SET note = EXCLUDED.note",
+                    &[size, note],
+                )
+                .map_err(pg)?;
+            }
+            let written = if events.is_empty() { Vec::new() } else { self.append(&mut tx, &events)? };
+            tx.commit().map_err(pg)?;
+            Ok(written)
+        })?;
+        self.remember(written);
+        Ok(())
+    }
+
+    fn audit_head(&self) -> Result<TreeHead, StoreError> {
+        self.read(|tx| {
+            let size = uint(meta(tx, "audit_size")?, "audit size")?;
+            Ok(TreeHead { size, root: self.root(tx, size)? })
+        })
+    }
+
+    fn audit_root(&self, size: u64) -> Result<Digest, StoreError> {
+        self.read(|tx| self.root(tx, size))
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        self.read(latest)
+    }
+
+    fn history(&self, job: JobId, after: Option<u64>, max: usize) -> Result<History, StoreError> {
+        self.read(|tx| {
+            let checkpoint = latest(tx)?;
+            let size = checkpoint.as_ref().map_or(0, |(s, _)| *s);
+            let from = int(after.map_or(0, |a| a.saturating_add(1)), "entry")?;
+            let limit = int(max as u64, "limit")?;
+            let rows = tx
+                .query(
+                    "SELECT seq, entry FROM agq_audit WHERE job = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+                    &[&int(job.0, "job")?, &from, &limit],
+                )
+                .map_err(pg)?;
+            let mut entries = Vec::new();
+            for row in rows {
+                let seq = uint(row.get(0), "entry")?;
+                let proof = if seq < size {
+                    let fresh = BTreeMap::new();
+                    let tree = self.tree(tx, &fresh);
+                    let proof = audit::inclusion_proof(seq, size, &tree).map_err(err)?;
+                    let read = tree.read.into_inner();
+                    self.remember(read);
+                    proof
+                } else {
+                    vec![]
+                };
+                entries.push((seq, row.get(1), proof));
+            }
+            Ok(History { entries, checkpoint })
+        })
+    }
+
+    fn audit_tail(&self, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.read(|tx| {
+            let rows = tx
+                .query(
+                    "SELECT seq, entry FROM agq_audit ORDER BY seq DESC LIMIT $1",
+                    &[&int(max as u64, "limit")?],
+                )
+                .map_err(pg)?;
+            rows.into_iter().map(|r| Ok((uint(r.get(0), "entry")?, r.get(1)))).collect()
+        })
+    }
+}
+
+fn latest(tx: &mut postgres::Transaction<'_>) -> Result<Option<(u64, String)>, StoreError> {
+    let row = tx
+        .query_opt("SELECT size, note FROM agq_checkpoints ORDER BY size DESC LIMIT 1", &[])
+        .map_err(pg)?;
+    row.map(|r| Ok((uint(r.get(0), "checkpoint size")?, r.get(1)))).transpose()
+}
+
+impl PgStore {
+    fn tree<'a, 'c>(
+        &'a self,
+        tx: &'a mut postgres::Transaction<'c>,
+        fresh: &'a BTreeMap<u64, Digest>,
+    ) -> Tree<'a, 'c> {
+        Tree {
+            tx: std::cell::RefCell::new(tx),
+            fresh,
+            cache: &self.cache,
+            read: Default::default(),
+        }
+    }
+
+    fn root(&self, tx: &mut postgres::Transaction<'_>, size: u64) -> Result<Digest, StoreError> {
+        let fresh = BTreeMap::new();
+        let tree = self.tree(tx, &fresh);
+        let root = audit::root(size, &tree).map_err(err)?;
+        let read = tree.read.into_inner();
+        self.remember(read);
+        Ok(root)
+    }
+
+    /// Appends `events` to the audit log inside `tx`; returns the hashes written.
+    fn append(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        events: &[(u64, &audit::Event)],
+    ) -> Result<Vec<(u64, Digest)>, StoreError> {
+        let size = uint(
+            tx.query_one("SELECT value FROM agq_meta WHERE key = 'audit_size' FOR UPDATE", &[])
+                .map_err(pg)?
+                .get(0),
+            "audit size",
+        )?;
+        let mut fresh = BTreeMap::new();
+        let (mut seqs, mut jobs, mut bytes_all) = (Vec::new(), Vec::new(), Vec::new());
+        let mut read = Vec::new();
+        let mut prev = None;
+        for (n, (at, event)) in (size..).zip(events) {
+            let tree = self.tree(tx, &fresh);
+            let prev_hash = match (prev, n) {
+                (Some(p), _) => p,
+                (None, 0) => audit::genesis(),
+                (None, n) => {
+                    tree.stored(audit::leaf_index(n - 1)).map_err(StoreError)?.ok_or_else(|| {
+                        StoreError(format!("the audit log has no hash for entry {}", n - 1))
+                    })?
+                }
+            };
+            let entry = Entry { seq: n, at: *at, prev: prev_hash, event: (*event).clone() };
+            let bytes = entry.to_bytes();
+            let new = audit::append(n, &bytes, &tree).map_err(err)?;
+            read.extend(tree.read.into_inner());
+            fresh.extend(new);
+            prev = Some(audit::leaf_hash(&bytes));
+            seqs.push(int(n, "entry")?);
+            jobs.push(entry.job().map(|j| int(j.0, "job")).transpose()?);
+            bytes_all.push(bytes);
+        }
+        tx.execute(
+            "INSERT INTO agq_audit (seq, job, entry)
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
+            &[&seqs, &jobs, &bytes_all],
+        )
+        .map_err(pg)?;
+        let idx: Vec<i64> =
+            fresh.keys().map(|&i| int(i, "hash index")).collect::<Result<_, _>>()?;
+        let hashes: Vec<&[u8]> = fresh.values().map(|d| d.as_bytes().as_slice()).collect();
+        tx.execute(
+            "INSERT INTO agq_audit_hashes (idx, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+            &[&idx, &hashes],
+        )
+        .map_err(pg)?;
+        let end = int(size + events.len() as u64, "audit size")?;
+        tx.execute("UPDATE agq_meta SET value = $1 WHERE key = 'audit_size'", &[&end])
+            .map_err(pg)?;
+        self.remember(read);
+        Ok(fresh.into_iter().collect())
+    }
+}
+
+impl Hashes for PgStore {
+    fn stored(&self, index: u64) -> Result<Option<Digest>, String> {
+        Ok(self.stored_many(&[index])?.pop().flatten())
+    }
+
+    fn stored_many(&self, indexes: &[u64]) -> Result<Vec<Option<Digest>>, String> {
+        self.read(|tx| {
+            let fresh = BTreeMap::new();
+            self.tree(tx, &fresh).stored_many(indexes).map_err(StoreError)
+        })
+        .map_err(|e| e.0)
+    }
+}
+
+impl crate::audit::Log for PgStore {
+    fn checkpoints(&self) -> Result<Vec<(u64, String)>, String> {
+        self.read(|tx| {
+            let rows = tx
+                .query("SELECT size, note FROM agq_checkpoints ORDER BY size", &[])
+                .map_err(pg)?;
+            rows.into_iter().map(|r| Ok((uint(r.get(0), "checkpoint size")?, r.get(1)))).collect()
+        })
+        .map_err(|e| e.0)
+    }
+
+    fn entries(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, String> {
+        self.read(|tx| {
+            let rows = tx
+                .query(
+                    "SELECT seq, entry FROM agq_audit WHERE seq >= $1 ORDER BY seq LIMIT $2",
+                    &[&int(from, "entry")?, &int(max as u64, "limit")?],
+                )
+                .map_err(pg)?;
+            rows.into_iter().map(|r| Ok((uint(r.get(0), "entry")?, r.get(1)))).collect()
+        })
+        .map_err(|e| e.0)
+    }
+}

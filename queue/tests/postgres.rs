@@ -1,0 +1,435 @@
+//! agq on PostgreSQL: migrations, the connection's settings, one queue per database, a
+//! database restart under a running queue, and TLS with the server's name checked. Real
+//! PostgreSQL (Debian's), started per test by `agenix_harness::postgres`. The rest of the
+//! queue's tests run on PostgreSQL too with `AGENIX_TEST_STORE=postgres`.
+
+#![allow(clippy::unwrap_used, clippy::print_stderr, reason = "tests fail loudly")]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use agenix_harness::postgres::{self, Postgres};
+use agenix_proto::wire::{ClientRole, Request, Response};
+use common::*;
+
+fn agq() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_agq"))
+}
+
+/// `agq ARGS` with the server's password file.
+fn run(pg: &Postgres, args: &[&str]) -> Output {
+    run_with(&pg.password_file().unwrap(), args)
+}
+
+/// `agq ARGS` with the password in `file`.
+fn run_with(file: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(agq())
+        .args(args)
+        .env("AGQ_STORE_PASSWORD_FILE", file)
+        .env_remove("AGQ_STORE_PASSWORD")
+        .env_remove("AGQ_STORE")
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// A new queue directory (identity, tokens, trust) for `agq serve --store`.
+fn queue_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("q");
+    agenix_harness::init(&agq(), &data).unwrap();
+    (dir, data)
+}
+
+/// `agq serve --store URL` on a free port, expected to fail: its error.
+fn serve_fails(pg: &Postgres, url: &str, data: &std::path::Path) -> String {
+    serve_fails_with(&pg.password_file().unwrap(), url, data)
+}
+
+fn serve_fails_with(pass: &std::path::Path, url: &str, data: &std::path::Path) -> String {
+    let out = run_with(
+        pass,
+        &["serve", "--listen", "127.0.0.1:0", "--data", data.to_str().unwrap(), "--store", url],
+    );
+    assert!(!out.status.success(), "agq served: {}", text(&out));
+    text(&out)
+}
+
+/// PG1: the schema is made by `agq migrate`, versioned, applied once however often and
+/// however many at once run it; a queue refuses a database without it.
+#[test]
+fn pg1_migrations_are_versioned_and_run_once() {
+    if !postgres::available("pg1_migrations_are_versioned_and_run_once") {
+        return;
+    }
+    let pg = Postgres::start(false).unwrap();
+    let (_dir, data) = queue_dir();
+    let err = serve_fails(&pg, &pg.url(), &data);
+    assert!(err.contains("no queue schema yet: run agq migrate"), "{err}");
+    // Two at once: one applies, the other finds nothing to do.
+    let url = pg.url();
+    let both: Vec<Output> = std::thread::scope(|s| {
+        let a = s.spawn(|| run(&pg, &["migrate", "--store", &url]));
+        let b = s.spawn(|| run(&pg, &["migrate", "--store", &url]));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    for out in &both {
+        assert!(out.status.success(), "{}", text(out));
+    }
+    let applied = both.iter().filter(|o| text(o).contains("applied migration 1")).count();
+    assert_eq!(applied, 1, "{:?}", both.iter().map(text).collect::<Vec<_>>());
+    let again = run(&pg, &["migrate", "--store", &url]);
+    assert!(text(&again).contains("nothing to do"), "{}", text(&again));
+    // Over the Unix socket too.
+    let again = run(&pg, &["migrate", "--store", &pg.socket_url()]);
+    assert!(again.status.success() && text(&again).contains("nothing to do"), "{}", text(&again));
+}
+
+/// PG2: what cannot be right is refused before connecting, with the setting named; a wrong
+/// password is refused by the server, and said so.
+#[test]
+fn pg2_bad_connection_settings_are_refused_by_name() {
+    if !postgres::available("pg2_bad_connection_settings_are_refused_by_name") {
+        return;
+    }
+    let pg = Postgres::start(false).unwrap();
+    let port = pg.addr.port();
+    let cases: &[(String, &str)] = &[
+        (format!("postgres://agq:secret@127.0.0.1:{port}/postgres"), "holds a password"),
+        (format!("postgres://agq@127.0.0.1:{port}/postgres?password=x"), "holds a password"),
+        ("postgres://agq@db.example.net/q".into(), "certificate roots"),
+        (
+            "postgres://agq@db.example.net/q?sslmode=disable".into(),
+            "sslmode=disable is for loopback",
+        ),
+        (
+            format!("postgres://agq@127.0.0.1:{port}/postgres?sslmode=require"),
+            "use sslmode=verify-full",
+        ),
+        (format!("postgres://agq@127.0.0.1:{port}/postgres?sslmode=maybe"), "sslmode=maybe is not"),
+        ("mysql://agq@127.0.0.1/q".into(), "must be a postgres://"),
+        (
+            format!("postgres://agq@127.0.0.1:{port}/postgres?sslrootcert=/nonexistent"),
+            "TLS is off",
+        ),
+    ];
+    for (url, want) in cases {
+        let out = run(&pg, &["migrate", "--store", url]);
+        assert!(!out.status.success(), "{url} accepted");
+        let err = text(&out);
+        // The URL's secret never comes back in a message.
+        assert!(!err.contains("secret"), "{err}");
+        // A host off loopback needs TLS: with no roots configured the platform's are used,
+        // and this machine may have none; either way it never goes in clear.
+        if *want == "certificate roots" {
+            assert!(!err.contains("schema"), "{url}: {err}");
+            continue;
+        }
+        assert!(err.contains(want), "{url}: {err}");
+    }
+    // A wrong password: the server says so, and so does agq.
+    let wrong = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(wrong.path(), "not-the-password\n").unwrap();
+    let out = Command::new(agq())
+        .args(["migrate", "--store", &pg.url(), "--store-password-file"])
+        .arg(wrong.path())
+        .env_remove("AGQ_STORE_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("password authentication failed"), "{}", text(&out));
+    assert!(!text(&out).contains("not-the-password"), "{}", text(&out));
+    // Given twice, or an empty file: refused by name.
+    let out = Command::new(agq())
+        .args(["migrate", "--store", &pg.url(), "--store-password-file"])
+        .arg(pg.password_file().unwrap())
+        .env("AGQ_STORE_PASSWORD", "x")
+        .output()
+        .unwrap();
+    assert!(text(&out).contains("given twice"), "{}", text(&out));
+    std::fs::write(wrong.path(), "").unwrap();
+    let out = Command::new(agq())
+        .args(["migrate", "--store", &pg.url(), "--store-password-file"])
+        .arg(wrong.path())
+        .output()
+        .unwrap();
+    assert!(text(&out).contains("is empty"), "{}", text(&out));
+    // A FIFO for a password file is refused, not waited on.
+    let fifo = tempfile::tempdir().unwrap();
+    let fifo = fifo.path().join("pass");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let out = Command::new(agq())
+        .args(["migrate", "--store", &pg.url(), "--store-password-file"])
+        .arg(&fifo)
+        .output()
+        .unwrap();
+    assert!(text(&out).contains("not a regular file"), "{}", text(&out));
+}
+
+/// PG3: one agq serves a database at a time; the next may once the first is gone, and a
+/// queue another has taken over from writes nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg3_one_queue_serves_a_database_at_a_time() {
+    if !postgres::available("pg3_one_queue_serves_a_database_at_a_time") {
+        return;
+    }
+    let mut q = Agq::start_on(&[], true);
+    let planner = q.client(ClientRole::Planner).await;
+    let jobs = q.submit(&planner, &[b"one"], 3).await;
+    let pg = q.postgres().unwrap();
+    let (url, pass, port) = (pg.url(), pg.password_file().unwrap(), pg.addr.port());
+    let (_dir, other) = queue_dir();
+    let err = serve_fails_with(&pass, &url, &other);
+    assert!(err.contains("another agq is serving this database"), "{err}");
+    // A queue whose place was taken (its lock lost with its connection, say) is fenced:
+    // its writes fail, loudly, and nothing it did after is stored.
+    let password = std::fs::read_to_string(&pass).unwrap();
+    // (The sync client runs its own runtime: on a thread of its own.)
+    std::thread::spawn(move || {
+        let mut sql = ::postgres::Client::connect(
+            &format!(
+                "host=127.0.0.1 port={port} user=agq dbname=postgres password={}",
+                password.trim()
+            ),
+            ::postgres::NoTls,
+        )
+        .unwrap();
+        sql.execute("UPDATE agq_meta SET value = value + 1 WHERE key = 'generation'", &[]).unwrap();
+    })
+    .join()
+    .unwrap();
+    planner.put_blob(b"two").await.unwrap();
+    let (plan, digest) = q.plan(COMPONENT, &[]);
+    let (action, _) = q.action(digest, &[b"two"], 3);
+    match planner.request(&submit_of(&planner, &plan, &action).await).await {
+        Err(e) => {
+            let (_, message) = remote(e);
+            assert!(message.contains("not stored"), "{message}");
+        }
+        Ok(other) => panic!("a fenced queue answered {other:?}"),
+    }
+    let log = q.log();
+    assert!(log.contains("another agq took over this database"), "{log}");
+    let stored = q.stored().load().unwrap();
+    assert_eq!(stored.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), jobs);
+    // Gone: the next agq may serve it, and finds the job.
+    q.kill();
+    q.restart();
+    let planner = q.client(ClientRole::Planner).await;
+    assert_eq!(job(&planner, jobs[0]).await.id, jobs[0]);
+}
+
+/// PG4: PostgreSQL killed and restarted under a running queue: requests during the outage
+/// are refused as not stored, the queue goes on afterwards, and every acknowledged job is
+/// there and finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg4_a_database_restart_loses_no_acknowledged_job() {
+    if !postgres::available("pg4_a_database_restart_loses_no_acknowledged_job") {
+        return;
+    }
+    let mut q = Agq::start_on(&[], true);
+    let planner = q.client(ClientRole::Planner).await;
+    let w = q.worker("w").await;
+    register(&w, "w").await;
+    let mut acked = q.submit(&planner, &[b"a", b"b", b"c", b"d"], 3).await;
+    for lease in claim(&w, 2, 1000).await {
+        let out = w.signed(&lease, no_output()).await;
+        assert!(matches!(
+            w.request(&Request::Complete { lease: lease.lease, output: out }).await.unwrap(),
+            Response::Recorded { .. }
+        ));
+    }
+    planner.put_blob(b"during").await.unwrap();
+    planner.put_blob(b"after").await.unwrap();
+    q.postgres().unwrap().kill();
+    // While it is down, a submission is refused (never acknowledged and then lost).
+    let (plan, digest) = q.plan(COMPONENT, &[]);
+    let (action, _) = q.action(digest, &[b"during"], 3);
+    match planner.request(&submit_of(&planner, &plan, &action).await).await {
+        Err(e) => assert!(remote(e).1.contains("not stored")),
+        Ok(Response::Submitted { jobs, .. }) => panic!("acknowledged {jobs:?} with no database"),
+        Ok(other) => panic!("{other:?}"),
+    }
+    q.postgres().unwrap().restart().unwrap();
+    assert!(q.is_running(), "agq exited with its database: {}", q.log());
+    // Afterwards it goes on: new work is stored, and every acknowledged job finishes.
+    let mut more = Vec::new();
+    for attempt in 0.. {
+        let (plan, digest) = q.plan(COMPONENT, &[]);
+        let (action, _) = q.action(digest, &[b"after"], 3);
+        match planner.request(&submit_of(&planner, &plan, &action).await).await {
+            Ok(Response::Submitted { jobs, .. }) => {
+                more = jobs;
+                break;
+            }
+            other => assert!(attempt < 50, "still refused after the restart: {other:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    acked.extend(more);
+    let mut done = 2;
+    while done < acked.len() {
+        for lease in claim(&w, 4, 1000).await {
+            let out = w.signed(&lease, no_output()).await;
+            if let Response::Recorded { .. } =
+                w.request(&Request::Complete { lease: lease.lease, output: out }).await.unwrap()
+            {
+                done += 1;
+            }
+        }
+    }
+    q.kill();
+    let stored = q.stored().load().unwrap();
+    // The refused submission left nothing behind: not stored, never run.
+    assert_eq!(stored.jobs.len(), acked.len(), "{:?}", stored.jobs);
+    let log = q.log();
+    assert!(log.contains("storage is back"), "{log}");
+    for id in &acked {
+        let j = stored.jobs.iter().find(|j| j.id == *id).unwrap_or_else(|| panic!("job {id} lost"));
+        assert_eq!(j.state.name(), "succeeded", "{j:?}");
+    }
+}
+
+/// PG5: off loopback the store is reached over TLS with the server's name checked against
+/// its certificate (`sslmode=verify-full`); a server whose certificate another authority
+/// signed is refused.
+#[test]
+fn pg5_tls_checks_the_servers_name_and_authority() {
+    if !postgres::available("pg5_tls_checks_the_servers_name_and_authority") {
+        return;
+    }
+    let root = authority("test root");
+    let other = authority("another root");
+    let server = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+    let issuer = rcgen::Issuer::from_params(&root.1, &root.0);
+    let cert = params.signed_by(&server, &issuer).unwrap();
+    let pg = Postgres::start_with(false, Some((&cert.pem(), &server.serialize_pem()))).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (good, bad) = (dir.path().join("ca.pem"), dir.path().join("other.pem"));
+    std::fs::write(&good, root.2.pem()).unwrap();
+    std::fs::write(&bad, other.2.pem()).unwrap();
+    let port = pg.addr.port();
+    let url = |root: &std::path::Path, host: &str| {
+        format!(
+            "postgres://agq@{host}:{port}/postgres?sslmode=verify-full&sslrootcert={}",
+            root.display()
+        )
+    };
+    let out = run(&pg, &["migrate", "--store", &url(&good, "localhost")]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The server takes TLS only: in clear it refuses, so the success above was over TLS.
+    let out =
+        run(&pg, &["migrate", "--store", &format!("postgres://agq@127.0.0.1:{port}/postgres")]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("no encryption"), "{}", text(&out));
+    // Another authority, or a name the certificate does not carry: refused.
+    let out = run(&pg, &["migrate", "--store", &url(&bad, "localhost")]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).to_lowercase().contains("certificate"), "{}", text(&out));
+    let out = run(&pg, &["migrate", "--store", &url(&good, "127.0.0.1")]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).to_lowercase().contains("certificate"), "{}", text(&out));
+}
+
+fn authority(name: &str) -> (rcgen::KeyPair, rcgen::CertificateParams, rcgen::Certificate) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    let cert = params.self_signed(&key).unwrap();
+    (key, params, cert)
+}
+
+/// Runs `sql` against the queue's database, as an insider with its password would.
+fn sql(pg: &Postgres, statements: &str) {
+    let password = std::fs::read_to_string(pg.password_file().unwrap()).unwrap();
+    let conn = format!(
+        "host=127.0.0.1 port={} user=agq dbname=postgres password={}",
+        pg.addr.port(),
+        password.trim()
+    );
+    let statements = statements.to_string();
+    // (The sync client runs its own runtime: on a thread of its own.)
+    std::thread::spawn(move || {
+        let mut c = ::postgres::Client::connect(&conn, ::postgres::NoTls).unwrap();
+        c.batch_execute(&statements).unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+/// PG6: the audit log in PostgreSQL: each job step recorded and proven in a signed
+/// checkpoint, `agq audit verify|export|checkpoint --store` read it beside the queue, and
+/// an entry edited in the database is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg6_the_audit_log_in_postgres_verifies_and_names_an_edit() {
+    if !postgres::available("pg6_the_audit_log_in_postgres_verifies_and_names_an_edit") {
+        return;
+    }
+    let mut q = Agq::start_on(&["--checkpoint-every", "100ms"], true);
+    let planner = q.client(ClientRole::Planner).await;
+    let jobs = q.submit(&planner, &[b"x", b"y"], 3).await;
+    let w = q.worker("w").await;
+    register(&w, "w").await;
+    for lease in claim(&w, 2, 1000).await {
+        let out = w.signed(&lease, no_output()).await;
+        w.request(&Request::Complete { lease: lease.lease, output: out }).await.unwrap();
+    }
+    let data = q.data();
+    let pg = q.postgres().unwrap();
+    let store = pg.url();
+    let audit = |args: &[&str]| {
+        let mut all = vec!["audit"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--data", data.to_str().unwrap(), "--store", &store]);
+        run(pg, &all)
+    };
+    let mut verified = String::new();
+    for _ in 0..100 {
+        let out = audit(&["verify"]);
+        verified = text(&out);
+        if out.status.success() && verified.contains("every entry is covered") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        verified.contains("audit log intact") && verified.contains("every entry is covered"),
+        "{verified}"
+    );
+    let exported = audit(&["export"]);
+    assert!(exported.status.success(), "{}", text(&exported));
+    let entries: Vec<_> = String::from_utf8(exported.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| agenix_proto::audit::Entry::from_bytes(l.as_bytes()).unwrap())
+        .collect();
+    assert!(entries.len() >= 6, "{entries:?}");
+    assert!(entries.iter().enumerate().all(|(i, e)| e.seq == i as u64));
+    let checkpoint = audit(&["checkpoint"]);
+    assert!(text(&checkpoint).contains(&format!("\n{}\n", entries.len())), "{}", text(&checkpoint));
+    // Each job's history is proven in the signed checkpoint, as on the embedded store.
+    let obs = q.client(ClientRole::Observer).await;
+    for job in &jobs {
+        let (page, _) = obs.history(*job, None).await.unwrap();
+        let checked = agenix_proto::audit::check_history(&q.fingerprint, *job, &page).unwrap();
+        assert!(checked.len() >= 3, "{checked:?}");
+    }
+    // An insider edits one entry's time in the database: named.
+    q.kill();
+    let pg = q.postgres().unwrap();
+    sql(
+        pg,
+        "UPDATE agq_audit SET entry = convert_to(replace(convert_from(entry, 'UTF8'), '\"at\":', '\"at\":1'), 'UTF8') WHERE seq = 2",
+    );
+    let out = run(pg, &["audit", "verify", "--data", data.to_str().unwrap(), "--store", &pg.url()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("entry 2 was edited"), "{}", text(&out));
+}
