@@ -18,6 +18,8 @@ export AGENIX_REQUIRE_PROMTOOL="${AGENIX_REQUIRE_PROMTOOL:-1}"
 export AGENIX_REQUIRE_CHROMIUM="${AGENIX_REQUIRE_CHROMIUM:-1}"
 # agq's PostgreSQL store is tested against Debian's PostgreSQL (scripts/setup.sh installs it).
 export AGENIX_REQUIRE_POSTGRES="${AGENIX_REQUIRE_POSTGRES:-1}"
+# The partition tests need network namespaces (root, iproute2): they fail rather than skip.
+export AGENIX_REQUIRE_NETNS="${AGENIX_REQUIRE_NETNS:-1}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/check-deps.sh

@@ -6,6 +6,8 @@
 //! `postgres` starts a real PostgreSQL for a queue that keeps its jobs there
 //! (`AGENIX_TEST_STORE=postgres` makes every queue started here do so).
 //!
+//! `netns` makes hosts of network namespaces joined by veth links a test can cut.
+//!
 //! `help` is the check every binary's `--help` passes: examples on every page, each one its
 //! parser accepts.
 //!
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 pub mod help;
+pub mod netns;
 pub mod postgres;
 
 /// A workspace binary (`agq`, `agw`, `agx`) built beside the running executable: a test in
@@ -92,6 +95,10 @@ pub struct Serve {
     pub log: PathBuf,
     /// How long agq may take to serve (it loads every stored job first).
     pub patience: Duration,
+    /// A command prefix agq runs under (`ip netns exec NAME`: [`netns::Host::wrap`]).
+    pub wrap: Vec<std::ffi::OsString>,
+    /// The address it listens on (a free port of it): loopback unless set.
+    pub listen: std::net::IpAddr,
     /// Keep jobs in a PostgreSQL server of its own (started with it, migrated by `agq
     /// migrate`) instead of the embedded store; `AGENIX_TEST_STORE=postgres` sets it.
     pub postgres: bool,
@@ -107,6 +114,8 @@ impl Serve {
             log_level: "warn".into(),
             log,
             patience: Duration::from_secs(120),
+            wrap: vec![],
+            listen: std::net::IpAddr::from([127, 0, 0, 1]),
             postgres: postgres::wanted(),
         }
     }
@@ -131,12 +140,12 @@ impl Agq {
     /// Starts `agq serve` on a free loopback port and waits until it serves.
     pub fn start(serve: Serve) -> Result<Self> {
         let mut q = Self {
-            serve,
             child: None,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            addr: SocketAddr::new(serve.listen, 0),
             fingerprint: String::new(),
             slowest_start: Duration::ZERO,
             postgres: None,
+            serve,
         };
         if q.serve.postgres {
             let pg = postgres::Postgres::start(false)?;
@@ -186,7 +195,14 @@ impl Agq {
             .open(&self.serve.log)
             .with_context(|| format!("cannot open {}", self.serve.log.display()))?;
         let start = Instant::now();
-        let mut cmd = Command::new(&self.serve.bin);
+        let mut cmd = match self.serve.wrap.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&self.serve.bin);
+                cmd
+            }
+            None => Command::new(&self.serve.bin),
+        };
         cmd.args(["serve", "--data"])
             .arg(&self.serve.data)
             .args(["--listen", &self.addr.to_string()])

@@ -130,19 +130,6 @@ fn a_hundred_jobs_fan_out_across_three_workers() {
     }
 }
 
-/// A plan whose one task naps for `ms` then echoes its input.
-fn nap_plan(c: &Cluster, ms: u64) -> String {
-    let p = c.path(&format!("nap{ms}.json"));
-    std::fs::write(
-        &p,
-        format!(
-            r#"{{"schema":"agenix.plan/v1","name":"nap","tasks":[{{"id":"nap","run":{{"wasm":{{"name":"nap"}}}},"args":["{ms}"],"stdin":{{"input":true}}}}],"output":"nap"}}"#
-        ),
-    )
-    .unwrap();
-    p.to_str().unwrap().to_string()
-}
-
 #[test]
 fn a_worker_killed_mid_job_lets_the_job_finish_elsewhere() {
     let mut c = Cluster::start(&["--lease-ms", "1500", "--heartbeat-ms", "400"]);

@@ -26,6 +26,9 @@ pub struct Cluster {
     pub workers: Vec<(String, Child)>,
     /// `AGW_LOG` for the workers started from now on (`info`).
     pub agw_log: String,
+    /// The hosts, when the queue and workers each run in a network namespace of their own
+    /// (agx runs in the queue's).
+    pub net: Option<agenix_harness::netns::Net>,
 }
 
 impl Cluster {
@@ -36,6 +39,16 @@ impl Cluster {
 
     /// [`Cluster::start`], with the queue logging at `level` (`AGQ_LOG`) to `agq.log`.
     pub fn start_logging(agq_args: &[&str], level: &str) -> Self {
+        Self::start_on(agq_args, level, None)
+    }
+
+    /// A queue in the hub namespace of `net` (listening on all its addresses), whose
+    /// workers start on `net`'s hosts ([`Cluster::worker_on`]).
+    pub fn start_net(agq_args: &[&str], net: agenix_harness::netns::Net) -> Self {
+        Self::start_on(agq_args, "info", Some(net))
+    }
+
+    fn start_on(agq_args: &[&str], level: &str, net: Option<agenix_harness::netns::Net>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("queue");
         let fingerprint = agenix_harness::init(&bin("agq"), &data).unwrap();
@@ -50,15 +63,14 @@ impl Cluster {
         let mut serve = agenix_harness::Serve::new(bin("agq"), data, dir.path().join("agq.log"));
         serve.args = agq_args.iter().map(|s| s.to_string()).collect();
         serve.log_level = level.into();
-        let agq = agenix_harness::Agq::start(serve).unwrap();
-        Self {
-            addr: agq.addr.to_string(),
-            dir,
-            fingerprint,
-            agq,
-            workers: vec![],
-            agw_log: "info".into(),
+        if let Some(net) = &net {
+            serve.wrap = net.hub.wrap();
+            serve.listen = std::net::IpAddr::from([0, 0, 0, 0]);
         }
+        let agq = agenix_harness::Agq::start(serve).unwrap();
+        // agx runs beside the queue: on loopback in its namespace.
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], agq.addr.port())).to_string();
+        Self { addr, dir, fingerprint, agq, workers: vec![], agw_log: "info".into(), net }
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -98,9 +110,30 @@ impl Cluster {
     /// Starts a worker named `name` with its own trust file `trust` (in the cluster's
     /// directory).
     pub fn worker_trusting(&mut self, name: &str, trust: &str, extra: &[&str]) {
+        self.start_worker(Command::new(bin("agw")), self.addr.clone(), name, trust, extra);
+    }
+
+    /// Starts a worker named `name` on host `i` of the cluster's network, reaching the
+    /// queue across its link.
+    pub fn worker_on(&mut self, i: usize, name: &str, extra: &[&str]) {
+        let net = self.net.as_ref().unwrap();
+        let queue =
+            std::net::SocketAddr::from((net.hub_addr_for(i).unwrap(), self.agq.addr.port()));
+        let cmd = net.hosts[i].command(bin("agw"));
+        self.start_worker(cmd, queue.to_string(), name, "worker-trust.json", extra);
+    }
+
+    fn start_worker(
+        &mut self,
+        mut cmd: Command,
+        queue: String,
+        name: &str,
+        trust: &str,
+        extra: &[&str],
+    ) {
         let log = std::fs::File::create(self.path(&format!("{name}.log"))).unwrap();
-        let child = Command::new(bin("agw"))
-            .args(["--queue", &self.addr, "--fingerprint", &self.fingerprint])
+        let child = cmd
+            .args(["--queue", &queue, "--fingerprint", &self.fingerprint])
             .arg("--data")
             .arg(self.worker_dir(name))
             .arg("--trust")
@@ -174,7 +207,10 @@ impl Cluster {
 
     /// agx in the cluster's directory, configured for its queue.
     pub fn agx_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(bin("agx"));
+        let mut cmd = match &self.net {
+            Some(net) => net.hub.command(bin("agx")),
+            None => Command::new(bin("agx")),
+        };
         cmd.args(args)
             .current_dir(self.dir.path())
             .env("AGX_QUEUE", &self.addr)
@@ -248,6 +284,19 @@ impl Drop for Cluster {
         }
         self.kill_agq();
     }
+}
+
+/// A plan whose one task sleeps `ms` then echoes its input (the `nap` guest).
+pub fn nap_plan(c: &Cluster, ms: u64) -> String {
+    let p = c.path(&format!("nap{ms}.json"));
+    std::fs::write(
+        &p,
+        format!(
+            r#"{{"schema":"agenix.plan/v1","name":"nap","tasks":[{{"id":"nap","run":{{"wasm":{{"name":"nap"}}}},"args":["{ms}"],"stdin":{{"input":true}}}}],"output":"nap"}}"#
+        ),
+    )
+    .unwrap();
+    p.to_str().unwrap().to_string()
 }
 
 pub fn example(name: &str) -> String {
