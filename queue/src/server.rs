@@ -688,10 +688,20 @@ async fn committer(
         let events = job_events(&writes);
         let s = store.clone();
         let (count, started) = (writes.len(), Instant::now());
-        let result = tokio::task::spawn_blocking(move || s.apply(&writes))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let mut commit = tokio::task::spawn_blocking(move || s.apply(&writes));
+        // A commit storage does not answer is waited for (giving up on it would leave its
+        // outcome unknown), and said so every 10 s.
+        let result = loop {
+            match tokio::time::timeout(Duration::from_secs(10), &mut commit).await {
+                Ok(r) => {
+                    break r.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
+                }
+                Err(_) => warn!(
+                    waited_s = started.elapsed().as_secs(),
+                    "a commit is still waiting for storage to answer"
+                ),
+            }
+        };
         crate::metrics::committed(started.elapsed().as_secs_f64(), count, result.is_ok());
         match &result {
             Ok(()) => log_steps(&events),

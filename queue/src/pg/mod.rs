@@ -187,6 +187,14 @@ impl Target {
         }
         config.ssl_mode(if verify { SslMode::Require } else { SslMode::Disable });
         config.connect_timeout(CONNECT_TIMEOUT);
+        // A server or network that vanished (no reset, packets dropped) ends the connection
+        // within about half a minute instead of never, so a batch fails and is known to.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(30));
         config.application_name("agq");
         let tls = MakeRustlsConnect::new(tls_config(root_file.as_deref())?);
         let hosts: Vec<String> = config
