@@ -148,7 +148,7 @@ impl Agq {
             serve,
         };
         if q.serve.postgres {
-            let pg = postgres::Postgres::start(false)?;
+            let pg = postgres::Postgres::start(postgres::fsync_wanted())?;
             pg.migrate(&q.serve.bin)?;
             q.postgres = Some(pg);
         }

@@ -26,6 +26,12 @@ pub fn wanted() -> bool {
     std::env::var("AGENIX_TEST_STORE").is_ok_and(|v| v == "postgres")
 }
 
+/// Whether the servers started for queues sync commits to disk: off unless
+/// `AGENIX_PG_FSYNC=on` (what the benchmarks set, so PostgreSQL is measured as deployed).
+pub fn fsync_wanted() -> bool {
+    std::env::var("AGENIX_PG_FSYNC").is_ok_and(|v| v == "on")
+}
+
 /// The directory holding `initdb` and `postgres`: the newest under
 /// /usr/lib/postgresql/*/bin, or `pg_config --bindir`.
 pub fn bindir() -> Result<PathBuf> {
@@ -231,6 +237,7 @@ impl Postgres {
         let path = self.dir.path().join("agq.pass");
         if !path.exists() {
             std::fs::write(&path, format!("{}\n", password()))?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         }
         Ok(path)
     }

@@ -197,7 +197,11 @@ impl Queue {
                 return error(ErrorCode::Unavailable, format!("cannot read the audit log: {e}"));
             }
         };
-        if history.entries.is_empty() && after.is_none() && lock(&self.sched).job(job).is_none() {
+        let known = match self.current() {
+            Ok(s) => s.job(job).is_some(),
+            Err(r) => return crate::server::refusal(r),
+        };
+        if history.entries.is_empty() && after.is_none() && !known {
             return error(ErrorCode::NotFound, format!("the audit log has no entry for job {job}"));
         }
         let fetched = history.entries.len();

@@ -64,22 +64,30 @@ impl Queue {
                 Err(r @ Refusal::Finished(_)) => error(ErrorCode::Conflict, r.to_string()),
                 Err(r) => refusal(r),
             },
-            Request::ListJobs { filter, after, limit } => {
-                let (jobs, next) =
-                    lock(&self.sched).list(&filter, after, limit.min(MAX_PAGE), PAGE_BYTES);
-                Response::Jobs { jobs, next }
-            }
-            Request::ShowJob { job } => match lock(&self.sched).job(job) {
-                Some(j) => Response::Job { job: j.clone() },
-                None => error(ErrorCode::NotFound, format!("no job {job}")),
+            Request::ListJobs { filter, after, limit } => match self.current() {
+                Ok(s) => {
+                    let (jobs, next) = s.list(&filter, after, limit.min(MAX_PAGE), PAGE_BYTES);
+                    Response::Jobs { jobs, next }
+                }
+                Err(r) => refusal(r),
+            },
+            Request::ShowJob { job } => match self.current().map(|s| s.job(job).cloned()) {
+                Ok(Some(j)) => Response::Job { job: j },
+                Ok(None) => error(ErrorCode::NotFound, format!("no job {job}")),
+                Err(r) => refusal(r),
             },
             Request::History { job, after } => self.history(job, after).await,
-            Request::ListWorkers { after, limit } => {
-                let (workers, next) =
-                    lock(&self.sched).workers(after, limit.min(MAX_PAGE), PAGE_BYTES);
-                Response::Workers { workers, next }
-            }
-            Request::Stats {} => Response::Stats { stats: lock(&self.sched).stats(now) },
+            Request::ListWorkers { after, limit } => match self.current() {
+                Ok(s) => {
+                    let (workers, next) = s.workers(after, limit.min(MAX_PAGE), PAGE_BYTES);
+                    Response::Workers { workers, next }
+                }
+                Err(r) => refusal(r),
+            },
+            Request::Stats {} => match self.current() {
+                Ok(s) => Response::Stats { stats: s.stats(now) },
+                Err(r) => refusal(r),
+            },
             Request::Register { capabilities, instance } => {
                 self.register(client, capabilities, &instance).await
             }
@@ -180,7 +188,7 @@ impl Queue {
             );
         }
         let now = now_ms();
-        let registered = lock(&self.sched).register(now, id, key, capabilities);
+        let registered = self.current().and_then(|mut s| s.register(now, id, key, capabilities));
         match registered {
             Ok(worker) => {
                 if bound.is_none() {
@@ -237,7 +245,7 @@ impl Queue {
     ) -> Result<(), Response> {
         // A lease that is not this worker's, or no longer current, is refused as such first.
         let (plan, input, action) = {
-            let sched = lock(&self.sched);
+            let sched = self.current().map_err(refusal)?;
             let job = sched.owned(worker, lease).map_err(refusal)?;
             let action = sched.action(&job.action).map(|a| a.payload);
             (job.plan, job.input.clone(), action)

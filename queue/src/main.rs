@@ -63,6 +63,56 @@ struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// The store of the queue in `data`: PostgreSQL when --store names it, else the
+    /// embedded one. A queue directory remembers which it was served with (`DATA/store`,
+    /// the URL without a password): without --store, a queue served from PostgreSQL is
+    /// refused rather than served from its empty embedded store, and a queue whose jobs
+    /// are in its embedded store is not served from PostgreSQL.
+    fn of_queue(
+        &self,
+        data: &std::path::Path,
+        serving: bool,
+    ) -> Result<Option<agenix_queue::pg::Target>> {
+        let marker = data.join("store");
+        let remembered = match agenix_queue::read_capped(&marker, 4096) {
+            Ok(b) => Some(String::from_utf8_lossy(&b).trim().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", marker.display())),
+        };
+        let target = self.target()?;
+        match (&target, &remembered) {
+            (None, Some(url)) => anyhow::bail!(
+                "this queue keeps its jobs in {url} ({}): give --store (or AGQ_STORE)",
+                marker.display()
+            ),
+            (Some(t), None) if serving => {
+                // First served from PostgreSQL: only a queue whose embedded store is empty.
+                let redb = data.join("queue.redb");
+                if redb.exists() {
+                    use agenix_queue::store::Store as _;
+                    let store = RedbStore::open(&redb)?;
+                    let held = store.load()?.jobs.len() as u64 + store.audit_head()?.size;
+                    anyhow::ensure!(
+                        held == 0,
+                        "this queue's jobs and audit log are in {} (it was served without \
+                         --store): a queue does not move to PostgreSQL; make a new queue \
+                         directory with agq init for {t}",
+                        redb.display()
+                    );
+                }
+                let dir = marker.parent().unwrap_or(data);
+                let mut tmp = tempfile::NamedTempFile::new_in(dir)
+                    .with_context(|| format!("cannot write {}", marker.display()))?;
+                writeln!(tmp, "{t}")?;
+                tmp.as_file().sync_all()?;
+                tmp.persist(&marker)
+                    .with_context(|| format!("cannot write {}", marker.display()))?;
+            }
+            _ => {}
+        }
+        Ok(target)
+    }
+
     /// The PostgreSQL store named, if one is.
     fn target(&self) -> Result<Option<agenix_queue::pg::Target>> {
         let Some(url) = &self.store else {
@@ -79,8 +129,17 @@ impl StoreArgs {
                  AGQ_STORE_PASSWORD): give it once"
             ),
             (Some(file), None) => {
+                use std::os::unix::fs::PermissionsExt as _;
                 let bytes = agenix_queue::read_capped(file, 4096)
                     .with_context(|| format!("the store's password file {}", file.display()))?;
+                let mode = std::fs::metadata(file)?.permissions().mode();
+                anyhow::ensure!(
+                    mode & 0o004 == 0,
+                    "the store's password file {} is readable by every user (mode {:o}): \
+                     chmod o-r it",
+                    file.display(),
+                    mode & 0o777
+                );
                 let text = String::from_utf8(bytes).map_err(|_| {
                     anyhow::anyhow!("the store's password file {} is not UTF-8", file.display())
                 })?;
@@ -91,6 +150,9 @@ impl StoreArgs {
                     file.display()
                 );
                 Some(line)
+            }
+            (None, Some(env)) if env.is_empty() => {
+                anyhow::bail!("AGQ_STORE_PASSWORD is set but empty")
             }
             (None, env) => env,
         };
@@ -435,7 +497,7 @@ fn run(cli: Cli) -> Result<()> {
                     Ok(note)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let v = match store.target()? {
+            let v = match store.of_queue(&data, false)? {
                 Some(target) => audit::verify_log(&PgStore::inspect(target)?, &data, &saved)?,
                 None => no_panic(&data, || audit::verify_dir(&data, &saved))?,
             };
@@ -468,7 +530,7 @@ fn run(cli: Cli) -> Result<()> {
                 None => 0,
                 Some(t) => parse_since(&t)?,
             };
-            let n = match store.target()? {
+            let n = match store.of_queue(&data, false)? {
                 Some(target) => audit::export_log(&PgStore::inspect(target)?, since, &mut out)?,
                 None => no_panic(&data, || audit::export_dir(&data, since, &mut out))?,
             };
@@ -476,7 +538,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Audit(AuditCommand::Checkpoint { data, store }) => {
             logging::init("AGQ_LOG", log_format);
-            let latest = match store.target()? {
+            let latest = match store.of_queue(&data, false)? {
                 Some(target) => {
                     use agenix_queue::store::Store as _;
                     PgStore::inspect(target)?.latest_checkpoint()?.map(|(_, note)| note)
@@ -575,7 +637,7 @@ fn run(cli: Cli) -> Result<()> {
                      --web-key (or serve it on 127.0.0.1)"
                 );
             }
-            let pg = store.target()?;
+            let pg = store.of_queue(&data, true)?;
             let trust_path = trust.unwrap_or_else(|| data.join("trust.json"));
             let trust = TrustSource::file(trust_path).map_err(anyhow::Error::msg)?;
             let tokens = identity::load_tokens(&data)?;
@@ -642,10 +704,18 @@ fn run(cli: Cli) -> Result<()> {
                 };
                 // Scripts read this line (--ready-file is the machine interface beside it).
                 let _ = writeln!(std::io::stdout(), "agq: serving on {address} as {fingerprint}");
-                tokio::select! {
-                    () = queue.clone().serve(endpoint.clone()) => {}
-                    _ = term.recv() => {}
-                    _ = interrupt.recv() => {}
+                let lost = tokio::select! {
+                    () = queue.clone().serve(endpoint.clone()) => None,
+                    _ = term.recv() => None,
+                    _ = interrupt.recv() => None,
+                    why = queue.lost() => Some(why),
+                };
+                if let Some(why) = lost {
+                    endpoint.close(1u32.into(), b"the queue's storage is another queue's now");
+                    if let Some((file, wrote)) = &wrote {
+                        remove_ready_file(file, wrote);
+                    }
+                    anyhow::bail!("{why}: this queue stopped");
                 }
                 endpoint.close(0u32.into(), b"shutting down");
                 // What was recorded since the last checkpoint is signed before leaving.

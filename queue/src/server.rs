@@ -117,6 +117,9 @@ pub struct Queue {
     /// Set (under the scheduler's lock) while memory may hold a transition storage does
     /// not: after a failed commit, until the state is read back. Nothing is applied then.
     stale: std::sync::atomic::AtomicBool,
+    /// Why this queue must stop (its storage is another queue's now), once it must.
+    lost: Mutex<Option<String>>,
+    lost_notify: Notify,
 }
 
 impl std::fmt::Debug for Queue {
@@ -181,6 +184,8 @@ impl Queue {
             settings,
             auditor,
             stale: std::sync::atomic::AtomicBool::new(false),
+            lost: Mutex::new(None),
+            lost_notify: Notify::new(),
         });
         tokio::spawn(committer(store, rx, Arc::downgrade(&queue)));
         tokio::spawn(reaper(Arc::downgrade(&queue)));
@@ -195,13 +200,7 @@ impl Queue {
         f: impl FnOnce(&mut Scheduler) -> Result<(T, Vec<Change>), Refusal>,
         extra: Vec<Write>,
     ) -> Result<(T, Durable), Refusal> {
-        let mut sched = lock(&self.sched);
-        if self.stale.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Refusal::Unavailable(
-                "a commit failed; the queue reads its state back from storage before it goes on"
-                    .into(),
-            ));
-        }
+        let mut sched = self.current()?;
         let (value, changes) = f(&mut sched)?;
         let mut writes = extra;
         writes.extend(changes.into_iter().map(Write::Change));
@@ -213,6 +212,31 @@ impl Queue {
         let _ = self.commits.send((writes, ack));
         drop(sched);
         Ok((value, Some(done)))
+    }
+
+    /// The scheduler, unless memory may be ahead of storage or behind it (after a failed
+    /// commit, until storage is read back): what it holds then is neither acted on nor
+    /// shown, so a transition storage lost is never answered as done.
+    pub(crate) fn current(&self) -> Result<std::sync::MutexGuard<'_, Scheduler>, Refusal> {
+        let sched = lock(&self.sched);
+        if self.stale.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Refusal::Unavailable(
+                "a commit failed; the queue reads its state back from storage before it goes on"
+                    .into(),
+            ));
+        }
+        Ok(sched)
+    }
+
+    /// Resolves once this queue must stop because another serves its storage now, with why.
+    pub async fn lost(&self) -> String {
+        loop {
+            let notified = self.lost_notify.notified();
+            if let Some(why) = lock(&self.lost).clone() {
+                return why;
+            }
+            notified.await;
+        }
     }
 
     /// Waits for a commit; an error means the transition is not durable.
@@ -734,6 +758,13 @@ async fn reaper(queue: Weak<Queue>) {
         tokio::time::sleep(Duration::from_millis(wake - now)).await;
         let Some(q) = queue.upgrade() else { return };
         q.gate.forget_idle();
+        let store = q.store.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.check()).await {
+            error!(error = %e, "this queue no longer serves its storage: it stops");
+            *lock(&q.lost) = Some(e.to_string());
+            q.lost_notify.notify_waiters();
+            return;
+        }
         // Keys revoked or removed (a new reading), and keys whose period ended (checked
         // once a second).
         let (generation, trust) = q.trust.generation();
@@ -796,7 +827,8 @@ async fn collector(queue: Weak<Queue>) {
 impl Queue {
     /// One collection of unreferenced blobs.
     pub(crate) async fn collect(&self) {
-        let mut keep = lock(&self.sched).blobs_in_use();
+        // Memory that may not match storage must not decide what is deleted.
+        let Ok(mut keep) = self.current().map(|s| s.blobs_in_use()) else { return };
         keep.extend(lock(&self.kept).iter().copied());
         let (blobs, grace) = (self.blobs.clone(), self.settings.blob_grace);
         let started = Instant::now();

@@ -112,6 +112,12 @@ pub trait Store: Send + Sync + 'static {
     fn history(&self, job: JobId, after: Option<u64>, max: usize) -> Result<History, StoreError>;
     /// The audit log's last `max` entries, newest first: (seq, entry JSON).
     fn audit_tail(&self, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// Confirms this queue still serves its storage; an error means another queue does
+    /// now, and this one must stop (checked every second). Storage that cannot be reached
+    /// is not an error here: its batches fail on their own.
+    fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// redb's page cache: enough for the B-tree's upper levels and a commit's worth of pages.

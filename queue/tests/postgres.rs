@@ -159,6 +159,23 @@ fn pg2_bad_connection_settings_are_refused_by_name() {
         .output()
         .unwrap();
     assert!(text(&out).contains("is empty"), "{}", text(&out));
+    std::fs::write(wrong.path(), "agenix-test-password\n").unwrap();
+    std::fs::set_permissions(wrong.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .unwrap();
+    let out = Command::new(agq())
+        .args(["migrate", "--store", &pg.url(), "--store-password-file"])
+        .arg(wrong.path())
+        .env_remove("AGQ_STORE_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(text(&out).contains("is readable by every user"), "{}", text(&out));
+    let out = Command::new(agq())
+        .args(["migrate", "--store", &pg.url()])
+        .env("AGQ_STORE_PASSWORD", "")
+        .env_remove("AGQ_STORE_PASSWORD_FILE")
+        .output()
+        .unwrap();
+    assert!(text(&out).contains("AGQ_STORE_PASSWORD is set but empty"), "{}", text(&out));
     // A FIFO for a password file is refused, not waited on.
     let fifo = tempfile::tempdir().unwrap();
     let fifo = fifo.path().join("pass");
@@ -186,42 +203,50 @@ async fn pg3_one_queue_serves_a_database_at_a_time() {
     let (_dir, other) = queue_dir();
     let err = serve_fails_with(&pass, &url, &other);
     assert!(err.contains("another agq is serving this database"), "{err}");
-    // A queue whose place was taken (its lock lost with its connection, say) is fenced:
-    // its writes fail, loudly, and nothing it did after is stored.
-    let password = std::fs::read_to_string(&pass).unwrap();
-    // (The sync client runs its own runtime: on a thread of its own.)
-    std::thread::spawn(move || {
-        let mut sql = ::postgres::Client::connect(
-            &format!(
-                "host=127.0.0.1 port={port} user=agq dbname=postgres password={}",
-                password.trim()
-            ),
-            ::postgres::NoTls,
-        )
-        .unwrap();
-        sql.execute("UPDATE agq_meta SET value = value + 1 WHERE key = 'generation'", &[]).unwrap();
-    })
-    .join()
-    .unwrap();
-    planner.put_blob(b"two").await.unwrap();
-    let (plan, digest) = q.plan(COMPONENT, &[]);
-    let (action, _) = q.action(digest, &[b"two"], 3);
-    match planner.request(&submit_of(&planner, &plan, &action).await).await {
-        Err(e) => {
-            let (_, message) = remote(e);
-            assert!(message.contains("not stored"), "{message}");
-        }
-        Ok(other) => panic!("a fenced queue answered {other:?}"),
+    let password = std::fs::read_to_string(&pass).unwrap().trim().to_string();
+    let conn = format!("host=127.0.0.1 port={port} user=agq dbname=postgres password={password}");
+    // The connection holding the lock is cut (a server's idle timeout, an operator): the
+    // queue takes the lock again at once, and a second agq is still refused.
+    run_sql(
+        &conn,
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = 2",
+    );
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !q.log().contains("lock taken again") {
+        assert!(std::time::Instant::now() < until, "{}", q.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let err = serve_fails_with(&pass, &url, &other);
+    assert!(err.contains("another agq is serving this database"), "{err}");
+    assert!(q.is_running());
+    // A queue whose place was taken is fenced: it stores nothing more, says why, and stops.
+    run_sql(&conn, "UPDATE agq_meta SET value = value + 1 WHERE key = 'generation'");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while q.is_running() {
+        assert!(std::time::Instant::now() < until, "a fenced queue runs on: {}", q.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let log = q.log();
     assert!(log.contains("another agq took over this database"), "{log}");
+    assert!(log.contains("this queue stopped"), "{log}");
     let stored = q.stored().load().unwrap();
     assert_eq!(stored.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), jobs);
     // Gone: the next agq may serve it, and finds the job.
-    q.kill();
     q.restart();
     let planner = q.client(ClientRole::Planner).await;
     assert_eq!(job(&planner, jobs[0]).await.id, jobs[0]);
+}
+
+/// Runs `statements` on a connection of its own (the sync client's runtime on a thread of
+/// its own).
+fn run_sql(conn: &str, statements: &str) {
+    let (conn, statements) = (conn.to_string(), statements.to_string());
+    std::thread::spawn(move || {
+        let mut c = ::postgres::Client::connect(&conn, ::postgres::NoTls).unwrap();
+        c.batch_execute(&statements).unwrap();
+    })
+    .join()
+    .unwrap();
 }
 
 /// PG4: PostgreSQL killed and restarted under a running queue: requests during the outage
@@ -246,12 +271,28 @@ async fn pg4_a_database_restart_loses_no_acknowledged_job() {
     }
     planner.put_blob(b"during").await.unwrap();
     planner.put_blob(b"after").await.unwrap();
+    let held = claim(&w, 2, 1000).await;
+    assert_eq!(held.len(), 2);
     q.postgres().unwrap().kill();
+    // A result reported while it is down is refused as unavailable, again and again: never
+    // "already finished" from a completion that storage did not keep.
+    for lease in &held {
+        for _ in 0..2 {
+            let out = w.signed(lease, no_output()).await;
+            match w.request(&Request::Complete { lease: lease.lease, output: out }).await {
+                Err(e) => {
+                    let (code, message) = remote(e);
+                    assert_eq!(code, agenix_proto::wire::ErrorCode::Unavailable, "{message}");
+                }
+                Ok(other) => panic!("a result was answered {other:?} with no database"),
+            }
+        }
+    }
     // While it is down, a submission is refused (never acknowledged and then lost).
     let (plan, digest) = q.plan(COMPONENT, &[]);
     let (action, _) = q.action(digest, &[b"during"], 3);
     match planner.request(&submit_of(&planner, &plan, &action).await).await {
-        Err(e) => assert!(remote(e).1.contains("not stored")),
+        Err(e) => assert_eq!(remote(e).0, agenix_proto::wire::ErrorCode::Unavailable),
         Ok(Response::Submitted { jobs, .. }) => panic!("acknowledged {jobs:?} with no database"),
         Ok(other) => panic!("{other:?}"),
     }
@@ -272,7 +313,15 @@ async fn pg4_a_database_restart_loses_no_acknowledged_job() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     acked.extend(more);
-    let mut done = 2;
+    // The results reported during the outage are taken now.
+    for lease in &held {
+        let out = w.signed(lease, no_output()).await;
+        match w.request(&Request::Complete { lease: lease.lease, output: out }).await {
+            Ok(Response::Recorded { .. }) => {}
+            other => panic!("a result held over the outage was answered {other:?}"),
+        }
+    }
+    let mut done = 4;
     while done < acked.len() {
         for lease in claim(&w, 4, 1000).await {
             let out = w.signed(&lease, no_output()).await;
@@ -293,6 +342,47 @@ async fn pg4_a_database_restart_loses_no_acknowledged_job() {
         let j = stored.jobs.iter().find(|j| j.id == *id).unwrap_or_else(|| panic!("job {id} lost"));
         assert_eq!(j.state.name(), "succeeded", "{j:?}");
     }
+    // Served without --store, the queue is refused, not served from its empty embedded
+    // store; so are the audit commands.
+    let data = q.data();
+    let bare = |args: &[&str]| {
+        Command::new(agq())
+            .args(args)
+            .args(["--data", data.to_str().unwrap()])
+            .env_remove("AGQ_STORE")
+            .env_remove("AGQ_STORE_PASSWORD_FILE")
+            .env_remove("AGQ_STORE_PASSWORD")
+            .output()
+            .unwrap()
+    };
+    let out = bare(&["serve", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("this queue keeps its jobs in postgres://agq@127.0.0.1"),
+        "{}",
+        text(&out)
+    );
+    let out = bare(&["audit", "verify"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("give --store"), "{}", text(&out));
+}
+
+/// PG7: a queue that kept its jobs in its embedded store is not served from PostgreSQL
+/// (its jobs and log would be left behind, and a second log begun under its key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg7_a_queue_does_not_move_to_postgres_without_its_jobs() {
+    if !postgres::available("pg7_a_queue_does_not_move_to_postgres_without_its_jobs") {
+        return;
+    }
+    let mut q = Agq::start_on(&[], false);
+    let planner = q.client(ClientRole::Planner).await;
+    q.submit(&planner, &[b"kept here"], 3).await;
+    q.kill();
+    let pg = Postgres::start(false).unwrap();
+    pg.migrate(&agq()).unwrap();
+    let err = serve_fails(&pg, &pg.url(), &q.data());
+    assert!(err.contains("a queue does not move to PostgreSQL"), "{err}");
+    assert!(!q.data().join("store").exists());
 }
 
 /// PG5: off loopback the store is reached over TLS with the server's name checked against
@@ -355,14 +445,7 @@ fn sql(pg: &Postgres, statements: &str) {
         pg.addr.port(),
         password.trim()
     );
-    let statements = statements.to_string();
-    // (The sync client runs its own runtime: on a thread of its own.)
-    std::thread::spawn(move || {
-        let mut c = ::postgres::Client::connect(&conn, ::postgres::NoTls).unwrap();
-        c.batch_execute(&statements).unwrap();
-    })
-    .join()
-    .unwrap();
+    run_sql(&conn, statements);
 }
 
 /// PG6: the audit log in PostgreSQL: each job step recorded and proven in a signed
@@ -432,4 +515,8 @@ async fn pg6_the_audit_log_in_postgres_verifies_and_names_an_edit() {
     let out = run(pg, &["audit", "verify", "--data", data.to_str().unwrap(), "--store", &pg.url()]);
     assert!(!out.status.success());
     assert!(text(&out).contains("entry 2 was edited"), "{}", text(&out));
+    // The log's recorded size made smaller than the log: the queue refuses to start.
+    sql(pg, "UPDATE agq_meta SET value = value - 1 WHERE key = 'audit_size'");
+    let err = serve_fails(pg, &pg.url(), &data);
+    assert!(err.contains("the audit log in the database is inconsistent"), "{err}");
 }

@@ -132,9 +132,9 @@ impl Target {
         let mut rest = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = decode(v)
-                .ok_or_else(|| StoreError(format!("the store URL's {k} is badly escaped")))?;
-            match k {
+            let bad = || StoreError("the store URL has a badly escaped parameter".into());
+            let (k, value) = (decode(k).ok_or_else(bad)?, decode(v).ok_or_else(bad)?);
+            match k.as_str() {
                 "sslmode" => mode = Some(value),
                 "sslrootcert" => root_file = Some(value),
                 "password" => return Err(password_in_url()),
@@ -205,13 +205,23 @@ impl Target {
                 Host::Unix(p) => p.display().to_string(),
             })
             .collect();
+        let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+        let addrs: Vec<String> = config.get_hostaddrs().iter().map(ToString::to_string).collect();
         let shown = format!(
-            "postgres://{}@{}/{}{}",
+            "postgres://{}@{}{}/{}{}{}",
             config.get_user().unwrap_or(""),
             hosts.join(","),
+            if ports.is_empty() { String::new() } else { format!(":{}", ports.join(",")) },
             config.get_dbname().unwrap_or(""),
+            if addrs.is_empty() {
+                String::new()
+            } else {
+                format!(" (hostaddr {})", addrs.join(","))
+            },
             if verify { " (TLS, verify-full)" } else { "" }
-        );
+        )
+        .escape_debug()
+        .to_string();
         Ok(Self { config, tls, shown })
     }
 
@@ -411,6 +421,25 @@ impl PgStore {
             if !serve {
                 return Ok((lock, 0));
             }
+            // The log's size as recorded must be the log's: a batch would otherwise number
+            // its entries over others, or leave a gap.
+            let row = lock
+                .query_one(
+                    "SELECT (SELECT value FROM agq_meta WHERE key = 'audit_size'),
+                            (SELECT coalesce(max(seq) + 1, 0) FROM agq_audit),
+                            (SELECT count(*) FROM agq_audit)",
+                    &[],
+                )
+                .map_err(pg)?;
+            let (size, end, count): (Option<i64>, i64, i64) = (row.get(0), row.get(1), row.get(2));
+            if size != Some(end) || end != count {
+                return Err(StoreError(format!(
+                    "the audit log in the database is inconsistent: agq_meta says {} entries, \
+                     agq_audit holds {count} numbered up to {end}; restore the database from a \
+                     backup",
+                    size.map_or("no".to_string(), |s| s.to_string()),
+                )));
+            }
             let held: bool = lock
                 .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_NS, &LOCK_SERVE])
                 .map_err(pg)?
@@ -435,7 +464,9 @@ impl PgStore {
                 .max_size(POOL)
                 .min_idle(Some(1))
                 .connection_timeout(CONNECT_TIMEOUT)
-                .test_on_check_out(false)
+                // A connection the server dropped (a restart, its idle timeout) is found out
+                // before a batch is given it, not by failing the batch.
+                .test_on_check_out(true)
                 .build(manager)
                 .map_err(|e| StoreError(format!("cannot connect to {target}: {e}")))
         })?;
@@ -760,6 +791,10 @@ impl Store for PgStore {
         })
     }
 
+    fn check(&self) -> Result<(), StoreError> {
+        self.still_serving()
+    }
+
     fn audit_tail(&self, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         self.read(|tx| {
             let rows = tx
@@ -859,6 +894,54 @@ impl PgStore {
             .map_err(pg)?;
         self.remember(read);
         Ok(fresh.into_iter().collect())
+    }
+}
+
+impl PgStore {
+    /// [`Store::check`]: the serving lock still held (taken again on a new connection if
+    /// its own dropped), and the serving generation still this queue's.
+    fn still_serving(&self) -> Result<(), StoreError> {
+        if self.generation == 0 {
+            return Ok(());
+        }
+        let mut guard = self.lock.lock().map_err(|_| StoreError("the lock is poisoned".into()))?;
+        let Some(conn) = guard.as_mut() else { return Ok(()) };
+        let generation = self.generation;
+        off_runtime(|| {
+            if conn.is_closed() || conn.simple_query("").is_err() {
+                // Unreachable now: not a reason to stop (batches fail meanwhile).
+                let Ok(mut fresh) = self.target.config.connect(self.target.tls.clone()) else {
+                    return Ok(());
+                };
+                let held: bool = match fresh
+                    .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_NS, &LOCK_SERVE])
+                {
+                    Ok(row) => row.get(0),
+                    Err(_) => return Ok(()),
+                };
+                if !held {
+                    return Err(StoreError(
+                        "this queue lost its connection holding the database's serving lock, \
+                         and another agq holds it now"
+                            .into(),
+                    ));
+                }
+                *conn = fresh;
+                tracing::warn!("the connection holding the serving lock dropped: lock taken again");
+            }
+            let now: i64 =
+                match conn.query_one("SELECT value FROM agq_meta WHERE key = 'generation'", &[]) {
+                    Ok(row) => row.get(0),
+                    Err(_) => return Ok(()),
+                };
+            if now != generation {
+                return Err(StoreError(format!(
+                    "another agq took over this database (serving generation {now}, this one \
+                     {generation})"
+                )));
+            }
+            Ok(())
+        })
     }
 }
 

@@ -320,6 +320,14 @@ fn page_error(status: StatusCode, message: &str) -> axum::response::Response {
     (status, body).into_response()
 }
 
+/// The page shown while the queue reads its state back from storage.
+fn unavailable() -> axum::response::Response {
+    page_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the queue is reading its state back from storage after a failed commit: try again shortly",
+    )
+}
+
 /// Samples throughput every [`SAMPLE_EVERY`] while the dashboard is served.
 async fn sample(web: std::sync::Weak<Web>) {
     let mut every = tokio::time::interval(SAMPLE_EVERY);
@@ -351,7 +359,7 @@ async fn overview(State(web): Shared, headers: HeaderMap) -> axum::response::Res
     let stats = web.queue.stats_now();
     let samples: Vec<Sample> = lock(&web.samples).iter().copied().collect();
     let (dead, recent) = {
-        let sched = lock(&web.queue.sched);
+        let Ok(sched) = web.queue.current() else { return unavailable() };
         let dead_filter = agenix_proto::wire::JobFilter {
             state: Some(agenix_proto::job::StateKind::Dead),
             action: None,
@@ -395,7 +403,7 @@ async fn jobs(
     };
     let filter = agenix_proto::wire::JobFilter { state, action: None };
     let (mut rows, go_on): (Vec<pages::JobRow>, _) = {
-        let sched = lock(&web.queue.sched);
+        let Ok(sched) = web.queue.current() else { return unavailable() };
         let before = q.before.map(agenix_proto::job::JobId);
         let (jobs, go_on) = sched.newest(&filter, before, PAGE + 1, SCAN);
         (jobs.into_iter().map(pages::JobRow::of).collect(), go_on)
@@ -423,7 +431,7 @@ async fn job(
     };
     let id = agenix_proto::job::JobId(id);
     let (record, plan_blob) = {
-        let sched = lock(&web.queue.sched);
+        let Ok(sched) = web.queue.current() else { return unavailable() };
         let Some(record) = sched.job(id).cloned() else {
             return page_error(StatusCode::NOT_FOUND, "no such job (or it is past retention)");
         };
@@ -500,7 +508,9 @@ async fn workers(State(web): Shared, headers: HeaderMap) -> axum::response::Resp
         Ok(v) => v,
         Err(r) => return r,
     };
-    let (list, _) = lock(&web.queue.sched).workers(None, u32::MAX, usize::MAX);
+    let Ok(sched) = web.queue.current() else { return unavailable() };
+    let (list, _) = sched.workers(None, u32::MAX, usize::MAX);
+    drop(sched);
     pages::Workers::new(&viewer, &list, now_ms()).html().into_response()
 }
 
