@@ -14,6 +14,8 @@
 # 3 s (defaults 30 s and 10 s) so that the jobs of a killed worker come back sooner; every
 # other limit is as deployed. Every other option goes to the harness (`--help` lists them: --jobs,
 # --workers, --queue-kills, --seed, --dir to keep the run's files, ...).
+# With AGENIX_TEST_STORE=postgres the queue keeps its jobs in a PostgreSQL server of its
+# own (Debian's), which is also SIGKILLed and started again once, halfway, under it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

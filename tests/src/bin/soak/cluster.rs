@@ -334,6 +334,19 @@ impl Cluster {
         self.agq.pid().is_some()
     }
 
+    /// Whether the queue keeps its jobs in PostgreSQL (`AGENIX_TEST_STORE=postgres`).
+    pub(crate) fn on_postgres(&self) -> bool {
+        self.agq.postgres.is_some()
+    }
+
+    /// SIGKILLs the queue's PostgreSQL server and starts it again, under the running queue.
+    pub(crate) fn restart_database(&mut self) -> Result<()> {
+        match self.agq.postgres.as_mut() {
+            Some(pg) => pg.restart(),
+            None => Ok(()),
+        }
+    }
+
     /// SIGKILLs agq.
     pub(crate) fn kill_agq(&mut self) {
         self.agq.kill();

@@ -183,6 +183,14 @@ fn run(args: &Args) -> Result<bool> {
         "3000".into(),
     ];
     let mut cluster = Cluster::start(&dir, bins, agq_args, args.concurrency)?;
+    println!(
+        "soak: the queue keeps its jobs in {}",
+        if cluster.on_postgres() {
+            "PostgreSQL (a server of its own, killed and started again once halfway)"
+        } else {
+            "its embedded store"
+        }
+    );
     // The workers trust the same signer, through their own copy of the trust file.
     std::fs::copy(dir.join("queue/trust.json"), dir.join("worker-trust.json"))?;
     let agx = cluster.agx();
@@ -366,6 +374,8 @@ fn plan_actions(s: &Settings, rng: &mut Rng) -> Vec<ActionPlan> {
 struct Faults {
     queue_kills: u32,
     worker_kills: u32,
+    /// Times the queue's PostgreSQL server was killed and started again under it.
+    database_restarts: u32,
     /// Jobs by state at the last look.
     last_stats: BTreeMap<String, u64>,
     timed_out: bool,
@@ -441,6 +451,12 @@ fn drive(
             cluster.restart_agq()?;
             shared.agq_generation.fetch_add(1, Ordering::SeqCst);
             next_look = Instant::now();
+        }
+        // A queue on PostgreSQL sees its database killed and started again once, halfway.
+        if f.database_restarts == 0 && cluster.on_postgres() && progress >= s.jobs as u64 {
+            cluster.restart_database()?;
+            f.database_restarts += 1;
+            println!("  {:>5} s: PostgreSQL killed and started again", started.elapsed().as_secs());
         }
         if let Some(at) = next_worker_kill
             && at <= now
@@ -518,8 +534,10 @@ fn report(
         n(&shared.failed_in_faults)
     );
     println!(
-        "  queue kills {}, worker kills {}, worker starts {}, slowest queue start {:.1} s",
+        "  queue kills {}, database restarts {}, worker kills {}, worker starts {}, slowest \
+         queue start {:.1} s",
         faults.queue_kills,
+        faults.database_restarts,
         faults.worker_kills,
         cluster.workers.iter().map(|w| w.runs).sum::<u32>(),
         cluster.slowest_start().as_secs_f64()
