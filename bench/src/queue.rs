@@ -151,10 +151,17 @@ async fn drain(q: &Agq, n: usize, known: Arc<Known>) -> Result<(usize, f64)> {
 
 /// Durable submissions and claim → complete cycles per second.
 pub(crate) async fn throughput(runs: usize, dir: &Path) -> Result<Section> {
+    // `AGENIX_TEST_STORE=postgres AGENIX_PG_FSYNC=on` measures the PostgreSQL store (a
+    // server of its own on loopback, syncing its commits) instead of the embedded one.
+    let (title, store) = if agenix_harness::postgres::wanted() {
+        ("Queue throughput on PostgreSQL", "PostgreSQL on loopback, one transaction per commit")
+    } else {
+        ("Queue throughput", "redb, one fsynced transaction per commit")
+    };
     let mut s = Section::new(
-        "Queue throughput",
+        title,
         &format!(
-            "A real `agq` on loopback (redb, one fsynced transaction per commit), {JOBS} \
+            "A real `agq` on loopback ({store}), {JOBS} \
              one-job actions per run: durable submissions per second (each verified: two \
              ed25519 signatures, the plan's rules, the blobs present) and claim → complete \
              cycles per second (each result signed by its worker, uploaded as a blob and \

@@ -111,7 +111,7 @@ fn pg2_bad_connection_settings_are_refused_by_name() {
             format!("postgres://agq@127.0.0.1:{port}/postgres?sslmode=require"),
             "use sslmode=verify-full",
         ),
-        (format!("postgres://agq@127.0.0.1:{port}/postgres?sslmode=maybe"), "sslmode=maybe is not"),
+        (format!("postgres://agq@127.0.0.1:{port}/postgres?sslmode=maybe"), "is not a TLS mode"),
         ("mysql://agq@127.0.0.1/q".into(), "must be a postgres://"),
         (
             format!("postgres://agq@127.0.0.1:{port}/postgres?sslrootcert=/nonexistent"),

@@ -180,7 +180,7 @@ impl Target {
                      sslmode=verify-full (or sslmode=disable on loopback)"
                 )));
             }
-            Some(m) => return Err(StoreError(format!("sslmode={m} is not a TLS mode"))),
+            Some(m) => return Err(StoreError(format!("sslmode={m:?} is not a TLS mode"))),
         };
         if !verify && root_file.is_some() {
             return Err(StoreError("sslrootcert is given but TLS is off (sslmode)".into()));
