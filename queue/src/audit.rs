@@ -365,6 +365,11 @@ pub fn verify(
                     why: format!("entry {seq} links to another version of it"),
                 });
             }
+            // Every entry's own hash is stored when it is appended: one gone would make the
+            // inclusion proofs through it fail.
+            if kept.is_none() {
+                return Err(Broken::Tree { size: seq });
+            }
             frontier.push(leaf);
             prev = leaf;
             check_head(&frontier)?;

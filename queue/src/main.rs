@@ -546,7 +546,13 @@ fn run(cli: Cli) -> Result<()> {
                 None => no_panic(&data, || audit::latest_checkpoint_dir(&data))?,
             };
             match latest {
-                Some(note) => write!(out, "{note}")?,
+                Some(note) => {
+                    // Only this queue's: a store another queue wrote is named, not passed on.
+                    audit::check_saved(&data, &note).with_context(|| {
+                        format!("the latest checkpoint in the store of {}", data.display())
+                    })?;
+                    write!(out, "{note}")?;
+                }
                 None => {
                     anyhow::bail!("no checkpoint yet: the queue signs one once the log has entries")
                 }

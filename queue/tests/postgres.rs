@@ -505,6 +505,13 @@ async fn pg6_the_audit_log_in_postgres_verifies_and_names_an_edit() {
         let checked = agenix_proto::audit::check_history(&q.fingerprint, *job, &page).unwrap();
         assert!(checked.len() >= 3, "{checked:?}");
     }
+    // Read with another queue's directory, the checkpoint is refused, not passed on.
+    let (_other_dir, other) = queue_dir();
+    let pg = q.postgres().unwrap();
+    let out =
+        run(pg, &["audit", "checkpoint", "--data", other.to_str().unwrap(), "--store", &pg.url()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("is not a checkpoint of this queue"), "{}", text(&out));
     // An insider edits one entry's time in the database: named.
     q.kill();
     let pg = q.postgres().unwrap();
@@ -515,6 +522,24 @@ async fn pg6_the_audit_log_in_postgres_verifies_and_names_an_edit() {
     let out = run(pg, &["audit", "verify", "--data", data.to_str().unwrap(), "--store", &pg.url()]);
     assert!(!out.status.success());
     assert!(text(&out).contains("entry 2 was edited"), "{}", text(&out));
+    // An entry's stored hash deleted (the proofs through it would fail): named.
+    sql(
+        pg,
+        "UPDATE agq_audit SET entry = convert_to(replace(convert_from(entry, 'UTF8'), '\"at\":1', '\"at\":'), 'UTF8') WHERE seq = 2",
+    );
+    let out = run(pg, &["audit", "verify", "--data", data.to_str().unwrap(), "--store", &pg.url()]);
+    assert!(out.status.success(), "the edit was not undone: {}", text(&out));
+    sql(
+        pg,
+        &format!("DELETE FROM agq_audit_hashes WHERE idx = {}", agenix_proto::audit::leaf_index(1)),
+    );
+    let out = run(pg, &["audit", "verify", "--data", data.to_str().unwrap(), "--store", &pg.url()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("the stored tree does not match the entries at size 1"),
+        "{}",
+        text(&out)
+    );
     // The log's recorded size made smaller than the log: the queue refuses to start.
     sql(pg, "UPDATE agq_meta SET value = value - 1 WHERE key = 'audit_size'");
     let err = serve_fails(pg, &pg.url(), &data);

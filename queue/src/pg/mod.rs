@@ -458,6 +458,16 @@ impl PgStore {
                 .get(0);
             Ok((lock, generation))
         })?;
+        // Built before the pool, so that a pool that cannot connect drops the lock's
+        // connection (and its runtime) the way `Drop` does, off any async runtime.
+        let mut store = Self {
+            target,
+            pool: None,
+            lock: Mutex::new(Some(lock)),
+            generation,
+            cache: Mutex::new(BTreeMap::new()),
+        };
+        let target = &store.target;
         let manager = PostgresConnectionManager::new(target.config.clone(), target.tls.clone());
         let pool = off_runtime(|| {
             r2d2::Pool::builder()
@@ -470,13 +480,8 @@ impl PgStore {
                 .build(manager)
                 .map_err(|e| StoreError(format!("cannot connect to {target}: {e}")))
         })?;
-        Ok(Self {
-            target,
-            pool: Some(pool),
-            lock: Mutex::new(Some(lock)),
-            generation,
-            cache: Mutex::new(BTreeMap::new()),
-        })
+        store.pool = Some(pool);
+        Ok(store)
     }
 
     /// Runs `f` on a pooled connection, off the async runtime.
@@ -981,5 +986,53 @@ impl crate::audit::Log for PgStore {
             rows.into_iter().map(|r| Ok((uint(r.get(0), "entry")?, r.get(1)))).collect()
         })
         .map_err(|e| e.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+
+    use super::*;
+
+    fn refused(url: &str) -> String {
+        Target::parse(url, Some("pw")).unwrap_err().0
+    }
+
+    #[test]
+    fn loopback_may_go_in_clear_and_anything_else_must_check_the_server() {
+        let t = Target::parse("postgres://agq@127.0.0.1:5433/q", Some("pw")).unwrap();
+        assert_eq!(t.to_string(), "postgres://agq@127.0.0.1:5433/q");
+        let t = Target::parse("postgres://agq@%2Frun%2Fpg:5432/q", None).unwrap();
+        assert_eq!(t.to_string(), "postgres://agq@/run/pg:5432/q");
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
+        let url = format!("postgres://agq@db.example.net/q?sslrootcert={}", ca.display());
+        let t = Target::parse(&url, Some("pw")).unwrap();
+        assert_eq!(t.to_string(), "postgres://agq@db.example.net:5432/q (TLS, verify-full)");
+        assert_eq!(t.config.get_ssl_mode(), SslMode::Require);
+        // A hostaddr off loopback makes "localhost" remote, and it is shown.
+        let err = refused("postgres://agq@localhost/q?hostaddr=10.1.2.3&sslmode=disable");
+        assert!(err.contains("sslmode=disable is for loopback"), "{err}");
+        for (url, want) in [
+            ("postgres://agq@db.example.net/q?sslmode=disable", "sslmode=disable is for loopback"),
+            ("postgres://agq@127.0.0.1/q?sslmode=prefer", "use sslmode=verify-full"),
+            ("postgres://agq@127.0.0.1/q?ssl%6dode=prefer", "use sslmode=verify-full"),
+            ("postgres://agq@127.0.0.1/q?sslmode=%07", "\"\\u{7}\" is not a TLS mode"),
+            ("postgres://agq@127.0.0.1/q?sslmode=%zz", "badly escaped"),
+            ("postgres://agq:pw@127.0.0.1/q", "holds a password"),
+            ("postgres://agq@127.0.0.1/q?pass%77ord=x", "holds a password"),
+            ("postgres://agq@127.0.0.1/q?sslrootcert=/x", "TLS is off"),
+            ("mysql://agq@127.0.0.1/q", "must be a postgres://"),
+            ("postgres:///q", "names no host"),
+        ] {
+            let err = refused(url);
+            assert!(err.contains(want), "{url}: {err}");
+            assert!(!err.contains("pw@"), "{err}");
+        }
     }
 }
