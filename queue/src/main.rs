@@ -179,7 +179,6 @@ enum Command {
         "agq serve --data q --web 0.0.0.0:8443 --web-cert web.crt --web-key web.key",
         "AGQ_LOG=debug agq serve --data q --log-format json",
         "AGQ_STORE_PASSWORD_FILE=/etc/agq/pg.pass agq serve --data q --store 'postgres://agq@db.example.net/agq?sslmode=verify-full'",
-        "agq serve --data /shared/agq --store postgres://agq@db/agq --standby --listen 0.0.0.0:7411",
     ))]
     Serve {
         /// The queue directory from `agq init`.
@@ -187,11 +186,6 @@ enum Command {
         data: PathBuf,
         #[command(flatten)]
         store: StoreArgs,
-        /// With --store: while another agq serves the database, stand by (not listening)
-        /// and take over when it stops, instead of refusing to start. Give both the same
-        /// queue directory (its identity, tokens and blobs), shared between their hosts.
-        #[arg(long, requires = "store")]
-        standby: bool,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7411")]
         listen: SocketAddr,
@@ -585,7 +579,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve {
             data,
             store,
-            standby,
             listen,
             trust,
             max_blob,
@@ -660,7 +653,6 @@ fn run(cli: Cli) -> Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
                 let store: Arc<dyn agenix_queue::store::Store> = match pg {
-                    Some(target) if standby => Arc::new(PgStore::open_standby(target)?),
                     Some(target) => Arc::new(PgStore::open(target)?),
                     None => no_panic(&data, || {
                         Ok(Arc::new(RedbStore::open(&data.join("queue.redb"))?))

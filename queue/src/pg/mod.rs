@@ -356,17 +356,6 @@ fn newer(at: i32) -> StoreError {
 
 type Pool = r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
 
-/// How a store is opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// To serve; refused while another queue does.
-    Serve,
-    /// To serve once the queue serving now stops.
-    Standby,
-    /// To read beside the queue: no lock, no writes.
-    Inspect,
-}
-
 /// The PostgreSQL store.
 pub struct PgStore {
     target: Target,
@@ -401,22 +390,16 @@ impl PgStore {
     /// Connects to `target` to serve it: refuses a schema other than [`SCHEMA`] and a
     /// database another agq is serving.
     pub fn open(target: Target) -> Result<Self, StoreError> {
-        Self::connect(target, Mode::Serve)
-    }
-
-    /// As [`PgStore::open`], but while another agq serves the database, waits (a standby)
-    /// and returns once it has stopped and this queue holds the serving lock.
-    pub fn open_standby(target: Target) -> Result<Self, StoreError> {
-        Self::connect(target, Mode::Standby)
+        Self::connect(target, true)
     }
 
     /// Connects to `target` to read it beside the queue (or after it): takes no serving
     /// lock, and writes nothing (each batch would fail the generation check).
     pub fn inspect(target: Target) -> Result<Self, StoreError> {
-        Self::connect(target, Mode::Inspect)
+        Self::connect(target, false)
     }
 
-    fn connect(target: Target, mode: Mode) -> Result<Self, StoreError> {
+    fn connect(target: Target, serve: bool) -> Result<Self, StoreError> {
         let mut lock = target.connect()?;
         let (lock, generation) = off_runtime(move || {
             match version(&mut lock)? {
@@ -435,34 +418,8 @@ impl PgStore {
                     )));
                 }
             }
-            if mode == Mode::Inspect {
+            if !serve {
                 return Ok((lock, 0));
-            }
-            let mut waiting = false;
-            loop {
-                let held: bool = lock
-                    .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_NS, &LOCK_SERVE])
-                    .map_err(pg)?
-                    .get(0);
-                if held {
-                    break;
-                }
-                if mode != Mode::Standby {
-                    return Err(StoreError(
-                        "another agq is serving this database (it holds the serving lock)".into(),
-                    ));
-                }
-                if !waiting {
-                    tracing::warn!(
-                        "another agq serves this database: this one stands by, and takes over \
-                         when it stops"
-                    );
-                    waiting = true;
-                }
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            if waiting {
-                tracing::warn!("the serving lock is this queue's now: taking over");
             }
             // The log's size as recorded must be the log's: a batch would otherwise number
             // its entries over others, or leave a gap.
@@ -482,6 +439,15 @@ impl PgStore {
                      backup",
                     size.map_or("no".to_string(), |s| s.to_string()),
                 )));
+            }
+            let held: bool = lock
+                .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_NS, &LOCK_SERVE])
+                .map_err(pg)?
+                .get(0);
+            if !held {
+                return Err(StoreError(
+                    "another agq is serving this database (it holds the serving lock)".into(),
+                ));
             }
             let generation: i64 = lock
                 .query_one(

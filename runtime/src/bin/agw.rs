@@ -67,10 +67,9 @@ struct RunArgs {
     /// The configuration file (see the docs of `agenix_runtime::worker::config`).
     #[arg(long, env = "AGW_CONFIG")]
     config: Option<PathBuf>,
-    /// The queue's address; several (comma-separated, or the flag repeated) for the nodes
-    /// of one queue: the worker moves to the next when it cannot reach one.
-    #[arg(long, env = "AGW_QUEUE", value_delimiter = ',')]
-    queue: Vec<SocketAddr>,
+    /// The queue's address.
+    #[arg(long, env = "AGW_QUEUE")]
+    queue: Option<SocketAddr>,
     /// The queue's fingerprint (`agq fingerprint`).
     #[arg(long, env = "AGW_FINGERPRINT")]
     fingerprint: Option<Fingerprint>,
@@ -197,10 +196,7 @@ fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
     let need = |what: &str| {
         anyhow::anyhow!("no {what}: set it in the config file, by flag or in the environment")
     };
-    let queues = if args.queue.is_empty() { file.queue.into_iter().collect() } else { args.queue };
-    if queues.is_empty() {
-        return Err(need("queue address (--queue)"));
-    }
+    let queue = args.queue.or(file.queue).ok_or_else(|| need("queue address (--queue)"))?;
     let fingerprint = args
         .fingerprint
         .or(file.fingerprint)
@@ -285,7 +281,7 @@ fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
             None
         };
         let settings = Settings {
-            queues,
+            queue,
             fingerprint,
             key,
             trust,

@@ -61,10 +61,8 @@ const ENVELOPE_CACHE_BYTES: usize = 64 << 20;
 /// Everything a worker is told.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The queue's addresses (at least one): the nodes of one queue, all serving its
-    /// identity. The worker stays with the one it reached last and moves to the next when
-    /// it cannot reach it.
-    pub queues: Vec<SocketAddr>,
+    /// The queue.
+    pub queue: SocketAddr,
     /// Its pinned identity.
     pub fingerprint: Fingerprint,
     /// The worker's own key: what it authenticates with.
@@ -115,8 +113,6 @@ struct Session {
     client: Client,
     worker: u64,
     heartbeat: Duration,
-    /// The address it reached.
-    queue: SocketAddr,
 }
 
 /// The trust file, re-read whenever it changes; each reading has a new generation.
@@ -194,8 +190,6 @@ pub struct Worker {
     /// When and why the queue last refused this worker itself (a revoked key): until
     /// [`REFUSED_RETRY`] has passed, calls fail with it at once instead of reconnecting.
     refused: Mutex<Option<(std::time::Instant, String)>>,
-    /// The index in `settings.queues` of the address to try first (the one reached last).
-    next_queue: std::sync::atomic::AtomicUsize,
     trust: Mutex<TrustFile>,
     running: Mutex<HashMap<LeaseRef, Running>>,
     /// Jobs being run now, by what was signed.
@@ -290,7 +284,6 @@ impl Worker {
             runner: std::sync::OnceLock::new(),
             session: tokio::sync::Mutex::new(None),
             refused: Mutex::new(None),
-            next_queue: std::sync::atomic::AtomicUsize::new(0),
             trust: Mutex::new(trust),
             running: Mutex::new(HashMap::new()),
             active: Mutex::new(HashSet::new()),
@@ -337,7 +330,7 @@ impl Worker {
     pub async fn first_contact(&self) -> Result<(), LinkError> {
         match self.connect().await {
             Ok(s) => {
-                info!(worker = s.worker, queue = %s.queue, "registered");
+                info!(worker = s.worker, queue = %self.settings.queue, "registered");
                 *self.session.lock().await = Some(s);
                 Ok(())
             }
@@ -372,7 +365,7 @@ impl Worker {
         loop {
             match self.connect().await {
                 Ok(s) => {
-                    info!(worker = s.worker, queue = %s.queue, "registered");
+                    info!(worker = s.worker, queue = %self.settings.queue, "registered");
                     *lock(&self.refused) = None;
                     *guard = Some(s.clone());
                     return Ok(s);
@@ -393,42 +386,16 @@ impl Worker {
         }
     }
 
-    /// Connects and registers: at the address reached last, else at each other in turn.
     async fn connect(&self) -> Result<Session, LinkError> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let queues = &self.settings.queues;
-        let first = self.next_queue.load(Relaxed);
-        let mut last = None;
-        for i in 0..queues.len() {
-            let at = (first + i) % queues.len();
-            let Some(&queue) = queues.get(at) else { break };
-            match self.connect_to(queue).await {
-                Ok(session) => {
-                    self.next_queue.store(at, Relaxed);
-                    return Ok(session);
-                }
-                Err(e) if refuses_this_worker(&e) => return Err(e),
-                Err(e) => {
-                    if queues.len() > 1 {
-                        warn!(%queue, error = %e, "cannot reach this queue address: trying the next");
-                    }
-                    last = Some(e);
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| LinkError::Connection("no queue address".into())))
-    }
-
-    async fn connect_to(&self, queue: SocketAddr) -> Result<Session, LinkError> {
         let s = &self.settings;
         let credential = Credential::Key(s.key.clone());
-        let client = Client::connect(queue, s.fingerprint, ClientRole::Worker, &credential).await?;
+        let client =
+            Client::connect(s.queue, s.fingerprint, ClientRole::Worker, &credential).await?;
         match client.register(self.capabilities(), self.instance.clone()).await {
             Ok(r) => Ok(Session {
                 client,
                 worker: r.worker,
                 heartbeat: r.heartbeat.max(Duration::from_millis(100)),
-                queue,
             }),
             Err(e) => {
                 client.close();
