@@ -85,6 +85,13 @@ impl StoreArgs {
                 "this queue keeps its jobs in {url} ({}): give --store (or AGQ_STORE)",
                 marker.display()
             ),
+            // Another database would start the queue empty under its identity, and its blob
+            // collector would take the blobs of the jobs in the first one.
+            (Some(t), Some(url)) if t.to_string() != *url => anyhow::bail!(
+                "this queue keeps its jobs in {url} ({}), not in {t}: if the database moved, \
+                 write its new URL there",
+                marker.display()
+            ),
             (Some(t), None) if serving => {
                 // First served from PostgreSQL: only a queue whose embedded store is empty.
                 let redb = data.join("queue.redb");

@@ -827,7 +827,12 @@ async fn collector(queue: Weak<Queue>) {
 impl Queue {
     /// One collection of unreferenced blobs.
     pub(crate) async fn collect(&self) {
-        // Memory that may not match storage must not decide what is deleted.
+        // Memory that may not match storage must not decide what is deleted; nor may a
+        // queue that no longer serves its storage (another took it over).
+        let store = self.store.clone();
+        if !matches!(tokio::task::spawn_blocking(move || store.check()).await, Ok(Ok(()))) {
+            return;
+        }
         let Ok(mut keep) = self.current().map(|s| s.blobs_in_use()) else { return };
         keep.extend(lock(&self.kept).iter().copied());
         let (blobs, grace) = (self.blobs.clone(), self.settings.blob_grace);

@@ -365,6 +365,13 @@ async fn pg4_a_database_restart_loses_no_acknowledged_job() {
     let out = bare(&["audit", "verify"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("give --store"), "{}", text(&out));
+    // Nor is it served from another database: it would start empty under the same
+    // identity, beside the blobs of the jobs in the first.
+    let pg = q.postgres().unwrap();
+    let other = pg.url().replace("/postgres", "/template1");
+    let err = serve_fails(pg, &other, &data);
+    assert!(err.contains("this queue keeps its jobs in postgres://agq@127.0.0.1"), "{err}");
+    assert!(err.contains("not in postgres://"), "{err}");
 }
 
 /// PG7: a queue that kept its jobs in its embedded store is not served from PostgreSQL
