@@ -205,12 +205,29 @@ async fn pg3_one_queue_serves_a_database_at_a_time() {
     assert!(err.contains("another agq is serving this database"), "{err}");
     let password = std::fs::read_to_string(&pass).unwrap().trim().to_string();
     let conn = format!("host=127.0.0.1 port={port} user=agq dbname=postgres password={password}");
-    // The connection holding the lock is cut (a server's idle timeout, an operator): the
-    // queue takes the lock again at once, and a second agq is still refused.
-    run_sql(
-        &conn,
-        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = 2",
-    );
+    // The connection holding the lock is cut (a server's idle timeout, an operator), and
+    // the lock is not to be had for a while (here another session takes it at once, as
+    // the cut session's own may linger on the server): the queue keeps serving, since no
+    // other queue took its place, and takes the lock again once it is free.
+    let holder = {
+        let conn = conn.clone();
+        std::thread::spawn(move || {
+            let mut c = ::postgres::Client::connect(&conn, ::postgres::NoTls).unwrap();
+            c.batch_execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+                 AND objid = 2; SELECT pg_advisory_lock(4278097, 2)",
+            )
+            .unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(3));
+        })
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !q.log().contains("the serving lock is not to be had yet") {
+        assert!(std::time::Instant::now() < until, "{}", q.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(q.is_running(), "{}", q.log());
+    holder.join().unwrap();
     let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !q.log().contains("lock taken again") {
         assert!(std::time::Instant::now() < until, "{}", q.log());

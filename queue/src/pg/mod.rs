@@ -367,6 +367,8 @@ pub struct PgStore {
     generation: i64,
     /// Stored hashes read or written before (a stored hash never changes).
     cache: Mutex<BTreeMap<u64, Digest>>,
+    /// Whether the serving lock must be taken again (its connection dropped).
+    relock: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -466,6 +468,7 @@ impl PgStore {
             lock: Mutex::new(Some(lock)),
             generation,
             cache: Mutex::new(BTreeMap::new()),
+            relock: std::sync::atomic::AtomicBool::new(false),
         };
         let target = &store.target;
         let manager = PostgresConnectionManager::new(target.config.clone(), target.tls.clone());
@@ -912,27 +915,36 @@ impl PgStore {
         let mut guard = self.lock.lock().map_err(|_| StoreError("the lock is poisoned".into()))?;
         let Some(conn) = guard.as_mut() else { return Ok(()) };
         let generation = self.generation;
+        let relock = &self.relock;
         off_runtime(|| {
+            use std::sync::atomic::Ordering::SeqCst;
             if conn.is_closed() || conn.simple_query("").is_err() {
                 // Unreachable now: not a reason to stop (batches fail meanwhile).
-                let Ok(mut fresh) = self.target.config.connect(self.target.tls.clone()) else {
+                let Ok(fresh) = self.target.config.connect(self.target.tls.clone()) else {
                     return Ok(());
                 };
-                let held: bool = match fresh
+                *conn = fresh;
+                relock.store(true, SeqCst);
+            }
+            if relock.load(SeqCst) {
+                // The session that held the lock may outlive its connection on the server's
+                // side for a while: until it ends, the lock is not to be had, and that alone
+                // says nothing of another queue (the generation does).
+                match conn
                     .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_NS, &LOCK_SERVE])
                 {
-                    Ok(row) => row.get(0),
+                    Ok(row) if row.get::<_, bool>(0) => {
+                        relock.store(false, SeqCst);
+                        tracing::warn!(
+                            "the connection holding the serving lock dropped: lock taken again"
+                        );
+                    }
+                    Ok(_) => tracing::warn!(
+                        "the serving lock is not to be had yet (its old session may not have \
+                         ended on the server): trying again"
+                    ),
                     Err(_) => return Ok(()),
-                };
-                if !held {
-                    return Err(StoreError(
-                        "this queue lost its connection holding the database's serving lock, \
-                         and another agq holds it now"
-                            .into(),
-                    ));
                 }
-                *conn = fresh;
-                tracing::warn!("the connection holding the serving lock dropped: lock taken again");
             }
             let now: i64 =
                 match conn.query_one("SELECT value FROM agq_meta WHERE key = 'generation'", &[]) {
