@@ -758,17 +758,19 @@ async fn reaper(queue: Weak<Queue>) {
         tokio::time::sleep(Duration::from_millis(wake - now)).await;
         let Some(q) = queue.upgrade() else { return };
         q.gate.forget_idle();
-        let store = q.store.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.check()).await {
-            error!(error = %e, "this queue no longer serves its storage: it stops");
-            *lock(&q.lost) = Some(e.to_string());
-            q.lost_notify.notify_waiters();
-            return;
-        }
-        // Keys revoked or removed (a new reading), and keys whose period ended (checked
-        // once a second).
+        // Keys revoked or removed (a new reading), and keys whose period ended; and that
+        // this queue still serves its storage (each checked once a second).
         let (generation, trust) = q.trust.generation();
         let second = now_ms() / 1000;
+        if seen.is_none_or(|(_, s)| s != second) {
+            let store = q.store.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.check()).await {
+                error!(error = %e, "this queue no longer serves its storage: it stops");
+                *lock(&q.lost) = Some(e.to_string());
+                q.lost_notify.notify_waiters();
+                return;
+            }
+        }
         if seen != Some((generation, second)) {
             seen = Some((generation, second));
             if let Ok(trust) = trust {
