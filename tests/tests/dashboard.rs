@@ -186,7 +186,10 @@ fn the_dashboard_shows_every_state_renders_hostile_text_inert_and_lets_planners_
         &serde_json::json!({
             "schema": "agenix.plan/v1",
             "name": "nap",
+            // Its time limit as long as its nap: the default (60 s) would end it, and its
+            // lease, before a slow run of this test reads the workers page.
             "tasks": [{ "id": "nap", "run": { "wasm": { "name": "nap" } }, "args": ["600000"],
+                        "limits": { "timeout_ms": 600000 },
                         "stdin": { "input": true } }],
             "output": "nap",
         }),
