@@ -276,10 +276,7 @@ impl Agq {
 
     /// SIGKILL, no goodbye.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill(&mut self.child);
     }
 
     /// SIGKILLs agq and starts it again on the same address and data.
@@ -297,6 +294,14 @@ impl Agq {
 impl Drop for Agq {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// SIGKILLs the process in `child`, if any, and reaps it.
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 

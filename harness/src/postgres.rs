@@ -242,17 +242,9 @@ impl Postgres {
         Ok(path)
     }
 
-    /// The directory holding the cluster.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// SIGKILLs the server (its backends end when they see it gone).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        crate::kill(&mut self.child);
     }
 
     /// Kills the server and starts it again on the same port and data (crash recovery).

@@ -690,30 +690,8 @@ impl Store for PgStore {
                      {generation}): this queue must stop"
                 )));
             }
-            let (ids, records, gone) = jobs.split();
-            if !ids.is_empty() {
-                tx.execute(
-                    "INSERT INTO agq_jobs (id, record) SELECT * FROM unnest($1::bigint[], $2::bytea[])
-                     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
-                    &[&ids, &records],
-                )
-                .map_err(pg)?;
-            }
-            if !gone.is_empty() {
-                tx.execute("DELETE FROM agq_jobs WHERE id = ANY($1)", &[&gone]).map_err(pg)?;
-            }
-            let (ids, records, gone) = actions.split();
-            if !ids.is_empty() {
-                tx.execute(
-                    "INSERT INTO agq_actions (id, record) SELECT * FROM unnest($1::text[], $2::bytea[])
-                     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
-                    &[&ids, &records],
-                )
-                .map_err(pg)?;
-            }
-            if !gone.is_empty() {
-                tx.execute("DELETE FROM agq_actions WHERE id = ANY($1)", &[&gone]).map_err(pg)?;
-            }
+            write_records(&mut tx, "agq_jobs", "bigint", jobs)?;
+            write_records(&mut tx, "agq_actions", "text", actions)?;
             let (keep, _, unkeep) = kept.split();
             if !keep.is_empty() {
                 tx.execute(
@@ -814,6 +792,27 @@ impl Store for PgStore {
             rows.into_iter().map(|r| Ok((uint(r.get(0), "entry")?, r.get(1)))).collect()
         })
     }
+}
+
+/// Writes a batch's rows of a record table (`id`, `record`): one upsert, one delete.
+fn write_records<K: Ord + Clone + postgres::types::ToSql + Sync>(
+    tx: &mut postgres::Transaction<'_>,
+    table: &str,
+    key: &str,
+    rows: Rows<K, Vec<u8>>,
+) -> Result<(), StoreError> {
+    let (ids, records, gone) = rows.split();
+    if !ids.is_empty() {
+        let upsert = format!(
+            "INSERT INTO {table} (id, record) SELECT * FROM unnest($1::{key}[], $2::bytea[])
+             ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record"
+        );
+        tx.execute(&upsert, &[&ids, &records]).map_err(pg)?;
+    }
+    if !gone.is_empty() {
+        tx.execute(&format!("DELETE FROM {table} WHERE id = ANY($1)"), &[&gone]).map_err(pg)?;
+    }
+    Ok(())
 }
 
 fn latest(tx: &mut postgres::Transaction<'_>) -> Result<Option<(u64, String)>, StoreError> {
@@ -920,7 +919,7 @@ impl PgStore {
             use std::sync::atomic::Ordering::SeqCst;
             if conn.is_closed() || conn.simple_query("").is_err() {
                 // Unreachable now: not a reason to stop (batches fail meanwhile).
-                let Ok(fresh) = self.target.config.connect(self.target.tls.clone()) else {
+                let Ok(fresh) = self.target.connect() else {
                     return Ok(());
                 };
                 *conn = fresh;
