@@ -17,8 +17,12 @@ use agenix_proto::wire::{
 use tokio::io::AsyncReadExt;
 
 use crate::LinkError;
+use crate::addr::{Addresses, MAX_ADDRESSES};
 use crate::frame::{read_frame, write_frame};
 use crate::tls::{pinned_tls, quic_client_config};
+
+/// How long a handshake (or a name's resolution) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a worker learns when it registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +114,7 @@ impl Client {
         endpoint.set_default_client_config(quic_client_config(tls)?);
         let connecting =
             endpoint.connect(addr, "agenix-queue").map_err(|e| conn_err(e.to_string()))?;
-        let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| conn_err("timed out".into()))?
             .map_err(|e| {
@@ -129,6 +133,88 @@ impl Client {
             })
             .await?;
         Ok(Self { max_blob, ..client })
+    }
+
+    /// Connects to whichever of `addrs` first answers as the queue `fingerprint` and takes
+    /// `credential`. Every address (and every address a name resolves to) is dialled at
+    /// once, so a node that is down costs no time; the rest are dropped. When none answers,
+    /// the error says the most: a queue's refusal before a wrong identity before a link
+    /// failure. An address that answers as another queue is logged even when another
+    /// address serves.
+    pub async fn connect_any(
+        addrs: &Addresses,
+        fingerprint: Fingerprint,
+        role: ClientRole,
+        credential: &Credential,
+    ) -> Result<Self, LinkError> {
+        use futures::stream::{FuturesUnordered, StreamExt as _};
+        let mut tries: FuturesUnordered<_> = addrs
+            .iter()
+            .map(|a| async move {
+                let found = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    tokio::net::lookup_host((a.host(), a.port())),
+                )
+                .await
+                .map_err(|_| format!("{a}: resolving it timed out"))
+                .and_then(|r| r.map_err(|e| format!("{a}: cannot resolve it: {e}")));
+                (a, found.map(|found| found.collect::<Vec<SocketAddr>>()))
+            })
+            .collect();
+        let mut dials = FuturesUnordered::new();
+        let mut failed: Vec<LinkError> = Vec::new();
+        loop {
+            tokio::select! {
+                Some((a, found)) = tries.next() => match found {
+                    Ok(found) if found.is_empty() => {
+                        failed.push(LinkError::Connection(format!("{a}: resolves to no address")));
+                    }
+                    // A name's first addresses only: it cannot make a client dial without end.
+                    Ok(found) => dials.extend(found.into_iter().take(MAX_ADDRESSES).map(|at| async move {
+                        Self::connect(at, fingerprint, role, credential).await
+                    })),
+                    Err(why) => failed.push(LinkError::Connection(why)),
+                },
+                Some(dialled) = dials.next() => match dialled {
+                    Ok(client) => return Ok(client),
+                    Err(e) => {
+                        if addrs.len() > 1 && matches!(e, LinkError::WrongQueue { .. }) {
+                            tracing::warn!(error = %e, "a queue address answers as another queue");
+                        }
+                        failed.push(e);
+                    }
+                },
+                else => break,
+            }
+        }
+        // A refusal speaks for the queue; while some address could not be reached, trying
+        // again may help (a node taking over), so an identity mismatch elsewhere is not final.
+        let rank = |e: &LinkError| match e {
+            LinkError::Remote { code: ErrorCode::Unavailable, .. } => 1,
+            LinkError::Remote { .. } => 0,
+            LinkError::WrongQueue { .. } => 2,
+            _ => 3,
+        };
+        failed.sort_by_key(rank);
+        if addrs.len() > 1
+            && failed.first().is_some_and(|e| rank(e) > 0)
+            && failed.iter().any(|e| rank(e) == 3)
+        {
+            let each: Vec<String> = failed.iter().map(ToString::to_string).collect();
+            return Err(LinkError::Connection(format!(
+                "no address of the queue answered ({})",
+                each.join("; ")
+            )));
+        }
+        Err(failed
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| LinkError::Connection("no queue address".into())))
+    }
+
+    /// The address this connection reached.
+    pub fn remote(&self) -> SocketAddr {
+        self.conn.remote_address()
     }
 
     /// Sends `req` and takes from the answer what `pick` finds there; an answer `pick`

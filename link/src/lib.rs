@@ -13,6 +13,7 @@
 //! its error code, and it never trusts an answer: blobs are checked against their digests
 //! and sizes against the caps the caller gives.
 
+pub mod addr;
 mod client;
 mod error;
 mod frame;
@@ -21,6 +22,7 @@ pub mod http;
 pub mod logging;
 mod tls;
 
+pub use addr::{Address, Addresses};
 pub use client::{
     Client, Credential, Heartbeat, Page, Registration, Submitted, THROTTLE_PATIENCE, Upload,
 };

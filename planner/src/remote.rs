@@ -3,13 +3,12 @@
 //! (`--config`, `$AGX_CONFIG`, else `~/.config/agenix/agx.toml`):
 //!
 //! ```toml
-//! queue = "127.0.0.1:7411"
+//! queue = "127.0.0.1:7411"      # or its nodes: "a.example.net:7411,b.example.net:7411"
 //! fingerprint = "sha256:…"      # agq fingerprint --data DIR
 //! token_file = "/path/planner.token"
 //! key = "/path/alice.key"       # signs plans and actions for `agx submit`
 //! ```
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use agenix_link::{Client, Credential};
@@ -23,7 +22,7 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AgxConfig {
-    pub(crate) queue: Option<SocketAddr>,
+    pub(crate) queue: Option<agenix_link::Addresses>,
     pub(crate) fingerprint: Option<Fingerprint>,
     pub(crate) token_file: Option<PathBuf>,
     pub(crate) key: Option<PathBuf>,
@@ -32,9 +31,10 @@ pub(crate) struct AgxConfig {
 /// Connection flags, shared by every command that talks to a queue.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct QueueArgs {
-    /// The queue's address.
+    /// The queue's address: HOST:PORT, or its nodes' separated by commas (agx dials them
+    /// all and keeps the first that serves).
     #[arg(long, env = "AGX_QUEUE", global = false)]
-    queue: Option<SocketAddr>,
+    queue: Option<agenix_link::Addresses>,
     /// The queue's fingerprint (`agq fingerprint --data DIR`).
     #[arg(long, env = "AGX_FINGERPRINT")]
     fingerprint: Option<Fingerprint>,
@@ -97,7 +97,8 @@ impl QueueArgs {
         let need = |what: &str| {
             anyhow!("no {what}: pass it, set it in the environment, or in the agx config file")
         };
-        let queue = self.queue.or(file.queue).ok_or_else(|| need("queue address (--queue)"))?;
+        let queue =
+            self.queue.clone().or(file.queue).ok_or_else(|| need("queue address (--queue)"))?;
         let fingerprint = self
             .fingerprint
             .or(file.fingerprint)
@@ -114,7 +115,7 @@ impl QueueArgs {
         }
         let role = self.role.unwrap_or(role);
         let credential = Credential::Token(token.trim().to_owned());
-        Client::connect(queue, fingerprint, role, &credential).await.map_err(|e| {
+        Client::connect_any(&queue, fingerprint, role, &credential).await.map_err(|e| {
             let why = match e.code() {
                 Some(ErrorCode::Unauthenticated) => format!(
                     "the queue at {queue} refused the token in {} for the {} role",

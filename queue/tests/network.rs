@@ -543,3 +543,56 @@ async fn n05_garbage_truncated_frames_and_invalid_json_get_clear_errors_and_the_
     assert!(matches!(other.request(&Request::Stats {}).await.unwrap(), Response::Stats { .. }));
     assert!(!q.log().contains("panicked"), "{}", q.log());
 }
+
+/// N7: a client given several addresses of a queue dials them all and keeps the one that
+/// serves its pinned identity: an address where nothing answers and one where another
+/// queue answers cost it nothing. With no address serving, a link failure (trying again
+/// may help, a node may be taking over) wins over another queue's answer; the other
+/// queue's answer is what a single address gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n07_a_client_given_several_addresses_takes_the_one_that_serves() {
+    let q = Agq::start(&[]);
+    let other = Agq::start(&[]);
+    // A loopback port where nothing listens.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let list = |addrs: &[std::net::SocketAddr]| -> agenix_link::Addresses {
+        let parts: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        agenix_link::Addresses::from_parts(parts.iter().map(String::as_str)).unwrap()
+    };
+    let planner = q.credential(ClientRole::Planner);
+    let started = Instant::now();
+    let c = Client::connect_any(
+        &list(&[silent, other.addr, q.addr]),
+        q.fingerprint,
+        ClientRole::Planner,
+        &planner,
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.remote(), q.addr);
+    assert_eq!(stats(&c).await.workers, 0);
+    // Not held up by the silent address (a connection attempt there waits 10 s).
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    let e = Client::connect_any(
+        &list(&[other.addr, silent]),
+        q.fingerprint,
+        ClientRole::Planner,
+        &planner,
+    )
+    .await
+    .unwrap_err();
+    assert!(e.is_link_failure(), "{e}");
+    assert!(e.to_string().contains("no address of the queue answered"), "{e}");
+    assert!(e.to_string().contains("not the pinned"), "{e}");
+    let e = Client::connect_any(&list(&[other.addr]), q.fingerprint, ClientRole::Planner, &planner)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, LinkError::WrongQueue { .. }), "{e}");
+    // A refusal is the queue's answer: it wins over what failed elsewhere.
+    let wrong = Credential::Token("not-the-token".into());
+    let e =
+        Client::connect_any(&list(&[silent, q.addr]), q.fingerprint, ClientRole::Planner, &wrong)
+            .await
+            .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Unauthenticated), "{e}");
+}

@@ -67,9 +67,10 @@ struct RunArgs {
     /// The configuration file (see the docs of `agenix_runtime::worker::config`).
     #[arg(long, env = "AGW_CONFIG")]
     config: Option<PathBuf>,
-    /// The queue's address.
+    /// The queue's address: HOST:PORT, or its nodes' separated by commas (or the flag
+    /// repeated). Each connection dials them all and keeps the first that serves.
     #[arg(long, env = "AGW_QUEUE")]
-    queue: Option<SocketAddr>,
+    queue: Vec<String>,
     /// The queue's fingerprint (`agq fingerprint`).
     #[arg(long, env = "AGW_FINGERPRINT")]
     fingerprint: Option<Fingerprint>,
@@ -196,7 +197,12 @@ fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
     let need = |what: &str| {
         anyhow::anyhow!("no {what}: set it in the config file, by flag or in the environment")
     };
-    let queue = args.queue.or(file.queue).ok_or_else(|| need("queue address (--queue)"))?;
+    let queue = match (args.queue.is_empty(), file.queue) {
+        (false, _) => agenix_link::Addresses::from_parts(args.queue.iter().map(String::as_str))
+            .map_err(|e| anyhow::anyhow!("--queue: {e}"))?,
+        (true, Some(q)) => q,
+        (true, None) => return Err(need("queue address (--queue)")),
+    };
     let fingerprint = args
         .fingerprint
         .or(file.fingerprint)

@@ -2,7 +2,7 @@
 //! override it (see `agw --help`).
 //!
 //! ```toml
-//! queue = "127.0.0.1:7411"
+//! queue = "127.0.0.1:7411"            # or its nodes: ["a.example.net:7411", "b.example.net:7411"]
 //! fingerprint = "sha256:…"            # agq fingerprint --data DIR
 //! data = "/var/lib/agw"               # holds worker.key (agw init)
 //! trust = "/etc/agenix/trust.json"
@@ -24,7 +24,6 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use agenix_proto::{Access, Fingerprint, Limits, MountName, ToolName};
@@ -36,8 +35,8 @@ use crate::tools::ToolSpec;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// The queue's address.
-    pub queue: Option<SocketAddr>,
+    /// The queue's address, or its nodes' (`"A:1,B:2"` or `["A:1", "B:2"]`).
+    pub queue: Option<agenix_link::Addresses>,
     /// The queue's pinned fingerprint.
     pub fingerprint: Option<Fingerprint>,
     /// The worker's directory, holding its key.

@@ -22,7 +22,6 @@ pub mod verify;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -61,8 +60,9 @@ const ENVELOPE_CACHE_BYTES: usize = 64 << 20;
 /// Everything a worker is told.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The queue.
-    pub queue: SocketAddr,
+    /// The queue's addresses: one, or its nodes (all serving its identity). Each
+    /// connection dials them all and keeps the first that serves.
+    pub queue: agenix_link::Addresses,
     /// Its pinned identity.
     pub fingerprint: Fingerprint,
     /// The worker's own key: what it authenticates with.
@@ -330,7 +330,7 @@ impl Worker {
     pub async fn first_contact(&self) -> Result<(), LinkError> {
         match self.connect().await {
             Ok(s) => {
-                info!(worker = s.worker, queue = %self.settings.queue, "registered");
+                info!(worker = s.worker, queue = %s.client.remote(), "registered");
                 *self.session.lock().await = Some(s);
                 Ok(())
             }
@@ -365,7 +365,7 @@ impl Worker {
         loop {
             match self.connect().await {
                 Ok(s) => {
-                    info!(worker = s.worker, queue = %self.settings.queue, "registered");
+                    info!(worker = s.worker, queue = %s.client.remote(), "registered");
                     *lock(&self.refused) = None;
                     *guard = Some(s.clone());
                     return Ok(s);
@@ -390,7 +390,7 @@ impl Worker {
         let s = &self.settings;
         let credential = Credential::Key(s.key.clone());
         let client =
-            Client::connect(s.queue, s.fingerprint, ClientRole::Worker, &credential).await?;
+            Client::connect_any(&s.queue, s.fingerprint, ClientRole::Worker, &credential).await?;
         match client.register(self.capabilities(), self.instance.clone()).await {
             Ok(r) => Ok(Session {
                 client,
