@@ -87,9 +87,26 @@ struct Known {
     actions: HashMap<Digest, Digest>,
 }
 
+/// What a drain measured.
+struct Drained {
+    done: usize,
+    secs: f64,
+    /// Every claim that leased a job: how long it took to answer.
+    claims: Vec<Duration>,
+}
+
+/// The `p`-th percentile (0–100) of `v`, nearest rank.
+fn percentile(v: &mut [Duration], p: usize) -> Duration {
+    v.sort_unstable();
+    match v.len() {
+        0 => Duration::ZERO,
+        n => v[((n * p).div_ceil(100)).clamp(1, n) - 1],
+    }
+}
+
 /// `n` workers claim one job at a time and complete it, with its signed result, until none
-/// is left; returns the number of cycles and the seconds they took.
-async fn drain(q: &Agq, n: usize, known: Arc<Known>) -> Result<(usize, f64)> {
+/// is left.
+async fn drain(q: &Agq, n: usize, known: Arc<Known>) -> Result<Drained> {
     let mut workers = Vec::with_capacity(n);
     for _ in 0..n {
         workers.push(q.worker_client().await?);
@@ -101,10 +118,12 @@ async fn drain(q: &Agq, n: usize, known: Arc<Known>) -> Result<(usize, f64)> {
         tasks.spawn(async move {
             c.register(capabilities(format!("bench-{i}")), format!("bench-instance-{i}")).await?;
             let worker = KeyId::of(&key.verifying_key());
-            let mut done = 0usize;
+            let (mut done, mut claims) = (0usize, Vec::new());
             loop {
+                let asked = Instant::now();
                 let leases = c.claim(1, 0).await?;
                 let Some(lease) = leases.first() else { break };
+                claims.push(asked.elapsed());
                 let Some(action) = known.actions.get(&lease.action) else {
                     bail!("leased an action the bench did not submit");
                 };
@@ -139,14 +158,17 @@ async fn drain(q: &Agq, n: usize, known: Arc<Known>) -> Result<(usize, f64)> {
                 done += 1;
             }
             c.shutdown().await;
-            anyhow::Ok(done)
+            anyhow::Ok((done, claims))
         });
     }
-    let mut done = 0;
+    let mut drained = Drained { done: 0, secs: 0.0, claims: Vec::new() };
     for r in tasks.join_all().await {
-        done += r?;
+        let (done, claims) = r?;
+        drained.done += done;
+        drained.claims.extend(claims);
     }
-    Ok((done, start.elapsed().as_secs_f64()))
+    drained.secs = start.elapsed().as_secs_f64();
+    Ok(drained)
 }
 
 /// Durable submissions and claim → complete cycles per second.
@@ -165,7 +187,8 @@ pub(crate) async fn throughput(runs: usize, dir: &Path) -> Result<Section> {
              one-job actions per run: durable submissions per second (each verified: two \
              ed25519 signatures, the plan's rules, the blobs present) and claim → complete \
              cycles per second (each result signed by its worker, uploaded as a blob and \
-             verified by the queue before it is recorded), by 1 and 8 concurrent clients, with group commit (the \
+             verified by the queue before it is recorded), with the time each claim that leased a \
+             job took to be answered (p50, p99), by 1 and 8 concurrent clients, with group commit (the \
              default) and with `--no-group-commit`. Every figure counts acknowledged, hence \
              durable, transitions only."
         ),
@@ -174,7 +197,7 @@ pub(crate) async fn throughput(runs: usize, dir: &Path) -> Result<Section> {
     for group in [true, false] {
         let mode = if group { "group commit" } else { "no group commit" };
         for n in [1usize, 8] {
-            let (mut submits, mut cycles) = (vec![], vec![]);
+            let (mut submits, mut cycles, mut p50, mut p99) = (vec![], vec![], vec![], vec![]);
             for i in 0..runs {
                 let mut args = vec!["--requests-per-minute", UNLIMITED];
                 if !group {
@@ -200,11 +223,13 @@ pub(crate) async fn throughput(runs: usize, dir: &Path) -> Result<Section> {
                         .collect::<Result<_>>()?,
                 };
                 submits.push(JOBS as f64 / submit_all(&q, &plan, actions, n).await?);
-                let (done, secs) = drain(&q, n, Arc::new(known)).await?;
-                if done != JOBS {
-                    bail!("{done} of {JOBS} jobs were claimed and completed");
+                let mut d = drain(&q, n, Arc::new(known)).await?;
+                if d.done != JOBS {
+                    bail!("{} of {JOBS} jobs were claimed and completed", d.done);
                 }
-                cycles.push(JOBS as f64 / secs);
+                cycles.push(JOBS as f64 / d.secs);
+                p50.push(percentile(&mut d.claims, 50));
+                p99.push(percentile(&mut d.claims, 99));
                 if i == 0 {
                     for c in q.commands() {
                         s.command(c.clone());
@@ -219,6 +244,8 @@ pub(crate) async fn throughput(runs: usize, dir: &Path) -> Result<Section> {
                 cycles,
                 Unit::PerSec,
             ));
+            s.add(Figure::ms(format!("claim latency p50, {mode}, {n} client(s)"), &p50));
+            s.add(Figure::ms(format!("claim latency p99, {mode}, {n} client(s)"), &p99));
         }
     }
     Ok(s)
