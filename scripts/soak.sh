@@ -15,7 +15,9 @@
 # other limit is as deployed. Every other option goes to the harness (`--help` lists them: --jobs,
 # --workers, --queue-kills, --seed, --dir to keep the run's files, ...).
 # With AGENIX_TEST_STORE=postgres the queue keeps its jobs in a PostgreSQL server of its
-# own (Debian's), which is also SIGKILLed and started again once, halfway, under it.
+# own (Debian's), which is also SIGKILLed and started again once, halfway, under it; add
+# --nodes 2 for two agq nodes on it, one standing by (each queue kill then kills the node
+# serving, which comes back as the standby). AGENIX_PG_FSYNC=on keeps PostgreSQL's fsync.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -2,7 +2,8 @@
 # The whole test suite, exactly as CI runs it (.ci/run calls this): formatting, lints with
 # warnings as errors, the dependency invariants (scripts/check-deps.sh), every test in the workspace, the
 # queue's and the cluster's tests again on PostgreSQL, then the short soak (2000 jobs through
-# agq and four agw while both are SIGKILLed; scripts/soak.sh) and the short fuzzing run
+# agq and four agw while both are SIGKILLed; scripts/soak.sh), on the embedded store and on
+# PostgreSQL with two agq nodes, and the short fuzzing run
 # (every seed and regression replayed, then 45 s per target; scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,5 +32,6 @@ AGENIX_TEST_STORE=postgres cargo test --locked -p agenix-queue \
     --test blobs
 AGENIX_TEST_STORE=postgres cargo test --locked -p agenix-e2e --test cluster
 scripts/soak.sh --short
-AGENIX_TEST_STORE=postgres scripts/soak.sh --short
+# Two agq nodes, one standing by: each queue kill kills the one serving.
+AGENIX_TEST_STORE=postgres scripts/soak.sh --short --nodes 2
 scripts/fuzz.sh --short

@@ -102,6 +102,10 @@ pub struct Serve {
     /// Keep jobs in a PostgreSQL server of its own (started with it, migrated by `agq
     /// migrate`) instead of the embedded store; `AGENIX_TEST_STORE=postgres` sets it.
     pub postgres: bool,
+    /// Keep jobs in this PostgreSQL store (URL, password file), another node's.
+    pub store: Option<(String, PathBuf)>,
+    /// The ready file [default: the queue directory's path with the extension `ready`].
+    pub ready: Option<PathBuf>,
 }
 
 impl Serve {
@@ -117,6 +121,8 @@ impl Serve {
             wrap: vec![],
             listen: std::net::IpAddr::from([127, 0, 0, 1]),
             postgres: postgres::wanted(),
+            store: None,
+            ready: None,
         }
     }
 }
@@ -139,6 +145,27 @@ pub struct Agq {
 impl Agq {
     /// Starts `agq serve` on a free loopback port and waits until it serves.
     pub fn start(serve: Serve) -> Result<Self> {
+        let mut q = Self::prepare(serve)?;
+        q.spawn()?;
+        Ok(q)
+    }
+
+    /// Starts `agq serve` on `addr` and returns at once (a standby serves only once it takes
+    /// over): [`Agq::wait_serving`] waits for it.
+    pub fn launch(serve: Serve, addr: SocketAddr) -> Result<Self> {
+        let mut q = Self::prepare(serve)?;
+        q.addr = addr;
+        q.launch_child()?;
+        Ok(q)
+    }
+
+    /// Waits until the agq [`Agq::launch`] started serves, for up to its patience.
+    pub fn wait_serving(&mut self) -> Result<()> {
+        let until = Instant::now() + self.serve.patience;
+        self.wait_child(until, Instant::now())
+    }
+
+    fn prepare(serve: Serve) -> Result<Self> {
         let mut q = Self {
             child: None,
             addr: SocketAddr::new(serve.listen, 0),
@@ -152,13 +179,12 @@ impl Agq {
             pg.migrate(&q.serve.bin)?;
             q.postgres = Some(pg);
         }
-        q.spawn()?;
         Ok(q)
     }
 
     /// The ready file (in the queue directory's parent, so a test sees it beside its data).
     fn ready_file(&self) -> PathBuf {
-        self.serve.data.with_extension("ready")
+        self.serve.ready.clone().unwrap_or_else(|| self.serve.data.with_extension("ready"))
     }
 
     /// Starts agq on [`Agq::addr`]; tries again while a port just freed by a kill is still
@@ -182,6 +208,13 @@ impl Agq {
     }
 
     fn spawn_once(&mut self, until: Instant) -> Result<()> {
+        let start = Instant::now();
+        self.launch_child()?;
+        self.wait_child(until, start)
+    }
+
+    /// Spawns agq into [`Agq::child`].
+    fn launch_child(&mut self) -> Result<()> {
         let ready = self.ready_file();
         match std::fs::remove_file(&ready) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -194,7 +227,6 @@ impl Agq {
             .append(true)
             .open(&self.serve.log)
             .with_context(|| format!("cannot open {}", self.serve.log.display()))?;
-        let start = Instant::now();
         let mut cmd = match self.serve.wrap.split_first() {
             Some((program, args)) => {
                 let mut cmd = Command::new(program);
@@ -211,38 +243,60 @@ impl Agq {
             .args(&self.serve.args);
         if let Some(pg) = &self.postgres {
             cmd.args(["--store", &pg.url()]).env("AGQ_STORE_PASSWORD_FILE", pg.password_file()?);
+        } else if let Some((url, password_file)) = &self.serve.store {
+            cmd.args(["--store", url]).env("AGQ_STORE_PASSWORD_FILE", password_file);
         }
-        let mut child = cmd
+        let child = cmd
             .env("AGQ_LOG", &self.serve.log_level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot run {}", self.serve.bin.display()))?;
-        let (addr, fingerprint) = loop {
-            if let Ok(text) = std::fs::read_to_string(&ready) {
-                break parse_ready(&text)?;
-            }
-            if let Some(status) = child.try_wait()? {
-                bail!("agq exited ({status}) before serving: {}", self.last_log_line());
-            }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits for the ready file of the agq in [`Agq::child`] (started at `start`).
+    fn wait_child(&mut self, until: Instant, start: Instant) -> Result<()> {
+        while !self.poll_serving()? {
             if Instant::now() > until {
-                let _ = child.kill();
-                let _ = child.wait();
+                self.kill();
                 bail!("agq did not serve in time: {}", self.last_log_line());
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+        self.slowest_start = self.slowest_start.max(start.elapsed());
+        Ok(())
+    }
+
+    /// Whether the agq started serves now (its ready file is written); an error once it
+    /// has exited without serving, or serves elsewhere than [`Agq::addr`].
+    pub fn poll_serving(&mut self) -> Result<bool> {
+        let ready = self.ready_file();
+        let Some(child) = self.child.as_mut() else { bail!("agq is not running") };
+        let Ok(text) = std::fs::read_to_string(&ready) else {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                bail!("agq exited ({status}) before serving: {}", self.last_log_line());
+            }
+            return Ok(false);
         };
+        let (addr, fingerprint) = parse_ready(&text)?;
         if self.addr.port() != 0 && addr != self.addr {
-            let _ = child.kill();
-            let _ = child.wait();
+            self.kill();
             bail!("agq serves on {addr}, not on {}", self.addr);
         }
         self.addr = addr;
         self.fingerprint = fingerprint;
-        self.slowest_start = self.slowest_start.max(start.elapsed());
-        self.child = Some(child);
-        Ok(())
+        Ok(true)
+    }
+
+    /// SIGKILLs agq and starts it again on the same address and data, without waiting for
+    /// it to serve ([`Agq::poll_serving`]).
+    pub fn relaunch(&mut self) -> Result<()> {
+        self.kill();
+        self.launch_child()
     }
 
     fn last_log_line(&self) -> String {
@@ -257,6 +311,11 @@ impl Agq {
             cmd.args(["--store", &pg.url()]).env("AGQ_STORE_PASSWORD_FILE", pg.password_file()?);
         }
         Ok(cmd)
+    }
+
+    /// Where its stderr goes.
+    pub fn log_path(&self) -> &Path {
+        &self.serve.log
     }
 
     /// The process, while it runs.

@@ -6,6 +6,13 @@
 //!
 //! Collection ([`Blobs::collect`]) removes blobs nothing refers to once they are older than
 //! a grace period: a blob uploaded for a submission that has not arrived yet is kept.
+//!
+//! Several queue nodes may share the directory (one serving, the others standing by), and a
+//! node may lose its place while it collects (a freeze, a slow filesystem). So a blob is
+//! first renamed aside (`<hex>.collecting`), then checked again (still old, and the caller
+//! still serving), and only then unlinked under that name; whoever looks the blob up while
+//! it is aside renames it back first. A node that took over therefore finds every blob it
+//! relies on, and what a stale node unlinks afterwards is a name nobody uses any more.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -107,18 +114,42 @@ impl Blobs {
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;
             let name = entry.file_name();
-            if name.to_string_lossy().starts_with(".upload-") {
+            let name = name.to_string_lossy();
+            if name.starts_with(".upload-") {
                 // Left by an upload that never finished.
                 let _ = fs::remove_file(entry.path());
                 continue;
             }
-            used = used.saturating_add(entry.metadata()?.len());
+            let len = entry.metadata()?.len();
+            if let Some(hex) = name.strip_suffix(ASIDE) {
+                // Left aside by a collection that did not finish: back, unless stored again.
+                let back = dir.join(hex);
+                if back.exists() || fs::rename(entry.path(), back).is_err() {
+                    let _ = fs::remove_file(entry.path());
+                    continue;
+                }
+            }
+            used = used.saturating_add(len);
         }
         Ok(Self { dir, max, quota, used: Arc::new(AtomicU64::new(used)) })
     }
 
     fn path(&self, d: &Digest) -> PathBuf {
         self.dir.join(d.hex())
+    }
+
+    /// Where a collection puts a blob aside before it removes it.
+    fn aside(&self, d: &Digest) -> PathBuf {
+        self.dir.join(format!("{}{ASIDE}", d.hex()))
+    }
+
+    /// The blob's path, once it is back from being put aside by a collection (if it was).
+    fn found(&self, d: &Digest) -> PathBuf {
+        let path = self.path(d);
+        if !path.exists() && fs::rename(self.aside(d), &path).is_ok() {
+            tracing::info!(blob = %d, "a blob put aside for collection is needed: kept");
+        }
+        path
     }
 
     /// The size cap.
@@ -133,17 +164,17 @@ impl Blobs {
 
     /// Whether the blob is stored.
     pub fn has(&self, d: &Digest) -> bool {
-        self.path(d).is_file()
+        self.found(d).is_file()
     }
 
     /// The blob's size, if stored.
     pub fn size(&self, d: &Digest) -> Option<u64> {
-        fs::metadata(self.path(d)).ok().map(|m| m.len())
+        fs::metadata(self.found(d)).ok().map(|m| m.len())
     }
 
     /// Opens a stored blob.
     pub fn open(&self, d: &Digest) -> std::io::Result<(tokio::fs::File, u64)> {
-        let file = fs::File::open(self.path(d))?;
+        let file = fs::File::open(self.found(d))?;
         let size = file.metadata()?.len();
         Ok((tokio::fs::File::from_std(file), size))
     }
@@ -203,7 +234,7 @@ impl Blobs {
             return Err(BlobError::Mismatch { expected: digest, found });
         }
         let file = out.into_inner().map_err(|e| e.into_error())?;
-        let path = self.path(&digest);
+        let path = self.found(&digest);
         let (dir, used) = (self.dir.clone(), self.used.clone());
         tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
             if let Ok(existing) = fs::File::options().write(true).open(&path) {
@@ -233,14 +264,24 @@ impl Blobs {
     pub fn renew(&self, d: &Digest) -> bool {
         fs::File::options()
             .write(true)
-            .open(self.path(d))
+            .open(self.found(d))
             .and_then(|f| f.set_modified(SystemTime::now()))
             .is_ok()
     }
 
-    /// Removes every blob not in `keep` that is older than `grace` (by modification time).
-    pub fn collect(&self, keep: &BTreeSet<Digest>, grace: Duration) -> std::io::Result<Collected> {
-        let now = SystemTime::now();
+    /// Removes every blob not in `keep` that is older than `grace` (by modification time),
+    /// while `may` says the caller still decides what is kept. Each is put aside first,
+    /// then checked again (its age, and `may`) before it is unlinked.
+    pub fn collect(
+        &self,
+        keep: &BTreeSet<Digest>,
+        grace: Duration,
+        may: impl Fn() -> bool,
+    ) -> std::io::Result<Collected> {
+        let old = |meta: &fs::Metadata| {
+            let age = meta.modified().ok().and_then(|m| SystemTime::now().duration_since(m).ok());
+            age.is_some_and(|a| a >= grace)
+        };
         let mut done = Collected::default();
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
@@ -249,20 +290,39 @@ impl Blobs {
             else {
                 continue;
             };
-            if keep.contains(&digest) {
+            if keep.contains(&digest) || !old(&entry.metadata()?) {
                 continue;
             }
-            let meta = entry.metadata()?;
-            let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok());
-            if age.is_none_or(|a| a < grace) {
+            if !may() {
+                break;
+            }
+            let aside = self.aside(&digest);
+            match fs::rename(entry.path(), &aside) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+            // Renewed meanwhile (uploaded again, or named by a submission), or no longer
+            // this caller's to decide: put back.
+            let meta = match fs::metadata(&aside) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if !old(&meta) || !may() {
+                let _ = fs::rename(&aside, entry.path());
+                if !may() {
+                    break;
+                }
                 continue;
             }
-            match fs::remove_file(entry.path()) {
+            match fs::remove_file(&aside) {
                 Ok(()) => {
                     self.used.fetch_sub(meta.len(), Ordering::SeqCst);
                     done.removed += 1;
                     done.bytes += meta.len();
                 }
+                // Taken back by whoever needed it.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
@@ -270,6 +330,9 @@ impl Blobs {
         Ok(done)
     }
 }
+
+/// The suffix of a blob put aside by a collection.
+const ASIDE: &str = ".collecting";
 
 #[cfg(test)]
 mod tests {
@@ -305,7 +368,11 @@ mod tests {
             put(&b, x).await.unwrap();
         }
         let keep: BTreeSet<Digest> = [Digest::of(b"a")].into();
-        assert_eq!(b.collect(&keep, Duration::from_secs(3600)).unwrap().removed, 0, "young");
+        assert_eq!(
+            b.collect(&keep, Duration::from_secs(3600), || true).unwrap().removed,
+            0,
+            "young"
+        );
         let old = SystemTime::now() - Duration::from_secs(7200);
         for x in [&b"a"[..], b"b", b"c"] {
             fs::File::options()
@@ -316,9 +383,59 @@ mod tests {
                 .unwrap();
         }
         assert!(b.renew(&Digest::of(b"c")), "c was uploaded again");
-        let done = b.collect(&keep, Duration::from_secs(3600)).unwrap();
+        let done = b.collect(&keep, Duration::from_secs(3600), || true).unwrap();
         assert_eq!(done, Collected { removed: 1, bytes: 1 });
         assert!(b.has(&Digest::of(b"a")) && !b.has(&Digest::of(b"b")) && b.has(&Digest::of(b"c")));
+        assert_eq!(b.used(), 2);
+    }
+
+    fn age(b: &Blobs, x: &[u8]) {
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        let f = fs::File::options().write(true).open(b.path(&Digest::of(x))).unwrap();
+        f.set_modified(old).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_blob_put_aside_is_back_for_whoever_needs_it_and_the_late_unlink_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = Blobs::new(dir.path(), 100, 1000).unwrap();
+        put(&stale, b"x").await.unwrap();
+        age(&stale, b"x");
+        let d = Digest::of(b"x");
+        // A collector put it aside, then stopped before its unlink (a freeze).
+        fs::rename(stale.path(&d), stale.aside(&d)).unwrap();
+        // The node serving now needs it: it is back at once.
+        let serving = Blobs::new(dir.path(), 100, 1000).unwrap();
+        assert!(serving.has(&d));
+        assert_eq!(serving.used(), 1);
+        // The stale collector's unlink of the aside name finds nothing.
+        assert!(fs::remove_file(stale.aside(&d)).is_err());
+        assert!(serving.has(&d) && serving.renew(&d));
+        // Put aside again and found by a lookup rather than a start.
+        fs::rename(serving.path(&d), serving.aside(&d)).unwrap();
+        let (_, size) = serving.open(&d).unwrap();
+        assert_eq!(size, 1);
+    }
+
+    #[tokio::test]
+    async fn a_collector_that_stops_serving_midway_puts_back_what_it_put_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Blobs::new(dir.path(), 100, 1000).unwrap();
+        for x in [&b"a"[..], b"b"] {
+            put(&b, x).await.unwrap();
+            age(&b, x);
+        }
+        // Serving when it starts on a blob, no longer when it checks again.
+        let asked = std::sync::atomic::AtomicU32::new(0);
+        let may = || asked.fetch_add(1, Ordering::SeqCst) == 0;
+        let done = b.collect(&BTreeSet::new(), Duration::from_secs(3600), may).unwrap();
+        assert_eq!(done.removed, 0);
+        assert!(b.has(&Digest::of(b"a")) && b.has(&Digest::of(b"b")));
+        let names: Vec<String> = fs::read_dir(&b.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(ASIDE)), "{names:?}");
         assert_eq!(b.used(), 2);
     }
 }

@@ -93,7 +93,8 @@ impl StoreArgs {
                 marker.display()
             ),
             (Some(t), None) if serving => {
-                // First served from PostgreSQL: only a queue whose embedded store is empty.
+                // First served from PostgreSQL: only a queue whose embedded store is empty
+                // (marked once the database takes it: `remember`).
                 let redb = data.join("queue.redb");
                 if redb.exists() {
                     use agenix_queue::store::Store as _;
@@ -107,17 +108,25 @@ impl StoreArgs {
                         redb.display()
                     );
                 }
-                let dir = marker.parent().unwrap_or(data);
-                let mut tmp = tempfile::NamedTempFile::new_in(dir)
-                    .with_context(|| format!("cannot write {}", marker.display()))?;
-                writeln!(tmp, "{t}")?;
-                tmp.as_file().sync_all()?;
-                tmp.persist(&marker)
-                    .with_context(|| format!("cannot write {}", marker.display()))?;
             }
             _ => {}
         }
         Ok(target)
+    }
+
+    /// Marks the queue in `data` as served from `target` (`DATA/store`), once the database
+    /// has taken it: a directory a database refused is not tied to it.
+    fn remember(data: &std::path::Path, target: &agenix_queue::pg::Target) -> Result<()> {
+        let marker = data.join("store");
+        if marker.exists() {
+            return Ok(());
+        }
+        let mut tmp = tempfile::NamedTempFile::new_in(data)
+            .with_context(|| format!("cannot write {}", marker.display()))?;
+        writeln!(tmp, "{target}")?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&marker).with_context(|| format!("cannot write {}", marker.display()))?;
+        Ok(())
     }
 
     /// The PostgreSQL store named, if one is.
@@ -193,6 +202,16 @@ enum Command {
         data: PathBuf,
         #[command(flatten)]
         store: StoreArgs,
+        /// With --store: while another node of this queue serves the database, wait and take
+        /// over when it stops (dies, freezes or loses the database), instead of refusing.
+        /// Nodes share the queue directory (its identity, tokens, trust file and blobs).
+        #[arg(long, requires = "store")]
+        standby: bool,
+        /// With --store: how long the node serving the database holds it without renewing
+        /// its lease, in ms; a standby takes over this long after the serving node stops.
+        #[arg(long, requires = "store", default_value_t = 10_000,
+              value_parser = clap::value_parser!(u64).range(1000..=600_000))]
+        store_lease_ms: u64,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7411")]
         listen: SocketAddr,
@@ -586,6 +605,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve {
             data,
             store,
+            standby,
+            store_lease_ms,
             listen,
             trust,
             max_blob,
@@ -653,18 +674,30 @@ fn run(cli: Cli) -> Result<()> {
             let pg = store.of_queue(&data, true)?;
             let trust_path = trust.unwrap_or_else(|| data.join("trust.json"));
             let trust = TrustSource::file(trust_path).map_err(anyhow::Error::msg)?;
-            let tokens = identity::load_tokens(&data)?;
+            // Read here to refuse a broken directory at once, and again once serving: a
+            // standby may wait long, and the tokens may change meanwhile.
+            identity::load_tokens(&data)?;
             let (cert, key) = identity::load_identity(&data)?;
             let fingerprint = agenix_link::fingerprint_of(&cert)?;
             let signing = identity::signing_key(&data)?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
+                let serve = agenix_queue::pg::Serve {
+                    lease: Duration::from_millis(store_lease_ms),
+                    standby,
+                    identity: fingerprint.to_string(),
+                };
                 let store: Arc<dyn agenix_queue::store::Store> = match pg {
-                    Some(target) => Arc::new(PgStore::open(target)?),
+                    Some(target) => {
+                        let store = PgStore::open(target.clone(), &serve)?;
+                        StoreArgs::remember(&data, &target)?;
+                        Arc::new(store)
+                    }
                     None => no_panic(&data, || {
                         Ok(Arc::new(RedbStore::open(&data.join("queue.redb"))?))
                     })?,
                 };
+                let tokens = identity::load_tokens(&data)?;
                 let blobs = Blobs::new(&data, max_blob, blob_quota)?;
                 let endpoint = agenix_queue::server::endpoint(listen, cert, key, &settings)?;
                 let queue = no_panic(&data, || {

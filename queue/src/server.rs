@@ -34,7 +34,7 @@ use tracing::{Instrument, debug, error, info, warn};
 use crate::blobs::Blobs;
 use crate::identity::Tokens;
 use crate::limits::{Bucket, Gate, Limits, lock};
-use crate::store::{Store, Write};
+use crate::store::{Hold, Store, Write};
 
 /// Limits and timings.
 #[derive(Debug, Clone)]
@@ -100,6 +100,18 @@ pub(crate) struct Conn {
     pub(crate) bucket: Mutex<Bucket>,
 }
 
+/// Resolves once the node's hold on its storage has lapsed.
+async fn until_lapsed(lapsed: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = lapsed.wait_for(|l| *l).await;
+}
+
+/// How long a node whose hold lapsed waits for a connection's requests under way before it
+/// closes it.
+const DRAIN: Duration = Duration::from_secs(60);
+
+/// Why a node closes its connections while its hold on its storage has lapsed.
+const NOT_SERVING: &[u8] = b"this queue node does not serve its storage now: try another";
+
 /// The queue.
 pub struct Queue {
     pub(crate) sched: Mutex<Scheduler>,
@@ -119,6 +131,9 @@ pub struct Queue {
     stale: std::sync::atomic::AtomicBool,
     /// Why this queue must stop (its storage is another queue's now), once it must.
     lost: Mutex<Option<String>>,
+    /// Whether its hold on its storage has lapsed (it cannot tell whether it still serves
+    /// it): connections are closed, so that clients go to another node.
+    lapsed: tokio::sync::watch::Sender<bool>,
     lost_notify: Notify,
 }
 
@@ -186,6 +201,7 @@ impl Queue {
             stale: std::sync::atomic::AtomicBool::new(false),
             lost: Mutex::new(None),
             lost_notify: Notify::new(),
+            lapsed: tokio::sync::watch::Sender::new(false),
         });
         tokio::spawn(committer(store, rx, Arc::downgrade(&queue)));
         tokio::spawn(reaper(Arc::downgrade(&queue)));
@@ -225,7 +241,10 @@ impl Queue {
                     .into(),
             ));
         }
-        Ok(sched)
+        match self.store.hold() {
+            Hold::Serving => Ok(sched),
+            Hold::Lapsed(why) | Hold::Lost(why) => Err(Refusal::Unavailable(why)),
+        }
     }
 
     /// Resolves once this queue must stop because another serves its storage now, with why.
@@ -313,6 +332,11 @@ impl Queue {
     async fn connection(self: Arc<Self>, incoming: quinn::Incoming) -> bool {
         let ip = incoming.remote_address().ip();
         let Ok(conn) = incoming.await else { return false };
+        let mut lapsed = self.lapsed.subscribe();
+        if *lapsed.borrow_and_update() {
+            conn.close(5u32.into(), NOT_SERVING);
+            return false;
+        }
         let key = agenix_link::peer_key(&conn).map(|k| KeyId::of(&k));
         let Some(role) = self.hello(&conn, ip, key).await else {
             conn.close(1u32.into(), b"unauthenticated");
@@ -342,13 +366,31 @@ impl Queue {
             Some(key) => tracing::info_span!("client", %ip, role = role.as_str(), %key),
             None => tracing::info_span!("client", %ip, role = role.as_str()),
         };
-        while let Ok((send, recv)) = conn.accept_bi().await {
+        let mut streams = tokio::task::JoinSet::new();
+        loop {
+            let (send, recv) = tokio::select! {
+                stream = conn.accept_bi() => match stream {
+                    Ok(stream) => stream,
+                    Err(_) => break,
+                },
+                () = until_lapsed(&mut lapsed) => {
+                    // What is under way is answered first (a commit it waits for may still
+                    // succeed: its client must hear so), then the client is let go.
+                    let drained = async { while streams.join_next().await.is_some() {} };
+                    let _ = tokio::time::timeout(DRAIN, drained).await;
+                    conn.close(5u32.into(), NOT_SERVING);
+                    break;
+                }
+            };
+            while streams.try_join_next().is_some() {}
             let q = self.clone();
             let (c, client) = (conn.clone(), client.clone());
-            tokio::spawn(
+            streams.spawn(
                 async move { q.stream(c, &client, send, recv).await }.instrument(span.clone()),
             );
         }
+        // The connection is gone: its streams end with it.
+        streams.detach_all();
         worker
     }
 
@@ -763,12 +805,23 @@ async fn reaper(queue: Weak<Queue>) {
         let (generation, trust) = q.trust.generation();
         let second = now_ms() / 1000;
         if seen.is_none_or(|(_, s)| s != second) {
-            let store = q.store.clone();
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.check()).await {
-                error!(error = %e, "this queue no longer serves its storage: it stops");
-                *lock(&q.lost) = Some(e.to_string());
-                q.lost_notify.notify_waiters();
-                return;
+            match q.store.hold() {
+                Hold::Serving => {
+                    if q.lapsed.send_replace(false) {
+                        warn!("this node holds its storage again: it serves");
+                    }
+                }
+                Hold::Lapsed(why) => {
+                    if !q.lapsed.send_replace(true) {
+                        error!(reason = %why, "this node closes its connections and answers no one");
+                    }
+                }
+                Hold::Lost(why) => {
+                    error!(reason = %why, "this queue no longer serves its storage: it stops");
+                    *lock(&q.lost) = Some(why);
+                    q.lost_notify.notify_waiters();
+                    return;
+                }
             }
         }
         if seen != Some((generation, second)) {
@@ -831,15 +884,16 @@ impl Queue {
     pub(crate) async fn collect(&self) {
         // Memory that may not match storage must not decide what is deleted; nor may a
         // queue that no longer serves its storage (another took it over).
-        let store = self.store.clone();
-        if !matches!(tokio::task::spawn_blocking(move || store.check()).await, Ok(Ok(()))) {
+        if self.store.hold() != Hold::Serving {
             return;
         }
         let Ok(mut keep) = self.current().map(|s| s.blobs_in_use()) else { return };
         keep.extend(lock(&self.kept).iter().copied());
         let (blobs, grace) = (self.blobs.clone(), self.settings.blob_grace);
         let started = Instant::now();
-        match tokio::task::spawn_blocking(move || blobs.collect(&keep, grace)).await {
+        let store = self.store.clone();
+        let may = move || store.hold() == Hold::Serving;
+        match tokio::task::spawn_blocking(move || blobs.collect(&keep, grace, may)).await {
             Ok(Ok(done)) if done.removed > 0 => info!(
                 removed = done.removed,
                 bytes = done.bytes,
@@ -874,5 +928,6 @@ pub fn endpoint(
     transport.max_concurrent_uni_streams(0u32.into());
     config.transport_config(Arc::new(transport));
     config.migration(false);
-    Ok(quinn::Endpoint::server(config, listen)?)
+    quinn::Endpoint::server(config, listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))
 }

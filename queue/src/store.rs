@@ -112,12 +112,23 @@ pub trait Store: Send + Sync + 'static {
     fn history(&self, job: JobId, after: Option<u64>, max: usize) -> Result<History, StoreError>;
     /// The audit log's last `max` entries, newest first: (seq, entry JSON).
     fn audit_tail(&self, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
-    /// Confirms this queue still serves its storage; an error means another queue does
-    /// now, and this one must stop (checked every second). Storage that cannot be reached
-    /// is not an error here: its batches fail on their own.
-    fn check(&self) -> Result<(), StoreError> {
-        Ok(())
+    /// Whether this queue still serves its storage (asked every second, and before each
+    /// blob it collects).
+    fn hold(&self) -> Hold {
+        Hold::Serving
     }
+}
+
+/// How a queue holds its storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// It serves it.
+    Serving,
+    /// It cannot tell (its lease could not be renewed in time): it acts on nothing until it
+    /// can, and its clients go elsewhere meanwhile.
+    Lapsed(String),
+    /// Another queue serves it now: this one must stop.
+    Lost(String),
 }
 
 /// redb's page cache: enough for the B-tree's upper levels and a commit's worth of pages.

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use agenix_harness::postgres::{self, Postgres};
+use agenix_link::Client;
 use agenix_proto::wire::{ClientRole, Request, Response};
 use common::*;
 
@@ -32,6 +33,18 @@ fn run_with(file: &std::path::Path, args: &[&str]) -> Output {
         .env_remove("AGQ_STORE")
         .output()
         .unwrap()
+}
+
+/// Runs `f` on a thread of its own, failing the test if it takes longer than `limit`.
+fn tokio_free_timeout<T: Send + 'static>(
+    limit: std::time::Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).expect("it went on waiting")
 }
 
 fn text(out: &Output) -> String {
@@ -81,10 +94,12 @@ fn pg1_migrations_are_versioned_and_run_once() {
     for out in &both {
         assert!(out.status.success(), "{}", text(out));
     }
-    let applied = both.iter().filter(|o| text(o).contains("applied migration 1")).count();
-    assert_eq!(applied, 1, "{:?}", both.iter().map(text).collect::<Vec<_>>());
+    for v in ["applied migration 1 (", "applied migration 2 (the serving lease)"] {
+        let applied = both.iter().filter(|o| text(o).contains(v)).count();
+        assert_eq!(applied, 1, "{v}: {:?}", both.iter().map(text).collect::<Vec<_>>());
+    }
     let again = run(&pg, &["migrate", "--store", &url]);
-    assert!(text(&again).contains("nothing to do"), "{}", text(&again));
+    assert!(text(&again).contains("at version 2, nothing to do"), "{}", text(&again));
     // Over the Unix socket too.
     let again = run(&pg, &["migrate", "--store", &pg.socket_url()]);
     assert!(again.status.success() && text(&again).contains("nothing to do"), "{}", text(&again));
@@ -144,6 +159,19 @@ fn pg2_bad_connection_settings_are_refused_by_name() {
     assert!(!out.status.success());
     assert!(text(&out).contains("password authentication failed"), "{}", text(&out));
     assert!(!text(&out).contains("not-the-password"), "{}", text(&out));
+    // A standby waits out outages, not a refusal: it stops at once, saying why.
+    run(&pg, &["migrate", "--store", &pg.url()]);
+    let (_dir, data) = queue_dir();
+    let data = data.to_str().unwrap().to_string();
+    let (file, url) = (wrong.path().to_path_buf(), pg.url());
+    let out = tokio_free_timeout(std::time::Duration::from_secs(30), move || {
+        run_with(
+            &file,
+            &["serve", "--data", &data, "--store", &url, "--standby", "--listen", "127.0.0.1:0"],
+        )
+    });
+    assert!(!out.status.success());
+    assert!(text(&out).contains("password authentication failed"), "{}", text(&out));
     // Given twice, or an empty file: refused by name.
     let out = Command::new(agq())
         .args(["migrate", "--store", &pg.url(), "--store-password-file"])
@@ -188,56 +216,56 @@ fn pg2_bad_connection_settings_are_refused_by_name() {
     assert!(text(&out).contains("not a regular file"), "{}", text(&out));
 }
 
-/// PG3: one agq serves a database at a time; the next may once the first is gone, and a
-/// queue another has taken over from writes nothing more.
+/// PG3: one agq node serves a database at a time, holding a lease it renews. Another
+/// queue's directory is refused; another node of the same queue, not standing by, sees the
+/// lease renewed and is refused. A node whose connections the database cut renews on a new
+/// one. A node whose place was taken writes nothing more and stops; the next node, on the
+/// same host, takes the lease of the dead one at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg3_one_queue_serves_a_database_at_a_time() {
     if !postgres::available("pg3_one_queue_serves_a_database_at_a_time") {
         return;
     }
-    let mut q = Agq::start_on(&[], true);
+    let mut q = Agq::start_on(&["--store-lease-ms", "2000"], true);
     let planner = q.client(ClientRole::Planner).await;
     let jobs = q.submit(&planner, &[b"one"], 3).await;
     let pg = q.postgres().unwrap();
     let (url, pass, port) = (pg.url(), pg.password_file().unwrap(), pg.addr.port());
     let (_dir, other) = queue_dir();
     let err = serve_fails_with(&pass, &url, &other);
+    assert!(err.contains("this database holds the queue sha256:"), "{err}");
+    // A directory the database refused is not tied to it.
+    assert!(!other.join("store").exists());
+    let err = serve_fails_with(&pass, &url, &q.data());
     assert!(err.contains("another agq is serving this database"), "{err}");
+    assert!(err.contains("it renews its lease"), "{err}");
+    assert!(err.contains("give --standby"), "{err}");
+    // Nor in a pid namespace of its own (another container on this host), where the
+    // holder's process id names nothing: the holder is not taken for dead.
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(agq())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data", q.data().to_str().unwrap()])
+        .args(["--store", &url, "--store-lease-ms", "2000"])
+        .env("AGQ_STORE_PASSWORD_FILE", &pass)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("it renews its lease"), "{}", text(&out));
     let password = std::fs::read_to_string(&pass).unwrap().trim().to_string();
     let conn = format!("host=127.0.0.1 port={port} user=agq dbname=postgres password={password}");
-    // The connection holding the lock is cut (a server's idle timeout, an operator), and
-    // the lock is not to be had for a while (here another session takes it at once, as
-    // the cut session's own may linger on the server): the queue keeps serving, since no
-    // other queue took its place, and takes the lock again once it is free.
-    let holder = {
-        let conn = conn.clone();
-        std::thread::spawn(move || {
-            let mut c = ::postgres::Client::connect(&conn, ::postgres::NoTls).unwrap();
-            c.batch_execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
-                 AND objid = 2; SELECT pg_advisory_lock(4278097, 2)",
-            )
-            .unwrap();
-            std::thread::sleep(std::time::Duration::from_secs(3));
-        })
-    };
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !q.log().contains("the serving lock is not to be had yet") {
-        assert!(std::time::Instant::now() < until, "{}", q.log());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    // Every connection of the queue's cut (a server's idle timeout, an operator): it
+    // connects again and renews its lease; no other node took its place, so it serves on.
+    run_sql(
+        &conn,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'agq' \
+         AND pid <> pg_backend_pid()",
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
     assert!(q.is_running(), "{}", q.log());
-    holder.join().unwrap();
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !q.log().contains("lock taken again") {
-        assert!(std::time::Instant::now() < until, "{}", q.log());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let err = serve_fails_with(&pass, &url, &other);
-    assert!(err.contains("another agq is serving this database"), "{err}");
-    assert!(q.is_running());
-    // A queue whose place was taken is fenced: it stores nothing more, says why, and stops.
-    run_sql(&conn, "UPDATE agq_meta SET value = value + 1 WHERE key = 'generation'");
+    assert_eq!(job(&planner, jobs[0]).await.id, jobs[0]);
+    // A node whose place was taken is fenced: it stores nothing more, says why, and stops.
+    run_sql(&conn, "UPDATE agq_serving SET generation = generation + 1");
     let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while q.is_running() {
         assert!(std::time::Instant::now() < until, "a fenced queue runs on: {}", q.log());
@@ -248,8 +276,11 @@ async fn pg3_one_queue_serves_a_database_at_a_time() {
     assert!(log.contains("this queue stopped"), "{log}");
     let stored = q.stored().load().unwrap();
     assert_eq!(stored.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), jobs);
-    // Gone: the next agq may serve it, and finds the job.
+    // Its lease runs on at the database, but its process is gone: the next node on this
+    // host takes it at once, and finds the job.
+    let started = std::time::Instant::now();
     q.restart();
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "waited for the lease");
     let planner = q.client(ClientRole::Planner).await;
     assert_eq!(job(&planner, jobs[0]).await.id, jobs[0]);
 }
@@ -274,7 +305,8 @@ async fn pg4_a_database_restart_loses_no_acknowledged_job() {
     if !postgres::available("pg4_a_database_restart_loses_no_acknowledged_job") {
         return;
     }
-    let mut q = Agq::start_on(&[], true);
+    // A lease longer than the outage: the node keeps its clients and answers them.
+    let mut q = Agq::start_on(&["--store-lease-ms", "120000"], true);
     let planner = q.client(ClientRole::Planner).await;
     let w = q.worker("w").await;
     register(&w, "w").await;
@@ -568,4 +600,266 @@ async fn pg6_the_audit_log_in_postgres_verifies_and_names_an_edit() {
     sql(pg, "UPDATE agq_meta SET value = value - 1 WHERE key = 'audit_size'");
     let err = serve_fails(pg, &pg.url(), &data);
     assert!(err.contains("the audit log in the database is inconsistent"), "{err}");
+}
+
+/// A second node of `q`'s queue, on the same directory and database, standing by on a
+/// free loopback port (`--standby` and `args`), logging to `log` in `dir`.
+fn standby(q: &mut Agq, dir: &std::path::Path, args: &[&str]) -> agenix_harness::Agq {
+    let pg = q.postgres().unwrap();
+    let store = (pg.url(), pg.password_file().unwrap());
+    let mut serve = agenix_harness::Serve::new(agq(), q.data(), dir.join("standby.log"));
+    serve.postgres = false;
+    serve.store = Some(store);
+    serve.ready = Some(dir.join("standby.ready"));
+    serve.log_level = "info".into();
+    serve.args = ["--standby"].iter().chain(args).map(|s| s.to_string()).collect();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    agenix_harness::Agq::launch(serve, ([127, 0, 0, 1], port).into()).unwrap()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool, log: impl Fn() -> String) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < until, "{what}: {}", log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// PG8: a standby node waits without listening; when the node serving freezes (SIGSTOP: its
+/// connections stay open, it renews nothing), the standby takes over once the lease runs
+/// out. A worker's lease from the first node is heartbeat and completed on the second. The
+/// frozen node, resumed, writes nothing more and stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg8_a_standby_takes_over_from_a_frozen_node_which_then_writes_nothing() {
+    if !postgres::available("pg8_a_standby_takes_over_from_a_frozen_node_which_then_writes_nothing")
+    {
+        return;
+    }
+    let mut q = Agq::start_on(&["--store-lease-ms", "2000"], true);
+    let planner = q.client(ClientRole::Planner).await;
+    let jobs = q.submit(&planner, &[b"a", b"b"], 3).await;
+    let key = q.enroll("w");
+    let w = q.connect_worker(&key).await;
+    register_as(&w, "w", "instance-1").await;
+    let held = claim(&w, 1, 1000).await;
+    assert_eq!(held.len(), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = standby(&mut q, dir.path(), &["--store-lease-ms", "2000"]);
+    let log = || std::fs::read_to_string(dir.path().join("standby.log")).unwrap_or_default();
+    wait_for("the standby never said it stands by", || log().contains("stands by"), log);
+    // It waits without listening.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(b.is_running(), "{}", log());
+    assert!(!dir.path().join("standby.ready").exists());
+    let first = q.addr;
+    q.addr = b.addr;
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        Client::connect(
+            b.addr,
+            q.fingerprint,
+            ClientRole::Planner,
+            &q.credential(ClientRole::Planner),
+        ),
+    )
+    .await;
+    assert!(!matches!(refused, Ok(Ok(_))), "a standby answered");
+    // The node serving freezes.
+    let pid = nix::unistd::Pid::from_raw(q.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    b.wait_serving().unwrap();
+    assert!(log().contains("taking over"), "{}", log());
+    // The worker reconnects there, as the same worker, and its lease holds.
+    let w2 = q.connect_worker(&key).await;
+    register_as(&w2, "w", "instance-1").await;
+    let (extended, ..) = heartbeat(&w2, &[held[0].lease]).await;
+    assert_eq!(extended, vec![held[0].lease]);
+    let out = w2.signed(&held[0], no_output()).await;
+    let done = w2.request(&Request::Complete { lease: held[0].lease, output: out }).await;
+    assert_eq!(recorded(done.unwrap()).name(), "succeeded");
+    let planner_b = q.client(ClientRole::Planner).await;
+    let cancelled = jobs.iter().find(|j| **j != held[0].lease.job).copied().unwrap();
+    let r = planner_b.request(&Request::Cancel { job: cancelled }).await.unwrap();
+    assert!(matches!(r, Response::Cancel { .. }), "{r:?}");
+    // The frozen node resumes: it finds its place taken, writes nothing, and stops.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    q.addr = first;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while q.is_running() {
+        // Whatever it is asked meanwhile is not stored.
+        if let Ok(c) = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            Client::connect(
+                first,
+                q.fingerprint,
+                ClientRole::Planner,
+                &q.credential(ClientRole::Planner),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| Err(agenix_link::LinkError::Connection("timed out".into())))
+        {
+            let r = c.request(&Request::Cancel { job: held[0].lease.job }).await;
+            assert!(!matches!(r, Ok(Response::Cancel { .. })), "a fenced node cancelled: {r:?}");
+        }
+        assert!(std::time::Instant::now() < until, "a fenced node runs on: {}", q.log());
+    }
+    assert!(q.log().contains("another agq took over this database"), "{}", q.log());
+    let stored = q.stored().load().unwrap();
+    let state = |id| stored.jobs.iter().find(|j| j.id == id).unwrap().state.name();
+    assert_eq!(state(held[0].lease.job), "succeeded");
+    assert_eq!(state(cancelled), "cancelled");
+    assert!(b.is_running(), "{}", log());
+}
+
+/// PG9: a node that cannot renew its lease (its database unreachable for longer) closes
+/// its connections and answers no one, so that clients go to another node; once it renews
+/// again (no other node took over), it serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg9_a_node_cut_off_from_its_database_lets_its_clients_go() {
+    if !postgres::available("pg9_a_node_cut_off_from_its_database_lets_its_clients_go") {
+        return;
+    }
+    let mut q = Agq::start_on(&["--store-lease-ms", "2000"], true);
+    let planner = q.client(ClientRole::Planner).await;
+    let jobs = q.submit(&planner, &[b"a"], 3).await;
+    q.postgres().unwrap().kill();
+    wait_for("the connection was kept", || planner.is_closed(), || q.log());
+    assert!(q.log().contains("closes its connections"), "{}", q.log());
+    let again = Client::connect(
+        q.addr,
+        q.fingerprint,
+        ClientRole::Planner,
+        &q.credential(ClientRole::Planner),
+    )
+    .await;
+    assert!(again.is_err(), "a lapsed node took a connection");
+    q.postgres().unwrap().restart().unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let planner = loop {
+        match Client::connect(
+            q.addr,
+            q.fingerprint,
+            ClientRole::Planner,
+            &q.credential(ClientRole::Planner),
+        )
+        .await
+        {
+            Ok(c) => break c,
+            Err(e) => assert!(std::time::Instant::now() < until, "{e}: {}", q.log()),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(job(&planner, jobs[0]).await.id, jobs[0]);
+    assert!(q.log().contains("holds its storage again"), "{}", q.log());
+    assert!(q.is_running());
+}
+
+/// PG11: the node serving is frozen (SIGSTOP) in the middle of a batch, so its session sits
+/// idle inside a transaction holding the serving row. The standby still takes over (the
+/// server ends the frozen session after a lease), and the frozen node, resumed, stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg11_a_node_frozen_inside_a_batch_does_not_keep_its_standby_out() {
+    if !postgres::available("pg11_a_node_frozen_inside_a_batch_does_not_keep_its_standby_out") {
+        return;
+    }
+    let mut q = Agq::start_on(&["--store-lease-ms", "2000"], true);
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = standby(&mut q, dir.path(), &["--store-lease-ms", "2000"]);
+    let log = || std::fs::read_to_string(dir.path().join("standby.log")).unwrap_or_default();
+    wait_for("the standby never said it stands by", || log().contains("stands by"), log);
+    // Batches, one after another.
+    let planner = q.client(ClientRole::Planner).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let (plan, digest) = q.plan(COMPONENT, &[]);
+        let actions: Vec<_> = (0..2000).map(|_| q.action(digest, &[b"x"], 3).0).collect();
+        tokio::spawn(async move {
+            for action in actions {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let _ = planner.request(&submit_of(&planner, &plan, &action).await).await;
+            }
+        })
+    };
+    let pg = q.postgres().unwrap();
+    let password = std::fs::read_to_string(pg.password_file().unwrap()).unwrap();
+    let conn = format!(
+        "host=127.0.0.1 port={} user=agq dbname=postgres password={}",
+        pg.addr.port(),
+        password.trim()
+    );
+    let pid = nix::unistd::Pid::from_raw(q.pid() as i32);
+    // Frozen until caught with a session idle inside a transaction.
+    let mut caught = false;
+    for attempt in 0..2000 {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let idle = query_count(
+            &conn,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'agq' \
+             AND state = 'idle in transaction' AND now() - state_change > interval '100 ms'",
+        );
+        if idle > 0 {
+            caught = true;
+            break;
+        }
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(attempt % 7));
+    }
+    assert!(caught, "never froze inside a batch");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    b.wait_serving().unwrap();
+    assert!(log().contains("taking over"), "{}", log());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while q.is_running() {
+        assert!(std::time::Instant::now() < until, "a fenced node runs on: {}", q.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    load.abort();
+    assert!(b.is_running(), "{}", log());
+}
+
+/// PG12: a node that takes the database over and then cannot start (its address is taken)
+/// says which address, and lets the lease go at once rather than after a lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg12_a_node_that_cannot_start_lets_the_lease_go() {
+    if !postgres::available("pg12_a_node_that_cannot_start_lets_the_lease_go") {
+        return;
+    }
+    let mut q = Agq::start_on(&["--store-lease-ms", "60000"], true);
+    let pg = q.postgres().unwrap();
+    let (url, pass) = (pg.url(), pg.password_file().unwrap());
+    let password = std::fs::read_to_string(&pass).unwrap();
+    let conn = format!(
+        "host=127.0.0.1 port={} user=agq dbname=postgres password={}",
+        pg.addr.port(),
+        password.trim()
+    );
+    q.kill();
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let at = taken.local_addr().unwrap().to_string();
+    // Restarted on this host: it takes over from its dead self at once, then cannot listen.
+    let out = run_with(
+        &pass,
+        &["serve", "--data", q.data().to_str().unwrap(), "--store", &url, "--listen", &at],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains(&format!("cannot listen on {at}")), "{}", text(&out));
+    let released = query_count(&conn, "SELECT count(*) FROM agq_serving WHERE until = '-infinity'");
+    assert_eq!(released, 1, "the lease was kept");
+}
+
+/// The count `sql` returns, on a connection of its own.
+fn query_count(conn: &str, sql: &str) -> i64 {
+    let (conn, sql) = (conn.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        let mut c = ::postgres::Client::connect(&conn, ::postgres::NoTls).unwrap();
+        c.query_one(sql.as_str(), &[]).unwrap().get(0)
+    })
+    .join()
+    .unwrap()
 }

@@ -4,11 +4,13 @@
 //! Tables (made by the versioned migrations below, run by `agq migrate`):
 //!
 //! ```text
-//! agq_meta:         key -> bigint       next_job, audit_size, generation
+//! agq_meta:         key -> bigint       next_job, audit_size
+//! agq_serving:      one row             the serving lease: generation, node, until
 //! agq_jobs:         id -> record        JobRecord JSON
 //! agq_actions:      id -> record        ActionRecord JSON
 //! agq_kept:         digest              blobs kept until removed explicitly
-//! agq_state:        key -> bytea        "trust": the trust file as last audited
+//! agq_state:        key -> bytea        "trust": the trust file as last audited;
+//!                                       "identity": the fingerprint of the queue it holds
 //! agq_audit:        seq -> job, entry   the audit log's entries (the bytes hashed)
 //! agq_audit_hashes: idx -> hash         every complete subtree's hash
 //! agq_checkpoints:  size -> note        signed checkpoints
@@ -16,10 +18,11 @@
 //! ```
 //!
 //! A batch is one transaction, committed before `apply` returns (PostgreSQL's own
-//! durability: `synchronous_commit` as the server sets it). One agq serves a database at
-//! a time: it holds a session advisory lock while it runs, and each batch first checks the
-//! serving generation it took at start, so a queue that lost its lock (its connection cut)
-//! while another took over writes nothing.
+//! durability: `synchronous_commit` as the server sets it). One agq node serves a database
+//! at a time, holding a lease on it that it renews (`serving.rs`); each batch checks the
+//! serving generation it took, so a node whose place was taken writes nothing. Other nodes
+//! of the same queue (`--standby`) wait for the lease to run out and take over. The
+//! database records the identity of the queue it holds and serves no other.
 //!
 //! The sync client runs each connection on a small runtime of its own, which must never be
 //! entered from the queue's async tasks: every call here runs on a thread of its own when
@@ -34,7 +37,7 @@
 use std::collections::BTreeMap;
 use std::str::FromStr as _;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agenix_proto::audit::{self, Entry, Hashes, TreeHead};
 use agenix_proto::job::JobId;
@@ -45,20 +48,23 @@ use postgres::{Client, GenericClient};
 use r2d2_postgres::PostgresConnectionManager;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::store::{History, Loaded, Store, StoreError, Write};
+use crate::store::{History, Hold, Loaded, Store, StoreError, Write};
+
+mod serving;
 
 /// The migrations, in order: (version, name, SQL). Each runs in one transaction with its
 /// record in `agq_migrations`.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "jobs, actions, kept blobs, the audit log", include_str!("0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "jobs, actions, kept blobs, the audit log", include_str!("0001_init.sql")),
+    (2, "the serving lease", include_str!("0002_serving.sql")),
+];
 
 /// The schema version this agq reads and writes.
-pub const SCHEMA: i32 = 1;
+pub const SCHEMA: i32 = 2;
 
 /// Advisory lock keys (one namespace for agq: "AGQ" in ASCII).
 const LOCK_NS: i32 = 0x0041_4751;
 const LOCK_MIGRATE: i32 = 1;
-const LOCK_SERVE: i32 = 2;
 
 /// Most connections in the pool: the committer's one, and reads beside it.
 const POOL: u32 = 8;
@@ -226,7 +232,12 @@ impl Target {
     }
 
     fn connect(&self) -> Result<Client, StoreError> {
-        off_runtime(|| self.config.connect(self.tls.clone()).map_err(|e| connect_err(self, &e)))
+        off_runtime(|| self.connect_here())
+    }
+
+    /// [`Target::connect`], on this thread (never inside an async runtime).
+    fn connect_here(&self) -> Result<Client, StoreError> {
+        self.config.connect(self.tls.clone()).map_err(|e| connect_err(self, &e))
     }
 }
 
@@ -236,6 +247,17 @@ fn password_in_url() -> StoreError {
          file (--store-password-file) or in AGQ_STORE_PASSWORD"
             .into(),
     )
+}
+
+/// Whether the server refused the connection itself: the password or the user (class 28),
+/// a database that does not exist, or a privilege missing.
+fn refuses(e: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        c.code().starts_with("28")
+            || *c == SqlState::INVALID_CATALOG_NAME
+            || *c == SqlState::INSUFFICIENT_PRIVILEGE
+    })
 }
 
 fn connect_err(target: &Target, e: &postgres::Error) -> StoreError {
@@ -356,19 +378,29 @@ fn newer(at: i32) -> StoreError {
 
 type Pool = r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
 
+/// How a node serves the database (`agq serve --store URL`).
+#[derive(Debug, Clone)]
+pub struct Serve {
+    /// How long the lease lasts without renewal: how long a standby waits after the node
+    /// serving stops renewing it (dies, freezes, or loses the database).
+    pub lease: Duration,
+    /// While another node serves, wait (a standby) instead of refusing.
+    pub standby: bool,
+    /// This queue directory's identity (its fingerprint): the database serves one.
+    pub identity: String,
+}
+
 /// The PostgreSQL store.
 pub struct PgStore {
     target: Target,
     /// `None` only while being dropped.
     pool: Option<Pool>,
-    /// The connection holding the serving lock (`None` only while being dropped).
-    lock: Mutex<Option<Client>>,
-    /// The serving generation this queue took at start.
-    generation: i64,
+    /// The serving lease (`None`: reading beside the queue, which writes nothing).
+    held: Option<Arc<serving::Held>>,
+    /// The thread renewing it.
+    renewer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Stored hashes read or written before (a stored hash never changes).
     cache: Mutex<BTreeMap<u64, Digest>>,
-    /// Whether the serving lock must be taken again (its connection dropped).
-    relock: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -379,107 +411,208 @@ impl std::fmt::Debug for PgStore {
 
 impl Drop for PgStore {
     fn drop(&mut self) {
+        if let Some(held) = &self.held {
+            held.stop(self.renewer.get_mut().ok().and_then(Option::take));
+        }
         // Each connection owns a runtime, which cannot be dropped inside another.
-        let (pool, lock) = (self.pool.take(), self.lock.get_mut().ok().and_then(Option::take));
+        let pool = self.pool.take();
         let _ = off_runtime(move || {
-            drop((pool, lock));
+            drop(pool);
             Ok(())
         });
     }
 }
 
+/// Checks the schema is the one this agq reads and writes.
+fn check_schema(conn: &mut Client) -> Result<(), StoreError> {
+    schema_refusal(version(conn)?).map_or(Ok(()), Err)
+}
+
+/// Why a database whose schema is at version `at` is refused, if it is.
+fn schema_refusal(at: i32) -> Option<StoreError> {
+    match at {
+        SCHEMA => None,
+        0 => Some(StoreError(
+            "the database has no queue schema yet: run agq migrate --store URL first".into(),
+        )),
+        at if at > SCHEMA => Some(newer(at)),
+        at => Some(StoreError(format!(
+            "the database's schema is at version {at}; this agq needs {SCHEMA}: run agq \
+             migrate --store URL"
+        ))),
+    }
+}
+
+/// The audit log's size as recorded must be the log's: a batch would otherwise number its
+/// entries over others, or leave a gap.
+fn check_audit_size(conn: &mut Client) -> Result<(), StoreError> {
+    let row = conn
+        .query_one(
+            "SELECT (SELECT value FROM agq_meta WHERE key = 'audit_size'),
+                    (SELECT coalesce(max(seq) + 1, 0) FROM agq_audit),
+                    (SELECT count(*) FROM agq_audit)",
+            &[],
+        )
+        .map_err(pg)?;
+    let (size, end, count): (Option<i64>, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    if size != Some(end) || end != count {
+        return Err(StoreError(format!(
+            "the audit log in the database is inconsistent: agq_meta says {} entries, agq_audit \
+             holds {count} numbered up to {end}; restore the database from a backup",
+            size.map_or("no".to_string(), |s| s.to_string()),
+        )));
+    }
+    Ok(())
+}
+
 impl PgStore {
-    /// Connects to `target` to serve it: refuses a schema other than [`SCHEMA`] and a
-    /// database another agq is serving.
-    pub fn open(target: Target) -> Result<Self, StoreError> {
-        Self::connect(target, true)
+    /// Connects to `target` and takes its serving lease: refuses a schema other than
+    /// [`SCHEMA`] and a database that holds another queue. While another node holds the
+    /// lease, a standby waits for it to run out; any other node waits one lease length to
+    /// see whether its holder renews it, and refuses if it does. A holder that was a process
+    /// of this host that no longer runs is taken over at once.
+    pub fn open(target: Target, how: &Serve) -> Result<Self, StoreError> {
+        // Every client here owns a runtime, which must not be dropped inside another.
+        off_runtime(|| Self::take_over(target, how))
     }
 
-    /// Connects to `target` to read it beside the queue (or after it): takes no serving
-    /// lock, and writes nothing (each batch would fail the generation check).
+    fn take_over(target: Target, how: &Serve) -> Result<Self, StoreError> {
+        let me = serving::Node::this();
+        let mut conn: Option<Client> = None;
+        let mut said = None::<String>;
+        let mut first_seen: Option<(String, Instant)> = None;
+        let (conn, generation, taken) = loop {
+            let before = Instant::now();
+            let step = (|| {
+                let c = match conn.as_mut().filter(|c| !c.is_closed()) {
+                    Some(c) => c,
+                    None => match target.config.connect(target.tls.clone()) {
+                        Ok(c) => conn.insert(c),
+                        // The server answered, and said no: waiting cannot help.
+                        Err(e) if refuses(&e) => {
+                            return Ok(serving::Look::Refused(connect_err(&target, &e)));
+                        }
+                        Err(e) => return Err(connect_err(&target, &e)),
+                    },
+                };
+                if let Some(refused) = schema_refusal(version(c)?) {
+                    return Ok(serving::Look::Refused(refused));
+                }
+                serving::try_take(c, &me, how.lease, &how.identity)
+            })();
+            // Said once for each holder (or outage), not at every look.
+            let say = |key: String, what: String| {
+                if said.as_deref() != Some(key.as_str()) {
+                    tracing::warn!("{what}");
+                }
+                Some(key)
+            };
+            match step {
+                Ok(serving::Look::Taken(g)) => {
+                    if said.is_some() {
+                        tracing::warn!("the serving lease is this node's now: taking over");
+                    }
+                    match conn.take() {
+                        Some(c) => break (c, g, before),
+                        None => return Err(StoreError("the connection went away".into())),
+                    }
+                }
+                Ok(serving::Look::Held { node, left_ms, until }) => {
+                    let renewed = first_seen.as_ref().is_some_and(|(u, at)| {
+                        *u != until && at.elapsed() > Duration::from_millis(100)
+                    });
+                    if !how.standby && renewed {
+                        return Err(StoreError(format!(
+                            "another agq is serving this database ({node}; it renews its lease): \
+                             give --standby to take over when it stops"
+                        )));
+                    }
+                    if first_seen.is_none() {
+                        first_seen = Some((until, Instant::now()));
+                    }
+                    said = say(
+                        node.clone(),
+                        format!(
+                            "another agq serves this database ({node}, its lease runs {left_ms} ms \
+                         more): this one {}",
+                            if how.standby {
+                                "stands by, and takes over when it stops"
+                            } else {
+                                "waits to see whether it renews it"
+                            }
+                        ),
+                    );
+                }
+                // A batch of the node serving holds the row: it is alive, or its session
+                // ends at the server within a lease.
+                Ok(serving::Look::Busy) => {}
+                // Refusals about this database or this directory are final.
+                Ok(serving::Look::Refused(e)) => return Err(e),
+                Err(e) if !how.standby => return Err(e),
+                Err(e) => {
+                    // A standby waits out the database's outages, on a new connection.
+                    conn = None;
+                    said = say(
+                        "unreachable".into(),
+                        format!("standing by, the database cannot be reached: {e}"),
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500).min(how.lease / 2));
+        };
+        let held = serving::Held::new(generation, how.lease, taken);
+        // A batch waits for a connection a quarter of the lease at most: long before the
+        // lease would lapse (when it answers that storage is unavailable).
+        let wait = (how.lease / 4).clamp(Duration::from_secs(1), CONNECT_TIMEOUT);
+        let mut store = Self::build(target, Some(held.clone()), wait)?;
+        let renewer = held
+            .renew(store.target.clone())
+            .map_err(|e| StoreError(format!("cannot start the lease's thread: {e}")))?;
+        store.renewer = Mutex::new(Some(renewer));
+        let mut conn = conn;
+        check_audit_size(&mut conn)?;
+        Ok(store)
+    }
+
+    /// Connects to `target` to read it beside the queue (or after it): takes no lease, and
+    /// writes nothing.
     pub fn inspect(target: Target) -> Result<Self, StoreError> {
-        Self::connect(target, false)
+        let mut conn = target.connect()?;
+        off_runtime(move || check_schema(&mut conn))?;
+        Self::build(target, None, CONNECT_TIMEOUT)
     }
 
-    fn connect(target: Target, serve: bool) -> Result<Self, StoreError> {
-        let mut lock = target.connect()?;
-        let (lock, generation) = off_runtime(move || {
-            match version(&mut lock)? {
-                SCHEMA => {}
-                0 => {
-                    return Err(StoreError(
-                        "the database has no queue schema yet: run agq migrate --store URL first"
-                            .into(),
-                    ));
-                }
-                at if at > SCHEMA => return Err(newer(at)),
-                at => {
-                    return Err(StoreError(format!(
-                        "the database's schema is at version {at}; this agq needs {SCHEMA}: run \
-                         agq migrate --store URL"
-                    )));
-                }
-            }
-            if !serve {
-                return Ok((lock, 0));
-            }
-            // The log's size as recorded must be the log's: a batch would otherwise number
-            // its entries over others, or leave a gap.
-            let row = lock
-                .query_one(
-                    "SELECT (SELECT value FROM agq_meta WHERE key = 'audit_size'),
-                            (SELECT coalesce(max(seq) + 1, 0) FROM agq_audit),
-                            (SELECT count(*) FROM agq_audit)",
-                    &[],
-                )
-                .map_err(pg)?;
-            let (size, end, count): (Option<i64>, i64, i64) = (row.get(0), row.get(1), row.get(2));
-            if size != Some(end) || end != count {
-                return Err(StoreError(format!(
-                    "the audit log in the database is inconsistent: agq_meta says {} entries, \
-                     agq_audit holds {count} numbered up to {end}; restore the database from a \
-                     backup",
-                    size.map_or("no".to_string(), |s| s.to_string()),
-                )));
-            }
-            let held: bool = lock
-                .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_NS, &LOCK_SERVE])
-                .map_err(pg)?
-                .get(0);
-            if !held {
-                return Err(StoreError(
-                    "another agq is serving this database (it holds the serving lock)".into(),
-                ));
-            }
-            let generation: i64 = lock
-                .query_one(
-                    "UPDATE agq_meta SET value = value + 1 WHERE key = 'generation' RETURNING value",
-                    &[],
-                )
-                .map_err(pg)?
-                .get(0);
-            Ok((lock, generation))
-        })?;
-        // Built before the pool, so that a pool that cannot connect drops the lock's
-        // connection (and its runtime) the way `Drop` does, off any async runtime.
+    fn build(
+        target: Target,
+        held: Option<Arc<serving::Held>>,
+        wait: Duration,
+    ) -> Result<Self, StoreError> {
         let mut store = Self {
             target,
             pool: None,
-            lock: Mutex::new(Some(lock)),
-            generation,
+            held,
+            renewer: Mutex::new(None),
             cache: Mutex::new(BTreeMap::new()),
-            relock: std::sync::atomic::AtomicBool::new(false),
         };
         let target = &store.target;
-        let manager = PostgresConnectionManager::new(target.config.clone(), target.tls.clone());
+        let mut config = target.config.clone();
+        if let Some(held) = &store.held {
+            // A node frozen (or cut off) inside a batch holds the serving row: the server ends
+            // its session after a lease, so another node can take over.
+            let ms = held.lease_ms();
+            config.options(&format!("-c idle_in_transaction_session_timeout={ms}"));
+        }
+        let manager = PostgresConnectionManager::new(config, target.tls.clone());
         let pool = off_runtime(|| {
             r2d2::Pool::builder()
                 .max_size(POOL)
                 .min_idle(Some(1))
-                .connection_timeout(CONNECT_TIMEOUT)
+                .connection_timeout(wait)
                 // A connection the server dropped (a restart, its idle timeout) is found out
                 // before a batch is given it, not by failing the batch.
                 .test_on_check_out(true)
+                // Each failure is reported where it matters (a batch, a renewal), once.
+                .error_handler(Box::new(r2d2::NopErrorHandler))
                 .build(manager)
                 .map_err(|e| StoreError(format!("cannot connect to {target}: {e}")))
         })?;
@@ -676,12 +809,16 @@ impl Store for PgStore {
                 Write::TrustSeen(bytes) => trust = Some(bytes.clone()),
             }
         }
-        let generation = self.generation;
+        let Some(generation) = self.held.as_ref().map(|h| h.generation) else {
+            return Err(StoreError("this store reads beside the queue: it writes nothing".into()));
+        };
         let written = self.with(|c| {
             let mut tx = c.transaction().map_err(pg)?;
-            // Fencing: a queue another has taken over from writes nothing.
+            // Fencing: a node another has taken over from writes nothing. The row is held
+            // `FOR KEY SHARE`: a take-over (`FOR UPDATE`) waits for the batch, this node's
+            // renewal (an update of `until`) does not.
             let now: i64 = tx
-                .query_one("SELECT value FROM agq_meta WHERE key = 'generation' FOR UPDATE", &[])
+                .query_one("SELECT generation FROM agq_serving FOR KEY SHARE", &[])
                 .map_err(pg)?
                 .get(0);
             if now != generation {
@@ -777,8 +914,12 @@ impl Store for PgStore {
         })
     }
 
-    fn check(&self) -> Result<(), StoreError> {
-        self.still_serving()
+    fn hold(&self) -> Hold {
+        match self.held.as_ref().map(|h| h.state()) {
+            None | Some(serving::State::Serving) => Hold::Serving,
+            Some(serving::State::Lapsed(why)) => Hold::Lapsed(why),
+            Some(serving::State::Lost(why)) => Hold::Lost(why),
+        }
     }
 
     fn audit_tail(&self, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
@@ -901,63 +1042,6 @@ impl PgStore {
             .map_err(pg)?;
         self.remember(read);
         Ok(fresh.into_iter().collect())
-    }
-}
-
-impl PgStore {
-    /// [`Store::check`]: the serving lock still held (taken again on a new connection if
-    /// its own dropped), and the serving generation still this queue's.
-    fn still_serving(&self) -> Result<(), StoreError> {
-        if self.generation == 0 {
-            return Ok(());
-        }
-        let mut guard = self.lock.lock().map_err(|_| StoreError("the lock is poisoned".into()))?;
-        let Some(conn) = guard.as_mut() else { return Ok(()) };
-        let generation = self.generation;
-        let relock = &self.relock;
-        off_runtime(|| {
-            use std::sync::atomic::Ordering::SeqCst;
-            if conn.is_closed() || conn.simple_query("").is_err() {
-                // Unreachable now: not a reason to stop (batches fail meanwhile).
-                let Ok(fresh) = self.target.connect() else {
-                    return Ok(());
-                };
-                *conn = fresh;
-                relock.store(true, SeqCst);
-            }
-            if relock.load(SeqCst) {
-                // The session that held the lock may outlive its connection on the server's
-                // side for a while: until it ends, the lock is not to be had, and that alone
-                // says nothing of another queue (the generation does).
-                match conn
-                    .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_NS, &LOCK_SERVE])
-                {
-                    Ok(row) if row.get::<_, bool>(0) => {
-                        relock.store(false, SeqCst);
-                        tracing::warn!(
-                            "the connection holding the serving lock dropped: lock taken again"
-                        );
-                    }
-                    Ok(_) => tracing::warn!(
-                        "the serving lock is not to be had yet (its old session may not have \
-                         ended on the server): trying again"
-                    ),
-                    Err(_) => return Ok(()),
-                }
-            }
-            let now: i64 =
-                match conn.query_one("SELECT value FROM agq_meta WHERE key = 'generation'", &[]) {
-                    Ok(row) => row.get(0),
-                    Err(_) => return Ok(()),
-                };
-            if now != generation {
-                return Err(StoreError(format!(
-                    "another agq took over this database (serving generation {now}, this one \
-                     {generation})"
-                )));
-            }
-            Ok(())
-        })
     }
 }
 

@@ -90,6 +90,10 @@ impl Agq {
     }
 
     /// Whether the agq process is still alive.
+    pub fn pid(&self) -> u32 {
+        self.process.pid().unwrap()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.process.is_running()
     }

@@ -39,16 +39,26 @@ impl Cluster {
 
     /// [`Cluster::start`], with the queue logging at `level` (`AGQ_LOG`) to `agq.log`.
     pub fn start_logging(agq_args: &[&str], level: &str) -> Self {
-        Self::start_on(agq_args, level, None)
+        Self::start_on(agq_args, level, None, agenix_harness::postgres::wanted())
+    }
+
+    /// [`Cluster::start`], the queue keeping its jobs in a PostgreSQL server of its own.
+    pub fn start_postgres(agq_args: &[&str]) -> Self {
+        Self::start_on(agq_args, "info", None, true)
     }
 
     /// A queue in the hub namespace of `net` (listening on all its addresses), whose
     /// workers start on `net`'s hosts ([`Cluster::worker_on`]).
     pub fn start_net(agq_args: &[&str], net: agenix_harness::netns::Net) -> Self {
-        Self::start_on(agq_args, "info", Some(net))
+        Self::start_on(agq_args, "info", Some(net), agenix_harness::postgres::wanted())
     }
 
-    fn start_on(agq_args: &[&str], level: &str, net: Option<agenix_harness::netns::Net>) -> Self {
+    fn start_on(
+        agq_args: &[&str],
+        level: &str,
+        net: Option<agenix_harness::netns::Net>,
+        postgres: bool,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("queue");
         let fingerprint = agenix_harness::init(&bin("agq"), &data).unwrap();
@@ -63,6 +73,7 @@ impl Cluster {
         let mut serve = agenix_harness::Serve::new(bin("agq"), data, dir.path().join("agq.log"));
         serve.args = agq_args.iter().map(|s| s.to_string()).collect();
         serve.log_level = level.into();
+        serve.postgres = postgres;
         if let Some(net) = &net {
             serve.wrap = net.hub.wrap();
             serve.listen = std::net::IpAddr::from([0, 0, 0, 0]);
@@ -75,6 +86,11 @@ impl Cluster {
 
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
+    }
+
+    /// The queue's process (its PostgreSQL server, when it has one).
+    pub fn agq(&mut self) -> &mut agenix_harness::Agq {
+        &mut self.agq
     }
 
     /// The running queue's process id.

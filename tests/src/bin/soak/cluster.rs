@@ -239,7 +239,18 @@ pub(crate) struct Cluster {
     pub(crate) fingerprint: String,
     /// `agw --concurrency`.
     concurrency: u32,
+    /// The first node (it owns the PostgreSQL server, when there is one).
     agq: agenix_harness::Agq,
+    /// The other nodes, standing by, on the same directory and database.
+    standbys: Vec<agenix_harness::Agq>,
+    /// Which node serves (0: `agq`, i: `standbys[i - 1]`), while one does.
+    serving: Option<usize>,
+    /// Times a node stopped because another took its place (after a database outage).
+    pub(crate) handovers: u32,
+    /// When the node serving was last killed, and the longest from a kill to a node
+    /// serving again.
+    killed_at: Option<Instant>,
+    pub(crate) slowest_takeover: Duration,
     /// How many times agq was started.
     pub(crate) agq_runs: u32,
     /// When the running agq said it was serving.
@@ -256,12 +267,14 @@ const AGQ_START: Duration = Duration::from_secs(120);
 impl Cluster {
     /// `agq init`, a signer the queue trusts (`agx keygen`, `agx trust add`), then `agq
     /// serve AGQ_ARGS` on a free loopback port. Workers added later run `concurrency` jobs
-    /// each.
+    /// each. With `nodes` over 1 (PostgreSQL only), that many agq serve the queue, each
+    /// `--standby` on a port of its own: one serves, the others wait to take over.
     pub(crate) fn start(
         dir: &Path,
         bins: Bins,
-        agq_args: Vec<String>,
+        mut agq_args: Vec<String>,
         concurrency: u32,
+        nodes: usize,
     ) -> Result<Self> {
         let fingerprint = agenix_harness::init(&bins.agq, &dir.join("queue"))?;
         let agx = Agx {
@@ -282,17 +295,43 @@ impl Cluster {
             dir.join("queue"),
             dir.join("logs/agq.log"),
         );
+        if nodes > 1 {
+            agq_args.push("--standby".into());
+        }
         serve.args = agq_args;
         serve.log_level = "info".into();
         serve.patience = AGQ_START;
-        let agq = agenix_harness::Agq::start(serve)?;
+        let agq = agenix_harness::Agq::start(serve.clone())?;
+        let mut addrs = vec![agq.addr.to_string()];
+        let mut standbys = Vec::new();
+        if nodes > 1 {
+            let Some(pg) = &agq.postgres else {
+                bail!("several agq nodes need PostgreSQL (AGENIX_TEST_STORE=postgres)");
+            };
+            serve.postgres = false;
+            serve.store = Some((pg.url(), pg.password_file()?));
+            for i in 1..nodes {
+                let mut node = serve.clone();
+                node.log = dir.join(format!("logs/agq-node{i}.log"));
+                node.ready = Some(dir.join(format!("queue-node{i}.ready")));
+                let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+                let node = agenix_harness::Agq::launch(node, ([127, 0, 0, 1], port).into())?;
+                addrs.push(node.addr.to_string());
+                standbys.push(node);
+            }
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             bins,
-            addr: agq.addr.to_string(),
+            addr: addrs.join(","),
             fingerprint,
             concurrency,
             agq,
+            standbys,
+            serving: Some(0),
+            handovers: 0,
+            killed_at: None,
+            slowest_takeover: Duration::ZERO,
             agq_runs: 1,
             agq_since: Instant::now(),
             workers: vec![],
@@ -331,7 +370,19 @@ impl Cluster {
     }
 
     pub(crate) fn agq_is_up(&self) -> bool {
-        self.agq.pid().is_some()
+        self.serving.is_some()
+    }
+
+    fn node(&mut self, i: usize) -> &mut agenix_harness::Agq {
+        match i.checked_sub(1) {
+            Some(j) => &mut self.standbys[j],
+            None => &mut self.agq,
+        }
+    }
+
+    /// How many agq nodes serve the queue.
+    pub(crate) fn nodes(&self) -> usize {
+        1 + self.standbys.len()
     }
 
     /// Whether the queue keeps its jobs in PostgreSQL (`AGENIX_TEST_STORE=postgres`).
@@ -347,14 +398,44 @@ impl Cluster {
         }
     }
 
-    /// SIGKILLs agq.
+    /// SIGKILLs the agq node serving.
     pub(crate) fn kill_agq(&mut self) {
-        self.agq.kill();
+        if let Some(i) = self.serving.take() {
+            self.node(i).kill();
+            self.killed_at = Some(Instant::now());
+        }
     }
 
-    /// Starts agq again on the same address and data.
+    /// Starts the node killed again on the same address and data. With one node, waits
+    /// for it to serve; with several, it stands by, and this waits for whichever node takes
+    /// over.
     pub(crate) fn restart_agq(&mut self) -> Result<()> {
-        self.agq.restart()?;
+        if self.standbys.is_empty() {
+            self.agq.restart()?;
+            self.serving = Some(0);
+        } else {
+            for i in 0..self.nodes() {
+                if self.node(i).pid().is_none() {
+                    self.node(i).relaunch()?;
+                }
+            }
+            let until = Instant::now() + AGQ_START;
+            'wait: loop {
+                for i in 0..self.nodes() {
+                    if self.node(i).poll_serving()? {
+                        self.serving = Some(i);
+                        break 'wait;
+                    }
+                }
+                if Instant::now() > until {
+                    bail!("no agq node took over in {AGQ_START:?}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if let Some(at) = self.killed_at.take() {
+            self.slowest_takeover = self.slowest_takeover.max(at.elapsed());
+        }
         self.agq_runs += 1;
         self.agq_since = Instant::now();
         Ok(())
@@ -413,13 +494,28 @@ impl Cluster {
     /// Starts the workers whose time has come; notes (and restarts) any process that
     /// exited by itself.
     pub(crate) fn tend(&mut self) -> Result<()> {
-        if let Some(c) = self.agq.child()
-            && let Some(status) = reap(c)?
-        {
-            self.unexpected_exits.push(format!(
-                "agq (run {}) exited by itself: {status}; see logs/agq.log",
-                self.agq_runs
-            ));
+        for i in 0..self.nodes() {
+            let node = self.node(i);
+            let log = node.log_path().to_path_buf();
+            let Some(status) = node.child().map(reap).transpose()?.flatten() else { continue };
+            node.kill();
+            // A node another took over from (while it could not reach the database) stops:
+            // that is what it must do.
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail = text.get(text.len().saturating_sub(4096)..).unwrap_or("");
+            if self.nodes() > 1 && tail.contains("another agq took over this database") {
+                self.handovers += 1;
+            } else {
+                self.unexpected_exits.push(format!(
+                    "agq node {i} exited by itself: {status}; see {}",
+                    log.display()
+                ));
+            }
+            if self.serving == Some(i) {
+                self.serving = None;
+            }
+        }
+        if self.serving.is_none() || (1..self.nodes()).any(|i| self.node(i).pid().is_none()) {
             self.restart_agq()?;
         }
         for i in 0..self.workers.len() {

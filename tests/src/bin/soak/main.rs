@@ -75,6 +75,11 @@ struct Args {
     /// Where to work (kept); default a temporary directory, removed if all went well.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// agq nodes serving the queue, each standing by to take over from the one serving
+    /// (PostgreSQL only: `AGENIX_TEST_STORE=postgres`). Each queue kill kills the one
+    /// serving, which comes back as a standby.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
+    nodes: u16,
     /// Where agq, agw and agx are [default: next to this program].
     #[arg(long)]
     bins: Option<PathBuf>,
@@ -182,13 +187,19 @@ fn run(args: &Args) -> Result<bool> {
         "--heartbeat-ms".into(),
         "3000".into(),
     ];
-    let mut cluster = Cluster::start(&dir, bins, agq_args, args.concurrency)?;
+    let mut cluster =
+        Cluster::start(&dir, bins, agq_args, args.concurrency, usize::from(args.nodes))?;
     println!(
-        "soak: the queue keeps its jobs in {}",
+        "soak: the queue keeps its jobs in {}{}",
         if cluster.on_postgres() {
             "PostgreSQL (a server of its own, killed and started again once halfway)"
         } else {
             "its embedded store"
+        },
+        if cluster.nodes() > 1 {
+            format!(", served by {} agq nodes ({})", cluster.nodes(), cluster.addr)
+        } else {
+            String::new()
         }
     );
     // The workers trust the same signer, through their own copy of the trust file.
@@ -534,13 +545,16 @@ fn report(
         n(&shared.failed_in_faults)
     );
     println!(
-        "  queue kills {}, database restarts {}, worker kills {}, worker starts {}, slowest \
-         queue start {:.1} s",
+        "  queue kills {}, database restarts {}, takeovers after a node lost the database {}, \
+         worker kills {}, worker starts {}, slowest queue start {:.1} s, longest from a \
+         queue kill to serving again {:.1} s",
         faults.queue_kills,
         faults.database_restarts,
+        cluster.handovers,
         faults.worker_kills,
         cluster.workers.iter().map(|w| w.runs).sum::<u32>(),
-        cluster.slowest_start().as_secs_f64()
+        cluster.slowest_start().as_secs_f64(),
+        cluster.slowest_takeover.as_secs_f64()
     );
     println!("  jobs the queue holds: {}", jobs.len());
     println!("  acknowledged jobs by state: {:?}", f.by_state);
