@@ -757,7 +757,8 @@ fn run(cli: Cli) -> Result<()> {
                     why = queue.lost() => Some(why),
                 };
                 if let Some(why) = lost {
-                    endpoint.close(1u32.into(), b"the queue's storage is another queue's now");
+                    endpoint
+                        .close(1u32.into(), b"another node of the queue took over: try another");
                     if let Some((file, wrote)) = &wrote {
                         remove_ready_file(file, wrote);
                     }

@@ -100,9 +100,9 @@ pub(crate) struct Conn {
     pub(crate) bucket: Mutex<Bucket>,
 }
 
-/// Resolves once the node's hold on its storage has lapsed.
-async fn until_lapsed(lapsed: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = lapsed.wait_for(|l| *l).await;
+/// Resolves once the node's hold on its storage has lapsed (`to`), or is back (`!to`).
+async fn until_lapsed(lapsed: &mut tokio::sync::watch::Receiver<bool>, to: bool) {
+    let _ = lapsed.wait_for(|l| *l == to).await;
 }
 
 /// How long a node whose hold lapsed waits for a connection's requests under way before it
@@ -205,6 +205,7 @@ impl Queue {
         });
         tokio::spawn(committer(store, rx, Arc::downgrade(&queue)));
         tokio::spawn(reaper(Arc::downgrade(&queue)));
+        tokio::spawn(holder(Arc::downgrade(&queue)));
         tokio::spawn(collector(Arc::downgrade(&queue)));
         Ok(queue)
     }
@@ -290,7 +291,9 @@ impl Queue {
                 sched.reload(now_ms(), loaded.jobs, loaded.actions, loaded.next_job);
                 *lock(&self.kept) = loaded.kept.into_iter().collect();
                 self.stale.store(false, SeqCst);
-                if was_stale {
+                if self.store.hold() != Hold::Serving {
+                    warn!("state read back from storage; this node does not serve it now");
+                } else if was_stale {
                     warn!("storage is back: state read back from it, the queue goes on");
                 } else {
                     warn!("a commit failed: state reloaded from storage");
@@ -373,11 +376,18 @@ impl Queue {
                     Ok(stream) => stream,
                     Err(_) => break,
                 },
-                () = until_lapsed(&mut lapsed) => {
+                () = until_lapsed(&mut lapsed, true) => {
                     // What is under way is answered first (a commit it waits for may still
-                    // succeed: its client must hear so), then the client is let go.
+                    // succeed: its client must hear so), then the client is let go; unless
+                    // the hold is back meanwhile.
                     let drained = async { while streams.join_next().await.is_some() {} };
-                    let _ = tokio::time::timeout(DRAIN, drained).await;
+                    tokio::select! {
+                        _ = tokio::time::timeout(DRAIN, drained) => {}
+                        () = until_lapsed(&mut lapsed, false) => continue,
+                    }
+                    if !*lapsed.borrow() {
+                        continue;
+                    }
                     conn.close(5u32.into(), NOT_SERVING);
                     break;
                 }
@@ -786,6 +796,33 @@ async fn committer(
     }
 }
 
+/// Watches this queue's hold on its storage (four times a second, whatever else waits):
+/// lapsed, it lets its clients go; taken over, it stops.
+async fn holder(queue: Weak<Queue>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Some(q) = queue.upgrade() else { return };
+        match q.store.hold() {
+            Hold::Serving => {
+                if q.lapsed.send_replace(false) {
+                    warn!("this node holds its storage again: it serves");
+                }
+            }
+            Hold::Lapsed(why) => {
+                if !q.lapsed.send_replace(true) {
+                    error!(reason = %why, "this node closes its connections and answers no one");
+                }
+            }
+            Hold::Lost(why) => {
+                error!(reason = %why, "this queue no longer serves its storage: it stops");
+                *lock(&q.lost) = Some(why);
+                q.lost_notify.notify_waiters();
+                return;
+            }
+        }
+    }
+}
+
 /// Re-queues expired leases, promotes backoffs that are over, applies retention.
 /// Also takes back, within a second, the leases of workers whose keys the trust file no
 /// longer accepts (revoked, no longer enrolled, or past their period).
@@ -800,30 +837,10 @@ async fn reaper(queue: Weak<Queue>) {
         tokio::time::sleep(Duration::from_millis(wake - now)).await;
         let Some(q) = queue.upgrade() else { return };
         q.gate.forget_idle();
-        // Keys revoked or removed (a new reading), and keys whose period ended; and that
-        // this queue still serves its storage (each checked once a second).
+        // Keys revoked or removed (a new reading), and keys whose period ended (checked once
+        // a second).
         let (generation, trust) = q.trust.generation();
         let second = now_ms() / 1000;
-        if seen.is_none_or(|(_, s)| s != second) {
-            match q.store.hold() {
-                Hold::Serving => {
-                    if q.lapsed.send_replace(false) {
-                        warn!("this node holds its storage again: it serves");
-                    }
-                }
-                Hold::Lapsed(why) => {
-                    if !q.lapsed.send_replace(true) {
-                        error!(reason = %why, "this node closes its connections and answers no one");
-                    }
-                }
-                Hold::Lost(why) => {
-                    error!(reason = %why, "this queue no longer serves its storage: it stops");
-                    *lock(&q.lost) = Some(why);
-                    q.lost_notify.notify_waiters();
-                    return;
-                }
-            }
-        }
         if seen != Some((generation, second)) {
             seen = Some((generation, second));
             if let Ok(trust) = trust {

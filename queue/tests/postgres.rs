@@ -172,6 +172,30 @@ fn pg2_bad_connection_settings_are_refused_by_name() {
     });
     assert!(!out.status.success());
     assert!(text(&out).contains("password authentication failed"), "{}", text(&out));
+    // So does one whose user may not read the queue's tables.
+    let password = std::fs::read_to_string(pg.password_file().unwrap()).unwrap();
+    let conn = format!(
+        "host=127.0.0.1 port={} user=agq dbname=postgres password={}",
+        pg.addr.port(),
+        password.trim()
+    );
+    run_sql(&conn, "CREATE ROLE reader LOGIN PASSWORD 'reader-password'");
+    let reader_pass = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(reader_pass.path(), "reader-password\n").unwrap();
+    let (file, url) = (
+        reader_pass.path().to_path_buf(),
+        format!("postgres://reader@127.0.0.1:{}/postgres", pg.addr.port()),
+    );
+    let (_dir, data) = queue_dir();
+    let data = data.to_str().unwrap().to_string();
+    let out = tokio_free_timeout(std::time::Duration::from_secs(30), move || {
+        run_with(
+            &file,
+            &["serve", "--data", &data, "--store", &url, "--standby", "--listen", "127.0.0.1:0"],
+        )
+    });
+    assert!(!out.status.success());
+    assert!(text(&out).contains("permission denied"), "{}", text(&out));
     // Given twice, or an empty file: refused by name.
     let out = Command::new(agq())
         .args(["migrate", "--store", &pg.url(), "--store-password-file"])

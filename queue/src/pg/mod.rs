@@ -249,6 +249,11 @@ fn password_in_url() -> StoreError {
     )
 }
 
+/// The session option that ends a session idle inside a transaction for `lease`.
+fn idle_timeout(lease: Duration) -> String {
+    format!("-c idle_in_transaction_session_timeout={}", lease.as_millis())
+}
+
 /// Whether the server refused the connection itself: the password or the user (class 28),
 /// a database that does not exist, or a privilege missing.
 fn refuses(e: &postgres::Error) -> bool {
@@ -325,15 +330,16 @@ fn off_runtime<T: Send>(f: impl FnOnce() -> Result<T, StoreError> + Send) -> Res
 
 /// The schema version of the database `client` reaches (0: none yet).
 fn version(client: &mut impl GenericClient) -> Result<i32, StoreError> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass('agq_migrations') IS NOT NULL", &[])
-        .map_err(pg)?
-        .get(0);
+    schema_version(client).map_err(pg)
+}
+
+fn schema_version(client: &mut impl GenericClient) -> Result<i32, postgres::Error> {
+    let exists: bool =
+        client.query_one("SELECT to_regclass('agq_migrations') IS NOT NULL", &[])?.get(0);
     if !exists {
         return Ok(0);
     }
-    let row = client.query_one("SELECT coalesce(max(version), 0) FROM agq_migrations", &[]);
-    Ok(row.map_err(pg)?.get(0))
+    Ok(client.query_one("SELECT coalesce(max(version), 0) FROM agq_migrations", &[])?.get(0))
 }
 
 /// `agq migrate`: brings the schema up to [`SCHEMA`]; returns the migrations applied.
@@ -478,28 +484,29 @@ impl PgStore {
 
     fn take_over(target: Target, how: &Serve) -> Result<Self, StoreError> {
         let me = serving::Node::this();
+        // A node frozen while it takes the row over must not hold it for long either.
+        let mut config = target.config.clone();
+        config.options(&idle_timeout(how.lease));
         let mut conn: Option<Client> = None;
         let mut said = None::<String>;
         let mut first_seen: Option<(String, Instant)> = None;
         let (conn, generation, taken) = loop {
             let before = Instant::now();
+            // An error, and whether it came from connecting.
             let step = (|| {
                 let c = match conn.as_mut().filter(|c| !c.is_closed()) {
                     Some(c) => c,
-                    None => match target.config.connect(target.tls.clone()) {
-                        Ok(c) => conn.insert(c),
-                        // The server answered, and said no: waiting cannot help.
-                        Err(e) if refuses(&e) => {
-                            return Ok(serving::Look::Refused(connect_err(&target, &e)));
-                        }
-                        Err(e) => return Err(connect_err(&target, &e)),
-                    },
+                    None => conn.insert(config.connect(target.tls.clone()).map_err(|e| (e, true))?),
                 };
-                if let Some(refused) = schema_refusal(version(c)?) {
+                if let Some(refused) = schema_refusal(schema_version(c).map_err(|e| (e, false))?) {
                     return Ok(serving::Look::Refused(refused));
                 }
-                serving::try_take(c, &me, how.lease, &how.identity)
+                serving::try_take(c, &me, how.lease, &how.identity).map_err(|e| (e, false))
             })();
+            let step = step.map_err(|(e, connecting)| {
+                let refused = refuses(&e);
+                (refused, if connecting { connect_err(&target, &e) } else { pg(e) })
+            });
             // Said once for each holder (or outage), not at every look.
             let say = |key: String, what: String| {
                 if said.as_deref() != Some(key.as_str()) {
@@ -546,10 +553,11 @@ impl PgStore {
                 // A batch of the node serving holds the row: it is alive, or its session
                 // ends at the server within a lease.
                 Ok(serving::Look::Busy) => {}
-                // Refusals about this database or this directory are final.
-                Ok(serving::Look::Refused(e)) => return Err(e),
-                Err(e) if !how.standby => return Err(e),
-                Err(e) => {
+                // Refusals about this database or this directory are final; so is the
+                // server refusing this node (its password, its privileges).
+                Ok(serving::Look::Refused(e)) | Err((true, e)) => return Err(e),
+                Err((false, e)) if !how.standby => return Err(e),
+                Err((false, e)) => {
                     // A standby waits out the database's outages, on a new connection.
                     conn = None;
                     said = say(
@@ -599,8 +607,7 @@ impl PgStore {
         if let Some(held) = &store.held {
             // A node frozen (or cut off) inside a batch holds the serving row: the server ends
             // its session after a lease, so another node can take over.
-            let ms = held.lease_ms();
-            config.options(&format!("-c idle_in_transaction_session_timeout={ms}"));
+            config.options(&idle_timeout(held.lease()));
         }
         let manager = PostgresConnectionManager::new(config, target.tls.clone());
         let pool = off_runtime(|| {

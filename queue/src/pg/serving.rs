@@ -114,64 +114,76 @@ pub(crate) enum Look {
     Refused(StoreError),
 }
 
+/// The holder, how long its lease runs (ms; none when released) and `until` as text.
+const LOOK: &str = "SELECT node, CASE WHEN isfinite(until)
+                        THEN (extract(epoch FROM (until - clock_timestamp())) * 1000)::bigint END,
+                   until::text
+                   FROM agq_serving";
+
+/// Another node holds the row (`Some`), unless its lease has run out or its holder is a
+/// process of this host that no longer runs.
+fn held(row: &postgres::Row) -> Option<Look> {
+    let (node, left_ms, until): (String, Option<i64>, String) =
+        (row.get(0), row.get(1), row.get(2));
+    let gone = Node::parse(&node).is_some_and(|n| n.is_gone());
+    // `until` is -infinity when released: no time left.
+    let left_ms = left_ms.unwrap_or(i64::MIN);
+    (left_ms > 0 && !gone).then_some(Look::Held { node, left_ms, until })
+}
+
 /// Takes the row if its lease has expired (or its holder is a process of this host that no
-/// longer runs), in one transaction; records `identity` as the database's queue identity
-/// the first time, and refuses a database another identity serves.
+/// longer runs); records `identity` as the database's queue identity the first time, and
+/// refuses a database another identity serves. It looks without locking anything (a node
+/// that freezes while it looks must hold nothing up), and locks the row only to take it,
+/// waiting a second at most for a batch that holds it.
 pub(crate) fn try_take(
     conn: &mut Client,
     me: &Node,
     ttl: Duration,
     identity: &str,
-) -> Result<Look, StoreError> {
-    let mut tx = conn.transaction().map_err(pg)?;
-    if let Some(refused) = identity_refusal(&mut tx, identity)? {
+) -> Result<Look, postgres::Error> {
+    if let Some(refused) = identity_refusal(conn, identity, false)? {
         return Ok(Look::Refused(refused));
     }
-    tx.batch_execute("SET LOCAL lock_timeout = '1s'").map_err(pg)?;
-    let row = tx.query_one(
-        "SELECT node, CASE WHEN isfinite(until)
-                          THEN (extract(epoch FROM (until - clock_timestamp())) * 1000)::bigint END,
-                    until::text
-             FROM agq_serving FOR UPDATE",
-        &[],
-    );
-    let row = match row {
+    if let Some(look) = held(&conn.query_one(LOOK, &[])?) {
+        return Ok(look);
+    }
+    let mut tx = conn.transaction()?;
+    tx.batch_execute("SET LOCAL lock_timeout = '1s'")?;
+    let row = match tx.query_one(&format!("{LOOK} FOR UPDATE"), &[]) {
         Ok(row) => row,
         Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
             return Ok(Look::Busy);
         }
-        Err(e) => return Err(pg(e)),
+        Err(e) => return Err(e),
     };
-    let (node, left_ms, until): (String, Option<i64>, String) =
-        (row.get(0), row.get(1), row.get(2));
-    // `until` is -infinity when released: no time left.
-    let left_ms = left_ms.unwrap_or(i64::MIN);
-    let gone = Node::parse(&node).is_some_and(|n| n.is_gone());
-    if left_ms > 0 && !gone {
-        return Ok(Look::Held { node, left_ms, until });
+    if let Some(look) = held(&row) {
+        return Ok(look);
     }
-    let ms = ms(ttl);
+    if let Some(refused) = identity_refusal(&mut tx, identity, true)? {
+        return Ok(Look::Refused(refused));
+    }
     let generation: i64 = tx
         .query_one(
             "UPDATE agq_serving SET generation = generation + 1, node = $1,
                  until = clock_timestamp() + $2::bigint * interval '1 millisecond'
              RETURNING generation",
-            &[&me.to_string(), &ms],
-        )
-        .map_err(pg)?
+            &[&me.to_string(), &ms(ttl)],
+        )?
         .get(0);
-    tx.commit().map_err(pg)?;
+    tx.commit()?;
     Ok(Look::Taken(generation))
 }
 
-/// Why the database refuses a node of the queue `identity`: it holds another queue. The
-/// first node records its identity.
+/// Why the database refuses a node of the queue `identity`: it holds another queue. With
+/// `record`, the first node records its identity.
 fn identity_refusal(
-    tx: &mut postgres::Transaction<'_>,
+    client: &mut impl postgres::GenericClient,
     identity: &str,
-) -> Result<Option<StoreError>, StoreError> {
-    let row = tx.query_opt("SELECT value FROM agq_state WHERE key = 'identity'", &[]);
-    match row.map_err(pg)?.map(|r| r.get::<_, Vec<u8>>(0)) {
+    record: bool,
+) -> Result<Option<StoreError>, postgres::Error> {
+    let row = client.query_opt("SELECT value FROM agq_state WHERE key = 'identity'", &[])?;
+    match row.map(|r| r.get::<_, Vec<u8>>(0)) {
         Some(found) if found == identity.as_bytes() => Ok(None),
         Some(found) => Ok(Some(StoreError(format!(
             "this database holds the queue {}, and this queue directory's identity is \
@@ -179,14 +191,14 @@ fn identity_refusal(
              directory)",
             String::from_utf8_lossy(&found)
         )))),
-        None => {
-            tx.execute(
+        None if record => {
+            client.execute(
                 "INSERT INTO agq_state (key, value) VALUES ('identity', $1)",
                 &[&identity.as_bytes()],
-            )
-            .map_err(pg)?;
+            )?;
             Ok(None)
         }
+        None => Ok(None),
     }
 }
 
@@ -225,9 +237,9 @@ impl Held {
         })
     }
 
-    /// The lease's length, in ms.
-    pub(crate) fn lease_ms(&self) -> i64 {
-        ms(self.ttl)
+    /// The lease's length.
+    pub(crate) fn lease(&self) -> Duration {
+        self.ttl
     }
 
     pub(crate) fn state(&self) -> State {
