@@ -471,6 +471,29 @@ fn check_audit_size(conn: &mut Client) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// One look at the serving row (connecting first when `conn` has no live connection),
+/// taking it if its lease ran out. An error says whether the server refused this node.
+fn look(
+    conn: &mut Option<Client>,
+    config: &postgres::Config,
+    target: &Target,
+    me: &serving::Node,
+    how: &Serve,
+) -> Result<serving::Look, (bool, StoreError)> {
+    let c = match conn.as_mut().filter(|c| !c.is_closed()) {
+        Some(c) => c,
+        None => match config.connect(target.tls.clone()) {
+            Ok(c) => conn.insert(c),
+            Err(e) => return Err((refuses(&e), connect_err(target, &e))),
+        },
+    };
+    let found = schema_version(c).and_then(|at| match schema_refusal(at) {
+        Some(refused) => Ok(serving::Look::Refused(refused)),
+        None => serving::try_take(c, me, how.lease, &how.identity),
+    });
+    found.map_err(|e| (refuses(&e), pg(e)))
+}
+
 impl PgStore {
     /// Connects to `target` and takes its serving lease: refuses a schema other than
     /// [`SCHEMA`] and a database that holds another queue. While another node holds the
@@ -492,21 +515,7 @@ impl PgStore {
         let mut first_seen: Option<(String, Instant)> = None;
         let (conn, generation, taken) = loop {
             let before = Instant::now();
-            // An error, and whether it came from connecting.
-            let step = (|| {
-                let c = match conn.as_mut().filter(|c| !c.is_closed()) {
-                    Some(c) => c,
-                    None => conn.insert(config.connect(target.tls.clone()).map_err(|e| (e, true))?),
-                };
-                if let Some(refused) = schema_refusal(schema_version(c).map_err(|e| (e, false))?) {
-                    return Ok(serving::Look::Refused(refused));
-                }
-                serving::try_take(c, &me, how.lease, &how.identity).map_err(|e| (e, false))
-            })();
-            let step = step.map_err(|(e, connecting)| {
-                let refused = refuses(&e);
-                (refused, if connecting { connect_err(&target, &e) } else { pg(e) })
-            });
+            let step = look(&mut conn, &config, &target, &me, how);
             // Said once for each holder (or outage), not at every look.
             let say = |key: String, what: String| {
                 if said.as_deref() != Some(key.as_str()) {
