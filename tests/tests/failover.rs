@@ -68,16 +68,17 @@ fn pg10_a_standby_node_takes_over_under_load_and_no_job_is_lost_or_run_twice() {
         assert!(std::time::Instant::now() < until, "{}", c.log("agq"));
         std::thread::sleep(Duration::from_millis(100));
     }
-    c.wait_job(&jobs[60], Duration::from_secs(120), |j| state(j) == "succeeded");
+    c.wait_job_through_faults(&jobs[60], Duration::from_secs(120), |j| state(j) == "succeeded");
     c.agq().postgres.as_mut().unwrap().restart().unwrap();
     for (i, id) in jobs.iter().enumerate() {
-        let j = c.wait_job(id, Duration::from_secs(300), |j| state(j) == "succeeded");
+        let j =
+            c.wait_job_through_faults(id, Duration::from_secs(300), |j| state(j) == "succeeded");
         assert!(j["attempts"].as_u64().unwrap() <= 3, "{j}");
-        assert_eq!(c.ok(&["jobs", "result", id]), format!("input {i}\n"), "{j}");
+        assert_eq!(c.ok_through_faults(&["jobs", "result", id]), format!("input {i}\n"), "{j}");
     }
     // Each job succeeded once: one completion in its history.
     for id in jobs.iter().step_by(10) {
-        let history = c.ok(&["jobs", "history", id]);
+        let history = c.ok_through_faults(&["jobs", "history", id]);
         assert_eq!(history.matches("completed").count(), 1, "{history}");
     }
     let moved = (0..4).filter(|i| c.log(&format!("w{i}")).contains(&second)).count();

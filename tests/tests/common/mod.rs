@@ -262,6 +262,54 @@ impl Cluster {
             .clone()
     }
 
+    /// [`Cluster::ok`] across a takeover or a database restart: asked again while it fails,
+    /// for up to a minute.
+    pub fn ok_through_faults(&self, args: &[&str]) -> String {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.agx(args);
+            if out.status.success() {
+                return String::from_utf8(out.stdout).unwrap();
+            }
+            assert!(
+                Instant::now() < until,
+                "agx {args:?}\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// [`Cluster::wait_job`] across a takeover or a database restart: a query the queue
+    /// answers `unavailable` meanwhile (or a node that is not serving yet) is asked again;
+    /// the last error is in the panic after `limit`.
+    pub fn wait_job_through_faults(
+        &self,
+        id: &str,
+        limit: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let until = Instant::now() + limit;
+        loop {
+            let out = self.agx(&["--json", "jobs", "show", id]);
+            let seen = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() {
+                let first = seen.lines().next().unwrap_or_default();
+                let j = serde_json::from_str::<serde_json::Value>(first).unwrap()["data"].clone();
+                if check(&j) {
+                    return j;
+                }
+            }
+            assert!(
+                Instant::now() < until,
+                "job {id} never got there: {seen}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// Waits until `check` holds for the job (or panics after `limit`).
     pub fn wait_job(
         &self,
