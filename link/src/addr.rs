@@ -222,6 +222,7 @@ mod tests {
         }
         let many =
             vec!["h:1"; 17].iter().enumerate().map(|(i, _)| format!("h{i}:1")).collect::<Vec<_>>();
+        assert_eq!(Addresses::from_parts(many[..16].iter().map(String::as_str)).unwrap().len(), 16);
         let e = Addresses::from_parts(many.iter().map(String::as_str)).unwrap_err();
         assert!(e.contains("at most 16"), "{e}");
     }

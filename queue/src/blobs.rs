@@ -143,13 +143,20 @@ impl Blobs {
         self.dir.join(format!("{}{ASIDE}", d.hex()))
     }
 
-    /// The blob's path, once it is back from being put aside by a collection (if it was).
-    fn found(&self, d: &Digest) -> PathBuf {
+    /// `f` on the blob's path; when the blob is not there because a collection put it
+    /// aside, it is renamed back and `f` runs again.
+    fn at<T>(&self, d: &Digest, f: impl Fn(&Path) -> std::io::Result<T>) -> std::io::Result<T> {
         let path = self.path(d);
-        if !path.exists() && fs::rename(self.aside(d), &path).is_ok() {
-            tracing::info!(blob = %d, "a blob put aside for collection is needed: kept");
+        match f(&path) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && fs::rename(self.aside(d), &path).is_ok() =>
+            {
+                tracing::info!(blob = %d, "a blob put aside for collection is needed: kept");
+                f(&path)
+            }
+            done => done,
         }
-        path
     }
 
     /// The size cap.
@@ -164,17 +171,17 @@ impl Blobs {
 
     /// Whether the blob is stored.
     pub fn has(&self, d: &Digest) -> bool {
-        self.found(d).is_file()
+        self.at(d, |p| fs::metadata(p)).is_ok_and(|m| m.is_file())
     }
 
     /// The blob's size, if stored.
     pub fn size(&self, d: &Digest) -> Option<u64> {
-        fs::metadata(self.found(d)).ok().map(|m| m.len())
+        self.at(d, |p| fs::metadata(p)).ok().map(|m| m.len())
     }
 
     /// Opens a stored blob.
     pub fn open(&self, d: &Digest) -> std::io::Result<(tokio::fs::File, u64)> {
-        let file = fs::File::open(self.found(d))?;
+        let file = self.at(d, |p| fs::File::open(p))?;
         let size = file.metadata()?.len();
         Ok((tokio::fs::File::from_std(file), size))
     }
@@ -234,7 +241,9 @@ impl Blobs {
             return Err(BlobError::Mismatch { expected: digest, found });
         }
         let file = out.into_inner().map_err(|e| e.into_error())?;
-        let path = self.found(&digest);
+        // Back from being put aside, if it was: then it is renewed below, not stored again.
+        let _ = self.at(&digest, |p| fs::metadata(p));
+        let path = self.path(&digest);
         let (dir, used) = (self.dir.clone(), self.used.clone());
         tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
             if let Ok(existing) = fs::File::options().write(true).open(&path) {
@@ -262,9 +271,7 @@ impl Blobs {
 
     /// Renews a stored blob (collection counts its age from now); false if it is not stored.
     pub fn renew(&self, d: &Digest) -> bool {
-        fs::File::options()
-            .write(true)
-            .open(self.found(d))
+        self.at(d, |p| fs::File::options().write(true).open(p))
             .and_then(|f| f.set_modified(SystemTime::now()))
             .is_ok()
     }

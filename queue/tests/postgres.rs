@@ -159,6 +159,11 @@ fn pg2_bad_connection_settings_are_refused_by_name() {
     assert!(!out.status.success());
     assert!(text(&out).contains("password authentication failed"), "{}", text(&out));
     assert!(!text(&out).contains("not-the-password"), "{}", text(&out));
+    // A lease outside 1 s to 10 min is refused by name.
+    for ms in ["999", "600001"] {
+        let out = run(&pg, &["serve", "--store", &pg.url(), "--store-lease-ms", ms]);
+        assert!(text(&out).contains("1000..=600000"), "{ms}: {}", text(&out));
+    }
     // A standby waits out outages, not a refusal: it stops at once, saying why.
     run(&pg, &["migrate", "--store", &pg.url()]);
     let (_dir, data) = queue_dir();
@@ -173,13 +178,7 @@ fn pg2_bad_connection_settings_are_refused_by_name() {
     assert!(!out.status.success());
     assert!(text(&out).contains("password authentication failed"), "{}", text(&out));
     // So does one whose user may not read the queue's tables.
-    let password = std::fs::read_to_string(pg.password_file().unwrap()).unwrap();
-    let conn = format!(
-        "host=127.0.0.1 port={} user=agq dbname=postgres password={}",
-        pg.addr.port(),
-        password.trim()
-    );
-    run_sql(&conn, "CREATE ROLE reader LOGIN PASSWORD 'reader-password'");
+    sql(&pg, "CREATE ROLE reader LOGIN PASSWORD 'reader-password'");
     let reader_pass = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(reader_pass.path(), "reader-password\n").unwrap();
     let (file, url) = (
@@ -254,7 +253,7 @@ async fn pg3_one_queue_serves_a_database_at_a_time() {
     let planner = q.client(ClientRole::Planner).await;
     let jobs = q.submit(&planner, &[b"one"], 3).await;
     let pg = q.postgres().unwrap();
-    let (url, pass, port) = (pg.url(), pg.password_file().unwrap(), pg.addr.port());
+    let (url, pass, conn) = (pg.url(), pg.password_file().unwrap(), superuser(pg));
     let (_dir, other) = queue_dir();
     let err = serve_fails_with(&pass, &url, &other);
     assert!(err.contains("this database holds the queue sha256:"), "{err}");
@@ -276,8 +275,6 @@ async fn pg3_one_queue_serves_a_database_at_a_time() {
         .unwrap();
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("it renews its lease"), "{}", text(&out));
-    let password = std::fs::read_to_string(&pass).unwrap().trim().to_string();
-    let conn = format!("host=127.0.0.1 port={port} user=agq dbname=postgres password={password}");
     // Every connection of the queue's cut (a server's idle timeout, an operator): it
     // connects again and renews its lease; no other node took its place, so it serves on.
     run_sql(
@@ -329,8 +326,9 @@ async fn pg4_a_database_restart_loses_no_acknowledged_job() {
     if !postgres::available("pg4_a_database_restart_loses_no_acknowledged_job") {
         return;
     }
-    // A lease longer than the outage: the node keeps its clients and answers them.
-    let mut q = Agq::start_on(&["--store-lease-ms", "120000"], true);
+    // A lease longer than the outage (the longest taken): the node keeps its clients and
+    // answers them.
+    let mut q = Agq::start_on(&["--store-lease-ms", "600000"], true);
     let planner = q.client(ClientRole::Planner).await;
     let w = q.worker("w").await;
     register(&w, "w").await;
@@ -519,13 +517,17 @@ fn authority(name: &str) -> (rcgen::KeyPair, rcgen::CertificateParams, rcgen::Ce
 
 /// Runs `sql` against the queue's database, as an insider with its password would.
 fn sql(pg: &Postgres, statements: &str) {
+    run_sql(&superuser(pg), statements);
+}
+
+/// A connection string for `pg` as its owner (the role agq uses).
+fn superuser(pg: &Postgres) -> String {
     let password = std::fs::read_to_string(pg.password_file().unwrap()).unwrap();
-    let conn = format!(
+    format!(
         "host=127.0.0.1 port={} user=agq dbname=postgres password={}",
         pg.addr.port(),
         password.trim()
-    );
-    run_sql(&conn, statements);
+    )
 }
 
 /// PG6: the audit log in PostgreSQL: each job step recorded and proven in a signed
@@ -736,7 +738,7 @@ async fn pg8_a_standby_takes_over_from_a_frozen_node_which_then_writes_nothing()
     assert!(b.is_running(), "{}", log());
 }
 
-/// PG9: a node that cannot renew its lease (its database unreachable for longer) closes
+/// PG9 (with the shortest lease taken, 1 s): a node that cannot renew its lease (its database unreachable for longer) closes
 /// its connections and answers no one, so that clients go to another node; once it renews
 /// again (no other node took over), it serves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -744,7 +746,7 @@ async fn pg9_a_node_cut_off_from_its_database_lets_its_clients_go() {
     if !postgres::available("pg9_a_node_cut_off_from_its_database_lets_its_clients_go") {
         return;
     }
-    let mut q = Agq::start_on(&["--store-lease-ms", "2000"], true);
+    let mut q = Agq::start_on(&["--store-lease-ms", "1000"], true);
     let planner = q.client(ClientRole::Planner).await;
     let jobs = q.submit(&planner, &[b"a"], 3).await;
     q.postgres().unwrap().kill();
@@ -808,13 +810,7 @@ async fn pg11_a_node_frozen_inside_a_batch_does_not_keep_its_standby_out() {
             }
         })
     };
-    let pg = q.postgres().unwrap();
-    let password = std::fs::read_to_string(pg.password_file().unwrap()).unwrap();
-    let conn = format!(
-        "host=127.0.0.1 port={} user=agq dbname=postgres password={}",
-        pg.addr.port(),
-        password.trim()
-    );
+    let conn = superuser(q.postgres().unwrap());
     let pid = nix::unistd::Pid::from_raw(q.pid() as i32);
     // Frozen until caught with a session idle inside a transaction.
     let mut caught = false;
@@ -857,12 +853,7 @@ async fn pg12_a_node_that_cannot_start_lets_the_lease_go() {
     let mut q = Agq::start_on(&["--store-lease-ms", "60000"], true);
     let pg = q.postgres().unwrap();
     let (url, pass) = (pg.url(), pg.password_file().unwrap());
-    let password = std::fs::read_to_string(&pass).unwrap();
-    let conn = format!(
-        "host=127.0.0.1 port={} user=agq dbname=postgres password={}",
-        pg.addr.port(),
-        password.trim()
-    );
+    let conn = superuser(pg);
     q.kill();
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let at = taken.local_addr().unwrap().to_string();

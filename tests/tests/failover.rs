@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
 use agenix_harness::postgres;
@@ -87,5 +88,34 @@ fn pg10_a_standby_node_takes_over_under_load_and_no_job_is_lost_or_run_twice() {
     assert!(c.agq().is_running(), "{}", c.log("agq"));
     if !standby.is_running() {
         assert!(c.log("standby").contains("another agq took over"), "{}", c.log("standby"));
+    }
+}
+
+/// N7, through the binaries: agw and agx take a queue's 16 addresses, and refuse 17 by
+/// name before connecting anywhere.
+#[test]
+fn n07_agw_and_agx_take_sixteen_queue_addresses_and_refuse_seventeen() {
+    let list =
+        |n: usize| (0..n).map(|i| format!("q{i}.example.net:7411")).collect::<Vec<_>>().join(",");
+    for (program, args) in [("agw", vec![]), ("agx", vec!["jobs", "list"])] {
+        let run = |n: usize| {
+            let out = Command::new(bin(program))
+                .args(&args)
+                .args(["--queue", &list(n)])
+                .env_remove("AGW_CONFIG")
+                .env_remove("AGW_FINGERPRINT")
+                .env_remove("AGX_CONFIG")
+                .env_remove("AGX_FINGERPRINT")
+                .env("HOME", "/nonexistent")
+                .output()
+                .unwrap();
+            assert!(!out.status.success());
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        };
+        // Sixteen pass; what stops it next is the missing fingerprint.
+        let err = run(16);
+        assert!(err.contains("fingerprint"), "{program}: {err}");
+        let err = run(17);
+        assert!(err.contains("17 queue addresses: at most 16"), "{program}: {err}");
     }
 }

@@ -262,52 +262,44 @@ impl Cluster {
             .clone()
     }
 
-    /// [`Cluster::ok`] across a takeover or a database restart: asked again while it fails,
-    /// for up to a minute.
-    pub fn ok_through_faults(&self, args: &[&str]) -> String {
-        let until = Instant::now() + Duration::from_secs(60);
+    /// Runs agx until it succeeds and `accept` takes its output, for up to `limit`: across a
+    /// takeover or a database restart, a query answered `unavailable` meanwhile (or sent to
+    /// a node that is not serving yet) is asked again; the last answer is in the panic.
+    fn agx_until(&self, args: &[&str], limit: Duration, accept: impl Fn(&str) -> bool) -> String {
+        let until = Instant::now() + limit;
         loop {
             let out = self.agx(args);
-            if out.status.success() {
-                return String::from_utf8(out.stdout).unwrap();
+            let seen = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() && accept(&seen) {
+                return seen;
             }
             assert!(
                 Instant::now() < until,
-                "agx {args:?}\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
+                "agx {args:?} never got there:\n{seen}{}",
                 String::from_utf8_lossy(&out.stderr)
             );
             std::thread::sleep(Duration::from_millis(250));
         }
     }
 
-    /// [`Cluster::wait_job`] across a takeover or a database restart: a query the queue
-    /// answers `unavailable` meanwhile (or a node that is not serving yet) is asked again;
-    /// the last error is in the panic after `limit`.
+    /// [`Cluster::ok`] across a takeover or a database restart, for up to a minute.
+    pub fn ok_through_faults(&self, args: &[&str]) -> String {
+        self.agx_until(args, Duration::from_secs(60), |_| true)
+    }
+
+    /// [`Cluster::wait_job`] across a takeover or a database restart.
     pub fn wait_job_through_faults(
         &self,
         id: &str,
         limit: Duration,
         check: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let until = Instant::now() + limit;
-        loop {
-            let out = self.agx(&["--json", "jobs", "show", id]);
-            let seen = String::from_utf8_lossy(&out.stdout).into_owned();
-            if out.status.success() {
-                let first = seen.lines().next().unwrap_or_default();
-                let j = serde_json::from_str::<serde_json::Value>(first).unwrap()["data"].clone();
-                if check(&j) {
-                    return j;
-                }
-            }
-            assert!(
-                Instant::now() < until,
-                "job {id} never got there: {seen}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        let data = |out: &str| {
+            let first = out.lines().next().unwrap_or_default();
+            serde_json::from_str::<serde_json::Value>(first).unwrap()["data"].clone()
+        };
+        let out = self.agx_until(&["--json", "jobs", "show", id], limit, |out| check(&data(out)));
+        data(&out)
     }
 
     /// Waits until `check` holds for the job (or panics after `limit`).
