@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
+# A clean build gains nothing from incremental state, and it would add a third to target/.
+export CARGO_INCREMENTAL=0
 # This kernel must have the native jail: its tests fail rather than skip without it. On a
 # machine that cannot have it, run with AGENIX_REQUIRE_JAIL=0 (the tests then say what they
 # skipped and why).
