@@ -6,7 +6,7 @@
 mod common;
 
 use agenix_host::WasmTask;
-use agenix_host::wasm::{Allocator, WasmConfig, WasmHost};
+use agenix_host::wasm::{Allocator, Metering, WasmConfig, WasmHost};
 use agenix_proto::{Digest, Limits, Outcome};
 use agenix_test_programs as programs;
 use bytes::Bytes;
@@ -84,7 +84,8 @@ async fn wasm_and_native_builds_agree() {
     let mut codes = std::collections::BTreeSet::new();
     for (name, wasm, args, input) in cases() {
         let bytes = std::fs::read(wasm).unwrap();
-        let prepared = host.prepare(Digest::of(&bytes), || async { Ok(bytes) }).await.unwrap();
+        let prepared =
+            host.prepare(Digest::of(&bytes), Metering::Fuel, || async { Ok(bytes) }).await.unwrap();
         let task = WasmTask {
             program: name.into(),
             args: args.iter().map(|s| s.to_string()).collect(),

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agenix_host::WasmTask;
-use agenix_host::wasm::{Allocator, PrepareError, Prepared, WasmConfig, WasmHost};
-use agenix_proto::{Digest, Limits};
+use agenix_host::wasm::{Allocator, Metering, PrepareError, Prepared, WasmConfig, WasmHost};
+use agenix_proto::{Digest, Limits, UNMETERED};
 use agenix_test_programs as programs;
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
@@ -26,9 +26,9 @@ fn host(cache: Option<&Path>, scratch: &Path) -> Result<WasmHost> {
     })?)
 }
 
-async fn prepare(h: &WasmHost, path: &str) -> Result<Arc<Prepared>> {
+async fn prepare(h: &WasmHost, path: &str, metering: Metering) -> Result<Arc<Prepared>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
-    Ok(h.prepare(Digest::of(&bytes), || async { Ok(bytes) }).await?)
+    Ok(h.prepare(Digest::of(&bytes), metering, || async { Ok(bytes) }).await?)
 }
 
 async fn run_wasm(
@@ -76,14 +76,14 @@ pub(crate) async fn compile(runs: usize, dir: &Path) -> Result<Section> {
             compiler.compile_unchecked(b).await?;
             compile.push(t.elapsed());
         }
-        prepare(&compiler, path).await?;
+        prepare(&compiler, path, Metering::Fuel).await?;
         let digest = Digest::of(&bytes);
         let mut load = vec![];
         for _ in 0..runs {
             let fresh = host(Some(&cache), dir)?;
             let t = Instant::now();
             fresh
-                .prepare(digest, || async {
+                .prepare(digest, Metering::Fuel, || async {
                     Err(PrepareError::Fetch("not in the artifact cache".into()))
                 })
                 .await?;
@@ -111,7 +111,7 @@ pub(crate) async fn overhead(runs: usize, dir: &Path) -> Result<Section> {
         "The sandbox used the {} allocator.",
         if h.is_pooled() { "pooling" } else { "on-demand" }
     ));
-    let p = prepare(&h, programs::AU_WC).await?;
+    let p = prepare(&h, programs::AU_WC, Metering::Fuel).await?;
     let line = Bytes::from_static(b"the quick brown fox\n");
     let expected = run_wasm(&h, &p, "wc", &[], line.clone(), Limits::DEFAULT).await?;
     let mut warm = Vec::with_capacity(runs);
@@ -131,7 +131,7 @@ pub(crate) async fn overhead(runs: usize, dir: &Path) -> Result<Section> {
         ("reshape", programs::AU_RESHAPE, &["n"], b"{\"n\":1}\n"),
     ];
     for (name, path, args, input) in lang {
-        let p = prepare(&h, path).await?;
+        let p = prepare(&h, path, Metering::Fuel).await?;
         let input = Bytes::from_static(input);
         let mut warm = Vec::with_capacity(runs);
         for _ in 0..runs {
@@ -241,7 +241,8 @@ pub(crate) async fn compute(runs: usize, dir: &Path) -> Result<Section> {
     let mut s = Section::new(
         "AU compute on 100 MB",
         "Wall time for 100 MB of generated input (shuffled log lines; JSON Lines for the JSON \
-         filter), stdin to stdout, as throughput: the wasm AU in the sandbox (warm), the same \
+         filter), stdin to stdout, as throughput: the wasm AU in the sandbox (warm), metered \
+         (fuel one below the maximum, which never runs out) and unmetered, the same \
          source built natively (release), and the GNU tool (jq 1.6 for the JSON filter), all \
          with `LC_ALL=C`. `grep -i error`; `wc`; `sort`; \
          `jq -c 'select(.level == \"ERROR\") | .ms'`.",
@@ -249,26 +250,34 @@ pub(crate) async fn compute(runs: usize, dir: &Path) -> Result<Section> {
     let h = host(None, dir)?;
     let logs = Bytes::from(log_lines(MB << 20));
     let json = Bytes::from(json_lines(MB << 20));
-    let limits = Limits {
+    let unmetered = Limits {
         memory_bytes: 4 << 30,
         output_bytes: 512 << 20,
         timeout_ms: 600_000,
         ..Limits::ABSOLUTE
     };
+    let metered = Limits { fuel: UNMETERED - 1, ..unmetered };
     let mbps = |runs: &[Duration]| runs.iter().map(|d| MB as f64 / d.as_secs_f64()).collect();
     s.command("# in process: WasmHost::run of each prepared AU, the input on stdin");
     for job in JOBS {
         let input = if job.json { json.clone() } else { logs.clone() };
         let file = if job.json { "100mb.jsonl" } else { "100mb.log" };
-        let p = prepare(&h, job.wasm).await?;
+        let p = prepare(&h, job.wasm, Metering::Fuel).await?;
+        let pu = prepare(&h, job.wasm, Metering::Unmetered).await?;
         let native = sibling(job.name)?;
         let gnu = tool(job.gnu, None);
-        let (mut w, mut n, mut g) = (vec![], vec![], vec![]);
+        let (mut w, mut u, mut n, mut g) = (vec![], vec![], vec![], vec![]);
         let mut same_as_gnu = true;
         for _ in 0..runs {
             let t = Instant::now();
-            let wout = run_wasm(&h, &p, job.name, job.args, input.clone(), limits).await?;
+            let wout = run_wasm(&h, &p, job.name, job.args, input.clone(), metered).await?;
             w.push(t.elapsed());
+            let t = Instant::now();
+            let uout = run_wasm(&h, &pu, job.name, job.args, input.clone(), unmetered).await?;
+            u.push(t.elapsed());
+            if uout != wout {
+                bail!("{}: metered and unmetered runs printed different output", job.name);
+            }
             let t = Instant::now();
             let mut cmd = Command::new(&native);
             cmd.args(job.args).env("LC_ALL", "C");
@@ -289,6 +298,11 @@ pub(crate) async fn compute(runs: usize, dir: &Path) -> Result<Section> {
             }
         }
         s.add(Figure::rate(format!("`{}`: wasm AU", job.name), mbps(&w), Unit::MbPerSec));
+        s.add(Figure::rate(
+            format!("`{}`: wasm AU, unmetered", job.name),
+            mbps(&u),
+            Unit::MbPerSec,
+        ));
         s.add(Figure::rate(format!("`{}`: native build", job.name), mbps(&n), Unit::MbPerSec));
         match gnu {
             Some(_) => {

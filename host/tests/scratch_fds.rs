@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
 
 use agenix_host::WasmTask;
-use agenix_host::wasm::{Allocator, WasmConfig, WasmHost};
+use agenix_host::wasm::{Allocator, Metering, WasmConfig, WasmHost};
 use agenix_proto::{Digest, Limits, Outcome};
 use agenix_test_programs as programs;
 
@@ -21,7 +21,8 @@ async fn a_scratch_directory_that_cannot_be_measured_stops_the_task() {
     })
     .unwrap();
     let bytes = std::fs::read(programs::PROBE_PY).unwrap();
-    let prepared = host.prepare(Digest::of(&bytes), || async { Ok(bytes) }).await.unwrap();
+    let prepared =
+        host.prepare(Digest::of(&bytes), Metering::Fuel, || async { Ok(bytes) }).await.unwrap();
 
     // Leave the process a few dozen descriptors more than it holds now.
     use nix::sys::resource::{Resource, getrlimit, setrlimit};

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agenix_host::wasm::{
-    Allocator, CacheBudget, ConformanceError, ImportKind, PrepareError, Prepared, WasmConfig,
-    WasmHost,
+    Allocator, CacheBudget, ConformanceError, ImportKind, Metering, PrepareError, Prepared,
+    WasmConfig, WasmHost,
 };
 use agenix_host::{Finished, Grant, WasmTask};
-use agenix_proto::{Access, Digest, Limits, Outcome};
+use agenix_proto::{Access, Digest, Limits, Outcome, UNMETERED};
 use agenix_test_programs as programs;
 use bytes::Bytes;
 
@@ -59,19 +59,27 @@ impl Harness {
     }
 
     async fn prepare(&self, path: &str) -> Arc<Prepared> {
+        self.prepare_for(path, Metering::Fuel).await
+    }
+
+    async fn prepare_for(&self, path: &str, metering: Metering) -> Arc<Prepared> {
         let bytes = fs::read(path).unwrap();
-        self.host.prepare(Digest::of(&bytes), || async { Ok(bytes) }).await.unwrap()
+        self.host.prepare(Digest::of(&bytes), metering, || async { Ok(bytes) }).await.unwrap()
     }
 
     async fn prepare_bytes(&self, bytes: &[u8]) -> Arc<Prepared> {
         let b = bytes.to_vec();
-        self.host.prepare(Digest::of(bytes), || async { Ok(b) }).await.unwrap()
+        self.host.prepare(Digest::of(bytes), Metering::Fuel, || async { Ok(b) }).await.unwrap()
     }
 
     /// Prepares only from what the host keeps, in memory or in its artifact cache: fetching
     /// the component fails.
     async fn prepare_kept(&self, digest: Digest) -> Result<Arc<Prepared>, PrepareError> {
-        self.host.prepare(digest, || async { Err(PrepareError::Fetch("not kept".into())) }).await
+        self.host
+            .prepare(digest, Metering::Fuel, || async {
+                Err(PrepareError::Fetch("not kept".into()))
+            })
+            .await
     }
 
     /// Runs an echo guest (or a variant) and checks that it copies stdin to stdout.
@@ -102,7 +110,7 @@ impl Harness {
         grants: Vec<Grant>,
         limits: Limits,
     ) -> Finished {
-        let p = self.prepare(path).await;
+        let p = self.prepare_for(path, Metering::of(&limits)).await;
         let task = WasmTask {
             program: "guest".into(),
             args: args.iter().map(|s| s.to_string()).collect(),
@@ -144,6 +152,88 @@ async fn w01_infinite_loop_runs_out_of_fuel() {
     assert_eq!(r.outcome, Outcome::OutOfFuel);
     assert_eq!(r.fuel_consumed, Some(50_000_000));
     h.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn w01_unmetered_infinite_loop_times_out_and_counts_no_fuel() {
+    let h = Harness::new();
+    let unmetered = Limits { fuel: UNMETERED, timeout_ms: 300, ..limits() };
+    let r = h.run_with(programs::GUEST_SPIN, &[], b"", vec![], unmetered).await;
+    assert_eq!(r.outcome, Outcome::TimedOut);
+    assert_eq!(r.fuel_consumed, None, "an unmetered task counts no fuel");
+    assert!(r.wall >= Duration::from_millis(300), "{:?}", r.wall);
+    assert!(r.wall < Duration::from_secs(10), "stopped only after {:?}", r.wall);
+    // One below the maximum is metered: the guest runs out of fuel (a smaller fuel makes it
+    // quick; the point is the engine that counts).
+    let r = h
+        .run_with(programs::GUEST_SPIN, &[], b"", vec![], Limits { fuel: 50_000_000, ..limits() })
+        .await;
+    assert_eq!(r.outcome, Outcome::OutOfFuel);
+    assert_eq!(r.fuel_consumed, Some(50_000_000));
+    h.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn w01_a_component_runs_only_tasks_of_the_metering_it_was_prepared_for() {
+    let h = Harness::new();
+    let metered = h.prepare_for(programs::GUEST_ECHO, Metering::Fuel).await;
+    let unmetered = h.prepare_for(programs::GUEST_ECHO, Metering::Unmetered).await;
+    assert_eq!((metered.metering(), unmetered.metering()), (Metering::Fuel, Metering::Unmetered));
+    assert_eq!(h.host.prepared_count(), 2, "one prepared component per metering");
+    let task = |fuel| WasmTask {
+        program: "echo".into(),
+        args: vec![],
+        env: vec![],
+        stdin: Bytes::from_static(b"echoed"),
+        grants: vec![],
+        limits: Limits { fuel, ..limits() },
+    };
+    let r = h.host.run(&unmetered, task(UNMETERED)).await.unwrap();
+    assert_eq!(
+        (r.outcome, &r.stdout[..], r.fuel_consumed),
+        (Outcome::Exited { code: 0 }, &b"echoed"[..], None)
+    );
+    let r = h.host.run(&metered, task(1_000_000_000)).await.unwrap();
+    assert_eq!(r.outcome, Outcome::Exited { code: 0 });
+    assert!(r.fuel_consumed.is_some_and(|f| f > 0), "{:?}", r.fuel_consumed);
+    // Crossed, each is the caller's mistake, named, and runs nothing.
+    for (p, fuel) in [(&metered, UNMETERED), (&unmetered, 1_000_000_000)] {
+        let e = h.host.run(p, task(fuel)).await.unwrap_err().to_string();
+        assert!(e.contains("was prepared for"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn w01_a_host_whose_fuel_ceiling_is_lowered_refuses_unmetered_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = WasmHost::new(WasmConfig {
+        ceilings: Limits { fuel: 1_000_000_000, ..Limits::ABSOLUTE },
+        max_concurrent: 1,
+        cache_dir: None,
+        scratch_dir: dir.path().join("scratch"),
+        allocator: Allocator::OnDemand,
+    })
+    .unwrap();
+    let bytes = fs::read(programs::GUEST_ECHO).unwrap();
+    let p = host
+        .prepare(Digest::of(&bytes), Metering::Unmetered, || async { Ok(bytes) })
+        .await
+        .unwrap();
+    let task = WasmTask {
+        program: "echo".into(),
+        args: vec![],
+        env: vec![],
+        stdin: Bytes::new(),
+        grants: vec![],
+        limits: Limits { fuel: UNMETERED, ..limits() },
+    };
+    let r = host.run(&p, task).await.unwrap();
+    assert_eq!(
+        r.outcome,
+        Outcome::Refused {
+            reason: "limits.fuel unmetered is above this host's ceiling of 1000000000".into()
+        }
+    );
 }
 
 #[tokio::test]
@@ -489,7 +579,11 @@ async fn w05_imports_outside_wasi_0_2_are_named_and_refused() {
             (import "evil:backdoor/shell@1.0.0" (instance)))"#,
     )
     .unwrap();
-    let err = h.host.prepare(Digest::of(&bytes), || async { Ok(bytes) }).await.unwrap_err();
+    let err = h
+        .host
+        .prepare(Digest::of(&bytes), Metering::Fuel, || async { Ok(bytes) })
+        .await
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         "imports outside the agenix:au/unit world: wasi:sockets/tcp@0.2.13, \
@@ -498,7 +592,11 @@ async fn w05_imports_outside_wasi_0_2_are_named_and_refused() {
     // A component with allowed imports but no command export is refused too.
     let bytes =
         wat::parse_str(r#"(component (import "wasi:cli/stdout@0.2.0" (instance)))"#).unwrap();
-    let err = h.host.prepare(Digest::of(&bytes), || async { Ok(bytes) }).await.unwrap_err();
+    let err = h
+        .host
+        .prepare(Digest::of(&bytes), Metering::Fuel, || async { Ok(bytes) })
+        .await
+        .unwrap_err();
     assert_eq!(err, PrepareError::Conformance(ConformanceError::NoRun));
 }
 
@@ -602,7 +700,11 @@ async fn w09_malformed_bytes_get_a_clear_error() {
         (component[..component.len() / 2].to_vec(), "not a valid WebAssembly component"),
         (b"\0asm\x0d\0\x01\0garbage".to_vec(), "not a valid WebAssembly component"),
     ] {
-        let err = h.host.prepare(Digest::of(&bytes), || async { Ok(bytes) }).await.unwrap_err();
+        let err = h
+            .host
+            .prepare(Digest::of(&bytes), Metering::Fuel, || async { Ok(bytes) })
+            .await
+            .unwrap_err();
         assert!(matches!(err, PrepareError::Invalid(_)), "{err:?}");
         assert!(err.to_string().contains(expect), "{err} does not say {expect:?}");
     }
@@ -654,11 +756,54 @@ async fn p06_component_bytes_not_matching_the_digest_are_refused_before_compilin
     let h = Harness::new();
     let bytes = fs::read(programs::GUEST_ECHO).unwrap();
     let pinned = Digest::of(b"the component the plan pinned");
-    let err = h.host.prepare(pinned, || async { Ok(bytes) }).await.unwrap_err();
+    let err = h.host.prepare(pinned, Metering::Fuel, || async { Ok(bytes) }).await.unwrap_err();
     assert!(
         matches!(err, PrepareError::DigestMismatch { expected, .. } if expected == pinned),
         "{err:?}"
     );
+}
+
+#[tokio::test]
+async fn metered_and_unmetered_artifacts_are_cached_apart_and_each_reused() {
+    let cache = tempfile::tempdir().unwrap();
+    let bytes = fs::read(programs::GUEST_ECHO).unwrap();
+    let digest = Digest::of(&bytes);
+    {
+        let h = Harness::with(2, Some(cache.path()));
+        for m in [Metering::Fuel, Metering::Unmetered] {
+            let b = bytes.clone();
+            h.host.prepare(digest, m, || async { Ok(b) }).await.unwrap();
+        }
+    }
+    let engines: Vec<_> = fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("wasmtime-"))
+        .collect();
+    assert_eq!(engines.len(), 2, "one engine directory per metering: {engines:?}");
+    assert_eq!(artifacts(cache.path()), artifact_names(&[digest, digest]));
+    // A new process (host) loads each from its own directory, fetching nothing, and each
+    // runs as its metering says.
+    let h = Harness::with(2, Some(cache.path()));
+    for m in [Metering::Fuel, Metering::Unmetered] {
+        let p = h
+            .host
+            .prepare(digest, m, || async { Err(PrepareError::Fetch("must not be fetched".into())) })
+            .await
+            .unwrap();
+        let fuel = if m == Metering::Fuel { 1_000_000_000 } else { UNMETERED };
+        let task = WasmTask {
+            program: "echo".into(),
+            args: vec![],
+            env: vec![],
+            stdin: Bytes::from_static(b"cached"),
+            grants: vec![],
+            limits: Limits { fuel, ..limits() },
+        };
+        let r = h.host.run(&p, task).await.unwrap();
+        assert_eq!((r.outcome, &r.stdout[..]), (Outcome::Exited { code: 0 }, &b"cached"[..]));
+        assert_eq!(r.fuel_consumed.is_some(), m == Metering::Fuel);
+    }
 }
 
 #[tokio::test]
@@ -669,13 +814,15 @@ async fn precompiled_artifacts_are_reused_and_damaged_ones_recompiled() {
     {
         let h = Harness::with(2, Some(cache.path()));
         let b = bytes.clone();
-        h.host.prepare(digest, || async { Ok(b) }).await.unwrap();
+        h.host.prepare(digest, Metering::Fuel, || async { Ok(b) }).await.unwrap();
     }
     // A new process (host) loads the artifact without fetching the component.
     let h = Harness::with(2, Some(cache.path()));
     let p = h
         .host
-        .prepare(digest, || async { Err(PrepareError::Fetch("must not be fetched".into())) })
+        .prepare(digest, Metering::Fuel, || async {
+            Err(PrepareError::Fetch("must not be fetched".into()))
+        })
         .await
         .unwrap();
     assert_eq!(p.digest(), digest);
@@ -691,7 +838,7 @@ async fn precompiled_artifacts_are_reused_and_damaged_ones_recompiled() {
     let fetched = std::sync::atomic::AtomicUsize::new(0);
     let b = bytes.clone();
     h.host
-        .prepare(digest, || async {
+        .prepare(digest, Metering::Fuel, || async {
             fetched.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok(b)
         })
@@ -844,7 +991,7 @@ async fn concurrent_prepares_compile_once_and_eviction_never_breaks_a_run() {
         let (h, fetched, bytes, d0) = (h.clone(), fetched.clone(), v[0].clone(), d[0]);
         set.spawn(async move {
             h.host
-                .prepare(d0, || async move {
+                .prepare(d0, Metering::Fuel, || async move {
                     fetched.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     Ok(bytes)
                 })

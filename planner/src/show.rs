@@ -34,17 +34,14 @@ pub(crate) fn describe_tasks(plan: &Plan) -> String {
         for (name, value) in &t.env {
             s.push_str(&format!("  {:<16} env {name:?}={value:?}\n", ""));
         }
-        let limits: Vec<String> = [
-            ("fuel", t.limits.fuel),
-            ("memory_bytes", t.limits.memory_bytes),
-            ("timeout_ms", t.limits.timeout_ms),
-            ("output_bytes", t.limits.output_bytes),
-            ("pids", t.limits.pids),
-            ("file_bytes", t.limits.file_bytes),
-        ]
-        .into_iter()
-        .filter_map(|(name, v)| v.map(|v| format!("{name}={v}")))
-        .collect();
+        let limits: Vec<String> = t
+            .limits
+            .fields()
+            .into_iter()
+            .filter_map(|(name, v)| {
+                v.map(|v| format!("{name}={}", agenix_proto::limits::show_limit(name, v)))
+            })
+            .collect();
         if !limits.is_empty() {
             s.push_str(&format!("  {:<16} limits {}\n", "", limits.join(" ")));
         }

@@ -149,6 +149,44 @@ fn au_run_pipes_stdin_and_mirrors_the_exit_code() {
 }
 
 #[test]
+fn au_run_unmetered_counts_no_fuel_and_stops_at_the_timeout() {
+    let t = TestDir::new();
+    let out = t.agx_in(
+        &["au", "run", programs::AU_GREP, "--fuel", "unmetered", "--", "error"],
+        b"ok\nerror 1\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "error 1\n");
+    assert!(text(&out.stderr).contains("exit 0 (fuel unmetered, "), "{}", text(&out.stderr));
+    // A spinning AU without fuel ends at its timeout, not out of fuel.
+    let out = t.agx(&[
+        "--json",
+        "au",
+        "run",
+        programs::GUEST_SPIN,
+        "--fuel",
+        "unmetered",
+        "--timeout",
+        "300ms",
+    ]);
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
+    let rec: serde_json::Value = serde_json::from_str(text(&out.stderr).trim()).unwrap();
+    assert_eq!(rec["data"]["outcome"]["kind"], "timed_out", "{rec}");
+    assert!(rec["data"]["fuel_consumed"].is_null(), "{rec}");
+    // Fuel is a number in range or the word; anything else is named.
+    for bad in ["lots", "0", "1.5", "1000000000000001"] {
+        let out = t.agx(&["au", "run", programs::GUEST_ECHO, "--fuel", bad]);
+        assert_eq!(out.status.code(), Some(2), "--fuel {bad}");
+        assert!(
+            text(&out.stderr)
+                .contains("fuel is a whole number from 1 to 1000000000000000 or \"unmetered\""),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
 fn au_run_mounts_a_directory_read_only_unless_asked() {
     let t = TestDir::new();
     fs::create_dir(t.path("logs")).unwrap();

@@ -217,6 +217,7 @@ impl Requirements {
         for ((name, need), (_, max)) in self.limits.fields().into_iter().zip(caps.ceilings.fields())
         {
             if need > max {
+                let need = crate::limits::show_limit(name, need);
                 lacks.push(format!("limits.{name} {need} is over its ceiling of {max}"));
             }
         }

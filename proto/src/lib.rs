@@ -40,7 +40,7 @@ pub use envelope::{
 };
 pub use ids::{ActionId, AuName, MountName, PlanId, PlanName, TaskId, ToolName};
 pub use keys::KeyId;
-pub use limits::{Limits, TaskLimits};
+pub use limits::{Limits, TaskLimits, UNMETERED};
 pub use plan::{Access, Form, Mount, Plan, Run, Stdin, Task};
 pub use report::{Outcome, TaskReport};
 pub use result::{ResultStatement, VerifiedResult, sign_result, verify_result};

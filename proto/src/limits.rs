@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskLimits {
-    /// Wasm instructions, roughly (wasm tasks only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Wasm instructions, roughly (wasm tasks only). Written `"unmetered"` in a plan, it is
+    /// [`UNMETERED`]: the task runs without fuel metering, bounded by its timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "fuel")]
     pub fuel: Option<u64>,
     /// Linear memory for wasm; address space or cgroup memory for native tools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,6 +65,58 @@ pub struct Limits {
     pub file_bytes: u64,
 }
 
+/// The fuel of a task that runs without fuel metering: the format's maximum, written
+/// `"unmetered"` in a plan. At the fastest a core runs wasm (some 3×10^9 instructions a
+/// second) it would last over three days, far past the longest timeout, so a task given it
+/// could never run out: the host compiles its component without fuel instrumentation, which
+/// runs compute-bound code faster, and the wall-clock timeout alone bounds it.
+pub const UNMETERED: u64 = Limits::ABSOLUTE.fuel;
+
+/// How a plan writes [`UNMETERED`].
+pub const UNMETERED_NAME: &str = "unmetered";
+
+/// A limit's value for people: its number, or `unmetered` for fuel at [`UNMETERED`].
+pub fn show_limit(name: &str, value: u64) -> String {
+    if name == "fuel" && value >= UNMETERED {
+        UNMETERED_NAME.to_string()
+    } else {
+        value.to_string()
+    }
+}
+
+/// `TaskLimits::fuel` in JSON: a number, or the string `"unmetered"` for [`UNMETERED`].
+mod fuel {
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    use super::{UNMETERED, UNMETERED_NAME};
+
+    pub(super) fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(UNMETERED) => s.serialize_str(UNMETERED_NAME),
+            Some(n) => s.serialize_u64(*n),
+            None => s.serialize_none(),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Fuel {
+        Units(u64),
+        Word(String),
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<Fuel>::deserialize(d) {
+            Ok(None) => Ok(None),
+            Ok(Some(Fuel::Units(n))) => Ok(Some(n)),
+            Ok(Some(Fuel::Word(w))) if w == UNMETERED_NAME => Ok(Some(UNMETERED)),
+            _ => Err(de::Error::custom(format!(
+                "fuel must be a whole number or \"{UNMETERED_NAME}\""
+            ))),
+        }
+    }
+}
+
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
@@ -104,6 +157,11 @@ impl Limits {
         ]
     }
 
+    /// Whether a task under these limits counts its fuel: every fuel below [`UNMETERED`].
+    pub fn is_metered(&self) -> bool {
+        self.fuel < UNMETERED
+    }
+
     /// The smaller of each field.
     pub fn min(&self, other: &Self) -> Self {
         Self {
@@ -128,5 +186,42 @@ impl TaskLimits {
             ("pids", self.pids),
             ("file_bytes", self.file_bytes),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fuel_of(json: &str) -> Result<Option<u64>, String> {
+        serde_json::from_str::<TaskLimits>(json).map(|l| l.fuel).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn fuel_is_a_number_or_unmetered_and_round_trips() {
+        assert_eq!(fuel_of(r#"{"fuel": 5}"#), Ok(Some(5)));
+        assert_eq!(fuel_of(r#"{"fuel": "unmetered"}"#), Ok(Some(UNMETERED)));
+        assert_eq!(fuel_of("{}"), Ok(None));
+        for bad in [r#""lots""#, "-1", "1.5", r#""UNMETERED""#, "[]"] {
+            let e = fuel_of(&format!(r#"{{"fuel": {bad}}}"#)).unwrap_err();
+            assert!(e.contains(r#"fuel must be a whole number or "unmetered""#), "{bad}: {e}");
+        }
+        let unmetered = TaskLimits { fuel: Some(UNMETERED), ..TaskLimits::default() };
+        let json = serde_json::to_string(&unmetered).unwrap();
+        assert_eq!(json, r#"{"fuel":"unmetered"}"#);
+        assert_eq!(serde_json::from_str::<TaskLimits>(&json).unwrap(), unmetered);
+        let counted = TaskLimits { fuel: Some(7), ..TaskLimits::default() };
+        assert_eq!(serde_json::to_string(&counted).unwrap(), r#"{"fuel":7}"#);
+        assert_eq!(serde_json::to_string(&TaskLimits::default()).unwrap(), "{}");
+    }
+
+    #[test]
+    fn only_the_format_maximum_of_fuel_is_unmetered() {
+        assert!(Limits::DEFAULT.is_metered());
+        assert!(Limits { fuel: UNMETERED - 1, ..Limits::DEFAULT }.is_metered());
+        assert!(!Limits { fuel: UNMETERED, ..Limits::DEFAULT }.is_metered());
+        assert_eq!(show_limit("fuel", UNMETERED), "unmetered");
+        assert_eq!(show_limit("fuel", 12), "12");
+        assert_eq!(show_limit("pids", UNMETERED), UNMETERED.to_string());
     }
 }

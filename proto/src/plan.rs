@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::ids::{AuName, MountName, PlanId, PlanName, TaskId, ToolName};
-use crate::limits::{Limits, TaskLimits};
+use crate::limits::{Limits, TaskLimits, show_limit};
 use crate::validate::{Invalid, Report};
 
 /// The `schema` value of a v1 plan.
@@ -449,7 +449,11 @@ fn validate_task(
         if v < min[i].1 || v > max[i].1 {
             r.push(p, "limit-range", format!("{v} is outside {}..={}", min[i].1, max[i].1));
         } else if v > ceil[i].1 {
-            r.push(p, "limit-ceiling", format!("{v} is above the ceiling of {}", ceil[i].1));
+            r.push(
+                p,
+                "limit-ceiling",
+                format!("{} is above the ceiling of {}", show_limit(name, v), ceil[i].1),
+            );
         }
     }
 }

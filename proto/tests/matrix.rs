@@ -409,6 +409,48 @@ fn p10_limits_above_worker_ceilings_are_refused_not_clamped() {
 }
 
 #[test]
+fn p10_unmetered_fuel_is_signed_as_written_and_refused_by_a_lowered_fuel_ceiling() {
+    let k = key(1);
+    let trust = trust_with(&[("alice", &k)]);
+    let mut json = serde_json::to_value(plan()).unwrap();
+    json["tasks"][0]["limits"] = serde_json::json!({"fuel": "unmetered"});
+    let p: Plan = serde_json::from_value(json).unwrap();
+    assert_eq!(p.tasks[0].limits.fuel, Some(agenix_proto::UNMETERED));
+    let env = sign_plan(&p, &k).unwrap().to_json();
+    // Accepted as it is by a worker that keeps the format's fuel maximum.
+    let verified = verify_plan(&env, &trust, NOW, &Limits::ABSOLUTE).unwrap();
+    let signed: serde_json::Value = serde_json::from_slice(verified.payload()).unwrap();
+    assert_eq!(signed["tasks"][0]["limits"], serde_json::json!({"fuel": "unmetered"}));
+    assert_eq!(verified.plan().tasks[0].limits.fuel, Some(agenix_proto::UNMETERED));
+    // A worker that caps fuel refuses it, naming it as written.
+    let ceilings = Limits { fuel: 1_000_000_000, ..Limits::ABSOLUTE };
+    let err = verify_plan(&env, &trust, NOW, &ceilings).unwrap_err();
+    let VerifyError::Invalid(inv) = err else { panic!("{err:?}") };
+    assert_eq!(
+        inv.to_string(),
+        "tasks[0].limits.fuel: unmetered is above the ceiling of 1000000000 [limit-ceiling]"
+    );
+    // And the queue offers the job only to workers that could run it, saying why not.
+    let needs = agenix_proto::job::Requirements::of(&p);
+    let caps = |ceilings| agenix_proto::job::Capabilities {
+        name: "w".into(),
+        wasm: true,
+        tools: Default::default(),
+        mounts: Default::default(),
+        ceilings,
+        concurrency: 1,
+        labels: Default::default(),
+    };
+    let fuel_lacks = |ceilings| {
+        let lacks = needs.unmet_by(&caps(ceilings));
+        lacks.into_iter().filter(|l| l.contains("fuel")).collect::<Vec<_>>()
+    };
+    assert_eq!(fuel_lacks(Limits::ABSOLUTE), Vec::<String>::new());
+    assert_eq!(fuel_lacks(ceilings), ["limits.fuel unmetered is over its ceiling of 1000000000"]);
+    assert!(!needs.met_by(&caps(ceilings)));
+}
+
+#[test]
 fn p10_signed_form_requires_pinned_digests_and_validity() {
     let mut p = plan();
     p.plan_id = None;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use agenix_host::Grant;
 use agenix_host::native::NativeHost;
-use agenix_host::wasm::{PrepareError, WasmHost};
+use agenix_host::wasm::{Metering, PrepareError, WasmHost};
 use agenix_proto::{
     Access, Digest, Form, Invalid, Limits, MountName, Outcome, Plan, Run, Stdin, Task, TaskReport,
     VerifiedPlan, Violation,
@@ -313,6 +313,7 @@ impl Resources {
         let limits = task.limits.resolve(&self.defaults.min(&self.ceilings));
         for ((name, asked), (_, max)) in limits.fields().into_iter().zip(self.ceilings.fields()) {
             if asked > max {
+                let asked = agenix_proto::limits::show_limit(name, asked);
                 return Err(format!(
                     "limits.{name} {asked} is above this runner's ceiling of {max}"
                 ));
@@ -444,7 +445,7 @@ impl<S: ComponentSource> Runner for HostRunner<S> {
         };
         let prepared = match self
             .wasm
-            .prepare(digest, || async {
+            .prepare(digest, Metering::of(&spec.limits), || async {
                 match self.source.fetch(digest).await {
                     Ok(bytes) => Ok(bytes),
                     // Not this component's fault: the job may succeed on another try.

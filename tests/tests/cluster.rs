@@ -619,6 +619,49 @@ fn a_job_no_worker_can_run_says_why_it_waits() {
     assert_eq!(j["attempts"], 1);
 }
 
+/// A task that opts out of fuel runs only on a worker that keeps the format's fuel maximum,
+/// without fuel metering; the queue says why a worker with a fuel ceiling cannot take it.
+#[test]
+fn an_unmetered_task_waits_for_a_worker_without_a_fuel_ceiling_and_counts_no_fuel() {
+    let mut c = Cluster::start(&[]);
+    c.push_aus();
+    std::fs::write(c.path("capped.toml"), "[ceilings]\nfuel = 1000000000\n").unwrap();
+    let capped = c.path("capped.toml");
+    c.worker("capped", &["--config", capped.to_str().unwrap()]);
+    let plan = std::fs::read_to_string(example("log-errors.json"))
+        .unwrap()
+        .replace(r#""args": ["-c"],"#, r#""args": ["-c"], "limits": {"fuel": "unmetered"},"#);
+    assert!(plan.contains("unmetered"));
+    std::fs::write(c.path("unmetered.json"), plan).unwrap();
+    let jobs = c.submit(c.path("unmetered.json").to_str().unwrap(), &[&example("data/app.log")]);
+    let says = "no registered worker can run it (capped: limits.fuel unmetered is over its \
+                ceiling of 1000000000)";
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let shown = text(&c.agx(&["jobs", "show", &jobs[0]]).stdout);
+        if shown.contains(&format!("waits: {says}")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "{shown}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.worker("open", &[]);
+    let j = c.wait_job(&jobs[0], Duration::from_secs(120), |j| state(j) == "succeeded");
+    assert_eq!(j["attempts"], 1);
+    let out = c.agx(&["jobs", "result", &jobs[0]]);
+    assert_eq!(text(&out.stdout), LOG_ERRORS);
+    // The task table: the unmetered task counted no fuel, the others did.
+    let out = c.agx(&["jobs", "show", &jobs[0]]);
+    let shown = text(&out.stdout) + &text(&out.stderr);
+    let fuel = |task: &str| {
+        let row = shown.lines().find(|l| l.split_whitespace().next() == Some(task));
+        let row = row.unwrap_or_else(|| panic!("no row for {task}: {shown}"));
+        row.split_whitespace().nth(4).unwrap_or_default().to_owned()
+    };
+    assert_eq!(fuel("counted"), "-", "{shown}");
+    assert!(fuel("sorted").parse::<u64>().is_ok_and(|f| f > 0), "{shown}");
+}
+
 /// `agx submit --input -` submits standard input as a job's input, as `agx run` does.
 #[test]
 fn submit_takes_an_input_from_standard_input() {

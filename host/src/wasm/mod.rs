@@ -1,6 +1,8 @@
-//! AUs on wasmtime: one engine per process, each component compiled once per digest, each
-//! task in a fresh store with fuel, memory, wall-clock, output and scratch-space limits, and
-//! only the capabilities the task was granted.
+//! AUs on wasmtime: one engine per process that counts fuel and, from the first task that
+//! opts out of fuel (`"unmetered"`), one that does not; each component compiled once per
+//! digest and engine, each task in a fresh store with fuel (unless unmetered), memory,
+//! wall-clock, output and scratch-space limits, and only the capabilities the task was
+//! granted.
 //!
 //! Time: the engine uses epoch interruption with a 10 ms ticker; at every tick a running guest
 //! checks its deadline (and traps once past it) and yields to the async executor, so a
@@ -166,6 +168,8 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HostError {
 /// A component ready to instantiate: compiled, conformance-checked, pre-linked.
 pub struct Prepared {
     digest: Digest,
+    metering: Metering,
+    engine: Engine,
     pre: CommandPre<TaskState>,
     imports: Vec<Import>,
     cost: u64,
@@ -177,6 +181,7 @@ impl std::fmt::Debug for Prepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prepared")
             .field("digest", &self.digest)
+            .field("metering", &self.metering)
             .field("imports", &self.imports)
             .field("cost", &self.cost)
             .finish()
@@ -187,6 +192,10 @@ impl Prepared {
     /// The component's digest.
     pub fn digest(&self) -> Digest {
         self.digest
+    }
+    /// Whether it counts fuel: the tasks it runs are those of this metering.
+    pub fn metering(&self) -> Metering {
+        self.metering
     }
     /// The interfaces it imports, each with what the host does with it.
     pub fn imports(&self) -> &[Import] {
@@ -232,32 +241,110 @@ impl Drop for EpochTicker {
     }
 }
 
-/// The wasm sandbox: one per process.
-pub struct WasmHost {
+/// Whether a component is compiled to count fuel. Each has an engine of its own: fuel
+/// instrumentation is compiled into the code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metering {
+    /// Fuel is counted, and a task stops when its fuel runs out.
+    Fuel,
+    /// No fuel instrumentation: compute-bound code runs faster, and the task's wall-clock
+    /// timeout alone bounds it. For tasks whose fuel is [`agenix_proto::UNMETERED`].
+    Unmetered,
+}
+
+impl Metering {
+    /// How a task under `limits` runs.
+    pub fn of(limits: &Limits) -> Self {
+        if limits.is_metered() { Self::Fuel } else { Self::Unmetered }
+    }
+}
+
+/// One engine, with its epoch ticker, its linker and its directory in the artifact cache.
+struct Flavor {
     _ticker: EpochTicker,
     engine: Engine,
     linker: Linker<TaskState>,
     pooled: bool,
     cache: Option<ArtifactCache>,
-    prepared: Mutex<PreparedMap<Arc<Prepared>>>,
-    slots: Semaphore,
-    scratch_dir: PathBuf,
-    ceilings: Limits,
 }
+
+impl Flavor {
+    /// An engine for `metering`: the pooling allocator when it can reserve its address space
+    /// (or as configured), and the linker for the `unit` world. Opens (and trims) its
+    /// directory of the artifact cache.
+    fn new(
+        config: &WasmConfig,
+        budget: &CacheBudget,
+        metering: Metering,
+    ) -> Result<Self, HostError> {
+        let on_demand = || {
+            Engine::new(&engine_config(metering)).map_err(|e| HostError::Engine(format!("{e:#}")))
+        };
+        let pooled = || {
+            let mut c = engine_config(metering);
+            c.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(config)));
+            Engine::new(&c).map_err(|e| HostError::Engine(format!("{e:#}")))
+        };
+        let (engine, pooled) = match config.allocator {
+            Allocator::OnDemand => (on_demand()?, false),
+            Allocator::Pooling => (pooled()?, true),
+            Allocator::Auto => match pooled() {
+                Ok(e) => (e, true),
+                Err(e) => {
+                    tracing::warn!(error = %e, "pooling allocator unavailable; allocating on demand");
+                    (on_demand()?, false)
+                }
+            },
+        };
+        let ticker =
+            EpochTicker::start(&engine).map_err(io_err("cannot start the epoch ticker"))?;
+        let mut linker = Linker::new(&engine);
+        link(&mut linker).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        let cache = match &config.cache_dir {
+            Some(dir) => {
+                let cache = ArtifactCache::open(dir, &engine, budget.artifact_bytes)
+                    .map_err(io_err(format!("cannot open the artifact cache {}", dir.display())))?;
+                if let Err(e) = cache.sweep() {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot sweep the artifact cache");
+                }
+                Some(cache)
+            }
+            None => None,
+        };
+        Ok(Self { _ticker: ticker, engine, linker, pooled, cache })
+    }
+}
+
+/// The wasm sandbox: one per process.
+pub struct WasmHost {
+    /// The engine of metered tasks, made at the start.
+    metered: Flavor,
+    /// The engine of unmetered tasks, made when the first one comes.
+    unmetered: OnceCell<Flavor>,
+    /// What the unmetered engine is made with.
+    config: WasmConfig,
+    budget: CacheBudget,
+    /// Prepared components of both engines, by digest and metering, in one budget.
+    prepared: Mutex<PreparedMap<Key, Arc<Prepared>>>,
+    slots: Semaphore,
+}
+
+/// What a prepared component is kept by.
+type Key = (Digest, Metering);
 
 impl std::fmt::Debug for WasmHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WasmHost")
-            .field("pooled", &self.pooled)
-            .field("ceilings", &self.ceilings)
+            .field("pooled", &self.metered.pooled)
+            .field("ceilings", &self.config.ceilings)
             .finish()
     }
 }
 
-fn engine_config() -> Config {
+fn engine_config(metering: Metering) -> Config {
     let mut c = Config::new();
     c.wasm_component_model(true);
-    c.consume_fuel(true);
+    c.consume_fuel(metering == Metering::Fuel);
     c.epoch_interruption(true);
     c
 }
@@ -312,9 +399,10 @@ fn link(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
 }
 
 impl WasmHost {
-    /// Starts the engine: the pooling allocator when it can reserve its address space (or
-    /// as configured), fuel metering, and the linker for the `unit` world. Keeps compiled
-    /// components within the default [`CacheBudget`].
+    /// Starts the engine of metered tasks: the pooling allocator when it can reserve its
+    /// address space (or as configured), fuel metering, and the linker for the `unit` world.
+    /// The engine of unmetered tasks, alike but without fuel, is started when the first such
+    /// task is prepared. Keeps compiled components within the default [`CacheBudget`].
     pub fn new(config: WasmConfig) -> Result<Self, HostError> {
         Self::with_budget(config, CacheBudget::default())
     }
@@ -323,73 +411,62 @@ impl WasmHost {
     /// that is over its budget (it was lowered, or other processes share the directory) is
     /// trimmed here.
     pub fn with_budget(config: WasmConfig, budget: CacheBudget) -> Result<Self, HostError> {
-        let (engine, pooled) = match config.allocator {
-            Allocator::OnDemand => (Self::on_demand()?, false),
-            Allocator::Pooling => (Self::pooled(&config)?, true),
-            Allocator::Auto => match Self::pooled(&config) {
-                Ok(e) => (e, true),
-                Err(e) => {
-                    tracing::warn!(error = %e, "pooling allocator unavailable; allocating on demand");
-                    (Self::on_demand()?, false)
-                }
-            },
-        };
-        let ticker =
-            EpochTicker::start(&engine).map_err(io_err("cannot start the epoch ticker"))?;
-        let mut linker = Linker::new(&engine);
-        link(&mut linker).map_err(|e| HostError::Engine(format!("{e:#}")))?;
-        let cache = match &config.cache_dir {
-            Some(dir) => {
-                let cache = ArtifactCache::open(dir, &engine, budget.artifact_bytes)
-                    .map_err(io_err(format!("cannot open the artifact cache {}", dir.display())))?;
-                if let Err(e) = cache.sweep() {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot sweep the artifact cache");
-                }
-                Some(cache)
-            }
-            None => None,
-        };
+        let metered = Flavor::new(&config, &budget, Metering::Fuel)?;
         std::fs::create_dir_all(&config.scratch_dir).map_err(io_err(format!(
             "cannot create scratch directory {}",
             config.scratch_dir.display()
         )))?;
         Ok(Self {
-            _ticker: ticker,
-            engine,
-            linker,
-            pooled,
-            cache,
+            metered,
+            unmetered: OnceCell::new(),
             prepared: Mutex::new(PreparedMap::new(budget.prepared_bytes)),
             slots: Semaphore::new(config.max_concurrent.max(1) as usize),
-            scratch_dir: config.scratch_dir,
-            ceilings: config.ceilings,
+            config,
+            budget,
         })
     }
 
-    fn pooled(config: &WasmConfig) -> Result<Engine, HostError> {
-        let mut c = engine_config();
-        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(config)));
-        Engine::new(&c).map_err(|e| HostError::Engine(format!("{e:#}")))
+    /// The engine for `metering`, started if it was not.
+    async fn flavor(&self, metering: Metering) -> Result<&Flavor, HostError> {
+        match metering {
+            Metering::Fuel => Ok(&self.metered),
+            Metering::Unmetered => {
+                self.unmetered
+                    .get_or_try_init(|| async {
+                        let (config, budget) = (self.config.clone(), self.budget);
+                        tokio::task::spawn_blocking(move || {
+                            Flavor::new(&config, &budget, Metering::Unmetered)
+                        })
+                        .await
+                        .map_err(|e| HostError::Engine(format!("engine set-up failed: {e}")))?
+                    })
+                    .await
+            }
+        }
     }
 
-    fn on_demand() -> Result<Engine, HostError> {
-        Engine::new(&engine_config()).map_err(|e| HostError::Engine(format!("{e:#}")))
+    /// The engines started so far.
+    fn flavors(&self) -> impl Iterator<Item = &Flavor> {
+        std::iter::once(&self.metered).chain(self.unmetered.get())
     }
 
-    /// Whether the pooling allocator is in use.
+    /// Whether the pooling allocator is in use (by the engine of metered tasks).
     pub fn is_pooled(&self) -> bool {
-        self.pooled
+        self.metered.pooled
     }
 
-    /// The engine (for metrics).
+    /// The engine of metered tasks.
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.metered.engine
     }
 
-    /// Component instances currently allocated in the pool (0 when idle), or `None` when
+    /// Component instances currently allocated in the pools (0 when idle), or `None` when
     /// allocating on demand.
     pub fn live_instances(&self) -> Option<u64> {
-        self.engine.pooling_allocator_metrics().map(|m| m.component_instances())
+        self.flavors()
+            .map(|f| f.engine.pooling_allocator_metrics().map(|m| m.component_instances()))
+            .reduce(|a, b| Some(a? + b.unwrap_or(0)))
+            .flatten()
     }
 
     /// Bytes of prepared components this host keeps in memory (the sum of their
@@ -407,47 +484,54 @@ impl WasmHost {
     /// counted against [`CacheBudget::artifact_bytes`]; `None` without a cache directory.
     /// Reads the directory.
     pub fn cached_artifact_bytes(&self) -> Result<Option<u64>, HostError> {
-        let Some(cache) = &self.cache else { return Ok(None) };
+        let Some(cache) = &self.metered.cache else { return Ok(None) };
         cache.bytes().map(Some).map_err(io_err("cannot read the artifact cache"))
     }
 
-    fn prepared_map(&self) -> std::sync::MutexGuard<'_, PreparedMap<Arc<Prepared>>> {
+    fn prepared_map(&self) -> std::sync::MutexGuard<'_, PreparedMap<Key, Arc<Prepared>>> {
         self.prepared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The component with `digest`, compiled at most once while this host keeps it: from
-    /// memory, else from the artifact cache, else from the bytes `fetch` delivers (verified
-    /// against the digest, checked against the `unit` world, compiled, and cached).
-    /// Concurrent calls for one digest share one preparation. What is kept is bounded by the
-    /// host's [`CacheBudget`]; a component that is no longer kept stays valid for whoever
-    /// holds it.
+    /// The component with `digest`, compiled for `metering` at most once while this host
+    /// keeps it: from memory, else from the artifact cache, else from the bytes `fetch`
+    /// delivers (verified against the digest, checked against the `unit` world, compiled,
+    /// and cached). Concurrent calls for one digest and metering share one preparation. What
+    /// is kept is bounded by the host's [`CacheBudget`]; a component that is no longer kept
+    /// stays valid for whoever holds it. Runs only tasks of its metering
+    /// ([`Metering::of`] their limits).
     pub async fn prepare<F, Fut>(
         &self,
         digest: Digest,
+        metering: Metering,
         fetch: F,
     ) -> Result<Arc<Prepared>, PrepareError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<u8>, PrepareError>>,
     {
-        let claim = Claim { host: self, digest, cell: self.prepared_map().cell(digest) };
+        let flavor = self
+            .flavor(metering)
+            .await
+            .map_err(|e| PrepareError::Fetch(format!("cannot start the engine: {e}")))?;
+        let key = (digest, metering);
+        let claim = Claim { host: self, key, cell: self.prepared_map().cell(key) };
         let prepared = claim
             .cell
             .get_or_try_init(|| async {
                 if let Some(component) =
-                    self.cache.as_ref().and_then(|c| c.load(&self.engine, &digest))
+                    flavor.cache.as_ref().and_then(|c| c.load(&flavor.engine, &digest))
                 {
-                    return self.pre(digest, component);
+                    return pre(flavor, digest, metering, component);
                 }
                 let bytes = fetch().await?;
-                self.compile(digest, bytes).await
+                compile(flavor, digest, metering, bytes).await
             })
             .await?
             .clone();
-        self.prepared_map().settle(digest, &claim.cell, prepared.cost);
+        self.prepared_map().settle(key, &claim.cell, prepared.cost);
         // Used from memory, the artifact on disk is used too: mark it now and then, so that
         // it does not age out of the disk cache while it is in demand.
-        if let Some(cache) = &self.cache {
+        if let Some(cache) = &flavor.cache {
             let due = {
                 let mut touched = prepared.touched.lock().unwrap_or_else(PoisonError::into_inner);
                 let due = touched.elapsed() >= ARTIFACT_TOUCH_INTERVAL;
@@ -463,96 +547,123 @@ impl WasmHost {
         Ok(prepared)
     }
 
-    /// Compiles bytes that must have `digest`.
-    async fn compile(&self, digest: Digest, bytes: Vec<u8>) -> Result<Arc<Prepared>, PrepareError> {
-        let found = Digest::of(&bytes);
-        if found != digest {
-            return Err(PrepareError::DigestMismatch { expected: digest, found });
-        }
-        let component = self.compile_unchecked(bytes).await?;
-        imports::check(&self.engine, &component)?;
-        if let Some(cache) = self.cache.clone() {
-            match component.serialize() {
-                Ok(artifact) => {
-                    // Off the async threads: the write, its fsync and the sweep of the
-                    // directory.
-                    let done = tokio::task::spawn_blocking(move || {
-                        (cache.store(&digest, &artifact), cache.sweep())
-                    })
-                    .await;
-                    let (stored, swept) = match done {
-                        Ok(r) => r,
-                        Err(e) => (Err(std::io::Error::other(e.to_string())), Ok(0)),
-                    };
-                    match stored {
-                        Ok(true) => {}
-                        Ok(false) => tracing::info!(
-                            %digest,
-                            "precompiled component larger than the whole artifact cache; not cached"
-                        ),
-                        Err(e) => {
-                            tracing::warn!(%digest, error = %e, "cannot cache the precompiled component")
-                        }
-                    }
-                    if let Err(e) = swept {
-                        tracing::warn!(error = %e, "cannot sweep the artifact cache");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(%digest, error = %format!("{e:#}"), "cannot serialize the component")
-                }
-            }
-        }
-        self.pre(digest, component)
-    }
-
-    /// Compiles bytes into a component without any policy check (for `agx au check`).
+    /// Compiles bytes into a component (for metered tasks) without any policy check (for
+    /// `agx au check`).
     pub async fn compile_unchecked(&self, bytes: Vec<u8>) -> Result<Component, PrepareError> {
-        describe_magic(&bytes)?;
-        let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
-            .await
-            .map_err(|e| PrepareError::Invalid(format!("compiler task failed: {e}")))?
-            .map_err(|e| PrepareError::Invalid(format!("{e:#}")))
+        compile_unchecked(&self.metered.engine, bytes).await
     }
 
-    /// Checks a component against the `unit` world; lists its imports, each with what the
-    /// host does with it, either way.
+    /// Checks a component (from [`WasmHost::compile_unchecked`]) against the `unit` world;
+    /// lists its imports, each with what the host does with it, either way.
     pub fn conformance(
         &self,
         component: &Component,
     ) -> (Vec<Import>, Result<(), ConformanceError>) {
+        let f = &self.metered;
         let verdict =
-            imports::check(&self.engine, component).and_then(|()| self.link(component).map(drop));
-        (imports::imports(&self.engine, component), verdict)
-    }
-
-    /// Pre-links a component against this host's linker.
-    fn link(&self, component: &Component) -> Result<CommandPre<TaskState>, ConformanceError> {
-        self.linker
-            .instantiate_pre(component)
-            .and_then(CommandPre::new)
-            .map_err(|e| ConformanceError::Link(format!("{e:#}")))
-    }
-
-    fn pre(&self, digest: Digest, component: Component) -> Result<Arc<Prepared>, PrepareError> {
-        imports::check(&self.engine, &component)?;
-        let imports = imports::imports(&self.engine, &component);
-        let pre = self.link(&component)?;
-        // The cost is the compiled image wasmtime keeps in memory for the component (code,
-        // data segments and metadata: the bytes `serialize` writes, so the same whether it
-        // was compiled here or loaded from the cache), plus a measured share of it for what
-        // the component holds besides (see `PREPARED_OVERHEAD_DIVISOR`).
-        let image = component.image_range();
-        let image = image.end.addr().saturating_sub(image.start.addr()) as u64;
-        let cost = image.saturating_add(image / PREPARED_OVERHEAD_DIVISOR);
-        Ok(Arc::new(Prepared { digest, pre, imports, cost, touched: Mutex::new(Instant::now()) }))
+            imports::check(&f.engine, component).and_then(|()| link_pre(f, component).map(drop));
+        (imports::imports(&f.engine, component), verdict)
     }
 
     /// The limits the pool was sized for.
     pub fn ceilings(&self) -> &Limits {
-        &self.ceilings
+        &self.config.ceilings
     }
+}
+
+/// Compiles bytes that must have `digest` with `flavor`'s engine, and caches the artifact.
+async fn compile(
+    flavor: &Flavor,
+    digest: Digest,
+    metering: Metering,
+    bytes: Vec<u8>,
+) -> Result<Arc<Prepared>, PrepareError> {
+    let found = Digest::of(&bytes);
+    if found != digest {
+        return Err(PrepareError::DigestMismatch { expected: digest, found });
+    }
+    let component = compile_unchecked(&flavor.engine, bytes).await?;
+    imports::check(&flavor.engine, &component)?;
+    if let Some(cache) = flavor.cache.clone() {
+        match component.serialize() {
+            Ok(artifact) => {
+                // Off the async threads: the write, its fsync and the sweep of the directory.
+                let done = tokio::task::spawn_blocking(move || {
+                    (cache.store(&digest, &artifact), cache.sweep())
+                })
+                .await;
+                let (stored, swept) = match done {
+                    Ok(r) => r,
+                    Err(e) => (Err(std::io::Error::other(e.to_string())), Ok(0)),
+                };
+                match stored {
+                    Ok(true) => {}
+                    Ok(false) => tracing::info!(
+                        %digest,
+                        "precompiled component larger than the whole artifact cache; not cached"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(%digest, error = %e, "cannot cache the precompiled component")
+                    }
+                }
+                if let Err(e) = swept {
+                    tracing::warn!(error = %e, "cannot sweep the artifact cache");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%digest, error = %format!("{e:#}"), "cannot serialize the component")
+            }
+        }
+    }
+    pre(flavor, digest, metering, component)
+}
+
+async fn compile_unchecked(engine: &Engine, bytes: Vec<u8>) -> Result<Component, PrepareError> {
+    describe_magic(&bytes)?;
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+        .await
+        .map_err(|e| PrepareError::Invalid(format!("compiler task failed: {e}")))?
+        .map_err(|e| PrepareError::Invalid(format!("{e:#}")))
+}
+
+/// Pre-links a component against `flavor`'s linker.
+fn link_pre(
+    flavor: &Flavor,
+    component: &Component,
+) -> Result<CommandPre<TaskState>, ConformanceError> {
+    flavor
+        .linker
+        .instantiate_pre(component)
+        .and_then(CommandPre::new)
+        .map_err(|e| ConformanceError::Link(format!("{e:#}")))
+}
+
+fn pre(
+    flavor: &Flavor,
+    digest: Digest,
+    metering: Metering,
+    component: Component,
+) -> Result<Arc<Prepared>, PrepareError> {
+    imports::check(&flavor.engine, &component)?;
+    let imports = imports::imports(&flavor.engine, &component);
+    let pre = link_pre(flavor, &component)?;
+    // The cost is the compiled image wasmtime keeps in memory for the component (code, data
+    // segments and metadata: the bytes `serialize` writes, so the same whether it was
+    // compiled here or loaded from the cache), plus a measured share of it for what the
+    // component holds besides (see `PREPARED_OVERHEAD_DIVISOR`).
+    let image = component.image_range();
+    let image = image.end.addr().saturating_sub(image.start.addr()) as u64;
+    let cost = image.saturating_add(image / PREPARED_OVERHEAD_DIVISOR);
+    Ok(Arc::new(Prepared {
+        digest,
+        metering,
+        engine: flavor.engine.clone(),
+        pre,
+        imports,
+        cost,
+        touched: Mutex::new(Instant::now()),
+    }))
 }
 
 /// One caller's hold on a prepared-component cell: when it ends, however (done, failed,
@@ -560,7 +671,7 @@ impl WasmHost {
 /// prepare do not pile up in the map.
 struct Claim<'a> {
     host: &'a WasmHost,
-    digest: Digest,
+    key: Key,
     cell: Arc<OnceCell<Arc<Prepared>>>,
 }
 
@@ -569,7 +680,7 @@ impl Drop for Claim<'_> {
         // Let go of the cell first (for a fresh empty one), so that the map's count of its
         // holders is right.
         drop(std::mem::take(&mut self.cell));
-        self.host.prepared_map().forget_if_idle(self.digest);
+        self.host.prepared_map().forget_if_idle(self.key);
     }
 }
 

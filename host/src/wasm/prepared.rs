@@ -1,5 +1,5 @@
-//! The prepared components a host keeps in memory: one cell per digest, so that concurrent
-//! `prepare` calls for one digest compile it once, bounded by an estimate of the bytes the
+//! The prepared components a host keeps in memory: one cell per key (a digest and how it is
+//! compiled), so that concurrent `prepare` calls for one key compile it once, bounded by an estimate of the bytes the
 //! ready ones hold, least recently used first out.
 //!
 //! A cell still being filled is never evicted (its compilation is shared by every caller
@@ -9,17 +9,17 @@
 //! digests that never prepare do not accumulate either.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 use std::sync::Arc;
 
-use agenix_proto::Digest;
 use tokio::sync::OnceCell;
 
-/// The prepared-component map: cells by digest, the ready ones in order of last use.
+/// The prepared-component map: cells by key, the ready ones in order of last use.
 #[derive(Debug)]
-pub(crate) struct PreparedMap<T> {
-    entries: HashMap<Digest, Entry<T>>,
+pub(crate) struct PreparedMap<K, T> {
+    entries: HashMap<K, Entry<T>>,
     /// Ready entries by the tick of their last use (ticks are unique), oldest first.
-    order: BTreeMap<u64, Digest>,
+    order: BTreeMap<u64, K>,
     tick: u64,
     bytes: u64,
     budget: u64,
@@ -32,7 +32,7 @@ struct Entry<T> {
     ready: Option<(u64, u64)>,
 }
 
-impl<T> PreparedMap<T> {
+impl<K: Copy + Eq + Hash, T> PreparedMap<K, T> {
     /// An empty map that keeps at most `budget` bytes of ready entries.
     pub(crate) fn new(budget: u64) -> Self {
         Self { entries: HashMap::new(), order: BTreeMap::new(), tick: 0, bytes: 0, budget }
@@ -44,7 +44,7 @@ impl<T> PreparedMap<T> {
     }
 
     /// The cell for `digest`, created empty if there is none; a ready entry counts as used.
-    pub(crate) fn cell(&mut self, digest: Digest) -> Arc<OnceCell<T>> {
+    pub(crate) fn cell(&mut self, digest: K) -> Arc<OnceCell<T>> {
         let tick = self.next_tick();
         let entry = self
             .entries
@@ -63,7 +63,7 @@ impl<T> PreparedMap<T> {
     /// value costing more than the whole budget is not kept at all. Does nothing when the
     /// entry was recorded already or `cell` is no longer the map's cell for `digest` (it was
     /// evicted meanwhile).
-    pub(crate) fn settle(&mut self, digest: Digest, cell: &Arc<OnceCell<T>>, cost: u64) {
+    pub(crate) fn settle(&mut self, digest: K, cell: &Arc<OnceCell<T>>, cost: u64) {
         let Some(entry) = self.entries.get(&digest) else { return };
         if !Arc::ptr_eq(&entry.cell, cell) || entry.ready.is_some() || !cell.initialized() {
             return;
@@ -88,7 +88,7 @@ impl<T> PreparedMap<T> {
 
     /// Forgets the cell of `digest` if it holds nothing and nobody else holds it: its
     /// preparation failed or was cancelled, and no caller is waiting to try again.
-    pub(crate) fn forget_if_idle(&mut self, digest: Digest) {
+    pub(crate) fn forget_if_idle(&mut self, digest: K) {
         // Clones of a cell are only made under the map's lock, which `&mut self` stands for,
         // so a count of 1 (the map's own) cannot grow while this runs.
         if let Some(entry) = self.entries.get(&digest)
@@ -114,20 +114,21 @@ impl<T> PreparedMap<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agenix_proto::Digest;
 
     fn d(n: u8) -> Digest {
         Digest::of(&[n])
     }
 
     /// Fills `digest`'s cell as a caller of `prepare` would, then settles it.
-    fn fill(map: &mut PreparedMap<u8>, digest: Digest, cost: u64) -> Arc<OnceCell<u8>> {
+    fn fill(map: &mut PreparedMap<Digest, u8>, digest: Digest, cost: u64) -> Arc<OnceCell<u8>> {
         let cell = map.cell(digest);
         cell.set(1).unwrap();
         map.settle(digest, &cell, cost);
         cell
     }
 
-    fn kept(map: &PreparedMap<u8>) -> Vec<Digest> {
+    fn kept(map: &PreparedMap<Digest, u8>) -> Vec<Digest> {
         map.order.values().copied().collect()
     }
 
@@ -188,7 +189,7 @@ mod tests {
 
     #[test]
     fn empty_cells_are_forgotten_once_nobody_holds_them() {
-        let mut map = PreparedMap::<u8>::new(100);
+        let mut map = PreparedMap::<Digest, u8>::new(100);
         let a = map.cell(d(1));
         let b = map.cell(d(1));
         drop(a);

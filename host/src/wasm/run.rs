@@ -14,17 +14,27 @@ impl WasmHost {
         if let Err(reason) = task.check() {
             return Ok(refused(reason, started));
         }
-        for ((name, asked), (_, max)) in limits.fields().into_iter().zip(self.ceilings.fields()) {
+        for ((name, asked), (_, max)) in
+            limits.fields().into_iter().zip(self.config.ceilings.fields())
+        {
             if asked > max {
+                let asked = agenix_proto::limits::show_limit(name, asked);
                 return Ok(refused(
                     format!("limits.{name} {asked} is above this host's ceiling of {max}"),
                     started,
                 ));
             }
         }
+        let metering = Metering::of(&limits);
+        if prepared.metering != metering {
+            return Err(HostError::Runtime(format!(
+                "component {} was prepared for {:?} tasks, not {metering:?} ones",
+                prepared.digest, prepared.metering
+            )));
+        }
         let scratch = tempfile::Builder::new()
             .prefix("task-")
-            .tempdir_in(&self.scratch_dir)
+            .tempdir_in(&self.config.scratch_dir)
             .map_err(io_err("cannot create the task's scratch directory"))?;
         let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
         let (stdout, stderr) = (CappedPipe::new(cap), CappedPipe::new(cap));
@@ -65,10 +75,12 @@ impl WasmHost {
             limiter: Limiter { limit: limits.memory_bytes, total: 0, peak: 0, denied: false },
             deadline: started + Duration::from_millis(limits.timeout_ms),
         };
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(&prepared.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(HOSTCALL_BYTES);
-        store.set_fuel(limits.fuel).map_err(|e| HostError::Runtime(format!("{e:#}")))?;
+        if metering == Metering::Fuel {
+            store.set_fuel(limits.fuel).map_err(|e| HostError::Runtime(format!("{e:#}")))?;
+        }
         // At each epoch tick: trap if past the deadline, else yield to the executor (which
         // lets the timeout and cancellation below take effect) until the next tick.
         store.set_epoch_deadline(1);
@@ -94,7 +106,10 @@ impl WasmHost {
                 e = watch_scratch(scratch.path().to_path_buf(), limits.file_bytes) => e,
             }
         };
-        let fuel_left = store.get_fuel().unwrap_or(0);
+        let fuel_consumed = match metering {
+            Metering::Fuel => Some(limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0))),
+            Metering::Unmetered => None,
+        };
         let limiter = &store.data().limiter;
         let denials = store.data().network.denials;
         if denials > 0 {
@@ -105,7 +120,7 @@ impl WasmHost {
             outcome,
             stdout: stdout.contents(),
             stderr: stderr.contents(),
-            fuel_consumed: Some(limits.fuel.saturating_sub(fuel_left)),
+            fuel_consumed,
             wall: started.elapsed(),
             peak_memory: limiter.peak,
             setup: None,

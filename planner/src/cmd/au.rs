@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use agenix_host::output::sanitize_stderr;
-use agenix_host::wasm::{ImportKind, PrepareError, WasmHost};
+use agenix_host::wasm::{ImportKind, Metering, PrepareError, WasmHost};
 use agenix_host::{Grant, WasmTask};
 use agenix_proto::card::Card;
 use agenix_proto::{Digest, Limits, Outcome};
@@ -110,8 +110,9 @@ impl AuCommand {
 pub(crate) struct RunAu {
     /// The component.
     file: PathBuf,
-    /// Fuel (roughly, wasm instructions).
-    #[arg(long)]
+    /// Fuel (roughly, wasm instructions), or `unmetered`: no fuel is counted (faster for
+    /// compute-bound AUs) and the timeout alone bounds the AU.
+    #[arg(long, value_parser = parse_fuel)]
     fuel: Option<u64>,
     /// Memory limit, in bytes or with a unit (64M, 1G).
     #[arg(long, value_parser = parse_bytes)]
@@ -151,11 +152,26 @@ fn exit_code_for(outcome: &Outcome) -> ExitCode {
     }
 }
 
+/// `--fuel`: a whole number in range, or `unmetered`.
+fn parse_fuel(s: &str) -> Result<u64, String> {
+    if s == agenix_proto::limits::UNMETERED_NAME {
+        return Ok(agenix_proto::UNMETERED);
+    }
+    match s.parse::<u64>() {
+        Ok(n @ 1..=agenix_proto::UNMETERED) => Ok(n),
+        _ => Err(format!(
+            "fuel is a whole number from 1 to {} or \"unmetered\"",
+            agenix_proto::UNMETERED
+        )),
+    }
+}
+
 /// How an `agx au run` ended, as reported on stderr.
 struct Ending<'a> {
     name: &'a str,
     outcome: &'a Outcome,
-    fuel_consumed: u64,
+    /// `None` when unmetered.
+    fuel_consumed: Option<u64>,
     /// From when agx started reading stdin.
     wall: Duration,
     peak_memory: u64,
@@ -191,12 +207,12 @@ impl Ending<'_> {
         if !stderr.is_empty() && !stderr.ends_with('\n') {
             writeln!(err)?;
         }
+        let fuel = self.fuel_consumed.map_or_else(|| "unmetered".into(), |f| f.to_string());
         writeln!(
             err,
-            "agx: {}: {} (fuel {}, {wall_ms} ms, peak memory {})",
+            "agx: {}: {} (fuel {fuel}, {wall_ms} ms, peak memory {})",
             self.name,
             self.outcome.label(),
-            self.fuel_consumed,
             show_bytes(self.peak_memory)
         )?;
         if let Outcome::Trapped { message } | Outcome::Refused { reason: message } = self.outcome {
@@ -227,7 +243,7 @@ async fn prepare_bytes(
     bytes: Vec<u8>,
 ) -> Result<std::sync::Arc<agenix_host::wasm::Prepared>> {
     let digest = Digest::of(&bytes);
-    host.prepare(digest, || async { Ok(bytes) })
+    host.prepare(digest, Metering::Fuel, || async { Ok(bytes) })
         .await
         .with_context(|| format!("cannot run {}", file.display()))
 }
@@ -247,6 +263,7 @@ impl RunAu {
             output_bytes: self.output.unwrap_or(Limits::DEFAULT.output_bytes),
             ..Limits::DEFAULT
         };
+        // Every value in range (fuel at the maximum is `unmetered`).
         for ((name, v), (_, max)) in limits.fields().into_iter().zip(Limits::ABSOLUTE.fields()) {
             if v > max || v == 0 {
                 bail!("--{name}: {v} is outside 1..={max}");
@@ -267,7 +284,11 @@ impl RunAu {
         let bytes = read_component(&self.file)?;
         // A component the sandbox refuses ends like one it stopped: exit 125.
         let prepared = rt
-            .block_on(local.wasm.prepare(Digest::of(&bytes), || async { Ok(bytes) }))
+            .block_on(
+                local
+                    .wasm
+                    .prepare(Digest::of(&bytes), Metering::of(&limits), || async { Ok(bytes) }),
+            )
             .map_err(|e| crate::output::Coded {
                 code: 125,
                 message: format!("the sandbox refuses {}: {e}", self.file.display()),
@@ -287,7 +308,7 @@ impl RunAu {
             let ending = Ending {
                 name: &name,
                 outcome: &Outcome::TimedOut,
-                fuel_consumed: 0,
+                fuel_consumed: limits.is_metered().then_some(0),
                 wall: start.elapsed(),
                 peak_memory: 0,
                 stderr: "",
@@ -323,7 +344,7 @@ impl RunAu {
         let ending = Ending {
             name: &name,
             outcome: &run.outcome,
-            fuel_consumed: run.fuel_consumed.unwrap_or(0),
+            fuel_consumed: run.fuel_consumed,
             wall,
             peak_memory: run.peak_memory,
             stderr: &stderr,
@@ -499,9 +520,11 @@ impl Push {
         let card = runtime()?.block_on(async {
             let digest = Digest::of(&bytes);
             let b = bytes.clone();
-            local.wasm.prepare(digest, || async { Ok(b) }).await.map_err(|e: PrepareError| {
-                anyhow::Error::new(e).context(format!("cannot push {}", self.file.display()))
-            })?;
+            local.wasm.prepare(digest, Metering::Fuel, || async { Ok(b) }).await.map_err(
+                |e: PrepareError| {
+                    anyhow::Error::new(e).context(format!("cannot push {}", self.file.display()))
+                },
+            )?;
             Ok::<_, anyhow::Error>(describe(&local.wasm, &self.file, bytes.clone()).await)
         })?;
         let (name, card) = match (self.name, card) {
