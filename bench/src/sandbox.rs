@@ -188,7 +188,7 @@ pub(crate) async fn overhead(runs: usize, dir: &Path) -> Result<Section> {
         }
     }
 
-    let native = sibling("wc")?;
+    let native = sibling("au-wc")?;
     let out = run(&mut Command::new(&native), line.clone(), &[])?;
     if out != expected {
         bail!("the native wc printed {out:?}, the sandbox {expected:?}");
@@ -264,7 +264,7 @@ pub(crate) async fn compute(runs: usize, dir: &Path) -> Result<Section> {
         let file = if job.json { "100mb.jsonl" } else { "100mb.log" };
         let p = prepare(&h, job.wasm, Metering::Fuel).await?;
         let pu = prepare(&h, job.wasm, Metering::Unmetered).await?;
-        let native = sibling(job.name)?;
+        let native = sibling(&format!("au-{}", job.name))?;
         let gnu = tool(job.gnu, None);
         let (mut w, mut u, mut n, mut g) = (vec![], vec![], vec![], vec![]);
         let mut same_as_gnu = true;
