@@ -806,6 +806,52 @@ async fn metered_and_unmetered_artifacts_are_cached_apart_and_each_reused() {
     }
 }
 
+fn engine_dirs(root: &Path) -> Vec<String> {
+    let mut out: Vec<String> = fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("wasmtime-"))
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn an_unmetered_engine_that_cannot_start_is_named_and_metered_tasks_go_on() {
+    let cache = tempfile::tempdir().unwrap();
+    let metered = {
+        let _h = Harness::with(1, Some(cache.path()));
+        engine_dirs(cache.path())
+    };
+    {
+        let h = Harness::with(1, Some(cache.path()));
+        h.host.start_unmetered().await.unwrap();
+    }
+    let unmetered: Vec<_> =
+        engine_dirs(cache.path()).into_iter().filter(|d| !metered.contains(d)).collect();
+    assert_eq!(unmetered.len(), 1, "{unmetered:?}");
+    // Something that is not a directory where the unmetered engine keeps its artifacts.
+    let blocked = cache.path().join(&unmetered[0]);
+    fs::remove_dir_all(&blocked).unwrap();
+    fs::write(&blocked, b"x").unwrap();
+    let h = Harness::with(1, Some(cache.path()));
+    let e = h.host.start_unmetered().await.unwrap_err().to_string();
+    assert!(e.contains("(engine of unmetered tasks)"), "{e}");
+    let bytes = fs::read(programs::GUEST_ECHO).unwrap();
+    let b = bytes.clone();
+    let e = h
+        .host
+        .prepare(Digest::of(&bytes), Metering::Unmetered, || async { Ok(b) })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot start the engine"), "{e}");
+    h.assert_healthy().await;
+    // Once the fault is gone, the engine starts, without a new host.
+    fs::remove_file(&blocked).unwrap();
+    h.host.start_unmetered().await.unwrap();
+}
+
 #[tokio::test]
 async fn precompiled_artifacts_are_reused_and_damaged_ones_recompiled() {
     let cache = tempfile::tempdir().unwrap();

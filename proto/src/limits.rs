@@ -102,18 +102,24 @@ mod fuel {
     #[serde(untagged)]
     enum Fuel {
         Units(u64),
+        Signed(i64),
+        Float(f64),
         Word(String),
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        match Option::<Fuel>::deserialize(d) {
-            Ok(None) => Ok(None),
-            Ok(Some(Fuel::Units(n))) => Ok(Some(n)),
-            Ok(Some(Fuel::Word(w))) if w == UNMETERED_NAME => Ok(Some(UNMETERED)),
-            _ => Err(de::Error::custom(format!(
-                "fuel must be a whole number or \"{UNMETERED_NAME}\""
-            ))),
-        }
+        let what = match Option::<Fuel>::deserialize(d) {
+            Ok(None) => return Ok(None),
+            Ok(Some(Fuel::Units(n))) => return Ok(Some(n)),
+            Ok(Some(Fuel::Word(w))) if w == UNMETERED_NAME => return Ok(Some(UNMETERED)),
+            Ok(Some(Fuel::Word(w))) => format!("{w:?}"),
+            Ok(Some(Fuel::Signed(n))) => n.to_string(),
+            Ok(Some(Fuel::Float(f))) => f.to_string(),
+            Err(_) => "that".to_string(),
+        };
+        Err(de::Error::custom(format!(
+            "fuel must be a whole number or \"{UNMETERED_NAME}\", not {what}"
+        )))
     }
 }
 
@@ -202,9 +208,17 @@ mod tests {
         assert_eq!(fuel_of(r#"{"fuel": 5}"#), Ok(Some(5)));
         assert_eq!(fuel_of(r#"{"fuel": "unmetered"}"#), Ok(Some(UNMETERED)));
         assert_eq!(fuel_of("{}"), Ok(None));
-        for bad in [r#""lots""#, "-1", "1.5", r#""UNMETERED""#, "[]"] {
+        for (bad, named) in [
+            (r#""lots""#, r#"not "lots""#),
+            ("-1", "not -1"),
+            ("1.5", "not 1.5"),
+            (r#""UNMETERED""#, r#"not "UNMETERED""#),
+            (r#""unmetered ""#, r#"not "unmetered ""#),
+            ("[]", "not that"),
+        ] {
             let e = fuel_of(&format!(r#"{{"fuel": {bad}}}"#)).unwrap_err();
-            assert!(e.contains(r#"fuel must be a whole number or "unmetered""#), "{bad}: {e}");
+            let want = format!(r#"fuel must be a whole number or "unmetered", {named}"#);
+            assert!(e.contains(&want), "{bad}: {e}");
         }
         let unmetered = TaskLimits { fuel: Some(UNMETERED), ..TaskLimits::default() };
         let json = serde_json::to_string(&unmetered).unwrap();

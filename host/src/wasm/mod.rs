@@ -257,6 +257,14 @@ impl Metering {
     pub fn of(limits: &Limits) -> Self {
         if limits.is_metered() { Self::Fuel } else { Self::Unmetered }
     }
+
+    /// `metered` or `unmetered`, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fuel => "metered",
+            Self::Unmetered => "unmetered",
+        }
+    }
 }
 
 /// One engine, with its epoch ticker, its linker and its directory in the artifact cache.
@@ -302,8 +310,13 @@ impl Flavor {
         link(&mut linker).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         let cache = match &config.cache_dir {
             Some(dir) => {
-                let cache = ArtifactCache::open(dir, &engine, budget.artifact_bytes)
-                    .map_err(io_err(format!("cannot open the artifact cache {}", dir.display())))?;
+                let cache = ArtifactCache::open(dir, &engine, budget.artifact_bytes).map_err(
+                    io_err(format!(
+                        "cannot open the artifact cache {} (engine of {} tasks)",
+                        dir.display(),
+                        metering.name()
+                    )),
+                )?;
                 if let Err(e) = cache.sweep() {
                     tracing::warn!(dir = %dir.display(), error = %e, "cannot sweep the artifact cache");
                 }
@@ -443,6 +456,13 @@ impl WasmHost {
                     .await
             }
         }
+    }
+
+    /// Starts the engine of unmetered tasks now rather than at the first such task, so that
+    /// a host that cannot have it knows at once (a worker then stops offering unmetered
+    /// tasks). Does nothing if it runs already.
+    pub async fn start_unmetered(&self) -> Result<(), HostError> {
+        self.flavor(Metering::Unmetered).await.map(drop)
     }
 
     /// The engines started so far.

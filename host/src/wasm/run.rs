@@ -28,8 +28,10 @@ impl WasmHost {
         let metering = Metering::of(&limits);
         if prepared.metering != metering {
             return Err(HostError::Runtime(format!(
-                "component {} was prepared for {:?} tasks, not {metering:?} ones",
-                prepared.digest, prepared.metering
+                "component {} was prepared for {} tasks, not {} ones",
+                prepared.digest,
+                prepared.metering.name(),
+                metering.name()
             )));
         }
         let scratch = tempfile::Builder::new()

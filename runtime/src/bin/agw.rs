@@ -234,7 +234,7 @@ fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
         let (n, cfg) = MountConfig::parse(m).map_err(anyhow::Error::msg)?;
         mounts.insert(n, cfg);
     }
-    let resources = Resources { mounts, defaults: Limits::DEFAULT.min(&ceilings), ceilings };
+    let mut resources = Resources { mounts, defaults: Limits::DEFAULT.min(&ceilings), ceilings };
     let mut allow = Allowlist::new();
     for (n, spec) in file.tools.clone() {
         allow.allow(n, spec.entry())?;
@@ -270,6 +270,19 @@ fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
             scratch_dir: scratch.path().join("wasm"),
             allocator: Allocator::Auto,
         })?);
+        // Tasks without fuel need the second engine: started now, so that a worker that
+        // cannot have it lowers its fuel ceiling (the queue then offers such tasks to other
+        // workers) rather than failing each one it is given.
+        if !ceilings.is_metered()
+            && let Err(e) = wasm.start_unmetered().await
+        {
+            tracing::error!(
+                error = %e,
+                "cannot start the engine of unmetered tasks; this worker declines them"
+            );
+            resources.ceilings.fuel = agenix_proto::UNMETERED - 1;
+            resources.defaults = resources.defaults.min(&resources.ceilings);
+        }
         let native = if allow.names().next().is_some() {
             let host = NativeHost::new(NativeConfig {
                 helper: Helper::current_exe().context("cannot find this program")?,
