@@ -163,13 +163,6 @@ async fn w01_unmetered_infinite_loop_times_out_and_counts_no_fuel() {
     assert_eq!(r.fuel_consumed, None, "an unmetered task counts no fuel");
     assert!(r.wall >= Duration::from_millis(300), "{:?}", r.wall);
     assert!(r.wall < Duration::from_secs(10), "stopped only after {:?}", r.wall);
-    // One below the maximum is metered: the guest runs out of fuel (a smaller fuel makes it
-    // quick; the point is the engine that counts).
-    let r = h
-        .run_with(programs::GUEST_SPIN, &[], b"", vec![], Limits { fuel: 50_000_000, ..limits() })
-        .await;
-    assert_eq!(r.outcome, Outcome::OutOfFuel);
-    assert_eq!(r.fuel_consumed, Some(50_000_000));
     h.assert_healthy().await;
 }
 
@@ -775,11 +768,7 @@ async fn metered_and_unmetered_artifacts_are_cached_apart_and_each_reused() {
             h.host.prepare(digest, m, || async { Ok(b) }).await.unwrap();
         }
     }
-    let engines: Vec<_> = fs::read_dir(cache.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with("wasmtime-"))
-        .collect();
+    let engines = engine_dirs(cache.path());
     assert_eq!(engines.len(), 2, "one engine directory per metering: {engines:?}");
     assert_eq!(artifacts(cache.path()), artifact_names(&[digest, digest]));
     // A new process (host) loads each from its own directory, fetching nothing, and each

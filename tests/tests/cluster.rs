@@ -578,16 +578,7 @@ fn a_job_no_worker_can_run_says_why_it_waits() {
     let jobs = c.submit(c.path("slow.json").to_str().unwrap(), &[&example("data/app.log")]);
     let says = "no registered worker can run it (small: limits.timeout_ms 2000 is over its \
                 ceiling of 1000)";
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = c.agx(&["jobs", "show", &jobs[0]]);
-        let shown = text(&out.stdout);
-        if shown.contains(&format!("waits: {says}")) {
-            break;
-        }
-        assert!(std::time::Instant::now() < until, "{shown}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until_it_waits(&c, &jobs[0], says);
     // With --json, a `waiting` record follows the job.
     let json = c.ok(&["--json", "jobs", "show", &jobs[0]]);
     let waiting: serde_json::Value = serde_json::from_str(json.lines().nth(1).unwrap()).unwrap();
@@ -636,15 +627,7 @@ fn an_unmetered_task_waits_for_a_worker_without_a_fuel_ceiling_and_counts_no_fue
     let jobs = c.submit(c.path("unmetered.json").to_str().unwrap(), &[&example("data/app.log")]);
     let says = "no registered worker can run it (capped: limits.fuel unmetered is over its \
                 ceiling of 1000000000)";
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let shown = text(&c.agx(&["jobs", "show", &jobs[0]]).stdout);
-        if shown.contains(&format!("waits: {says}")) {
-            break;
-        }
-        assert!(std::time::Instant::now() < until, "{shown}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until_it_waits(&c, &jobs[0], says);
     c.worker("open", &[]);
     let j = c.wait_job(&jobs[0], Duration::from_secs(120), |j| state(j) == "succeeded");
     assert_eq!(j["attempts"], 1);
@@ -660,6 +643,19 @@ fn an_unmetered_task_waits_for_a_worker_without_a_fuel_ceiling_and_counts_no_fue
     };
     assert_eq!(fuel("counted"), "-", "{shown}");
     assert!(fuel("sorted").parse::<u64>().is_ok_and(|f| f > 0), "{shown}");
+}
+
+/// Waits (up to a minute) until `agx jobs show JOB` says the job waits because `says`.
+fn wait_until_it_waits(c: &Cluster, job: &str, says: &str) {
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let shown = text(&c.agx(&["jobs", "show", job]).stdout);
+        if shown.contains(&format!("waits: {says}")) {
+            return;
+        }
+        assert!(std::time::Instant::now() < until, "{shown}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// `agx submit --input -` submits standard input as a job's input, as `agx run` does.

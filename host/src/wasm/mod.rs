@@ -465,11 +465,6 @@ impl WasmHost {
         self.flavor(Metering::Unmetered).await.map(drop)
     }
 
-    /// The engines started so far.
-    fn flavors(&self) -> impl Iterator<Item = &Flavor> {
-        std::iter::once(&self.metered).chain(self.unmetered.get())
-    }
-
     /// Whether the pooling allocator is in use (by the engine of metered tasks).
     pub fn is_pooled(&self) -> bool {
         self.metered.pooled
@@ -483,10 +478,10 @@ impl WasmHost {
     /// Component instances currently allocated in the pools (0 when idle), or `None` when
     /// allocating on demand.
     pub fn live_instances(&self) -> Option<u64> {
-        self.flavors()
-            .map(|f| f.engine.pooling_allocator_metrics().map(|m| m.component_instances()))
-            .reduce(|a, b| Some(a? + b.unwrap_or(0)))
-            .flatten()
+        let live =
+            |f: &Flavor| f.engine.pooling_allocator_metrics().map(|m| m.component_instances());
+        let metered = live(&self.metered)?;
+        Some(metered + self.unmetered.get().and_then(live).unwrap_or(0))
     }
 
     /// Bytes of prepared components this host keeps in memory (the sum of their
