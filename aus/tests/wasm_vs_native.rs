@@ -93,6 +93,7 @@ async fn wasm_and_native_builds_agree() {
             stdin: Bytes::from(input.clone()),
             grants: vec![],
             limits: Limits { memory_bytes: 256 << 20, ..Limits::DEFAULT },
+            scratch: true,
         };
         let w = host.run(&prepared, task).await.unwrap();
         let n = common::run(native(name), &args, &input);

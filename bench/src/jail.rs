@@ -69,6 +69,7 @@ pub(crate) async fn spawn(runs: usize, dir: &Path) -> Result<Section> {
         stdin,
         grants: vec![],
         limits: Limits::DEFAULT,
+        scratch: true,
     };
     let bw = tool("bwrap", None);
     s.command("# in process: NativeHost::run (the jail agw uses), LC_ALL=C, stdin from memory");

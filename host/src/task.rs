@@ -27,6 +27,8 @@ pub struct Task<P> {
     pub grants: Vec<Grant>,
     /// The limits it runs under.
     pub limits: Limits,
+    /// Whether it has a private, writable `/tmp` of up to `limits.file_bytes`.
+    pub scratch: bool,
 }
 
 /// A task for the wasm sandbox: the program is the AU's `argv[0]` (usually its name).
@@ -141,6 +143,7 @@ mod tests {
             stdin: Bytes::new(),
             grants: vec![],
             limits: Limits::DEFAULT,
+            scratch: true,
         }
     }
 

@@ -11,7 +11,7 @@ use std::process::Command;
 
 const GUESTS: &[&str] = &[
     "spin", "grow", "sleep", "fs", "fill", "flood", "socket", "exit", "random", "echo", "randloop",
-    "unlinked", "tryspin", "nap", "net",
+    "unlinked", "tryspin", "nap", "net", "residue",
 ];
 const AUS: &[&str] =
     &["grep", "wc", "sort", "uniq", "head", "tail", "cut", "jq", "csv2json", "sha256sum"];

@@ -109,8 +109,27 @@ impl Jail {
             stdin: Bytes::copy_from_slice(stdin),
             grants,
             limits,
+            scratch: true,
         };
+        self.run_task(task).await
+    }
+
+    async fn run_task(&self, task: NativeTask) -> Finished {
         tokio::time::timeout(Duration::from_secs(120), self.host.run(task)).await.unwrap().unwrap()
+    }
+
+    /// The attack tool, in a jail without a scratch `/tmp` (a plan's `"scratch": false`).
+    async fn attack_without_scratch(&self, args: &[&str], limits: Limits) -> Finished {
+        let task = NativeTask {
+            program: tool("attack"),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            stdin: Bytes::new(),
+            grants: vec![],
+            limits,
+            scratch: false,
+        };
+        self.run_task(task).await
     }
 
     async fn attack(&self, args: &[&str]) -> Finished {
@@ -217,6 +236,16 @@ async fn s01_writes_outside_the_workdir_are_denied() {
     assert!(!outside.exists());
     let ok = j.attack(&["write", "/tmp/fine"]).await;
     assert_eq!(lines(&ok), ["ok write /tmp/fine: written"], "the private /tmp is writable");
+}
+
+#[tokio::test]
+async fn s01_a_task_without_scratch_has_no_writable_tmp() {
+    let Some(j) = full_jail("S1 (no scratch)").await else { return };
+    let r = j.attack_without_scratch(&["write", "/tmp/fine", "/tmp/../tmp/x"], limits()).await;
+    assert_denied(&r);
+    // It still runs where it starts, reading what its jail holds.
+    let r = j.attack_without_scratch(&["read", "/etc/passwd"], limits()).await;
+    assert!(lines(&r).iter().all(|l| l.starts_with("ok read")), "{:?}", lines(&r));
 }
 
 #[tokio::test]
@@ -563,6 +592,7 @@ async fn s16_only_allowlisted_tools_run_and_never_a_shell() {
             stdin: Bytes::new(),
             grants: vec![],
             limits: limits(),
+            scratch: true,
         };
         let r = host.run(task).await.unwrap();
         let Outcome::Refused { reason } = &r.outcome else { panic!("{:?}", r.outcome) };
@@ -777,6 +807,7 @@ async fn s14_only_allowed_variables_reach_the_tool() {
         stdin: Bytes::new(),
         grants: vec![],
         limits: limits(),
+        scratch: true,
     };
     let r = j.host.run(task(&[("LC_ALL", "C"), ("TZ", "UTC")])).await.unwrap();
     let ls = lines(&r);
@@ -845,6 +876,9 @@ async fn s06_without_a_memory_cgroup_scratch_past_half_the_memory_is_refused() {
     let r = j.attack_with(&["diskfill"], vec![], past).await;
     let Outcome::Refused { reason } = &r.outcome else { panic!("{:?}", r.outcome) };
     assert!(reason.contains("file_bytes 67108865 is over half of memory_bytes"), "{reason}");
+    // A task without a /tmp has no RAM to set aside for it: it runs, and cannot write.
+    let r = j.attack_without_scratch(&["write", "/tmp/x"], past).await;
+    assert_denied(&r);
 }
 
 /// Tasks are forked by one long-lived zygote; one that dies (killed, out of memory) is
@@ -915,6 +949,7 @@ async fn data_over_the_tools_own_files_runs_the_tool_and_nothing_else() {
         stdin: Bytes::new(),
         grants: vec![],
         limits: limits(),
+        scratch: true,
     };
     let r = host.run(task).await.unwrap();
     let (out, err) = (String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));

@@ -36,6 +36,7 @@ async fn a_scratch_directory_that_cannot_be_measured_stops_the_task() {
         stdin: bytes::Bytes::new(),
         grants: vec![],
         limits: Limits { file_bytes: 64 << 20, timeout_ms: 60_000, ..Limits::DEFAULT },
+        scratch: true,
     };
     let r = host.run(&prepared, task).await.unwrap();
     setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();

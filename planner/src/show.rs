@@ -7,7 +7,7 @@ use agenix_proto::{Plan, Run, Stdin};
 
 /// One line per task (its id, what runs, what feeds its stdin, and whether it is the
 /// output), then everything else that changes what it does: its arguments, environment,
-/// limits and mounts.
+/// limits, mounts and whether it has a `/tmp`.
 pub(crate) fn describe_tasks(plan: &Plan) -> String {
     let mut s = String::new();
     for t in &plan.tasks {
@@ -51,6 +51,9 @@ pub(crate) fn describe_tasks(plan: &Plan) -> String {
                 agenix_proto::Access::ReadWrite => "rw",
             };
             s.push_str(&format!("  {:<16} mount {} at {} ({access})\n", "", m.name, m.path));
+        }
+        if !t.scratch {
+            s.push_str(&format!("  {:<16} no /tmp\n", ""));
         }
     }
     s

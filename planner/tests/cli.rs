@@ -128,6 +128,18 @@ fn plan_sign_then_verify_as_the_readme_shows() {
     assert!(shown.contains("wasm grep@0123456789ab"), "{shown}");
     let unverified = s.ok(&["plan", "show", "plan.env"]);
     assert!(unverified.contains("NOT verified"), "{unverified}");
+    assert!(!unverified.contains("no /tmp"), "{unverified}");
+
+    // A task without a scratch /tmp says so, in text and in JSON.
+    let plan = locked_plan().replace(r#""args": ["-u"],"#, r#""args": ["-u"], "scratch": false,"#);
+    s.write("no-tmp.json", &plan);
+    s.ok(&["plan", "sign", "no-tmp.json", "--key", "alice.key", "--out", "no-tmp.env"]);
+    let shown = s.ok(&["plan", "show", "no-tmp.env"]);
+    assert_eq!(shown.matches("no /tmp").count(), 1, "{shown}");
+    let rec = &json_lines(&s.ok(&["--json", "plan", "show", "no-tmp.env"]))[0];
+    let scratch: Vec<_> =
+        rec["data"]["tasks"].as_array().unwrap().iter().map(|t| &t["scratch"]).collect();
+    assert_eq!(scratch, [true, false], "{rec}");
 }
 
 #[test]

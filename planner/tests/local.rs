@@ -187,6 +187,23 @@ fn au_run_unmetered_counts_no_fuel_and_stops_at_the_timeout() {
 }
 
 #[test]
+fn au_run_gives_a_scratch_tmp_unless_told_not_to() {
+    let t = TestDir::new();
+    let write = |extra: &[&str]| {
+        let mut args = vec!["au", "run", programs::GUEST_FS];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "write", "/tmp/x"]);
+        t.agx(&args)
+    };
+    let out = write(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "ok\n");
+    let out = write(&["--no-scratch"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).starts_with("ok"), "{}", text(&out.stdout));
+}
+
+#[test]
 fn au_run_mounts_a_directory_read_only_unless_asked() {
     let t = TestDir::new();
     fs::create_dir(t.path("logs")).unwrap();

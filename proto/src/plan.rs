@@ -88,6 +88,23 @@ pub struct Task {
     /// What the task asks for; the rest takes the worker's defaults.
     #[serde(default, skip_serializing_if = "TaskLimits::is_empty")]
     pub limits: TaskLimits,
+    /// Whether the task has a private, writable `/tmp` of up to `limits.file_bytes`.
+    /// Omitted means it has (as plans written before the field); `false` means it has none,
+    /// which spares the worker making one.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub scratch: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 /// What a task runs.

@@ -604,3 +604,25 @@ fn a_plan_is_signed_at_exactly_the_size_limit_and_refused_a_byte_past_it() {
         "{err}"
     );
 }
+
+#[test]
+fn a_task_may_ask_for_no_scratch_and_plans_without_the_field_keep_theirs() {
+    // Plans written before the field: every task has its /tmp, and nothing new is written.
+    let old = plan();
+    assert!(old.tasks.iter().all(|t| t.scratch));
+    assert!(!serde_json::to_string(&old).unwrap().contains("scratch"));
+    // `false` is kept, and survives signing and verification.
+    let json = plan_json().replacen(r#""args":["-u"],"#, r#""args":["-u"],"scratch":false,"#, 1);
+    let p = Plan::from_json(json.as_bytes()).unwrap();
+    assert_eq!(p.tasks.iter().map(|t| t.scratch).collect::<Vec<_>>(), [true, false]);
+    assert!(serde_json::to_string(&p).unwrap().contains(r#""scratch":false"#));
+    let k = key(1);
+    let env = sign_plan(&p, &k).unwrap().to_json();
+    let verified = verify(&env, &trust_with(&[("alice", &k)])).unwrap();
+    assert!(!verified.plan().tasks[1].scratch);
+    // Anything but a boolean is named.
+    let err =
+        plan_err(&plan_json().replacen(r#""args":["-u"],"#, r#""args":["-u"],"scratch":"no","#, 1));
+    let v = &err.violations()[0];
+    assert_eq!((v.rule, v.path.as_str()), ("json", "tasks[1].scratch"), "{}", v.message);
+}

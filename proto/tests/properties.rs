@@ -98,6 +98,7 @@ fn valid_plan() -> impl Strategy<Value = Plan> {
                     stdin,
                     mounts,
                     limits,
+                    scratch: i % 2 == 0,
                 });
             }
             let output = tasks[tasks.len() - 1].id.clone();

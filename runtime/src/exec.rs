@@ -416,6 +416,7 @@ impl<S: ComponentSource> HostRunner<S> {
             stdin,
             grants,
             limits,
+            scratch: task.scratch,
         })
     }
 

@@ -94,6 +94,22 @@ fn example_plans_run_through_the_queue_and_a_worker() {
     // agx result gives the same output again.
     let out = c.agx(&["jobs", "result", "1"]);
     assert_eq!(text(&out.stdout), LOG_ERRORS);
+    // The same without a /tmp for any task (a plan's `"scratch": false`).
+    let mut plans = vec!["log-errors.json"];
+    if doctor.status.success() {
+        plans.push("log-errors-native.json");
+    }
+    for name in plans {
+        let plan = std::fs::read_to_string(example(name)).unwrap();
+        let plan = plan.replace(r#""run":"#, r#""scratch": false, "run":"#);
+        assert_eq!(plan.matches("scratch").count(), 4, "{plan}");
+        let path = c.path(&format!("no-tmp-{name}"));
+        std::fs::write(&path, plan).unwrap();
+        let p = path.to_str().unwrap();
+        let out = c.agx(&["submit", p, "--input", &example("data/app.log"), "--watch"]);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), LOG_ERRORS, "{name}");
+    }
 }
 
 #[test]

@@ -28,9 +28,9 @@ pub(crate) const LANDLOCK_ABI_USED: i64 = 6;
 /// tool could start (`sort --compress-program`, `find -exec`, a file it wrote) runs.
 ///
 /// In the jail (`jailed`), everything in the root is the tool's to read (it holds nothing
-/// else), and /tmp and read-write mounts to write. Without namespaces (degraded mode) the
-/// root is the host's: the tool reads only what its jail would have held, and writes only
-/// its scratch directory.
+/// else), and /tmp (if it has one) and read-write mounts to write. Without namespaces
+/// (degraded mode) the root is the host's: the tool reads only what its jail would have
+/// held, and writes only its scratch directory (if it has one).
 pub(super) fn landlock(
     spec: &JailSpec,
     tool: BorrowedFd<'_>,
@@ -49,7 +49,9 @@ pub(super) fn landlock(
     let mut rules: Vec<(PathBuf, landlock::BitFlags<AccessFs>)> = Vec::new();
     if jailed {
         rules.push(("/".into(), read));
-        rules.push(("/tmp".into(), write));
+        if spec.tmp_bytes.is_some() {
+            rules.push(("/tmp".into(), write));
+        }
         for m in &spec.mounts {
             rules.push((m.guest.clone().into(), if m.writable { write } else { read }));
         }
@@ -60,7 +62,8 @@ pub(super) fn landlock(
             }
         }
         rules.push(("/proc".into(), read));
-        rules.push((spec.root.clone(), write));
+        let scratch = if spec.tmp_bytes.is_some() { write } else { read };
+        rules.push((spec.root.clone(), scratch));
     }
     for dev in ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"] {
         rules.push((dev.into(), AccessFs::from_file(abi)));

@@ -71,8 +71,11 @@ pub enum Unfit {
 /// Without a memory cgroup, the RAM of the jail's /tmp (a tmpfs of `file_bytes`) comes out
 /// of the task's memory: RLIMIT_AS gets what is left. Half of the memory at most, so a tool
 /// keeps room to run; past that the bound cannot be kept and the task is refused. Returns
-/// the address-space limit.
-fn scratch_without_cgroup(limits: &Limits) -> Result<u64, String> {
+/// the address-space limit (all of the memory for a task without a /tmp).
+fn scratch_without_cgroup(limits: &Limits, scratch: bool) -> Result<u64, String> {
+    if !scratch {
+        return Ok(limits.memory_bytes);
+    }
     if limits.file_bytes > limits.memory_bytes / 2 {
         return Err(format!(
             "without a memory cgroup this worker's /tmp comes out of the task's memory, and \
@@ -214,6 +217,7 @@ impl NativeHost {
             stdin: Bytes::new(),
             grants: vec![],
             limits: Limits { timeout_ms: 10_000, ..Limits::DEFAULT },
+            scratch: true,
         };
         let run = self
             .run_entry(&entry, &system, task, self.features())
@@ -367,7 +371,7 @@ impl NativeHost {
         let refuse = |reason: String| Ok(Finished::refused(reason, started.elapsed()));
         let env = task.env.iter().map(|(k, _)| k.as_str());
         let mounts: Vec<&str> = task.grants.iter().map(|g| g.guest.as_str()).collect();
-        if let Err(unfit) = self.fits(&task.program, env, &mounts, &task.limits) {
+        if let Err(unfit) = self.fits(&task.program, env, &mounts, &task.limits, task.scratch) {
             return refuse(unfit.to_string());
         }
         // `fits` found it.
@@ -389,7 +393,7 @@ impl NativeHost {
     /// variable allowed for the tool ([`BASE_ENV`] and its entry's own), no directory over
     /// or inside the tool's own files, directories only where the jail has a mount
     /// namespace to put them in (degraded mode without one has no guest paths to map them
-    /// to, and never widens access instead), and a `/tmp` it can bound. A worker asks this
+    /// to, and never widens access instead), and a `/tmp` it can bound (if `scratch`). A worker asks this
     /// before taking a job: a refusal is its own lack, not the plan's fault.
     pub fn fits<'a>(
         &self,
@@ -397,6 +401,7 @@ impl NativeHost {
         env: impl IntoIterator<Item = &'a str>,
         mounts: &[&str],
         limits: &Limits,
+        scratch: bool,
     ) -> Result<(), Unfit> {
         let Some(allowed) = self.config.allowlist.tools.get(tool) else {
             return Err(Unfit::Tool(format!("tool \"{tool}\" is not in this worker's allowlist")));
@@ -414,7 +419,7 @@ impl NativeHost {
             )));
         }
         if self.cgroups.is_none() {
-            scratch_without_cgroup(limits).map_err(Unfit::Limits)?;
+            scratch_without_cgroup(limits, scratch).map_err(Unfit::Limits)?;
         }
         // A directory mounted over the tool's own files would hide them (or its libraries),
         // one mounted inside them would be made in a read-only bind.
@@ -476,7 +481,7 @@ impl NativeHost {
             },
             None => None,
         };
-        let rlimit_as = match (&cg, scratch_without_cgroup(&limits)) {
+        let rlimit_as = match (&cg, scratch_without_cgroup(&limits, task.scratch)) {
             (Some(_), _) => None,
             (None, Ok(address_space)) => Some(address_space),
             (None, Err(reason)) => {
@@ -511,7 +516,7 @@ impl NativeHost {
                 .collect(),
             system: system.entries.clone(),
             root,
-            tmp_bytes: limits.file_bytes,
+            tmp_bytes: task.scratch.then_some(limits.file_bytes),
             rlimit_as,
             rlimit_nproc: cg.is_none().then_some(limits.pids),
             rlimit_fsize: limits.file_bytes,

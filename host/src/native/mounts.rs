@@ -283,12 +283,15 @@ pub(super) fn build_root(spec: &JailSpec) -> Result<(), String> {
         }
     }
 
-    // A private, size-capped /tmp, where nothing written can be executed.
-    tmpfs(
-        &tmp,
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        &format!("size={},nr_inodes=65536,mode=1777", spec.tmp_bytes.max(4096)),
-    )?;
+    // A private, size-capped /tmp, where nothing written can be executed; without one, /tmp
+    // is an empty directory of the read-only root.
+    if let Some(bytes) = spec.tmp_bytes {
+        tmpfs(
+            &tmp,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            &format!("size={},nr_inodes=65536,mode=1777", bytes.max(4096)),
+        )?;
+    }
 
     // The operator's directories. Each path is resolved exactly once, here, into a
     // descriptor, and that very directory is bound through /proc/self/fd: nothing swapped

@@ -35,7 +35,7 @@ pub(crate) struct JailSpec {
     /// An empty directory the helper may mount the new root on.
     pub root: PathBuf,
     /// Bytes the private /tmp may hold.
-    pub tmp_bytes: u64,
+    pub tmp_bytes: Option<u64>,
     /// Address-space limit (RLIMIT_AS), when no memory cgroup enforces memory.
     pub rlimit_as: Option<u64>,
     /// Process limit (RLIMIT_NPROC), when no pids cgroup enforces it.

@@ -10,25 +10,28 @@
 //! dropping the future) one blocked inside a host call.
 //!
 //! Denied by default: a task sees no environment variables but the ones it is given, no
-//! directories but its mounts and a private scratch `/tmp`, and no network at all. The
+//! directories but its mounts and (unless it asks for none) a private scratch `/tmp`, and no
+//! network at all. The
 //! sockets and http interfaces that language runtimes import are linked with every way out
 //! denied (`network.rs`: no socket, name lookup or request is ever made); a component
 //! importing anything else outside the `unit` world is refused before it is instantiated.
 //!
 //! Here: the engine, the linker and preparing components (compiled once per digest, kept in
 //! `prepared.rs` and on disk in `cache.rs`, its imports sorted into granted, denied and
-//! refused in `imports.rs`); `run.rs` is one run of a prepared component.
+//! refused in `imports.rs`); `run.rs` is one run of a prepared component, `scratch.rs` the
+//! tasks' `/tmp` directories.
 
 mod cache;
 pub mod imports;
 mod network;
 mod prepared;
 mod run;
+mod scratch;
 
 pub use run::TaskState;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -43,6 +46,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 use self::cache::ArtifactCache;
 pub use self::imports::{ConformanceError, Import, ImportKind};
 use self::prepared::PreparedMap;
+use self::scratch::ScratchPool;
 use crate::output::CappedPipe;
 use crate::task::{Finished, HostError, WasmTask};
 
@@ -69,6 +73,9 @@ const TABLES_PER_COMPONENT: u32 = 8;
 const MAX_RESOURCES: usize = 4096;
 /// Table elements one task may allocate.
 const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+/// Bytes of each pooled memory and table kept resident between tasks (see [`pooling`]). At
+/// most this much per slot stays in RAM while idle; 256 KiB to 4 MiB ran alike here.
+const KEEP_RESIDENT_BYTES: usize = 1 << 20;
 /// A prepared component is counted as its compiled image plus this fraction of it
 /// (`image / PREPARED_OVERHEAD_DIVISOR`) for what it holds besides: its type and module
 /// metadata on the heap, the instance-pre, and the copy-on-write memory images wasmtime makes
@@ -340,6 +347,7 @@ pub struct WasmHost {
     /// Prepared components of both engines, by digest and metering, in one budget.
     prepared: Mutex<PreparedMap<Key, Arc<Prepared>>>,
     slots: Semaphore,
+    scratch: ScratchPool,
 }
 
 /// What a prepared component is kept by.
@@ -377,6 +385,14 @@ fn pooling(config: &WasmConfig) -> PoolingAllocationConfig {
         .max_tables_per_component(TABLES_PER_COMPONENT)
         .max_memory_size(max_memory)
         .table_elements(MAX_TABLE_ELEMENTS);
+    // Where the kernel can tell which pages a task touched (PAGEMAP_SCAN, Linux 6.7), those
+    // are zeroed in place for the next task rather than handed back and faulted in again.
+    // (Without it, zeroing a fixed prefix costs more than it saves.)
+    if PoolingAllocationConfig::is_pagemap_scan_available() {
+        p.pagemap_scan(wasmtime::Enabled::Yes)
+            .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+            .table_keep_resident(KEEP_RESIDENT_BYTES);
+    }
     p
 }
 
@@ -429,11 +445,13 @@ impl WasmHost {
             "cannot create scratch directory {}",
             config.scratch_dir.display()
         )))?;
+        let slots = config.max_concurrent.max(1) as usize;
         Ok(Self {
             metered,
             unmetered: OnceCell::new(),
             prepared: Mutex::new(PreparedMap::new(budget.prepared_bytes)),
-            slots: Semaphore::new(config.max_concurrent.max(1) as usize),
+            slots: Semaphore::new(slots),
+            scratch: ScratchPool::new(config.scratch_dir.clone(), slots),
             config,
             budget,
         })
@@ -468,6 +486,12 @@ impl WasmHost {
     /// Whether the pooling allocator is in use (by the engine of metered tasks).
     pub fn is_pooled(&self) -> bool {
         self.metered.pooled
+    }
+
+    /// Whether pooled memories keep the pages a task touched resident for the next task
+    /// (the pooling allocator, on a kernel with `PAGEMAP_SCAN`).
+    pub fn keeps_pages_resident(&self) -> bool {
+        self.metered.pooled && PoolingAllocationConfig::is_pagemap_scan_available()
     }
 
     /// The engine of metered tasks.

@@ -34,10 +34,14 @@ impl WasmHost {
                 metering.name()
             )));
         }
-        let scratch = tempfile::Builder::new()
-            .prefix("task-")
-            .tempdir_in(&self.config.scratch_dir)
-            .map_err(io_err("cannot create the task's scratch directory"))?;
+        let scratch = match task.scratch {
+            true => Some(
+                self.scratch
+                    .take()
+                    .map_err(io_err("cannot create the task's scratch directory"))?,
+            ),
+            false => None,
+        };
         let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
         let (stdout, stderr) = (CappedPipe::new(cap), CappedPipe::new(cap));
 
@@ -57,8 +61,11 @@ impl WasmHost {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }));
-        b.preopened_dir(scratch.path(), "/tmp", FsPerms::ReadWrite)
-            .map_err(|e| HostError::Runtime(format!("cannot open the scratch directory: {e:#}")))?;
+        if let Some(scratch) = &scratch {
+            b.preopened_dir(scratch.path(), "/tmp", FsPerms::ReadWrite).map_err(|e| {
+                HostError::Runtime(format!("cannot open the scratch directory: {e:#}"))
+            })?;
+        }
         for g in &task.grants {
             let perms = match g.access {
                 Access::ReadOnly => FsPerms::ReadOnly,
@@ -94,6 +101,12 @@ impl WasmHost {
             }
         });
 
+        let watch = async {
+            match &scratch {
+                Some(dir) => scratch::watch(dir.path().to_path_buf(), limits.file_bytes).await,
+                None => std::future::pending().await,
+            }
+        };
         let ended = {
             let pre = &prepared.pre;
             let store = &mut store;
@@ -105,7 +118,7 @@ impl WasmHost {
                 biased;
                 r = run => Ended::Returned(r),
                 () = tokio::time::sleep(Duration::from_millis(limits.timeout_ms)) => Ended::TimedOut,
-                e = watch_scratch(scratch.path().to_path_buf(), limits.file_bytes) => e,
+                e = watch => e,
             }
         };
         let fuel_consumed = match metering {
@@ -118,13 +131,18 @@ impl WasmHost {
             tracing::info!(program = %task.program, denials, "network calls denied");
         }
         let outcome = classify(ended, limiter.denied, &stdout, &stderr);
+        // The store holds the guest's descriptors, in the scratch directory among others:
+        // it goes first.
+        let peak_memory = limiter.peak;
+        drop(store);
+        drop(scratch);
         Ok(Finished {
             outcome,
             stdout: stdout.contents(),
             stderr: stderr.contents(),
             fuel_consumed,
             wall: started.elapsed(),
-            peak_memory: limiter.peak,
+            peak_memory,
             setup: None,
         })
     }
@@ -206,7 +224,7 @@ impl wasmtime::ResourceLimiter for Limiter {
 }
 
 /// How a run ended, before it is classified.
-enum Ended {
+pub(super) enum Ended {
     Returned(wasmtime::Result<Result<(), ()>>),
     TimedOut,
     ScratchFull,
@@ -286,76 +304,4 @@ fn classify(
             }
         }
     }
-}
-
-/// Resolves when the scratch directory holds more than `cap` bytes or too many entries. The
-/// count runs off the async threads.
-/// Fails closed: a scratch directory it cannot measure ends the task too.
-async fn watch_scratch(dir: PathBuf, cap: u64) -> Ended {
-    let mut tick = tokio::time::interval(SCRATCH_POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let d = dir.clone();
-        match tokio::task::spawn_blocking(move || usage(&d)).await {
-            Ok(Ok((bytes, entries))) => {
-                if bytes > cap || entries > SCRATCH_MAX_ENTRIES {
-                    return Ended::ScratchFull;
-                }
-            }
-            Ok(Err(e)) => return Ended::ScratchUnmeasured(e.to_string()),
-            Err(e) => return Ended::ScratchUnmeasured(e.to_string()),
-        }
-    }
-}
-
-/// Bytes (apparent sizes) and entries in the scratch directory: every file under it, not
-/// following symlinks, plus files under it that were deleted while still open (their space
-/// stays in use; this process holds their descriptors on the guest's behalf). Stops
-/// counting once past the entry cap. A directory that vanished while it was being walked is
-/// skipped; any other failure (no descriptors left, say) is an error.
-fn usage(dir: &Path) -> std::io::Result<(u64, u64)> {
-    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
-    let (mut bytes, mut entries) = (0u64, 0u64);
-    let mut seen = std::collections::HashSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let rd = match std::fs::read_dir(&d) {
-            Ok(rd) => rd,
-            Err(e) if gone(&e) => continue,
-            Err(e) => return Err(e),
-        };
-        for e in rd {
-            let e = match e {
-                Ok(e) => e,
-                Err(e) if gone(&e) => continue,
-                Err(e) => return Err(e),
-            };
-            entries += 1;
-            if entries > SCRATCH_MAX_ENTRIES {
-                return Ok((bytes, entries));
-            }
-            let Ok(meta) = e.path().symlink_metadata() else { continue };
-            if meta.is_dir() {
-                stack.push(e.path());
-            } else if seen.insert(std::os::unix::fs::MetadataExt::ino(&meta)) {
-                bytes = bytes.saturating_add(meta.len());
-            }
-        }
-    }
-    for fd in std::fs::read_dir("/proc/self/fd")? {
-        let fd = fd?;
-        let Ok(target) = std::fs::read_link(fd.path()) else { continue };
-        let target = target.to_string_lossy();
-        let Some(path) = target.strip_suffix(" (deleted)") else { continue };
-        if !Path::new(path).starts_with(dir) {
-            continue;
-        }
-        if let Ok(meta) = std::fs::metadata(fd.path())
-            && seen.insert(std::os::unix::fs::MetadataExt::ino(&meta))
-        {
-            bytes = bytes.saturating_add(meta.len());
-        }
-    }
-    Ok((bytes, entries))
 }

@@ -127,6 +127,9 @@ pub(crate) struct RunAu {
     /// A directory the AU sees at /NAME: NAME=DIR[:ro|rw] (read-only by default).
     #[arg(long = "mount", value_name = "NAME=DIR[:ro|rw]", value_parser = parse_mount)]
     mounts: Vec<(agenix_proto::MountName, MountConfig)>,
+    /// No scratch /tmp for the AU (as a plan's `"scratch": false`).
+    #[arg(long)]
+    no_scratch: bool,
     /// An environment variable for the AU: KEY=VALUE.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -325,6 +328,7 @@ impl RunAu {
             stdin: Bytes::from(stdin),
             grants,
             limits: Limits { timeout_ms: left_ms, ..limits },
+            scratch: !self.no_scratch,
         };
         let run = rt.block_on(local.wasm.run(&prepared, task))?;
         let wall = start.elapsed();
@@ -384,6 +388,8 @@ pub(crate) async fn describe(host: &WasmHost, file: &Path, bytes: Vec<u8>) -> Re
         stdin: Bytes::new(),
         grants: vec![],
         limits,
+        // Reading the card needs no files.
+        scratch: false,
     };
     let run = host.run(&prepared, task).await?;
     if !run.outcome.is_success() {

@@ -143,6 +143,7 @@ fn task_summary(plan: &Plan) -> Vec<serde_json::Value> {
             serde_json::json!({
                 "id": t.id, "kind": kind, "name": what, "digest": digest, "args": t.args,
                 "stdin": t.stdin, "mounts": t.mounts, "limits": t.limits,
+                "scratch": t.scratch,
             })
         })
         .collect()

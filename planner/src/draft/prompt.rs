@@ -205,6 +205,7 @@ pub(crate) fn schema(catalog: &Catalog) -> Value {
         "args": { "type": "array", "items": { "type": "string", "maxLength": MAX_ARG_BYTES / 4 }, "maxItems": MAX_ARGS },
         "env": { "type": "object", "additionalProperties": { "type": "string" }, "maxProperties": MAX_ENV },
         "stdin": stdin,
+        "scratch": { "type": "boolean" },
         "limits": {
             "type": "object", "additionalProperties": false,
             "properties": {

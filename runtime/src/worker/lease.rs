@@ -98,7 +98,7 @@ impl Worker {
             let Ok(limits) = self.settings.resources.limits(task) else { return Ok(()) };
             let env = task.env.keys().map(String::as_str);
             let mounts: Vec<&str> = task.mounts.iter().map(|m| m.path.as_str()).collect();
-            host.fits(&n.tool, env, &mounts, &limits).map_err(|u| {
+            host.fits(&n.tool, env, &mounts, &limits, task.scratch).map_err(|u| {
                 let lack = match u {
                     Unfit::Env(_) => Lack::Env,
                     Unfit::Mounts(_) => Lack::Mount,
