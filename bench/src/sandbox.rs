@@ -101,9 +101,10 @@ pub(crate) async fn overhead(runs: usize, dir: &Path) -> Result<Section> {
         "Per-task overhead of a warm AU",
         "The `wc` AU on one line of stdin, time per task (mean of each run's tasks): in the \
          sandbox, precompiled and warm (a fresh store, instance, WASI context, limits and \
-         captured stdio per task); under `wasmtime run` with its compilation cache enabled \
-         and warm (a process per task, as the CLI is used); and a plain spawn of the same AU \
-         built natively.",
+         captured stdio per task); as one whole `agx au run` process with its compiled \
+         artifact cached (an AU author's loop); under `wasmtime run` with its compilation \
+         cache enabled and warm (a process per task, as the CLI is used); and a plain spawn \
+         of the same AU built natively.",
     );
     let h = host(None, dir)?;
     s.note(format!(
@@ -197,6 +198,23 @@ pub(crate) async fn overhead(runs: usize, dir: &Path) -> Result<Section> {
             ));
         }
     }
+
+    // An AU author's loop: one whole `agx au run` process, its compiled artifact cached.
+    let agx = sibling("agx")?;
+    let agx_cache = dir.join("agx-cache");
+    let au_run = || {
+        let mut c = Command::new(&agx);
+        c.env("AGX_CACHE", &agx_cache).args(["au", "run", programs::AU_WC]);
+        c
+    };
+    // The first run compiles and fills the cache.
+    let out = run(&mut au_run(), line.clone(), &[])?;
+    if out != expected {
+        bail!("agx au run printed {out:?}, the sandbox {expected:?}");
+    }
+    let times = per_call(runs, 50, || run(&mut au_run(), line.clone(), &[]).map(drop))?;
+    s.command(format!("{} < one-line.txt", show(&au_run())));
+    s.add(Figure::ms("`agx au run`, one process, artifact cached", &times));
 
     let native = sibling("au-wc")?;
     let out = run(&mut Command::new(&native), line.clone(), &[])?;

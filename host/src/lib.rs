@@ -13,6 +13,7 @@
 
 pub mod native;
 pub mod output;
+pub mod process_dir;
 pub mod report;
 pub mod task;
 pub mod wasm;

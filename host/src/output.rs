@@ -144,15 +144,19 @@ fn secret_patterns() -> &'static Regex {
     RE.get_or_init(|| {
         // A constant pattern, exercised by the tests below: it always compiles.
         #[allow(clippy::expect_used, reason = "constant pattern, covered by tests")]
+        // Case is ignored only in the words people write either way (`Bearer`, `PASSWORD`):
+        // folding the case of whole character classes made compiling this pattern take
+        // most of a short `agx au run`. The other forms are fixed by their issuers, and
+        // `[[:alpha:]]` in the key header stands for letters of either case.
         Regex::new(concat!(
-            r"(?i)(?:",
-            r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
+            r"(?:",
+            r"-----BEGIN [[:alpha:] ]*PRIVATE KEY-----[\s\S]*?(?:-----END [[:alpha:] ]*PRIVATE KEY-----|$)",
             r"|\bAKIA[0-9A-Z]{16}\b",
             r"|\bgh[pousr]_[A-Za-z0-9]{30,}\b",
             r"|\bxox[abprs]-[A-Za-z0-9-]{10,}",
             r"|\bsk-[A-Za-z0-9_-]{20,}",
-            r"|\bbearer\s+[A-Za-z0-9._~+/=-]{16,}",
-            r"|\b(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)\s*[=:]\s*\S+",
+            r"|\b(?i:bearer)\s+[A-Za-z0-9._~+/=-]{16,}",
+            r"|\b(?i:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)\s*[=:]\s*\S+",
             r"|\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",
             r")"
         ))
@@ -166,6 +170,9 @@ fn secret_patterns() -> &'static Regex {
 /// tokens replaced by `[REDACTED]`, and at most [`REPORT_STDERR_BYTES`] bytes kept (marked
 /// when cut).
 pub fn sanitize_stderr(raw: &[u8]) -> String {
+    if raw.is_empty() {
+        return String::new();
+    }
     // Look at a bounded prefix: a flood is cut anyway.
     let window = &raw[..raw.len().min(REPORT_STDERR_BYTES * 4)];
     let text = String::from_utf8_lossy(window);
@@ -225,6 +232,13 @@ mod tests {
         }
         assert!(out.ends_with("after"), "{out}");
         assert_eq!(out.matches("[REDACTED]").count(), 5, "{out}");
+        // The words people write in any case are matched in any case.
+        let raw = "PASSWORD: s3cret1 BEARER abcdefghijklmnop5678 Api_Key=k3y9 tOkEn = t0k\n";
+        let out = sanitize_stderr(raw.as_bytes());
+        for secret in ["s3cret1", "abcdefghijklmnop5678", "k3y9", "t0k"] {
+            assert!(!out.contains(secret), "{secret} leaked: {out}");
+        }
+        assert_eq!(sanitize_stderr(b""), "");
     }
 
     #[test]

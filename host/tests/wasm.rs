@@ -652,36 +652,93 @@ fn scratch_dirs(h: &Harness) -> Vec<PathBuf> {
 }
 
 #[tokio::test]
-async fn w06_an_emptied_scratch_directory_serves_the_next_task_and_a_used_one_goes() {
+async fn w06_an_untouched_scratch_directory_serves_the_next_task_and_a_used_one_goes() {
     let h = Harness::new();
     let list = |scratch| {
         h.run_scratch(programs::GUEST_FS, &["list", "/tmp"], b"", vec![], limits(), scratch)
     };
     for _ in 0..5 {
-        assert_eq!(stdout(&list(true).await), "ok \n");
+        let r = h.run(programs::GUEST_ECHO, &[]).await;
+        assert_eq!(r.outcome, Outcome::Exited { code: 0 });
     }
-    // One after another, the tasks shared one directory.
+    // One after another, the tasks that never touched /tmp shared one directory.
     let kept = scratch_dirs(&h);
     assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(stdout(&list(true).await), "ok \n");
     // A task that leaves something behind: its directory is removed, not handed on.
     let w = h.run(programs::GUEST_FS, &["mkdir", "/tmp/left"]).await;
     assert_eq!(stdout(&w), "ok\n");
     assert_eq!(scratch_dirs(&h), Vec::<PathBuf>::new());
     let r = list(true).await;
     assert_eq!(stdout(&r), "ok \n", "the next task sees an empty /tmp");
-    let fresh = scratch_dirs(&h);
-    assert_eq!(fresh.len(), 1);
+    // (Listing it may have set its access time: then it is not kept either.)
+    assert!(scratch_dirs(&h).len() <= 1);
     // Nor is a file left behind.
     let w = h.run(programs::GUEST_FS, &["write", "/tmp/f"]).await;
     assert_eq!(stdout(&w), "ok\n");
     assert_eq!(scratch_dirs(&h), Vec::<PathBuf>::new(), "a written file is not left for the next");
+    // Nor what a task could say through an empty directory: its times.
+    let set = h.run(programs::GUEST_FS, &["settime", "/tmp", "12345"]).await;
+    assert_eq!(stdout(&set), "ok\n");
+    assert_eq!(
+        scratch_dirs(&h),
+        Vec::<PathBuf>::new(),
+        "a directory whose times were set is not kept"
+    );
+    let read = h.run(programs::GUEST_FS, &["mtime", "/tmp"]).await;
+    assert!(stdout(&read).starts_with("ok ") && stdout(&read) != "ok 12345\n", "{}", stdout(&read));
     // Without a scratch, there is no /tmp at all, and no directory is made for it.
+    let before = scratch_dirs(&h);
     let r = list(false).await;
     assert_eq!(r.outcome, Outcome::Exited { code: 1 }, "{}", stdout(&r));
     let w =
         h.run_scratch(programs::GUEST_FS, &["write", "/tmp/f"], b"", vec![], limits(), false).await;
     assert_eq!(w.outcome, Outcome::Exited { code: 1 }, "{}", stdout(&w));
-    assert_eq!(scratch_dirs(&h), Vec::<PathBuf>::new());
+    assert_eq!(scratch_dirs(&h), before);
+}
+
+/// What a task leaves in its scratch counts when it ends, however soon: the same task is
+/// over its limit whether or not the watch looked in time.
+#[tokio::test]
+async fn w06_scratch_over_the_limit_at_the_end_is_caught_however_short_the_task() {
+    let h = Harness::new();
+    for _ in 0..5 {
+        let r = h
+            .run_with(
+                programs::GUEST_FS,
+                &["write", "/tmp/f"],
+                b"",
+                vec![],
+                Limits { file_bytes: 4, ..limits() },
+            )
+            .await;
+        assert_eq!(r.outcome, Outcome::OutputExceeded { stream: "scratch".into() });
+    }
+    // At the limit, it succeeds ("written by guest" is 16 bytes).
+    let r = h
+        .run_with(
+            programs::GUEST_FS,
+            &["write", "/tmp/f"],
+            b"",
+            vec![],
+            Limits { file_bytes: 16, ..limits() },
+        )
+        .await;
+    assert_eq!(r.outcome, Outcome::Exited { code: 0 });
+    // A mount over /tmp would hide the scratch (and its limit): refused.
+    let dir = h.path("data");
+    fs::create_dir_all(&dir).unwrap();
+    let r = h
+        .run_with(
+            programs::GUEST_FS,
+            &["write", "/tmp/f"],
+            b"",
+            grant(&dir, "/tmp", Access::ReadWrite),
+            limits(),
+        )
+        .await;
+    let Outcome::Refused { reason } = &r.outcome else { panic!("{:?}", r.outcome) };
+    assert!(reason.contains("would hide the task's scratch /tmp"), "{reason}");
 }
 
 #[tokio::test]

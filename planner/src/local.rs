@@ -62,11 +62,9 @@ impl LocalHost {
                 .context("no cache directory: set AGX_CACHE")?
                 .join("agenix"),
         };
-        let scratch = tempfile::Builder::new()
-            .prefix(&format!("{SCRATCH_PREFIX}{}-", std::process::id()))
-            .tempdir()
+        // Those of agx invocations that were killed are swept.
+        let scratch = agenix_host::process_dir::create(SCRATCH_PREFIX)
             .context("cannot create a scratch directory")?;
-        sweep_stale_scratch(scratch.path());
         let wasm = WasmHost::new(WasmConfig {
             ceilings,
             max_concurrent: 8,
@@ -80,31 +78,6 @@ impl LocalHost {
 
 /// How an invocation's scratch directory is named: this, its process id, a dash, a suffix.
 const SCRATCH_PREFIX: &str = "agx-scratch-";
-
-/// Removes the scratch directories beside `ours` (of the same owner) left by agx
-/// invocations that are gone: killed, they could not remove their own. One whose process
-/// still runs is kept.
-fn sweep_stale_scratch(ours: &std::path::Path) {
-    use std::os::unix::fs::MetadataExt;
-    let (Some(tmp), Ok(mine)) = (ours.parent(), ours.metadata()) else { return };
-    let Ok(entries) = std::fs::read_dir(tmp) else { return };
-    let me = mine.uid();
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let ours = e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
-        if ours && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-}
 
 impl LocalHost {
     /// The scratch directory of this invocation (removed on exit).

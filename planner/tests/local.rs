@@ -201,6 +201,14 @@ fn au_run_gives_a_scratch_tmp_unless_told_not_to() {
     let out = write(&["--no-scratch"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(!text(&out.stdout).starts_with("ok"), "{}", text(&out.stdout));
+    // A directory at /tmp only in the scratch's place.
+    fs::create_dir(t.path("mine")).unwrap();
+    let out = write(&["--mount", "tmp=mine:rw"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("pass --no-scratch to mount a directory there"));
+    let out = write(&["--mount", "tmp=mine:rw", "--no-scratch"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(t.path("mine/x").is_file());
 }
 
 #[test]

@@ -661,6 +661,37 @@ fn an_unmetered_task_waits_for_a_worker_without_a_fuel_ceiling_and_counts_no_fue
     assert!(fuel("sorted").parse::<u64>().is_ok_and(|f| f > 0), "{shown}");
 }
 
+/// A worker killed outright cannot remove its temporary directory (its tasks' scratch, its
+/// jails' roots): the next worker on the machine does.
+#[test]
+fn a_killed_workers_temporary_directory_is_removed_by_the_next_worker() {
+    let mut c = Cluster::start(&[]);
+    c.worker("first", &[]);
+    let pid = c.worker_pid("first");
+    let find =
+        || {
+            std::fs::read_dir(std::env::temp_dir()).unwrap().flatten().map(|e| e.path()).find(|p| {
+                p.file_name().unwrap().to_string_lossy().starts_with(&format!("agw-{pid}-"))
+            })
+        };
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let dir = loop {
+        if let Some(dir) = find() {
+            break dir;
+        }
+        assert!(std::time::Instant::now() < until, "worker {pid} made no agw-{pid}-* directory");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    c.kill_worker("first");
+    assert!(dir.is_dir(), "SIGKILL leaves {} behind", dir.display());
+    c.worker("second", &[]);
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while dir.exists() {
+        assert!(std::time::Instant::now() < until, "{} was not removed", dir.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits (up to a minute) until `agx jobs show JOB` says the job waits because `says`.
 fn wait_until_it_waits(c: &Cluster, job: &str, says: &str) {
     let until = std::time::Instant::now() + Duration::from_secs(60);

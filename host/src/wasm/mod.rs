@@ -347,7 +347,7 @@ pub struct WasmHost {
     /// Prepared components of both engines, by digest and metering, in one budget.
     prepared: Mutex<PreparedMap<Key, Arc<Prepared>>>,
     slots: Semaphore,
-    scratch: ScratchPool,
+    scratch: Arc<ScratchPool>,
 }
 
 /// What a prepared component is kept by.
@@ -451,7 +451,7 @@ impl WasmHost {
             unmetered: OnceCell::new(),
             prepared: Mutex::new(PreparedMap::new(budget.prepared_bytes)),
             slots: Semaphore::new(slots),
-            scratch: ScratchPool::new(config.scratch_dir.clone(), slots),
+            scratch: Arc::new(ScratchPool::new(config.scratch_dir.clone(), slots)),
             config,
             budget,
         })

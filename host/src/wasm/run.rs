@@ -67,6 +67,12 @@ impl WasmHost {
             })?;
         }
         for g in &task.grants {
+            if scratch.is_some() && std::path::Path::new(&g.guest).starts_with("/tmp") {
+                return Ok(refused(
+                    format!("mount {} would hide the task's scratch /tmp", g.guest),
+                    started,
+                ));
+            }
             let perms = match g.access {
                 Access::ReadOnly => FsPerms::ReadOnly,
                 Access::ReadWrite => FsPerms::ReadWrite,
@@ -130,12 +136,35 @@ impl WasmHost {
         if denials > 0 {
             tracing::info!(program = %task.program, denials, "network calls denied");
         }
-        let outcome = classify(ended, limiter.denied, &stdout, &stderr);
-        // The store holds the guest's descriptors, in the scratch directory among others:
-        // it goes first.
+        let denied = limiter.denied;
         let peak_memory = limiter.peak;
+        // The store holds the guest's descriptors, in the scratch directory among others:
+        // it goes first. Then what the task left in its scratch counts, whenever it was
+        // written (the watch may not have looked since).
         drop(store);
-        drop(scratch);
+        let ended = match scratch {
+            Some(scratch) if scratch.touched() => {
+                let count = matches!(ended, Ended::Returned(_));
+                let left = tokio::task::spawn_blocking(move || scratch.discard(count))
+                    .await
+                    .map_err(|e| HostError::Runtime(format!("scratch count failed: {e}")))?;
+                match left {
+                    Some(Ok((bytes, entries)))
+                        if bytes > limits.file_bytes || entries > SCRATCH_MAX_ENTRIES =>
+                    {
+                        Ended::ScratchFull
+                    }
+                    Some(Err(e)) => Ended::ScratchUnmeasured(e.to_string()),
+                    _ => ended,
+                }
+            }
+            Some(scratch) => {
+                scratch.recycle();
+                ended
+            }
+            None => ended,
+        };
+        let outcome = classify(ended, denied, &stdout, &stderr);
         Ok(Finished {
             outcome,
             stdout: stdout.contents(),

@@ -272,6 +272,12 @@ impl RunAu {
                 bail!("--{name}: {v} is outside 1..={max}");
             }
         }
+        if !self.no_scratch && self.mounts.iter().any(|(name, _)| name.as_str() == "tmp") {
+            bail!(
+                "--mount tmp=...: /tmp is the AU's scratch directory; pass --no-scratch to \
+                 mount a directory there"
+            );
+        }
         let grants = self
             .mounts
             .iter()

@@ -246,10 +246,9 @@ fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
     let degraded = args.danger_degraded || file.danger_degraded;
     std::fs::create_dir_all(&cache_dir)
         .with_context(|| format!("cannot create {}", cache_dir.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix("agw-")
-        .tempdir()
-        .context("cannot create a scratch directory")?;
+    // Its tasks' scratch and its jails' roots; those of killed workers are swept.
+    let scratch =
+        agenix_host::process_dir::create("agw-").context("cannot create a scratch directory")?;
     let rt = runtime()?;
     rt.block_on(async move {
         // Listening for SIGTERM and SIGINT from the start: a signal sent the moment the
@@ -344,9 +343,7 @@ fn nix_hostname() -> Option<String> {
 
 fn doctor(json: bool, danger_degraded: bool) -> Result<ExitCode> {
     let rt = runtime()?;
-    let scratch = tempfile::Builder::new()
-        .prefix("agw-doctor-")
-        .tempdir()
+    let scratch = agenix_host::process_dir::create("agw-doctor-")
         .context("cannot create a scratch directory")?;
     let host = rt.block_on(NativeHost::new(NativeConfig {
         helper: Helper::current_exe().context("cannot find this program")?,

@@ -166,6 +166,11 @@ impl Cluster {
         self.workers.push((name.to_string(), child));
     }
 
+    /// The process id of the running worker named `name`.
+    pub fn worker_pid(&self, name: &str) -> u32 {
+        self.workers.iter().find(|(n, _)| n == name).map(|(_, c)| c.id()).unwrap()
+    }
+
     pub fn kill_worker(&mut self, name: &str) {
         if let Some(i) = self.workers.iter().position(|(n, _)| n == name) {
             let (_, mut c) = self.workers.remove(i);

@@ -2,7 +2,8 @@
 //! exits 0, or prints `denied <error kind>` and exits 1.
 //!
 //! fs read PATH | write PATH | append PATH | truncate PATH | rename FROM TO | link FROM TO |
-//!    symlink TARGET LINK | mkdir PATH | remove PATH | list DIR | create-then-read LINK
+//!    symlink TARGET LINK | mkdir PATH | remove PATH | list DIR | create-then-read LINK |
+//!    settime PATH SECS (its access and modification times) | mtime PATH (in seconds)
 use std::fs;
 use std::io::Write;
 
@@ -30,6 +31,15 @@ fn main() {
         "symlink" => symlink(arg(1), arg(2)).map(|()| "ok".into()),
         "mkdir" => fs::create_dir(arg(1)).map(|()| "ok".into()),
         "remove" => fs::remove_file(arg(1)).map(|()| "ok".into()),
+        "settime" => {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(arg(2).parse().unwrap_or(0));
+            fs::File::open(arg(1))
+                .and_then(|f| f.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t)))
+                .map(|()| "ok".into())
+        }
+        "mtime" => fs::metadata(arg(1)).and_then(|m| m.modified()).map(|t| {
+            format!("ok {}", t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
+        }),
         "list" => fs::read_dir(arg(1)).map(|rd| {
             let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
             names.sort();
