@@ -227,8 +227,16 @@ impl EpochTicker {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (flag, weak) = (stop.clone(), engine.weak());
         let thread = std::thread::Builder::new().name("agenix-epoch".into()).spawn(move || {
+            // Parked rather than asleep between ticks, so that stopping it (a short-lived
+            // process exiting) does not wait out a tick.
+            let mut next = Instant::now() + EPOCH_TICK;
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
+                let now = Instant::now();
+                if now < next {
+                    std::thread::park_timeout(next - now);
+                    continue;
+                }
+                next = now + EPOCH_TICK;
                 match weak.upgrade() {
                     Some(engine) => engine.increment_epoch(),
                     None => return,
@@ -243,6 +251,7 @@ impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
