@@ -406,6 +406,7 @@ fn drive(
 ) -> Result<Faults> {
     let mut f = Faults::default();
     let mut next_look = Instant::now();
+    let mut database_back: Option<Instant> = None;
     let mut next_worker_kill = next_worker_kill_at(args, rng);
     let mut last_print = Instant::now();
     let mut finished = 0u64;
@@ -465,9 +466,15 @@ fn drive(
         }
         // A queue on PostgreSQL sees its database killed and started again once, halfway.
         if f.database_restarts == 0 && cluster.on_postgres() && progress >= s.jobs as u64 {
+            shared.db_generation.fetch_add(1, Ordering::SeqCst);
             cluster.restart_database()?;
+            database_back = Some(Instant::now());
             f.database_restarts += 1;
             println!("  {:>5} s: PostgreSQL killed and started again", started.elapsed().as_secs());
+        }
+        if database_back.is_some_and(|at| at.elapsed() > submit::DB_GRACE) {
+            database_back = None;
+            shared.db_generation.fetch_add(1, Ordering::SeqCst);
         }
         if let Some(at) = next_worker_kill
             && at <= now
@@ -538,7 +545,7 @@ fn report(
     println!("soak: done after {:.0} s", started.elapsed().as_secs_f64());
     println!(
         "  submissions {}, acknowledged jobs {}, jobs in unacknowledged submissions {} ({} \
-         failed while the queue was down or restarting)",
+         failed while the queue or its database was down or restarting)",
         n(&shared.submissions),
         n(&shared.acked_jobs),
         n(&shared.submitted_jobs) - n(&shared.acked_jobs),
@@ -586,7 +593,7 @@ fn report(
         ("audit log faults".into(), f.audit.clone()),
         ("processes that exited by themselves".into(), cluster.unexpected_exits.clone()),
         (
-            "submissions that failed with the queue up".into(),
+            "submissions that failed with the queue and its database up".into(),
             lock(&shared.failed_otherwise).clone(),
         ),
         ("actions given up on".into(), lock(&shared.gave_up).clone()),

@@ -49,6 +49,9 @@ pub(crate) struct Submission {
     pub(crate) inputs: Vec<InputInfo>,
 }
 
+/// How long after its database is back the queue is given to reconnect.
+pub(crate) const DB_GRACE: Duration = Duration::from_secs(5);
+
 /// What the submitters and the fault loop share.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
@@ -63,12 +66,15 @@ pub(crate) struct Shared {
     pub(crate) submissions: AtomicU64,
     /// Submissions that failed while agq was being killed or restarted.
     pub(crate) failed_in_faults: AtomicU64,
-    /// Submissions that failed with agq up the whole time.
+    /// Submissions that failed with agq and its database up the whole time.
     pub(crate) failed_otherwise: Mutex<Vec<String>>,
     /// Actions given up on after too many failures.
     pub(crate) gave_up: Mutex<Vec<String>>,
     /// Odd while agq is down: bumped when it is killed and again once it serves.
     pub(crate) agq_generation: AtomicU64,
+    /// Odd from a database restart until the queue has had time to reconnect ([`DB_GRACE`]
+    /// after the database is back): a submission then may fail as "not stored".
+    pub(crate) db_generation: AtomicU64,
     pub(crate) stop: AtomicBool,
     pub(crate) submitters_left: AtomicUsize,
 }
@@ -190,7 +196,13 @@ impl Submitter {
         // Long enough for agx to wait out throttling (a minute per request) and to upload
         // the largest blobs.
         let limit = Duration::from_secs(if huge { 900 } else { 300 });
-        let generation = shared.agq_generation.load(Ordering::SeqCst);
+        let generations = || {
+            (
+                shared.agq_generation.load(Ordering::SeqCst),
+                shared.db_generation.load(Ordering::SeqCst),
+            )
+        };
+        let before = generations();
         shared.submissions.fetch_add(1, Ordering::SeqCst);
         shared.submitted_jobs.fetch_add(files.len() as u64, Ordering::SeqCst);
         let start = Instant::now();
@@ -218,8 +230,7 @@ impl Submitter {
             }));
         }
         lock(&shared.unacked_inputs).extend(files.iter().map(|(_, i)| (plan.kind, i.clone())));
-        let now = shared.agq_generation.load(Ordering::SeqCst);
-        if now != generation || generation % 2 == 1 {
+        if generations() != before || before.0 % 2 == 1 || before.1 % 2 == 1 {
             shared.failed_in_faults.fetch_add(1, Ordering::SeqCst);
         } else {
             let what = format!(
@@ -232,7 +243,7 @@ impl Submitter {
             );
             let mut failed = lock(&shared.failed_otherwise);
             if failed.len() < self.verbose_failures {
-                println!("  submission failed with agq up: {what}");
+                println!("  submission failed with agq and its database up: {what}");
             }
             failed.push(what);
         }
