@@ -741,6 +741,33 @@ async fn w06_scratch_over_the_limit_at_the_end_is_caught_however_short_the_task(
     assert!(reason.contains("would hide the task's scratch /tmp"), "{reason}");
 }
 
+/// A tree whose host paths are too long to name, or deeper than the watch walks, hides
+/// nothing: it counts, or counts as over the limit.
+#[tokio::test]
+async fn w06_scratch_in_a_deep_tree_counts() {
+    let h = Harness::new();
+    let h = &h;
+    let deep = |levels: &'static str, name: &'static str, bytes: &'static str, file_bytes| {
+        let limits = Limits { file_bytes, ..limits() };
+        async move {
+            let args = ["deep", "/tmp", levels, name, bytes];
+            h.run_with(programs::GUEST_FS, &args, b"", vec![], limits).await
+        }
+    };
+    // 40 levels of 101-byte names: the guest's path to the bottom is under 4096 bytes, the
+    // host's (longer by the scratch directory's own path) over it; 2 MB at the bottom.
+    let r = deep("40", "101", "2000000", MIB).await;
+    assert_eq!(r.outcome, Outcome::OutputExceeded { stream: "scratch".into() }, "{}", stdout(&r));
+    let r = deep("40", "101", "2000000", 4 * MIB).await;
+    assert_eq!(r.outcome, Outcome::Exited { code: 0 }, "{}", stdout(&r));
+    // Deeper than 64 levels counts as over the limit, whatever it holds.
+    let r = deep("70", "1", "1", 4 * MIB).await;
+    assert_eq!(r.outcome, Outcome::OutputExceeded { stream: "scratch".into() }, "{}", stdout(&r));
+    let r = deep("60", "1", "1", 4 * MIB).await;
+    assert_eq!(r.outcome, Outcome::Exited { code: 0 }, "{}", stdout(&r));
+    assert_eq!(scratch_dirs(h).len(), 0, "every one of them was removed");
+}
+
 #[tokio::test]
 async fn w06_scratch_space_held_by_a_deleted_file_still_counts() {
     let h = Harness::new();

@@ -51,7 +51,7 @@ fn xdg(var: &str, fallback: &str) -> Result<PathBuf> {
 /// `$XDG_CACHE_HOME/agenix`), scratch directories in a temporary directory removed on exit.
 pub(crate) struct LocalHost {
     pub(crate) wasm: Arc<WasmHost>,
-    scratch: tempfile::TempDir,
+    scratch: agenix_host::process_dir::ProcessDir,
 }
 
 impl LocalHost {

@@ -645,19 +645,23 @@ fn a_degraded_jail_is_refused_unless_chosen_and_then_said_on_every_task() {
 }
 
 /// A scratch directory left by an agx that was killed (it could not remove its own) is
-/// removed by the next one; one whose agx still runs is kept.
+/// removed by the next one; one whose agx still runs (it holds a lock on it) is kept.
 #[test]
 fn scratch_left_by_a_killed_agx_is_removed_by_the_next() {
     let t = TestDir::new();
     let tmp = t.path("tmp");
     fs::create_dir(&tmp).unwrap();
-    // No process has pid 4194305 (past the kernel's largest).
-    let stale = tmp.join("agx-scratch-4194305-abc");
-    let live = tmp.join(format!("agx-scratch-{}-abc", std::process::id()));
+    // Named after a pid that runs (this one), but nobody holds it: left by a gone agx of
+    // another pid namespace, say.
+    let stale = tmp.join(format!("agx-scratch-{}-abc", std::process::id()));
+    let live = tmp.join("agx-scratch-4194305-abc");
     let other = tmp.join("agx-scratch-notapid");
     for d in [&stale, &live, &other] {
         fs::create_dir_all(d.join("native/jail-x/root")).unwrap();
     }
+    // As a running agx holds its own.
+    let held = fs::File::open(&live).unwrap();
+    held.try_lock().unwrap();
     let tmp_str = tmp.to_str().unwrap().to_owned();
     let out =
         t.agx_with(&["au", "run", programs::AU_GREP, "--", "x"], b"x\n", &[("TMPDIR", &tmp_str)]);

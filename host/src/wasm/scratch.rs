@@ -11,6 +11,8 @@
 //! host.
 
 use std::collections::HashSet;
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -138,7 +140,7 @@ impl Scratch {
 
     fn touched_at(&self, path: &Path) -> bool {
         Untouched::of(path).map_or(true, |now| now != self.untouched)
-            || std::fs::read_dir(path).map_or(true, |mut d| d.next().is_some())
+            || !is_empty(path).unwrap_or(false)
     }
 
     /// Back to the pool, as [`Scratch::touched`] found it not to be.
@@ -194,51 +196,121 @@ pub(super) async fn watch(dir: PathBuf, cap: u64) -> Ended {
     }
 }
 
-/// Bytes (apparent sizes) and entries in the scratch directory: every file under it, not
-/// following symlinks, plus files under it that were deleted while still open (their space
-/// stays in use; this process holds their descriptors on the guest's behalf). Stops
-/// counting once past the entry cap. A directory that vanished while it was being walked is
-/// skipped; any other failure (no descriptors left, say) is an error.
-fn usage(dir: &Path) -> std::io::Result<(u64, u64)> {
-    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
-    let (mut bytes, mut entries) = (0u64, 0u64);
-    let mut seen = HashSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let rd = match std::fs::read_dir(&d) {
-            Ok(rd) => rd,
-            Err(e) if gone(&e) => continue,
-            Err(e) => return Err(e),
-        };
-        for e in rd {
-            let e = match e {
-                Ok(e) => e,
-                Err(e) if gone(&e) => continue,
-                Err(e) => return Err(e),
-            };
-            entries += 1;
-            if entries > SCRATCH_MAX_ENTRIES {
-                return Ok((bytes, entries));
-            }
-            let Ok(meta) = e.path().symlink_metadata() else { continue };
-            if meta.is_dir() {
-                stack.push(e.path());
-            } else if seen.insert(meta.ino()) {
-                bytes = bytes.saturating_add(meta.len());
-            }
-        }
+/// Deepest a scratch directory may nest: deeper counts as over its entry limit. (The walk
+/// below holds one descriptor per level, and a tree deeper than a path can name must not
+/// hide what it holds.)
+const SCRATCH_MAX_DEPTH: usize = 64;
+
+/// Opens a directory for reading without following a link or changing its access time (the
+/// host looking must leave no trace a later task could read).
+fn open_dir(at: Option<&OwnedFd>, path: &(impl nix::NixPath + ?Sized)) -> std::io::Result<OwnedFd> {
+    use nix::fcntl::{OFlag, open, openat};
+    use nix::sys::stat::Mode;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let go = |extra| match at {
+        Some(dir) => openat(dir, path, flags | extra, Mode::empty()),
+        None => open(path, flags | extra, Mode::empty()),
+    };
+    // O_NOATIME is for the owner: a directory of another owner is read plainly.
+    match go(OFlag::O_NOATIME) {
+        Err(nix::errno::Errno::EPERM) => go(OFlag::empty()),
+        r => r,
     }
-    for fd in std::fs::read_dir("/proc/self/fd")? {
-        let fd = fd?;
-        let Ok(target) = std::fs::read_link(fd.path()) else { continue };
-        let target = target.to_string_lossy();
-        let Some(path) = target.strip_suffix(" (deleted)") else { continue };
-        if !Path::new(path).starts_with(dir) {
+    .map_err(std::io::Error::from)
+}
+
+/// The names in an open directory, at most `max` of them.
+fn names(dir: &OwnedFd, max: u64) -> std::io::Result<Vec<CString>> {
+    let mut d = nix::dir::Dir::from_fd(dir.try_clone()?)?;
+    let mut out = Vec::new();
+    for e in d.iter() {
+        let e = e?;
+        let name = e.file_name();
+        if name == c"." || name == c".." {
             continue;
         }
-        if let Ok(meta) = std::fs::metadata(fd.path())
-            && seen.insert(meta.ino())
-        {
+        out.push(name.to_owned());
+        if out.len() as u64 >= max {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the directory at `path` has no entry (read without changing its access time).
+fn is_empty(path: &Path) -> std::io::Result<bool> {
+    Ok(names(&open_dir(None, path)?, 1)?.is_empty())
+}
+
+/// Bytes (apparent sizes) and entries in the scratch directory: every file under it, not
+/// following symlinks, plus files under it that were deleted while still open (their space
+/// stays in use; this process holds their descriptors on the guest's behalf). Walked by
+/// descriptors, relative to each directory, so no path is ever too long to look at. Stops
+/// counting once past the entry cap; a tree deeper than [`SCRATCH_MAX_DEPTH`] counts as past
+/// it. An entry that vanished while it was being walked is skipped; any other failure (no
+/// descriptors left, say) is an error.
+fn usage(dir: &Path) -> std::io::Result<(u64, u64)> {
+    use nix::errno::Errno;
+    use nix::fcntl::AtFlags;
+    use nix::sys::stat::{SFlag, fstat, fstatat};
+    let root = open_dir(None, dir)?;
+    let device = fstat(&root)?.st_dev;
+    let (mut bytes, mut entries) = (0u64, 0u64);
+    let mut seen = HashSet::new();
+    let first = names(&root, SCRATCH_MAX_ENTRIES + 1)?;
+    let mut stack = vec![(root, first.into_iter())];
+    while let Some((fd, mut left)) = stack.pop() {
+        let Some(name) = left.next() else { continue };
+        entries += 1;
+        if entries > SCRATCH_MAX_ENTRIES {
+            return Ok((bytes, entries));
+        }
+        let st = match fstatat(&fd, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => {
+                stack.push((fd, left));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let child = if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+            match open_dir(Some(&fd), name.as_c_str()) {
+                Ok(c) => Some(c),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            }
+        } else {
+            if seen.insert(st.st_ino) {
+                bytes = bytes.saturating_add(u64::try_from(st.st_size).unwrap_or(0));
+            }
+            None
+        };
+        stack.push((fd, left));
+        if let Some(child) = child {
+            if stack.len() >= SCRATCH_MAX_DEPTH {
+                return Ok((bytes, SCRATCH_MAX_ENTRIES + 1));
+            }
+            let list = names(&child, SCRATCH_MAX_ENTRIES + 1)?;
+            stack.push((child, list.into_iter()));
+        }
+    }
+    // Deleted files still open: on the scratch directory's file system, with no link left.
+    // One whose former path cannot be read (too long to name) is counted too: failing
+    // closed costs only a task that would hold such a file anyway.
+    for fd in std::fs::read_dir("/proc/self/fd")? {
+        let fd = fd?;
+        let Ok(meta) = std::fs::metadata(fd.path()) else { continue };
+        if !meta.is_file() || meta.nlink() != 0 || meta.dev() != device {
+            continue;
+        }
+        let ours = match std::fs::read_link(fd.path()) {
+            Ok(target) => target
+                .to_string_lossy()
+                .strip_suffix(" (deleted)")
+                .is_some_and(|p| Path::new(p).starts_with(dir)),
+            Err(_) => true,
+        };
+        if ours && seen.insert(meta.ino()) {
             bytes = bytes.saturating_add(meta.len());
         }
     }
@@ -279,6 +351,35 @@ mod tests {
         drop(third); // as a task's scratch is, when the host fails before its end
         assert_eq!(pool.kept(), 0);
         assert!(!path.exists(), "a directory whose times were set is removed");
+    }
+
+    #[test]
+    fn looking_into_a_scratch_directory_leaves_its_times_alone() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("d");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/f"), b"abc").unwrap();
+        // An access time two days old: a plain listing would update it (relatime).
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400);
+        let set = |p: &Path| {
+            let t = std::fs::FileTimes::new().set_accessed(old);
+            std::fs::File::open(p).unwrap().set_times(t).unwrap();
+        };
+        set(&dir);
+        set(&dir.join("sub"));
+        let before = Untouched::of(&dir).unwrap();
+        assert!(!is_empty(&dir).unwrap());
+        assert_eq!(usage(&dir).unwrap(), (3, 2));
+        assert_eq!(Untouched::of(&dir).unwrap(), before, "the host's look changed the directory");
+        let sub = std::fs::metadata(dir.join("sub")).unwrap().accessed().unwrap();
+        assert_eq!(sub, old);
+        // Where the file system keeps access times, a plain listing does change it.
+        let _ = std::fs::read_dir(&dir).unwrap().count();
+        if Untouched::of(&dir).unwrap() == before {
+            println!(
+                "this file system does not update access times: the check above proved little"
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //!
 //! fs read PATH | write PATH | append PATH | truncate PATH | rename FROM TO | link FROM TO |
 //!    symlink TARGET LINK | mkdir PATH | remove PATH | list DIR | create-then-read LINK |
-//!    settime PATH SECS (its access and modification times) | mtime PATH (in seconds)
+//!    settime PATH SECS (its access and modification times) | mtime PATH (in seconds) |
+//!    deep DIR LEVELS NAMELEN BYTES (LEVELS nested directories with names NAMELEN long
+//!    under DIR, and a file of BYTES at the bottom)
 use std::fs;
 use std::io::Write;
 
@@ -40,6 +42,15 @@ fn main() {
         "mtime" => fs::metadata(arg(1)).and_then(|m| m.modified()).map(|t| {
             format!("ok {}", t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
         }),
+        "deep" => {
+            let n = |i| arg(i).parse::<usize>().unwrap_or(0);
+            let mut path = std::path::PathBuf::from(arg(1));
+            let made = (0..n(2)).try_for_each(|_| {
+                path.push("d".repeat(n(3).max(1)));
+                fs::create_dir(&path)
+            });
+            made.and_then(|()| fs::write(path.join("f"), vec![b'x'; n(4)])).map(|()| "ok".into())
+        }
         "list" => fs::read_dir(arg(1)).map(|rd| {
             let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
             names.sort();
