@@ -702,41 +702,21 @@ async fn w06_an_untouched_scratch_directory_serves_the_next_task_and_a_used_one_
 #[tokio::test]
 async fn w06_scratch_over_the_limit_at_the_end_is_caught_however_short_the_task() {
     let h = Harness::new();
+    let write = |file_bytes, grants| {
+        let limits = Limits { file_bytes, ..limits() };
+        h.run_with(programs::GUEST_FS, &["write", "/tmp/f"], b"", grants, limits)
+    };
     for _ in 0..5 {
-        let r = h
-            .run_with(
-                programs::GUEST_FS,
-                &["write", "/tmp/f"],
-                b"",
-                vec![],
-                Limits { file_bytes: 4, ..limits() },
-            )
-            .await;
+        let r = write(4, vec![]).await;
         assert_eq!(r.outcome, Outcome::OutputExceeded { stream: "scratch".into() });
     }
     // At the limit, it succeeds ("written by guest" is 16 bytes).
-    let r = h
-        .run_with(
-            programs::GUEST_FS,
-            &["write", "/tmp/f"],
-            b"",
-            vec![],
-            Limits { file_bytes: 16, ..limits() },
-        )
-        .await;
+    let r = write(16, vec![]).await;
     assert_eq!(r.outcome, Outcome::Exited { code: 0 });
     // A mount over /tmp would hide the scratch (and its limit): refused.
     let dir = h.path("data");
     fs::create_dir_all(&dir).unwrap();
-    let r = h
-        .run_with(
-            programs::GUEST_FS,
-            &["write", "/tmp/f"],
-            b"",
-            grant(&dir, "/tmp", Access::ReadWrite),
-            limits(),
-        )
-        .await;
+    let r = write(limits().file_bytes, grant(&dir, "/tmp", Access::ReadWrite)).await;
     let Outcome::Refused { reason } = &r.outcome else { panic!("{:?}", r.outcome) };
     assert!(reason.contains("would hide the task's scratch /tmp"), "{reason}");
 }

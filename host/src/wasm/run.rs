@@ -34,14 +34,11 @@ impl WasmHost {
                 metering.name()
             )));
         }
-        let scratch = match task.scratch {
-            true => Some(
-                self.scratch
-                    .take()
-                    .map_err(io_err("cannot create the task's scratch directory"))?,
-            ),
-            false => None,
-        };
+        let scratch = task
+            .scratch
+            .then(|| self.scratch.take())
+            .transpose()
+            .map_err(io_err("cannot create the task's scratch directory"))?;
         let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
         let (stdout, stderr) = (CappedPipe::new(cap), CappedPipe::new(cap));
 
