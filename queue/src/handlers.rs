@@ -71,7 +71,7 @@ impl Queue {
                 }
                 Err(r) => refusal(r),
             },
-            Request::ShowJob { job } => match self.current().map(|s| s.job(job).cloned()) {
+            Request::ShowJob { job } => match self.current().map(|s| s.job(job)) {
                 Ok(Some(j)) => Response::Job { job: j },
                 Ok(None) => error(ErrorCode::NotFound, format!("no job {job}")),
                 Err(r) => refusal(r),
@@ -247,8 +247,8 @@ impl Queue {
         let (plan, input, action) = {
             let sched = self.current().map_err(refusal)?;
             let job = sched.owned(worker, lease).map_err(refusal)?;
-            let action = sched.action(&job.action).map(|a| a.payload);
-            (job.plan, job.input.clone(), action)
+            let action = sched.action(job.action()).map(|a| a.payload);
+            (job.plan(), job.input().cloned(), action)
         };
         let invalid = |m: String| error(ErrorCode::Invalid, m);
         // Kept as sent, so that what is kept is what was signed.

@@ -2,8 +2,8 @@
 //! them to workers.
 //!
 //! The scheduling rules live in `agenix-queue-core` (pure, no I/O); this crate is the
-//! adapters around it: `store` (redb, behind a narrow trait; `pg` the same trait on
-//! PostgreSQL), `blobs` (content-addressed
+//! adapters around it: `store` (redb, behind a narrow trait, its records in `record`'s
+//! binary encoding; `pg` the same trait on PostgreSQL), `blobs` (content-addressed
 //! files with a quota, collected when nothing refers to them), `identity` (TLS key, role
 //! tokens), `limits` (connections and request budgets by role), `server` (QUIC,
 //! authentication, group commit, the reaper, the collector), `handlers` (one per
@@ -21,6 +21,7 @@ pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod pg;
+mod record;
 pub mod server;
 pub mod store;
 pub mod trust;

@@ -99,7 +99,9 @@ impl StoreArgs {
                 if redb.exists() {
                     use agenix_queue::store::Store as _;
                     let store = RedbStore::open(&redb)?;
-                    let held = store.load()?.jobs.len() as u64 + store.audit_head()?.size;
+                    let mut jobs = 0u64;
+                    store.load_with(&mut |_| jobs += 1)?;
+                    let held = jobs + store.audit_head()?.size;
                     anyhow::ensure!(
                         held == 0,
                         "this queue's jobs and audit log are in {} (it was served without \

@@ -159,6 +159,19 @@ pub(crate) fn refusal(r: Refusal) -> Response {
     error(code, r.to_string())
 }
 
+/// A scheduler holding what `store` kept, and the rest of what it kept. The jobs go into
+/// the scheduler as they are read.
+fn read_back(
+    store: &dyn Store,
+    config: Config,
+) -> Result<(Scheduler, crate::store::Loaded), crate::store::StoreError> {
+    let mut sched = Scheduler::new(config);
+    let now = now_ms();
+    let mut loaded = store.load_with(&mut |job| sched.restore(now, job))?;
+    sched.restored(std::mem::take(&mut loaded.actions), loaded.next_job);
+    Ok((sched, loaded))
+}
+
 impl Queue {
     /// Loads storage and starts the committer, the reaper and the blob collector.
     /// `identity` is the queue's key: its TLS identity, and the key that signs the audit
@@ -174,16 +187,9 @@ impl Queue {
         let fingerprint = agenix_proto::audit::fingerprint_of(&identity.verifying_key())
             .ok_or_else(|| anyhow::anyhow!("the identity key has no public key encoding"))?;
         let origin = agenix_proto::audit::origin(&fingerprint);
-        let loaded = store.load()?;
+        let (sched, loaded) = read_back(store.as_ref(), settings.scheduler)?;
         crate::auditor::check_at_start(store.as_ref(), &origin, &identity.verifying_key())?;
         let auditor = crate::auditor::Auditor::new(identity, origin, loaded.trust_seen.clone());
-        let sched = Scheduler::load(
-            settings.scheduler,
-            now_ms(),
-            loaded.jobs,
-            loaded.actions,
-            loaded.next_job,
-        );
         let (tx, rx) = mpsc::unbounded_channel();
         let queue = Arc::new(Self {
             sched: Mutex::new(sched),
@@ -285,10 +291,10 @@ impl Queue {
         };
         // Read without the scheduler's lock (storage may take its time to answer): nothing
         // is applied meanwhile, so nothing can be missed.
-        match self.store.load() {
-            Ok(loaded) => {
+        match read_back(self.store.as_ref(), self.settings.scheduler) {
+            Ok((fresh, loaded)) => {
                 let mut sched = lock(&self.sched);
-                sched.reload(now_ms(), loaded.jobs, loaded.actions, loaded.next_job);
+                sched.replace(fresh);
                 *lock(&self.kept) = loaded.kept.into_iter().collect();
                 self.stale.store(false, SeqCst);
                 if self.store.hold() != Hold::Serving {

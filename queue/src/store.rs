@@ -1,7 +1,7 @@
 //! Durable state behind a narrow trait: the redb store the queue runs on, and an in-memory
 //! one for tests of the adapters.
 //!
-//! Layout (redb tables; values are the JSON of proto types):
+//! Layout (redb tables; job and action records in `crate::record`'s encoding):
 //!
 //! ```text
 //! jobs:    u64 job id        -> JobRecord
@@ -74,7 +74,7 @@ pub struct History {
 /// Everything storage kept.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// Every job.
+    /// Every job ([`Store::load`]; empty from [`Store::load_with`]).
     pub jobs: Vec<JobRecord>,
     /// Every action still remembered.
     pub actions: Vec<(ActionId, ActionRecord)>,
@@ -97,8 +97,16 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 
 /// Durable state.
 pub trait Store: Send + Sync + 'static {
-    /// Everything stored.
-    fn load(&self) -> Result<Loaded, StoreError>;
+    /// Everything stored but the jobs, which are handed to `job` one at a time as they are
+    /// read, by id: a million of them are never all in memory as records at once.
+    fn load_with(&self, job: &mut (dyn FnMut(JobRecord) + Send)) -> Result<Loaded, StoreError>;
+    /// Everything stored, the jobs in [`Loaded::jobs`].
+    fn load(&self) -> Result<Loaded, StoreError> {
+        let mut jobs = Vec::new();
+        let mut loaded = self.load_with(&mut |j| jobs.push(j))?;
+        loaded.jobs = jobs;
+        Ok(loaded)
+    }
     /// Applies `writes` atomically and durably.
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError>;
     /// The audit log's size and root.
@@ -131,8 +139,10 @@ pub enum Hold {
     Lost(String),
 }
 
-/// redb's page cache: enough for the B-tree's upper levels and a commit's worth of pages.
-const CACHE_BYTES: usize = 64 << 20;
+/// redb's page cache: enough for the B-trees' upper levels and a commit's worth of pages
+/// (the rest is in the kernel's page cache anyway). With a million jobs, 16 MiB started as
+/// fast as 64 MiB, which cost 80 MiB more resident memory.
+const CACHE_BYTES: usize = 32 << 20;
 
 /// How the queue's database is opened: its page cache, and one writer process with
 /// read-only processes beside it.
@@ -184,8 +194,11 @@ impl RedbStore {
             }
             Err(e) => return Err(err(e)),
         };
-        // Create every table, so reads never meet a missing one.
-        let tx = db.begin_write().map_err(err)?;
+        // Create every table, so reads never meet a missing one. The commit records where the
+        // free pages are (as every commit does, `apply`): a queue killed before it writes
+        // anything starts again as fast as one killed later.
+        let mut tx = db.begin_write().map_err(err)?;
+        tx.set_quick_repair(true);
         {
             tx.open_table(JOBS).map_err(err)?;
             tx.open_table(ACTIONS).map_err(err)?;
@@ -221,26 +234,19 @@ impl RedbStore {
     }
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(v).map_err(err)
-}
-
-fn parse<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError(format!("{what}: {e}")))
-}
-
 impl Store for RedbStore {
-    fn load(&self) -> Result<Loaded, StoreError> {
+    fn load_with(&self, job: &mut (dyn FnMut(JobRecord) + Send)) -> Result<Loaded, StoreError> {
         let tx = self.db.begin_read().map_err(err)?;
         let mut out = Loaded { next_job: 1, ..Loaded::default() };
         for row in tx.open_table(JOBS).map_err(err)?.iter().map_err(err)? {
             let (_, v) = row.map_err(err)?;
-            out.jobs.push(parse("job", v.value())?);
+            job(crate::record::decode_job(v.value())?);
         }
         for row in tx.open_table(ACTIONS).map_err(err)?.iter().map_err(err)? {
             let (k, v) = row.map_err(err)?;
             let id: ActionId = k.value().parse().map_err(err)?;
-            out.actions.push((id, parse("action", v.value())?));
+            let record = crate::record::decode_action(&id, v.value())?;
+            out.actions.push((id, record));
         }
         for row in tx.open_table(KEPT).map_err(err)?.iter().map_err(err)? {
             let (k, _) = row.map_err(err)?;
@@ -256,7 +262,11 @@ impl Store for RedbStore {
     }
 
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(err)?;
+        let mut tx = self.db.begin_write().map_err(err)?;
+        // Each commit also records where the free pages are, so that a queue killed mid-run
+        // starts again without walking the whole file to find them (0.7 s instead of 1.6 s
+        // for a million jobs; each commit takes some 0.15 ms longer).
+        tx.set_quick_repair(true);
         {
             let mut jobs = tx.open_table(JOBS).map_err(err)?;
             let mut actions = tx.open_table(ACTIONS).map_err(err)?;
@@ -268,13 +278,15 @@ impl Store for RedbStore {
             for w in writes {
                 match w {
                     Write::Change(Change::Job(j)) => {
-                        jobs.insert(j.id.0, json(j)?.as_slice()).map_err(err)?;
+                        let bytes = crate::record::encode_job(j)?;
+                        jobs.insert(j.id.0, bytes.as_slice()).map_err(err)?;
                     }
                     Write::Change(Change::DeleteJob(id)) => {
                         jobs.remove(id.0).map_err(err)?;
                     }
                     Write::Change(Change::Action(id, a)) => {
-                        actions.insert(id.as_str(), json(a)?.as_slice()).map_err(err)?;
+                        let bytes = crate::record::encode_action(a)?;
+                        actions.insert(id.as_str(), bytes.as_slice()).map_err(err)?;
                     }
                     Write::Change(Change::DeleteAction(id)) => {
                         actions.remove(id.as_str()).map_err(err)?;
@@ -368,10 +380,11 @@ impl MemInner {
 }
 
 impl Store for MemStore {
-    fn load(&self) -> Result<Loaded, StoreError> {
+    fn load_with(&self, job: &mut (dyn FnMut(JobRecord) + Send)) -> Result<Loaded, StoreError> {
         let m = self.inner.lock().map_err(|_| StoreError("poisoned".into()))?;
+        m.jobs.values().cloned().for_each(job);
         Ok(Loaded {
-            jobs: m.jobs.values().cloned().collect(),
+            jobs: vec![],
             actions: m.actions.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             kept: m.kept.iter().copied().collect(),
             next_job: m.next_job.max(1),
@@ -489,8 +502,8 @@ impl<S: Store> FaultyStore<S> {
 }
 
 impl<S: Store> Store for FaultyStore<S> {
-    fn load(&self) -> Result<Loaded, StoreError> {
-        self.inner.load()
+    fn load_with(&self, job: &mut (dyn FnMut(JobRecord) + Send)) -> Result<Loaded, StoreError> {
+        self.inner.load_with(job)
     }
 
     fn audit_head(&self) -> Result<TreeHead, StoreError> {
@@ -561,5 +574,47 @@ mod tests {
         drop(store);
         let loaded = RedbStore::open(&path).unwrap().load().unwrap();
         assert!(loaded.actions.is_empty());
+    }
+
+    #[test]
+    fn records_an_earlier_release_wrote_as_json_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.redb");
+        let store = RedbStore::create(&path).unwrap();
+        let id = ActionId::from_random([2; 16]);
+        let rec = ActionRecord {
+            payload: Digest::of(b"a"),
+            envelope: Digest::of(b"e"),
+            plan_envelope: Digest::of(b"p"),
+            blobs: vec![],
+            expires_at: 5,
+            jobs: vec![JobId(1), JobId(2)],
+        };
+        let job: JobRecord = serde_json::from_value(serde_json::json!({
+            "id": 1, "action": id.as_str(), "plan": Digest::of(b"plan").to_string(),
+            "priority": 0, "max_attempts": 3, "attempts": 0, "epoch": 0,
+            "state": {"state": "queued", "not_before": 0},
+            "requirements": {"limits": {"fuel": 1, "memory_bytes": 1, "timeout_ms": 1,
+                "output_bytes": 1, "pids": 1, "file_bytes": 1}},
+            "submitted_at": 1, "updated_at": 1
+        }))
+        .unwrap();
+        let tx = store.db.begin_write().unwrap();
+        {
+            let mut jobs = tx.open_table(JOBS).unwrap();
+            jobs.insert(1, serde_json::to_vec(&job).unwrap().as_slice()).unwrap();
+            let mut actions = tx.open_table(ACTIONS).unwrap();
+            actions.insert(id.as_str(), serde_json::to_vec(&rec).unwrap().as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+        // A job written since, in the binary encoding, beside the JSON one.
+        let mut second = job.clone();
+        second.id = JobId(2);
+        second.index = 1;
+        store.apply(&[Write::Change(Change::Job(second.clone()))]).unwrap();
+        drop(store);
+        let loaded = RedbStore::open(&path).unwrap().load().unwrap();
+        assert_eq!(loaded.jobs, vec![job, second]);
+        assert_eq!(loaded.actions, vec![(id, rec)]);
     }
 }

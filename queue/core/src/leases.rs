@@ -5,8 +5,8 @@ use super::*;
 
 impl Scheduler {
     /// Whether `job`'s action is still remembered, so its jobs may run.
-    fn runnable(&self, job: &JobRecord, now: u64) -> bool {
-        self.actions.get(&job.action).is_some_and(|a| now < action_gone_at(a.expires_at))
+    fn runnable(&self, job: JobRef<'_>, now: u64) -> bool {
+        self.actions.get(job.action()).is_some_and(|a| now < action_gone_at(a.expires_at))
     }
 
     /// Buries a job that can no longer run because its action expired.
@@ -51,12 +51,12 @@ impl Scheduler {
             if picked.len() >= max as usize {
                 break;
             }
-            let Some(j) = self.jobs.get(id) else { continue };
+            let Some(j) = self.jobs.get(*id) else { continue };
             if !self.runnable(j, now) {
                 expired.push(*id);
-            } else if j.requirements.met_by(&caps)
+            } else if j.requirements().met_by(&caps)
                 && !j
-                    .declined
+                    .declined()
                     .iter()
                     .any(|d| d.worker_id == worker && d.at.saturating_add(cooldown) > now)
             {
@@ -70,15 +70,15 @@ impl Scheduler {
         let mut leases = Vec::with_capacity(picked.len());
         let mut used = 0;
         for id in picked {
-            let Some(job) = self.jobs.get(&id) else { continue };
-            let Some(action) = self.actions.get(&job.action) else { continue };
+            let Some(job) = self.jobs.get(id) else { continue };
+            let Some(action) = self.actions.get(job.action()) else { continue };
             let lease = Lease {
-                lease: LeaseRef { job: id, epoch: LeaseEpoch(job.epoch.0 + 1) },
-                attempt: job.attempts + 1,
+                lease: LeaseRef { job: id, epoch: LeaseEpoch(job.epoch().0 + 1) },
+                attempt: job.attempts() + 1,
                 deadline,
                 plan: action.plan_envelope,
                 action: action.envelope,
-                input: job.index,
+                input: job.index(),
             };
             // The separator between leases counts too.
             let size = json_len(&lease).saturating_add(1);
@@ -99,19 +99,19 @@ impl Scheduler {
     }
 
     /// The job of `lease`, if the lease is current and held by `worker`.
-    pub fn owned(&self, worker: u64, lease: LeaseRef) -> Result<&JobRecord, Refusal> {
+    pub fn owned(&self, worker: u64, lease: LeaseRef) -> Result<JobRef<'_>, Refusal> {
         let job = self.current(lease)?;
-        match job.state {
-            JobState::Leased { worker_id, .. } if worker_id == worker => Ok(job),
+        match job.lease() {
+            Some((_, worker_id)) if worker_id == worker => Ok(job),
             _ => Err(Refusal::NotYours(lease.job)),
         }
     }
 
-    fn current(&self, lease: LeaseRef) -> Result<&JobRecord, Refusal> {
-        let job = self.jobs.get(&lease.job).ok_or(Refusal::NoJob(lease.job))?;
-        match &job.state {
-            JobState::Leased { epoch, .. } if *epoch == lease.epoch => Ok(job),
-            s if s.is_terminal() => Err(Refusal::Finished(lease.job)),
+    fn current(&self, lease: LeaseRef) -> Result<JobRef<'_>, Refusal> {
+        let job = self.jobs.get(lease.job).ok_or(Refusal::NoJob(lease.job))?;
+        match job.lease() {
+            Some((epoch, _)) if epoch == lease.epoch => Ok(job),
+            _ if job.is_terminal() => Err(Refusal::Finished(lease.job)),
             _ => Err(Refusal::Stale { job: lease.job, epoch: lease.epoch }),
         }
     }
@@ -129,7 +129,7 @@ impl Scheduler {
         let mut changes = vec![];
         let deadline = now + self.config.lease_ms;
         for &lease in leases {
-            match self.owned(worker, lease).map(|j| j.cancel_requested) {
+            match self.owned(worker, lease).map(|j| j.cancel_requested()) {
                 Ok(true) => beat.cancelled.push(lease),
                 Ok(false) => {
                     changes.extend(self.transition(lease.job, now, None, |j| {
@@ -153,7 +153,7 @@ impl Scheduler {
         lease: LeaseRef,
         output: JobOutput,
     ) -> Result<(JobState, Vec<Change>), Refusal> {
-        let cancelled = self.owned(worker, lease)?.cancel_requested;
+        let cancelled = self.owned(worker, lease)?.cancel_requested();
         let mut output = output;
         output.failure = output.failure.as_deref().map(bounded);
         let change = self.transition(lease.job, now, Some(Step::Completed), |j| {
@@ -173,7 +173,7 @@ impl Scheduler {
     }
 
     fn state_and(&self, job: JobId, changes: Vec<Change>) -> (JobState, Vec<Change>) {
-        let state = self.jobs.get(&job).map(|j| j.state.clone()).unwrap_or(JobState::Cancelled);
+        let state = self.jobs.get(job).map(|j| j.state()).unwrap_or(JobState::Cancelled);
         (state, changes)
     }
 
@@ -201,7 +201,8 @@ impl Scheduler {
         rand: u64,
     ) -> Result<(JobState, Vec<Change>), Refusal> {
         let job = self.owned(worker, lease)?;
-        let (cancelled, attempts, max) = (job.cancel_requested, job.attempts, job.max_attempts);
+        let (cancelled, attempts, max) =
+            (job.cancel_requested(), job.attempts(), job.max_attempts());
         let delay = self.backoff(attempts, rand);
         let reason = bounded(reason);
         let change = self.transition(lease.job, now, Some(Step::Failed), |j| {
@@ -275,8 +276,8 @@ impl Scheduler {
         let held: Vec<JobId> = self
             .leases
             .iter()
-            .filter_map(|(_, id)| match self.jobs.get(id)?.state {
-                JobState::Leased { worker_id, .. } if gone.contains(&worker_id) => Some(*id),
+            .filter_map(|(_, id)| match self.jobs.get(*id)?.lease() {
+                Some((_, worker_id)) if gone.contains(&worker_id) => Some(*id),
                 _ => None,
             })
             .collect();
@@ -321,16 +322,14 @@ impl Scheduler {
     /// Cancels a job: a queued one at once; a leased one once its worker stops (or its lease
     /// expires).
     pub fn cancel(&mut self, now: u64, job: JobId) -> Result<(JobState, Vec<Change>), Refusal> {
-        let state = self.jobs.get(&job).ok_or(Refusal::NoJob(job))?.state.clone();
+        let state = self.jobs.get(job).ok_or(Refusal::NoJob(job))?.kind();
         let change = match state {
-            JobState::Queued { .. } => self.transition(job, now, Some(Step::Cancelled), |j| {
+            StateKind::Queued => self.transition(job, now, Some(Step::Cancelled), |j| {
                 j.state = JobState::Cancelled;
             }),
-            JobState::Leased { .. } => {
-                self.transition(job, now, Some(Step::CancelRequested), |j| {
-                    j.cancel_requested = true;
-                })
-            }
+            StateKind::Leased => self.transition(job, now, Some(Step::CancelRequested), |j| {
+                j.cancel_requested = true;
+            }),
             _ => return Err(Refusal::Finished(job)),
         };
         Ok(self.state_and(job, change))
@@ -342,9 +341,10 @@ impl Scheduler {
         let mut changes = self.promote(now);
         let expired: Vec<JobId> = self.leases.range(..(now, JobId(0))).map(|(_, id)| *id).collect();
         for id in expired {
-            let Some(job) = self.jobs.get(&id) else { continue };
-            let (cancelled, attempts, max) = (job.cancel_requested, job.attempts, job.max_attempts);
-            if let JobState::Leased { worker_id, .. } = job.state {
+            let Some(job) = self.jobs.get(id) else { continue };
+            let (cancelled, attempts, max) =
+                (job.cancel_requested(), job.attempts(), job.max_attempts());
+            if let Some((_, worker_id)) = job.lease() {
                 self.unresponsive.insert(worker_id, now);
             }
             changes.extend(self.transition(id, now, Some(Step::Expired), |j| {
@@ -363,14 +363,14 @@ impl Scheduler {
         // Retention of finished jobs.
         let old: Vec<JobId> = self
             .jobs
-            .values()
+            .iter()
             .filter(|j| {
-                j.state.is_terminal() && j.updated_at.saturating_add(self.config.retention_ms) < now
+                j.is_terminal() && j.updated_at().saturating_add(self.config.retention_ms) < now
             })
-            .map(|j| j.id)
+            .map(|j| j.id())
             .collect();
         for id in old {
-            if let Some(job) = self.jobs.remove(&id) {
+            if let Some(job) = self.jobs.remove(id) {
                 self.unindex(&job);
                 changes.push(Change::DeleteJob(id));
                 let event = Event::Job(JobEvent::new(id, Step::Forgotten, job.state.kind()));
@@ -389,10 +389,7 @@ impl Scheduler {
             self.action_expiry.remove(&key);
             if let Some(action) = self.actions.remove(&key.1) {
                 for id in action.jobs {
-                    let waiting = self
-                        .jobs
-                        .get(&id)
-                        .is_some_and(|j| matches!(j.state, JobState::Queued { .. }));
+                    let waiting = self.jobs.get(id).is_some_and(|j| j.kind() == StateKind::Queued);
                     if waiting {
                         changes.extend(self.bury_expired(id, now));
                     }

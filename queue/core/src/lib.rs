@@ -26,7 +26,7 @@ use agenix_proto::action::InputRef;
 use agenix_proto::audit::{Event, JobEvent, Step};
 use agenix_proto::job::{
     ActionRecord, Capabilities, Declined, JobId, JobOutput, JobRecord, JobState, Lease, LeaseEpoch,
-    LeaseRef, MAX_DECLINED, Requirements, WorkerRecord,
+    LeaseRef, MAX_DECLINED, Requirements, StateKind, WorkerRecord,
 };
 use agenix_proto::wire::{JobFilter, QueueStats, json_len};
 use agenix_proto::{ActionId, Digest, KeyId};
@@ -181,7 +181,7 @@ pub struct Beat {
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     config: Config,
-    jobs: BTreeMap<JobId, JobRecord>,
+    jobs: table::Jobs,
     ready: BTreeSet<(Reverse<i32>, JobId)>,
     delayed: BTreeSet<(u64, JobId)>,
     leases: BTreeSet<(u64, JobId)>,
@@ -217,7 +217,7 @@ impl Scheduler {
     pub fn new(config: Config) -> Self {
         Self {
             config,
-            jobs: BTreeMap::new(),
+            jobs: table::Jobs::default(),
             ready: BTreeSet::new(),
             delayed: BTreeSet::new(),
             leases: BTreeSet::new(),
@@ -242,21 +242,49 @@ impl Scheduler {
         next_job: u64,
     ) -> Self {
         let mut s = Self::new(config);
-        let grace = now.saturating_add(config.lease_ms);
-        for mut job in jobs {
-            s.next_job = s.next_job.max(job.id.0 + 1);
-            if let JobState::Leased { deadline, .. } = &mut job.state {
-                *deadline = (*deadline).max(grace);
-            }
-            s.index(&job);
-            s.jobs.insert(job.id, job);
+        for job in jobs {
+            s.restore(now, job);
         }
-        s.next_job = s.next_job.max(next_job);
-        for (id, a) in actions {
-            s.action_expiry.insert((a.expires_at, id.clone()));
-            s.actions.insert(id, a);
-        }
+        s.restored(actions, next_job);
         s
+    }
+
+    /// Takes back one job storage kept, at `now` (read back one at a time, so that the
+    /// records are never all in memory at once): its lease gets at least a full lease from
+    /// `now`. Then [`Scheduler::restored`].
+    pub fn restore(&mut self, now: u64, mut job: JobRecord) {
+        self.next_job = self.next_job.max(job.id.0.saturating_add(1));
+        if let JobState::Leased { deadline, .. } = &mut job.state {
+            *deadline = (*deadline).max(now.saturating_add(self.config.lease_ms));
+        }
+        if let Some(old) = self.jobs.get(job.id).map(|j| j.record()) {
+            self.unindex(&old);
+        }
+        self.index(&job);
+        self.jobs.insert(job);
+    }
+
+    /// Takes back the actions and the next job id storage kept, after its jobs.
+    pub fn restored(
+        &mut self,
+        actions: impl IntoIterator<Item = (ActionId, ActionRecord)>,
+        next_job: u64,
+    ) {
+        self.next_job = self.next_job.max(next_job);
+        for (id, a) in actions {
+            self.action_expiry.insert((a.expires_at, id.clone()));
+            self.actions.insert(id, a);
+        }
+    }
+
+    /// Takes the jobs and actions of `fresh` (read back from storage after a commit failed,
+    /// so that memory keeps nothing storage does not); registered workers stay.
+    pub fn replace(&mut self, mut fresh: Self) {
+        fresh.workers = std::mem::take(&mut self.workers);
+        fresh.unresponsive = std::mem::take(&mut self.unresponsive);
+        fresh.submitted = std::mem::take(&mut self.submitted);
+        fresh.finished = std::mem::take(&mut self.finished);
+        *self = fresh;
     }
 
     /// Replaces jobs and actions with what storage holds, at `now` (after a commit failed,
@@ -268,12 +296,7 @@ impl Scheduler {
         actions: impl IntoIterator<Item = (ActionId, ActionRecord)>,
         next_job: u64,
     ) {
-        let mut fresh = Self::load(self.config, now, jobs, actions, next_job);
-        fresh.workers = std::mem::take(&mut self.workers);
-        fresh.unresponsive = std::mem::take(&mut self.unresponsive);
-        fresh.submitted = std::mem::take(&mut self.submitted);
-        fresh.finished = std::mem::take(&mut self.finished);
-        *self = fresh;
+        self.replace(Self::load(self.config, now, jobs, actions, next_job));
     }
 
     /// The settings.
@@ -325,7 +348,7 @@ impl Scheduler {
         step: Option<Step>,
         edit: impl FnOnce(&mut JobRecord),
     ) -> Vec<Change> {
-        let Some(mut job) = self.jobs.remove(&id) else { return vec![] };
+        let Some(mut job) = self.jobs.get(id).map(|j| j.record()) else { return vec![] };
         self.unindex(&job);
         let held = match job.state {
             JobState::Leased { epoch, worker_id, .. } => Some((epoch, worker_id)),
@@ -343,7 +366,7 @@ impl Scheduler {
             let event = Event::Job(self.job_event(step, held, &job));
             changes.push(Change::Audit { at: now, event });
         }
-        self.jobs.insert(id, job);
+        self.jobs.insert(job);
         changes
     }
 
@@ -388,51 +411,35 @@ impl Scheduler {
                 Err(Refusal::Conflict(sub.action))
             };
         }
-        let inputs: Vec<Option<InputRef>> = if sub.inputs.is_empty() {
-            vec![None]
-        } else {
-            sub.inputs.iter().cloned().map(Some).collect()
-        };
-        let mut changes = Vec::with_capacity(2 * inputs.len() + 2);
-        let mut ids = Vec::with_capacity(inputs.len());
-        for (index, input) in (0u32..).zip(inputs) {
-            let id = JobId(self.next_job);
-            self.next_job += 1;
-            let job = JobRecord {
-                id,
-                action: sub.action.clone(),
-                plan: sub.plan,
-                input,
-                index,
-                priority: sub.priority,
-                max_attempts: sub.max_attempts.max(1),
-                attempts: 0,
-                epoch: LeaseEpoch(0),
-                state: JobState::Queued { not_before: 0 },
-                cancel_requested: false,
-                requirements: sub.requirements.clone(),
-                submitted_at: now,
-                updated_at: now,
-                last_error: None,
-                declined: vec![],
-                output: None,
-            };
+        let n = sub.inputs.len().max(1);
+        let mut changes = Vec::with_capacity(2 * n + 2);
+        let mut blobs = sub.components;
+        blobs.extend(sub.inputs.iter().map(|i| i.digest));
+        blobs.sort();
+        blobs.dedup();
+        let ids = self.jobs.submit(
+            self.next_job,
+            sub.action.clone(),
+            sub.plan,
+            sub.requirements,
+            sub.priority,
+            sub.max_attempts.max(1),
+            sub.inputs,
+            now,
+        );
+        self.next_job += n as u64;
+        for &id in &ids {
+            let Some(job) = self.jobs.get(id).map(|j| j.record()) else { continue };
             self.index(&job);
-            changes.push(Change::Job(job.clone()));
             let mut ev = JobEvent::new(id, Step::Submitted, job.state.kind());
             ev.action = Some(sub.action.clone());
             ev.plan = Some(sub.plan);
             ev.signer = sub.signer;
             ev.input = job.input.as_ref().map(|i| i.digest);
+            changes.push(Change::Job(job));
             changes.push(Change::Audit { at: now, event: Event::Job(ev) });
-            self.jobs.insert(id, job);
             self.submitted.push_back(now);
-            ids.push(id);
         }
-        let mut blobs = sub.components;
-        blobs.extend(sub.inputs.iter().map(|i| i.digest));
-        blobs.sort();
-        blobs.dedup();
         let record = ActionRecord {
             payload: sub.payload,
             envelope: sub.envelope,
@@ -495,15 +502,15 @@ impl Scheduler {
 
     /// The worker of every lease.
     fn holders(&self) -> impl Iterator<Item = u64> + '_ {
-        self.leases.iter().filter_map(|(_, id)| match self.jobs.get(id)?.state {
-            JobState::Leased { worker_id, .. } => Some(worker_id),
-            _ => None,
-        })
+        self.leases.iter().filter_map(|(_, id)| self.jobs.get(*id)?.lease().map(|(_, w)| w))
     }
 }
 
 mod leases;
+mod table;
 mod views;
+
+pub use table::JobRef;
 
 #[cfg(test)]
 mod tests;

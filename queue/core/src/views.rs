@@ -12,8 +12,8 @@ impl Scheduler {
             used.extend([a.envelope, a.plan_envelope]);
             used.extend(a.blobs.iter().copied());
         }
-        for j in self.jobs.values() {
-            if let Some(o) = &j.output {
+        for j in self.jobs.iter() {
+            if let Some(o) = j.output() {
                 used.extend(o.blobs().map(|b| b.digest));
             }
         }
@@ -35,9 +35,14 @@ impl Scheduler {
         !self.ready.is_empty() || self.delayed.first().is_some_and(|(t, _)| *t <= now)
     }
 
-    /// One job.
-    pub fn job(&self, id: JobId) -> Option<&JobRecord> {
-        self.jobs.get(&id)
+    /// One job, whole.
+    pub fn job(&self, id: JobId) -> Option<JobRecord> {
+        self.jobs.get(id).map(|j| j.record())
+    }
+
+    /// One job, borrowed.
+    pub fn job_ref(&self, id: JobId) -> Option<JobRef<'_>> {
+        self.jobs.get(id)
     }
 
     /// One accepted action.
@@ -56,11 +61,8 @@ impl Scheduler {
         budget: usize,
     ) -> (Vec<JobRecord>, Option<JobId>) {
         let start = after.map_or(0, |a| a.0.saturating_add(1));
-        let jobs = self.jobs.range(JobId(start)..).map(|(_, j)| j).filter(|job| {
-            filter.state.is_none_or(|s| s == job.state.kind())
-                && filter.action.as_ref().is_none_or(|a| *a == job.action)
-        });
-        let (page, more) = page(jobs.cloned(), limit, budget);
+        let jobs = self.jobs.from(JobId(start)).filter(|job| matches(filter, job));
+        let (page, more) = page(jobs.map(|j| j.record()), limit, budget);
         let next = if more { page.last().map(|j| j.id) } else { None };
         (page, next)
     }
@@ -75,22 +77,20 @@ impl Scheduler {
         before: Option<JobId>,
         limit: usize,
         scan: usize,
-    ) -> (Vec<&JobRecord>, Option<JobId>) {
+    ) -> (Vec<JobRecord>, Option<JobId>) {
         let end = before.map_or(u64::MAX, |b| b.0);
         let mut found = Vec::new();
         let mut last = None;
-        for (n, (id, job)) in self.jobs.range(..JobId(end)).rev().enumerate() {
+        for (n, job) in self.jobs.before(JobId(end)).enumerate() {
             if found.len() >= limit {
                 return (found, None);
             }
             if n >= scan {
                 return (found, last);
             }
-            last = Some(*id);
-            if filter.state.is_none_or(|s| s == job.state.kind())
-                && filter.action.as_ref().is_none_or(|a| *a == job.action)
-            {
-                found.push(job);
+            last = Some(job.id());
+            if matches(filter, &job) {
+                found.push(job.record());
             }
         }
         (found, None)
@@ -144,7 +144,7 @@ impl Scheduler {
     /// Checks every index against the jobs (for tests: the invariants the scheduler keeps).
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-        for job in self.jobs.values() {
+        for job in self.jobs.iter().map(|j| j.record()) {
             *counts.entry(job.state.name()).or_default() += 1;
             let (r, d, l) = (
                 self.ready.contains(&(Reverse(job.priority), job.id)),
@@ -168,7 +168,7 @@ impl Scheduler {
             }
         }
         let indexed = self.ready.len() + self.delayed.len() + self.leases.len();
-        let live = self.jobs.values().filter(|j| !j.state.is_terminal()).count();
+        let live = self.jobs.iter().filter(|j| !j.is_terminal()).count();
         if indexed != live {
             return Err(format!("{indexed} indexed, {live} live"));
         }
@@ -179,6 +179,12 @@ impl Scheduler {
         }
         Ok(())
     }
+}
+
+/// Whether `job` passes `filter`.
+fn matches(filter: &JobFilter, job: &JobRef<'_>) -> bool {
+    filter.state.is_none_or(|s| s == job.kind())
+        && filter.action.as_ref().is_none_or(|a| a == job.action())
 }
 
 /// Up to `limit` items that together take at most `budget` bytes of JSON (at least one,

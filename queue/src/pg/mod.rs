@@ -40,10 +40,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agenix_proto::audit::{self, Entry, Hashes, TreeHead};
-use agenix_proto::job::JobId;
+use agenix_proto::job::{JobId, JobRecord};
 use agenix_proto::{ActionId, Digest};
 use agenix_queue_core::Change;
 use postgres::config::{Host, SslMode};
+use postgres::fallible_iterator::FallibleIterator as _;
 use postgres::{Client, GenericClient};
 use r2d2_postgres::PostgresConnectionManager;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -781,12 +782,16 @@ impl<K: Ord + Clone, V> Rows<K, V> {
 }
 
 impl Store for PgStore {
-    fn load(&self) -> Result<Loaded, StoreError> {
+    fn load_with(&self, job: &mut (dyn FnMut(JobRecord) + Send)) -> Result<Loaded, StoreError> {
         self.read(|tx| {
             let mut out = Loaded::default();
-            for row in tx.query("SELECT record FROM agq_jobs ORDER BY id", &[]).map_err(pg)? {
-                out.jobs.push(parse("job", row.get::<_, &[u8]>(0))?);
+            let no_params: [&str; 0] = [];
+            let mut rows =
+                tx.query_raw("SELECT record FROM agq_jobs ORDER BY id", no_params).map_err(pg)?;
+            while let Some(row) = rows.next().map_err(pg)? {
+                job(parse("job", row.get::<_, &[u8]>(0))?);
             }
+            drop(rows);
             for row in tx.query("SELECT id, record FROM agq_actions", &[]).map_err(pg)? {
                 let id: ActionId = row.get::<_, &str>(0).parse().map_err(err)?;
                 out.actions.push((id, parse("action", row.get::<_, &[u8]>(1))?));

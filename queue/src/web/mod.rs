@@ -365,9 +365,9 @@ async fn overview(State(web): Shared, headers: HeaderMap) -> axum::response::Res
             action: None,
         };
         let (dead, _) = sched.newest(&dead_filter, None, 20, SCAN);
-        let dead: Vec<_> = dead.into_iter().map(pages::JobRow::of).collect();
+        let dead: Vec<_> = dead.iter().map(pages::JobRow::of).collect();
         let (recent, _) = sched.newest(&agenix_proto::wire::JobFilter::default(), None, 20, SCAN);
-        let recent: Vec<_> = recent.into_iter().map(pages::JobRow::of).collect();
+        let recent: Vec<_> = recent.iter().map(pages::JobRow::of).collect();
         (dead, recent)
     };
     pages::Overview::new(&viewer, &stats, &samples, dead, recent).html().into_response()
@@ -406,7 +406,7 @@ async fn jobs(
         let Ok(sched) = web.queue.current() else { return unavailable() };
         let before = q.before.map(agenix_proto::job::JobId);
         let (jobs, go_on) = sched.newest(&filter, before, PAGE + 1, SCAN);
-        (jobs.into_iter().map(pages::JobRow::of).collect(), go_on)
+        (jobs.iter().map(pages::JobRow::of).collect(), go_on)
     };
     let older = if rows.len() > PAGE {
         rows.truncate(PAGE);
@@ -432,7 +432,7 @@ async fn job(
     let id = agenix_proto::job::JobId(id);
     let (record, plan_blob) = {
         let Ok(sched) = web.queue.current() else { return unavailable() };
-        let Some(record) = sched.job(id).cloned() else {
+        let Some(record) = sched.job(id) else {
             return page_error(StatusCode::NOT_FOUND, "no such job (or it is past retention)");
         };
         let plan_blob = sched.action(&record.action).map(|a| a.plan_envelope);
