@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Installs what building and testing AGEniX needs on a fresh Debian machine with rustup:
-# the wasm32-wasip2 target (AUs and test guests are WASI components), and python3-venv and
-# npm where they are missing. Safe to re-run.
+# the wasm32-wasip2 target (AUs and test guests are WASI components), the
+# x86_64-unknown-linux-musl target and musl-tools (the static agw), and python3-venv and npm
+# where they are missing. Safe to re-run.
 set -euo pipefail
 
-if ! rustup target list --installed | grep -qx wasm32-wasip2; then
-    rustup target add wasm32-wasip2
-fi
+for target in wasm32-wasip2 x86_64-unknown-linux-musl; do
+    if ! rustup target list --installed | grep -qx "$target"; then
+        rustup target add "$target"
+    fi
+done
 
 # AUs in Python and JavaScript are built with componentize-py (in a Python virtual
 # environment) and componentize-js (npm): scripts/build-lang-aus.sh installs both, and needs
 # python3 with venv, and npm.
 missing=()
+# The static agw links ring's C and assembly with musl-gcc.
+command -v musl-gcc >/dev/null || missing+=(musl-tools)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v npm >/dev/null || missing+=(npm)
 # promtool (Debian's prometheus package) checks every /metrics page the tests scrape.

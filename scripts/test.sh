@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this): formatting, lints with
-# warnings as errors, the dependency invariants (scripts/check-deps.sh), every test in the workspace, the
-# queue's and the cluster's tests again on PostgreSQL, then the short soak (2000 jobs through
-# agq and four agw while both are SIGKILLed; scripts/soak.sh), on the embedded store and on
-# PostgreSQL with two agq nodes, and the short fuzzing run
-# (every seed and regression replayed, then 45 s per target; scripts/fuzz.sh).
+# warnings as errors, the dependency invariants (scripts/check-deps.sh), the static agw,
+# every test in the workspace, the queue's and the cluster's tests again on PostgreSQL, then
+# the short soak (2000 jobs through agq and four agw while both are SIGKILLed;
+# scripts/soak.sh), on the embedded store and on PostgreSQL with two agq nodes, and the short
+# fuzzing run (every seed and regression replayed, then 45 s per target; scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,9 +23,13 @@ export AGENIX_REQUIRE_CHROMIUM="${AGENIX_REQUIRE_CHROMIUM:-1}"
 export AGENIX_REQUIRE_POSTGRES="${AGENIX_REQUIRE_POSTGRES:-1}"
 # The partition tests need network namespaces (root, iproute2): they fail rather than skip.
 export AGENIX_REQUIRE_NETNS="${AGENIX_REQUIRE_NETNS:-1}"
+# The static agw (musl, one file): built here, then its test runs it alone and runs jobs with
+# it (tests/tests/static_agw.rs); the test fails rather than skips without the build.
+export AGENIX_REQUIRE_STATIC="${AGENIX_REQUIRE_STATIC:-1}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/check-deps.sh
+cargo build --profile static --locked --target x86_64-unknown-linux-musl -p agenix-runtime --bin agw
 cargo test --workspace --locked
 # The queue's tests (the Q and N rows) and the end-to-end cluster tests again, with every
 # agq keeping its jobs in a PostgreSQL server of its own.

@@ -24,6 +24,9 @@ use super::spec::JailSpec;
 /// Mount flags the kernel locks on a mount (a user namespace may not clear them).
 fn locked_flags(path: &Path) -> MsFlags {
     use nix::sys::statvfs::{FsFlags, statvfs};
+    // The kernel's `ST_RELATIME` (linux/statfs.h); musl's headers do not name it, so nix
+    // does not either there, but the kernel reports it all the same.
+    const ST_RELATIME: FsFlags = FsFlags::from_bits_retain(0x1000);
     let Ok(st) = statvfs(path) else { return MsFlags::empty() };
     let f = st.flags();
     let mut m = MsFlags::empty();
@@ -33,7 +36,7 @@ fn locked_flags(path: &Path) -> MsFlags {
         (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
         (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
         (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        (ST_RELATIME, MsFlags::MS_RELATIME),
         (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
     ] {
         if f.contains(fs) {

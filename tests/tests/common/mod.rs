@@ -123,6 +123,11 @@ impl Cluster {
         dir
     }
 
+    /// Starts a worker named `name` from the agw binary at `agw` (another build of it).
+    pub fn worker_from(&mut self, agw: &Path, name: &str, extra: &[&str]) {
+        self.start_worker(Command::new(agw), self.addr.clone(), name, "worker-trust.json", extra);
+    }
+
     /// Starts a worker named `name` with its own trust file `trust` (in the cluster's
     /// directory).
     pub fn worker_trusting(&mut self, name: &str, trust: &str, extra: &[&str]) {
