@@ -42,6 +42,7 @@ echo "== Celery 5 with the Redis client, in a virtual environment"
 
 echo "== building AGEniX (release)"
 cargo build --release --locked --workspace --bins
+cargo build --profile static --locked --target x86_64-unknown-linux-musl -p agenix-runtime --bin agw
 
 export AGENIX_BENCH_WASMTIME=$tools/bin/wasmtime
 export AGENIX_BENCH_PYTHON=$tools/venv/bin/python

@@ -264,7 +264,8 @@ pub(crate) async fn memory(runs: usize, dir: &Path) -> Result<Section> {
             "Resident memory (VmRSS) of an idle `agw` (registered, nothing to do) and of `agq` \
              holding {total} queued jobs ({ACTIONS} actions of {INPUTS} inputs each, submitted \
              over QUIC by 4 clients); then `agq` SIGKILLed and restarted on the same data, \
-             timed from the start of the process to the first answered request."
+             timed from the start of the process to the first answered request. Last, the \
+             size of the `agw` binaries."
         ),
     );
     let q_dir = dir.join("memory");
@@ -322,5 +323,30 @@ pub(crate) async fn memory(runs: usize, dir: &Path) -> Result<Section> {
         Unit::MiB,
     ));
     s.add(Figure::ms(format!("`agq` restart to serving, {total} jobs"), &restarts));
+    binaries(&mut s);
     Ok(s)
+}
+
+/// The size of the `agw` binaries beside this one: the release build and the static one
+/// (`cargo build --profile static --target x86_64-unknown-linux-musl -p agenix-runtime
+/// --bin agw`, which `scripts/bench.sh` makes).
+fn binaries(s: &mut Section) {
+    // target/release/agenix-bench
+    let target =
+        std::env::current_exe().ok().and_then(|e| Some(e.parent()?.parent()?.to_path_buf()));
+    let Some(target) = target else {
+        s.skip("`agw` binaries", "cannot find the target directory");
+        return;
+    };
+    for (what, path) in [
+        ("`agw` binary, release build (dynamically linked)", "release/agw"),
+        ("`agw` binary, static build (musl, stripped)", "x86_64-unknown-linux-musl/static/agw"),
+    ] {
+        match std::fs::metadata(target.join(path)) {
+            Ok(m) => {
+                s.add(Figure::rate(what, vec![m.len() as f64 / f64::from(1 << 20)], Unit::MiB))
+            }
+            Err(e) => s.skip(what, format!("target/{path}: {e}")),
+        }
+    }
 }

@@ -287,18 +287,6 @@ impl Scheduler {
         *self = fresh;
     }
 
-    /// Replaces jobs and actions with what storage holds, at `now` (after a commit failed,
-    /// so that memory keeps nothing storage does not); registered workers stay.
-    pub fn reload(
-        &mut self,
-        now: u64,
-        jobs: impl IntoIterator<Item = JobRecord>,
-        actions: impl IntoIterator<Item = (ActionId, ActionRecord)>,
-        next_job: u64,
-    ) {
-        self.replace(Self::load(self.config, now, jobs, actions, next_job));
-    }
-
     /// The settings.
     pub fn config(&self) -> &Config {
         &self.config
