@@ -115,12 +115,21 @@ pub(crate) fn encode_job(job: &JobRecord) -> Result<Vec<u8>, StoreError> {
     versioned(&row, "job")
 }
 
-/// A job as stored (in this encoding or as JSON).
-pub(crate) fn decode_job(bytes: &[u8]) -> Result<JobRecord, StoreError> {
-    let Some(body) = body(bytes, "job")? else {
-        return serde_json::from_slice(bytes).map_err(|e| bad("job", e));
+/// Job `id` as stored (in this encoding or as JSON); a record of another id is refused.
+pub(crate) fn decode_job(id: u64, bytes: &[u8]) -> Result<JobRecord, StoreError> {
+    let what = format!("job {id}");
+    let job = decode_job_record(&what, bytes)?;
+    if job.id.0 != id {
+        return Err(bad(&what, format!("the record is of job {}", job.id)));
+    }
+    Ok(job)
+}
+
+fn decode_job_record(what: &str, bytes: &[u8]) -> Result<JobRecord, StoreError> {
+    let Some(body) = body(bytes, what)? else {
+        return serde_json::from_slice(bytes).map_err(|e| bad(what, e));
     };
-    let row: Job<'_> = postcard::from_bytes(body).map_err(|e| bad("job", e))?;
+    let row: Job<'_> = postcard::from_bytes(body).map_err(|e| bad(what, e))?;
     let state = match row.state {
         State::Queued { not_before } => JobState::Queued { not_before },
         State::Leased { epoch, worker, worker_id, deadline } => JobState::Leased {
@@ -137,10 +146,10 @@ pub(crate) fn decode_job(bytes: &[u8]) -> Result<JobRecord, StoreError> {
         .output
         .map(|o| serde_json::from_slice(&o))
         .transpose()
-        .map_err(|e| bad("job result", e))?;
+        .map_err(|e| bad(&format!("{what}: its result"), e))?;
     Ok(JobRecord {
         id: JobId(row.id),
-        action: row.action.parse().map_err(|e| bad("job", e))?,
+        action: row.action.parse().map_err(|e| bad(what, e))?,
         plan: Digest::from_bytes(row.plan),
         input: row.input.map(|(d, size)| InputRef { digest: Digest::from_bytes(d), size }),
         index: row.index,
@@ -257,9 +266,9 @@ mod tests {
             job(JobState::Cancelled),
         ] {
             let bytes = encode_job(&j).unwrap();
-            assert_eq!(decode_job(&bytes).unwrap(), j);
+            assert_eq!(decode_job(7, &bytes).unwrap(), j);
             // JSON written by earlier releases still reads.
-            assert_eq!(decode_job(&serde_json::to_vec(&j).unwrap()).unwrap(), j);
+            assert_eq!(decode_job(7, &serde_json::to_vec(&j).unwrap()).unwrap(), j);
         }
         let mut queued = job(JobState::Queued { not_before: 0 });
         queued.last_error = None;
@@ -289,18 +298,23 @@ mod tests {
     fn a_damaged_record_is_named_not_misread() {
         let bytes = encode_job(&job(JobState::Cancelled)).unwrap();
         for cut in [0, 1, 10, bytes.len() - 1] {
-            let e = decode_job(&bytes[..cut]).unwrap_err().to_string();
-            assert!(e.contains("job"), "{e}");
+            let e = decode_job(7, &bytes[..cut]).unwrap_err().to_string();
+            assert!(e.contains("job 7"), "{e}");
         }
         let mut other = bytes.clone();
         other[0] = 2;
-        assert!(decode_job(&other).unwrap_err().to_string().contains("unknown record version 2"));
+        assert!(
+            decode_job(7, &other).unwrap_err().to_string().contains("unknown record version 2")
+        );
+        // A record stored under another job's key is refused, naming both.
+        let e = decode_job(8, &bytes).unwrap_err().to_string();
+        assert!(e.contains("job 8: the record is of job 7"), "{e}");
         // An id that is not one is refused when read, as in JSON.
         let mut j = job(JobState::Cancelled);
         j.action = "0123456789abcdef0123456789abcdef".parse().unwrap();
         let mut bytes = encode_job(&j).unwrap();
         let at = bytes.windows(4).position(|w| w == b"0123").unwrap();
         bytes[at] = b'X';
-        assert!(decode_job(&bytes).is_err());
+        assert!(decode_job(7, &bytes).unwrap_err().to_string().contains("job 7"));
     }
 }

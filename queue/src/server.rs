@@ -153,7 +153,9 @@ pub(crate) fn refusal(r: Refusal) -> Response {
         Refusal::NoJob(_) => ErrorCode::NotFound,
         Refusal::Stale { .. } | Refusal::Finished(_) => ErrorCode::StaleLease,
         Refusal::NotYours(_) => ErrorCode::Forbidden,
-        Refusal::TooManyWorkers(_) | Refusal::Unavailable(_) => ErrorCode::Unavailable,
+        Refusal::TooManyWorkers(_) | Refusal::Unavailable(_) | Refusal::NoIds(..) => {
+            ErrorCode::Unavailable
+        }
         _ => ErrorCode::BadRequest,
     };
     error(code, r.to_string())

@@ -164,6 +164,10 @@ pub enum Refusal {
     /// Storage cannot be reached: nothing is decided until the state is read back.
     #[error("storage is unavailable: {0}")]
     Unavailable(String),
+    /// The submission's jobs would need ids past the last one (only a damaged store gets
+    /// near it: ids are 64-bit and never reused).
+    #[error("no job ids are left for {0} more jobs after {1}")]
+    NoIds(usize, u64),
 }
 
 /// What a heartbeat learned.
@@ -400,6 +404,10 @@ impl Scheduler {
             };
         }
         let n = sub.inputs.len().max(1);
+        // Ids are never reused, and a job with a larger one than `next_job` cannot exist.
+        let Some(next_job) = self.next_job.checked_add(n as u64) else {
+            return Err(Refusal::NoIds(n, self.next_job));
+        };
         let mut changes = Vec::with_capacity(2 * n + 2);
         let mut blobs = sub.components;
         blobs.extend(sub.inputs.iter().map(|i| i.digest));
@@ -415,7 +423,7 @@ impl Scheduler {
             sub.inputs,
             now,
         );
-        self.next_job += n as u64;
+        self.next_job = next_job;
         for &id in &ids {
             let Some(job) = self.jobs.get(id).map(|j| j.record()) else { continue };
             self.index(&job);

@@ -833,3 +833,18 @@ proptest! {
         prop_assert_eq!(&s.leases, &back.leases);
     }
 }
+
+#[test]
+fn a_submission_past_the_last_job_id_is_refused_whole() {
+    // Only a damaged store gets here; ids must not wrap over jobs that exist.
+    let mut s = Scheduler::load(Config::default(), T0, vec![], vec![], u64::MAX - 2);
+    let err = s.submit(T0, sub(1, 3, 0, &[])).unwrap_err();
+    assert_eq!(err, Refusal::NoIds(3, u64::MAX - 2));
+    assert!(err.to_string().contains("no job ids are left"), "{err}");
+    assert!(s.action(&ActionId::from_random([1; 16])).is_none(), "nothing of it is kept");
+    // Two still fit.
+    let (ids, _, _) = s.submit(T0, sub(2, 2, 0, &[])).unwrap();
+    assert_eq!(ids, [JobId(u64::MAX - 2), JobId(u64::MAX - 1)]);
+    assert!(s.submit(T0, sub(3, 0, 0, &[])).is_err(), "u64::MAX itself is never an id");
+    s.check_invariants().unwrap();
+}
