@@ -446,7 +446,29 @@ enum TokenCommand {
     },
 }
 
+/// Limits the malloc arenas agq's threads share to two. glibc gives each thread that meets
+/// contention an arena of its own (up to eight per core), and freed memory stays in them:
+/// after a million jobs were submitted, 271 MiB resident against 217 MiB with two, for no
+/// measurable speed (the scheduler is one lock; allocation is not where the time goes).
+/// `MALLOC_ARENA_MAX` in the environment still decides when set.
+#[cfg(target_env = "gnu")]
+fn limit_malloc_arenas() {
+    const MALLOC_ARENAS: i32 = 2;
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        #[allow(unsafe_code, reason = "mallopt(3) only tunes the allocator; no thread runs yet")]
+        // SAFETY: mallopt takes two integers and touches nothing of ours; it is called before
+        // any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+        }
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
