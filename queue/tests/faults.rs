@@ -819,3 +819,109 @@ async fn a_worker_announcing_too_much_is_refused() {
     };
     assert!(workers.is_empty(), "{workers:?}");
 }
+
+use agenix_link::LinkError;
+
+/// A tmpfs of `size` at a new directory, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    /// `None`, having said why, where this process cannot mount one (not root).
+    fn mount(row: &str, size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return Some(Self(dir));
+        }
+        eprintln!("{row}: skipped: cannot mount a tmpfs: {}", String::from_utf8_lossy(&out.stderr));
+        None
+    }
+
+    /// Bytes free on it.
+    fn free(&self) -> u64 {
+        nix::sys::statvfs::statvfs(self.0.path())
+            .map(|s| s.blocks_available() * s.fragment_size())
+            .unwrap()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// Q12: the disk under the queue's database fills while planners submit. What does not fit
+/// is refused, and nothing of it kept; once there is room again the queue takes
+/// submissions by itself, without a restart, and every acknowledged job is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q12_a_full_disk_refuses_submissions_until_there_is_room_again() {
+    let Some(fs) = Tmpfs::mount("q12", "16m") else { return };
+    // The database on the small disk; blobs stay where they are.
+    let mut q = Agq::start_prepared(&["--requests-per-minute", "100000"], false, |data| {
+        let db = data.join("queue.redb");
+        let moved = fs.0.path().join("queue.redb");
+        std::fs::copy(&db, &moved).unwrap();
+        std::fs::remove_file(&db).unwrap();
+        std::os::unix::fs::symlink(&moved, &db).unwrap();
+    });
+    let planner = q.client(ClientRole::Planner).await;
+    planner.put_blob(COMPONENT).await.unwrap();
+    let (plan, digest) = q.plan(COMPONENT, &[]);
+    let inputs: Vec<Vec<u8>> = (0..50).map(|i| format!("q12 input {i}").into_bytes()).collect();
+    let inputs: Vec<&[u8]> = inputs.iter().map(|i| i.as_slice()).collect();
+    for i in &inputs {
+        planner.put_blob(i).await.unwrap();
+    }
+    // Most of the room taken by something else.
+    let filler = fs.0.path().join("filler");
+    std::fs::write(&filler, vec![7u8; (fs.free() - (1 << 20)) as usize]).unwrap();
+    let mut acked = 0u64;
+    let refused = loop {
+        let (action, _) = q.action(digest, &inputs, 3);
+        match planner.request(&submit_of(&planner, &plan, &action).await).await {
+            Ok(Response::Submitted { jobs, .. }) => acked += jobs.len() as u64,
+            Err(LinkError::Remote { code, message, .. }) => break (code, message),
+            other => panic!("{other:?}"),
+        }
+        assert!(acked < 1_000_000, "the disk never filled");
+    };
+    assert_eq!(refused.0, ErrorCode::Unavailable, "{refused:?}");
+    assert!(refused.1.contains("No space left on device"), "{refused:?}");
+    assert!(acked > 0, "nothing fitted at all: {refused:?}");
+    // Still full: still refused, and agq runs on.
+    let (action, _) = q.action(digest, &inputs, 3);
+    let again = planner.request(&submit_of(&planner, &plan, &action).await).await;
+    assert!(
+        matches!(again, Err(LinkError::Remote { code: ErrorCode::Unavailable, .. })),
+        "{again:?}"
+    );
+    assert!(q.is_running());
+    // Room again: within a few seconds submissions land, without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (action, _) = q.action(digest, &inputs, 3);
+        match planner.request(&submit_of(&planner, &plan, &action).await).await {
+            Ok(Response::Submitted { jobs, .. }) => {
+                acked += jobs.len() as u64;
+                break;
+            }
+            other => assert!(Instant::now() < until, "still refused: {other:?}\n{}", q.log()),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(q.log().contains("database reopened after a failed write"), "{}", q.log());
+    let observer = q.client(ClientRole::Observer).await;
+    assert_eq!(count(&observer, "queued").await, acked, "every acknowledged job, no other");
+    // And after a restart too.
+    q.kill();
+    q.restart();
+    let observer = q.client(ClientRole::Observer).await;
+    assert_eq!(count(&observer, "queued").await, acked);
+    drop(q);
+}

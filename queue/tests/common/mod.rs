@@ -43,10 +43,17 @@ impl Agq {
 
     /// As [`Agq::start`], keeping jobs in a PostgreSQL server of its own when `postgres`.
     pub fn start_on(args: &[&str], postgres: bool) -> Self {
+        Self::start_prepared(args, postgres, |_| {})
+    }
+
+    /// As [`Agq::start_on`], calling `prepare` with the queue directory between `agq init`
+    /// and `agq serve`.
+    pub fn start_prepared(args: &[&str], postgres: bool, prepare: impl FnOnce(&Path)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("q");
         let bin = PathBuf::from(env!("CARGO_BIN_EXE_agq"));
         let fingerprint: Fingerprint = agenix_harness::init(&bin, &data).unwrap().parse().unwrap();
+        prepare(&data);
         let signer = signing_key_from_seed(&rand16x2());
         let mut trust = Trust::new();
         trust.add("tester", signer.verifying_key(), &Role::SIGNING).unwrap();
