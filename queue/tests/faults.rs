@@ -856,7 +856,7 @@ impl Drop for Tmpfs {
 }
 
 /// Q12: the disk under the queue's database fills while planners submit. What does not fit
-/// is refused, and nothing of it kept; once there is room again the queue takes
+/// is refused, and nothing of it kept; agq runs on; once there is room again it takes
 /// submissions by itself, without a restart, and every acknowledged job is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn q12_a_full_disk_refuses_submissions_until_there_is_room_again() {
@@ -893,13 +893,16 @@ async fn q12_a_full_disk_refuses_submissions_until_there_is_room_again() {
     assert_eq!(refused.0, ErrorCode::Unavailable, "{refused:?}");
     assert!(refused.1.contains("No space left on device"), "{refused:?}");
     assert!(acked > 0, "nothing fitted at all: {refused:?}");
-    // Still full: still refused, and agq runs on.
-    let (action, _) = q.action(digest, &inputs, 3);
-    let again = planner.request(&submit_of(&planner, &plan, &action).await).await;
-    assert!(
-        matches!(again, Err(LinkError::Remote { code: ErrorCode::Unavailable, .. })),
-        "{again:?}"
-    );
+    // Still nearly full (the failed commit's pages may be free again): each submission is
+    // stored whole or refused, and agq runs on.
+    for _ in 0..5 {
+        let (action, _) = q.action(digest, &inputs, 3);
+        match planner.request(&submit_of(&planner, &plan, &action).await).await {
+            Ok(Response::Submitted { jobs, .. }) => acked += jobs.len() as u64,
+            Err(LinkError::Remote { code: ErrorCode::Unavailable, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
     assert!(q.is_running());
     // Room again: within a few seconds submissions land, without a restart.
     std::fs::remove_file(&filler).unwrap();
