@@ -794,8 +794,11 @@ async fn pg11_a_node_frozen_inside_a_batch_does_not_keep_its_standby_out() {
     let mut b = standby(&mut q, dir.path(), &["--store-lease-ms", "2000"]);
     let log = || std::fs::read_to_string(dir.path().join("standby.log")).unwrap_or_default();
     wait_for("the standby never said it stands by", || log().contains("stands by"), log);
-    // Batches, one after another.
+    // Batches, one after another (their blobs first: a submission naming a missing blob is
+    // refused before it reaches storage).
     let planner = q.client(ClientRole::Planner).await;
+    planner.put_blob(COMPONENT).await.unwrap();
+    planner.put_blob(b"x").await.unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
         let stop = stop.clone();
@@ -812,26 +815,49 @@ async fn pg11_a_node_frozen_inside_a_batch_does_not_keep_its_standby_out() {
     };
     let conn = superuser(q.postgres().unwrap());
     let pid = nix::unistd::Pid::from_raw(q.pid() as i32);
-    // Frozen until caught with a session idle inside a transaction.
-    let mut caught = false;
-    for attempt in 0..2000 {
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(150));
-        let idle = query_count(
-            &conn,
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'agq' \
-             AND state = 'idle in transaction' AND now() - state_change > interval '100 ms'",
-        );
-        if idle > 0 {
-            caught = true;
-            break;
-        }
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
-        // Let it run for 0 to 30 ms: on a loaded machine a window of a few ms may pass
-        // without agq being scheduled at all, and then no batch ever starts.
-        std::thread::sleep(std::time::Duration::from_millis(attempt % 31));
-    }
-    assert!(caught, "never froze inside a batch");
+    // Caught inside a batch, deterministically: a lock on the jobs table stops the next batch
+    // in its transaction (the serving row already held); the node is frozen there; the lock
+    // is let go, the statement finishes, and the frozen node sends nothing more.
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let conn = conn.clone();
+        std::thread::spawn(move || {
+            let mut c = ::postgres::Client::connect(&conn, ::postgres::NoTls).unwrap();
+            let mut tx = c.transaction().unwrap();
+            tx.batch_execute("LOCK TABLE agq_jobs IN ACCESS EXCLUSIVE MODE").unwrap();
+            locked_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+            tx.commit().unwrap();
+        })
+    };
+    locked_rx.recv().unwrap();
+    let agq_log = || q.log();
+    wait_for(
+        "no batch waited on the lock",
+        || {
+            query_count(
+                &conn,
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'agq' \
+                 AND wait_event_type = 'Lock' AND query LIKE '%agq_jobs%'",
+            ) > 0
+        },
+        agq_log,
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    wait_for(
+        "the frozen node's session never sat idle inside its transaction",
+        || {
+            query_count(
+                &conn,
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'agq' \
+                 AND state = 'idle in transaction'",
+            ) > 0
+        },
+        agq_log,
+    );
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     b.wait_serving().unwrap();
     assert!(log().contains("taking over"), "{}", log());
