@@ -46,23 +46,21 @@ fn the_static_worker_is_one_small_file_that_runs_alone() {
     // A root holding nothing but the binary: no libc, no loader, no /proc.
     let root = tempfile::tempdir().unwrap();
     std::fs::copy(&agw, root.path().join("agw")).unwrap();
-    let alone = Command::new("unshare")
-        .args(["--user", "--map-root-user", "--root"])
-        .arg(root.path())
-        .args(["/agw", "--version"])
-        .output()
-        .unwrap();
+    let in_root = |bin: &str| {
+        Command::new("unshare")
+            .args(["--user", "--map-root-user", "--root"])
+            .arg(root.path())
+            .args([bin, "--version"])
+            .output()
+            .unwrap()
+    };
+    let alone = in_root("/agw");
     assert!(alone.status.success(), "{}", String::from_utf8_lossy(&alone.stderr));
     let dynamic = Command::new(bin("agw")).arg("--version").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&alone.stdout), String::from_utf8_lossy(&dynamic.stdout));
     // The same binary where a dynamic one is refused: the root has no loader.
     std::fs::copy(bin("agw"), root.path().join("dynamic")).unwrap();
-    let refused = Command::new("unshare")
-        .args(["--user", "--map-root-user", "--root"])
-        .arg(root.path())
-        .args(["/dynamic", "--version"])
-        .output()
-        .unwrap();
+    let refused = in_root("/dynamic");
     assert!(
         !refused.status.success(),
         "a dynamic agw ran without its loader: the check proves nothing"

@@ -486,7 +486,7 @@ mod tests {
     }
 
     fn submitted(jobs: &mut Jobs, first: u64, action: &str, inputs: usize) -> Vec<JobRecord> {
-        let inputs = (0..inputs).map(|i| input(i as u8 + 1)).collect();
+        let inputs = (0..inputs).map(|i| input((i % 250) as u8 + 1)).collect();
         let action: ActionId = action.parse().unwrap();
         let plan = Digest::of(b"plan");
         let ids = jobs.submit(first, action, plan, requirements(true), 3, 2, inputs, 10);
@@ -579,6 +579,23 @@ mod tests {
         all[0] = other;
         let back: Vec<JobRecord> = jobs.iter().map(|j| j.record()).collect();
         assert_eq!(back, all);
+    }
+
+    #[test]
+    fn a_record_read_back_extends_its_batch_across_at_most_max_gap_forgotten_jobs() {
+        let far = MAX_GAP as usize + 2;
+        let mut made = Jobs::default();
+        let all = submitted(&mut made, 1, &action(1), far + 1);
+        // Job 1, then the one MAX_GAP positions further (the jobs between forgotten): one
+        // batch. One position more: a batch of its own.
+        for (last, batches) in [(MAX_GAP as usize + 1, 1), (far, 2)] {
+            let mut read = Jobs::default();
+            read.insert(all[0].clone());
+            read.insert(all[last].clone());
+            assert_eq!(read.batches.len(), batches, "job {} read back", last + 1);
+            let back: Vec<JobRecord> = read.iter().map(|j| j.record()).collect();
+            assert_eq!(back, [all[0].clone(), all[last].clone()]);
+        }
     }
 
     #[test]
