@@ -8,7 +8,7 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io::{self, BufReader, BufWriter, StdinLock, StdoutLock, Write};
+use std::io::{self, BufReader, BufWriter, Read, StdinLock, StdoutLock, Write};
 
 use serde::Serialize;
 use serde::ser::{SerializeMap, SerializeStruct, Serializer};
@@ -217,6 +217,53 @@ pub fn stdin() -> BufReader<StdinLock<'static>> {
 /// Stdout, locked and buffered with [`BUF_SIZE`]. Call `flush()` before returning.
 pub fn stdout() -> BufWriter<StdoutLock<'static>> {
     BufWriter::with_capacity(BUF_SIZE, io::stdout().lock())
+}
+
+/// Reads its input in large blocks of whole lines, for AUs that search a block at a time
+/// instead of a line at a time. Every block but the last ends with `\n`; the last holds what
+/// follows the final newline, if anything. A line longer than the buffer grows the buffer.
+#[derive(Debug)]
+pub struct LineBlocks<R> {
+    input: R,
+    buf: Vec<u8>,
+    /// Where the bytes not yet handed out begin, and end.
+    start: usize,
+    end: usize,
+    eof: bool,
+}
+
+impl<R: Read> LineBlocks<R> {
+    /// Blocks of about `size` bytes (at least one line) from `input`.
+    pub fn new(input: R, size: usize) -> Self {
+        Self { input, buf: vec![0; size.max(1)], start: 0, end: 0, eof: false }
+    }
+
+    /// The next block, or `None` at the end of the input.
+    pub fn next_block(&mut self) -> io::Result<Option<&[u8]>> {
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        loop {
+            if self.eof {
+                let n = std::mem::take(&mut self.end);
+                return Ok((n > 0).then(|| &self.buf[..n]));
+            }
+            if self.end == self.buf.len() {
+                if let Some(i) = memchr::memrchr(b'\n', &self.buf[..self.end]) {
+                    self.start = i + 1;
+                    return Ok(Some(&self.buf[..=i]));
+                }
+                // One line fills the buffer: make room for the rest of it.
+                self.buf.resize(self.buf.len().saturating_mul(2), 0);
+            }
+            match self.input.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// Runs an AU: `run` gets the arguments after the program name and returns the exit code.

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{check, check_usage_error, run};
+use common::{Rng, check, check_usage_error, run};
 
 const GREP: &str = env!("CARGO_BIN_EXE_au-grep");
 const TEXT: &str = "foo bar\nbaz\nFoo foo\nqux foobar\n";
@@ -105,4 +105,76 @@ fn bad_usage_and_patterns_are_exit_2() {
     check_usage_error(GREP, "grep", &["-e"], TEXT);
     check_usage_error(GREP, "grep", &["-e", "a", "b"], TEXT);
     check_usage_error(GREP, "grep", &["-j", "a"], TEXT);
+}
+
+/// Lines from a few bytes, so patterns match often and across lines; some empty, one much
+/// longer than the block grep searches at once, and no newline at the very end.
+fn lines(seed: u64) -> Vec<u8> {
+    const BYTES: &[u8] = b"aabbAB \t\xff_";
+    let mut r = Rng(seed);
+    let mut text = Vec::new();
+    while text.len() < 900 << 10 {
+        let len = match r.below(50) {
+            0 => 0,
+            1 => 300 << 10,
+            _ => r.below(30),
+        };
+        text.extend((0..len).map(|_| BYTES[r.below(BYTES.len())]));
+        text.push(b'\n');
+    }
+    text.extend_from_slice(b"ab b");
+    text
+}
+
+/// grep searches a block of lines at once and looks at a line alone only where the block
+/// holds a match; what it selects must be what a search of each line alone selects, for
+/// patterns that match at line ends, match a newline, or anchor to the text's ends.
+#[test]
+fn block_search_selects_what_each_line_alone_selects() {
+    let text = lines(0x9e37_79b9_7f4a_7c15);
+    let patterns = [
+        "a", "^a", "a$", "^$", "$", "", r"\s", "[^a]", r"a\sb", r"a\nb", r"\Aa", r"b\z", r"\bab\b",
+        "(?s)a.b", "(?m)^b", r"\xff", "aaaa|^bb", "A",
+    ];
+    for pattern in patterns {
+        for flags in [&[][..], &["-i"], &["-x"]] {
+            let mut builder = regex::bytes::RegexBuilder::new(&if flags == ["-x"] {
+                format!("^(?:{pattern})$")
+            } else {
+                pattern.to_owned()
+            });
+            let re = builder.case_insensitive(flags == ["-i"]).build();
+            let Ok(re) = re else { continue };
+            let body = text.strip_suffix(b"\n").unwrap_or(&text);
+            let numbered: Vec<(usize, &[u8])> =
+                body.split(|&b| b == b'\n').enumerate().map(|(i, l)| (i + 1, l)).collect();
+            for invert in [false, true] {
+                let chosen: Vec<(usize, &[u8])> =
+                    numbered.iter().copied().filter(|(_, l)| re.is_match(l) != invert).collect();
+                let mut args = flags.to_vec();
+                args.extend(["-n", "-e", pattern]);
+                if invert {
+                    args.push("-v");
+                }
+                let mut expected = Vec::new();
+                for (n, line) in &chosen {
+                    expected.extend(format!("{n}:").bytes());
+                    expected.extend_from_slice(line);
+                    expected.push(b'\n');
+                }
+                let r = run(GREP, &args, &text);
+                assert_eq!(r.code, if chosen.is_empty() { 1 } else { 0 }, "{args:?}: {}", r.stderr);
+                assert!(r.stdout == expected, "grep {args:?} selected other lines");
+                // Without -n the same lines; -c counts them; -q answers for them.
+                args.retain(|&a| a != "-n");
+                let plain: Vec<u8> =
+                    chosen.iter().flat_map(|(_, l)| [*l, b"\n"].concat()).collect();
+                assert!(run(GREP, &args, &text).stdout == plain, "grep {args:?}");
+                let count = run(GREP, &[&args[..], &["-c"]].concat(), &text);
+                assert_eq!(count.out(), format!("{}\n", chosen.len()), "grep -c {args:?}");
+                let quiet = run(GREP, &[&args[..], &["-q"]].concat(), &text);
+                assert_eq!(quiet.code, count.code, "grep -q {args:?}");
+            }
+        }
+    }
 }

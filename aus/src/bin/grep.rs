@@ -4,13 +4,14 @@
 //! GNU grep's algorithm. Exit 0 if a line was selected, 1 if none, 2 on bad usage or a bad
 //! pattern.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 
 use agenix_aus::{self as au, ArgDoc, Card, Error};
 use lexopt::Arg::{Short, Value};
 use regex_automata::meta::Regex;
 use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input};
+use regex_syntax::hir::Look;
 
 const CARD: Card = Card {
     name: "grep",
@@ -89,8 +90,12 @@ fn parse(args: Vec<std::ffi::OsString>) -> Result<Opts, Error> {
     Ok(o)
 }
 
-/// Compiles the patterns into one regex (anchored to the whole line with `-x`).
-fn build(o: &Opts) -> Result<Regex, Error> {
+/// Compiles the patterns into one regex (anchored to the whole line with `-x`), twice: the
+/// regex a line alone is matched with, and the one that searches a block of lines at once,
+/// where `^` and `$` also match at the ends of every line. There is no block regex when the
+/// patterns hold `\A` or `\z`: those mean the ends of each line, which only a line at a time
+/// keeps.
+fn build(o: &Opts) -> Result<(Regex, Option<Regex>), Error> {
     // As in grep, a pattern holding newlines is a list of patterns.
     let alternatives: Vec<String> = o
         .patterns
@@ -102,17 +107,29 @@ fn build(o: &Opts) -> Result<Regex, Error> {
     let pattern = if o.line { format!("^(?:{any})$") } else { any };
     // Like regex::bytes::Regex: may match invalid UTF-8, empty matches anywhere.
     let syntax = syntax::Config::new().case_insensitive(o.ignore_case).utf8(false);
+    let builder = || {
+        let mut b = Regex::builder();
+        b.syntax(syntax).configure(Regex::config().utf8_empty(false));
+        b
+    };
     let compile = |p: &str| {
-        let built =
-            Regex::builder().syntax(syntax).configure(Regex::config().utf8_empty(false)).build(p);
+        let built = builder().build(p);
         built.map_err(|e| e.syntax_error().map_or_else(|| e.to_string(), ToString::to_string))
     };
-    compile(&pattern).map_err(|e| {
+    let line = compile(&pattern).map_err(|e| {
         // Name the user's pattern, not the combined one, where one alone is at fault.
         let alone = alternatives.iter().filter(|_| !o.fixed);
         let e = alone.filter_map(|p| compile(p).err()).next().unwrap_or(e);
         au::bad_input(format!("invalid pattern: {e}"))
-    })
+    })?;
+    let block = syntax::parse_with(&pattern, &syntax.multi_line(true))
+        .ok()
+        .filter(|hir| {
+            let looks = hir.properties().look_set();
+            !(looks.contains(Look::Start) || looks.contains(Look::End))
+        })
+        .and_then(|hir| builder().build_from_hir(&hir).ok());
+    Ok((line, block))
 }
 
 /// A word constituent, as GNU grep defines it.
@@ -166,49 +183,155 @@ fn next_char(text: &[u8], i: usize) -> usize {
     i + first.and_then(|c| c.valid().chars().next()).map_or(1, char::len_utf8)
 }
 
+/// How many bytes of input are searched at once.
+const BLOCK: usize = 256 * 1024;
+
 fn run(args: Vec<std::ffi::OsString>) -> Result<u8, Error> {
     let o = parse(args)?;
-    let re = build(&o)?;
-    let word = o.word && !o.line;
-    let mut input = au::stdin();
-    let mut out = au::stdout();
-    let mut line = Vec::new();
-    let (mut number, mut selected) = (0u64, 0u64);
-    loop {
-        line.clear();
-        if input.read_until(b'\n', &mut line)? == 0 {
-            break;
-        }
-        number += 1;
-        let text = line.strip_suffix(b"\n").unwrap_or(&line);
-        let matched = if word { find(&re, true, text, 0).is_some() } else { re.is_match(text) };
-        if matched == o.invert {
-            continue;
-        }
-        selected += 1;
-        if o.quiet {
+    let (re, scan) = build(&o)?;
+    let mut g =
+        Grep { o: &o, re: &re, word: o.word && !o.line, out: au::stdout(), number: 0, selected: 0 };
+    let mut blocks = au::LineBlocks::new(std::io::stdin().lock(), BLOCK);
+    while let Some(block) = blocks.next_block()? {
+        if g.block(scan.as_ref(), block)? == Flow::Quit {
             return Ok(au::EXIT_OK);
         }
+    }
+    if o.count && !o.quiet {
+        writeln!(g.out, "{}", g.selected)?;
+    }
+    g.out.flush()?;
+    Ok(if g.selected > 0 { au::EXIT_OK } else { au::EXIT_FAILURE })
+}
+
+#[derive(PartialEq)]
+enum Flow {
+    Go,
+    /// `-q` selected a line: nothing more to read.
+    Quit,
+}
+
+struct Grep<'a, W> {
+    o: &'a Opts,
+    re: &'a Regex,
+    word: bool,
+    out: W,
+    /// Lines read before the current position.
+    number: u64,
+    selected: u64,
+}
+
+impl<W: Write> Grep<'_, W> {
+    /// Searches a block of whole lines. With `scan`, the whole block is searched at once and
+    /// only the line holding a match is looked at alone; the lines before it match nothing.
+    /// Without it (a pattern that anchors to the start or end of the text), each line is.
+    fn block(&mut self, scan: Option<&Regex>, block: &[u8]) -> std::io::Result<Flow> {
+        let mut pos = 0;
+        while pos < block.len() {
+            let candidate = match scan {
+                None => Some((pos, None)),
+                Some(scan) => scan
+                    .find(Input::new(block).range(pos..))
+                    // A match after the last newline is in no line.
+                    .filter(|m| m.start() < block.len() || block.last() != Some(&b'\n'))
+                    .map(|m| (m.start(), Some(m.end()))),
+            };
+            let Some((start, end)) = candidate else {
+                return self.unmatched(&block[pos..]);
+            };
+            let line_start =
+                memchr::memrchr(b'\n', &block[pos..start]).map_or(pos, |i| pos + i + 1);
+            let line_end =
+                memchr::memchr(b'\n', &block[start..]).map_or(block.len(), |i| start + i);
+            if self.unmatched(&block[pos..line_start])? == Flow::Quit {
+                return Ok(Flow::Quit);
+            }
+            let line = &block[line_start..line_end];
+            self.number += 1;
+            // A match that ends within its line is a match of the line alone: the block
+            // search is multi-line, so `^` and `$` hold at the line's ends and nowhere else in it.
+            let matched = match end {
+                Some(end) if end <= line_end && !self.word => true,
+                _ if self.word => find(self.re, true, line, 0).is_some(),
+                _ => self.re.is_match(line),
+            };
+            if self.line(line, matched)? == Flow::Quit {
+                return Ok(Flow::Quit);
+            }
+            pos = line_end + 1;
+        }
+        Ok(Flow::Go)
+    }
+
+    /// Lines known to match nothing (whole lines, the last one's newline possibly missing).
+    fn unmatched(&mut self, lines: &[u8]) -> std::io::Result<Flow> {
+        if lines.is_empty() {
+            return Ok(Flow::Go);
+        }
+        if !self.o.invert {
+            if self.o.number {
+                self.number += line_count(lines);
+            }
+            return Ok(Flow::Go);
+        }
+        if self.o.quiet {
+            self.selected += 1;
+            return Ok(Flow::Quit);
+        }
+        if self.o.count || self.o.only || !self.o.number {
+            let n = line_count(lines);
+            self.number += n;
+            self.selected += n;
+            // `-o -v` selects lines but prints nothing of them.
+            if !(self.o.count || self.o.only) {
+                self.out.write_all(lines)?;
+                if lines.last() != Some(&b'\n') {
+                    self.out.write_all(b"\n")?;
+                }
+            }
+            return Ok(Flow::Go);
+        }
+        let body = lines.strip_suffix(b"\n").unwrap_or(lines);
+        for line in body.split(|&b| b == b'\n') {
+            self.number += 1;
+            self.line(line, false)?;
+        }
+        Ok(Flow::Go)
+    }
+
+    /// One line (without its newline), counted, and whether it matched.
+    fn line(&mut self, text: &[u8], matched: bool) -> std::io::Result<Flow> {
+        if matched == self.o.invert {
+            return Ok(Flow::Go);
+        }
+        self.selected += 1;
+        let o = self.o;
+        if o.quiet {
+            return Ok(Flow::Quit);
+        }
         if o.count {
-            continue;
+            return Ok(Flow::Go);
         }
         if o.only {
             if !o.invert {
-                print_matches(&mut out, &re, word, text, o.number.then_some(number))?;
+                let number = o.number.then_some(self.number);
+                print_matches(&mut self.out, self.re, self.word, text, number)?;
             }
-            continue;
+            return Ok(Flow::Go);
         }
         if o.number {
-            write!(out, "{number}:")?;
+            write!(self.out, "{}:", self.number)?;
         }
-        out.write_all(text)?;
-        out.write_all(b"\n")?;
+        self.out.write_all(text)?;
+        self.out.write_all(b"\n")?;
+        Ok(Flow::Go)
     }
-    if o.count && !o.quiet {
-        writeln!(out, "{selected}")?;
-    }
-    out.flush()?;
-    Ok(if selected > 0 { au::EXIT_OK } else { au::EXIT_FAILURE })
+}
+
+/// The number of lines in `lines`: its newlines, and one more if the last has none.
+fn line_count(lines: &[u8]) -> u64 {
+    let newlines = memchr::memchr_iter(b'\n', lines).count() as u64;
+    newlines + u64::from(lines.last().is_some_and(|&b| b != b'\n'))
 }
 
 /// `-o`: every non-empty match of the line on its own line.

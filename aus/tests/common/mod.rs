@@ -68,3 +68,19 @@ pub fn check_usage_error(bin: &str, name: &str, args: &[&str], stdin: &str) -> R
     assert!(r.stderr.starts_with(&format!("{name}: ")), "{name} {args:?} stderr: {:?}", r.stderr);
     r
 }
+
+/// A small deterministic generator, so a failure repeats.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
