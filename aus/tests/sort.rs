@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{check, check_usage_error, run};
+use common::{Rng, check, check_usage_error, run};
 
 const SORT: &str = env!("CARGO_BIN_EXE_au-sort");
 
@@ -82,4 +82,50 @@ fn bad_usage() {
     check_usage_error(SORT, "sort", &["-k", "1q"], "");
     check_usage_error(SORT, "sort", &["-t", "ab"], "");
     check_usage_error(SORT, "sort", &["-k"], "");
+}
+
+/// Lines sharing prefixes of every length around the 8 bytes sort compares at once, lines
+/// that are prefixes of others, NUL and bytes above 0x7f, repeats, and one line longer than
+/// the pieces sort reads its input in.
+fn byte_lines(seed: u64) -> Vec<Vec<u8>> {
+    const PREFIXES: &[&[u8]] =
+        &[b"", b"2026-11-25T", b"abcdefg", b"abcdefgh", b"abcdefghi", b"abcdefghabcdefgh"];
+    const BYTES: &[u8] = b"\x00\x01ab \x7f\x80\xff";
+    let mut r = Rng(seed);
+    let mut lines: Vec<Vec<u8>> = (0..40_000)
+        .map(|_| {
+            let mut line = PREFIXES[r.below(PREFIXES.len())].to_vec();
+            line.extend((0..r.below(20)).map(|_| BYTES[r.below(BYTES.len())]));
+            line
+        })
+        .collect();
+    // First, where the pieces are smallest.
+    lines.insert(1, vec![b'a'; 200 << 10]);
+    lines
+}
+
+/// Sorting by bytes, 8 at a time, agrees with comparing whole lines, at every option that
+/// takes that path; with and without a newline at the end.
+#[test]
+fn byte_order_agrees_with_whole_line_comparison() {
+    let lines = byte_lines(0x2545_f491_4f6c_dd1d);
+    let mut sorted = lines.clone();
+    sorted.sort();
+    let mut unique = sorted.clone();
+    unique.dedup();
+    let join = |lines: &mut dyn Iterator<Item = &Vec<u8>>| {
+        lines.flat_map(|l| [l.as_slice(), b"\n"].concat()).collect::<Vec<u8>>()
+    };
+    let input = join(&mut lines.iter());
+    for args in [&[][..], &["-r"], &["-u"], &["-ru"], &["-s"], &["-k1"], &["-k", "1r"]] {
+        let reverse = args.contains(&"-r") || args.contains(&"-ru") || args == ["-k", "1r"];
+        let chosen = if args.contains(&"-u") || args.contains(&"-ru") { &unique } else { &sorted };
+        let expected =
+            if reverse { join(&mut chosen.iter().rev()) } else { join(&mut chosen.iter()) };
+        for input in [&input[..], &input[..input.len() - 1]] {
+            let r = run(SORT, args, input);
+            assert_eq!(r.code, 0, "sort {args:?}: {}", r.stderr);
+            assert!(r.stdout == expected, "sort {args:?} put lines in another order");
+        }
+    }
 }

@@ -331,14 +331,37 @@ fn compare(a: &[u8], b: &[u8], o: &Opts) -> Ordering {
 
 fn run(args: Vec<std::ffi::OsString>) -> Result<u8, Error> {
     let o = parse(args)?;
-    let mut data = Vec::new();
-    std::io::stdin().lock().read_to_end(&mut data)?;
-    let body = data.strip_suffix(b"\n").unwrap_or(&data);
-    let mut lines: Vec<&[u8]> =
-        if data.is_empty() { Vec::new() } else { body.split(|&b| b == b'\n').collect() };
+    let chunks = read_chunks(std::io::stdin().lock())?;
+    // Every line with its newline.
+    let lines = chunks.iter().flat_map(|chunk| {
+        let mut start = 0;
+        memchr::memchr_iter(b'\n', chunk).map(move |end| {
+            let line = &chunk[start..=end];
+            start = end + 1;
+            line
+        })
+    });
+    let mut out = au::stdout();
+    if let Some(reverse) = whole_line_order(&o) {
+        let mut lines: Vec<bytewise::Line<'_>> = lines.map(bytewise::Line::new).collect();
+        bytewise::sort(&mut lines);
+        if reverse {
+            lines.reverse();
+        }
+        let mut previous: Option<&[u8]> = None;
+        for line in lines.iter().map(|l| l.text) {
+            if o.unique && previous == Some(line) {
+                continue;
+            }
+            previous = Some(line);
+            out.write_all(line)?;
+        }
+        out.flush()?;
+        return Ok(au::EXIT_OK);
+    }
+    let mut lines: Vec<&[u8]> = lines.map(|l| &l[..l.len() - 1]).collect();
     lines.sort_by(|a, b| compare(a, b, &o));
 
-    let mut out = au::stdout();
     let mut previous: Option<&[u8]> = None;
     for line in lines {
         if o.unique {
@@ -352,4 +375,139 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<u8, Error> {
     }
     out.flush()?;
     Ok(au::EXIT_OK)
+}
+
+/// The sizes of the pieces input is read into: each as large as all read before it, within
+/// these bounds, so small input takes little memory and large input few pieces.
+const CHUNK_MIN: usize = 64 << 10;
+const CHUNK_MAX: usize = 16 << 20;
+
+/// All of `input`, in pieces of whole lines each ending with a newline (one is added to a
+/// last line without). Pieces, not one buffer: a buffer that grows copies what it holds each
+/// time, and holds up to twice the input while it does.
+fn read_chunks(mut input: impl Read) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut chunks = Vec::new();
+    let mut carry = Vec::new();
+    let mut total = 0usize;
+    loop {
+        // A line longer than a piece gets a piece twice its length.
+        let size = total.clamp(CHUNK_MIN, CHUNK_MAX).max(carry.len().saturating_mul(2));
+        let mut chunk = Vec::with_capacity(size);
+        chunk.append(&mut carry);
+        let room = chunk.capacity() - chunk.len();
+        let n = (&mut input).take(room as u64).read_to_end(&mut chunk)?;
+        if n == 0 {
+            if !chunk.is_empty() {
+                chunk.push(b'\n');
+                chunks.push(chunk);
+            }
+            return Ok(chunks);
+        }
+        total = total.saturating_add(n);
+        match memchr::memrchr(b'\n', &chunk) {
+            Some(i) => {
+                carry = chunk.split_off(i + 1);
+                chunks.push(chunk);
+            }
+            None => carry = chunk,
+        }
+    }
+}
+
+/// When lines are ordered by their bytes alone (no key, no `-n` or `-b`), whether the order
+/// is reversed. Lines that compare equal are then the same bytes, so neither stability nor
+/// which of equal lines `-u` keeps can show, and the faster [`bytewise`] sort applies.
+fn whole_line_order(o: &Opts) -> Option<bool> {
+    match o.keys.as_slice() {
+        [] => Some(false),
+        [key]
+            if key.start_field == 0
+                && key.start_char == 0
+                && key.end_field.is_none()
+                && !(key.order.numeric
+                    || key.order.skip_start_blanks
+                    || key.order.skip_end_blanks) =>
+        {
+            Some(key.order.reverse)
+        }
+        _ => None,
+    }
+}
+
+/// Sorting lines by their bytes: each line's next 8 bytes are compared as one integer, and
+/// only lines whose 8 bytes are the same look further, 8 bytes deeper.
+mod bytewise {
+    /// A line of the input with its newline, and 8 bytes of it from the depth being sorted,
+    /// as a big-endian integer (zeros past its end).
+    #[derive(Clone, Copy)]
+    pub(super) struct Line<'a> {
+        key: u64,
+        pub(super) text: &'a [u8],
+    }
+
+    impl<'a> Line<'a> {
+        /// `text` ends with a newline.
+        pub(super) fn new(text: &'a [u8]) -> Self {
+            Self { key: 0, text }
+        }
+
+        /// The length of the line without its newline.
+        fn len(self) -> usize {
+            self.text.len().saturating_sub(1)
+        }
+
+        /// The line without its newline, from `depth` on.
+        fn rest(self, depth: usize) -> &'a [u8] {
+            self.text.get(depth..self.len()).unwrap_or(&[])
+        }
+
+        /// How many bytes are left past `depth`, counting all above 8 as 9: two lines with
+        /// the same key are equal if both have 8 or fewer left, the shorter one is first if
+        /// one has fewer, and only if both have more does it take a deeper look.
+        fn left(self, depth: usize) -> usize {
+            self.len().saturating_sub(depth).min(9)
+        }
+
+        fn set_key(&mut self, depth: usize) {
+            let rest = self.rest(depth);
+            self.key = match rest.first_chunk() {
+                Some(bytes) => u64::from_be_bytes(*bytes),
+                None => {
+                    rest.iter().zip((0..8).rev()).fold(0, |k, (&b, i)| k | u64::from(b) << (8 * i))
+                }
+            };
+        }
+    }
+
+    /// Groups this small are sorted by comparing their remaining bytes directly.
+    const SMALL: usize = 16;
+
+    /// Sorts `lines` into the byte order of their text. An explicit stack, not recursion:
+    /// long equal lines go as deep as their length.
+    pub(super) fn sort(lines: &mut [Line<'_>]) {
+        let mut todo = vec![(0, lines.len(), 0)];
+        while let Some((from, to, depth)) = todo.pop() {
+            let group = &mut lines[from..to];
+            if group.len() <= SMALL {
+                group.sort_unstable_by(|a, b| a.rest(depth).cmp(b.rest(depth)));
+                continue;
+            }
+            for line in group.iter_mut() {
+                line.set_key(depth);
+            }
+            group.sort_unstable_by_key(|l| (l.key, l.left(depth)));
+            let mut i = 0;
+            while i < group.len() {
+                let first = group[i];
+                let same = group[i..]
+                    .iter()
+                    .take_while(|l| l.key == first.key && l.left(depth) == first.left(depth))
+                    .count();
+                if same > 1 && first.left(depth) > 8 {
+                    todo.push((from + i, from + i + same, depth + 8));
+                }
+                i += same;
+            }
+        }
+    }
 }
