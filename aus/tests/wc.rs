@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{check, check_usage_error, run};
+use common::{Rng, check, check_usage_error, run};
 
 const WC: &str = env!("CARGO_BIN_EXE_au-wc");
 
@@ -53,4 +53,62 @@ fn bytes_are_counted_as_they_are() {
 fn bad_usage() {
     check_usage_error(WC, "wc", &["-x"], "");
     check_usage_error(WC, "wc", &["file"], "");
+}
+
+/// What GNU wc counts as words and characters, a character at a time: white space (Unicode's,
+/// and the no-break spaces U+2007 and U+2060) ends a word, a control character neither starts
+/// nor ends one, invalid UTF-8 is neither.
+fn words_and_chars(bytes: &[u8]) -> (u64, u64) {
+    let (mut words, mut chars, mut in_word) = (0, 0, false);
+    for c in bytes.utf8_chunks().flat_map(|chunk| chunk.valid().chars()) {
+        chars += 1;
+        if c.is_whitespace() || matches!(c, '\u{2007}' | '\u{2060}') {
+            in_word = false;
+        } else if !c.is_control() && !in_word {
+            words += 1;
+            in_word = true;
+        }
+    }
+    (words, chars)
+}
+
+/// The ASCII fast path counts what a character at a time counts: every ASCII byte, white
+/// space and control character among multibyte ones and invalid bytes, split across reads.
+#[test]
+fn words_and_characters_agree_with_a_character_at_a_time() {
+    const PIECES: &[&str] = &[
+        "a",
+        "b",
+        " ",
+        "\t",
+        "\n",
+        "\x0b",
+        "\x0c",
+        "\r",
+        "\x00",
+        "\x01",
+        "\x1f",
+        "\x7f",
+        "\u{85}",
+        "\u{a0}",
+        "\u{2007}",
+        "\u{2060}",
+        "\u{2028}",
+        "\u{3000}",
+        "\u{e9}",
+        "\u{1f600}",
+    ];
+    let mut r = Rng(0x853c_49e6_748f_ea9b);
+    let mut text = Vec::new();
+    while text.len() < 300 << 10 {
+        match r.below(40) {
+            0 => text.push(0xff),
+            1 => text.extend_from_slice(&"\u{1f600}".as_bytes()[..2]),
+            _ => text.extend_from_slice(PIECES[r.below(PIECES.len())].as_bytes()),
+        }
+    }
+    let (words, chars) = words_and_chars(&text);
+    let lines = text.iter().filter(|&&b| b == b'\n').count();
+    let r = run(WC, &["-lwmc"], &text);
+    assert_eq!(r.out(), format!("{lines:>7} {words:>7} {chars:>7} {:>7}\n", text.len()));
 }
