@@ -128,3 +128,41 @@ fn deeply_nested_input_is_refused_not_a_crash() {
     let deep_arg = format!("{}{}", "[".repeat(600), "]".repeat(600));
     check_usage_error(JQ, "jq", &["-n", "--argjson", "x", &deep_arg, "$x"], "");
 }
+
+/// Arrays and objects are cut out of the stream and parsed from memory, wherever reads split
+/// them (one is larger than a read); a top-level scalar or comment hands the rest of the stream
+/// to the byte-at-a-time reader, and values after it come out the same.
+#[test]
+fn values_across_reads_and_after_a_scalar() {
+    let mut values = Vec::new();
+    for i in 0..30_000 {
+        values.push(match i % 5 {
+            0 => format!(r#"{{"n":{i},"s":"]}}\\\"{{[","t":[1,{{"u":null}}]}}"#),
+            1 => format!(r#"[{i},"\"]",{{}},[]]"#),
+            2 => format!("{{\n  \"pretty\": [\n    {i}\n  ]\n}}"),
+            3 => format!(r#"{{"big":"{}"}}"#, "x".repeat(if i == 3 { 600_000 } else { 10 })),
+            _ => format!(r#"{{"n":{i}}}"#),
+        });
+    }
+    let compact = |v: &str| v.replace(['\n', ' '], "");
+    let expected: String = values.iter().map(|v| compact(v) + "\n").collect();
+    let r = run(JQ, &["-c", "."], values.join(" ").as_bytes());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.out() == expected, "jq -c . changed the values");
+    for between in ["7", "# a comment\n", "\"s\"", "true"] {
+        let mid = values.len() / 2;
+        let input =
+            format!("{}\n{between}\n{}", values[..mid].join("\n"), values[mid..].join("\n"));
+        let r = run(JQ, &["-c", "."], input.as_bytes());
+        let shown = if between.starts_with('#') { String::new() } else { format!("{between}\n") };
+        let mut expected = values[..mid].iter().map(|v| compact(v) + "\n").collect::<String>();
+        expected += &shown;
+        expected.extend(values[mid..].iter().map(|v| compact(v) + "\n"));
+        assert_eq!(r.code, 0, "{between:?}: {}", r.stderr);
+        assert!(r.out() == expected, "jq -c . with {between:?} in the middle");
+    }
+    // A value cut off by the end of the stream is bad input, after the values before it.
+    let r = run(JQ, &["-c", "."], format!("{} {{\"a\":[1,", values[0]).as_bytes());
+    assert_eq!((r.code, r.out()), (2, compact(&values[0]) + "\n"), "{}", r.stderr);
+    assert!(r.stderr.starts_with("jq: error: cannot parse input"), "{}", r.stderr);
+}

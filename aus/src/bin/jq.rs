@@ -72,30 +72,32 @@ impl<R> DepthGuard<R> {
     }
 
     fn scan(&mut self, bytes: &[u8]) -> io::Result<()> {
-        for &b in bytes {
-            if self.in_comment {
-                self.in_comment = b != b'\n';
-            } else if self.in_string {
-                match b {
-                    _ if self.escaped => self.escaped = false,
-                    b'\\' => self.escaped = true,
-                    b'"' => self.in_string = false,
-                    _ => {}
-                }
-            } else {
-                match b {
-                    b'"' => self.in_string = true,
-                    b'#' => self.in_comment = true,
-                    b'[' | b'{' => {
-                        self.depth += 1;
-                        if self.depth > MAX_DEPTH {
-                            let message = format!("exceeds the depth limit of {MAX_DEPTH}");
-                            return Err(io::Error::new(io::ErrorKind::InvalidData, message));
-                        }
+        bytes.iter().try_for_each(|&b| self.step(b))
+    }
+
+    fn step(&mut self, b: u8) -> io::Result<()> {
+        if self.in_comment {
+            self.in_comment = b != b'\n';
+        } else if self.in_string {
+            match b {
+                _ if self.escaped => self.escaped = false,
+                b'\\' => self.escaped = true,
+                b'"' => self.in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => self.in_string = true,
+                b'#' => self.in_comment = true,
+                b'[' | b'{' => {
+                    self.depth += 1;
+                    if self.depth > MAX_DEPTH {
+                        let message = format!("exceeds the depth limit of {MAX_DEPTH}");
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, message));
                     }
-                    b']' | b'}' => self.depth = self.depth.saturating_sub(1),
-                    _ => {}
                 }
+                b']' | b'}' => self.depth = self.depth.saturating_sub(1),
+                _ => {}
             }
         }
         Ok(())
@@ -107,6 +109,113 @@ impl<R: io::Read> io::Read for DepthGuard<R> {
         let n = self.inner.read(buf)?;
         self.scan(&buf[..n])?;
         Ok(n)
+    }
+}
+
+/// The JSON values of a stream. Each top-level array or object is found by scanning its bytes
+/// (the same scan that enforces [`MAX_DEPTH`]) and parsed from memory at once; the first
+/// other top-level value hands the rest of the stream to jaq's byte-at-a-time reader.
+struct Values<R> {
+    input: Option<R>,
+    buf: Vec<u8>,
+    /// Where the next value begins in `buf`.
+    pos: usize,
+    /// From a top-level value other than an array or object on.
+    rest: Option<Box<dyn Iterator<Item = io::Result<Val>>>>,
+}
+
+/// How much is read from the stream at a time.
+const READ: usize = 256 * 1024;
+
+impl<R: io::Read + 'static> Values<R> {
+    fn new(input: R) -> Self {
+        Self { input: Some(input), buf: Vec::new(), pos: 0, rest: None }
+    }
+
+    /// Reads more of the stream onto the end of `buf`, first dropping what was parsed;
+    /// false at its end.
+    fn fill(&mut self) -> io::Result<bool> {
+        let Some(input) = &mut self.input else { return Ok(false) };
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+        let len = self.buf.len();
+        self.buf.resize(len + READ, 0);
+        let read = loop {
+            match input.read(&mut self.buf[len..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => break other,
+            }
+        };
+        let n = *read.as_ref().unwrap_or(&0);
+        self.buf.truncate(len + n);
+        read?;
+        if n == 0 {
+            self.input = None;
+        }
+        Ok(n > 0)
+    }
+
+    /// The end of the array or object that begins at `pos` (reading more as needed), or the
+    /// end of the stream inside it.
+    fn value_end(&mut self) -> io::Result<usize> {
+        let mut scan = DepthGuard::new(());
+        let mut at = self.pos;
+        loop {
+            for (i, &b) in self.buf[at..].iter().enumerate() {
+                scan.step(b)?;
+                if scan.depth == 0 {
+                    return Ok(at + i + 1);
+                }
+            }
+            // Reading more moves what is kept to the front.
+            let scanned = self.buf.len() - self.pos;
+            if !self.fill()? {
+                return Ok(self.buf.len());
+            }
+            at = self.pos + scanned;
+        }
+    }
+
+    fn next_value(&mut self) -> Option<io::Result<Val>> {
+        if let Some(rest) = &mut self.rest {
+            return rest.next();
+        }
+        loop {
+            match self.buf.get(self.pos) {
+                None => match self.fill() {
+                    Ok(true) => {}
+                    Ok(false) => return None,
+                    Err(e) => return Some(Err(e)),
+                },
+                Some(b' ' | b'\t' | b'\n' | b'\r') => self.pos += 1,
+                Some(b'[' | b'{') => break,
+                Some(_) => {
+                    // Anything else, comments too: the rest goes through jaq's own reader.
+                    let buffered = io::Cursor::new(self.buf.split_off(self.pos));
+                    let rest: Box<dyn io::Read> = match self.input.take() {
+                        Some(input) => Box::new(io::Read::chain(buffered, input)),
+                        None => Box::new(buffered),
+                    };
+                    let reader = io::BufReader::with_capacity(au::BUF_SIZE, DepthGuard::new(rest));
+                    return self.rest.insert(Box::new(jaq_json::read::read_many(reader))).next();
+                }
+            }
+        }
+        let end = match self.value_end() {
+            Ok(end) => end,
+            Err(e) => return Some(Err(e)),
+        };
+        let value = jaq_json::read::parse_single(&self.buf[self.pos..end]);
+        self.pos = end;
+        Some(value.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string())))
+    }
+}
+
+impl<R: io::Read + 'static> Iterator for Values<R> {
+    type Item = io::Result<Val>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_value()
     }
 }
 
@@ -244,8 +353,7 @@ fn run(args: Vec<OsString>) -> Result<u8, Error> {
         io_failed.set(e.kind() != io::ErrorKind::InvalidData);
         e.to_string()
     };
-    let stdin = io::BufReader::with_capacity(au::BUF_SIZE, DepthGuard::new(io::stdin().lock()));
-    let values = jaq_json::read::read_many(stdin).map(|r| r.map_err(note));
+    let values = Values::new(io::stdin().lock()).map(|r| r.map_err(note));
     let slurped: Box<dyn Iterator<Item = Result<Val, String>>> = if o.slurp {
         let all: Result<Vec<Val>, String> = values.collect();
         Box::new(std::iter::once(all.map(|vs| vs.into_iter().collect())))
