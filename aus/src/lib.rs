@@ -219,9 +219,11 @@ pub fn stdout() -> BufWriter<StdoutLock<'static>> {
     BufWriter::with_capacity(BUF_SIZE, io::stdout().lock())
 }
 
-/// Reads its input in large blocks of whole lines, for AUs that search a block at a time
-/// instead of a line at a time. Every block but the last ends with `\n`; the last holds what
-/// follows the final newline, if anything. A line longer than the buffer grows the buffer.
+/// Reads its input in blocks of whole lines, for AUs that search a block at a time instead of
+/// a line at a time. Every block but the last ends with `\n`; the last holds what follows the
+/// final newline, if anything. A block is handed out as soon as a read completes a line, so a
+/// stream that pauses is searched up to where it paused; a line longer than the buffer grows
+/// the buffer.
 #[derive(Debug)]
 pub struct LineBlocks<R> {
     input: R,
@@ -233,7 +235,7 @@ pub struct LineBlocks<R> {
 }
 
 impl<R: Read> LineBlocks<R> {
-    /// Blocks of about `size` bytes (at least one line) from `input`.
+    /// Blocks of up to `size` bytes (or one line, if longer) from `input`.
     pub fn new(input: R, size: usize) -> Self {
         Self { input, buf: vec![0; size.max(1)], start: 0, end: 0, eof: false }
     }
@@ -249,18 +251,21 @@ impl<R: Read> LineBlocks<R> {
                 return Ok((n > 0).then(|| &self.buf[..n]));
             }
             if self.end == self.buf.len() {
-                if let Some(i) = memchr::memrchr(b'\n', &self.buf[..self.end]) {
-                    self.start = i + 1;
-                    return Ok(Some(&self.buf[..=i]));
-                }
                 // One line fills the buffer: make room for the rest of it.
                 self.buf.resize(self.buf.len().saturating_mul(2), 0);
             }
-            match self.input.read(&mut self.buf[self.end..]) {
+            let read = self.end;
+            match self.input.read(&mut self.buf[read..]) {
                 Ok(0) => self.eof = true,
                 Ok(n) => self.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
+            }
+            // Only what this read brought can hold the first newline: what came before
+            // was searched.
+            if let Some(i) = memchr::memrchr(b'\n', &self.buf[read..self.end]) {
+                self.start = read + i + 1;
+                return Ok(Some(&self.buf[..self.start]));
             }
         }
     }

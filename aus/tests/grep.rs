@@ -110,13 +110,17 @@ fn bad_usage_and_patterns_are_exit_2() {
 /// Lines from a few bytes, so patterns match often and across lines; some empty, one much
 /// longer than the block grep searches at once, and no newline at the very end.
 fn lines(seed: u64) -> Vec<u8> {
-    const BYTES: &[u8] = b"aabbAB \t\xff_";
+    const BYTES: &[u8] = b"aabbAB \t\r\xff_";
     let mut r = Rng(seed);
     let mut text = Vec::new();
+    let mut long = true;
     while text.len() < 900 << 10 {
         let len = match r.below(50) {
+            _ if long && text.len() > 300 << 10 => {
+                long = false;
+                300 << 10
+            }
             0 => 0,
-            1 => 300 << 10,
             _ => r.below(30),
         };
         text.extend((0..len).map(|_| BYTES[r.below(BYTES.len())]));
@@ -134,7 +138,8 @@ fn block_search_selects_what_each_line_alone_selects() {
     let text = lines(0x9e37_79b9_7f4a_7c15);
     let patterns = [
         "a", "^a", "a$", "^$", "$", "", r"\s", "[^a]", r"a\sb", r"a\nb", r"\Aa", r"b\z", r"\bab\b",
-        "(?s)a.b", "(?m)^b", r"\xff", "aaaa|^bb", "A",
+        "(?s)a.b", "(?m)^b", r"\xff", "aaaa|^bb", "A", "(?R)a$", "(?R)a\r$", "(?R)^b", "(?R)$",
+        r"a[^x]*b", r"\D+\s",
     ];
     for pattern in patterns {
         for flags in [&[][..], &["-i"], &["-x"]] {
@@ -144,7 +149,7 @@ fn block_search_selects_what_each_line_alone_selects() {
                 pattern.to_owned()
             });
             let re = builder.case_insensitive(flags == ["-i"]).build();
-            let Ok(re) = re else { continue };
+            let re = re.unwrap_or_else(|e| panic!("the reference cannot compile {pattern:?}: {e}"));
             let body = text.strip_suffix(b"\n").unwrap_or(&text);
             let numbered: Vec<(usize, &[u8])> =
                 body.split(|&b| b == b'\n').enumerate().map(|(i, l)| (i + 1, l)).collect();
@@ -177,4 +182,32 @@ fn block_search_selects_what_each_line_alone_selects() {
             }
         }
     }
+}
+
+/// A stream that pauses is searched up to where it paused: `-q` answers at the first match,
+/// not when a block fills or the input ends.
+#[test]
+fn quiet_answers_before_the_input_ends() {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(GREP)
+        .args(["-q", "a"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn grep");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"b\na\n").expect("write");
+    // The pipe stays open: grep must not wait for more.
+    let until = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < until, "grep -q still waiting for input after its match");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    drop(stdin);
+    assert_eq!(status.code(), Some(0));
 }

@@ -11,7 +11,10 @@ use lexopt::Arg::{Short, Value};
 use regex_automata::meta::Regex;
 use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input};
-use regex_syntax::hir::Look;
+use regex_syntax::hir::{
+    Capture, Class, ClassBytes, ClassBytesRange, ClassUnicode, ClassUnicodeRange, Hir, HirKind,
+    Literal, Look, Repetition,
+};
 
 const CARD: Card = Card {
     name: "grep",
@@ -93,8 +96,8 @@ fn parse(args: Vec<std::ffi::OsString>) -> Result<Opts, Error> {
 /// Compiles the patterns into one regex (anchored to the whole line with `-x`), twice: the
 /// regex a line alone is matched with, and the one that searches a block of lines at once,
 /// where `^` and `$` also match at the ends of every line. There is no block regex when the
-/// patterns hold `\A` or `\z`: those mean the ends of each line, which only a line at a time
-/// keeps.
+/// patterns hold `\A` or `\z` (or `^` or `$` in CRLF mode): those mean the ends of each line,
+/// which only a line at a time keeps.
 fn build(o: &Opts) -> Result<(Regex, Option<Regex>), Error> {
     // As in grep, a pattern holding newlines is a list of patterns.
     let alternatives: Vec<String> = o
@@ -126,10 +129,45 @@ fn build(o: &Opts) -> Result<(Regex, Option<Regex>), Error> {
         .ok()
         .filter(|hir| {
             let looks = hir.properties().look_set();
-            !(looks.contains(Look::Start) || looks.contains(Look::End))
+            // \A, \z, and ^ $ in CRLF mode (?R) mean something else in a block than in a line.
+            ![Look::Start, Look::End, Look::StartCRLF, Look::EndCRLF]
+                .iter()
+                .any(|&l| looks.contains(l))
         })
-        .and_then(|hir| builder().build_from_hir(&hir).ok());
+        .and_then(|hir| builder().build_from_hir(&without_newline(&hir)).ok());
     Ok((line, block))
+}
+
+/// `hir` with every way of matching a newline taken out. Within a line it matches what `hir`
+/// matches, and no match of it spans lines: a search of a block finds a match in the line it
+/// starts in, never one reaching lines ahead (a search that could would look that far again
+/// for each line it passes).
+fn without_newline(hir: &Hir) -> Hir {
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => hir.clone(),
+        HirKind::Literal(Literal(bytes)) if bytes.contains(&b'\n') => Hir::fail(),
+        HirKind::Literal(_) => hir.clone(),
+        HirKind::Class(Class::Unicode(class)) => {
+            let mut class = class.clone();
+            class.difference(&ClassUnicode::new([ClassUnicodeRange::new('\n', '\n')]));
+            Hir::class(Class::Unicode(class))
+        }
+        HirKind::Class(Class::Bytes(class)) => {
+            let mut class = class.clone();
+            class.difference(&ClassBytes::new([ClassBytesRange::new(b'\n', b'\n')]));
+            Hir::class(Class::Bytes(class))
+        }
+        HirKind::Repetition(r) => {
+            let sub = Box::new(without_newline(&r.sub));
+            Hir::repetition(Repetition { min: r.min, max: r.max, greedy: r.greedy, sub })
+        }
+        HirKind::Capture(c) => {
+            let sub = Box::new(without_newline(&c.sub));
+            Hir::capture(Capture { index: c.index, name: c.name.clone(), sub })
+        }
+        HirKind::Concat(subs) => Hir::concat(subs.iter().map(without_newline).collect()),
+        HirKind::Alternation(subs) => Hir::alternation(subs.iter().map(without_newline).collect()),
+    }
 }
 
 /// A word constituent, as GNU grep defines it.
