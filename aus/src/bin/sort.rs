@@ -332,18 +332,11 @@ fn compare(a: &[u8], b: &[u8], o: &Opts) -> Ordering {
 fn run(args: Vec<std::ffi::OsString>) -> Result<u8, Error> {
     let o = parse(args)?;
     let chunks = read_chunks(std::io::stdin().lock())?;
-    // Every line with its newline.
-    let lines = chunks.iter().flat_map(|chunk| {
-        let mut start = 0;
-        memchr::memchr_iter(b'\n', chunk).map(move |end| {
-            let line = &chunk[start..=end];
-            start = end + 1;
-            line
-        })
-    });
+    let count: usize = chunks.iter().map(|c| memchr::memchr_iter(b'\n', c).count()).sum();
     let mut out = au::stdout();
     if let Some(reverse) = whole_line_order(&o) {
-        let mut lines: Vec<bytewise::Line<'_>> = lines.map(bytewise::Line::new).collect();
+        let mut lines = Vec::with_capacity(count);
+        lines.extend(lines_of(&chunks).map(bytewise::Line::new));
         bytewise::sort(&mut lines);
         if reverse {
             lines.reverse();
@@ -359,7 +352,8 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<u8, Error> {
         out.flush()?;
         return Ok(au::EXIT_OK);
     }
-    let mut lines: Vec<&[u8]> = lines.map(|l| &l[..l.len() - 1]).collect();
+    let mut lines = Vec::with_capacity(count);
+    lines.extend(lines_of(&chunks).map(|l| &l[..l.len() - 1]));
     lines.sort_by(|a, b| compare(a, b, &o));
 
     let mut previous: Option<&[u8]> = None;
@@ -377,6 +371,18 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<u8, Error> {
     Ok(au::EXIT_OK)
 }
 
+/// Every line of the pieces, with its newline.
+fn lines_of(chunks: &[Vec<u8>]) -> impl Iterator<Item = &[u8]> {
+    chunks.iter().flat_map(|chunk| {
+        let mut start = 0;
+        memchr::memchr_iter(b'\n', chunk).map(move |end| {
+            let line = &chunk[start..=end];
+            start = end + 1;
+            line
+        })
+    })
+}
+
 /// The sizes of the pieces input is read into: each as large as all read before it, within
 /// these bounds, so small input takes little memory and large input few pieces.
 const CHUNK_MIN: usize = 64 << 10;
@@ -387,31 +393,47 @@ const CHUNK_MAX: usize = 16 << 20;
 /// time, and holds up to twice the input while it does.
 fn read_chunks(mut input: impl Read) -> std::io::Result<Vec<Vec<u8>>> {
     let mut chunks = Vec::new();
-    let mut carry = Vec::new();
+    let mut chunk: Vec<u8> = Vec::new();
     let mut total = 0usize;
     loop {
-        // A line longer than a piece gets a piece twice its length.
-        let size = total.clamp(CHUNK_MIN, CHUNK_MAX).max(carry.len().saturating_mul(2));
-        let mut chunk = Vec::with_capacity(size);
-        chunk.append(&mut carry);
+        if chunk.len() == chunk.capacity() {
+            // A small read first, so the end of the input costs no new piece.
+            let mut probe = [0; 4096];
+            let n = loop {
+                match input.read(&mut probe) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    other => break other?,
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            // A new piece grows with the input; one line longer than its piece doubles it.
+            chunk.reserve(total.clamp(CHUNK_MIN, CHUNK_MAX).max(chunk.len()));
+            chunk.extend_from_slice(&probe[..n]);
+            total = total.saturating_add(n);
+        }
         let room = chunk.capacity() - chunk.len();
         let n = (&mut input).take(room as u64).read_to_end(&mut chunk)?;
-        if n == 0 {
-            if !chunk.is_empty() {
-                chunk.push(b'\n');
-                chunks.push(chunk);
-            }
-            return Ok(chunks);
-        }
         total = total.saturating_add(n);
-        match memchr::memrchr(b'\n', &chunk) {
-            Some(i) => {
-                carry = chunk.split_off(i + 1);
-                chunks.push(chunk);
-            }
-            None => carry = chunk,
+        if n < room {
+            break;
+        }
+        // Full: its whole lines are a piece; the rest begins the next.
+        if let Some(i) = memchr::memrchr(b'\n', &chunk) {
+            let rest = chunk[i + 1..].to_vec();
+            chunk.truncate(i + 1);
+            chunks.push(std::mem::replace(&mut chunk, rest));
         }
     }
+    if !chunk.is_empty() {
+        if chunk.last() != Some(&b'\n') {
+            chunk.reserve_exact(1);
+            chunk.push(b'\n');
+        }
+        chunks.push(chunk);
+    }
+    Ok(chunks)
 }
 
 /// When lines are ordered by their bytes alone (no key, no `-n` or `-b`), whether the order
