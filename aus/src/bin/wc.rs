@@ -81,28 +81,28 @@ impl Counts {
                 i += 1;
                 continue;
             }
-            // One character, or invalid bytes (neither characters nor word boundaries).
-            let window = &data[i..data.len().min(i + 4)];
-            let valid = match std::str::from_utf8(window) {
-                Ok(s) => s,
-                Err(e) if e.valid_up_to() > 0 => {
-                    std::str::from_utf8(&window[..e.valid_up_to()]).unwrap_or_default()
-                }
-                Err(e) => match e.error_len() {
-                    Some(n) => {
-                        i += n;
-                        continue;
+            // A stretch without ASCII, decoded whole: its characters, and invalid bytes
+            // (neither characters nor word boundaries).
+            let stretch = data[i..].iter().position(u8::is_ascii).map_or(data.len(), |n| i + n);
+            let mut rest = &data[i..stretch];
+            i = stretch;
+            loop {
+                let (valid, error) = match std::str::from_utf8(rest) {
+                    Ok(s) => (s, None),
+                    Err(e) => {
+                        (std::str::from_utf8(&rest[..e.valid_up_to()]).unwrap_or_default(), Some(e))
                     }
-                    // Cut off by the end of the read.
-                    None => return data.len() - i,
-                },
-            };
-            match valid.chars().next() {
-                Some(c) => {
-                    self.char(c);
-                    i += c.len_utf8();
+                };
+                valid.chars().for_each(|c| self.char(c));
+                let Some(e) = error else { break };
+                rest = &rest[e.valid_up_to()..];
+                match e.error_len() {
+                    Some(n) => rest = &rest[n..],
+                    // Cut off by the end of the read: the next read completes it.
+                    None if stretch == data.len() => return rest.len(),
+                    // Cut off by ASCII: invalid.
+                    None => break,
                 }
-                None => i += 1,
             }
         }
         0
