@@ -166,3 +166,13 @@ fn values_across_reads_and_after_a_scalar() {
     assert_eq!((r.code, r.out()), (2, compact(&values[0]) + "\n"), "{}", r.stderr);
     assert!(r.stderr.starts_with("jq: error: cannot parse input"), "{}", r.stderr);
 }
+
+/// After a value that is not valid JSON, `input` fails as jaq's own reader fails, not by
+/// skipping to the next value.
+#[test]
+fn input_after_bad_json_fails_as_before() {
+    let r = run(JQ, &["-c", "-n", "[range(4) | try input catch \"E\"]"], b"[1,] [2] [3]");
+    assert_eq!((r.code, r.out().as_str()), (0, "[\"E\",\"E\",\"E\",\"E\"]\n"), "{}", r.stderr);
+    let r = run(JQ, &["-c", "-n", "try input catch \"E\", input"], b"[1,] [2]");
+    assert_eq!((r.code, r.out().as_str()), (5, "\"E\"\n"), "{}", r.stderr);
+}

@@ -113,19 +113,25 @@ impl<R: io::Read> io::Read for DepthGuard<R> {
 }
 
 /// The JSON values of a stream. Each top-level array or object is found by scanning its bytes
-/// (the same scan that enforces [`MAX_DEPTH`]) and parsed from memory at once; the first
-/// other top-level value hands the rest of the stream to jaq's byte-at-a-time reader.
+/// (the same scan that enforces [`MAX_DEPTH`]) and parsed from memory at once. Anything else
+/// hands the rest of the stream, from where that value begins, to jaq's byte-at-a-time
+/// reader, which then reads it exactly as it would have from the start: a top-level value
+/// of another kind or a comment, a value that is not valid JSON or nests too deeply (that
+/// reader reports it), and one whose text passes [`HELD`] (read as a stream, not held).
 struct Values<R> {
     input: Option<R>,
     buf: Vec<u8>,
     /// Where the next value begins in `buf`.
     pos: usize,
-    /// From a top-level value other than an array or object on.
+    /// From the first value handed over on.
     rest: Option<Box<dyn Iterator<Item = io::Result<Val>>>>,
 }
 
 /// How much is read from the stream at a time.
 const READ: usize = 256 * 1024;
+
+/// The most text of one value held to parse it at once.
+const HELD: usize = 4 << 20;
 
 impl<R: io::Read + 'static> Values<R> {
     fn new(input: R) -> Self {
@@ -156,24 +162,42 @@ impl<R: io::Read + 'static> Values<R> {
     }
 
     /// The end of the array or object that begins at `pos` (reading more as needed), or the
-    /// end of the stream inside it.
-    fn value_end(&mut self) -> io::Result<usize> {
+    /// end of the stream inside it; `None` when jaq's reader must take it: it nests past
+    /// [`MAX_DEPTH`], or its text passes [`HELD`].
+    fn value_end(&mut self) -> io::Result<Option<usize>> {
         let mut scan = DepthGuard::new(());
         let mut at = self.pos;
         loop {
             for (i, &b) in self.buf[at..].iter().enumerate() {
-                scan.step(b)?;
+                if scan.step(b).is_err() {
+                    return Ok(None);
+                }
                 if scan.depth == 0 {
-                    return Ok(at + i + 1);
+                    return Ok(Some(at + i + 1));
                 }
             }
             // Reading more moves what is kept to the front.
             let scanned = self.buf.len() - self.pos;
+            if scanned > HELD {
+                return Ok(None);
+            }
             if !self.fill()? {
-                return Ok(self.buf.len());
+                return Ok(Some(self.buf.len()));
             }
             at = self.pos + scanned;
         }
+    }
+
+    /// From here on, jaq's byte-at-a-time reader reads the stream, from `pos`.
+    fn hand_over(&mut self) -> &mut dyn Iterator<Item = io::Result<Val>> {
+        let buffered = io::Cursor::new(self.buf.split_off(self.pos));
+        self.buf = Vec::new();
+        let rest: Box<dyn io::Read> = match self.input.take() {
+            Some(input) => Box::new(io::Read::chain(buffered, input)),
+            None => Box::new(buffered),
+        };
+        let reader = io::BufReader::with_capacity(au::BUF_SIZE, DepthGuard::new(rest));
+        self.rest.insert(Box::new(jaq_json::read::read_many(reader)))
     }
 
     fn next_value(&mut self) -> Option<io::Result<Val>> {
@@ -189,25 +213,21 @@ impl<R: io::Read + 'static> Values<R> {
                 },
                 Some(b' ' | b'\t' | b'\n' | b'\r') => self.pos += 1,
                 Some(b'[' | b'{') => break,
-                Some(_) => {
-                    // Anything else, comments too: the rest goes through jaq's own reader.
-                    let buffered = io::Cursor::new(self.buf.split_off(self.pos));
-                    let rest: Box<dyn io::Read> = match self.input.take() {
-                        Some(input) => Box::new(io::Read::chain(buffered, input)),
-                        None => Box::new(buffered),
-                    };
-                    let reader = io::BufReader::with_capacity(au::BUF_SIZE, DepthGuard::new(rest));
-                    return self.rest.insert(Box::new(jaq_json::read::read_many(reader))).next();
-                }
+                Some(_) => return self.hand_over().next(),
             }
         }
         let end = match self.value_end() {
-            Ok(end) => end,
+            Ok(Some(end)) => end,
+            Ok(None) => return self.hand_over().next(),
             Err(e) => return Some(Err(e)),
         };
-        let value = jaq_json::read::parse_single(&self.buf[self.pos..end]);
-        self.pos = end;
-        Some(value.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string())))
+        match jaq_json::read::parse_single(&self.buf[self.pos..end]) {
+            Ok(value) => {
+                self.pos = end;
+                Some(Ok(value))
+            }
+            Err(_) => self.hand_over().next(),
+        }
     }
 }
 
