@@ -5,8 +5,8 @@
 
 mod common;
 
-use agenix_host::WasmTask;
 use agenix_host::wasm::{Allocator, Metering, WasmConfig, WasmHost};
+use agenix_host::{Finished, WasmTask};
 use agenix_proto::{Digest, Limits, Outcome};
 use agenix_test_programs as programs;
 use bytes::Bytes;
@@ -70,32 +70,59 @@ fn native(name: &str) -> &'static str {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wasm_and_native_builds_agree() {
-    let scratch = tempfile::tempdir().unwrap();
-    let host = WasmHost::new(WasmConfig {
+fn host(scratch: &std::path::Path) -> WasmHost {
+    WasmHost::new(WasmConfig {
         ceilings: Limits::ABSOLUTE,
         max_concurrent: 4,
         cache_dir: None,
-        scratch_dir: scratch.path().to_path_buf(),
+        scratch_dir: scratch.to_path_buf(),
         allocator: Allocator::Auto,
     })
-    .unwrap();
+    .unwrap()
+}
+
+/// Runs `wasm` in the sandbox, metered, with 256 MiB of memory.
+async fn run_wasm(
+    host: &WasmHost,
+    name: &str,
+    wasm: &str,
+    args: &[&str],
+    input: &[u8],
+) -> Finished {
+    run_wasm_in(host, name, wasm, args, input, 256 << 20).await
+}
+
+/// Runs `wasm` in the sandbox, metered, with `memory` bytes of memory.
+async fn run_wasm_in(
+    host: &WasmHost,
+    name: &str,
+    wasm: &str,
+    args: &[&str],
+    input: &[u8],
+    memory: u64,
+) -> Finished {
+    let bytes = std::fs::read(wasm).unwrap();
+    let prepared =
+        host.prepare(Digest::of(&bytes), Metering::Fuel, || async { Ok(bytes) }).await.unwrap();
+    let task = WasmTask {
+        program: name.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: vec![],
+        stdin: Bytes::from(input.to_vec()),
+        grants: vec![],
+        limits: Limits { memory_bytes: memory, output_bytes: 64 << 20, ..Limits::DEFAULT },
+        scratch: true,
+    };
+    host.run(&prepared, task).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_and_native_builds_agree() {
+    let scratch = tempfile::tempdir().unwrap();
+    let host = host(scratch.path());
     let mut codes = std::collections::BTreeSet::new();
     for (name, wasm, args, input) in cases() {
-        let bytes = std::fs::read(wasm).unwrap();
-        let prepared =
-            host.prepare(Digest::of(&bytes), Metering::Fuel, || async { Ok(bytes) }).await.unwrap();
-        let task = WasmTask {
-            program: name.into(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            env: vec![],
-            stdin: Bytes::from(input.clone()),
-            grants: vec![],
-            limits: Limits { memory_bytes: 256 << 20, ..Limits::DEFAULT },
-            scratch: true,
-        };
-        let w = host.run(&prepared, task).await.unwrap();
+        let w = run_wasm(&host, name, wasm, &args, &input).await;
         let n = common::run(native(name), &args, &input);
         let Outcome::Exited { code } = w.outcome else {
             panic!("{name} {args:?}: {:?}", w.outcome)
@@ -111,4 +138,57 @@ async fn wasm_and_native_builds_agree() {
     }
     // The cases reach success, failure, bad input and an AU-specific code on wasm.
     assert!(codes.is_superset(&[0, 1, 2, 5].into()), "{codes:?}");
+}
+
+/// An AU, its arguments, and its input of size `n`.
+type Scaled = (&'static str, &'static str, &'static [&'static str], fn(usize) -> Vec<u8>);
+
+/// The fuel an AU burns grows in step with its input where its work does: eight times the
+/// input costs about eight times the fuel, not sixty-four (fuel counts work exactly, so this
+/// is no timing). grep's block search once rescanned the rest of a block for each line a
+/// pattern able to match a newline started in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_grows_in_step_with_the_input() {
+    let scratch = tempfile::tempdir().unwrap();
+    let host = host(scratch.path());
+    let cases: [Scaled; 4] = [
+        ("grep", programs::AU_GREP, &["-c", "<[^>]*>"], |n| {
+            ["if (a < b) x();\n".repeat(n), "ok >\n".into()].concat().into_bytes()
+        }),
+        ("grep", programs::AU_GREP, &["-c", "a[^x]*b"], |n| {
+            ["a\n".repeat(n * 8), "b\n".into()].concat().into_bytes()
+        }),
+        ("grep", programs::AU_GREP, &["-vn", r"\s+\S"], |n| " \n".repeat(n * 8).into_bytes()),
+        ("wc", programs::AU_WC, &[], |n| "\u{4e2d}\u{6587} a\u{e9}\n".repeat(n * 2).into_bytes()),
+    ];
+    for (name, wasm, args, input) in cases {
+        let mut fuel = vec![];
+        for n in [4_000, 32_000] {
+            let w = run_wasm(&host, name, wasm, args, &input(n)).await;
+            assert!(
+                matches!(w.outcome, Outcome::Exited { .. }),
+                "{name} {args:?}: {:?}",
+                w.outcome
+            );
+            fuel.push(w.fuel_consumed.unwrap());
+        }
+        assert!(fuel[1] < 16 * fuel[0], "{name} {args:?}: fuel {fuel:?} for inputs 1 : 8");
+    }
+}
+
+/// What an AU holds grows with what it must: sort, 6 million short lines (18 MB) in 144 MiB
+/// (each line's record is 16 bytes, the input held once, no buffer doubling); jq, one array
+/// holding 30 MiB of white space in 32 MiB (past 4 MiB its text is read as a stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_grows_only_as_the_work_needs() {
+    let scratch = tempfile::tempdir().unwrap();
+    let host = host(scratch.path());
+    let lines = b"ab\n".repeat(6_000_000);
+    let w = run_wasm_in(&host, "sort", programs::AU_SORT, &["-u"], &lines, 144 << 20).await;
+    assert_eq!(w.outcome, Outcome::Exited { code: 0 }, "sort: peak {} bytes", w.peak_memory);
+    assert_eq!(&w.stdout[..], b"ab\n");
+    let spaces = [&b"["[..], &vec![b' '; 30 << 20], b"1]"].concat();
+    let w = run_wasm_in(&host, "jq", programs::AU_JQ, &["-c", "."], &spaces, 32 << 20).await;
+    assert_eq!(w.outcome, Outcome::Exited { code: 0 }, "jq: peak {} bytes", w.peak_memory);
+    assert_eq!(&w.stdout[..], b"[1]\n");
 }
