@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agenix_proto::wire::ClientRole;
+use agenix_proto::{Digest, InputRef};
 use agenix_test_programs as programs;
 use anyhow::{Context as _, Result, bail};
 
@@ -27,7 +28,8 @@ pub(crate) async fn throughput(runs: usize, dir: &Path) -> Result<Section> {
             "{JOBS} one-task jobs per run, submitted one after another by one client, timed \
              until every result is stored. AGEniX: `agq` and N `agw` (4 tasks at once each) \
              on loopback; each job is a signed action (signed as it is submitted), verified \
-             by the queue and again by the worker, and runs a no-op AU (`exit 0`, \
+             by the queue and again by the worker (batched: one action of {JOBS} inputs, \
+             its inputs uploaded in one request), and runs a no-op AU (`exit 0`, \
              precompiled) in a fresh sandbox; its result is durable before it is \
              acknowledged. Celery 5 with Redis 7: N workers (prefork, 4 processes each) run \
              a no-op Python task, with `acks_late`; Redis with `appendfsync always` \
@@ -36,8 +38,8 @@ pub(crate) async fn throughput(runs: usize, dir: &Path) -> Result<Section> {
         ),
     );
     s.command("# AGEniX: this program submits signed actions over QUIC and polls Stats");
-    for n in WORKERS {
-        let (figure, commands) = agenix(runs, dir, n).await?;
+    for (n, batched) in WORKERS.iter().map(|&n| (n, false)).chain([(1, true)]) {
+        let (figure, commands) = agenix(runs, dir, n, batched).await?;
         s.add(figure);
         for c in commands {
             s.command(c);
@@ -68,9 +70,10 @@ pub(crate) async fn throughput(runs: usize, dir: &Path) -> Result<Section> {
     Ok(s)
 }
 
-/// The figure for `n` workers, and the commands that ran.
-async fn agenix(runs: usize, dir: &Path, n: usize) -> Result<(Figure, Vec<String>)> {
-    let run_dir = dir.join(format!("e2e-{n}"));
+/// The figure for `n` workers, and the commands that ran. `batched`: each round's jobs are
+/// one action with an input per job, not an action per job.
+async fn agenix(runs: usize, dir: &Path, n: usize, batched: bool) -> Result<(Figure, Vec<String>)> {
+    let run_dir = dir.join(format!("e2e-{n}{}", if batched { "-batched" } else { "" }));
     let mut q = Agq::start(&run_dir, &["--requests-per-minute", "100000000"])?;
     for i in 0..n {
         // The same artifact caches in every cluster: workers start warm, as in service.
@@ -84,17 +87,31 @@ async fn agenix(runs: usize, dir: &Path, n: usize) -> Result<(Figure, Vec<String
     let (plan, digest) = q.plan(&component, &["0"])?;
     let plan_json = plan.to_json();
     planner.put_blob(&plan_json).await?;
-    let plan_blob = agenix_proto::Digest::of(&plan_json);
+    let plan_blob = Digest::of(&plan_json);
     let mut finished = 0u64;
     // A warm-up round (every worker compiles or loads the AU), then the timed runs.
     let mut rates = vec![];
     for round in 0..=runs {
         let jobs = if round == 0 { 8 * n } else { JOBS };
         let t = Instant::now();
-        for _ in 0..jobs {
+        if batched {
+            // Fresh inputs each round: none is stored yet.
+            let inputs: Vec<Vec<u8>> =
+                (0..jobs).map(|i| format!("round {round} job {i}\n").into_bytes()).collect();
+            let blobs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+            planner.put_many(&blobs, false).await?;
+            let refs: Vec<InputRef> = blobs
+                .iter()
+                .map(|b| InputRef { digest: Digest::of(b), size: b.len() as u64 })
+                .collect();
+            let action = q.action(digest, &refs)?.to_json();
+            planner.put_blob(&action).await?;
+            planner.submit(plan_blob, Digest::of(&action)).await?;
+        }
+        for _ in 0..if batched { 0 } else { jobs } {
             let action = q.action(digest, &[])?.to_json();
             planner.put_blob(&action).await?;
-            let action = agenix_proto::Digest::of(&action);
+            let action = Digest::of(&action);
             planner.submit(plan_blob, action).await?;
         }
         finished += jobs as u64;
@@ -119,7 +136,12 @@ async fn agenix(runs: usize, dir: &Path, n: usize) -> Result<(Figure, Vec<String
     let commands = q.commands().to_vec();
     drop(q);
     let _ = std::fs::remove_dir_all(&run_dir);
-    Ok((Figure::rate(format!("AGEniX, {n} `agw`"), rates, Unit::PerSec), commands))
+    let label = if batched {
+        format!("AGEniX, {n} `agw`, batched submission")
+    } else {
+        format!("AGEniX, {n} `agw`")
+    };
+    Ok((Figure::rate(label, rates, Unit::PerSec), commands))
 }
 
 fn celery_label(n: usize, durable: bool) -> String {
