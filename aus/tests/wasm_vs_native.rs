@@ -140,18 +140,31 @@ async fn wasm_and_native_builds_agree() {
     assert!(codes.is_superset(&[0, 1, 2, 5].into()), "{codes:?}");
 }
 
+/// `n / 4` lines of 30 random `a`s and `b`s: patterns over them make the lazy DFA give up.
+fn ab_lines(n: usize) -> Vec<u8> {
+    let mut r = common::Rng(0x2545_f491_4f6c_dd1d);
+    let mut text = Vec::new();
+    for _ in 0..n / 4 {
+        text.extend((0..30).map(|_| if r.below(2) == 0 { b'a' } else { b'b' }));
+        text.push(b'\n');
+    }
+    text
+}
+
 /// An AU, its arguments, and its input of size `n`.
 type Scaled = (&'static str, &'static str, &'static [&'static str], fn(usize) -> Vec<u8>);
 
 /// The fuel an AU burns grows in step with its input where its work does: eight times the
 /// input costs about eight times the fuel, not sixty-four (fuel counts work exactly, so this
 /// is no timing). grep's block search once rescanned the rest of a block for each line a
-/// pattern able to match a newline started in.
+/// pattern able to match a newline started in, and, where its lazy DFA gave up (a Unicode
+/// word boundary past ASCII, too many states), cleared memory for the rest of the block on
+/// every search.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_grows_in_step_with_the_input() {
     let scratch = tempfile::tempdir().unwrap();
     let host = host(scratch.path());
-    let cases: [Scaled; 4] = [
+    let cases: [Scaled; 7] = [
         ("grep", programs::AU_GREP, &["-c", "<[^>]*>"], |n| {
             ["if (a < b) x();\n".repeat(n), "ok >\n".into()].concat().into_bytes()
         }),
@@ -159,6 +172,9 @@ async fn work_grows_in_step_with_the_input() {
             ["a\n".repeat(n * 8), "b\n".into()].concat().into_bytes()
         }),
         ("grep", programs::AU_GREP, &["-vn", r"\s+\S"], |n| " \n".repeat(n * 8).into_bytes()),
+        ("grep", programs::AU_GREP, &["-c", r"\b\u{e9}"], |n| "\u{e9}\n".repeat(n).into_bytes()),
+        ("grep", programs::AU_GREP, &["-c", "a[ab]{14}$"], ab_lines),
+        ("grep", programs::AU_GREP, &["-c", "a[ab]{14}b"], ab_lines),
         ("wc", programs::AU_WC, &[], |n| "\u{4e2d}\u{6587} a\u{e9}\n".repeat(n * 2).into_bytes()),
     ];
     for (name, wasm, args, input) in cases {

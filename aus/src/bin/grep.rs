@@ -127,15 +127,36 @@ fn build(o: &Opts) -> Result<(Regex, Option<Regex>), Error> {
     })?;
     let block = syntax::parse_with(&pattern, &syntax.multi_line(true))
         .ok()
-        .filter(|hir| {
-            let looks = hir.properties().look_set();
-            // \A, \z, and ^ $ in CRLF mode (?R) mean something else in a block than in a line.
-            ![Look::Start, Look::End, Look::StartCRLF, Look::EndCRLF]
-                .iter()
-                .any(|&l| looks.contains(l))
-        })
-        .and_then(|hir| builder().build_from_hir(&without_newline(&hir)).ok());
+        .filter(block_search_pays)
+        .and_then(|hir| {
+            // Where the lazy DFA gives up, the bounded backtracker would clear memory in
+            // proportion to the rest of the block on every search; the PikeVM does not.
+            let mut b = builder();
+            b.configure(Regex::config().utf8_empty(false).backtrack(false));
+            b.build_from_hir(&without_newline(&hir)).ok()
+        });
     Ok((line, block))
+}
+
+/// Whether searching a block of lines at once is right and faster for `hir` (the patterns read
+/// multi-line) than a line at a time. Not where anchors mean other things in a block: `\A`,
+/// `\z`, and `^` `$` in CRLF mode (?R), which sit beside `\r`. Not where a line alone is
+/// searched faster: a pattern every match of which ends at `$` (a line alone is searched
+/// backwards from its end), or one with a Unicode word boundary (the lazy DFA stops at the
+/// first byte past ASCII, and the rest of the block would go through a slower engine).
+fn block_search_pays(hir: &Hir) -> bool {
+    let looks = hir.properties().look_set();
+    let differs = [Look::Start, Look::End, Look::StartCRLF, Look::EndCRLF];
+    let unicode_words = [
+        Look::WordUnicode,
+        Look::WordUnicodeNegate,
+        Look::WordStartUnicode,
+        Look::WordEndUnicode,
+        Look::WordStartHalfUnicode,
+        Look::WordEndHalfUnicode,
+    ];
+    let ends_at_eol = hir.properties().look_set_suffix().contains(Look::EndLF);
+    !ends_at_eol && !differs.iter().chain(&unicode_words).any(|&l| looks.contains(l))
 }
 
 /// `hir` with every way of matching a newline taken out. Within a line it matches what `hir`
@@ -221,7 +242,7 @@ fn next_char(text: &[u8], i: usize) -> usize {
     i + first.and_then(|c| c.valid().chars().next()).map_or(1, char::len_utf8)
 }
 
-/// How many bytes of input are searched at once.
+/// The most input searched at once (a read that completes a line hands over what it has).
 const BLOCK: usize = 256 * 1024;
 
 fn run(args: Vec<std::ffi::OsString>) -> Result<u8, Error> {
@@ -262,7 +283,7 @@ struct Grep<'a, W> {
 impl<W: Write> Grep<'_, W> {
     /// Searches a block of whole lines. With `scan`, the whole block is searched at once and
     /// only the line holding a match is looked at alone; the lines before it match nothing.
-    /// Without it (a pattern that anchors to the start or end of the text), each line is.
+    /// Without it (see [`build`]), each line is.
     fn block(&mut self, scan: Option<&Regex>, block: &[u8]) -> std::io::Result<Flow> {
         let mut pos = 0;
         while pos < block.len() {
