@@ -287,15 +287,17 @@ impl<W: Write> Grep<'_, W> {
     fn block(&mut self, scan: Option<&Regex>, block: &[u8]) -> std::io::Result<Flow> {
         let mut pos = 0;
         while pos < block.len() {
+            // Where the next line worth a look starts, and whether the block search matched
+            // in it (a line at a time, every line is worth one).
             let candidate = match scan {
-                None => Some((pos, None)),
+                None => Some((pos, false)),
                 Some(scan) => scan
                     .find(Input::new(block).range(pos..))
                     // A match after the last newline is in no line.
                     .filter(|m| m.start() < block.len() || block.last() != Some(&b'\n'))
-                    .map(|m| (m.start(), Some(m.end()))),
+                    .map(|m| (m.start(), true)),
             };
-            let Some((start, end)) = candidate else {
+            let Some((start, found)) = candidate else {
                 return self.unmatched(&block[pos..]);
             };
             let line_start =
@@ -307,12 +309,13 @@ impl<W: Write> Grep<'_, W> {
             }
             let line = &block[line_start..line_end];
             self.number += 1;
-            // A match that ends within its line is a match of the line alone: the block
-            // search is multi-line, so `^` and `$` hold at the line's ends and nowhere else in it.
-            let matched = match end {
-                Some(end) if end <= line_end && !self.word => true,
-                _ if self.word => find(self.re, true, line, 0).is_some(),
-                _ => self.re.is_match(line),
+            // A block match is a match of its line alone: it cannot cross a newline, and the
+            // block search is multi-line, so `^` and `$` hold at the line's ends and nowhere
+            // else in it. Only `-w` has more to check.
+            let matched = if self.word {
+                find(self.re, true, line, 0).is_some()
+            } else {
+                found || self.re.is_match(line)
             };
             if self.line(line, matched)? == Flow::Quit {
                 return Ok(Flow::Quit);
