@@ -107,12 +107,12 @@ async fn agenix(runs: usize, dir: &Path, n: usize, batched: bool) -> Result<(Fig
             let action = q.action(digest, &refs)?.to_json();
             planner.put_blob(&action).await?;
             planner.submit(plan_blob, Digest::of(&action)).await?;
-        }
-        for _ in 0..if batched { 0 } else { jobs } {
-            let action = q.action(digest, &[])?.to_json();
-            planner.put_blob(&action).await?;
-            let action = Digest::of(&action);
-            planner.submit(plan_blob, action).await?;
+        } else {
+            for _ in 0..jobs {
+                let action = q.action(digest, &[])?.to_json();
+                planner.put_blob(&action).await?;
+                planner.submit(plan_blob, Digest::of(&action)).await?;
+            }
         }
         finished += jobs as u64;
         let until = Instant::now() + Duration::from_secs(600);
