@@ -880,13 +880,20 @@ async fn q12_a_full_disk_refuses_submissions_until_there_is_room_again() {
     // Most of the room taken by something else.
     let filler = fs.0.path().join("filler");
     std::fs::write(&filler, vec![7u8; (fs.free() - (1 << 20)) as usize]).unwrap();
-    let mut acked = 0u64;
-    let refused = loop {
+    // One submission of every input: the jobs acknowledged, or the refusal.
+    let submit = async |q: &Agq| {
         let (action, _) = q.action(digest, &inputs, 3);
         match planner.request(&submit_of(&planner, &plan, &action).await).await {
-            Ok(Response::Submitted { jobs, .. }) => acked += jobs.len() as u64,
-            Err(LinkError::Remote { code, message, .. }) => break (code, message),
+            Ok(Response::Submitted { jobs, .. }) => Ok(jobs.len() as u64),
+            Err(LinkError::Remote { code, message, .. }) => Err((code, message)),
             other => panic!("{other:?}"),
+        }
+    };
+    let mut acked = 0u64;
+    let refused = loop {
+        match submit(&q).await {
+            Ok(jobs) => acked += jobs,
+            Err(refused) => break refused,
         }
         assert!(acked < 1_000_000, "the disk never filled");
     };
@@ -896,11 +903,9 @@ async fn q12_a_full_disk_refuses_submissions_until_there_is_room_again() {
     // Still nearly full (the failed commit's pages may be free again): each submission is
     // stored whole or refused, and agq runs on.
     for _ in 0..5 {
-        let (action, _) = q.action(digest, &inputs, 3);
-        match planner.request(&submit_of(&planner, &plan, &action).await).await {
-            Ok(Response::Submitted { jobs, .. }) => acked += jobs.len() as u64,
-            Err(LinkError::Remote { code: ErrorCode::Unavailable, .. }) => {}
-            other => panic!("{other:?}"),
+        match submit(&q).await {
+            Ok(jobs) => acked += jobs,
+            Err((code, message)) => assert_eq!(code, ErrorCode::Unavailable, "{message}"),
         }
     }
     assert!(q.is_running());
@@ -908,13 +913,12 @@ async fn q12_a_full_disk_refuses_submissions_until_there_is_room_again() {
     std::fs::remove_file(&filler).unwrap();
     let until = Instant::now() + Duration::from_secs(30);
     loop {
-        let (action, _) = q.action(digest, &inputs, 3);
-        match planner.request(&submit_of(&planner, &plan, &action).await).await {
-            Ok(Response::Submitted { jobs, .. }) => {
-                acked += jobs.len() as u64;
+        match submit(&q).await {
+            Ok(jobs) => {
+                acked += jobs;
                 break;
             }
-            other => assert!(Instant::now() < until, "still refused: {other:?}\n{}", q.log()),
+            Err(refused) => assert!(Instant::now() < until, "still refused: {refused:?}"),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
