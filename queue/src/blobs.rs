@@ -1,8 +1,16 @@
-//! Content-addressed blobs (envelopes, components, inputs, outputs, large reports) as files:
-//! `DIR/blobs/sha256/<hex>`. An upload is hashed while it streams in, refused past the size
-//! cap, past the store's quota, or on a digest mismatch, and made durable (fsync, rename)
-//! before it is acknowledged. Identical uploads are stored once; uploading a stored blob
-//! again renews it (its modification time), so collection leaves it alone for a while.
+//! Content-addressed blobs (envelopes, components, inputs, outputs, large reports). An upload
+//! is hashed while it streams in, refused past the size cap, past the store's quota, or on a
+//! digest mismatch, and made durable before it is acknowledged. Identical uploads are stored
+//! once; uploading a stored blob again renews it, so collection leaves it alone for a while.
+//!
+//! Two tiers. Blobs of [`INLINE_MAX`] bytes and under go into the queue's store when it holds
+//! blobs ([`Store::holds_blobs`]): a put hands back a [`Write::Blob`] for the caller to commit,
+//! so a batch of them is one transaction and their bytes one write to the disk. (As files, each
+//! cost a data write and a journal commit of its own: some 1 ms apiece on a virtual disk.)
+//! Larger blobs, and every blob beside a store that holds none, are files,
+//! `DIR/blobs/sha256/<hex>`, made durable by fsync and rename; a renewal sets the file's
+//! modification time. Lookups try the store first, then the files, so a blob stored as a file
+//! by an earlier release is still found.
 //!
 //! Collection ([`Blobs::collect`]) removes blobs nothing refers to once they are older than
 //! a grace period: a blob uploaded for a submission that has not arrived yet is kept.
@@ -16,7 +24,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,14 +34,92 @@ use agenix_proto::Digest;
 use agenix_proto::digest::Hasher;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::store::{Store, Write};
+
+/// The largest blob kept in the queue's store rather than as a file (when the store holds
+/// blobs).
+pub const INLINE_MAX: u64 = 64 << 10;
+
 /// The blob store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Blobs {
     dir: PathBuf,
     max: u64,
     quota: u64,
-    /// Bytes stored plus bytes reserved by uploads under way.
+    /// Bytes of files stored plus bytes reserved by uploads under way.
     used: Arc<AtomicU64>,
+    /// Where small blobs are kept, when the queue's store holds them.
+    inline: Option<Inline>,
+}
+
+/// The small blobs' tier.
+#[derive(Clone)]
+struct Inline {
+    store: Arc<dyn Store>,
+    /// Bytes of the blobs in it, as of the last commit that changed them.
+    bytes: Arc<AtomicU64>,
+    /// Blobs a collection is removing: until that commit, a submission naming one is
+    /// refused (it could be accepted, and then find its blob gone).
+    forgetting: Arc<std::sync::Mutex<BTreeSet<Digest>>>,
+}
+
+impl std::fmt::Debug for Blobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blobs")
+            .field("dir", &self.dir)
+            .field("max", &self.max)
+            .field("quota", &self.quota)
+            .field("used", &self.used())
+            .field("inline", &self.inline.is_some())
+            .finish()
+    }
+}
+
+/// What an upload did.
+#[derive(Debug)]
+pub enum Put {
+    /// It was stored already (as a file; now renewed).
+    Existed,
+    /// It is stored now, as a file.
+    Stored,
+    /// A small blob: durable once `write` is committed ([`Blobs::committed`] after).
+    Pending(Box<Pending>),
+}
+
+/// A small blob waiting for its commit.
+#[derive(Debug)]
+pub struct Pending {
+    /// The blob.
+    pub digest: Digest,
+    /// What stores it (or renews it, when it is there already).
+    write: Write,
+    /// Whether it was stored already.
+    pub existed: bool,
+    /// The room it takes until the commit has counted it.
+    room: Reservation,
+}
+
+impl Pending {
+    /// The write that stores it, and the room it takes until the store's count includes it.
+    pub fn split(self) -> (Write, Reservation) {
+        (self.write, self.room)
+    }
+}
+
+/// A stored blob, opened.
+#[derive(Debug)]
+pub enum Opened {
+    /// A small blob's bytes.
+    Bytes(Vec<u8>),
+    /// A file.
+    File(tokio::fs::File),
+}
+
+/// The Unix time in milliseconds.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// An upload was refused or failed.
@@ -131,7 +217,49 @@ impl Blobs {
             }
             used = used.saturating_add(len);
         }
-        Ok(Self { dir, max, quota, used: Arc::new(AtomicU64::new(used)) })
+        Ok(Self { dir, max, quota, used: Arc::new(AtomicU64::new(used)), inline: None })
+    }
+
+    /// Keeps small blobs in `store` from now on, which holds `stored` bytes of them.
+    pub fn keep_small_in(&mut self, store: Arc<dyn Store>, stored: u64) {
+        if store.holds_blobs() {
+            self.inline = Some(Inline {
+                store,
+                bytes: Arc::new(AtomicU64::new(stored)),
+                forgetting: Arc::default(),
+            });
+        }
+    }
+
+    /// A small blob's bytes, from the store. A store that cannot be read is logged and the
+    /// blob looked for among the files.
+    fn small(&self, d: &Digest) -> Option<Vec<u8>> {
+        let inline = self.inline.as_ref()?;
+        match inline.store.blob(d) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(blob = %d, error = %e, "the store cannot be read for a blob");
+                None
+            }
+        }
+    }
+
+    /// After a commit of small blobs: counts what the store holds now.
+    pub fn committed(&self) {
+        if let Some(inline) = &self.inline {
+            match inline.store.blob_bytes() {
+                Ok(n) => inline.bytes.store(n, Ordering::SeqCst),
+                Err(e) => tracing::warn!(error = %e, "the store cannot count its blobs"),
+            }
+        }
+    }
+
+    /// Whether a collection is removing any of `digests` now.
+    pub fn forgetting_any<'a>(&self, mut digests: impl Iterator<Item = &'a Digest>) -> bool {
+        let Some(inline) = &self.inline else { return false };
+        let forgetting =
+            inline.forgetting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        !forgetting.is_empty() && digests.any(|d| forgetting.contains(d))
     }
 
     fn path(&self, d: &Digest) -> PathBuf {
@@ -166,35 +294,49 @@ impl Blobs {
 
     /// Bytes stored (and reserved by uploads under way).
     pub fn used(&self) -> u64 {
-        self.used.load(Ordering::SeqCst)
+        let inline = self.inline.as_ref().map_or(0, |i| i.bytes.load(Ordering::SeqCst));
+        self.used.load(Ordering::SeqCst).saturating_add(inline)
     }
 
     /// Whether the blob is stored.
     pub fn has(&self, d: &Digest) -> bool {
-        self.at(d, |p| fs::metadata(p)).is_ok_and(|m| m.is_file())
+        self.size(d).is_some()
     }
 
     /// The blob's size, if stored.
     pub fn size(&self, d: &Digest) -> Option<u64> {
-        self.at(d, |p| fs::metadata(p)).ok().map(|m| m.len())
+        if let Some(b) = self.small(d) {
+            return Some(b.len() as u64);
+        }
+        self.at(d, |p| fs::metadata(p)).ok().filter(fs::Metadata::is_file).map(|m| m.len())
     }
 
     /// Opens a stored blob.
-    pub fn open(&self, d: &Digest) -> std::io::Result<(tokio::fs::File, u64)> {
+    pub fn open(&self, d: &Digest) -> std::io::Result<(Opened, u64)> {
+        if let Some(b) = self.small(d) {
+            let size = b.len() as u64;
+            return Ok((Opened::Bytes(b), size));
+        }
         let file = self.at(d, |p| fs::File::open(p))?;
         let size = file.metadata()?.len();
-        Ok((tokio::fs::File::from_std(file), size))
+        Ok((Opened::File(tokio::fs::File::from_std(file)), size))
     }
 
     /// Reads a stored blob whole, if it is at most `max` bytes.
     pub async fn read(&self, d: &Digest, max: u64) -> Result<Vec<u8>, String> {
-        let (file, size) = self.open(d).map_err(|e| format!("blob {d}: {e}"))?;
+        let (opened, size) = self.open(d).map_err(|e| format!("blob {d}: {e}"))?;
         if size > max {
             return Err(format!("blob {d} is {size} bytes, over the limit of {max}"));
         }
-        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-        file.take(max).read_to_end(&mut bytes).await.map_err(|e| format!("blob {d}: {e}"))?;
-        Ok(bytes)
+        match opened {
+            Opened::Bytes(b) => Ok(b),
+            Opened::File(file) => {
+                let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+                let read = file.take(max).read_to_end(&mut bytes).await;
+                read.map_err(|e| format!("blob {d}: {e}"))?;
+                Ok(bytes)
+            }
+        }
     }
 
     /// Sets aside room for `size` more bytes, or refuses with the quota named.
@@ -203,17 +345,67 @@ impl Blobs {
             return Err(BlobError::TooLarge { size, max: self.max });
         }
         let quota = self.quota;
+        let inline = self.inline.as_ref().map_or(0, |i| i.bytes.load(Ordering::SeqCst));
         self.used
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
-                used.checked_add(size).filter(|total| *total <= quota)
+                used.checked_add(inline)
+                    .and_then(|u| u.checked_add(size))
+                    .filter(|total| *total <= quota)
+                    .map(|_| used + size)
             })
-            .map_err(|used| BlobError::Quota { used, size, quota })?;
+            .map_err(|used| BlobError::Quota { used: used.saturating_add(inline), size, quota })?;
         Ok(Reservation { used: self.used.clone(), size })
     }
 
     /// Reads exactly `size` bytes from `from`, hashing them, and stores them under `digest`
-    /// in the room `room` set aside. Returns whether the blob was already stored.
+    /// in the room `room` set aside: a small blob is handed back to be committed.
     pub async fn put(
+        &self,
+        digest: Digest,
+        size: u64,
+        room: Reservation,
+        from: &mut (impl AsyncRead + Unpin),
+    ) -> Result<Put, BlobError> {
+        if self.inline.is_some() && size <= INLINE_MAX {
+            return self.put_small(digest, size, room, from).await;
+        }
+        self.put_file(digest, size, room, from)
+            .await
+            .map(|existed| if existed { Put::Existed } else { Put::Stored })
+    }
+
+    async fn put_small(
+        &self,
+        digest: Digest,
+        size: u64,
+        room: Reservation,
+        from: &mut (impl AsyncRead + Unpin),
+    ) -> Result<Put, BlobError> {
+        let mut bytes = vec![0u8; usize::try_from(size).unwrap_or(0)];
+        let mut got = 0;
+        while got < bytes.len() {
+            let n = from.read(&mut bytes[got..]).await?;
+            if n == 0 {
+                return Err(BlobError::Short { got: got as u64, size });
+            }
+            got += n;
+        }
+        let found = Digest::of(&bytes);
+        if found != digest {
+            return Err(BlobError::Mismatch { expected: digest, found });
+        }
+        let existed = self.small(&digest).is_some();
+        if !existed && self.renew_file(&digest) {
+            // Stored as a file by an earlier release: renewed there.
+            return Ok(Put::Existed);
+        }
+        // Stored again even when it is there: a collection committed in between cannot
+        // take it away then.
+        let write = Write::Blob { digest, bytes: bytes.into(), at: now_ms() };
+        Ok(Put::Pending(Box::new(Pending { digest, write, existed, room })))
+    }
+
+    async fn put_file(
         &self,
         digest: Digest,
         size: u64,
@@ -269,11 +461,56 @@ impl Blobs {
         .map_err(BlobError::Io)
     }
 
-    /// Renews a stored blob (collection counts its age from now); false if it is not stored.
-    pub fn renew(&self, d: &Digest) -> bool {
+    /// Renews a stored blob (collection counts its age from now); false if it is not
+    /// stored. A small blob is renewed by the write pushed onto `writes`, once committed.
+    pub fn renew(&self, d: &Digest, writes: &mut Vec<Write>) -> bool {
+        if self.small(d).is_some() {
+            writes.push(Write::Renew { digest: *d, at: now_ms() });
+            return true;
+        }
+        self.renew_file(d)
+    }
+
+    fn renew_file(&self, d: &Digest) -> bool {
         self.at(d, |p| fs::File::options().write(true).open(p))
             .and_then(|f| f.set_modified(SystemTime::now()))
             .is_ok()
+    }
+
+    /// The small blobs older than `grace` and not in `keep`, at most `max` of them, and the
+    /// time before which a blob counts as that old (Unix milliseconds). Empty without a
+    /// store that holds blobs.
+    pub fn old_small(
+        &self,
+        keep: &BTreeSet<Digest>,
+        grace: Duration,
+        max: usize,
+    ) -> Result<(Vec<Digest>, u64), String> {
+        let Some(inline) = &self.inline else { return Ok((vec![], 0)) };
+        let before = now_ms().saturating_sub(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
+        let mut old = Vec::new();
+        inline
+            .store
+            .blob_ages(&mut |d, at| {
+                if at < before && old.len() < max && !keep.contains(&d) {
+                    old.push(d);
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok((old, before))
+    }
+
+    /// Marks `digests` as being removed by a collection (or, `false`, no longer).
+    pub fn forgetting(&self, digests: &[Digest], now: bool) {
+        let Some(inline) = &self.inline else { return };
+        let mut set = inline.forgetting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for d in digests {
+            if now {
+                set.insert(*d);
+            } else {
+                set.remove(d);
+            }
+        }
     }
 
     /// Removes every blob not in `keep` that is older than `grace` (by modification time),
@@ -347,7 +584,8 @@ mod tests {
 
     async fn put(b: &Blobs, bytes: &[u8]) -> Result<bool, BlobError> {
         let room = b.reserve(bytes.len() as u64)?;
-        b.put(Digest::of(bytes), bytes.len() as u64, room, &mut &bytes[..]).await
+        let put = b.put(Digest::of(bytes), bytes.len() as u64, room, &mut &bytes[..]).await?;
+        Ok(matches!(put, Put::Existed))
     }
 
     #[tokio::test]
@@ -389,7 +627,7 @@ mod tests {
                 .set_modified(old)
                 .unwrap();
         }
-        assert!(b.renew(&Digest::of(b"c")), "c was uploaded again");
+        assert!(b.renew(&Digest::of(b"c"), &mut vec![]), "c was uploaded again");
         let done = b.collect(&keep, Duration::from_secs(3600), || true).unwrap();
         assert_eq!(done, Collected { removed: 1, bytes: 1 });
         assert!(b.has(&Digest::of(b"a")) && !b.has(&Digest::of(b"b")) && b.has(&Digest::of(b"c")));
@@ -417,7 +655,7 @@ mod tests {
         assert_eq!(serving.used(), 1);
         // The stale collector's unlink of the aside name finds nothing.
         assert!(fs::remove_file(stale.aside(&d)).is_err());
-        assert!(serving.has(&d) && serving.renew(&d));
+        assert!(serving.has(&d) && serving.renew(&d, &mut vec![]));
         // Put aside again and found by a lookup rather than a start.
         fs::rename(serving.path(&d), serving.aside(&d)).unwrap();
         let (_, size) = serving.open(&d).unwrap();

@@ -17,7 +17,7 @@ use agenix_proto::{Digest, InputRef, KeyId, Limits};
 use agenix_queue_core::{Refusal, Submission};
 use tokio::io::AsyncWriteExt;
 
-use crate::blobs::BlobError;
+use crate::blobs::{BlobError, Opened, Pending, Put};
 use crate::limits::lock;
 use crate::server::{Conn, Durable, Queue, error, now_ms, random_u64, refusal, send_answer};
 use crate::store::Write;
@@ -321,7 +321,7 @@ impl Queue {
     }
 
     pub(crate) async fn get_blob(&self, digest: Digest, mut send: quinn::SendStream) {
-        let Ok((mut file, size)) = self.blobs.open(&digest) else {
+        let Ok((opened, size)) = self.blobs.open(&digest) else {
             send_answer(
                 "get_blob",
                 &mut send,
@@ -335,8 +335,12 @@ impl Queue {
             tracing::warn!(%digest, "a blob could not be sent");
             return;
         }
-        match tokio::io::copy(&mut file, &mut send).await {
-            Ok(_) => {
+        let sent = match opened {
+            Opened::Bytes(b) => send.write_all(&b).await.map_err(std::io::Error::from),
+            Opened::File(mut file) => tokio::io::copy(&mut file, &mut send).await.map(drop),
+        };
+        match sent {
+            Ok(()) => {
                 let _ = send.flush().await;
                 let _ = send.finish();
             }
@@ -369,31 +373,72 @@ impl Queue {
         let budget = self.settings.request_timeout + Duration::from_secs(total / (1 << 20));
         let until = Instant::now() + budget;
         let mut existed = 0u32;
+        // Small blobs, committed together once the batch is read (or a blob in it failed:
+        // those before it are stored all the same).
+        let mut pending: Vec<Box<Pending>> = Vec::new();
+        let mut failed = None;
         for blob in &blobs {
             let room = match self.blobs.reserve(blob.size) {
                 Ok(r) => r,
-                Err(e) => return stop_reading(recv, blob_error(e)),
+                Err(e) => {
+                    failed = Some(stop_reading(recv, blob_error(e)));
+                    break;
+                }
             };
             let put = self.blobs.put(blob.digest, blob.size, room, recv);
             match tokio::time::timeout_at(until.into(), put).await {
                 Err(_) => {
-                    return stop_reading(recv, error(ErrorCode::BadRequest, "upload too slow"));
+                    failed =
+                        Some(stop_reading(recv, error(ErrorCode::BadRequest, "upload too slow")));
+                    break;
                 }
-                Ok(Ok(true)) => existed += 1,
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => return stop_reading(recv, blob_error(e)),
+                Ok(Ok(Put::Existed)) => existed += 1,
+                Ok(Ok(Put::Stored)) => {}
+                // The same blob twice in one batch: the second finds the first.
+                Ok(Ok(Put::Pending(p))) if pending.iter().any(|q| q.digest == p.digest) => {
+                    existed += 1;
+                }
+                Ok(Ok(Put::Pending(p))) => {
+                    existed += u32::from(p.existed);
+                    pending.push(p);
+                }
+                Ok(Err(e)) => {
+                    failed = Some(stop_reading(recv, blob_error(e)));
+                    break;
+                }
             }
         }
-        if keep {
-            let digests: Vec<Digest> = blobs.iter().map(|b| b.digest).collect();
-            let writes = digests.iter().map(|d| Write::Keep(*d)).collect();
+        let mut writes: Vec<Write> = Vec::with_capacity(pending.len() + blobs.len());
+        // The rooms are given back once the store's count includes the blobs.
+        let rooms: Vec<_> = pending
+            .into_iter()
+            .map(|p| {
+                let (write, room) = p.split();
+                writes.push(write);
+                room
+            })
+            .collect();
+        let digests: Vec<Digest> = blobs.iter().map(|b| b.digest).collect();
+        if keep && failed.is_none() {
+            writes.extend(digests.iter().map(|d| Write::Keep(*d)));
+        }
+        if !writes.is_empty() {
+            // Not stored: said so, whatever else failed (nothing of the batch is kept).
             let done = match self.apply(|_| Ok(((), vec![])), writes) {
                 Ok(((), done)) => done,
                 Err(r) => return refusal(r),
             };
-            if let Err(e) = Self::durable(done).await {
+            let durable = Self::durable(done).await;
+            self.blobs.committed();
+            drop(rooms);
+            if let Err(e) = durable {
                 return e;
             }
+        }
+        if let Some(failed) = failed {
+            return failed;
+        }
+        if keep {
             lock(&self.kept).extend(digests);
         }
         Response::BlobsStored { existed }
@@ -430,12 +475,17 @@ impl Queue {
         let a = va.action();
         let components: Vec<Digest> =
             vp.plan().wasm_tasks().filter_map(|(_, w)| w.digest).collect();
-        let mut missing: Vec<String> =
-            components.iter().filter(|d| !self.blobs.renew(d)).map(|d| d.to_string()).collect();
+        // Small blobs are renewed by writes committed with the submission.
+        let mut renewals = Vec::new();
+        let mut missing: Vec<String> = components
+            .iter()
+            .filter(|d| !self.blobs.renew(d, &mut renewals))
+            .map(|d| d.to_string())
+            .collect();
         for input in &a.inputs {
             match self.blobs.size(&input.digest) {
                 Some(size) if size == input.size => {
-                    self.blobs.renew(&input.digest);
+                    self.blobs.renew(&input.digest, &mut renewals);
                 }
                 Some(size) => missing.push(format!(
                     "{} (stored with {size} bytes, the action says {})",
@@ -466,15 +516,31 @@ impl Queue {
             requirements: Requirements::of(vp.plan()),
             signer: Some(va.signer()),
         };
+        let named: Vec<Digest> = [plan_blob, action_blob]
+            .into_iter()
+            .chain(sub.components.iter().copied())
+            .chain(sub.inputs.iter().map(|i| i.digest))
+            .collect();
         let result = self.apply(
             |s| {
+                // Decided under the scheduler's lock, which a collection holds while it
+                // chooses what to remove: a blob it chose is refused here, one this
+                // submission names first is kept by it.
+                if self.blobs.forgetting_any(named.iter()) {
+                    return Ok((None, vec![]));
+                }
                 let (jobs, dup, changes) = s.submit(now, sub)?;
-                Ok(((jobs, dup), changes))
+                Ok((Some((jobs, dup)), changes))
             },
-            vec![],
+            renewals,
         );
         match result {
-            Ok(((jobs, duplicate), done)) => {
+            Ok((None, _)) => error(
+                ErrorCode::Unavailable,
+                "a blob this submission names is being removed as unused: upload its blobs \
+                 again and submit again",
+            ),
+            Ok((Some((jobs, duplicate)), done)) => {
                 if let Err(e) = Self::durable(done).await {
                     return e;
                 }

@@ -180,7 +180,7 @@ impl Queue {
     /// log's checkpoints.
     pub fn start(
         store: Arc<dyn Store>,
-        blobs: Blobs,
+        mut blobs: Blobs,
         trust: crate::trust::TrustSource,
         identity: agenix_proto::keys::SigningKey,
         tokens: Tokens,
@@ -190,6 +190,7 @@ impl Queue {
             .ok_or_else(|| anyhow::anyhow!("the identity key has no public key encoding"))?;
         let origin = agenix_proto::audit::origin(&fingerprint);
         let (sched, loaded) = read_back(store.as_ref(), settings.scheduler)?;
+        blobs.keep_small_in(store.clone(), loaded.blob_bytes);
         crate::auditor::check_at_start(store.as_ref(), &origin, &identity.verifying_key())?;
         let auditor = crate::auditor::Auditor::new(identity, origin, loaded.trust_seen.clone());
         let (tx, rx) = mpsc::unbounded_channel();
@@ -298,6 +299,7 @@ impl Queue {
                 let mut sched = lock(&self.sched);
                 sched.replace(fresh);
                 *lock(&self.kept) = loaded.kept.into_iter().collect();
+                self.blobs.committed();
                 self.stale.store(false, SeqCst);
                 if self.store.hold() != Hold::Serving {
                     warn!("state read back from storage; this node does not serve it now");
@@ -929,8 +931,69 @@ impl Queue {
             Ok(Err(e)) => warn!(error = %e, "blob collection failed"),
             Err(e) => warn!(error = %e, "blob collection stopped"),
         }
+        self.collect_small().await;
+    }
+
+    /// One collection of the small blobs in the store: those nothing refers to and older
+    /// than the grace period, at most [`FORGET_AT_ONCE`] a round. They are chosen under the
+    /// scheduler's lock and marked, so a submission naming one is either seen here first
+    /// (and keeps it) or refused until the removal is committed; the removal itself is
+    /// decided again in the transaction (a blob renewed since is kept).
+    async fn collect_small(&self) {
+        let (blobs, grace) = (self.blobs.clone(), self.settings.blob_grace);
+        let started = Instant::now();
+        let in_use = || -> Option<BTreeSet<Digest>> {
+            let mut keep = self.current().ok()?.blobs_in_use();
+            keep.extend(lock(&self.kept).iter().copied());
+            Some(keep)
+        };
+        // Read without the scheduler's lock (the store may hold many), then checked again
+        // under it.
+        let Some(keep) = in_use() else { return };
+        let scan = blobs.clone();
+        let (old, before) =
+            match tokio::task::spawn_blocking(move || scan.old_small(&keep, grace, FORGET_AT_ONCE))
+                .await
+            {
+                Ok(Ok((old, _))) if old.is_empty() => return,
+                Ok(Ok(found)) => found,
+                Ok(Err(e)) => return warn!(error = %e, "small blob collection failed"),
+                Err(e) => return warn!(error = %e, "small blob collection stopped"),
+            };
+        let done = {
+            let Ok(sched) = self.current() else { return };
+            let mut keep = sched.blobs_in_use();
+            keep.extend(lock(&self.kept).iter().copied());
+            let old: Vec<Digest> = old.into_iter().filter(|d| !keep.contains(d)).collect();
+            if old.is_empty() {
+                return;
+            }
+            blobs.forgetting(&old, true);
+            let writes = old.iter().map(|d| Write::Forget { digest: *d, before }).collect();
+            let (ack, done) = oneshot::channel();
+            let _ = self.commits.send((writes, ack));
+            drop(sched);
+            (old, done)
+        };
+        let (old, done) = done;
+        let durable = Self::durable(Some(done)).await;
+        blobs.forgetting(&old, false);
+        let before = blobs.used();
+        blobs.committed();
+        match durable {
+            Ok(()) => info!(
+                removed_at_most = old.len(),
+                bytes = before.saturating_sub(blobs.used()),
+                took_ms = started.elapsed().as_millis() as u64,
+                "collected small blobs nothing refers to"
+            ),
+            Err(_) => warn!("small blob collection: the removal was not stored"),
+        }
     }
 }
+
+/// Most small blobs one collection round removes (the rest wait for the next round).
+const FORGET_AT_ONCE: usize = 100_000;
 
 /// The server's QUIC endpoint: TLS 1.3 only, ALPN agenix/1, no 0-RTT, the stream cap.
 pub fn endpoint(

@@ -7,11 +7,17 @@
 //! jobs:    u64 job id        -> JobRecord
 //! actions: action id         -> ActionRecord (names its envelopes, which are blobs)
 //! kept:    "sha256:<hex>"    -> ()   blobs kept until removed explicitly
+//! blobs:   32-byte digest    -> u64 BE (Unix ms stored or renewed) ++ the blob's bytes
 //! meta:    "next_job"        -> u64
+//!          "blob_bytes"      -> u64  bytes of the blobs in `blobs`
 //! state:   "trust"           -> the trust file as the audit log last recorded it
 //! ```
 //!
 //! and the audit log's tables (`crate::audit`).
+//!
+//! Small blobs (`crate::blobs::INLINE_MAX` and under) live in the `blobs` table when the
+//! store [`Store::holds_blobs`]: a batch of them is one commit, where as files each cost a
+//! write of its own to the disk. Larger ones are files (`crate::blobs`).
 //!
 //! A batch is one write transaction with `Durability::Immediate`: it is on disk when
 //! `apply` returns, all of it or none of it, audit entries included. The queue is the
@@ -20,7 +26,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use agenix_proto::audit::{self, Entry, Hashes, TreeHead};
 use agenix_proto::job::{ActionRecord, JobId, JobRecord};
@@ -35,6 +41,9 @@ const ACTIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("actions"
 const KEPT: TableDefinition<'_, &str, ()> = TableDefinition::new("kept");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const STATE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("state");
+const BLOBS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("blobs");
+/// The META key of the bytes held in BLOBS.
+const BLOB_BYTES: &str = "blob_bytes";
 
 /// One durable write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +67,32 @@ pub enum Write {
         size: u64,
         /// The signed note.
         note: String,
+    },
+    /// Store a small blob, checked against its digest already; if it is stored, only
+    /// renew it (collection counts its age from `at`). Only for a store that
+    /// [`Store::holds_blobs`].
+    Blob {
+        /// Its digest.
+        digest: Digest,
+        /// Its bytes.
+        bytes: Arc<[u8]>,
+        /// Unix milliseconds.
+        at: u64,
+    },
+    /// Renew a small blob if it is stored.
+    Renew {
+        /// Its digest.
+        digest: Digest,
+        /// Unix milliseconds.
+        at: u64,
+    },
+    /// Remove a small blob, unless it was stored or renewed at or after `before` (Unix
+    /// milliseconds): decided in the transaction, so a renewal committed first keeps it.
+    Forget {
+        /// Its digest.
+        digest: Digest,
+        /// Unix milliseconds.
+        before: u64,
     },
 }
 
@@ -84,6 +119,8 @@ pub struct Loaded {
     pub next_job: u64,
     /// The trust file as the audit log last recorded it.
     pub trust_seen: Option<Vec<u8>>,
+    /// Bytes of the small blobs stored ([`Store::holds_blobs`]).
+    pub blob_bytes: u64,
 }
 
 /// Storage failed.
@@ -124,6 +161,23 @@ pub trait Store: Send + Sync + 'static {
     /// blob it collects).
     fn hold(&self) -> Hold {
         Hold::Serving
+    }
+    /// Whether small blobs are stored here ([`Write::Blob`]) rather than as files.
+    fn holds_blobs(&self) -> bool {
+        false
+    }
+    /// A small blob's bytes, if stored here.
+    fn blob(&self, _digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+    /// Every small blob stored here: its digest and when it was stored or last renewed
+    /// (Unix milliseconds), in digest order, from one instant.
+    fn blob_ages(&self, _each: &mut dyn FnMut(Digest, u64)) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Bytes of the small blobs stored here.
+    fn blob_bytes(&self) -> Result<u64, StoreError> {
+        Ok(0)
     }
 }
 
@@ -222,6 +276,7 @@ impl RedbStore {
             tx.open_table(KEPT).map_err(err)?;
             tx.open_table(META).map_err(err)?;
             tx.open_table(STATE).map_err(err)?;
+            tx.open_table(BLOBS).map_err(err)?;
             tx.open_table(log::AUDIT).map_err(err)?;
             tx.open_table(log::HASHES).map_err(err)?;
             tx.open_table(log::BY_JOB).map_err(err)?;
@@ -264,6 +319,8 @@ impl RedbStore {
             let mut meta = tx.open_table(META).map_err(err)?;
             let mut checkpoints = tx.open_table(log::CHECKPOINTS).map_err(err)?;
             let mut state = tx.open_table(STATE).map_err(err)?;
+            let mut blobs = tx.open_table(BLOBS).map_err(err)?;
+            let mut blob_bytes = None;
             let mut appender = log::Appender::open(&tx)?;
             for w in writes {
                 match w {
@@ -297,7 +354,48 @@ impl RedbStore {
                     Write::TrustSeen(bytes) => {
                         state.insert("trust", bytes.as_slice()).map_err(err)?;
                     }
+                    Write::Blob { digest, bytes, at } => {
+                        let key = digest.as_bytes().as_slice();
+                        let stored = blobs.get(key).map_err(err)?.map(|v| v.value().to_vec());
+                        let value = match stored {
+                            // Renewed: the bytes are the same (same digest).
+                            Some(mut v) if v.len() >= 8 => {
+                                v[..8].copy_from_slice(&at.to_be_bytes());
+                                v
+                            }
+                            _ => {
+                                let total = stored_total(&meta, blob_bytes)?;
+                                blob_bytes = Some(total.saturating_add(bytes.len() as u64));
+                                [&at.to_be_bytes()[..], bytes].concat()
+                            }
+                        };
+                        blobs.insert(key, value.as_slice()).map_err(err)?;
+                    }
+                    Write::Renew { digest, at } => {
+                        let key = digest.as_bytes().as_slice();
+                        let stored = blobs.get(key).map_err(err)?.map(|v| v.value().to_vec());
+                        if let Some(mut v) = stored.filter(|v| v.len() >= 8) {
+                            v[..8].copy_from_slice(&at.to_be_bytes());
+                            blobs.insert(key, v.as_slice()).map_err(err)?;
+                        }
+                    }
+                    Write::Forget { digest, before } => {
+                        let key = digest.as_bytes().as_slice();
+                        let old = blobs
+                            .get(key)
+                            .map_err(err)?
+                            .map(|v| (stamp(v.value()), v.value().len()))
+                            .filter(|(at, _)| *at < *before);
+                        if let Some((_, len)) = old {
+                            blobs.remove(key).map_err(err)?;
+                            let total = stored_total(&meta, blob_bytes)?;
+                            blob_bytes = Some(total.saturating_sub(len.saturating_sub(8) as u64));
+                        }
+                    }
                 }
+            }
+            if let Some(total) = blob_bytes {
+                meta.insert(BLOB_BYTES, total).map_err(err)?;
             }
         }
         tx.commit().map_err(err)
@@ -321,6 +419,19 @@ impl RedbStore {
             Err(e) => Err(err(e)),
         }
     }
+}
+
+/// The bytes held in BLOBS: `cached` when this commit changed it already, else as stored.
+fn stored_total(meta: &redb::Table<'_, &str, u64>, cached: Option<u64>) -> Result<u64, StoreError> {
+    match cached {
+        Some(t) => Ok(t),
+        None => Ok(meta.get(BLOB_BYTES).map_err(err)?.map_or(0, |v| v.value())),
+    }
+}
+
+/// When a stored blob row was stored or renewed (Unix milliseconds).
+fn stamp(row: &[u8]) -> u64 {
+    row.first_chunk::<8>().map_or(0, |b| u64::from_be_bytes(*b))
 }
 
 impl Store for RedbStore {
@@ -347,7 +458,41 @@ impl Store for RedbStore {
         if let Some(t) = tx.open_table(STATE).map_err(err)?.get("trust").map_err(err)? {
             out.trust_seen = Some(t.value().to_vec());
         }
+        out.blob_bytes = tx
+            .open_table(META)
+            .map_err(err)?
+            .get(BLOB_BYTES)
+            .map_err(err)?
+            .map_or(0, |v| v.value());
         Ok(out)
+    }
+
+    fn holds_blobs(&self) -> bool {
+        true
+    }
+
+    fn blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.with(|db| db.begin_read().map_err(err))?;
+        let table = tx.open_table(BLOBS).map_err(err)?;
+        let row = table.get(digest.as_bytes().as_slice()).map_err(err)?;
+        Ok(row.and_then(|v| v.value().get(8..).map(<[u8]>::to_vec)))
+    }
+
+    fn blob_ages(&self, each: &mut dyn FnMut(Digest, u64)) -> Result<(), StoreError> {
+        let tx = self.with(|db| db.begin_read().map_err(err))?;
+        for row in tx.open_table(BLOBS).map_err(err)?.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            if let Ok(d) = <[u8; 32]>::try_from(k.value()) {
+                each(Digest::from_bytes(d), stamp(v.value()));
+            }
+        }
+        Ok(())
+    }
+
+    fn blob_bytes(&self) -> Result<u64, StoreError> {
+        let tx = self.with(|db| db.begin_read().map_err(err))?;
+        let meta = tx.open_table(META).map_err(err)?;
+        Ok(meta.get(BLOB_BYTES).map_err(err)?.map_or(0, |v| v.value()))
     }
 
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
@@ -404,6 +549,8 @@ struct MemInner {
     hashes: BTreeMap<u64, Digest>,
     checkpoints: BTreeMap<u64, String>,
     trust_seen: Option<Vec<u8>>,
+    /// Small blobs: when stored or renewed, and their bytes.
+    blobs: BTreeMap<Digest, (u64, Arc<[u8]>)>,
 }
 
 impl Hashes for MemInner {
@@ -413,6 +560,10 @@ impl Hashes for MemInner {
 }
 
 impl MemInner {
+    fn blob_bytes(&self) -> u64 {
+        self.blobs.values().map(|(_, b)| b.len() as u64).sum()
+    }
+
     fn append(&mut self, at: u64, event: audit::Event) -> Result<(), StoreError> {
         let seq = self.audit.len() as u64;
         let prev = self.audit.last().map_or_else(audit::genesis, |b| audit::leaf_hash(b));
@@ -434,7 +585,27 @@ impl Store for MemStore {
             kept: m.kept.iter().copied().collect(),
             next_job: m.next_job.max(1),
             trust_seen: m.trust_seen.clone(),
+            blob_bytes: m.blob_bytes(),
         })
+    }
+
+    fn holds_blobs(&self) -> bool {
+        true
+    }
+
+    fn blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        let m = self.inner.lock().map_err(|_| StoreError("poisoned".into()))?;
+        Ok(m.blobs.get(digest).map(|(_, b)| b.to_vec()))
+    }
+
+    fn blob_ages(&self, each: &mut dyn FnMut(Digest, u64)) -> Result<(), StoreError> {
+        let m = self.inner.lock().map_err(|_| StoreError("poisoned".into()))?;
+        m.blobs.iter().for_each(|(d, (at, _))| each(*d, *at));
+        Ok(())
+    }
+
+    fn blob_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.lock().map_err(|_| StoreError("poisoned".into()))?.blob_bytes())
     }
 
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
@@ -479,6 +650,19 @@ impl Store for MemStore {
                 }
                 Write::TrustSeen(bytes) => m.trust_seen = Some(bytes),
                 Write::Change(Change::Audit { .. }) => {}
+                Write::Blob { digest, bytes, at } => {
+                    m.blobs.entry(digest).or_insert((at, bytes)).0 = at;
+                }
+                Write::Renew { digest, at } => {
+                    if let Some(b) = m.blobs.get_mut(&digest) {
+                        b.0 = at;
+                    }
+                }
+                Write::Forget { digest, before } => {
+                    if m.blobs.get(&digest).is_some_and(|(at, _)| *at < before) {
+                        m.blobs.remove(&digest);
+                    }
+                }
             }
         }
         Ok(())
@@ -571,6 +755,22 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.audit_tail(max)
     }
 
+    fn holds_blobs(&self) -> bool {
+        self.inner.holds_blobs()
+    }
+
+    fn blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.blob(digest)
+    }
+
+    fn blob_ages(&self, each: &mut dyn FnMut(Digest, u64)) -> Result<(), StoreError> {
+        self.inner.blob_ages(each)
+    }
+
+    fn blob_bytes(&self) -> Result<u64, StoreError> {
+        self.inner.blob_bytes()
+    }
+
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering::SeqCst;
         if self.fail.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
@@ -619,6 +819,54 @@ mod tests {
         drop(store);
         let loaded = RedbStore::open(&path).unwrap().load().unwrap();
         assert!(loaded.actions.is_empty());
+    }
+
+    /// Small blobs: stored once, renewed, forgotten only when not renewed since the
+    /// cut-off, counted, and all of it kept across a reopen; the in-memory store agrees.
+    #[test]
+    fn small_blobs_are_stored_renewed_and_forgotten_as_the_writes_say() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.redb");
+        let redb = RedbStore::create(&path).unwrap();
+        let mem = MemStore::default();
+        let (a, b) = (Digest::of(b"aaaa"), Digest::of(b"bb"));
+        let blob = |d: Digest, bytes: &[u8], at| Write::Blob { digest: d, bytes: bytes.into(), at };
+        for store in [&redb as &dyn Store, &mem] {
+            assert!(store.holds_blobs());
+            store.apply(&[blob(a, b"aaaa", 10), blob(b, b"bb", 10), blob(a, b"aaaa", 20)]).unwrap();
+            assert_eq!(store.blob_bytes().unwrap(), 6, "a stored once");
+            assert_eq!(store.blob(&a).unwrap().as_deref(), Some(&b"aaaa"[..]));
+            store.apply(&[Write::Renew { digest: b, at: 30 }]).unwrap();
+            // Renewed at 20 and 30: a cut-off at 20 and at 30 keeps both.
+            store
+                .apply(&[
+                    Write::Forget { digest: a, before: 20 },
+                    Write::Forget { digest: b, before: 30 },
+                ])
+                .unwrap();
+            let mut ages = vec![];
+            store.blob_ages(&mut |d, at| ages.push((d, at))).unwrap();
+            ages.sort();
+            let mut want = vec![(a, 20), (b, 30)];
+            want.sort();
+            assert_eq!(ages, want);
+            store.apply(&[Write::Forget { digest: a, before: 21 }]).unwrap();
+            assert_eq!(store.blob(&a).unwrap(), None);
+            assert_eq!(store.blob_bytes().unwrap(), 2);
+            // Renewing or forgetting what is not stored changes nothing.
+            store
+                .apply(&[
+                    Write::Renew { digest: a, at: 40 },
+                    Write::Forget { digest: a, before: 99 },
+                ])
+                .unwrap();
+            assert_eq!(store.blob(&a).unwrap(), None);
+            assert_eq!(store.blob_bytes().unwrap(), 2);
+        }
+        drop(redb);
+        let reopened = RedbStore::open(&path).unwrap();
+        assert_eq!(reopened.load().unwrap().blob_bytes, 2);
+        assert_eq!(reopened.blob(&b).unwrap().as_deref(), Some(&b"bb"[..]));
     }
 
     fn queued(n: u64, action: &ActionId) -> JobRecord {

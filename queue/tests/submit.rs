@@ -200,6 +200,12 @@ async fn blob_whose_bytes_do_not_match_the_announced_digest_is_invalid() {
         let (code, message) = remote(c.get_blob(d, 1 << 20).await.unwrap_err());
         assert_eq!((code, message), (ErrorCode::NotFound, format!("no blob {d}")));
     }
+    // A blob over 64 KiB is a file: no temporary of it is left either.
+    let (big, wrong) = (vec![1u8; 70 << 10], vec![2u8; 70 << 10]);
+    let answer = put_raw(&c, Digest::of(&big), big.len() as u64, &wrong, true).await;
+    let message =
+        format!("blob announced as {} hashes to {}", Digest::of(&big), Digest::of(&wrong));
+    assert_eq!(answer, error(ErrorCode::Invalid, message));
     assert_eq!(stored_files(&q), Vec::<String>::new());
     // The connection is fine.
     c.put_blob(announced).await.unwrap();
@@ -219,7 +225,11 @@ async fn blob_over_max_blob_is_too_large() {
     // At the limit is fine.
     let fits = vec![7u8; 1024];
     assert_eq!(c.put_many(&[&fits], false).await.unwrap(), 0, "stored, new");
-    assert_eq!(stored_files(&q), vec![Digest::of(&fits).hex()]);
+    assert_eq!(c.get_blob(Digest::of(&fits), 1024).await.unwrap(), fits);
+    // Small: kept in the embedded store, not as a file (on PostgreSQL, a file).
+    let files =
+        if agenix_harness::postgres::wanted() { vec![Digest::of(&fits).hex()] } else { vec![] };
+    assert_eq!(stored_files(&q), files);
 }
 
 /// agq refuses a blob far over the cap on its header and stops reading; the client still
@@ -245,10 +255,20 @@ async fn blob_uploaded_twice_is_stored_once() {
     for c in [&planner, &worker] {
         assert_eq!(c.put_many(&[bytes], false).await.unwrap(), 1, "already stored");
     }
-    // Twice in one batch, too.
+    // Twice in one batch, too, and new twice in one batch: the second is the first.
     assert_eq!(planner.put_many(&[bytes, bytes], false).await.unwrap(), 2);
-    assert_eq!(stored_files(&q), vec![d.hex()]);
+    let fresh: &[u8] = b"new, twice in one batch";
+    assert_eq!(planner.put_many(&[fresh, fresh], false).await.unwrap(), 1);
     assert_eq!(worker.get_blob(d, 1 << 20).await.unwrap(), bytes);
+    assert_eq!(worker.get_blob(Digest::of(fresh), 1 << 20).await.unwrap(), fresh);
+    // The same for a blob stored as a file (over 64 KiB).
+    let big = vec![3u8; 70 << 10];
+    assert_eq!(planner.put_many(&[&big, &big], false).await.unwrap(), 1);
+    assert_eq!(worker.put_many(&[&big], false).await.unwrap(), 1);
+    let files = stored_files(&q);
+    assert!(files.contains(&Digest::of(&big).hex()), "{files:?}");
+    let small_are_files = agenix_harness::postgres::wanted();
+    assert_eq!(files.len(), if small_are_files { 3 } else { 1 }, "{files:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -828,6 +828,13 @@ impl Store for PgStore {
                     checkpoints.push((int(*size, "checkpoint size")?, note.clone()));
                 }
                 Write::TrustSeen(bytes) => trust = Some(bytes.clone()),
+                Write::Blob { .. } | Write::Renew { .. } | Write::Forget { .. } => {
+                    return Err(StoreError(
+                        "the PostgreSQL store keeps no blobs (they are files in the shared \
+                         directory): a small blob was sent to it"
+                            .into(),
+                    ));
+                }
             }
         }
         let Some(generation) = self.held.as_ref().map(|h| h.generation) else {
