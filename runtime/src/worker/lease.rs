@@ -127,9 +127,15 @@ impl Worker {
         // Remembered (durably) before anything runs, until no verifier accepts the action.
         let until =
             action.action().expires_at.saturating_add(agenix_proto::envelope::CLOCK_SKEW_SECS);
-        lock(&self.ledger)
-            .record(key, until, now)
-            .map_err(|e| Verdict::transient(format!("cannot record the job as run: {e}")))?;
+        let cannot = |e: &dyn std::fmt::Display| {
+            Verdict::transient(format!("cannot record the job as run: {e}"))
+        };
+        let durable = lock(&self.ledger).append(key, until, now).map_err(|e| cannot(&e))?;
+        // The sync blocks: off the runtime's threads, and shared with the jobs starting now.
+        tokio::task::spawn_blocking(move || durable.wait())
+            .await
+            .map_err(|e| cannot(&e))?
+            .map_err(|e| cannot(&e))?;
         info!("running");
         let result = execute(Executable::verified(&plan), stdin, runner).await;
         if let Err(e) = lock(&self.ledger).finish(key) {

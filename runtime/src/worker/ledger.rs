@@ -4,7 +4,10 @@
 //!
 //! A job is named by what a trusted signer signed: the digest of its action's payload and
 //! the index of its input. One line of JSON per job, appended and synced before the job
-//! runs, and a second one (`done`) once it has run; entries past their expiry are dropped
+//! runs, and a second one (`done`) once it has run; jobs starting together share one sync
+//! ([`Durable::wait`]: each sync covers every line written before it began, so whoever
+//! waits finds its line covered by a sync already made or makes one for all); entries past
+//! their expiry are dropped
 //! when the file is opened again and when it is rewritten (each time it has grown by as
 //! many lines as it held, and at least 1024).
 //!
@@ -17,6 +20,8 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use agenix_proto::Digest;
 use serde::{Deserialize, Serialize};
@@ -64,6 +69,66 @@ pub struct Ledger {
     live: HashMap<JobKey, Live>,
     lines: usize,
     compact_at: usize,
+    /// Lines of started jobs appended so far (their sequence numbers).
+    appended: u64,
+    syncer: Arc<Syncer>,
+}
+
+/// Makes appended lines durable, several writers' with one sync.
+#[derive(Debug)]
+struct Syncer {
+    /// The file, and every line up to which sequence number is synced.
+    synced: Mutex<(File, u64)>,
+    /// The sequence number of the last line written.
+    written: AtomicU64,
+    /// Syncs made.
+    syncs: AtomicU64,
+}
+
+impl Syncer {
+    fn new(file: &File, through: u64) -> std::io::Result<Self> {
+        Ok(Self {
+            synced: Mutex::new((file.try_clone()?, through)),
+            written: through.into(),
+            syncs: AtomicU64::new(0),
+        })
+    }
+
+    /// Syncs unless a sync that began after line `seq` was written has been made already.
+    fn through(&self, seq: u64) -> std::io::Result<()> {
+        let mut synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
+        if synced.1 >= seq {
+            return Ok(());
+        }
+        // Read before the sync: every line up to it is written, so the sync covers it.
+        let target = self.written.load(Ordering::SeqCst);
+        synced.0.sync_data()?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        synced.1 = target;
+        Ok(())
+    }
+
+    /// The ledger was rewritten (and synced whole) into `file`: every line is durable.
+    fn replaced(&self, file: &File, through: u64) -> std::io::Result<()> {
+        let clone = file.try_clone()?;
+        *self.synced.lock().unwrap_or_else(PoisonError::into_inner) = (clone, through);
+        Ok(())
+    }
+}
+
+/// A job's line, appended: durable once [`Durable::wait`] returns.
+#[derive(Debug)]
+#[must_use = "the line is durable only once waited for"]
+pub struct Durable {
+    syncer: Arc<Syncer>,
+    seq: u64,
+}
+
+impl Durable {
+    /// Blocks until the line is on disk (a sync of its own, or one it shares).
+    pub fn wait(self) -> std::io::Result<()> {
+        self.syncer.through(self.seq)
+    }
 }
 
 impl Ledger {
@@ -86,7 +151,16 @@ impl Ledger {
         }
         let file = rewrite(path, &live)?;
         let lines = live.len();
-        Ok(Self { path: path.to_owned(), file, live, lines, compact_at: compact_at(lines) })
+        let syncer = Arc::new(Syncer::new(&file, 0)?);
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            live,
+            lines,
+            compact_at: compact_at(lines),
+            appended: 0,
+            syncer,
+        })
     }
 
     /// Whether the job has run here.
@@ -111,23 +185,33 @@ impl Ledger {
         Ok(())
     }
 
-    /// Records, durably, that the job is about to run; it is remembered until `until`
-    /// (Unix seconds). `now` drops what expired when the file is rewritten.
+    /// Records, durably, that the job is about to run: [`Ledger::append`], then waits.
     pub fn record(&mut self, key: JobKey, until: u64, now: u64) -> std::io::Result<()> {
+        self.append(key, until, now)?.wait()
+    }
+
+    /// Records that the job is about to run, durable once the answer is waited for (without
+    /// this ledger: other jobs append meanwhile, and share the sync). It is remembered until
+    /// `until` (Unix seconds), from now on in this process even if the sync fails (the job
+    /// is then not run here, nor later: it goes to other workers). `now` drops what expired
+    /// when the file is rewritten.
+    pub fn append(&mut self, key: JobKey, until: u64, now: u64) -> std::io::Result<Durable> {
         let entry = Entry { action: key.0, input: key.1, until, done: false };
         let mut line = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
         line.push(b'\n');
         self.file.write_all(&line)?;
-        self.file.sync_data()?;
         self.live.insert(key, Live { until, done: false, earlier: false });
         self.lines += 1;
+        self.appended += 1;
+        self.syncer.written.store(self.appended, Ordering::SeqCst);
         if self.lines >= self.compact_at {
             self.live.retain(|_, l| l.until >= now);
             self.file = rewrite(&self.path, &self.live)?;
+            self.syncer.replaced(&self.file, self.appended)?;
             self.lines = self.live.len();
             self.compact_at = compact_at(self.lines);
         }
-        Ok(())
+        Ok(Durable { syncer: self.syncer.clone(), seq: self.appended })
     }
 
     /// How many jobs are remembered.
@@ -215,6 +299,30 @@ mod tests {
     }
 
     #[test]
+    fn jobs_starting_together_share_one_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ran.jsonl");
+        let mut l = Ledger::open(&path, 100).unwrap();
+        let keys: Vec<JobKey> = (0..3).map(|i| (Digest::of(b"j"), i)).collect();
+        let waits: Vec<Durable> = keys.iter().map(|k| l.append(*k, 200, 100).unwrap()).collect();
+        let syncer = l.syncer.clone();
+        let threads: Vec<_> =
+            waits.into_iter().map(|w| std::thread::spawn(move || w.wait())).collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+        assert_eq!(syncer.syncs.load(Ordering::Relaxed), 1, "one sync covered all three");
+        // A line written after that sync needs one of its own.
+        l.record((Digest::of(b"j"), 9), 200, 100).unwrap();
+        assert_eq!(syncer.syncs.load(Ordering::Relaxed), 2);
+        drop(l);
+        let l = Ledger::open(&path, 110).unwrap();
+        for k in keys {
+            assert_eq!(l.ran(&k), Ran::Interrupted, "on disk");
+        }
+    }
+
+    #[test]
     fn the_file_is_compacted_as_it_grows() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ran.jsonl");
@@ -225,6 +333,21 @@ mod tests {
         }
         let lines = std::fs::read_to_string(&path).unwrap().lines().count();
         assert!(lines < 1100, "{lines} lines");
+        // A rewrite is synced whole: a line appended before it needs no sync of its own.
+        let syncs = l.syncer.syncs.load(Ordering::Relaxed);
+        let before = l.append((Digest::of(b"y"), 0), 1000, 10).unwrap();
+        let mut rewritten = false;
+        for i in 1..5000u32 {
+            let lines = l.lines;
+            drop(l.append((Digest::of(b"y"), i), 1000, 10).unwrap());
+            if l.lines <= lines {
+                rewritten = true;
+                break;
+            }
+        }
+        assert!(rewritten);
+        before.wait().unwrap();
+        assert_eq!(l.syncer.syncs.load(Ordering::Relaxed), syncs, "covered by the rewrite");
         assert_eq!(l.ran(&(Digest::of(b"x"), 2999)), Ran::Yes);
     }
 }
