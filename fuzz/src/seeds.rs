@@ -190,7 +190,7 @@ fn requests_of_every_kind() -> Vec<Request> {
         Request::Register { capabilities: capabilities(), instance: "secret".into() },
         Request::Claim { max: 2, wait_ms: 1000 },
         Request::Heartbeat { leases: vec![lease_ref()] },
-        Request::Complete { lease: lease_ref(), output: output() },
+        Request::Complete { lease: lease_ref(), output: output(), blobs: vec![] },
         Request::Fail { lease: lease_ref(), reason: "fetch failed".into(), retryable: true },
         Request::Release { lease: lease_ref(), reason: "unknown signer".into() },
     ]

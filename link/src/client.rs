@@ -265,13 +265,54 @@ impl Client {
         .await
     }
 
+    /// Reports a job's result carrying the blobs it names (stored with it, in one round
+    /// trip and one commit), retrying while throttled; the job's state after.
+    pub async fn complete_carrying(
+        &self,
+        lease: LeaseRef,
+        output: JobOutput,
+        blobs: &[&[u8]],
+    ) -> Result<JobState, LinkError> {
+        let refs: Vec<InputRef> = blobs
+            .iter()
+            .map(|b| InputRef { digest: Digest::of(b), size: b.len() as u64 })
+            .collect();
+        let mut backoff = Backoff::new();
+        loop {
+            let req = Request::Complete { lease, output: output.clone(), blobs: refs.clone() };
+            let answer = self.upload(&req, blobs).await.and_then(|r| match r {
+                Response::Recorded { state, .. } => Ok(state),
+                other => Err(LinkError::Unexpected { request: "complete", answer: other.name() }),
+            });
+            match answer {
+                Err(e) if e.code() == Some(ErrorCode::RateLimited) && backoff.wait().await => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends `req` with `blobs` after it, and reads the answer.
+    async fn upload(&self, req: &Request, blobs: &[&[u8]]) -> Result<Response, LinkError> {
+        let (mut send, recv) =
+            self.conn.open_bi().await.map_err(|e| LinkError::Connection(e.to_string()))?;
+        write_frame(&mut send, req).await?;
+        let left = blobs.iter().map(|b| b.len() as u64).sum();
+        let mut up = Upload { send, recv, left, request: req.name() };
+        for b in blobs {
+            if let Err(e) = up.write(b).await {
+                return up.answer(Some(e)).await;
+            }
+        }
+        up.end().await
+    }
+
     /// Reports a job's result (its blobs stored first); the job's state after.
     pub async fn complete(
         &self,
         lease: LeaseRef,
         output: JobOutput,
     ) -> Result<JobState, LinkError> {
-        self.recorded(Request::Complete { lease, output }).await
+        self.recorded(Request::Complete { lease, output, blobs: vec![] }).await
     }
 
     /// Reports that a job could not be run; the job's state after.
@@ -448,18 +489,8 @@ impl Client {
             .collect();
         let mut backoff = Backoff::new();
         loop {
-            let mut up = self.put_blobs(&refs, keep).await?;
-            let mut failed = None;
-            for b in blobs {
-                if let Err(e) = up.write(b).await {
-                    failed = Some(e);
-                    break;
-                }
-            }
-            let answer = match failed {
-                None => up.finish().await,
-                Some(e) => up.refused(e).await,
-            };
+            let req = Request::PutBlobs { blobs: refs.clone(), keep };
+            let answer = self.upload(&req, blobs).await.and_then(stored);
             match answer {
                 Err(e) if e.code() == Some(ErrorCode::RateLimited) && backoff.wait().await => {}
                 other => return other,
@@ -475,7 +506,7 @@ impl Client {
         let (mut send, recv) =
             self.conn.open_bi().await.map_err(|e| LinkError::Connection(e.to_string()))?;
         write_frame(&mut send, &req).await?;
-        Ok(Upload { send, recv, left: blobs.iter().map(|b| b.size).sum() })
+        Ok(Upload { send, recv, left: blobs.iter().map(|b| b.size).sum(), request: "put_blobs" })
     }
 
     /// Downloads the blob with `digest` (at most `max` bytes), checking it.
@@ -578,6 +609,7 @@ pub struct Upload {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     left: u64,
+    request: &'static str,
 }
 
 impl Upload {
@@ -595,7 +627,17 @@ impl Upload {
     }
 
     /// Ends the upload and returns how many of the blobs the queue already had.
-    pub async fn finish(mut self) -> Result<u32, LinkError> {
+    pub async fn finish(self) -> Result<u32, LinkError> {
+        self.end().await.and_then(stored)
+    }
+
+    /// After [`Upload::write`] failed with `e`: the queue may have refused the upload and
+    /// stopped reading, and its answer says why; else `e`.
+    pub async fn refused(mut self, e: LinkError) -> Result<u32, LinkError> {
+        self.answer(Some(e)).await.and_then(stored)
+    }
+
+    async fn end(mut self) -> Result<Response, LinkError> {
         if self.left > 0 {
             return Err(LinkError::Connection(format!(
                 "upload ended {} bytes short of the blobs announced",
@@ -606,21 +648,20 @@ impl Upload {
         self.answer(sent.err()).await
     }
 
-    /// After [`Upload::write`] failed with `e`: the queue may have refused the upload and
-    /// stopped reading, and its answer says why; else `e`.
-    pub async fn refused(mut self, e: LinkError) -> Result<u32, LinkError> {
-        self.answer(Some(e)).await
-    }
-
-    async fn answer(&mut self, failed: Option<LinkError>) -> Result<u32, LinkError> {
+    async fn answer(&mut self, failed: Option<LinkError>) -> Result<Response, LinkError> {
         // The queue may refuse on the header and stop reading: its answer still says why.
         match read_frame::<Response>(&mut self.recv).await {
-            Ok(resp) => match check("put_blobs", resp)? {
-                Response::BlobsStored { existed } => Ok(existed),
-                other => Err(LinkError::Unexpected { request: "put_blobs", answer: other.name() }),
-            },
+            Ok(resp) => check(self.request, resp),
             Err(e) => Err(failed.unwrap_or_else(|| e.into())),
         }
+    }
+}
+
+/// How many blobs an upload's answer says were stored already.
+fn stored(resp: Response) -> Result<u32, LinkError> {
+    match resp {
+        Response::BlobsStored { existed } => Ok(existed),
+        other => Err(LinkError::Unexpected { request: "put_blobs", answer: other.name() }),
     }
 }
 

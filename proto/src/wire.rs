@@ -38,6 +38,8 @@ pub const PAGE_BYTES: usize = MAX_FRAME / 2;
 pub const MAX_BATCH_BLOBS: usize = 1000;
 /// Most leases one heartbeat names.
 pub const MAX_HEARTBEAT_LEASES: usize = 4096;
+/// Most blobs one `complete` carries (its signed result, its output and its reports).
+pub const MAX_COMPLETE_BLOBS: usize = 3;
 /// Longest worker instance secret, in bytes.
 pub const MAX_INSTANCE: usize = 128;
 
@@ -198,12 +200,17 @@ pub enum Request {
         /// The leases held (at most [`MAX_HEARTBEAT_LEASES`]).
         leases: Vec<LeaseRef>,
     },
-    /// Report a job's result (its blobs stored first).
+    /// Report a job's result. The blobs it names are stored first, or carried: their
+    /// bytes follow this frame, one after another in the order of `blobs`, and are stored
+    /// with the result (at most [`MAX_COMPLETE_BLOBS`]).
     Complete {
         /// The lease.
         lease: LeaseRef,
         /// What it produced.
         output: JobOutput,
+        /// The blobs carried.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        blobs: Vec<InputRef>,
     },
     /// Report that a job could not be run: it is retried (when `retryable` and attempts
     /// remain) or dead.
@@ -606,6 +613,25 @@ mod tests {
                     reason: "r".into(),
                 },
                 r#"{"type":"release","lease":{"job":3,"epoch":2},"reason":"r"}"#,
+            ),
+            (
+                Request::Complete {
+                    lease: LeaseRef { job: JobId(3), epoch: crate::job::LeaseEpoch(2) },
+                    output: JobOutput {
+                        succeeded: true,
+                        failure: None,
+                        reports: crate::job::Reports::Inline(vec![]),
+                        output: None,
+                        result: None,
+                    },
+                    blobs: vec![InputRef { digest: Digest::of(b""), size: 0 }],
+                },
+                concat!(
+                    r#"{"type":"complete","lease":{"job":3,"epoch":2},"#,
+                    r#""output":{"succeeded":true,"reports":{"inline":[]}},"blobs":[{"digest":"#,
+                    r#""sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","#,
+                    r#""size":0}]}"#
+                ),
             ),
         ];
         for (req, json) in cases {

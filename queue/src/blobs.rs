@@ -61,6 +61,9 @@ struct Inline {
     /// Blobs a collection is removing: until that commit, a submission naming one is
     /// refused (it could be accepted, and then find its blob gone).
     forgetting: Arc<std::sync::Mutex<BTreeSet<Digest>>>,
+    /// Removals committed so far: a submission that looked at its blobs before one must
+    /// look again ([`Blobs::removed_since`]).
+    removals: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Blobs {
@@ -91,8 +94,8 @@ pub enum Put {
 pub struct Pending {
     /// The blob.
     pub digest: Digest,
-    /// What stores it (or renews it, when it is there already).
-    write: Write,
+    /// Its bytes, checked against the digest.
+    pub bytes: Arc<[u8]>,
     /// Whether it was stored already.
     pub existed: bool,
     /// The room it takes until the commit has counted it.
@@ -100,9 +103,11 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// The write that stores it, and the room it takes until the store's count includes it.
+    /// The write that stores it (or renews it, when it is there already: stored again, a
+    /// collection committed in between cannot take it away), and the room it takes until
+    /// the store's count includes it.
     pub fn split(self) -> (Write, Reservation) {
-        (self.write, self.room)
+        (Write::Blob { digest: self.digest, bytes: self.bytes, at: now_ms() }, self.room)
     }
 }
 
@@ -227,6 +232,7 @@ impl Blobs {
                 store,
                 bytes: Arc::new(AtomicU64::new(stored)),
                 forgetting: Arc::default(),
+                removals: Arc::default(),
             });
         }
     }
@@ -254,12 +260,23 @@ impl Blobs {
         }
     }
 
-    /// Whether a collection is removing any of `digests` now.
-    pub fn forgetting_any<'a>(&self, mut digests: impl Iterator<Item = &'a Digest>) -> bool {
+    /// Removals of small blobs committed so far.
+    pub fn removals(&self) -> u64 {
+        self.inline.as_ref().map_or(0, |i| i.removals.load(Ordering::SeqCst))
+    }
+
+    /// Whether any of `digests` may be gone since [`Blobs::removals`] said `seen`: a
+    /// collection is removing one now, or removed small blobs since and one is not stored.
+    pub fn removed_since(&self, seen: u64, digests: &[Digest]) -> bool {
         let Some(inline) = &self.inline else { return false };
-        let forgetting =
-            inline.forgetting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        !forgetting.is_empty() && digests.any(|d| forgetting.contains(d))
+        {
+            let forgetting =
+                inline.forgetting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !forgetting.is_empty() && digests.iter().any(|d| forgetting.contains(d)) {
+                return true;
+            }
+        }
+        self.removals() != seen && digests.iter().any(|d| !self.has(d))
     }
 
     fn path(&self, d: &Digest) -> PathBuf {
@@ -399,10 +416,7 @@ impl Blobs {
             // Stored as a file by an earlier release: renewed there.
             return Ok(Put::Existed);
         }
-        // Stored again even when it is there: a collection committed in between cannot
-        // take it away then.
-        let write = Write::Blob { digest, bytes: bytes.into(), at: now_ms() };
-        Ok(Put::Pending(Box::new(Pending { digest, write, existed, room })))
+        Ok(Put::Pending(Box::new(Pending { digest, bytes: bytes.into(), existed, room })))
     }
 
     async fn put_file(
@@ -500,9 +514,13 @@ impl Blobs {
         Ok((old, before))
     }
 
-    /// Marks `digests` as being removed by a collection (or, `false`, no longer).
+    /// Marks `digests` as being removed by a collection (or, `false`, no longer: the
+    /// removal is over, committed or not, and counted first).
     pub fn forgetting(&self, digests: &[Digest], now: bool) {
         let Some(inline) = &self.inline else { return };
+        if !now {
+            inline.removals.fetch_add(1, Ordering::SeqCst);
+        }
         let mut set = inline.forgetting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for d in digests {
             if now {
@@ -581,6 +599,31 @@ const ASIDE: &str = ".collecting";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A submission that looked at its blobs before a collection removed one of them
+    /// learns it under the scheduler's lock: while the removal is under way, and after.
+    #[tokio::test]
+    async fn a_blob_removed_after_a_submission_looked_is_seen_as_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::MemStore::default());
+        let mut b = Blobs::new(dir.path(), 1 << 20, 1 << 30).unwrap();
+        b.keep_small_in(store.clone(), 0);
+        let (gone, stays) = (Digest::of(b"gone"), Digest::of(b"stays"));
+        for (d, bytes) in [(gone, b"gone".as_slice()), (stays, b"stays")] {
+            store.apply(&[Write::Blob { digest: d, bytes: bytes.into(), at: 1 }]).unwrap();
+        }
+        let looked = b.removals();
+        assert!(!b.removed_since(looked, &[gone, stays]));
+        b.forgetting(&[gone], true);
+        assert!(b.removed_since(looked, &[gone]), "being removed");
+        assert!(!b.removed_since(looked, &[stays]));
+        store.apply(&[Write::Forget { digest: gone, before: 2 }]).unwrap();
+        b.forgetting(&[gone], false);
+        assert!(b.removed_since(looked, &[stays, gone]), "removed since it looked");
+        assert!(!b.removed_since(looked, &[stays]), "still stored");
+        // One that looks now sees it missing when it looks, not here.
+        assert!(!b.removed_since(b.removals(), &[gone]));
+    }
 
     async fn put(b: &Blobs, bytes: &[u8]) -> Result<bool, BlobError> {
         let room = b.reserve(bytes.len() as u64)?;

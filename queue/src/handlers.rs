@@ -1,5 +1,7 @@
 //! One handler per request.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agenix_link::write_frame;
@@ -10,14 +12,14 @@ use agenix_proto::job::{
     Requirements,
 };
 use agenix_proto::wire::{
-    ErrorCode, MAX_BATCH_BLOBS, MAX_HEARTBEAT_LEASES, MAX_INSTANCE, MAX_PAGE, PAGE_BYTES, Request,
-    Response, json_len,
+    ErrorCode, MAX_BATCH_BLOBS, MAX_COMPLETE_BLOBS, MAX_HEARTBEAT_LEASES, MAX_INSTANCE, MAX_PAGE,
+    PAGE_BYTES, Request, Response, json_len,
 };
 use agenix_proto::{Digest, InputRef, KeyId, Limits};
 use agenix_queue_core::{Refusal, Submission};
 use tokio::io::AsyncWriteExt;
 
-use crate::blobs::{BlobError, Opened, Pending, Put};
+use crate::blobs::{BlobError, INLINE_MAX, Opened, Pending, Put};
 use crate::limits::lock;
 use crate::server::{Conn, Durable, Queue, error, now_ms, random_u64, refusal, send_answer};
 use crate::store::Write;
@@ -114,16 +116,9 @@ impl Queue {
                     Err(r) => refusal(r),
                 }
             }
-            Request::Complete { lease, output } => {
-                let Some(worker) = registered(client) else { return unregistered() };
-                if let Err((code, message)) = self.check_output(&output) {
-                    return error(code, message);
-                }
-                if let Err(answer) = self.check_signed(client, worker, lease, &output).await {
-                    return answer;
-                }
-                self.record(self.apply(|s| s.complete(now, worker, lease, output), vec![]), lease)
-                    .await
+            // Read with its stream (`Queue::complete`); here only without one (the web).
+            Request::Complete { .. } => {
+                error(ErrorCode::BadRequest, "a result is sent over the queue's link")
             }
             Request::Fail { lease, reason, retryable } => {
                 let Some(worker) = registered(client) else { return unregistered() };
@@ -208,7 +203,11 @@ impl Queue {
     }
 
     /// A result must name only blobs that are stored, and keep its inline reports small.
-    fn check_output(&self, output: &JobOutput) -> Result<(), (ErrorCode, String)> {
+    fn check_output(
+        &self,
+        output: &JobOutput,
+        carried: &BTreeMap<Digest, Arc<[u8]>>,
+    ) -> Result<(), (ErrorCode, String)> {
         if let Reports::Inline(r) = &output.reports
             && json_len(r) > MAX_INLINE_REPORTS
         {
@@ -218,7 +217,11 @@ impl Queue {
             ));
         }
         for blob in output.blobs() {
-            if self.blobs.size(&blob.digest) != Some(blob.size) {
+            let size = match carried.get(&blob.digest) {
+                Some(b) => Some(b.len() as u64),
+                None => self.blobs.size(&blob.digest),
+            };
+            if size != Some(blob.size) {
                 return Err((
                     ErrorCode::Invalid,
                     format!(
@@ -242,6 +245,7 @@ impl Queue {
         worker: u64,
         lease: LeaseRef,
         output: &JobOutput,
+        carried: &BTreeMap<Digest, Arc<[u8]>>,
     ) -> Result<(), Response> {
         // A lease that is not this worker's, or no longer current, is refused as such first.
         let (plan, input, action) = {
@@ -262,11 +266,14 @@ impl Queue {
         let Some(blob) = &output.result else {
             return Err(invalid("the result carries no signed statement: it is refused".into()));
         };
-        let bytes = self
-            .blobs
-            .read(&blob.digest, MAX_ENVELOPE_BYTES as u64)
-            .await
-            .map_err(|e| invalid(format!("signed result: {e}")))?;
+        let bytes = match carried.get(&blob.digest) {
+            Some(b) => b.to_vec(),
+            None => self
+                .blobs
+                .read(&blob.digest, MAX_ENVELOPE_BYTES as u64)
+                .await
+                .map_err(|e| invalid(format!("signed result: {e}")))?,
+        };
         let trust = self.workers_trust().await?;
         let verified = agenix_proto::verify_result(&bytes, &trust, now_ms() / 1000)
             .map_err(|e| invalid(format!("signed result: {e}")))?;
@@ -368,83 +375,143 @@ impl Queue {
                 ),
             );
         }
+        let until = self.upload_deadline(&blobs);
+        let mut existed = 0;
+        // Small blobs are held in memory until committed: a commit every HELD_BYTES of them.
+        for group in held_groups(&blobs) {
+            let Received { existed: had, pending, failed } = self.receive(group, recv, until).await;
+            existed += had;
+            let (writes, rooms) = split(pending);
+            if !writes.is_empty() {
+                // Not stored: said so, whatever else failed.
+                if let Err(e) = self.commit(writes).await {
+                    return e;
+                }
+                drop(rooms);
+            }
+            if let Some(failed) = failed {
+                return failed;
+            }
+        }
+        if keep {
+            let digests: Vec<Digest> = blobs.iter().map(|b| b.digest).collect();
+            if let Err(e) = self.commit(digests.iter().map(|d| Write::Keep(*d)).collect()).await {
+                return e;
+            }
+            lock(&self.kept).extend(digests);
+        }
+        Response::BlobsStored { existed }
+    }
+
+    /// Commits `writes` (blobs among them), and counts the store's blobs again.
+    async fn commit(&self, writes: Vec<Write>) -> Result<(), Response> {
+        let done = match self.apply(|_| Ok(((), vec![])), writes) {
+            Ok(((), done)) => done,
+            Err(r) => return Err(refusal(r)),
+        };
+        let durable = Self::durable(done).await;
+        self.blobs.committed();
+        durable
+    }
+
+    /// When an upload of `blobs` must be done: at least 1 MB/s, and never less than the
+    /// request timeout.
+    fn upload_deadline(&self, blobs: &[InputRef]) -> Instant {
         let total = blobs.iter().fold(0u64, |t, b| t.saturating_add(b.size));
-        // At least 1 MB/s, and never less than the request timeout.
-        let budget = self.settings.request_timeout + Duration::from_secs(total / (1 << 20));
-        let until = Instant::now() + budget;
-        let mut existed = 0u32;
-        // Small blobs, committed together once the batch is read (or a blob in it failed:
-        // those before it are stored all the same).
-        let mut pending: Vec<Box<Pending>> = Vec::new();
-        let mut failed = None;
-        for blob in &blobs {
+        Instant::now() + self.settings.request_timeout + Duration::from_secs(total / (1 << 20))
+    }
+
+    /// Reads `blobs` from the stream, one after another: large ones are stored as files at
+    /// once, small ones handed back to be committed. Stops at the first that fails, with
+    /// the answer saying why (the stream is then no longer read).
+    async fn receive(
+        &self,
+        blobs: &[InputRef],
+        recv: &mut quinn::RecvStream,
+        until: Instant,
+    ) -> Received {
+        let mut got = Received { existed: 0, pending: Vec::new(), failed: None };
+        for blob in blobs {
             let room = match self.blobs.reserve(blob.size) {
                 Ok(r) => r,
                 Err(e) => {
-                    failed = Some(stop_reading(recv, blob_error(e)));
+                    got.failed = Some(stop_reading(recv, blob_error(e)));
                     break;
                 }
             };
             let put = self.blobs.put(blob.digest, blob.size, room, recv);
             match tokio::time::timeout_at(until.into(), put).await {
                 Err(_) => {
-                    failed =
-                        Some(stop_reading(recv, error(ErrorCode::BadRequest, "upload too slow")));
+                    let slow = error(ErrorCode::BadRequest, "upload too slow");
+                    got.failed = Some(stop_reading(recv, slow));
                     break;
                 }
-                Ok(Ok(Put::Existed)) => existed += 1,
+                Ok(Ok(Put::Existed)) => got.existed += 1,
                 Ok(Ok(Put::Stored)) => {}
-                // The same blob twice in one batch: the second finds the first.
-                Ok(Ok(Put::Pending(p))) if pending.iter().any(|q| q.digest == p.digest) => {
-                    existed += 1;
+                // The same blob twice: the second finds the first.
+                Ok(Ok(Put::Pending(p))) if got.pending.iter().any(|q| q.digest == p.digest) => {
+                    got.existed += 1;
                 }
                 Ok(Ok(Put::Pending(p))) => {
-                    existed += u32::from(p.existed);
-                    pending.push(p);
+                    got.existed += u32::from(p.existed);
+                    got.pending.push(*p);
                 }
                 Ok(Err(e)) => {
-                    failed = Some(stop_reading(recv, blob_error(e)));
+                    got.failed = Some(stop_reading(recv, blob_error(e)));
                     break;
                 }
             }
         }
-        let mut writes: Vec<Write> = Vec::with_capacity(pending.len() + blobs.len());
-        // The rooms are given back once the store's count includes the blobs.
-        let rooms: Vec<_> = pending
-            .into_iter()
-            .map(|p| {
-                let (write, room) = p.split();
-                writes.push(write);
-                room
-            })
-            .collect();
-        let digests: Vec<Digest> = blobs.iter().map(|b| b.digest).collect();
-        if keep && failed.is_none() {
-            writes.extend(digests.iter().map(|d| Write::Keep(*d)));
+        got
+    }
+
+    /// Records a job's result, storing the blobs it carries (`blobs`, read from the stream)
+    /// in the same transaction. A blob that fails refuses the result.
+    pub(crate) async fn complete(
+        &self,
+        client: &Conn,
+        lease: LeaseRef,
+        output: JobOutput,
+        blobs: Vec<InputRef>,
+        recv: &mut quinn::RecvStream,
+    ) -> Response {
+        let Some(worker) = registered(client) else {
+            return stop_reading(recv, unregistered());
+        };
+        if blobs.len() > MAX_COMPLETE_BLOBS {
+            let message = format!(
+                "{} blobs carried by a result, over the limit of {MAX_COMPLETE_BLOBS}",
+                blobs.len()
+            );
+            return stop_reading(recv, error(ErrorCode::TooLarge, message));
         }
-        if !writes.is_empty() {
-            // Not stored: said so, whatever else failed (nothing of the batch is kept).
-            let done = match self.apply(|_| Ok(((), vec![])), writes) {
-                Ok(((), done)) => done,
-                Err(r) => return refusal(r),
-            };
-            let durable = Self::durable(done).await;
-            self.blobs.committed();
-            drop(rooms);
-            if let Err(e) = durable {
-                return e;
-            }
-        }
+        let until = self.upload_deadline(&blobs);
+        let Received { pending, failed, .. } = self.receive(&blobs, recv, until).await;
         if let Some(failed) = failed {
             return failed;
         }
-        if keep {
-            lock(&self.kept).extend(digests);
+        let carried: BTreeMap<Digest, Arc<[u8]>> =
+            pending.iter().map(|p| (p.digest, p.bytes.clone())).collect();
+        if let Err((code, message)) = self.check_output(&output, &carried) {
+            return error(code, message);
         }
-        Response::BlobsStored { existed }
+        if let Err(answer) = self.check_signed(client, worker, lease, &output, &carried).await {
+            return answer;
+        }
+        let (writes, rooms) = split(pending);
+        let now = now_ms();
+        let answer = self
+            .record(self.apply(|s| s.complete(now, worker, lease, output), writes), lease)
+            .await;
+        if !rooms.is_empty() {
+            self.blobs.committed();
+        }
+        answer
     }
 
     async fn submit(&self, plan_blob: Digest, action_blob: Digest) -> Response {
+        // Before any blob is looked at: a collection that removes one after this is seen.
+        let removals = self.blobs.removals();
         let now = now_ms();
         let now_s = now / 1000;
         let cap = MAX_ENVELOPE_BYTES as u64;
@@ -524,9 +591,10 @@ impl Queue {
         let result = self.apply(
             |s| {
                 // Decided under the scheduler's lock, which a collection holds while it
-                // chooses what to remove: a blob it chose is refused here, one this
-                // submission names first is kept by it.
-                if self.blobs.forgetting_any(named.iter()) {
+                // chooses what to remove: a blob it chose, or removed since this
+                // submission looked, is refused here; one this submission names first is
+                // kept by it.
+                if self.blobs.removed_since(removals, &named) {
                     return Ok((None, vec![]));
                 }
                 let (jobs, dup, changes) = s.submit(now, sub)?;
@@ -636,4 +704,70 @@ fn blob_error(e: BlobError) -> Response {
 fn stop_reading(recv: &mut quinn::RecvStream, answer: Response) -> Response {
     let _ = recv.stop(0u32.into());
     answer
+}
+
+/// Most bytes of small blobs one upload holds in memory before it commits them.
+const HELD_BYTES: u64 = 4 << 20;
+
+/// `blobs` in runs whose small blobs (those kept in the store) add up to at most
+/// [`HELD_BYTES`]: each run is read, then committed, before the next.
+fn held_groups(blobs: &[InputRef]) -> impl Iterator<Item = &[InputRef]> {
+    let mut rest = blobs;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut held = 0u64;
+        let mut end = 0;
+        while end < rest.len() {
+            let size = if rest[end].size <= INLINE_MAX { rest[end].size } else { 0 };
+            if end > 0 && held + size > HELD_BYTES {
+                break;
+            }
+            held += size;
+            end += 1;
+        }
+        let (group, tail) = rest.split_at(end);
+        rest = tail;
+        Some(group)
+    })
+}
+
+/// Blobs read from a request's stream.
+struct Received {
+    /// How many were stored already.
+    existed: u32,
+    /// Small ones, to be committed.
+    pending: Vec<Pending>,
+    /// The answer when one failed (those before it were read).
+    failed: Option<Response>,
+}
+
+/// The writes that store `pending`, and the rooms they take until the store's count
+/// includes them.
+fn split(pending: Vec<Pending>) -> (Vec<Write>, Vec<crate::blobs::Reservation>) {
+    pending.into_iter().map(|p| p.split()).unzip()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upload_holds_at_most_held_bytes_of_small_blobs_at_once() {
+        let blob = |size| InputRef { digest: Digest::of(b""), size };
+        let small = INLINE_MAX;
+        // 64 small blobs of 64 KiB fill 4 MiB; the 65th starts the next run. A large blob
+        // (a file, streamed) holds nothing, and a run always takes at least one blob.
+        let mut blobs = vec![blob(small); 65];
+        blobs.insert(10, blob(INLINE_MAX + 1));
+        let runs: Vec<usize> = held_groups(&blobs).map(<[InputRef]>::len).collect();
+        assert_eq!(runs, vec![65, 1]);
+        for run in held_groups(&blobs) {
+            let held: u64 = run.iter().map(|b| b.size).filter(|s| *s <= INLINE_MAX).sum();
+            assert!(held <= HELD_BYTES);
+        }
+        assert_eq!(held_groups(&[]).count(), 0);
+        assert_eq!(held_groups(&[blob(1 << 30)]).count(), 1);
+    }
 }

@@ -90,7 +90,7 @@ async fn q02_late_complete_or_heartbeat_from_an_old_lease_holder_is_fenced() {
         output: None,
         result: None,
     };
-    let req = Request::Complete { lease: old, output: late.clone() };
+    let req = Request::Complete { lease: old, output: late.clone(), blobs: vec![] };
     assert_eq!(refused(&a, &req).await, (ErrorCode::StaleLease, stale.clone()));
     let req = Request::Fail { lease: old, reason: "late".into(), retryable: true };
     assert_eq!(refused(&a, &req).await, (ErrorCode::StaleLease, stale));
@@ -106,13 +106,16 @@ async fn q02_late_complete_or_heartbeat_from_an_old_lease_holder_is_fenced() {
     // The current holder is unaffected.
     assert_eq!(heartbeat(&b, &[new]).await, (vec![new], vec![], vec![]));
     let real = b.signed(&new_lease, no_output()).await;
-    let r = b.request(&Request::Complete { lease: new, output: real.clone() }).await.unwrap();
+    let r = b
+        .request(&Request::Complete { lease: new, output: real.clone(), blobs: vec![] })
+        .await
+        .unwrap();
     assert_eq!(recorded(r), JobState::Succeeded);
     // Once the job is finished, A (and a duplicate report from B) are refused too.
     let finished = format!("job {} is already finished", jobs[0]);
-    let req = Request::Complete { lease: old, output: late };
+    let req = Request::Complete { lease: old, output: late, blobs: vec![] };
     assert_eq!(refused(&a, &req).await, (ErrorCode::StaleLease, finished.clone()));
-    let req = Request::Complete { lease: new, output: real.clone() };
+    let req = Request::Complete { lease: new, output: real.clone(), blobs: vec![] };
     assert_eq!(refused(&b, &req).await, (ErrorCode::StaleLease, finished));
     assert_eq!(heartbeat(&a, &[old]).await, (vec![], vec![], vec![old]));
     let rec = job(&planner, jobs[0]).await;
@@ -564,7 +567,8 @@ async fn q10_queue_restart_while_a_worker_holds_a_lease_loses_nothing() {
     let other = q.worker("other").await;
     assert_ne!(register_as(&other, "other", "q10 instance").await, wid);
     assert_eq!(heartbeat(&other, &[lease]).await, (vec![], vec![], vec![lease]));
-    let (code, _) = refused(&other, &Request::Complete { lease, output: no_output() }).await;
+    let (code, _) =
+        refused(&other, &Request::Complete { lease, output: no_output(), blobs: vec![] }).await;
     assert_eq!(code, ErrorCode::Forbidden);
     assert_eq!(register_as(&w, "w", "q10 instance").await, wid);
     let planner = q.client(ClientRole::Planner).await;
@@ -585,7 +589,8 @@ async fn q10_queue_restart_while_a_worker_holds_a_lease_loses_nothing() {
         result: None,
     };
     let out = w.signed(&held, out).await;
-    let r = w.request(&Request::Complete { lease, output: out.clone() }).await.unwrap();
+    let r =
+        w.request(&Request::Complete { lease, output: out.clone(), blobs: vec![] }).await.unwrap();
     assert_eq!(recorded(r), JobState::Succeeded);
     let rec = job(&planner, jobs[0]).await;
     assert_eq!((rec.state, rec.attempts, rec.output), (JobState::Succeeded, 1, Some(out)));
@@ -619,7 +624,7 @@ async fn q11_every_request_outside_a_roles_column_is_forbidden() {
         (Request::Register { capabilities: caps("x"), instance: "i".into() }, &[Worker]),
         (Request::Claim { max: 1, wait_ms: 0 }, &[Worker]),
         (Request::Heartbeat { leases: vec![lease] }, &[Worker]),
-        (Request::Complete { lease, output: no_output() }, &[Worker]),
+        (Request::Complete { lease, output: no_output(), blobs: vec![] }, &[Worker]),
         (Request::Fail { lease, reason: "r".into(), retryable: true }, &[Worker]),
         (Request::Release { lease, reason: "r".into() }, &[Worker]),
     ];
@@ -773,7 +778,10 @@ async fn a_lease_belongs_to_the_worker_that_claimed_it() {
     register(&thief, "thief").await;
     let mine =
         (ErrorCode::Forbidden, format!("the lease of job {} is held by another worker", jobs[0]));
-    assert_eq!(refused(&thief, &Request::Complete { lease, output: no_output() }).await, mine);
+    assert_eq!(
+        refused(&thief, &Request::Complete { lease, output: no_output(), blobs: vec![] }).await,
+        mine
+    );
     let fail = Request::Fail { lease, reason: "x".into(), retryable: false };
     assert_eq!(refused(&thief, &fail).await, mine);
     let release = Request::Release { lease, reason: "x".into() };
@@ -781,7 +789,8 @@ async fn a_lease_belongs_to_the_worker_that_claimed_it() {
     assert_eq!(heartbeat(&thief, &[lease]).await, (vec![], vec![], vec![lease]));
     // A connection with no worker registered is refused outright.
     let anonymous = q.client(ClientRole::Worker).await;
-    let (code, _) = refused(&anonymous, &Request::Complete { lease, output: no_output() }).await;
+    let (code, _) =
+        refused(&anonymous, &Request::Complete { lease, output: no_output(), blobs: vec![] }).await;
     assert_eq!(code, ErrorCode::NotRegistered);
     // The job is untouched and still its owner's.
     let rec = job(&planner, jobs[0]).await;
@@ -880,10 +889,18 @@ async fn q12_a_full_disk_refuses_submissions_until_there_is_room_again() {
     // Most of the room taken by something else.
     let filler = fs.0.path().join("filler");
     std::fs::write(&filler, vec![7u8; (fs.free() - (1 << 20)) as usize]).unwrap();
-    // One submission of every input: the jobs acknowledged, or the refusal.
+    // One submission of every input: the jobs acknowledged, or the refusal (of its
+    // envelopes' upload, small blobs being kept in the database, or of the submission).
     let submit = async |q: &Agq| {
         let (action, _) = q.action(digest, &inputs, 3);
-        match planner.request(&submit_of(&planner, &plan, &action).await).await {
+        let (plan, action) = (plan.to_json(), action.to_json());
+        if let Err(LinkError::Remote { code, message, .. }) =
+            planner.put_many(&[&plan, &action], false).await
+        {
+            return Err((code, message));
+        }
+        let req = Request::Submit { plan: Digest::of(&plan), action: Digest::of(&action) };
+        match planner.request(&req).await {
             Ok(Response::Submitted { jobs, .. }) => Ok(jobs.len() as u64),
             Err(LinkError::Remote { code, message, .. }) => Err((code, message)),
             other => panic!("{other:?}"),

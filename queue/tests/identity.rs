@@ -304,7 +304,10 @@ async fn i6_worker_a_cannot_complete_worker_b_s_lease() {
     assert_ne!(register_as(&a, "a", "shared secret").await, b_id);
     let mine =
         (ErrorCode::Forbidden, format!("the lease of job {} is held by another worker", jobs[0]));
-    assert_eq!(refused(&a, &Request::Complete { lease, output: no_output() }).await, mine);
+    assert_eq!(
+        refused(&a, &Request::Complete { lease, output: no_output(), blobs: vec![] }).await,
+        mine
+    );
     let fail = Request::Fail { lease, reason: "x".into(), retryable: false };
     assert_eq!(refused(&a, &fail).await, mine);
     let release = Request::Release { lease, reason: "x".into() };
@@ -314,7 +317,7 @@ async fn i6_worker_a_cannot_complete_worker_b_s_lease() {
     assert!(matches!(&rec.state, JobState::Leased { worker, .. } if worker == "b"), "{rec:?}");
     // A signed by A about B's lease is refused too, as not A's lease.
     let forged = a.signed(&held, no_output()).await;
-    let req = Request::Complete { lease, output: forged };
+    let req = Request::Complete { lease, output: forged, blobs: vec![] };
     assert_eq!(refused(&a, &req).await, mine);
     let r = b.complete_signed(&held, no_output()).await;
     assert!(matches!(r, Response::Recorded { state: JobState::Succeeded, .. }), "{r:?}");

@@ -41,7 +41,8 @@ async fn r1_a_result_altered_after_signing_is_refused() {
         result: Some(InputRef { digest: Digest::of(&bytes), size: bytes.len() as u64 }),
         ..no_output()
     };
-    let (code, message) = refused(&w, &Request::Complete { lease: lease.lease, output }).await;
+    let (code, message) =
+        refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![] }).await;
     assert_eq!(code, ErrorCode::Invalid, "{message}");
     assert!(message.starts_with("signed result: ") && message.contains("signature"), "{message}");
     let obs = q.client(ClientRole::Observer).await;
@@ -57,7 +58,8 @@ async fn r2_a_result_signed_by_another_worker_is_refused() {
     let b = q.worker("b").await;
     let theirs = b.statement(&lease, &no_output()).await;
     let output = b.attach(&theirs, no_output()).await;
-    let (code, message) = refused(&w, &Request::Complete { lease: lease.lease, output }).await;
+    let (code, message) =
+        refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![] }).await;
     assert_eq!(code, ErrorCode::Forbidden, "{message}");
     let b_id = KeyId::of(&b.key.verifying_key());
     assert_eq!(
@@ -67,7 +69,8 @@ async fn r2_a_result_signed_by_another_worker_is_refused() {
     // A's statement, signed by B.
     let mine = w.statement(&lease, &no_output()).await;
     let output = b.attach(&mine, no_output()).await;
-    let (code, message) = refused(&w, &Request::Complete { lease: lease.lease, output }).await;
+    let (code, message) =
+        refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![] }).await;
     assert_eq!(code, ErrorCode::Invalid, "{message}");
     assert!(message.contains(&format!("is signed by {b_id}")), "{message}");
     // An unenrolled key's signature is no worker's.
@@ -77,7 +80,8 @@ async fn r2_a_result_signed_by_another_worker_is_refused() {
         queue: q.fingerprint,
     };
     let output = stranger.signed(&lease, no_output()).await;
-    let (code, message) = refused(&w, &Request::Complete { lease: lease.lease, output }).await;
+    let (code, message) =
+        refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![] }).await;
     assert_eq!(code, ErrorCode::Invalid, "{message}");
     assert!(message.contains("no signature is by a trusted key"), "{message}");
     // The worker's own is recorded.
@@ -121,7 +125,8 @@ async fn r3_a_statement_about_another_job_or_lease_is_refused() {
     ];
     for (what, statement) in cases {
         let output = w.attach(&statement, no_output()).await;
-        let (code, message) = refused(&w, &Request::Complete { lease: lease.lease, output }).await;
+        let (code, message) =
+            refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![] }).await;
         assert_eq!(code, ErrorCode::Invalid, "{what}: {message}");
         assert!(message.starts_with(&format!("the signed result's {what} is ")), "{message}");
     }
@@ -171,7 +176,8 @@ async fn r4_a_result_other_than_its_statement_is_refused() {
         ),
     ];
     for (what, output) in lies {
-        let (code, message) = refused(&w, &Request::Complete { lease: lease.lease, output }).await;
+        let (code, message) =
+            refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![] }).await;
         assert_eq!(code, ErrorCode::Invalid, "{what}: {message}");
         assert!(message.starts_with(&format!("the signed result's {what} is ")), "{message}");
     }
@@ -180,10 +186,115 @@ async fn r4_a_result_other_than_its_statement_is_refused() {
     for failure in ["\u{1b}[31mred".to_string(), "f".repeat(agenix_proto::job::MAX_REASON + 1)] {
         let output = agenix_proto::job::JobOutput { failure: Some(failure), ..real.clone() };
         let output = w.signed(&lease, output).await;
-        let (code, message) = refused(&w, &Request::Complete { lease: lease.lease, output }).await;
+        let (code, message) =
+            refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![] }).await;
         assert_eq!(code, ErrorCode::Invalid, "{message}");
         assert!(message.starts_with("the failure must be at most 4096 bytes"), "{message}");
     }
-    let r = w.request(&Request::Complete { lease: lease.lease, output: signed }).await.unwrap();
+    let r = w
+        .request(&Request::Complete { lease: lease.lease, output: signed, blobs: vec![] })
+        .await
+        .unwrap();
     assert_eq!(recorded(r), JobState::Succeeded);
+}
+
+/// A result may carry its blobs (its signed statement and output) after its frame: they are
+/// stored in the commit that records it, and served after a SIGKILL. A carried blob whose
+/// bytes are not its digest's refuses the result and stores nothing; more than
+/// `MAX_COMPLETE_BLOBS` are refused as too large; a large output (a file at the queue)
+/// travels the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_carrying_its_blobs_is_stored_with_them() {
+    use agenix_proto::wire::{MAX_COMPLETE_BLOBS, Response};
+    let mut q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    q.submit(&planner, &[b"carried one", b"carried two"], 3).await;
+    let w = q.worker("w").await;
+    register(&w, "w").await;
+    let mut leases = claim(&w, 2, 1000).await;
+    assert_eq!(leases.len(), 2);
+    let (first, second) = (leases.remove(0), leases.remove(0));
+    let obs = q.client(ClientRole::Observer).await;
+    let leased = |s: &JobState| matches!(s, JobState::Leased { .. });
+
+    // A small output with its signed statement, carried.
+    let out: &[u8] = b"the output, carried";
+    let output = agenix_proto::job::JobOutput {
+        output: Some(InputRef { digest: Digest::of(out), size: out.len() as u64 }),
+        ..no_output()
+    };
+    let statement = w.statement(&first, &output).await;
+    let env = agenix_proto::sign_result(&statement, &w.key).unwrap().to_json();
+    let output = agenix_proto::job::JobOutput {
+        result: Some(InputRef { digest: Digest::of(&env), size: env.len() as u64 }),
+        ..output
+    };
+    // Bytes that are not the output's refuse the result; nothing is stored.
+    let lie: &[u8] = b"not the output at all";
+    let req = Request::Complete {
+        lease: first.lease,
+        output: output.clone(),
+        blobs: vec![
+            InputRef { digest: Digest::of(&env), size: env.len() as u64 },
+            InputRef { digest: Digest::of(out), size: lie.len() as u64 },
+        ],
+    };
+    let answer = raw_complete(&w, &req, &[&env, lie]).await;
+    let Response::Error { code, message } = answer else { panic!("accepted: {answer:?}") };
+    assert_eq!(code, ErrorCode::Invalid, "{message}");
+    assert!(message.contains("hashes to"), "{message}");
+    assert!(leased(&job(&obs, first.lease.job).await.state));
+    for d in [Digest::of(&env), Digest::of(out)] {
+        assert_eq!(remote(w.get_blob(d, 1 << 20).await.unwrap_err()).0, ErrorCode::NotFound);
+    }
+    // Too many blobs: refused on the header.
+    let many = vec![InputRef { digest: Digest::of(out), size: out.len() as u64 }; 4];
+    let req = Request::Complete { lease: first.lease, output: output.clone(), blobs: many };
+    let answer = raw_complete(&w, &req, &[out, out, out, out]).await;
+    let too_many = format!("4 blobs carried by a result, over the limit of {MAX_COMPLETE_BLOBS}");
+    assert_eq!(answer, Response::Error { code: ErrorCode::TooLarge, message: too_many });
+    // Carried whole: recorded, and the blobs served.
+    let state = w.complete_carrying(first.lease, output.clone(), &[&env, out]).await.unwrap();
+    assert_eq!(state, JobState::Succeeded);
+
+    // A large output (over 64 KiB: a file at the queue), carried too.
+    let big = vec![5u8; 70 << 10];
+    let output = agenix_proto::job::JobOutput {
+        output: Some(InputRef { digest: Digest::of(&big), size: big.len() as u64 }),
+        ..no_output()
+    };
+    let statement = w.statement(&second, &output).await;
+    let env2 = agenix_proto::sign_result(&statement, &w.key).unwrap().to_json();
+    let output = agenix_proto::job::JobOutput {
+        result: Some(InputRef { digest: Digest::of(&env2), size: env2.len() as u64 }),
+        ..output
+    };
+    let state = w.complete_carrying(second.lease, output, &[&env2, &big]).await.unwrap();
+    assert_eq!(state, JobState::Succeeded);
+
+    q.kill();
+    q.restart();
+    let obs = q.client(ClientRole::Observer).await;
+    for (blob, job_id) in [(out, first.lease.job), (&big[..], second.lease.job)] {
+        assert_eq!(obs.get_blob(Digest::of(blob), 1 << 20).await.unwrap(), blob);
+        assert_eq!(job(&obs, job_id).await.state, JobState::Succeeded);
+    }
+    assert_eq!(obs.get_blob(Digest::of(&env), 1 << 20).await.unwrap(), env);
+}
+
+/// Sends `req` with `blobs` after its frame on a stream of `w`'s connection; the answer.
+async fn raw_complete(
+    w: &TestWorker,
+    req: &Request,
+    blobs: &[&[u8]],
+) -> agenix_proto::wire::Response {
+    let (mut send, mut recv) = w.connection().open_bi().await.unwrap();
+    agenix_link::write_frame(&mut send, req).await.unwrap();
+    for b in blobs {
+        if send.write_all(b).await.is_err() {
+            break;
+        }
+    }
+    let _ = send.finish();
+    agenix_link::read_frame(&mut recv).await.unwrap()
 }

@@ -289,7 +289,7 @@ async fn complete_naming_an_output_blob_not_uploaded_is_invalid() {
         result: None,
     };
     let output = w.signed(&held, output).await;
-    let req = Request::Complete { lease, output: output.clone() };
+    let req = Request::Complete { lease, output: output.clone(), blobs: vec![] };
     let (code, message) = refused(&w, &req).await;
     assert_eq!(code, ErrorCode::Invalid);
     assert_eq!(

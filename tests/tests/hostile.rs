@@ -109,26 +109,15 @@ async fn serve_stream(h: Arc<Hostile>, mut send: quinn::SendStream, mut recv: qu
             return;
         }
         Request::PutBlobs { blobs, .. } => {
-            let total: u64 = blobs.iter().map(|b| b.size).sum();
-            let mut sink = Vec::new();
-            let _ = (&mut recv).take(total).read_to_end(&mut sink).await;
-            // The blobs' bytes follow the frame one after another, in the order announced.
-            let mut rest = sink.as_slice();
-            let mut stored = h.blobs.lock().unwrap();
-            for b in &blobs {
-                let n = usize::try_from(b.size).unwrap().min(rest.len());
-                let (bytes, tail) = rest.split_at(n);
-                stored.entry(b.digest).or_insert_with(|| bytes.to_vec());
-                rest = tail;
-            }
-            drop(stored);
+            receive(&h, &blobs, &mut recv).await;
             Response::BlobsStored { existed: 0 }
         }
         Request::ShowJob { job } => match h.jobs.lock().unwrap().get(&job).cloned() {
             Some(job) => Response::Job { job },
             None => Response::Error { code: ErrorCode::NotFound, message: format!("no job {job}") },
         },
-        Request::Complete { lease, output } => {
+        Request::Complete { lease, output, blobs } => {
+            receive(&h, &blobs, &mut recv).await;
             h.verdicts.lock().unwrap().push((lease.job, Verdict::Completed(output)));
             Response::Recorded { job: lease.job, state: JobState::Succeeded }
         }
@@ -144,6 +133,22 @@ async fn serve_stream(h: Arc<Hostile>, mut send: quinn::SendStream, mut recv: qu
     };
     let _ = write_frame(&mut send, &resp).await;
     let _ = send.finish();
+}
+
+/// Reads the blobs announced (their bytes follow the frame one after another, in the order
+/// announced) and keeps them.
+async fn receive(h: &Hostile, blobs: &[InputRef], recv: &mut quinn::RecvStream) {
+    let total: u64 = blobs.iter().map(|b| b.size).sum();
+    let mut sink = Vec::new();
+    let _ = recv.take(total).read_to_end(&mut sink).await;
+    let mut rest = sink.as_slice();
+    let mut stored = h.blobs.lock().unwrap();
+    for b in blobs {
+        let n = usize::try_from(b.size).unwrap().min(rest.len());
+        let (bytes, tail) = rest.split_at(n);
+        stored.entry(b.digest).or_insert_with(|| bytes.to_vec());
+        rest = tail;
+    }
 }
 
 fn plan(signer: &SigningKey, component: &[u8], arg: &str) -> (Envelope, Digest) {

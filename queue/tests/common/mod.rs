@@ -487,7 +487,9 @@ impl TestWorker {
     /// Completes `lease` with `output`, signed.
     pub async fn complete_signed(&self, lease: &Lease, output: JobOutput) -> Response {
         let output = self.signed(lease, output).await;
-        self.request(&Request::Complete { lease: lease.lease, output }).await.unwrap()
+        self.request(&Request::Complete { lease: lease.lease, output, blobs: vec![] })
+            .await
+            .unwrap()
     }
 }
 

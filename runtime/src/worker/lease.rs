@@ -27,6 +27,10 @@ use super::{Verdict, Worker, lock, now_s};
 use crate::exec::{Executable, FetchError, execute};
 use agenix_host::native::Unfit;
 
+/// The largest result blob carried with a job's result rather than uploaded before it (the
+/// size the queue keeps in its store).
+const CARRY_MAX: usize = 64 << 10;
+
 /// Removes a job from the set of jobs running here when its run ends, however it ends.
 struct Active<'a> {
     worker: &'a Worker,
@@ -181,6 +185,7 @@ impl Worker {
         let signed = sign_result(&statement, &self.settings.key)
             .map_err(|e| Verdict::transient(format!("cannot sign the result: {e}")))?
             .to_json();
+        let result_ref = InputRef { digest: Digest::of(&signed), size: signed.len() as u64 };
         let mut blobs: Vec<&[u8]> = vec![&signed];
         if output_ran {
             blobs.push(&result.output);
@@ -188,16 +193,24 @@ impl Worker {
         if let Some(r) = &reports_blob {
             blobs.push(r);
         }
-        self.upload(&blobs)
-            .await
-            .map_err(|e| Verdict::transient(format!("cannot store the results: {e}")))?;
-        Ok(Verdict::Done(Box::new(JobOutput {
+        // Small blobs travel with the result (one round trip, stored in the commit that
+        // records it); larger ones are uploaded first.
+        let (carried, large): (Vec<&[u8]>, Vec<&[u8]>) =
+            blobs.into_iter().partition(|b| b.len() <= CARRY_MAX);
+        let carried = carried.into_iter().map(<[u8]>::to_vec).collect();
+        if !large.is_empty() {
+            self.upload(&large)
+                .await
+                .map_err(|e| Verdict::transient(format!("cannot store the results: {e}")))?;
+        }
+        let output = JobOutput {
             succeeded: result.succeeded,
             failure,
             reports,
             output,
-            result: Some(InputRef { digest: Digest::of(&signed), size: signed.len() as u64 }),
-        })))
+            result: Some(result_ref),
+        };
+        Ok(Verdict::Done(Box::new((output, carried))))
     }
 
     /// Marks the job as running here, unless it is already running or has run here. A job

@@ -84,8 +84,9 @@ pub struct Settings {
 /// How a lease ended at this worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// It ran: the result.
-    Done(Box<JobOutput>),
+    /// It ran: the result, and the blobs it names that travel with it (the others are
+    /// stored at the queue already).
+    Done(Box<(JobOutput, Vec<Vec<u8>>)>),
     /// It could not run: retry it (`retryable`), or it never can (a proof of forgery, or
     /// a plan no worker accepts).
     Fail {
@@ -608,11 +609,14 @@ impl Worker {
     async fn deliver(&self, lease: LeaseRef, verdict: Verdict) {
         metrics::lease(&verdict);
         let answer = match verdict {
-            Verdict::Done(output) => {
-                let output = &*output;
+            Verdict::Done(done) => {
+                let (output, carried) = &*done;
                 self.call(ANSWER_LIMIT, |c| {
                     let output = output.clone();
-                    async move { c.complete(lease, output).await }
+                    async move {
+                        let carried: Vec<&[u8]> = carried.iter().map(Vec::as_slice).collect();
+                        c.complete_carrying(lease, output, &carried).await
+                    }
                 })
                 .await
             }
