@@ -485,6 +485,16 @@ impl Queue {
             );
             return stop_reading(recv, error(ErrorCode::TooLarge, message));
         }
+        // Only what the result names, as it names it: nothing else is read or stored.
+        if let Some(b) = blobs.iter().find(|b| !output.blobs().any(|o| o == *b)) {
+            let message = format!(
+                "carried blob {} ({} bytes) is not one the result names with that size",
+                b.digest, b.size
+            );
+            return stop_reading(recv, error(ErrorCode::Invalid, message));
+        }
+        // Before any blob is looked at: a collection that removes one after this is seen.
+        let removals = self.blobs.removals();
         let until = self.upload_deadline(&blobs);
         let Received { pending, failed, .. } = self.receive(&blobs, recv, until).await;
         if let Some(failed) = failed {
@@ -498,11 +508,34 @@ impl Queue {
         if let Err(answer) = self.check_signed(client, worker, lease, &output, &carried).await {
             return answer;
         }
-        let (writes, rooms) = split(pending);
+        let (mut writes, rooms) = split(pending);
+        // The blobs named and stored before: renewed with the result, and checked again under
+        // the scheduler's lock (a collection may have removed one since they were looked at).
+        let named: Vec<Digest> = output
+            .blobs()
+            .map(|b| b.digest)
+            .filter(|d| !carried.contains_key(d) && self.blobs.renew(d, &mut writes))
+            .collect();
         let now = now_ms();
-        let answer = self
-            .record(self.apply(|s| s.complete(now, worker, lease, output), writes), lease)
-            .await;
+        let recorded = self.apply(
+            |s| {
+                if self.blobs.removed_since(removals, &named) {
+                    return Ok((None, vec![]));
+                }
+                let (state, changes) = s.complete(now, worker, lease, output)?;
+                Ok((Some(state), changes))
+            },
+            writes,
+        );
+        let answer = match recorded {
+            Ok((None, _)) => error(
+                ErrorCode::Unavailable,
+                "a blob this result names was removed as unused: upload it again and report \
+                 again",
+            ),
+            Ok((Some(state), done)) => self.record(Ok((state, done)), lease).await,
+            Err(r) => refusal(r),
+        };
         if !rooms.is_empty() {
             self.blobs.committed();
         }
@@ -707,7 +740,7 @@ fn stop_reading(recv: &mut quinn::RecvStream, answer: Response) -> Response {
 }
 
 /// Most bytes of small blobs one upload holds in memory before it commits them.
-const HELD_BYTES: u64 = 4 << 20;
+const HELD_BYTES: u64 = 1 << 20;
 
 /// `blobs` in runs whose small blobs (those kept in the store) add up to at most
 /// [`HELD_BYTES`]: each run is read, then committed, before the next.
@@ -757,12 +790,12 @@ mod tests {
     fn an_upload_holds_at_most_held_bytes_of_small_blobs_at_once() {
         let blob = |size| InputRef { digest: Digest::of(b""), size };
         let small = INLINE_MAX;
-        // 64 small blobs of 64 KiB fill 4 MiB; the 65th starts the next run. A large blob
+        // 16 small blobs of 64 KiB fill 1 MiB; the 17th starts the next run. A large blob
         // (a file, streamed) holds nothing, and a run always takes at least one blob.
-        let mut blobs = vec![blob(small); 65];
+        let mut blobs = vec![blob(small); 17];
         blobs.insert(10, blob(INLINE_MAX + 1));
         let runs: Vec<usize> = held_groups(&blobs).map(<[InputRef]>::len).collect();
-        assert_eq!(runs, vec![65, 1]);
+        assert_eq!(runs, vec![17, 1]);
         for run in held_groups(&blobs) {
             let held: u64 = run.iter().map(|b| b.size).filter(|s| *s <= INLINE_MAX).sum();
             assert!(held <= HELD_BYTES);

@@ -230,7 +230,8 @@ async fn a_result_carrying_its_blobs_is_stored_with_them() {
         ..output
     };
     // Bytes that are not the output's refuse the result; nothing is stored.
-    let lie: &[u8] = b"not the output at all";
+    let lie: &[u8] = b"NOT the output, ok!";
+    assert_eq!(lie.len(), out.len());
     let req = Request::Complete {
         lease: first.lease,
         output: output.clone(),
@@ -247,6 +248,25 @@ async fn a_result_carrying_its_blobs_is_stored_with_them() {
     for d in [Digest::of(&env), Digest::of(out)] {
         assert_eq!(remote(w.get_blob(d, 1 << 20).await.unwrap_err()).0, ErrorCode::NotFound);
     }
+    // A blob the result does not name, or names with another size: refused on the header.
+    let stray: &[u8] = b"a blob the result does not name";
+    for b in [
+        InputRef { digest: Digest::of(stray), size: stray.len() as u64 },
+        InputRef { digest: Digest::of(out), size: out.len() as u64 + 1 },
+    ] {
+        let req = Request::Complete {
+            lease: first.lease,
+            output: output.clone(),
+            blobs: vec![b.clone()],
+        };
+        let answer = raw_complete(&w, &req, &[stray]).await;
+        let message = format!(
+            "carried blob {} ({} bytes) is not one the result names with that size",
+            b.digest, b.size
+        );
+        assert_eq!(answer, Response::Error { code: ErrorCode::Invalid, message });
+    }
+    assert_eq!(remote(w.get_blob(Digest::of(stray), 64).await.unwrap_err()).0, ErrorCode::NotFound);
     // Too many blobs: refused on the header.
     let many = vec![InputRef { digest: Digest::of(out), size: out.len() as u64 }; 4];
     let req = Request::Complete { lease: first.lease, output: output.clone(), blobs: many };

@@ -34,10 +34,12 @@ fn n06_a_partitioned_worker_loses_its_lease_and_its_late_result_is_fenced() {
     let j = c.wait_job(&jobs[0], Duration::from_secs(60), |j| state(j) == "succeeded");
     assert_eq!(j["attempts"], 2, "{j}");
     c.net.as_ref().unwrap().heal(0).unwrap();
-    // The cut worker finishes its nap and reconnects: the queue tells it the lease is gone,
-    // and its result is never recorded.
+    // The cut worker finishes its nap and reconnects: the queue tells it the lease is gone
+    // (a heartbeat says it is lost, or its late result is refused as stale, whichever
+    // reaches the queue first), and its result is never recorded.
     let until = Instant::now() + Duration::from_secs(60);
-    while !c.log("cut").contains("lease lost") {
+    let told = |log: &str| log.contains("lease lost") || log.contains("StaleLease");
+    while !told(&c.log("cut")) {
         assert!(Instant::now() < until, "the cut worker never heard:\n{}", c.log("cut"));
         std::thread::sleep(Duration::from_millis(200));
     }
