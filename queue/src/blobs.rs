@@ -85,7 +85,8 @@ pub enum Put {
     Existed,
     /// It is stored now, as a file.
     Stored,
-    /// A small blob: durable once `write` is committed ([`Blobs::committed`] after).
+    /// A small blob: durable once the write [`Pending::split`] gives is committed
+    /// ([`Blobs::committed`] after).
     Pending(Box<Pending>),
 }
 

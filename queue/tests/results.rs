@@ -245,7 +245,14 @@ async fn a_result_carrying_its_blobs_is_stored_with_them() {
     assert_eq!(code, ErrorCode::Invalid, "{message}");
     assert!(message.contains("hashes to"), "{message}");
     assert!(leased(&job(&obs, first.lease.job).await.state));
-    for d in [Digest::of(&env), Digest::of(out)] {
+    // The failing blob is not stored; on the embedded store, the small blob carried before it
+    // is not either (it would have been stored with the result). (As a file, on PostgreSQL,
+    // it stays until collected.)
+    let mut gone = vec![Digest::of(out)];
+    if !agenix_harness::postgres::wanted() {
+        gone.push(Digest::of(&env));
+    }
+    for d in gone {
         assert_eq!(remote(w.get_blob(d, 1 << 20).await.unwrap_err()).0, ErrorCode::NotFound);
     }
     // A blob the result does not name, or names with another size: refused on the header.
