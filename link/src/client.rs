@@ -273,22 +273,15 @@ impl Client {
         output: JobOutput,
         blobs: &[&[u8]],
     ) -> Result<JobState, LinkError> {
-        let refs: Vec<InputRef> = blobs
-            .iter()
-            .map(|b| InputRef { digest: Digest::of(b), size: b.len() as u64 })
-            .collect();
-        let mut backoff = Backoff::new();
-        loop {
+        let refs = refs_of(blobs);
+        throttled(|| async {
             let req = Request::Complete { lease, output: output.clone(), blobs: refs.clone() };
-            let answer = self.upload(&req, blobs).await.and_then(|r| match r {
+            self.upload(&req, blobs).await.and_then(|r| match r {
                 Response::Recorded { state, .. } => Ok(state),
                 other => Err(LinkError::Unexpected { request: "complete", answer: other.name() }),
-            });
-            match answer {
-                Err(e) if e.code() == Some(ErrorCode::RateLimited) && backoff.wait().await => {}
-                other => return other,
-            }
-        }
+            })
+        })
+        .await
     }
 
     /// Sends `req` with `blobs` after it, and reads the answer.
@@ -457,13 +450,7 @@ impl Client {
     /// answer becomes [`LinkError::Remote`]. A request the queue throttled is sent again after a backoff
     /// (it was not acted on), for up to [`THROTTLE_PATIENCE`].
     pub async fn request(&self, req: &Request) -> Result<Response, LinkError> {
-        let mut backoff = Backoff::new();
-        loop {
-            match self.request_once(req).await {
-                Err(e) if e.code() == Some(ErrorCode::RateLimited) && backoff.wait().await => {}
-                other => return other,
-            }
-        }
+        throttled(|| self.request_once(req)).await
     }
 
     async fn request_once(&self, req: &Request) -> Result<Response, LinkError> {
@@ -483,19 +470,12 @@ impl Client {
     /// Uploads several blobs in one request (the queue checks each digest), retrying while
     /// throttled; returns how many the queue already had. `keep`: see [`Client::put_blobs`].
     pub async fn put_many(&self, blobs: &[&[u8]], keep: bool) -> Result<u32, LinkError> {
-        let refs: Vec<InputRef> = blobs
-            .iter()
-            .map(|b| InputRef { digest: Digest::of(b), size: b.len() as u64 })
-            .collect();
-        let mut backoff = Backoff::new();
-        loop {
+        let refs = refs_of(blobs);
+        throttled(|| async {
             let req = Request::PutBlobs { blobs: refs.clone(), keep };
-            let answer = self.upload(&req, blobs).await.and_then(stored);
-            match answer {
-                Err(e) if e.code() == Some(ErrorCode::RateLimited) && backoff.wait().await => {}
-                other => return other,
-            }
-        }
+            self.upload(&req, blobs).await.and_then(stored)
+        })
+        .await
     }
 
     /// Starts uploading `blobs` in one request: write their bytes, in order, to the
@@ -511,13 +491,7 @@ impl Client {
 
     /// Downloads the blob with `digest` (at most `max` bytes), checking it.
     pub async fn get_blob(&self, digest: Digest, max: u64) -> Result<Vec<u8>, LinkError> {
-        let mut backoff = Backoff::new();
-        loop {
-            match self.get_blob_once(digest, max).await {
-                Err(e) if e.code() == Some(ErrorCode::RateLimited) && backoff.wait().await => {}
-                other => return other,
-            }
-        }
+        throttled(|| self.get_blob_once(digest, max)).await
     }
 
     async fn get_blob_once(&self, digest: Digest, max: u64) -> Result<Vec<u8>, LinkError> {
@@ -655,6 +629,25 @@ impl Upload {
             Err(e) => Err(failed.unwrap_or_else(|| e.into())),
         }
     }
+}
+
+/// `call` until the queue does not throttle it, backing off in between for up to
+/// [`THROTTLE_PATIENCE`] (a throttled request was not acted on).
+async fn throttled<T, F: Future<Output = Result<T, LinkError>>>(
+    mut call: impl FnMut() -> F,
+) -> Result<T, LinkError> {
+    let mut backoff = Backoff::new();
+    loop {
+        match call().await {
+            Err(e) if e.code() == Some(ErrorCode::RateLimited) && backoff.wait().await => {}
+            other => return other,
+        }
+    }
+}
+
+/// Each blob's digest and size.
+fn refs_of(blobs: &[&[u8]]) -> Vec<InputRef> {
+    blobs.iter().map(|b| InputRef { digest: Digest::of(b), size: b.len() as u64 }).collect()
 }
 
 /// How many blobs an upload's answer says were stored already.

@@ -238,17 +238,26 @@ impl Blobs {
         }
     }
 
-    /// A small blob's bytes, from the store. A store that cannot be read is logged and the
-    /// blob looked for among the files.
-    fn small(&self, d: &Digest) -> Option<Vec<u8>> {
+    /// `read` on the store, for a small blob. A store that cannot be read is logged and
+    /// the blob looked for among the files.
+    fn small<T>(
+        &self,
+        d: &Digest,
+        read: impl FnOnce(&dyn Store) -> Result<Option<T>, crate::store::StoreError>,
+    ) -> Option<T> {
         let inline = self.inline.as_ref()?;
-        match inline.store.blob(d) {
+        match read(inline.store.as_ref()) {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(blob = %d, error = %e, "the store cannot be read for a blob");
                 None
             }
         }
+    }
+
+    /// A small blob's size, from the store.
+    fn small_len(&self, d: &Digest) -> Option<u64> {
+        self.small(d, |s| s.blob_len(d))
     }
 
     /// After a commit of small blobs: counts what the store holds now.
@@ -323,15 +332,15 @@ impl Blobs {
 
     /// The blob's size, if stored.
     pub fn size(&self, d: &Digest) -> Option<u64> {
-        if let Some(b) = self.small(d) {
-            return Some(b.len() as u64);
+        if let Some(n) = self.small_len(d) {
+            return Some(n);
         }
         self.at(d, |p| fs::metadata(p)).ok().filter(fs::Metadata::is_file).map(|m| m.len())
     }
 
     /// Opens a stored blob.
     pub fn open(&self, d: &Digest) -> std::io::Result<(Opened, u64)> {
-        if let Some(b) = self.small(d) {
+        if let Some(b) = self.small(d, |s| s.blob(d)) {
             let size = b.len() as u64;
             return Ok((Opened::Bytes(b), size));
         }
@@ -412,7 +421,7 @@ impl Blobs {
         if found != digest {
             return Err(BlobError::Mismatch { expected: digest, found });
         }
-        let existed = self.small(&digest).is_some();
+        let existed = self.small_len(&digest).is_some();
         if !existed && self.renew_file(&digest) {
             // Stored as a file by an earlier release: renewed there.
             return Ok(Put::Existed);
@@ -479,7 +488,7 @@ impl Blobs {
     /// Renews a stored blob (collection counts its age from now); false if it is not
     /// stored. A small blob is renewed by the write pushed onto `writes`, once committed.
     pub fn renew(&self, d: &Digest, writes: &mut Vec<Write>) -> bool {
-        if self.small(d).is_some() {
+        if self.small_len(d).is_some() {
             writes.push(Write::Renew { digest: *d, at: now_ms() });
             return true;
         }

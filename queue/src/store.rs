@@ -170,6 +170,10 @@ pub trait Store: Send + Sync + 'static {
     fn blob(&self, _digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(None)
     }
+    /// A small blob's size, if stored here (its bytes are not copied).
+    fn blob_len(&self, _digest: &Digest) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
     /// Every small blob stored here: its digest and when it was stored or last renewed
     /// (Unix milliseconds), in digest order, from one instant.
     fn blob_ages(&self, _each: &mut dyn FnMut(Digest, u64)) -> Result<(), StoreError> {
@@ -478,6 +482,13 @@ impl Store for RedbStore {
         Ok(row.and_then(|v| v.value().get(8..).map(<[u8]>::to_vec)))
     }
 
+    fn blob_len(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        let tx = self.with(|db| db.begin_read().map_err(err))?;
+        let table = tx.open_table(BLOBS).map_err(err)?;
+        let row = table.get(digest.as_bytes().as_slice()).map_err(err)?;
+        Ok(row.and_then(|v| v.value().len().checked_sub(8)).map(|n| n as u64))
+    }
+
     fn blob_ages(&self, each: &mut dyn FnMut(Digest, u64)) -> Result<(), StoreError> {
         let tx = self.with(|db| db.begin_read().map_err(err))?;
         for row in tx.open_table(BLOBS).map_err(err)?.iter().map_err(err)? {
@@ -596,6 +607,11 @@ impl Store for MemStore {
     fn blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
         let m = self.inner.lock().map_err(|_| StoreError("poisoned".into()))?;
         Ok(m.blobs.get(digest).map(|(_, b)| b.to_vec()))
+    }
+
+    fn blob_len(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        let m = self.inner.lock().map_err(|_| StoreError("poisoned".into()))?;
+        Ok(m.blobs.get(digest).map(|(_, b)| b.len() as u64))
     }
 
     fn blob_ages(&self, each: &mut dyn FnMut(Digest, u64)) -> Result<(), StoreError> {
@@ -763,6 +779,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.blob(digest)
     }
 
+    fn blob_len(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        self.inner.blob_len(digest)
+    }
+
     fn blob_ages(&self, each: &mut dyn FnMut(Digest, u64)) -> Result<(), StoreError> {
         self.inner.blob_ages(each)
     }
@@ -836,6 +856,7 @@ mod tests {
             store.apply(&[blob(a, b"aaaa", 10), blob(b, b"bb", 10), blob(a, b"aaaa", 20)]).unwrap();
             assert_eq!(store.blob_bytes().unwrap(), 6, "a stored once");
             assert_eq!(store.blob(&a).unwrap().as_deref(), Some(&b"aaaa"[..]));
+            assert_eq!(store.blob_len(&a).unwrap(), Some(4));
             store.apply(&[Write::Renew { digest: b, at: 30 }]).unwrap();
             // Renewed at 20 and 30: a cut-off at 20 and at 30 keeps both.
             store
@@ -852,6 +873,7 @@ mod tests {
             assert_eq!(ages, want);
             store.apply(&[Write::Forget { digest: a, before: 21 }]).unwrap();
             assert_eq!(store.blob(&a).unwrap(), None);
+            assert_eq!(store.blob_len(&a).unwrap(), None);
             assert_eq!(store.blob_bytes().unwrap(), 2);
             // Renewing or forgetting what is not stored changes nothing.
             store

@@ -123,11 +123,23 @@ async fn a_full_batch_of_small_blobs_survives_a_kill() {
     let (code, message) = remote(planner.put_many(&over, false).await.unwrap_err());
     assert_eq!(code, ErrorCode::TooLarge);
     assert_eq!(message, format!("{} blobs in one batch, over the limit of 1000", over.len()));
+    // 40 blobs of exactly 64 KiB (the most kept in the store; 2.5 MiB, committed a MiB at
+    // a time) and one a byte over (a file), in one batch.
+    let mut sized: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 64 << 10]).collect();
+    sized.push(vec![41; (64 << 10) + 1]);
+    let sized_refs: Vec<&[u8]> = sized.iter().map(Vec::as_slice).collect();
+    assert_eq!(planner.put_many(&sized_refs, false).await.unwrap(), 0);
+    let file = |b: &[u8]| q.data().join("blobs/sha256").join(Digest::of(b).hex()).exists();
+    let small_are_files = agenix_harness::postgres::wanted();
+    assert!(sized[..40].iter().all(|b| file(b) == small_are_files) && file(&sized[40]));
     q.kill();
     q.restart();
     let planner = q.client(ClientRole::Planner).await;
     for b in &blobs {
         assert_eq!(&planner.get_blob(Digest::of(b), 64).await.unwrap(), b);
+    }
+    for b in &sized {
+        assert_eq!(&planner.get_blob(Digest::of(b), 1 << 20).await.unwrap(), b);
     }
     assert!(!stored(&planner, b"one more").await, "a refused batch stores nothing");
     assert_eq!(planner.put_many(&refs, false).await.unwrap(), 1000, "all stored already");

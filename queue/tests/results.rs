@@ -219,16 +219,7 @@ async fn a_result_carrying_its_blobs_is_stored_with_them() {
 
     // A small output with its signed statement, carried.
     let out: &[u8] = b"the output, carried";
-    let output = agenix_proto::job::JobOutput {
-        output: Some(InputRef { digest: Digest::of(out), size: out.len() as u64 }),
-        ..no_output()
-    };
-    let statement = w.statement(&first, &output).await;
-    let env = agenix_proto::sign_result(&statement, &w.key).unwrap().to_json();
-    let output = agenix_proto::job::JobOutput {
-        result: Some(InputRef { digest: Digest::of(&env), size: env.len() as u64 }),
-        ..output
-    };
+    let (output, env) = signed_with_output(&w, &first, out, Reports::Inline(vec![])).await;
     // Bytes that are not the output's refuse the result; nothing is stored.
     let lie: &[u8] = b"NOT the output, ok!";
     assert_eq!(lie.len(), out.len());
@@ -284,19 +275,13 @@ async fn a_result_carrying_its_blobs_is_stored_with_them() {
     let state = w.complete_carrying(first.lease, output.clone(), &[&env, out]).await.unwrap();
     assert_eq!(state, JobState::Succeeded);
 
-    // A large output (over 64 KiB: a file at the queue), carried too.
+    // At the limit: three blobs, a large output (over 64 KiB: a file at the queue) among them.
     let big = vec![5u8; 70 << 10];
-    let output = agenix_proto::job::JobOutput {
-        output: Some(InputRef { digest: Digest::of(&big), size: big.len() as u64 }),
-        ..no_output()
-    };
-    let statement = w.statement(&second, &output).await;
-    let env2 = agenix_proto::sign_result(&statement, &w.key).unwrap().to_json();
-    let output = agenix_proto::job::JobOutput {
-        result: Some(InputRef { digest: Digest::of(&env2), size: env2.len() as u64 }),
-        ..output
-    };
-    let state = w.complete_carrying(second.lease, output, &[&env2, &big]).await.unwrap();
+    let reports: &[u8] = b"[]";
+    let reports_ref = InputRef { digest: Digest::of(reports), size: reports.len() as u64 };
+    let (output, env2) = signed_with_output(&w, &second, &big, Reports::Blob(reports_ref)).await;
+    let carried: [&[u8]; MAX_COMPLETE_BLOBS] = [&env2, &big, reports];
+    let state = w.complete_carrying(second.lease, output, &carried).await.unwrap();
     assert_eq!(state, JobState::Succeeded);
 
     q.kill();
@@ -306,7 +291,28 @@ async fn a_result_carrying_its_blobs_is_stored_with_them() {
         assert_eq!(obs.get_blob(Digest::of(blob), 1 << 20).await.unwrap(), blob);
         assert_eq!(job(&obs, job_id).await.state, JobState::Succeeded);
     }
-    assert_eq!(obs.get_blob(Digest::of(&env), 1 << 20).await.unwrap(), env);
+    for blob in [&env[..], &env2, reports] {
+        assert_eq!(obs.get_blob(Digest::of(blob), 1 << 20).await.unwrap(), blob);
+    }
+}
+
+/// A result of `lease` with `out` as its output and `reports`, and its signed statement (not
+/// uploaded: the caller carries it).
+async fn signed_with_output(
+    w: &TestWorker,
+    lease: &agenix_proto::job::Lease,
+    out: &[u8],
+    reports: Reports,
+) -> (agenix_proto::job::JobOutput, Vec<u8>) {
+    let output = agenix_proto::job::JobOutput {
+        output: Some(InputRef { digest: Digest::of(out), size: out.len() as u64 }),
+        reports,
+        ..no_output()
+    };
+    let statement = w.statement(lease, &output).await;
+    let env = agenix_proto::sign_result(&statement, &w.key).unwrap().to_json();
+    let result = Some(InputRef { digest: Digest::of(&env), size: env.len() as u64 });
+    (agenix_proto::job::JobOutput { result, ..output }, env)
 }
 
 /// Sends `req` with `blobs` after its frame on a stream of `w`'s connection; the answer.
