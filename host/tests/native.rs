@@ -175,21 +175,26 @@ fn assert_denied(r: &Finished) {
 
 /// No process of the attack program is left anywhere on the host.
 async fn assert_no_survivors() {
-    let attack = fs::canonicalize(programs::NATIVE_ATTACK).unwrap();
-    let mut survivors = vec![];
+    let mut left = vec![];
     for _ in 0..50 {
-        survivors = fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter(|e| fs::read_link(e.path().join("exe")).is_ok_and(|p| p == attack))
-            .map(|e| e.file_name())
-            .collect();
-        if survivors.is_empty() {
+        left = survivors();
+        if left.is_empty() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("processes survived the sandbox: {survivors:?}");
+    panic!("processes survived the sandbox: {left:?}");
+}
+
+/// Processes of the attack program anywhere on the host, now.
+fn survivors() -> Vec<std::ffi::OsString> {
+    let attack = fs::canonicalize(programs::NATIVE_ATTACK).unwrap();
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| fs::read_link(e.path().join("exe")).is_ok_and(|p| p == attack))
+        .map(|e| e.file_name())
+        .collect()
 }
 
 #[tokio::test]
@@ -1076,4 +1081,125 @@ async fn s01_the_root_is_read_only_whether_sealed_at_once_or_bind_by_bind() {
         let ls = lines(&j.attack(&["privs", LOADER]).await);
         assert_eq!(line(&ls, "loader nosuid"), "loader nosuid true", "{disabled:?}");
     }
+}
+
+/// A tool that exits 0 leaving a daemon behind, one that let go of stdio so no pipe holds
+/// the task open: the answer comes only once the daemon is dead. Nothing of the task is
+/// running when the worker has its result, and nothing writes to its directories after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_left_behind_is_dead_before_the_answer() {
+    let Some(j) = full_jail("S8 (daemon after exit)").await else { return };
+    let out = j.shared_dir("out");
+    let grants = vec![Grant { host: out.clone(), guest: "/out".into(), access: Access::ReadWrite }];
+    for _ in 0..5 {
+        let _ = fs::remove_file(out.join("beat"));
+        let r = j.attack_with(&["daemon-quiet", "/out/beat"], grants.clone(), limits()).await;
+        assert_eq!(
+            r.outcome,
+            Outcome::Exited { code: 0 },
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert_eq!(lines(&r), ["daemon left"]);
+        // At once, not after a grace period.
+        assert_eq!(survivors(), Vec::<std::ffi::OsString>::new(), "the daemon outlived the answer");
+        let size = || fs::metadata(out.join("beat")).map(|m| m.len()).unwrap_or(0);
+        let at_answer = size();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(size(), at_answer, "the daemon wrote after the answer");
+    }
+}
+
+/// Sandboxes are made ahead of their tasks (the zygote's spare), yet never shared: each task
+/// is in namespaces of its own, none of them the worker's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_task_gets_namespaces_of_its_own_though_made_ahead() {
+    let Some(j) = full_jail("S14 (fresh namespaces)").await else { return };
+    let own =
+        |ns: &str| fs::read_link(format!("/proc/self/ns/{ns}")).unwrap().display().to_string();
+    let mut seen: Vec<Vec<String>> = vec![];
+    for _ in 0..4 {
+        let r = j.attack(&["ns"]).await;
+        assert_eq!(
+            r.outcome,
+            Outcome::Exited { code: 0 },
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let ls = lines(&r);
+        assert_eq!(ls.len(), 6, "{ls:?}");
+        for l in &ls {
+            let (ns, id) = l.split_once(' ').unwrap();
+            assert!(id.starts_with(&format!("{ns}:[")), "{l}");
+            assert_ne!(id, own(ns), "the task shares the worker's {ns} namespace");
+            for earlier in &seen {
+                assert!(!earlier.contains(l), "two tasks shared {l}");
+            }
+        }
+        seen.push(ls);
+    }
+}
+
+/// The zygote's spare (a helper with a sandbox made ahead) killed while it waits, or only
+/// its sandbox: the next task runs all the same, and a new spare is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_spare_is_replaced_and_the_next_task_runs() {
+    let Some(j) = full_jail("zygote (spare)").await else { return };
+    let zygote = j.host.zygote_pid().unwrap();
+    let spares = || -> Vec<i32> {
+        fs::read_to_string(format!("/proc/{zygote}/task/{zygote}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect()
+    };
+    let sort = || j.run("sort", &[], b"b\na\n", vec![], limits());
+    assert_eq!(&sort().await.stdout[..], b"a\nb\n");
+    // The last task's helper may still be ending beside the spare.
+    let mut waiting = spares();
+    for _ in 0..50 {
+        if waiting.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waiting = spares();
+    }
+    assert_eq!(waiting.len(), 1, "one spare waits: {waiting:?}");
+    // Its sandbox killed while it waits: the task gets one made then.
+    let init: i32 = fs::read_to_string(format!("/proc/{0}/task/{0}/children", waiting[0]))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(init), nix::sys::signal::SIGKILL).unwrap();
+    while fs::read_to_string(format!("/proc/{init}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = sort().await;
+    assert_eq!((&r.outcome, &r.stdout[..]), (&Outcome::Exited { code: 0 }, &b"a\nb\n"[..]));
+    // And the spare itself.
+    let mut waiting = spares();
+    for _ in 0..50 {
+        if waiting.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waiting = spares();
+    }
+    let spare = nix::unistd::Pid::from_raw(waiting[0]);
+    nix::sys::signal::kill(spare, nix::sys::signal::SIGKILL).unwrap();
+    // Gone (a spare killed in the very instant of a hand-over takes that task with it, as a
+    // helper killed while running one does).
+    for _ in 0..100 {
+        if !spares().contains(&waiting[0]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = sort().await;
+    assert_eq!((&r.outcome, &r.stdout[..]), (&Outcome::Exited { code: 0 }, &b"a\nb\n"[..]));
+    assert_eq!(j.host.zygote_pid(), Some(zygote), "the same zygote");
+    let r = sort().await;
+    assert_eq!((&r.outcome, &r.stdout[..]), (&Outcome::Exited { code: 0 }, &b"a\nb\n"[..]));
+    assert!(!spares().contains(&waiting[0]));
 }

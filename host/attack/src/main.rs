@@ -213,6 +213,44 @@ fn main() {
             let _ = std::io::stdout().flush();
             std::thread::sleep(Duration::from_secs(3600));
         }
+        // A daemon that lets go of stdio, as real ones do, so no open pipe keeps the task
+        // alive: `daemon-quiet FILE` leaves one behind that appends a line to FILE every
+        // millisecond for an hour, and exits 0 at once.
+        "daemon-quiet" => {
+            let file = args.get(1).cloned().unwrap_or_default();
+            // SAFETY: fork/setsid/fork in a single-threaded program.
+            unsafe {
+                if libc::fork() == 0 {
+                    libc::setsid();
+                    if libc::fork() == 0 {
+                        for fd in 0..3 {
+                            libc::close(fd);
+                        }
+                        for _ in 0..3_600_000 {
+                            if let Ok(mut f) =
+                                std::fs::OpenOptions::new().append(true).create(true).open(&file)
+                            {
+                                let _ = f.write_all(b"alive\n");
+                            }
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        libc::_exit(0);
+                    }
+                    libc::_exit(0);
+                }
+                // The daemon is on its way: its parent has gone.
+                let mut status = 0;
+                libc::wait(&mut status);
+            }
+            println!("daemon left");
+        }
+        // The namespaces this process is in (`net:[4026531840]`...).
+        "ns" => {
+            for ns in ["user", "mnt", "pid", "net", "ipc", "uts"] {
+                let link = std::fs::read_link(format!("/proc/self/ns/{ns}"));
+                println!("{ns} {}", link.map(|l| l.display().to_string()).unwrap_or_else(|e| e.to_string()));
+            }
+        }
         // Starting a program the jail did not allow, from bytes it wrote: `exec memfd` runs a
         // copy of /usr/bin/echo from an anonymous memory file, `exec DIR` from a copy in DIR
         // (the scratch /tmp, a writable mount). A started copy prints EXECUTED.

@@ -13,11 +13,13 @@
 //!                  no_new_privs, seccomp, then execveat of the allowlisted binary's fd)
 //! ```
 //!
-//! When C exits, the kernel kills everything left in its pid namespace: double-forked
-//! daemons included. The worker closing or shutting fd 3 (timeout, output cap,
-//! cancellation, the worker gone) makes P kill C; P ending kills C through its parent-death
-//! signal. P and C never write to stdout or stderr: those belong to the tool; P answers on
-//! fd 3 only.
+//! C is cloned before its task is known ([`Sandbox`]; the zygote's spare makes one ahead)
+//! and learns it from P over a socket pair. When T ends, C kills and reaps whatever is left
+//! in its pid namespace (double-forked daemons included) and reports; P answers at once and
+//! reaps C after. The worker closing or shutting fd 3 (timeout, output cap, cancellation,
+//! the worker gone) makes P kill C; P ending kills C through its parent-death signal. P and
+//! C never write to stdout or stderr: those belong to the tool (both close their copies once
+//! T has them); P answers on fd 3 only.
 
 #![allow(
     unsafe_code,
@@ -44,6 +46,9 @@ use super::spec::{Ended, JailReport, JailSpec, read_frame, write_frame};
 /// The hidden first argument that turns our binary into the jail helper.
 pub const HELPER_ARG: &str = "__agenix-jail";
 
+/// After `zygote`: keep a sandbox made ahead for the next task (see `zygote.rs`).
+pub(super) const SPARES_ARG: &str = "spares";
+
 /// The uid and gid the tool has inside its user namespace.
 pub(super) const INSIDE_ID: u32 = 1000;
 /// The unprivileged host uid/gid a root worker maps the sandbox to.
@@ -60,7 +65,10 @@ pub fn run_if_helper() {
     let mode = args.next();
     let code = match mode.as_ref().and_then(|m| m.to_str()) {
         Some("probe") => probe_main(),
-        Some("zygote") => super::zygote::zygote_main(),
+        Some("zygote") => {
+            let spares = args.next().as_deref() == Some(std::ffi::OsStr::new(SPARES_ARG));
+            super::zygote::zygote_main(spares)
+        }
         _ => helper_main(),
     };
     std::process::exit(code)
@@ -79,12 +87,22 @@ fn control() -> UnixStream {
 /// closing (or shut for writing) at any time after the spec means stop: the sandbox is
 /// killed.
 pub(super) fn helper_main() -> i32 {
+    serve(None)
+}
+
+/// P with its task's descriptors in place: `warm` is a sandbox it made before the task
+/// came (see `zygote.rs`), or why it could not.
+pub(super) fn serve(warm: Option<Result<Sandbox, String>>) -> i32 {
     let mut ctl = control();
-    let report = match read_frame::<JailSpec>(&mut ctl) {
-        Ok(spec) => run_jail(&spec, &ctl),
-        Err(e) => JailReport::Failed { reason: format!("cannot read the jail spec: {e}") },
+    let (report, sandbox) = match read_frame::<JailSpec>(&mut ctl) {
+        Ok(spec) => run_jail(&spec, &ctl, warm),
+        Err(e) => (JailReport::Failed { reason: format!("cannot read the jail spec: {e}") }, None),
     };
-    match write_frame(&mut ctl, &report) {
+    let answered = write_frame(&mut ctl, &report);
+    // The worker has its answer: C, with nothing left in its sandbox but itself, ends
+    // (unmounting the sandbox's root as it goes) while the worker goes on.
+    drop(sandbox);
+    match answered {
         Ok(()) => 0,
         Err(_) => 1,
     }
@@ -123,6 +141,12 @@ fn cstring(s: &str, what: &str) -> Result<CString, String> {
 }
 
 fn prepare(spec: &JailSpec) -> Result<Prepared<'_>, String> {
+    let tool = open_tool(spec)?;
+    prepared(spec, tool)
+}
+
+/// Opens the allowlisted binary at [`TOOL_FD`] and checks its pinned digest.
+fn open_tool(spec: &JailSpec) -> Result<File, String> {
     let opened = File::options()
         .read(true)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
@@ -156,7 +180,11 @@ fn prepare(spec: &JailSpec) -> Result<Prepared<'_>, String> {
             ));
         }
     }
+    Ok(tool)
+}
 
+/// The rest of what running `tool` takes, from its opened binary.
+fn prepared(spec: &JailSpec, tool: File) -> Result<Prepared<'_>, String> {
     let interpreter =
         elf_interpreter(&tool).map_err(|e| format!("cannot read {}: {e}", spec.tool.display()))?;
     let mut argv = vec![cstring(&spec.argv0, "argv[0]")?];
@@ -203,66 +231,124 @@ fn elf_interpreter(tool: &File) -> Result<Option<PathBuf>, String> {
     found.map_err(|e| format!("not a valid ELF file: {e}"))
 }
 
-fn run_jail(spec: &JailSpec, ctl: &UnixStream) -> JailReport {
-    match run_jail_inner(spec, ctl) {
-        Ok(r) => r,
-        Err(reason) => JailReport::Failed { reason },
+/// The report, and the sandbox that made it (to be reaped after answering).
+fn run_jail(
+    spec: &JailSpec,
+    ctl: &UnixStream,
+    warm: Option<Result<Sandbox, String>>,
+) -> (JailReport, Option<Sandbox>) {
+    match run_jail_inner(spec, ctl, warm) {
+        Ok((r, sandbox)) => (r, sandbox),
+        Err(reason) => (JailReport::Failed { reason }, None),
     }
 }
 
-fn run_jail_inner(spec: &JailSpec, ctl: &UnixStream) -> Result<JailReport, String> {
+fn run_jail_inner(
+    spec: &JailSpec,
+    ctl: &UnixStream,
+    warm: Option<Result<Sandbox, String>>,
+) -> Result<(JailReport, Option<Sandbox>), String> {
     let p = prepare(spec)?;
+    if !spec.features.namespaces {
+        drop(warm);
+        drop_groups()?;
+        return run_degraded(&p, ctl).map(|r| (r, None));
+    }
+    // A sandbox made before the task came; or, without one (or if making it failed, or it
+    // died while it waited: killed, out of memory), one made now.
+    let warm = warm.and_then(Result::ok).map(|sandbox| sandbox.begin(spec, &p.tool));
+    let mut sandbox = match warm {
+        Some(Ok(sandbox)) => sandbox,
+        Some(Err(_)) | None => {
+            drop_groups()?;
+            Sandbox::create()?.begin(spec, &p.tool)?
+        }
+    };
+    // The tool's stdio is the sandbox's now: its pipes close when the sandbox's processes
+    // end, not when this one does.
+    for fd in 0..3 {
+        // SAFETY: closes this process's own stdio, which it never uses again.
+        unsafe { libc::close(fd) };
+    }
+    let status = read_until_stopped(sandbox.status()?, ctl);
+    // Dropping the sandbox without a report kills it.
+    let status = status.ok_or(STOPPED)?;
+    let report = read_frame::<JailReport>(&mut status.as_slice())
+        .map_err(|_| "the sandbox's init ended without a report".to_string())?;
+    Ok((report, Some(sandbox)))
+}
+
+/// A root worker's supplementary groups must not follow the tool into the sandbox (they
+/// would survive the id mapping as unmapped but still effective groups).
+pub(super) fn drop_groups() -> Result<(), String> {
     if nix::unistd::geteuid().is_root() {
-        // A root worker's supplementary groups must not follow the tool into the sandbox
-        // (they would survive the id mapping as unmapped but still effective groups).
         nix::unistd::setgroups(&[]).map_err(errno("setgroups"))?;
     }
-    if !spec.features.namespaces {
-        return run_degraded(&p, ctl);
-    }
-    let (ready_r, ready_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let flags = CloneFlags::CLONE_NEWUSER
-        | CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWNET
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS;
-    let mut stack = vec![0u8; 1 << 20];
-    let init = Box::new(|| init_main(&p, &ready_r, &status_w));
-    // SAFETY: this process is single-threaded (a fresh exec of our binary that has started
-    // no threads), so the child may run arbitrary code; clone without CLONE_VM gives it a
-    // copy of our memory, as fork does, and the stack outlives the call.
-    let child = unsafe { nix::sched::clone(init, &mut stack, flags, Some(libc::SIGCHLD)) }
-        .map_err(|e| format!("cannot create the sandbox's namespaces: {e}"))?;
-    drop(status_w);
+    Ok(())
+}
 
-    let setup = map_ids(child).and_then(|()| {
+/// A sandbox's init C, cloned into new user, mount, pid, network, IPC and UTS namespaces
+/// with its ids mapped, waiting for its task: the part of the jail no task decides, so it
+/// can be made before a task comes. P holds it; dropping it kills and reaps C.
+pub(super) struct Sandbox {
+    init: Pid,
+    /// P's end of the socket C waits on for its task; C sees it close if P dies.
+    task: UnixStream,
+    /// Where C writes its report.
+    status: Option<OwnedFd>,
+}
+
+impl Sandbox {
+    /// Clones C. Call with this process's supplementary groups dropped ([`drop_groups`]).
+    pub(super) fn create() -> Result<Self, String> {
+        let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC).map_err(errno("pipe"))?;
+        let (task, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let flags = CloneFlags::CLONE_NEWUSER
+            | CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWUTS;
+        let mut stack = vec![0u8; 1 << 20];
+        let init = Box::new(|| init_main(&theirs, &status_w));
+        // SAFETY: this process is single-threaded (a helper that has started no threads),
+        // so the child may run arbitrary code; clone without CLONE_VM gives it a copy of
+        // our memory, as fork does, and the stack outlives the call.
+        let init = unsafe { nix::sched::clone(init, &mut stack, flags, Some(libc::SIGCHLD)) }
+            .map_err(|e| format!("cannot create the sandbox's namespaces: {e}"))?;
+        let sandbox = Self { init, task, status: Some(status_r) };
+        map_ids(init)?;
+        Ok(sandbox)
+    }
+
+    /// Moves C into the task's cgroups and hands it its task: this process's stdin, stdout
+    /// and stderr (the tool's), the tool's descriptor, and the spec. C goes on from there.
+    fn begin(mut self, spec: &JailSpec, tool: &File) -> Result<Self, String> {
+        use std::os::fd::AsRawFd as _;
         for procs in &spec.cgroup_procs {
-            fs::write(procs, child.as_raw().to_string())
+            fs::write(procs, self.init.as_raw().to_string())
                 .map_err(|e| format!("cannot move the sandbox into {}: {e}", procs.display()))?;
         }
-        Ok(())
-    });
-    if let Err(e) = setup {
-        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-        let _ = waitpid(child, None);
-        return Err(e);
+        let handed = |e: std::io::Error| format!("cannot hand the sandbox its task: {e}");
+        super::zygote::send_fds(&self.task, &[0, 1, 2, tool.as_raw_fd()]).map_err(handed)?;
+        write_frame(&mut self.task, spec).map_err(handed)?;
+        Ok(self)
     }
-    // Let C go on. The write end stays open until C is reaped: C sees it close (POLLHUP)
-    // if this process dies.
-    let _ = nix::unistd::write(&ready_w, b"1");
 
-    let status = read_until_stopped(File::from(status_r), ctl);
-    let Some(status) = status else {
-        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-        let _ = waitpid(child, None);
-        return Err(STOPPED.into());
-    };
-    let _ = waitpid(child, None);
-    drop(ready_w);
-    read_frame::<JailReport>(&mut status.as_slice())
-        .map_err(|_| "the sandbox's init ended without a report".to_string())
+    fn status(&mut self) -> Result<File, String> {
+        self.status
+            .take()
+            .map(File::from)
+            .ok_or_else(|| "the sandbox's report was read already".into())
+    }
+}
+
+impl Drop for Sandbox {
+    /// Kills C (a no-op once it has reported: it ends by itself then) and reaps it.
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.init, Signal::SIGKILL);
+        let _ = waitpid(self.init, None);
+    }
 }
 
 /// Why P stopped the sandbox itself.
@@ -276,7 +362,8 @@ fn stop_requested(ctl: &UnixStream) -> bool {
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
-/// Reads `status` to its end, unless the worker says stop first (`None`).
+/// Reads `status` until it holds one whole frame or ends, unless the worker says stop
+/// first (`None`).
 fn read_until_stopped(mut status: File, ctl: &UnixStream) -> Option<Vec<u8>> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let mut out = Vec::new();
@@ -296,7 +383,14 @@ fn read_until_stopped(mut status: File, ctl: &UnixStream) -> Option<Vec<u8>> {
         }
         match status.read(&mut buf) {
             Ok(0) => return Some(out),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if let Some(len) = out.first_chunk::<4>().map(|l| u32::from_be_bytes(*l) as usize)
+                    && out.len() >= len.saturating_add(4)
+                {
+                    return Some(out);
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return Some(out),
         }
@@ -321,23 +415,20 @@ fn map_ids(child: Pid) -> Result<(), String> {
     write("gid_map", format!("{INSIDE_ID} {gid} 1\n"))
 }
 
-/// C: the sandbox's init. Builds the root, starts T, reaps everything until T ends, and
-/// reports on the status pipe.
-fn init_main(p: &Prepared<'_>, ready: &OwnedFd, status: &OwnedFd) -> isize {
-    let report = init_inner(p, ready).unwrap_or_else(|reason| JailReport::Failed { reason });
+/// C: the sandbox's init. Waits for its task, builds the root, starts T, reaps everything
+/// until T ends, and reports on the status pipe.
+fn init_main(task: &UnixStream, status: &OwnedFd) -> isize {
+    let report = init_inner(task).unwrap_or_else(|reason| JailReport::Failed { reason });
     let Ok(fd) = status.try_clone() else { return 1 };
     let _ = write_frame(&mut File::from(fd), &report);
     0
 }
 
-fn init_inner(p: &Prepared<'_>, ready: &OwnedFd) -> Result<JailReport, String> {
+fn init_inner(task: &UnixStream) -> Result<JailReport, String> {
     // Die with P. If P is already gone, the read below sees end-of-file.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("prctl: {e}"))?;
-    let mut go = [0u8; 1];
-    match nix::unistd::read(ready, &mut go) {
-        Ok(1) => {}
-        _ => return Err("the helper went away before the sandbox was ready".into()),
-    }
+    let (spec, tool) = receive_task(task)?;
+    let p = prepared(&spec, tool)?;
     // Become the mapped id (a root worker's clone starts as unmapped uid 0); capabilities in
     // the new namespace are kept, as no mapped uid 0 is given up.
     let id = nix::unistd::Uid::from_raw(INSIDE_ID);
@@ -345,20 +436,51 @@ fn init_inner(p: &Prepared<'_>, ready: &OwnedFd) -> Result<JailReport, String> {
     nix::unistd::setresgid(gid, gid, gid).map_err(errno("setresgid"))?;
     nix::unistd::setresuid(id, id, id).map_err(errno("setresuid"))?;
     // Changing credentials cleared the parent-death signal: set it again, then make sure P
-    // did not die in between (its end of the ready pipe would have closed).
+    // did not die in between (its end of the task socket would have closed).
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("prctl: {e}"))?;
-    if parent_gone(ready) {
+    if parent_gone(task) {
         return Err("the helper went away before the sandbox was ready".into());
     }
     if p.spec.features.cgroup_ns {
         nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
             .map_err(|e| format!("cgroup namespace: {e}"))?;
     }
-    super::mounts::build_root(p.spec)?;
+    super::mounts::build_root(&spec)?;
     set_command_line(INIT_NAME);
     // Our own /proc entries (environment, exe, memory) are not the tool's to read.
     nix::sys::prctl::set_dumpable(false).map_err(|e| format!("prctl: {e}"))?;
-    run_tool(p, true, None)
+    run_tool(&p, true, None)
+}
+
+/// C's task from P ([`Sandbox::start`]): the tool's stdio placed at 0, 1 and 2, its binary
+/// at [`TOOL_FD`], and the spec.
+fn receive_task(task: &UnixStream) -> Result<(JailSpec, File), String> {
+    use std::os::fd::AsRawFd as _;
+    const GONE: &str = "the helper went away before the sandbox was ready";
+    let fds = match super::zygote::receive_fds(task) {
+        Ok(Some(fds)) => fds,
+        Ok(None) => return Err(GONE.into()),
+        Err(e) => return Err(format!("cannot receive the task: {e}")),
+    };
+    let Ok([stdin, stdout, stderr, tool]) = <[OwnedFd; 4]>::try_from(fds) else {
+        return Err("the task came with the wrong descriptors".into());
+    };
+    for (fd, at) in [(&stdin, 0), (&stdout, 1), (&stderr, 2)] {
+        // SAFETY: the received descriptors are numbered above 2 (0–2 are open here), so
+        // placing them closes only this process's own stdio, which belongs to the tool.
+        if unsafe { libc::dup2(fd.as_raw_fd(), at) } < 0 {
+            return Err(format!("dup2: {}", std::io::Error::last_os_error()));
+        }
+    }
+    // SAFETY: nothing in this process holds TOOL_FD (see there).
+    let placed = unsafe { nix::unistd::dup3_raw(&tool, TOOL_FD, OFlag::O_CLOEXEC) }
+        .map_err(errno("dup3"))?;
+    drop((stdin, stdout, stderr, tool));
+    let spec = read_frame::<JailSpec>(&mut &*task).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => GONE.to_string(),
+        _ => format!("cannot read the task: {e}"),
+    })?;
+    Ok((spec, File::from(placed)))
 }
 
 /// What the sandbox's init is called, in /proc/1/cmdline and /proc/1/comm: not the
@@ -393,10 +515,10 @@ pub(super) fn set_command_line(name: &std::ffi::CStr) {
     }
 }
 
-/// Whether the other end of `ready` (held by P until C ends) has closed.
-fn parent_gone(ready: &OwnedFd) -> bool {
+/// Whether P's end of `task` (held until C is reaped) has closed.
+fn parent_gone(task: &UnixStream) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let mut fds = [PollFd::new(ready.as_fd(), PollFlags::POLLIN)];
+    let mut fds = [PollFd::new(task.as_fd(), PollFlags::POLLIN)];
     match poll(&mut fds, PollTimeout::ZERO) {
         Ok(_) => fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLHUP)),
         Err(_) => true,
@@ -447,6 +569,14 @@ fn run_tool(
         ForkResult::Parent { child } => child,
     };
     drop(err_w);
+    if jailed {
+        // The tool's stdio is T's alone: its pipes close when the sandbox's last process
+        // ends, whatever this one still does.
+        for fd in 0..3 {
+            // SAFETY: closes this process's own stdio, which it never uses again.
+            unsafe { libc::close(fd) };
+        }
+    }
     let mut gate = match gate_pair {
         Some((rx, tx)) => {
             drop(tx);
@@ -493,6 +623,14 @@ fn run_tool(
             Err(e) => return Err(format!("waitpid: {e}")),
         }
     };
+    if jailed {
+        // Nothing of the task outlives its report: whatever the tool left running (a
+        // double-forked daemon) is killed and reaped here, before the answer. The kernel
+        // would kill them too when this process ends, but the answer goes out before that.
+        let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
+        while let Ok(_) | Err(nix::errno::Errno::EINTR) = waitpid(None, Some(WaitPidFlag::__WALL)) {
+        }
+    }
     let max_rss = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
         .map(|u| u64::try_from(u.max_rss()).unwrap_or(0) * 1024)
         .unwrap_or(0);

@@ -46,6 +46,9 @@ use self::spec::{Ended, Features, JailReport, JailSpec, SpecMount, read_frame, w
 use crate::output::CappedPipe;
 use crate::task::{Finished, HostError, NativeTask};
 
+/// The empty directory under the scratch directory that sandboxes mount their roots on.
+const ROOT_DIR: &str = "root";
+
 /// The environment every tool gets, before what its plan names.
 pub const FIXED_ENV: &[(&str, &str)] =
     &[("PATH", "/usr/local/bin:/usr/bin:/bin"), ("LANG", "C.UTF-8")];
@@ -132,8 +135,9 @@ pub struct NativeHost {
 impl NativeHost {
     /// Probes the kernel (in the helper, and cgroups here) and keeps the result.
     pub async fn new(config: NativeConfig) -> Result<Self, HostError> {
-        std::fs::create_dir_all(&config.scratch_dir).map_err(|source| HostError::Io {
-            what: format!("cannot create {}", config.scratch_dir.display()),
+        let root = config.scratch_dir.join(ROOT_DIR);
+        std::fs::create_dir_all(&root).map_err(|source| HostError::Io {
+            what: format!("cannot create {}", root.display()),
             source,
         })?;
         let mut probe = match probe_in_helper(&config.helper).await {
@@ -181,14 +185,14 @@ impl NativeHost {
         }
         // One helper process for the worker's life, forking one per task; where it cannot
         // start, each task executes the helper.
-        let zygote = if probe.ready() || config.danger_degraded {
-            zygote::Zygote::start(&config.helper)
+        let start = probe.ready() || config.danger_degraded;
+        let mut host = Self { config, probe, cgroups, zygote: std::sync::Mutex::new(None) };
+        if start {
+            let zygote = zygote::Zygote::start(&host.config.helper, host.features().namespaces)
                 .map_err(|e| tracing::warn!(error = %e, "cannot start the jail zygote"))
-                .ok()
-        } else {
-            None
-        };
-        let mut host = Self { config, probe, cgroups, zygote: std::sync::Mutex::new(zygote) };
+                .ok();
+            host.zygote = std::sync::Mutex::new(zygote);
+        }
         // The whole jail, once, with /bin/true: the truth behind the individual checks.
         let e2e = if host.probe.ready() {
             host.end_to_end().await
@@ -244,9 +248,14 @@ impl NativeHost {
         let zygote = self.zygote.lock().map(|z| z.is_some()).unwrap_or(false);
         m.push((
             "sandbox start",
-            if zygote {
+            if zygote && f.namespaces {
+                "a zygote (this binary, started once) keeps one jail helper forked ahead, whose \
+                 sandbox's namespaces are made before its task comes (one sandbox per task, \
+                 never reused); each task takes it, and the next is made while it runs"
+                    .to_string()
+            } else if zygote {
                 "a zygote (this binary, started once) forks the jail helper for each task; it \
-                 clones the sandbox's namespaces and forks the tool"
+                 forks the tool"
                     .to_string()
             } else {
                 "the worker executes the jail helper (this binary) for each task (no zygote \
@@ -458,15 +467,31 @@ impl NativeHost {
         static TASKS: AtomicU64 = AtomicU64::new(0);
         let n = TASKS.fetch_add(1, Ordering::Relaxed);
         let name = format!("agenix-{}-{n}", std::process::id());
-        let dir =
-            tempfile::Builder::new().prefix("jail-").tempdir_in(&self.config.scratch_dir).map_err(
-                |source| HostError::Io { what: "cannot create the jail directory".into(), source },
-            )?;
-        let root = dir.path().join("root");
-        std::fs::create_dir(&root).map_err(|source| HostError::Io {
-            what: "cannot create the jail root".into(),
-            source,
-        })?;
+        // With a mount namespace, every sandbox mounts its root on the same empty directory,
+        // each in its own namespace; without one, the tool runs in a directory of its own.
+        let dir = match features.namespaces {
+            true => None,
+            false => Some(
+                tempfile::Builder::new()
+                    .prefix("jail-")
+                    .tempdir_in(&self.config.scratch_dir)
+                    .map_err(|source| HostError::Io {
+                        what: "cannot create the jail directory".into(),
+                        source,
+                    })?,
+            ),
+        };
+        let root = match &dir {
+            Some(d) => {
+                let root = d.path().join("root");
+                std::fs::create_dir(&root).map_err(|source| HostError::Io {
+                    what: "cannot create the jail root".into(),
+                    source,
+                })?;
+                root
+            }
+            None => self.config.scratch_dir.join(ROOT_DIR),
+        };
 
         let limits = task.limits;
         let mut cg_failed = None;
@@ -524,12 +549,20 @@ impl NativeHost {
             cgroup_procs: cg.as_ref().map(|c| c.procs()).unwrap_or_default(),
             features,
         };
-        let result = self.drive(spec, task.stdin, &limits).await;
+        let (result, helper) = match self.drive(spec, task.stdin, &limits).await {
+            Ok((driven, helper)) => (Ok(driven), helper),
+            Err(e) => (Err(e), None),
+        };
         let (peak_cg, oom) = match &cg {
             Some(c) => (c.peak_memory(), c.oom_killed()),
             None => (None, false),
         };
         if let Some(c) = cg {
+            // The helper answers before its sandbox's init has ended (nothing of the task
+            // runs by then); the cgroup can go once the helper has.
+            if let Some(h) = helper {
+                h.gone().await;
+            }
             c.remove().await;
         }
         drop(dir);
@@ -554,12 +587,13 @@ impl NativeHost {
     }
 
     /// Starts the helper, feeds it, reads it, and stops it at the deadline or the output cap.
+    /// With a report comes the helper, which may still be ending (see [`Launched::gone`]).
     async fn drive(
         &self,
         spec: JailSpec,
         stdin: Bytes,
         limits: &Limits,
-    ) -> Result<Driven, HostError> {
+    ) -> Result<(Driven, Option<Launched>), HostError> {
         let io = |what: &str| {
             let what = what.to_string();
             move |source: std::io::Error| HostError::Io { what, source }
@@ -583,10 +617,17 @@ impl NativeHost {
         let read_out = drain(l.stdout.take(), &stdout, &overflow);
         let read_err = drain(l.stderr.take(), &stderr, &overflow);
         let ctl = &mut l.ctl;
+        // One frame: the helper answers before its sandbox's init has finished ending.
         let report = async {
-            let mut buf = Vec::new();
-            let _ = ctl.read_to_end(&mut buf).await;
-            read_frame::<JailReport>(&mut buf.as_slice()).ok()
+            let mut len = [0u8; 4];
+            ctl.read_exact(&mut len).await.ok()?;
+            let len = usize::try_from(u32::from_be_bytes(len)).ok()?;
+            if len > spec::MAX_FRAME {
+                return None;
+            }
+            let mut body = vec![0u8; len];
+            ctl.read_exact(&mut body).await.ok()?;
+            serde_json::from_slice::<JailReport>(&body).ok()
         };
         let child = &mut l.child;
         let exited = async {
@@ -597,12 +638,14 @@ impl NativeHost {
         let all = async { tokio::join!(feed, read_out, read_err, report, exited) };
         let deadline = tokio::time::sleep(Duration::from_millis(limits.timeout_ms));
         let stopped = tokio::select! {
-            (_, _, _, report, _) = all => return Ok(Driven { report, stopped: None, stdout, stderr }),
+            (_, _, _, report, _) = all => {
+                return Ok((Driven { report, stopped: None, stdout, stderr }, Some(l)));
+            }
             () = deadline => Stopped::TimedOut,
             () = overflow.notified() => Stopped::Output,
         };
         l.stop().await;
-        Ok(Driven { report: None, stopped: Some(stopped), stdout, stderr })
+        Ok((Driven { report: None, stopped: Some(stopped), stdout, stderr }, None))
     }
 
     /// Starts a helper for one task: forked by the zygote, or (without one) executed.
@@ -614,7 +657,8 @@ impl NativeHost {
                 Err(e) => {
                     // Gone (killed, or out of memory): start another, once.
                     tracing::warn!(error = %e, "the jail zygote is gone; starting it again");
-                    *zygote = zygote::Zygote::start(&self.config.helper).ok();
+                    *zygote =
+                        zygote::Zygote::start(&self.config.helper, self.features().namespaces).ok();
                     if let Some(z) = zygote.as_ref() {
                         return Launched::forked(z);
                     }
@@ -675,6 +719,15 @@ impl Launched {
             stderr: Some(Box::new(pipe::Receiver::from_owned_fd(err_r)?)),
             child: None,
         })
+    }
+
+    /// Waits until the helper (which has answered) and its sandbox are gone.
+    async fn gone(mut self) {
+        let mut rest = Vec::new();
+        let gone = self.ctl.read_to_end(&mut rest);
+        if tokio::time::timeout(HELPER_STOP_WAIT, gone).await.is_err() {
+            tracing::warn!("a jail helper did not end within {HELPER_STOP_WAIT:?}");
+        }
     }
 
     /// Stops the helper and its sandbox, and waits until they are gone. Shutting the
@@ -801,7 +854,7 @@ fn spawn_helper(
 ) -> std::io::Result<(tokio::process::Child, std::os::unix::net::UnixStream)> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     ours.set_nonblocking(true)?;
-    let child = spawn_with_fd3(helper, mode, theirs.into(), true)?;
+    let child = spawn_with_fd3(helper, &[mode], theirs.into(), true)?;
     Ok((child, ours))
 }
 
@@ -809,7 +862,7 @@ fn spawn_helper(
 /// piped (or, for the zygote, /dev/null).
 fn spawn_with_fd3(
     helper: &Helper,
-    mode: &str,
+    mode: &[&str],
     fd3: std::os::fd::OwnedFd,
     piped: bool,
 ) -> std::io::Result<tokio::process::Child> {
@@ -817,7 +870,7 @@ fn spawn_with_fd3(
     let stdio = || if piped { Stdio::piped() } else { Stdio::null() };
     let mut cmd = tokio::process::Command::new(&helper.program);
     cmd.args(&helper.args)
-        .arg(mode)
+        .args(mode)
         .env_clear()
         .stdin(stdio())
         .stdout(stdio())

@@ -12,6 +12,16 @@
 //!
 //! Lifetimes need no signals: when the worker goes away its end of fd 3 closes and the
 //! zygote exits; each task's control socket closing tells that task's P to kill its sandbox.
+//!
+//! With spares (the worker's kernel has the namespaces; `__agenix-jail zygote spares`), the
+//! zygote keeps one helper forked ahead, a *spare*, that has already made what no task
+//! decides: a fresh sandbox's namespaces and id maps (see `jail::Sandbox`). A request goes
+//! to the spare over its own socket pair, and the zygote forks the next spare at once, so
+//! the namespaces of the next task are made while this one runs. Each sandbox still serves
+//! one task only. A spare that has gone (killed, or out of memory) refuses the hand-over,
+//! and the zygote forks a helper for the request as without spares; a spare whose
+//! namespaces could not be made tries again when its task comes, and reports why not.
+//! Spares die with the zygote (parent-death signal, and their socket closing).
 
 #![allow(
     unsafe_code,
@@ -36,7 +46,7 @@ use super::Helper;
 const FDS: usize = 4;
 
 /// The zygote's loop. Returns when the worker has gone.
-pub(super) fn zygote_main() -> i32 {
+pub(super) fn zygote_main(spares: bool) -> i32 {
     // SAFETY: the worker starts the zygote with its socket as fd 3; nothing else in this
     // fresh process owns it.
     let ctl = unsafe { OwnedFd::from_raw_fd(3) };
@@ -50,39 +60,126 @@ pub(super) fn zygote_main() -> i32 {
     if unsafe { signal(Signal::SIGCHLD, SigHandler::SigIgn) }.is_err() {
         return 1;
     }
+    let zygote = nix::unistd::getpid();
+    let mut spare = if spares { fork_spare(&ctl, zygote) } else { None };
     loop {
-        let fds = match receive(&ctl) {
+        let fds = match receive_fds(&ctl) {
             Ok(Some(fds)) => fds,
             Ok(None) => return 0,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return 1,
         };
         let Ok(fds) = <[OwnedFd; FDS]>::try_from(fds) else { continue };
-        // SAFETY: this process is single-threaded (a fresh exec of our binary running only
-        // this loop), so the child may run ordinary code.
-        match unsafe { nix::unistd::fork() } {
-            Ok(ForkResult::Child) => {
-                drop(ctl);
-                let code = become_helper(fds);
-                // SAFETY: _exit skips destructors and atexit handlers that belong to the
-                // zygote.
-                unsafe { libc::_exit(code) }
-            }
-            Ok(ForkResult::Parent { .. }) => drop(fds),
-            // Out of processes: the task's control socket closes with `fds`, and the worker
-            // reports the helper ended without a report.
-            Err(_) => drop(fds),
+        let raw = fds.each_ref().map(AsRawFd::as_raw_fd);
+        if spare.take().is_some_and(|s| send_fds(&s, &raw).is_ok()) {
+            drop(fds);
+        } else {
+            fork_helper(&ctl, fds);
+        }
+        // Only now, holding no task's descriptors (the spare would keep them open).
+        if spares {
+            spare = fork_spare(&ctl, zygote);
         }
     }
 }
 
-/// One request: its descriptors (close-on-exec), or `None` at the end of the stream.
-fn receive(ctl: &OwnedFd) -> nix::Result<Option<Vec<OwnedFd>>> {
+/// Forks a helper for a request.
+fn fork_helper(ctl: &OwnedFd, fds: [OwnedFd; FDS]) {
+    // SAFETY: this process is single-threaded (a fresh exec of our binary running only
+    // `zygote_main`), so the child may run ordinary code.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            // SAFETY: only this process's own copy of the worker's socket is closed.
+            unsafe { libc::close(ctl.as_raw_fd()) };
+            let code = become_helper(fds);
+            // SAFETY: _exit skips destructors and atexit handlers that belong to the
+            // zygote.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { .. }) => drop(fds),
+        // Out of processes: the task's control socket closes with `fds`, and the worker
+        // reports the helper ended without a report.
+        Err(_) => drop(fds),
+    }
+}
+
+/// Forks the next spare: our end of its socket, or `None` if the fork failed (the next
+/// request then forks its helper).
+fn fork_spare(ctl: &OwnedFd, zygote: nix::unistd::Pid) -> Option<OwnedFd> {
+    let (ours, theirs) =
+        socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).ok()?;
+    // SAFETY: this process is single-threaded (see `zygote_main`).
+    match unsafe { nix::unistd::fork() }.ok()? {
+        ForkResult::Child => {
+            // The worker's socket is not the spare's, but its number stays taken until the
+            // task's control socket is placed there (a copy of /dev/null, our stdin).
+            // SAFETY: dup2 onto this process's own descriptor, which it then never uses.
+            if unsafe { libc::dup2(0, ctl.as_raw_fd()) } < 0 {
+                // SAFETY: as below.
+                unsafe { libc::_exit(1) }
+            }
+            drop(ours);
+            let code = spare_main(theirs, zygote);
+            // SAFETY: as in `zygote_main`.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { .. } => Some(ours),
+    }
+}
+
+/// A spare: makes a sandbox, waits for its task's descriptors, then is the helper P.
+fn spare_main(sock: OwnedFd, zygote: nix::unistd::Pid) -> i32 {
+    // SAFETY: as in `become_helper`.
+    if unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) }.is_err() {
+        return 1;
+    }
+    // Die with the zygote, and do not outlive one that died before this line.
+    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid() != zygote
+    {
+        return 1;
+    }
+    super::jail::set_command_line(super::jail::HELPER_NAME);
+    let warm = super::jail::drop_groups().and_then(|()| super::jail::Sandbox::create());
+    let fds = loop {
+        match receive_fds(&sock) {
+            Ok(Some(fds)) => break fds,
+            Err(nix::errno::Errno::EINTR) => {}
+            // The zygote has gone: so does the sandbox (dropped, killed).
+            Ok(None) | Err(_) => return 0,
+        }
+    };
+    drop(sock);
+    let Ok(fds) = <[OwnedFd; FDS]>::try_from(fds) else { return 1 };
+    if place(fds).is_err() {
+        return 1;
+    }
+    super::jail::serve(Some(warm))
+}
+
+/// Sends `fds` with a one-byte message.
+pub(super) fn send_fds(sock: &impl AsRawFd, fds: &[RawFd]) -> std::io::Result<()> {
+    let iov = [std::io::IoSlice::new(b"t")];
+    let sent = sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    if sent != 1 {
+        return Err(std::io::Error::other("a partial message"));
+    }
+    Ok(())
+}
+
+/// Descriptors sent by [`send_fds`] (close-on-exec; at most [`FDS`]), or `None` at the end
+/// of the stream.
+pub(super) fn receive_fds(sock: &impl AsRawFd) -> nix::Result<Option<Vec<OwnedFd>>> {
     let mut byte = [0u8; 1];
     let mut iov = [IoSliceMut::new(&mut byte)];
     let mut space = nix::cmsg_space!([RawFd; FDS]);
     let msg =
-        recvmsg::<()>(ctl.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+        recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
     let mut fds = Vec::new();
     for cmsg in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(received) = cmsg {
@@ -103,17 +200,24 @@ fn become_helper(fds: [OwnedFd; FDS]) -> i32 {
     if unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) }.is_err() {
         return 1;
     }
+    if place(fds).is_err() {
+        return 1;
+    }
+    super::jail::set_command_line(super::jail::HELPER_NAME);
+    super::jail::helper_main()
+}
+
+/// Places a request's descriptors at 3, 0, 1, 2.
+fn place(fds: [OwnedFd; FDS]) -> Result<(), ()> {
     // Received descriptors are numbered above 3 (0–2 and 3 were open in the zygote), so
     // placing them cannot clobber one another; dup2 clears close-on-exec on the copies.
     for (fd, at) in fds.iter().zip([3, 0, 1, 2]) {
         // SAFETY: dup2 onto a small, known descriptor number of this process.
         if unsafe { libc::dup2(fd.as_raw_fd(), at) } < 0 {
-            return 1;
+            return Err(());
         }
     }
-    drop(fds);
-    super::jail::set_command_line(super::jail::HELPER_NAME);
-    super::jail::helper_main()
+    Ok(())
 }
 
 /// The worker's handle on its zygote.
@@ -125,11 +229,12 @@ pub(super) struct Zygote {
 }
 
 impl Zygote {
-    /// Starts the zygote.
-    pub(super) fn start(helper: &Helper) -> std::io::Result<Self> {
+    /// Starts the zygote, with spares if `spares` (only where the jail has namespaces).
+    pub(super) fn start(helper: &Helper, spares: bool) -> std::io::Result<Self> {
         let (ours, theirs) =
             socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
-        let child = super::spawn_with_fd3(helper, "zygote", theirs, false)?;
+        let mode: &[&str] = if spares { &["zygote", super::jail::SPARES_ARG] } else { &["zygote"] };
+        let child = super::spawn_with_fd3(helper, mode, theirs, false)?;
         Ok(Self { child, sock: Mutex::new(ours) })
     }
 
@@ -141,19 +246,7 @@ impl Zygote {
     /// Asks for one helper with `fds` (control, stdin, stdout, stderr) as its 3, 0, 1, 2.
     /// An error means the zygote is gone.
     pub(super) fn launch(&self, fds: [&OwnedFd; FDS]) -> std::io::Result<()> {
-        let raw = fds.map(AsRawFd::as_raw_fd);
         let sock = self.sock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let iov = [std::io::IoSlice::new(b"t")];
-        let sent = sendmsg::<()>(
-            sock.as_raw_fd(),
-            &iov,
-            &[ControlMessage::ScmRights(&raw)],
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )?;
-        if sent != 1 {
-            return Err(std::io::Error::other("the zygote took a partial request"));
-        }
-        Ok(())
+        send_fds(&*sock, &fds.map(AsRawFd::as_raw_fd))
     }
 }
