@@ -1110,14 +1110,18 @@ async fn a_daemon_left_behind_is_dead_before_the_answer() {
     }
 }
 
-/// Sandboxes are made ahead of their tasks (the zygote's spare), yet never shared: each task
-/// is in namespaces of its own, none of them the worker's.
+/// Sandboxes are made ahead of their tasks (the zygote's spare), yet never shared: one
+/// after another, each task is the first process of a fresh pid namespace with an empty
+/// /tmp (the last task's mark is not there); at once, no two tasks share a namespace, and
+/// none is the worker's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_task_gets_namespaces_of_its_own_though_made_ahead() {
     let Some(j) = full_jail("S14 (fresh namespaces)").await else { return };
-    let own =
-        |ns: &str| fs::read_link(format!("/proc/self/ns/{ns}")).unwrap().display().to_string();
-    let mut seen: Vec<Vec<String>> = vec![];
+    // What follows `key ` on its line.
+    fn line<'a>(ls: &'a [String], key: &str) -> &'a str {
+        let key = format!("{key} ");
+        ls.iter().find_map(|l| l.strip_prefix(&key)).unwrap_or_else(|| panic!("no {key} in {ls:?}"))
+    }
     for _ in 0..4 {
         let r = j.attack(&["ns"]).await;
         assert_eq!(
@@ -1127,17 +1131,26 @@ async fn every_task_gets_namespaces_of_its_own_though_made_ahead() {
             String::from_utf8_lossy(&r.stderr)
         );
         let ls = lines(&r);
-        assert_eq!(ls.len(), 6, "{ls:?}");
-        for l in &ls {
-            let (ns, id) = l.split_once(' ').unwrap();
-            assert!(id.starts_with(&format!("{ns}:[")), "{l}");
-            assert_ne!(id, own(ns), "the task shares the worker's {ns} namespace");
-            for earlier in &seen {
-                assert!(!earlier.contains(l), "two tasks shared {l}");
-            }
-        }
-        seen.push(ls);
+        assert_eq!((line(&ls, "own pid"), line(&ls, "tmp")), ("2", "[]"), "{ls:?}");
     }
+    let out = j.shared_dir("out");
+    let grants = vec![Grant { host: out.clone(), guest: "/out".into(), access: Access::ReadWrite }];
+    let both = ["ns", "/out/arrived", "2"];
+    let (a, b) = tokio::join!(
+        j.attack_with(&both, grants.clone(), limits()),
+        j.attack_with(&both, grants.clone(), limits())
+    );
+    let own =
+        |ns: &str| fs::read_link(format!("/proc/self/ns/{ns}")).unwrap().display().to_string();
+    let (a, b) = (lines(&a), lines(&b));
+    for ns in ["user", "mnt", "pid", "net", "ipc", "uts"] {
+        let (x, y) = (line(&a, ns), line(&b, ns));
+        assert!(x.starts_with(&format!("{ns}:[")), "{a:?}");
+        assert_ne!(x, y, "two tasks at once shared their {ns} namespace");
+        assert_ne!(x, own(ns), "a task shares the worker's {ns} namespace");
+        assert_ne!(y, own(ns), "a task shares the worker's {ns} namespace");
+    }
+    assert_eq!(fs::read_to_string(out.join("arrived")).unwrap(), "here\nhere\n");
 }
 
 /// The zygote's spare (a helper with a sandbox made ahead) killed while it waits, or only

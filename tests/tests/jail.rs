@@ -56,7 +56,7 @@ fn running(program: &std::path::Path) -> Vec<u32> {
 
 /// agx runs a native task (a program that sleeps an hour) in the jail, started through its
 /// zygote; agx is SIGKILLed. Nothing it started survives it: not the zygote, not the
-/// helper, not the sandbox's init, not the tool.
+/// helper, not the sandbox's init, not the tool, not the task's cgroup.
 #[test]
 fn a_runner_killed_mid_task_leaves_no_zygote_helper_or_sandbox_behind() {
     let doctor = Command::new(bin("agw")).arg("doctor").output().unwrap();
@@ -115,6 +115,7 @@ fn a_runner_killed_mid_task_leaves_no_zygote_helper_or_sandbox_behind() {
     assert_eq!(zygote.len(), 1, "one zygote under agx: {tree:?}");
     // agx, the zygote, the helper, the sandbox's init and the tool at least.
     assert!(tree.len() >= 5, "{tree:?}");
+    let pid = agx.0.id();
     drop(agx);
     let until = Instant::now() + Duration::from_secs(15);
     loop {
@@ -124,5 +125,84 @@ fn a_runner_killed_mid_task_leaves_no_zygote_helper_or_sandbox_behind() {
         }
         assert!(Instant::now() < until, "survived agx: {alive:?}");
         std::thread::sleep(Duration::from_millis(100));
+    }
+    // The helper, told to stop by agx's end of its socket closing, removed the task's
+    // cgroup after killing its sandbox.
+    assert_eq!(task_cgroups(pid), Vec::<std::path::PathBuf>::new(), "task cgroups left behind");
+}
+
+/// Directories named `agenix-{pid}-*` (the task cgroups of the process `pid`) anywhere in
+/// the cgroup hierarchies.
+fn task_cgroups(pid: u32) -> Vec<std::path::PathBuf> {
+    let prefix = format!("agenix-{pid}-");
+    let mut found = vec![];
+    let mut dirs = vec![(std::path::PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((dir, depth)) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                found.push(e.path());
+            } else if depth < 8 {
+                dirs.push((e.path(), depth + 1));
+            }
+        }
+    }
+    found
+}
+
+/// A one-shot runner (agx) exits as soon as its last answer comes; the helpers, which answer
+/// before their sandboxes have ended, still remove every task cgroup after them.
+#[test]
+fn a_runner_that_exits_at_once_leaves_no_task_cgroup_behind() {
+    let doctor = Command::new(bin("agw")).arg("doctor").output().unwrap();
+    let text = String::from_utf8_lossy(&doctor.stdout).to_string();
+    if !doctor.status.success() {
+        programs::skip_without_jail("task cgroups", text.lines().last().unwrap_or(""));
+        return;
+    }
+    if !text.lines().any(|l| l.starts_with("found") && l.contains("memory cgroup")) {
+        programs::skip_without_jail("task cgroups", "no per-task cgroup here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("say.json");
+    std::fs::write(
+        &plan,
+        r#"{"schema": "agenix.plan/v1", "name": "say",
+            "tasks": [
+              {"id": "a", "run": {"native": {"tool": "attack"}}, "args": ["say", "a"]},
+              {"id": "b", "run": {"native": {"tool": "attack"}}, "args": ["say", "b"],
+               "stdin": {"task": "a"}},
+              {"id": "c", "run": {"native": {"tool": "attack"}}, "args": ["say", "c"],
+               "stdin": {"task": "b"}}],
+            "output": "c"}"#,
+    )
+    .unwrap();
+    let attack = std::fs::canonicalize(programs::NATIVE_ATTACK).unwrap();
+    let agx = Command::new(bin("agx"))
+        .arg("run")
+        .arg(&plan)
+        .arg("--unsigned")
+        .arg("--allow-tool")
+        .arg(format!("attack={}", attack.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = agx.id();
+    let out = agx.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "c");
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = task_cgroups(pid);
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < until, "task cgroups left behind: {left:?}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

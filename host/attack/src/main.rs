@@ -244,11 +244,32 @@ fn main() {
             }
             println!("daemon left");
         }
-        // The namespaces this process is in (`net:[4026531840]`...).
+        // The namespaces this process is in (`net:[4026531840]`...), its pid, and what /tmp
+        // held (then it leaves a mark there). `ns FILE N` then appends a line to FILE and
+        // waits (up to 20 s) until FILE has N lines: N tasks alive at once.
         "ns" => {
             for ns in ["user", "mnt", "pid", "net", "ipc", "uts"] {
                 let link = std::fs::read_link(format!("/proc/self/ns/{ns}"));
                 println!("{ns} {}", link.map(|l| l.display().to_string()).unwrap_or_else(|e| e.to_string()));
+            }
+            println!("own pid {}", std::process::id());
+            let mut held: Vec<String> = std::fs::read_dir("/tmp")
+                .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            held.sort();
+            println!("tmp [{}]", held.join(","));
+            let _ = std::fs::write("/tmp/mark", b"");
+            if let (Some(file), Some(n)) = (args.get(1), args.get(2).and_then(|n| n.parse::<usize>().ok())) {
+                if let Ok(mut f) = std::fs::OpenOptions::new().append(true).create(true).open(file) {
+                    let _ = f.write_all(b"here\n");
+                }
+                for _ in 0..2000 {
+                    let lines = std::fs::read_to_string(file).map(|t| t.lines().count()).unwrap_or(0);
+                    if lines >= n {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
         }
         // Starting a program the jail did not allow, from bytes it wrote: `exec memfd` runs a

@@ -24,13 +24,32 @@ pub(crate) enum Cgroups {
 }
 
 /// The cgroup(s) of one task. Removed by [`TaskCgroup::remove`]; if the run is cancelled
-/// first, dropping it schedules the removal instead.
+/// first, or the helper removes them ([`Dirs::remove_now`]), dropping it schedules the
+/// removal instead (a no-op for directories already gone).
 #[derive(Debug)]
 pub(crate) struct TaskCgroup {
+    dirs: Dirs,
+    removed: bool,
+}
+
+/// Where one task's cgroup(s) are: what the helper needs to place the sandbox in them,
+/// read what it used, and remove them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Dirs {
     v2: bool,
     memory: PathBuf,
     pids: PathBuf,
-    removed: bool,
+}
+
+/// What a task used of its cgroup, read by the helper once nothing of the task runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Used {
+    /// The peak memory charged to it.
+    pub peak: Option<u64>,
+    /// Whether the kernel killed something in it for running out of memory.
+    pub oom_killed: bool,
 }
 
 fn own_cgroups() -> Vec<(String, String)> {
@@ -150,8 +169,10 @@ impl Cgroups {
             Self::V2(base) => {
                 let dir = base.join(name);
                 fs::create_dir(&dir)?;
-                let cg =
-                    TaskCgroup { v2: true, memory: dir.clone(), pids: dir.clone(), removed: false };
+                let cg = TaskCgroup {
+                    dirs: Dirs { v2: true, memory: dir.clone(), pids: dir.clone() },
+                    removed: false,
+                };
                 write(&dir, "memory.max", limits.memory_bytes.to_string())?;
                 // No swap: the limit is the limit.
                 let _ = write(&dir, "memory.swap.max", "0".into());
@@ -161,8 +182,10 @@ impl Cgroups {
             Self::V1 { memory, pids } => {
                 let (m, p) = (memory.join(name), pids.join(name));
                 fs::create_dir(&m)?;
-                let cg =
-                    TaskCgroup { v2: false, memory: m.clone(), pids: p.clone(), removed: false };
+                let cg = TaskCgroup {
+                    dirs: Dirs { v2: false, memory: m.clone(), pids: p.clone() },
+                    removed: false,
+                };
                 fs::create_dir(&p)?;
                 write(&m, "memory.limit_in_bytes", limits.memory_bytes.to_string())?;
                 let _ = write(&m, "memory.memsw.limit_in_bytes", limits.memory_bytes.to_string());
@@ -182,6 +205,20 @@ fn counter(file: &Path, key: &str) -> u64 {
 }
 
 impl TaskCgroup {
+    /// Where it is.
+    pub(crate) fn dirs(&self) -> &Dirs {
+        &self.dirs
+    }
+
+    /// Removes it once its processes are gone (they die with the sandbox's init; allow them
+    /// a moment).
+    pub(crate) async fn remove(mut self) {
+        self.removed = true;
+        remove_dirs(self.dirs.dirs()).await;
+    }
+}
+
+impl Dirs {
     /// The files the sandbox's init is written into.
     pub(crate) fn procs(&self) -> Vec<PathBuf> {
         if self.v2 {
@@ -208,11 +245,17 @@ impl TaskCgroup {
         fs::read_to_string(self.memory.join(file)).ok()?.trim().parse().ok()
     }
 
-    /// Removes it once its processes are gone (they die with the sandbox's init; allow them
-    /// a moment).
-    pub(crate) async fn remove(mut self) {
-        self.removed = true;
-        remove_dirs(self.dirs()).await;
+    /// What the task used.
+    pub(crate) fn used(&self) -> Used {
+        Used { peak: self.peak_memory(), oom_killed: self.oom_killed() }
+    }
+
+    /// Removes them, from the helper, once the sandbox's processes are all reaped (so they
+    /// are empty). Whatever is left is the worker's to remove.
+    pub(crate) fn remove_now(&self) {
+        for dir in self.dirs() {
+            let _ = fs::remove_dir(dir);
+        }
     }
 
     fn dirs(&self) -> Vec<PathBuf> {
@@ -229,7 +272,7 @@ impl Drop for TaskCgroup {
         if self.removed {
             return;
         }
-        let dirs = self.dirs();
+        let dirs = self.dirs.dirs();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(remove_dirs(dirs));
         }

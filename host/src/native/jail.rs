@@ -41,7 +41,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, chdir, pipe2, setsid};
 
-use super::spec::{Ended, JailReport, JailSpec, read_frame, write_frame};
+use super::spec::{Answer, Ended, JailReport, JailSpec, read_frame, write_frame};
 
 /// The hidden first argument that turns our binary into the jail helper.
 pub const HELPER_ARG: &str = "__agenix-jail";
@@ -94,14 +94,22 @@ pub(super) fn helper_main() -> i32 {
 /// came (see `zygote.rs`), or why it could not.
 pub(super) fn serve(warm: Option<Result<Sandbox, String>>) -> i32 {
     let mut ctl = control();
-    let (report, sandbox) = match read_frame::<JailSpec>(&mut ctl) {
-        Ok(spec) => run_jail(&spec, &ctl, warm),
+    let spec = read_frame::<JailSpec>(&mut ctl);
+    let (report, sandbox) = match &spec {
+        Ok(spec) => run_jail(spec, &ctl, warm),
         Err(e) => (JailReport::Failed { reason: format!("cannot read the jail spec: {e}") }, None),
     };
-    let answered = write_frame(&mut ctl, &report);
+    let cgroup = spec.as_ref().ok().and_then(|s| s.cgroup.as_ref());
+    // Nothing of the task runs any more: C has killed and reaped it, or C is gone.
+    let used = cgroup.map(super::cgroup::Dirs::used);
+    let answered = write_frame(&mut ctl, &Answer { report, cgroup: used });
     // The worker has its answer: C, with nothing left in its sandbox but itself, ends
-    // (unmounting the sandbox's root as it goes) while the worker goes on.
+    // (unmounting the sandbox's root as it goes) while the worker goes on; then the task's
+    // cgroup, empty, goes.
     drop(sandbox);
+    if let Some(c) = cgroup {
+        c.remove_now();
+    }
     match answered {
         Ok(()) => 0,
         Err(_) => 1,
@@ -325,8 +333,8 @@ impl Sandbox {
     /// and stderr (the tool's), the tool's descriptor, and the spec. C goes on from there.
     fn begin(mut self, spec: &JailSpec, tool: &File) -> Result<Self, String> {
         use std::os::fd::AsRawFd as _;
-        for procs in &spec.cgroup_procs {
-            fs::write(procs, self.init.as_raw().to_string())
+        for procs in spec.cgroup.iter().flat_map(super::cgroup::Dirs::procs) {
+            fs::write(&procs, self.init.as_raw().to_string())
                 .map_err(|e| format!("cannot move the sandbox into {}: {e}", procs.display()))?;
         }
         let handed = |e: std::io::Error| format!("cannot hand the sandbox its task: {e}");

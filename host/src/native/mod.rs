@@ -42,7 +42,9 @@ pub use self::allowlist::{
 use self::cgroup::Cgroups;
 use self::probe::{Probe, names};
 pub use self::root::SystemFiles;
-use self::spec::{Ended, Features, JailReport, JailSpec, SpecMount, read_frame, write_frame};
+use self::spec::{
+    Answer, Ended, Features, JailReport, JailSpec, SpecMount, read_frame, write_frame,
+};
 use crate::output::CappedPipe;
 use crate::task::{Finished, HostError, NativeTask};
 
@@ -546,25 +548,29 @@ impl NativeHost {
             rlimit_nproc: cg.is_none().then_some(limits.pids),
             rlimit_fsize: limits.file_bytes,
             rlimit_cpu: limits.timeout_ms.div_ceil(1000) + 1,
-            cgroup_procs: cg.as_ref().map(|c| c.procs()).unwrap_or_default(),
+            cgroup: cg.as_ref().map(|c| c.dirs().clone()),
             features,
         };
-        let (result, helper) = match self.drive(spec, task.stdin, &limits).await {
-            Ok((driven, helper)) => (Ok(driven), helper),
-            Err(e) => (Err(e), None),
+        let result = self.drive(spec, task.stdin, &limits).await;
+        // What the task used, as the helper read it before removing the cgroup once its
+        // sandbox had ended (should it fail to, dropping `c` removes it later); without its
+        // answer (stopped, or gone), as the cgroup tells, removed here.
+        let answered = match &result {
+            Ok(Driven { used: Some(used), .. }) => Some(*used),
+            _ => None,
         };
-        let (peak_cg, oom) = match &cg {
-            Some(c) => (c.peak_memory(), c.oom_killed()),
-            None => (None, false),
-        };
-        if let Some(c) = cg {
-            // The helper answers before its sandbox's init has ended (nothing of the task
-            // runs by then); the cgroup can go once the helper has.
-            if let Some(h) = helper {
-                h.gone().await;
+        let used = match (cg, answered) {
+            (Some(c), None) => {
+                let used = c.dirs().used();
+                c.remove().await;
+                Some(used)
             }
-            c.remove().await;
-        }
+            (c, answered) => {
+                drop(c);
+                answered
+            }
+        };
+        let (peak_cg, oom) = used.map_or((None, false), |u| (u.peak, u.oom_killed));
         drop(dir);
         let driven = result?;
         let memory = rlimit_as.unwrap_or(limits.memory_bytes);
@@ -587,13 +593,13 @@ impl NativeHost {
     }
 
     /// Starts the helper, feeds it, reads it, and stops it at the deadline or the output cap.
-    /// With a report comes the helper, which may still be ending (see [`Launched::gone`]).
+    /// The helper answers before it has ended.
     async fn drive(
         &self,
         spec: JailSpec,
         stdin: Bytes,
         limits: &Limits,
-    ) -> Result<(Driven, Option<Launched>), HostError> {
+    ) -> Result<Driven, HostError> {
         let io = |what: &str| {
             let what = what.to_string();
             move |source: std::io::Error| HostError::Io { what, source }
@@ -627,7 +633,7 @@ impl NativeHost {
             }
             let mut body = vec![0u8; len];
             ctl.read_exact(&mut body).await.ok()?;
-            serde_json::from_slice::<JailReport>(&body).ok()
+            serde_json::from_slice::<Answer>(&body).ok()
         };
         let child = &mut l.child;
         let exited = async {
@@ -638,14 +644,18 @@ impl NativeHost {
         let all = async { tokio::join!(feed, read_out, read_err, report, exited) };
         let deadline = tokio::time::sleep(Duration::from_millis(limits.timeout_ms));
         let stopped = tokio::select! {
-            (_, _, _, report, _) = all => {
-                return Ok((Driven { report, stopped: None, stdout, stderr }, Some(l)));
+            (_, _, _, answer, _) = all => {
+                let (report, used) = match answer {
+                    Some(a) => (Some(a.report), a.cgroup),
+                    None => (None, None),
+                };
+                return Ok(Driven { report, used, stopped: None, stdout, stderr });
             }
             () = deadline => Stopped::TimedOut,
             () = overflow.notified() => Stopped::Output,
         };
         l.stop().await;
-        Ok((Driven { report: None, stopped: Some(stopped), stdout, stderr }, None))
+        Ok(Driven { report: None, used: None, stopped: Some(stopped), stdout, stderr })
     }
 
     /// Starts a helper for one task: forked by the zygote, or (without one) executed.
@@ -721,15 +731,6 @@ impl Launched {
         })
     }
 
-    /// Waits until the helper (which has answered) and its sandbox are gone.
-    async fn gone(mut self) {
-        let mut rest = Vec::new();
-        let gone = self.ctl.read_to_end(&mut rest);
-        if tokio::time::timeout(HELPER_STOP_WAIT, gone).await.is_err() {
-            tracing::warn!("a jail helper did not end within {HELPER_STOP_WAIT:?}");
-        }
-    }
-
     /// Stops the helper and its sandbox, and waits until they are gone. Shutting the
     /// control socket for writing tells the helper to kill the sandbox's init, and with it
     /// every process in the sandbox's pid namespace; a helper the worker executed is also
@@ -771,6 +772,8 @@ enum Stopped {
 #[derive(Debug)]
 struct Driven {
     report: Option<JailReport>,
+    /// What the task used of its cgroup, as the helper answered.
+    used: Option<cgroup::Used>,
     stopped: Option<Stopped>,
     stdout: CappedPipe,
     stderr: CappedPipe,
@@ -915,6 +918,7 @@ mod tests {
                 vm_peak,
                 exec_at_ns: 0,
             }),
+            used: None,
             stopped: None,
             stdout: CappedPipe::new(16),
             stderr: CappedPipe::new(16),
@@ -926,6 +930,7 @@ mod tests {
         for report in [None, Some(JailReport::Failed { reason: "no report".into() })] {
             let d = Driven {
                 report,
+                used: None,
                 stopped: None,
                 stdout: CappedPipe::new(16),
                 stderr: CappedPipe::new(16),

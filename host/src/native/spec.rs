@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::cgroup::{Dirs, Used};
 use super::root::RootEntry;
 
 /// Largest frame either side accepts.
@@ -44,8 +45,9 @@ pub(crate) struct JailSpec {
     pub rlimit_fsize: u64,
     /// CPU seconds, a backstop behind the worker's wall-clock timeout.
     pub rlimit_cpu: u64,
-    /// `cgroup.procs` (or v1 `tasks`) files the sandbox's init is moved into.
-    pub cgroup_procs: Vec<PathBuf>,
+    /// The task's cgroup(s), which the sandbox's init is moved into; the helper reads what
+    /// the task used of them and removes them.
+    pub cgroup: Option<Dirs>,
     /// Which isolation features to use (all of them unless the operator chose degraded mode).
     pub features: Features,
 }
@@ -110,6 +112,17 @@ pub(crate) enum JailReport {
         /// Why.
         reason: String,
     },
+}
+
+/// What the helper answers the worker: its sandbox's report, and what the task used of its
+/// cgroup (read before the helper removes it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Answer {
+    /// The report.
+    pub report: JailReport,
+    /// What the task used of its cgroup, if it had one.
+    pub cgroup: Option<Used>,
 }
 
 /// Writes one frame: a u32 big-endian length, then JSON.

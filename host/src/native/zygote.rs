@@ -149,6 +149,9 @@ fn spare_main(sock: OwnedFd, zygote: nix::unistd::Pid) -> i32 {
         }
     };
     drop(sock);
+    // A helper with a task ends with it (and cleans up after it), the zygote gone or not,
+    // as one forked for the task does.
+    let _ = nix::sys::prctl::set_pdeathsig(None);
     let Ok(fds) = <[OwnedFd; FDS]>::try_from(fds) else { return 1 };
     if place(fds).is_err() {
         return 1;
