@@ -175,26 +175,21 @@ fn assert_denied(r: &Finished) {
 
 /// No process of the attack program is left anywhere on the host.
 async fn assert_no_survivors() {
-    let mut left = vec![];
+    let attack = fs::canonicalize(programs::NATIVE_ATTACK).unwrap();
+    let mut survivors = vec![];
     for _ in 0..50 {
-        left = survivors();
-        if left.is_empty() {
+        survivors = fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| fs::read_link(e.path().join("exe")).is_ok_and(|p| p == attack))
+            .map(|e| e.file_name())
+            .collect();
+        if survivors.is_empty() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("processes survived the sandbox: {left:?}");
-}
-
-/// Processes of the attack program anywhere on the host, now.
-fn survivors() -> Vec<std::ffi::OsString> {
-    let attack = fs::canonicalize(programs::NATIVE_ATTACK).unwrap();
-    fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| fs::read_link(e.path().join("exe")).is_ok_and(|p| p == attack))
-        .map(|e| e.file_name())
-        .collect()
+    panic!("processes survived the sandbox: {survivors:?}");
 }
 
 #[tokio::test]
@@ -1101,12 +1096,12 @@ async fn a_daemon_left_behind_is_dead_before_the_answer() {
             String::from_utf8_lossy(&r.stderr)
         );
         assert_eq!(lines(&r), ["daemon left"]);
-        // At once, not after a grace period.
-        assert_eq!(survivors(), Vec::<std::ffi::OsString>::new(), "the daemon outlived the answer");
+        // The daemon writes every millisecond while it lives (other tests' attack programs
+        // run beside this one, so its heartbeat, not the process list, tells).
         let size = || fs::metadata(out.join("beat")).map(|m| m.len()).unwrap_or(0);
         let at_answer = size();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(size(), at_answer, "the daemon wrote after the answer");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(size(), at_answer, "the daemon outlived the answer and wrote after it");
     }
 }
 
@@ -1215,4 +1210,87 @@ async fn a_killed_spare_is_replaced_and_the_next_task_runs() {
     let r = sort().await;
     assert_eq!((&r.outcome, &r.stdout[..]), (&Outcome::Exited { code: 0 }, &b"a\nb\n"[..]));
     assert!(!spares().contains(&waiting[0]));
+}
+
+/// A task given a directory sees the host's mounts as they are when it runs, not as they
+/// were when its sandbox could have been made ahead: a file system mounted on the directory
+/// since is what the task gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_given_a_directory_sees_the_hosts_mounts_as_they_are_now() {
+    let Some(j) = full_jail("S3 (mounts now)").await else { return };
+    let work = j.shared_dir("work");
+    fs::write(work.join("under"), b"").unwrap();
+    // A spare is made after this task, before the mount below.
+    assert_eq!(j.attack(&["say", "hi"]).await.outcome, Outcome::Exited { code: 0 });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let flags = nix::mount::MsFlags::empty();
+    if let Err(e) = nix::mount::mount(Some("tmpfs"), &work, Some("tmpfs"), flags, Some("mode=0777"))
+    {
+        programs::skip_without_jail("S3 (mounts now)", &format!("cannot mount here: {e}"));
+        return;
+    }
+    /// Unmounts however the test ends.
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(work.clone());
+    fs::write(work.join("over"), b"").unwrap();
+    let grants =
+        vec![Grant { host: work.clone(), guest: "/data".into(), access: Access::ReadWrite }];
+    let r = j.run("find", &["/data"], b"", grants, limits()).await;
+    assert_eq!(r.outcome, Outcome::Exited { code: 0 }, "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(lines(&r), ["/data", "/data/over"]);
+}
+
+/// The zygote killed while a task runs (in a helper it forked ahead): the task runs to its
+/// end all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_zygote_does_not_take_running_tasks_with_it() {
+    let Some(j) = full_jail("zygote (running tasks)").await else { return };
+    let zygote = j.host.zygote_pid().unwrap();
+    let nap = j.attack(&["nap", "1500"]);
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(zygote).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL).unwrap();
+    };
+    let (r, ()) = tokio::join!(nap, kill);
+    assert_eq!(r.outcome, Outcome::Exited { code: 0 }, "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(lines(&r), ["woke"]);
+}
+
+/// The empty directory sandboxes mount their roots on, removed (a cleaner of old files):
+/// the next task makes it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_mount_point_removed_between_tasks_is_made_again() {
+    let Some(j) = full_jail("root mount point").await else { return };
+    let root = j.path("scratch").join("root");
+    assert!(root.is_dir());
+    for _ in 0..2 {
+        fs::remove_dir(&root).unwrap();
+        let r = j.attack(&["say", "hi"]).await;
+        assert_eq!(
+            r.outcome,
+            Outcome::Exited { code: 0 },
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+    }
+}
+
+/// Tools get SIGPIPE as programs expect it (the worker's runtime ignores it, and an ignored
+/// signal would stay ignored across exec): `cat` shows no standard signal ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_starts_with_no_signal_ignored() {
+    let Some(j) = full_jail("SIGPIPE").await else { return };
+    let r = j.run("cat", &["/proc/self/status"], b"", vec![], limits()).await;
+    assert_eq!(r.outcome, Outcome::Exited { code: 0 }, "{}", String::from_utf8_lossy(&r.stderr));
+    let ls = lines(&r);
+    let ignored = line(&ls, "SigIgn:").trim_start_matches("SigIgn:").trim();
+    let ignored = u64::from_str_radix(ignored, 16).unwrap();
+    // The standard signals (1–31); the C library keeps real-time ones of its own.
+    assert_eq!(ignored & 0x7fff_ffff, 0, "{ls:?}");
 }

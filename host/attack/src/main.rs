@@ -244,6 +244,12 @@ fn main() {
             }
             println!("daemon left");
         }
+        // `nap MS`: sleeps MS milliseconds, then says so.
+        "nap" => {
+            let ms = args.get(1).and_then(|m| m.parse().ok()).unwrap_or(0);
+            std::thread::sleep(Duration::from_millis(ms));
+            println!("woke");
+        }
         // The namespaces this process is in (`net:[4026531840]`...), its pid, and what /tmp
         // held (then it leaves a mark there). `ns FILE N` then appends a line to FILE and
         // waits (up to 20 s) until FILE has N lines: N tasks alive at once.

@@ -29,7 +29,7 @@
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::Read;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -264,7 +264,10 @@ fn run_jail_inner(
     }
     // A sandbox made before the task came; or, without one (or if making it failed, or it
     // died while it waited: killed, out of memory), one made now.
-    let warm = warm.and_then(Result::ok).map(|sandbox| sandbox.begin(spec, &p.tool));
+    // A sandbox made ahead sees the host's mounts as they were then: a task given
+    // directories gets one made now, which binds them as they are.
+    let warm = warm.and_then(Result::ok).filter(|_| spec.mounts.is_empty());
+    let warm = warm.map(|sandbox| sandbox.begin(spec, &p.tool));
     let mut sandbox = match warm {
         Some(Ok(sandbox)) => sandbox,
         Some(Err(_)) | None => {
@@ -318,7 +321,15 @@ impl Sandbox {
             | CloneFlags::CLONE_NEWIPC
             | CloneFlags::CLONE_NEWUTS;
         let mut stack = vec![0u8; 1 << 20];
-        let init = Box::new(|| init_main(&theirs, &status_w));
+        let ours = [task.as_raw_fd(), status_r.as_raw_fd()];
+        let init = Box::new(|| {
+            // P's ends are P's: C holding them would hide P's death from C.
+            for fd in ours {
+                // SAFETY: closes C's own copies (C has its own descriptor table).
+                unsafe { libc::close(fd) };
+            }
+            init_main(&theirs, &status_w)
+        });
         // SAFETY: this process is single-threaded (a helper that has started no threads),
         // so the child may run arbitrary code; clone without CLONE_VM gives it a copy of
         // our memory, as fork does, and the stack outlives the call.
@@ -729,6 +740,14 @@ fn exec_tool_inner(
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(errno("prctl"))?;
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(errno("sigprocmask"))?;
+    // Every signal at its default, as a tool expects: our runtime ignores SIGPIPE, and an
+    // ignored signal stays ignored across exec (`yes | head` would see EPIPE instead of
+    // ending), as would anything the worker's own parent ignored.
+    for sig in Signal::iterator().filter(|s| ![Signal::SIGKILL, Signal::SIGSTOP].contains(s)) {
+        // SAFETY: restoring the default disposition installs no handler code.
+        unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) }
+            .map_err(errno("signal"))?;
+    }
     if jailed {
         chdir("/tmp").map_err(errno("chdir /tmp"))?;
     } else {

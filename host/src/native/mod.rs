@@ -492,7 +492,15 @@ impl NativeHost {
                 })?;
                 root
             }
-            None => self.config.scratch_dir.join(ROOT_DIR),
+            None => {
+                // Made again if something (a cleaner of old files) removed it.
+                let root = self.config.scratch_dir.join(ROOT_DIR);
+                std::fs::create_dir_all(&root).map_err(|source| HostError::Io {
+                    what: format!("cannot create {}", root.display()),
+                    source,
+                })?;
+                root
+            }
         };
 
         let limits = task.limits;
@@ -664,13 +672,16 @@ impl NativeHost {
         if let Some(z) = zygote.as_ref() {
             match Launched::forked(z) {
                 Ok(l) => return Ok(l),
-                Err(e) => {
+                // This process's own lack (out of descriptors): the zygote, and the tasks
+                // its helpers run, are not at fault.
+                Err(Forked::Here(e)) => return Err(e),
+                Err(Forked::Zygote(e)) => {
                     // Gone (killed, or out of memory): start another, once.
                     tracing::warn!(error = %e, "the jail zygote is gone; starting it again");
                     *zygote =
                         zygote::Zygote::start(&self.config.helper, self.features().namespaces).ok();
                     if let Some(z) = zygote.as_ref() {
-                        return Launched::forked(z);
+                        return Launched::forked(z).map_err(Forked::into_inner);
                     }
                     tracing::warn!("the jail zygote cannot start; executing the helper per task");
                 }
@@ -697,6 +708,23 @@ impl NativeHost {
     }
 }
 
+/// Why a helper could not be had from the zygote.
+#[derive(Debug)]
+enum Forked {
+    /// The worker's own failure (out of descriptors, say).
+    Here(std::io::Error),
+    /// The zygote took no request: it is gone.
+    Zygote(std::io::Error),
+}
+
+impl Forked {
+    fn into_inner(self) -> std::io::Error {
+        match self {
+            Self::Here(e) | Self::Zygote(e) => e,
+        }
+    }
+}
+
 /// A running helper, from the worker's side.
 struct Launched {
     /// Its control socket: the spec out, the report back; shut for writing means stop.
@@ -710,25 +738,28 @@ struct Launched {
 
 impl Launched {
     /// Asks the zygote for a helper with fresh pipes and a fresh control socket.
-    fn forked(z: &zygote::Zygote) -> std::io::Result<Self> {
+    fn forked(z: &zygote::Zygote) -> Result<Self, Forked> {
         use tokio::net::unix::pipe;
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let here = Forked::Here;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(here)?;
         let theirs = std::os::fd::OwnedFd::from(theirs);
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
-        let (in_r, in_w) = nix::unistd::pipe2(cloexec)?;
-        let (out_r, out_w) = nix::unistd::pipe2(cloexec)?;
-        let (err_r, err_w) = nix::unistd::pipe2(cloexec)?;
-        z.launch([&theirs, &in_r, &out_w, &err_w])?;
+        let pair = || nix::unistd::pipe2(cloexec).map_err(|e| here(e.into()));
+        let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = (pair()?, pair()?, pair()?);
+        z.launch([&theirs, &in_r, &out_w, &err_w]).map_err(Forked::Zygote)?;
         // Only the helper holds these now: their ends close when it (and its sandbox) ends.
         drop((theirs, in_r, out_w, err_w));
-        ours.set_nonblocking(true)?;
-        Ok(Self {
-            ctl: tokio::net::UnixStream::from_std(ours)?,
-            stdin: Some(Box::new(pipe::Sender::from_owned_fd(in_w)?)),
-            stdout: Some(Box::new(pipe::Receiver::from_owned_fd(out_r)?)),
-            stderr: Some(Box::new(pipe::Receiver::from_owned_fd(err_r)?)),
-            child: None,
-        })
+        let ready = || -> std::io::Result<Self> {
+            ours.set_nonblocking(true)?;
+            Ok(Self {
+                ctl: tokio::net::UnixStream::from_std(ours)?,
+                stdin: Some(Box::new(pipe::Sender::from_owned_fd(in_w)?)),
+                stdout: Some(Box::new(pipe::Receiver::from_owned_fd(out_r)?)),
+                stderr: Some(Box::new(pipe::Receiver::from_owned_fd(err_r)?)),
+                child: None,
+            })
+        };
+        ready().map_err(here)
     }
 
     /// Stops the helper and its sandbox, and waits until they are gone. Shutting the

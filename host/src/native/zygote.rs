@@ -63,6 +63,13 @@ pub(super) fn zygote_main(spares: bool) -> i32 {
     let zygote = nix::unistd::getpid();
     let mut spare = if spares { fork_spare(&ctl, zygote) } else { None };
     loop {
+        // A spare is a copy of the host's mount table as it was when it was made (and keeps
+        // what it holds mounted): one left idle for SPARE_IDLE goes, and the next task
+        // makes its sandbox as without spares.
+        if spare.is_some() && !readable_within(&ctl, SPARE_IDLE) {
+            spare = None;
+            continue;
+        }
         let fds = match receive_fds(&ctl) {
             Ok(Some(fds)) => fds,
             Ok(None) => return 0,
@@ -81,6 +88,20 @@ pub(super) fn zygote_main(spares: bool) -> i32 {
             spare = fork_spare(&ctl, zygote);
         }
     }
+}
+
+/// How long a spare may wait for its task.
+const SPARE_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether `fd` has something to read (or has closed) within `wait`.
+fn readable_within(fd: &OwnedFd, wait: std::time::Duration) -> bool {
+    use std::os::fd::AsFd as _;
+
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    // An error (EINTR) counts as readable: the caller reads, and retries on EINTR.
+    poll(&mut fds, PollTimeout::from(ms)).map_or(true, |n| n > 0)
 }
 
 /// Forks a helper for a request.
