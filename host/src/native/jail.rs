@@ -262,10 +262,10 @@ fn run_jail_inner(
         drop_groups()?;
         return run_degraded(&p, ctl).map(|r| (r, None));
     }
-    // A sandbox made before the task came; or, without one (or if making it failed, or it
-    // died while it waited: killed, out of memory), one made now.
-    // A sandbox made ahead sees the host's mounts as they were then: a task given
-    // directories gets one made now, which binds them as they are.
+    // A sandbox made before the task came; or one made now: without one, if making it
+    // failed, if it died while it waited (killed, out of memory), or for a task given
+    // directories (a sandbox made ahead sees the host's mounts as they were then; one made
+    // now binds them as they are).
     let warm = warm.and_then(Result::ok).filter(|_| spec.mounts.is_empty());
     let warm = warm.map(|sandbox| sandbox.begin(spec, &p.tool));
     let mut sandbox = match warm {
@@ -343,7 +343,6 @@ impl Sandbox {
     /// Moves C into the task's cgroups and hands it its task: this process's stdin, stdout
     /// and stderr (the tool's), the tool's descriptor, and the spec. C goes on from there.
     fn begin(mut self, spec: &JailSpec, tool: &File) -> Result<Self, String> {
-        use std::os::fd::AsRawFd as _;
         for procs in spec.cgroup.iter().flat_map(super::cgroup::Dirs::procs) {
             fs::write(&procs, self.init.as_raw().to_string())
                 .map_err(|e| format!("cannot move the sandbox into {}: {e}", procs.display()))?;
@@ -471,10 +470,9 @@ fn init_inner(task: &UnixStream) -> Result<JailReport, String> {
     run_tool(&p, true, None)
 }
 
-/// C's task from P ([`Sandbox::start`]): the tool's stdio placed at 0, 1 and 2, its binary
+/// C's task from P ([`Sandbox::begin`]): the tool's stdio placed at 0, 1 and 2, its binary
 /// at [`TOOL_FD`], and the spec.
 fn receive_task(task: &UnixStream) -> Result<(JailSpec, File), String> {
-    use std::os::fd::AsRawFd as _;
     const GONE: &str = "the helper went away before the sandbox was ready";
     let fds = match super::zygote::receive_fds(task) {
         Ok(Some(fds)) => fds,

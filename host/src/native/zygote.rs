@@ -18,10 +18,13 @@
 //! decides: a fresh sandbox's namespaces and id maps (see `jail::Sandbox`). A request goes
 //! to the spare over its own socket pair, and the zygote forks the next spare at once, so
 //! the namespaces of the next task are made while this one runs. Each sandbox still serves
-//! one task only. A spare that has gone (killed, or out of memory) refuses the hand-over,
+//! one task only, and a spare idle for [`SPARE_IDLE`] goes (a sandbox made ahead holds the
+//! host's mount table as it was then; the helper also makes a new one for a task given
+//! directories). A spare that has gone (killed, or out of memory) refuses the hand-over,
 //! and the zygote forks a helper for the request as without spares; a spare whose
-//! namespaces could not be made tries again when its task comes, and reports why not.
-//! Spares die with the zygote (parent-death signal, and their socket closing).
+//! namespaces could not be made tries again when its task comes, and reports why not. An
+//! idle spare dies with the zygote (parent-death signal, and its socket closing); one with a
+//! task ends with its task.
 
 #![allow(
     unsafe_code,
