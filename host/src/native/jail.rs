@@ -13,7 +13,7 @@
 //!                  no_new_privs, seccomp, then execveat of the allowlisted binary's fd)
 //! ```
 //!
-//! C is cloned before its task is known ([`Sandbox`]; the zygote's spare makes one ahead)
+//! C is cloned before its task is known (`Sandbox`; the zygote's spare makes one ahead)
 //! and learns it from P over a socket pair. When T ends, C kills and reaps whatever is left
 //! in its pid namespace (double-forked daemons included) and reports; P answers at once and
 //! reaps C after. The worker closing or shutting fd 3 (timeout, output cap, cancellation,
