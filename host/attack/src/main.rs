@@ -244,6 +244,15 @@ fn main() {
             }
             println!("daemon left");
         }
+        // `hold MIB`: takes MIB MiB of memory, touched, says so, and sleeps an hour.
+        "hold" => {
+            let mib = args.get(1).and_then(|m| m.parse::<usize>().ok()).unwrap_or(0);
+            let hoard = vec![0xa5u8; mib << 20];
+            println!("holding {} MiB", hoard.len() >> 20);
+            let _ = std::io::stdout().flush();
+            std::thread::sleep(Duration::from_secs(3600));
+            drop(hoard);
+        }
         // `nap MS`: sleeps MS milliseconds, then says so.
         "nap" => {
             let ms = args.get(1).and_then(|m| m.parse().ok()).unwrap_or(0);

@@ -272,7 +272,7 @@ fn run_jail_inner(
         Some(Ok(sandbox)) => sandbox,
         Some(Err(_)) | None => {
             drop_groups()?;
-            Sandbox::create()?.begin(spec, &p.tool)?
+            Sandbox::create(&[])?.begin(spec, &p.tool)?
         }
     };
     // The tool's stdio is the sandbox's now: its pipes close when the sandbox's processes
@@ -310,8 +310,10 @@ pub(super) struct Sandbox {
 }
 
 impl Sandbox {
-    /// Clones C. Call with this process's supplementary groups dropped ([`drop_groups`]).
-    pub(super) fn create() -> Result<Self, String> {
+    /// Clones C, which closes its copies of `foreign` (this process's descriptors that are
+    /// none of C's business). Call with this process's supplementary groups dropped
+    /// ([`drop_groups`]).
+    pub(super) fn create(foreign: &[std::os::fd::RawFd]) -> Result<Self, String> {
         let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC).map_err(errno("pipe"))?;
         let (task, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
         let flags = CloneFlags::CLONE_NEWUSER
@@ -324,7 +326,7 @@ impl Sandbox {
         let ours = [task.as_raw_fd(), status_r.as_raw_fd()];
         let init = Box::new(|| {
             // P's ends are P's: C holding them would hide P's death from C.
-            for fd in ours {
+            for &fd in ours.iter().chain(foreign) {
                 // SAFETY: closes C's own copies (C has its own descriptor table).
                 unsafe { libc::close(fd) };
             }
@@ -740,11 +742,19 @@ fn exec_tool_inner(
         .map_err(errno("sigprocmask"))?;
     // Every signal at its default, as a tool expects: our runtime ignores SIGPIPE, and an
     // ignored signal stays ignored across exec (`yes | head` would see EPIPE instead of
-    // ending), as would anything the worker's own parent ignored.
-    for sig in Signal::iterator().filter(|s| ![Signal::SIGKILL, Signal::SIGSTOP].contains(s)) {
-        // SAFETY: restoring the default disposition installs no handler code.
-        unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) }
-            .map_err(errno("signal"))?;
+    // ending), as would anything the worker's own parent ignored, real-time signals
+    // included. Through the system call: the C library refuses the signals it keeps for
+    // itself, which are no less inherited.
+    let default = [0u64; 8];
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: a zeroed kernel `struct sigaction` (larger than any architecture's) is
+        // SIG_DFL with no flags and an empty mask; the old action is not asked for.
+        unsafe {
+            libc::syscall(libc::SYS_rt_sigaction, sig, default.as_ptr(), 0usize, 8usize);
+        }
     }
     if jailed {
         chdir("/tmp").map_err(errno("chdir /tmp"))?;

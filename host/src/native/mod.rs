@@ -356,6 +356,13 @@ impl NativeHost {
         }
     }
 
+    /// Where task cgroups are made: only where the jail has namespaces, as only its
+    /// sandbox's init is moved into one (degraded mode without namespaces forks the tool
+    /// from the helper, and bounds it with rlimits).
+    fn task_cgroups(&self) -> Option<&Cgroups> {
+        self.cgroups.as_ref().filter(|_| self.features().namespaces)
+    }
+
     fn features(&self) -> Features {
         let found = |n: &str| self.probe.found(n);
         Features {
@@ -429,7 +436,7 @@ impl NativeHost {
                 names.join(", ")
             )));
         }
-        if self.cgroups.is_none() {
+        if self.task_cgroups().is_none() {
             scratch_without_cgroup(limits, scratch).map_err(Unfit::Limits)?;
         }
         // A directory mounted over the tool's own files would hide them (or its libraries),
@@ -505,7 +512,7 @@ impl NativeHost {
 
         let limits = task.limits;
         let mut cg_failed = None;
-        let cg = match &self.cgroups {
+        let cg = match self.task_cgroups() {
             Some(c) => match c.create(&name, &limits) {
                 Ok(cg) => Some(cg),
                 Err(e) => {
@@ -562,7 +569,7 @@ impl NativeHost {
         let result = self.drive(spec, task.stdin, &limits).await;
         // What the task used, as the helper read it before removing the cgroup once its
         // sandbox had ended (should it fail to, dropping `c` removes it later); without its
-        // answer (stopped, or gone), as the cgroup tells, removed here.
+        // answer (the helper gone), as the cgroup tells, removed here.
         let answered = match &result {
             Ok(Driven { used: Some(used), .. }) => Some(*used),
             _ => None,
@@ -662,8 +669,8 @@ impl NativeHost {
             () = deadline => Stopped::TimedOut,
             () = overflow.notified() => Stopped::Output,
         };
-        l.stop().await;
-        Ok(Driven { report: None, used: None, stopped: Some(stopped), stdout, stderr })
+        let used = l.stop().await.and_then(|a| a.cgroup);
+        Ok(Driven { report: None, used, stopped: Some(stopped), stdout, stderr })
     }
 
     /// Starts a helper for one task: forked by the zygote, or (without one) executed.
@@ -766,7 +773,9 @@ impl Launched {
     /// control socket for writing tells the helper to kill the sandbox's init, and with it
     /// every process in the sandbox's pid namespace; a helper the worker executed is also
     /// killed outright (its init dies with it: parent-death signal).
-    async fn stop(mut self) {
+    /// Returns the helper's answer, which says what the task used of its cgroup before the
+    /// helper removed it.
+    async fn stop(mut self) -> Option<Answer> {
         let _ = self.ctl.shutdown().await;
         if let Some(c) = &mut self.child {
             let _ = c.start_kill();
@@ -780,6 +789,7 @@ impl Launched {
         if let Some(mut c) = self.child {
             let _ = c.wait().await;
         }
+        read_frame::<Answer>(&mut rest.as_slice()).ok()
     }
 }
 

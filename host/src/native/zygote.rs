@@ -80,8 +80,7 @@ pub(super) fn zygote_main(spares: bool) -> i32 {
             Err(_) => return 1,
         };
         let Ok(fds) = <[OwnedFd; FDS]>::try_from(fds) else { continue };
-        let raw = fds.each_ref().map(AsRawFd::as_raw_fd);
-        if spare.take().is_some_and(|s| send_fds(&s, &raw).is_ok()) {
+        if spare.take().is_some_and(|s| hand_over(&s, &fds)) {
             drop(fds);
         } else {
             fork_helper(&ctl, fds);
@@ -95,6 +94,39 @@ pub(super) fn zygote_main(spares: bool) -> i32 {
 
 /// How long a spare may wait for its task.
 const SPARE_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a spare may take to acknowledge its task (it may still be making its sandbox).
+const HAND_OVER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A spare the zygote forked: its pid, and our end of its socket.
+struct Spare {
+    pid: nix::unistd::Pid,
+    sock: OwnedFd,
+}
+
+/// Hands a request to the spare; whether it took it. The spare acknowledges what it
+/// received: one that died before that (even after the send) has not taken the request,
+/// whose descriptors the zygote still holds for a helper of its own. One that does not
+/// answer in time is killed first, so that it never can.
+fn hand_over(spare: &Spare, fds: &[OwnedFd; FDS]) -> bool {
+    if send_fds(&spare.sock, &fds.each_ref().map(AsRawFd::as_raw_fd)).is_err() {
+        return false;
+    }
+    let answered = readable_within(&spare.sock, HAND_OVER_WAIT);
+    if !answered {
+        let _ = nix::sys::signal::kill(spare.pid, Signal::SIGKILL);
+    }
+    let mut ack = [0u8; 1];
+    loop {
+        match nix::sys::socket::recv(spare.sock.as_raw_fd(), &mut ack, MsgFlags::empty()) {
+            Err(nix::errno::Errno::EINTR) => {}
+            // Killed: it took nothing whatever it read (the end of the stream comes when
+            // it has died).
+            Ok(1) => return answered,
+            _ => return false,
+        }
+    }
+}
 
 /// Whether `fd` has something to read (or has closed) within `wait`.
 fn readable_within(fd: &OwnedFd, wait: std::time::Duration) -> bool {
@@ -127,9 +159,9 @@ fn fork_helper(ctl: &OwnedFd, fds: [OwnedFd; FDS]) {
     }
 }
 
-/// Forks the next spare: our end of its socket, or `None` if the fork failed (the next
-/// request then forks its helper).
-fn fork_spare(ctl: &OwnedFd, zygote: nix::unistd::Pid) -> Option<OwnedFd> {
+/// Forks the next spare, or `None` if the fork failed (the next request then forks its
+/// helper).
+fn fork_spare(ctl: &OwnedFd, zygote: nix::unistd::Pid) -> Option<Spare> {
     let (ours, theirs) =
         socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).ok()?;
     // SAFETY: this process is single-threaded (see `zygote_main`).
@@ -147,7 +179,7 @@ fn fork_spare(ctl: &OwnedFd, zygote: nix::unistd::Pid) -> Option<OwnedFd> {
             // SAFETY: as in `zygote_main`.
             unsafe { libc::_exit(code) }
         }
-        ForkResult::Parent { .. } => Some(ours),
+        ForkResult::Parent { child } => Some(Spare { pid: child, sock: ours }),
     }
 }
 
@@ -163,7 +195,8 @@ fn spare_main(sock: OwnedFd, zygote: nix::unistd::Pid) -> i32 {
         return 1;
     }
     super::jail::set_command_line(super::jail::HELPER_NAME);
-    let warm = super::jail::drop_groups().and_then(|()| super::jail::Sandbox::create());
+    let warm =
+        super::jail::drop_groups().and_then(|()| super::jail::Sandbox::create(&[sock.as_raw_fd()]));
     let fds = loop {
         match receive_fds(&sock) {
             Ok(Some(fds)) => break fds,
@@ -172,6 +205,10 @@ fn spare_main(sock: OwnedFd, zygote: nix::unistd::Pid) -> i32 {
             Ok(None) | Err(_) => return 0,
         }
     };
+    // Taken: the zygote lets go of the request once it reads this.
+    if nix::sys::socket::send(sock.as_raw_fd(), b"k", MsgFlags::MSG_NOSIGNAL) != Ok(1) {
+        return 1;
+    }
     drop(sock);
     // A helper with a task ends with it (and cleans up after it), the zygote gone or not,
     // as one forked for the task does.
