@@ -1148,37 +1148,42 @@ async fn every_task_gets_namespaces_of_its_own_though_made_ahead() {
     assert_eq!(fs::read_to_string(out.join("arrived")).unwrap(), "here\nhere\n");
 }
 
+/// The children of process `pid`.
+fn children(pid: impl std::fmt::Display) -> Vec<i32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+/// The zygote's one spare, once the last task's helper (which may still be ending beside
+/// it) has gone.
+async fn the_spare(zygote: u32) -> i32 {
+    let mut waiting = children(zygote);
+    for _ in 0..100 {
+        if waiting.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waiting = children(zygote);
+    }
+    assert_eq!(waiting.len(), 1, "one spare waits: {waiting:?}");
+    waiting[0]
+}
+
 /// The zygote's spare (a helper with a sandbox made ahead) killed while it waits, or only
 /// its sandbox: the next task runs all the same, and a new spare is made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_spare_is_replaced_and_the_next_task_runs() {
     let Some(j) = full_jail("zygote (spare)").await else { return };
     let zygote = j.host.zygote_pid().unwrap();
-    let spares = || -> Vec<i32> {
-        fs::read_to_string(format!("/proc/{zygote}/task/{zygote}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(|p| p.parse().unwrap())
-            .collect()
-    };
     let sort = || j.run("sort", &[], b"b\na\n", vec![], limits());
     assert_eq!(&sort().await.stdout[..], b"a\nb\n");
-    // The last task's helper may still be ending beside the spare.
-    let mut waiting = spares();
-    for _ in 0..50 {
-        if waiting.len() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waiting = spares();
-    }
-    assert_eq!(waiting.len(), 1, "one spare waits: {waiting:?}");
     // Its sandbox killed while it waits: the task gets one made then.
-    let init: i32 = fs::read_to_string(format!("/proc/{0}/task/{0}/children", waiting[0]))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let inits = children(the_spare(zygote).await);
+    assert_eq!(inits.len(), 1, "the spare's sandbox: {inits:?}");
+    let init = inits[0];
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(init), nix::sys::signal::SIGKILL).unwrap();
     while fs::read_to_string(format!("/proc/{init}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1186,20 +1191,12 @@ async fn a_killed_spare_is_replaced_and_the_next_task_runs() {
     let r = sort().await;
     assert_eq!((&r.outcome, &r.stdout[..]), (&Outcome::Exited { code: 0 }, &b"a\nb\n"[..]));
     // And the spare itself.
-    let mut waiting = spares();
-    for _ in 0..50 {
-        if waiting.len() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waiting = spares();
-    }
-    let spare = nix::unistd::Pid::from_raw(waiting[0]);
-    nix::sys::signal::kill(spare, nix::sys::signal::SIGKILL).unwrap();
+    let spare = the_spare(zygote).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(spare), nix::sys::signal::SIGKILL).unwrap();
     // Gone (a spare killed in the very instant of a hand-over takes that task with it, as a
     // helper killed while running one does).
     for _ in 0..100 {
-        if !spares().contains(&waiting[0]) {
+        if !children(zygote).contains(&spare) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1209,7 +1206,7 @@ async fn a_killed_spare_is_replaced_and_the_next_task_runs() {
     assert_eq!(j.host.zygote_pid(), Some(zygote), "the same zygote");
     let r = sort().await;
     assert_eq!((&r.outcome, &r.stdout[..]), (&Outcome::Exited { code: 0 }, &b"a\nb\n"[..]));
-    assert!(!spares().contains(&waiting[0]));
+    assert!(!children(zygote).contains(&spare));
 }
 
 /// A task given a directory sees the host's mounts as they are when it runs, not as they
@@ -1304,24 +1301,7 @@ async fn a_tool_starts_with_no_signal_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spare_that_dies_as_it_is_handed_a_task_does_not_lose_it() {
     let Some(j) = full_jail("zygote (hand-over)").await else { return };
-    let zygote = j.host.zygote_pid().unwrap();
-    let children = || -> Vec<i32> {
-        fs::read_to_string(format!("/proc/{zygote}/task/{zygote}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(|p| p.parse().unwrap())
-            .collect()
-    };
-    let mut spares = children();
-    for _ in 0..100 {
-        if spares.len() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        spares = children();
-    }
-    assert_eq!(spares.len(), 1, "one spare waits: {spares:?}");
-    let spare = nix::unistd::Pid::from_raw(spares[0]);
+    let spare = nix::unistd::Pid::from_raw(the_spare(j.host.zygote_pid().unwrap()).await);
     nix::sys::signal::kill(spare, nix::sys::signal::SIGSTOP).unwrap();
     let task = j.run("sort", &[], b"b\na\n", vec![], limits());
     let kill = async {

@@ -54,26 +54,45 @@ fn running(program: &std::path::Path) -> Vec<u32> {
         .collect()
 }
 
+/// What `agw doctor` prints, or `None` (with the reason printed for `row`) where this
+/// kernel cannot give the jail.
+fn doctor(row: &str) -> Option<String> {
+    let doctor = Command::new(bin("agw")).arg("doctor").output().unwrap();
+    let text = String::from_utf8_lossy(&doctor.stdout).to_string();
+    if !doctor.status.success() {
+        programs::skip_without_jail(row, text.lines().last().unwrap_or(""));
+        return None;
+    }
+    Some(text)
+}
+
+/// `agx run` of `plan` (written into `dir`), unsigned, with the attack program allowlisted
+/// as `attack`.
+fn agx_run(dir: &std::path::Path, plan: &str) -> Command {
+    let file = dir.join("plan.json");
+    std::fs::write(&file, plan).unwrap();
+    let attack = std::fs::canonicalize(programs::NATIVE_ATTACK).unwrap();
+    let mut agx = Command::new(bin("agx"));
+    agx.arg("run")
+        .arg(file)
+        .arg("--unsigned")
+        .arg("--allow-tool")
+        .arg(format!("attack={}", attack.display()));
+    agx
+}
+
 /// agx runs a native task (a program that sleeps an hour) in the jail, started through its
 /// zygote; agx is SIGKILLed. Nothing it started survives it: not the zygote, not the
 /// helper, not the sandbox's init, not the tool, not the task's cgroup.
 #[test]
 fn a_runner_killed_mid_task_leaves_no_zygote_helper_or_sandbox_behind() {
-    let doctor = Command::new(bin("agw")).arg("doctor").output().unwrap();
-    if !doctor.status.success() {
-        let why = String::from_utf8_lossy(&doctor.stdout).lines().last().unwrap_or("").to_owned();
-        programs::skip_without_jail("jail lifetimes", &why);
+    if doctor("jail lifetimes").is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let plan = dir.path().join("sleep.json");
-    std::fs::write(
-        &plan,
-        r#"{"schema": "agenix.plan/v1", "name": "sleep",
+    let plan = r#"{"schema": "agenix.plan/v1", "name": "sleep",
             "tasks": [{"id": "sleep", "run": {"native": {"tool": "attack"}}, "args": ["sleep"]}],
-            "output": "sleep"}"#,
-    )
-    .unwrap();
+            "output": "sleep"}"#;
     let attack = std::fs::canonicalize(programs::NATIVE_ATTACK).unwrap();
     /// Kills agx however the test ends.
     struct Killed(std::process::Child);
@@ -83,12 +102,7 @@ fn a_runner_killed_mid_task_leaves_no_zygote_helper_or_sandbox_behind() {
             let _ = self.0.wait();
         }
     }
-    let agx = Command::new(bin("agx"))
-        .arg("run")
-        .arg(&plan)
-        .arg("--unsigned")
-        .arg("--allow-tool")
-        .arg(format!("attack={}", attack.display()))
+    let agx = agx_run(dir.path(), plan)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -157,41 +171,22 @@ fn task_cgroups(pid: u32) -> Vec<std::path::PathBuf> {
 /// before their sandboxes have ended, still remove every task cgroup after them.
 #[test]
 fn a_runner_that_exits_at_once_leaves_no_task_cgroup_behind() {
-    let doctor = Command::new(bin("agw")).arg("doctor").output().unwrap();
-    let text = String::from_utf8_lossy(&doctor.stdout).to_string();
-    if !doctor.status.success() {
-        programs::skip_without_jail("task cgroups", text.lines().last().unwrap_or(""));
-        return;
-    }
+    let Some(text) = doctor("task cgroups") else { return };
     if !text.lines().any(|l| l.starts_with("found") && l.contains("memory cgroup")) {
         programs::skip_without_jail("task cgroups", "no per-task cgroup here");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let plan = dir.path().join("say.json");
-    std::fs::write(
-        &plan,
-        r#"{"schema": "agenix.plan/v1", "name": "say",
+    let plan = r#"{"schema": "agenix.plan/v1", "name": "say",
             "tasks": [
               {"id": "a", "run": {"native": {"tool": "attack"}}, "args": ["say", "a"]},
               {"id": "b", "run": {"native": {"tool": "attack"}}, "args": ["say", "b"],
                "stdin": {"task": "a"}},
               {"id": "c", "run": {"native": {"tool": "attack"}}, "args": ["say", "c"],
                "stdin": {"task": "b"}}],
-            "output": "c"}"#,
-    )
-    .unwrap();
-    let attack = std::fs::canonicalize(programs::NATIVE_ATTACK).unwrap();
-    let agx = Command::new(bin("agx"))
-        .arg("run")
-        .arg(&plan)
-        .arg("--unsigned")
-        .arg("--allow-tool")
-        .arg(format!("attack={}", attack.display()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+            "output": "c"}"#;
+    let agx =
+        agx_run(dir.path(), plan).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let pid = agx.id();
     let out = agx.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -47,6 +47,15 @@ fn syscall_result(rc: libc::c_long) -> std::io::Result<String> {
     if rc < 0 { Err(last()) } else { Ok(format!("returned {rc}")) }
 }
 
+/// The names in `dir`, sorted (none if it cannot be read).
+fn listing(dir: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 fn cstr(s: &str) -> CString {
     CString::new(s).unwrap_or_default()
 }
@@ -268,11 +277,7 @@ fn main() {
                 println!("{ns} {}", link.map(|l| l.display().to_string()).unwrap_or_else(|e| e.to_string()));
             }
             println!("own pid {}", std::process::id());
-            let mut held: Vec<String> = std::fs::read_dir("/tmp")
-                .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-                .unwrap_or_default();
-            held.sort();
-            println!("tmp [{}]", held.join(","));
+            println!("tmp [{}]", listing("/tmp").join(","));
             let _ = std::fs::write("/tmp/mark", b"");
             if let (Some(file), Some(n)) = (args.get(1), args.get(2).and_then(|n| n.parse::<usize>().ok())) {
                 if let Ok(mut f) = std::fs::OpenOptions::new().append(true).create(true).open(file) {
@@ -433,11 +438,7 @@ fn main() {
         }
         // S14: inherited descriptors and environment.
         "fds" => {
-            let mut fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
-                .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-                .unwrap_or_default();
-            fds.sort();
-            println!("fds {}", fds.join(","));
+            println!("fds {}", listing("/proc/self/fd").join(","));
             for (k, v) in std::env::vars() {
                 println!("env {k}={v}");
             }
@@ -450,11 +451,7 @@ fn main() {
             // SAFETY: getuid cannot fail.
             println!("uid {}", unsafe { libc::getuid() });
             println!("pid {}", std::process::id());
-            let mut root: Vec<String> = std::fs::read_dir("/")
-                .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-                .unwrap_or_default();
-            root.sort();
-            println!("root {}", root.join(","));
+            println!("root {}", listing("/").join(","));
         }
         // How the filter answers: a call it does not know (lsm_list_modules, 461, which
         // the kernel has since 6.8), one it denies (unshare of nothing), one it allows.

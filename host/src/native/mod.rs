@@ -478,18 +478,13 @@ impl NativeHost {
         let name = format!("agenix-{}-{n}", std::process::id());
         // With a mount namespace, every sandbox mounts its root on the same empty directory,
         // each in its own namespace; without one, the tool runs in a directory of its own.
-        let dir = match features.namespaces {
-            true => None,
-            false => Some(
-                tempfile::Builder::new()
-                    .prefix("jail-")
-                    .tempdir_in(&self.config.scratch_dir)
-                    .map_err(|source| HostError::Io {
-                        what: "cannot create the jail directory".into(),
-                        source,
-                    })?,
-            ),
-        };
+        let dir = (!features.namespaces)
+            .then(|| tempfile::Builder::new().prefix("jail-").tempdir_in(&self.config.scratch_dir))
+            .transpose()
+            .map_err(|source| HostError::Io {
+                what: "cannot create the jail directory".into(),
+                source,
+            })?;
         let root = match &dir {
             Some(d) => {
                 let root = d.path().join("root");
@@ -639,17 +634,7 @@ impl NativeHost {
         let read_err = drain(l.stderr.take(), &stderr, &overflow);
         let ctl = &mut l.ctl;
         // One frame: the helper answers before its sandbox's init has finished ending.
-        let report = async {
-            let mut len = [0u8; 4];
-            ctl.read_exact(&mut len).await.ok()?;
-            let len = usize::try_from(u32::from_be_bytes(len)).ok()?;
-            if len > spec::MAX_FRAME {
-                return None;
-            }
-            let mut body = vec![0u8; len];
-            ctl.read_exact(&mut body).await.ok()?;
-            serde_json::from_slice::<Answer>(&body).ok()
-        };
+        let report = async { spec::read_frame_async::<Answer>(ctl).await.ok() };
         let child = &mut l.child;
         let exited = async {
             if let Some(c) = child {

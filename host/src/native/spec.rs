@@ -138,11 +138,28 @@ pub(crate) fn write_frame<T: Serialize>(w: &mut impl Write, value: &T) -> std::i
 pub(crate) fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> std::io::Result<T> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
-    let len = u32::from_be_bytes(len) as usize;
+    let mut body = vec![0u8; frame_len(len)?];
+    r.read_exact(&mut body)?;
+    serde_json::from_slice(&body).map_err(std::io::Error::other)
+}
+
+/// [`read_frame`] from an asynchronous reader (the worker's end).
+pub(crate) async fn read_frame_async<T: for<'de> Deserialize<'de>>(
+    r: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> std::io::Result<T> {
+    use tokio::io::AsyncReadExt as _;
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let mut body = vec![0u8; frame_len(len)?];
+    r.read_exact(&mut body).await?;
+    serde_json::from_slice(&body).map_err(std::io::Error::other)
+}
+
+/// A frame's length from its prefix, refused over [`MAX_FRAME`].
+fn frame_len(prefix: [u8; 4]) -> std::io::Result<usize> {
+    let len = u32::from_be_bytes(prefix) as usize;
     if len > MAX_FRAME {
         return Err(std::io::Error::other(format!("frame of {len} bytes is over the limit")));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
-    serde_json::from_slice(&body).map_err(std::io::Error::other)
+    Ok(len)
 }
