@@ -105,13 +105,11 @@ async fn agenix(runs: usize, dir: &Path, n: usize, batched: bool) -> Result<(Fig
                 .map(|b| InputRef { digest: Digest::of(b), size: b.len() as u64 })
                 .collect();
             let action = q.action(digest, &refs)?.to_json();
-            planner.put_blob(&action).await?;
-            planner.submit(plan_blob, Digest::of(&action)).await?;
+            planner.submit_carrying(plan_blob, Digest::of(&action), &[&action]).await?;
         } else {
             for _ in 0..jobs {
                 let action = q.action(digest, &[])?.to_json();
-                planner.put_blob(&action).await?;
-                planner.submit(plan_blob, Digest::of(&action)).await?;
+                planner.submit_carrying(plan_blob, Digest::of(&action), &[&action]).await?;
             }
         }
         finished += jobs as u64;

@@ -190,7 +190,7 @@ fn requests_of_every_kind() -> Vec<Request> {
         Request::Register { capabilities: capabilities(), instance: "secret".into() },
         Request::Claim { max: 2, wait_ms: 1000 },
         Request::Heartbeat { leases: vec![lease_ref()] },
-        Request::Complete { lease: lease_ref(), output: output(), blobs: vec![] },
+        Request::Complete { lease: lease_ref(), output: output(), blobs: vec![], claim: 0 },
         Request::Fail { lease: lease_ref(), reason: "fetch failed".into(), retryable: true },
         Request::Release { lease: lease_ref(), reason: "unknown signer".into() },
     ]
@@ -273,7 +273,7 @@ fn responses_of_every_kind() -> Vec<Response> {
             }],
         },
         Response::HeartbeatOk { extended: vec![lease_ref()], cancelled: vec![], lost: vec![] },
-        Response::Recorded { job: JobId(3), state: JobState::Queued { not_before: 0 } },
+        Response::Recorded { job: JobId(3), state: JobState::Queued { not_before: 0 }, leases: vec![] },
         Response::Error { code: ErrorCode::StaleLease, message: "stale lease".into() },
     ]
 }

@@ -46,6 +46,15 @@ pub struct Heartbeat {
     pub lost: Vec<LeaseRef>,
 }
 
+/// The answer to a result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The job's state now.
+    pub state: JobState,
+    /// The jobs leased with the answer, when the result asked for some.
+    pub leases: Vec<Lease>,
+}
+
 /// The answer to a submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submitted {
@@ -266,18 +275,22 @@ impl Client {
     }
 
     /// Reports a job's result carrying the blobs it names (stored with it, in one round
-    /// trip and one commit), retrying while throttled; the job's state after.
+    /// trip and one commit), retrying while throttled, and asks for up to `claim` jobs more
+    /// in the same commit (none waited for). The answer's leases are as the queue sent
+    /// them: at most `claim` of them is the caller's check to make.
     pub async fn complete_carrying(
         &self,
         lease: LeaseRef,
         output: JobOutput,
         blobs: &[&[u8]],
-    ) -> Result<JobState, LinkError> {
+        claim: u32,
+    ) -> Result<Recorded, LinkError> {
         let refs = refs_of(blobs);
         throttled(|| async {
-            let req = Request::Complete { lease, output: output.clone(), blobs: refs.clone() };
+            let req =
+                Request::Complete { lease, output: output.clone(), blobs: refs.clone(), claim };
             self.upload(&req, blobs).await.and_then(|r| match r {
-                Response::Recorded { state, .. } => Ok(state),
+                Response::Recorded { state, leases, .. } => Ok(Recorded { state, leases }),
                 other => Err(LinkError::Unexpected { request: "complete", answer: other.name() }),
             })
         })
@@ -305,7 +318,7 @@ impl Client {
         lease: LeaseRef,
         output: JobOutput,
     ) -> Result<JobState, LinkError> {
-        self.recorded(Request::Complete { lease, output, blobs: vec![] }).await
+        self.recorded(Request::Complete { lease, output, blobs: vec![], claim: 0 }).await
     }
 
     /// Reports that a job could not be run; the job's state after.
@@ -333,9 +346,25 @@ impl Client {
 
     /// Submits a plan and an action for it, both already uploaded as blobs.
     pub async fn submit(&self, plan: Digest, action: Digest) -> Result<Submitted, LinkError> {
-        self.ask(Request::Submit { plan, action }, |r| match r {
-            Response::Submitted { jobs, duplicate } => Ok(Submitted { jobs, duplicate }),
-            other => Err(other.name()),
+        self.submit_carrying(plan, action, &[]).await
+    }
+
+    /// Submits a plan and an action for it, carrying the envelopes in `carried` (the plan's,
+    /// the action's or both, stored with the submission in one round trip and one commit);
+    /// one not carried must be uploaded already. Retries while throttled.
+    pub async fn submit_carrying(
+        &self,
+        plan: Digest,
+        action: Digest,
+        carried: &[&[u8]],
+    ) -> Result<Submitted, LinkError> {
+        let blobs = refs_of(carried);
+        throttled(|| async {
+            let req = Request::Submit { plan, action, blobs: blobs.clone() };
+            self.upload(&req, carried).await.and_then(|r| match r {
+                Response::Submitted { jobs, duplicate } => Ok(Submitted { jobs, duplicate }),
+                other => Err(LinkError::Unexpected { request: "submit", answer: other.name() }),
+            })
         })
         .await
     }

@@ -24,7 +24,8 @@ mod tls;
 
 pub use addr::{Address, Addresses};
 pub use client::{
-    Client, Credential, Heartbeat, Page, Registration, Submitted, THROTTLE_PATIENCE, Upload,
+    Client, Credential, Heartbeat, Page, Recorded, Registration, Submitted, THROTTLE_PATIENCE,
+    Upload,
 };
 pub use error::LinkError;
 pub use frame::{read_frame, write_frame};

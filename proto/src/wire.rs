@@ -42,6 +42,8 @@ pub const MAX_HEARTBEAT_LEASES: usize = 4096;
 pub const MAX_COMPLETE_BLOBS: usize = 3;
 /// Longest worker instance secret, in bytes.
 pub const MAX_INSTANCE: usize = 128;
+/// The most jobs one claim (or one `complete` with `claim`) is leased; more is asked as this.
+pub const MAX_CLAIM: u32 = 64;
 
 /// Who a client is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -129,12 +131,18 @@ pub enum Request {
         /// The blob.
         digest: Digest,
     },
-    /// Submit a signed plan and a signed action for it, both uploaded as blobs first.
+    /// Submit a signed plan and a signed action for it, each uploaded as a blob first or
+    /// carried: the bytes of the envelopes named in `blobs` follow this frame, one after
+    /// another in that order, and are stored in the commit that records the submission.
     Submit {
         /// The blob holding the plan envelope.
         plan: Digest,
         /// The blob holding the action envelope.
         action: Digest,
+        /// The envelopes carried (at most the two, each at most
+        /// [`MAX_ENVELOPE_BYTES`](crate::envelope::MAX_ENVELOPE_BYTES)).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        blobs: Vec<InputRef>,
     },
     /// Cancel a job.
     Cancel {
@@ -202,7 +210,9 @@ pub enum Request {
     },
     /// Report a job's result. The blobs it names are stored first, or carried: their
     /// bytes follow this frame, one after another in the order of `blobs`, and are stored
-    /// with the result (at most [`MAX_COMPLETE_BLOBS`]).
+    /// with the result (at most [`MAX_COMPLETE_BLOBS`]). With `claim`, the same request
+    /// asks for up to that many jobs more, leased in the commit that records the result
+    /// and answered with it, without waiting when none is ready.
     Complete {
         /// The lease.
         lease: LeaseRef,
@@ -211,6 +221,9 @@ pub enum Request {
         /// The blobs carried.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         blobs: Vec<InputRef>,
+        /// Most jobs wanted with the answer (0: none; at most [`MAX_CLAIM`]).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        claim: u32,
     },
     /// Report that a job could not be run: it is retried (when `retryable` and attempts
     /// remain) or dead.
@@ -235,6 +248,10 @@ pub enum Request {
 
 fn default_page() -> u32 {
     MAX_PAGE
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Request {
@@ -485,6 +502,9 @@ pub enum Response {
         job: JobId,
         /// Its state now.
         state: JobState,
+        /// The jobs a `complete` with `claim` was leased (possibly none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        leases: Vec<Lease>,
     },
     /// The request failed.
     Error {
@@ -625,10 +645,44 @@ mod tests {
                         result: None,
                     },
                     blobs: vec![InputRef { digest: Digest::of(b""), size: 0 }],
+                    claim: 0,
                 },
                 concat!(
                     r#"{"type":"complete","lease":{"job":3,"epoch":2},"#,
                     r#""output":{"succeeded":true,"reports":{"inline":[]}},"blobs":[{"digest":"#,
+                    r#""sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","#,
+                    r#""size":0}]}"#
+                ),
+            ),
+            (
+                Request::Complete {
+                    lease: LeaseRef { job: JobId(3), epoch: crate::job::LeaseEpoch(2) },
+                    output: JobOutput {
+                        succeeded: false,
+                        failure: None,
+                        reports: crate::job::Reports::Inline(vec![]),
+                        output: None,
+                        result: None,
+                    },
+                    blobs: vec![],
+                    claim: 2,
+                },
+                concat!(
+                    r#"{"type":"complete","lease":{"job":3,"epoch":2},"#,
+                    r#""output":{"succeeded":false,"reports":{"inline":[]}},"claim":2}"#
+                ),
+            ),
+            (
+                Request::Submit {
+                    plan: Digest::of(b""),
+                    action: Digest::of(b""),
+                    blobs: vec![InputRef { digest: Digest::of(b""), size: 0 }],
+                },
+                concat!(
+                    r#"{"type":"submit","#,
+                    r#""plan":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","#,
+                    r#""action":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","#,
+                    r#""blobs":[{"digest":"#,
                     r#""sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","#,
                     r#""size":0}]}"#
                 ),
@@ -641,6 +695,30 @@ mod tests {
                 req
             );
         }
+        let recorded = Response::Recorded {
+            job: JobId(3),
+            state: JobState::Succeeded,
+            leases: vec![Lease {
+                lease: LeaseRef { job: JobId(4), epoch: crate::job::LeaseEpoch(1) },
+                attempt: 1,
+                deadline: 9,
+                plan: Digest::of(b""),
+                action: Digest::of(b""),
+                input: 0,
+            }],
+        };
+        let json = concat!(
+            r#"{"type":"recorded","job":3,"state":{"state":"succeeded"},"leases":[{"lease":"#,
+            r#"{"job":4,"epoch":1},"attempt":1,"deadline":9,"#,
+            r#""plan":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","#,
+            r#""action":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","#,
+            r#""input":0}]}"#
+        );
+        assert_eq!(serde_json::to_string(&recorded).unwrap(), json);
+        assert_eq!(
+            crate::json::from_slice::<Response>(json.as_bytes(), MAX_FRAME).unwrap(),
+            recorded
+        );
         let err = Response::Error { code: ErrorCode::StaleLease, message: "m".into() };
         assert_eq!(
             serde_json::to_string(&err).unwrap(),

@@ -12,8 +12,8 @@ use agenix_proto::job::{
     Requirements,
 };
 use agenix_proto::wire::{
-    ErrorCode, MAX_BATCH_BLOBS, MAX_COMPLETE_BLOBS, MAX_HEARTBEAT_LEASES, MAX_INSTANCE, MAX_PAGE,
-    PAGE_BYTES, Request, Response, json_len,
+    ErrorCode, MAX_BATCH_BLOBS, MAX_CLAIM, MAX_COMPLETE_BLOBS, MAX_HEARTBEAT_LEASES, MAX_INSTANCE,
+    MAX_PAGE, PAGE_BYTES, Request, Response, json_len,
 };
 use agenix_proto::{Digest, InputRef, KeyId, Limits};
 use agenix_queue_core::{Refusal, Submission};
@@ -40,7 +40,11 @@ impl Queue {
         let now = now_ms();
         match req {
             Request::Hello { .. } => error(ErrorCode::BadRequest, "already authenticated"),
-            Request::Submit { plan, action } => self.submit(plan, action).await,
+            // Read with its stream (`Queue::submit`); here only without one (the web).
+            Request::Submit { blobs, .. } if !blobs.is_empty() => {
+                error(ErrorCode::BadRequest, "carried envelopes are sent over the queue's link")
+            }
+            Request::Submit { plan, action, .. } => self.submit(plan, action, vec![], None).await,
             Request::Unkeep { digest } => {
                 let was_kept = lock(&self.kept).contains(&digest);
                 if !was_kept {
@@ -320,7 +324,7 @@ impl Queue {
     async fn record(&self, r: Result<(JobState, Durable), Refusal>, lease: LeaseRef) -> Response {
         match r {
             Ok((state, done)) => match Self::durable(done).await {
-                Ok(()) => Response::Recorded { job: lease.job, state },
+                Ok(()) => Response::Recorded { job: lease.job, state, leases: vec![] },
                 Err(e) => e,
             },
             Err(r) => refusal(r),
@@ -473,8 +477,10 @@ impl Queue {
         lease: LeaseRef,
         output: JobOutput,
         blobs: Vec<InputRef>,
+        claim: u32,
         recv: &mut quinn::RecvStream,
     ) -> Response {
+        let since = now_ms();
         let Some(worker) = registered(client) else {
             return stop_reading(recv, unregistered());
         };
@@ -516,14 +522,32 @@ impl Queue {
             .map(|b| b.digest)
             .filter(|d| !carried.contains_key(d) && self.blobs.renew(d, &mut writes))
             .collect();
+        // A key that stopped being accepted is leased nothing more (its result still counts:
+        // it was checked at the start of this request).
+        let claim = if claim > 0 && self.worker_refusal(client.key).await.is_none() {
+            claim.min(MAX_CLAIM)
+        } else {
+            0
+        };
         let now = now_ms();
         let recorded = self.apply(
             |s| {
                 if self.blobs.removed_since(removals, &named) {
                     return Ok((None, vec![]));
                 }
-                let (state, changes) = s.complete(now, worker, lease, output)?;
-                Ok((Some(state), changes))
+                let (state, mut changes) = s.complete(now, worker, lease, output)?;
+                // The next jobs, leased in the commit that records this result. The result
+                // is applied by now, so a refused claim (it refuses only before changing
+                // anything) leases nothing rather than failing the request.
+                let mut leases = vec![];
+                if claim > 0
+                    && !s.unresponsive_since(worker, since)
+                    && let Ok((more, claimed)) = s.claim(now, worker, claim, PAGE_BYTES)
+                {
+                    leases = more;
+                    changes.extend(claimed);
+                }
+                Ok((Some((state, leases)), changes))
             },
             writes,
         );
@@ -533,7 +557,10 @@ impl Queue {
                 "a blob this result names was removed as unused: upload it again and report \
                  again",
             ),
-            Ok((Some(state), done)) => self.record(Ok((state, done)), lease).await,
+            Ok((Some((state, leases)), done)) => match Self::durable(done).await {
+                Ok(()) => Response::Recorded { job: lease.job, state, leases },
+                Err(e) => e,
+            },
             Err(r) => refusal(r),
         };
         if !rooms.is_empty() {
@@ -542,16 +569,91 @@ impl Queue {
         answer
     }
 
-    async fn submit(&self, plan_blob: Digest, action_blob: Digest) -> Response {
+    /// Records a submission, storing the envelopes it carries (`blobs`, read from `recv`)
+    /// in the same transaction.
+    pub(crate) async fn submit(
+        &self,
+        plan_blob: Digest,
+        action_blob: Digest,
+        blobs: Vec<InputRef>,
+        recv: Option<&mut quinn::RecvStream>,
+    ) -> Response {
         // Before any blob is looked at: a collection that removes one after this is seen.
         let removals = self.blobs.removals();
+        let (carried, writes, rooms) = match recv {
+            Some(recv) => {
+                match self.carried_envelopes(plan_blob, action_blob, &blobs, recv).await {
+                    Ok(got) => got,
+                    Err(answer) => return answer,
+                }
+            }
+            None => Default::default(),
+        };
+        let answer = self.submit_received(plan_blob, action_blob, removals, &carried, writes).await;
+        if !rooms.is_empty() {
+            self.blobs.committed();
+        }
+        answer
+    }
+
+    /// Reads the envelopes a submission carries: only its own two, each once and within
+    /// the envelope's size limit. Small ones come back as writes for the submission's
+    /// commit (and as bytes, not to be read back), large ones are stored as files at once.
+    async fn carried_envelopes(
+        &self,
+        plan_blob: Digest,
+        action_blob: Digest,
+        blobs: &[InputRef],
+        recv: &mut quinn::RecvStream,
+    ) -> Result<Carried, Response> {
+        let cap = MAX_ENVELOPE_BYTES as u64;
+        let named = |b: &InputRef| b.digest == plan_blob || b.digest == action_blob;
+        if let Some(b) = blobs.iter().find(|b| !named(b)) {
+            let message = format!(
+                "carried blob {} is neither the plan's nor the action's envelope",
+                b.digest
+            );
+            return Err(stop_reading(recv, error(ErrorCode::Invalid, message)));
+        }
+        if blobs.len() > 2 || (blobs.len() == 2 && blobs[0].digest == blobs[1].digest) {
+            let message = "a submission carries each of its two envelopes at most once";
+            return Err(stop_reading(recv, error(ErrorCode::BadRequest, message)));
+        }
+        if let Some(b) = blobs.iter().find(|b| b.size > cap) {
+            let message = format!(
+                "carried envelope {} is {} bytes, over the limit of {cap}",
+                b.digest, b.size
+            );
+            return Err(stop_reading(recv, error(ErrorCode::TooLarge, message)));
+        }
+        let until = self.upload_deadline(blobs);
+        let Received { pending, failed, .. } = self.receive(blobs, recv, until).await;
+        if let Some(failed) = failed {
+            return Err(failed);
+        }
+        let carried = pending.iter().map(|p| (p.digest, p.bytes.clone())).collect();
+        let (writes, rooms) = split(pending);
+        Ok((carried, writes, rooms))
+    }
+
+    async fn submit_received(
+        &self,
+        plan_blob: Digest,
+        action_blob: Digest,
+        removals: u64,
+        carried: &BTreeMap<Digest, Arc<[u8]>>,
+        writes: Vec<Write>,
+    ) -> Response {
         let now = now_ms();
         let now_s = now / 1000;
         let cap = MAX_ENVELOPE_BYTES as u64;
-        let (plan_bytes, action_bytes) = match (
-            self.blobs.read(&plan_blob, cap).await,
-            self.blobs.read(&action_blob, cap).await,
-        ) {
+        let read = |d: Digest| async move {
+            match carried.get(&d) {
+                Some(bytes) => Ok(bytes.to_vec()),
+                None => self.blobs.read(&d, cap).await,
+            }
+        };
+        let (plan_bytes, action_bytes) = match (read(plan_blob).await, read(action_blob).await) {
             (Ok(p), Ok(a)) => (p, a),
             (Err(e), _) => return error(ErrorCode::Invalid, format!("plan envelope: {e}")),
             (_, Err(e)) => return error(ErrorCode::Invalid, format!("action envelope: {e}")),
@@ -576,7 +678,7 @@ impl Queue {
         let components: Vec<Digest> =
             vp.plan().wasm_tasks().filter_map(|(_, w)| w.digest).collect();
         // Small blobs are renewed by writes committed with the submission.
-        let mut renewals = Vec::new();
+        let mut renewals = writes;
         let mut missing: Vec<String> = components
             .iter()
             .filter(|d| !self.blobs.renew(d, &mut renewals))
@@ -672,7 +774,7 @@ impl Queue {
         gone: impl Future<Output = impl Sized>,
     ) -> Response {
         let Some(worker) = registered(client) else { return unregistered() };
-        let max = max.clamp(1, 64);
+        let max = max.clamp(1, MAX_CLAIM);
         let until = Instant::now() + Duration::from_millis(u64::from(wait_ms.min(30_000)));
         let since = now_ms();
         tokio::pin!(gone);
@@ -713,6 +815,10 @@ impl Queue {
         }
     }
 }
+
+/// Envelopes a submission carried: their bytes by digest, the writes storing the small
+/// ones, and the room they hold until that commit has counted them.
+type Carried = (BTreeMap<Digest, Arc<[u8]>>, Vec<Write>, Vec<crate::blobs::Reservation>);
 
 /// The worker registered on this connection.
 fn registered(client: &Conn) -> Option<u64> {

@@ -626,8 +626,11 @@ impl Queue {
             match req {
                 Request::GetBlob { digest } => return self.get_blob(digest, send).await,
                 Request::PutBlobs { blobs, keep } => self.put_blobs(blobs, keep, &mut recv).await,
-                Request::Complete { lease, output, blobs } => {
-                    self.complete(client, lease, output, blobs, &mut recv).await
+                Request::Submit { plan, action, blobs } => {
+                    self.submit(plan, action, blobs, Some(&mut recv)).await
+                }
+                Request::Complete { lease, output, blobs, claim } => {
+                    self.complete(client, lease, output, blobs, claim, &mut recv).await
                 }
                 // A claim waits for work; a worker that has gone meanwhile (stopped the
                 // stream, or lost the connection) must be leased nothing.
@@ -639,7 +642,8 @@ impl Queue {
         };
         let worker = lock(&client.worker).map(|(id, _)| id);
         if !send_answer(name, &mut send, &resp).await
-            && let Response::Leases { leases } = &resp
+            && let Response::Leases { leases } | Response::Recorded { leases, .. } = &resp
+            && !leases.is_empty()
             && let Some(worker) = worker
         {
             // The leases never reached the worker: take them back, costing no attempt.

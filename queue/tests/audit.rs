@@ -61,7 +61,10 @@ async fn one_job(q: &Agq) -> (JobId, KeyId, agenix_proto::Digest) {
     let lease = claim(&w, 1, 1000).await.remove(0);
     let output = w.signed(&lease, no_output()).await;
     let result = output.result.clone().unwrap().digest;
-    match w.request(&Request::Complete { lease: lease.lease, output, blobs: vec![] }).await.unwrap()
+    match w
+        .request(&Request::Complete { lease: lease.lease, output, blobs: vec![], claim: 0 })
+        .await
+        .unwrap()
     {
         Response::Recorded { .. } => {}
         other => panic!("{other:?}"),

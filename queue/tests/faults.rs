@@ -90,7 +90,7 @@ async fn q02_late_complete_or_heartbeat_from_an_old_lease_holder_is_fenced() {
         output: None,
         result: None,
     };
-    let req = Request::Complete { lease: old, output: late.clone(), blobs: vec![] };
+    let req = Request::Complete { lease: old, output: late.clone(), blobs: vec![], claim: 0 };
     assert_eq!(refused(&a, &req).await, (ErrorCode::StaleLease, stale.clone()));
     let req = Request::Fail { lease: old, reason: "late".into(), retryable: true };
     assert_eq!(refused(&a, &req).await, (ErrorCode::StaleLease, stale));
@@ -107,15 +107,15 @@ async fn q02_late_complete_or_heartbeat_from_an_old_lease_holder_is_fenced() {
     assert_eq!(heartbeat(&b, &[new]).await, (vec![new], vec![], vec![]));
     let real = b.signed(&new_lease, no_output()).await;
     let r = b
-        .request(&Request::Complete { lease: new, output: real.clone(), blobs: vec![] })
+        .request(&Request::Complete { lease: new, output: real.clone(), blobs: vec![], claim: 0 })
         .await
         .unwrap();
     assert_eq!(recorded(r), JobState::Succeeded);
     // Once the job is finished, A (and a duplicate report from B) are refused too.
     let finished = format!("job {} is already finished", jobs[0]);
-    let req = Request::Complete { lease: old, output: late, blobs: vec![] };
+    let req = Request::Complete { lease: old, output: late, blobs: vec![], claim: 0 };
     assert_eq!(refused(&a, &req).await, (ErrorCode::StaleLease, finished.clone()));
-    let req = Request::Complete { lease: new, output: real.clone(), blobs: vec![] };
+    let req = Request::Complete { lease: new, output: real.clone(), blobs: vec![], claim: 0 };
     assert_eq!(refused(&b, &req).await, (ErrorCode::StaleLease, finished));
     assert_eq!(heartbeat(&a, &[old]).await, (vec![], vec![], vec![old]));
     let rec = job(&planner, jobs[0]).await;
@@ -352,7 +352,8 @@ async fn burst_and_crash(q: &mut Agq, planners: usize, actions: usize, kill_afte
                     // The queue died under this request.
                     return;
                 }
-                let req = Request::Submit { plan: plan_blob, action: Digest::of(&action) };
+                let req =
+                    Request::Submit { plan: plan_blob, action: Digest::of(&action), blobs: vec![] };
                 match client.request(&req).await {
                     Ok(Response::Submitted { jobs, duplicate: false }) => {
                         acked.lock().unwrap().insert(id, jobs);
@@ -568,7 +569,8 @@ async fn q10_queue_restart_while_a_worker_holds_a_lease_loses_nothing() {
     assert_ne!(register_as(&other, "other", "q10 instance").await, wid);
     assert_eq!(heartbeat(&other, &[lease]).await, (vec![], vec![], vec![lease]));
     let (code, _) =
-        refused(&other, &Request::Complete { lease, output: no_output(), blobs: vec![] }).await;
+        refused(&other, &Request::Complete { lease, output: no_output(), blobs: vec![], claim: 0 })
+            .await;
     assert_eq!(code, ErrorCode::Forbidden);
     assert_eq!(register_as(&w, "w", "q10 instance").await, wid);
     let planner = q.client(ClientRole::Planner).await;
@@ -589,8 +591,10 @@ async fn q10_queue_restart_while_a_worker_holds_a_lease_loses_nothing() {
         result: None,
     };
     let out = w.signed(&held, out).await;
-    let r =
-        w.request(&Request::Complete { lease, output: out.clone(), blobs: vec![] }).await.unwrap();
+    let r = w
+        .request(&Request::Complete { lease, output: out.clone(), blobs: vec![], claim: 0 })
+        .await
+        .unwrap();
     assert_eq!(recorded(r), JobState::Succeeded);
     let rec = job(&planner, jobs[0]).await;
     assert_eq!((rec.state, rec.attempts, rec.output), (JobState::Succeeded, 1, Some(out)));
@@ -611,7 +615,10 @@ async fn q11_every_request_outside_a_roles_column_is_forbidden() {
     let all: &[ClientRole] = &[Planner, Worker, Observer];
     let empty = || vec![InputRef { digest: Digest::of(b""), size: 0 }];
     let cases: Vec<(Request, &[ClientRole])> = vec![
-        (Request::Submit { plan: Digest::of(b"p"), action: Digest::of(b"a") }, &[Planner]),
+        (
+            Request::Submit { plan: Digest::of(b"p"), action: Digest::of(b"a"), blobs: vec![] },
+            &[Planner],
+        ),
         (Request::Cancel { job: JobId(1) }, &[Planner]),
         (Request::Unkeep { digest: Digest::of(b"k") }, &[Planner]),
         (Request::PutBlobs { blobs: empty(), keep: false }, &[Planner, Worker]),
@@ -624,7 +631,7 @@ async fn q11_every_request_outside_a_roles_column_is_forbidden() {
         (Request::Register { capabilities: caps("x"), instance: "i".into() }, &[Worker]),
         (Request::Claim { max: 1, wait_ms: 0 }, &[Worker]),
         (Request::Heartbeat { leases: vec![lease] }, &[Worker]),
-        (Request::Complete { lease, output: no_output(), blobs: vec![] }, &[Worker]),
+        (Request::Complete { lease, output: no_output(), blobs: vec![], claim: 0 }, &[Worker]),
         (Request::Fail { lease, reason: "r".into(), retryable: true }, &[Worker]),
         (Request::Release { lease, reason: "r".into() }, &[Worker]),
     ];
@@ -779,7 +786,8 @@ async fn a_lease_belongs_to_the_worker_that_claimed_it() {
     let mine =
         (ErrorCode::Forbidden, format!("the lease of job {} is held by another worker", jobs[0]));
     assert_eq!(
-        refused(&thief, &Request::Complete { lease, output: no_output(), blobs: vec![] }).await,
+        refused(&thief, &Request::Complete { lease, output: no_output(), blobs: vec![], claim: 0 })
+            .await,
         mine
     );
     let fail = Request::Fail { lease, reason: "x".into(), retryable: false };
@@ -789,8 +797,11 @@ async fn a_lease_belongs_to_the_worker_that_claimed_it() {
     assert_eq!(heartbeat(&thief, &[lease]).await, (vec![], vec![], vec![lease]));
     // A connection with no worker registered is refused outright.
     let anonymous = q.client(ClientRole::Worker).await;
-    let (code, _) =
-        refused(&anonymous, &Request::Complete { lease, output: no_output(), blobs: vec![] }).await;
+    let (code, _) = refused(
+        &anonymous,
+        &Request::Complete { lease, output: no_output(), blobs: vec![], claim: 0 },
+    )
+    .await;
     assert_eq!(code, ErrorCode::NotRegistered);
     // The job is untouched and still its owner's.
     let rec = job(&planner, jobs[0]).await;
@@ -899,7 +910,8 @@ async fn q12_a_full_disk_refuses_submissions_until_there_is_room_again() {
         {
             return Err((code, message));
         }
-        let req = Request::Submit { plan: Digest::of(&plan), action: Digest::of(&action) };
+        let req =
+            Request::Submit { plan: Digest::of(&plan), action: Digest::of(&action), blobs: vec![] };
         match planner.request(&req).await {
             Ok(Response::Submitted { jobs, .. }) => Ok(jobs.len() as u64),
             Err(LinkError::Remote { code, message, .. }) => Err((code, message)),

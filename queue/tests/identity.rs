@@ -305,7 +305,8 @@ async fn i6_worker_a_cannot_complete_worker_b_s_lease() {
     let mine =
         (ErrorCode::Forbidden, format!("the lease of job {} is held by another worker", jobs[0]));
     assert_eq!(
-        refused(&a, &Request::Complete { lease, output: no_output(), blobs: vec![] }).await,
+        refused(&a, &Request::Complete { lease, output: no_output(), blobs: vec![], claim: 0 })
+            .await,
         mine
     );
     let fail = Request::Fail { lease, reason: "x".into(), retryable: false };
@@ -317,7 +318,7 @@ async fn i6_worker_a_cannot_complete_worker_b_s_lease() {
     assert!(matches!(&rec.state, JobState::Leased { worker, .. } if worker == "b"), "{rec:?}");
     // A signed by A about B's lease is refused too, as not A's lease.
     let forged = a.signed(&held, no_output()).await;
-    let req = Request::Complete { lease, output: forged, blobs: vec![] };
+    let req = Request::Complete { lease, output: forged, blobs: vec![], claim: 0 };
     assert_eq!(refused(&a, &req).await, mine);
     let r = b.complete_signed(&held, no_output()).await;
     assert!(matches!(r, Response::Recorded { state: JobState::Succeeded, .. }), "{r:?}");

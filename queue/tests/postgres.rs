@@ -336,9 +336,14 @@ async fn pg4_a_database_restart_loses_no_acknowledged_job() {
     for lease in claim(&w, 2, 1000).await {
         let out = w.signed(&lease, no_output()).await;
         assert!(matches!(
-            w.request(&Request::Complete { lease: lease.lease, output: out, blobs: vec![] })
-                .await
-                .unwrap(),
+            w.request(&Request::Complete {
+                lease: lease.lease,
+                output: out,
+                blobs: vec![],
+                claim: 0
+            })
+            .await
+            .unwrap(),
             Response::Recorded { .. }
         ));
     }
@@ -353,7 +358,12 @@ async fn pg4_a_database_restart_loses_no_acknowledged_job() {
         for _ in 0..2 {
             let out = w.signed(lease, no_output()).await;
             match w
-                .request(&Request::Complete { lease: lease.lease, output: out, blobs: vec![] })
+                .request(&Request::Complete {
+                    lease: lease.lease,
+                    output: out,
+                    blobs: vec![],
+                    claim: 0,
+                })
                 .await
             {
                 Err(e) => {
@@ -392,7 +402,14 @@ async fn pg4_a_database_restart_loses_no_acknowledged_job() {
     // The results reported during the outage are taken now.
     for lease in &held {
         let out = w.signed(lease, no_output()).await;
-        match w.request(&Request::Complete { lease: lease.lease, output: out, blobs: vec![] }).await
+        match w
+            .request(&Request::Complete {
+                lease: lease.lease,
+                output: out,
+                blobs: vec![],
+                claim: 0,
+            })
+            .await
         {
             Ok(Response::Recorded { .. }) => {}
             other => panic!("a result held over the outage was answered {other:?}"),
@@ -403,7 +420,12 @@ async fn pg4_a_database_restart_loses_no_acknowledged_job() {
         for lease in claim(&w, 4, 1000).await {
             let out = w.signed(&lease, no_output()).await;
             if let Response::Recorded { .. } = w
-                .request(&Request::Complete { lease: lease.lease, output: out, blobs: vec![] })
+                .request(&Request::Complete {
+                    lease: lease.lease,
+                    output: out,
+                    blobs: vec![],
+                    claim: 0,
+                })
                 .await
                 .unwrap()
             {
@@ -553,7 +575,7 @@ async fn pg6_the_audit_log_in_postgres_verifies_and_names_an_edit() {
     register(&w, "w").await;
     for lease in claim(&w, 2, 1000).await {
         let out = w.signed(&lease, no_output()).await;
-        w.request(&Request::Complete { lease: lease.lease, output: out, blobs: vec![] })
+        w.request(&Request::Complete { lease: lease.lease, output: out, blobs: vec![], claim: 0 })
             .await
             .unwrap();
     }
@@ -711,8 +733,9 @@ async fn pg8_a_standby_takes_over_from_a_frozen_node_which_then_writes_nothing()
     let (extended, ..) = heartbeat(&w2, &[held[0].lease]).await;
     assert_eq!(extended, vec![held[0].lease]);
     let out = w2.signed(&held[0], no_output()).await;
-    let done =
-        w2.request(&Request::Complete { lease: held[0].lease, output: out, blobs: vec![] }).await;
+    let done = w2
+        .request(&Request::Complete { lease: held[0].lease, output: out, blobs: vec![], claim: 0 })
+        .await;
     assert_eq!(recorded(done.unwrap()).name(), "succeeded");
     let planner_b = q.client(ClientRole::Planner).await;
     let cancelled = jobs.iter().find(|j| **j != held[0].lease.job).copied().unwrap();

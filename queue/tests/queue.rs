@@ -43,7 +43,8 @@ async fn a_job_goes_from_submission_to_success() {
         result: None,
     };
     // Without the worker's signed statement, the result is refused.
-    let unsigned = Request::Complete { lease: lease.lease, output: output.clone(), blobs: vec![] };
+    let unsigned =
+        Request::Complete { lease: lease.lease, output: output.clone(), blobs: vec![], claim: 0 };
     let (code, message) = refused(&worker, &unsigned).await;
     assert_eq!(code, ErrorCode::Invalid);
     assert_eq!(message, "the result carries no signed statement: it is refused");

@@ -8,7 +8,7 @@
 mod common;
 
 use agenix_proto::job::{JobState, LeaseEpoch, Reports};
-use agenix_proto::wire::{ClientRole, ErrorCode, Request};
+use agenix_proto::wire::{ClientRole, ErrorCode, MAX_CLAIM, Request};
 use agenix_proto::{Digest, InputRef, KeyId, Outcome, TaskReport};
 use base64::Engine as _;
 use common::*;
@@ -42,7 +42,8 @@ async fn r1_a_result_altered_after_signing_is_refused() {
         ..no_output()
     };
     let (code, message) =
-        refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![] }).await;
+        refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![], claim: 0 })
+            .await;
     assert_eq!(code, ErrorCode::Invalid, "{message}");
     assert!(message.starts_with("signed result: ") && message.contains("signature"), "{message}");
     let obs = q.client(ClientRole::Observer).await;
@@ -59,7 +60,8 @@ async fn r2_a_result_signed_by_another_worker_is_refused() {
     let theirs = b.statement(&lease, &no_output()).await;
     let output = b.attach(&theirs, no_output()).await;
     let (code, message) =
-        refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![] }).await;
+        refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![], claim: 0 })
+            .await;
     assert_eq!(code, ErrorCode::Forbidden, "{message}");
     let b_id = KeyId::of(&b.key.verifying_key());
     assert_eq!(
@@ -70,7 +72,8 @@ async fn r2_a_result_signed_by_another_worker_is_refused() {
     let mine = w.statement(&lease, &no_output()).await;
     let output = b.attach(&mine, no_output()).await;
     let (code, message) =
-        refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![] }).await;
+        refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![], claim: 0 })
+            .await;
     assert_eq!(code, ErrorCode::Invalid, "{message}");
     assert!(message.contains(&format!("is signed by {b_id}")), "{message}");
     // An unenrolled key's signature is no worker's.
@@ -81,7 +84,8 @@ async fn r2_a_result_signed_by_another_worker_is_refused() {
     };
     let output = stranger.signed(&lease, no_output()).await;
     let (code, message) =
-        refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![] }).await;
+        refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![], claim: 0 })
+            .await;
     assert_eq!(code, ErrorCode::Invalid, "{message}");
     assert!(message.contains("no signature is by a trusted key"), "{message}");
     // The worker's own is recorded.
@@ -126,7 +130,8 @@ async fn r3_a_statement_about_another_job_or_lease_is_refused() {
     for (what, statement) in cases {
         let output = w.attach(&statement, no_output()).await;
         let (code, message) =
-            refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![] }).await;
+            refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![], claim: 0 })
+                .await;
         assert_eq!(code, ErrorCode::Invalid, "{what}: {message}");
         assert!(message.starts_with(&format!("the signed result's {what} is ")), "{message}");
     }
@@ -177,7 +182,8 @@ async fn r4_a_result_other_than_its_statement_is_refused() {
     ];
     for (what, output) in lies {
         let (code, message) =
-            refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![] }).await;
+            refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![], claim: 0 })
+                .await;
         assert_eq!(code, ErrorCode::Invalid, "{what}: {message}");
         assert!(message.starts_with(&format!("the signed result's {what} is ")), "{message}");
     }
@@ -187,12 +193,13 @@ async fn r4_a_result_other_than_its_statement_is_refused() {
         let output = agenix_proto::job::JobOutput { failure: Some(failure), ..real.clone() };
         let output = w.signed(&lease, output).await;
         let (code, message) =
-            refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![] }).await;
+            refused(&w, &Request::Complete { lease: lease.lease, output, blobs: vec![], claim: 0 })
+                .await;
         assert_eq!(code, ErrorCode::Invalid, "{message}");
         assert!(message.starts_with("the failure must be at most 4096 bytes"), "{message}");
     }
     let r = w
-        .request(&Request::Complete { lease: lease.lease, output: signed, blobs: vec![] })
+        .request(&Request::Complete { lease: lease.lease, output: signed, blobs: vec![], claim: 0 })
         .await
         .unwrap();
     assert_eq!(recorded(r), JobState::Succeeded);
@@ -230,8 +237,9 @@ async fn a_result_carrying_its_blobs_is_stored_with_them() {
             InputRef { digest: Digest::of(&env), size: env.len() as u64 },
             InputRef { digest: Digest::of(out), size: lie.len() as u64 },
         ],
+        claim: 0,
     };
-    let answer = raw_complete(&w, &req, &[&env, lie]).await;
+    let answer = send_with_blobs(&w, &req, &[&env, lie]).await;
     let Response::Error { code, message } = answer else { panic!("accepted: {answer:?}") };
     assert_eq!(code, ErrorCode::Invalid, "{message}");
     assert!(message.contains("hashes to"), "{message}");
@@ -256,8 +264,9 @@ async fn a_result_carrying_its_blobs_is_stored_with_them() {
             lease: first.lease,
             output: output.clone(),
             blobs: vec![b.clone()],
+            claim: 0,
         };
-        let answer = raw_complete(&w, &req, &[stray]).await;
+        let answer = send_with_blobs(&w, &req, &[stray]).await;
         let message = format!(
             "carried blob {} ({} bytes) is not one the result names with that size",
             b.digest, b.size
@@ -267,12 +276,14 @@ async fn a_result_carrying_its_blobs_is_stored_with_them() {
     assert_eq!(remote(w.get_blob(Digest::of(stray), 64).await.unwrap_err()).0, ErrorCode::NotFound);
     // Too many blobs: refused on the header.
     let many = vec![InputRef { digest: Digest::of(out), size: out.len() as u64 }; 4];
-    let req = Request::Complete { lease: first.lease, output: output.clone(), blobs: many };
-    let answer = raw_complete(&w, &req, &[out, out, out, out]).await;
+    let req =
+        Request::Complete { lease: first.lease, output: output.clone(), blobs: many, claim: 0 };
+    let answer = send_with_blobs(&w, &req, &[out, out, out, out]).await;
     let too_many = format!("4 blobs carried by a result, over the limit of {MAX_COMPLETE_BLOBS}");
     assert_eq!(answer, Response::Error { code: ErrorCode::TooLarge, message: too_many });
     // Carried whole: recorded, and the blobs served.
-    let state = w.complete_carrying(first.lease, output.clone(), &[&env, out]).await.unwrap();
+    let state =
+        w.complete_carrying(first.lease, output.clone(), &[&env, out], 0).await.unwrap().state;
     assert_eq!(state, JobState::Succeeded);
 
     // At the limit: three blobs, a large output (over 64 KiB: a file at the queue) among them.
@@ -281,7 +292,7 @@ async fn a_result_carrying_its_blobs_is_stored_with_them() {
     let reports_ref = InputRef { digest: Digest::of(reports), size: reports.len() as u64 };
     let (output, env2) = signed_with_output(&w, &second, &big, Reports::Blob(reports_ref)).await;
     let carried: [&[u8]; MAX_COMPLETE_BLOBS] = [&env2, &big, reports];
-    let state = w.complete_carrying(second.lease, output, &carried).await.unwrap();
+    let state = w.complete_carrying(second.lease, output, &carried, 0).await.unwrap().state;
     assert_eq!(state, JobState::Succeeded);
 
     q.kill();
@@ -315,19 +326,62 @@ async fn signed_with_output(
     (agenix_proto::job::JobOutput { result, ..output }, env)
 }
 
-/// Sends `req` with `blobs` after its frame on a stream of `w`'s connection; the answer.
-async fn raw_complete(
-    w: &TestWorker,
-    req: &Request,
-    blobs: &[&[u8]],
-) -> agenix_proto::wire::Response {
-    let (mut send, mut recv) = w.connection().open_bi().await.unwrap();
-    agenix_link::write_frame(&mut send, req).await.unwrap();
-    for b in blobs {
-        if send.write_all(b).await.is_err() {
-            break;
-        }
+/// A result asking for more jobs is leased them in the commit that records it: as many as
+/// asked, up to `MAX_CLAIM`, only jobs that were queued, and durable with the result; a
+/// refused result leases nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_asking_for_more_jobs_is_leased_them_with_its_answer() {
+    let mut q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    let inputs: Vec<Vec<u8>> = (0..70).map(|i| format!("next {i}").into_bytes()).collect();
+    let inputs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+    q.submit(&planner, &inputs[..4], 3).await;
+    let w = q.worker("w").await;
+    let id = register(&w, "w").await;
+    let obs = q.client(ClientRole::Observer).await;
+    let first = claim(&w, 1, 1000).await.remove(0);
+
+    let out: &[u8] = b"first";
+    let (output, env) = signed_with_output(&w, &first, out, Reports::Inline(vec![])).await;
+    let r = w.complete_carrying(first.lease, output.clone(), &[&env, out], 2).await.unwrap();
+    assert_eq!(r.state, JobState::Succeeded);
+    assert_eq!(r.leases.len(), 2, "{r:?}");
+    for l in &r.leases {
+        assert_ne!(l.lease.job, first.lease.job);
+        let JobState::Leased { worker_id, epoch, .. } = job(&obs, l.lease.job).await.state else {
+            panic!("not leased: {l:?}")
+        };
+        assert_eq!((worker_id, epoch), (id, l.lease.epoch));
     }
-    let _ = send.finish();
-    agenix_link::read_frame(&mut recv).await.unwrap()
+    // The one job left goes to a claim; nothing is leased twice.
+    let rest = claim(&w, 64, 0).await;
+    assert_eq!(rest.len(), 1);
+    assert!(r.leases.iter().all(|l| l.lease.job != rest[0].lease.job));
+
+    // A refused result (its job finished already) leases nothing, though jobs wait.
+    q.submit(&planner, &inputs[4..], 3).await;
+    let again = Request::Complete { lease: first.lease, output, blobs: vec![], claim: 5 };
+    let answer = w.request(&again).await.unwrap_err();
+    assert!(answer.code().is_some(), "{answer}");
+    assert_eq!(count(&obs, "queued").await, 66);
+
+    // Asking for more than MAX_CLAIM is asking for MAX_CLAIM.
+    let second = &r.leases[0];
+    let (output, env) = signed_with_output(&w, second, b"", Reports::Inline(vec![])).await;
+    let r = w.complete_carrying(second.lease, output, &[&env, b""], 1000).await.unwrap();
+    assert_eq!(r.leases.len(), MAX_CLAIM as usize);
+    assert_eq!(count(&obs, "queued").await, 66 - u64::from(MAX_CLAIM));
+
+    // The leases were stored with the result: after a kill they are still this worker's.
+    q.kill();
+    q.restart();
+    let obs = q.client(ClientRole::Observer).await;
+    assert_eq!(job(&obs, second.lease.job).await.state, JobState::Succeeded);
+    for l in &r.leases {
+        let state = job(&obs, l.lease.job).await.state;
+        assert!(
+            matches!(state, JobState::Leased { epoch, .. } if epoch == l.lease.epoch),
+            "{state:?}"
+        );
+    }
 }

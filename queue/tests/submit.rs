@@ -289,7 +289,7 @@ async fn complete_naming_an_output_blob_not_uploaded_is_invalid() {
         result: None,
     };
     let output = w.signed(&held, output).await;
-    let req = Request::Complete { lease, output: output.clone(), blobs: vec![] };
+    let req = Request::Complete { lease, output: output.clone(), blobs: vec![], claim: 0 };
     let (code, message) = refused(&w, &req).await;
     assert_eq!(code, ErrorCode::Invalid);
     assert_eq!(
@@ -300,5 +300,81 @@ async fn complete_naming_an_output_blob_not_uploaded_is_invalid() {
     assert!(matches!(job(&planner, jobs[0]).await.state, JobState::Leased { .. }));
     w.put_blob(out).await.unwrap();
     let r = w.request(&req).await.unwrap();
-    assert_eq!(r, Response::Recorded { job: jobs[0], state: JobState::Succeeded });
+    assert_eq!(r, Response::Recorded { job: jobs[0], state: JobState::Succeeded, leases: vec![] });
+}
+
+/// A submission may carry its envelopes: stored in the commit that records it, so they
+/// survive a kill with it. Only its own two envelopes, each once and within the envelope's
+/// size limit, with bytes that hash to their digests; anything else is refused on the
+/// header or as it arrives, and nothing is enqueued or stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_carrying_its_envelopes_stores_them_with_it() {
+    let mut q = Agq::start(&[]);
+    let planner = q.client(ClientRole::Planner).await;
+    upload(&planner, &[COMPONENT, b"carried"]).await;
+    let (plan, digest) = q.plan(COMPONENT, &[]);
+    let (action, _) = q.action(digest, &[b"carried"], 3);
+    let (plan, action) = (plan.to_json(), action.to_json());
+    let refs = |blobs: &[&[u8]]| -> Vec<InputRef> {
+        blobs.iter().map(|b| InputRef { digest: Digest::of(b), size: b.len() as u64 }).collect()
+    };
+    let submit = |blobs: Vec<InputRef>| Request::Submit {
+        plan: Digest::of(&plan),
+        action: Digest::of(&action),
+        blobs,
+    };
+    let stray: &[u8] = b"neither envelope";
+    let lie = vec![b'x'; action.len()];
+    let cap = agenix_proto::envelope::MAX_ENVELOPE_BYTES as u64;
+    let too_big = InputRef { digest: Digest::of(&action), size: cap + 1 };
+    // What is announced, what is sent, and the answer.
+    type Case<'a> = (Vec<InputRef>, Vec<&'a [u8]>, ErrorCode, &'a str);
+    let refused: [Case<'_>; 5] = [
+        (refs(&[stray]), vec![stray], ErrorCode::Invalid, "neither the plan's nor the action's"),
+        (refs(&[&action, &action]), vec![&action, &action], ErrorCode::BadRequest, "at most once"),
+        (
+            refs(&[&plan, &action, &plan]),
+            vec![&plan, &action, &plan],
+            ErrorCode::BadRequest,
+            "at most once",
+        ),
+        (refs(&[&action]), vec![&lie], ErrorCode::Invalid, "hashes to"),
+        (vec![too_big], vec![&action], ErrorCode::TooLarge, "over the limit"),
+    ];
+    for (blobs, bytes, code, says) in refused {
+        let answer = send_with_blobs(&planner, &submit(blobs), &bytes).await;
+        let Response::Error { code: got, message } = answer else { panic!("accepted: {answer:?}") };
+        assert_eq!(got, code, "{message}");
+        assert!(message.contains(says), "{message}");
+        assert_empty(&planner).await;
+    }
+    for d in [Digest::of(stray), Digest::of(&plan), Digest::of(&action)] {
+        let e = planner.get_blob(d, 1 << 20).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::NotFound), "{d}: {e}");
+    }
+    // Without the envelope it names and does not carry: refused as not stored.
+    let answer = send_with_blobs(&planner, &submit(refs(&[&plan])), &[&plan]).await;
+    let Response::Error { code, message } = answer else { panic!("accepted: {answer:?}") };
+    assert_eq!(code, ErrorCode::Invalid, "{message}");
+    assert!(message.starts_with("action envelope: "), "{message}");
+    assert_empty(&planner).await;
+
+    // Both carried: submitted, and stored with the submission.
+    let done = planner
+        .submit_carrying(Digest::of(&plan), Digest::of(&action), &[&plan, &action])
+        .await
+        .unwrap();
+    assert_eq!(done.jobs.len(), 1);
+    assert!(!done.duplicate);
+    q.kill();
+    q.restart();
+    let planner = q.client(ClientRole::Planner).await;
+    assert_eq!(job(&planner, done.jobs[0]).await.state, JobState::Queued { not_before: 0 });
+    for blob in [&plan, &action] {
+        assert_eq!(&planner.get_blob(Digest::of(blob), 1 << 20).await.unwrap(), blob);
+    }
+    // The same submission again, carrying what is stored already: the same jobs.
+    let again =
+        planner.submit_carrying(Digest::of(&plan), Digest::of(&action), &[&action]).await.unwrap();
+    assert_eq!((again.jobs, again.duplicate), (done.jobs, true));
 }

@@ -102,7 +102,7 @@ proptest! {
             prop_assert!(json_len(r) <= agenix_proto::job::MAX_INLINE_REPORTS);
         }
         let lease = LeaseRef { job: JobId(u64::MAX), epoch: LeaseEpoch(u64::MAX) };
-        let complete = Request::Complete { lease, output: out.clone(), blobs: vec![] };
+        let complete = Request::Complete { lease, output: out.clone(), blobs: vec![], claim: 0 };
         prop_assert!(json_len(&complete) <= MAX_FRAME, "complete: {}", json_len(&complete));
         let job = record(out);
         prop_assert!(json_len(&job) < PAGE_BYTES, "a record of {} bytes", json_len(&job));
@@ -123,7 +123,7 @@ fn a_hundred_tasks_of_quotes_travel_as_a_blob() {
     let out = output(&stderrs);
     assert!(matches!(out.reports, Reports::Blob(_)));
     let lease = LeaseRef { job: JobId(1), epoch: LeaseEpoch(1) };
-    assert!(json_len(&Request::Complete { lease, output: out, blobs: vec![] }) < 4096);
+    assert!(json_len(&Request::Complete { lease, output: out, blobs: vec![], claim: 0 }) < 4096);
 }
 
 /// A claim answer, a submission's answer and a submit request at the limits: 64 leases of
@@ -152,7 +152,8 @@ fn leases_submissions_and_envelopes_at_the_limits_fit() {
     let bytes = env.to_json();
     assert!(bytes.len() > MAX_FRAME);
     assert!(bytes.len() <= agenix_proto::envelope::MAX_ENVELOPE_BYTES, "{}", bytes.len());
-    let submit = Request::Submit { plan: Digest::of(&bytes), action: Digest::of(b"a") };
+    let submit =
+        Request::Submit { plan: Digest::of(&bytes), action: Digest::of(b"a"), blobs: vec![] };
     assert!(json_len(&submit) < 256);
     // An action of 1000 inputs is well under its own limit.
     let action = Action {

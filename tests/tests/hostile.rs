@@ -60,6 +60,10 @@ struct Hostile {
     claimed_sizes: HashMap<Digest, u64>,
     verdicts: Mutex<Vec<(JobId, Verdict)>>,
     fingerprint: Option<Fingerprint>,
+    /// Leases to answer results with, in order (popped from the end), and how many jobs
+    /// each result asked for.
+    with_results: Mutex<Vec<Vec<Lease>>>,
+    asked: Mutex<Vec<u32>>,
 }
 
 impl Hostile {
@@ -116,18 +120,28 @@ async fn serve_stream(h: Arc<Hostile>, mut send: quinn::SendStream, mut recv: qu
             Some(job) => Response::Job { job },
             None => Response::Error { code: ErrorCode::NotFound, message: format!("no job {job}") },
         },
-        Request::Complete { lease, output, blobs } => {
+        Request::Complete { lease, output, blobs, claim } => {
             receive(&h, &blobs, &mut recv).await;
+            h.asked.lock().unwrap().push(claim);
+            let leases = h.with_results.lock().unwrap().pop().unwrap_or_default();
             h.verdicts.lock().unwrap().push((lease.job, Verdict::Completed(output)));
-            Response::Recorded { job: lease.job, state: JobState::Succeeded }
+            Response::Recorded { job: lease.job, state: JobState::Succeeded, leases }
         }
         Request::Fail { lease, reason, retryable } => {
             h.verdicts.lock().unwrap().push((lease.job, Verdict::Failed { reason, retryable }));
-            Response::Recorded { job: lease.job, state: JobState::Dead { reason: "x".into() } }
+            Response::Recorded {
+                job: lease.job,
+                state: JobState::Dead { reason: "x".into() },
+                leases: vec![],
+            }
         }
         Request::Release { lease, reason } => {
             h.verdicts.lock().unwrap().push((lease.job, Verdict::Released(reason)));
-            Response::Recorded { job: lease.job, state: JobState::Queued { not_before: 0 } }
+            Response::Recorded {
+                job: lease.job,
+                state: JobState::Queued { not_before: 0 },
+                leases: vec![],
+            }
         }
         other => Response::Error { code: ErrorCode::BadRequest, message: other.name().into() },
     };
@@ -516,6 +530,50 @@ async fn a_hostile_queue_cannot_make_a_job_run_twice_or_past_the_concurrency() {
         "{:?}",
         h.verdicts_of(2000)
     );
+}
+
+/// A result asks for one job more, and a queue answering it with more (the same job twice,
+/// another beyond the concurrency) gets the first run and the rest declined or ignored, as
+/// for a claim's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_queue_answering_a_result_with_extra_leases_gets_no_more_run() {
+    let s = stage();
+    let (fingerprint, signer) = (s.fingerprint, &s.signer);
+    let addr = s.endpoint.local_addr().unwrap();
+    let h = Hostile { fingerprint: Some(fingerprint), ..Hostile::default() };
+    let nap = std::fs::read(programs::GUEST_NAP).unwrap();
+    h.blob(nap.clone());
+    let input = InputRef { digest: h.blob(b"200".to_vec()), size: 3 };
+    let (p, digest) = plan(signer, &nap, "-i");
+    let p = h.blob(p.to_json());
+    let inputs = vec![input.clone(); 3];
+    let a = h.blob(
+        action(signer, digest, &inputs, fingerprint, now() - NOW_SKEW, now() + 600).to_json(),
+    );
+    *h.answers.lock().unwrap() = vec![vec![lease(1, 1, p, a, 0)]];
+    // Job 1's result is answered with job 2 twice and job 3.
+    let extra = vec![lease(2, 1, p, a, 1), lease(2, 1, p, a, 1), lease(3, 1, p, a, 2)];
+    *h.with_results.lock().unwrap() = vec![extra];
+    let h = Arc::new(h);
+    let server = serve(s.endpoint.clone(), h.clone());
+    let worker = agw(s.dir.path(), addr, fingerprint);
+    // Job 1, job 3 given back, job 2.
+    wait_for(&h, 3, "results").await;
+    // Nothing more comes: job 2 ran once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop(worker);
+    server.abort();
+
+    for j in [1, 2] {
+        assert!(matches!(h.verdicts_of(j).as_slice(), [Verdict::Completed(_)]), "job {j}");
+    }
+    match h.verdicts_of(3).as_slice() {
+        [Verdict::Released(r)] => assert!(r.contains("over this worker's concurrency of 1"), "{r}"),
+        other => panic!("job 3: {other:?}"),
+    }
+    assert_eq!(h.verdicts.lock().unwrap().len(), 3);
+    // Each result asked for one job: the slot it frees.
+    assert_eq!(*h.asked.lock().unwrap(), [1, 1]);
 }
 
 /// `agx jobs result JOB` against the queue at `addr` pinned to `fingerprint`, with any token

@@ -191,13 +191,18 @@ impl Submit {
                 audience: client.queue(),
             };
             let action_env = sign_action(&action, &key).context("cannot sign the action")?;
-            // The envelopes travel as blobs too: a plan at its size limit is larger than a
-            // frame once signed.
-            let plan_blob = up.add(plan_env.to_json(), "the signed plan".into()).await?.digest;
-            let action_blob =
-                up.add(action_env.to_json(), "the signed action".into()).await?.digest;
             up.flush().await?;
-            let jobs = client.submit(plan_blob, action_blob).await?.jobs;
+            // The envelopes travel after the request as blobs (a plan at its size limit is
+            // larger than a frame once signed), stored in the commit that records it.
+            let (plan_json, action_json) = (plan_env.to_json(), action_env.to_json());
+            let jobs = client
+                .submit_carrying(
+                    Digest::of(&plan_json),
+                    Digest::of(&action_json),
+                    &[&plan_json, &action_json],
+                )
+                .await?
+                .jobs;
             anyhow::Ok((client, jobs))
         });
         let (client, jobs) = jobs?;

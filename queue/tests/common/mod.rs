@@ -256,7 +256,20 @@ impl Agq {
 pub async fn submit_of(planner: &Client, plan: &Envelope, action: &Envelope) -> Request {
     let (plan, action) = (plan.to_json(), action.to_json());
     planner.put_many(&[&plan, &action], false).await.unwrap();
-    Request::Submit { plan: Digest::of(&plan), action: Digest::of(&action) }
+    Request::Submit { plan: Digest::of(&plan), action: Digest::of(&action), blobs: vec![] }
+}
+
+/// Sends `req` with `blobs` after its frame on a stream of `c`'s connection; the answer.
+pub async fn send_with_blobs(c: &Client, req: &Request, blobs: &[&[u8]]) -> Response {
+    let (mut send, mut recv) = c.connection().open_bi().await.unwrap();
+    agenix_link::write_frame(&mut send, req).await.unwrap();
+    for b in blobs {
+        if send.write_all(b).await.is_err() {
+            break;
+        }
+    }
+    let _ = send.finish();
+    agenix_link::read_frame(&mut recv).await.unwrap()
 }
 
 /// The bytes [`Agq::submit`] uploads as the plan's component.
@@ -487,7 +500,7 @@ impl TestWorker {
     /// Completes `lease` with `output`, signed.
     pub async fn complete_signed(&self, lease: &Lease, output: JobOutput) -> Response {
         let output = self.signed(lease, output).await;
-        self.request(&Request::Complete { lease: lease.lease, output, blobs: vec![] })
+        self.request(&Request::Complete { lease: lease.lease, output, blobs: vec![], claim: 0 })
             .await
             .unwrap()
     }

@@ -178,6 +178,9 @@ impl ComponentSource for QueueSource {
 #[derive(Debug)]
 struct Running {
     abort: AbortHandle,
+    /// Its result is being reported: it is no longer stopped (a lost or cancelled lease is
+    /// for the queue to refuse), so the jobs leased with the answer are not lost with it.
+    delivering: bool,
 }
 
 /// A worker.
@@ -193,6 +196,8 @@ pub struct Worker {
     refused: Mutex<Option<(std::time::Instant, String)>>,
     trust: Mutex<TrustFile>,
     running: Mutex<HashMap<LeaseRef, Running>>,
+    /// Set once the worker stops claiming: results then ask for no more jobs.
+    draining: std::sync::atomic::AtomicBool,
     /// Jobs being run now, by what was signed.
     active: Mutex<HashSet<JobKey>>,
     ledger: Mutex<Ledger>,
@@ -287,6 +292,7 @@ impl Worker {
             refused: Mutex::new(None),
             trust: Mutex::new(trust),
             running: Mutex::new(HashMap::new()),
+            draining: std::sync::atomic::AtomicBool::new(false),
             active: Mutex::new(HashSet::new()),
             ledger: Mutex::new(ledger),
             _state_lock: state_lock,
@@ -535,6 +541,7 @@ impl Worker {
                 }
             }
         }
+        self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
         info!("draining: no more claims; waiting for running jobs");
         loop {
             let freed = self.slot_free.notified();
@@ -586,39 +593,87 @@ impl Worker {
     }
 
     fn start(self: &Arc<Self>, lease: Lease) {
+        self.start_in(&mut lock(&self.running), lease);
+    }
+
+    /// Starts `lease`, its entry put in `running` (whose lock is held until the entry is
+    /// in: a job that ends at once must find it to remove it).
+    fn start_in(self: &Arc<Self>, running: &mut HashMap<LeaseRef, Running>, lease: Lease) {
         let key = lease.lease;
         let me = self.clone();
-        // Held until the entry is in: a job that ends at once must find it to remove it.
-        let mut running = lock(&self.running);
         // Every line logged about this lease, its tasks' included, names the job.
         let span = tracing::info_span!("job", job = %key.job, attempt = lease.attempt);
         let handle = tokio::spawn(
             async move {
                 let verdict = me.run_lease(&lease).await;
-                me.deliver(key, verdict).await;
-                lock(&me.running).remove(&key);
-                me.slot_free.notify_waiters();
+                match lock(&me.running).get_mut(&key) {
+                    Some(r) => r.delivering = true,
+                    // Stopped as it ended (lost or cancelled): the stop reports it.
+                    None => return,
+                }
+                let next = me.deliver(key, verdict).await;
+                me.hand_on(key, next);
             }
             .instrument(span),
         );
-        running.insert(key, Running { abort: handle.abort_handle() });
+        running.insert(key, Running { abort: handle.abort_handle(), delivering: false });
     }
 
-    /// Delivers a verdict, across reconnects, until the queue takes or refuses it. Called
-    /// in the lease's `job` span.
-    async fn deliver(&self, lease: LeaseRef, verdict: Verdict) {
+    /// Frees a finished job's slot for the first job leased with its result, in one step
+    /// so that no claim's answer takes the slot in between; the rest, if the queue sent
+    /// more than asked, go as any claim's.
+    fn hand_on(self: &Arc<Self>, done: LeaseRef, next: Vec<Lease>) {
+        let mut next = next.into_iter();
+        {
+            let mut running = lock(&self.running);
+            running.remove(&done);
+            if let Some(first) = next.next() {
+                if running.keys().any(|l| l.job == first.lease.job) {
+                    // `take` says so and ignores it.
+                    drop(running);
+                    self.take(vec![first]);
+                } else {
+                    self.start_in(&mut running, first);
+                }
+            }
+        }
+        self.take(next.collect());
+        self.slot_free.notify_waiters();
+    }
+
+    /// Delivers a verdict, across reconnects, until the queue takes or refuses it; the
+    /// jobs leased with its answer. Called in the lease's `job` span.
+    async fn deliver(&self, lease: LeaseRef, verdict: Verdict) -> Vec<Lease> {
         metrics::lease(&verdict);
         let answer = match verdict {
             Verdict::Done(done) => {
                 let (output, carried) = &*done;
-                self.call(ANSWER_LIMIT, |c| {
-                    let output = output.clone();
-                    async move {
-                        let carried: Vec<&[u8]> = carried.iter().map(Vec::as_slice).collect();
-                        c.complete_carrying(lease, output, &carried).await
+                // The next job is asked for with the result (one round trip and one commit
+                // for both), on the first attempt only: leases granted to an attempt whose
+                // answer was lost would wait out their lease at the queue.
+                let draining = self.draining.load(std::sync::atomic::Ordering::SeqCst);
+                let first = std::sync::atomic::AtomicBool::new(!draining);
+                let answer = self
+                    .call(ANSWER_LIMIT, |c| {
+                        let output = output.clone();
+                        let claim =
+                            u32::from(first.swap(false, std::sync::atomic::Ordering::SeqCst));
+                        async move {
+                            let carried: Vec<&[u8]> = carried.iter().map(Vec::as_slice).collect();
+                            c.complete_carrying(lease, output, &carried, claim).await
+                        }
+                    })
+                    .await;
+                return match answer {
+                    Ok(r) => {
+                        info!(state = r.state.name(), leased = r.leases.len(), "result recorded");
+                        r.leases
                     }
-                })
-                .await
+                    Err(e) => {
+                        warn!(error = %e, "result refused");
+                        vec![]
+                    }
+                };
             }
             Verdict::Fail { reason, retryable } => {
                 warn!(%reason, retryable, "job failed");
@@ -641,6 +696,7 @@ impl Worker {
             Ok(state) => info!(state = state.name(), "result recorded"),
             Err(e) => warn!(error = %e, "result refused"),
         }
+        vec![]
     }
 
     /// Heartbeats every lease held; stops cancelled and lost ones.
@@ -666,7 +722,7 @@ impl Worker {
         match self.call(ANSWER_LIMIT, call).await {
             Ok(agenix_link::Heartbeat { cancelled, lost, .. }) => {
                 for l in cancelled {
-                    if let Some(r) = lock(&self.running).remove(&l) {
+                    if let Some(r) = self.stop(&l) {
                         r.abort.abort();
                         info!(job = %l.job, "cancelled: sandboxes stopped");
                         self.slot_free.notify_waiters();
@@ -677,7 +733,7 @@ impl Worker {
                     }
                 }
                 for l in lost {
-                    if let Some(r) = lock(&self.running).remove(&l) {
+                    if let Some(r) = self.stop(&l) {
                         r.abort.abort();
                         warn!(job = %l.job, "lease lost: stopped");
                         self.slot_free.notify_waiters();
@@ -686,6 +742,16 @@ impl Worker {
             }
             Err(e) => warn!(error = %e, "heartbeat refused"),
         }
+    }
+
+    /// Takes a lease the queue says to stop out of the running ones, unless its result is
+    /// being reported already (the queue then answers that report as it stands).
+    fn stop(&self, lease: &LeaseRef) -> Option<Running> {
+        let mut running = lock(&self.running);
+        if running.get(lease)?.delivering {
+            return None;
+        }
+        running.remove(lease)
     }
 
     /// Jobs running now.
