@@ -718,10 +718,13 @@ impl Queue {
             requirements: Requirements::of(vp.plan()),
             signer: Some(va.signer()),
         };
+        // What this commit writes (the small envelopes it carries) is not the store's to
+        // lose meanwhile.
         let named: Vec<Digest> = [plan_blob, action_blob]
             .into_iter()
             .chain(sub.components.iter().copied())
             .chain(sub.inputs.iter().map(|i| i.digest))
+            .filter(|d| !carried.contains_key(d))
             .collect();
         let result = self.apply(
             |s| {

@@ -146,3 +146,43 @@ async fn a_full_batch_of_small_blobs_survives_a_kill() {
     assert!(stored(&planner, legacy).await);
     assert_eq!(planner.put_many(&[legacy], false).await.unwrap(), 1, "the file is found");
 }
+
+/// A submission carrying its envelopes is not refused because a collection removed
+/// some other blob while the envelopes were on their way: what it carries is written by its own
+/// commit, so no collection can have taken it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carried_submission_outlasts_a_collection_of_other_blobs() {
+    let q = Agq::start(&["--blob-grace", "1s"]);
+    let planner = q.client(ClientRole::Planner).await;
+    // Kept: only the stray blob is collected.
+    planner.put_many(&[COMPONENT], true).await.unwrap();
+    let stray: &[u8] = b"uploaded, never used, collected mid-submission";
+    planner.put_blob(stray).await.unwrap();
+    let (plan, digest) = q.plan(COMPONENT, &[]);
+    let (action, _) = q.action(digest, &[], 3);
+    let (plan, action) = (plan.to_json(), action.to_json());
+    let req = Request::Submit {
+        plan: Digest::of(&plan),
+        action: Digest::of(&action),
+        blobs: [&plan, &action]
+            .map(|b| InputRef { digest: Digest::of(b), size: b.len() as u64 })
+            .to_vec(),
+    };
+    let (mut send, mut recv) = planner.connection().open_bi().await.unwrap();
+    agenix_link::write_frame(&mut send, &req).await.unwrap();
+    // The envelopes are held back until the stray blob has been collected.
+    let until = Instant::now() + Duration::from_secs(30);
+    while stored(&planner, stray).await {
+        assert!(Instant::now() < until, "the stray blob was not collected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    send.write_all(&plan).await.unwrap();
+    send.write_all(&action).await.unwrap();
+    send.finish().unwrap();
+    let answer: Response = agenix_link::read_frame(&mut recv).await.unwrap();
+    assert!(
+        matches!(answer, Response::Submitted { ref jobs, .. } if jobs.len() == 1),
+        "{answer:?}"
+    );
+    assert!(stored(&planner, &action).await);
+}
