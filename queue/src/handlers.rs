@@ -726,6 +726,14 @@ impl Queue {
             .chain(sub.inputs.iter().map(|i| i.digest))
             .filter(|d| !carried.contains_key(d))
             .collect();
+        // Claims waiting for work are leased this submission's jobs in its commit; a key
+        // that stopped being accepted is leased nothing (its claim finds out itself).
+        let mut waiters = Vec::new();
+        for w in self.waiting.take(a.inputs.len().max(1)) {
+            if self.worker_refusal(w.key).await.is_none() {
+                waiters.push(w);
+            }
+        }
         let result = self.apply(
             |s| {
                 // Decided under the scheduler's lock, which a collection holds while it
@@ -735,8 +743,22 @@ impl Queue {
                 if self.blobs.removed_since(removals, &named) {
                     return Ok((None, vec![]));
                 }
-                let (jobs, dup, changes) = s.submit(now, sub)?;
-                Ok((Some((jobs, dup)), changes))
+                let (jobs, dup, mut changes) = s.submit(now, sub)?;
+                let mut handed = Vec::with_capacity(waiters.len());
+                for w in waiters {
+                    if s.unresponsive_since(w.worker, w.since) {
+                        continue;
+                    }
+                    // A claim refuses only before it changes anything; what it changed
+                    // while leasing nothing (jobs promoted or expired) is stored too.
+                    if let Ok((leases, claimed)) = s.claim(now, w.worker, w.max, PAGE_BYTES) {
+                        changes.extend(claimed);
+                        if !leases.is_empty() {
+                            handed.push((w, leases));
+                        }
+                    }
+                }
+                Ok((Some((jobs, dup, handed)), changes))
             },
             renewals,
         );
@@ -746,9 +768,15 @@ impl Queue {
                 "a blob this submission names is being removed as unused: upload its blobs \
                  again and submit again",
             ),
-            Ok((Some((jobs, duplicate)), done)) => {
+            Ok((Some((jobs, duplicate, handed)), done)) => {
                 if let Err(e) = Self::durable(done).await {
                     return e;
+                }
+                for (w, leases) in handed {
+                    let worker = w.worker;
+                    if let Err(leases) = w.answer(leases) {
+                        self.take_back(worker, &leases).await;
+                    }
                 }
                 self.ready.notify_waiters();
                 tracing::info!(
@@ -811,9 +839,20 @@ impl Queue {
             if Self::durable(done).await.is_err() || Instant::now() >= until {
                 return Response::Leases { leases: vec![] };
             }
-            tokio::select! {
-                _ = tokio::time::timeout_at(until.into(), woken) => {}
-                _ = &mut gone => return Response::Leases { leases: vec![] },
+            // A submission may lease to this claim in its own commit (`handoff`).
+            let (id, handed) = self.waiting.register(worker, client.key, max, since);
+            let leases = tokio::select! {
+                biased;
+                Ok(leases) = handed => leases,
+                _ = tokio::time::timeout_at(until.into(), woken) => vec![],
+                _ = &mut gone => {
+                    self.waiting.leave(id);
+                    return Response::Leases { leases: vec![] };
+                }
+            };
+            self.waiting.leave(id);
+            if !leases.is_empty() {
+                return Response::Leases { leases };
             }
         }
     }

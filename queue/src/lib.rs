@@ -7,7 +7,7 @@
 //! files with a quota, collected when nothing refers to them), `identity` (TLS key, role
 //! tokens), `limits` (connections and request budgets by role), `server` (QUIC,
 //! authentication, group commit, the reaper, the collector), `handlers` (one per
-//! request), `trust` (the trust file, read again when it changes) and `audit` (the audit
+//! request), `handoff` (claims waiting for work, leased to by submissions), `trust` (the trust file, read again when it changes) and `audit` (the audit
 //! log: entries chained by hash in a Merkle tree, signed checkpoints, verification).
 //!
 //! What it does not do: it never runs a task, and it is not trusted: workers verify every
@@ -17,6 +17,7 @@ pub mod audit;
 mod auditor;
 pub mod blobs;
 pub mod handlers;
+pub mod handoff;
 pub mod identity;
 pub mod limits;
 pub mod metrics;

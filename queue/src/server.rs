@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agenix_link::{read_frame, write_frame};
 use agenix_proto::audit::{Event, Step};
-use agenix_proto::job::{JobId, StateKind};
+use agenix_proto::job::{JobId, Lease, StateKind};
 use agenix_proto::wire::{
     ClientRole, ErrorCode, FrameError, MAX_FRAME, PROTOCOL_VERSION, Request, Response, json_len,
 };
@@ -123,6 +123,8 @@ pub struct Queue {
     pub(crate) fingerprint: Fingerprint,
     tokens: Tokens,
     pub(crate) ready: Notify,
+    /// Claims waiting for work, which a submission leases to in its own commit.
+    pub(crate) waiting: crate::handoff::Waiting,
     pub(crate) settings: Settings,
     gate: Gate,
     pub(crate) auditor: crate::auditor::Auditor,
@@ -204,6 +206,7 @@ impl Queue {
             fingerprint,
             tokens,
             ready: Notify::new(),
+            waiting: Default::default(),
             gate: Gate::new(settings.limits.clone()),
             settings,
             auditor,
@@ -646,16 +649,19 @@ impl Queue {
             && !leases.is_empty()
             && let Some(worker) = worker
         {
-            // The leases never reached the worker: take them back, costing no attempt.
-            let refs: Vec<_> = leases.iter().map(|l| l.lease).collect();
-            let now = now_ms();
-            if let Ok(((), done)) = self.apply(|s| Ok(((), s.unclaim(now, worker, &refs))), vec![])
-            {
-                let _ = Self::durable(done).await;
-            }
-            warn!(worker, leases = refs.len(), "took back leases that could not be sent");
-            self.ready.notify_waiters();
+            self.take_back(worker, leases).await;
         }
+    }
+
+    /// Takes back leases that never reached their worker, costing no attempt.
+    pub(crate) async fn take_back(&self, worker: u64, leases: &[Lease]) {
+        let refs: Vec<_> = leases.iter().map(|l| l.lease).collect();
+        let now = now_ms();
+        if let Ok(((), done)) = self.apply(|s| Ok(((), s.unclaim(now, worker, &refs))), vec![]) {
+            let _ = Self::durable(done).await;
+        }
+        warn!(worker, leases = refs.len(), "took back leases that could not be sent");
+        self.ready.notify_waiters();
     }
 
     /// Jobs by state and the last minute's throughput, now.

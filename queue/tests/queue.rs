@@ -251,3 +251,67 @@ fn the_ready_file_never_replaces_a_file_that_is_not_one() {
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!stale.exists(), "the stale ready file is gone");
 }
+
+/// The number of durable commits agq has made, from its metrics at `at`.
+fn commits(at: std::net::SocketAddr) -> u64 {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(at).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: agq\r\nConnection: close\r\n\r\n").unwrap();
+    let mut page = String::new();
+    s.read_to_string(&mut page).unwrap();
+    page.lines()
+        .find_map(|l| l.strip_prefix("agenix_queue_commit_duration_seconds_count "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no commit count in {page}"))
+}
+
+/// A submission leases its job to a claim waiting for work in the commit that records it:
+/// one durable write for both, the lease as durable as the submission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_claim_is_leased_a_new_job_in_the_submissions_commit() {
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut q = Agq::start(&["--metrics", &metrics.to_string()]);
+    let planner = q.client(ClientRole::Planner).await;
+    planner.put_blob(COMPONENT).await.unwrap();
+    let worker = q.worker("w").await;
+    let id = register(&worker, "w").await;
+    let (plan, digest) = q.plan(COMPONENT, &[]);
+    let plan = plan.to_json();
+    let mut one_commit = false;
+    let mut leased = vec![];
+    // Three rounds, so that a checkpoint of the audit log (every 10 s) cannot be in all.
+    for _ in 0..3 {
+        let waiting = {
+            let w = worker.client.clone();
+            tokio::spawn(async move { w.claim(4, 10_000).await.unwrap() })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let before = commits(metrics);
+        let (action, _) = q.action(digest, &[], 3);
+        let action = action.to_json();
+        let jobs = planner
+            .submit_carrying(
+                agenix_proto::Digest::of(&plan),
+                agenix_proto::Digest::of(&action),
+                &[&plan, &action],
+            )
+            .await
+            .unwrap()
+            .jobs;
+        let leases = waiting.await.unwrap();
+        assert_eq!(leases.iter().map(|l| l.lease.job).collect::<Vec<_>>(), jobs);
+        one_commit |= commits(metrics) - before == 1;
+        leased.extend(leases);
+    }
+    assert!(one_commit, "every round took more than one commit");
+    q.kill();
+    q.restart();
+    let obs = q.client(ClientRole::Observer).await;
+    for l in leased {
+        let state = job(&obs, l.lease.job).await.state;
+        assert!(
+            matches!(state, JobState::Leased { epoch, worker_id, .. } if epoch == l.lease.epoch && worker_id == id),
+            "{state:?}"
+        );
+    }
+}
