@@ -576,6 +576,61 @@ async fn a_hostile_queue_answering_a_result_with_extra_leases_gets_no_more_run()
     assert_eq!(*h.asked.lock().unwrap(), [1, 1]);
 }
 
+/// A worker stopping (SIGTERM) asks for no job with its last result, and a queue that
+/// leases it one anyway gets it declined: the worker still stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_queue_cannot_keep_a_stopping_worker_busy() {
+    let s = stage();
+    let (fingerprint, signer) = (s.fingerprint, &s.signer);
+    let addr = s.endpoint.local_addr().unwrap();
+    let h = Hostile { fingerprint: Some(fingerprint), ..Hostile::default() };
+    let nap = std::fs::read(programs::GUEST_NAP).unwrap();
+    h.blob(nap.clone());
+    let input = InputRef { digest: h.blob(b"1500".to_vec()), size: 4 };
+    let (p, digest) = plan(signer, &nap, "-i");
+    let p = h.blob(p.to_json());
+    let inputs = vec![input.clone(); 2];
+    let a = h.blob(
+        action(signer, digest, &inputs, fingerprint, now() - NOW_SKEW, now() + 600).to_json(),
+    );
+    *h.answers.lock().unwrap() = vec![vec![lease(1, 1, p, a, 0)]];
+    *h.with_results.lock().unwrap() = vec![vec![lease(2, 1, p, a, 1)]];
+    let h = Arc::new(h);
+    let server = serve(s.endpoint.clone(), h.clone());
+    let mut worker = agw(s.dir.path(), addr, fingerprint);
+    // Job 1 naps; the worker is told to stop while it runs.
+    let until = Instant::now() + Duration::from_secs(30);
+    while !h.answers.lock().unwrap().is_empty() {
+        assert!(Instant::now() < until, "job 1 was not claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(h.verdicts.lock().unwrap().is_empty(), "job 1 ended before the worker was stopped");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(worker.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_for(&h, 2, "job 1's result and job 2 declined").await;
+    let exited = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < exited, "the worker did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    server.abort();
+    assert!(status.success(), "{status}");
+    assert!(
+        matches!(h.verdicts_of(1).as_slice(), [Verdict::Completed(_)]),
+        "{:?}",
+        h.verdicts_of(1)
+    );
+    match h.verdicts_of(2).as_slice() {
+        [Verdict::Released(r)] => assert!(r.contains("this worker is stopping"), "{r}"),
+        other => panic!("job 2: {other:?}"),
+    }
+    assert_eq!(*h.asked.lock().unwrap(), [0], "a stopping worker asks for no job");
+}
+
 /// `agx jobs result JOB` against the queue at `addr` pinned to `fingerprint`, with any token
 /// (the hostile queue takes all); with `trust`, `--verify --trust TRUST`.
 async fn agx_result(

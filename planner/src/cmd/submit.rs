@@ -201,7 +201,14 @@ impl Submit {
                     Digest::of(&action_json),
                     &[&plan_json, &action_json],
                 )
-                .await?
+                .await
+                .with_context(|| {
+                    format!(
+                        "the signed plan ({} bytes) and action ({} bytes)",
+                        plan_json.len(),
+                        action_json.len()
+                    )
+                })?
                 .jobs;
             anyhow::Ok((client, jobs))
         });

@@ -572,23 +572,21 @@ impl Worker {
                 warn!(job = %key.job, "the queue leased a job this worker is running: ignored");
                 continue;
             }
-            if self.free_slots() == 0 {
+            let why = if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
+                warn!(job = %key.job, "the queue leased a job to this worker as it stops");
+                "this worker is stopping".to_owned()
+            } else if self.free_slots() == 0 {
                 warn!(job = %key.job, "the queue leased more than this worker's concurrency");
-                let me = self.clone();
-                let span = tracing::info_span!("job", job = %key.job, attempt = lease.attempt);
-                tokio::spawn(
-                    async move {
-                        let why = format!(
-                            "over this worker's concurrency of {}",
-                            me.settings.concurrency
-                        );
-                        me.deliver(key, Verdict::Decline(why)).await;
-                    }
-                    .instrument(span),
-                );
+                format!("over this worker's concurrency of {}", self.settings.concurrency)
+            } else {
+                self.start(lease);
                 continue;
-            }
-            self.start(lease);
+            };
+            let me = self.clone();
+            let span = tracing::info_span!("job", job = %key.job, attempt = lease.attempt);
+            tokio::spawn(
+                async move { me.deliver(key, Verdict::Decline(why)).await }.instrument(span),
+            );
         }
     }
 
@@ -611,7 +609,16 @@ impl Worker {
                     // Stopped as it ended (lost or cancelled): the stop reports it.
                     None => return,
                 }
-                let next = me.deliver(key, verdict).await;
+                let mut next = me.deliver(key, verdict).await;
+                if me.draining.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Given back before this slot frees, so that the drain waits for it.
+                    for l in std::mem::take(&mut next) {
+                        warn!(job = %l.lease.job, "the queue leased a job to this worker as it stops");
+                        let span = tracing::info_span!("job", job = %l.lease.job, attempt = l.attempt);
+                        let why = Verdict::Decline("this worker is stopping".into());
+                        me.deliver(l.lease, why).instrument(span).await;
+                    }
+                }
                 me.hand_on(key, next);
             }
             .instrument(span),
