@@ -272,6 +272,16 @@ fn serve(endpoint: quinn::Endpoint, h: Arc<Hostile>) -> tokio::task::JoinHandle<
 /// A real agw against the hostile queue, with its cache (and its memory of jobs run) in
 /// `dir/cache`.
 fn agw(dir: &Path, addr: std::net::SocketAddr, fingerprint: Fingerprint) -> Child {
+    agw_logging(dir, addr, fingerprint, "warn")
+}
+
+/// [`agw`], logging at `level` into `dir/agw.log`.
+fn agw_logging(
+    dir: &Path,
+    addr: std::net::SocketAddr,
+    fingerprint: Fingerprint,
+    level: &str,
+) -> Child {
     Command::new(bin("agw"))
         .args(["--queue", &addr.to_string(), "--fingerprint", &fingerprint.to_string()])
         .arg("--data")
@@ -281,7 +291,7 @@ fn agw(dir: &Path, addr: std::net::SocketAddr, fingerprint: Fingerprint) -> Chil
         .arg("--cache-dir")
         .arg(dir.join("cache"))
         .args(["--concurrency", "1"])
-        .env("AGW_LOG", "warn")
+        .env("AGW_LOG", level)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("agw.log")).unwrap())
         .spawn()
@@ -546,34 +556,45 @@ async fn a_hostile_queue_answering_a_result_with_extra_leases_gets_no_more_run()
     let input = InputRef { digest: h.blob(b"200".to_vec()), size: 3 };
     let (p, digest) = plan(signer, &nap, "-i");
     let p = h.blob(p.to_json());
-    let inputs = vec![input.clone(); 3];
+    let inputs = vec![input.clone(); 5];
     let a = h.blob(
         action(signer, digest, &inputs, fingerprint, now() - NOW_SKEW, now() + 600).to_json(),
     );
     *h.answers.lock().unwrap() = vec![vec![lease(1, 1, p, a, 0)]];
-    // Job 1's result is answered with job 2 twice and job 3.
+    // Job 1's result is answered with job 2 twice and job 3; job 2's with job 4, job 4's
+    // with job 5.
     let extra = vec![lease(2, 1, p, a, 1), lease(2, 1, p, a, 1), lease(3, 1, p, a, 2)];
-    *h.with_results.lock().unwrap() = vec![extra];
+    *h.with_results.lock().unwrap() =
+        vec![vec![lease(5, 1, p, a, 4)], vec![lease(4, 1, p, a, 3)], extra];
     let h = Arc::new(h);
     let server = serve(s.endpoint.clone(), h.clone());
-    let worker = agw(s.dir.path(), addr, fingerprint);
-    // Job 1, job 3 given back, job 2.
-    wait_for(&h, 3, "results").await;
+    let worker = agw_logging(s.dir.path(), addr, fingerprint, "info");
+    // Jobs 1, 2, 4 and 5, and job 3 given back.
+    wait_for(&h, 5, "results").await;
     // Nothing more comes: job 2 ran once.
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop(worker);
     server.abort();
 
-    for j in [1, 2] {
+    for j in [1, 2, 4, 5] {
         assert!(matches!(h.verdicts_of(j).as_slice(), [Verdict::Completed(_)]), "job {j}");
     }
     match h.verdicts_of(3).as_slice() {
         [Verdict::Released(r)] => assert!(r.contains("over this worker's concurrency of 1"), "{r}"),
         other => panic!("job 3: {other:?}"),
     }
-    assert_eq!(h.verdicts.lock().unwrap().len(), 3);
+    assert_eq!(h.verdicts.lock().unwrap().len(), 5);
     // Each result asked for one job: the slot it frees.
-    assert_eq!(*h.asked.lock().unwrap(), [1, 1]);
+    assert_eq!(*h.asked.lock().unwrap(), [1, 1, 1, 1]);
+    // Each job's lines name that job alone, though each started in the task of the one before.
+    let log = std::fs::read_to_string(s.dir.path().join("agw.log")).unwrap();
+    for j in 1..=5 {
+        let mine = format!("job{{job={j} ");
+        assert!(log.lines().any(|l| l.contains(&mine) && l.contains("result recorded")), "{log}");
+    }
+    for line in log.lines() {
+        assert!(line.matches("job{").count() <= 1, "{line}");
+    }
 }
 
 /// A worker stopping (SIGTERM) asks for no job with its last result, and a queue that

@@ -174,6 +174,12 @@ impl ComponentSource for QueueSource {
     }
 }
 
+/// The span every line about `lease` is logged in: a root, though a lease may start in
+/// another job's task (leased with that job's result).
+fn job_span(lease: &Lease) -> tracing::Span {
+    tracing::info_span!(parent: None, "job", job = %lease.lease.job, attempt = lease.attempt)
+}
+
 /// A running lease.
 #[derive(Debug)]
 struct Running {
@@ -583,7 +589,7 @@ impl Worker {
                 continue;
             };
             let me = self.clone();
-            let span = tracing::info_span!("job", job = %key.job, attempt = lease.attempt);
+            let span = job_span(&lease);
             tokio::spawn(
                 async move { me.deliver(key, Verdict::Decline(why)).await }.instrument(span),
             );
@@ -600,7 +606,7 @@ impl Worker {
         let key = lease.lease;
         let me = self.clone();
         // Every line logged about this lease, its tasks' included, names the job.
-        let span = tracing::info_span!("job", job = %key.job, attempt = lease.attempt);
+        let span = job_span(&lease);
         let handle = tokio::spawn(
             async move {
                 let verdict = me.run_lease(&lease).await;
@@ -614,7 +620,7 @@ impl Worker {
                     // Given back before this slot frees, so that the drain waits for it.
                     for l in std::mem::take(&mut next) {
                         warn!(job = %l.lease.job, "the queue leased a job to this worker as it stops");
-                        let span = tracing::info_span!("job", job = %l.lease.job, attempt = l.attempt);
+                        let span = job_span(&l);
                         let why = Verdict::Decline("this worker is stopping".into());
                         me.deliver(l.lease, why).instrument(span).await;
                     }
