@@ -8,7 +8,7 @@
 mod common;
 
 use agenix_proto::job::{JobState, LeaseEpoch, Reports};
-use agenix_proto::wire::{ClientRole, ErrorCode, MAX_CLAIM, Request};
+use agenix_proto::wire::{ClientRole, ErrorCode, MAX_CLAIM, Request, Response};
 use agenix_proto::{Digest, InputRef, KeyId, Outcome, TaskReport};
 use base64::Engine as _;
 use common::*;
@@ -327,13 +327,13 @@ async fn signed_with_output(
 }
 
 /// A result asking for more jobs is leased them in the commit that records it: as many as
-/// asked, up to `MAX_CLAIM`, only jobs that were queued, and durable with the result; a
-/// refused result leases nothing.
+/// asked, up to the worker's concurrency and `MAX_CLAIM`, only jobs that were queued, and
+/// durable with the result; a refused result leases nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_asking_for_more_jobs_is_leased_them_with_its_answer() {
     let mut q = Agq::start(&[]);
     let planner = q.client(ClientRole::Planner).await;
-    let inputs: Vec<Vec<u8>> = (0..70).map(|i| format!("next {i}").into_bytes()).collect();
+    let inputs: Vec<Vec<u8>> = (0..200).map(|i| format!("next {i}").into_bytes()).collect();
     let inputs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
     q.submit(&planner, &inputs[..4], 3).await;
     let w = q.worker("w").await;
@@ -363,14 +363,24 @@ async fn a_result_asking_for_more_jobs_is_leased_them_with_its_answer() {
     let again = Request::Complete { lease: first.lease, output, blobs: vec![], claim: 5 };
     let answer = w.request(&again).await.unwrap_err();
     assert!(answer.code().is_some(), "{answer}");
-    assert_eq!(count(&obs, "queued").await, 66);
+    assert_eq!(count(&obs, "queued").await, 196);
 
-    // Asking for more than MAX_CLAIM is asking for MAX_CLAIM.
+    // Asking for more than the worker's concurrency (4) is asking for its concurrency.
     let second = &r.leases[0];
     let (output, env) = signed_with_output(&w, second, b"", Reports::Inline(vec![])).await;
     let r = w.complete_carrying(second.lease, output, &[&env, b""], 1000).await.unwrap();
-    assert_eq!(r.leases.len(), MAX_CLAIM as usize);
-    assert_eq!(count(&obs, "queued").await, 66 - u64::from(MAX_CLAIM));
+    assert_eq!(r.leases.len(), 4);
+    assert_eq!(count(&obs, "queued").await, 192);
+    // And for more than MAX_CLAIM, by a worker running more at once, MAX_CLAIM.
+    let big = q.worker("big").await;
+    let capabilities = agenix_proto::job::Capabilities { concurrency: 100, ..caps("big") };
+    let req = Request::Register { capabilities, instance: "big".into() };
+    assert!(matches!(big.request(&req).await.unwrap(), Response::Registered { .. }));
+    let third = claim(&big, 1, 0).await.remove(0);
+    let (output, env) = signed_with_output(&big, &third, b"", Reports::Inline(vec![])).await;
+    let many = big.complete_carrying(third.lease, output, &[&env, b""], 1000).await.unwrap();
+    assert_eq!(many.leases.len(), MAX_CLAIM as usize);
+    assert_eq!(count(&obs, "queued").await, 191 - u64::from(MAX_CLAIM));
 
     // The leases were stored with the result: after a kill they are still this worker's.
     q.kill();
