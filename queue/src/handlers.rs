@@ -842,17 +842,27 @@ impl Queue {
                 return Response::Leases { leases: vec![] };
             }
             // A submission may lease to this claim in its own commit (`handoff`).
-            let (id, handed) = self.waiting.register(worker, client.key, max, since);
-            let leases = tokio::select! {
+            let (id, mut handed) = self.waiting.register(worker, client.key, max, since);
+            let went = tokio::select! {
                 biased;
-                Ok(leases) = handed => leases,
-                _ = tokio::time::timeout_at(until.into(), woken) => vec![],
-                _ = &mut gone => {
-                    self.waiting.leave(id);
-                    return Response::Leases { leases: vec![] };
-                }
+                // Taken and given nothing: claim again.
+                answer = &mut handed => match answer {
+                    Ok(leases) => return Response::Leases { leases },
+                    Err(_) => continue,
+                },
+                _ = tokio::time::timeout_at(until.into(), woken) => false,
+                _ = &mut gone => true,
             };
-            self.waiting.leave(id);
+            // Taken by a submission meanwhile: its answer is this claim's, or, the worker
+            // gone, taken back.
+            let leases =
+                if self.waiting.leave(id) { vec![] } else { handed.await.unwrap_or_default() };
+            if went {
+                if !leases.is_empty() {
+                    self.take_back(worker, &leases).await;
+                }
+                return Response::Leases { leases: vec![] };
+            }
             if !leases.is_empty() {
                 return Response::Leases { leases };
             }

@@ -5,9 +5,11 @@
 //! A waiting claim registers here and waits for leases, for the queue's `ready` signal,
 //! for its deadline or for its worker to go. A submission takes the oldest waiters whose
 //! wants cover its jobs, leases to them in its own commit (as their claims would:
-//! `Scheduler::claim`), and hands them the leases once that commit is durable. A waiter
-//! that has stopped waiting by then cannot take them: the submission takes them back,
-//! costing no attempt. A waiter given nothing finds its channel closed and claims again.
+//! `Scheduler::claim`), and hands them the leases once that commit is durable. A claim
+//! that stops waiting (woken, out of time, or its worker gone) while a submission holds it
+//! waits for that submission's answer: it returns the leases, or, when its worker has gone,
+//! has them taken back at no attempt's cost. A waiter given nothing finds its channel
+//! closed and claims again.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,9 +57,14 @@ impl Waiting {
         (id, rx)
     }
 
-    /// The claim `id` stops waiting (a submission may have taken it already).
-    pub fn leave(&self, id: u64) {
-        lock(&self.list).retain(|w| w.id != id);
+    /// The claim `id` stops waiting; whether it was still registered. When it was not, a
+    /// submission has taken it and answers it (or drops its sender) once that submission's
+    /// commit is done: the claim must wait for that answer, not drop it.
+    pub fn leave(&self, id: u64) -> bool {
+        let mut list = lock(&self.list);
+        let before = list.len();
+        list.retain(|w| w.id != id);
+        list.len() != before
     }
 
     /// Takes the oldest waiters still waiting whose wants together cover `jobs`.
@@ -96,7 +103,8 @@ mod tests {
         let (c, _rc) = w.register(3, None, 1, 0);
         let (_d, _rd) = w.register(4, None, 1, 0);
         drop(rb);
-        w.leave(c);
+        assert!(w.leave(c));
+        assert!(!w.leave(c), "left already");
         let taken: Vec<u64> = w.take(3).iter().map(|t| t.worker).collect();
         assert_eq!(taken, [1, 4], "1 wants 2, 2 is gone, 3 left, 4 wants the third");
         assert!(w.take(1).is_empty());

@@ -315,3 +315,55 @@ async fn a_waiting_claim_is_leased_a_new_job_in_the_submissions_commit() {
         );
     }
 }
+
+/// Submissions made at once, with many claims waiting: each hand-over reaches its claim
+/// (none is leased, taken back and leased again), and every job succeeds once, on its
+/// first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submissions_hand_their_jobs_to_waiting_claims() {
+    let q = std::sync::Arc::new(Agq::start(&["--requests-per-minute", "10000000"]));
+    let obs = q.client(ClientRole::Observer).await;
+    let mut workers = vec![];
+    for i in 0..8 {
+        let w = q.worker(&format!("w{i}")).await;
+        register(&w, &format!("w{i}")).await;
+        workers.push(tokio::spawn(async move {
+            let mut done = 0;
+            loop {
+                let leases = claim(&w, 1, 2000).await;
+                if leases.is_empty() {
+                    return done;
+                }
+                for l in leases {
+                    let r = w.complete_signed(&l, no_output()).await;
+                    assert!(matches!(r, Response::Recorded { .. }), "{r:?}");
+                    done += 1;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut submitters = vec![];
+    for s in 0..4 {
+        let q = q.clone();
+        submitters.push(tokio::spawn(async move {
+            let planner = q.client(ClientRole::Planner).await;
+            for i in 0..25 {
+                let input = format!("submitter {s} job {i}");
+                q.submit(&planner, &[input.as_bytes()], 1).await;
+            }
+        }));
+    }
+    for s in submitters {
+        s.await.unwrap();
+    }
+    let mut ran = 0;
+    for w in workers {
+        ran += w.await.unwrap();
+    }
+    assert_eq!(ran, 100);
+    assert_eq!(count(&obs, "succeeded").await, 100);
+    let jobs = list(&obs, agenix_proto::wire::JobFilter::default()).await;
+    assert!(jobs.iter().all(|j| j.attempts == 1), "{jobs:?}");
+    assert!(!q.log().contains("took back"), "{}", q.log());
+}
