@@ -174,6 +174,15 @@ fn requests_of_every_kind() -> Vec<Request> {
         Request::Submit {
             plan: Digest::of(&fixtures::signed_plan()),
             action: Digest::of(&fixtures::signed_action()),
+            blobs: vec![],
+        },
+        Request::Submit {
+            plan: Digest::of(&fixtures::signed_plan()),
+            action: Digest::of(&fixtures::signed_action()),
+            blobs: vec![agenix_proto::InputRef {
+                digest: Digest::of(&fixtures::signed_action()),
+                size: fixtures::signed_action().len() as u64,
+            }],
         },
         Request::Cancel { job: JobId(3) },
         Request::ListJobs {
@@ -191,6 +200,7 @@ fn requests_of_every_kind() -> Vec<Request> {
         Request::Claim { max: 2, wait_ms: 1000 },
         Request::Heartbeat { leases: vec![lease_ref()] },
         Request::Complete { lease: lease_ref(), output: output(), blobs: vec![], claim: 0 },
+        Request::Complete { lease: lease_ref(), output: output(), blobs: vec![], claim: 1 },
         Request::Fail { lease: lease_ref(), reason: "fetch failed".into(), retryable: true },
         Request::Release { lease: lease_ref(), reason: "unknown signer".into() },
     ]
@@ -273,7 +283,11 @@ fn responses_of_every_kind() -> Vec<Response> {
             }],
         },
         Response::HeartbeatOk { extended: vec![lease_ref()], cancelled: vec![], lost: vec![] },
-        Response::Recorded { job: JobId(3), state: JobState::Queued { not_before: 0 }, leases: vec![] },
+        Response::Recorded {
+            job: JobId(3),
+            state: JobState::Queued { not_before: 0 },
+            leases: vec![],
+        },
         Response::Error { code: ErrorCode::StaleLease, message: "stale lease".into() },
     ]
 }
