@@ -269,6 +269,24 @@ fn serve(endpoint: quinn::Endpoint, h: Arc<Hostile>) -> tokio::task::JoinHandle<
     })
 }
 
+/// A signed plan napping for the milliseconds its input names, and an action of `jobs`
+/// jobs each with the input `ms`, served by `h`: the plan's and the action's digests.
+fn naps(
+    h: &Hostile,
+    signer: &SigningKey,
+    fingerprint: Fingerprint,
+    ms: &str,
+    jobs: usize,
+) -> (Digest, Digest) {
+    let nap = std::fs::read(programs::GUEST_NAP).unwrap();
+    h.blob(nap.clone());
+    let input = InputRef { digest: h.blob(ms.as_bytes().to_vec()), size: ms.len() as u64 };
+    let (p, digest) = plan(signer, &nap, "-i");
+    let inputs = vec![input; jobs];
+    let a = action(signer, digest, &inputs, fingerprint, now() - NOW_SKEW, now() + 600);
+    (h.blob(p.to_json()), h.blob(a.to_json()))
+}
+
 /// A real agw against the hostile queue, with its cache (and its memory of jobs run) in
 /// `dir/cache`.
 fn agw(dir: &Path, addr: std::net::SocketAddr, fingerprint: Fingerprint) -> Child {
@@ -489,15 +507,7 @@ async fn a_hostile_queue_cannot_make_a_job_run_twice_or_past_the_concurrency() {
     let (fingerprint, signer) = (s.fingerprint, &s.signer);
     let addr = s.endpoint.local_addr().unwrap();
     let h = Hostile { fingerprint: Some(fingerprint), ..Hostile::default() };
-    let nap = std::fs::read(programs::GUEST_NAP).unwrap();
-    h.blob(nap.clone());
-    let input = InputRef { digest: h.blob(b"200".to_vec()), size: 3 };
-    let (p, digest) = plan(signer, &nap, "-i");
-    let p = h.blob(p.to_json());
-    let inputs = vec![input.clone(); 101];
-    let a = h.blob(
-        action(signer, digest, &inputs, fingerprint, now() - NOW_SKEW, now() + 600).to_json(),
-    );
+    let (p, a) = naps(&h, signer, fingerprint, "200", 101);
     // The first answer: job 1 twice, then jobs 2..=100 (other inputs of the same action).
     let mut first = vec![lease(1, 1, p, a, 0), lease(1, 1, p, a, 0)];
     first.extend((2..=100).map(|j| lease(j, 1, p, a, u32::try_from(j).unwrap())));
@@ -551,15 +561,7 @@ async fn a_hostile_queue_answering_a_result_with_extra_leases_gets_no_more_run()
     let (fingerprint, signer) = (s.fingerprint, &s.signer);
     let addr = s.endpoint.local_addr().unwrap();
     let h = Hostile { fingerprint: Some(fingerprint), ..Hostile::default() };
-    let nap = std::fs::read(programs::GUEST_NAP).unwrap();
-    h.blob(nap.clone());
-    let input = InputRef { digest: h.blob(b"200".to_vec()), size: 3 };
-    let (p, digest) = plan(signer, &nap, "-i");
-    let p = h.blob(p.to_json());
-    let inputs = vec![input.clone(); 5];
-    let a = h.blob(
-        action(signer, digest, &inputs, fingerprint, now() - NOW_SKEW, now() + 600).to_json(),
-    );
+    let (p, a) = naps(&h, signer, fingerprint, "200", 5);
     *h.answers.lock().unwrap() = vec![vec![lease(1, 1, p, a, 0)]];
     // Job 1's result is answered with job 2 twice and job 3; job 2's with job 4, job 4's
     // with job 5.
@@ -605,15 +607,7 @@ async fn a_hostile_queue_cannot_keep_a_stopping_worker_busy() {
     let (fingerprint, signer) = (s.fingerprint, &s.signer);
     let addr = s.endpoint.local_addr().unwrap();
     let h = Hostile { fingerprint: Some(fingerprint), ..Hostile::default() };
-    let nap = std::fs::read(programs::GUEST_NAP).unwrap();
-    h.blob(nap.clone());
-    let input = InputRef { digest: h.blob(b"1500".to_vec()), size: 4 };
-    let (p, digest) = plan(signer, &nap, "-i");
-    let p = h.blob(p.to_json());
-    let inputs = vec![input.clone(); 2];
-    let a = h.blob(
-        action(signer, digest, &inputs, fingerprint, now() - NOW_SKEW, now() + 600).to_json(),
-    );
+    let (p, a) = naps(&h, signer, fingerprint, "1500", 2);
     *h.answers.lock().unwrap() = vec![vec![lease(1, 1, p, a, 0)]];
     *h.with_results.lock().unwrap() = vec![vec![lease(2, 1, p, a, 1)]];
     let h = Arc::new(h);
