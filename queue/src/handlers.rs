@@ -522,15 +522,10 @@ impl Queue {
             .map(|b| b.digest)
             .filter(|d| !carried.contains_key(d) && self.blobs.renew(d, &mut writes))
             .collect();
-        // A key that stopped being accepted is leased nothing more (its result still counts:
-        // it was checked at the start of this request). No more is leased than the worker
-        // said it runs at once.
+        // The worker's key was checked at this request's start (`Queue::stream`), as for
+        // a claim. No more is leased than the worker said it runs at once.
         let concurrency = lock(&client.worker).map_or(0, |(_, c)| c);
-        let claim = if claim > 0 && self.worker_refusal(client.key).await.is_none() {
-            claim.min(MAX_CLAIM).min(concurrency)
-        } else {
-            0
-        };
+        let claim = claim.min(MAX_CLAIM).min(concurrency);
         let now = now_ms();
         let recorded = self.apply(
             |s| {
