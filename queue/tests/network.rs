@@ -385,8 +385,10 @@ async fn n04_oversized_frame_is_refused_and_closes_the_connection() {
     let conn = c.connection().clone();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let announced = MAX_FRAME + 1;
-    send.write_all(&u32::try_from(announced).unwrap().to_be_bytes()).await.unwrap();
-    send.write_all(br#"{"type":"stats""#).await.unwrap();
+    // One write, so it is buffered before the queue can see the header and close.
+    let mut start = u32::try_from(announced).unwrap().to_be_bytes().to_vec();
+    start.extend_from_slice(br#"{"type":"stats""#);
+    send.write_all(&start).await.unwrap();
     // Not finished: agq must answer without waiting for the announced mebibyte.
     let answer: Response = tokio::time::timeout(TIMEOUT, agenix_link::read_frame(&mut recv))
         .await
