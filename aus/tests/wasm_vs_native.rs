@@ -208,3 +208,27 @@ async fn memory_grows_only_as_the_work_needs() {
     assert_eq!(w.outcome, Outcome::Exited { code: 0 }, "jq: peak {} bytes", w.peak_memory);
     assert_eq!(&w.stdout[..], b"[1]\n");
 }
+
+/// `grep -i` where a literal starts every match (grep then folds the text and searches it
+/// for the literal) or a case variant past ASCII (the Kelvin sign, the long s) stops it from
+/// doing so: the component and the native build select, number and print the same lines, in
+/// text where the literal, its near misses and those variants come often.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grep_ignoring_case_agrees_on_wasm_and_native() {
+    let scratch = tempfile::tempdir().unwrap();
+    let host = host(scratch.path());
+    const BYTES: &[&str] =
+        &["e", "E", "r", "R", "o", "k", "K", "\u{212a}", "\u{17f}", "s", " ", "\n"];
+    let mut r = common::Rng(0x9e37_79b9_7f4a_7c15);
+    let text: Vec<u8> = (0..400_000).flat_map(|_| BYTES[r.below(BYTES.len())].bytes()).collect();
+    let patterns = ["err", "error", "rror$", r"\berr", "(?-i:E)rr", "rk+s", "errs", "sk", "ERRo"];
+    for pattern in patterns {
+        for flags in [&["-n"][..], &["-v", "-c"], &["-o", "-n"], &["-w", "-n"], &["-x"]] {
+            let args = [&["-i", "-e", pattern][..], flags].concat();
+            let w = run_wasm(&host, "grep", programs::AU_GREP, &args, &text).await;
+            let n = common::run(native("grep"), &args, &text);
+            assert_eq!(w.outcome, Outcome::Exited { code: n.code }, "grep {args:?}");
+            assert!(w.stdout[..] == n.stdout[..], "grep {args:?}: stdout differs");
+        }
+    }
+}
