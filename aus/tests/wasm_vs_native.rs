@@ -159,12 +159,12 @@ type Scaled = (&'static str, &'static str, &'static [&'static str], fn(usize) ->
 /// is no timing). grep's block search once rescanned the rest of a block for each line a
 /// pattern able to match a newline started in, and, where its lazy DFA gave up (a Unicode
 /// word boundary past ASCII, too many states), cleared memory for the rest of the block on
-/// every search.
+/// every search; and `-w` checked the rest of a line for valid UTF-8 at each place it tried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_grows_in_step_with_the_input() {
     let scratch = tempfile::tempdir().unwrap();
     let host = host(scratch.path());
-    let cases: [Scaled; 7] = [
+    let cases: [Scaled; 8] = [
         ("grep", programs::AU_GREP, &["-c", "<[^>]*>"], |n| {
             ["if (a < b) x();\n".repeat(n), "ok >\n".into()].concat().into_bytes()
         }),
@@ -175,6 +175,9 @@ async fn work_grows_in_step_with_the_input() {
         ("grep", programs::AU_GREP, &["-c", r"\b\u{e9}"], |n| "\u{e9}\n".repeat(n).into_bytes()),
         ("grep", programs::AU_GREP, &["-c", "a[ab]{14}$"], ab_lines),
         ("grep", programs::AU_GREP, &["-c", "a[ab]{14}b"], ab_lines),
+        ("grep", programs::AU_GREP, &["-w", "-c", "a"], |n| {
+            ["a".repeat(n * 8), "\n".into()].concat().into_bytes()
+        }),
         ("wc", programs::AU_WC, &[], |n| "\u{4e2d}\u{6587} a\u{e9}\n".repeat(n * 2).into_bytes()),
     ];
     for (name, wasm, args, input) in cases {

@@ -132,14 +132,6 @@ fn build(o: &Opts) -> Result<(Regex, Option<Scan>), Error> {
     // (Teddy) on x86-64 and aarch64 only; in WebAssembly it looks for a rarer byte and
     // confirms each hit with two automata. Folding the text and searching it once for the
     // folded literal is faster than either (on 100 MB of logs, 52 against 68 ms natively).
-    let folded = o
-        .ignore_case
-        .then(|| syntax::parse_with(&pattern, &syntax).ok())
-        .flatten()
-        .and_then(|hir| FoldedLiteral::of(&hir));
-    if let Some(folded) = folded {
-        return Ok((line, Some(Scan::Literal(Box::new(folded)))));
-    }
     let block = syntax::parse_with(&pattern, &syntax.multi_line(true))
         .ok()
         .filter(block_search_pays)
@@ -150,28 +142,47 @@ fn build(o: &Opts) -> Result<(Regex, Option<Scan>), Error> {
             b.configure(Regex::config().utf8_empty(false).backtrack(false));
             b.build_from_hir(&without_newline(&hir)).ok()
         });
-    Ok((line, block.map(Scan::Regex)))
+    let folded = o
+        .ignore_case
+        .then(|| syntax::parse_with(&pattern, &syntax).ok())
+        .flatten()
+        .and_then(|hir| FoldedLiteral::of(&hir));
+    Ok((
+        line,
+        match (folded, block) {
+            (Some(literal), block) => Some(Scan::Literal(Box::new(literal), block)),
+            (None, block) => block.map(Scan::Regex),
+        },
+    ))
 }
 
 /// How a block of lines is searched at once, where it is (see [`build`]).
 enum Scan {
     /// The patterns read multi-line, without a way to match a newline.
     Regex(Regex),
-    /// The ASCII literal every match starts with, in any case.
-    Literal(Box<FoldedLiteral>),
+    /// The ASCII literal every match starts with, in any case, and the block regex (if
+    /// there is one) to confirm a place it is found.
+    Literal(Box<FoldedLiteral>, Option<Regex>),
 }
 
 /// A search for the ASCII literal that every match of a case-insensitive pattern starts
-/// with: the text is folded to lower case a block at a time and searched for the folded
-/// literal with memchr's SIMD substring search. A line holding it is a candidate; it is
-/// matched alone unless the pattern is exactly that literal in every case.
+/// with: the text is folded to lower case a window at a time and searched for the folded
+/// literal with memchr's SIMD substring search. Where the pattern is exactly that literal in
+/// every case, each place it is found is a match; else the block regex searches on from
+/// there (or the line is matched alone where there is no block regex).
 struct FoldedLiteral {
     finder: memchr::memmem::Finder<'static>,
     /// Whether every place the literal is found is a match of the pattern.
     exact: bool,
-    /// The block being searched, folded.
+    /// Where in the block `folded` starts.
+    start: usize,
+    /// Part of the block, folded: at most `FOLD_WINDOW` bytes, so a long line is not held
+    /// twice.
     folded: Vec<u8>,
 }
+
+/// The most of a block folded at once.
+const FOLD_WINDOW: usize = 32 * 1024;
 
 impl FoldedLiteral {
     /// The search for `hir`, if every match of it starts with one ASCII literal of at least
@@ -193,31 +204,58 @@ impl FoldedLiteral {
         if !literals.iter().all(|l| l.as_bytes()[..len].eq_ignore_ascii_case(&folded)) {
             return None;
         }
-        // Exact when the prefixes are the whole pattern (no look-around, which prefixes do not
-        // show) and are every case variant of the literal, each once.
-        let mut distinct: Vec<&[u8]> = literals.iter().map(|l| l.as_bytes()).collect();
-        distinct.sort_unstable();
-        distinct.dedup();
+        // Only where the prefixes hold every case variant of the literal (`(?-i:ABC)` under
+        // -i does not): else most places it is found in would be no match.
+        let mut variants: Vec<&[u8]> = literals.iter().map(|l| &l.as_bytes()[..len]).collect();
+        variants.sort_unstable();
+        variants.dedup();
+        let every_variant = u32::try_from(letters)
+            .ok()
+            .and_then(|n| 1usize.checked_shl(n))
+            .is_some_and(|n| variants.len() == n);
+        if !every_variant {
+            return None;
+        }
+        // Exact when the prefixes are the whole pattern: no look-around (which prefixes do
+        // not show), nothing cut off.
         let exact = prefixes.is_exact()
             && hir.properties().look_set().is_empty()
-            && literals.iter().all(|l| l.len() == len)
-            && u32::try_from(letters)
-                .ok()
-                .and_then(|n| 1usize.checked_shl(n))
-                .is_some_and(|variants| distinct.len() == variants);
+            && literals.iter().all(|l| l.len() == len);
         let finder = memchr::memmem::Finder::new(&folded).into_owned();
-        Some(Self { finder, exact, folded: Vec::new() })
+        Some(Self { finder, exact, start: 0, folded: Vec::new() })
     }
 
-    /// Folds `block` to search it.
-    fn fold(&mut self, block: &[u8]) {
+    /// Starts on a new block: nothing of it is folded yet.
+    fn reset(&mut self) {
+        self.start = 0;
         self.folded.clear();
-        self.folded.extend(block.iter().map(u8::to_ascii_lowercase));
     }
 
-    /// Where the literal starts next in the folded block, at or after `at`.
-    fn find(&self, at: usize) -> Option<usize> {
-        self.finder.find(self.folded.get(at..)?).map(|i| at + i)
+    /// Where the literal starts next in `block`, at or after `at`, in any case.
+    fn find(&mut self, block: &[u8], mut at: usize) -> Option<usize> {
+        let n = self.finder.needle().len();
+        loop {
+            let end = self.start + self.folded.len();
+            if at < self.start || at + n > end {
+                // Fold the next window, from `at`. Windows after the first overlap the last
+                // by less than the literal, so nothing across their edge is missed.
+                if at + n > block.len() {
+                    return None;
+                }
+                let upto = block.len().min(at.saturating_add(FOLD_WINDOW).max(at + n));
+                self.start = at;
+                self.folded.clear();
+                self.folded.extend(block[at..upto].iter().map(u8::to_ascii_lowercase));
+                continue;
+            }
+            if let Some(i) = self.finder.find(&self.folded[at - self.start..]) {
+                return Some(at + i);
+            }
+            if end == block.len() {
+                return None;
+            }
+            at = end + 1 - n;
+        }
     }
 }
 
@@ -289,7 +327,7 @@ fn word_before(text: &[u8], i: usize) -> bool {
 
 /// Whether the character starting at `i` is a word constituent (invalid UTF-8 is not).
 fn word_after(text: &[u8], i: usize) -> bool {
-    text[i..].utf8_chunks().next().and_then(|c| c.valid().chars().next()).is_some_and(is_word)
+    first_char(text, i).is_some_and(is_word)
 }
 
 /// The first match at or after `at`: with `-w`, the first that is a whole word, found as GNU
@@ -321,8 +359,15 @@ fn find(re: &Regex, word: bool, text: &[u8], mut at: usize) -> Option<(usize, us
 
 /// The position after the character at `i` (an invalid byte counts as one character).
 fn next_char(text: &[u8], i: usize) -> usize {
-    let first = text.get(i..).and_then(|t| t.utf8_chunks().next());
-    i + first.and_then(|c| c.valid().chars().next()).map_or(1, char::len_utf8)
+    i + first_char(text, i).map_or(1, char::len_utf8)
+}
+
+/// The character starting at `i`, if it is valid UTF-8. Only its at most four bytes are
+/// looked at: checking the rest of a long line on each call made `-w` quadratic.
+fn first_char(text: &[u8], i: usize) -> Option<char> {
+    let rest = text.get(i..)?;
+    let c = rest[..rest.len().min(4)].utf8_chunks().next()?;
+    c.valid().chars().next()
 }
 
 /// The most input searched at once (a read that completes a line hands over what it has).
@@ -368,21 +413,32 @@ impl<W: Write> Grep<'_, W> {
     /// only the line holding a match (or a candidate) is looked at alone; the lines before it
     /// match nothing. Without it (see [`build`]), each line is.
     fn block(&mut self, mut scan: Option<&mut Scan>, block: &[u8]) -> std::io::Result<Flow> {
-        if let Some(Scan::Literal(literal)) = scan.as_deref_mut() {
-            literal.fold(block);
+        if let Some(Scan::Literal(literal, _)) = scan.as_deref_mut() {
+            literal.reset();
         }
         let mut pos = 0;
         while pos < block.len() {
             // Where the next line worth a look starts, and whether the block search matched
             // in it (a line at a time, every line is worth one).
-            let candidate = match scan.as_deref() {
-                None => Some((pos, false)),
-                Some(Scan::Regex(scan)) => scan
-                    .find(Input::new(block).range(pos..))
+            let search = |scan: &Regex, from: usize| {
+                scan.find(Input::new(block).range(from..))
                     // A match after the last newline is in no line.
                     .filter(|m| m.start() < block.len() || block.last() != Some(&b'\n'))
-                    .map(|m| (m.start(), true)),
-                Some(Scan::Literal(literal)) => literal.find(pos).map(|at| (at, literal.exact)),
+                    .map(|m| (m.start(), true))
+            };
+            let candidate = match scan.as_deref_mut() {
+                None => Some((pos, false)),
+                Some(Scan::Regex(scan)) => search(scan, pos),
+                Some(Scan::Literal(literal, scan)) => match literal.find(block, pos) {
+                    Some(at) if literal.exact => Some((at, true)),
+                    // The first match from there on: none starts before the literal (the
+                    // search still sees the bytes before it, for `\b` and `^`).
+                    Some(at) => match scan {
+                        Some(scan) => search(scan, at),
+                        None => Some((at, false)),
+                    },
+                    None => None,
+                },
             };
             let Some((start, found)) = candidate else {
                 return self.unmatched(&block[pos..]);
@@ -531,10 +587,12 @@ mod tests {
         assert_eq!(exact("error$"), Some(false));
         assert_eq!(exact(r"\berror"), Some(false));
         assert_eq!(exact(r"error\d"), Some(false));
-        assert_eq!(exact("(?-i:E)rror"), Some(false));
         assert_eq!(exact("errors? found"), Some(false));
-        // No single literal starts every match, or it is too short or caseless.
-        for pattern in ["error|warn", "[a-z]rror", ".*error", "ab", "123", "", "a\nbc"] {
+        // No single literal starts every match; it is too short or caseless; or some of its
+        // case variants are no match.
+        for pattern in
+            ["error|warn", "[a-z]rror", ".*error", "ab", "123", "", "a\nbc", "(?-i:E)rror"]
+        {
             assert!(literal(pattern).is_none(), "{pattern:?}");
         }
         // `k` has a case variant past ASCII (the Kelvin sign), which the ASCII start ends
@@ -543,18 +601,23 @@ mod tests {
         assert_eq!(literal("broken").unwrap().finder.needle(), b"bro");
     }
 
+    /// Every place, in any case, and nowhere else: across the edges of the windows folded
+    /// at once, and past them.
     #[test]
     fn a_folded_literal_is_found_in_any_case_and_nowhere_else() {
         let mut l = literal("error").unwrap();
-        l.fold(b"an ERR\nerroR eRrOr\xffERROR error");
-        let mut found = Vec::new();
-        let mut at = 0;
-        while let Some(i) = l.find(at) {
-            found.push(i);
-            at = i + 1;
+        for pad in [0, FOLD_WINDOW - 9, FOLD_WINDOW - 3, FOLD_WINDOW, 3 * FOLD_WINDOW - 2] {
+            let block = [&vec![b'e'; pad][..], b"an ERR\nerroR eRrOr\xffERROR erro"].concat();
+            l.reset();
+            let mut found = Vec::new();
+            let mut at = 0;
+            while let Some(i) = l.find(&block, at) {
+                found.push(i - pad);
+                at = i + 1;
+            }
+            assert_eq!(found, [7, 13, 19], "after {pad} bytes");
+            assert_eq!(l.find(&block, block.len() + 1), None);
         }
-        assert_eq!(found, [7, 13, 19, 25]);
-        assert_eq!(l.find(100), None);
     }
 
     /// Lines of the literal, its case variants, near misses and separators, so that each
@@ -565,7 +628,7 @@ mod tests {
             "\u{212a}",
         ];
         let mut text = b"\xff".to_vec();
-        while text.len() < 200 << 10 {
+        while text.len() < 400 << 10 {
             seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
             let piece = usize::try_from(seed >> 33).unwrap() % PIECES.len();
             text.extend_from_slice(PIECES[piece].as_bytes());
@@ -573,28 +636,32 @@ mod tests {
         text
     }
 
+    /// What grep prints and selects, given `text` in blocks of 4000 lines (several windows
+    /// each), with or without `scan`.
     fn grep(o: &Opts, scan: Option<&mut Scan>, text: &[u8]) -> (Vec<u8>, u64) {
         let re = build(o).unwrap().0;
         let mut g =
             Grep { o, re: &re, word: o.word && !o.line, out: Vec::new(), number: 0, selected: 0 };
         let mut scan = scan;
-        for block in text.split_inclusive(|&b| b == b'\n').collect::<Vec<_>>().chunks(700) {
+        for block in text.split_inclusive(|&b| b == b'\n').collect::<Vec<_>>().chunks(4000) {
             let block = block.concat();
             g.block(scan.as_deref_mut(), &block).unwrap();
         }
         (g.out, g.selected)
     }
 
-    /// The literal search selects, numbers and prints what a search of each line alone does.
+    /// The literal search selects, numbers and prints what a search of each line alone does,
+    /// with the block regex confirming a place or without one (`$` at the end).
     #[test]
     fn the_folded_literal_search_selects_what_each_line_alone_selects() {
         let text = text(0x2545_f491_4f6c_dd1d);
-        for pattern in ["error", "err", "error$", r"\berr", "(?-i:E)rr", "rro", "eRr+o"] {
+        for pattern in ["error", "err", "error$", r"\berr", "rro", "eRr+o", "rro[^r]"] {
             for flags in [&["-n"][..], &["-v", "-n"], &["-o", "-n"], &["-w"], &["-c"]] {
                 let o = opts(&[&["-i", "-e", pattern][..], flags].concat());
-                let Some(literal) = literal(pattern) else { panic!("{pattern:?}") };
+                let Some(mut scan) = build(&o).unwrap().1 else { panic!("{pattern:?}") };
+                assert!(matches!(scan, Scan::Literal(..)), "{pattern:?} is not searched so");
                 let by_line = grep(&o, None, &text);
-                let by_literal = grep(&o, Some(&mut Scan::Literal(Box::new(literal))), &text);
+                let by_literal = grep(&o, Some(&mut scan), &text);
                 assert!(by_line == by_literal, "grep -i {pattern:?} {flags:?}");
                 assert!(by_line.1 > 0, "grep -i {pattern:?} {flags:?} selected nothing");
             }
