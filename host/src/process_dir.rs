@@ -85,10 +85,14 @@ fn sweep_stale(prefix: &str, ours: &Path) {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
         let half_made = name.strip_prefix('.').is_some_and(of_form);
+        // Only names of the form are looked at: a shared /tmp may hold thousands of others.
+        if !(of_form(name) || half_made) {
+            continue;
+        }
         // Not following a link: only a directory of ours.
         let path = e.path();
         let Ok(meta) = path.symlink_metadata() else { continue };
-        if !(of_form(name) || half_made) || !meta.is_dir() || meta.uid() != mine.uid() {
+        if !meta.is_dir() || meta.uid() != mine.uid() {
             continue;
         }
         if path == ours {

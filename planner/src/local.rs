@@ -55,7 +55,8 @@ pub(crate) struct LocalHost {
 }
 
 impl LocalHost {
-    pub(crate) fn new(ceilings: Limits) -> Result<Self> {
+    /// A host for at most `concurrent` tasks at once: its pool of instances is that big.
+    pub(crate) fn new(ceilings: Limits, concurrent: u32) -> Result<Self> {
         let cache = match std::env::var_os("AGX_CACHE") {
             Some(v) if !v.is_empty() => PathBuf::from(v),
             _ => xdg("XDG_CACHE_HOME", ".cache")
@@ -67,7 +68,7 @@ impl LocalHost {
             .context("cannot create a scratch directory")?;
         let wasm = WasmHost::new(WasmConfig {
             ceilings,
-            max_concurrent: 8,
+            max_concurrent: concurrent,
             cache_dir: Some(cache),
             scratch_dir: scratch.path().to_path_buf(),
             allocator: Allocator::Auto,
@@ -89,6 +90,16 @@ impl LocalHost {
 /// A tokio runtime for the commands that run tasks.
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// A tokio runtime on this thread alone, for a command that runs one task: no worker threads
+/// to start, and no hand-off between threads when the task ends. Blocking calls (a WASI file
+/// operation among them) still go to blocking threads, so a timer fires while one waits.
+pub(crate) fn runtime_here() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")

@@ -18,7 +18,8 @@ use bytes::Bytes;
 use crate::args::parse_timeout;
 use crate::files::{Source, Within, read_within};
 use crate::local::{
-    LocalHost, StoreArg, parse_bytes, parse_mount, read_component, runtime, show_bytes,
+    LocalHost, StoreArg, parse_bytes, parse_mount, read_component, runtime, runtime_here,
+    show_bytes,
 };
 use crate::output::{Out, STDOUT_CLOSED, is_broken_pipe};
 use agenix_proto::text::clean;
@@ -288,8 +289,8 @@ impl RunAu {
             })
             .collect();
         let name = au_name(&self.file);
-        let local = LocalHost::new(Limits::ABSOLUTE)?;
-        let rt = runtime()?;
+        let local = LocalHost::new(Limits::ABSOLUTE, 1)?;
+        let rt = runtime_here()?;
         let bytes = read_component(&self.file)?;
         // A component the sandbox refuses ends like one it stopped: exit 125.
         let prepared = rt
@@ -412,7 +413,7 @@ pub(crate) async fn describe(host: &WasmHost, file: &Path, bytes: Vec<u8>) -> Re
 
 impl Describe {
     fn execute(self, out: Out) -> Result<ExitCode> {
-        let local = LocalHost::new(Limits::ABSOLUTE)?;
+        let local = LocalHost::new(Limits::ABSOLUTE, 1)?;
         let bytes = read_component(&self.file)?;
         let card = runtime()?.block_on(describe(&local.wasm, &self.file, bytes))?;
         out.emit("card", &card, || {
@@ -450,7 +451,7 @@ pub(crate) struct Check {
 impl Check {
     fn execute(self, out: Out) -> Result<ExitCode> {
         let bytes = read_component(&self.file)?;
-        let local = LocalHost::new(Limits::ABSOLUTE)?;
+        let local = LocalHost::new(Limits::ABSOLUTE, 1)?;
         let component = runtime()?
             .block_on(local.wasm.compile_unchecked(bytes.clone()))
             .with_context(|| format!("{} is not an AU", self.file.display()))?;
@@ -526,7 +527,7 @@ impl Push {
     fn execute(self, out: Out) -> Result<ExitCode> {
         let store = self.store.open()?;
         let bytes = read_component(&self.file)?;
-        let local = LocalHost::new(Limits::ABSOLUTE)?;
+        let local = LocalHost::new(Limits::ABSOLUTE, 1)?;
         // Refuse what could never run here before storing it, then ask these very bytes for
         // their card.
         let card = runtime()?.block_on(async {

@@ -139,7 +139,7 @@ impl RunPlan {
                 }
             }
         };
-        let local = LocalHost::new(resources.ceilings)?;
+        let local = LocalHost::new(resources.ceilings, 8)?;
         let mut runner = HostRunner::new(local.wasm.clone(), store, resources);
         let rt = runtime()?;
         let needs_native =
