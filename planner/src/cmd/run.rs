@@ -139,7 +139,7 @@ impl RunPlan {
                 }
             }
         };
-        let local = LocalHost::new(resources.ceilings, 8)?;
+        let local = LocalHost::new(resources.ceilings, PLAN_TASKS_AT_ONCE)?;
         let mut runner = HostRunner::new(local.wasm.clone(), store, resources);
         let rt = runtime()?;
         let needs_native =
@@ -214,6 +214,9 @@ impl RunPlan {
 
 /// Exit code when the input had not ended by its deadline, as `timeout(1)` reports.
 const INPUT_TIMED_OUT: u8 = 124;
+
+/// The most wasm tasks of a plan `agx run` runs at once (the size of its instance pool).
+const PLAN_TASKS_AT_ONCE: u32 = 8;
 
 /// How long `agx run` waits for its input to end: the longest timeout any task of `plan`
 /// runs under (what it asks for, else the default), at most [`Limits::ABSOLUTE`]'s. Each
