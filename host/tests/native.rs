@@ -1028,8 +1028,9 @@ fn a_hard_link_to_an_interpreter_is_refused_under_any_name() {
     assert!(checked > 0, "neither a hard link to perl nor a perl wrapper could be tried here");
 }
 
-/// The root is sealed read-only, nosuid and nodev by one mount_setattr(2) where the kernel
-/// has it, and by a remount of each bind where it does not: both give the same jail, shown
+/// The root is sealed read-only, nosuid and nodev by mount_setattr(2) (one call a mount)
+/// where the kernel has it, and by a remount of each bind where it does not: both give the
+/// same jail, with /dev/null still writable through the read-only /dev, shown
 /// here with Landlock off so the mount flags alone hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s01_the_root_is_read_only_whether_sealed_at_once_or_bind_by_bind() {
@@ -1346,4 +1347,58 @@ async fn degraded_without_namespaces_bounds_memory_and_processes_though_cgroups_
     let out = String::from_utf8_lossy(&r.stdout);
     assert!(out.contains("fork refused after 0"), "{:?}: {out}", r.outcome);
     assert_no_survivors().await;
+}
+
+/// Sandboxes are moved into the next task's cgroup before it comes (the worker offers it to
+/// the zygote's spare): under tasks started together and one after another, each task is
+/// still alone in a cgroup of its own, which its limits and its reported peak show. A task
+/// holding 40 MiB reports at least that; one that only naps reports far less.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_task_has_a_cgroup_of_its_own_though_entered_ahead() {
+    let Some(j) = full_jail("S6 (cgroups entered ahead)").await else { return };
+    if !j.host.probe().found(probe::names::MEMORY_CGROUP) {
+        programs::skip_without_jail("S6 (cgroups entered ahead)", "no memory cgroup here");
+        return;
+    }
+    let big = || j.attack_with(&["hold", "40"], vec![], Limits { timeout_ms: 1500, ..limits() });
+    let small = || j.attack_with(&["nap", "300"], vec![], limits());
+    for round in 0..3 {
+        let (b1, s1, b2, s2, b3, s3) = tokio::join!(big(), small(), big(), small(), big(), small());
+        for b in [b1, b2, b3] {
+            assert_eq!(b.outcome, Outcome::TimedOut, "round {round}");
+            assert!(b.peak_memory >= 40 * MIB, "round {round}: peak {}", b.peak_memory);
+        }
+        for s in [s1, s2, s3] {
+            assert_eq!(s.outcome, Outcome::Exited { code: 0 }, "round {round}");
+            assert!(s.peak_memory < 20 * MIB, "round {round}: peak {}", s.peak_memory);
+        }
+        // And one at a time, each taking the cgroup offered while the last ran.
+        for _ in 0..3 {
+            let b = big().await;
+            assert!(b.peak_memory >= 40 * MIB, "round {round}: peak {}", b.peak_memory);
+            let s = small().await;
+            assert!(s.peak_memory < 20 * MIB, "round {round}: peak {}", s.peak_memory);
+        }
+    }
+}
+
+/// A spare left idle goes (`SPARE_IDLE`, 2 s), leaving the cgroup it had entered to the
+/// worker: the next tasks run in it and in those after it, with their limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_after_an_idle_spare_went_is_bounded_by_its_cgroup() {
+    let Some(j) = full_jail("S6 (after an idle spare)").await else { return };
+    if !j.host.probe().found(probe::names::MEMORY_CGROUP) {
+        programs::skip_without_jail("S6 (after an idle spare)", "no memory cgroup here");
+        return;
+    }
+    let r = j.attack(&["say", "hi"]).await;
+    assert_eq!(r.outcome, Outcome::Exited { code: 0 });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let small = Limits { memory_bytes: 64 * MIB, ..limits() };
+    for _ in 0..2 {
+        let r = j.attack_with(&["membomb"], vec![], small).await;
+        assert_eq!(r.outcome, Outcome::MemoryExceeded, "stdout {:?}", lines(&r));
+    }
+    let r = j.attack_with(&["hold", "24"], vec![], Limits { timeout_ms: 1000, ..limits() }).await;
+    assert!(r.peak_memory >= 24 * MIB && r.peak_memory < 64 * MIB, "peak {}", r.peak_memory);
 }

@@ -162,37 +162,24 @@ impl Cgroups {
         }
     }
 
-    /// Makes the cgroup(s) for one task, with its memory and process limits.
-    pub(crate) fn create(&self, name: &str, limits: &Limits) -> std::io::Result<TaskCgroup> {
-        let write = |dir: &Path, file: &str, value: String| fs::write(dir.join(file), value);
-        match self {
+    /// Makes the cgroup(s) for one task, without limits yet (see [`TaskCgroup::limit`]).
+    pub(crate) fn make(&self, name: &str) -> std::io::Result<TaskCgroup> {
+        let dirs = match self {
             Self::V2(base) => {
                 let dir = base.join(name);
-                fs::create_dir(&dir)?;
-                let cg = TaskCgroup {
-                    dirs: Dirs { v2: true, memory: dir.clone(), pids: dir.clone() },
-                    removed: false,
-                };
-                write(&dir, "memory.max", limits.memory_bytes.to_string())?;
-                // No swap: the limit is the limit.
-                let _ = write(&dir, "memory.swap.max", "0".into());
-                write(&dir, "pids.max", limits.pids.to_string())?;
-                Ok(cg)
+                Dirs { v2: true, memory: dir.clone(), pids: dir }
             }
             Self::V1 { memory, pids } => {
-                let (m, p) = (memory.join(name), pids.join(name));
-                fs::create_dir(&m)?;
-                let cg = TaskCgroup {
-                    dirs: Dirs { v2: false, memory: m.clone(), pids: p.clone() },
-                    removed: false,
-                };
-                fs::create_dir(&p)?;
-                write(&m, "memory.limit_in_bytes", limits.memory_bytes.to_string())?;
-                let _ = write(&m, "memory.memsw.limit_in_bytes", limits.memory_bytes.to_string());
-                write(&p, "pids.max", limits.pids.to_string())?;
-                Ok(cg)
+                Dirs { v2: false, memory: memory.join(name), pids: pids.join(name) }
             }
+        };
+        fs::create_dir(&dirs.memory)?;
+        // Removed if the rest fails.
+        let cg = TaskCgroup { dirs, removed: false };
+        if !cg.dirs.v2 {
+            fs::create_dir(&cg.dirs.pids)?;
         }
+        Ok(cg)
     }
 }
 
@@ -208,6 +195,21 @@ impl TaskCgroup {
     /// Where it is.
     pub(crate) fn dirs(&self) -> &Dirs {
         &self.dirs
+    }
+
+    /// Sets the task's memory and process limits.
+    pub(crate) fn limit(&self, limits: &Limits) -> std::io::Result<()> {
+        let write = |dir: &Path, file: &str, value: String| fs::write(dir.join(file), value);
+        let (memory, pids) = (&self.dirs.memory, &self.dirs.pids);
+        if self.dirs.v2 {
+            write(memory, "memory.max", limits.memory_bytes.to_string())?;
+            // No swap: the limit is the limit.
+            let _ = write(memory, "memory.swap.max", "0".into());
+        } else {
+            write(memory, "memory.limit_in_bytes", limits.memory_bytes.to_string())?;
+            let _ = write(memory, "memory.memsw.limit_in_bytes", limits.memory_bytes.to_string());
+        }
+        write(pids, "pids.max", limits.pids.to_string())
     }
 
     /// Removes it once its processes are gone (they die with the sandbox's init; allow them
@@ -274,10 +276,18 @@ impl Drop for TaskCgroup {
         }
         let dirs = self.dirs.dirs();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(remove_dirs(dirs));
+            // Most often the helper removes them as soon as it has reaped its sandbox: a
+            // first try now would only find them busy.
+            rt.spawn(async {
+                tokio::time::sleep(LATER).await;
+                remove_dirs(dirs).await;
+            });
         }
     }
 }
+
+/// How long a dropped task cgroup is left to its helper before the worker removes it.
+const LATER: Duration = Duration::from_millis(100);
 
 /// Removes empty cgroup directories, waiting briefly for their last processes to exit.
 async fn remove_dirs(dirs: Vec<PathBuf>) {

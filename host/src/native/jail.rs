@@ -13,10 +13,10 @@
 //!                  no_new_privs, seccomp, then execveat of the allowlisted binary's fd)
 //! ```
 //!
-//! C is cloned before its task is known (`Sandbox`; the zygote's spare makes one ahead)
-//! and learns it from P over a socket pair. When T ends, C kills and reaps whatever is left
-//! in its pid namespace (double-forked daemons included) and reports; P answers at once and
-//! reaps C after. The worker closing or shutting fd 3 (timeout, output cap, cancellation,
+//! C is cloned before its task is known (`Sandbox`; the zygote's spare makes one ahead),
+//! prepares the part of the root no task decides, and learns its task from P over a socket
+//! pair. When T ends, C kills and reaps whatever is left in its pid namespace (double-forked
+//! daemons included) and reports; P answers at once and reaps C after. The worker closing or shutting fd 3 (timeout, output cap, cancellation,
 //! the worker gone) makes P kill C; P ending kills C through its parent-death signal. P and
 //! C never write to stdout or stderr: those belong to the tool (both close their copies once
 //! T has them); P answers on fd 3 only.
@@ -28,11 +28,11 @@
 
 use std::ffi::CString;
 use std::fs::{self, File};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::fcntl::{AtFlags, OFlag};
@@ -46,7 +46,8 @@ use super::spec::{Answer, Ended, JailReport, JailSpec, read_frame, write_frame};
 /// The hidden first argument that turns our binary into the jail helper.
 pub const HELPER_ARG: &str = "__agenix-jail";
 
-/// After `zygote`: keep a sandbox made ahead for the next task (see `zygote.rs`).
+/// After `zygote`, followed by the root mount point: keep a sandbox made ahead for the next
+/// task, its root prepared there (see `zygote.rs`).
 pub(super) const SPARES_ARG: &str = "spares";
 
 /// The uid and gid the tool has inside its user namespace.
@@ -66,7 +67,11 @@ pub fn run_if_helper() {
     let code = match mode.as_ref().and_then(|m| m.to_str()) {
         Some("probe") => probe_main(),
         Some("zygote") => {
-            let spares = args.next().as_deref() == Some(std::ffi::OsStr::new(SPARES_ARG));
+            // `spares ROOT`: keep a sandbox made ahead, its root prepared at ROOT.
+            let spares = match (args.next(), args.next()) {
+                (Some(s), Some(root)) if s == SPARES_ARG => Some(PathBuf::from(root)),
+                _ => None,
+            };
             super::zygote::zygote_main(spares)
         }
         _ => helper_main(),
@@ -272,7 +277,7 @@ fn run_jail_inner(
         Some(Ok(sandbox)) => sandbox,
         Some(Err(_)) | None => {
             drop_groups()?;
-            Sandbox::create(&[])?.begin(spec, &p.tool)?
+            Sandbox::create(&[], &spec.root)?.begin(spec, &p.tool)?
         }
     };
     // The tool's stdio is the sandbox's now: its pipes close when the sandbox's processes
@@ -307,13 +312,16 @@ pub(super) struct Sandbox {
     task: UnixStream,
     /// Where C writes its report.
     status: Option<OwnedFd>,
+    /// The cgroup C was moved into before its task came, if any ([`Sandbox::enter`]).
+    entered: Option<super::cgroup::Dirs>,
 }
 
 impl Sandbox {
     /// Clones C, which closes its copies of `foreign` (this process's descriptors that are
-    /// none of C's business). Call with this process's supplementary groups dropped
-    /// ([`drop_groups`]).
-    pub(super) fn create(foreign: &[std::os::fd::RawFd]) -> Result<Self, String> {
+    /// none of C's business) and, once its ids are mapped, prepares the part of a root at
+    /// `root` no task decides (see `mounts.rs`). Call with this process's supplementary
+    /// groups dropped ([`drop_groups`]).
+    pub(super) fn create(foreign: &[std::os::fd::RawFd], root: &Path) -> Result<Self, String> {
         let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC).map_err(errno("pipe"))?;
         let (task, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
         let flags = CloneFlags::CLONE_NEWUSER
@@ -330,22 +338,48 @@ impl Sandbox {
                 // SAFETY: closes C's own copies (C has its own descriptor table).
                 unsafe { libc::close(fd) };
             }
-            init_main(&theirs, &status_w)
+            init_main(&theirs, &status_w, root)
         });
         // SAFETY: this process is single-threaded (a helper that has started no threads),
         // so the child may run arbitrary code; clone without CLONE_VM gives it a copy of
         // our memory, as fork does, and the stack outlives the call.
         let init = unsafe { nix::sched::clone(init, &mut stack, flags, Some(libc::SIGCHLD)) }
             .map_err(|e| format!("cannot create the sandbox's namespaces: {e}"))?;
-        let sandbox = Self { init, task, status: Some(status_r) };
+        let mut sandbox = Self { init, task, status: Some(status_r), entered: None };
         map_ids(init)?;
+        // C may go on: its ids are its own now.
+        sandbox.task.write_all(MAPPED).map_err(|e| format!("cannot start the sandbox: {e}"))?;
         Ok(sandbox)
     }
 
-    /// Moves C into the task's cgroups and hands it its task: this process's stdin, stdout
-    /// and stderr (the tool's), the tool's descriptor, and the spec. C goes on from there.
+    /// Moves C into the cgroup the worker offers for the next task (`cgroup::Dirs` as
+    /// JSON), ahead of it: moving a process between cgroups can wait for the kernel's RCU
+    /// grace period, which is better spent while no task waits. Best effort: the task's own
+    /// cgroup is what counts ([`Sandbox::begin`]).
+    pub(super) fn enter(&mut self, offer: &[u8]) {
+        self.entered = None;
+        let Ok(dirs) = serde_json::from_slice::<super::cgroup::Dirs>(offer) else { return };
+        let pid = self.init.as_raw().to_string();
+        if dirs.procs().iter().all(|procs| fs::write(procs, &pid).is_ok()) {
+            self.entered = Some(dirs);
+        }
+    }
+
+    /// Ends a sandbox no task took, and removes the cgroup it entered, if any.
+    pub(super) fn leave(self) {
+        let entered = self.entered.clone();
+        drop(self);
+        if let Some(dirs) = entered {
+            dirs.remove_now();
+        }
+    }
+
+    /// Moves C into the task's cgroups (unless it is there already) and hands it its task:
+    /// this process's stdin, stdout and stderr (the tool's), the tool's descriptor, and the
+    /// spec. C goes on from there.
     fn begin(mut self, spec: &JailSpec, tool: &File) -> Result<Self, String> {
-        for procs in spec.cgroup.iter().flat_map(super::cgroup::Dirs::procs) {
+        let moved = spec.cgroup.is_some() && spec.cgroup == self.entered;
+        for procs in spec.cgroup.iter().filter(|_| !moved).flat_map(super::cgroup::Dirs::procs) {
             fs::write(&procs, self.init.as_raw().to_string())
                 .map_err(|e| format!("cannot move the sandbox into {}: {e}", procs.display()))?;
         }
@@ -435,20 +469,29 @@ fn map_ids(child: Pid) -> Result<(), String> {
     write("gid_map", format!("{INSIDE_ID} {gid} 1\n"))
 }
 
-/// C: the sandbox's init. Waits for its task, builds the root, starts T, reaps everything
-/// until T ends, and reports on the status pipe.
-fn init_main(task: &UnixStream, status: &OwnedFd) -> isize {
-    let report = init_inner(task).unwrap_or_else(|reason| JailReport::Failed { reason });
+/// Why C ends without a task: P has gone.
+const GONE: &str = "the helper went away before the sandbox was ready";
+
+/// What P writes C once C's uid and gid maps are written.
+const MAPPED: &[u8] = b"m";
+
+/// C: the sandbox's init. Prepares what it can of the root, waits for its task, finishes the
+/// root, starts T, reaps everything until T ends, and reports on the status pipe.
+fn init_main(task: &UnixStream, status: &OwnedFd, root: &Path) -> isize {
+    let report = init_inner(task, root).unwrap_or_else(|reason| JailReport::Failed { reason });
     let Ok(fd) = status.try_clone() else { return 1 };
     let _ = write_frame(&mut File::from(fd), &report);
     0
 }
 
-fn init_inner(task: &UnixStream) -> Result<JailReport, String> {
+fn init_inner(task: &UnixStream, root: &Path) -> Result<JailReport, String> {
     // Die with P. If P is already gone, the read below sees end-of-file.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("prctl: {e}"))?;
-    let (spec, tool) = receive_task(task)?;
-    let p = prepared(&spec, tool)?;
+    let mut mapped = [0u8; MAPPED.len()];
+    (&*task).read_exact(&mut mapped).map_err(|_| GONE.to_string())?;
+    if mapped != MAPPED {
+        return Err("the sandbox was started out of order".into());
+    }
     // Become the mapped id (a root worker's clone starts as unmapped uid 0); capabilities in
     // the new namespace are kept, as no mapped uid 0 is given up.
     let id = nix::unistd::Uid::from_raw(INSIDE_ID);
@@ -459,13 +502,18 @@ fn init_inner(task: &UnixStream) -> Result<JailReport, String> {
     // did not die in between (its end of the task socket would have closed).
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("prctl: {e}"))?;
     if parent_gone(task) {
-        return Err("the helper went away before the sandbox was ready".into());
+        return Err(GONE.into());
     }
+    // Made before the task comes; if that fails, it is tried again for the task, which
+    // then reports why.
+    let ahead = super::mounts::prepare_root(root).ok();
+    let (spec, tool) = receive_task(task)?;
+    let p = prepared(&spec, tool)?;
     if p.spec.features.cgroup_ns {
         nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
             .map_err(|e| format!("cgroup namespace: {e}"))?;
     }
-    super::mounts::build_root(&spec)?;
+    super::mounts::finish_root(&spec, ahead)?;
     set_command_line(INIT_NAME);
     // Our own /proc entries (environment, exe, memory) are not the tool's to read.
     nix::sys::prctl::set_dumpable(false).map_err(|e| format!("prctl: {e}"))?;
@@ -475,7 +523,6 @@ fn init_inner(task: &UnixStream) -> Result<JailReport, String> {
 /// C's task from P ([`Sandbox::begin`]): the tool's stdio placed at 0, 1 and 2, its binary
 /// at [`TOOL_FD`], and the spec.
 fn receive_task(task: &UnixStream) -> Result<(JailSpec, File), String> {
-    const GONE: &str = "the helper went away before the sandbox was ready";
     let fds = match super::zygote::receive_fds(task) {
         Ok(Some(fds)) => fds,
         Ok(None) => return Err(GONE.into()),

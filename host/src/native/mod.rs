@@ -190,7 +190,7 @@ impl NativeHost {
         let start = probe.ready() || config.danger_degraded;
         let mut host = Self { config, probe, cgroups, zygote: std::sync::Mutex::new(None) };
         if start {
-            let zygote = zygote::Zygote::start(&host.config.helper, host.features().namespaces)
+            let zygote = zygote::Zygote::start(&host.config.helper, host.spare_root())
                 .map_err(|e| tracing::warn!(error = %e, "cannot start the jail zygote"))
                 .ok();
             host.zygote = std::sync::Mutex::new(zygote);
@@ -252,8 +252,9 @@ impl NativeHost {
             "sandbox start",
             if zygote && f.namespaces {
                 "a zygote (this binary, started once) keeps one jail helper forked ahead, whose \
-                 sandbox's namespaces are made before its task comes (one sandbox per task, \
-                 never reused); each task takes it, and the next is made while it runs"
+                 sandbox's namespaces, /dev, /proc and /etc are made before its task comes \
+                 (one sandbox per task, never reused); each task takes it, and the next is \
+                 made while it runs"
                     .to_string()
             } else if zygote {
                 "a zygote (this binary, started once) forks the jail helper for each task; it \
@@ -272,7 +273,7 @@ impl NativeHost {
                     "built per task on a tmpfs: the tool's binary, ELF loader, libraries and \
                      data bound one by one, then sealed read-only {}",
                     if f.mount_setattr {
-                        "with one mount_setattr(2)"
+                        "with one mount_setattr(2) a mount"
                     } else {
                         "by a remount of each bind (no mount_setattr here)"
                     }
@@ -354,6 +355,12 @@ impl NativeHost {
                 missing.join("; ")
             ))
         }
+    }
+
+    /// Where the zygote's spares prepare their roots (the one root mount point), if it keeps
+    /// spares: only where the jail has namespaces.
+    fn spare_root(&self) -> Option<PathBuf> {
+        self.features().namespaces.then(|| self.config.scratch_dir.join(ROOT_DIR))
     }
 
     /// Where task cgroups are made: only where the jail has namespaces, as only its
@@ -471,11 +478,7 @@ impl NativeHost {
     ) -> Result<Finished, HostError> {
         let started = Instant::now();
         let asked_ns = monotonic_ns();
-        // One sequence for the whole process: several hosts in one process (agx, tests)
-        // must never name two sandboxes' cgroups alike.
-        static TASKS: AtomicU64 = AtomicU64::new(0);
-        let n = TASKS.fetch_add(1, Ordering::Relaxed);
-        let name = format!("agenix-{}-{n}", std::process::id());
+        let name = task_name();
         // With a mount namespace, every sandbox mounts its root on the same empty directory,
         // each in its own namespace; without one, the tool runs in a directory of its own.
         let dir = (!features.namespaces)
@@ -506,9 +509,12 @@ impl NativeHost {
         };
 
         let limits = task.limits;
+        let io = |what: &'static str| move |source| HostError::Io { what: what.into(), source };
+        // The helper first: with it comes the cgroup its sandbox may be in already.
+        let (launched, offered) = self.launch().map_err(io("cannot start the jail helper"))?;
         let mut cg_failed = None;
         let cg = match self.task_cgroups() {
-            Some(c) => match c.create(&name, &limits) {
+            Some(c) => match task_cgroup(c, offered, &name, &limits) {
                 Ok(cg) => Some(cg),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot create a task cgroup; using rlimits");
@@ -561,7 +567,7 @@ impl NativeHost {
             cgroup: cg.as_ref().map(|c| c.dirs().clone()),
             features,
         };
-        let result = self.drive(spec, task.stdin, &limits).await;
+        let result = self.drive(launched, spec, task.stdin, &limits).await;
         // What the task used, as the helper read it before removing the cgroup once its
         // sandbox had ended (should it fail to, dropping `c` removes it later); without its
         // answer (the helper gone), as the cgroup tells, removed here.
@@ -602,10 +608,11 @@ impl NativeHost {
         })
     }
 
-    /// Starts the helper, feeds it, reads it, and stops it at the deadline or the output cap.
-    /// The helper answers before it has ended.
+    /// Feeds the helper `l` its task, reads it, and stops it at the deadline or the output
+    /// cap. The helper answers before it has ended.
     async fn drive(
         &self,
+        mut l: Launched,
         spec: JailSpec,
         stdin: Bytes,
         limits: &Limits,
@@ -614,9 +621,10 @@ impl NativeHost {
             let what = what.to_string();
             move |source: std::io::Error| HostError::Io { what, source }
         };
-        let mut l = self.launch().map_err(io("cannot start the jail helper"))?;
         let frame = frame_bytes(&spec).map_err(io("cannot encode the jail spec"))?;
         l.ctl.write_all(&frame).await.map_err(io("cannot send the jail spec"))?;
+        // While this task runs: the next one's cgroup.
+        self.offer_cgroup();
 
         let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
         let (stdout, stderr) = (CappedPipe::new(cap), CappedPipe::new(cap));
@@ -658,22 +666,52 @@ impl NativeHost {
         Ok(Driven { report: None, used, stopped: Some(stopped), stdout, stderr })
     }
 
-    /// Starts a helper for one task: forked by the zygote, or (without one) executed.
-    fn launch(&self) -> std::io::Result<Launched> {
-        let mut zygote = self.zygote.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(z) = zygote.as_ref() {
+    /// Makes a cgroup for the next task and offers it to the zygote's spare, unless one
+    /// offered already waits (or there are no spares, or no task cgroups).
+    fn offer_cgroup(&self) {
+        let Some(cgroups) = self.task_cgroups() else { return };
+        let offering = |z: &Option<zygote::Zygote>| z.as_ref().is_some_and(|z| !z.has_offer());
+        if self.spare_root().is_none() || !offering(&self.zygote()) {
+            return;
+        }
+        // Made without holding the zygote: other tasks may start meanwhile.
+        let cg = match cgroups.make(&task_name()) {
+            Ok(cg) => cg,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot make a cgroup for the next task");
+                return;
+            }
+        };
+        let mut zygote = self.zygote();
+        match zygote.as_mut() {
+            Some(z) if !z.has_offer() => z.offer(cg),
+            // Offered meanwhile by another task: this one goes (dropped, removed).
+            _ => drop(cg),
+        }
+    }
+
+    fn zygote(&self) -> std::sync::MutexGuard<'_, Option<zygote::Zygote>> {
+        self.zygote.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts a helper for one task: forked by the zygote, or (without one) executed. With
+    /// it, the cgroup offered to the zygote's spare for this request, if one was
+    /// ([`NativeHost::offer_cgroup`]): taken with the request, under one lock, so that the
+    /// spare that entered it gets this request.
+    fn launch(&self) -> std::io::Result<(Launched, Option<cgroup::TaskCgroup>)> {
+        let mut zygote = self.zygote();
+        if let Some(z) = zygote.as_mut() {
             match Launched::forked(z) {
-                Ok(l) => return Ok(l),
+                Ok(l) => return Ok((l, z.take_offer())),
                 // This process's own lack (out of descriptors): the zygote, and the tasks
                 // its helpers run, are not at fault.
                 Err(Forked::Here(e)) => return Err(e),
                 Err(Forked::Zygote(e)) => {
                     // Gone (killed, or out of memory): start another, once.
                     tracing::warn!(error = %e, "the jail zygote is gone; starting it again");
-                    *zygote =
-                        zygote::Zygote::start(&self.config.helper, self.features().namespaces).ok();
+                    *zygote = zygote::Zygote::start(&self.config.helper, self.spare_root()).ok();
                     if let Some(z) = zygote.as_ref() {
-                        return Launched::forked(z).map_err(Forked::into_inner);
+                        return Launched::forked(z).map(|l| (l, None)).map_err(Forked::into_inner);
                     }
                     tracing::warn!("the jail zygote cannot start; executing the helper per task");
                 }
@@ -690,14 +728,43 @@ impl NativeHost {
         let boxed_err = |p: Option<tokio::process::ChildStderr>| {
             p.map(|p| Box::new(p) as Box<dyn AsyncRead + Unpin + Send>)
         };
-        Ok(Launched {
+        let launched = Launched {
             ctl: tokio::net::UnixStream::from_std(ctl)?,
             stdin: boxed_in(child.stdin.take()),
             stdout: boxed_out(child.stdout.take()),
             stderr: boxed_err(child.stderr.take()),
             child: Some(child),
-        })
+        };
+        Ok((launched, None))
     }
+}
+
+/// A name for a task's cgroup: one sequence for the whole process, since several hosts in
+/// one process (agx, tests) must never name two sandboxes' cgroups alike.
+fn task_name() -> String {
+    static TASKS: AtomicU64 = AtomicU64::new(0);
+    let n = TASKS.fetch_add(1, Ordering::Relaxed);
+    format!("agenix-{}-{n}", std::process::id())
+}
+
+/// The task's cgroup, with its limits: the one `offered` to the spare ahead of it if that
+/// is still there to be limited (the sandbox that takes the task may be in it already), else
+/// one made now.
+fn task_cgroup(
+    cgroups: &Cgroups,
+    offered: Option<cgroup::TaskCgroup>,
+    name: &str,
+    limits: &Limits,
+) -> std::io::Result<cgroup::TaskCgroup> {
+    if let Some(cg) = offered {
+        match cg.limit(limits) {
+            Ok(()) => return Ok(cg),
+            Err(e) => tracing::debug!(error = %e, "the cgroup made ahead is gone; making one"),
+        }
+    }
+    let cg = cgroups.make(name)?;
+    cg.limit(limits)?;
+    Ok(cg)
 }
 
 /// Why a helper could not be had from the zygote.
@@ -883,7 +950,7 @@ fn spawn_helper(
 ) -> std::io::Result<(tokio::process::Child, std::os::unix::net::UnixStream)> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     ours.set_nonblocking(true)?;
-    let child = spawn_with_fd3(helper, &[mode], theirs.into(), true)?;
+    let child = spawn_with_fd3(helper, &[mode.as_ref()], theirs.into(), true)?;
     Ok((child, ours))
 }
 
@@ -891,7 +958,7 @@ fn spawn_helper(
 /// piped (or, for the zygote, /dev/null).
 fn spawn_with_fd3(
     helper: &Helper,
-    mode: &[&str],
+    mode: &[&std::ffi::OsStr],
     fd3: std::os::fd::OwnedFd,
     piped: bool,
 ) -> std::io::Result<tokio::process::Child> {

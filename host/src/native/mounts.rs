@@ -1,6 +1,8 @@
-//! Building the jail's root (in the sandbox's init, in its new mount namespace): a tmpfs
-//! with the tool's own files bound in one by one, sealed read-only, then /dev, /proc, /tmp
-//! and the task's directories on top, and a pivot into it.
+//! Building the jail's root (in the sandbox's init, in its new mount namespace), in two
+//! parts. [`prepare_root`] makes what no task decides — a tmpfs with an identity in /etc, a
+//! minimal /dev and a fresh /proc — and runs before the task is known (in a sandbox made
+//! ahead, while the previous task runs). [`finish_root`] binds the tool's own files in one by
+//! one, seals the root read-only, mounts /tmp and the task's directories, and pivots.
 
 #![allow(
     unsafe_code,
@@ -83,10 +85,10 @@ pub(super) fn has_mount_setattr() -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
 }
 
-/// Makes the whole mount tree at `root` read-only, nosuid and nodev in one call
-/// (mount_setattr(2), Linux 5.12); false where the kernel lacks it, and each mount is then
+/// Makes the one mount at `path` (not those beneath it) read-only, nosuid and nodev in one
+/// call (mount_setattr(2), Linux 5.12); false where the kernel lacks it, and the mount is then
 /// remounted instead.
-fn seal(root: &Path) -> bool {
+fn seal(path: &Path) -> bool {
     /// struct mount_attr, first version.
     #[repr(C)]
     struct MountAttr {
@@ -104,7 +106,7 @@ fn seal(root: &Path) -> bool {
         propagation: 0,
         userns_fd: 0,
     };
-    let Ok(path) = CString::new(root.as_os_str().as_encoded_bytes()) else { return false };
+    let Ok(path) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
     // SAFETY: `path` and `attr` are valid for the call and correctly laid out; the call
     // changes mount flags of this process's own mount namespace only.
     let rc = unsafe {
@@ -112,7 +114,7 @@ fn seal(root: &Path) -> bool {
             libc::SYS_mount_setattr,
             libc::AT_FDCWD,
             path.as_ptr(),
-            libc::AT_RECURSIVE,
+            0,
             &attr as *const MountAttr,
             size_of::<MountAttr>(),
         )
@@ -169,13 +171,96 @@ fn tmpfs(target: &Path, flags: MsFlags, options: &str) -> Result<(), String> {
 const MASKED_PROC: &[&str] =
     &["cmdline", "config.gz", "kallsyms", "modules", "keys", "timer_list", "sched_debug"];
 
-/// Builds the minimal root and pivots into it.
-pub(super) fn build_root(spec: &JailSpec) -> Result<(), String> {
+/// A root [`prepare_root`] made: where, and the file system it mounted there.
+pub(super) struct Prepared {
+    root: PathBuf,
+    dev: u64,
+}
+
+impl Prepared {
+    /// Whether this is still the root to finish at `root`. A directory removed on the host
+    /// (a cleaner of old files) takes the mounts on it in every namespace with it, and the
+    /// worker makes it again, empty: the root made ahead is then gone.
+    fn holds(&self, root: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        self.root == root && fs::metadata(root).is_ok_and(|m| m.dev() == self.dev)
+    }
+}
+
+/// The part of the root no task decides: a tmpfs at `root` holding /etc (an identity, and
+/// nothing else of the host's but what [`finish_root`] binds there), a minimal /dev and a
+/// fresh /proc for the sandbox's pid namespace, and the mount point of /tmp.
+pub(super) fn prepare_root(root: &Path) -> Result<Prepared, String> {
+    use std::os::unix::fs::MetadataExt as _;
     sethostname("agenix").map_err(errno("sethostname"))?;
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(errno("make / private"))?;
-    let root = &spec.root;
     tmpfs(root, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "size=16m,nr_inodes=4096,mode=0755")?;
+    let dev = fs::metadata(root).map_err(|e| format!("{}: {e}", root.display()))?.dev();
+
+    let etc = root.join("etc");
+    mkdir(&etc)?;
+    let write = |name: &str, text: &str| {
+        fs::write(etc.join(name), text).map_err(|e| format!("write /etc/{name}: {e}"))
+    };
+    write("passwd", &format!("agenix:x:{INSIDE_ID}:{INSIDE_ID}:agenix:/tmp:/usr/sbin/nologin\n"))?;
+    write("group", &format!("agenix:x:{INSIDE_ID}:\n"))?;
+    write("hostname", "agenix\n")?;
+
+    let (dev_dir, proc, tmp) = (root.join("dev"), root.join("proc"), root.join("tmp"));
+    for dir in [&dev_dir, &proc, &tmp] {
+        mkdir(dir)?;
+    }
+    // A minimal /dev: the harmless character devices, no tty, no pts. (A device node
+    // cannot be executed, nor gain anything from setuid: the nodes keep their own mount's
+    // flags.)
+    tmpfs(&dev_dir, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "size=64k,mode=0755")?;
+    for node in ["null", "zero", "full", "random", "urandom"] {
+        let inside = dev_dir.join(node);
+        touch(&inside)?;
+        bind_only(&Path::new("/dev").join(node), &inside)?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        symlink(target, dev_dir.join(link)).map_err(|e| format!("symlink /dev/{link}: {e}"))?;
+    }
+    remount(&dev_dir, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
+
+    // A fresh /proc for the new pid namespace: only the sandbox's own processes.
+    mount(
+        Some("proc"),
+        &proc,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(errno("mount /proc"))?;
+    // What /proc tells of the host beyond the sandbox (its boot command line, kernel
+    // configuration, symbols and modules, keys, timers) reads as empty, as container
+    // runtimes mask it.
+    for file in MASKED_PROC {
+        let at = proc.join(file);
+        if at.exists() {
+            mount(Some("/dev/null"), &at, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(errno(&format!("mask /proc/{file}")))?;
+        }
+    }
+    Ok(Prepared { root: root.to_path_buf(), dev })
+}
+
+/// Finishes the root for `spec` and pivots into it: the tool's own files, the root sealed
+/// read-only, /tmp and the task's directories. `ahead` is the root prepared before the task
+/// came, if any; one that is not this task's, or is gone, is prepared again.
+pub(super) fn finish_root(spec: &JailSpec, ahead: Option<Prepared>) -> Result<(), String> {
+    let root = &spec.root;
+    match ahead {
+        Some(p) if p.holds(root) => {}
+        _ => drop(prepare_root(root)?),
+    }
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
 
     // The system, file by file: the tool, its loader, its libraries, its data (see
@@ -208,7 +293,7 @@ pub(super) fn build_root(spec: &JailSpec) -> Result<(), String> {
                     touch(&inside)?;
                 }
                 if *exec {
-                    // Made read-only with the whole tree below.
+                    // Made read-only with the root below.
                     bind_only(path, &inside)?;
                     exec_binds.push(inside);
                 } else {
@@ -217,77 +302,24 @@ pub(super) fn build_root(spec: &JailSpec) -> Result<(), String> {
             }
         }
     }
-    // An identity, and nothing else of /etc but what the entries above bound.
-    let etc = root.join("etc");
-    mkdir_in(root, &etc)?;
-    let write = |name: &str, text: &str| {
-        fs::write(etc.join(name), text).map_err(|e| format!("write /etc/{name}: {e}"))
-    };
-    write("passwd", &format!("agenix:x:{INSIDE_ID}:{INSIDE_ID}:agenix:/tmp:/usr/sbin/nologin\n"))?;
-    write("group", &format!("agenix:x:{INSIDE_ID}:\n"))?;
-    write("hostname", "agenix\n")?;
-
-    // Every mount point, while the root can still be written.
-    let (dev, proc, tmp) = (root.join("dev"), root.join("proc"), root.join("tmp"));
-    for dir in [&dev, &proc, &tmp] {
-        mkdir(dir)?;
-    }
+    // Every mount point of the task's directories, while the root can still be written.
     let mut mount_points = Vec::new();
     for m in &spec.mounts {
         let inside = root.join(m.guest.trim_start_matches('/'));
         mkdir_in(root, &inside)?;
         mount_points.push(inside);
     }
-    // The root and all bound into it so far: read-only, nosuid, nodev.
-    let sealed = spec.features.mount_setattr && seal(root);
-    if !sealed {
-        for b in &exec_binds {
-            remount(b, ro)?;
-        }
-        remount(root, ro)?;
-    }
-
-    // A minimal /dev: the harmless character devices, no tty, no pts. (A device node
-    // cannot be executed, nor gain anything from setuid: the nodes keep their own mount's
-    // flags.)
-    tmpfs(&dev, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "size=64k,mode=0755")?;
-    for node in ["null", "zero", "full", "random", "urandom"] {
-        let inside = dev.join(node);
-        touch(&inside)?;
-        bind_only(&Path::new("/dev").join(node), &inside)?;
-    }
-    for (link, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        symlink(target, dev.join(link)).map_err(|e| format!("symlink /dev/{link}: {e}"))?;
-    }
-    remount(&dev, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
-
-    // A fresh /proc for the new pid namespace: only the sandbox's own processes.
-    mount(
-        Some("proc"),
-        &proc,
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(errno("mount /proc"))?;
-    // What /proc tells of the host beyond the sandbox (its boot command line, kernel
-    // configuration, symbols and modules, keys, timers) reads as empty, as container
-    // runtimes mask it.
-    for file in MASKED_PROC {
-        let at = proc.join(file);
-        if at.exists() {
-            mount(Some("/dev/null"), &at, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(errno(&format!("mask /proc/{file}")))?;
+    // The root and the programs bound into it: read-only, nosuid, nodev. (/dev and /proc,
+    // mounted on it already, keep their own flags.)
+    for at in exec_binds.iter().chain([root]) {
+        if !(spec.features.mount_setattr && seal(at)) {
+            remount(at, ro)?;
         }
     }
 
     // A private, size-capped /tmp, where nothing written can be executed; without one, /tmp
     // is an empty directory of the read-only root.
+    let tmp = root.join("tmp");
     if let Some(bytes) = spec.tmp_bytes {
         tmpfs(
             &tmp,

@@ -13,9 +13,10 @@
 //! Lifetimes need no signals: when the worker goes away its end of fd 3 closes and the
 //! zygote exits; each task's control socket closing tells that task's P to kill its sandbox.
 //!
-//! With spares (the worker's kernel has the namespaces; `__agenix-jail zygote spares`), the
-//! zygote keeps one helper forked ahead, a *spare*, that has already made what no task
-//! decides: a fresh sandbox's namespaces and id maps (see `jail::Sandbox`). A request goes
+//! With spares (the worker's kernel has the namespaces; `__agenix-jail zygote spares ROOT`),
+//! the zygote keeps one helper forked ahead, a *spare*, that has already made what no task
+//! decides: a fresh sandbox's namespaces and id maps (see `jail::Sandbox`), and the part of
+//! its root at the mount point ROOT no task decides (see `mounts.rs`). A request goes
 //! to the spare over its own socket pair, and the zygote forks the next spare at once, so
 //! the namespaces of the next task are made while this one runs. Each sandbox still serves
 //! one task only, and a spare idle for [`SPARE_IDLE`] goes (a sandbox made ahead holds the
@@ -23,16 +24,25 @@
 //! directories). A spare that has gone (killed, or out of memory) refuses the hand-over,
 //! and the zygote forks a helper for the request as without spares; a spare whose
 //! namespaces could not be made tries again when its task comes, and reports why not. An
-//! idle spare dies with the zygote (parent-death signal, and its socket closing); one with a
-//! task ends with its task.
+//! idle spare ends when the zygote does (its socket closes); one with a task ends with its
+//! task.
+//!
+//! Where tasks get cgroups, the worker makes the next task's while one runs and offers it
+//! (`c` and its directories), and the zygote passes it to the spare, which moves its
+//! sandbox into it ahead of the task: a move can wait for the kernel's RCU grace period. The
+//! worker gives the next request that cgroup, so a spare's sandbox is never in two tasks'
+//! cgroups. A spare let go for idleness (`i`) leaves the cgroup to the worker, which gives
+//! it to the next task all the same; one that ends with the zygote removes it.
 
 #![allow(
     unsafe_code,
     reason = "fork in a single-threaded process; each block says why it is sound"
 )]
 
+use std::ffi::OsStr;
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use nix::sys::signal::{SigHandler, Signal, signal};
@@ -43,13 +53,15 @@ use nix::sys::socket::{
 use nix::unistd::ForkResult;
 
 use super::Helper;
+use super::cgroup::TaskCgroup;
 
 /// Descriptors in each request: the task's control socket, then the tool's stdin, stdout
 /// and stderr.
 const FDS: usize = 4;
 
-/// The zygote's loop. Returns when the worker has gone.
-pub(super) fn zygote_main(spares: bool) -> i32 {
+/// The zygote's loop, with spares preparing their roots at `spares` if given. Returns when
+/// the worker has gone.
+pub(super) fn zygote_main(spares: Option<PathBuf>) -> i32 {
     // SAFETY: the worker starts the zygote with its socket as fd 3; nothing else in this
     // fresh process owns it.
     let ctl = unsafe { OwnedFd::from_raw_fd(3) };
@@ -64,17 +76,29 @@ pub(super) fn zygote_main(spares: bool) -> i32 {
         return 1;
     }
     let zygote = nix::unistd::getpid();
-    let mut spare = if spares { fork_spare(&ctl, zygote) } else { None };
+    let mut spare = spares.as_deref().and_then(|root| fork_spare(&ctl, zygote, root));
+    let mut buf = vec![0u8; MAX_REQUEST];
     loop {
         // A spare is a copy of the host's mount table as it was when it was made (and keeps
         // what it holds mounted): one left idle for SPARE_IDLE goes, and the next task
         // makes its sandbox as without spares.
-        if spare.is_some() && !readable_within(&ctl, SPARE_IDLE) {
+        if let Some(s) = spare.as_ref().filter(|_| !readable_within(&ctl, SPARE_IDLE)) {
+            // Told first, so it leaves the cgroup it was offered to the worker.
+            let _ = nix::sys::socket::send(s.sock.as_raw_fd(), IDLE, MsgFlags::MSG_NOSIGNAL);
             spare = None;
             continue;
         }
-        let fds = match receive_fds(&ctl) {
-            Ok(Some(fds)) => fds,
+        let fds = match receive_request(&ctl, &mut buf) {
+            Ok(Some(Request::Task(fds))) => fds,
+            // For the spare of the moment: whichever takes the next task.
+            Ok(Some(Request::Cgroup(offer))) => {
+                if let Some(s) = &spare {
+                    let _ =
+                        nix::sys::socket::send(s.sock.as_raw_fd(), offer, MsgFlags::MSG_NOSIGNAL);
+                }
+                continue;
+            }
+            Ok(Some(Request::Idle)) => continue,
             Ok(None) => return 0,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return 1,
@@ -86,10 +110,69 @@ pub(super) fn zygote_main(spares: bool) -> i32 {
             fork_helper(&ctl, fds);
         }
         // Only now, holding no task's descriptors (the spare would keep them open).
-        if spares {
-            spare = fork_spare(&ctl, zygote);
+        if let Some(root) = &spares {
+            spare = fork_spare(&ctl, zygote, root);
         }
     }
+}
+
+/// What the zygote and its spares receive on their sockets (`SOCK_SEQPACKET`: one message
+/// each), told apart by the first byte.
+enum Request<'a> {
+    /// `t`, with the task's descriptors (see [`FDS`]).
+    Task(Vec<OwnedFd>),
+    /// `c` and the cgroup the next task will be given (`cgroup::Dirs` as JSON), which the
+    /// spare moves its sandbox into while it waits: the whole message, forwarded as is.
+    Cgroup(&'a [u8]),
+    /// `i`: the zygote lets an idle spare go.
+    Idle,
+}
+
+/// Largest request: a cgroup offer names two directories.
+const MAX_REQUEST: usize = 1 << 16;
+
+/// The message that lets an idle spare go.
+const IDLE: &[u8] = b"i";
+
+/// The worker's cgroup offer for the next task: `c` and the directories as JSON.
+fn cgroup_offer(dirs: &super::cgroup::Dirs) -> std::io::Result<Vec<u8>> {
+    let mut offer = b"c".to_vec();
+    serde_json::to_writer(&mut offer, dirs)?;
+    if offer.len() > MAX_REQUEST {
+        return Err(std::io::Error::other("the cgroup's paths are too long to offer"));
+    }
+    Ok(offer)
+}
+
+/// The next request on `sock`, read into `buf`, or `None` at the end of the stream. A
+/// message of another kind, or cut short, is a `Cgroup` the spare cannot parse or a
+/// `Task` without its descriptors: ignored either way.
+fn receive_request<'a>(sock: &impl AsRawFd, buf: &'a mut [u8]) -> nix::Result<Option<Request<'a>>> {
+    let mut space = nix::cmsg_space!([RawFd; FDS]);
+    let (bytes, fds) = {
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
+        let mut fds = Vec::new();
+        for cmsg in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(received) = cmsg {
+                // SAFETY: the kernel just installed these descriptors in this process for us.
+                fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        (msg.bytes, fds)
+    };
+    let message = &buf[..bytes.min(buf.len())];
+    Ok(match message.first() {
+        None if fds.is_empty() => None,
+        Some(b'c') if fds.is_empty() => Some(Request::Cgroup(message)),
+        Some(b'i') if fds.is_empty() => Some(Request::Idle),
+        _ => Some(Request::Task(fds)),
+    })
 }
 
 /// How long a spare may wait for its task.
@@ -161,7 +244,7 @@ fn fork_helper(ctl: &OwnedFd, fds: [OwnedFd; FDS]) {
 
 /// Forks the next spare, or `None` if the fork failed (the next request then forks its
 /// helper).
-fn fork_spare(ctl: &OwnedFd, zygote: nix::unistd::Pid) -> Option<Spare> {
+fn fork_spare(ctl: &OwnedFd, zygote: nix::unistd::Pid, root: &Path) -> Option<Spare> {
     let (ours, theirs) =
         socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).ok()?;
     // SAFETY: this process is single-threaded (see `zygote_main`).
@@ -175,7 +258,7 @@ fn fork_spare(ctl: &OwnedFd, zygote: nix::unistd::Pid) -> Option<Spare> {
                 unsafe { libc::_exit(1) }
             }
             drop(ours);
-            let code = spare_main(theirs, zygote);
+            let code = spare_main(theirs, zygote, root);
             // SAFETY: as in `zygote_main`.
             unsafe { libc::_exit(code) }
         }
@@ -183,26 +266,42 @@ fn fork_spare(ctl: &OwnedFd, zygote: nix::unistd::Pid) -> Option<Spare> {
     }
 }
 
-/// A spare: makes a sandbox, waits for its task's descriptors, then is the helper P.
-fn spare_main(sock: OwnedFd, zygote: nix::unistd::Pid) -> i32 {
+/// A spare: makes a sandbox (preparing its root at `root`), waits for its task's
+/// descriptors, then is the helper P.
+fn spare_main(sock: OwnedFd, zygote: nix::unistd::Pid, root: &Path) -> i32 {
     // SAFETY: as in `become_helper`.
     if unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) }.is_err() {
         return 1;
     }
-    // Die with the zygote, and do not outlive one that died before this line.
-    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid() != zygote
-    {
+    // Do not outlive a zygote that died before this line; after it, the zygote's end of
+    // `sock` closing says it has gone. (No parent-death signal: a spare lets go of the
+    // cgroup it entered before it ends.)
+    if nix::unistd::getppid() != zygote {
         return 1;
     }
     super::jail::set_command_line(super::jail::HELPER_NAME);
-    let warm =
-        super::jail::drop_groups().and_then(|()| super::jail::Sandbox::create(&[sock.as_raw_fd()]));
+    let mut warm = super::jail::drop_groups()
+        .and_then(|()| super::jail::Sandbox::create(&[sock.as_raw_fd()], root));
+    let mut buf = vec![0u8; MAX_REQUEST];
     let fds = loop {
-        match receive_fds(&sock) {
-            Ok(Some(fds)) => break fds,
+        match receive_request(&sock, &mut buf) {
+            Ok(Some(Request::Task(fds))) => break fds,
+            Ok(Some(Request::Cgroup(offer))) => {
+                if let Ok(sandbox) = &mut warm {
+                    sandbox.enter(offer.get(1..).unwrap_or_default());
+                }
+            }
+            // Let go while the worker lives: the cgroup it offered is still its own.
+            Ok(Some(Request::Idle)) => return 0,
             Err(nix::errno::Errno::EINTR) => {}
-            // The zygote has gone: so does the sandbox (dropped, killed).
-            Ok(None) | Err(_) => return 0,
+            // The zygote has gone, and the worker with it, most likely: so does the sandbox
+            // (dropped, killed), and the cgroup offered for it, which no task will take.
+            Ok(None) | Err(_) => {
+                if let Ok(sandbox) = warm {
+                    sandbox.leave();
+                }
+                return 0;
+            }
         }
     };
     // Taken: the zygote lets go of the request once it reads this.
@@ -212,7 +311,6 @@ fn spare_main(sock: OwnedFd, zygote: nix::unistd::Pid) -> i32 {
     drop(sock);
     // A helper with a task ends with it (and cleans up after it), the zygote gone or not,
     // as one forked for the task does.
-    let _ = nix::sys::prctl::set_pdeathsig(None);
     let Ok(fds) = <[OwnedFd; FDS]>::try_from(fds) else { return 1 };
     if place(fds).is_err() {
         return 1;
@@ -290,16 +388,45 @@ pub(super) struct Zygote {
     /// Kept so the zygote is killed when the host is dropped.
     child: tokio::process::Child,
     sock: Mutex<OwnedFd>,
+    /// The cgroup offered to the spare for the next task ([`Zygote::offer`]), not taken
+    /// yet; dropped (and removed) with the zygote.
+    offered: Option<TaskCgroup>,
 }
 
 impl Zygote {
-    /// Starts the zygote, with spares if `spares` (only where the jail has namespaces).
-    pub(super) fn start(helper: &Helper, spares: bool) -> std::io::Result<Self> {
+    /// Starts the zygote, with spares preparing their roots at `spares` if given (only where
+    /// the jail has namespaces).
+    pub(super) fn start(helper: &Helper, spares: Option<PathBuf>) -> std::io::Result<Self> {
         let (ours, theirs) =
             socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
-        let mode: &[&str] = if spares { &["zygote", super::jail::SPARES_ARG] } else { &["zygote"] };
-        let child = super::spawn_with_fd3(helper, mode, theirs, false)?;
-        Ok(Self { child, sock: Mutex::new(ours) })
+        let mut mode: Vec<&OsStr> = vec!["zygote".as_ref()];
+        if let Some(root) = &spares {
+            mode.extend([super::jail::SPARES_ARG.as_ref(), root.as_os_str()]);
+        }
+        let child = super::spawn_with_fd3(helper, &mode, theirs, false)?;
+        Ok(Self { child, sock: Mutex::new(ours), offered: None })
+    }
+
+    /// Whether a cgroup offered for the next task waits to be taken.
+    pub(super) fn has_offer(&self) -> bool {
+        self.offered.is_some()
+    }
+
+    /// Offers `cg`, made for the next task, to the spare of the moment, which moves its
+    /// sandbox into it while it waits. The next request must take it
+    /// ([`Zygote::take_offer`]), so that the spare's sandbox is given no other task's
+    /// cgroup at the same time.
+    pub(super) fn offer(&mut self, cg: TaskCgroup) {
+        let Ok(offer) = cgroup_offer(cg.dirs()) else { return };
+        let sock = self.sock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if nix::sys::socket::send(sock.as_raw_fd(), &offer, MsgFlags::MSG_NOSIGNAL).is_ok() {
+            self.offered = Some(cg);
+        }
+    }
+
+    /// The cgroup offered for this request, if one was.
+    pub(super) fn take_offer(&mut self) -> Option<TaskCgroup> {
+        self.offered.take()
     }
 
     /// Its process id.
@@ -312,5 +439,15 @@ impl Zygote {
     pub(super) fn launch(&self, fds: [&OwnedFd; FDS]) -> std::io::Result<()> {
         let sock = self.sock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         send_fds(&*sock, &fds.map(AsRawFd::as_raw_fd))
+    }
+}
+
+impl Drop for Zygote {
+    /// The cgroup offered and not taken goes now if it is empty (its spare was let go);
+    /// otherwise its spare, which ends with the zygote, removes it.
+    fn drop(&mut self) {
+        if let Some(cg) = self.offered.take() {
+            cg.dirs().remove_now();
+        }
     }
 }
