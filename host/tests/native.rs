@@ -89,6 +89,17 @@ async fn full_jail(row: &str) -> Option<Jail> {
     Some(j)
 }
 
+/// The full jail, on a host with a memory cgroup per task (else `None`, the row skipped
+/// with the reason printed).
+async fn jail_with_memory_cgroup(row: &str) -> Option<Jail> {
+    let j = full_jail(row).await?;
+    if !j.host.probe().found(probe::names::MEMORY_CGROUP) {
+        programs::skip_without_jail(row, "no memory cgroup here");
+        return None;
+    }
+    Some(j)
+}
+
 impl Jail {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -842,11 +853,7 @@ async fn s14_only_allowed_variables_reach_the_tool() {
 /// the task, so /tmp larger than the memory limit still cannot hold more than it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s06_scratch_space_counts_against_the_tasks_memory() {
-    let Some(j) = full_jail("S6 (scratch)").await else { return };
-    if !j.host.probe().found(probe::names::MEMORY_CGROUP) {
-        programs::skip_without_jail("S6 (scratch)", "no memory cgroup here");
-        return;
-    }
+    let Some(j) = jail_with_memory_cgroup("S6 (scratch)").await else { return };
     let small = Limits { memory_bytes: 48 * MIB, file_bytes: 256 * MIB, ..limits() };
     let r = j.attack_with(&["diskfill"], vec![], small).await;
     let ls = lines(&r);
@@ -1317,11 +1324,7 @@ async fn a_spare_that_dies_as_it_is_handed_a_task_does_not_lose_it() {
 /// cgroup before it removes it, and answers with it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_stopped_at_its_deadline_reports_its_peak_memory() {
-    let Some(j) = full_jail("S6 (peak when stopped)").await else { return };
-    if !j.host.probe().found(probe::names::MEMORY_CGROUP) {
-        programs::skip_without_jail("S6 (peak when stopped)", "no memory cgroup here");
-        return;
-    }
+    let Some(j) = jail_with_memory_cgroup("S6 (peak when stopped)").await else { return };
     let r = j.attack_with(&["hold", "32"], vec![], Limits { timeout_ms: 1500, ..limits() }).await;
     assert_eq!(r.outcome, Outcome::TimedOut);
     assert_eq!(lines(&r), ["holding 32 MiB"]);
@@ -1362,11 +1365,7 @@ fn text_of(mib: usize) -> Vec<u8> {
 /// program, whose processes other rows look for on the whole host.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_task_has_a_cgroup_of_its_own_though_entered_ahead() {
-    let Some(j) = full_jail("S6 (cgroups entered ahead)").await else { return };
-    if !j.host.probe().found(probe::names::MEMORY_CGROUP) {
-        programs::skip_without_jail("S6 (cgroups entered ahead)", "no memory cgroup here");
-        return;
-    }
+    let Some(j) = jail_with_memory_cgroup("S6 (cgroups entered ahead)").await else { return };
     let text = text_of(40);
     let big = || j.run("sort", &["-o", "/dev/null"], &text, vec![], limits());
     let small = || j.run("cat", &[], b"a line\n", vec![], limits());
@@ -1396,11 +1395,7 @@ async fn every_task_has_a_cgroup_of_its_own_though_entered_ahead() {
 /// worker: the next tasks run in it and in those after it, with their limits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_after_an_idle_spare_went_is_bounded_by_its_cgroup() {
-    let Some(j) = full_jail("S6 (after an idle spare)").await else { return };
-    if !j.host.probe().found(probe::names::MEMORY_CGROUP) {
-        programs::skip_without_jail("S6 (after an idle spare)", "no memory cgroup here");
-        return;
-    }
+    let Some(j) = jail_with_memory_cgroup("S6 (after an idle spare)").await else { return };
     let r = j.run("true", &[], b"", vec![], limits()).await;
     assert_eq!(r.outcome, Outcome::Exited { code: 0 });
     tokio::time::sleep(Duration::from_millis(2500)).await;

@@ -172,12 +172,12 @@ const MASKED_PROC: &[&str] =
     &["cmdline", "config.gz", "kallsyms", "modules", "keys", "timer_list", "sched_debug"];
 
 /// A root [`prepare_root`] made: where, and the file system it mounted there.
-pub(super) struct Prepared {
+pub(super) struct RootAhead {
     root: PathBuf,
     dev: u64,
 }
 
-impl Prepared {
+impl RootAhead {
     /// Whether this is still the root to finish at `root`. A directory removed on the host
     /// (a cleaner of old files) takes the mounts on it in every namespace with it, and the
     /// worker makes it again, empty: the root made ahead is then gone.
@@ -190,7 +190,7 @@ impl Prepared {
 /// The part of the root no task decides: a tmpfs at `root` holding /etc (an identity, and
 /// nothing else of the host's but what [`finish_root`] binds there), a minimal /dev and a
 /// fresh /proc for the sandbox's pid namespace, and the mount point of /tmp.
-pub(super) fn prepare_root(root: &Path) -> Result<Prepared, String> {
+pub(super) fn prepare_root(root: &Path) -> Result<RootAhead, String> {
     use std::os::unix::fs::MetadataExt as _;
     sethostname("agenix").map_err(errno("sethostname"))?;
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
@@ -249,13 +249,13 @@ pub(super) fn prepare_root(root: &Path) -> Result<Prepared, String> {
                 .map_err(errno(&format!("mask /proc/{file}")))?;
         }
     }
-    Ok(Prepared { root: root.to_path_buf(), dev })
+    Ok(RootAhead { root: root.to_path_buf(), dev })
 }
 
 /// Finishes the root for `spec` and pivots into it: the tool's own files, the root sealed
 /// read-only, /tmp and the task's directories. `ahead` is the root prepared before the task
 /// came, if any; one that is not this task's, or is gone, is prepared again.
-pub(super) fn finish_root(spec: &JailSpec, ahead: Option<Prepared>) -> Result<(), String> {
+pub(super) fn finish_root(spec: &JailSpec, ahead: Option<RootAhead>) -> Result<(), String> {
     let root = &spec.root;
     match ahead {
         Some(p) if p.holds(root) => {}

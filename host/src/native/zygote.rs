@@ -451,3 +451,41 @@ impl Drop for Zygote {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    /// Directories whose offer is `len` bytes long.
+    fn dirs_offering(len: usize) -> super::super::cgroup::Dirs {
+        let shell = cgroup_offer(&dirs_named("")).unwrap().len();
+        let name = "m".repeat(len - shell);
+        dirs_named(&name)
+    }
+
+    fn dirs_named(name: &str) -> super::super::cgroup::Dirs {
+        let json = format!(r#"{{"v2": true, "memory": "/{name}", "pids": "/"}}"#);
+        serde_json::from_str(&json).unwrap()
+    }
+
+    /// An offer of exactly `MAX_REQUEST` bytes is made and arrives whole through a
+    /// `SOCK_SEQPACKET` pair, as the zygote reads it; one a byte longer is refused where it
+    /// is made, never cut short on the way.
+    #[test]
+    fn a_cgroup_offer_at_the_largest_request_arrives_whole_and_one_past_is_refused() {
+        let (a, b) =
+            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+                .unwrap();
+        let offer = cgroup_offer(&dirs_offering(MAX_REQUEST)).unwrap();
+        assert_eq!(offer.len(), MAX_REQUEST);
+        nix::sys::socket::send(a.as_raw_fd(), &offer, MsgFlags::empty()).unwrap();
+        let mut buf = vec![0u8; MAX_REQUEST];
+        match receive_request(&b, &mut buf).unwrap() {
+            Some(Request::Cgroup(got)) => assert_eq!(got, &offer[..]),
+            _ => panic!("not a cgroup offer"),
+        }
+        assert!(cgroup_offer(&dirs_offering(MAX_REQUEST + 1)).is_err());
+    }
+}
